@@ -1,0 +1,27 @@
+"""Prints the summary of one or more dataset split folders.
+
+  python scripts/inspect_data.py data/moving_digits/train data/moving_digits/test
+"""
+
+import sys
+
+from absl import app, flags
+
+from predvdm_jax.data import hdf5
+
+flags.DEFINE_enum("kind", "frames", ["frames", "latents"], "Frames (uint8) or a latent cache.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("give one or more split folders, e.g. data/moving_digits/train")
+  for split_dir in argv[1:]:
+    try:
+      print(hdf5.VideoShards(split_dir, FLAGS.kind).summary())
+    except hdf5.DatasetError as e:
+      sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
