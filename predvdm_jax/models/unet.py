@@ -1,0 +1,315 @@
+"""LDM's openaimodel ``UNetModel`` (legacy attention) as PredVDM configures it.
+
+Channels-last: ``x`` is ``(B, H, W, C)``, ``t`` is ``(B,)`` (integer or fractional
+diffusion steps). The output is ``(B, H, W, out_channels)`` in float32.
+
+Submodule names mirror the PyTorch state_dict with dots turned into
+underscores (``input_blocks.1.0.in_layers.2`` -> ``input_blocks_1_0/in_layers_2``),
+so importing a checkpoint is a mechanical rename (``interop/predvdm_ckpt.py``).
+Flax leaf ``kernel`` / ``scale`` is PyTorch ``weight``; conv kernels are HWIO,
+dense kernels ``(in, out)``; the attention ``qkv`` / ``proj_out`` Conv1d(k=1)
+layers are Dense layers here.
+
+Initialisation follows PyTorch's defaults (kernel and bias uniform in
+``±1/sqrt(fan_in)``), with LDM's zero-init of ``out_layers.3`` of every
+ResBlock, ``proj_out`` of every AttentionBlock and the final ``out.2`` conv.
+
+Precision: ``dtype`` is the computation dtype (float32 by default, bfloat16 on
+accelerators); parameters are always float32; GroupNorm, the attention softmax
+and the timestep embedding run in float32.
+
+Logical axis names (``nn.with_logical_partitioning``) on every conv and dense
+kernel; biases and norm parameters are left unannotated (replicated):
+
+* conv kernels ``(kh, kw, in, out)``: ``(None, None, 'embed_in', 'embed_out')``
+* dense kernels ``(in, out)``:        ``('embed_in', 'embed_out')``
+
+``embed_in`` is the input-feature axis of a kernel and ``embed_out`` its
+output-feature axis; a sharding rule set should map at most one of them to a
+mesh axis (e.g. ``('embed_out', 'fsdp')``, ``('embed_in', None)``) and leave
+kernels whose axis does not divide the mesh replicated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+CONV_KERNEL_AXES = (None, None, "embed_in", "embed_out")
+DENSE_KERNEL_AXES = ("embed_in", "embed_out")
+GROUPNORM_GROUPS = 32
+GROUPNORM_EPS = 1e-5
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding ``[cos(t f), sin(t f)]`` (cos first), ``f_i = max_period^(-i/half)``.
+
+    Works for fractional ``t``; computed in float32. Odd ``dim`` gets a zero last column.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+def torch_default_kernel_init() -> nn.initializers.Initializer:
+    """PyTorch's default Conv/Linear weight init: uniform in ``±1/sqrt(fan_in)``."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default Conv/Linear bias init: uniform in ``±1/sqrt(fan_in)``."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _conv(features: int, kernel_size: int, fan_in: int, name: str, *, dtype: Any,
+          stride: int = 1, zero_init: bool = False) -> nn.Conv:
+    """Conv with PyTorch padding ``kernel_size // 2`` and PyTorch (or zero) init."""
+    pad = kernel_size // 2
+    kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
+    bias_init = nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in * kernel_size**2)
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(kernel_init, CONV_KERNEL_AXES),
+        bias_init=bias_init,
+        name=name,
+    )
+
+
+def _dense(features: int, fan_in: int, name: str, *, dtype: Any, zero_init: bool = False) -> nn.Dense:
+    kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
+    bias_init = nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in)
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(kernel_init, DENSE_KERNEL_AXES),
+        bias_init=bias_init,
+        name=name,
+    )
+
+
+def _group_norm(x: jax.Array, name: str) -> jax.Array:
+    """LDM's ``GroupNorm32``: 32 groups, eps 1e-5, computed in float32, cast back."""
+    norm = nn.GroupNorm(
+        num_groups=GROUPNORM_GROUPS,
+        epsilon=GROUPNORM_EPS,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name=name,
+    )
+    return norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+class ResBlock(nn.Module):
+    """``in_layers`` -> + emb (or scale/shift after ``out_layers.0``) -> ``out_layers``, plus skip."""
+
+    out_channels: int
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
+        in_channels = x.shape[-1]
+        h = nn.silu(_group_norm(x, "in_layers_0"))
+        h = _conv(self.out_channels, 3, in_channels, "in_layers_2", dtype=self.dtype)(h)
+
+        emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
+        emb_out = _dense(emb_width, emb.shape[-1], "emb_layers_1", dtype=self.dtype)(nn.silu(emb))
+        emb_out = emb_out[:, None, None, :].astype(h.dtype)
+
+        if self.use_scale_shift_norm:
+            scale, shift = jnp.split(emb_out, 2, axis=-1)
+            h = _group_norm(h, "out_layers_0") * (1 + scale) + shift
+        else:
+            h = _group_norm(h + emb_out, "out_layers_0")
+        h = nn.silu(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = _conv(self.out_channels, 3, self.out_channels, "out_layers_3", dtype=self.dtype, zero_init=True)(h)
+
+        if in_channels == self.out_channels:
+            skip = x
+        else:
+            skip = _conv(self.out_channels, 1, in_channels, "skip_connection", dtype=self.dtype)(x)
+        return skip + h
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with LDM's legacy QKV layout (``QKVAttentionLegacy``).
+
+    The ``3C`` qkv channels split as ``(heads, [q|k|v], head_channels)``: heads
+    outermost, each head's q, k and v contiguous. q and k are both scaled by
+    ``head_channels^(-1/4)``; the softmax runs in float32.
+    """
+
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, hgt, wid, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"AttentionBlock: {c} channels do not split into {self.num_heads} heads; "
+                             "choose num_head_channels / num_heads dividing every level's width.")
+        head_ch = c // self.num_heads
+        tokens = _group_norm(x, "norm").reshape(b, hgt * wid, c)
+        qkv = _dense(3 * c, c, "qkv", dtype=self.dtype)(tokens)
+        qkv = qkv.reshape(b, hgt * wid, self.num_heads, 3, head_ch)
+        scale = head_ch ** -0.25
+        q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
+        logits = jnp.einsum("bthc,bshc->bhts", q, k)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        attended = jnp.einsum("bhts,bshc->bthc", weights, v).reshape(b, hgt * wid, c)
+        out = _dense(c, c, "proj_out", dtype=self.dtype, zero_init=True)(attended)
+        return x + out.reshape(b, hgt, wid, c).astype(x.dtype)
+
+
+class Downsample(nn.Module):
+    """conv3x3 stride 2 padding 1 (``op``), or 2x2 average pooling without ``conv_resample``."""
+
+    conv_resample: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if self.conv_resample:
+            return _conv(c, 3, c, "op", dtype=self.dtype, stride=2)(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then conv3x3 (``conv``) when ``conv_resample``."""
+
+    conv_resample: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        if self.conv_resample:
+            c = x.shape[-1]
+            x = _conv(c, 3, c, "conv", dtype=self.dtype)(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """LDM ``UNetModel`` (2-D, no class / context conditioning, ``resblock_updown=False``).
+
+    ``attention_resolutions`` holds downsampling factors (1 = full resolution).
+    Heads per attention block: ``width // num_head_channels`` if
+    ``num_head_channels != -1``, else ``num_heads``.
+    """
+
+    in_channels: int
+    out_channels: int
+    model_channels: int
+    attention_resolutions: Sequence[int]
+    num_res_blocks: int
+    channel_mult: Sequence[int] = (1, 2, 4, 8)
+    num_head_channels: int = -1
+    num_heads: int = -1
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    conv_resample: bool = True
+    dtype: Any = jnp.float32
+
+    def _heads(self, width: int) -> int:
+        if self.num_head_channels != -1:
+            if width % self.num_head_channels:
+                raise ValueError(f"UNetModel: width {width} is not a multiple of num_head_channels="
+                                 f"{self.num_head_channels}; pick num_head_channels dividing every level's width.")
+            return width // self.num_head_channels
+        return self.num_heads
+
+    def _validate(self, x: jax.Array, t: jax.Array) -> None:
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise ValueError("UNetModel: set num_heads or num_head_channels (both are -1).")
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"UNetModel: expected x of shape (B, H, W, {self.in_channels}), got {x.shape}.")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"UNetModel: H, W = {x.shape[1:3]} must be multiples of {factor} "
+                             f"(2 ** (len(channel_mult) - 1)); resize or pad the latents.")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"UNetModel: expected t of shape ({x.shape[0]},), got {t.shape}.")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+        t = jnp.asarray(t)
+        self._validate(x, t)
+        mc = self.model_channels
+        emb = timestep_embedding(t, mc)
+        emb = _dense(4 * mc, mc, "time_embed_0", dtype=self.dtype)(emb)
+        emb = _dense(4 * mc, 4 * mc, "time_embed_2", dtype=self.dtype)(nn.silu(emb))
+
+        def res_block(width: int, name: str) -> ResBlock:
+            return ResBlock(width, self.dropout, self.use_scale_shift_norm, self.dtype, name=name)
+
+        def attention(width: int, name: str) -> AttentionBlock:
+            return AttentionBlock(self._heads(width), self.dtype, name=name)
+
+        h = _conv(mc, 3, self.in_channels, "input_blocks_0_0", dtype=self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        block, ds = 1, 1
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                h = res_block(mult * mc, f"input_blocks_{block}_0")(h, emb, train)
+                if ds in self.attention_resolutions:
+                    h = attention(mult * mc, f"input_blocks_{block}_1")(h)
+                skips.append(h)
+                block += 1
+            if level != len(self.channel_mult) - 1:
+                h = Downsample(self.conv_resample, self.dtype, name=f"input_blocks_{block}_0")(h)
+                skips.append(h)
+                block += 1
+                ds *= 2
+
+        width = h.shape[-1]
+        h = res_block(width, "middle_block_0")(h, emb, train)
+        h = attention(width, "middle_block_1")(h)
+        h = res_block(width, "middle_block_2")(h, emb, train)
+
+        block = 0
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res_block(mult * mc, f"output_blocks_{block}_0")(h, emb, train)
+                sub = 1
+                if ds in self.attention_resolutions:
+                    h = attention(mult * mc, f"output_blocks_{block}_{sub}")(h)
+                    sub += 1
+                if level and i == self.num_res_blocks:
+                    h = Upsample(self.conv_resample, self.dtype, name=f"output_blocks_{block}_{sub}")(h)
+                    ds //= 2
+                block += 1
+
+        h = nn.silu(_group_norm(h, "out_0"))
+        h = _conv(self.out_channels, 3, mc, "out_2", dtype=self.dtype, zero_init=True)(h)
+        return h.astype(jnp.float32)
+
+
+def count_params(module: nn.Module, *example_args: Any) -> int:
+    """Number of parameters of ``module``, from ``jax.eval_shape`` (no allocation)."""
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(nn.unbox(shapes["params"]))))
