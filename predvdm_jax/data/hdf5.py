@@ -54,8 +54,9 @@ class ShardWriter:
     frames = [np.asarray(f) for f in frames]
     if not frames:
       raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
+    expected = self._frame_shape or frames[0].shape
     for f in frames:
-      _check_frame(f, self._frame_shape or f.shape, self.path, f"video {self.num_videos}")
+      _check_frame(f, expected, self.path, f"video {self.num_videos}")
     self._frame_shape = frames[0].shape
     group = self._file.create_group(str(self.num_videos))
     for t, frame in enumerate(frames):

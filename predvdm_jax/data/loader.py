@@ -1,0 +1,160 @@
+"""Clip loaders on grain: random training windows and fixed evaluation windows.
+
+Every clip is a pure function of ``(seed, global example index)``:
+
+* training example ``g`` reads video ``perm_epoch[g % V]`` (a fresh permutation
+  per epoch ``g // V``) from a uniform start in ``{0, …, len − T}`` — every
+  valid start is reachable (the original never draws the last one) — and is
+  flipped horizontally with probability ½ when enabled;
+* evaluation clip ``i`` of ``N`` reads video ``round(i·(V−1)/(N−1))`` (the
+  original's even spread of N clips over V videos) from a start drawn from
+  ``(eval seed, i)``, so two evaluations see the same clips.
+
+Process ``p`` of ``P`` reads only its ``B/P`` examples of each global batch of
+``B``. Because clips depend on indices only, the iterator state is just grain's
+position: after ``set_state`` it yields exactly the batches an uninterrupted
+run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grain
+import jax
+import numpy as np
+
+from predvdm_jax.data.hdf5 import VideoShards
+
+_TRAIN_STREAM, _FLIP_STREAM, _EVAL_STREAM = 1, 2, 3
+
+
+def to_model_range(clip_uint8: np.ndarray) -> np.ndarray:
+  """uint8 0..255 → float32 in [-1, 1]."""
+  return clip_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainWindows:
+  """Maps a global example index to ``(video, start, flip)``."""
+  frame_counts: np.ndarray
+  num_frames: int
+  seed: int
+  horizontal_flip: bool = False
+
+  def __call__(self, g: int) -> tuple[int, int, bool]:
+    num_videos = len(self.frame_counts)
+    epoch, pos = divmod(int(g), num_videos)
+    video = int(np.random.default_rng([self.seed, _TRAIN_STREAM, epoch]).permutation(num_videos)[pos])
+    rng = np.random.default_rng([self.seed, _FLIP_STREAM, int(g)])
+    start = int(rng.integers(0, int(self.frame_counts[video]) - self.num_frames + 1))
+    flip = bool(self.horizontal_flip and rng.integers(2))
+    return video, start, flip
+
+
+def eval_windows(frame_counts: np.ndarray, num_clips: int, num_frames: int,
+                 seed: int) -> list[tuple[int, int]]:
+  """The fixed ``(video, start)`` of each evaluation clip."""
+  num_videos = len(frame_counts)
+  windows = []
+  for i in range(num_clips):
+    video = 0 if num_clips == 1 else int(round(i * (num_videos - 1) / (num_clips - 1)))
+    rng = np.random.default_rng([seed, _EVAL_STREAM, i])
+    windows.append((video, int(rng.integers(0, int(frame_counts[video]) - num_frames + 1))))
+  return windows
+
+
+def _local_share(batch_size: int) -> tuple[int, int]:
+  count, index = jax.process_count(), jax.process_index()
+  if batch_size % count:
+    raise ValueError(f"global batch {batch_size} is not divisible by the {count} processes; "
+                     f"pick a batch size that is a multiple of {count}.")
+  return batch_size // count, index
+
+
+class ClipIterator:
+  """Iterator of batches ``{'video' or 'latents': (B, T, H, W, C) float32}``.
+
+  With a ``sharding`` the batch is a global ``jax.Array`` assembled from every
+  process's share; without one it is the process-local numpy batch.
+  ``get_state``/``set_state`` save and restore the position (JSON-serialisable).
+  """
+
+  def __init__(self, dataset: grain.IterDataset, key: str, sharding=None):
+    self._iter = iter(dataset)
+    self.key = key
+    self.sharding = sharding
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._iter)
+    if self.sharding is not None:
+      batch = {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
+    return batch
+
+  def get_state(self) -> dict:
+    return dict(self._iter.get_state())
+
+  def set_state(self, state: dict) -> None:
+    self._iter.set_state(state)
+
+
+def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+
+
+def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, *,
+                   kind: str = "frames", horizontal_flip: bool = False, sharding=None,
+                   num_threads: int = 4, prefetch: int = 8) -> ClipIterator:
+  """An endless stream of random training clips, this process's share of each batch."""
+  shards = VideoShards(split_dir, kind)
+  shards.check_min_length(num_frames)
+  windows = TrainWindows(shards.frame_counts, num_frames, seed, horizontal_flip)
+  local, process = _local_share(batch_size)
+
+  def read(i: int) -> np.ndarray:
+    step, j = divmod(int(i), local)
+    video, start, flip = windows(step * batch_size + process * local + j)
+    clip = shards.read_clip(video, start, num_frames)
+    if flip:
+      clip = clip[:, :, ::-1]
+    return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+
+  key = "video" if kind == "frames" else "latents"
+  dataset = (grain.MapDataset.range(2**40).map(read).batch(local, drop_remainder=True)
+             .map(lambda x: {key: x}).to_iter_dataset(_read_options(num_threads, prefetch)))
+  return ClipIterator(dataset, key, sharding)
+
+
+def eval_iterator(split_dir: str, num_frames: int, num_clips: int, batch_size: int, seed: int, *,
+                  kind: str = "frames", sharding=None, num_threads: int = 4,
+                  prefetch: int = 8) -> ClipIterator:
+  """The fixed evaluation clips in batches; the last batch is padded by repeating
+  clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number)."""
+  shards = VideoShards(split_dir, kind)
+  shards.check_min_length(num_frames)
+  windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
+  local, process = _local_share(batch_size)
+  num_batches = -(-num_clips // batch_size)
+
+  def read(i: int) -> dict:
+    step, j = divmod(int(i), local)
+    clip_index = step * batch_size + process * local + j
+    real = clip_index < num_clips
+    video, start = windows[clip_index if real else 0]
+    clip = shards.read_clip(video, start, num_frames)
+    clip = to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+    return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}
+
+  key = "video" if kind == "frames" else "latents"
+
+  def rename(batch):
+    batch[key] = batch.pop("clip")
+    return batch
+
+  dataset = (grain.MapDataset.range(num_batches * local).map(read)
+             .batch(local, drop_remainder=True).map(rename)
+             .to_iter_dataset(_read_options(num_threads, prefetch)))
+  return ClipIterator(dataset, key, sharding)
+

@@ -1,0 +1,130 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from predvdm_jax.data import hdf5, loader
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+  """Videos whose frame t of video v is filled with the value 10*v + t."""
+  root = tmp_path_factory.mktemp("data")
+  lengths = [12, 7, 9, 20]
+  videos = [np.stack([np.full((4, 6), 10 * v + t, np.uint8) for t in range(n)])
+            for v, n in enumerate(lengths)]
+  hdf5.write_split(str(root / "train"), videos)
+  return str(root / "train"), lengths
+
+
+def _decode(clip):
+  """(T, H, W, 1) in [-1, 1] → (video, start)."""
+  values = np.round((clip[:, 0, 0, 0] + 1) * 127.5).astype(int)
+  return values[0] // 10, values[0] % 10
+
+
+def test_train_windows_cover_every_start(split):
+  split_dir, lengths = split
+  shards = hdf5.VideoShards(split_dir)
+  windows = loader.TrainWindows(shards.frame_counts, 7, seed=0)
+  seen = {}
+  for g in range(2000):
+    video, start, flip = windows(g)
+    assert not flip
+    seen.setdefault(video, set()).add(start)
+  for video, n in enumerate(lengths):
+    assert seen[video] == set(range(n - 7 + 1))  # the last start n-7 included
+
+
+def test_each_epoch_visits_every_video_once(split):
+  split_dir, lengths = split
+  windows = loader.TrainWindows(hdf5.VideoShards(split_dir).frame_counts, 5, seed=3)
+  for epoch in range(3):
+    videos = [windows(epoch * 4 + i)[0] for i in range(4)]
+    assert sorted(videos) == [0, 1, 2, 3]
+
+
+def test_clips_are_the_frames_of_their_window(split):
+  split_dir, _ = split
+  it = loader.train_iterator(split_dir, 5, 4, seed=1, num_threads=1, prefetch=1)
+  batch = next(it)["video"]
+  assert batch.shape == (4, 5, 4, 6, 1) and batch.dtype == np.float32
+  for clip in batch:
+    video, start = _decode(clip)
+    values = np.round((clip[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    np.testing.assert_array_equal(values, 10 * video + start + np.arange(5))
+
+
+def test_flip_is_per_clip(tmp_path):
+  frame = np.arange(24, dtype=np.uint8).reshape(4, 6)
+  hdf5.write_split(str(tmp_path), [np.stack([frame] * 6)] * 3)
+  it = loader.train_iterator(str(tmp_path), 3, 8, seed=0, horizontal_flip=True, num_threads=1)
+  flips = []
+  for _ in range(4):
+    for clip in next(it)["video"]:
+      pixels = np.round((clip[0, ..., 0] + 1) * 127.5).astype(np.uint8)
+      assert np.array_equal(pixels, frame) or np.array_equal(pixels, frame[:, ::-1])
+      flips.append(np.array_equal(pixels, frame[:, ::-1]))
+  assert 0 < sum(flips) < len(flips)
+
+
+def test_restore_yields_identical_next_batches(split):
+  split_dir, _ = split
+  straight = loader.train_iterator(split_dir, 5, 4, seed=7)
+  expected = [next(straight)["video"] for _ in range(6)]
+  first = loader.train_iterator(split_dir, 5, 4, seed=7)
+  for _ in range(3):
+    next(first)
+  state = first.get_state()
+  resumed = loader.train_iterator(split_dir, 5, 4, seed=7)
+  resumed.set_state(state)
+  for want in expected[3:]:
+    np.testing.assert_array_equal(next(resumed)["video"], want)
+
+
+def test_eval_windows_repeat_and_spread(split):
+  split_dir, lengths = split
+  counts = np.array(lengths)
+  a = loader.eval_windows(counts, 10, 7, seed=0)
+  assert a == loader.eval_windows(counts, 10, 7, seed=0)
+  assert a != loader.eval_windows(counts, 10, 7, seed=1)
+  assert [v for v, _ in a] == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
+  it = loader.eval_iterator(split_dir, 7, 10, 4, seed=0, num_threads=1)
+  batches = list(it)
+  assert len(batches) == 3
+  np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
+  got = [_decode(c) for b in batches for c, m in zip(b["video"], b["mask"]) if m]
+  assert got == a
+
+
+def test_too_short_for_the_clip(split):
+  split_dir, _ = split
+  with pytest.raises(hdf5.DatasetError, match="shorter than the clip length 8"):
+    loader.train_iterator(split_dir, 8, 4, seed=0)
+
+
+def test_batch_sharded_over_eight_devices(split):
+  split_dir, _ = split
+  script = textwrap.dedent(f"""
+    import jax, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from predvdm_jax.data import loader
+    assert jax.device_count() == 8
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"))
+    sharding = NamedSharding(mesh, P(("data", "fsdp")))
+    batch = next(loader.train_iterator({split_dir!r}, 5, 16, seed=2, sharding=sharding))["video"]
+    plain = next(loader.train_iterator({split_dir!r}, 5, 16, seed=2))["video"]
+    assert batch.shape == (16, 5, 4, 6, 1) and batch.sharding == sharding
+    shards = sorted(batch.addressable_shards, key=lambda s: s.index[0].start)
+    assert len(shards) == 8 and all(s.data.shape == (2, 5, 4, 6, 1) for s in shards)
+    assert len({{s.device for s in shards}}) == 8
+    np.testing.assert_array_equal(np.asarray(batch), plain)
+    print("OK")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
