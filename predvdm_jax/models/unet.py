@@ -19,15 +19,16 @@ accelerators); parameters are always float32; GroupNorm, the attention softmax
 and the timestep embedding run in float32.
 
 Logical axis names (``nn.with_logical_partitioning``) on every conv and dense
-kernel; biases and norm parameters are left unannotated (replicated):
+kernel, chosen from ``training/sharding.py``'s ``DEFAULT_LOGICAL_RULES``; biases
+and norm parameters are left unannotated (small, replicated by the size rule):
 
-* conv kernels ``(kh, kw, in, out)``: ``(None, None, 'embed_in', 'embed_out')``
-* dense kernels ``(in, out)``:        ``('embed_in', 'embed_out')``
+* conv kernels ``(kh, kw, in, out)``: ``('height', 'width', 'conv_in', 'conv_out')``
+* dense kernels ``(in, out)``:        ``('conv_in', 'conv_out')`` (the attention
+  qkv / proj_out are 1x1 convs in the original; the time-embedding and
+  ``emb_layers`` Linears use the same names for their input / output features)
 
-``embed_in`` is the input-feature axis of a kernel and ``embed_out`` its
-output-feature axis; a sharding rule set should map at most one of them to a
-mesh axis (e.g. ``('embed_out', 'fsdp')``, ``('embed_in', None)``) and leave
-kernels whose axis does not divide the mesh replicated.
+``height`` / ``width`` map to no mesh axis; ``conv_in`` / ``conv_out`` map to
+``'fsdp'``, and the rules split the larger of them that divides the fsdp size.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-CONV_KERNEL_AXES = (None, None, "embed_in", "embed_out")
-DENSE_KERNEL_AXES = ("embed_in", "embed_out")
+CONV_KERNEL_AXES = ("height", "width", "conv_in", "conv_out")
+DENSE_KERNEL_AXES = ("conv_in", "conv_out")
 GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-5
 

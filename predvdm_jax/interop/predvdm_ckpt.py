@@ -1,0 +1,192 @@
+"""Import a PredVDM / LDM Lightning checkpoint's denoiser into :class:`PredVDMDenoiser` params.
+
+State_dict layout of a PredVDM ``LatentDiffusion`` checkpoint (spec §C, §D.3):
+
+* ``model.diffusion_model.*`` (UNet), ``model.tc_attn.*``, ``model.ct_attn.*``: raw weights;
+* ``model_ema.<name without dots>`` for every one of those parameters (``LitEma``;
+  e.g. ``model_ema.diffusion_modelinput_blocks10in_layers0weight``), plus the
+  bookkeeping buffers ``model_ema.decay`` and ``model_ema.num_updates``;
+* ``first_stage_model.*`` (VQ-f4), returned untouched for ``interop/ldm_vq.py``;
+* ``cond_stage_model.*`` (a duplicate of the first stage) and the schedule
+  buffers, which are not needed and are reported as ignored.
+
+Names are generated from the Flax tree (``diffusion_model/input_blocks_1_0/in_layers_0/scale``
+-> ``diffusion_model.input_blocks.1.0.in_layers.0.weight``), so the dotless EMA
+names never have to be parsed. Wrapper attention weights of a module the
+configured mode does not use (e.g. ``tc_attn`` in a ``tc`` model) are ignored
+and listed in ``ignored_keys``; every other missing, unexpected or wrong-shape
+key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from predvdm_jax.interop import torch_checkpoint as tc
+from predvdm_jax.models.predictor import PredVDMDenoiser
+
+MODEL_PREFIX = "model."
+EMA_PREFIX = "model_ema."
+EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
+FIRST_STAGE_PREFIX = "first_stage_model."
+WRAPPER_ATTENTION_MODULES = ("tc_attn", "ct_attn")
+_CONV1D_MODULES = ("qkv", "proj_out")
+_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PredVDMCheckpoint:
+    """Converted checkpoint. ``params`` / ``ema_params`` are unboxed float32 numpy trees for
+    ``model.apply({'params': ...}, ...)``; ``ema_params`` is None when the checkpoint has no EMA."""
+
+    params: dict[str, Any]
+    ema_params: dict[str, Any] | None
+    first_stage_state_dict: dict[str, np.ndarray]
+    ema_num_updates: int | None
+    ema_decay: float | None
+    ignored_keys: tuple[str, ...]
+
+
+def flax_path_to_torch_name(path: tuple[str, ...]) -> str:
+    """``('diffusion_model', 'input_blocks_1_0', 'in_layers_0', 'scale')`` -> ``'diffusion_model.input_blocks.1.0.in_layers.0.weight'``."""
+    modules = [re.sub(r"_(\d+)", r".\1", name) for name in path[:-1]]
+    return ".".join(modules + [_LEAF_TO_TORCH[path[-1]]])
+
+
+def ema_key(torch_name: str) -> str:
+    """``LitEma`` buffer key of a ``DiffusionWrapper`` parameter: dots removed, ``model_ema.`` prefix."""
+    return EMA_PREFIX + torch_name.replace(".", "")
+
+
+def _torch_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if path[-1] != "kernel":
+        return tuple(flax_shape)
+    if len(flax_shape) == 4:
+        kh, kw, cin, cout = flax_shape
+        return (cout, cin, kh, kw)
+    cin, cout = flax_shape
+    return (cout, cin, 1) if path[-2] in _CONV1D_MODULES else (cout, cin)
+
+
+def _to_flax(value: np.ndarray, flax_ndim: int) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 4:
+        return tc.conv_kernel_to_flax(value)
+    if value.ndim == 3 and flax_ndim == 2:
+        return tc.conv1x1_to_dense(value)
+    if value.ndim == 2:
+        return tc.linear_to_dense(value)
+    return value
+
+
+def _to_torch(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float32)
+    if path[-1] != "kernel":
+        return value
+    if value.ndim == 4:
+        return tc.conv_kernel_to_torch(value)
+    return value.T.reshape(_torch_shape(path, value.shape))
+
+
+def param_shapes(model: PredVDMDenoiser) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flat ``{flax path: shape}`` of ``model``'s params, from ``jax.eval_shape`` (nothing allocated)."""
+    side = 2 ** (len(model.unet_kwargs().get("channel_mult", (1, 2, 4, 8))) - 1)
+    c = model.latent_channels
+    x = jnp.zeros((1, model.k, side, side, c))
+    cond = jnp.zeros((1, model.n_cond, side, side, c))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)), cond))
+    flat = tc.flatten_params(nn.unbox(shapes["params"]))
+    return {tuple(k.split("/")): tuple(v.shape) for k, v in flat.items()}
+
+
+def _torch_names(shapes: Mapping[tuple[str, ...], tuple[int, ...]]) -> dict[tuple[str, ...], str]:
+    names = {path: flax_path_to_torch_name(path) for path in shapes}
+    dotless = [name.replace(".", "") for name in names.values()]
+    if len(set(dotless)) != len(dotless):
+        raise ValueError("two parameters share one dot-free EMA name; this model layout cannot be imported from LitEma.")
+    return names
+
+
+def convert_predvdm_state_dict(state_dict: Mapping[str, np.ndarray], model: PredVDMDenoiser) -> PredVDMCheckpoint:
+    """PredVDM Lightning state_dict (``{key: array}``) -> raw and EMA Flax params for ``model``.
+
+    Raises one ValueError listing every missing, unexpected and wrong-shape key
+    (PyTorch names) of the denoiser and its EMA copy.
+    """
+    shapes = param_shapes(model)
+    names = _torch_names(shapes)
+    used_attention = {path[0] for path in shapes if path[0] in WRAPPER_ATTENTION_MODULES}
+    unused_attention = [m for m in WRAPPER_ATTENTION_MODULES if m not in used_attention]
+    unused_prefixes = tuple(MODEL_PREFIX + m + "." for m in unused_attention) + tuple(EMA_PREFIX + m for m in unused_attention)
+
+    raw_keys = {path: MODEL_PREFIX + names[path] for path in shapes}
+    ema_keys = {path: ema_key(names[path]) for path in shapes}
+    has_ema = any(k.startswith(EMA_PREFIX) and k not in EMA_BOOKKEEPING for k in state_dict)
+
+    expected = {raw_keys[p]: _torch_shape(p, s) for p, s in shapes.items()}
+    if has_ema:
+        expected.update({ema_keys[p]: _torch_shape(p, s) for p, s in shapes.items()})
+    got: dict[str, np.ndarray] = {}
+    ignored: list[str] = []
+    first_stage: dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        if key.startswith(FIRST_STAGE_PREFIX):
+            first_stage[key] = value
+        elif key in EMA_BOOKKEEPING:
+            continue
+        elif unused_prefixes and key.startswith(unused_prefixes):
+            ignored.append(key)
+        elif key.startswith((MODEL_PREFIX, EMA_PREFIX)):
+            got[key] = value
+        else:
+            ignored.append(key)
+    tc.check_keys(expected, got, what="PredVDM checkpoint")
+
+    def tree(keys: Mapping[tuple[str, ...], str]) -> dict[str, Any]:
+        flat = {"/".join(p): np.ascontiguousarray(_to_flax(got[keys[p]], len(shapes[p]))) for p in shapes}
+        return tc.unflatten_params(flat)
+
+    def scalar(key: str, kind: type) -> Any:
+        return kind(np.asarray(state_dict[key]).item()) if key in state_dict else None
+
+    return PredVDMCheckpoint(
+        params=tree(raw_keys),
+        ema_params=tree(ema_keys) if has_ema else None,
+        first_stage_state_dict=first_stage,
+        ema_num_updates=scalar("model_ema.num_updates", int),
+        ema_decay=scalar("model_ema.decay", float),
+        ignored_keys=tuple(sorted(ignored)),
+    )
+
+
+def load_predvdm_checkpoint(path: str | os.PathLike, model: PredVDMDenoiser, *,
+                            allow_pickle: bool = False) -> PredVDMCheckpoint:
+    """Read a PredVDM ``.ckpt`` (or a bare state_dict / safetensors file) and convert it for ``model``.
+
+    ``allow_pickle=True`` is needed for Lightning files that pickle Python
+    objects; it runs code from the file, so only use it for trusted files.
+    """
+    return convert_predvdm_state_dict(tc.load_torch_state_dict(path, allow_pickle=allow_pickle), model)
+
+
+def predvdm_params_to_state_dict(params: Mapping[str, Any], ema_params: Mapping[str, Any] | None = None,
+                                 ema_num_updates: int | None = None) -> dict[str, np.ndarray]:
+    """Flax ``PredVDMDenoiser`` params (and EMA) -> PyTorch state_dict keys and layouts (numpy)."""
+    out: dict[str, np.ndarray] = {}
+    for prefix_fn, tree in ((lambda n: MODEL_PREFIX + n, params), (ema_key, ema_params)):
+        if tree is None:
+            continue
+        for name, value in tc.flatten_params(nn.unbox(dict(tree))).items():
+            path = tuple(name.split("/"))
+            out[prefix_fn(flax_path_to_torch_name(path))] = np.ascontiguousarray(_to_torch(value, path))
+    if ema_params is not None and ema_num_updates is not None:
+        out["model_ema.num_updates"] = np.asarray(ema_num_updates, dtype=np.int32)
+    return out
