@@ -1,0 +1,127 @@
+"""Orbax checkpoints of (train state, data iterator state, config).
+
+Items per step directory: ``state`` (the train state pytree, each process
+writing its own shards), ``data`` (JSON: the data iterator state of every
+process, gathered to process 0 as ``{"process_count": P, "states": {"0": ...,
+"1": ...}}``) and ``config`` (JSON). Saves are asynchronous. Orbax writes a
+step into a temporary directory and renames it when every item is complete,
+so a save killed half-way leaves only a temporary directory that
+``latest_step`` never lists: the newest listed step is the latest good one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+
+def _gather_json(value: Any) -> dict[str, Any]:
+    """Every process's JSON-serialisable ``value``, keyed by process index."""
+    count = jax.process_count()
+    if count == 1:
+        return {"0": value}
+    encoded = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
+    lengths = np.asarray(lengths).reshape(count)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: encoded.size] = encoded
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(count, -1)
+    return {str(i): json.loads(gathered[i, : lengths[i]].tobytes().decode()) for i in range(count)}
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of an ``ml_collections.ConfigDict`` (or a plain dict)."""
+    if hasattr(config, "to_json_best_effort"):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=str))
+
+
+class Checkpointer:
+    """Async Orbax checkpointing of the train state with data and config.
+
+    Call ``save`` on every process at the same steps (it is collective in
+    multi-process runs).
+    """
+
+    def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
+                 async_save: bool = True):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config"))
+
+    def latest_step(self) -> int | None:
+        """Newest finished step (unfinished saves are never listed)."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self._manager.reload()
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: Any = None, config: Any = None) -> None:
+        """Starts an async save of ``step``; ``data_state`` is this process's iterator state."""
+        data = {"process_count": jax.process_count(), "states": _gather_json(data_state)}
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data),
+                config=ocp.args.JsonSave(config_to_json(config) if config is not None else {}),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
+        """(state on ``abstract_state``'s shardings, this process's data state) of ``step``.
+
+        ``abstract_state`` holds ``jax.ShapeDtypeStruct`` leaves with the
+        *current* mesh's shardings, so a checkpoint saved on any device count
+        restores onto this one.
+        """
+        restored = self._manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        data = restored.data
+        saved_count = int(data["process_count"])
+        if saved_count != jax.process_count():
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} holds data iterator states of "
+                f"{saved_count} processes but this run has {jax.process_count()}; resume with "
+                f"{saved_count} processes or start a new workdir"
+            )
+        return restored.state, data["states"][str(jax.process_index())]
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, Any, int] | None:
+        """(state, data state, step) of the newest finished checkpoint, or None."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        state, data_state = self.restore(step, abstract_state)
+        return state, data_state, step
+
+    def restore_config(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(
+            int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return restored.config
+
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,162 @@
+"""The generic training loop: mesh, state or resume, steps, logs, checkpoints.
+
+Config fields read (defaults in brackets): ``seed`` [0];
+``mesh.data`` [-1], ``mesh.fsdp`` [1], ``mesh.min_shard_size`` [2**18];
+``data.batch_size`` (global); ``optimizer.*`` (see ``optim.py``);
+``train.num_steps``, ``train.log_every`` [100], ``train.save_every`` [1000],
+``train.max_to_keep`` [3], ``train.ema_rate`` [0.999], ``train.eval_every`` [0 = never].
+
+Resuming restores the state and the data iterator's state of the newest
+finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
+batches an uninterrupted run would and reaches the same parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from predvdm_jax.training import sharding as sharding_lib
+from predvdm_jax.training.checkpoint import Checkpointer
+from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
+from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
+from predvdm_jax.training.optim import make_optimizer
+from predvdm_jax.training.train_state import TrainState, abstract_train_state, create_train_state
+from predvdm_jax.training.train_step import LossFn, make_train_step
+
+Hook = Callable[[int, TrainState, dict], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; nothing from that step on was saved."""
+
+
+def _get(section: Any, name: str, default: Any) -> Any:
+    return section.get(name, default) if section is not None else default
+
+
+def _to_global(batch: Any, mesh: Any) -> Any:
+    leaves = jax.tree.leaves(batch)
+    if leaves and all(isinstance(x, jax.Array) for x in leaves):
+        return batch
+    return make_global_batch(batch, mesh)
+
+
+def train_loop(
+    config: Any,
+    workdir: str,
+    init_fn: Callable[[jax.Array], Any],
+    loss_fn: LossFn,
+    data_iterator: Iterator[Any],
+    *,
+    eval_fn: Callable[[TrainState], dict] | None = None,
+    hooks: Sequence[Hook] = (),
+    extra_init_fn: Callable[[jax.Array], Any] | None = None,
+    rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
+) -> TrainState:
+    """Trains to ``config.train.num_steps`` and returns the final state.
+
+    ``data_iterator`` yields this process's share of each global batch (numpy
+    pytrees with a leading batch axis, or ready global ``jax.Array`` s) and
+    has ``get_state() -> dict`` / ``set_state(dict)``. ``eval_fn(state)``
+    returns scalars to log every ``train.eval_every`` steps. Each hook is
+    called as ``hook(step, state, metrics)`` after every step.
+
+    A NaN/Inf loss raises ``NonFiniteLossError`` naming the step, after
+    pending checkpoint saves finish and without saving the bad state.
+    Losses are checked at every log and save step (not every step, so the
+    host does not wait on the device each step); the error names the first
+    bad step exactly.
+    """
+    train_cfg = config.train
+    num_steps = int(train_cfg.num_steps)
+    log_every = int(_get(train_cfg, "log_every", 100))
+    save_every = int(_get(train_cfg, "save_every", 1000))
+    eval_every = int(_get(train_cfg, "eval_every", 0))
+    ema_rate = float(_get(train_cfg, "ema_rate", 0.999))
+    mesh_cfg = config.get("mesh", None)
+    mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
+    min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
+
+    optimizer, schedule = make_optimizer(config)
+    key = jax.random.PRNGKey(int(config.get("seed", 0)))
+    abstract_state, state_sharding = abstract_train_state(
+        init_fn, optimizer, key, mesh, rules=rules, min_size=min_size,
+        extra_init_fn=extra_init_fn)
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=_get(train_cfg, "max_to_keep", 3))
+    restored = checkpointer.restore_latest(abstract_state)
+    if restored is None:
+        state, _ = create_train_state(init_fn, optimizer, key, mesh, rules=rules,
+                                      min_size=min_size, extra_init_fn=extra_init_fn)
+        start_step = 0
+        logging.info("starting from scratch in %s", workdir)
+    else:
+        state, data_state, start_step = restored
+        if data_state is not None:
+            data_iterator.set_state(data_state)
+        logging.info("resumed from step %d in %s", start_step, workdir)
+
+    writer = create_default_writer(workdir, resume_step=start_step if restored else None)
+    if restored is None:
+        writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
+    train_step = make_train_step(loss_fn, optimizer, ema_rate, mesh, state_sharding,
+                                 batch_sharding(mesh), lr_schedule=schedule)
+
+    pending_losses: list[tuple[int, jax.Array]] = []
+    last_saved = start_step if restored is not None else None
+
+    def fail_if_not_finite():
+        losses = jax.device_get([loss for _, loss in pending_losses])
+        for (step_number, _), value in zip(pending_losses, losses):
+            if not math.isfinite(float(np.asarray(value))):
+                checkpointer.wait_until_finished()
+                kept = checkpointer.latest_step()
+                raise NonFiniteLossError(
+                    f"loss is {float(value)} at step {step_number}; stopped without saving "
+                    f"this state, the last good checkpoint is step {kept} in "
+                    f"{checkpointer.directory} (lower the learning rate or check the data)")
+        pending_losses.clear()
+
+    def save(step_number: int):
+        nonlocal last_saved
+        fail_if_not_finite()
+        checkpointer.save(step_number, state, data_iterator.get_state(), config)
+        last_saved = step_number
+
+    try:
+        for step_index in range(start_step, num_steps):
+            batch = _to_global(next(data_iterator), mesh)
+            state, metrics = train_step(state, batch)
+            step_number = step_index + 1
+            pending_losses.append((step_number, metrics["loss"]))
+            for hook in hooks:
+                hook(step_number, state, metrics)
+            rate = progress(step_number)
+            if step_number % log_every == 0 or step_number == num_steps:
+                fail_if_not_finite()
+                scalars = dict(jax.device_get(metrics))
+                if rate is not None:
+                    scalars["steps_per_sec"] = rate
+                writer.write_scalars(step_number, scalars)
+            if eval_fn is not None and eval_every > 0 and step_number % eval_every == 0:
+                writer.write_scalars(step_number, dict(jax.device_get(eval_fn(state))))
+            if step_number % save_every == 0:
+                save(step_number)
+        fail_if_not_finite()
+        if last_saved != num_steps and num_steps > start_step:
+            save(num_steps)
+        checkpointer.wait_until_finished()
+    finally:
+        checkpointer.close()
+        writer.flush()
+        writer.close()
+        progress.close()
+    return state

@@ -1,0 +1,118 @@
+"""Device mesh over all (global) devices and global batch placement.
+
+One mesh with axes ``('data', 'fsdp')``. The batch's leading axis is split
+over both axes; large parameters are split over ``'fsdp'`` (see
+``sharding.py``). In a multi-process run every process holds only its share
+of the global batch and ``make_global_batch`` stitches the shares into one
+global ``jax.Array``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
+BATCH_SPEC = PartitionSpec(MESH_AXES)
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Starts multi-process JAX; a no-op for a single process.
+
+    Arguments left as None are read from ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. If the process count is still
+    unknown, JAX's own cluster auto-detection (SLURM, TPU pods, ...) is used
+    when ``JAX_AUTO_DISTRIBUTED=1``; otherwise the run is single-process.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if num_processes is None:
+        if env.get("JAX_AUTO_DISTRIBUTED") == "1":
+            jax.distributed.initialize()
+        return
+    if num_processes == 1:
+        return
+    if coordinator_address is None or process_id is None:
+        raise ValueError(
+            f"multi-process run with num_processes={num_processes} needs a coordinator "
+            "address and a process id; pass them or set JAX_COORDINATOR_ADDRESS and "
+            "JAX_PROCESS_ID"
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None) -> Mesh:
+    """A ``('data', 'fsdp')`` mesh over all global devices; -1 means "the rest"."""
+    devices = jax.devices() if devices is None else list(devices)
+    count = len(devices)
+    if data == -1 and fsdp == -1:
+        raise ValueError("mesh: at most one of data and fsdp may be -1")
+    if fsdp == -1:
+        if data <= 0 or count % data:
+            raise ValueError(f"mesh: data={data} does not divide the {count} devices")
+        fsdp = count // data
+    if data == -1:
+        if fsdp <= 0 or count % fsdp:
+            raise ValueError(f"mesh: fsdp={fsdp} does not divide the {count} devices")
+        data = count // fsdp
+    if data * fsdp != count:
+        raise ValueError(
+            f"mesh: data*fsdp = {data}*{fsdp} = {data * fsdp} but there are {count} "
+            "devices; set mesh.data=-1 to use them all"
+        )
+    device_grid = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``('data', 'fsdp')``, the rest whole."""
+    return NamedSharding(mesh, BATCH_SPEC)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def make_global_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """Turns this process's numpy share of the batch into global sharded arrays.
+
+    Every process passes its own consecutive slice of the global batch (the
+    global batch size is ``local size × process count``); the global batch
+    must divide evenly over the mesh's ``data × fsdp`` devices.
+    """
+    sharding = batch_sharding(mesh)
+    shards = mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS]
+
+    def place(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError("batch leaves need a leading batch axis; got a scalar")
+        global_size = x.shape[0] * jax.process_count()
+        if global_size % shards:
+            raise ValueError(
+                f"global batch size {global_size} does not divide over the {shards} "
+                "mesh devices; pick a batch size that is a multiple of data*fsdp"
+            )
+        global_shape = (global_size,) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(place, local_batch)

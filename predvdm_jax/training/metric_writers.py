@@ -1,0 +1,191 @@
+"""Metric writers: TensorBoard events, a JSONL file, the log, a progress bar.
+
+clu 0.0.12's ``metric_writers`` package (and ``periodic_actions``, which
+imports it) imports TensorFlow when it is imported, and TensorFlow is not a
+dependency of this project. The writers here keep clu's ``MetricWriter``
+method names (``write_scalars``, ``write_hparams``, ``flush``, ``close``) and
+write TensorBoard event files with the ``tensorboard`` package's own event
+writer, which needs no TensorFlow. ``ProgressReporter`` does what clu's
+``ReportProgress`` does (steps/s as a scalar) plus a tqdm bar.
+
+Only process 0 writes files or draws the bar; other processes log to absl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+JSONL_NAME = "metrics.jsonl"
+
+
+def _as_float(value: Any) -> float:
+    return float(np.asarray(value))
+
+
+class JsonlWriter:
+    """One JSON object per ``write_scalars`` call: ``{"step": s, name: value, ...}``.
+
+    With ``resume_step`` set, lines of steps after it (logged by a run that
+    died before its next checkpoint) are dropped first, so the file reads as
+    one uninterrupted run.
+    """
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if resume_step is not None and os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f
+                        if line.strip() and json.loads(line)["step"] <= resume_step]
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        self._file = open(path, "a")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        record = {"step": int(step)}
+        record.update({k: _as_float(v) for k, v in scalars.items()})
+        self._file.write(json.dumps(record) + "\n")
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        del hparams
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class TensorBoardWriter:
+    """Scalar summaries in a TensorBoard event file, without TensorFlow."""
+
+    def __init__(self, logdir: str):
+        self._writer = EventFileWriter(logdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=_as_float(v))
+                  for k, v in scalars.items()]
+        self._writer.add_event(event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(hparams), indent=1, default=str)
+        self._writer.add_event(event_pb2.Event(
+            wall_time=time.time(), step=0, summary=summary_pb2.Summary(value=[
+                summary_pb2.Summary.Value(
+                    tag="hparams", metadata=summary_pb2.SummaryMetadata(
+                        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")),
+                    tensor=_text_tensor(text))])))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _text_tensor(text: str):
+    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode()],
+                                  tensor_shape=tensor_shape_pb2.TensorShapeProto())
+
+
+class LoggingWriter:
+    """Scalars to the absl log, one line per call."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        text = ", ".join(f"{k}={_as_float(v):.6g}" for k, v in scalars.items())
+        logging.info("[%d] %s", step, text)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("hparams: %s", dict(hparams))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MultiWriter:
+    def __init__(self, writers: Sequence[Any]):
+        self.writers = list(writers)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        scalars = {k: _as_float(v) for k, v in scalars.items()}
+        for w in self.writers:
+            w.write_scalars(step, scalars)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            w.write_hparams(hparams)
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+def create_default_writer(workdir: str, *, resume_step: int | None = None) -> MultiWriter:
+    """TensorBoard (``workdir/tensorboard``) + ``workdir/metrics.jsonl`` + log on
+    process 0; the log only elsewhere."""
+    if jax.process_index() != 0:
+        return MultiWriter([LoggingWriter()])
+    return MultiWriter([
+        LoggingWriter(),
+        TensorBoardWriter(os.path.join(workdir, "tensorboard")),
+        JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step=resume_step),
+    ])
+
+
+class ProgressReporter:
+    """Steps/s over each reporting interval, plus a tqdm bar on process 0.
+
+    Call it once per finished step; every ``every_steps`` it writes
+    ``steps_per_sec`` (as clu's ``ReportProgress`` does) to ``writer``.
+    """
+
+    def __init__(self, num_train_steps: int, writer: Any = None, *, every_steps: int = 100,
+                 start_step: int = 0, show_bar: bool = True):
+        self._writer = writer
+        self._every = max(1, int(every_steps))
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._bar = None
+        if show_bar and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=num_train_steps, initial=start_step, unit="step",
+                             dynamic_ncols=True)
+
+    def __call__(self, step: int) -> float | None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+        if step % self._every:
+            return None
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        if self._writer is not None:
+            self._writer.write_scalars(step, {"steps_per_sec": rate})
+        return rate
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

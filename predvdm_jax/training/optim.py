@@ -1,0 +1,113 @@
+"""AdamW with LDM's linear warm-up and Lightning's global-norm clipping (spec D.4).
+
+PredVDM trains with ``torch.optim.AdamW`` under ``LambdaLR(LambdaLinearScheduler)``
+and Lightning's ``gradient_clip_val``; this reproduces all three so that a
+step here equals a step there, including clipping's ``+1e-6`` in the norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# PredVDM's values (KTH/SMMNIST configs, spec D.4).
+OPTIMIZER_DEFAULTS = {
+    "base_learning_rate": 1.5625e-6,
+    "scale_lr": True,
+    "warmup_steps": 10000,
+    "f_start": 1e-6,
+    "f_max": 1.0,
+    "f_min": 1.0,
+    "cycle_length": 1e13,
+    "weight_decay": 0.0,
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+    "grad_clip": 1.0,
+}
+
+
+def lambda_linear_multiplier(step: Any, warmup_steps: int, f_start: float, f_max: float,
+                             f_min: float, cycle_length: float = 1e13) -> jax.Array:
+    """LDM ``LambdaLinearScheduler`` (one cycle) at optimizer step ``step``.
+
+    Below ``warmup_steps`` it rises linearly from ``f_start`` to ``f_max``;
+    then ``f_min + (f_max - f_min)(L - n)/L`` with ``L = cycle_length``, which
+    for the default huge L stays at ``f_max`` (exactly 1 with PredVDM's values).
+    """
+    n = jnp.asarray(step, jnp.float32)
+    if warmup_steps > 0:
+        warm = (f_max - f_start) / warmup_steps * n + f_start
+    else:
+        warm = jnp.float32(f_max)
+    after = f_min + (f_max - f_min) * (1.0 - n / cycle_length)
+    return jnp.where(n < warmup_steps, warm, after)
+
+
+def learning_rate(base_learning_rate: float, global_batch_size: int, scale_lr: bool) -> float:
+    """``base × global batch`` when ``scale_lr`` (main.py's default), else ``base``."""
+    return base_learning_rate * global_batch_size if scale_lr else base_learning_rate
+
+
+class _ClipState(NamedTuple):
+    pass
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max/(norm + 1e-6))``."""
+
+    def init(params):
+        del params
+        return _ClipState()
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.global_norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _section_values(config: Any) -> dict[str, Any]:
+    section = config.optimizer if "optimizer" in config else {}
+    values = dict(OPTIMIZER_DEFAULTS)
+    for name in section.keys():
+        if name not in OPTIMIZER_DEFAULTS:
+            raise ValueError(
+                f"unknown config field optimizer.{name}; known fields: "
+                f"{', '.join(sorted(OPTIMIZER_DEFAULTS))}"
+            )
+        values[name] = section[name]
+    return values
+
+
+def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+    """(clip → AdamW(schedule), schedule) from ``config.optimizer`` and ``config.data.batch_size``.
+
+    ``schedule(count)`` is the learning rate used by the update with index
+    ``count`` (0 for the first step), as ``LambdaLR`` with interval "step".
+    Missing optimizer fields take PredVDM's values.
+    """
+    v = _section_values(config)
+    batch_size = int(config.data.batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+    peak = learning_rate(float(v["base_learning_rate"]), batch_size, bool(v["scale_lr"]))
+    warmup_steps = int(v["warmup_steps"])
+
+    def schedule(count):
+        return peak * lambda_linear_multiplier(
+            count, warmup_steps, float(v["f_start"]), float(v["f_max"]), float(v["f_min"]),
+            float(v["cycle_length"]))
+
+    adamw = optax.adamw(schedule, b1=float(v["b1"]), b2=float(v["b2"]), eps=float(v["eps"]),
+                        weight_decay=float(v["weight_decay"]))
+    grad_clip = float(v["grad_clip"])
+    if grad_clip < 0:
+        raise ValueError(f"optimizer.grad_clip must be >= 0 (0 disables), got {grad_clip}")
+    tx = optax.chain(clip_by_global_norm_torch(grad_clip), adamw) if grad_clip > 0 else adamw
+    return tx, schedule
