@@ -65,7 +65,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 

@@ -67,7 +67,7 @@ def make_train_step(
             state.params, batch, rng, state.step)
         metrics = dict(aux)
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         new_state = apply_gradients(state, grads, optimizer, ema_rate)
