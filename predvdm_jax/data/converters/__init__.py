@@ -1,0 +1,69 @@
+"""Converters from the published benchmarks' distributions to the HDF5 video format.
+
+``convert('kth', src, out, kth_split='mcvd')`` validates the source, writes
+``out/<split>/shard_NNNN.hdf5`` (resuming an interrupted run) and returns a
+``ConversionSummary``. Names: see ``CONVERTERS``; ``tfds:NAME`` for any TFDS
+video dataset.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from predvdm_jax.data.converters import (bair, carla, cityscapes, common, kth, smmnist,
+                                         tfds_video, ucf101)
+from predvdm_jax.data.converters.common import (ConversionPlan, ConversionSummary, SourceError,
+                                                SplitPlan, run_plan)
+
+CONVERTERS: dict[str, Callable[..., ConversionPlan]] = {
+    "kth": kth.plan,
+    "smmnist": smmnist.plan,
+    "bair": bair.plan,
+    "cityscapes": cityscapes.plan,
+    "carla": carla.plan,
+    "ucf101": ucf101.plan,
+}
+TFDS_PREFIX = "tfds:"
+
+
+def make_plan(dataset: str, src: str, **options) -> ConversionPlan:
+  """Inspects the source of ``dataset`` and returns what would be written."""
+  plan_function = _plan_function(dataset)
+  if dataset.startswith(TFDS_PREFIX):
+    return plan_function(src, dataset[len(TFDS_PREFIX):], **options)
+  return plan_function(src, **options)
+
+
+def _plan_function(dataset: str) -> Callable[..., ConversionPlan]:
+  if dataset.startswith(TFDS_PREFIX):
+    return tfds_video.plan
+  if dataset not in CONVERTERS:
+    raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(CONVERTERS)} or "
+                     f"tfds:NAME.")
+  return CONVERTERS[dataset]
+
+
+def select_options(dataset: str, candidates: dict[str, Any]) -> dict[str, Any]:
+  """The entries of ``candidates`` that ``dataset``'s converter takes, None ones dropped.
+
+  Lets a command line define every dataset's flags at once.
+  """
+  accepted = inspect.signature(_plan_function(dataset)).parameters
+  return {k: v for k, v in candidates.items()
+          if k in accepted and k not in ("src", "name") and v is not None}
+
+
+def convert(dataset: str, src: str, out_dir: str,
+            vids_per_shard: int = common.DEFAULT_VIDS_PER_SHARD, num_workers: int = 1,
+            progress: bool = True, on_video: Callable[[str, int], None] | None = None,
+            **options) -> ConversionSummary:
+  """Converts ``dataset`` from ``src`` into ``out_dir``; options go to its converter."""
+  plan = make_plan(dataset, src, **options)
+  return run_plan(plan, out_dir, vids_per_shard=vids_per_shard, num_workers=num_workers,
+                  progress=progress, on_video=on_video)
+
+
+__all__ = ["CONVERTERS", "ConversionPlan", "ConversionSummary", "SourceError", "SplitPlan",
+           "convert", "make_plan", "run_plan",
+           "select_options"]
