@@ -1,0 +1,190 @@
+"""Generic helpers to import PyTorch checkpoints into Flax param trees.
+
+A PyTorch checkpoint is read into a flat `{torch_key: np.ndarray}` dict (the "state dict"); model-specific
+converters (`ldm_vq`, UNet, LPIPS, I3D) then select a prefix, rename keys and change weight layouts with the
+functions here, and validate with `check_keys`. Flattened Flax params use "/"-joined paths
+(`encoder/conv_in/kernel`).
+
+Layouts: PyTorch convs are (O, I, *spatial); Flax convs are (*spatial, I, O). PyTorch Linear is (out, in);
+Flax Dense is (in, out).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+StateDict = dict[str, np.ndarray]
+
+_TORCH_MISSING = "PyTorch is needed to read .ckpt/.pt/.pth checkpoints: pip install -e '.[torch]' (or pip install torch)."
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(_TORCH_MISSING) from err
+    return torch
+
+
+def _tensor_to_numpy(value: Any, torch) -> np.ndarray:
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    return value.numpy()
+
+
+def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> StateDict:
+    """Read a checkpoint file into a flat `{key: np.ndarray}` dict.
+
+    Accepts a Lightning checkpoint (`{'state_dict': {...}, ...}`), a bare state_dict, or a `.safetensors`
+    file (read without PyTorch). Non-tensor entries are dropped. By default the pickle is read with
+    `weights_only=True`; a checkpoint that pickles arbitrary Python objects (old Lightning callbacks,
+    OmegaConf configs) needs `allow_pickle=True`, which runs code from the file — only for trusted files.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return dict(load_file(path))
+    torch = _import_torch()
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:
+        if allow_pickle:
+            raise ValueError(f"could not read PyTorch checkpoint {path}: {err}") from err
+        raise ValueError(
+            f"could not read {path} with weights_only=True ({type(err).__name__}); if the file is from a source "
+            "you trust, load it with allow_pickle=True (scripts: --allow_pickle)."
+        ) from err
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state_dict or a Lightning checkpoint.")
+    return {str(k): _tensor_to_numpy(v, torch) for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def select_prefix(state_dict: Mapping[str, np.ndarray], prefix: str, strip: bool = True) -> StateDict:
+    """Keys starting with `prefix` (e.g. 'first_stage_model.'), with the prefix removed when `strip`."""
+    return {(k[len(prefix):] if strip else k): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def drop_prefixes(state_dict: Mapping[str, np.ndarray], prefixes: Iterable[str]) -> StateDict:
+    """All keys except those starting with any of `prefixes` (e.g. ('loss.',))."""
+    prefixes = tuple(prefixes)
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+
+def has_prefix(state_dict: Mapping[str, Any], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state_dict)
+
+
+def conv_kernel_to_flax(weight: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight (O, I, *spatial) -> Flax kernel (*spatial, I, O); works for 1D, 2D and 3D."""
+    weight = np.asarray(weight)
+    spatial = tuple(range(2, weight.ndim))
+    return np.transpose(weight, spatial + (1, 0))
+
+
+def conv_kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
+    """Flax kernel (*spatial, I, O) -> PyTorch conv weight (O, I, *spatial)."""
+    kernel = np.asarray(kernel)
+    n = kernel.ndim
+    return np.transpose(kernel, (n - 1, n - 2) + tuple(range(n - 2)))
+
+
+def linear_to_dense(weight: np.ndarray) -> np.ndarray:
+    """PyTorch Linear weight (out, in) -> Flax Dense kernel (in, out)."""
+    return np.asarray(weight).T
+
+
+def dense_to_linear(kernel: np.ndarray) -> np.ndarray:
+    """Flax Dense kernel (in, out) -> PyTorch Linear weight (out, in)."""
+    return np.asarray(kernel).T
+
+
+def conv1x1_to_dense(weight: np.ndarray) -> np.ndarray:
+    """PyTorch 1x1 conv weight (O, I, 1) or (O, I, 1, 1) -> Flax Dense kernel (I, O)."""
+    weight = np.asarray(weight)
+    if weight.ndim < 2 or any(s != 1 for s in weight.shape[2:]):
+        raise ValueError(f"conv1x1_to_dense expects an (O, I, 1[, 1]) weight; got shape {weight.shape}.")
+    return weight.reshape(weight.shape[:2]).T
+
+
+def check_keys(
+    expected: Mapping[str, tuple[int, ...]],
+    got: Mapping[str, Any],
+    what: str = "checkpoint",
+    max_listed: int = 20,
+) -> None:
+    """Raise one ValueError listing missing, unexpected and wrong-shape keys; `expected` maps key -> shape."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(
+        f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(got[k]))}"
+        for k in set(expected) & set(got)
+        if tuple(np.shape(got[k])) != tuple(expected[k])
+    )
+    if not (missing or unexpected or wrong):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = items[:max_listed]
+        more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
+        return f"{title} ({len(items)}): " + ", ".join(shown) + more
+
+    parts = [
+        listing(title, items)
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if items
+    ]
+    raise ValueError(
+        f"{what} does not match the model: " + "; ".join(parts)
+        + ". Check that the model config matches the checkpoint."
+    )
+
+
+def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested param tree -> {'a/b/kernel': array}."""
+    return traverse_util.flatten_dict(params, sep="/")
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a/b/kernel': array} -> nested param tree."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def save_params_safetensors(path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write a param tree as safetensors with '/'-joined keys; written to a temp file then renamed, so an
+    existing file is never left half-written."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by `save_params_safetensors` back into a nested param tree of numpy arrays."""
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"params file not found: {path}")
+    return unflatten_params(load_file(path))

@@ -1,0 +1,459 @@
+"""PyTorch parity of the VQ-f4 first stage through the real checkpoint loading path.
+
+The reference is a PyTorch VQModel written here with LDM's exact state_dict names (ldm/modules/
+diffusionmodules/model.py Encoder/Decoder and taming's VectorQuantizer2), randomly initialised
+(GroupNorm affine params and biases too), saved as a Lightning-style .ckpt and converted.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn as tnn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from predvdm_jax.interop import ldm_vq, torch_checkpoint  # noqa: E402
+from predvdm_jax.models.autoencoder import VQModel  # noqa: E402
+
+SMALL = dict(
+    ch=32, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(), dropout=0.0,
+    in_channels=3, out_ch=3, resolution=256, z_channels=3, embed_dim=3, n_embed=64,
+)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# --- PyTorch reference (LDM names) -------------------------------------------------------------
+
+def Normalize(c):
+    return tnn.GroupNorm(num_groups=32, num_channels=c, eps=1e-6, affine=True)
+
+
+def swish(x):
+    return x * torch.sigmoid(x)
+
+
+class ResnetBlock(tnn.Module):
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.norm1 = Normalize(in_channels)
+        self.conv1 = tnn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.norm2 = Normalize(out_channels)
+        self.dropout = tnn.Dropout(0.0)
+        self.conv2 = tnn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        if in_channels != out_channels:
+            self.nin_shortcut = tnn.Conv2d(in_channels, out_channels, 1, 1, 0)
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, x):
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        if self.in_channels != self.out_channels:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(tnn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = Normalize(c)
+        self.q = tnn.Conv2d(c, c, 1)
+        self.k = tnn.Conv2d(c, c, 1)
+        self.v = tnn.Conv2d(c, c, 1)
+        self.proj_out = tnn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        h_ = self.norm(x)
+        q, k, v = self.q(h_), self.k(h_), self.v(h_)
+        b, c, h, w = q.shape
+        q = q.reshape(b, c, h * w).permute(0, 2, 1)
+        k = k.reshape(b, c, h * w)
+        w_ = torch.bmm(q, k) * (int(c) ** (-0.5))
+        w_ = torch.softmax(w_, dim=2)
+        v = v.reshape(b, c, h * w)
+        h_ = torch.bmm(v, w_.permute(0, 2, 1)).reshape(b, c, h, w)
+        return x + self.proj_out(h_)
+
+
+class Downsample(tnn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = tnn.Conv2d(c, c, 3, 2, 0)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
+
+
+class Upsample(tnn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = tnn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Encoder(tnn.Module):
+    def __init__(self, *, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution, z_channels, **_):
+        super().__init__()
+        self.num_resolutions = len(ch_mult)
+        self.conv_in = tnn.Conv2d(in_channels, ch, 3, 1, 1)
+        curr_res = resolution
+        in_ch_mult = (1,) + tuple(ch_mult)
+        self.down = tnn.ModuleList()
+        for i_level in range(self.num_resolutions):
+            block, attn = tnn.ModuleList(), tnn.ModuleList()
+            block_in, block_out = ch * in_ch_mult[i_level], ch * ch_mult[i_level]
+            for _ in range(num_res_blocks):
+                block.append(ResnetBlock(block_in, block_out))
+                block_in = block_out
+                if curr_res in attn_resolutions:
+                    attn.append(AttnBlock(block_in))
+            down = tnn.Module()
+            down.block, down.attn = block, attn
+            if i_level != self.num_resolutions - 1:
+                down.downsample = Downsample(block_in)
+                curr_res //= 2
+            self.down.append(down)
+        self.mid = tnn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = tnn.Conv2d(block_in, z_channels, 3, 1, 1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for i_level, down in enumerate(self.down):
+            for i_block, block in enumerate(down.block):
+                h = block(h)
+                if len(down.attn) > 0:
+                    h = down.attn[i_block](h)
+            if i_level != self.num_resolutions - 1:
+                h = down.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class Decoder(tnn.Module):
+    def __init__(self, *, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, **_):
+        super().__init__()
+        self.num_resolutions = len(ch_mult)
+        block_in = ch * ch_mult[-1]
+        curr_res = resolution // 2 ** (self.num_resolutions - 1)
+        self.conv_in = tnn.Conv2d(z_channels, block_in, 3, 1, 1)
+        self.mid = tnn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.up = tnn.ModuleList()
+        for i_level in reversed(range(self.num_resolutions)):
+            block, attn = tnn.ModuleList(), tnn.ModuleList()
+            block_out = ch * ch_mult[i_level]
+            for _ in range(num_res_blocks + 1):
+                block.append(ResnetBlock(block_in, block_out))
+                block_in = block_out
+                if curr_res in attn_resolutions:
+                    attn.append(AttnBlock(block_in))
+            up = tnn.Module()
+            up.block, up.attn = block, attn
+            if i_level != 0:
+                up.upsample = Upsample(block_in)
+                curr_res *= 2
+            self.up.insert(0, up)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = tnn.Conv2d(block_in, out_ch, 3, 1, 1)
+
+    def forward(self, z):
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for i_level in reversed(range(self.num_resolutions)):
+            up = self.up[i_level]
+            for i_block, block in enumerate(up.block):
+                h = block(h)
+                if len(up.attn) > 0:
+                    h = up.attn[i_block](h)
+            if i_level != 0:
+                h = up.upsample(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class VectorQuantizer2(tnn.Module):
+    def __init__(self, n_e, e_dim):
+        super().__init__()
+        self.embedding = tnn.Embedding(n_e, e_dim)
+
+    def forward(self, z):
+        z = z.permute(0, 2, 3, 1).contiguous()
+        z_flat = z.view(-1, z.shape[-1])
+        d = (
+            torch.sum(z_flat**2, dim=1, keepdim=True)
+            + torch.sum(self.embedding.weight**2, dim=1)
+            - 2 * torch.einsum("bd,dn->bn", z_flat, self.embedding.weight.t())
+        )
+        indices = torch.argmin(d, dim=1)
+        z_q = self.embedding(indices).view(z.shape)
+        return z_q.permute(0, 3, 1, 2).contiguous(), indices.view(z.shape[:-1]), d
+
+
+class TorchVQModel(tnn.Module):
+    def __init__(self, embed_dim, n_embed, **ddconfig):
+        super().__init__()
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.quantize = VectorQuantizer2(n_embed, embed_dim)
+        self.quant_conv = tnn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = tnn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+
+    def encode(self, x):
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, h):
+        z_q, _, _ = self.quantize(h)
+        return self.decoder(self.post_quant_conv(z_q))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def build_torch_model(config, seed=0):
+    torch.manual_seed(seed)
+    cfg = dict(config)
+    model = TorchVQModel(cfg.pop("embed_dim"), cfg.pop("n_embed"), **cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif p.ndim == 1:  # GroupNorm scale
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        # Codebook: perturbed encoder outputs, so that codes are near the latents and many are used.
+        z = model.encode(torch.rand(2, 3, 64, 64) * 2 - 1).permute(0, 2, 3, 1).reshape(-1, cfg["z_channels"])
+        picks = z[torch.randint(0, z.shape[0], (model.quantize.embedding.weight.shape[0],))]
+        model.quantize.embedding.weight.copy_(picks + 0.05 * z.std() * torch.randn_like(picks))
+    return model
+
+
+def save_lightning_ckpt(model, path):
+    state_dict = dict(model.state_dict())
+    state_dict["loss.discriminator.main.0.weight"] = torch.randn(64, 3, 4, 4)
+    state_dict["loss.perceptual_loss.net.slice1.0.weight"] = torch.randn(64, 3, 3, 3)
+    state_dict["loss.logvar"] = torch.zeros(())
+    torch.save({"state_dict": state_dict, "epoch": 3, "global_step": 1234}, path)
+
+
+def to_nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+
+
+def to_nhwc(t):
+    return np.transpose(t.detach().numpy(), (0, 2, 3, 1))
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    model = build_torch_model(SMALL)
+    path = tmp_path_factory.mktemp("vq") / "model.ckpt"
+    save_lightning_ckpt(model, path)
+    params = ldm_vq.load_vq_checkpoint(path, SMALL)
+    return model, params, path
+
+
+@pytest.mark.parametrize("size,batch", [(64, 2), (128, 1)])
+def test_pytorch_parity_encode_quantize_decode(converted, size, batch):
+    torch_model, params, _ = converted
+    jax_model = VQModel(**SMALL)
+    x = np.random.default_rng(size).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+
+    with torch.no_grad():
+        z_ref = torch_model.encode(to_nchw(x))
+        _, idx_ref, dist_ref = torch_model.quantize(z_ref)
+        rec_ref = torch_model.decode(z_ref)
+    z_ref_nhwc = to_nhwc(z_ref)
+
+    @jax.jit
+    def run(p, x, z_torch):
+        z = jax_model.apply({"params": p}, x, method=VQModel.encode)
+        _, idx_own = jax_model.apply({"params": p}, z, method=VQModel.quantize)[:2]
+        _, idx_same_input = jax_model.apply({"params": p}, z_torch, method=VQModel.quantize)[:2]
+        rec = jax_model.apply({"params": p}, z_torch, method=VQModel.decode)
+        return z, idx_own, idx_same_input, rec
+
+    z, idx_own, idx_same_input, rec = map(np.asarray, run(params, x, jnp.asarray(z_ref_nhwc)))
+    assert z.shape == (batch, size // 4, size // 4, 3)
+    assert rel_err(z, z_ref_nhwc) < 1e-4
+
+    # Same input as PyTorch: indices must be identical.
+    np.testing.assert_array_equal(idx_same_input, idx_ref.numpy())
+    assert len(np.unique(idx_ref.numpy())) > 8
+
+    # From our own encoding: any index that differs must be a numerical tie in PyTorch's distances.
+    idx_own, idx_t = idx_own.reshape(-1), idx_ref.numpy().reshape(-1)
+    d = dist_ref.numpy()
+    rows = np.nonzero(idx_own != idx_t)[0]
+    assert np.all(np.abs(d[rows, idx_own[rows]] - d[rows, idx_t[rows]]) < 1e-4 * np.abs(d).max())
+    assert rows.size <= max(1, idx_t.size // 100)
+
+    assert rec.shape == x.shape
+    assert rel_err(rec, to_nhwc(rec_ref)) < 1e-4
+
+
+def test_attention_levels_parity(tmp_path):
+    """attn_resolutions adds `down.i.attn.j` / `up.i.attn.j` keys; their names and math must match too."""
+    config = dict(SMALL, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, n_embed=16)
+    torch_model = build_torch_model(config, seed=1)
+    keys = torch_model.state_dict().keys()
+    assert "encoder.down.1.attn.0.q.weight" in keys and "decoder.up.1.attn.1.proj_out.weight" in keys
+    params = ldm_vq.convert_vq_state_dict(
+        {k: v.numpy() for k, v in torch_model.state_dict().items()}, config
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        z_ref = torch_model.encode(to_nchw(x))
+        rec_ref = torch_model.decode(z_ref)
+    model = VQModel(**config)
+
+    @jax.jit
+    def run(p, x, z_torch):
+        return (model.apply({"params": p}, x, method=VQModel.encode),
+                model.apply({"params": p}, z_torch, method=VQModel.decode))
+
+    z, rec = run(params, x, jnp.asarray(to_nhwc(z_ref)))
+    assert rel_err(z, to_nhwc(z_ref)) < 1e-4
+    assert rel_err(rec, to_nhwc(rec_ref)) < 1e-4
+
+
+def test_full_vq_f4_keys_and_param_count():
+    expected = ldm_vq.expected_torch_shapes(VQModel())
+    assert len(expected) == 205
+    assert sum(int(np.prod(s)) for s in expected.values()) == 55_322_782
+    # Spot checks against spec Appendix 2.
+    assert expected["encoder.down.1.block.0.nin_shortcut.weight"] == (256, 128, 1, 1)
+    assert expected["encoder.mid.attn_1.q.weight"] == (512, 512, 1, 1)
+    assert expected["decoder.up.0.block.0.conv1.weight"] == (128, 256, 3, 3)
+    assert expected["decoder.up.2.upsample.conv.weight"] == (512, 512, 3, 3)
+    assert expected["decoder.norm_out.weight"] == (128,)
+    assert expected["quantize.embedding.weight"] == (8192, 3)
+    assert expected["post_quant_conv.weight"] == (3, 3, 1, 1)
+    assert "decoder.up.0.upsample.conv.weight" not in expected
+    assert "encoder.down.2.downsample.conv.weight" not in expected
+
+
+def _numpy_state_dict(torch_model):
+    return {k: v.detach().numpy().copy() for k, v in torch_model.state_dict().items()}
+
+
+def test_predvdm_checkpoint_prefix_and_round_trip(converted):
+    torch_model, params, _ = converted
+    bare = _numpy_state_dict(torch_model)
+    full = {f"first_stage_model.{k}": v for k, v in bare.items()}
+    full.update({f"cond_stage_model.{k}": v for k, v in bare.items()})
+    full["model.diffusion_model.out.2.weight"] = np.zeros((3, 224, 3, 3), np.float32)
+    full["betas"] = np.zeros(1000, np.float32)
+    from_full = ldm_vq.convert_vq_state_dict(full, SMALL)
+    jax.tree.map(np.testing.assert_array_equal, from_full, params)
+
+    back = ldm_vq.vq_params_to_state_dict(params)
+    assert back.keys() == bare.keys()
+    for key, value in bare.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    # Conv kernel layout: OIHW -> HWIO.
+    np.testing.assert_array_equal(
+        params["encoder"]["down_1"]["block_0"]["conv1"]["kernel"],
+        np.transpose(bare["encoder.down.1.block.0.conv1.weight"], (2, 3, 1, 0)),
+    )
+    np.testing.assert_array_equal(params["decoder"]["mid"]["attn_1"]["norm"]["scale"], bare["decoder.mid.attn_1.norm.weight"])
+
+
+def test_mismatch_error_lists_every_offending_key(converted):
+    torch_model, _, _ = converted
+    sd = _numpy_state_dict(torch_model)
+    del sd["decoder.up.1.upsample.conv.bias"]
+    sd["encoder.down.0.block.0.conv1.weight"] = np.zeros((32, 32, 1, 1), np.float32)
+    sd["encoder.extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError) as info:
+        ldm_vq.convert_vq_state_dict(sd, SMALL)
+    message = str(info.value)
+    assert "missing (1): decoder.up.1.upsample.conv.bias" in message
+    assert "unexpected (1): encoder.extra.weight" in message
+    assert "encoder.down.0.block.0.conv1.weight: expected (32, 32, 3, 3), got (32, 32, 1, 1)" in message
+    # A full VQ-f4 config against the small checkpoint: wrong shapes are reported, not a crash.
+    with pytest.raises(ValueError, match="wrong shape"):
+        ldm_vq.convert_vq_state_dict(_numpy_state_dict(torch_model), None)
+
+
+def test_config_forms_and_unknown_field():
+    ldm_style = {"embed_dim": 3, "n_embed": 64, "ckpt_path": "x", "lossconfig": {},
+                 "ddconfig": {k: v for k, v in SMALL.items() if k not in ("embed_dim", "n_embed")} | {"double_z": False}}
+    assert ldm_vq.make_vq_model(ldm_style) == VQModel(**SMALL)
+    with pytest.raises(ValueError, match="unknown VQ config field.*chmult"):
+        ldm_vq.make_vq_model({"chmult": (1, 2)})
+
+
+def test_convert_script_writes_loadable_safetensors(converted, tmp_path):
+    _, params, ckpt = converted
+    config_file = tmp_path / "small.py"
+    config_file.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        f"    return ml_collections.ConfigDict({{'vq': {SMALL!r}}})\n"
+    )
+    out = tmp_path / "sub" / "vq.safetensors"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py"),
+         f"--ckpt={ckpt}", f"--out={out}", f"--config={config_file}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = torch_checkpoint.load_params_safetensors(out)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    assert not [p for p in os.listdir(out.parent) if p.startswith(".tmp-")]
+
+
+class _Opaque:
+    """A pickled Python object that weights_only loading refuses."""
+
+
+def test_loader_errors_and_safe_default(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        torch_checkpoint.load_torch_state_dict(tmp_path / "nope.ckpt")
+    path = tmp_path / "opaque.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "callbacks": {_Opaque: 1}}, path)
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        torch_checkpoint.load_torch_state_dict(path)
+    sd = torch_checkpoint.load_torch_state_dict(path, allow_pickle=True)
+    np.testing.assert_array_equal(sd["w"], np.ones(2, np.float32))
+    bare = tmp_path / "bare.pt"
+    torch.save({"a.weight": torch.arange(6.0).reshape(2, 3).to(torch.bfloat16), "note": "text"}, bare)
+    sd = torch_checkpoint.load_torch_state_dict(bare)
+    assert list(sd) == ["a.weight"] and sd["a.weight"].dtype == np.float32
+
+
+def test_layout_helpers_match_torch_ops():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 4)).astype(np.float32)  # (N, W, C)
+    w1 = rng.standard_normal((5, 4, 3)).astype(np.float32)  # Conv1d (O, I, K)
+    ref = F.conv1d(torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1), padding=1).numpy()
+    out = jax.lax.conv_general_dilated(x, torch_checkpoint.conv_kernel_to_flax(w1), (1,), [(1, 1)],
+                                       dimension_numbers=("NWC", "WIO", "NWC"))
+    np.testing.assert_allclose(np.asarray(out).transpose(0, 2, 1), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(torch_checkpoint.conv_kernel_to_torch(torch_checkpoint.conv_kernel_to_flax(w1)), w1)
+
+    lin = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(x @ torch_checkpoint.linear_to_dense(lin), F.linear(torch.from_numpy(x), torch.from_numpy(lin)).numpy(), rtol=1e-5, atol=1e-5)
+    ref1x1 = F.conv1d(torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1[:, :, :1])).numpy()
+    np.testing.assert_allclose(x @ torch_checkpoint.conv1x1_to_dense(w1[:, :, :1]), ref1x1.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="conv1x1_to_dense"):
+        torch_checkpoint.conv1x1_to_dense(w1)
+
+    sd = {"first_stage_model.a": 1, "cond_stage_model.a": 2, "loss.b": 3}
+    assert torch_checkpoint.select_prefix(sd, "first_stage_model.") == {"a": 1}
+    assert torch_checkpoint.drop_prefixes(sd, ("loss.", "cond_stage_model.")) == {"first_stage_model.a": 1}
