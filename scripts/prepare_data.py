@@ -27,6 +27,8 @@ flags.DEFINE_integer("seed", None, "SMMNIST seed (default 0).")
 flags.DEFINE_integer("ucf_split", None, "UCF-101 official split 1, 2 or 3 (default 1).")
 flags.DEFINE_enum("ucf_crop", None, ["squash", "center"], "UCF-101 resize (default squash).")
 flags.DEFINE_integer("image_size", None, "Output frame size (KTH/UCF 64, Cityscapes 128).")
+flags.DEFINE_bool("verify_crc", None, "BAIR: check every record's CRC32C (default: when the "
+                  "crc32c package is installed).")
 flags.DEFINE_string("tfds_key", None, "TFDS video feature, e.g. image_sequence.")
 flags.DEFINE_list("tfds_splits", None, "TFDS splits to convert (default: all).")
 flags.DEFINE_bool("tfds_download", None, "Download and prepare the TFDS dataset first.")
@@ -34,7 +36,7 @@ flags.mark_flags_as_required(["dataset", "out"])
 FLAGS = flags.FLAGS
 
 _OPTION_FLAGS = ("kth_split", "kth_crop", "num_digits", "num_train", "num_test", "seed",
-                 "ucf_split", "ucf_crop", "image_size", "tfds_key", "tfds_splits",
+                 "ucf_split", "ucf_crop", "image_size", "verify_crc", "tfds_key", "tfds_splits",
                  "tfds_download")
 
 

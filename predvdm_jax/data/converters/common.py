@@ -165,7 +165,7 @@ def run_plan(plan: ConversionPlan, out_dir: str, vids_per_shard: int = DEFAULT_V
     started = time.perf_counter()
     converted = skipped = reused = 0
     bar = tqdm(total=num_items, desc=f"{plan.dataset} {split.name}", unit="video",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress, dynamic_ncols=True, mininterval=1.0)
     with bar:
       for shard in range(1, num_shards + 1):
         start, stop = (shard - 1) * vids_per_shard, min(shard * vids_per_shard, num_items)
