@@ -1,0 +1,90 @@
+"""Convert PyTorch LPIPS-AlexNet weights into the Flax params of `models.lpips`.
+
+Two sources, as the `lpips` package uses them:
+- the AlexNet trunk: torchvision's ImageNet state_dict (`alexnet-owt-7be5be79.pth`,
+  keys `features.{0,3,6,8,10}.{weight,bias}`; `classifier.*` is ignored), or a
+  full `lpips.LPIPS` state_dict (keys `net.slice{k}.{i}.{weight,bias}`);
+- the linear heads: the `lpips` package's `weights/v0.1/alex.pth`
+  (keys `lin{k}.model.1.weight`, shape (1, C, 1, 1)).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from typing import Mapping
+
+import numpy as np
+
+from predvdm_jax.interop import torch_checkpoint
+from predvdm_jax.models.lpips import LPIPS_PARAM_SHAPES
+
+_TORCHVISION_KEY = re.compile(r"^features\.(\d+)\.(weight|bias)$")
+_LPIPS_TRUNK_KEY = re.compile(r"^net\.slice\d\.(\d+)\.(weight|bias)$")
+_HEAD_KEY = re.compile(r"^lin(\d)\.model\.1\.weight$")
+_FLAX_LEAF = {"weight": "kernel", "bias": "bias"}
+_SOURCE_KEY = {
+    **{
+        f"net/features_{layer}/{flax_leaf}": f"features.{layer}.{torch_leaf}"
+        for layer in (0, 3, 6, 8, 10)
+        for torch_leaf, flax_leaf in _FLAX_LEAF.items()
+    },
+    **{f"lin{k}/kernel": f"lin{k}.model.1.weight" for k in range(5)},
+}
+
+
+def find_lpips_heads_file(version: str = "0.1") -> str | None:
+    """Path of `weights/v{version}/alex.pth` inside an installed `lpips` package, or None.
+
+    Located without importing `lpips` (its import needs torchvision).
+    """
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for directory in spec.submodule_search_locations:
+        candidate = os.path.join(directory, "weights", f"v{version}", "alex.pth")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def convert_lpips_state_dicts(
+    trunk_state_dict: Mapping[str, np.ndarray], heads_state_dict: Mapping[str, np.ndarray]
+) -> dict:
+    """Flax params tree (numpy) from the trunk and heads state_dicts (they may be the same dict)."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in trunk_state_dict.items():
+        match = _TORCHVISION_KEY.match(key) or _LPIPS_TRUNK_KEY.match(key)
+        if match is None:
+            continue
+        layer, leaf = match.groups()
+        value = np.asarray(value, np.float32)
+        flat[f"net/features_{layer}/{_FLAX_LEAF[leaf]}"] = (
+            torch_checkpoint.conv_kernel_to_flax(value) if leaf == "weight" else value
+        )
+    for key, value in heads_state_dict.items():
+        match = _HEAD_KEY.match(key)
+        if match is not None:
+            flat[f"lin{match.group(1)}/kernel"] = torch_checkpoint.conv_kernel_to_flax(np.asarray(value, np.float32))
+    missing = [source for key, source in _SOURCE_KEY.items() if key not in flat]
+    if missing:
+        raise ValueError(
+            f"LPIPS-AlexNet weights lack {missing}: the trunk must be torchvision's AlexNet state_dict "
+            "(features.*) and the heads the lpips package's weights/v0.1/alex.pth (lin*.model.1.weight)."
+        )
+    torch_checkpoint.check_keys(LPIPS_PARAM_SHAPES, flat, what="LPIPS-AlexNet weights (trunk + linear heads)")
+    return torch_checkpoint.unflatten_params(flat)
+
+
+def convert_lpips_files(
+    trunk_path: str | os.PathLike, heads_path: str | os.PathLike, output_path: str | os.PathLike
+) -> dict:
+    """Read both PyTorch files, convert, and write the params as safetensors (atomically); returns the params."""
+    trunk = torch_checkpoint.load_torch_state_dict(trunk_path)
+    heads = trunk if os.fspath(heads_path) == os.fspath(trunk_path) else torch_checkpoint.load_torch_state_dict(heads_path)
+    params = convert_lpips_state_dicts(trunk, heads)
+    torch_checkpoint.save_params_safetensors(
+        output_path, params, metadata={"model": "lpips-alexnet", "lpips_version": "0.1"}
+    )
+    return params

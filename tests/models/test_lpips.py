@@ -1,0 +1,193 @@
+"""LPIPS-AlexNet in Flax against a PyTorch LPIPS written here with torchvision/lpips key names.
+
+The trunk is random (torchvision is not available); the linear heads are the
+real v0.1 heads shipped in the `lpips` PyPI package, read with torch.load
+without importing `lpips`.
+"""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from predvdm_jax.interop import lpips_torch  # noqa: E402
+from predvdm_jax.models import lpips  # noqa: E402
+
+
+def _installed_heads_path() -> str:
+    spec = importlib.util.find_spec("lpips")
+    if spec is None:
+        pytest.skip("the lpips package (pip install lpips==0.1.4 --no-deps) is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", "alex.pth")
+    if not os.path.isfile(path):
+        pytest.skip(f"lpips is installed but {path} is missing")
+    return path
+
+
+class _LinearHead(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
+
+
+class TorchAlexNetLPIPS(nn.Module):
+    """Reference: torchvision AlexNet `features` + lpips v0.1 scaling, normalization, heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+        for index, channels in enumerate((64, 192, 384, 256, 256)):
+            setattr(self, f"lin{index}", _LinearHead(channels))
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
+
+    def taps(self, x):
+        out = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in (1, 4, 7, 9, 11):
+                out.append(x)
+        return out
+
+    def forward(self, x, y, spatial):
+        normalize = lambda t: t / (torch.sqrt(torch.sum(t**2, dim=1, keepdim=True)) + 1e-10)
+        taps_x = self.taps((x - self.shift) / self.scale)
+        taps_y = self.taps((y - self.shift) / self.scale)
+        total = 0
+        for index, (tx, ty) in enumerate(zip(taps_x, taps_y)):
+            layer_map = getattr(self, f"lin{index}").model((normalize(tx) - normalize(ty)) ** 2)
+            if spatial:
+                layer_map = F.interpolate(layer_map, size=x.shape[2:], mode="bilinear", align_corners=False)
+            total = total + layer_map.mean(dim=(1, 2, 3))
+        return total
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(torch reference, Flax params converted from .pth files on disk through the library function)."""
+    heads_path = _installed_heads_path()
+    torch.manual_seed(0)
+    reference = TorchAlexNetLPIPS().eval()
+    reference.load_state_dict(torch.load(heads_path, map_location="cpu", weights_only=True), strict=False)
+    directory = tmp_path_factory.mktemp("lpips")
+    trunk_path = str(directory / "alexnet.pth")
+    trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
+    trunk["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision files carry the classifier too
+    torch.save(trunk, trunk_path)
+    output_path = str(directory / "lpips_alex.safetensors")
+    lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path)
+    params = lpips.load_lpips_params(output_path)
+    assert params is not None
+    return reference, params, output_path
+
+
+def _image_pairs():
+    """Three pairs (N=3) of 32×40 images in [-1, 1]: unrelated, similar near the left border, identical."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (3, 32, 40, 3)).astype(np.float32)
+    y = x.copy()
+    y[0] = rng.uniform(-1, 1, (32, 40, 3))
+    y[1, :, :16] = np.clip(x[1, :, :16] + 0.5 * rng.standard_normal((32, 16, 3)), -1, 1)
+    return x, y
+
+
+def _torch_distance(reference, x, y, spatial):
+    to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        return reference(to_nchw(x), to_nchw(y), spatial).numpy()
+
+
+@pytest.mark.parametrize("spatial", [True, False])
+def test_matches_pytorch_reference(converted, spatial):
+    reference, params, _ = converted
+    x, y = _image_pairs()
+    expected = _torch_distance(reference, x, y, spatial)
+    ours = np.asarray(lpips.lpips_distance(params, x, y, spatial=spatial))
+    assert ours.shape == (3,)
+    assert expected[0] > expected[1] > 0
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    assert abs(ours[2]) < 1e-7  # identical images
+
+
+def test_spatial_and_plain_variants_differ_but_are_close(converted):
+    _, params, _ = converted
+    x, y = _image_pairs()
+    spatial = np.asarray(lpips.lpips_distance(params, x, y, spatial=True))[:2]
+    plain = np.asarray(lpips.lpips_distance(params, x, y, spatial=False))[:2]
+    # Upsampling the 7×9 and 3×4 maps to 32×40 (align_corners=False) weighs their cells by
+    # 0.99..1.01 instead of exactly 1, so the two variants differ by far less than 1 %
+    # but far more than float32 rounding (~1e-7 relative).
+    relative = np.abs(spatial - plain) / plain
+    assert np.all(relative > 1e-5) and np.all(relative < 1e-2)
+
+
+def test_video_helper_maps_01_and_repeats_gray(converted):
+    reference, params, _ = converted
+    rng = np.random.default_rng(2)
+    video_a = rng.uniform(0, 1, (1, 2, 32, 40, 1)).astype(np.float32)
+    video_b = np.clip(video_a + 0.1 * rng.standard_normal(video_a.shape), 0, 1).astype(np.float32)
+    ours = np.asarray(lpips.lpips_video(params, video_a, video_b))
+    as_rgb = lambda v: np.repeat(v.reshape(2, 32, 40, 1), 3, axis=-1) * 2 - 1
+    expected = _torch_distance(reference, as_rgb(video_a), as_rgb(video_b), spatial=True)
+    assert ours.shape == (1, 2)
+    np.testing.assert_allclose(ours[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_trunk_keys_convert_like_torchvision_keys(converted):
+    reference, params, _ = converted
+    heads = torch.load(_installed_heads_path(), map_location="cpu", weights_only=True)
+    slice_of = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+    full_lpips_state_dict = {
+        f"net.slice{slice_of[int(key.split('.')[1])]}.{key.split('.', 1)[1]}": value.numpy()
+        for key, value in reference.state_dict().items()
+        if key.startswith("features.")
+    }
+    full_lpips_state_dict.update({k: v.numpy() for k, v in heads.items()})
+    full_lpips_state_dict["scaling_layer.shift"] = reference.shift.numpy()
+    converted_params = lpips_torch.convert_lpips_state_dicts(full_lpips_state_dict, full_lpips_state_dict)
+    flat_expected = lpips_torch.torch_checkpoint.flatten_params(params)
+    flat_got = lpips_torch.torch_checkpoint.flatten_params(converted_params)
+    assert flat_got.keys() == flat_expected.keys()
+    for key in flat_expected:
+        np.testing.assert_array_equal(flat_got[key], np.asarray(flat_expected[key]))
+    np.testing.assert_array_equal(
+        flat_got["net/features_3/kernel"], reference.features[3].weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
+
+
+def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_path):
+    reference, params, output_path = converted
+    assert lpips.lpips_available(output_path)
+    assert not lpips.lpips_available(None)
+    assert lpips.load_lpips_params(None) is None
+    assert lpips.load_lpips_params(tmp_path / "absent.safetensors") is None
+
+    trunk = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("features.")}
+    heads = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("lin")}
+    with pytest.raises(ValueError, match=r"lin2\.model\.1\.weight"):
+        lpips_torch.convert_lpips_state_dicts(trunk, {k: v for k, v in heads.items() if not k.startswith("lin2")})
+    heads["lin0.model.1.weight"] = np.zeros((1, 32, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="wrong shape"):
+        lpips_torch.convert_lpips_state_dicts(trunk, heads)
+    bad_file = tmp_path / "bad.safetensors"
+    lpips_torch.torch_checkpoint.save_params_safetensors(bad_file, {"lin0": {"kernel": np.zeros((1, 1, 64, 1))}})
+    with pytest.raises(ValueError, match="convert_lpips"):
+        lpips.load_lpips_params(bad_file)
+
+    small = np.zeros((1, 16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match="at least 31x31"):
+        lpips.lpips_distance(params, small, small)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        video = np.zeros((1, 1, 32, 40, 2), np.float32)
+        lpips.lpips_video(params, video, video)
