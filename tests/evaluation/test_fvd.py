@@ -1,0 +1,165 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from predvdm_jax.evaluation import fvd as fvd_lib
+from predvdm_jax.models.i3d import load_i3d_params
+
+
+def _torch_mcvd_preprocess(videos_bthwc: np.ndarray) -> np.ndarray:
+    """MCVD preprocess_single on each video (CTHW, C as batch, T as channels), back to BTHWC."""
+    out = []
+    for video in videos_bthwc:
+        v = torch.from_numpy(video).permute(3, 0, 1, 2)  # CTHW
+        if v.shape[0] == 1:
+            v = v.repeat(3, 1, 1, 1)
+        _, _, h, w = v.shape
+        scale = 224 / min(h, w)
+        size = (224, math.ceil(w * scale)) if h < w else (math.ceil(h * scale), 224)
+        v = F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+        _, _, h, w = v.shape
+        top, left = (h - 224) // 2, (w - 224) // 2
+        v = v[:, :, top : top + 224, left : left + 224]
+        out.append(((v - 0.5) * 2).permute(1, 2, 3, 0).numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("shape", [(1, 10, 64, 64, 1), (1, 10, 48, 80, 3), (1, 10, 300, 256, 3)])
+def test_bilinear_matches_torch_interpolate(shape):
+    videos = np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32)
+    ours = np.asarray(fvd_lib.preprocess_for_i3d(videos, "bilinear"))
+    expected = _torch_mcvd_preprocess(videos)
+    assert ours.shape == (1, 10, 224, 224, 3)
+    # torch computes source coordinates in float32 (errors up to ~6e-5 when downsampling); ours in float64.
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def _tf1_resize_by_hand(frame: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """TF1 resize_bilinear(align_corners=False, half_pixel_centers=False), pixel by pixel."""
+    in_h, in_w = frame.shape
+    out = np.zeros((out_h, out_w))
+    for i in range(out_h):
+        y = i * in_h / out_h
+        y0 = int(math.floor(y))
+        y1, dy = min(y0 + 1, in_h - 1), y - y0
+        for j in range(out_w):
+            x = j * in_w / out_w
+            x0 = int(math.floor(x))
+            x1, dx = min(x0 + 1, in_w - 1), x - x0
+            top = frame[y0, x0] * (1 - dx) + frame[y0, x1] * dx
+            bottom = frame[y1, x0] * (1 - dx) + frame[y1, x1] * dx
+            out[i, j] = top * (1 - dy) + bottom * dy
+    return out
+
+
+def test_tf1_bilinear_matches_hand_formula():
+    frame = np.random.default_rng(2).uniform(0, 1, (16, 16))
+    videos = np.broadcast_to(frame[None, None, :, :, None], (1, 10, 16, 16, 1)).astype(np.float32)
+    ours = np.asarray(fvd_lib.preprocess_for_i3d(videos, "tf1_bilinear"))
+    expected = (_tf1_resize_by_hand(frame, 224, 224) - 0.5) * 2
+    for channel in range(3):
+        np.testing.assert_allclose(ours[0, 3, :, :, channel], expected, atol=1e-5)
+    # Known TF1 values: [0, 1] upsampled 2 -> 4 is [0, 0.5, 1, 1] (no half-pixel shift).
+    np.testing.assert_allclose(fvd_lib.bilinear_resize_matrix(2, 4, "tf1_bilinear") @ [0.0, 1.0], [0, 0.5, 1, 1])
+    np.testing.assert_allclose(fvd_lib.bilinear_resize_matrix(2, 4, "bilinear") @ [0.0, 1.0], [0, 0.25, 0.75, 1])
+
+
+def _features_with_exact_moments(mean, std, n, seed):
+    """Samples whose sample mean and unbiased sample covariance are exactly mean and diag(std^2)."""
+    z = np.random.default_rng(seed).normal(size=(n, len(mean)))
+    z -= z.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(z, rowvar=False))
+    z = z @ eigvec @ np.diag(eigval**-0.5) @ eigvec.T
+    return z * std + mean
+
+
+def test_identical_features_give_zero():
+    feats = np.random.default_rng(3).normal(size=(64, 12))
+    assert abs(fvd_lib.frechet_distance(feats, feats)) < 1e-8
+
+
+def test_diagonal_gaussians_match_closed_form():
+    mean_r, std_r = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 2.0, 0.5, 1.5])
+    mean_f, std_f = np.array([1.0, 1.0, 0.0, -0.5]), np.array([2.0, 1.0, 0.5, 3.0])
+    real = _features_with_exact_moments(mean_r, std_r, 200, seed=4)
+    fake = _features_with_exact_moments(mean_f, std_f, 150, seed=5)
+    closed_form = np.sum((mean_r - mean_f) ** 2) + np.sum((std_r - std_f) ** 2)
+    assert fvd_lib.frechet_distance(real, fake) == pytest.approx(closed_form, rel=1e-9)
+
+
+def test_general_covariances_match_symmetric_formula():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    cov_r, cov_f = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mean_r, mean_f = rng.normal(size=6), rng.normal(size=6)
+    # tr sqrt(S_f S_r) = tr sqrt(S_r^1/2 S_f S_r^1/2), a symmetric PSD matrix: use eigh.
+    w, v = np.linalg.eigh(cov_r)
+    root_r = v @ np.diag(np.sqrt(w)) @ v.T
+    trace_sqrt = np.sum(np.sqrt(np.linalg.eigvalsh(root_r @ cov_f @ root_r)))
+    expected = np.sum((mean_r - mean_f) ** 2) + np.trace(cov_r) + np.trace(cov_f) - 2 * trace_sqrt
+    got = fvd_lib.frechet_distance_from_moments(mean_r, cov_r, mean_f, cov_f)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_feature_stats_streams_mean_and_covariance():
+    feats = np.random.default_rng(7).normal(size=(37, 5)) * 3 + 1e4
+    stats = fvd_lib.FeatureStats()
+    for chunk in np.array_split(feats, [10, 11, 30]):
+        stats.append(chunk)
+    assert stats.count == 37
+    np.testing.assert_allclose(stats.mean, feats.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+    other = fvd_lib.FeatureStats()
+    other.append(feats[:20] + 0.5)
+    expected = fvd_lib.frechet_distance(feats, feats[:20] + 0.5)
+    assert stats.frechet_distance(other) == pytest.approx(expected, rel=1e-8)
+
+
+def test_too_few_videos_or_frames_raise():
+    with pytest.raises(ValueError, match="at least 2"):
+        fvd_lib.frechet_distance(np.zeros((1, 400)), np.zeros((5, 400)))
+    stats = fvd_lib.FeatureStats()
+    stats.append(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.covariance
+    with pytest.raises(ValueError, match="at least 10"):
+        fvd_lib.preprocess_for_i3d(np.zeros((2, 9, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="at least 10"):
+        fvd_lib.i3d_logits({}, np.zeros((2, 8, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="at least 2"):
+        fvd_lib.fvd({}, np.zeros((1, 10, 64, 64, 3), np.float32), np.zeros((3, 10, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
+        fvd_lib.i3d_logits({}, np.full((2, 10, 8, 8, 3), -1.0, np.float32))
+    with pytest.raises(ValueError, match="divide uint8"):
+        fvd_lib.i3d_logits({}, np.zeros((2, 10, 8, 8, 3), np.uint8))
+
+
+def _moving_square_videos(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    videos = np.zeros((n, 10, 32, 32, 1), np.float32)
+    for i in range(n):
+        y, x = rng.integers(0, 16, 2)
+        dy, dx = rng.integers(-2, 3, 2)
+        for t in range(10):
+            top, left = np.clip([y + dy * t, x + dx * t], 0, 24)
+            videos[i, t, top : top + 8, left : left + 8] = 1.0
+    return videos
+
+
+def test_fvd_grows_with_noise_on_real_i3d():
+    # Two videos per set is the minimum for a covariance; it keeps the 224x224 I3D runs to six.
+    variables = load_i3d_params()
+    real = _moving_square_videos(2, seed=8)
+    noise = np.random.default_rng(9).normal(size=real.shape).astype(np.float32)
+    real_feats = fvd_lib.i3d_logits(variables, real, batch_size=2)
+    assert real_feats.shape == (2, 400) and np.all(np.isfinite(real_feats))
+    # sqrtm of a rank-1 400x400 product is only accurate to ~1e-4 here.
+    assert abs(fvd_lib.frechet_distance(real_feats, real_feats)) < 1e-2
+    scores = [
+        fvd_lib.frechet_distance(real_feats, fvd_lib.i3d_logits(variables, np.clip(real + s * noise, 0, 1), 2))
+        for s in (0.1, 0.4)
+    ]
+    assert 1.0 < scores[0] < scores[1], scores
