@@ -9,7 +9,8 @@ concatenated along time (noisy first) and flattened into UNet channels:
 Modes (the UNet weights are shared by every pass):
 
 * ``tc`` / ``ct``: one pass, un-flattened in the same order;
-* ``tcct_para``: mean of the ``tc`` and ``ct`` passes;
+* ``tcct_para``: mean of the ``tc`` and ``ct`` passes (run as one UNet call over a
+  doubled batch: the same per-sample maths, one compiled UNet);
 * ``tc_attn``: ``o = U(tc); o = tc_attn(o) * o`` on the flattened ``k * C``
   channels, then un-flattened;
 * ``tcct_para_attn``: the ``tc_attn`` result plus the same with ``ct`` and
@@ -143,20 +144,20 @@ class PredVDMDenoiser(nn.Module):
         frames = jnp.concatenate([x_noisy, cond.astype(x_noisy.dtype)], axis=1)
         c = self.latent_channels
 
-        def branch(order: str, gate: LinearAttention | None) -> jax.Array:
-            out = unet(flatten_frames(frames, order), t, train)
-            if gate is not None:
-                out = gate(out) * out
-            return unflatten_frames(out, order, c)
+        def gated(out: jax.Array, gate: LinearAttention | None) -> jax.Array:
+            return out if gate is None else gate(out) * out
 
-        if self.mode == "tc":
-            return branch("tc", None)
-        if self.mode == "ct":
-            return branch("ct", None)
+        if self.mode in ("tc", "ct", "tc_attn"):
+            order = "tc" if self.mode == "tc_attn" else self.mode
+            out = unet(flatten_frames(frames, order), t, train)
+            gate = LinearAttention(self.attn_heads_tc, self.attn_dim_head, name="tc_attn") if self.mode == "tc_attn" else None
+            return unflatten_frames(gated(out, gate), order, c)
+
+        # Both passes in one UNet call over a doubled batch (identical per-sample maths, one compiled UNet).
+        stacked = jnp.concatenate([flatten_frames(frames, "tc"), flatten_frames(frames, "ct")], axis=0)
+        out_tc, out_ct = jnp.split(unet(stacked, jnp.concatenate([t, t]), train), 2, axis=0)
         if self.mode == "tcct_para":
-            return (branch("tc", None) + branch("ct", None)) / 2
+            return (unflatten_frames(out_tc, "tc", c) + unflatten_frames(out_ct, "ct", c)) / 2
         tc_attn = LinearAttention(self.attn_heads_tc, self.attn_dim_head, name="tc_attn")
-        if self.mode == "tc_attn":
-            return branch("tc", tc_attn)
         ct_attn = LinearAttention(self.attn_heads_ct, self.attn_dim_head, name="ct_attn")
-        return branch("tc", tc_attn) + branch("ct", ct_attn)
+        return unflatten_frames(gated(out_tc, tc_attn), "tc", c) + unflatten_frames(gated(out_ct, ct_attn), "ct", c)
