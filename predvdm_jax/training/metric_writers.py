@@ -50,7 +50,8 @@ class JsonlWriter:
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, path)
-        self._file = open(path, "a")
+        # Line-buffered: a killed run keeps every line it logged.
+        self._file = open(path, "a", buffering=1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step)}

@@ -142,8 +142,9 @@ def _main(args: dict) -> None:
     stream = StreamIterator(config.seed, config.data.batch_size, jax.process_index(),
                             jax.process_count())
     hooks = []
-    if args.get("sleep_per_step"):
-        hooks.append(lambda step, state, metrics: time.sleep(args["sleep_per_step"]))
+    if args.get("hang_after_step"):  # stands still until killed, its checkpoints landing
+        hooks.append(lambda step, state, metrics: step > args["hang_after_step"]
+                     and time.sleep(600))
     state = loop.train_loop(config, args["workdir"], init_fn, make_loss_fn(), stream,
                             hooks=hooks)
     params = _gathered(state.params)

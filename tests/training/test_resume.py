@@ -1,0 +1,118 @@
+"""Resume after SIGKILL equals an uninterrupted run; NaN stops without saving.
+
+The killed run uses 1 device and the resumed run 4 simulated devices with
+the hidden kernel split over fsdp, so the resume also restores a 1-device
+checkpoint onto a different device count.
+"""
+
+import os
+import shutil
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from predvdm_jax.training import loop
+from predvdm_jax.training.checkpoint import Checkpointer
+from predvdm_jax.training.metric_writers import JSONL_NAME
+
+from .tiny_setup import (StreamIterator, flat_params, init_fn, make_config, make_loss_fn,
+                         read_jsonl, run_subprocess)
+
+TOTAL_STEPS, SAVE_EVERY = 8, 2
+
+
+def finished_steps(checkpoint_dir):
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit())
+
+
+def ldm_lr(n, peak, warm_up):
+    return peak * ((1.0 - 1e-6) / warm_up * n + 1e-6 if n < warm_up else 1.0)
+
+
+def test_resume_after_sigkill_on_other_device_count_equals_uninterrupted(tmp_path):
+    config_args = dict(num_steps=TOTAL_STEPS, save_every=SAVE_EVERY, log_every=1)
+    killed_dir = tmp_path / "killed"
+    checkpoint_dir = killed_dir / "checkpoints"
+    proc = run_subprocess({"mode": "train", "config": config_args, "workdir": str(killed_dir),
+                           "out": str(tmp_path / "unused.npz"), "hang_after_step": 4},
+                          wait=False)
+    try:
+        straight_dir = tmp_path / "straight"  # runs while the subprocess starts up
+        config = make_config(**config_args)
+        state = loop.train_loop(config, str(straight_dir), init_fn, make_loss_fn(),
+                                StreamIterator(config.seed, config.data.batch_size))
+        expected = flat_params(jax.device_get(state.params))
+
+        deadline = time.time() + 150
+        while time.time() < deadline and not any(s >= 4 for s in finished_steps(checkpoint_dir)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    survived = finished_steps(checkpoint_dir)
+    assert survived[-1] == 4, f"unexpected checkpoints at the kill: {survived}"
+    last_good = survived[-1]
+
+    # A save killed half-way leaves a temporary directory: it must be ignored.
+    fake_unfinished = checkpoint_dir / "100.orbax-checkpoint-tmp-1234567890"
+    shutil.copytree(checkpoint_dir / str(last_good), fake_unfinished)
+    for marker in fake_unfinished.glob("commit_success*"):
+        marker.unlink()
+    assert Checkpointer(checkpoint_dir).latest_step() == last_good
+
+    resumed = tmp_path / "resumed.npz"
+    run_subprocess({"mode": "train", "config": dict(config_args, data=1, fsdp=4),
+                    "workdir": str(killed_dir), "out": str(resumed)}, devices=4)
+
+    got = np.load(resumed)
+    assert int(got["_device_count"]) == 4
+    assert str(got["_hidden_spec"]) == str(PartitionSpec(None, "fsdp"))
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+    straight_log = read_jsonl(straight_dir / JSONL_NAME)
+    resumed_log = read_jsonl(killed_dir / JSONL_NAME)
+    assert [r["step"] for r in straight_log] == list(range(1, TOTAL_STEPS + 1))
+    assert [r["step"] for r in resumed_log] == list(range(1, TOTAL_STEPS + 1))
+    np.testing.assert_allclose([r["loss"] for r in resumed_log],
+                               [r["loss"] for r in straight_log], rtol=1e-5)
+    peak = config.optimizer.base_learning_rate * config.data.batch_size
+    np.testing.assert_allclose(
+        [r["lr"] for r in straight_log],
+        [ldm_lr(s - 1, peak, config.optimizer.warmup_steps) for s in range(1, TOTAL_STEPS + 1)],
+        rtol=1e-5)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = make_config(num_steps=8, save_every=2, log_every=3)
+    assert Checkpointer(tmp_path / "checkpoints").restore_latest(None) is None
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 5;.*step 4"):
+        loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(nan_at_step=5), stream)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.all_steps() == [2, 4]
+    _, data_state = checkpointer.restore(4, _abstract_state(config))
+    assert data_state == {"seed": config.seed, "position": 4}
+    logged = read_jsonl(tmp_path / JSONL_NAME)
+    assert [r["step"] for r in logged] == [3]
+    assert all(np.isfinite(r["loss"]) for r in logged)
+
+
+def _abstract_state(config):
+    from predvdm_jax.training.mesh import make_mesh
+    from predvdm_jax.training.optim import make_optimizer
+    from predvdm_jax.training.train_state import abstract_train_state
+
+    optimizer, _ = make_optimizer(config)
+    abstract, _ = abstract_train_state(init_fn, optimizer, jax.random.PRNGKey(config.seed),
+                                       make_mesh(), min_size=config.mesh.min_shard_size)
+    return abstract
