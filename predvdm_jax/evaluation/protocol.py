@@ -273,7 +273,7 @@ def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
              reconstruct_fn: ReconstructFn | None, protocol: Protocol, *, cond_frames: int,
              pred_frames: int, key: jax.Array, lpips_params: Any = None,
              feature_fn: FeatureFn | None = None, fvd_unavailable: str | None = None,
-             keep_videos: int = 0, progress: Callable[[Iterable], Iterable] | None = None
+             keep_videos: int = 0, on_prediction: Callable[[int], Any] | None = None
              ) -> EvaluationResult:
   """Runs ``protocol`` over ``batches`` of test clips.
 
@@ -283,7 +283,8 @@ def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
   uses ``fold_in(fold_in(key, s), b)``. ``reconstruct_fn(video)`` (same shape
   in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
   videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
-  FVD with the reason ``fvd_unavailable``.
+  FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
+  every ``predict_fn`` call (progress bars).
   """
   if protocol.num_samples < 1:
     raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
@@ -296,7 +297,6 @@ def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
   videos: dict = {"cond": [], "real": [], "fake": []}
   kept = 0
   seconds = {"predict": 0.0, "reconstruct": 0.0}
-  batches = progress(batches) if progress is not None else batches
   for batch_index, batch in enumerate(batches):
     video = batch["video"]
     if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
@@ -323,6 +323,8 @@ def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
       seconds["predict"] += time.perf_counter() - start
       _check_prediction(frames, expected, "predict_fn")
       predictions.append(frames)
+      if on_prediction is not None:
+        on_prediction(1)
     accumulator.add_fake(MODEL, future, predictions, cond01, valid)
 
     copy_last = jnp.repeat(video[:, cond_frames - 1:cond_frames], pred_frames, axis=1)
@@ -482,3 +484,157 @@ def make_i3d_feature_fn(i3d_params: str = "", batch_size: int = 10,
     return fvd_lib.i3d_logits(variables, videos, batch_size=batch_size, method=method)
 
   return features, f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)"
+
+
+# --- end to end: a trained model or two folders of videos → outputs on disk ------------
+
+def _eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
+  """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
+  size = max(1, min(requested, num_clips))
+  return -(-size // devices) * devices
+
+
+def evaluate_model(config, params: Any, vq_params: Any, out_dir: str, *, protocol: Protocol,
+                   pred_frames: int, source: str, keep_videos: int = 8,
+                   show_progress: bool = True) -> dict:
+  """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
+
+  Batches are sharded over the mesh (``config.mesh``); params are replicated.
+  Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
+  (see ``report.write_evaluation``) and returns the metrics dict.
+  """
+  from predvdm_jax.data.loader import eval_iterator
+  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+  from predvdm_jax.evaluation import report
+  from predvdm_jax.training import mesh as mesh_lib
+
+  model = LatentDiffusion.from_config(config)
+  cond_frames = model.cond_frames
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  batch_size = _eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
+  batches = eval_iterator(config.data.test_dir, cond_frames + pred_frames, protocol.num_clips,
+                          batch_size, config.eval.seed, sharding=mesh_lib.batch_sharding(mesh))
+  num_batches = -(-protocol.num_clips // batch_size)
+  replicated = mesh_lib.replicated(mesh)
+  params = jax.device_put(params, replicated)
+  vq_params = jax.device_put(vq_params, replicated)
+  predict = model.make_predict_fn(pred_frames)
+  reconstruct = jax.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
+  feature_fn, i3d_source = _feature_fn(config)
+  lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
+
+  def predict_fn(cond, key):
+    return predict(params, vq_params, cond, key)["frames"]
+
+  with _progress(num_batches * protocol.num_samples, show_progress, "predicting") as bar:
+    result = evaluate(
+        (batch for _, batch in zip(range(num_batches), batches)), predict_fn,
+        lambda video: reconstruct(vq_params, video), protocol, cond_frames=cond_frames,
+        pred_frames=pred_frames, key=jax.random.key(config.eval.seed), lpips_params=lpips_params,
+        feature_fn=feature_fn, fvd_unavailable=i3d_source, keep_videos=keep_videos,
+        on_prediction=bar.update)
+  sampling = config.sampling
+  metrics = summarize(result, protocol, cond_frames=cond_frames, pred_frames=pred_frames,
+                      extra_protocol={
+                          "source": source,
+                          "test_dir": config.data.test_dir,
+                          "clip_seed": int(config.eval.seed),
+                          "sampler": f"{sampling.sampler}, {sampling.steps} steps, eta {sampling.eta}",
+                          "i3d": i3d_source,
+                          "batch_size": batch_size,
+                          "devices": int(mesh.size),
+                      })
+  if jax.process_index() == 0:
+    report.write_evaluation(out_dir, metrics, result.videos, first_frame=cond_frames + 1)
+  return metrics
+
+
+def score_folders(real_dir: str, fake_dir: str, out_dir: str, *, cond_frames: int = 0,
+                  num_frames: int = 0, batch_size: int = 16, lpips_params: str = "",
+                  i3d_params: str = "", fvd: bool = True, keep_videos: int = 8,
+                  show_progress: bool = True) -> dict:
+  """Scores video ``i`` of ``fake_dir`` against video ``i`` of ``real_dir`` (HDF5 splits).
+
+  Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
+  length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS.
+  Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
+  """
+  from predvdm_jax.data.hdf5 import VideoShards
+  from predvdm_jax.data.loader import to_model_range
+  from predvdm_jax.evaluation import report
+
+  real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
+  if len(real_set) != len(fake_set):
+    raise ValueError(f"{real_dir} holds {len(real_set)} videos but {fake_dir} holds "
+                     f"{len(fake_set)}; score sets with the same count, paired by index.")
+  if real_set.frame_shape != fake_set.frame_shape:
+    raise ValueError(f"frames differ in shape: {real_set.frame_shape} in {real_dir}, "
+                     f"{fake_set.frame_shape} in {fake_dir}; resize one set first.")
+  shortest = int(min(real_set.frame_counts.min(), fake_set.frame_counts.min()))
+  num_frames = num_frames or shortest
+  real_set.check_min_length(num_frames)
+  fake_set.check_min_length(num_frames)
+  count = len(real_set)
+  if fvd:
+    feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
+  else:
+    feature_fn, i3d_source = None, "disabled (--config.eval.fvd=False)"
+  kept: dict = {"cond": [], "real": [], "fake": []}
+
+  def pairs():
+    for start in range(0, count, batch_size):
+      indices = range(start, min(start + batch_size, count))
+      real = np.stack([to_model_range(real_set.read_clip(i, 0, num_frames)) for i in indices])
+      fake = np.stack([to_model_range(fake_set.read_clip(i, 0, num_frames)) for i in indices])
+      take = max(0, keep_videos - sum(len(v) for v in kept["real"]))
+      if take:
+        kept["cond"].append(real[:take, :cond_frames])
+        kept["real"].append(real[:take, cond_frames:])
+        kept["fake"].append(fake[:take, cond_frames:])
+      yield {"real": real, "fake": fake}
+
+  with _progress(-(-count // batch_size), show_progress, "scoring") as bar:
+    metrics = evaluate_video_sets(
+        pairs(), cond_frames=cond_frames, lpips_params=lpips_lib.load_lpips_params(lpips_params or None),
+        feature_fn=feature_fn, fvd_unavailable=i3d_source,
+        progress=lambda items: _counted(items, bar.update))
+  metrics["protocol"].update({"real_dir": real_dir, "fake_dir": fake_dir, "i3d": i3d_source,
+                              "frames_per_video": num_frames})
+  videos = {k: np.concatenate(v) for k, v in kept.items() if v}
+  if cond_frames == 0:
+    videos.pop("cond", None)
+  report.write_evaluation(out_dir, metrics, videos, first_frame=cond_frames + 1)
+  return metrics
+
+
+def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
+  for item in items:
+    yield item
+    update(1)
+
+
+def _feature_fn(config) -> tuple[FeatureFn | None, str]:
+  if not config.eval.fvd:
+    return None, "disabled (eval.fvd=False)"
+  return make_i3d_feature_fn(config.eval.i3d_params)
+
+
+class _progress:
+  """A tqdm bar on process 0 (a no-op counter elsewhere or when disabled)."""
+
+  def __init__(self, total: int, enabled: bool, description: str):
+    self.bar = None
+    if enabled and jax.process_index() == 0:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+
+  def update(self, count: int = 1) -> None:
+    if self.bar is not None:
+      self.bar.update(count)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.bar is not None:
+      self.bar.close()

@@ -231,3 +231,29 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
                    else "n/a" if aggregation == "mean" else "")
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
+
+
+def write_evaluation(out_dir: str, metrics: Mapping[str, Any], videos: Mapping[str, Any] | None = None,
+                     first_frame: int = 1) -> dict:
+  """All outputs of one evaluation: ``metrics.json``, ``metrics.md``, ``per_frame.png``, ``videos/``.
+
+  ``videos`` holds ``real`` and ``fake`` (and optionally ``cond``) in [-1, 1].
+  Notes about skipped outputs (e.g. MP4) are added to ``metrics.json``.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  metrics = dict(metrics)
+  paths = {"metrics": os.path.join(out_dir, "metrics.json"),
+           "table": os.path.join(out_dir, "metrics.md")}
+  curves = per_frame_curves(metrics)
+  if curves:
+    paths["per_frame"] = plot_per_frame(os.path.join(out_dir, "per_frame.png"), curves, first_frame,
+                                        title=f"protocol {metrics.get('protocol', {}).get('name', '')}")
+  if videos and "real" in videos and len(videos["real"]):
+    written = write_videos(os.path.join(out_dir, "videos"), videos["real"], videos["fake"],
+                           videos.get("cond"))
+    paths["videos"] = os.path.join(out_dir, "videos")
+    if written["notes"]:
+      metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
+  _atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
+  write_metrics_json(paths["metrics"], metrics)
+  return paths
