@@ -199,7 +199,7 @@ class _Accumulator:
     for name in self.variants:
       self.real_features[name].append(self.feature_fn(self._fvd_video(name, cond01, future01)))
 
-  def add_fake(self, system: str, real: jax.Array, fakes: list, cond01: np.ndarray,
+  def add_fake(self, system: str, real: jax.Array, fakes: list, cond01: np.ndarray | None,
                valid: np.ndarray) -> None:
     """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample."""
     per_sample: dict = {}
@@ -310,8 +310,9 @@ def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
     valid = (np.ones(batch_size, bool) if mask is None else _to_host(mask) > 0.5)
     cond = video[:, :cond_frames]
     future = video[:, cond_frames:cond_frames + pred_frames]
-    cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
+    cond01 = None
     if accumulator.variants:
+      cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
       accumulator.add_real(cond01, np.asarray(_to_host(to_unit_range(future))[valid], np.float32))
     expected = (batch_size, pred_frames, height, width, channels)
 

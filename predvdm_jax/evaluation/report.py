@@ -83,6 +83,7 @@ def plot_per_frame(path: str, curves: Mapping[str, Mapping[str, Any]], first_fra
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
 
   panels = [metric for metric in METRIC_LABELS if curves.get(metric)]
   panels += [metric for metric in curves if metric not in METRIC_LABELS and curves[metric]]
@@ -95,6 +96,7 @@ def plot_per_frame(path: str, curves: Mapping[str, Mapping[str, Any]], first_fra
     for label, values in curves[metric].items():
       frames = np.arange(first_frame, first_frame + len(values))
       axes.plot(frames, values, marker="." if len(values) <= 40 else None, label=label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("frame index")
     axes.set_ylabel(METRIC_LABELS.get(metric, metric))
     axes.grid(alpha=0.3)
@@ -230,6 +232,12 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
         row.append(f"{value[kind]:.1f}" if isinstance(value, Mapping) and aggregation == "mean"
                    else "n/a" if aggregation == "mean" else "")
       lines.append("| " + " | ".join(row) + " |")
+  model = metrics["model"]
+  notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
+  notes += [f"- FVD {variant}: {note}" for variant, note in model.get("fvd", {}).items()
+            if isinstance(note, str)]
+  if notes:
+    lines += [""] + notes
   return "\n".join(lines) + "\n"
 
 

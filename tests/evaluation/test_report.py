@@ -52,7 +52,8 @@ def test_markdown_table_rows():
     assert lines[4] == "| model | mean | 0.8123 ± 0.1000 | 27.46 ± 3.20 | n/a | 301.2 | 323.0 |"
     assert lines[5] == "| model | best of 10 | 0.8500 ± 0.0100 | 28.00 ± 0.01 | n/a |  |  |"
     assert lines[6] == "| copy last frame | mean | 0.5000 ± 0.2000 | 20.00 ± 1.00 | n/a | 900.0 | 900.0 |"
-    assert len(lines) == 7
+    assert lines[8:] == ["- LPIPS: unavailable: no LPIPS weights",
+                         "- FVD pred-only: skipped: I3D weights unavailable"]
 
 
 def test_per_frame_curves_and_plot(tmp_path):
