@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from predvdm_jax.diffusion.samplers import DenoiseFn, SamplerSettings, sample
 from predvdm_jax.diffusion.schedule import DiffusionSchedule
@@ -47,10 +48,11 @@ def rollout(
         raise ValueError(f"z_cond must be (B, n_cond, h, w, c), got shape {z_cond.shape}")
     if z_cond.shape[1] < 1:
         raise ValueError("z_cond needs at least one conditioning latent")
-    if not isinstance(num_frames, int) or num_frames < 1:
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k (latents per block) must be a positive integer, got {k!r}")
+    num_frames, k = int(num_frames), int(k)
     batch, n_cond = z_cond.shape[:2]
     block_shape = (batch, k) + tuple(z_cond.shape[2:])
     num_blocks = math.ceil(num_frames / k)

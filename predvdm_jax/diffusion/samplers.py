@@ -154,6 +154,8 @@ def ddim_parameters(
     ts = np.asarray(timesteps, dtype=np.int64)
     if ts.ndim != 1 or ts.size < 1 or ts.min() < 0 or ts.max() >= schedule.num_timesteps:
         raise ValueError(f"DDIM timesteps must be a non-empty 1-D grid inside [0, {schedule.num_timesteps}), got {ts}")
+    if np.any(np.diff(ts) < 0):
+        raise ValueError(f"DDIM timesteps must be ascending (they are iterated in reverse), got {ts}")
     alphas = schedule.alphas_cumprod[ts]
     alphas_prev = jnp.concatenate([schedule.alphas_cumprod[:1], schedule.alphas_cumprod[ts[:-1]]])
     sigmas = eta * jnp.sqrt((1.0 - alphas_prev) / (1.0 - alphas) * (1.0 - alphas / alphas_prev))
