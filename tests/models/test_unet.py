@@ -101,6 +101,18 @@ def test_fresh_resblock_and_attention_are_identity_maps_with_pytorch_default_ini
     assert np.abs(res_params["emb_layers_1"]["bias"]).max() <= 1 / math.sqrt(128)
 
 
+def test_resblock_dropout_acts_only_in_training_and_uses_the_dropout_rng():
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 4, 4, 32)), jnp.float32)
+    emb = jnp.ones((1, 128))
+    block = ResBlock(32, dropout=1.0)  # out_layers' conv sees zeros: output = x + its bias
+    shapes = nn.unbox(jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), x, emb, False))["params"])
+    rng = np.random.default_rng(5)
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, jnp.float32), shapes)
+    trained = block.apply({"params": params}, x, emb, True, rngs={"dropout": jax.random.PRNGKey(1)})
+    np.testing.assert_allclose(trained, x + params["out_layers_3"]["bias"], atol=1e-6)
+    assert np.max(np.abs(block.apply({"params": params}, x, emb, False) - x)) > 1e-2
+
+
 def test_every_kernel_carries_logical_axis_names_known_to_the_sharding_rules():
     shapes = jax.eval_shape(lambda: UNetModel(**TINY).init(jax.random.PRNGKey(0), *example(8, 6)))
     known = {name for name, _ in DEFAULT_LOGICAL_RULES}
