@@ -220,7 +220,8 @@ class Decoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, z: Array, deterministic: bool = True) -> Array:
+    def __call__(self, z: Array, deterministic: bool = True, return_features: bool = False):
+        """With return_features, also returns the input of `conv_out` (for the VQGAN adaptive weight)."""
         _check_images(z, self.z_channels, "Decoder input")
         num_levels = len(self.ch_mult)
         h = _conv(self.ch * self.ch_mult[-1], 3, z.shape[-1], "conv_in", self.dtype)(z)
@@ -239,7 +240,8 @@ class Decoder(nn.Module):
             if i_level != 0:
                 curr_res *= 2
         h = nn.swish(_normalize("norm_out", self.dtype)(h))
-        return _conv(self.out_ch, 3, h.shape[-1], "conv_out", self.dtype)(h)
+        out = _conv(self.out_ch, 3, h.shape[-1], "conv_out", self.dtype)(h)
+        return (out, h) if return_features else out
 
 
 class CodebookLossTerms(NamedTuple):
@@ -308,6 +310,7 @@ class VQOutput(NamedTuple):
     z_q: Array  # straight-through quantized latents
     indices: Array  # (B, h, w) int codebook indices
     loss_terms: CodebookLossTerms
+    decoder_features: Array | None = None  # input of decoder/conv_out, only with return_features=True
 
 
 class VQModel(nn.Module):
@@ -391,11 +394,12 @@ class VQModel(nn.Module):
         codebook = self.quantizer.variables["params"]["embedding"]
         return self.decode(jnp.take(codebook, indices, axis=0), quantize=False, deterministic=deterministic)
 
-    def __call__(self, x: Array, deterministic: bool = True) -> VQOutput:
+    def __call__(self, x: Array, deterministic: bool = True, return_features: bool = False) -> VQOutput:
         z = self.encode(x, deterministic)
         z_q, indices, terms = self.quantize(z)
-        reconstruction = self.decode(z_q, quantize=False, deterministic=deterministic)
-        return VQOutput(reconstruction, z, z_q, indices, terms)
+        decoded = self.decoder(self.post_quant_conv(z_q), deterministic, return_features=return_features)
+        reconstruction, features = decoded if return_features else (decoded, None)
+        return VQOutput(reconstruction.astype(jnp.float32), z, z_q, indices, terms, features)
 
 
 def _check_images(x: Array, channels: int, what: str) -> None:
