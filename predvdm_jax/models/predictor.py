@@ -114,6 +114,13 @@ class PredVDMDenoiser(nn.Module):
     attn_heads_ct: int = 3
     attn_dim_head: int = 32
 
+    def __post_init__(self):
+        # Hashable attributes (a ConfigDict / dict with list values -> FrozenDict of tuples) so the module can be
+        # a static argument of jax.jit.
+        frozen = {key: tuple(v) if isinstance(v, list) else v for key, v in dict(self.unet).items()}
+        object.__setattr__(self, "unet", FrozenDict(frozen))
+        super().__post_init__()
+
     def unet_kwargs(self) -> dict[str, Any]:
         """The UNet keyword arguments with ``in_channels`` / ``out_channels`` filled in and checked."""
         if self.mode not in MODES:

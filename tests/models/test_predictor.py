@@ -100,3 +100,13 @@ def test_bad_mode_config_or_shapes_raise_a_clear_error(kwargs, x_shape, cond_sha
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros((1,)),
                                           jnp.zeros(cond_shape)))
+
+
+def test_a_config_section_with_lists_gives_a_hashable_module_equal_to_the_tuple_form():
+    import ml_collections
+
+    section = ml_collections.ConfigDict(dict(TINY_UNET, attention_resolutions=[2], channel_mult=[1, 2]))
+    from_config = PredVDMDenoiser(mode="tc", k=2, n_cond=2, unet=section)
+    from_tuples = PredVDMDenoiser(mode="tc", k=2, n_cond=2, unet=TINY_UNET)
+    assert hash(from_config) == hash(from_tuples) and from_config == from_tuples
+    assert from_config.unet_kwargs()["in_channels"] == 12
