@@ -112,6 +112,7 @@ def i3d_logits(variables: Any, videos: Any, batch_size: int = 10, method: str = 
     if highest > 1.0 + 1e-3:
         raise ValueError(f"videos must be in [0, 1] but reach {highest:.3f}; divide [0, 255] data by 255 first")
     batch_size = min(batch_size, shape[0])
+    variables = jax.device_put(variables)  # once, not per batch
     features = []
     for start in range(0, shape[0], batch_size):
         batch = np.asarray(videos[start : start + batch_size], np.float32)
