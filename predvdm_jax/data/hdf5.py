@@ -37,9 +37,13 @@ class ShardWriter:
   """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
 
   An interrupted write therefore never leaves a file that looks finished.
+  ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches).
   """
 
-  def __init__(self, path: str, compression: str | None = "lzf"):
+  def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
+    if kind not in ("frames", "latents"):
+      raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
+    self.dtypes = FRAME_DTYPES if kind == "frames" else LATENT_DTYPES
     self.path = path
     self.tmp_path = path + ".tmp"
     self.compression = compression
@@ -56,7 +60,7 @@ class ShardWriter:
       raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
     expected = self._frame_shape or frames[0].shape
     for f in frames:
-      _check_frame(f, expected, self.path, f"video {self.num_videos}")
+      _check_frame(f, expected, self.path, f"video {self.num_videos}", self.dtypes)
     self._frame_shape = frames[0].shape
     group = self._file.create_group(str(self.num_videos))
     for t, frame in enumerate(frames):

@@ -58,6 +58,7 @@ def train_loop(
     hooks: Sequence[Hook] = (),
     extra_init_fn: Callable[[jax.Array], Any] | None = None,
     rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
+    train_step_builder: Callable[..., Callable] = make_train_step,
 ) -> TrainState:
     """Trains to ``config.train.num_steps`` and returns the final state.
 
@@ -72,6 +73,9 @@ def train_loop(
     Losses are checked at every log and save step (not every step, so the
     host does not wait on the device each step); the error names the first
     bad step exactly.
+
+    ``train_step_builder`` has ``make_train_step``'s signature; a trainer
+    that needs its own step (a GAN updating ``state.extra``) passes one.
     """
     train_cfg = config.train
     num_steps = int(train_cfg.num_steps)
@@ -107,8 +111,8 @@ def train_loop(
     if restored is None:
         writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
-    train_step = make_train_step(loss_fn, optimizer, ema_rate, mesh, state_sharding,
-                                 batch_sharding(mesh), lr_schedule=schedule)
+    train_step = train_step_builder(loss_fn, optimizer, ema_rate, mesh, state_sharding,
+                                    batch_sharding(mesh), lr_schedule=schedule)
 
     pending_losses: list[tuple[int, jax.Array]] = []
     last_saved = start_step if restored is not None else None

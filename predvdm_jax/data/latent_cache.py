@@ -1,0 +1,170 @@
+"""Latent cache: a frame dataset encoded once by the frozen VQ.
+
+The cache has the layout of the frame dataset (``data/hdf5.py``): the same
+shard names, videos and frame counts, each frame replaced by its latent
+``(h, w, c)`` in float16 or float32, i.e. ``LatentDiffusion.encode`` of the
+frame (gray repeated to RGB, continuous pre-quantization latents ×
+``scale_factor``). Read it with ``VideoShards(dir, kind='latents')`` or the
+loaders' ``kind='latents'``.
+
+Shards are written one by one, atomically; an interrupted run is resumed by
+calling again, which skips finished shards. ``cache_info.json`` records what
+the cache was made with, so a resume with another VQ or scale is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import h5py
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
+from predvdm_jax.data.loader import to_model_range
+
+CACHE_INFO = "cache_info.json"
+CACHE_DTYPES = ("float16", "float32")
+
+
+def _shard_video_counts(paths: list[str]) -> list[int]:
+  counts = []
+  for path in paths:
+    with h5py.File(path, "r") as f:
+      counts.append(len(f["len"].keys()))
+  return counts
+
+
+def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str) -> dict:
+  return {"source": os.path.abspath(src_split_dir), "dtype": dtype,
+          "scale_factor": float(config.scale_factor), "vq": config.vq.to_dict(),
+          "vq_params": config.vq_params}
+
+
+def _write_json_atomically(path: str, value: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, default=list)
+  os.replace(tmp, path)
+
+
+def _check_resume(out_split_dir: str, info: dict) -> None:
+  path = os.path.join(out_split_dir, CACHE_INFO)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  same = json.loads(json.dumps(info, default=list))
+  for key in ("source", "dtype", "scale_factor", "vq"):
+    if saved.get(key) != same[key]:
+      raise DatasetError(
+          f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
+          f"{same[key]!r}); delete the folder or choose another --out.")
+
+
+def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
+                       batch_frames: int) -> Callable[[np.ndarray], np.ndarray]:
+  """``encode(frames (N ≤ batch_frames, H, W, C) in [-1, 1]) -> latents (N, h, w, c) float32``.
+
+  One compiled program for every call: short batches are zero-padded to
+  ``batch_frames``.
+  """
+  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+
+  system = LatentDiffusion.from_config(config)
+  params = jax.tree.map(jnp.asarray, vq_params)
+  encode = jax.jit(lambda p, video: system.encode(p, video)[0])
+
+  def encode_frames(frames: np.ndarray) -> np.ndarray:
+    n = frames.shape[0]
+    if n > batch_frames:
+      raise ValueError(f"got {n} frames for a batch of {batch_frames}")
+    padded = np.zeros((batch_frames,) + frames.shape[1:], np.float32)
+    padded[:n] = frames
+    return np.asarray(jax.device_get(encode(params, padded[None])))[:n]
+
+  return encode_frames
+
+
+def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_dir: str,
+                 out_split_dir: str, dtype: str = "float16", batch_frames: int = 256,
+                 compression: str | None = "lzf", max_shards: int | None = None) -> int:
+  """Encodes every video of ``src_split_dir`` into ``out_split_dir``; returns the shards written.
+
+  Frames are encoded ``batch_frames`` at a time across video boundaries.
+  Finished output shards are kept (resume). ``max_shards`` stops after that
+  many newly written shards (for tests of resume).
+  """
+  if dtype not in CACHE_DTYPES:
+    raise ValueError(f"dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+  if batch_frames < 1:
+    raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+  source = VideoShards(src_split_dir, "frames")
+  if source.frame_shape[:2] != (config.data.image_size,) * 2:
+    raise DatasetError(
+        f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
+        f"data.image_size is {config.data.image_size}; use the config made for this dataset.")
+  os.makedirs(out_split_dir, exist_ok=True)
+  info = cache_info(config, src_split_dir, dtype)
+  _check_resume(out_split_dir, info)
+  _write_json_atomically(os.path.join(out_split_dir, CACHE_INFO), info)
+
+  encode_frames = make_frame_encoder(config, vq_params, batch_frames)
+  counts = _shard_video_counts(source.paths)
+  offsets = np.cumsum([0] + counts)
+  written = 0
+  for shard, src_path in enumerate(source.paths):
+    out_path = os.path.join(out_split_dir, os.path.basename(src_path))
+    if os.path.exists(out_path):
+      done = _shard_video_counts([out_path])[0]
+      if done != counts[shard]:
+        raise DatasetError(f"{out_path} holds {done} videos but its source {src_path} has "
+                           f"{counts[shard]}; delete {out_path} and run again.")
+      continue
+    if max_shards is not None and written >= max_shards:
+      break
+    with ShardWriter(out_path, compression, kind="latents") as writer:
+      _encode_shard(source, range(int(offsets[shard]), int(offsets[shard + 1])), encode_frames,
+                    batch_frames, np.dtype(dtype), writer)
+    written += 1
+  return written
+
+
+def _encode_shard(source: VideoShards, videos: range, encode_frames, batch_frames: int,
+                  dtype: np.dtype, writer: ShardWriter) -> None:
+  lengths: list[int] = []       # frame counts of videos not yet written, in order
+  pending: list[np.ndarray] = []  # their frames not yet encoded
+  encoded: list[np.ndarray] = []  # latents not yet written
+
+  def encode_available(final: bool) -> None:
+    frames = np.concatenate(pending) if pending else None
+    pending.clear()
+    start = 0
+    while frames is not None and (frames.shape[0] - start >= batch_frames or
+                                  (final and start < frames.shape[0])):
+      encoded.append(encode_frames(frames[start:start + batch_frames]).astype(dtype))
+      start += batch_frames
+    if frames is not None and start < frames.shape[0]:
+      pending.append(frames[start:])
+    latents = np.concatenate(encoded) if encoded else np.zeros((0,))
+    encoded.clear()
+    used = 0
+    while lengths and latents.shape[0] - used >= lengths[0]:
+      writer.add_video(list(latents[used:used + lengths[0]]))
+      used += lengths.pop(0)
+    if used < latents.shape[0]:
+      encoded.append(latents[used:])
+
+  for index in videos:
+    length = int(source.frame_counts[index])
+    pending.append(to_model_range(source.read_clip(index, 0, length)))
+    lengths.append(length)
+    if sum(p.shape[0] for p in pending) >= batch_frames:
+      encode_available(final=False)
+  encode_available(final=True)
+  if lengths:
+    raise RuntimeError(f"{len(lengths)} videos were not written to {writer.path}")

@@ -1,0 +1,400 @@
+"""Training the VQ-f4 first stage with the VQGAN objective on the shared engine.
+
+The objective is taming's ``VQLPIPSWithDiscriminator`` (pieces in
+``models/vq_losses.py``): L1 reconstruction, codebook + commitment loss with
+LDM's legacy β placement (``vq_train.legacy_beta``), an optional LPIPS term
+(``vq_train.perceptual_weight`` > 0 needs ``eval.lpips_params``) and an
+optional hinge PatchGAN discriminator (``vq_train.disc_weight`` > 0) that is
+switched on at step ``vq_train.disc_start`` with the adaptive weight.
+
+The VQ trains on single frames: the loader yields clips of one frame, which are
+flattened to ``(B, H, W, C)`` and repeated to RGB (as for the frozen VQ).
+
+Differences from taming, on purpose:
+
+* both updates of a GAN step use the same reconstructions: the discriminator
+  sees ``sg(x_rec)`` of the generator step's forward pass instead of a second
+  forward pass with the already-updated autoencoder;
+* the discriminator normalises with GroupNorm (see ``PatchDiscriminator``);
+* codebook usage is counted between dead-code restarts: every
+  ``vq_train.dead_code_restart_every`` steps, codes no frame used since the
+  last restart are set to random encoder outputs of the current batch.
+
+The engine's loop reads ``config.train`` / ``config.optimizer`` /
+``config.data.batch_size``; ``engine_config`` derives them from ``vq_train``.
+At the end the **raw** (not EMA) VQ params are written to
+``workdir/vq_params.safetensors``, the format of ``scripts/convert_ldm_vq.py``,
+so ``config.vq_params`` can name either. LDM's VQ has no EMA; the engine keeps
+one anyway (``train.ema_rate``), it is only in the checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from predvdm_jax.data.hdf5 import VideoShards
+from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
+from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
+from predvdm_jax.evaluation import metrics as metrics_lib
+from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
+from predvdm_jax.models import vq_losses
+from predvdm_jax.models.autoencoder import VQModel
+from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
+from predvdm_jax.training.loop import train_loop
+from predvdm_jax.training.optim import make_optimizer
+from predvdm_jax.training.train_state import TrainState
+from predvdm_jax.training.train_step import apply_gradients
+
+VQ_PARAMS_FILE = "vq_params.safetensors"
+VQ_EVAL_FILE = "vq_eval.json"
+# Logged as exactly 0 while the discriminator is off (before disc_start or disabled).
+DISC_METRICS = ("d_weight", "disc_factor", "g_loss", "disc_loss", "logits_real", "logits_fake")
+
+
+def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``train`` / ``optimizer`` / ``data.batch_size`` come from ``vq_train``.
+
+    Optimizer: Adam (AdamW without decay) with betas ``vq_train.b1/b2``, lr
+    ``learning_rate`` (× batch when ``scale_lr``, as LDM's main.py), linear
+    warm-up over ``warmup_steps``, no gradient clipping (taming clips none).
+    ``lr_end_fraction`` < 1 decays the lr linearly to that fraction of its
+    peak at ``num_steps`` (LDM's ``LambdaLinearScheduler`` with one cycle of
+    ``num_steps``); 1 keeps it constant, as taming does.
+    """
+    v = config.vq_train
+    derived = ml_collections.ConfigDict(config.to_dict())
+    derived.data.batch_size = int(v.batch_size)
+    derived.optimizer.update(
+        base_learning_rate=float(v.learning_rate), scale_lr=bool(v.scale_lr),
+        warmup_steps=int(v.warmup_steps), f_start=0.0 if v.warmup_steps > 0 else 1.0,
+        f_max=1.0, f_min=float(v.lr_end_fraction), weight_decay=0.0, b1=float(v.b1),
+        b2=float(v.b2), eps=1e-8, grad_clip=0.0)
+    derived.optimizer.cycle_length = float(max(int(v.num_steps), 1))
+    derived.train.update(
+        num_steps=int(v.num_steps), log_every=int(v.log_every), save_every=int(v.save_every),
+        max_to_keep=int(v.max_to_keep), eval_every=int(v.eval_every))
+    return derived
+
+
+def frames_from_batch(batch: dict) -> jax.Array:
+    """Loader batch ``{'video': (B, T, H, W, C)}`` → RGB frames ``(B·T, H, W, 3)``."""
+    video = batch["video"]
+    return to_rgb(video.reshape((-1,) + video.shape[2:]))
+
+
+def _to_unit(frames: jax.Array) -> jax.Array:
+    return (jnp.clip(frames, -1.0, 1.0) + 1.0) / 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VQObjective:
+    """The VQGAN losses for one configured model; pure functions of explicit params."""
+
+    model: VQModel
+    codebook_weight: float = 1.0
+    beta: float = 0.25
+    legacy_beta: bool = True
+    perceptual_weight: float = 0.0
+    lpips_params: Any = None
+    discriminator: vq_losses.PatchDiscriminator | None = None
+    disc_start: int = 0
+    disc_weight: float = 0.8
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "VQObjective":
+        v = config.vq_train
+        lpips_params = None
+        if v.perceptual_weight > 0:
+            lpips_params = load_lpips_params(config.eval.lpips_params or None)
+            if lpips_params is None:
+                raise ValueError(
+                    f"vq_train.perceptual_weight > 0 but eval.lpips_params "
+                    f"{config.eval.lpips_params!r} is not a file; convert LPIPS with "
+                    f"scripts/convert_lpips.py or set vq_train.perceptual_weight=0")
+        discriminator = None
+        if v.disc_weight > 0:
+            discriminator = vq_losses.PatchDiscriminator(ndf=int(v.disc_channels),
+                                                         n_layers=int(v.disc_layers))
+        return cls(build_vq(config), float(v.codebook_weight), float(v.beta), bool(v.legacy_beta),
+                   float(v.perceptual_weight), lpips_params, discriminator, int(v.disc_start),
+                   float(v.disc_weight))
+
+    def init_params(self, key: jax.Array, image_size: int) -> Any:
+        x = jnp.zeros((1, image_size, image_size, self.model.in_channels))
+        return self.model.init(key, x)["params"]
+
+    def init_discriminator(self, key: jax.Array, image_size: int) -> Any:
+        x = jnp.zeros((1, image_size, image_size, self.model.out_ch))
+        return self.discriminator.init(key, x)["params"]
+
+    def _perceptual_fn(self) -> Callable | None:
+        if self.lpips_params is None or self.perceptual_weight <= 0:
+            return None
+        return lambda x, rec: lpips_distance(self.lpips_params, x, rec)
+
+    def forward(self, params: Any, frames: jax.Array, rng: jax.Array,
+                return_features: bool = False):
+        return self.model.apply({"params": params}, frames, deterministic=False,
+                                return_features=return_features, rngs={"dropout": rng})
+
+    def reconstruction_terms(self, params: Any, frames: jax.Array, rng: jax.Array):
+        """(loss, metrics, output) without the adversarial term (the discriminator is off)."""
+        output = self.forward(params, frames, rng)
+        nll = vq_losses.reconstruction_loss(frames, output.reconstruction, self._perceptual_fn(),
+                                            self.perceptual_weight)
+        q_loss = vq_losses.codebook_loss(output.loss_terms, self.beta, self.legacy_beta)
+        loss = nll + self.codebook_weight * q_loss
+        metrics = {"total_loss": loss, "quant_loss": q_loss, "nll_loss": nll,
+                   "rec_loss": vq_losses.l1_loss(frames, output.reconstruction)}
+        metrics.update({name: jnp.zeros((), jnp.float32) for name in DISC_METRICS})
+        return loss, metrics, output
+
+    def adversarial_terms(self, params: Any, disc_params: Any, frames: jax.Array,
+                          rng: jax.Array, step: jax.Array):
+        """(loss, metrics, output) with the discriminator's generator term and adaptive weight."""
+        output = self.forward(params, frames, rng, return_features=True)
+        discriminate = lambda images: self.discriminator.apply({"params": disc_params}, images)
+        loss, metrics = vq_losses.vqgan_generator_loss(
+            frames, output, params["decoder"]["conv_out"], discriminate, step,
+            disc_start=self.disc_start, codebook_weight=self.codebook_weight, beta=self.beta,
+            legacy_beta=self.legacy_beta, disc_weight=self.disc_weight,
+            perceptual_fn=self._perceptual_fn(), perceptual_weight=self.perceptual_weight)
+        return loss, dict(metrics), output
+
+    def discriminator_loss(self, disc_params: Any, frames: jax.Array, reconstruction: jax.Array,
+                           step: jax.Array):
+        apply = lambda images: self.discriminator.apply({"params": disc_params}, images)
+        return vq_losses.vqgan_discriminator_loss(
+            apply(frames), apply(jax.lax.stop_gradient(reconstruction)), step,
+            disc_start=self.disc_start)
+
+    def engine_loss(self, params: Any, batch: dict, rng: jax.Array, step: jax.Array):
+        """The engine's ``loss_fn`` signature, for the discriminator-free objective."""
+        loss, metrics, _ = self.reconstruction_terms(params, frames_from_batch(batch), rng)
+        return loss, metrics
+
+
+def _restart_codes(codebook: jax.Array, counts: jax.Array, latents: jax.Array,
+                   key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Codes with count 0 become random rows of ``latents (N, D)``; returns (codebook, restarted)."""
+    dead = counts == 0
+    picks = latents[jax.random.randint(key, (codebook.shape[0],), 0, latents.shape[0])]
+    return jnp.where(dead[:, None], picks.astype(codebook.dtype), codebook), jnp.sum(dead)
+
+
+def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.GradientTransformation
+                               | None, restart_every: int) -> Callable:
+    """A ``train_step_builder`` for ``train_loop``: the VQGAN step, with ``state.extra`` =
+    ``{'code_counts': (n_embed,) int32, 'disc': {'params', 'opt_state'}}`` ('disc' only with a
+    discriminator)."""
+    n_codes = objective.model.n_embed
+
+    def builder(loss_fn, optimizer, ema_rate, mesh, state_sharding, batch_sharding, *,
+                lr_schedule=None, donate=True):
+        del loss_fn
+        replicated = NamedSharding(mesh, PartitionSpec())
+
+        def step(state: TrainState, batch: dict):
+            frames = frames_from_batch(batch)
+            rng = jax.random.fold_in(state.rng, state.step)
+            dropout_key, restart_key = jax.random.split(rng)
+            extra = dict(state.extra)
+
+            def plain(_):
+                def gen(p):
+                    loss, metrics, output = objective.reconstruction_terms(p, frames, dropout_key)
+                    return loss, (metrics, output)
+                (loss, (metrics, output)), grads = jax.value_and_grad(gen, has_aux=True)(
+                    state.params)
+                return loss, metrics, grads, _step_outputs(output), extra.get("disc")
+
+            def adversarial(_):
+                def gen(p):
+                    loss, metrics, output = objective.adversarial_terms(
+                        p, extra["disc"]["params"], frames, dropout_key, state.step)
+                    return loss, (metrics, output)
+                (loss, (metrics, output)), grads = jax.value_and_grad(gen, has_aux=True)(
+                    state.params)
+                (_, disc_metrics), disc_grads = jax.value_and_grad(
+                    objective.discriminator_loss, has_aux=True)(
+                        extra["disc"]["params"], frames, output.reconstruction, state.step)
+                updates, disc_opt_state = disc_optimizer.update(
+                    disc_grads, extra["disc"]["opt_state"], extra["disc"]["params"])
+                disc = {"params": optax.apply_updates(extra["disc"]["params"], updates),
+                        "opt_state": disc_opt_state}
+                metrics.update(disc_metrics)
+                return loss, metrics, grads, _step_outputs(output), disc
+
+            if objective.discriminator is None:
+                loss, metrics, grads, (reconstruction, indices, latents), _ = plain(None)
+            else:
+                loss, metrics, grads, (reconstruction, indices, latents), disc = jax.lax.cond(
+                    state.step >= objective.disc_start, _same_types(adversarial),
+                    _same_types(plain), None)
+                extra["disc"] = disc
+            metrics = dict(metrics)
+            metrics["loss"] = loss
+            metrics["grad_norm"] = optax.tree.norm(grads)
+            if lr_schedule is not None:
+                metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
+            usage = vq_losses.codebook_usage(indices, n_codes)
+            metrics.update(perplexity=usage["perplexity"],
+                           dead_codes=usage["dead_codes"].astype(jnp.float32))
+            metrics["psnr"] = jnp.mean(metrics_lib.psnr(_to_unit(frames)[:, None],
+                                                        _to_unit(reconstruction)[:, None]))
+            new_state = apply_gradients(state, grads, optimizer, ema_rate)
+
+            counts = extra["code_counts"] + jnp.bincount(indices.reshape(-1), length=n_codes)
+            restarted = jnp.zeros((), jnp.float32)
+            if restart_every > 0:
+                due = new_state.step % restart_every == 0
+                codebook = new_state.params["quantize"]["embedding"]
+                flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1])
+                fresh, dead = _restart_codes(codebook, counts, flat, restart_key)
+                params = dict(new_state.params)
+                params["quantize"] = {**params["quantize"],
+                                      "embedding": jnp.where(due, fresh, codebook)}
+                new_state = new_state.replace(params=params)
+                restarted = jnp.where(due, dead, 0).astype(jnp.float32)
+                counts = jnp.where(due, jnp.zeros_like(counts), counts)
+            metrics["restarted_codes"] = restarted
+            extra["code_counts"] = counts.astype(jnp.int32)
+            return new_state.replace(extra=extra), metrics
+
+        return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, replicated),
+                       donate_argnums=(0,) if donate else ())
+
+    return builder
+
+
+def _step_outputs(output) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(reconstruction, indices, latents) of the step's forward pass, gradients stopped."""
+    return jax.lax.stop_gradient((output.reconstruction, output.indices, output.z))
+
+
+def _same_types(branch: Callable) -> Callable:
+    """Casts the metrics of a ``lax.cond`` branch to float32 so both branches agree."""
+    def wrapped(operand):
+        loss, metrics, *rest = branch(operand)
+        return (loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}, *rest)
+    return wrapped
+
+
+def load_eval_frames(split_dir: str, num_clips: int, num_frames: int, seed: int) -> np.ndarray:
+    """The fixed evaluation clips of a split as float32 ``(N, T, H, W, C)`` in [-1, 1]."""
+    shards = VideoShards(split_dir)
+    shards.check_min_length(num_frames)
+    windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
+    return np.stack([to_model_range(shards.read_clip(v, s, num_frames)) for v, s in windows])
+
+
+def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[[Any], dict]:
+    """``eval_fn(state_or_params) -> {'test_psnr', 'test_ssim', 'test_perplexity', 'test_dead_codes'}``.
+
+    Reconstructs every frame of ``clips`` (quantized, as the frozen VQ decodes),
+    clamps, returns to the dataset's channels (mean of RGB for grayscale) and
+    averages PSNR / SSIM (``evaluation.metrics``, PredVDM's definitions) over
+    all frames; codebook usage is over all latent positions of all frames.
+    """
+    num_clips, num_frames, height, width, channels = clips.shape
+    frames = clips.reshape((-1, height, width, channels))
+    chunk = max(1, min(chunk, frames.shape[0]))
+    pad = (-frames.shape[0]) % chunk
+    padded = np.concatenate([frames, np.repeat(frames[:1], pad, axis=0)]) if pad else frames
+    batches = padded.reshape((-1, chunk, height, width, channels))
+
+    @jax.jit
+    def reconstruct(params, x):
+        output = model.apply({"params": params}, to_rgb(x))
+        return to_data_channels(jnp.clip(output.reconstruction, -1.0, 1.0), channels), output.indices
+
+    def eval_fn(state_or_params) -> dict:
+        params = state_or_params.params if isinstance(state_or_params, TrainState) else state_or_params
+        outputs = [jax.device_get(reconstruct(params, b)) for b in batches]
+        recon = np.concatenate([r for r, _ in outputs])[:frames.shape[0]]
+        indices = np.concatenate([i for _, i in outputs])[:frames.shape[0]]
+        target = (clips + 1.0) / 2.0
+        recon = ((recon + 1.0) / 2.0).reshape(clips.shape)
+        usage = jax.device_get(vq_losses.codebook_usage(jnp.asarray(indices), model.n_embed))
+        return {
+            "test_psnr": float(np.mean(metrics_lib.psnr(target, recon))),
+            "test_ssim": float(np.mean(metrics_lib.ssim(target, recon))),
+            "test_perplexity": float(usage["perplexity"]),
+            "test_dead_codes": float(usage["dead_codes"]),
+        }
+
+    return eval_fn
+
+
+def _host_params(params: Any) -> Any:
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+def save_vq_params(path: str, params: Any, config: ml_collections.ConfigDict | None = None) -> None:
+    """Writes VQ params as the project's one VQ params format (safetensors, '/'-joined keys)."""
+    host = _host_params(params)
+    if jax.process_index() == 0:
+        metadata = {"format": "flax/vq", "source": "scripts/train_vq.py"}
+        if config is not None:
+            metadata["vq"] = json.dumps(config.vq.to_dict())
+        save_params_safetensors(path, host, metadata=metadata)
+
+
+def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the VQ of ``config`` in ``workdir``; returns the final test metrics.
+
+    Writes checkpoints and logs (``metrics.jsonl``, TensorBoard) through the
+    engine, then ``workdir/vq_params.safetensors`` (raw params) and
+    ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage).
+    """
+    if not config.data.train_dir or not config.data.test_dir:
+        raise ValueError("VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
+                         "e.g. from scripts/make_moving_digits.py)")
+    v = config.vq_train
+    derived = engine_config(config)
+    objective = VQObjective.from_config(config)
+    image_size = int(config.data.image_size)
+    disc_optimizer = make_optimizer(derived)[0] if objective.discriminator is not None else None
+
+    def extra_init_fn(key):
+        extra = {"code_counts": jnp.zeros((objective.model.n_embed,), jnp.int32)}
+        if objective.discriminator is not None:
+            disc_params = objective.init_discriminator(key, image_size)
+            extra["disc"] = {"params": disc_params, "opt_state": disc_optimizer.init(disc_params)}
+        return extra
+
+    data = train_iterator(config.data.train_dir, 1, int(v.batch_size), int(config.seed),
+                          horizontal_flip=bool(config.data.horizontal_flip),
+                          num_threads=int(config.data.num_threads),
+                          prefetch=int(config.data.prefetch))
+    clips = load_eval_frames(config.data.test_dir, int(v.eval_clips), int(v.eval_frames),
+                             int(config.eval.seed))
+    eval_fn = make_eval_fn(objective.model, clips, min(int(config.vq_chunk), int(v.batch_size)))
+    state = train_loop(
+        derived, workdir, lambda key: objective.init_params(key, image_size),
+        objective.engine_loss, data, eval_fn=eval_fn, extra_init_fn=extra_init_fn,
+        train_step_builder=make_vq_train_step_builder(
+            objective, disc_optimizer, int(v.dead_code_restart_every)))
+    final = eval_fn(state)
+    final["step"] = int(jax.device_get(state.step))
+    logging.info("final test reconstruction: %s", final)
+    save_vq_params(os.path.join(workdir, VQ_PARAMS_FILE), state.params, config)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, VQ_EVAL_FILE), "w") as f:
+            json.dump(final, f, indent=2)
+    return final

@@ -1,0 +1,63 @@
+"""Encode every split of an HDF5 frame dataset with a frozen VQ into a latent cache.
+
+  python scripts/encode_dataset.py --config=configs/vq_digits_demo.py \
+      --vq_params=runs/vq_digits_demo/vq_params.safetensors \
+      --src=data/moving_digits --out=data/moving_digits_latents --dtype=float16
+
+Every sub-folder of --src holding shard files (train/, test/, ...) becomes the same sub-folder of
+--out, with the same videos and frame counts and (h, w, c) latent frames. Run it again to resume
+an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir to the new folders.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax.data.latent_cache import encode_split
+from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
+
+config_flags.DEFINE_config_file("config", None, "Experiment config (its vq section and scale_factor).")
+flags.DEFINE_string("vq_params", None, "VQ params (.safetensors); default: the config's vq_params.")
+flags.DEFINE_string("src", "data/moving_digits", "Frame dataset folder (holds train/, test/, ...).")
+flags.DEFINE_string("out", "data/moving_digits_latents", "Output folder for the latent cache.")
+flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored latent dtype.")
+flags.DEFINE_integer("batch_frames", 256, "Frames per encoder call.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def _splits(src: str) -> list[str]:
+  if not os.path.isdir(src):
+    raise DatasetError(f"--src {src!r} is not a folder; make the dataset first "
+                       f"(scripts/make_moving_digits.py or scripts/prepare_data.py).")
+  names = sorted(name for name in os.listdir(src) if os.path.isdir(os.path.join(src, name)) and
+                 any(f.endswith((".hdf5", ".h5")) for f in os.listdir(os.path.join(src, name))))
+  if not names:
+    raise DatasetError(f"--src {src!r} holds no split folders with shard files.")
+  return names
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = config_lib.validate(FLAGS.config)
+    params_path = FLAGS.vq_params or config.vq_params
+    if not params_path:
+      raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
+    vq_params = load_params_safetensors(params_path)
+    for split in _splits(FLAGS.src):
+      out_dir = os.path.join(FLAGS.out, split)
+      written = encode_split(config, vq_params, os.path.join(FLAGS.src, split), out_dir,
+                             dtype=FLAGS.dtype, batch_frames=FLAGS.batch_frames)
+      print(f"{split}: wrote {written} shard(s) to {out_dir}")
+  except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+    sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+  app.run(main)
