@@ -71,7 +71,10 @@ def default_config() -> ml_collections.ConfigDict:
       codebook_weight=1.0, beta=0.25, legacy_beta=True,
       perceptual_weight=0.0,   # LPIPS term: needs eval.lpips_params; off by default
       disc_start=50001, disc_weight=0.8, disc_layers=3, disc_channels=64,
-      dead_code_restart_every=0, log_every=100, save_every=5000, max_to_keep=3)
+      dead_code_restart_every=0, log_every=100, save_every=5000, max_to_keep=3,
+      b1=0.5, b2=0.9,                     # Adam betas of taming's VQGAN (both optimizers)
+      lr_end_fraction=1.0,                # < 1: lr decays linearly to this fraction at num_steps
+      eval_every=1000, eval_clips=64, eval_frames=4)  # test-split reconstruction PSNR/SSIM
   return c
 
 
