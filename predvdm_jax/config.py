@@ -193,3 +193,21 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   validate(config)
   config.lock()
   return config
+
+
+def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:
+  out = {}
+  for key, value in raw.items():
+    default = schema[key] if key in schema else None
+    if isinstance(default, ml_collections.ConfigDict) and isinstance(value, dict):
+      out[key] = _restore_tuples(value, default)
+    elif isinstance(default, tuple) and isinstance(value, list):
+      out[key] = tuple(value)
+    else:
+      out[key] = value
+  return out
+
+
+def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
+  """A validated, locked config from its JSON form (as saved with checkpoints and bundles)."""
+  return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))

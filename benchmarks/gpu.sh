@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The accelerator figures (benchmarks/gpu_bench.py) on a lent GPU, within 8 minutes.
+# Writes $OUT/gpu_results.json when OUT is set. Needs JAX with CUDA and Flax/Optax on the
+# machine; ml-collections travels as a wheel in .whl/ (see /work/.library/device/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ls .whl/ml_collections-*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/ml_collections-*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-420} python3 benchmarks/gpu_bench.py

@@ -1,0 +1,39 @@
+"""Trains the PredVDM denoiser; resumes from the newest checkpoint in --workdir.
+
+  python scripts/train.py --config=configs/kth64.py --workdir=runs/kth64 \
+      [--config.data.batch_size=64 --config.mesh.fsdp=4 ...]
+
+Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+and JAX_PROCESS_ID set (or JAX_AUTO_DISTRIBUTED=1 on TPU pods / SLURM).
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax.training import diffusion_trainer, loop, mesh
+
+config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/kth64.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs and TensorBoard events go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  mesh.initialize_distributed()
+  try:
+    config = config_lib.validate(FLAGS.config)
+    diffusion_trainer.train(config, FLAGS.workdir)
+  except (config_lib.ConfigError, DatasetError, FileNotFoundError,
+          loop.NonFiniteLossError) as err:
+    sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+  app.run(main)
