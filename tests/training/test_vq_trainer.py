@@ -1,0 +1,204 @@
+"""VQ training on the engine: loss goes down, resume, discriminator schedule, adaptive weight,
+codebook usage and dead-code restarts. Tiny VQ (ch 32, f = 2 to keep compiles short) on 16×16 frames."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.data.hdf5 import write_split
+from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
+from predvdm_jax.models.vq_losses import PatchDiscriminator
+from predvdm_jax.training import vq_trainer
+
+SIZE = 16
+
+
+def _moving_square_videos(rng, num_videos, num_frames):
+    videos = []
+    for _ in range(num_videos):
+        video = np.zeros((num_frames, SIZE, SIZE), np.uint8)
+        y, x = rng.integers(0, SIZE - 6, size=2)
+        dy, dx = rng.integers(-1, 2, size=2)
+        level = rng.integers(120, 256)
+        for t in range(num_frames):
+            yy, xx = np.clip(y + t * dy, 0, SIZE - 6), np.clip(x + t * dx, 0, SIZE - 6)
+            video[t, yy:yy + 6, xx:xx + 6] = level
+        videos.append(video)
+    return videos
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+    """Persistent compilation cache for this module, so the resumed run reuses the first run's
+    compiled programs (the settings are restored afterwards)."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squares")
+    rng = np.random.default_rng(0)
+    write_split(str(root / "train"), _moving_square_videos(rng, 8, 5))
+    write_split(str(root / "test"), _moving_square_videos(rng, 4, 5))
+    return root
+
+
+def tiny_config(dataset, **vq_train):
+    c = config_lib.default_config()
+    c.data.train_dir = str(dataset / "train")
+    c.data.test_dir = str(dataset / "test")
+    c.data.image_size = SIZE
+    c.data.channels = 1
+    c.data.num_threads = 1
+    c.data.prefetch = 1
+    c.vq.update(ch=32, ch_mult=(1, 1), num_res_blocks=1, resolution=SIZE, n_embed=16)
+    c.vq_chunk = 8
+    c.vq_train.update(batch_size=4, num_steps=24, learning_rate=2e-3, scale_lr=False,
+                      lr_end_fraction=0.5, disc_weight=0.0, dead_code_restart_every=8,
+                      log_every=4, save_every=12, eval_every=12, eval_clips=4, eval_frames=2,
+                      max_to_keep=3)
+    c.vq_train.update(vq_train)
+    return config_lib.finalize(c)
+
+
+def read_logs(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_trains_logs_usage_writes_params_and_resumes(dataset, tmp_path):
+    config = tiny_config(dataset)
+    workdir = str(tmp_path / "run")
+    final = vq_trainer.train_vq(config, workdir)
+    logs = read_logs(workdir)
+    train_logs = [r for r in logs if "rec_loss" in r]
+    assert [r["step"] for r in train_logs] == [4, 8, 12, 16, 20, 24]
+    first, last = train_logs[0]["rec_loss"], np.mean([r["rec_loss"] for r in train_logs[-2:]])
+    assert last < 0.7 * first, (first, last)
+    for r in train_logs:
+        assert 1.0 <= r["perplexity"] <= 16.0 + 1e-4
+        assert 0 <= r["dead_codes"] <= 16 and r["dead_codes"] == int(r["dead_codes"])
+        # lr decays linearly from 2e-3 to 1e-3 at step 24; logged lr is the one of update step-1
+        assert r["lr"] == pytest.approx(2e-3 * (1 - 0.5 * (r["step"] - 1) / 24), rel=1e-5)
+        assert r["d_weight"] == 0.0 and r["disc_loss"] == 0.0
+        # restarts happen at multiples of 8 and only then
+        assert (r["restarted_codes"] >= 0) and (r["step"] % 8 == 0 or r["restarted_codes"] == 0)
+    eval_logs = [r for r in logs if "test_psnr" in r]
+    assert [r["step"] for r in eval_logs] == [12, 24]
+    assert eval_logs[-1]["test_psnr"] > 10.0 and -1.0 <= eval_logs[-1]["test_ssim"] <= 1.0
+    assert final["step"] == 24
+    assert final["test_psnr"] == pytest.approx(eval_logs[-1]["test_psnr"], rel=1e-4)
+    assert json.load(open(os.path.join(workdir, vq_trainer.VQ_EVAL_FILE)))["step"] == 24
+
+    params = load_params_safetensors(os.path.join(workdir, vq_trainer.VQ_PARAMS_FILE))
+    shapes = jax.tree.map(np.shape, params)
+    expected = jax.tree.map(np.shape, jax.eval_shape(
+        lambda: vq_trainer.VQObjective.from_config(config).init_params(jax.random.PRNGKey(0), SIZE)))
+    assert shapes == expected
+
+    # Interrupted after step 12 (the step-24 checkpoint never finished): the rerun resumes from
+    # step 12 and ends with the same params as the uninterrupted run.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "24"))
+    assert vq_trainer.train_vq(config, workdir)["step"] == 24
+    assert [r["step"] for r in read_logs(workdir) if "rec_loss" in r] == [4, 8, 12, 16, 20, 24]
+    resumed = load_params_safetensors(os.path.join(workdir, vq_trainer.VQ_PARAMS_FILE))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 resumed, params)
+
+
+def test_discriminator_off_before_disc_start_and_on_after(dataset, tmp_path):
+    config = tiny_config(dataset, num_steps=4, log_every=1, save_every=4, eval_every=0,
+                         disc_weight=0.8, disc_start=2, disc_layers=2, disc_channels=8,
+                         dead_code_restart_every=0)
+    vq_trainer.train_vq(config, str(tmp_path / "gan"))
+    logs = {r["step"]: r for r in read_logs(str(tmp_path / "gan")) if "rec_loss" in r}
+    # step n is logged after update n, made at state.step n-1: off while n-1 < disc_start.
+    for n in (1, 2):
+        for name in vq_trainer.DISC_METRICS:
+            assert logs[n][name] == 0.0, (n, name)
+        assert logs[n]["loss"] == pytest.approx(logs[n]["nll_loss"] + logs[n]["quant_loss"], rel=1e-6)
+    for n in (3, 4):
+        r = logs[n]
+        assert r["disc_factor"] == 1.0 and r["d_weight"] > 0.0 and r["disc_loss"] > 0.0
+        assert r["loss"] == pytest.approx(
+            r["nll_loss"] + r["d_weight"] * r["g_loss"] + r["quant_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_adaptive_weight_matches_closed_form():
+    """d_weight = clip(|∇_W nll| / (|∇_W g| + 1e-4), 0, 1e4) · disc_weight, W = decoder conv_out kernel.
+
+    With x far below every reconstruction, ∇_rec mean|x - rec| = 1/N everywhere, so ∇_W nll is
+    the closed-form patch sum of the conv_out input; ∇_W g is taken by autodiff through the whole
+    model (the trainer recomputes only the last layer).
+    """
+    c = config_lib.default_config()
+    c.data.image_size = SIZE
+    c.vq.update(ch=32, ch_mult=(1, 1), num_res_blocks=1, resolution=SIZE, n_embed=16)
+    c.vq_train.update(disc_weight=0.8, disc_start=0, disc_layers=2, disc_channels=8)
+    objective = vq_trainer.VQObjective.from_config(config_lib.finalize(c))
+    params = jax.jit(objective.init_params, static_argnums=1)(jax.random.PRNGKey(0), SIZE)
+    disc_params = jax.jit(objective.init_discriminator, static_argnums=1)(
+        jax.random.PRNGKey(1), SIZE)
+    x = jnp.full((2, SIZE, SIZE, 3), -3.0)
+    rng = jax.random.PRNGKey(2)
+    _, metrics, output = jax.jit(objective.adversarial_terms)(params, disc_params, x, rng,
+                                                              jnp.int32(5))
+    assert float(jnp.min(output.reconstruction)) > -3.0
+
+    features = np.asarray(output.decoder_features, np.float64)
+    padded = np.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    num = x.size
+    patch_sums = np.stack([np.stack([padded[:, i:i + SIZE, j:j + SIZE].sum(axis=(0, 1, 2))
+                                     for j in range(3)]) for i in range(3)])  # (3, 3, Cin)
+    nll_grad = np.repeat(patch_sums[..., None], 3, axis=-1) / num   # identical for each output
+
+    disc = PatchDiscriminator(ndf=8, n_layers=2)
+
+    def g_of_kernel(kernel):
+        p = jax.tree.map(lambda a: a, params)
+        p["decoder"]["conv_out"]["kernel"] = kernel
+        rec = objective.model.apply({"params": p}, x).reconstruction
+        return -jnp.mean(disc.apply({"params": disc_params}, rec))
+
+    g_grad = np.asarray(jax.jit(jax.grad(g_of_kernel))(params["decoder"]["conv_out"]["kernel"]),
+                        np.float64)
+    expected = min(np.linalg.norm(nll_grad) / (np.linalg.norm(g_grad) + 1e-4), 1e4) * 0.8
+    assert float(metrics["d_weight"]) == pytest.approx(expected, rel=2e-4)
+
+
+def test_restart_replaces_only_unused_codes_with_encoder_outputs():
+    codebook = jnp.arange(12.0).reshape(4, 3)
+    counts = jnp.array([3, 0, 1, 0])
+    latents = jnp.full((5, 3), 100.0) + jnp.arange(5.0)[:, None]
+    new, restarted = vq_trainer._restart_codes(codebook, counts, latents, jax.random.PRNGKey(0))
+    new = np.asarray(new)
+    assert int(restarted) == 2
+    np.testing.assert_array_equal(new[[0, 2]], np.asarray(codebook)[[0, 2]])
+    for row in new[[1, 3]]:
+        assert any(np.array_equal(row, np.asarray(l)) for l in latents)
+
+
+def test_engine_config_maps_vq_train_onto_engine_fields(dataset):
+    config = tiny_config(dataset, batch_size=6, num_steps=50, learning_rate=1e-4, scale_lr=True)
+    derived = vq_trainer.engine_config(config)
+    assert derived.data.batch_size == 6 and derived.train.num_steps == 50
+    assert derived.optimizer.base_learning_rate == 1e-4 and derived.optimizer.scale_lr
+    assert (derived.optimizer.b1, derived.optimizer.b2, derived.optimizer.grad_clip) == (0.5, 0.9, 0.0)
+    assert config.data.batch_size == config_lib.default_config().data.batch_size
