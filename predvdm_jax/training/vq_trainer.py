@@ -98,9 +98,12 @@ def _to_unit(frames: jax.Array) -> jax.Array:
     return (jnp.clip(frames, -1.0, 1.0) + 1.0) / 2.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class VQObjective:
-    """The VQGAN losses for one configured model; pure functions of explicit params."""
+    """The VQGAN losses for one configured model; pure functions of explicit params.
+
+    Compared and hashed by identity (it may hold the LPIPS params).
+    """
 
     model: VQModel
     codebook_weight: float = 1.0

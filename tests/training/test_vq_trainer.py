@@ -202,3 +202,39 @@ def test_engine_config_maps_vq_train_onto_engine_fields(dataset):
     assert derived.optimizer.base_learning_rate == 1e-4 and derived.optimizer.scale_lr
     assert (derived.optimizer.b1, derived.optimizer.b2, derived.optimizer.grad_clip) == (0.5, 0.9, 0.0)
     assert config.data.batch_size == config_lib.default_config().data.batch_size
+
+
+def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
+    from safetensors.numpy import save_file
+
+    from predvdm_jax.models.lpips import LPIPS_PARAM_SHAPES, MIN_INPUT_SIZE, lpips_distance
+
+    size = 32
+    assert size >= MIN_INPUT_SIZE
+    rng = np.random.default_rng(0)
+    weights = {k: (np.abs(rng.normal(size=s)) if "lin" in k else 0.05 * rng.normal(size=s))
+               .astype(np.float32) for k, s in LPIPS_PARAM_SHAPES.items()}
+    path = str(tmp_path / "lpips.safetensors")
+    save_file(weights, path)
+    c = config_lib.default_config()
+    c.data.image_size = size
+    c.vq.update(ch=32, ch_mult=(1, 1), num_res_blocks=1, resolution=size, n_embed=16)
+    c.vq_train.update(perceptual_weight=0.7, disc_weight=0.0)
+    c.eval.lpips_params = path
+    config = config_lib.finalize(c)
+    objective = vq_trainer.VQObjective.from_config(config)
+    params = jax.jit(objective.init_params, static_argnums=1)(jax.random.PRNGKey(0), size)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, size, size, 3)), jnp.float32)
+    loss, metrics, output = jax.jit(objective.reconstruction_terms)(params, x, jax.random.PRNGKey(1))
+    rec = output.reconstruction
+    lpips = lpips_distance(objective.lpips_params, x, rec)
+    assert float(jnp.mean(lpips)) > 0
+    expected_nll = float(jnp.mean(jnp.abs(x - rec)) + 0.7 * jnp.mean(lpips))
+    assert float(metrics["nll_loss"]) == pytest.approx(expected_nll, rel=1e-5)
+    assert float(metrics["rec_loss"]) == pytest.approx(float(jnp.mean(jnp.abs(x - rec))), rel=1e-6)
+    assert float(loss) == pytest.approx(expected_nll + float(metrics["quant_loss"]), rel=1e-5)
+
+    with config.unlocked():
+        config.eval.lpips_params = str(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="perceptual_weight"):
+        vq_trainer.VQObjective.from_config(config)
