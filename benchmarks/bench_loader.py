@@ -53,6 +53,8 @@ def main(argv):
   print(f"{'loader':<34}{'clips/s':>10}{'ratio':>8}")
   print(f"{'baseline: plain h5py loop':<34}{baseline:>10.1f}{1.0:>8.2f}")
   print(f"{'grain train_iterator (4 threads)':<34}{grain_rate:>10.1f}{grain_rate / baseline:>8.2f}")
+  common.emit(f"loader, moving digits, {FLAGS.frames}-frame clips", grain_rate, "clips/s",
+              "plain h5py loop", baseline)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def main(argv):
     print(f"torch  encode {t_enc:8.2f} frames/s   decode {t_dec:8.2f} frames/s "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"jax/torch  encode {enc / t_enc:.2f}x   decode {dec / t_dec:.2f}x")
+    common.emit("VQ-f4 ch128 64x64 encode", enc, "frames/s", "PyTorch CPU", t_enc)
+    common.emit("VQ-f4 ch128 64x64 decode", dec, "frames/s", "PyTorch CPU", t_dec)
   print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 

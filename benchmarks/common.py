@@ -28,3 +28,15 @@ def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return sorted(times)[len(times) // 2]
+
+
+def emit(figure: str, value: float, unit: str, baseline: str, baseline_value: float) -> None:
+  """Prints one result line that benchmarks/run_all.py collects into its table.
+
+  The ratio is value / baseline_value (for rates, > 1 means faster than the baseline).
+  """
+  import json
+  print("RESULT\t" + json.dumps(dict(
+      figure=figure, value=value, unit=unit, baseline=baseline, baseline_value=baseline_value,
+      ratio=value / baseline_value if baseline_value else None, peak_rss_gb=peak_rss_gb())),
+      flush=True)
