@@ -12,8 +12,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
