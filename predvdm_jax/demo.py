@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -31,7 +30,8 @@ def demo_paths(workdir: str) -> dict[str, str]:
       frames=os.path.join(data, "moving_digits"), latents=os.path.join(data, "latents"),
       vq=os.path.join(workdir, "vq"), diffusion=os.path.join(workdir, "diffusion"),
       bundle=os.path.join(workdir, "bundle"), eval10=os.path.join(workdir, "eval_10_to_10"),
-      eval30=os.path.join(workdir, "eval_10_to_30"), report=os.path.join(workdir, "report.md"))
+      eval30=os.path.join(workdir, "eval_10_to_30"), fvd=os.path.join(workdir, "fvd_10_to_10"),
+      report=os.path.join(workdir, "report.md"))
 
 
 def localize(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -77,12 +77,12 @@ def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, progress) ->
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str, *, num_train: int = 2000,
-             num_test: int = 256, long_clips: int = 16, long_fvd: bool = False,
+             num_test: int = 256, long_clips: int = 16, fvd_clips: int = 8,
              progress: bool = True) -> dict:
   """Runs (or resumes) every stage; returns the report's numbers."""
   paths = demo_paths(workdir)
   config = localize(config, workdir)
-  stages = _Stages(8)
+  stages = _Stages(9)
   start = time.time()
 
   stages.run("moving digits dataset", os.path.exists(hdf5.shard_path(config.data.test_dir, 1)),
@@ -91,32 +91,31 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, *, num_train: int 
   stages.run("VQ-f4 training", os.path.exists(config.vq_params),
              lambda: vq_trainer.train_vq(config, paths["vq"]))
 
-  def cache():
-    vq_params = load_params_safetensors(config.vq_params)
-    for split in ("train", "test"):
-      latent_cache.encode_split(config, vq_params, os.path.join(paths["frames"], split),
-                                os.path.join(paths["latents"], split))
-
-  stages.run("latent cache", os.path.exists(hdf5.shard_path(config.data.latent_test_dir, 1)), cache)
+  # Only training reads latents; evaluation encodes its conditioning frames itself.
+  stages.run("latent cache (train split)",
+             os.path.exists(hdf5.shard_path(config.data.latent_train_dir, 1)),
+             lambda: latent_cache.encode_split(config, load_params_safetensors(config.vq_params),
+                                               config.data.train_dir, config.data.latent_train_dir))
   stages.run("denoiser training", os.path.exists(os.path.join(paths["bundle"], "config.json")),
              lambda: diffusion_trainer.train(config, paths["diffusion"]))
 
-  def export():
-    bundle_lib.save_bundle(paths["bundle"], bundle_lib.load_from_checkpoint(paths["diffusion"]))
-    shutil.rmtree(os.path.join(paths["diffusion"], "checkpoints"), ignore_errors=True)
-
   stages.run("inference bundle", os.path.exists(os.path.join(paths["bundle"], "config.json")),
-             export)
+             lambda: bundle_lib.save_bundle(paths["bundle"],
+                                            bundle_lib.load_from_checkpoint(paths["diffusion"])))
   bundle = bundle_lib.load_bundle(paths["bundle"])
   bundle = bundle_lib.Bundle(config, bundle.params, bundle.vq_params)
+  cond, pred = config.data.cond_frames, config.eval.pred_frames
   short = stages.run(
-      f"evaluation {config.data.cond_frames} -> {config.eval.pred_frames}", False,
-      lambda: _evaluate(config, bundle, paths["eval10"], config.eval.pred_frames,
-                        config.eval.num_clips, config.eval.fvd, progress))
+      f"evaluation {cond} -> {pred}, {config.eval.num_clips} clips", False,
+      lambda: _evaluate(config, bundle, paths["eval10"], pred, config.eval.num_clips, False,
+                        progress))
+  fvd = stages.run(
+      f"FVD {cond} -> {pred}, {fvd_clips} clips", False,
+      lambda: _evaluate(config, bundle, paths["fvd"], pred, fvd_clips, True, progress))
   long = stages.run(
-      f"rollout {config.data.cond_frames} -> 30", False,
-      lambda: _evaluate(config, bundle, paths["eval30"], 30, long_clips, long_fvd, progress))
-  numbers = dict(short=short, long=long, stage_seconds=stages.times,
+      f"rollout {cond} -> 30, {long_clips} clips", False,
+      lambda: _evaluate(config, bundle, paths["eval30"], 30, long_clips, False, progress))
+  numbers = dict(short=short, fvd=fvd, long=long, stage_seconds=stages.times,
                  total_seconds=time.time() - start, config=config)
   stages.run("report", False, lambda: write_report(paths, numbers))
   return numbers
@@ -125,9 +124,12 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, *, num_train: int 
 def write_report(paths: dict, numbers: dict) -> str:
   config = numbers["config"]
   lines = ["# PredVDM demo on moving digits", ""]
+  cond, pred = config.data.cond_frames, config.eval.pred_frames
   for title, metrics, folder in (
-      (f"{config.data.cond_frames} → {config.eval.pred_frames} frames", numbers["short"], "eval10"),
-      (f"{config.data.cond_frames} → 30 frames", numbers["long"], "eval30")):
+      (f"{cond} → {pred} frames", numbers["short"], "eval10"),
+      (f"FVD, {cond} → {pred} frames (few clips on a CPU: not comparable with published FVD, "
+       f"which uses 256 clips)", numbers["fvd"], "fvd"),
+      (f"{cond} → 30 frames", numbers["long"], "eval30")):
     lines += [f"## {title}", "", f"Sampler: {metrics['protocol'].get('sampler', '?')}.", "",
               report.markdown_table(metrics)]
     rel = os.path.relpath(os.path.join(paths[folder], "per_frame.png"),

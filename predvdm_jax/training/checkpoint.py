@@ -12,6 +12,7 @@ so a save killed half-way leaves only a temporary directory that
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -51,7 +52,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
                  async_save: bool = True):
-        self.directory = epath.Path(directory)
+        # Orbax's background save needs an absolute path (a relative one fails only at the end).
+        self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,

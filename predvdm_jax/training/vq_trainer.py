@@ -369,7 +369,6 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError("VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
                          "e.g. from scripts/make_moving_digits.py)")
     v = config.vq_train
-    workdir = os.path.abspath(workdir)   # Orbax needs absolute checkpoint paths
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
     image_size = int(config.data.image_size)
