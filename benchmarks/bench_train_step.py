@@ -16,7 +16,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +24,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
-from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 
@@ -38,87 +36,114 @@ FLAGS = flags.FLAGS
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def jax_step_seconds(config, batch, repeats):
-  model = LatentDiffusion.from_config(config)
-  optimizer, _ = optim.make_optimizer(config)
-  params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
-  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
-  frames = config.data.cond_frames + config.data.pred_frames
-  size = model.latent_size
-  latents = jax.random.normal(jax.random.PRNGKey(1), (batch, frames, size, size, 3))
+    model = LatentDiffusion.from_config(config)
+    optimizer, _ = optim.make_optimizer(config)
+    params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
+    params = jax.tree.map(
+        lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value")
+    )
+    frames = config.data.cond_frames + config.data.pred_frames
+    size = model.latent_size
+    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, frames, size, size, 3))
 
-  @jax.jit
-  def step(params, opt_state, key):
-    loss, grads = jax.value_and_grad(lambda p: model.loss(p, None, {"latents": latents}, key)[0])(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return jax.tree.map(jnp.add, params, updates), opt_state, loss
+    @jax.jit
+    def step(params, opt_state, key):
+        loss, grads = jax.value_and_grad(
+            lambda p: model.loss(p, None, {"latents": latents}, key)[0]
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
-  state = [params, optimizer.init(params)]
+    state = [params, optimizer.init(params)]
 
-  def run():
-    state[0], state[1], loss = step(state[0], state[1], jax.random.PRNGKey(2))
-    loss.block_until_ready()
+    def run():
+        state[0], state[1], loss = step(state[0], state[1], jax.random.PRNGKey(2))
+        loss.block_until_ready()
 
-  return common.time_call(run, repeats=repeats)
+    return common.time_call(run, repeats=repeats)
 
 
 def torch_step_seconds(config, batch, repeats):
-  import torch
-  sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-  from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
+    import torch
 
-  u = config.unet
-  k, cond = config.data.pred_frames, config.data.cond_frames
-  unet = TorchUNet((k + cond) * 3, k * 3, u.model_channels, tuple(u.attention_resolutions),
-                   u.num_res_blocks, tuple(u.channel_mult), u.num_head_channels, dropout=u.dropout)
-  model = TorchDiffusionWrapper(unet, k, config.model.mode).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
-  sqrt_ab = torch.rand(1000)
-  z = torch.randn(batch, k + cond, 3, 16, 16)
+    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
 
-  def run():
-    t = torch.randint(0, 1000, (batch,))
-    eps = torch.randn(batch, k, 3, 16, 16)
-    a = sqrt_ab[t].view(-1, 1, 1, 1, 1)
-    noisy = a * z[:, :k] + (1 - a ** 2).sqrt() * eps
-    loss = ((model(noisy, t, z[:, k:]) - eps) ** 2).sum(dim=(1, 2, 3, 4)).mean()
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    u = config.unet
+    k, cond = config.data.pred_frames, config.data.cond_frames
+    unet = TorchUNet(
+        (k + cond) * 3,
+        k * 3,
+        u.model_channels,
+        tuple(u.attention_resolutions),
+        u.num_res_blocks,
+        tuple(u.channel_mult),
+        u.num_head_channels,
+        dropout=u.dropout,
+    )
+    model = TorchDiffusionWrapper(unet, k, config.model.mode).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
+    sqrt_ab = torch.rand(1000)
+    z = torch.randn(batch, k + cond, 3, 16, 16)
 
-  return common.time_call(run, repeats=repeats)
+    def run():
+        t = torch.randint(0, 1000, (batch,))
+        eps = torch.randn(batch, k, 3, 16, 16)
+        a = sqrt_ab[t].view(-1, 1, 1, 1, 1)
+        noisy = a * z[:, :k] + (1 - a**2).sqrt() * eps
+        loss = ((model(noisy, t, z[:, k:]) - eps) ** 2).sum(dim=(1, 2, 3, 4)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return common.time_call(run, repeats=repeats)
 
 
 def main(argv):
-  del argv
-  print(common.hardware())
-  kth = load_config("kth64")
-  kth_seconds = None
-  if FLAGS.kth:
-    kth_seconds = jax_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
-    print(f"KTH 259M, batch {FLAGS.kth_batch}: JAX {kth_seconds:.2f} s/step")
-    if FLAGS.torch and importlib.util.find_spec("torch"):
-      torch_seconds = torch_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
-      print(f"KTH 259M, batch {FLAGS.kth_batch}: PyTorch {torch_seconds:.2f} s/step "
-            f"(JAX speed-up {torch_seconds / kth_seconds:.2f}x)")
-      common.emit(f"train step KTH 259M batch {FLAGS.kth_batch}", FLAGS.kth_batch / kth_seconds,
-                  "examples/s", "PyTorch original step", FLAGS.kth_batch / torch_seconds)
-  demo = load_config("digits_demo")
-  demo_seconds = jax_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
-  print(f"demo UNet, batch {FLAGS.demo_batch}: {demo_seconds:.3f} s/step, "
-        f"{FLAGS.demo_batch / demo_seconds:.1f} examples/s")
-  if kth_seconds:
-    common.emit(f"train step demo batch {FLAGS.demo_batch}", FLAGS.demo_batch / demo_seconds,
-                "examples/s", f"KTH 259M step (batch {FLAGS.kth_batch})", FLAGS.kth_batch / kth_seconds)
-  print(f"peak RSS {common.peak_rss_gb():.2f} GB")
+    del argv
+    print(common.hardware())
+    kth = load_config("kth64")
+    kth_seconds = None
+    if FLAGS.kth:
+        kth_seconds = jax_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
+        print(f"KTH 259M, batch {FLAGS.kth_batch}: JAX {kth_seconds:.2f} s/step")
+        if FLAGS.torch and importlib.util.find_spec("torch"):
+            torch_seconds = torch_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
+            print(
+                f"KTH 259M, batch {FLAGS.kth_batch}: PyTorch {torch_seconds:.2f} s/step "
+                f"(JAX speed-up {torch_seconds / kth_seconds:.2f}x)"
+            )
+            common.emit(
+                f"train step KTH 259M batch {FLAGS.kth_batch}",
+                FLAGS.kth_batch / kth_seconds,
+                "examples/s",
+                "PyTorch original step",
+                FLAGS.kth_batch / torch_seconds,
+            )
+    demo = load_config("digits_demo")
+    demo_seconds = jax_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
+    print(
+        f"demo UNet, batch {FLAGS.demo_batch}: {demo_seconds:.3f} s/step, "
+        f"{FLAGS.demo_batch / demo_seconds:.1f} examples/s"
+    )
+    if kth_seconds:
+        common.emit(
+            f"train step demo batch {FLAGS.demo_batch}",
+            FLAGS.demo_batch / demo_seconds,
+            "examples/s",
+            f"KTH 259M step (batch {FLAGS.kth_batch})",
+            FLAGS.kth_batch / kth_seconds,
+        )
+    print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -30,49 +30,55 @@ FLAGS = flags.FLAGS
 
 
 def jax_rates(batch: int, size: int, repeats: int) -> tuple[float, float]:
-  model: VQModel = build_vq(config_lib.default_config())
-  frames = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3), minval=-1, maxval=1)
-  params = jax.jit(model.init)(jax.random.PRNGKey(1), frames[:1])["params"]
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode))
-  decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=VQModel.decode))
-  latents = encode(params, frames).block_until_ready()
-  t_enc = common.time_call(lambda: encode(params, frames).block_until_ready(), repeats)
-  t_dec = common.time_call(lambda: decode(params, latents).block_until_ready(), repeats)
-  return batch / t_enc, batch / t_dec
+    model: VQModel = build_vq(config_lib.default_config())
+    frames = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3), minval=-1, maxval=1)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), frames[:1])["params"]
+    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode))
+    decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=VQModel.decode))
+    latents = encode(params, frames).block_until_ready()
+    t_enc = common.time_call(lambda: encode(params, frames).block_until_ready(), repeats)
+    t_dec = common.time_call(lambda: decode(params, latents).block_until_ready(), repeats)
+    return batch / t_enc, batch / t_dec
 
 
 def torch_rates(batch: int, size: int, repeats: int) -> tuple[float, float]:
-  import torch
-  from tests.interop.test_ldm_vq import build_torch_model
+    import torch
+    from tests.interop.test_ldm_vq import build_torch_model
 
-  vq = config_lib.default_config().vq.to_dict()
-  model = build_torch_model({k: tuple(v) if isinstance(v, (list, tuple)) else v
-                             for k, v in vq.items()})
-  frames = torch.rand(batch, 3, size, size) * 2 - 1
-  with torch.no_grad():
-    latents = model.encode(frames)
-    t_enc = common.time_call(lambda: model.encode(frames), repeats)
-    t_dec = common.time_call(lambda: model.decode(latents), repeats)
-  return batch / t_enc, batch / t_dec
+    vq = config_lib.default_config().vq.to_dict()
+    model = build_torch_model(
+        {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in vq.items()}
+    )
+    frames = torch.rand(batch, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        latents = model.encode(frames)
+        t_enc = common.time_call(lambda: model.encode(frames), repeats)
+        t_dec = common.time_call(lambda: model.decode(latents), repeats)
+    return batch / t_enc, batch / t_dec
 
 
 def main(argv):
-  del argv
-  print(common.hardware())
-  print(f"VQ-f4 (ch 128, ch_mult (1, 2, 4), 2 ResBlocks), {FLAGS.size}x{FLAGS.size}, "
-        f"batch {FLAGS.batch}, median of {FLAGS.repeats}")
-  enc, dec = jax_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
-  print(f"jax    encode {enc:8.2f} frames/s   decode {dec:8.2f} frames/s")
-  if FLAGS.torch:
-    import torch
-    t_enc, t_dec = torch_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
-    print(f"torch  encode {t_enc:8.2f} frames/s   decode {t_dec:8.2f} frames/s "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"jax/torch  encode {enc / t_enc:.2f}x   decode {dec / t_dec:.2f}x")
-    common.emit("VQ-f4 ch128 64x64 encode", enc, "frames/s", "PyTorch CPU", t_enc)
-    common.emit("VQ-f4 ch128 64x64 decode", dec, "frames/s", "PyTorch CPU", t_dec)
-  print(f"peak RSS {common.peak_rss_gb():.2f} GB")
+    del argv
+    print(common.hardware())
+    print(
+        f"VQ-f4 (ch 128, ch_mult (1, 2, 4), 2 ResBlocks), {FLAGS.size}x{FLAGS.size}, "
+        f"batch {FLAGS.batch}, median of {FLAGS.repeats}"
+    )
+    enc, dec = jax_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
+    print(f"jax    encode {enc:8.2f} frames/s   decode {dec:8.2f} frames/s")
+    if FLAGS.torch:
+        import torch
+
+        t_enc, t_dec = torch_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
+        print(
+            f"torch  encode {t_enc:8.2f} frames/s   decode {t_dec:8.2f} frames/s "
+            f"(torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        )
+        print(f"jax/torch  encode {enc / t_enc:.2f}x   decode {dec / t_dec:.2f}x")
+        common.emit("VQ-f4 ch128 64x64 encode", enc, "frames/s", "PyTorch CPU", t_enc)
+        common.emit("VQ-f4 ch128 64x64 decode", dec, "frames/s", "PyTorch CPU", t_dec)
+    print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

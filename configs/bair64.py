@@ -8,20 +8,20 @@ from predvdm_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.default_config()
-  c.name = "bair64"
-  c.data.train_dir = "data/BAIR_h5/train"
-  c.data.test_dir = "data/BAIR_h5/test"
-  c.data.image_size = 64
-  c.data.channels = 3
-  c.data.cond_frames = 2
-  c.data.pred_frames = 5
-  c.data.frames_per_sample = 7
-  c.data.batch_size = 128
-  c.vq_params = "checkpoints/vq-f4.safetensors"
-  c.model.mode = "tc"
-  c.sampling.sampler = "ddim"
-  c.sampling.steps = 100
-  c.eval.pred_frames = 28
-  c.eval.num_clips = 256
-  return config_lib.finalize(c)
+    c = config_lib.default_config()
+    c.name = "bair64"
+    c.data.train_dir = "data/BAIR_h5/train"
+    c.data.test_dir = "data/BAIR_h5/test"
+    c.data.image_size = 64
+    c.data.channels = 3
+    c.data.cond_frames = 2
+    c.data.pred_frames = 5
+    c.data.frames_per_sample = 7
+    c.data.batch_size = 128
+    c.vq_params = "checkpoints/vq-f4.safetensors"
+    c.model.mode = "tc"
+    c.sampling.sampler = "ddim"
+    c.sampling.steps = 100
+    c.eval.pred_frames = 28
+    c.eval.num_clips = 256
+    return config_lib.finalize(c)

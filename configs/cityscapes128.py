@@ -9,25 +9,25 @@ from predvdm_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.default_config()
-  c.name = "cityscapes128"
-  c.data.train_dir = "data/Cityscapes_h5/train"
-  c.data.test_dir = "data/Cityscapes_h5/test"
-  c.data.image_size = 128
-  c.data.channels = 3
-  c.data.cond_frames = 2
-  c.data.pred_frames = 5
-  c.data.frames_per_sample = 7
-  c.data.batch_size = 128
-  c.data.horizontal_flip = True
-  c.vq_params = "checkpoints/vq-f4.safetensors"
-  c.vq_chunk = 32
-  c.unet.channel_mult = (1, 2, 4, 4)
-  c.unet.attention_resolutions = (2, 4, 8)
-  c.model.mode = "tcct_para_attn"
-  c.optimizer.base_learning_rate = 7.8125e-7
-  c.sampling.sampler = "ddim"
-  c.sampling.steps = 20
-  c.eval.pred_frames = 28
-  c.eval.num_clips = 256
-  return config_lib.finalize(c)
+    c = config_lib.default_config()
+    c.name = "cityscapes128"
+    c.data.train_dir = "data/Cityscapes_h5/train"
+    c.data.test_dir = "data/Cityscapes_h5/test"
+    c.data.image_size = 128
+    c.data.channels = 3
+    c.data.cond_frames = 2
+    c.data.pred_frames = 5
+    c.data.frames_per_sample = 7
+    c.data.batch_size = 128
+    c.data.horizontal_flip = True
+    c.vq_params = "checkpoints/vq-f4.safetensors"
+    c.vq_chunk = 32
+    c.unet.channel_mult = (1, 2, 4, 4)
+    c.unet.attention_resolutions = (2, 4, 8)
+    c.model.mode = "tcct_para_attn"
+    c.optimizer.base_learning_rate = 7.8125e-7
+    c.sampling.sampler = "ddim"
+    c.sampling.steps = 20
+    c.eval.pred_frames = 28
+    c.eval.num_clips = 256
+    return config_lib.finalize(c)

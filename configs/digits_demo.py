@@ -12,43 +12,43 @@ import os
 
 
 def _vq_demo_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vq_digits_demo.py")
-  spec = importlib.util.spec_from_file_location("vq_digits_demo", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vq_digits_demo.py")
+    spec = importlib.util.spec_from_file_location("vq_digits_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def get_config():
-  from predvdm_jax import config as config_lib
+    from predvdm_jax import config as config_lib
 
-  c = _vq_demo_config()
-  c.name = "digits_demo"
-  c.data.latent_train_dir = "data/moving_digits_latents/train"
-  c.data.latent_test_dir = "data/moving_digits_latents/test"
-  c.data.cond_frames = 10
-  c.data.pred_frames = 5
-  c.data.frames_per_sample = 15
-  c.data.batch_size = 16
-  c.unet.model_channels = 32
-  c.unet.channel_mult = (1, 2, 2)
-  c.unet.num_res_blocks = 1
-  c.unet.attention_resolutions = (4,)
-  c.unet.num_head_channels = 32
-  c.unet.dropout = 0.0
-  c.model.mode = "tc"
-  c.optimizer.base_learning_rate = 5e-4
-  c.optimizer.scale_lr = False
-  c.optimizer.warmup_steps = 100
-  c.train.num_steps = 1500
-  c.train.log_every = 50
-  c.train.save_every = 500
-  c.train.max_to_keep = 1
-  c.train.ema_rate = 0.995
-  c.sampling.sampler = "ddim"
-  c.sampling.steps = 20
-  c.sampling.eta = 1.0
-  c.eval.num_clips = 64
-  c.eval.pred_frames = 10
-  c.eval.batch_size = 64
-  return config_lib.finalize(c)
+    c = _vq_demo_config()
+    c.name = "digits_demo"
+    c.data.latent_train_dir = "data/moving_digits_latents/train"
+    c.data.latent_test_dir = "data/moving_digits_latents/test"
+    c.data.cond_frames = 10
+    c.data.pred_frames = 5
+    c.data.frames_per_sample = 15
+    c.data.batch_size = 16
+    c.unet.model_channels = 32
+    c.unet.channel_mult = (1, 2, 2)
+    c.unet.num_res_blocks = 1
+    c.unet.attention_resolutions = (4,)
+    c.unet.num_head_channels = 32
+    c.unet.dropout = 0.0
+    c.model.mode = "tc"
+    c.optimizer.base_learning_rate = 5e-4
+    c.optimizer.scale_lr = False
+    c.optimizer.warmup_steps = 100
+    c.train.num_steps = 2000
+    c.train.log_every = 50
+    c.train.save_every = 500
+    c.train.max_to_keep = 1
+    c.train.ema_rate = 0.995
+    c.sampling.sampler = "ddim"
+    c.sampling.steps = 20
+    c.sampling.eta = 1.0
+    c.eval.num_clips = 64
+    c.eval.pred_frames = 10
+    c.eval.batch_size = 64
+    return config_lib.finalize(c)

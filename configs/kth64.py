@@ -10,23 +10,23 @@ from predvdm_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.default_config()
-  c.name = "kth64"
-  c.data.train_dir = "data/KTH_h5/train"
-  c.data.test_dir = "data/KTH_h5/test"
-  c.data.image_size = 64
-  c.data.channels = 1
-  c.data.cond_frames = 10
-  c.data.pred_frames = 5
-  c.data.frames_per_sample = 15
-  c.data.batch_size = 128
-  c.vq_params = "checkpoints/vq-f4.safetensors"
-  c.model.mode = "tcct_para_attn"
-  c.train.num_steps = 400000
-  c.train.save_every = 5000
-  c.sampling.sampler = "ddim"
-  c.sampling.steps = 100
-  c.sampling.eta = 1.0
-  c.eval.pred_frames = 30
-  c.eval.num_clips = 256
-  return config_lib.finalize(c)
+    c = config_lib.default_config()
+    c.name = "kth64"
+    c.data.train_dir = "data/KTH_h5/train"
+    c.data.test_dir = "data/KTH_h5/test"
+    c.data.image_size = 64
+    c.data.channels = 1
+    c.data.cond_frames = 10
+    c.data.pred_frames = 5
+    c.data.frames_per_sample = 15
+    c.data.batch_size = 128
+    c.vq_params = "checkpoints/vq-f4.safetensors"
+    c.model.mode = "tcct_para_attn"
+    c.train.num_steps = 400000
+    c.train.save_every = 5000
+    c.sampling.sampler = "ddim"
+    c.sampling.steps = 100
+    c.sampling.eta = 1.0
+    c.eval.pred_frames = 30
+    c.eval.num_clips = 256
+    return config_lib.finalize(c)

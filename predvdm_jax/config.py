@@ -17,197 +17,296 @@ PROTOCOLS = ("predvdm", "mcvd", "extdm")
 
 
 class ConfigError(ValueError):
-  """A configuration field is missing, mistyped or inconsistent."""
+    """A configuration field is missing, mistyped or inconsistent."""
 
 
 def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.name = "unnamed"
-  c.seed = 0
+    c = ml_collections.ConfigDict()
+    c.name = "unnamed"
+    c.seed = 0
 
-  c.data = dict(
-      train_dir="", test_dir="",          # HDF5 split folders of frames
-      latent_train_dir="", latent_test_dir="",  # optional latent caches (scripts/encode_dataset.py)
-      image_size=64, channels=1,          # channels of the frames on disk: 1 (gray) or 3
-      cond_frames=10, pred_frames=5,      # PredVDM's `cond` and `k`
-      frames_per_sample=15,               # training clip length (>= cond + k)
-      batch_size=128,                     # global batch
-      horizontal_flip=False,
-      num_threads=4, prefetch=8)
+    c.data = dict(
+        train_dir="",
+        test_dir="",  # HDF5 split folders of frames
+        latent_train_dir="",
+        latent_test_dir="",  # optional latent caches (scripts/encode_dataset.py)
+        image_size=64,
+        channels=1,  # channels of the frames on disk: 1 (gray) or 3
+        cond_frames=10,
+        pred_frames=5,  # PredVDM's `cond` and `k`
+        frames_per_sample=15,  # training clip length (>= cond + k)
+        batch_size=128,  # global batch
+        horizontal_flip=False,
+        num_threads=4,
+        prefetch=8,
+    )
 
-  c.vq = dict(
-      ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(), dropout=0.0,
-      in_channels=3, out_ch=3, resolution=256, z_channels=3, embed_dim=3, n_embed=8192)
-  c.vq_params = ""        # converted / trained VQ params (see scripts/convert_ldm_vq.py, train_vq.py)
-  c.scale_factor = 1.0
-  c.vq_chunk = 256        # frames per VQ encode/decode chunk (PredVDM's VQ_batch_size)
+    c.vq = dict(
+        ch=128,
+        ch_mult=(1, 2, 4),
+        num_res_blocks=2,
+        attn_resolutions=(),
+        dropout=0.0,
+        in_channels=3,
+        out_ch=3,
+        resolution=256,
+        z_channels=3,
+        embed_dim=3,
+        n_embed=8192,
+    )
+    c.vq_params = ""  # converted / trained VQ params (see scripts/convert_ldm_vq.py, train_vq.py)
+    c.scale_factor = 1.0
+    c.vq_chunk = 256  # frames per VQ encode/decode chunk (PredVDM's VQ_batch_size)
 
-  c.unet = dict(
-      model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-      attention_resolutions=(1, 2, 4), num_head_channels=32, dropout=0.1,
-      use_scale_shift_norm=False)
-  c.model = dict(mode="tc", attn_heads_tc=5, attn_heads_ct=3, attn_dim_head=32,
-                 dtype="float32")
+    c.unet = dict(
+        model_channels=224,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=2,
+        attention_resolutions=(1, 2, 4),
+        num_head_channels=32,
+        dropout=0.1,
+        use_scale_shift_norm=False,
+    )
+    c.model = dict(mode="tc", attn_heads_tc=5, attn_heads_ct=3, attn_dim_head=32, dtype="float32")
 
-  c.diffusion = dict(timesteps=1000, beta_schedule="linear", linear_start=0.0015,
-                     linear_end=0.0195, loss_reduction="sum", l_eps_weight=1.0, elbo_weight=0.0)
+    c.diffusion = dict(
+        timesteps=1000,
+        beta_schedule="linear",
+        linear_start=0.0015,
+        linear_end=0.0195,
+        loss_reduction="sum",
+        l_eps_weight=1.0,
+        elbo_weight=0.0,
+    )
 
-  c.optimizer = dict(base_learning_rate=1.5625e-6, scale_lr=True, warmup_steps=10000,
-                     f_start=1e-6, f_max=1.0, f_min=1.0, weight_decay=0.0,
-                     b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
+    c.optimizer = dict(
+        base_learning_rate=1.5625e-6,
+        scale_lr=True,
+        warmup_steps=10000,
+        f_start=1e-6,
+        f_max=1.0,
+        f_min=1.0,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        grad_clip=1.0,
+    )
 
-  c.train = dict(num_steps=400000, log_every=100, save_every=5000, max_to_keep=3,
-                 ema_rate=0.999, eval_every=0)
-  c.mesh = dict(data=-1, fsdp=1)
+    c.train = dict(
+        num_steps=400000,
+        log_every=100,
+        save_every=5000,
+        max_to_keep=3,
+        ema_rate=0.999,
+        eval_every=0,
+    )
+    c.mesh = dict(data=-1, fsdp=1)
 
-  c.sampling = dict(sampler="ddim", steps=100, eta=1.0, order=2, skip_type="time_uniform",
-                    lower_order_final=True, clip_x0=0.0, reencode=False)
+    c.sampling = dict(
+        sampler="ddim",
+        steps=100,
+        eta=1.0,
+        order=2,
+        skip_type="time_uniform",
+        lower_order_final=True,
+        clip_x0=0.0,
+        reencode=False,
+    )
 
-  c.eval = dict(protocol="predvdm", num_clips=256, num_samples=1, pred_frames=30,
-                batch_size=256, fvd=True, lpips_params="", i3d_params="", seed=0)
+    c.eval = dict(
+        protocol="predvdm",
+        num_clips=256,
+        num_samples=1,
+        pred_frames=30,
+        batch_size=256,
+        fvd=True,
+        lpips_params="",
+        i3d_params="",
+        seed=0,
+    )
 
-  c.vq_train = dict(
-      batch_size=64, num_steps=100000, learning_rate=4.5e-6, scale_lr=True, warmup_steps=0,
-      codebook_weight=1.0, beta=0.25, legacy_beta=True,
-      perceptual_weight=0.0,   # LPIPS term: needs eval.lpips_params; off by default
-      disc_start=50001, disc_weight=0.8, disc_layers=3, disc_channels=64,
-      dead_code_restart_every=0, log_every=100, save_every=5000, max_to_keep=3,
-      b1=0.5, b2=0.9,                     # Adam betas of taming's VQGAN (both optimizers)
-      lr_end_fraction=1.0,                # < 1: lr decays linearly to this fraction at num_steps
-      eval_every=1000, eval_clips=64, eval_frames=4)  # test-split reconstruction PSNR/SSIM
-  return c
+    c.vq_train = dict(
+        batch_size=64,
+        num_steps=100000,
+        learning_rate=4.5e-6,
+        scale_lr=True,
+        warmup_steps=0,
+        codebook_weight=1.0,
+        beta=0.25,
+        legacy_beta=True,
+        perceptual_weight=0.0,  # LPIPS term: needs eval.lpips_params; off by default
+        disc_start=50001,
+        disc_weight=0.8,
+        disc_layers=3,
+        disc_channels=64,
+        dead_code_restart_every=0,
+        log_every=100,
+        save_every=5000,
+        max_to_keep=3,
+        b1=0.5,
+        b2=0.9,  # Adam betas of taming's VQGAN (both optimizers)
+        lr_end_fraction=1.0,  # < 1: lr decays linearly to this fraction at num_steps
+        eval_every=1000,
+        eval_clips=64,
+        eval_frames=4,
+    )  # test-split reconstruction PSNR/SSIM
+    return c
 
 
 def _schema_errors(config, schema, prefix="") -> list[str]:
-  errors = []
-  for key in config.keys():
-    name = prefix + key
-    if key not in schema:
-      errors.append(f"unknown config field '{name}' (check the spelling; known fields here: "
-                    f"{', '.join(sorted(schema.keys()))})")
-      continue
-    value, default = config[key], schema[key]
-    if isinstance(default, ml_collections.ConfigDict):
-      if not isinstance(value, ml_collections.ConfigDict):
-        errors.append(f"config field '{name}' must be a section, got {value!r}")
-      else:
-        errors.extend(_schema_errors(value, default, name + "."))
-    elif isinstance(default, bool):
-      if not isinstance(value, bool):
-        errors.append(f"config field '{name}' must be a bool, got {value!r}")
-    elif isinstance(default, float):
-      if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"config field '{name}' must be a number, got {value!r}")
-    elif isinstance(default, int):
-      if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(f"config field '{name}' must be an int, got {value!r}")
-    elif isinstance(default, str):
-      if not isinstance(value, str):
-        errors.append(f"config field '{name}' must be a string, got {value!r}")
-    elif isinstance(default, tuple):
-      if not isinstance(value, (tuple, list)) or not all(
-          isinstance(v, int) and not isinstance(v, bool) for v in value):
-        errors.append(f"config field '{name}' must be a tuple of ints, got {value!r}")
-  for key in schema.keys():
-    if key not in config:
-      errors.append(f"config field '{prefix + key}' is missing")
-  return errors
+    errors = []
+    for key in config.keys():
+        name = prefix + key
+        if key not in schema:
+            errors.append(
+                f"unknown config field '{name}' (check the spelling; known fields here: "
+                f"{', '.join(sorted(schema.keys()))})"
+            )
+            continue
+        value, default = config[key], schema[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                errors.append(f"config field '{name}' must be a section, got {value!r}")
+            else:
+                errors.extend(_schema_errors(value, default, name + "."))
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                errors.append(f"config field '{name}' must be a bool, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                errors.append(f"config field '{name}' must be a number, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                errors.append(f"config field '{name}' must be an int, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                errors.append(f"config field '{name}' must be a string, got {value!r}")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (tuple, list)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                errors.append(f"config field '{name}' must be a tuple of ints, got {value!r}")
+    for key in schema.keys():
+        if key not in config:
+            errors.append(f"config field '{prefix + key}' is missing")
+    return errors
 
 
 def _combination_errors(c) -> list[str]:
-  errors = []
-  d = c.data
-  if d.channels not in (1, 3):
-    errors.append(f"data.channels must be 1 (grayscale) or 3 (RGB), got {d.channels}")
-  if d.cond_frames < 1 or d.pred_frames < 1:
-    errors.append("data.cond_frames and data.pred_frames must be >= 1")
-  if d.cond_frames + d.pred_frames > d.frames_per_sample:
-    errors.append(f"data.cond_frames + data.pred_frames = {d.cond_frames + d.pred_frames} is "
-                  f"longer than the training clip data.frames_per_sample = {d.frames_per_sample}")
-  if d.batch_size < 1 or c.eval.batch_size < 1 or c.vq_train.batch_size < 1:
-    errors.append("data.batch_size, eval.batch_size and vq_train.batch_size must be >= 1")
-  downsample = 2 ** (len(c.vq.ch_mult) - 1)
-  if d.image_size % downsample:
-    errors.append(f"data.image_size {d.image_size} is not divisible by the VQ's downsampling "
-                  f"factor {downsample} (vq.ch_mult has {len(c.vq.ch_mult)} levels)")
-  for section, field in (("vq", "ch"), ("unet", "model_channels")):
-    width = c[section][field]
-    mults = c.vq.ch_mult if section == "vq" else c.unet.channel_mult
-    if any((width * m) % 32 for m in mults):
-      errors.append(f"{section}.{field} × every multiplier must be divisible by 32 "
-                    f"(GroupNorm with 32 groups); got {width} × {tuple(mults)}")
-  if c.unet.num_head_channels > 0 and any(
-      (c.unet.model_channels * m) % c.unet.num_head_channels for m in c.unet.channel_mult):
-    errors.append(f"unet.num_head_channels {c.unet.num_head_channels} must divide every level "
-                  f"width model_channels × channel_mult")
-  m = c.model
-  if m.mode not in PREDICTOR_MODES:
-    errors.append(f"model.mode {m.mode!r} is not one of {PREDICTOR_MODES}")
-  if m.mode.endswith("_attn") and (m.attn_heads_tc < 1 or m.attn_dim_head < 1 or
-                                   (m.mode == "tcct_para_attn" and m.attn_heads_ct < 1)):
-    errors.append(f"model.mode {m.mode!r} needs LinearAttention settings: model.attn_heads_tc, "
-                  f"model.attn_heads_ct (for tcct_para_attn) and model.attn_dim_head >= 1")
-  if m.dtype not in ("float32", "bfloat16"):
-    errors.append(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
-  df = c.diffusion
-  if df.beta_schedule not in ("linear", "cosine", "linear_beta"):
-    errors.append(f"diffusion.beta_schedule {df.beta_schedule!r} is not linear/cosine/linear_beta")
-  if df.loss_reduction not in ("sum", "mean"):
-    errors.append(f"diffusion.loss_reduction must be 'sum' or 'mean', got {df.loss_reduction!r}")
-  if not 0 < df.linear_start < df.linear_end < 1:
-    errors.append("diffusion.linear_start < diffusion.linear_end must both lie in (0, 1)")
-  s = c.sampling
-  if s.sampler not in SAMPLERS:
-    errors.append(f"sampling.sampler {s.sampler!r} is not one of {SAMPLERS}")
-  if not 1 <= s.steps <= df.timesteps:
-    errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
-  if not 1 <= s.order <= 3:
-    errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
-  if s.skip_type not in ("time_uniform", "logSNR"):
-    errors.append(f"sampling.skip_type must be 'time_uniform' or 'logSNR', got {s.skip_type!r}")
-  e = c.eval
-  if e.protocol not in PROTOCOLS:
-    errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
-  if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
-    errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
-  if c.train.ema_rate < 0 or c.train.ema_rate >= 1:
-    errors.append(f"train.ema_rate must be in [0, 1), got {c.train.ema_rate}")
-  if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
-    errors.append("vq_train.perceptual_weight > 0 needs LPIPS weights: set eval.lpips_params "
-                  "(scripts/convert_lpips.py) or set the weight to 0")
-  return errors
+    errors = []
+    d = c.data
+    if d.channels not in (1, 3):
+        errors.append(f"data.channels must be 1 (grayscale) or 3 (RGB), got {d.channels}")
+    if d.cond_frames < 1 or d.pred_frames < 1:
+        errors.append("data.cond_frames and data.pred_frames must be >= 1")
+    if d.cond_frames + d.pred_frames > d.frames_per_sample:
+        errors.append(
+            f"data.cond_frames + data.pred_frames = {d.cond_frames + d.pred_frames} is "
+            f"longer than the training clip data.frames_per_sample = {d.frames_per_sample}"
+        )
+    if d.batch_size < 1 or c.eval.batch_size < 1 or c.vq_train.batch_size < 1:
+        errors.append("data.batch_size, eval.batch_size and vq_train.batch_size must be >= 1")
+    downsample = 2 ** (len(c.vq.ch_mult) - 1)
+    if d.image_size % downsample:
+        errors.append(
+            f"data.image_size {d.image_size} is not divisible by the VQ's downsampling "
+            f"factor {downsample} (vq.ch_mult has {len(c.vq.ch_mult)} levels)"
+        )
+    for section, field in (("vq", "ch"), ("unet", "model_channels")):
+        width = c[section][field]
+        mults = c.vq.ch_mult if section == "vq" else c.unet.channel_mult
+        if any((width * m) % 32 for m in mults):
+            errors.append(
+                f"{section}.{field} × every multiplier must be divisible by 32 "
+                f"(GroupNorm with 32 groups); got {width} × {tuple(mults)}"
+            )
+    if c.unet.num_head_channels > 0 and any(
+        (c.unet.model_channels * m) % c.unet.num_head_channels for m in c.unet.channel_mult
+    ):
+        errors.append(
+            f"unet.num_head_channels {c.unet.num_head_channels} must divide every level "
+            f"width model_channels × channel_mult"
+        )
+    m = c.model
+    if m.mode not in PREDICTOR_MODES:
+        errors.append(f"model.mode {m.mode!r} is not one of {PREDICTOR_MODES}")
+    if m.mode.endswith("_attn") and (
+        m.attn_heads_tc < 1
+        or m.attn_dim_head < 1
+        or (m.mode == "tcct_para_attn" and m.attn_heads_ct < 1)
+    ):
+        errors.append(
+            f"model.mode {m.mode!r} needs LinearAttention settings: model.attn_heads_tc, "
+            f"model.attn_heads_ct (for tcct_para_attn) and model.attn_dim_head >= 1"
+        )
+    if m.dtype not in ("float32", "bfloat16"):
+        errors.append(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+    df = c.diffusion
+    if df.beta_schedule not in ("linear", "cosine", "linear_beta"):
+        errors.append(
+            f"diffusion.beta_schedule {df.beta_schedule!r} is not linear/cosine/linear_beta"
+        )
+    if df.loss_reduction not in ("sum", "mean"):
+        errors.append(
+            f"diffusion.loss_reduction must be 'sum' or 'mean', got {df.loss_reduction!r}"
+        )
+    if not 0 < df.linear_start < df.linear_end < 1:
+        errors.append("diffusion.linear_start < diffusion.linear_end must both lie in (0, 1)")
+    s = c.sampling
+    if s.sampler not in SAMPLERS:
+        errors.append(f"sampling.sampler {s.sampler!r} is not one of {SAMPLERS}")
+    if not 1 <= s.steps <= df.timesteps:
+        errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
+    if not 1 <= s.order <= 3:
+        errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
+    if s.skip_type not in ("time_uniform", "logSNR"):
+        errors.append(f"sampling.skip_type must be 'time_uniform' or 'logSNR', got {s.skip_type!r}")
+    e = c.eval
+    if e.protocol not in PROTOCOLS:
+        errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
+    if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
+        errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
+    if c.train.ema_rate < 0 or c.train.ema_rate >= 1:
+        errors.append(f"train.ema_rate must be in [0, 1), got {c.train.ema_rate}")
+    if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
+        errors.append(
+            "vq_train.perceptual_weight > 0 needs LPIPS weights: set eval.lpips_params "
+            "(scripts/convert_lpips.py) or set the weight to 0"
+        )
+    return errors
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raises ``ConfigError`` naming every bad field; returns the config unchanged."""
-  errors = _schema_errors(config, default_config())
-  if not errors:
-    errors = _combination_errors(config)
-  if errors:
-    raise ConfigError("invalid config: " + "; ".join(errors))
-  return config
+    """Raises ``ConfigError`` naming every bad field; returns the config unchanged."""
+    errors = _schema_errors(config, default_config())
+    if not errors:
+        errors = _combination_errors(config)
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(errors))
+    return config
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Validates and locks a config (the last line of every ``get_config``)."""
-  validate(config)
-  config.lock()
-  return config
+    """Validates and locks a config (the last line of every ``get_config``)."""
+    validate(config)
+    config.lock()
+    return config
 
 
 def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:
-  out = {}
-  for key, value in raw.items():
-    default = schema[key] if key in schema else None
-    if isinstance(default, ml_collections.ConfigDict) and isinstance(value, dict):
-      out[key] = _restore_tuples(value, default)
-    elif isinstance(default, tuple) and isinstance(value, list):
-      out[key] = tuple(value)
-    else:
-      out[key] = value
-  return out
+    out = {}
+    for key, value in raw.items():
+        default = schema[key] if key in schema else None
+        if isinstance(default, ml_collections.ConfigDict) and isinstance(value, dict):
+            out[key] = _restore_tuples(value, default)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            out[key] = tuple(value)
+        else:
+            out[key] = value
+    return out
 
 
 def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
-  """A validated, locked config from its JSON form (as saved with checkpoints and bundles)."""
-  return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))
+    """A validated, locked config from its JSON form (as saved with checkpoints and bundles)."""
+    return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))

@@ -17,19 +17,25 @@ from predvdm_jax.interop import i3d_torchscript
 
 flags.DEFINE_string("torchscript", None, "StyleGAN-V i3d_torchscript.pt (torch.jit.load-able).")
 flags.DEFINE_string("output", None, "Where to write the Flax I3D variables (.safetensors).")
-flags.DEFINE_bool("verify", True, "Compare TorchScript and Flax logits on a random clip before writing.")
+flags.DEFINE_bool(
+    "verify", True, "Compare TorchScript and Flax logits on a random clip before writing."
+)
 flags.mark_flags_as_required(["torchscript", "output"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  try:
-    i3d_torchscript.convert_i3d_torchscript(FLAGS.torchscript, FLAGS.output, verify=FLAGS.verify)
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    sys.exit(f"error: {e}")
-  print(f"wrote {FLAGS.output} (from {FLAGS.torchscript}{', verified' if FLAGS.verify else ', NOT verified'})")
+    del argv
+    try:
+        i3d_torchscript.convert_i3d_torchscript(
+            FLAGS.torchscript, FLAGS.output, verify=FLAGS.verify
+        )
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        sys.exit(f"error: {e}")
+    print(
+        f"wrote {FLAGS.output} (from {FLAGS.torchscript}{', verified' if FLAGS.verify else ', NOT verified'})"
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

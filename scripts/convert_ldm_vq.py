@@ -16,10 +16,18 @@ from ml_collections import config_flags
 
 from predvdm_jax.interop import ldm_vq, torch_checkpoint
 
-flags.DEFINE_string("ckpt", None, "PyTorch checkpoint: LDM model.ckpt, PredVDM .ckpt, bare state_dict or .safetensors.")
+flags.DEFINE_string(
+    "ckpt",
+    None,
+    "PyTorch checkpoint: LDM model.ckpt, PredVDM .ckpt, bare state_dict or .safetensors.",
+)
 flags.DEFINE_string("out", None, "Output .safetensors path for the Flax params.")
-flags.DEFINE_bool("allow_pickle", False, "Read a pickle that holds Python objects (trusted files only).")
-config_flags.DEFINE_config_file("config", None, "Optional experiment config; its `vq` section sets the architecture.")
+flags.DEFINE_bool(
+    "allow_pickle", False, "Read a pickle that holds Python objects (trusted files only)."
+)
+config_flags.DEFINE_config_file(
+    "config", None, "Optional experiment config; its `vq` section sets the architecture."
+)
 flags.mark_flags_as_required(["ckpt", "out"])
 FLAGS = flags.FLAGS
 
@@ -32,7 +40,9 @@ def main(argv):
         params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, config, allow_pickle=FLAGS.allow_pickle)
     except (FileNotFoundError, ValueError, ImportError) as err:
         sys.exit(f"error: {err}")
-    torch_checkpoint.save_params_safetensors(FLAGS.out, params, metadata={"source": FLAGS.ckpt, "format": "flax/vq"})
+    torch_checkpoint.save_params_safetensors(
+        FLAGS.out, params, metadata={"source": FLAGS.ckpt, "format": "flax/vq"}
+    )
     count = sum(v.size for v in torch_checkpoint.flatten_params(params).values())
     print(f"wrote {FLAGS.out}: {count:,} parameters")
 

@@ -13,24 +13,32 @@ from absl import app, flags
 
 from predvdm_jax.interop import lpips_torch
 
-flags.DEFINE_string("alexnet", None, "torchvision AlexNet state_dict (.pth), or a full lpips.LPIPS state_dict.")
-flags.DEFINE_string("heads", None, "lpips linear heads file (weights/v0.1/alex.pth); default: the installed lpips package's.")
+flags.DEFINE_string(
+    "alexnet", None, "torchvision AlexNet state_dict (.pth), or a full lpips.LPIPS state_dict."
+)
+flags.DEFINE_string(
+    "heads",
+    None,
+    "lpips linear heads file (weights/v0.1/alex.pth); default: the installed lpips package's.",
+)
 flags.DEFINE_string("output", None, "Where to write the Flax params (.safetensors).")
 flags.mark_flags_as_required(["alexnet", "output"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  heads = FLAGS.heads or lpips_torch.find_lpips_heads_file()
-  if heads is None:
-    sys.exit("error: no --heads given and no lpips package found; pip install lpips==0.1.4 --no-deps, or pass --heads=alex.pth")
-  try:
-    lpips_torch.convert_lpips_files(FLAGS.alexnet, heads, FLAGS.output)
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    sys.exit(f"error: {e}")
-  print(f"wrote {FLAGS.output} (trunk {FLAGS.alexnet}, heads {heads})")
+    del argv
+    heads = FLAGS.heads or lpips_torch.find_lpips_heads_file()
+    if heads is None:
+        sys.exit(
+            "error: no --heads given and no lpips package found; pip install lpips==0.1.4 --no-deps, or pass --heads=alex.pth"
+        )
+    try:
+        lpips_torch.convert_lpips_files(FLAGS.alexnet, heads, FLAGS.output)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {FLAGS.output} (trunk {FLAGS.alexnet}, heads {heads})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -16,8 +16,11 @@ from predvdm_jax import config as config_lib
 from predvdm_jax import demo
 
 config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                           "digits_demo.py"), "Demo config.", lock_config=True)
+    "config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "digits_demo.py"),
+    "Demo config.",
+    lock_config=True,
+)
 flags.DEFINE_string("workdir", "runs/demo", "Everything the demo makes goes here.")
 flags.DEFINE_integer("num_train", 500, "Training videos of moving digits.")
 flags.DEFINE_integer("num_test", 256, "Test videos of moving digits.")
@@ -28,15 +31,23 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = config_lib.validate(FLAGS.config)
-  numbers = demo.run_demo(config, FLAGS.workdir, num_train=FLAGS.num_train,
-                          num_test=FLAGS.num_test, long_clips=FLAGS.long_clips, fvd_clips=FLAGS.fvd_clips,
-                          progress=FLAGS.progress)
-  print(f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
-        f"{demo.demo_paths(FLAGS.workdir)['report']}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = config_lib.validate(FLAGS.config)
+    numbers = demo.run_demo(
+        config,
+        FLAGS.workdir,
+        num_train=FLAGS.num_train,
+        num_test=FLAGS.num_test,
+        long_clips=FLAGS.long_clips,
+        fvd_clips=FLAGS.fvd_clips,
+        progress=FLAGS.progress,
+    )
+    print(
+        f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
+        f"{demo.demo_paths(FLAGS.workdir)['report']}"
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -20,7 +20,9 @@ from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.data.latent_cache import encode_split
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
 
-config_flags.DEFINE_config_file("config", None, "Experiment config (its vq section and scale_factor).")
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config (its vq section and scale_factor)."
+)
 flags.DEFINE_string("vq_params", None, "VQ params (.safetensors); default: the config's vq_params.")
 flags.DEFINE_string("src", "data/moving_digits", "Frame dataset folder (holds train/, test/, ...).")
 flags.DEFINE_string("out", "data/moving_digits_latents", "Output folder for the latent cache.")
@@ -31,33 +33,45 @@ FLAGS = flags.FLAGS
 
 
 def _splits(src: str) -> list[str]:
-  if not os.path.isdir(src):
-    raise DatasetError(f"--src {src!r} is not a folder; make the dataset first "
-                       f"(scripts/make_moving_digits.py or scripts/prepare_data.py).")
-  names = sorted(name for name in os.listdir(src) if os.path.isdir(os.path.join(src, name)) and
-                 any(f.endswith((".hdf5", ".h5")) for f in os.listdir(os.path.join(src, name))))
-  if not names:
-    raise DatasetError(f"--src {src!r} holds no split folders with shard files.")
-  return names
+    if not os.path.isdir(src):
+        raise DatasetError(
+            f"--src {src!r} is not a folder; make the dataset first "
+            f"(scripts/make_moving_digits.py or scripts/prepare_data.py)."
+        )
+    names = sorted(
+        name
+        for name in os.listdir(src)
+        if os.path.isdir(os.path.join(src, name))
+        and any(f.endswith((".hdf5", ".h5")) for f in os.listdir(os.path.join(src, name)))
+    )
+    if not names:
+        raise DatasetError(f"--src {src!r} holds no split folders with shard files.")
+    return names
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    config = config_lib.validate(FLAGS.config)
-    params_path = FLAGS.vq_params or config.vq_params
-    if not params_path:
-      raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
-    vq_params = load_params_safetensors(params_path)
-    for split in _splits(FLAGS.src):
-      out_dir = os.path.join(FLAGS.out, split)
-      written = encode_split(config, vq_params, os.path.join(FLAGS.src, split), out_dir,
-                             dtype=FLAGS.dtype, batch_frames=FLAGS.batch_frames)
-      print(f"{split}: wrote {written} shard(s) to {out_dir}")
-  except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = config_lib.validate(FLAGS.config)
+        params_path = FLAGS.vq_params or config.vq_params
+        if not params_path:
+            raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
+        vq_params = load_params_safetensors(params_path)
+        for split in _splits(FLAGS.src):
+            out_dir = os.path.join(FLAGS.out, split)
+            written = encode_split(
+                config,
+                vq_params,
+                os.path.join(FLAGS.src, split),
+                out_dir,
+                dtype=FLAGS.dtype,
+                batch_frames=FLAGS.batch_frames,
+            )
+            print(f"{split}: wrote {written} shard(s) to {out_dir}")
+    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -27,23 +27,36 @@ from predvdm_jax.evaluation import report
 from predvdm_jax.training import mesh as mesh_lib
 
 config_flags.DEFINE_config_dict(
-    "config", config_lib.default_config(),
-    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=...")
+    "config",
+    config_lib.default_config(),
+    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=...",
+)
 flags.DEFINE_string("bundle", None, "Exported inference bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: evaluates its newest checkpoint.")
 flags.DEFINE_bool("use_ema", True, "With --workdir: evaluate the EMA weights (else the raw ones).")
 flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
-flags.DEFINE_enum("protocol", None, sorted(protocol_lib.PRESETS),
-                  "predvdm (1 sample, mean), mcvd (10 samples, best-of-10 + mean), extdm "
-                  "(100 samples, best-of-100 + mean); default: config eval.protocol.")
+flags.DEFINE_enum(
+    "protocol",
+    None,
+    sorted(protocol_lib.PRESETS),
+    "predvdm (1 sample, mean), mcvd (10 samples, best-of-10 + mean), extdm "
+    "(100 samples, best-of-100 + mean); default: config eval.protocol.",
+)
 flags.DEFINE_integer("num_clips", None, "Test clips; default: config eval.num_clips.")
-flags.DEFINE_integer("num_samples", None, "Samples per clip; default: the protocol's, or "
-                     "config eval.num_samples when set above 1.")
+flags.DEFINE_integer(
+    "num_samples",
+    None,
+    "Samples per clip; default: the protocol's, or config eval.num_samples when set above 1.",
+)
 flags.DEFINE_integer("pred_frames", None, "Frames to predict; default: config eval.pred_frames.")
 flags.DEFINE_integer("keep_videos", 8, "Sample videos written to OUT/videos.")
 flags.DEFINE_string("real_dir", None, "HDF5 split of real videos (with --fake_dir).")
-flags.DEFINE_string("fake_dir", None, "HDF5 split of generated videos, paired with --real_dir by index.")
-flags.DEFINE_integer("cond_frames", 0, "With --real_dir: leading frames excluded from SSIM/PSNR/LPIPS.")
+flags.DEFINE_string(
+    "fake_dir", None, "HDF5 split of generated videos, paired with --real_dir by index."
+)
+flags.DEFINE_integer(
+    "cond_frames", 0, "With --real_dir: leading frames excluded from SSIM/PSNR/LPIPS."
+)
 flags.DEFINE_integer("num_frames", 0, "With --real_dir: frames per video (0: the shortest length).")
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
@@ -52,73 +65,93 @@ FLAGS = flags.FLAGS
 
 
 def _apply_overrides(config, overrides):
-  """Sets every ``--config.a.b=value`` given on the command line on ``config`` (a copy)."""
-  config = config_lib.config_from_dict(config.to_dict())
-  with config.unlocked():
-    for dotted, value in overrides.items():
-      node = config
-      *parents, leaf = dotted.split(".")
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
-  return config_lib.validate(config)
+    """Sets every ``--config.a.b=value`` given on the command line on ``config`` (a copy)."""
+    config = config_lib.config_from_dict(config.to_dict())
+    with config.unlocked():
+        for dotted, value in overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for name in parents:
+                node = node[name]
+            node[leaf] = value
+    return config_lib.validate(config)
 
 
 def _num_samples(config, overrides):
-  if FLAGS.num_samples is not None:
-    return FLAGS.num_samples
-  if "eval.num_samples" in overrides or config.eval.num_samples > 1:
-    return config.eval.num_samples
-  return None
+    if FLAGS.num_samples is not None:
+        return FLAGS.num_samples
+    if "eval.num_samples" in overrides or config.eval.num_samples > 1:
+        return config.eval.num_samples
+    return None
 
 
 def _score_folders():
-  config = config_lib.validate(FLAGS.config)
-  metrics = protocol_lib.score_folders(
-      FLAGS.real_dir, FLAGS.fake_dir, FLAGS.out, cond_frames=FLAGS.cond_frames,
-      num_frames=FLAGS.num_frames, batch_size=min(config.eval.batch_size, 64),
-      lpips_params=config.eval.lpips_params, i3d_params=config.eval.i3d_params,
-      fvd=config.eval.fvd, keep_videos=FLAGS.keep_videos, show_progress=FLAGS.progress)
-  return metrics
+    config = config_lib.validate(FLAGS.config)
+    metrics = protocol_lib.score_folders(
+        FLAGS.real_dir,
+        FLAGS.fake_dir,
+        FLAGS.out,
+        cond_frames=FLAGS.cond_frames,
+        num_frames=FLAGS.num_frames,
+        batch_size=min(config.eval.batch_size, 64),
+        lpips_params=config.eval.lpips_params,
+        i3d_params=config.eval.i3d_params,
+        fvd=config.eval.fvd,
+        keep_videos=FLAGS.keep_videos,
+        show_progress=FLAGS.progress,
+    )
+    return metrics
 
 
 def _evaluate_model():
-  from predvdm_jax.interop import bundle as bundle_lib
+    from predvdm_jax.interop import bundle as bundle_lib
 
-  if FLAGS.bundle:
-    bundle = bundle_lib.load_bundle(FLAGS.bundle)
-    source = f"bundle {FLAGS.bundle}"
-  else:
-    bundle = bundle_lib.load_from_checkpoint(FLAGS.workdir, use_ema=FLAGS.use_ema, step=FLAGS.step)
-    source = f"checkpoint {FLAGS.workdir} ({'EMA' if FLAGS.use_ema else 'raw'} weights)"
-  overrides = config_flags.get_override_values(FLAGS["config"])
-  config = _apply_overrides(bundle.config, overrides)
-  protocol = protocol_lib.resolve_protocol(
-      FLAGS.protocol or config.eval.protocol,
-      num_clips=FLAGS.num_clips or config.eval.num_clips,
-      num_samples=_num_samples(config, overrides))
-  return protocol_lib.evaluate_model(
-      config, bundle.params, bundle.vq_params, FLAGS.out, protocol=protocol,
-      pred_frames=FLAGS.pred_frames or config.eval.pred_frames, source=source,
-      keep_videos=FLAGS.keep_videos, show_progress=FLAGS.progress)
+    if FLAGS.bundle:
+        bundle = bundle_lib.load_bundle(FLAGS.bundle)
+        source = f"bundle {FLAGS.bundle}"
+    else:
+        bundle = bundle_lib.load_from_checkpoint(
+            FLAGS.workdir, use_ema=FLAGS.use_ema, step=FLAGS.step
+        )
+        source = f"checkpoint {FLAGS.workdir} ({'EMA' if FLAGS.use_ema else 'raw'} weights)"
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    config = _apply_overrides(bundle.config, overrides)
+    protocol = protocol_lib.resolve_protocol(
+        FLAGS.protocol or config.eval.protocol,
+        num_clips=FLAGS.num_clips or config.eval.num_clips,
+        num_samples=_num_samples(config, overrides),
+    )
+    return protocol_lib.evaluate_model(
+        config,
+        bundle.params,
+        bundle.vq_params,
+        FLAGS.out,
+        protocol=protocol,
+        pred_frames=FLAGS.pred_frames or config.eval.pred_frames,
+        source=source,
+        keep_videos=FLAGS.keep_videos,
+        show_progress=FLAGS.progress,
+    )
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  folders = FLAGS.real_dir is not None or FLAGS.fake_dir is not None
-  if folders and not (FLAGS.real_dir and FLAGS.fake_dir):
-    raise app.UsageError("--real_dir and --fake_dir go together; pass both folders.")
-  if not folders and bool(FLAGS.bundle) == bool(FLAGS.workdir):
-    raise app.UsageError("pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir).")
-  mesh_lib.initialize_distributed()
-  try:
-    metrics = _score_folders() if folders else _evaluate_model()
-  except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
-  print(report.markdown_table(metrics))
-  print(f"wrote {FLAGS.out}/metrics.json")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    folders = FLAGS.real_dir is not None or FLAGS.fake_dir is not None
+    if folders and not (FLAGS.real_dir and FLAGS.fake_dir):
+        raise app.UsageError("--real_dir and --fake_dir go together; pass both folders.")
+    if not folders and bool(FLAGS.bundle) == bool(FLAGS.workdir):
+        raise app.UsageError(
+            "pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir)."
+        )
+    mesh_lib.initialize_distributed()
+    try:
+        metrics = _score_folders() if folders else _evaluate_model()
+    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(report.markdown_table(metrics))
+    print(f"wrote {FLAGS.out}/metrics.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -21,15 +21,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    exported = bundle.load_from_checkpoint(FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step)
-  except (FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
-  bundle.save_bundle(FLAGS.out, exported)
-  print(f"wrote {FLAGS.out} ({'EMA' if FLAGS.ema else 'raw'} weights, config {exported.config.name})")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        exported = bundle.load_from_checkpoint(FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    bundle.save_bundle(FLAGS.out, exported)
+    print(
+        f"wrote {FLAGS.out} ({'EMA' if FLAGS.ema else 'raw'} weights, config {exported.config.name})"
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

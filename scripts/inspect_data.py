@@ -1,6 +1,6 @@
 """Prints the summary of one or more dataset split folders.
 
-  python scripts/inspect_data.py data/moving_digits/train data/moving_digits/test
+python scripts/inspect_data.py data/moving_digits/train data/moving_digits/test
 """
 
 import sys
@@ -14,14 +14,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("give one or more split folders, e.g. data/moving_digits/train")
-  for split_dir in argv[1:]:
-    try:
-      print(hdf5.VideoShards(split_dir, FLAGS.kind).summary())
-    except hdf5.DatasetError as e:
-      sys.exit(f"error: {e}")
+    if len(argv) < 2:
+        raise app.UsageError("give one or more split folders, e.g. data/moving_digits/train")
+    for split_dir in argv[1:]:
+        try:
+            print(hdf5.VideoShards(split_dir, FLAGS.kind).summary())
+        except hdf5.DatasetError as e:
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

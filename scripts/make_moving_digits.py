@@ -10,8 +10,11 @@ from absl import app, flags
 from predvdm_jax.data import hdf5, moving_digits
 
 flags.DEFINE_string("out", "data/moving_digits", "Output folder (gets train/ and test/).")
-flags.DEFINE_string("mnist", None, "mnist.npz or a folder of MNIST idx files; default: "
-                    "scikit-learn's 8x8 digits (offline).")
+flags.DEFINE_string(
+    "mnist",
+    None,
+    "mnist.npz or a folder of MNIST idx files; default: scikit-learn's 8x8 digits (offline).",
+)
 flags.DEFINE_integer("num_train", 2000, "Training videos.")
 flags.DEFINE_integer("num_test", 256, "Test videos.")
 flags.DEFINE_integer("num_digits", 2, "Digits per video.")
@@ -22,13 +25,20 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  moving_digits.write_moving_digits(
-      FLAGS.out, FLAGS.mnist, FLAGS.num_train, FLAGS.num_test, FLAGS.num_digits, FLAGS.seq_len,
-      FLAGS.seed, FLAGS.test_digit_pool)
-  for split in ("train", "test"):
-    print(hdf5.VideoShards(f"{FLAGS.out}/{split}").summary())
+    del argv
+    moving_digits.write_moving_digits(
+        FLAGS.out,
+        FLAGS.mnist,
+        FLAGS.num_train,
+        FLAGS.num_test,
+        FLAGS.num_digits,
+        FLAGS.seq_len,
+        FLAGS.seed,
+        FLAGS.test_digit_pool,
+    )
+    for split in ("train", "test"):
+        print(hdf5.VideoShards(f"{FLAGS.out}/{split}").summary())
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -23,11 +23,16 @@ from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.interop import bundle as bundle_lib
 
-config_flags.DEFINE_config_dict("config", config_lib.default_config(),
-                                "Overrides of the model's config, e.g. --config.sampling.steps=20.")
+config_flags.DEFINE_config_dict(
+    "config",
+    config_lib.default_config(),
+    "Overrides of the model's config, e.g. --config.sampling.steps=20.",
+)
 flags.DEFINE_string("bundle", None, "Exported bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: uses its newest checkpoint (EMA weights).")
-flags.DEFINE_string("video", None, "A video file or folder of frames to continue (default: test clips).")
+flags.DEFINE_string(
+    "video", None, "A video file or folder of frames to continue (default: test clips)."
+)
 flags.DEFINE_integer("num_frames", None, "Frames to predict (default: config eval.pred_frames).")
 flags.DEFINE_integer("num_clips", 8, "Test clips to predict (without --video).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -38,48 +43,58 @@ FLAGS = flags.FLAGS
 
 
 def _overridden(config, overrides):
-  """The model's config with the fields given on the command line replaced."""
-  defaults = config_lib.default_config()
-  config = config.copy_and_resolve_references()
-  for section in ("sampling", "eval", "data", "mesh"):
-    for key, value in overrides[section].items():
-      if value != defaults[section][key]:
-        config[section][key] = value
-  return config_lib.validate(config)
+    """The model's config with the fields given on the command line replaced."""
+    defaults = config_lib.default_config()
+    config = config.copy_and_resolve_references()
+    for section in ("sampling", "eval", "data", "mesh"):
+        for key, value in overrides[section].items():
+            if value != defaults[section][key]:
+                config[section][key] = value
+    return config_lib.validate(config)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if (FLAGS.bundle is None) == (FLAGS.workdir is None):
-    sys.exit("error: give exactly one of --bundle or --workdir")
-  try:
-    model = (bundle_lib.load_bundle(FLAGS.bundle) if FLAGS.bundle
-             else bundle_lib.load_from_checkpoint(FLAGS.workdir))
-    config = _overridden(model.config, FLAGS.config)
-    model = bundle_lib.Bundle(config, model.params, model.vq_params)
-    cond_frames = config.data.cond_frames
-    num_frames = FLAGS.num_frames or config.eval.pred_frames
-    if FLAGS.video:
-      clip = video_files.read_clip(FLAGS.video, config.data.image_size, config.data.channels,
-                                   cond_frames)
-      cond, future = clip[None], None
-    else:
-      batches = loader.eval_iterator(config.data.test_dir, cond_frames + num_frames,
-                                     FLAGS.num_clips, FLAGS.num_clips, config.eval.seed)
-      clips = next(batches)["video"]
-      cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
-    predicted = sampling.predict_clips(model, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
-  except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
-  if future is None:  # a user's video: no ground truth beyond the conditioning frames
-    future = np.full_like(predicted, -1.0)
-  written = report.write_videos(FLAGS.out, future, predicted, cond, fps=FLAGS.fps,
-                                max_videos=len(predicted))
-  for note in written["notes"]:
-    print(note)
-  print(f"wrote {len(written['gif'])} GIF(s), {len(written['mp4'])} MP4(s) and {written['grid']}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if (FLAGS.bundle is None) == (FLAGS.workdir is None):
+        sys.exit("error: give exactly one of --bundle or --workdir")
+    try:
+        model = (
+            bundle_lib.load_bundle(FLAGS.bundle)
+            if FLAGS.bundle
+            else bundle_lib.load_from_checkpoint(FLAGS.workdir)
+        )
+        config = _overridden(model.config, FLAGS.config)
+        model = bundle_lib.Bundle(config, model.params, model.vq_params)
+        cond_frames = config.data.cond_frames
+        num_frames = FLAGS.num_frames or config.eval.pred_frames
+        if FLAGS.video:
+            clip = video_files.read_clip(
+                FLAGS.video, config.data.image_size, config.data.channels, cond_frames
+            )
+            cond, future = clip[None], None
+        else:
+            batches = loader.eval_iterator(
+                config.data.test_dir,
+                cond_frames + num_frames,
+                FLAGS.num_clips,
+                FLAGS.num_clips,
+                config.eval.seed,
+            )
+            clips = next(batches)["video"]
+            cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
+        predicted = sampling.predict_clips(model, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
+    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    if future is None:  # a user's video: no ground truth beyond the conditioning frames
+        future = np.full_like(predicted, -1.0)
+    written = report.write_videos(
+        FLAGS.out, future, predicted, cond, fps=FLAGS.fps, max_videos=len(predicted)
+    )
+    for note in written["notes"]:
+        print(note)
+    print(f"wrote {len(written['gif'])} GIF(s), {len(written['mp4'])} MP4(s) and {written['grid']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -16,24 +16,29 @@ from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.training import diffusion_trainer, loop, mesh
 
-config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/kth64.py.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config, e.g. configs/kth64.py.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and TensorBoard events go here.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  mesh.initialize_distributed()
-  try:
-    config = config_lib.validate(FLAGS.config)
-    diffusion_trainer.train(config, FLAGS.workdir)
-  except (config_lib.ConfigError, DatasetError, FileNotFoundError,
-          loop.NonFiniteLossError) as err:
-    sys.exit(f"error: {err}")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    mesh.initialize_distributed()
+    try:
+        config = config_lib.validate(FLAGS.config)
+        diffusion_trainer.train(config, FLAGS.workdir)
+    except (
+        config_lib.ConfigError,
+        DatasetError,
+        FileNotFoundError,
+        loop.NonFiniteLossError,
+    ) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -23,15 +23,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    config = config_lib.validate(FLAGS.config)
-    result = train_vq(config, FLAGS.workdir)
-  except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
-  print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = config_lib.validate(FLAGS.config)
+        result = train_vq(config, FLAGS.workdir)
+    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -10,58 +10,67 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.py")))
 def test_every_config_file_is_valid(name):
-  config = load(name)
-  config_lib.validate(config)
-  with pytest.raises(AttributeError):
-    config.unet.model_chanels = 3  # locked: a typo cannot create a field
+    config = load(name)
+    config_lib.validate(config)
+    with pytest.raises(AttributeError):
+        config.unet.model_chanels = 3  # locked: a typo cannot create a field
 
 
 def test_published_settings():
-  kth = load("kth64")
-  assert (kth.data.cond_frames, kth.data.pred_frames, kth.eval.pred_frames) == (10, 5, 30)
-  assert kth.optimizer.base_learning_rate * kth.data.batch_size == pytest.approx(2e-4)
-  assert (kth.sampling.steps, kth.sampling.eta) == (100, 1.0)
-  city = load("cityscapes128")
-  assert city.optimizer.base_learning_rate * city.data.batch_size == pytest.approx(1e-4)
-  assert (city.data.cond_frames, city.eval.pred_frames, city.unet.channel_mult) == (2, 28, (1, 2, 4, 4))
+    kth = load("kth64")
+    assert (kth.data.cond_frames, kth.data.pred_frames, kth.eval.pred_frames) == (10, 5, 30)
+    assert kth.optimizer.base_learning_rate * kth.data.batch_size == pytest.approx(2e-4)
+    assert (kth.sampling.steps, kth.sampling.eta) == (100, 1.0)
+    city = load("cityscapes128")
+    assert city.optimizer.base_learning_rate * city.data.batch_size == pytest.approx(1e-4)
+    assert (city.data.cond_frames, city.eval.pred_frames, city.unet.channel_mult) == (
+        2,
+        28,
+        (1, 2, 4, 4),
+    )
 
 
 def _bad(**changes):
-  """A config built from a plain dict (as a hand-written file might), bypassing the
-  type-safe assignment of ``default_config()``."""
-  raw = config_lib.default_config().to_dict()
-  for path, value in changes.items():
-    section, _, field = path.rpartition("__")
-    (raw[section] if section else raw)[field] = value
-  return ml_collections.ConfigDict(raw)
+    """A config built from a plain dict (as a hand-written file might), bypassing the
+    type-safe assignment of ``default_config()``."""
+    raw = config_lib.default_config().to_dict()
+    for path, value in changes.items():
+        section, _, field = path.rpartition("__")
+        (raw[section] if section else raw)[field] = value
+    return ml_collections.ConfigDict(raw)
 
 
 def test_type_safe_assignment_names_the_field():
-  config = config_lib.default_config()
-  with pytest.raises(TypeError, match="model_channels"):
-    config.unet.model_channels = "224"
+    config = config_lib.default_config()
+    with pytest.raises(TypeError, match="model_channels"):
+        config.unet.model_channels = "224"
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(data__frame_per_sample=15), "unknown config field 'data.frame_per_sample'"),
-    (dict(unet__model_channels="224"), "'unet.model_channels' must be an int"),
-    (dict(data__horizontal_flip=1), "'data.horizontal_flip' must be a bool"),
-    (dict(data__cond_frames=12), "longer than the training clip data.frames_per_sample"),
-    (dict(model__mode="tcct"), "model.mode 'tcct' is not one of"),
-    (dict(model__mode="tc_attn", model__attn_heads_tc=0), "needs LinearAttention settings"),
-    (dict(sampling__order=4), "sampling.order must be 1, 2 or 3"),
-    (dict(unet__model_channels=48), "divisible by 32"),
-    (dict(data__image_size=66), "not divisible by the VQ's downsampling factor 4"),
-    (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(data__frame_per_sample=15), "unknown config field 'data.frame_per_sample'"),
+        (dict(unet__model_channels="224"), "'unet.model_channels' must be an int"),
+        (dict(data__horizontal_flip=1), "'data.horizontal_flip' must be a bool"),
+        (dict(data__cond_frames=12), "longer than the training clip data.frames_per_sample"),
+        (dict(model__mode="tcct"), "model.mode 'tcct' is not one of"),
+        (dict(model__mode="tc_attn", model__attn_heads_tc=0), "needs LinearAttention settings"),
+        (dict(sampling__order=4), "sampling.order must be 1, 2 or 3"),
+        (dict(unet__model_channels=48), "divisible by 32"),
+        (dict(data__image_size=66), "not divisible by the VQ's downsampling factor 4"),
+        (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
+    ],
+)
 def test_validation_names_the_field(changes, message):
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    config_lib.validate(_bad(**changes))
+    with pytest.raises(
+        config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
+        config_lib.validate(_bad(**changes))

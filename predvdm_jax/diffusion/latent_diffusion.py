@@ -26,124 +26,172 @@ from predvdm_jax.models.predictor import PredVDMDenoiser
 
 
 def build_vq(config: ml_collections.ConfigDict) -> VQModel:
-  return VQModel(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                    for k, v in config.vq.to_dict().items()})
+    return VQModel(
+        **{
+            k: tuple(v) if isinstance(v, (list, tuple)) else v
+            for k, v in config.vq.to_dict().items()
+        }
+    )
 
 
 def build_denoiser(config: ml_collections.ConfigDict) -> PredVDMDenoiser:
-  unet = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.unet.to_dict().items()}
-  unet["dtype"] = jnp.dtype(config.model.dtype)
-  return PredVDMDenoiser(
-      mode=config.model.mode, k=config.data.pred_frames, n_cond=config.data.cond_frames,
-      latent_channels=config.vq.embed_dim, unet=unet, attn_heads_tc=config.model.attn_heads_tc,
-      attn_heads_ct=config.model.attn_heads_ct, attn_dim_head=config.model.attn_dim_head)
+    unet = {
+        k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.unet.to_dict().items()
+    }
+    unet["dtype"] = jnp.dtype(config.model.dtype)
+    return PredVDMDenoiser(
+        mode=config.model.mode,
+        k=config.data.pred_frames,
+        n_cond=config.data.cond_frames,
+        latent_channels=config.vq.embed_dim,
+        unet=unet,
+        attn_heads_tc=config.model.attn_heads_tc,
+        attn_heads_ct=config.model.attn_heads_ct,
+        attn_dim_head=config.model.attn_dim_head,
+    )
 
 
 def sampler_settings(sampling: ml_collections.ConfigDict) -> SamplerSettings:
-  return SamplerSettings(
-      sampler=sampling.sampler, steps=int(sampling.steps), eta=float(sampling.eta),
-      order=int(sampling.order), skip_type=sampling.skip_type,
-      lower_order_final=bool(sampling.lower_order_final),
-      clip_x0=float(sampling.clip_x0) if sampling.clip_x0 > 0 else None)
+    return SamplerSettings(
+        sampler=sampling.sampler,
+        steps=int(sampling.steps),
+        eta=float(sampling.eta),
+        order=int(sampling.order),
+        skip_type=sampling.skip_type,
+        lower_order_final=bool(sampling.lower_order_final),
+        clip_x0=float(sampling.clip_x0) if sampling.clip_x0 > 0 else None,
+    )
 
 
 def to_rgb(video: jax.Array) -> jax.Array:
-  """Repeat a 1-channel video to 3 channels (the single place this happens)."""
-  return jnp.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video
+    """Repeat a 1-channel video to 3 channels (the single place this happens)."""
+    return jnp.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video
 
 
 def to_data_channels(video: jax.Array, channels: int) -> jax.Array:
-  """Decoded RGB frames back to the dataset's channels (mean of RGB for grayscale)."""
-  return video.mean(axis=-1, keepdims=True) if channels == 1 else video
+    """Decoded RGB frames back to the dataset's channels (mean of RGB for grayscale)."""
+    return video.mean(axis=-1, keepdims=True) if channels == 1 else video
 
 
 @dataclasses.dataclass(frozen=True)
 class LatentDiffusion:
-  config: ml_collections.ConfigDict
-  vq: VQModel
-  denoiser: PredVDMDenoiser
-  schedule: DiffusionSchedule
+    config: ml_collections.ConfigDict
+    vq: VQModel
+    denoiser: PredVDMDenoiser
+    schedule: DiffusionSchedule
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "LatentDiffusion":
-    d = config.diffusion
-    schedule = make_schedule(d.timesteps, d.linear_start, d.linear_end, d.beta_schedule)
-    return cls(config, build_vq(config), build_denoiser(config), schedule)
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "LatentDiffusion":
+        d = config.diffusion
+        schedule = make_schedule(d.timesteps, d.linear_start, d.linear_end, d.beta_schedule)
+        return cls(config, build_vq(config), build_denoiser(config), schedule)
 
-  @property
-  def cond_frames(self) -> int:
-    return self.config.data.cond_frames
+    @property
+    def cond_frames(self) -> int:
+        return self.config.data.cond_frames
 
-  @property
-  def k(self) -> int:
-    return self.config.data.pred_frames
+    @property
+    def k(self) -> int:
+        return self.config.data.pred_frames
 
-  @property
-  def latent_size(self) -> int:
-    return self.config.data.image_size // self.vq.downsample_factor
+    @property
+    def latent_size(self) -> int:
+        return self.config.data.image_size // self.vq.downsample_factor
 
-  def init_denoiser(self, key: jax.Array) -> Any:
-    h = self.latent_size
-    c = self.config.vq.embed_dim
-    x = jnp.zeros((1, self.k, h, h, c))
-    cond = jnp.zeros((1, self.cond_frames, h, h, c))
-    return self.denoiser.init({"params": key}, x, jnp.zeros((1,)), cond)["params"]
+    def init_denoiser(self, key: jax.Array) -> Any:
+        h = self.latent_size
+        c = self.config.vq.embed_dim
+        x = jnp.zeros((1, self.k, h, h, c))
+        cond = jnp.zeros((1, self.cond_frames, h, h, c))
+        return self.denoiser.init({"params": key}, x, jnp.zeros((1,)), cond)["params"]
 
-  def init_vq(self, key: jax.Array) -> Any:
-    size = self.config.data.image_size
-    return self.vq.init(key, jnp.zeros((1, size, size, self.config.vq.in_channels)))["params"]
+    def init_vq(self, key: jax.Array) -> Any:
+        size = self.config.data.image_size
+        return self.vq.init(key, jnp.zeros((1, size, size, self.config.vq.in_channels)))["params"]
 
-  def encode(self, vq_params: Any, video: jax.Array) -> jax.Array:
-    """Frames (B, T, H, W, 1|3) in [-1, 1] → latents (B, T, h, w, c) × scale_factor."""
-    return encode_video(self.vq, vq_params, to_rgb(video), self.config.vq_chunk,
-                        self.config.scale_factor)
+    def encode(self, vq_params: Any, video: jax.Array) -> jax.Array:
+        """Frames (B, T, H, W, 1|3) in [-1, 1] → latents (B, T, h, w, c) × scale_factor."""
+        return encode_video(
+            self.vq, vq_params, to_rgb(video), self.config.vq_chunk, self.config.scale_factor
+        )
 
-  def decode(self, vq_params: Any, latents: jax.Array) -> jax.Array:
-    """Latents → frames (B, T, H, W, data channels) in [-1, 1]: quantize, decode, clamp."""
-    frames = decode_video(self.vq, vq_params, latents, self.config.vq_chunk,
-                          self.config.scale_factor, quantize=True)
-    return to_data_channels(jnp.clip(frames, -1.0, 1.0), self.config.data.channels)
+    def latent_std(self, vq_params: Any, video: jax.Array) -> float:
+        """Std of the unscaled latents of ``video``: LDM's ``scale_by_std`` sets
+        ``scale_factor = 1 / latent_std`` so the diffusion sees unit-variance latents."""
+        z = encode_video(self.vq, vq_params, to_rgb(video), self.config.vq_chunk, 1.0)
+        return float(jnp.std(z))
 
-  def denoise(self, params: Any, z_t: jax.Array, t: jax.Array, z_cond: jax.Array,
-              dropout_key: jax.Array | None = None) -> jax.Array:
-    train = dropout_key is not None
-    rngs = {"dropout": dropout_key} if train else {}
-    return self.denoiser.apply({"params": params}, z_t, t, z_cond, train=train, rngs=rngs)
+    def decode(self, vq_params: Any, latents: jax.Array) -> jax.Array:
+        """Latents → frames (B, T, H, W, data channels) in [-1, 1]: quantize, decode, clamp."""
+        frames = decode_video(
+            self.vq,
+            vq_params,
+            latents,
+            self.config.vq_chunk,
+            self.config.scale_factor,
+            quantize=True,
+        )
+        return to_data_channels(jnp.clip(frames, -1.0, 1.0), self.config.data.channels)
 
-  def batch_latents(self, vq_params: Any, batch: dict) -> jax.Array:
-    """The clip's latents, from the cache or by encoding its frames with the frozen VQ."""
-    if "latents" in batch:
-      return batch["latents"]
-    return jax.lax.stop_gradient(self.encode(vq_params, batch["video"]))
+    def denoise(
+        self,
+        params: Any,
+        z_t: jax.Array,
+        t: jax.Array,
+        z_cond: jax.Array,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        train = dropout_key is not None
+        rngs = {"dropout": dropout_key} if train else {}
+        return self.denoiser.apply({"params": params}, z_t, t, z_cond, train=train, rngs=rngs)
 
-  def loss(self, params: Any, vq_params: Any, batch: dict, key: jax.Array):
-    """PredVDM's training loss on one clip batch: real cond latents, the next k as targets."""
-    z = self.batch_latents(vq_params, batch)
-    z_cond = z[:, :self.cond_frames]
-    z_target = z[:, self.cond_frames:self.cond_frames + self.k]
-    loss_key, dropout_key = jax.random.split(key)
-    d = self.config.diffusion
-    denoise = functools.partial(self.denoise, params, dropout_key=dropout_key)
-    return diffusion_loss(denoise, self.schedule, z_target, z_cond, loss_key,
-                          reduction=d.loss_reduction, l_eps_weight=d.l_eps_weight,
-                          elbo_weight=d.elbo_weight)
+    def batch_latents(self, vq_params: Any, batch: dict) -> jax.Array:
+        """The clip's latents, from the cache or by encoding its frames with the frozen VQ."""
+        if "latents" in batch:
+            return batch["latents"]
+        return jax.lax.stop_gradient(self.encode(vq_params, batch["video"]))
 
-  def make_predict_fn(self, num_frames: int, sampling: ml_collections.ConfigDict | None = None):
-    """A jitted ``fn(params, vq_params, cond_video, key) -> dict`` predicting ``num_frames``.
+    def loss(self, params: Any, vq_params: Any, batch: dict, key: jax.Array):
+        """PredVDM's training loss on one clip batch: real cond latents, the next k as targets."""
+        z = self.batch_latents(vq_params, batch)
+        z_cond = z[:, : self.cond_frames]
+        z_target = z[:, self.cond_frames : self.cond_frames + self.k]
+        loss_key, dropout_key = jax.random.split(key)
+        d = self.config.diffusion
+        denoise = functools.partial(self.denoise, params, dropout_key=dropout_key)
+        return diffusion_loss(
+            denoise,
+            self.schedule,
+            z_target,
+            z_cond,
+            loss_key,
+            reduction=d.loss_reduction,
+            l_eps_weight=d.l_eps_weight,
+            elbo_weight=d.elbo_weight,
+        )
 
-    ``cond_video`` (B, cond, H, W, C) in [-1, 1]; returns ``frames`` (B, num_frames, H, W, C)
-    in [-1, 1] with the dataset's channels, and the sampled ``latents``.
-    """
-    settings = sampler_settings(sampling or self.config.sampling)
-    reencode = None
-    if (sampling or self.config.sampling).reencode:
-      reencode = lambda vq_params, frames: self.encode(vq_params, frames)
-    rollout_fn = rollout_lib.make_rollout_fn(
-        self.denoise, self.decode, self.schedule, num_frames, self.k, settings,
-        reencode_apply=reencode)
+    def make_predict_fn(self, num_frames: int, sampling: ml_collections.ConfigDict | None = None):
+        """A jitted ``fn(params, vq_params, cond_video, key) -> dict`` predicting ``num_frames``.
 
-    @jax.jit
-    def predict(params, vq_params, cond_video, key):
-      return rollout_fn(params, vq_params, self.encode(vq_params, cond_video), key)
+        ``cond_video`` (B, cond, H, W, C) in [-1, 1]; returns ``frames`` (B, num_frames, H, W, C)
+        in [-1, 1] with the dataset's channels, and the sampled ``latents``.
+        """
+        settings = sampler_settings(sampling or self.config.sampling)
+        reencode = None
+        if (sampling or self.config.sampling).reencode:
+            reencode = lambda vq_params, frames: self.encode(vq_params, frames)
+        rollout_fn = rollout_lib.make_rollout_fn(
+            self.denoise,
+            self.decode,
+            self.schedule,
+            num_frames,
+            self.k,
+            settings,
+            reencode_apply=reencode,
+        )
 
-    return predict
+        @jax.jit
+        def predict(params, vq_params, cond_video, key):
+            return rollout_fn(params, vq_params, self.encode(vq_params, cond_video), key)
+
+        return predict

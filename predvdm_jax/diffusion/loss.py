@@ -40,7 +40,9 @@ def diffusion_loss(
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; use one of {REDUCTIONS}")
     if z_target.ndim < 2:
-        raise ValueError(f"z_target must have a batch axis and data axes, got shape {z_target.shape}")
+        raise ValueError(
+            f"z_target must have a batch axis and data axes, got shape {z_target.shape}"
+        )
     batch = z_target.shape[0]
     t_key, noise_key = jax.random.split(key)
     if t is None:
@@ -53,7 +55,11 @@ def diffusion_loss(
     eps = denoise_fn(z_t, t.astype(jnp.float32), z_cond)
     squared = jnp.square(eps.astype(jnp.float32) - noise.astype(jnp.float32))
     data_axes = tuple(range(1, squared.ndim))
-    per_sample = jnp.sum(squared, axis=data_axes) if reduction == "sum" else jnp.mean(squared, axis=data_axes)
+    per_sample = (
+        jnp.sum(squared, axis=data_axes)
+        if reduction == "sum"
+        else jnp.mean(squared, axis=data_axes)
+    )
     loss_eps = jnp.mean(per_sample)
     loss_vlb = jnp.mean(schedule.lvlb_weights[t] * per_sample)
     loss = l_eps_weight * loss_eps + elbo_weight * loss_vlb

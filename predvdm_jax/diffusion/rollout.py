@@ -58,7 +58,9 @@ def rollout(
     num_blocks = math.ceil(num_frames / k)
 
     def block(cond, index):
-        latents = sample(denoise_fn, schedule, cond, jax.random.fold_in(key, index), block_shape, settings)
+        latents = sample(
+            denoise_fn, schedule, cond, jax.random.fold_in(key, index), block_shape, settings
+        )
         frames = jnp.clip(decode_fn(latents), -1.0, 1.0)
         produced = latents if reencode_fn is None else reencode_fn(frames).astype(cond.dtype)
         next_cond = jnp.concatenate([cond, produced], axis=1)[:, -n_cond:]

@@ -60,13 +60,19 @@ class SamplerSettings:
         if self.skip_type not in SKIP_TYPES:
             raise ValueError(f"unknown skip_type {self.skip_type!r}; use one of {SKIP_TYPES}")
         if self.sampler == "dpm_solver_pp" and self.steps < self.order:
-            raise ValueError(f"multistep DPM-Solver++ needs steps >= order, got steps={self.steps} order={self.order}")
+            raise ValueError(
+                f"multistep DPM-Solver++ needs steps >= order, got steps={self.steps} order={self.order}"
+            )
         if self.lower_order_final_below is not None and self.lower_order_final_below < 1:
-            raise ValueError(f"lower_order_final_below must be None or >= 1, got {self.lower_order_final_below}")
+            raise ValueError(
+                f"lower_order_final_below must be None or >= 1, got {self.lower_order_final_below}"
+            )
         if self.clip_x0 is not None and not self.clip_x0 > 0:
             raise ValueError(f"clip_x0 must be None or > 0, got {self.clip_x0}")
         if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold < 1:
-            raise ValueError(f"dynamic_threshold must be None or a quantile in (0, 1), got {self.dynamic_threshold}")
+            raise ValueError(
+                f"dynamic_threshold must be None or a quantile in (0, 1), got {self.dynamic_threshold}"
+            )
 
 
 def _check_shape(shape: Sequence[int], z_cond) -> tuple[int, ...]:
@@ -120,7 +126,10 @@ def ddpm_sample(
 
     def step(x, t):
         eps = denoise_fn(x, _model_time(t, batch), z_cond)
-        x0 = schedule.sqrt_recip_alphas_cumprod[t] * x - schedule.sqrt_recipm1_alphas_cumprod[t] * eps
+        x0 = (
+            schedule.sqrt_recip_alphas_cumprod[t] * x
+            - schedule.sqrt_recipm1_alphas_cumprod[t] * eps
+        )
         x0 = process_x0(x0, settings)
         mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x
         noise = jax.random.normal(jax.random.fold_in(loop_key, t), shape, jnp.float32)
@@ -153,9 +162,13 @@ def ddim_parameters(
     """(ᾱ_t, ᾱ_prev, σ_t) on an ascending grid; ᾱ_prev of the first entry is ᾱ₀, not 1."""
     ts = np.asarray(timesteps, dtype=np.int64)
     if ts.ndim != 1 or ts.size < 1 or ts.min() < 0 or ts.max() >= schedule.num_timesteps:
-        raise ValueError(f"DDIM timesteps must be a non-empty 1-D grid inside [0, {schedule.num_timesteps}), got {ts}")
+        raise ValueError(
+            f"DDIM timesteps must be a non-empty 1-D grid inside [0, {schedule.num_timesteps}), got {ts}"
+        )
     if np.any(np.diff(ts) < 0):
-        raise ValueError(f"DDIM timesteps must be ascending (they are iterated in reverse), got {ts}")
+        raise ValueError(
+            f"DDIM timesteps must be ascending (they are iterated in reverse), got {ts}"
+        )
     alphas = schedule.alphas_cumprod[ts]
     alphas_prev = jnp.concatenate([schedule.alphas_cumprod[:1], schedule.alphas_cumprod[ts[:-1]]])
     sigmas = eta * jnp.sqrt((1.0 - alphas_prev) / (1.0 - alphas) * (1.0 - alphas / alphas_prev))
@@ -179,7 +192,11 @@ def ddim_sample(
     """
     shape = _check_shape(shape, z_cond)
     x, loop_key = _initial_noise(key, shape, x_T)
-    ts = ddim_timesteps(settings.steps, schedule.num_timesteps) if timesteps is None else np.asarray(timesteps)
+    ts = (
+        ddim_timesteps(settings.steps, schedule.num_timesteps)
+        if timesteps is None
+        else np.asarray(timesteps)
+    )
     alphas, alphas_prev, sigmas = ddim_parameters(schedule, ts, settings.eta)
     clipping = settings.clip_x0 is not None or settings.dynamic_threshold is not None
     batch = shape[0]
@@ -196,7 +213,13 @@ def ddim_sample(
         return jnp.sqrt(a_prev) * x0 + direction + sigma * noise, None
 
     order = np.arange(len(ts))[::-1]
-    inputs = (jnp.asarray(order), jnp.asarray(ts[order], jnp.float32), alphas[order], alphas_prev[order], sigmas[order])
+    inputs = (
+        jnp.asarray(order),
+        jnp.asarray(ts[order], jnp.float32),
+        alphas[order],
+        alphas_prev[order],
+        sigmas[order],
+    )
     x, _ = jax.lax.scan(step, x, inputs)
     return x
 
@@ -282,7 +305,9 @@ def dpm_solver_pp_sample(
     """
     shape = _check_shape(shape, z_cond)
     if settings.steps < settings.order:
-        raise ValueError(f"multistep DPM-Solver++ needs steps >= order, got steps={settings.steps} order={settings.order}")
+        raise ValueError(
+            f"multistep DPM-Solver++ needs steps >= order, got steps={settings.steps} order={settings.order}"
+        )
     x, _ = _initial_noise(key, shape, x_T)
     vp = DiscreteVPSchedule(schedule)
     times = dpm_solver_time_steps(vp, settings.steps, settings.skip_type)
@@ -315,7 +340,12 @@ def dpm_solver_pp_sample(
         phi_1 = jnp.expm1(-h)
         phi_2 = phi_1 / h + 1.0
         phi_3 = phi_2 / h - 0.5
-        return ratio * x - alpha_next * phi_1 * x0s[-1] + alpha_next * phi_2 * d1 - alpha_next * phi_3 * d2
+        return (
+            ratio * x
+            - alpha_next * phi_1 * x0s[-1]
+            + alpha_next * phi_2 * d1
+            - alpha_next * phi_3 * d2
+        )
 
     updates = [first_order, second_order, third_order][:history]
 
@@ -335,8 +365,13 @@ def dpm_solver_pp_sample(
 
     inputs = (
         jnp.asarray(step_orders),
-        times[:-1], lambdas[:-1], alphas[:-1], stds[:-1],
-        lambdas[1:], alphas[1:], stds[1:],
+        times[:-1],
+        lambdas[:-1],
+        alphas[:-1],
+        stds[:-1],
+        lambdas[1:],
+        alphas[1:],
+        stds[1:],
     )
     carry = (x, jnp.zeros((history,) + shape, jnp.float32), jnp.zeros((history,), jnp.float32))
     (x, _, _), _ = jax.lax.scan(step, carry, inputs)
@@ -355,5 +390,7 @@ def sample(
     """Draw one sample of ``shape`` with the sampler named by ``settings.sampler``."""
     if not isinstance(settings, SamplerSettings):
         raise ValueError(f"settings must be a SamplerSettings, got {type(settings).__name__}")
-    sampler = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm_solver_pp": dpm_solver_pp_sample}[settings.sampler]
+    sampler = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm_solver_pp": dpm_solver_pp_sample}[
+        settings.sampler
+    ]
     return sampler(denoise_fn, schedule, z_cond, key, shape, settings, x_T=x_T)

@@ -69,7 +69,9 @@ class DiffusionSchedule:
     def from_betas(cls, betas) -> "DiffusionSchedule":
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.shape[0] < 2:
-            raise ValueError(f"betas must be a 1-D array of at least 2 values, got shape {betas.shape}")
+            raise ValueError(
+                f"betas must be a 1-D array of at least 2 values, got shape {betas.shape}"
+            )
         if not np.all((betas > 0) & (betas < 1)):
             raise ValueError("betas must lie strictly between 0 and 1")
         alphas = 1.0 - betas
@@ -94,7 +96,9 @@ class DiffusionSchedule:
             posterior_mean_coef2=(1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
             lvlb_weights=lvlb,
         )
-        return cls(**{name: jnp.asarray(value, dtype=jnp.float32) for name, value in buffers.items()})
+        return cls(
+            **{name: jnp.asarray(value, dtype=jnp.float32) for name, value in buffers.items()}
+        )
 
 
 def make_schedule(
@@ -116,7 +120,9 @@ def _per_example(values: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
     return gathered.reshape(gathered.shape + (1,) * (ndim - gathered.ndim))
 
 
-def q_sample(schedule: DiffusionSchedule, z_start: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
+def q_sample(
+    schedule: DiffusionSchedule, z_start: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray
+) -> jnp.ndarray:
     """z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε, with integer ``t`` of shape (B,)."""
     a = _per_example(schedule.sqrt_alphas_cumprod, t, z_start.ndim)
     b = _per_example(schedule.sqrt_one_minus_alphas_cumprod, t, z_start.ndim)

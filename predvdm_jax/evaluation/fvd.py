@@ -59,7 +59,9 @@ def _check_videos(videos: Any, name: str = "videos") -> tuple[int, ...]:
     if len(shape) != 5 or shape[-1] not in (1, 3):
         raise ValueError(f"{name} must have shape (B, T, H, W, C) with C in (1, 3), got {shape}")
     if not jnp.issubdtype(videos.dtype, jnp.floating):
-        raise ValueError(f"{name} must be float in [0, 1], got dtype {videos.dtype}; divide uint8 frames by 255")
+        raise ValueError(
+            f"{name} must be float in [0, 1], got dtype {videos.dtype}; divide uint8 frames by 255"
+        )
     if shape[1] < MIN_FVD_FRAMES:
         raise ValueError(
             f"{name} have {shape[1]} frames; FVD needs at least {MIN_FVD_FRAMES} per clip "
@@ -80,8 +82,12 @@ def preprocess_for_i3d(videos: jax.Array, method: str = "bilinear") -> jax.Array
     rows = bilinear_resize_matrix(h, out_h, method)[top : top + INPUT_SIZE]
     cols = bilinear_resize_matrix(w, out_w, method)[left : left + INPUT_SIZE]
     x = jnp.asarray(videos, jnp.float32)
-    x = jnp.einsum("ph,bthwc->btpwc", jnp.asarray(rows, jnp.float32), x, precision=jax.lax.Precision.HIGHEST)
-    x = jnp.einsum("qw,btpwc->btpqc", jnp.asarray(cols, jnp.float32), x, precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum(
+        "ph,bthwc->btpwc", jnp.asarray(rows, jnp.float32), x, precision=jax.lax.Precision.HIGHEST
+    )
+    x = jnp.einsum(
+        "qw,btpwc->btpqc", jnp.asarray(cols, jnp.float32), x, precision=jax.lax.Precision.HIGHEST
+    )
     if c == 1:
         x = jnp.repeat(x, 3, axis=-1)
     return (x - 0.5) * 2.0
@@ -92,7 +98,9 @@ def _preprocess_and_logits(variables: Any, videos: jax.Array, method: str) -> ja
     return InceptionI3d().apply(variables, preprocess_for_i3d(videos, method))
 
 
-def i3d_logits(variables: Any, videos: Any, batch_size: int = 10, method: str = "bilinear") -> np.ndarray:
+def i3d_logits(
+    variables: Any, videos: Any, batch_size: int = 10, method: str = "bilinear"
+) -> np.ndarray:
     """400-d I3D logits ``(B, 400)`` float64 of videos ``(B, T, H, W, C)`` in [0, 1].
 
     ``variables`` come from ``load_i3d_params``. Videos go through one jitted
@@ -110,7 +118,9 @@ def i3d_logits(variables: Any, videos: Any, batch_size: int = 10, method: str = 
             f"videos must be in [0, 1] but reach {lowest:.3f}; map [-1, 1] data with (x + 1) / 2 first"
         )
     if highest > 1.0 + 1e-3:
-        raise ValueError(f"videos must be in [0, 1] but reach {highest:.3f}; divide [0, 255] data by 255 first")
+        raise ValueError(
+            f"videos must be in [0, 1] but reach {highest:.3f}; divide [0, 255] data by 255 first"
+        )
     batch_size = min(batch_size, shape[0])
     variables = jax.device_put(variables)  # once, not per batch
     features = []
@@ -163,7 +173,9 @@ def frechet_distance(feats_real: np.ndarray, feats_fake: np.ndarray) -> float:
     return frechet_distance_from_moments(mean_real, cov_real, mean_fake, cov_fake)
 
 
-def fvd(variables: Any, real: Any, fake: Any, batch_size: int = 10, method: str = "bilinear") -> float:
+def fvd(
+    variables: Any, real: Any, fake: Any, batch_size: int = 10, method: str = "bilinear"
+) -> float:
     """FVD between two video sets ``(N, T, H, W, C)`` in [0, 1] (N >= 2, T >= 10)."""
     for name, videos in (("real", real), ("fake", fake)):
         _check_videos(videos, name)
@@ -173,7 +185,8 @@ def fvd(variables: Any, real: Any, fake: Any, batch_size: int = 10, method: str 
                 f"(use 256 or more for a meaningful number)"
             )
     return frechet_distance(
-        i3d_logits(variables, real, batch_size, method), i3d_logits(variables, fake, batch_size, method)
+        i3d_logits(variables, real, batch_size, method),
+        i3d_logits(variables, fake, batch_size, method),
     )
 
 

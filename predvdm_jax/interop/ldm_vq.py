@@ -62,7 +62,9 @@ def make_vq_model(config: Any = None) -> VQModel:
         kwargs = config
     unknown = sorted(set(kwargs) - set(_VQMODEL_FIELDS))
     if unknown:
-        raise ValueError(f"unknown VQ config field(s) {unknown}; valid fields: {list(_VQMODEL_FIELDS)}.")
+        raise ValueError(
+            f"unknown VQ config field(s) {unknown}; valid fields: {list(_VQMODEL_FIELDS)}."
+        )
     for key in ("ch_mult", "attn_resolutions"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
@@ -134,7 +136,9 @@ def select_vq_keys(state_dict: Mapping[str, np.ndarray]) -> tc.StateDict:
     return tc.drop_prefixes(state_dict, IGNORED_PREFIXES)
 
 
-def convert_vq_state_dict(state_dict: Mapping[str, np.ndarray], config: Any = None) -> dict[str, Any]:
+def convert_vq_state_dict(
+    state_dict: Mapping[str, np.ndarray], config: Any = None
+) -> dict[str, Any]:
     """PyTorch VQModel state_dict -> Flax params tree (float32 numpy) for `make_vq_model(config)`.
 
     Use as `model.apply({'params': params}, x)`. Raises one ValueError listing every missing,
@@ -165,6 +169,8 @@ def vq_params_to_state_dict(params: Mapping[str, Any]) -> tc.StateDict:
     return out
 
 
-def load_vq_checkpoint(path: str | os.PathLike, config: Any = None, *, allow_pickle: bool = False) -> dict[str, Any]:
+def load_vq_checkpoint(
+    path: str | os.PathLike, config: Any = None, *, allow_pickle: bool = False
+) -> dict[str, Any]:
     """Read an LDM `model.ckpt` / PredVDM checkpoint / bare state_dict file and convert it to Flax params."""
     return convert_vq_state_dict(tc.load_torch_state_dict(path, allow_pickle=allow_pickle), config)

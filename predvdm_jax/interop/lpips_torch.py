@@ -66,14 +66,18 @@ def convert_lpips_state_dicts(
     for key, value in heads_state_dict.items():
         match = _HEAD_KEY.match(key)
         if match is not None:
-            flat[f"lin{match.group(1)}/kernel"] = torch_checkpoint.conv_kernel_to_flax(np.asarray(value, np.float32))
+            flat[f"lin{match.group(1)}/kernel"] = torch_checkpoint.conv_kernel_to_flax(
+                np.asarray(value, np.float32)
+            )
     missing = [source for key, source in _SOURCE_KEY.items() if key not in flat]
     if missing:
         raise ValueError(
             f"LPIPS-AlexNet weights lack {missing}: the trunk must be torchvision's AlexNet state_dict "
             "(features.*) and the heads the lpips package's weights/v0.1/alex.pth (lin*.model.1.weight)."
         )
-    torch_checkpoint.check_keys(LPIPS_PARAM_SHAPES, flat, what="LPIPS-AlexNet weights (trunk + linear heads)")
+    torch_checkpoint.check_keys(
+        LPIPS_PARAM_SHAPES, flat, what="LPIPS-AlexNet weights (trunk + linear heads)"
+    )
     return torch_checkpoint.unflatten_params(flat)
 
 
@@ -82,7 +86,11 @@ def convert_lpips_files(
 ) -> dict:
     """Read both PyTorch files, convert, and write the params as safetensors (atomically); returns the params."""
     trunk = torch_checkpoint.load_torch_state_dict(trunk_path)
-    heads = trunk if os.fspath(heads_path) == os.fspath(trunk_path) else torch_checkpoint.load_torch_state_dict(heads_path)
+    heads = (
+        trunk
+        if os.fspath(heads_path) == os.fspath(trunk_path)
+        else torch_checkpoint.load_torch_state_dict(heads_path)
+    )
     params = convert_lpips_state_dicts(trunk, heads)
     torch_checkpoint.save_params_safetensors(
         output_path, params, metadata={"model": "lpips-alexnet", "lpips_version": "0.1"}

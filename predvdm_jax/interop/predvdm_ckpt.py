@@ -111,11 +111,15 @@ def _torch_names(shapes: Mapping[tuple[str, ...], tuple[int, ...]]) -> dict[tupl
     names = {path: flax_path_to_torch_name(path) for path in shapes}
     dotless = [name.replace(".", "") for name in names.values()]
     if len(set(dotless)) != len(dotless):
-        raise ValueError("two parameters share one dot-free EMA name; this model layout cannot be imported from LitEma.")
+        raise ValueError(
+            "two parameters share one dot-free EMA name; this model layout cannot be imported from LitEma."
+        )
     return names
 
 
-def convert_predvdm_state_dict(state_dict: Mapping[str, np.ndarray], model: PredVDMDenoiser) -> PredVDMCheckpoint:
+def convert_predvdm_state_dict(
+    state_dict: Mapping[str, np.ndarray], model: PredVDMDenoiser
+) -> PredVDMCheckpoint:
     """PredVDM Lightning state_dict (``{key: array}``) -> raw and EMA Flax params for ``model``.
 
     Raises one ValueError listing every missing, unexpected and wrong-shape key
@@ -125,7 +129,9 @@ def convert_predvdm_state_dict(state_dict: Mapping[str, np.ndarray], model: Pred
     names = _torch_names(shapes)
     used_attention = {path[0] for path in shapes if path[0] in WRAPPER_ATTENTION_MODULES}
     unused_attention = [m for m in WRAPPER_ATTENTION_MODULES if m not in used_attention]
-    unused_prefixes = tuple(MODEL_PREFIX + m + "." for m in unused_attention) + tuple(EMA_PREFIX + m for m in unused_attention)
+    unused_prefixes = tuple(MODEL_PREFIX + m + "." for m in unused_attention) + tuple(
+        EMA_PREFIX + m for m in unused_attention
+    )
 
     raw_keys = {path: MODEL_PREFIX + names[path] for path in shapes}
     ema_keys = {path: ema_key(names[path]) for path in shapes}
@@ -151,7 +157,10 @@ def convert_predvdm_state_dict(state_dict: Mapping[str, np.ndarray], model: Pred
     tc.check_keys(expected, got, what="PredVDM checkpoint")
 
     def tree(keys: Mapping[tuple[str, ...], str]) -> dict[str, Any]:
-        flat = {"/".join(p): np.ascontiguousarray(_to_flax(got[keys[p]], len(shapes[p]))) for p in shapes}
+        flat = {
+            "/".join(p): np.ascontiguousarray(_to_flax(got[keys[p]], len(shapes[p])))
+            for p in shapes
+        }
         return tc.unflatten_params(flat)
 
     def scalar(key: str, kind: type) -> Any:
@@ -167,18 +176,24 @@ def convert_predvdm_state_dict(state_dict: Mapping[str, np.ndarray], model: Pred
     )
 
 
-def load_predvdm_checkpoint(path: str | os.PathLike, model: PredVDMDenoiser, *,
-                            allow_pickle: bool = False) -> PredVDMCheckpoint:
+def load_predvdm_checkpoint(
+    path: str | os.PathLike, model: PredVDMDenoiser, *, allow_pickle: bool = False
+) -> PredVDMCheckpoint:
     """Read a PredVDM ``.ckpt`` (or a bare state_dict / safetensors file) and convert it for ``model``.
 
     ``allow_pickle=True`` is needed for Lightning files that pickle Python
     objects; it runs code from the file, so only use it for trusted files.
     """
-    return convert_predvdm_state_dict(tc.load_torch_state_dict(path, allow_pickle=allow_pickle), model)
+    return convert_predvdm_state_dict(
+        tc.load_torch_state_dict(path, allow_pickle=allow_pickle), model
+    )
 
 
-def predvdm_params_to_state_dict(params: Mapping[str, Any], ema_params: Mapping[str, Any] | None = None,
-                                 ema_num_updates: int | None = None) -> dict[str, np.ndarray]:
+def predvdm_params_to_state_dict(
+    params: Mapping[str, Any],
+    ema_params: Mapping[str, Any] | None = None,
+    ema_num_updates: int | None = None,
+) -> dict[str, np.ndarray]:
     """Flax ``PredVDMDenoiser`` params (and EMA) -> PyTorch state_dict keys and layouts (numpy)."""
     out: dict[str, np.ndarray] = {}
     for prefix_fn, tree in ((lambda n: MODEL_PREFIX + n, params), (ema_key, ema_params)):
@@ -186,7 +201,9 @@ def predvdm_params_to_state_dict(params: Mapping[str, Any], ema_params: Mapping[
             continue
         for name, value in tc.flatten_params(nn.unbox(dict(tree))).items():
             path = tuple(name.split("/"))
-            out[prefix_fn(flax_path_to_torch_name(path))] = np.ascontiguousarray(_to_torch(value, path))
+            out[prefix_fn(flax_path_to_torch_name(path))] = np.ascontiguousarray(
+                _to_torch(value, path)
+            )
     if ema_params is not None and ema_num_updates is not None:
         out["model_ema.num_updates"] = np.asarray(ema_num_updates, dtype=np.int32)
     return out

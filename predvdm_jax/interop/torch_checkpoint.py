@@ -66,13 +66,23 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state_dict or a Lightning checkpoint.")
-    return {str(k): _tensor_to_numpy(v, torch) for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+        raise ValueError(
+            f"{path} holds a {type(checkpoint).__name__}, not a state_dict or a Lightning checkpoint."
+        )
+    return {
+        str(k): _tensor_to_numpy(v, torch)
+        for k, v in checkpoint.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
-def select_prefix(state_dict: Mapping[str, np.ndarray], prefix: str, strip: bool = True) -> StateDict:
+def select_prefix(
+    state_dict: Mapping[str, np.ndarray], prefix: str, strip: bool = True
+) -> StateDict:
     """Keys starting with `prefix` (e.g. 'first_stage_model.'), with the prefix removed when `strip`."""
-    return {(k[len(prefix):] if strip else k): v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {
+        (k[len(prefix) :] if strip else k): v for k, v in state_dict.items() if k.startswith(prefix)
+    }
 
 
 def drop_prefixes(state_dict: Mapping[str, np.ndarray], prefixes: Iterable[str]) -> StateDict:
@@ -113,7 +123,9 @@ def conv1x1_to_dense(weight: np.ndarray) -> np.ndarray:
     """PyTorch 1x1 conv weight (O, I, 1) or (O, I, 1, 1) -> Flax Dense kernel (I, O)."""
     weight = np.asarray(weight)
     if weight.ndim < 2 or any(s != 1 for s in weight.shape[2:]):
-        raise ValueError(f"conv1x1_to_dense expects an (O, I, 1[, 1]) weight; got shape {weight.shape}.")
+        raise ValueError(
+            f"conv1x1_to_dense expects an (O, I, 1[, 1]) weight; got shape {weight.shape}."
+        )
     return weight.reshape(weight.shape[:2]).T
 
 
@@ -141,11 +153,16 @@ def check_keys(
 
     parts = [
         listing(title, items)
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        )
         if items
     ]
     raise ValueError(
-        f"{what} does not match the model: " + "; ".join(parts)
+        f"{what} does not match the model: "
+        + "; ".join(parts)
         + ". Check that the model config matches the checkpoint."
     )
 
@@ -160,7 +177,9 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def save_params_safetensors(path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
+def save_params_safetensors(
+    path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None
+) -> None:
     """Write a param tree as safetensors with '/'-joined keys; written to a temp file then renamed, so an
     existing file is never left half-written."""
     from safetensors.numpy import save_file

@@ -43,7 +43,13 @@ def _uniform_init(limit: float):
 
 
 def _conv(
-    features: int, kernel: int, in_channels: int, name: str, dtype: Any, stride: int = 1, padding: Any = None
+    features: int,
+    kernel: int,
+    in_channels: int,
+    name: str,
+    dtype: Any,
+    stride: int = 1,
+    padding: Any = None,
 ) -> nn.Conv:
     """Conv with PyTorch's padding (kernel // 2) and default init (uniform +-1/sqrt(fan_in)), as LDM trains from."""
     if padding is None:
@@ -99,9 +105,15 @@ class AttnBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         batch, height, width, channels = x.shape
         h = _normalize("norm", self.dtype)(x)
-        q = _conv(channels, 1, channels, "q", self.dtype)(h).reshape(batch, height * width, channels)
-        k = _conv(channels, 1, channels, "k", self.dtype)(h).reshape(batch, height * width, channels)
-        v = _conv(channels, 1, channels, "v", self.dtype)(h).reshape(batch, height * width, channels)
+        q = _conv(channels, 1, channels, "q", self.dtype)(h).reshape(
+            batch, height * width, channels
+        )
+        k = _conv(channels, 1, channels, "k", self.dtype)(h).reshape(
+            batch, height * width, channels
+        )
+        v = _conv(channels, 1, channels, "v", self.dtype)(h).reshape(
+            batch, height * width, channels
+        )
         logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (int(channels) ** -0.5)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
@@ -143,7 +155,9 @@ class _Level(nn.Module):
     @nn.compact
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         for i_block in range(self.num_blocks):
-            h = ResnetBlock(self.out_channels, self.dropout, self.dtype, name=f"block_{i_block}")(h, deterministic)
+            h = ResnetBlock(self.out_channels, self.dropout, self.dtype, name=f"block_{i_block}")(
+                h, deterministic
+            )
             if self.with_attn:
                 h = AttnBlock(self.dtype, name=f"attn_{i_block}")(h)
         if self.resample == "down":
@@ -164,7 +178,9 @@ class _Mid(nn.Module):
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         h = ResnetBlock(self.channels, self.dropout, self.dtype, name="block_1")(h, deterministic)
         h = AttnBlock(self.dtype, name="attn_1")(h)
-        return ResnetBlock(self.channels, self.dropout, self.dtype, name="block_2")(h, deterministic)
+        return ResnetBlock(self.channels, self.dropout, self.dtype, name="block_2")(
+            h, deterministic
+        )
 
 
 class Encoder(nn.Module):
@@ -265,7 +281,9 @@ def nearest_code_indices(z_flat: Array, codebook: Array) -> Array:
     z_flat = z_flat.astype(jnp.float32)
     codebook = codebook.astype(jnp.float32)
     cross = jnp.matmul(z_flat, codebook.T, precision=jax.lax.Precision.HIGHEST)
-    distances = jnp.sum(z_flat**2, axis=1, keepdims=True) + jnp.sum(codebook**2, axis=1) - 2.0 * cross
+    distances = (
+        jnp.sum(z_flat**2, axis=1, keepdims=True) + jnp.sum(codebook**2, axis=1) - 2.0 * cross
+    )
     return jnp.argmin(distances, axis=1)
 
 
@@ -298,7 +316,9 @@ class VectorQuantizer(nn.Module):
 
     @nn.compact
     def __call__(self, z: Array) -> tuple[Array, Array, CodebookLossTerms]:
-        codebook = self.param("embedding", _uniform_init(1.0 / self.n_embed), (self.n_embed, self.embed_dim))
+        codebook = self.param(
+            "embedding", _uniform_init(1.0 / self.n_embed), (self.n_embed, self.embed_dim)
+        )
         return quantize_with_codebook(z, codebook)
 
 
@@ -310,7 +330,9 @@ class VQOutput(NamedTuple):
     z_q: Array  # straight-through quantized latents
     indices: Array  # (B, h, w) int codebook indices
     loss_terms: CodebookLossTerms
-    decoder_features: Array | None = None  # input of decoder/conv_out, only with return_features=True
+    decoder_features: Array | None = (
+        None  # input of decoder/conv_out, only with return_features=True
+    )
 
 
 class VQModel(nn.Module):
@@ -340,7 +362,9 @@ class VQModel(nn.Module):
 
     def setup(self):
         if self.double_z:
-            raise ValueError("double_z=True is for KL autoencoders; set double_z=False for a VQModel.")
+            raise ValueError(
+                "double_z=True is for KL autoencoders; set double_z=False for a VQModel."
+            )
         self.encoder = Encoder(
             ch=self.ch,
             ch_mult=tuple(self.ch_mult),
@@ -364,7 +388,9 @@ class VQModel(nn.Module):
             dtype=self.dtype,
         )
         self.quant_conv = _conv(self.embed_dim, 1, self.z_channels, "quant_conv", self.dtype)
-        self.post_quant_conv = _conv(self.z_channels, 1, self.embed_dim, "post_quant_conv", self.dtype)
+        self.post_quant_conv = _conv(
+            self.z_channels, 1, self.embed_dim, "post_quant_conv", self.dtype
+        )
         # Named "quantize" to match the state_dict; the attribute differs because `quantize` is a method.
         self.quantizer = VectorQuantizer(self.n_embed, self.embed_dim, name="quantize")
 
@@ -392,12 +418,18 @@ class VQModel(nn.Module):
     def decode_indices(self, indices: Array, deterministic: bool = True) -> Array:
         """Integer codebook indices (B, h, w) -> images."""
         codebook = self.quantizer.variables["params"]["embedding"]
-        return self.decode(jnp.take(codebook, indices, axis=0), quantize=False, deterministic=deterministic)
+        return self.decode(
+            jnp.take(codebook, indices, axis=0), quantize=False, deterministic=deterministic
+        )
 
-    def __call__(self, x: Array, deterministic: bool = True, return_features: bool = False) -> VQOutput:
+    def __call__(
+        self, x: Array, deterministic: bool = True, return_features: bool = False
+    ) -> VQOutput:
         z = self.encode(x, deterministic)
         z_q, indices, terms = self.quantize(z)
-        decoded = self.decoder(self.post_quant_conv(z_q), deterministic, return_features=return_features)
+        decoded = self.decoder(
+            self.post_quant_conv(z_q), deterministic, return_features=return_features
+        )
         reconstruction, features = decoded if return_features else (decoded, None)
         return VQOutput(reconstruction.astype(jnp.float32), z, z_q, indices, terms, features)
 
@@ -419,7 +451,9 @@ def _map_frames(fn, frames: Array, chunk: int) -> Array:
     n_chunks = -(-n // chunk)
     pad = n_chunks * chunk - n
     if pad:
-        frames = jnp.concatenate([frames, jnp.zeros((pad,) + frames.shape[1:], frames.dtype)], axis=0)
+        frames = jnp.concatenate(
+            [frames, jnp.zeros((pad,) + frames.shape[1:], frames.dtype)], axis=0
+        )
     out = jax.lax.map(fn, frames.reshape((n_chunks, chunk) + frames.shape[1:]))
     return out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
 
@@ -429,7 +463,9 @@ def _check_video(x: Array, what: str) -> None:
         raise ValueError(f"{what} must be (B, T, H, W, C); got shape {tuple(x.shape)}.")
 
 
-def encode_video(model: VQModel, params: Any, video: Array, chunk: int = 256, scale_factor: float = 1.0) -> Array:
+def encode_video(
+    model: VQModel, params: Any, video: Array, chunk: int = 256, scale_factor: float = 1.0
+) -> Array:
     """Video (B, T, H, W, C) -> continuous latents (B, T, h, w, embed_dim) * scale_factor.
 
     Frames go through the encoder `chunk` at a time (lax.map, so one compiled chunk is reused and peak
@@ -444,12 +480,19 @@ def encode_video(model: VQModel, params: Any, video: Array, chunk: int = 256, sc
 
 
 def decode_video(
-    model: VQModel, params: Any, latents: Array, chunk: int = 256, scale_factor: float = 1.0, quantize: bool = True
+    model: VQModel,
+    params: Any,
+    latents: Array,
+    chunk: int = 256,
+    scale_factor: float = 1.0,
+    quantize: bool = True,
 ) -> Array:
     """Latents (B, T, h, w, embed_dim) -> frames (B, T, H, W, out_ch): divides by scale_factor, quantizes
     (by default, as PredVDM's `video_batch_decode`), decodes `chunk` frames at a time."""
     _check_video(latents, "decode_video input")
     b, t = latents.shape[:2]
     decode = lambda z: model.apply({"params": params}, z, quantize, method=VQModel.decode)
-    frames = _map_frames(decode, (latents / scale_factor).reshape((b * t,) + latents.shape[2:]), chunk)
+    frames = _map_frames(
+        decode, (latents / scale_factor).reshape((b * t,) + latents.shape[2:]), chunk
+    )
     return frames.reshape((b, t) + frames.shape[1:])

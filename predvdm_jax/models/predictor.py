@@ -126,25 +126,35 @@ class PredVDMDenoiser(nn.Module):
         if self.mode not in MODES:
             raise ValueError(f"PredVDMDenoiser: mode {self.mode!r} is not one of {MODES}.")
         kwargs = dict(self.unet)
-        for key, value in zip(("in_channels", "out_channels"),
-                              unet_in_out_channels(self.k, self.n_cond, self.latent_channels)):
+        for key, value in zip(
+            ("in_channels", "out_channels"),
+            unet_in_out_channels(self.k, self.n_cond, self.latent_channels),
+        ):
             if kwargs.setdefault(key, value) != value:
-                raise ValueError(f"PredVDMDenoiser: unet.{key}={kwargs[key]} but (k={self.k}, n_cond={self.n_cond}, "
-                                 f"latent_channels={self.latent_channels}) need {value}; fix or drop unet.{key}.")
+                raise ValueError(
+                    f"PredVDMDenoiser: unet.{key}={kwargs[key]} but (k={self.k}, n_cond={self.n_cond}, "
+                    f"latent_channels={self.latent_channels}) need {value}; fix or drop unet.{key}."
+                )
         return kwargs
 
     def _validate(self, x_noisy: jax.Array, t: jax.Array, cond: jax.Array) -> None:
         c = self.latent_channels
         if x_noisy.ndim != 5 or x_noisy.shape[1] != self.k or x_noisy.shape[-1] != c:
-            raise ValueError(f"PredVDMDenoiser: expected x_noisy of shape (B, {self.k}, h, w, {c}), got {x_noisy.shape}.")
+            raise ValueError(
+                f"PredVDMDenoiser: expected x_noisy of shape (B, {self.k}, h, w, {c}), got {x_noisy.shape}."
+            )
         b, _, h, w, _ = x_noisy.shape
         if cond.shape != (b, self.n_cond, h, w, c):
-            raise ValueError(f"PredVDMDenoiser: expected cond of shape {(b, self.n_cond, h, w, c)}, got {cond.shape}.")
+            raise ValueError(
+                f"PredVDMDenoiser: expected cond of shape {(b, self.n_cond, h, w, c)}, got {cond.shape}."
+            )
         if t.shape != (b,):
             raise ValueError(f"PredVDMDenoiser: expected t of shape ({b},), got {t.shape}.")
 
     @nn.compact
-    def __call__(self, x_noisy: jax.Array, t: jax.Array, cond: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x_noisy: jax.Array, t: jax.Array, cond: jax.Array, train: bool = False
+    ) -> jax.Array:
         unet = UNetModel(**self.unet_kwargs(), name="diffusion_model")
         t = jnp.asarray(t)
         self._validate(x_noisy, t, cond)
@@ -157,14 +167,22 @@ class PredVDMDenoiser(nn.Module):
         if self.mode in ("tc", "ct", "tc_attn"):
             order = "tc" if self.mode == "tc_attn" else self.mode
             out = unet(flatten_frames(frames, order), t, train)
-            gate = LinearAttention(self.attn_heads_tc, self.attn_dim_head, name="tc_attn") if self.mode == "tc_attn" else None
+            gate = (
+                LinearAttention(self.attn_heads_tc, self.attn_dim_head, name="tc_attn")
+                if self.mode == "tc_attn"
+                else None
+            )
             return unflatten_frames(gated(out, gate), order, c)
 
         # Both passes in one UNet call over a doubled batch (identical per-sample maths, one compiled UNet).
-        stacked = jnp.concatenate([flatten_frames(frames, "tc"), flatten_frames(frames, "ct")], axis=0)
+        stacked = jnp.concatenate(
+            [flatten_frames(frames, "tc"), flatten_frames(frames, "ct")], axis=0
+        )
         out_tc, out_ct = jnp.split(unet(stacked, jnp.concatenate([t, t]), train), 2, axis=0)
         if self.mode == "tcct_para":
             return (unflatten_frames(out_tc, "tc", c) + unflatten_frames(out_ct, "ct", c)) / 2
         tc_attn = LinearAttention(self.attn_heads_tc, self.attn_dim_head, name="tc_attn")
         ct_attn = LinearAttention(self.attn_heads_ct, self.attn_dim_head, name="ct_attn")
-        return unflatten_frames(gated(out_tc, tc_attn), "tc", c) + unflatten_frames(gated(out_ct, ct_attn), "ct", c)
+        return unflatten_frames(gated(out_tc, tc_attn), "tc", c) + unflatten_frames(
+            gated(out_ct, ct_attn), "ct", c
+        )

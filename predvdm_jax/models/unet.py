@@ -76,12 +76,22 @@ def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-def _conv(features: int, kernel_size: int, fan_in: int, name: str, *, dtype: Any,
-          stride: int = 1, zero_init: bool = False) -> nn.Conv:
+def _conv(
+    features: int,
+    kernel_size: int,
+    fan_in: int,
+    name: str,
+    *,
+    dtype: Any,
+    stride: int = 1,
+    zero_init: bool = False,
+) -> nn.Conv:
     """Conv with PyTorch padding ``kernel_size // 2`` and PyTorch (or zero) init."""
     pad = kernel_size // 2
     kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
-    bias_init = nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in * kernel_size**2)
+    bias_init = (
+        nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in * kernel_size**2)
+    )
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
@@ -95,7 +105,9 @@ def _conv(features: int, kernel_size: int, fan_in: int, name: str, *, dtype: Any
     )
 
 
-def _dense(features: int, fan_in: int, name: str, *, dtype: Any, zero_init: bool = False) -> nn.Dense:
+def _dense(
+    features: int, fan_in: int, name: str, *, dtype: Any, zero_init: bool = False
+) -> nn.Dense:
     kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
     bias_init = nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in)
     return nn.Dense(
@@ -146,7 +158,14 @@ class ResBlock(nn.Module):
             h = _group_norm(h + emb_out, "out_layers_0")
         h = nn.silu(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv(self.out_channels, 3, self.out_channels, "out_layers_3", dtype=self.dtype, zero_init=True)(h)
+        h = _conv(
+            self.out_channels,
+            3,
+            self.out_channels,
+            "out_layers_3",
+            dtype=self.dtype,
+            zero_init=True,
+        )(h)
 
         if in_channels == self.out_channels:
             skip = x
@@ -170,13 +189,15 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, hgt, wid, c = x.shape
         if c % self.num_heads:
-            raise ValueError(f"AttentionBlock: {c} channels do not split into {self.num_heads} heads; "
-                             "choose num_head_channels / num_heads dividing every level's width.")
+            raise ValueError(
+                f"AttentionBlock: {c} channels do not split into {self.num_heads} heads; "
+                "choose num_head_channels / num_heads dividing every level's width."
+            )
         head_ch = c // self.num_heads
         tokens = _group_norm(x, "norm").reshape(b, hgt * wid, c)
         qkv = _dense(3 * c, c, "qkv", dtype=self.dtype)(tokens)
         qkv = qkv.reshape(b, hgt * wid, self.num_heads, 3, head_ch)
-        scale = head_ch ** -0.25
+        scale = head_ch**-0.25
         q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
         logits = jnp.einsum("bthc,bshc->bhts", q, k)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
@@ -238,8 +259,10 @@ class UNetModel(nn.Module):
     def _heads(self, width: int) -> int:
         if self.num_head_channels != -1:
             if width % self.num_head_channels:
-                raise ValueError(f"UNetModel: width {width} is not a multiple of num_head_channels="
-                                 f"{self.num_head_channels}; pick num_head_channels dividing every level's width.")
+                raise ValueError(
+                    f"UNetModel: width {width} is not a multiple of num_head_channels="
+                    f"{self.num_head_channels}; pick num_head_channels dividing every level's width."
+                )
             return width // self.num_head_channels
         return self.num_heads
 
@@ -247,11 +270,15 @@ class UNetModel(nn.Module):
         if self.num_heads == -1 and self.num_head_channels == -1:
             raise ValueError("UNetModel: set num_heads or num_head_channels (both are -1).")
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
-            raise ValueError(f"UNetModel: expected x of shape (B, H, W, {self.in_channels}), got {x.shape}.")
+            raise ValueError(
+                f"UNetModel: expected x of shape (B, H, W, {self.in_channels}), got {x.shape}."
+            )
         factor = 2 ** (len(self.channel_mult) - 1)
         if x.shape[1] % factor or x.shape[2] % factor:
-            raise ValueError(f"UNetModel: H, W = {x.shape[1:3]} must be multiples of {factor} "
-                             f"(2 ** (len(channel_mult) - 1)); resize or pad the latents.")
+            raise ValueError(
+                f"UNetModel: H, W = {x.shape[1:3]} must be multiples of {factor} "
+                f"(2 ** (len(channel_mult) - 1)); resize or pad the latents."
+            )
         if t.shape != (x.shape[0],):
             raise ValueError(f"UNetModel: expected t of shape ({x.shape[0]},), got {t.shape}.")
 
@@ -270,7 +297,9 @@ class UNetModel(nn.Module):
         def attention(width: int, name: str) -> AttentionBlock:
             return AttentionBlock(self._heads(width), self.dtype, name=name)
 
-        h = _conv(mc, 3, self.in_channels, "input_blocks_0_0", dtype=self.dtype)(x.astype(self.dtype))
+        h = _conv(mc, 3, self.in_channels, "input_blocks_0_0", dtype=self.dtype)(
+            x.astype(self.dtype)
+        )
         skips = [h]
         block, ds = 1, 1
         for level, mult in enumerate(self.channel_mult):
@@ -301,7 +330,9 @@ class UNetModel(nn.Module):
                     h = attention(mult * mc, f"output_blocks_{block}_{sub}")(h)
                     sub += 1
                 if level and i == self.num_res_blocks:
-                    h = Upsample(self.conv_resample, self.dtype, name=f"output_blocks_{block}_{sub}")(h)
+                    h = Upsample(
+                        self.conv_resample, self.dtype, name=f"output_blocks_{block}_{sub}"
+                    )(h)
                     ds //= 2
                 block += 1
 
@@ -313,4 +344,6 @@ class UNetModel(nn.Module):
 def count_params(module: nn.Module, *example_args: Any) -> int:
     """Number of parameters of ``module``, from ``jax.eval_shape`` (no allocation)."""
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(nn.unbox(shapes["params"]))))
+    return int(
+        sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(nn.unbox(shapes["params"])))
+    )

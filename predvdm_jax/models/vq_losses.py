@@ -67,7 +67,9 @@ def codebook_loss(terms: CodebookLossTerms, beta: float = 0.25, legacy: bool = T
 
 def hinge_d_loss(logits_real: Array, logits_fake: Array) -> Array:
     """0.5 * (mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec))))."""
-    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+    return 0.5 * (
+        jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake))
+    )
 
 
 def vanilla_d_loss(logits_real: Array, logits_fake: Array) -> Array:
@@ -87,14 +89,19 @@ def disc_factor_at(step: Array | int, disc_start: int, disc_factor: float = 1.0)
 
 def adaptive_disc_weight(nll_grad: Array, g_grad: Array, disc_weight: float = 1.0) -> Array:
     """clip(|nll_grad| / (|g_grad| + 1e-4), 0, 1e4) * disc_weight, with gradients stopped."""
-    ratio = jnp.linalg.norm(nll_grad.ravel()) / (jnp.linalg.norm(g_grad.ravel()) + ADAPTIVE_WEIGHT_EPS)
+    ratio = jnp.linalg.norm(nll_grad.ravel()) / (
+        jnp.linalg.norm(g_grad.ravel()) + ADAPTIVE_WEIGHT_EPS
+    )
     return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, ADAPTIVE_WEIGHT_MAX) * disc_weight)
 
 
 def _conv_out(features: Array, kernel: Array, bias: Array) -> Array:
     pad = kernel.shape[0] // 2
     out = jax.lax.conv_general_dilated(
-        features, kernel.astype(features.dtype), (1, 1), ((pad, pad), (pad, pad)),
+        features,
+        kernel.astype(features.dtype),
+        (1, 1),
+        ((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return (out + bias).astype(jnp.float32)
@@ -144,13 +151,17 @@ def vqgan_generator_loss(
     params. Returns (loss, metrics).
     """
     if output.decoder_features is None:
-        raise ValueError("the adaptive weight needs decoder features: call VQModel with return_features=True.")
+        raise ValueError(
+            "the adaptive weight needs decoder features: call VQModel with return_features=True."
+        )
     reconstruction = output.reconstruction
     nll = lambda rec: reconstruction_loss(x, rec, perceptual_fn, perceptual_weight)
     g = lambda rec: generator_adversarial_loss(discriminator_fn(rec))
     nll_loss = nll(reconstruction)
     g_loss = g(reconstruction)
-    d_weight = last_layer_adaptive_weight(output.decoder_features, conv_out_params, nll, g, disc_weight)
+    d_weight = last_layer_adaptive_weight(
+        output.decoder_features, conv_out_params, nll, g, disc_weight
+    )
     factor = disc_factor_at(step, disc_start, disc_factor)
     q_loss = codebook_loss(output.loss_terms, beta, legacy_beta)
     loss = nll_loss + d_weight * factor * g_loss + codebook_weight * q_loss
@@ -180,7 +191,11 @@ def vqgan_discriminator_loss(
         raise ValueError(f"loss_type must be 'hinge' or 'vanilla'; got {loss_type!r}.")
     loss_fn = hinge_d_loss if loss_type == "hinge" else vanilla_d_loss
     loss = disc_factor_at(step, disc_start, disc_factor) * loss_fn(logits_real, logits_fake)
-    return loss, {"disc_loss": loss, "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake)}
+    return loss, {
+        "disc_loss": loss,
+        "logits_real": jnp.mean(logits_real),
+        "logits_fake": jnp.mean(logits_fake),
+    }
 
 
 def _normal_init(mean: float, std: float):
@@ -210,18 +225,29 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if self.norm not in ("group", "none"):
-            raise ValueError(f"PatchDiscriminator norm must be 'group' or 'none'; got {self.norm!r}.")
+            raise ValueError(
+                f"PatchDiscriminator norm must be 'group' or 'none'; got {self.norm!r}."
+            )
         conv_init = _normal_init(0.0, 0.02)
 
         def conv(features, stride, use_bias, name):
-            return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                           use_bias=use_bias, kernel_init=conv_init, name=name)
+            return nn.Conv(
+                features,
+                (4, 4),
+                strides=(stride, stride),
+                padding=((1, 1), (1, 1)),
+                use_bias=use_bias,
+                kernel_init=conv_init,
+                name=name,
+            )
 
         def normed(h, name):
             if self.norm == "none":
                 return h
             groups = math.gcd(32, h.shape[-1])
-            return nn.GroupNorm(num_groups=groups, epsilon=1e-5, scale_init=_normal_init(1.0, 0.02), name=name)(h)
+            return nn.GroupNorm(
+                num_groups=groups, epsilon=1e-5, scale_init=_normal_init(1.0, 0.02), name=name
+            )(h)
 
         with_bias = self.norm == "none"
         h = nn.leaky_relu(conv(self.ndf, 2, True, "conv_0")(x), 0.2)
@@ -256,7 +282,9 @@ def restart_dead_codes(
     """
     n_codes, dim = codebook.shape
     if latents.shape[-1] != dim:
-        raise ValueError(f"latents have {latents.shape[-1]} channels but codebook entries have {dim}.")
+        raise ValueError(
+            f"latents have {latents.shape[-1]} channels but codebook entries have {dim}."
+        )
     flat = latents.reshape(-1, dim).astype(codebook.dtype)
     counts = jnp.bincount(indices.reshape(-1), length=n_codes)
     dead = counts < min_count

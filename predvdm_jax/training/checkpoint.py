@@ -50,8 +50,13 @@ class Checkpointer:
     multi-process runs).
     """
 
-    def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
-                 async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | epath.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+    ):
         # Orbax's background save needs an absolute path (a relative one fails only at the end).
         self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
         options = ocp.CheckpointManagerOptions(
@@ -60,7 +65,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config"))
+            self.directory, options=options, item_names=("state", "data", "config")
+        )
 
     def latest_step(self) -> int | None:
         """Newest finished step (unfinished saves are never listed)."""
@@ -118,7 +124,8 @@ class Checkpointer:
 
     def restore_config(self, step: int) -> dict[str, Any]:
         restored = self._manager.restore(
-            int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+            int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
         return restored.config
 
     def wait_until_finished(self) -> None:

@@ -90,15 +90,23 @@ def train_loop(
     optimizer, schedule = make_optimizer(config)
     key = jax.random.PRNGKey(int(config.get("seed", 0)))
     abstract_state, state_sharding = abstract_train_state(
-        init_fn, optimizer, key, mesh, rules=rules, min_size=min_size,
-        extra_init_fn=extra_init_fn)
+        init_fn, optimizer, key, mesh, rules=rules, min_size=min_size, extra_init_fn=extra_init_fn
+    )
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                max_to_keep=_get(train_cfg, "max_to_keep", 3))
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=_get(train_cfg, "max_to_keep", 3)
+    )
     restored = checkpointer.restore_latest(abstract_state)
     if restored is None:
-        state, _ = create_train_state(init_fn, optimizer, key, mesh, rules=rules,
-                                      min_size=min_size, extra_init_fn=extra_init_fn)
+        state, _ = create_train_state(
+            init_fn,
+            optimizer,
+            key,
+            mesh,
+            rules=rules,
+            min_size=min_size,
+            extra_init_fn=extra_init_fn,
+        )
         start_step = 0
         logging.info("starting from scratch in %s", workdir)
     else:
@@ -111,8 +119,15 @@ def train_loop(
     if restored is None:
         writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
-    train_step = train_step_builder(loss_fn, optimizer, ema_rate, mesh, state_sharding,
-                                    batch_sharding(mesh), lr_schedule=schedule)
+    train_step = train_step_builder(
+        loss_fn,
+        optimizer,
+        ema_rate,
+        mesh,
+        state_sharding,
+        batch_sharding(mesh),
+        lr_schedule=schedule,
+    )
 
     pending_losses: list[tuple[int, jax.Array]] = []
     last_saved = start_step if restored is not None else None
@@ -126,7 +141,8 @@ def train_loop(
                 raise NonFiniteLossError(
                     f"loss is {float(value)} at step {step_number}; stopped without saving "
                     f"this state, the last good checkpoint is step {kept} in "
-                    f"{checkpointer.directory} (lower the learning rate or check the data)")
+                    f"{checkpointer.directory} (lower the learning rate or check the data)"
+                )
         pending_losses.clear()
 
     def save(step_number: int):

@@ -44,8 +44,9 @@ class JsonlWriter:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if resume_step is not None and os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f
-                        if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [
+                    line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
+                ]
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept)
@@ -76,19 +77,36 @@ class TensorBoardWriter:
         self._writer = EventFileWriter(logdir)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        values = [summary_pb2.Summary.Value(tag=k, simple_value=_as_float(v))
-                  for k, v in scalars.items()]
-        self._writer.add_event(event_pb2.Event(
-            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+        values = [
+            summary_pb2.Summary.Value(tag=k, simple_value=_as_float(v)) for k, v in scalars.items()
+        ]
+        self._writer.add_event(
+            event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+            )
+        )
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         text = json.dumps(dict(hparams), indent=1, default=str)
-        self._writer.add_event(event_pb2.Event(
-            wall_time=time.time(), step=0, summary=summary_pb2.Summary(value=[
-                summary_pb2.Summary.Value(
-                    tag="hparams", metadata=summary_pb2.SummaryMetadata(
-                        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")),
-                    tensor=_text_tensor(text))])))
+        self._writer.add_event(
+            event_pb2.Event(
+                wall_time=time.time(),
+                step=0,
+                summary=summary_pb2.Summary(
+                    value=[
+                        summary_pb2.Summary.Value(
+                            tag="hparams",
+                            metadata=summary_pb2.SummaryMetadata(
+                                plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                                    plugin_name="text"
+                                )
+                            ),
+                            tensor=_text_tensor(text),
+                        )
+                    ]
+                ),
+            )
+        )
 
     def flush(self) -> None:
         self._writer.flush()
@@ -100,8 +118,11 @@ class TensorBoardWriter:
 def _text_tensor(text: str):
     from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode()],
-                                  tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        string_val=[text.encode()],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+    )
 
 
 class LoggingWriter:
@@ -148,11 +169,13 @@ def create_default_writer(workdir: str, *, resume_step: int | None = None) -> Mu
     process 0; the log only elsewhere."""
     if jax.process_index() != 0:
         return MultiWriter([LoggingWriter()])
-    return MultiWriter([
-        LoggingWriter(),
-        TensorBoardWriter(os.path.join(workdir, "tensorboard")),
-        JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step=resume_step),
-    ])
+    return MultiWriter(
+        [
+            LoggingWriter(),
+            TensorBoardWriter(os.path.join(workdir, "tensorboard")),
+            JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step=resume_step),
+        ]
+    )
 
 
 class ProgressReporter:
@@ -162,8 +185,15 @@ class ProgressReporter:
     ``steps_per_sec`` (as clu's ``ReportProgress`` does) to ``writer``.
     """
 
-    def __init__(self, num_train_steps: int, writer: Any = None, *, every_steps: int = 100,
-                 start_step: int = 0, show_bar: bool = True):
+    def __init__(
+        self,
+        num_train_steps: int,
+        writer: Any = None,
+        *,
+        every_steps: int = 100,
+        start_step: int = 0,
+        show_bar: bool = True,
+    ):
         self._writer = writer
         self._every = max(1, int(every_steps))
         self._last_step = start_step
@@ -172,8 +202,9 @@ class ProgressReporter:
         if show_bar and jax.process_index() == 0:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=num_train_steps, initial=start_step, unit="step",
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=num_train_steps, initial=start_step, unit="step", dynamic_ncols=True
+            )
 
     def __call__(self, step: int) -> float | None:
         if self._bar is not None:

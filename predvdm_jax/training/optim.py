@@ -30,8 +30,14 @@ OPTIMIZER_DEFAULTS = {
 }
 
 
-def lambda_linear_multiplier(step: Any, warmup_steps: int, f_start: float, f_max: float,
-                             f_min: float, cycle_length: float = 1e13) -> jax.Array:
+def lambda_linear_multiplier(
+    step: Any,
+    warmup_steps: int,
+    f_start: float,
+    f_max: float,
+    f_min: float,
+    cycle_length: float = 1e13,
+) -> jax.Array:
     """LDM ``LambdaLinearScheduler`` (one cycle) at optimizer step ``step``.
 
     Below ``warmup_steps`` it rises linearly from ``f_start`` to ``f_max``;
@@ -101,11 +107,21 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, Callable[
 
     def schedule(count):
         return peak * lambda_linear_multiplier(
-            count, warmup_steps, float(v["f_start"]), float(v["f_max"]), float(v["f_min"]),
-            float(v["cycle_length"]))
+            count,
+            warmup_steps,
+            float(v["f_start"]),
+            float(v["f_max"]),
+            float(v["f_min"]),
+            float(v["cycle_length"]),
+        )
 
-    adamw = optax.adamw(schedule, b1=float(v["b1"]), b2=float(v["b2"]), eps=float(v["eps"]),
-                        weight_decay=float(v["weight_decay"]))
+    adamw = optax.adamw(
+        schedule,
+        b1=float(v["b1"]),
+        b2=float(v["b2"]),
+        eps=float(v["eps"]),
+        weight_decay=float(v["weight_decay"]),
+    )
     grad_clip = float(v["grad_clip"])
     if grad_clip < 0:
         raise ValueError(f"optimizer.grad_clip must be >= 0 (0 disables), got {grad_clip}")

@@ -65,8 +65,9 @@ def _spec_splitting(ndim: int, dim: int | None) -> PartitionSpec:
     return PartitionSpec(*[FSDP_AXIS if d == dim else None for d in range(ndim)])
 
 
-def _pick_dim(shape: tuple[int, ...], candidates: Sequence[int], fsdp_size: int,
-              min_size: int) -> int | None:
+def _pick_dim(
+    shape: tuple[int, ...], candidates: Sequence[int], fsdp_size: int, min_size: int
+) -> int | None:
     """Largest candidate dim divisible by fsdp (later dim on ties), or None."""
     if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return None
@@ -77,8 +78,9 @@ def _pick_dim(shape: tuple[int, ...], candidates: Sequence[int], fsdp_size: int,
     return best
 
 
-def size_based_spec(shape: Sequence[int], fsdp_size: int,
-                    min_size: int = DEFAULT_MIN_SIZE) -> PartitionSpec:
+def size_based_spec(
+    shape: Sequence[int], fsdp_size: int, min_size: int = DEFAULT_MIN_SIZE
+) -> PartitionSpec:
     """The size rule for an unannotated array of this shape."""
     shape = tuple(shape)
     return _spec_splitting(len(shape), _pick_dim(shape, range(len(shape)), fsdp_size, min_size))
@@ -95,9 +97,13 @@ def _mesh_axes_of(name: str | None, rules: LogicalRules) -> tuple[str, ...]:
     return ()
 
 
-def logical_spec(shape: Sequence[int], names: Sequence[str | None], fsdp_size: int,
-                 rules: LogicalRules = DEFAULT_LOGICAL_RULES,
-                 min_size: int = DEFAULT_MIN_SIZE) -> PartitionSpec:
+def logical_spec(
+    shape: Sequence[int],
+    names: Sequence[str | None],
+    fsdp_size: int,
+    rules: LogicalRules = DEFAULT_LOGICAL_RULES,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> PartitionSpec:
     """Spec for an annotated array: fsdp on its biggest divisible fsdp-mapped dim."""
     shape = tuple(shape)
     if len(names) != len(shape):
@@ -114,9 +120,12 @@ def unbox(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
 
 
-def param_shardings(abstract_params: Any, mesh: Mesh,
-                    rules: LogicalRules = DEFAULT_LOGICAL_RULES,
-                    min_size: int = DEFAULT_MIN_SIZE) -> Any:
+def param_shardings(
+    abstract_params: Any,
+    mesh: Mesh,
+    rules: LogicalRules = DEFAULT_LOGICAL_RULES,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> Any:
     """NamedSharding per parameter, shaped like the *unboxed* parameter tree.
 
     Boxed leaves (``nn.LogicallyPartitioned``) use their logical names; plain
@@ -137,10 +146,14 @@ def param_shardings(abstract_params: Any, mesh: Mesh,
     return jax.tree.map(one, abstract_params, is_leaf=_is_boxed)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh,
-                    rules: LogicalRules = DEFAULT_LOGICAL_RULES, *,
-                    params_sharding: Any = None,
-                    min_size: int = DEFAULT_MIN_SIZE) -> Any:
+def state_shardings(
+    abstract_state: Any,
+    mesh: Mesh,
+    rules: LogicalRules = DEFAULT_LOGICAL_RULES,
+    *,
+    params_sharding: Any = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> Any:
     """NamedSharding for every leaf of a train state (``.params`` required).
 
     ``params_sharding`` (from ``param_shardings`` on the boxed abstract

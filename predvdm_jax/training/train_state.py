@@ -39,11 +39,18 @@ class TrainState:
     extra: Any = None
 
 
-def _init_state(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
-                key: jax.Array, extra_init_fn: Callable[[jax.Array], Any] | None) -> TrainState:
+def _init_state(
+    init_fn: Callable[[jax.Array], Any],
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    extra_init_fn: Callable[[jax.Array], Any] | None,
+) -> TrainState:
     params = sharding_lib.unbox(init_fn(jax.random.fold_in(key, 0)))
-    extra = None if extra_init_fn is None else sharding_lib.unbox(
-        extra_init_fn(jax.random.fold_in(key, 1)))
+    extra = (
+        None
+        if extra_init_fn is None
+        else sharding_lib.unbox(extra_init_fn(jax.random.fold_in(key, 1)))
+    )
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -73,12 +80,15 @@ def abstract_train_state(
     """
     key = jnp.asarray(key)
     params_sharding = sharding_lib.param_shardings(
-        jax.eval_shape(init_fn, key), mesh, rules, min_size)
+        jax.eval_shape(init_fn, key), mesh, rules, min_size
+    )
     abstract = jax.eval_shape(lambda k: _init_state(init_fn, optimizer, k, extra_init_fn), key)
     shardings = sharding_lib.state_shardings(
-        abstract, mesh, rules, params_sharding=params_sharding, min_size=min_size)
+        abstract, mesh, rules, params_sharding=params_sharding, min_size=min_size
+    )
     with_sharding = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
     return with_sharding, shardings
 
 
@@ -99,9 +109,12 @@ def create_train_state(
     randomness ``fold_in(key, 2)``.
     """
     key = jnp.asarray(key)
-    _, shardings = abstract_train_state(init_fn, optimizer, key, mesh, rules=rules,
-                                        min_size=min_size, extra_init_fn=extra_init_fn)
+    _, shardings = abstract_train_state(
+        init_fn, optimizer, key, mesh, rules=rules, min_size=min_size, extra_init_fn=extra_init_fn
+    )
     host_key = np.asarray(key)
-    init = jax.jit(lambda: _init_state(init_fn, optimizer, jnp.asarray(host_key), extra_init_fn),
-                   out_shardings=shardings)
+    init = jax.jit(
+        lambda: _init_state(init_fn, optimizer, jnp.asarray(host_key), extra_init_fn),
+        out_shardings=shardings,
+    )
     return init(), shardings

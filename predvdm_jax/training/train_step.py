@@ -21,8 +21,9 @@ from predvdm_jax.training.train_state import TrainState
 LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                    ema_rate: float) -> TrainState:
+def apply_gradients(
+    state: TrainState, grads: Any, optimizer: optax.GradientTransformation, ema_rate: float
+) -> TrainState:
     """Optimizer update, step + 1, EMA update with the new count (spec D.3).
 
     Exposed for trainers that write their own step (e.g. a GAN updating
@@ -64,7 +65,8 @@ def make_train_step(
     def step(state: TrainState, batch: Any):
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, rng, state.step)
+            state.params, batch, rng, state.step
+        )
         metrics = dict(aux)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.tree.norm(grads)

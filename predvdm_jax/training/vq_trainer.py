@@ -77,14 +77,26 @@ def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     derived = ml_collections.ConfigDict(config.to_dict())
     derived.data.batch_size = int(v.batch_size)
     derived.optimizer.update(
-        base_learning_rate=float(v.learning_rate), scale_lr=bool(v.scale_lr),
-        warmup_steps=int(v.warmup_steps), f_start=0.0 if v.warmup_steps > 0 else 1.0,
-        f_max=1.0, f_min=float(v.lr_end_fraction), weight_decay=0.0, b1=float(v.b1),
-        b2=float(v.b2), eps=1e-8, grad_clip=0.0)
+        base_learning_rate=float(v.learning_rate),
+        scale_lr=bool(v.scale_lr),
+        warmup_steps=int(v.warmup_steps),
+        f_start=0.0 if v.warmup_steps > 0 else 1.0,
+        f_max=1.0,
+        f_min=float(v.lr_end_fraction),
+        weight_decay=0.0,
+        b1=float(v.b1),
+        b2=float(v.b2),
+        eps=1e-8,
+        grad_clip=0.0,
+    )
     derived.optimizer.cycle_length = float(max(int(v.num_steps), 1))
     derived.train.update(
-        num_steps=int(v.num_steps), log_every=int(v.log_every), save_every=int(v.save_every),
-        max_to_keep=int(v.max_to_keep), eval_every=int(v.eval_every))
+        num_steps=int(v.num_steps),
+        log_every=int(v.log_every),
+        save_every=int(v.save_every),
+        max_to_keep=int(v.max_to_keep),
+        eval_every=int(v.eval_every),
+    )
     return derived
 
 
@@ -125,14 +137,24 @@ class VQObjective:
                 raise ValueError(
                     f"vq_train.perceptual_weight > 0 but eval.lpips_params "
                     f"{config.eval.lpips_params!r} is not a file; convert LPIPS with "
-                    f"scripts/convert_lpips.py or set vq_train.perceptual_weight=0")
+                    f"scripts/convert_lpips.py or set vq_train.perceptual_weight=0"
+                )
         discriminator = None
         if v.disc_weight > 0:
-            discriminator = vq_losses.PatchDiscriminator(ndf=int(v.disc_channels),
-                                                         n_layers=int(v.disc_layers))
-        return cls(build_vq(config), float(v.codebook_weight), float(v.beta), bool(v.legacy_beta),
-                   float(v.perceptual_weight), lpips_params, discriminator, int(v.disc_start),
-                   float(v.disc_weight))
+            discriminator = vq_losses.PatchDiscriminator(
+                ndf=int(v.disc_channels), n_layers=int(v.disc_layers)
+            )
+        return cls(
+            build_vq(config),
+            float(v.codebook_weight),
+            float(v.beta),
+            bool(v.legacy_beta),
+            float(v.perceptual_weight),
+            lpips_params,
+            discriminator,
+            int(v.disc_start),
+            float(v.disc_weight),
+        )
 
     def init_params(self, key: jax.Array, image_size: int) -> Any:
         x = jnp.zeros((1, image_size, image_size, self.model.in_channels))
@@ -147,41 +169,66 @@ class VQObjective:
             return None
         return lambda x, rec: lpips_distance(self.lpips_params, x, rec)
 
-    def forward(self, params: Any, frames: jax.Array, rng: jax.Array,
-                return_features: bool = False):
-        return self.model.apply({"params": params}, frames, deterministic=False,
-                                return_features=return_features, rngs={"dropout": rng})
+    def forward(
+        self, params: Any, frames: jax.Array, rng: jax.Array, return_features: bool = False
+    ):
+        return self.model.apply(
+            {"params": params},
+            frames,
+            deterministic=False,
+            return_features=return_features,
+            rngs={"dropout": rng},
+        )
 
     def reconstruction_terms(self, params: Any, frames: jax.Array, rng: jax.Array):
         """(loss, metrics, output) without the adversarial term (the discriminator is off)."""
         output = self.forward(params, frames, rng)
-        nll = vq_losses.reconstruction_loss(frames, output.reconstruction, self._perceptual_fn(),
-                                            self.perceptual_weight)
+        nll = vq_losses.reconstruction_loss(
+            frames, output.reconstruction, self._perceptual_fn(), self.perceptual_weight
+        )
         q_loss = vq_losses.codebook_loss(output.loss_terms, self.beta, self.legacy_beta)
         loss = nll + self.codebook_weight * q_loss
-        metrics = {"total_loss": loss, "quant_loss": q_loss, "nll_loss": nll,
-                   "rec_loss": vq_losses.l1_loss(frames, output.reconstruction)}
+        metrics = {
+            "total_loss": loss,
+            "quant_loss": q_loss,
+            "nll_loss": nll,
+            "rec_loss": vq_losses.l1_loss(frames, output.reconstruction),
+        }
         metrics.update({name: jnp.zeros((), jnp.float32) for name in DISC_METRICS})
         return loss, metrics, output
 
-    def adversarial_terms(self, params: Any, disc_params: Any, frames: jax.Array,
-                          rng: jax.Array, step: jax.Array):
+    def adversarial_terms(
+        self, params: Any, disc_params: Any, frames: jax.Array, rng: jax.Array, step: jax.Array
+    ):
         """(loss, metrics, output) with the discriminator's generator term and adaptive weight."""
         output = self.forward(params, frames, rng, return_features=True)
         discriminate = lambda images: self.discriminator.apply({"params": disc_params}, images)
         loss, metrics = vq_losses.vqgan_generator_loss(
-            frames, output, params["decoder"]["conv_out"], discriminate, step,
-            disc_start=self.disc_start, codebook_weight=self.codebook_weight, beta=self.beta,
-            legacy_beta=self.legacy_beta, disc_weight=self.disc_weight,
-            perceptual_fn=self._perceptual_fn(), perceptual_weight=self.perceptual_weight)
+            frames,
+            output,
+            params["decoder"]["conv_out"],
+            discriminate,
+            step,
+            disc_start=self.disc_start,
+            codebook_weight=self.codebook_weight,
+            beta=self.beta,
+            legacy_beta=self.legacy_beta,
+            disc_weight=self.disc_weight,
+            perceptual_fn=self._perceptual_fn(),
+            perceptual_weight=self.perceptual_weight,
+        )
         return loss, dict(metrics), output
 
-    def discriminator_loss(self, disc_params: Any, frames: jax.Array, reconstruction: jax.Array,
-                           step: jax.Array):
+    def discriminator_loss(
+        self, disc_params: Any, frames: jax.Array, reconstruction: jax.Array, step: jax.Array
+    ):
         apply = lambda images: self.discriminator.apply({"params": disc_params}, images)
         return vq_losses.vqgan_discriminator_loss(
-            apply(frames), apply(jax.lax.stop_gradient(reconstruction)), step,
-            disc_start=self.disc_start)
+            apply(frames),
+            apply(jax.lax.stop_gradient(reconstruction)),
+            step,
+            disc_start=self.disc_start,
+        )
 
     def engine_loss(self, params: Any, batch: dict, rng: jax.Array, step: jax.Array):
         """The engine's ``loss_fn`` signature, for the discriminator-free objective."""
@@ -189,23 +236,34 @@ class VQObjective:
         return loss, metrics
 
 
-def _restart_codes(codebook: jax.Array, counts: jax.Array, latents: jax.Array,
-                   key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _restart_codes(
+    codebook: jax.Array, counts: jax.Array, latents: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Codes with count 0 become random rows of ``latents (N, D)``; returns (codebook, restarted)."""
     dead = counts == 0
     picks = latents[jax.random.randint(key, (codebook.shape[0],), 0, latents.shape[0])]
     return jnp.where(dead[:, None], picks.astype(codebook.dtype), codebook), jnp.sum(dead)
 
 
-def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.GradientTransformation
-                               | None, restart_every: int) -> Callable:
+def make_vq_train_step_builder(
+    objective: VQObjective, disc_optimizer: optax.GradientTransformation | None, restart_every: int
+) -> Callable:
     """A ``train_step_builder`` for ``train_loop``: the VQGAN step, with ``state.extra`` =
     ``{'code_counts': (n_embed,) int32, 'disc': {'params', 'opt_state'}}`` ('disc' only with a
     discriminator)."""
     n_codes = objective.model.n_embed
 
-    def builder(loss_fn, optimizer, ema_rate, mesh, state_sharding, batch_sharding, *,
-                lr_schedule=None, donate=True):
+    def builder(
+        loss_fn,
+        optimizer,
+        ema_rate,
+        mesh,
+        state_sharding,
+        batch_sharding,
+        *,
+        lr_schedule=None,
+        donate=True,
+    ):
         del loss_fn
         replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -219,24 +277,32 @@ def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.Gra
                 def gen(p):
                     loss, metrics, output = objective.reconstruction_terms(p, frames, dropout_key)
                     return loss, (metrics, output)
+
                 (loss, (metrics, output)), grads = jax.value_and_grad(gen, has_aux=True)(
-                    state.params)
+                    state.params
+                )
                 return loss, metrics, grads, _step_outputs(output), extra.get("disc")
 
             def adversarial(_):
                 def gen(p):
                     loss, metrics, output = objective.adversarial_terms(
-                        p, extra["disc"]["params"], frames, dropout_key, state.step)
+                        p, extra["disc"]["params"], frames, dropout_key, state.step
+                    )
                     return loss, (metrics, output)
+
                 (loss, (metrics, output)), grads = jax.value_and_grad(gen, has_aux=True)(
-                    state.params)
+                    state.params
+                )
                 (_, disc_metrics), disc_grads = jax.value_and_grad(
-                    objective.discriminator_loss, has_aux=True)(
-                        extra["disc"]["params"], frames, output.reconstruction, state.step)
+                    objective.discriminator_loss, has_aux=True
+                )(extra["disc"]["params"], frames, output.reconstruction, state.step)
                 updates, disc_opt_state = disc_optimizer.update(
-                    disc_grads, extra["disc"]["opt_state"], extra["disc"]["params"])
-                disc = {"params": optax.apply_updates(extra["disc"]["params"], updates),
-                        "opt_state": disc_opt_state}
+                    disc_grads, extra["disc"]["opt_state"], extra["disc"]["params"]
+                )
+                disc = {
+                    "params": optax.apply_updates(extra["disc"]["params"], updates),
+                    "opt_state": disc_opt_state,
+                }
                 metrics.update(disc_metrics)
                 return loss, metrics, grads, _step_outputs(output), disc
 
@@ -244,8 +310,11 @@ def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.Gra
                 loss, metrics, grads, (reconstruction, indices, latents), _ = plain(None)
             else:
                 loss, metrics, grads, (reconstruction, indices, latents), disc = jax.lax.cond(
-                    state.step >= objective.disc_start, _same_types(adversarial),
-                    _same_types(plain), None)
+                    state.step >= objective.disc_start,
+                    _same_types(adversarial),
+                    _same_types(plain),
+                    None,
+                )
                 extra["disc"] = disc
             metrics = dict(metrics)
             metrics["loss"] = loss
@@ -253,10 +322,12 @@ def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.Gra
             if lr_schedule is not None:
                 metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
             usage = vq_losses.codebook_usage(indices, n_codes)
-            metrics.update(perplexity=usage["perplexity"],
-                           dead_codes=usage["dead_codes"].astype(jnp.float32))
-            metrics["psnr"] = jnp.mean(metrics_lib.psnr(_to_unit(frames)[:, None],
-                                                        _to_unit(reconstruction)[:, None]))
+            metrics.update(
+                perplexity=usage["perplexity"], dead_codes=usage["dead_codes"].astype(jnp.float32)
+            )
+            metrics["psnr"] = jnp.mean(
+                metrics_lib.psnr(_to_unit(frames)[:, None], _to_unit(reconstruction)[:, None])
+            )
             new_state = apply_gradients(state, grads, optimizer, ema_rate)
 
             counts = extra["code_counts"] + jnp.bincount(indices.reshape(-1), length=n_codes)
@@ -267,8 +338,10 @@ def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.Gra
                 flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1])
                 fresh, dead = _restart_codes(codebook, counts, flat, restart_key)
                 params = dict(new_state.params)
-                params["quantize"] = {**params["quantize"],
-                                      "embedding": jnp.where(due, fresh, codebook)}
+                params["quantize"] = {
+                    **params["quantize"],
+                    "embedding": jnp.where(due, fresh, codebook),
+                }
                 new_state = new_state.replace(params=params)
                 restarted = jnp.where(due, dead, 0).astype(jnp.float32)
                 counts = jnp.where(due, jnp.zeros_like(counts), counts)
@@ -276,9 +349,12 @@ def make_vq_train_step_builder(objective: VQObjective, disc_optimizer: optax.Gra
             extra["code_counts"] = counts.astype(jnp.int32)
             return new_state.replace(extra=extra), metrics
 
-        return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, replicated),
-                       donate_argnums=(0,) if donate else ())
+        return jax.jit(
+            step,
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, replicated),
+            donate_argnums=(0,) if donate else (),
+        )
 
     return builder
 
@@ -290,9 +366,11 @@ def _step_outputs(output) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def _same_types(branch: Callable) -> Callable:
     """Casts the metrics of a ``lax.cond`` branch to float32 so both branches agree."""
+
     def wrapped(operand):
         loss, metrics, *rest = branch(operand)
         return (loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}, *rest)
+
     return wrapped
 
 
@@ -322,13 +400,17 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[[Any
     @jax.jit
     def reconstruct(params, x):
         output = model.apply({"params": params}, to_rgb(x))
-        return to_data_channels(jnp.clip(output.reconstruction, -1.0, 1.0), channels), output.indices
+        return to_data_channels(
+            jnp.clip(output.reconstruction, -1.0, 1.0), channels
+        ), output.indices
 
     def eval_fn(state_or_params) -> dict:
-        params = state_or_params.params if isinstance(state_or_params, TrainState) else state_or_params
+        params = (
+            state_or_params.params if isinstance(state_or_params, TrainState) else state_or_params
+        )
         outputs = [jax.device_get(reconstruct(params, b)) for b in batches]
-        recon = np.concatenate([r for r, _ in outputs])[:frames.shape[0]]
-        indices = np.concatenate([i for _, i in outputs])[:frames.shape[0]]
+        recon = np.concatenate([r for r, _ in outputs])[: frames.shape[0]]
+        indices = np.concatenate([i for _, i in outputs])[: frames.shape[0]]
         target = (clips + 1.0) / 2.0
         recon = ((recon + 1.0) / 2.0).reshape(clips.shape)
         usage = jax.device_get(vq_losses.codebook_usage(jnp.asarray(indices), model.n_embed))
@@ -366,8 +448,10 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage).
     """
     if not config.data.train_dir or not config.data.test_dir:
-        raise ValueError("VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
-                         "e.g. from scripts/make_moving_digits.py)")
+        raise ValueError(
+            "VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
+            "e.g. from scripts/make_moving_digits.py)"
+        )
     v = config.vq_train
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
@@ -381,18 +465,31 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
             extra["disc"] = {"params": disc_params, "opt_state": disc_optimizer.init(disc_params)}
         return extra
 
-    data = train_iterator(config.data.train_dir, 1, int(v.batch_size), int(config.seed),
-                          horizontal_flip=bool(config.data.horizontal_flip),
-                          num_threads=int(config.data.num_threads),
-                          prefetch=int(config.data.prefetch))
-    clips = load_eval_frames(config.data.test_dir, int(v.eval_clips), int(v.eval_frames),
-                             int(config.eval.seed))
+    data = train_iterator(
+        config.data.train_dir,
+        1,
+        int(v.batch_size),
+        int(config.seed),
+        horizontal_flip=bool(config.data.horizontal_flip),
+        num_threads=int(config.data.num_threads),
+        prefetch=int(config.data.prefetch),
+    )
+    clips = load_eval_frames(
+        config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed)
+    )
     eval_fn = make_eval_fn(objective.model, clips, min(int(config.vq_chunk), int(v.batch_size)))
     state = train_loop(
-        derived, workdir, lambda key: objective.init_params(key, image_size),
-        objective.engine_loss, data, eval_fn=eval_fn, extra_init_fn=extra_init_fn,
+        derived,
+        workdir,
+        lambda key: objective.init_params(key, image_size),
+        objective.engine_loss,
+        data,
+        eval_fn=eval_fn,
+        extra_init_fn=extra_init_fn,
         train_step_builder=make_vq_train_step_builder(
-            objective, disc_optimizer, int(v.dead_code_restart_every)))
+            objective, disc_optimizer, int(v.dead_code_restart_every)
+        ),
+    )
     final = eval_fn(state)
     final["step"] = int(jax.device_get(state.step))
     logging.info("final test reconstruction: %s", final)

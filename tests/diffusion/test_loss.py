@@ -32,7 +32,9 @@ def _data():
 
 
 def _hand_per_sample(z0, cond, noise, t):
-    ac = np.cumprod(1 - np.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2)[t][:, None, None, None, None]
+    ac = np.cumprod(1 - np.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2)[t][
+        :, None, None, None, None
+    ]
     z_t = np.sqrt(ac) * z0 + np.sqrt(1 - ac) * noise
     return ((numpy_denoiser(z_t, t.astype(float), cond) - noise) ** 2).reshape(len(t), -1)
 
@@ -40,8 +42,13 @@ def _hand_per_sample(z0, cond, noise, t):
 def test_sum_and_mean_reductions_match_hand_computation():
     z0, cond, noise, t = _data()
     per = _hand_per_sample(z0, cond, noise, t)
-    args = (linear_denoiser, SCHEDULE, jnp.asarray(z0, jnp.float32), jnp.asarray(cond, jnp.float32),
-            jax.random.PRNGKey(0))
+    args = (
+        linear_denoiser,
+        SCHEDULE,
+        jnp.asarray(z0, jnp.float32),
+        jnp.asarray(cond, jnp.float32),
+        jax.random.PRNGKey(0),
+    )
     kw = dict(t=jnp.asarray(t), noise=jnp.asarray(noise, jnp.float32))
     loss_sum, aux_sum = diffusion_loss(*args, **kw)
     loss_mean, aux_mean = diffusion_loss(*args, reduction="mean", **kw)
@@ -67,10 +74,17 @@ def test_random_draws_are_used_consistently():
         seen["z_t"], seen["t"] = np.asarray(z_t, np.float64), np.asarray(t)
         return linear_denoiser(z_t, t, z_cond)
 
-    loss, _ = diffusion_loss(spy, SCHEDULE, jnp.asarray(z0, jnp.float32), jnp.asarray(cond, jnp.float32),
-                             jax.random.PRNGKey(3))
+    loss, _ = diffusion_loss(
+        spy,
+        SCHEDULE,
+        jnp.asarray(z0, jnp.float32),
+        jnp.asarray(cond, jnp.float32),
+        jax.random.PRNGKey(3),
+    )
     t = seen["t"].astype(int)
-    assert seen["t"].dtype == np.float32 and np.all(t == seen["t"]) and np.all((t >= 0) & (t < 1000))
+    assert (
+        seen["t"].dtype == np.float32 and np.all(t == seen["t"]) and np.all((t >= 0) & (t < 1000))
+    )
     ac = np.asarray(SCHEDULE.alphas_cumprod, np.float64)[t][:, None, None, None, None]
     noise = (seen["z_t"] - np.sqrt(ac) * z0) / np.sqrt(1 - ac)
     np.testing.assert_allclose(loss, _hand_per_sample(z0, cond, noise, t).sum(1).mean(), rtol=1e-3)
@@ -94,5 +108,11 @@ def test_timesteps_are_uniform_over_all_steps():
 
 def test_bad_reduction():
     with pytest.raises(ValueError, match="reduction"):
-        diffusion_loss(linear_denoiser, SCHEDULE, jnp.zeros((1, 1, 1, 1, 1)), jnp.zeros((1, 1, 1, 1, 1)),
-                       jax.random.PRNGKey(0), reduction="avg")
+        diffusion_loss(
+            linear_denoiser,
+            SCHEDULE,
+            jnp.zeros((1, 1, 1, 1, 1)),
+            jnp.zeros((1, 1, 1, 1, 1)),
+            jax.random.PRNGKey(0),
+            reduction="avg",
+        )

@@ -39,16 +39,29 @@ def upsample_decode(z, gain=0.1):
 
 
 def _cond(batch=2, n_cond=2, seed=0):
-    return jnp.asarray(0.1 * np.random.default_rng(seed).normal(size=(batch, n_cond, 2, 2, 1)), jnp.float32)
+    return jnp.asarray(
+        0.1 * np.random.default_rng(seed).normal(size=(batch, n_cond, 2, 2, 1)), jnp.float32
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("num_frames", "k", "gain", "reencode_offset", "settings"))
+@functools.partial(
+    jax.jit, static_argnames=("num_frames", "k", "gain", "reencode_offset", "settings")
+)
 def _run(z_cond, key, num_frames, k, gain=0.1, reencode_offset=None, settings=DETERMINISTIC):
     reencode = None
     if reencode_offset is not None:
         reencode = lambda frames: frames[:, :, ::2, ::2, :1] / gain + reencode_offset
-    return rollout(next_frames_denoiser, functools.partial(upsample_decode, gain=gain), SCHEDULE, z_cond, key,
-                   num_frames, k, settings, reencode_fn=reencode)
+    return rollout(
+        next_frames_denoiser,
+        functools.partial(upsample_decode, gain=gain),
+        SCHEDULE,
+        z_cond,
+        key,
+        num_frames,
+        k,
+        settings,
+        reencode_fn=reencode,
+    )
 
 
 def test_window_slides_on_sampled_latents_and_trims():
@@ -57,7 +70,9 @@ def test_window_slides_on_sampled_latents_and_trims():
     last = np.asarray(z_cond[:, -1:])
     expected = last + np.arange(1, 8).reshape(1, 7, 1, 1, 1)
     np.testing.assert_allclose(out["latents"], expected, atol=2e-3)
-    np.testing.assert_allclose(out["frames"], np.clip(np.asarray(upsample_decode(out["latents"])), -1, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        out["frames"], np.clip(np.asarray(upsample_decode(out["latents"])), -1, 1), atol=1e-6
+    )
     assert out["frames"].shape == (2, 7, 4, 4, 3)
 
 
@@ -65,7 +80,9 @@ def test_frames_are_clamped():
     out = _run(_cond(), jax.random.PRNGKey(0), num_frames=7, k=3, gain=1.0)
     frames = np.asarray(out["frames"])
     assert frames.max() == 1.0 and frames.min() >= -1.0
-    np.testing.assert_allclose(frames, np.clip(np.asarray(upsample_decode(out["latents"], 1.0)), -1, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        frames, np.clip(np.asarray(upsample_decode(out["latents"], 1.0)), -1, 1), atol=1e-6
+    )
 
 
 def test_reencode_option_conditions_on_decoded_frames():
@@ -87,15 +104,18 @@ def test_each_block_conditions_on_the_last_n_cond_latents(n_cond, k):
 
     z_cond = _cond(n_cond=n_cond)
     num_frames = 3 * k - 1
-    out = jax.jit(lambda c, key: rollout(spy, upsample_decode, SCHEDULE, c, key, num_frames, k, DETERMINISTIC))(
-        z_cond, jax.random.PRNGKey(0))
+    out = jax.jit(
+        lambda c, key: rollout(spy, upsample_decode, SCHEDULE, c, key, num_frames, k, DETERMINISTIC)
+    )(z_cond, jax.random.PRNGKey(0))
     jax.effects_barrier()
     history = np.concatenate([np.asarray(z_cond), np.asarray(out["latents"])], axis=1)
-    per_block = [windows[i * DETERMINISTIC.steps:(i + 1) * DETERMINISTIC.steps] for i in range(3)]
+    per_block = [windows[i * DETERMINISTIC.steps : (i + 1) * DETERMINISTIC.steps] for i in range(3)]
     assert len(windows) == 3 * DETERMINISTIC.steps
     for block, calls in enumerate(per_block):
         for window in calls:
-            np.testing.assert_allclose(window, history[:, block * k:block * k + n_cond], atol=1e-6)
+            np.testing.assert_allclose(
+                window, history[:, block * k : block * k + n_cond], atol=1e-6
+            )
 
 
 def test_blocks_use_folded_keys():
@@ -103,12 +123,18 @@ def test_blocks_use_folded_keys():
     z_cond = _cond()
     key = jax.random.PRNGKey(3)
     out = _run(z_cond, key, num_frames=6, k=3, settings=settings)
-    first = jax.jit(lambda c: sample(next_frames_denoiser, SCHEDULE, c, jax.random.fold_in(key, 0), (2, 3, 2, 2, 1),
-                                     settings))(z_cond)
+    first = jax.jit(
+        lambda c: sample(
+            next_frames_denoiser, SCHEDULE, c, jax.random.fold_in(key, 0), (2, 3, 2, 2, 1), settings
+        )
+    )(z_cond)
     np.testing.assert_allclose(out["latents"][:, :3], first, atol=1e-5)
     second_cond = out["latents"][:, 1:3]
-    second = jax.jit(lambda c: sample(next_frames_denoiser, SCHEDULE, c, jax.random.fold_in(key, 1),
-                                      (2, 3, 2, 2, 1), settings))(second_cond)
+    second = jax.jit(
+        lambda c: sample(
+            next_frames_denoiser, SCHEDULE, c, jax.random.fold_in(key, 1), (2, 3, 2, 2, 1), settings
+        )
+    )(second_cond)
     np.testing.assert_allclose(out["latents"][:, 3:], second, atol=1e-5)
 
 
@@ -120,7 +146,9 @@ def _counting_rollout_fn(num_frames, k, counter):
     def decode_apply(params, z):
         return upsample_decode(z) * params["gain"]
 
-    return make_rollout_fn(denoise_apply, decode_apply, SCHEDULE, num_frames, k, SamplerSettings("ddim", steps=2))
+    return make_rollout_fn(
+        denoise_apply, decode_apply, SCHEDULE, num_frames, k, SamplerSettings("ddim", steps=2)
+    )
 
 
 @pytest.mark.parametrize("num_frames, k", [(30, 5), (40, 5), (30, 3), (40, 3)])
@@ -147,7 +175,16 @@ def test_rollout_never_reads_ground_truth():
     """Only the conditioning latents go in; changing the would-be future leaves the output unchanged."""
     assert "z_target" not in inspect.signature(rollout).parameters
     assert list(inspect.signature(rollout).parameters) == [
-        "denoise_fn", "decode_fn", "schedule", "z_cond", "key", "num_frames", "k", "settings", "reencode_fn"]
+        "denoise_fn",
+        "decode_fn",
+        "schedule",
+        "z_cond",
+        "key",
+        "num_frames",
+        "k",
+        "settings",
+        "reencode_fn",
+    ]
     video = np.asarray(0.1 * np.random.default_rng(0).normal(size=(2, 2 + 6, 2, 2, 1)), np.float32)
     altered = video.copy()
     altered[:, 2:] = 1000.0
@@ -157,7 +194,9 @@ def test_rollout_never_reads_ground_truth():
         jax.debug.callback(lambda c: seen_max.append(float(np.abs(c).max())), z_cond, ordered=True)
         return next_frames_denoiser(z_t, t, z_cond)
 
-    fn = jax.jit(lambda c, key: rollout(spy, upsample_decode, SCHEDULE, c, key, 6, 3, DETERMINISTIC))
+    fn = jax.jit(
+        lambda c, key: rollout(spy, upsample_decode, SCHEDULE, c, key, 6, 3, DETERMINISTIC)
+    )
     out = fn(jnp.asarray(video[:, :2]), jax.random.PRNGKey(0))
     out_altered = fn(jnp.asarray(altered[:, :2]), jax.random.PRNGKey(0))
     jax.effects_barrier()
@@ -168,9 +207,21 @@ def test_rollout_never_reads_ground_truth():
 
 @pytest.mark.parametrize(
     "z_shape, num_frames, k, message",
-    [((2, 2, 2, 1), 6, 3, "z_cond must be"), ((2, 2, 2, 2, 1), 0, 3, "num_frames"), ((2, 2, 2, 2, 1), 6, 0, "k ")],
+    [
+        ((2, 2, 2, 1), 6, 3, "z_cond must be"),
+        ((2, 2, 2, 2, 1), 0, 3, "num_frames"),
+        ((2, 2, 2, 2, 1), 6, 0, "k "),
+    ],
 )
 def test_rollout_rejects_bad_arguments(z_shape, num_frames, k, message):
     with pytest.raises(ValueError, match=message):
-        rollout(next_frames_denoiser, upsample_decode, SCHEDULE, jnp.zeros(z_shape), jax.random.PRNGKey(0),
-                num_frames, k, DETERMINISTIC)
+        rollout(
+            next_frames_denoiser,
+            upsample_decode,
+            SCHEDULE,
+            jnp.zeros(z_shape),
+            jax.random.PRNGKey(0),
+            num_frames,
+            k,
+            DETERMINISTIC,
+        )

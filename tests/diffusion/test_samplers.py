@@ -41,7 +41,10 @@ def exact_eps(z_t, t, z_cond):
 def nonlinear_eps(xp):
     def eps(z_t, t, z_cond):
         t = t.reshape((-1,) + (1,) * (z_t.ndim - 1))
-        return 0.8 * xp.tanh(z_t) + 0.1 * xp.sin(t / 100.0) + 0.1 * xp.cos(z_t) + 0.2 * xp.tanh(z_cond)
+        return (
+            0.8 * xp.tanh(z_t) + 0.1 * xp.sin(t / 100.0) + 0.1 * xp.cos(z_t) + 0.2 * xp.tanh(z_cond)
+        )
+
     return eps
 
 
@@ -127,8 +130,11 @@ def test_ddim_first_model_call_is_991_for_100_steps():
         jax.debug.callback(lambda v: seen.append(float(v[0])), t, ordered=True)
         return jnp.zeros_like(z_t)
 
-    jax.jit(lambda key: ddim_sample(spy, SCHEDULE, None, key, (1, 1, 1, 1, 1), SamplerSettings(steps=100)))(
-        jax.random.PRNGKey(0))
+    jax.jit(
+        lambda key: ddim_sample(
+            spy, SCHEDULE, None, key, (1, 1, 1, 1, 1), SamplerSettings(steps=100)
+        )
+    )(jax.random.PRNGKey(0))
     jax.effects_barrier()
     np.testing.assert_array_equal(seen, np.arange(991, 0, -10))
 
@@ -167,8 +173,14 @@ GAUSS_X_T = jax.random.normal(jax.random.PRNGKey(7), GAUSS_SHAPE)
 @functools.lru_cache(maxsize=None)
 def _dpm_gauss(order, steps):
     """DPM-Solver++ on the Gaussian data from a fixed x_T (shared by the tests below)."""
-    settings = SamplerSettings("dpm_solver_pp", steps=steps, order=order, skip_type="logSNR", lower_order_final=False)
-    fn = jax.jit(lambda x_T: sample(exact_eps, SCHEDULE, None, jax.random.PRNGKey(0), GAUSS_SHAPE, settings, x_T=x_T))
+    settings = SamplerSettings(
+        "dpm_solver_pp", steps=steps, order=order, skip_type="logSNR", lower_order_final=False
+    )
+    fn = jax.jit(
+        lambda x_T: sample(
+            exact_eps, SCHEDULE, None, jax.random.PRNGKey(0), GAUSS_SHAPE, settings, x_T=x_T
+        )
+    )
     return np.asarray(fn(GAUSS_X_T), np.float64)
 
 
@@ -186,7 +198,10 @@ def test_dpm_solver_pp_convergence_orders():
     order 1, quarters for order 2, and order 3 beats order 2 (its first-order
     warm-up step caps its global rate)."""
     target = exact_flow(GAUSS_X_T)
-    e = {key: np.max(np.abs(_dpm_gauss(*key) - target)) for key in [(1, 40), (1, 80), (2, 40), (2, 80), (3, 40)]}
+    e = {
+        key: np.max(np.abs(_dpm_gauss(*key) - target))
+        for key in [(1, 40), (1, 80), (2, 40), (2, 80), (3, 40)]
+    }
     assert 1.8 < e[1, 40] / e[1, 80] < 2.2
     assert 3.5 < e[2, 40] / e[2, 80] < 4.5
     assert e[3, 40] < 0.6 * e[2, 40] and e[2, 40] < 0.1 * e[1, 40]
@@ -282,11 +297,18 @@ def test_dpm_solver_pp_matches_reference_loop(order, steps, skip_type, below):
     rng = np.random.default_rng(order * 100 + steps)
     x_T = rng.normal(size=(2, 2, 3, 3, 1))
     cond = rng.normal(size=(2, 2, 3, 3, 1))
-    settings = SamplerSettings("dpm_solver_pp", steps=steps, order=order, skip_type=skip_type,
-                               lower_order_final_below=below)
-    got = jax.jit(lambda c, x: dpm_solver_pp_sample(nonlinear_eps(jnp), SCHEDULE, c, jax.random.PRNGKey(0),
-                                                     x_T.shape, settings, x_T=x))(
-        jnp.asarray(cond, jnp.float32), jnp.asarray(x_T, jnp.float32))
+    settings = SamplerSettings(
+        "dpm_solver_pp",
+        steps=steps,
+        order=order,
+        skip_type=skip_type,
+        lower_order_final_below=below,
+    )
+    got = jax.jit(
+        lambda c, x: dpm_solver_pp_sample(
+            nonlinear_eps(jnp), SCHEDULE, c, jax.random.PRNGKey(0), x_T.shape, settings, x_T=x
+        )
+    )(jnp.asarray(cond, jnp.float32), jnp.asarray(x_T, jnp.float32))
     want = reference_dpm_solver_pp(nonlinear_eps(np), x_T, cond, steps, order, skip_type, below)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
 
@@ -309,10 +331,25 @@ def test_dpm_solver_order1_equals_ddim_eta0_on_same_grid():
 
     @jax.jit
     def both(cond, x_T):
-        dpm = dpm_solver_pp_sample(nonlinear_eps(jnp), SCHEDULE, cond, key, x_T.shape,
-                                   SamplerSettings("dpm_solver_pp", steps=9, order=1), x_T=x_T)
-        ddim = ddim_sample(nonlinear_eps(jnp), SCHEDULE, cond, key, x_T.shape, SamplerSettings("ddim", eta=0.0),
-                           x_T=x_T, timesteps=np.arange(111, 1000, 111))
+        dpm = dpm_solver_pp_sample(
+            nonlinear_eps(jnp),
+            SCHEDULE,
+            cond,
+            key,
+            x_T.shape,
+            SamplerSettings("dpm_solver_pp", steps=9, order=1),
+            x_T=x_T,
+        )
+        ddim = ddim_sample(
+            nonlinear_eps(jnp),
+            SCHEDULE,
+            cond,
+            key,
+            x_T.shape,
+            SamplerSettings("ddim", eta=0.0),
+            x_T=x_T,
+            timesteps=np.arange(111, 1000, 111),
+        )
         return dpm, ddim
 
     dpm, ddim = both(cond, x_T)
@@ -329,8 +366,15 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not():
 
     @functools.partial(jax.jit, static_argnames="eta")
     def run(key, eta):
-        return ddim_sample(nonlinear_eps(jnp), SCHEDULE, cond, key, x_T.shape, SamplerSettings(steps=20, eta=eta),
-                           x_T=x_T)
+        return ddim_sample(
+            nonlinear_eps(jnp),
+            SCHEDULE,
+            cond,
+            key,
+            x_T.shape,
+            SamplerSettings(steps=20, eta=eta),
+            x_T=x_T,
+        )
 
     key1, key2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     np.testing.assert_array_equal(run(key1, 0.0), run(key2, 0.0))
@@ -354,8 +398,11 @@ def test_process_x0_clip_and_dynamic_threshold():
 def test_ddpm_clip_bounds_final_sample():
     """DDPM's last step returns x̂0 (coef1[0]=1, coef2[0]=0), so it obeys the clip."""
     wild = lambda z, t, c: -5.0 * jnp.ones_like(z)
-    x = jax.jit(lambda key: sample(wild, SCHEDULE, None, key, (2, 1, 2, 2, 1), SamplerSettings("ddpm", clip_x0=1.0)))(
-        jax.random.PRNGKey(0))
+    x = jax.jit(
+        lambda key: sample(
+            wild, SCHEDULE, None, key, (2, 1, 2, 2, 1), SamplerSettings("ddpm", clip_x0=1.0)
+        )
+    )(jax.random.PRNGKey(0))
     assert np.all(np.abs(np.asarray(x)) <= 1.0 + 1e-5) and np.max(np.abs(np.asarray(x))) > 0.99
 
 

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import jax.numpy as jnp
 
-from predvdm_jax.diffusion.schedule import make_betas, make_schedule, predict_start_from_noise, q_sample
+from predvdm_jax.diffusion.schedule import (
+    make_betas,
+    make_schedule,
+    predict_start_from_noise,
+    q_sample,
+)
 
 
 def test_predvdm_linear_schedule_values():

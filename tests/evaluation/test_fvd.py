@@ -63,8 +63,12 @@ def test_tf1_bilinear_matches_hand_formula():
     for channel in range(3):
         np.testing.assert_allclose(ours[0, 3, :, :, channel], expected, atol=1e-5)
     # Known TF1 values: [0, 1] upsampled 2 -> 4 is [0, 0.5, 1, 1] (no half-pixel shift).
-    np.testing.assert_allclose(fvd_lib.bilinear_resize_matrix(2, 4, "tf1_bilinear") @ [0.0, 1.0], [0, 0.5, 1, 1])
-    np.testing.assert_allclose(fvd_lib.bilinear_resize_matrix(2, 4, "bilinear") @ [0.0, 1.0], [0, 0.25, 0.75, 1])
+    np.testing.assert_allclose(
+        fvd_lib.bilinear_resize_matrix(2, 4, "tf1_bilinear") @ [0.0, 1.0], [0, 0.5, 1, 1]
+    )
+    np.testing.assert_allclose(
+        fvd_lib.bilinear_resize_matrix(2, 4, "bilinear") @ [0.0, 1.0], [0, 0.25, 0.75, 1]
+    )
 
 
 def _features_with_exact_moments(mean, std, n, seed):
@@ -130,7 +134,9 @@ def test_too_few_videos_or_frames_raise():
     with pytest.raises(ValueError, match="at least 10"):
         fvd_lib.i3d_logits({}, np.zeros((2, 8, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="at least 2"):
-        fvd_lib.fvd({}, np.zeros((1, 10, 64, 64, 3), np.float32), np.zeros((3, 10, 64, 64, 3), np.float32))
+        fvd_lib.fvd(
+            {}, np.zeros((1, 10, 64, 64, 3), np.float32), np.zeros((3, 10, 64, 64, 3), np.float32)
+        )
     with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
         fvd_lib.i3d_logits({}, np.full((2, 10, 8, 8, 3), -1.0, np.float32))
     with pytest.raises(ValueError, match="divide uint8"):
@@ -159,7 +165,9 @@ def test_fvd_grows_with_noise_on_real_i3d():
     # sqrtm of a rank-1 400x400 product is only accurate to ~1e-4 here.
     assert abs(fvd_lib.frechet_distance(real_feats, real_feats)) < 1e-2
     scores = [
-        fvd_lib.frechet_distance(real_feats, fvd_lib.i3d_logits(variables, np.clip(real + s * noise, 0, 1), 2))
+        fvd_lib.frechet_distance(
+            real_feats, fvd_lib.i3d_logits(variables, np.clip(real + s * noise, 0, 1), 2)
+        )
         for s in (0.1, 0.4)
     ]
     assert 1.0 < scores[0] < scores[1], scores

@@ -55,7 +55,9 @@ def _video_pair(channels: int, height: int = 32, width: int = 40):
     noise = rng.random(shape)
     smooth = scipy.ndimage.gaussian_filter(rng.random(shape), sigma=(3, 3, 0))
     flat_bright = 0.9 + 0.001 * rng.random(shape)
-    two_level = np.where(np.arange(width)[None, :, None] < width // 2, 0.05, 0.9) + 0.001 * rng.random(shape)
+    two_level = np.where(
+        np.arange(width)[None, :, None] < width // 2, 0.05, 0.9
+    ) + 0.001 * rng.random(shape)
     frames_a = np.stack([noise, smooth, flat_bright, two_level])
     frames_b = np.stack(
         [
@@ -71,7 +73,10 @@ def _video_pair(channels: int, height: int = 32, width: int = 40):
 
 def _per_frame(function, video_a, video_b):
     return np.array(
-        [[function(video_a[i, t], video_b[i, t]) for t in range(video_a.shape[1])] for i in range(video_a.shape[0])]
+        [
+            [function(video_a[i, t], video_b[i, t]) for t in range(video_a.shape[1])]
+            for i in range(video_a.shape[0])
+        ]
     )
 
 
@@ -102,7 +107,9 @@ def test_psnr_matches_skimage_and_dm_pix():
     video_a, video_b = _video_pair(3)
     ours = np.asarray(metrics.psnr(jnp.asarray(video_a), jnp.asarray(video_b)))
     reference = _per_frame(
-        lambda x, y: peak_signal_noise_ratio(x.astype(np.float64), y.astype(np.float64), data_range=1.0),
+        lambda x, y: peak_signal_noise_ratio(
+            x.astype(np.float64), y.astype(np.float64), data_range=1.0
+        ),
         video_a,
         video_b,
     )

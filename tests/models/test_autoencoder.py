@@ -14,29 +14,15 @@ from predvdm_jax.models.autoencoder import (
     nearest_code_indices,
     quantize_with_codebook,
 )
+from random_params import random_params
 
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, embed_dim=3, z_channels=3)
 
 
-def random_params(module, x_shape=(1, 8, 8, 3), seed=0):
-    """Random params from the param shapes alone: a compiled init costs far more CPU than these tests."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, jnp.float32))
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
-            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
-        if name == "scale":
-            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes["params"])
-
-
 def test_default_is_vq_f4_with_55_322_782_params():
-    shapes = jax.eval_shape(VQModel().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        VQModel().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    )
     flat = traverse_util.flatten_dict(shapes["params"], sep="/")
     assert sum(int(np.prod(v.shape)) for v in flat.values()) == 55_322_782
     assert flat["quantize/embedding"].shape == (8192, 3)
@@ -44,7 +30,9 @@ def test_default_is_vq_f4_with_55_322_782_params():
     assert flat["decoder/mid/attn_1/proj_out/kernel"].shape == (1, 1, 512, 512)
     assert flat["decoder/up_2/upsample/conv/kernel"].shape == (3, 3, 512, 512)
     out = jax.eval_shape(
-        lambda p, x: VQModel().apply(p, x), shapes, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+        lambda p, x: VQModel().apply(p, x),
+        shapes,
+        jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32),
     )
     assert out.z.shape == (2, 16, 16, 3) and out.indices.shape == (2, 16, 16)
     assert out.reconstruction.shape == (2, 64, 64, 3)
@@ -54,8 +42,13 @@ def test_nearest_code_matches_brute_force_float64():
     rng = np.random.default_rng(0)
     z = rng.standard_normal((500, 3)).astype(np.float32)
     codebook = rng.standard_normal((37, 3)).astype(np.float32)
-    ref = np.argmin(((z[:, None, :].astype(np.float64) - codebook[None].astype(np.float64)) ** 2).sum(-1), axis=1)
-    np.testing.assert_array_equal(np.asarray(nearest_code_indices(jnp.asarray(z), jnp.asarray(codebook))), ref)
+    ref = np.argmin(
+        ((z[:, None, :].astype(np.float64) - codebook[None].astype(np.float64)) ** 2).sum(-1),
+        axis=1,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(nearest_code_indices(jnp.asarray(z), jnp.asarray(codebook))), ref
+    )
 
 
 def test_quantize_straight_through_and_loss_terms():
@@ -63,7 +56,9 @@ def test_quantize_straight_through_and_loss_terms():
     z = jnp.array([[[[0.9, 1.2], [0.1, -0.1]], [[-1.5, 0.4], [3.0, 3.0]]]])  # (1, 2, 2, 2)
     z_q, indices, terms = quantize_with_codebook(z, codebook)
     np.testing.assert_array_equal(np.asarray(indices), [[[1, 0], [2, 1]]])
-    np.testing.assert_allclose(np.asarray(z_q), np.asarray(codebook)[[[[1, 0], [2, 1]]]].reshape(1, 2, 2, 2), atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(z_q), np.asarray(codebook)[[[[1, 0], [2, 1]]]].reshape(1, 2, 2, 2), atol=1e-7
+    )
     expected = np.mean((np.asarray(z_q) - np.asarray(z)) ** 2)
     np.testing.assert_allclose(float(terms.commitment), expected, rtol=1e-6)
     np.testing.assert_allclose(float(terms.codebook), expected, rtol=1e-6)
@@ -82,7 +77,9 @@ def test_attention_block_matches_closed_form():
     mean, var = xn.mean(axis=(1, 3), keepdims=True), xn.var(axis=(1, 3), keepdims=True)
     h = ((xn - mean) / np.sqrt(var + 1e-6)).reshape(2, 12, 32)
     h = h * np.asarray(params["norm"]["scale"]) + np.asarray(params["norm"]["bias"])
-    dense = lambda name, v: v @ np.asarray(params[name]["kernel"])[0, 0] + np.asarray(params[name]["bias"])
+    dense = lambda name, v: (
+        v @ np.asarray(params[name]["kernel"])[0, 0] + np.asarray(params[name]["bias"])
+    )
     q, k, v = dense("q", h), dense("k", h), dense("v", h)
     logits = q @ k.transpose(0, 2, 1) / np.sqrt(32)
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -94,7 +91,7 @@ def test_attention_block_matches_closed_form():
 @pytest.fixture(scope="module")
 def tiny():
     model = VQModel(**TINY)
-    return model, random_params(model)
+    return model, random_params(model, (1, 8, 8, 3))
 
 
 def test_call_decode_and_video_helpers(tiny):
@@ -113,13 +110,20 @@ def test_call_decode_and_video_helpers(tiny):
     codebook = np.asarray(params["quantize"]["embedding"])
     assert len(np.unique(np.asarray(out.indices))) > 1
     np.testing.assert_allclose(np.asarray(out.z_q), codebook[np.asarray(out.indices)], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(from_indices), np.asarray(out.reconstruction), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(from_indices), np.asarray(out.reconstruction), rtol=1e-5, atol=1e-5
+    )
     # Chunked video helpers (6 frames in chunks of 4: the last chunk is padded) = the batched forward;
     # decode_video divides by scale_factor and quantizes before decoding, like __call__.
     assert z_video.shape == (2, 3, 4, 4, 3) and rec_video.shape == (2, 3, 8, 8, 3)
-    np.testing.assert_allclose(np.asarray(z_video), 0.5 * np.asarray(out.z).reshape(2, 3, 4, 4, 3), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        np.asarray(rec_video), np.asarray(out.reconstruction).reshape(2, 3, 8, 8, 3), rtol=1e-5, atol=1e-5
+        np.asarray(z_video), 0.5 * np.asarray(out.z).reshape(2, 3, 4, 4, 3), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(rec_video),
+        np.asarray(out.reconstruction).reshape(2, 3, 8, 8, 3),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 

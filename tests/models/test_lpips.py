@@ -68,7 +68,9 @@ class TorchAlexNetLPIPS(nn.Module):
         for index, (tx, ty) in enumerate(zip(taps_x, taps_y)):
             layer_map = getattr(self, f"lin{index}").model((normalize(tx) - normalize(ty)) ** 2)
             if spatial:
-                layer_map = F.interpolate(layer_map, size=x.shape[2:], mode="bilinear", align_corners=False)
+                layer_map = F.interpolate(
+                    layer_map, size=x.shape[2:], mode="bilinear", align_corners=False
+                )
             total = total + layer_map.mean(dim=(1, 2, 3))
         return total
 
@@ -79,11 +81,15 @@ def converted(tmp_path_factory):
     heads_path = _installed_heads_path()
     torch.manual_seed(0)
     reference = TorchAlexNetLPIPS().eval()
-    reference.load_state_dict(torch.load(heads_path, map_location="cpu", weights_only=True), strict=False)
+    reference.load_state_dict(
+        torch.load(heads_path, map_location="cpu", weights_only=True), strict=False
+    )
     directory = tmp_path_factory.mktemp("lpips")
     trunk_path = str(directory / "alexnet.pth")
     trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
-    trunk["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision files carry the classifier too
+    trunk["classifier.1.weight"] = torch.zeros(
+        4096, 9216
+    )  # torchvision files carry the classifier too
     torch.save(trunk, trunk_path)
     output_path = str(directory / "lpips_alex.safetensors")
     lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path)
@@ -155,14 +161,17 @@ def test_lpips_trunk_keys_convert_like_torchvision_keys(converted):
     }
     full_lpips_state_dict.update({k: v.numpy() for k, v in heads.items()})
     full_lpips_state_dict["scaling_layer.shift"] = reference.shift.numpy()
-    converted_params = lpips_torch.convert_lpips_state_dicts(full_lpips_state_dict, full_lpips_state_dict)
+    converted_params = lpips_torch.convert_lpips_state_dicts(
+        full_lpips_state_dict, full_lpips_state_dict
+    )
     flat_expected = lpips_torch.torch_checkpoint.flatten_params(params)
     flat_got = lpips_torch.torch_checkpoint.flatten_params(converted_params)
     assert flat_got.keys() == flat_expected.keys()
     for key in flat_expected:
         np.testing.assert_array_equal(flat_got[key], np.asarray(flat_expected[key]))
     np.testing.assert_array_equal(
-        flat_got["net/features_3/kernel"], reference.features[3].weight.detach().numpy().transpose(2, 3, 1, 0)
+        flat_got["net/features_3/kernel"],
+        reference.features[3].weight.detach().numpy().transpose(2, 3, 1, 0),
     )
 
 
@@ -176,12 +185,16 @@ def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_pa
     trunk = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("features.")}
     heads = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("lin")}
     with pytest.raises(ValueError, match=r"lin2\.model\.1\.weight"):
-        lpips_torch.convert_lpips_state_dicts(trunk, {k: v for k, v in heads.items() if not k.startswith("lin2")})
+        lpips_torch.convert_lpips_state_dicts(
+            trunk, {k: v for k, v in heads.items() if not k.startswith("lin2")}
+        )
     heads["lin0.model.1.weight"] = np.zeros((1, 32, 1, 1), np.float32)
     with pytest.raises(ValueError, match="wrong shape"):
         lpips_torch.convert_lpips_state_dicts(trunk, heads)
     bad_file = tmp_path / "bad.safetensors"
-    lpips_torch.torch_checkpoint.save_params_safetensors(bad_file, {"lin0": {"kernel": np.zeros((1, 1, 64, 1))}})
+    lpips_torch.torch_checkpoint.save_params_safetensors(
+        bad_file, {"lin0": {"kernel": np.zeros((1, 1, 64, 1))}}
+    )
     with pytest.raises(ValueError, match="convert_lpips"):
         lpips.load_lpips_params(bad_file)
 

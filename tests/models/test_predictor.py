@@ -16,8 +16,13 @@ from predvdm_jax.models.predictor import (
     unflatten_frames,
 )
 
-TINY_UNET = dict(model_channels=32, attention_resolutions=(2,), num_res_blocks=1, channel_mult=(1, 2),
-                 num_head_channels=16)
+TINY_UNET = dict(
+    model_channels=32,
+    attention_resolutions=(2,),
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    num_head_channels=16,
+)
 
 
 def test_unet_channels_of_the_published_configs():
@@ -58,13 +63,13 @@ def test_linear_attention_matches_the_spec_formula():
     qkv = x.reshape(2, n, dim) @ params["to_qkv"]["kernel"][0, 0]  # (b, n, 3 * hidden), no bias
     out = np.zeros((2, n, hidden))
     for head in range(heads):
-        q = qkv[..., head * dim_head:(head + 1) * dim_head]  # channel split (qkv, heads, c)
-        k = qkv[..., hidden + head * dim_head:hidden + (head + 1) * dim_head]
-        v = qkv[..., 2 * hidden + head * dim_head:2 * hidden + (head + 1) * dim_head]
+        q = qkv[..., head * dim_head : (head + 1) * dim_head]  # channel split (qkv, heads, c)
+        k = qkv[..., hidden + head * dim_head : hidden + (head + 1) * dim_head]
+        v = qkv[..., 2 * hidden + head * dim_head : 2 * hidden + (head + 1) * dim_head]
         k = np.exp(k - k.max(axis=1, keepdims=True))
         k /= k.sum(axis=1, keepdims=True)  # softmax over positions; q unscaled
         context = np.einsum("bnd,bne->bde", k, v)
-        out[..., head * dim_head:(head + 1) * dim_head] = np.einsum("bde,bnd->bne", context, q)
+        out[..., head * dim_head : (head + 1) * dim_head] = np.einsum("bde,bnd->bne", context, q)
     expected = out @ params["to_out"]["kernel"][0, 0] + params["to_out"]["bias"]
     np.testing.assert_allclose(got, expected.reshape(x.shape), rtol=1e-4, atol=1e-5)
     assert np.any(params["to_out"]["kernel"]) and "bias" not in params["to_qkv"]
@@ -73,15 +78,25 @@ def test_linear_attention_matches_the_spec_formula():
 def param_counts(mode):
     model = PredVDMDenoiser(mode=mode, k=5, n_cond=10, latent_channels=3, unet=TINY_UNET)
     x, cond = jnp.zeros((1, 5, 2, 2, 3)), jnp.zeros((1, 10, 2, 2, 3))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)), cond))["params"]
-    return {name: sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(nn.unbox(sub)))
-            for name, sub in shapes.items()}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)), cond))[
+        "params"
+    ]
+    return {
+        name: sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(nn.unbox(sub)))
+        for name, sub in shapes.items()
+    }
 
 
-@pytest.mark.parametrize("mode, attention", [
-    ("tc", {}), ("ct", {}), ("tcct_para", {}),
-    ("tc_attn", {"tc_attn": 9615}), ("tcct_para_attn", {"tc_attn": 9615, "ct_attn": 5775}),
-])
+@pytest.mark.parametrize(
+    "mode, attention",
+    [
+        ("tc", {}),
+        ("ct", {}),
+        ("tcct_para", {}),
+        ("tc_attn", {"tc_attn": 9615}),
+        ("tcct_para_attn", {"tc_attn": 9615, "ct_attn": 5775}),
+    ],
+)
 def test_each_mode_has_one_unet_and_the_spec_sized_wrapper_attentions(mode, attention):
     counts = param_counts(mode)
     assert set(counts) == {"diffusion_model", *attention}
@@ -89,23 +104,36 @@ def test_each_mode_has_one_unet_and_the_spec_sized_wrapper_attentions(mode, atte
         assert counts[name] == size
 
 
-@pytest.mark.parametrize("kwargs, x_shape, cond_shape, match", [
-    ({"mode": "tcct"}, (1, 2, 4, 4, 3), (1, 2, 4, 4, 3), "mode 'tcct' is not one of"),
-    ({"unet": dict(TINY_UNET, in_channels=45)}, (1, 2, 4, 4, 3), (1, 2, 4, 4, 3), "unet.in_channels=45"),
-    ({}, (1, 3, 4, 4, 3), (1, 2, 4, 4, 3), "expected x_noisy of shape"),
-    ({}, (1, 2, 4, 4, 3), (1, 1, 4, 4, 3), "expected cond of shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, x_shape, cond_shape, match",
+    [
+        ({"mode": "tcct"}, (1, 2, 4, 4, 3), (1, 2, 4, 4, 3), "mode 'tcct' is not one of"),
+        (
+            {"unet": dict(TINY_UNET, in_channels=45)},
+            (1, 2, 4, 4, 3),
+            (1, 2, 4, 4, 3),
+            "unet.in_channels=45",
+        ),
+        ({}, (1, 3, 4, 4, 3), (1, 2, 4, 4, 3), "expected x_noisy of shape"),
+        ({}, (1, 2, 4, 4, 3), (1, 1, 4, 4, 3), "expected cond of shape"),
+    ],
+)
 def test_bad_mode_config_or_shapes_raise_a_clear_error(kwargs, x_shape, cond_shape, match):
     model = PredVDMDenoiser(**dict(dict(mode="tc", k=2, n_cond=2, unet=TINY_UNET), **kwargs))
     with pytest.raises(ValueError, match=match):
-        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros((1,)),
-                                          jnp.zeros(cond_shape)))
+        jax.eval_shape(
+            lambda: model.init(
+                jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros((1,)), jnp.zeros(cond_shape)
+            )
+        )
 
 
 def test_a_config_section_with_lists_gives_a_hashable_module_equal_to_the_tuple_form():
     import ml_collections
 
-    section = ml_collections.ConfigDict(dict(TINY_UNET, attention_resolutions=[2], channel_mult=[1, 2]))
+    section = ml_collections.ConfigDict(
+        dict(TINY_UNET, attention_resolutions=[2], channel_mult=[1, 2])
+    )
     from_config = PredVDMDenoiser(mode="tc", k=2, n_cond=2, unet=section)
     from_tuples = PredVDMDenoiser(mode="tc", k=2, n_cond=2, unet=TINY_UNET)
     assert hash(from_config) == hash(from_tuples) and from_config == from_tuples

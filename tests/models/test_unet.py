@@ -11,23 +11,48 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from predvdm_jax.models.unet import AttentionBlock, ResBlock, UNetModel, count_params, timestep_embedding
+from predvdm_jax.models.unet import (
+    AttentionBlock,
+    ResBlock,
+    UNetModel,
+    count_params,
+    timestep_embedding,
+)
 from predvdm_jax.training.sharding import DEFAULT_LOGICAL_RULES
 
-KTH = dict(in_channels=45, out_channels=15, model_channels=224, attention_resolutions=(1, 2, 4), num_res_blocks=2,
-           channel_mult=(1, 2, 3, 4), num_head_channels=32, dropout=0.1)
+KTH = dict(
+    in_channels=45,
+    out_channels=15,
+    model_channels=224,
+    attention_resolutions=(1, 2, 4),
+    num_res_blocks=2,
+    channel_mult=(1, 2, 3, 4),
+    num_head_channels=32,
+    dropout=0.1,
+)
 CITYSCAPES = dict(KTH, in_channels=21, channel_mult=(1, 2, 4, 4), attention_resolutions=(2, 4, 8))
-TINY = dict(in_channels=6, out_channels=3, model_channels=32, attention_resolutions=(2,), num_res_blocks=1,
-            channel_mult=(1, 2), num_head_channels=16)
+TINY = dict(
+    in_channels=6,
+    out_channels=3,
+    model_channels=32,
+    attention_resolutions=(2,),
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    num_head_channels=16,
+)
 
 
 def example(side, channels, batch=1):
     return jnp.zeros((batch, side, side, channels)), jnp.zeros((batch,))
 
 
-@pytest.mark.parametrize("config, side, expected", [(KTH, 16, 259_092_079), (CITYSCAPES, 32, 329_728_015)])
+@pytest.mark.parametrize(
+    "config, side, expected", [(KTH, 16, 259_092_079), (CITYSCAPES, 32, 329_728_015)]
+)
 def test_published_configs_have_the_measured_parameter_counts(config, side, expected):
-    assert count_params(UNetModel(**config), *example(side, config["in_channels"]), False) == expected
+    assert (
+        count_params(UNetModel(**config), *example(side, config["in_channels"]), False) == expected
+    )
 
 
 def test_kth_unet_has_the_368_tensors_of_the_pytorch_state_dict():
@@ -49,9 +74,16 @@ def test_timestep_embedding_is_cos_first_and_handles_fractional_steps():
     np.testing.assert_allclose(got, expected, atol=2e-4)
     np.testing.assert_array_equal(got[0, :112], 1.0)
     odd = np.asarray(timestep_embedding(jnp.asarray([3.0]), 7))
-    np.testing.assert_allclose(odd[0, :6], np.concatenate([np.cos(3.0 * np.exp(-math.log(1e4) * np.arange(3) / 3)),
-                                                            np.sin(3.0 * np.exp(-math.log(1e4) * np.arange(3) / 3))]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        odd[0, :6],
+        np.concatenate(
+            [
+                np.cos(3.0 * np.exp(-math.log(1e4) * np.arange(3) / 3)),
+                np.sin(3.0 * np.exp(-math.log(1e4) * np.arange(3) / 3)),
+            ]
+        ),
+        atol=1e-6,
+    )
     assert odd[0, 6] == 0.0
 
 
@@ -69,29 +101,43 @@ def test_attention_uses_legacy_head_layout_and_quarter_power_scaling():
     x = rng.standard_normal((2, side, side, channels)).astype(np.float32)
     block = AttentionBlock(num_heads=heads)
     params = nn.unbox(block.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"])
-    params = jax.tree_util.tree_map(lambda p: rng.standard_normal(p.shape).astype(np.float32) * 0.3, params)
+    params = jax.tree_util.tree_map(
+        lambda p: rng.standard_normal(p.shape).astype(np.float32) * 0.3, params
+    )
     got = np.asarray(block.apply({"params": params}, jnp.asarray(x)))
 
-    tokens = numpy_group_norm(x, params["norm"]["scale"], params["norm"]["bias"]).reshape(2, side * side, channels)
+    tokens = numpy_group_norm(x, params["norm"]["scale"], params["norm"]["bias"]).reshape(
+        2, side * side, channels
+    )
     qkv = tokens @ params["qkv"]["kernel"] + params["qkv"]["bias"]
     ch = channels // heads
     head_outputs = []
     for head in range(heads):
-        block_of_head = qkv[..., head * 3 * ch:(head + 1) * 3 * ch]  # each head's q|k|v contiguous
-        q, k, v = block_of_head[..., :ch], block_of_head[..., ch:2 * ch], block_of_head[..., 2 * ch:]
+        block_of_head = qkv[
+            ..., head * 3 * ch : (head + 1) * 3 * ch
+        ]  # each head's q|k|v contiguous
+        q, k, v = (
+            block_of_head[..., :ch],
+            block_of_head[..., ch : 2 * ch],
+            block_of_head[..., 2 * ch :],
+        )
         logits = np.einsum("btc,bsc->bts", q, k) / math.sqrt(ch)
         weights = np.exp(logits - logits.max(-1, keepdims=True))
         weights /= weights.sum(-1, keepdims=True)
         head_outputs.append(np.einsum("bts,bsc->btc", weights, v))
     attended = np.concatenate(head_outputs, axis=-1)
-    expected = x + (attended @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]).reshape(x.shape)
+    expected = x + (attended @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]).reshape(
+        x.shape
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_fresh_resblock_and_attention_are_identity_maps_with_pytorch_default_init():
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 4, 4, 32)), jnp.float32)
     emb = jnp.ones((2, 128))
-    res_params = nn.unbox(jax.jit(ResBlock(32).init, static_argnums=3)(jax.random.PRNGKey(0), x, emb, False)["params"])
+    res_params = nn.unbox(
+        jax.jit(ResBlock(32).init, static_argnums=3)(jax.random.PRNGKey(0), x, emb, False)["params"]
+    )
     np.testing.assert_array_equal(ResBlock(32).apply({"params": res_params}, x, emb, False), x)
     attn_params = nn.unbox(jax.jit(AttentionBlock(2).init)(jax.random.PRNGKey(1), x)["params"])
     np.testing.assert_array_equal(AttentionBlock(2).apply({"params": attn_params}, x), x)
@@ -105,9 +151,13 @@ def test_resblock_dropout_acts_only_in_training_and_uses_the_dropout_rng():
     x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 4, 4, 32)), jnp.float32)
     emb = jnp.ones((1, 128))
     block = ResBlock(32, dropout=1.0)  # out_layers' conv sees zeros: output = x + its bias
-    shapes = nn.unbox(jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), x, emb, False))["params"])
+    shapes = nn.unbox(
+        jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), x, emb, False))["params"]
+    )
     rng = np.random.default_rng(5)
-    params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, jnp.float32), shapes)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, jnp.float32), shapes
+    )
     trained = block.apply({"params": params}, x, emb, True, rngs={"dropout": jax.random.PRNGKey(1)})
     np.testing.assert_allclose(trained, x + params["out_layers_3"]["bias"], atol=1e-6)
     assert np.max(np.abs(block.apply({"params": params}, x, emb, False) - x)) > 1e-2
@@ -121,8 +171,16 @@ def test_every_kernel_carries_logical_axis_names_known_to_the_sharding_rules():
     assert kernels
     for path, leaf in kernels.items():
         assert isinstance(leaf, nn.LogicallyPartitioned), path
-        assert len(leaf.names) == len(leaf.value.shape) and set(leaf.names) <= known, (path, leaf.names)
-    assert kernels[("input_blocks_1_0", "in_layers_2", "kernel")].names == ("height", "width", "conv_in", "conv_out")
+        assert len(leaf.names) == len(leaf.value.shape) and set(leaf.names) <= known, (
+            path,
+            leaf.names,
+        )
+    assert kernels[("input_blocks_1_0", "in_layers_2", "kernel")].names == (
+        "height",
+        "width",
+        "conv_in",
+        "conv_out",
+    )
     assert kernels[("time_embed_0", "kernel")].names == ("conv_in", "conv_out")
 
 
@@ -133,20 +191,27 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_output():
     shapes = nn.unbox(jax.eval_shape(lambda: bf16.init(jax.random.PRNGKey(0), x, t))["params"])
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(shapes))
     rng = np.random.default_rng(2)
-    params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, jnp.float32), shapes)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, jnp.float32), shapes
+    )
     out32 = np.asarray(jax.jit(f32.apply)({"params": params}, x, t))
     out16 = jax.jit(bf16.apply)({"params": params}, x, t)
     assert out16.dtype == jnp.float32
     assert np.max(np.abs(np.asarray(out16) - out32)) / np.max(np.abs(out32)) < 5e-2
 
 
-@pytest.mark.parametrize("kwargs, x_shape, match", [
-    ({}, (1, 8, 8, 5), "expected x of shape"),
-    ({}, (1, 7, 7, 6), "multiples of 2"),
-    ({"num_head_channels": -1}, (1, 8, 8, 6), "set num_heads or num_head_channels"),
-    ({"num_head_channels": 24}, (1, 8, 8, 6), "not a multiple of num_head_channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs, x_shape, match",
+    [
+        ({}, (1, 8, 8, 5), "expected x of shape"),
+        ({}, (1, 7, 7, 6), "multiples of 2"),
+        ({"num_head_channels": -1}, (1, 8, 8, 6), "set num_heads or num_head_channels"),
+        ({"num_head_channels": 24}, (1, 8, 8, 6), "not a multiple of num_head_channels"),
+    ],
+)
 def test_bad_configuration_or_input_raises_a_clear_error(kwargs, x_shape, match):
     model = UNetModel(**dict(TINY, **kwargs))
     with pytest.raises(ValueError, match=match):
-        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros((1,))))
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x_shape), jnp.zeros((1,)))
+        )

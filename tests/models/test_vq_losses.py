@@ -7,25 +7,9 @@ import pytest
 
 from predvdm_jax.models import vq_losses as vl
 from predvdm_jax.models.autoencoder import VQModel, quantize_with_codebook
+from random_params import random_params
 
 BETA = 0.25
-
-
-def random_params(module, x_shape, seed=0):
-    """Random params from the param shapes alone: a compiled init costs far more CPU than these tests."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, jnp.float32))
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
-            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
-        if name == "scale":
-            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes["params"])
 
 
 def _codebook_case():
@@ -49,7 +33,9 @@ def test_codebook_loss_beta_placement(legacy):
     np.testing.assert_allclose(value, (1 + BETA) * np.mean((assigned - z_np) ** 2), rtol=1e-6)
     # legacy (LDM): weight 1 on the commitment (encoder) side, beta on the codebook side; else swapped.
     w_z, w_e = (1.0, BETA) if legacy else (BETA, 1.0)
-    np.testing.assert_allclose(np.asarray(grad_z), w_z * 2 * (z_np - assigned) / n, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(grad_z), w_z * 2 * (z_np - assigned) / n, rtol=1e-6, atol=1e-7
+    )
     expected_e = np.zeros_like(e_np)
     for i, k in enumerate([1, 0, 2, 1]):
         expected_e[k] += w_e * 2 * (e_np[k] - z_np[i]) / n
@@ -59,7 +45,9 @@ def test_codebook_loss_beta_placement(legacy):
 def test_hinge_vanilla_generator_and_gate_values():
     real = jnp.array([2.0, 0.5, -1.0])
     fake = jnp.array([-2.0, 0.0, 1.0])
-    np.testing.assert_allclose(float(vl.hinge_d_loss(real, fake)), 0.5 * (2.5 / 3 + 3.0 / 3), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(vl.hinge_d_loss(real, fake)), 0.5 * (2.5 / 3 + 3.0 / 3), rtol=1e-6
+    )
     softplus = lambda v: np.log1p(np.exp(v))
     ref_vanilla = 0.5 * (np.mean(softplus(-np.asarray(real))) + np.mean(softplus(np.asarray(fake))))
     np.testing.assert_allclose(float(vl.vanilla_d_loss(real, fake)), ref_vanilla, rtol=1e-6)
@@ -75,8 +63,12 @@ def test_hinge_vanilla_generator_and_gate_values():
 def test_adaptive_weight_closed_form_and_clamp():
     nll_grad = jnp.array([[3.0, 0.0]])
     g_grad = jnp.array([[0.0, 4.0]])
-    np.testing.assert_allclose(float(vl.adaptive_disc_weight(nll_grad, g_grad, 0.8)), 0.8 * 3 / (4 + 1e-4), rtol=1e-6)
-    np.testing.assert_allclose(float(vl.adaptive_disc_weight(nll_grad, jnp.zeros((1, 2)), 0.5)), 0.5 * 1e4)
+    np.testing.assert_allclose(
+        float(vl.adaptive_disc_weight(nll_grad, g_grad, 0.8)), 0.8 * 3 / (4 + 1e-4), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(vl.adaptive_disc_weight(nll_grad, jnp.zeros((1, 2)), 0.5)), 0.5 * 1e4
+    )
 
 
 def test_reconstruction_loss_l1_plus_perceptual():
@@ -84,7 +76,9 @@ def test_reconstruction_loss_l1_plus_perceptual():
     rec = jnp.zeros_like(x)
     np.testing.assert_allclose(float(vl.reconstruction_loss(x, rec)), 2.5 / 4, rtol=1e-6)
     per_image = lambda a, b: jnp.array([1.0, 3.0]).reshape(2, 1, 1, 1)
-    np.testing.assert_allclose(float(vl.reconstruction_loss(x, rec, per_image, 0.5)), 2.5 / 4 + 0.5 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(vl.reconstruction_loss(x, rec, per_image, 0.5)), 2.5 / 4 + 0.5 * 2.0, rtol=1e-6
+    )
 
 
 def test_codebook_usage_and_dead_code_restart():
@@ -94,9 +88,13 @@ def test_codebook_usage_and_dead_code_restart():
     assert int(stats["dead_codes"]) == 0
     stats = vl.codebook_usage(jnp.array([[2, 2], [2, 5]]), 8)
     p = np.array([0.75, 0.25])
-    np.testing.assert_allclose(float(stats["perplexity"]), np.exp(-(p * np.log(p)).sum()), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(stats["perplexity"]), np.exp(-(p * np.log(p)).sum()), rtol=1e-6
+    )
     assert int(stats["dead_codes"]) == 6 and float(stats["usage"]) == 0.25
-    np.testing.assert_allclose(float(vl.codebook_usage(jnp.zeros(10, jnp.int32), 4)["perplexity"]), 1.0)
+    np.testing.assert_allclose(
+        float(vl.codebook_usage(jnp.zeros(10, jnp.int32), 4)["perplexity"]), 1.0
+    )
 
     codebook = jnp.arange(8.0).reshape(4, 2)
     latents = jnp.array([[[10.0, 11.0], [20.0, 21.0]], [[30.0, 31.0], [40.0, 41.0]]])
@@ -116,15 +114,20 @@ def test_patch_discriminator_matches_torch_layers_and_param_count():
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     params = random_params(disc, x.shape)
     layers = [
-        tnn.Conv2d(3, 8, 4, 2, 1), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(8, 16, 4, 2, 1), tnn.LeakyReLU(0.2),
-        tnn.Conv2d(16, 32, 4, 1, 1), tnn.LeakyReLU(0.2),
+        tnn.Conv2d(3, 8, 4, 2, 1),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(8, 16, 4, 2, 1),
+        tnn.LeakyReLU(0.2),
+        tnn.Conv2d(16, 32, 4, 1, 1),
+        tnn.LeakyReLU(0.2),
         tnn.Conv2d(32, 1, 4, 1, 1),
     ]
     with torch.no_grad():
         for i, layer in enumerate(layers[::2]):
             p = params[f"conv_{i}"]
-            layer.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
+            layer.weight.copy_(
+                torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy())
+            )
             layer.bias.copy_(torch.from_numpy(np.array(p["bias"])))
         ref = tnn.Sequential(*layers)(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     out = np.asarray(jax.jit(disc.apply)({"params": params}, jnp.asarray(x)))
@@ -132,9 +135,15 @@ def test_patch_discriminator_matches_torch_layers_and_param_count():
     np.testing.assert_allclose(out, ref.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
 
     # Default (GroupNorm, no bias before a norm) has exactly taming's NLayerDiscriminator parameter count.
-    shapes = jax.eval_shape(vl.PatchDiscriminator().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        vl.PatchDiscriminator().init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+    )
     count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
-    assert count == (64 * 3 * 16 + 64) + (128 * 64 * 16 + 256) + (256 * 128 * 16 + 512) + (512 * 256 * 16 + 1024) + (512 * 16 + 1)
+    assert count == (64 * 3 * 16 + 64) + (128 * 64 * 16 + 256) + (256 * 128 * 16 + 512) + (
+        512 * 256 * 16 + 1024
+    ) + (512 * 16 + 1)
 
 
 def test_generator_loss_adaptive_weight_equals_full_autodiff():
@@ -167,6 +176,10 @@ def test_generator_loss_adaptive_weight_equals_full_autodiff():
     q = float(terms.commitment) * (1 + BETA)
     assert float(m0["disc_factor"]) == 0.0 and float(m1["disc_factor"]) == 1.0
     np.testing.assert_allclose(float(loss0), float(m0["nll_loss"]) + q, rtol=1e-5)
-    np.testing.assert_allclose(float(loss1), float(m1["nll_loss"]) + ref_weight * float(m1["g_loss"]) + q, rtol=1e-4)
+    np.testing.assert_allclose(
+        float(loss1), float(m1["nll_loss"]) + ref_weight * float(m1["g_loss"]) + q, rtol=1e-4
+    )
     with pytest.raises(ValueError, match="return_features=True"):
-        vl.vqgan_generator_loss(x, vl.VQOutput(x, None, None, None, None), {}, lambda r: r, 0, disc_start=0)
+        vl.vqgan_generator_loss(
+            x, vl.VQOutput(x, None, None, None, None), {}, lambda r: r, 0, disc_start=0
+        )

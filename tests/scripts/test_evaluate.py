@@ -5,9 +5,7 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import imageio.v3 as iio
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +13,7 @@ from PIL import Image
 from predvdm_jax import config as config_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.evaluation import protocol as protocol_lib
+from random_params import random_params_from_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COND, PRED, SIZE, VIDEOS = 2, 4, 16, 4
@@ -26,18 +25,18 @@ def _tiny_config(test_dir):
     c.data.image_size, c.data.channels = SIZE, 1
     c.data.cond_frames, c.data.pred_frames, c.data.frames_per_sample = COND, 2, COND + 2
     c.vq.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, resolution=SIZE))
-    c.unet.update(dict(model_channels=32, channel_mult=(1,), num_res_blocks=1,
-                       attention_resolutions=(), num_head_channels=32))
+    c.unet.update(
+        dict(
+            model_channels=32,
+            channel_mult=(1,),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_head_channels=32,
+        )
+    )
     c.sampling.steps = 2
     c.eval.update(dict(pred_frames=PRED, num_clips=VIDEOS, batch_size=VIDEOS, fvd=False))
     return config_lib.finalize(c)
-
-
-def _random_params(init_fn, seed):
-    """Small random params of the right shapes (eval_shape: no slow op-by-op init)."""
-    shapes = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
 
 def _videos(seed):
@@ -60,13 +59,27 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     config = _tiny_config(test_dir)
     model = LatentDiffusion.from_config(config)
     bundle_dir = str(tmp_path / "bundle")
-    bundle_lib.save_bundle(bundle_dir, bundle_lib.Bundle(
-        config, _random_params(model.init_denoiser, 1), _random_params(model.init_vq, 2)))
+    bundle_lib.save_bundle(
+        bundle_dir,
+        bundle_lib.Bundle(
+            config,
+            random_params_from_init(model.init_denoiser, 1),
+            random_params_from_init(model.init_vq, 2),
+        ),
+    )
 
     out = tmp_path / "eval"
-    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--bundle={bundle_dir}",
-               "--protocol=mcvd", "--num_samples=2", f"--out={out}", "--keep_videos=2",
-               "--noprogress", "--config.eval.batch_size=2"]
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "evaluate.py"),
+        f"--bundle={bundle_dir}",
+        "--protocol=mcvd",
+        "--num_samples=2",
+        f"--out={out}",
+        "--keep_videos=2",
+        "--noprogress",
+        "--config.eval.batch_size=2",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -79,7 +92,9 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     assert protocol["aggregations"] == ["mean", "best_of_2"]
     model_metrics = metrics["model"]
     assert len(model_metrics["psnr"]["per_frame"]["best_of_2"]) == PRED
-    assert model_metrics["psnr"]["best_of_2"]["value"] >= model_metrics["psnr"]["mean"]["value"] - 1e-6
+    assert (
+        model_metrics["psnr"]["best_of_2"]["value"] >= model_metrics["psnr"]["mean"]["value"] - 1e-6
+    )
     assert 0 < model_metrics["psnr"]["mean"]["value"] < 100
     assert "unavailable" in model_metrics["lpips"]
     assert all("disabled" in note for note in model_metrics["fvd"].values())
@@ -87,7 +102,7 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     # The clips are the whole videos (each exactly cond + pred frames long), so the
     # copy-last-frame baseline follows from the stored uint8 frames alone.
     stored = np.stack(videos)
-    expected = _psnr_by_hand(stored[:, COND:], stored[:, COND - 1:COND])
+    expected = _psnr_by_hand(stored[:, COND:], stored[:, COND - 1 : COND])
     copy_last = metrics["baselines"]["copy_last_frame"]["psnr"]
     assert copy_last["mean"]["value"] == pytest.approx(expected.mean(), rel=1e-4)
     np.testing.assert_allclose(copy_last["per_frame"]["mean"], expected.mean(axis=0), rtol=1e-4)
@@ -106,16 +121,31 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
     fake[2][-1] = 255 - fake[2][-1]
     hdf5.write_split(str(tmp_path / "real"), real)
     hdf5.write_split(str(tmp_path / "fake"), fake)
-    metrics = protocol_lib.score_folders(str(tmp_path / "real"), str(tmp_path / "fake"),
-                                         str(tmp_path / "out"), cond_frames=COND, fvd=False,
-                                         show_progress=False)
+    metrics = protocol_lib.score_folders(
+        str(tmp_path / "real"),
+        str(tmp_path / "fake"),
+        str(tmp_path / "out"),
+        cond_frames=COND,
+        fvd=False,
+        show_progress=False,
+    )
     psnr = metrics["model"]["psnr"]["per_frame"]["mean"]
     assert psnr[:-1] == [100.0] * (PRED - 1)
     expected = (3 * 100.0 + _psnr_by_hand(real[2][-1], fake[2][-1])) / VIDEOS
     assert psnr[-1] == pytest.approx(expected, rel=1e-5)
     assert metrics["protocol"]["frames_per_video"] == COND + PRED
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["model"]["psnr"]["per_frame"]["mean"][0] == 100.0
+    assert (
+        json.loads((tmp_path / "out" / "metrics.json").read_text())["model"]["psnr"]["per_frame"][
+            "mean"
+        ][0]
+        == 100.0
+    )
     hdf5.write_split(str(tmp_path / "short"), real[:2])
     with pytest.raises(ValueError, match="same count"):
-        protocol_lib.score_folders(str(tmp_path / "real"), str(tmp_path / "short"), str(tmp_path / "o2"),
-                                   fvd=False, show_progress=False)
+        protocol_lib.score_folders(
+            str(tmp_path / "real"),
+            str(tmp_path / "short"),
+            str(tmp_path / "o2"),
+            fvd=False,
+            show_progress=False,
+        )

@@ -3,7 +3,6 @@
 import json
 import os
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -13,63 +12,81 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.training import diffusion_trainer
+from random_params import random_params_from_init
 
 COND, K, LATENT = 2, 2, 4
 
 
 def _config(tmp_path):
-  c = config_lib.default_config()
-  c.data.update(dict(image_size=4 * LATENT, channels=1, cond_frames=COND, pred_frames=K,
-                     frames_per_sample=COND + K, batch_size=4, num_threads=1, prefetch=1,
-                     latent_train_dir=str(tmp_path / "latents"), test_dir=str(tmp_path / "test")))
-  c.vq.update(dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, n_embed=16, resolution=16))
-  c.vq_params = str(tmp_path / "vq.safetensors")
-  c.unet.update(dict(model_channels=32, channel_mult=(1,), num_res_blocks=1,
-                     attention_resolutions=(), num_head_channels=32, dropout=0.0))
-  c.model.mode = "tc"
-  c.diffusion.loss_reduction = "mean"
-  c.optimizer.update(dict(base_learning_rate=3e-3, scale_lr=False, warmup_steps=0))
-  c.train.update(dict(num_steps=40, log_every=5, save_every=40, ema_rate=0.9))
-  c.sampling.steps = 3
-  return config_lib.finalize(c)
+    c = config_lib.default_config()
+    c.data.update(
+        dict(
+            image_size=4 * LATENT,
+            channels=1,
+            cond_frames=COND,
+            pred_frames=K,
+            frames_per_sample=COND + K,
+            batch_size=4,
+            num_threads=1,
+            prefetch=1,
+            latent_train_dir=str(tmp_path / "latents"),
+            test_dir=str(tmp_path / "test"),
+        )
+    )
+    c.vq.update(dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, n_embed=16, resolution=16))
+    c.vq_params = str(tmp_path / "vq.safetensors")
+    c.unet.update(
+        dict(
+            model_channels=32,
+            channel_mult=(1,),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_head_channels=32,
+            dropout=0.0,
+        )
+    )
+    c.model.mode = "tc"
+    c.diffusion.loss_reduction = "mean"
+    c.optimizer.update(dict(base_learning_rate=3e-3, scale_lr=False, warmup_steps=0))
+    c.train.update(dict(num_steps=40, log_every=5, save_every=40, ema_rate=0.9))
+    c.sampling.steps = 3
+    return config_lib.finalize(c)
 
 
 def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
-  rng = np.random.default_rng(0)
-  # Two smooth latent videos to overfit: noise prediction on them gets easier with training.
-  base = rng.standard_normal((2, 1, LATENT, LATENT, 3)).astype(np.float32)
-  videos = [np.repeat(b, 8, axis=0) + 0.1 * np.arange(8)[:, None, None, None] for b in base]
-  writer = hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents")
-  for video in videos:
-    writer.add_video(video.astype(np.float16))
-  writer.close()
-  config = _config(tmp_path)
-  model = LatentDiffusion.from_config(config)
-  shapes = nn.meta.unbox(jax.eval_shape(model.init_vq, jax.random.key(0)))
-  vq_params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-                           shapes)
-  save_params_safetensors(config.vq_params, vq_params)
+    rng = np.random.default_rng(0)
+    # Two smooth latent videos to overfit: noise prediction on them gets easier with training.
+    base = rng.standard_normal((2, 1, LATENT, LATENT, 3)).astype(np.float32)
+    videos = [np.repeat(b, 8, axis=0) + 0.1 * np.arange(8)[:, None, None, None] for b in base]
+    writer = hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents")
+    for video in videos:
+        writer.add_video(video.astype(np.float16))
+    writer.close()
+    config = _config(tmp_path)
+    model = LatentDiffusion.from_config(config)
+    save_params_safetensors(config.vq_params, random_params_from_init(model.init_vq))
 
-  workdir = str(tmp_path / "run")
-  state = diffusion_trainer.train(config, workdir)
-  assert int(state.step) == 40
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
-  assert len(losses) == 8
-  assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    workdir = str(tmp_path / "run")
+    state = diffusion_trainer.train(config, workdir)
+    assert int(state.step) == 40
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
+    assert len(losses) == 8
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
-  from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
-  np.testing.assert_array_equal(
-      jax.tree.leaves(jax.device_get(from_checkpoint.params))[0],
-      jax.tree.leaves(jax.device_get(state.ema_params))[0])
-  bundle_lib.save_bundle(str(tmp_path / "bundle"), from_checkpoint)
-  loaded = bundle_lib.load_bundle(str(tmp_path / "bundle"))
-  assert loaded.config.to_dict() == config.to_dict()
-  assert "opt_state" not in os.listdir(tmp_path / "bundle")
-  predict = LatentDiffusion.from_config(loaded.config).make_predict_fn(3)
-  cond = rng.uniform(-1, 1, (2, COND, 16, 16, 1)).astype(np.float32)
-  key = jax.random.PRNGKey(7)
-  want = predict(from_checkpoint.params, from_checkpoint.vq_params, cond, key)["frames"]
-  got = predict(loaded.params, loaded.vq_params, cond, key)["frames"]
-  assert got.shape == (2, 3, 16, 16, 1)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
+    np.testing.assert_array_equal(
+        jax.tree.leaves(jax.device_get(from_checkpoint.params))[0],
+        jax.tree.leaves(jax.device_get(state.ema_params))[0],
+    )
+    bundle_lib.save_bundle(str(tmp_path / "bundle"), from_checkpoint)
+    loaded = bundle_lib.load_bundle(str(tmp_path / "bundle"))
+    assert loaded.config.to_dict() == config.to_dict()
+    assert "opt_state" not in os.listdir(tmp_path / "bundle")
+    predict = LatentDiffusion.from_config(loaded.config).make_predict_fn(3)
+    cond = rng.uniform(-1, 1, (2, COND, 16, 16, 1)).astype(np.float32)
+    key = jax.random.PRNGKey(7)
+    want = predict(from_checkpoint.params, from_checkpoint.vq_params, cond, key)["frames"]
+    got = predict(loaded.params, loaded.vq_params, cond, key)["frames"]
+    assert got.shape == (2, 3, 16, 16, 1)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -18,8 +18,15 @@ from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
 from .test_resume import _abstract_state
-from .tiny_setup import (StreamIterator, flat_params, init_fn, make_config, make_loss_fn,
-                         read_jsonl, run_subprocess)
+from .tiny_setup import (
+    StreamIterator,
+    flat_params,
+    init_fn,
+    make_config,
+    make_loss_fn,
+    read_jsonl,
+    run_subprocess,
+)
 
 
 def free_port() -> int:
@@ -33,18 +40,34 @@ def test_two_process_run_matches_single_process(tmp_path):
     single_dir = tmp_path / "single"
     single_args = dict(config_args, data=1, fsdp=1)
     config = make_config(**single_args)
-    state = loop.train_loop(config, str(single_dir), init_fn, make_loss_fn(),
-                            StreamIterator(config.seed, config.data.batch_size))
+    state = loop.train_loop(
+        config,
+        str(single_dir),
+        init_fn,
+        make_loss_fn(),
+        StreamIterator(config.seed, config.data.batch_size),
+    )
     expected = flat_params(jax.device_get(state.params))
 
     multi_dir = tmp_path / "multi"
     out = tmp_path / "multi.npz"
     coordinator = f"127.0.0.1:{free_port()}"
     procs = [
-        run_subprocess({"mode": "train", "config": config_args, "workdir": str(multi_dir),
-                        "out": str(out), "coordinator": coordinator, "num_processes": 2,
-                        "process_id": i}, devices=1, wait=False)
-        for i in range(2)]
+        run_subprocess(
+            {
+                "mode": "train",
+                "config": config_args,
+                "workdir": str(multi_dir),
+                "out": str(out),
+                "coordinator": coordinator,
+                "num_processes": 2,
+                "process_id": i,
+            },
+            devices=1,
+            wait=False,
+        )
+        for i in range(2)
+    ]
 
     for proc in procs:
         try:
@@ -63,11 +86,14 @@ def test_two_process_run_matches_single_process(tmp_path):
     multi_log = read_jsonl(multi_dir / JSONL_NAME)
     single_log = read_jsonl(single_dir / JSONL_NAME)
     assert [r["step"] for r in multi_log] == [2, 4]
-    np.testing.assert_allclose([r["loss"] for r in multi_log],
-                               [r["loss"] for r in single_log], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["loss"] for r in multi_log], [r["loss"] for r in single_log], rtol=1e-5
+    )
 
     data_item = json.loads((multi_dir / "checkpoints" / "4" / "data" / "metadata").read_text())
-    assert data_item == {"process_count": 2, "states": {
-        "0": {"seed": 0, "position": 4}, "1": {"seed": 0, "position": 4}}}
+    assert data_item == {
+        "process_count": 2,
+        "states": {"0": {"seed": 0, "position": 4}, "1": {"seed": 0, "position": 4}},
+    }
     with pytest.raises(ValueError, match="2 processes but this run has 1"):
         Checkpointer(multi_dir / "checkpoints").restore(4, _abstract_state(config))

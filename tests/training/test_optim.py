@@ -36,19 +36,27 @@ def test_schedule_matches_lambda_linear_scheduler_with_predvdm_values():
 
 
 def test_schedule_after_warmup_follows_the_cycle_formula():
-    _, schedule = make_optimizer(config_with(
-        batch_size=4, base_learning_rate=0.5, warmup_steps=10, f_start=0.1, f_max=1.0,
-        f_min=0.2, cycle_length=100.0))
+    _, schedule = make_optimizer(
+        config_with(
+            batch_size=4,
+            base_learning_rate=0.5,
+            warmup_steps=10,
+            f_start=0.1,
+            f_max=1.0,
+            f_min=0.2,
+            cycle_length=100.0,
+        )
+    )
     for n in [0, 3, 9, 10, 50, 99]:
         expected = 2.0 * ldm_lambda_linear(n, 10, 0.1, 1.0, 0.2, 100.0)
         np.testing.assert_allclose(float(schedule(n)), expected, rtol=1e-5, err_msg=f"n={n}")
 
 
 def test_lr_scales_with_global_batch_only_when_scale_lr():
-    _, scaled = make_optimizer(config_with(batch_size=32, base_learning_rate=1e-4,
-                                           warmup_steps=0))
-    _, unscaled = make_optimizer(config_with(batch_size=32, base_learning_rate=1e-4,
-                                             warmup_steps=0, scale_lr=False))
+    _, scaled = make_optimizer(config_with(batch_size=32, base_learning_rate=1e-4, warmup_steps=0))
+    _, unscaled = make_optimizer(
+        config_with(batch_size=32, base_learning_rate=1e-4, warmup_steps=0, scale_lr=False)
+    )
     np.testing.assert_allclose(float(scaled(7)), 32e-4, rtol=1e-6)
     np.testing.assert_allclose(float(unscaled(7)), 1e-4, rtol=1e-6)
 
@@ -78,21 +86,36 @@ def test_clipping_matches_torch_clip_grad_norm(scale):
 def test_steps_match_torch_adamw_lambdalr_and_lightning_clipping(grad_clip):
     """Six steps with varying gradient scales: clip -> AdamW(wd) -> LambdaLR step."""
     base, batch, warm = 1e-3, 4, 3
-    tx, _ = make_optimizer(config_with(batch_size=batch, base_learning_rate=base,
-                                       warmup_steps=warm, weight_decay=0.05,
-                                       grad_clip=grad_clip))
+    tx, _ = make_optimizer(
+        config_with(
+            batch_size=batch,
+            base_learning_rate=base,
+            warmup_steps=warm,
+            weight_decay=0.05,
+            grad_clip=grad_clip,
+        )
+    )
     rng = np.random.default_rng(0)
-    init = {"w": rng.standard_normal((4, 3)).astype(np.float32),
-            "b": rng.standard_normal(3).astype(np.float32)}
+    init = {
+        "w": rng.standard_normal((4, 3)).astype(np.float32),
+        "b": rng.standard_normal(3).astype(np.float32),
+    }
     grads_per_step = [
         {k: (rng.standard_normal(v.shape) * s).astype(np.float32) for k, v in init.items()}
-        for s in [0.1, 5.0, 0.3, 20.0, 1.0, 0.01]]
+        for s in [0.1, 5.0, 0.3, 20.0, 1.0, 0.01]
+    ]
 
     torch_params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
-    opt = torch.optim.AdamW(list(torch_params.values()), lr=base * batch, betas=(0.9, 0.999),
-                            eps=1e-8, weight_decay=0.05)
+    opt = torch.optim.AdamW(
+        list(torch_params.values()),
+        lr=base * batch,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.05,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda n: ldm_lambda_linear(n, warm, 1e-6, 1.0, 1.0))
+        opt, lambda n: ldm_lambda_linear(n, warm, 1e-6, 1.0, 1.0)
+    )
     for grads in grads_per_step:
         for k, p in torch_params.items():
             p.grad = torch.tensor(grads[k])
@@ -107,8 +130,9 @@ def test_steps_match_torch_adamw_lambdalr_and_lightning_clipping(grad_clip):
         updates, state = tx.update(jax.tree.map(jnp.asarray, grads), state, params)
         params = optax.apply_updates(params, updates)
     for k in init:
-        np.testing.assert_allclose(params[k], torch_params[k].detach().numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            params[k], torch_params[k].detach().numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_ema_decay_warmup_values_from_spec():

@@ -19,8 +19,15 @@ from predvdm_jax.training import loop
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
-from .tiny_setup import (StreamIterator, flat_params, init_fn, make_config, make_loss_fn,
-                         read_jsonl, run_subprocess)
+from .tiny_setup import (
+    StreamIterator,
+    flat_params,
+    init_fn,
+    make_config,
+    make_loss_fn,
+    read_jsonl,
+    run_subprocess,
+)
 
 TOTAL_STEPS, SAVE_EVERY = 8, 2
 
@@ -39,14 +46,26 @@ def test_resume_after_sigkill_on_other_device_count_equals_uninterrupted(tmp_pat
     config_args = dict(num_steps=TOTAL_STEPS, save_every=SAVE_EVERY, log_every=1)
     killed_dir = tmp_path / "killed"
     checkpoint_dir = killed_dir / "checkpoints"
-    proc = run_subprocess({"mode": "train", "config": config_args, "workdir": str(killed_dir),
-                           "out": str(tmp_path / "unused.npz"), "hang_after_step": 4},
-                          wait=False)
+    proc = run_subprocess(
+        {
+            "mode": "train",
+            "config": config_args,
+            "workdir": str(killed_dir),
+            "out": str(tmp_path / "unused.npz"),
+            "hang_after_step": 4,
+        },
+        wait=False,
+    )
     try:
         straight_dir = tmp_path / "straight"  # runs while the subprocess starts up
         config = make_config(**config_args)
-        state = loop.train_loop(config, str(straight_dir), init_fn, make_loss_fn(),
-                                StreamIterator(config.seed, config.data.batch_size))
+        state = loop.train_loop(
+            config,
+            str(straight_dir),
+            init_fn,
+            make_loss_fn(),
+            StreamIterator(config.seed, config.data.batch_size),
+        )
         expected = flat_params(jax.device_get(state.params))
 
         deadline = time.time() + 150
@@ -70,8 +89,15 @@ def test_resume_after_sigkill_on_other_device_count_equals_uninterrupted(tmp_pat
     assert Checkpointer(checkpoint_dir).latest_step() == last_good
 
     resumed = tmp_path / "resumed.npz"
-    run_subprocess({"mode": "train", "config": dict(config_args, data=1, fsdp=4),
-                    "workdir": str(killed_dir), "out": str(resumed)}, devices=4)
+    run_subprocess(
+        {
+            "mode": "train",
+            "config": dict(config_args, data=1, fsdp=4),
+            "workdir": str(killed_dir),
+            "out": str(resumed),
+        },
+        devices=4,
+    )
 
     got = np.load(resumed)
     assert int(got["_device_count"]) == 4
@@ -83,13 +109,15 @@ def test_resume_after_sigkill_on_other_device_count_equals_uninterrupted(tmp_pat
     resumed_log = read_jsonl(killed_dir / JSONL_NAME)
     assert [r["step"] for r in straight_log] == list(range(1, TOTAL_STEPS + 1))
     assert [r["step"] for r in resumed_log] == list(range(1, TOTAL_STEPS + 1))
-    np.testing.assert_allclose([r["loss"] for r in resumed_log],
-                               [r["loss"] for r in straight_log], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["loss"] for r in resumed_log], [r["loss"] for r in straight_log], rtol=1e-5
+    )
     peak = config.optimizer.base_learning_rate * config.data.batch_size
     np.testing.assert_allclose(
         [r["lr"] for r in straight_log],
         [ldm_lr(s - 1, peak, config.optimizer.warmup_steps) for s in range(1, TOTAL_STEPS + 1)],
-        rtol=1e-5)
+        rtol=1e-5,
+    )
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -113,6 +141,11 @@ def _abstract_state(config):
     from predvdm_jax.training.train_state import abstract_train_state
 
     optimizer, _ = make_optimizer(config)
-    abstract, _ = abstract_train_state(init_fn, optimizer, jax.random.PRNGKey(config.seed),
-                                       make_mesh(), min_size=config.mesh.min_shard_size)
+    abstract, _ = abstract_train_state(
+        init_fn,
+        optimizer,
+        jax.random.PRNGKey(config.seed),
+        make_mesh(),
+        min_size=config.mesh.min_shard_size,
+    )
     return abstract

@@ -14,7 +14,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from predvdm_jax.training import sharding as sharding_lib
 from predvdm_jax.training.train_state import abstract_train_state
 
-from .tiny_setup import TEST_MIN_SHARD_SIZE, flat_params, init_fn, run_steps_on_mesh, run_subprocess
+from .tiny_setup import TEST_MIN_SHARD_SIZE, flat_params, run_steps_on_mesh, run_subprocess
 
 CONV_AXES = ("height", "width", "conv_in", "conv_out")
 
@@ -57,8 +57,8 @@ def test_state_shardings_follow_annotations_size_rule_and_params_for_moments():
         return AnnotatedMLP().init(key, np.zeros((1, 16), np.float32))["params"]
 
     abstract, shardings = abstract_train_state(
-        annotated_init, optax.adam(1e-3), jax.random.PRNGKey(0), mesh,
-        min_size=TEST_MIN_SHARD_SIZE)
+        annotated_init, optax.adam(1e-3), jax.random.PRNGKey(0), mesh, min_size=TEST_MIN_SHARD_SIZE
+    )
     assert shardings.params["annotated"]["kernel"].spec == P(None, "fsdp")
     assert shardings.params["plain"]["kernel"].spec == P(None, "fsdp")  # ties: later dim
     assert shardings.params["plain"]["bias"].spec == P()
@@ -75,8 +75,10 @@ def test_state_shardings_follow_annotations_size_rule_and_params_for_moments():
 def test_sharded_training_equals_unsharded(tmp_path):
     steps = 3
     out = tmp_path / "sharded.npz"
-    run_subprocess({"mode": "sharded_steps", "meshes": [[2, 4], [8, 1]], "steps": steps,
-                    "out": str(out)}, devices=8)
+    run_subprocess(
+        {"mode": "sharded_steps", "meshes": [[2, 4], [8, 1]], "steps": steps, "out": str(out)},
+        devices=8,
+    )
     reference, spec, _ = run_steps_on_mesh(1, 1, steps)
     reference = flat_params(reference)
     results = np.load(out)
@@ -85,7 +87,12 @@ def test_sharded_training_equals_unsharded(tmp_path):
     assert str(results["8x1/_hidden_spec"]) == str(P())
     for mesh_name in ["2x4", "8x1"]:
         for name, value in reference.items():
-            np.testing.assert_allclose(results[f"{mesh_name}/{name}"], value, rtol=2e-5,
-                                       atol=2e-6, err_msg=f"{mesh_name} {name}")
+            np.testing.assert_allclose(
+                results[f"{mesh_name}/{name}"],
+                value,
+                rtol=2e-5,
+                atol=2e-6,
+                err_msg=f"{mesh_name} {name}",
+            )
     moved = np.abs(reference["params/hidden/kernel"] - reference["ema/hidden/kernel"]).max()
     assert moved > 1e-3  # the steps changed the params, so the comparison means something

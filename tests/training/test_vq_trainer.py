@@ -30,7 +30,7 @@ def _moving_square_videos(rng, num_videos, num_frames):
         level = rng.integers(120, 256)
         for t in range(num_frames):
             yy, xx = np.clip(y + t * dy, 0, SIZE - 6), np.clip(x + t * dx, 0, SIZE - 6)
-            video[t, yy:yy + 6, xx:xx + 6] = level
+            video[t, yy : yy + 6, xx : xx + 6] = level
         videos.append(video)
     return videos
 
@@ -39,8 +39,11 @@ def _moving_square_videos(rng, num_videos, num_frames):
 def persistent_compilation_cache(tmp_path_factory):
     """Persistent compilation cache for this module, so the resumed run reuses the first run's
     compiled programs (the settings are restored afterwards)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     saved = {name: getattr(jax.config, name) for name in names}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -71,10 +74,21 @@ def tiny_config(dataset, **vq_train):
     c.data.prefetch = 1
     c.vq.update(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=SIZE, n_embed=16)
     c.vq_chunk = 8
-    c.vq_train.update(batch_size=4, num_steps=24, learning_rate=2e-3, scale_lr=False,
-                      lr_end_fraction=0.5, disc_weight=0.0, dead_code_restart_every=8,
-                      log_every=4, save_every=12, eval_every=12, eval_clips=4, eval_frames=2,
-                      max_to_keep=3)
+    c.vq_train.update(
+        batch_size=4,
+        num_steps=24,
+        learning_rate=2e-3,
+        scale_lr=False,
+        lr_end_fraction=0.5,
+        disc_weight=0.0,
+        dead_code_restart_every=8,
+        log_every=4,
+        save_every=12,
+        eval_every=12,
+        eval_clips=4,
+        eval_frames=2,
+        max_to_keep=3,
+    )
     c.vq_train.update(vq_train)
     return config_lib.finalize(c)
 
@@ -105,7 +119,8 @@ def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_p
         else:
             assert r["disc_factor"] == 1.0 and r["d_weight"] > 0.0 and r["disc_loss"] > 0.0
             assert r["loss"] == pytest.approx(
-                r["nll_loss"] + r["d_weight"] * r["g_loss"] + r["quant_loss"], rel=1e-5, abs=1e-6)
+                r["nll_loss"] + r["d_weight"] * r["g_loss"] + r["quant_loss"], rel=1e-5, abs=1e-6
+            )
     eval_logs = [r for r in logs if "test_psnr" in r]
     assert [r["step"] for r in eval_logs] == [12, 24]
     assert eval_logs[-1]["test_psnr"] > 10.0 and -1.0 <= eval_logs[-1]["test_ssim"] <= 1.0
@@ -115,8 +130,9 @@ def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_p
     assert json.load(open(os.path.join(workdir, vq_trainer.VQ_EVAL_FILE)))["step"] == 24
 
     params = load_params_safetensors(os.path.join(workdir, vq_trainer.VQ_PARAMS_FILE))
-    expected = jax.eval_shape(lambda: vq_trainer.VQObjective.from_config(config).init_params(
-        jax.random.PRNGKey(0), SIZE))
+    expected = jax.eval_shape(
+        lambda: vq_trainer.VQObjective.from_config(config).init_params(jax.random.PRNGKey(0), SIZE)
+    )
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, expected)
 
     # Interrupted after step 12 (the step-24 checkpoint never finished): the rerun resumes from
@@ -125,8 +141,9 @@ def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_p
     assert vq_trainer.train_vq(config, workdir)["step"] == 24
     assert [r["step"] for r in read_logs(workdir) if "rec_loss" in r] == [4, 8, 12, 16, 20, 24]
     resumed = load_params_safetensors(os.path.join(workdir, vq_trainer.VQ_PARAMS_FILE))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 resumed, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, params
+    )
 
 
 def test_adaptive_weight_matches_closed_form():
@@ -143,26 +160,40 @@ def test_adaptive_weight_matches_closed_form():
     objective = vq_trainer.VQObjective.from_config(config_lib.finalize(c))
     params = jax.jit(objective.init_params, static_argnums=1)(jax.random.PRNGKey(0), SIZE)
     disc_params = jax.jit(objective.init_discriminator, static_argnums=1)(
-        jax.random.PRNGKey(1), SIZE)
+        jax.random.PRNGKey(1), SIZE
+    )
     x = jnp.full((2, SIZE, SIZE, 3), -3.0)
     rng = jax.random.PRNGKey(2)
-    _, metrics, output = jax.jit(objective.adversarial_terms)(params, disc_params, x, rng,
-                                                              jnp.int32(5))
+    _, metrics, output = jax.jit(objective.adversarial_terms)(
+        params, disc_params, x, rng, jnp.int32(5)
+    )
     assert float(jnp.min(output.reconstruction)) > -3.0
 
     features = np.asarray(output.decoder_features, np.float64)
     padded = np.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)))
     num = x.size
-    patch_sums = np.stack([np.stack([padded[:, i:i + SIZE, j:j + SIZE].sum(axis=(0, 1, 2))
-                                     for j in range(3)]) for i in range(3)])  # (3, 3, Cin)
-    nll_grad = np.repeat(patch_sums[..., None], 3, axis=-1) / num   # identical for each output
+    patch_sums = np.stack(
+        [
+            np.stack([padded[:, i : i + SIZE, j : j + SIZE].sum(axis=(0, 1, 2)) for j in range(3)])
+            for i in range(3)
+        ]
+    )  # (3, 3, Cin)
+    nll_grad = np.repeat(patch_sums[..., None], 3, axis=-1) / num  # identical for each output
 
     disc = PatchDiscriminator(ndf=8, n_layers=1)
     g_of_rec = lambda rec: -jnp.mean(disc.apply({"params": disc_params}, rec))
     g_rec_grad = np.asarray(jax.jit(jax.grad(g_of_rec))(output.reconstruction), np.float64)
-    g_grad = np.einsum("bhwo,bhwkli->klio", g_rec_grad, np.stack(
-        [np.stack([padded[:, i:i + SIZE, j:j + SIZE] for j in range(3)], axis=3)
-         for i in range(3)], axis=3))
+    g_grad = np.einsum(
+        "bhwo,bhwkli->klio",
+        g_rec_grad,
+        np.stack(
+            [
+                np.stack([padded[:, i : i + SIZE, j : j + SIZE] for j in range(3)], axis=3)
+                for i in range(3)
+            ],
+            axis=3,
+        ),
+    )
     expected = min(np.linalg.norm(nll_grad) / (np.linalg.norm(g_grad) + 1e-4), 1e4) * 0.8
     assert float(metrics["d_weight"]) == pytest.approx(expected, rel=2e-4)
 
@@ -184,7 +215,11 @@ def test_engine_config_maps_vq_train_onto_engine_fields(dataset):
     derived = vq_trainer.engine_config(config)
     assert derived.data.batch_size == 6 and derived.train.num_steps == 50
     assert derived.optimizer.base_learning_rate == 1e-4 and derived.optimizer.scale_lr
-    assert (derived.optimizer.b1, derived.optimizer.b2, derived.optimizer.grad_clip) == (0.5, 0.9, 0.0)
+    assert (derived.optimizer.b1, derived.optimizer.b2, derived.optimizer.grad_clip) == (
+        0.5,
+        0.9,
+        0.0,
+    )
     assert config.data.batch_size == config_lib.default_config().data.batch_size
 
 
@@ -196,8 +231,12 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
     size = 32
     assert size >= MIN_INPUT_SIZE
     rng = np.random.default_rng(0)
-    weights = {k: (np.abs(rng.normal(size=s)) if "lin" in k else 0.05 * rng.normal(size=s))
-               .astype(np.float32) for k, s in LPIPS_PARAM_SHAPES.items()}
+    weights = {
+        k: (np.abs(rng.normal(size=s)) if "lin" in k else 0.05 * rng.normal(size=s)).astype(
+            np.float32
+        )
+        for k, s in LPIPS_PARAM_SHAPES.items()
+    }
     path = str(tmp_path / "lpips.safetensors")
     save_file(weights, path)
     c = config_lib.default_config()
@@ -209,7 +248,9 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
     objective = vq_trainer.VQObjective.from_config(config)
     params = jax.jit(objective.init_params, static_argnums=1)(jax.random.PRNGKey(0), size)
     x = jnp.asarray(rng.uniform(-1, 1, (2, size, size, 3)), jnp.float32)
-    loss, metrics, output = jax.jit(objective.reconstruction_terms)(params, x, jax.random.PRNGKey(1))
+    loss, metrics, output = jax.jit(objective.reconstruction_terms)(
+        params, x, jax.random.PRNGKey(1)
+    )
     rec = output.reconstruction
     lpips = lpips_distance(objective.lpips_params, x, rec)
     assert float(jnp.mean(lpips)) > 0

@@ -53,8 +53,9 @@ def make_loss_fn(nan_at_step: int | None = None):
 class StreamIterator:
     """Seeded numpy stream; batch n is the same global batch for any process count."""
 
-    def __init__(self, seed: int, global_batch: int, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(
+        self, seed: int, global_batch: int, process_index: int = 0, process_count: int = 1
+    ):
         self.seed, self.global_batch = seed, global_batch
         self.process_index, self.process_count = process_index, process_count
         self.position = 0
@@ -73,7 +74,7 @@ class StreamIterator:
         self.position += 1
         share = self.global_batch // self.process_count
         lo = self.process_index * share
-        return {k: v[lo:lo + share] for k, v in batch.items()}
+        return {k: v[lo : lo + share] for k, v in batch.items()}
 
     def get_state(self) -> dict:
         return {"seed": self.seed, "position": self.position}
@@ -82,16 +83,23 @@ class StreamIterator:
         self.seed, self.position = state["seed"], state["position"]
 
 
-def make_config(num_steps=6, batch_size=8, data=-1, fsdp=1, save_every=3, log_every=1,
-                seed=0) -> ml_collections.ConfigDict:
+def make_config(
+    num_steps=6, batch_size=8, data=-1, fsdp=1, save_every=3, log_every=1, seed=0
+) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = seed
     config.mesh = dict(data=data, fsdp=fsdp, min_shard_size=TEST_MIN_SHARD_SIZE)
     config.data = dict(batch_size=batch_size)
-    config.optimizer = dict(base_learning_rate=2e-3, scale_lr=True, warmup_steps=3,
-                            grad_clip=1.0, weight_decay=0.01)
-    config.train = dict(num_steps=num_steps, log_every=log_every, save_every=save_every,
-                        max_to_keep=3, ema_rate=0.999)
+    config.optimizer = dict(
+        base_learning_rate=2e-3, scale_lr=True, warmup_steps=3, grad_clip=1.0, weight_decay=0.01
+    )
+    config.train = dict(
+        num_steps=num_steps,
+        log_every=log_every,
+        save_every=save_every,
+        max_to_keep=3,
+        ema_rate=0.999,
+    )
     return config
 
 
@@ -106,8 +114,7 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_subprocess(args: dict, *, devices: int = 1, timeout: float = 120,
-                   wait: bool = True):
+def run_subprocess(args: dict, *, devices: int = 1, timeout: float = 120, wait: bool = True):
     """Runs this file's ``main`` with ``args`` on ``devices`` simulated CPU devices."""
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
@@ -132,27 +139,32 @@ def _main(args: dict) -> None:
     from predvdm_jax.training import loop, mesh as mesh_lib
 
     if args.get("num_processes", 1) > 1:
-        mesh_lib.initialize_distributed(args["coordinator"], args["num_processes"],
-                                        args["process_id"])
+        mesh_lib.initialize_distributed(
+            args["coordinator"], args["num_processes"], args["process_id"]
+        )
     mode = args["mode"]
     if mode == "sharded_steps":
         _sharded_steps(args)
         return
     config = make_config(**args["config"])
-    stream = StreamIterator(config.seed, config.data.batch_size, jax.process_index(),
-                            jax.process_count())
+    stream = StreamIterator(
+        config.seed, config.data.batch_size, jax.process_index(), jax.process_count()
+    )
     hooks = []
     if args.get("hang_after_step"):  # stands still until killed, its checkpoints landing
-        hooks.append(lambda step, state, metrics: step > args["hang_after_step"]
-                     and time.sleep(600))
-    state = loop.train_loop(config, args["workdir"], init_fn, make_loss_fn(), stream,
-                            hooks=hooks)
+        hooks.append(
+            lambda step, state, metrics: step > args["hang_after_step"] and time.sleep(600)
+        )
+    state = loop.train_loop(config, args["workdir"], init_fn, make_loss_fn(), stream, hooks=hooks)
     params = _gathered(state.params)
     if jax.process_index() == 0:
         hidden = state.params["hidden"]["kernel"]
-        np.savez(args["out"], **flat_params(params),
-                 _hidden_spec=np.array(str(hidden.sharding.spec)),
-                 _device_count=np.array(jax.device_count()))
+        np.savez(
+            args["out"],
+            **flat_params(params),
+            _hidden_spec=np.array(str(hidden.sharding.spec)),
+            _device_count=np.array(jax.device_count()),
+        )
 
 
 def _sharded_steps(args: dict) -> None:
@@ -177,10 +189,18 @@ def run_steps_on_mesh(data: int, fsdp: int, steps: int):
     config = make_config(data=data, fsdp=fsdp)
     mesh = mesh_lib.make_mesh(data, fsdp)
     optimizer, schedule = make_optimizer(config)
-    state, shardings = create_train_state(init_fn, optimizer, jax.random.PRNGKey(0), mesh,
-                                          min_size=TEST_MIN_SHARD_SIZE)
-    step_fn = make_train_step(make_loss_fn(), optimizer, 0.999, mesh, shardings,
-                              mesh_lib.batch_sharding(mesh), lr_schedule=schedule)
+    state, shardings = create_train_state(
+        init_fn, optimizer, jax.random.PRNGKey(0), mesh, min_size=TEST_MIN_SHARD_SIZE
+    )
+    step_fn = make_train_step(
+        make_loss_fn(),
+        optimizer,
+        0.999,
+        mesh,
+        shardings,
+        mesh_lib.batch_sharding(mesh),
+        lr_schedule=schedule,
+    )
     stream = StreamIterator(0, config.data.batch_size)
     for _ in range(steps):
         state, _ = step_fn(state, mesh_lib.make_global_batch(next(stream), mesh))

@@ -1,0 +1,30 @@
+"""Random parameters from shapes alone, for tests: a compiled Flax init costs far more CPU."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_params_from_init(init_fn, seed=0):
+    """Params shaped like ``init_fn(key)`` returns: kernels U(±1/√fan_in), norm scales ≈ 1,
+    everything else small normal."""
+    shapes = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
+            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+        if name == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def random_params(module, x_shape, seed=0):
+    """``random_params_from_init`` for ``module.init(key, x)['params']`` with x of ``x_shape``."""
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    return random_params_from_init(lambda key: module.init(key, x)["params"], seed)
