@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def random_params_from_init(init_fn, seed=0):
-    """Params shaped like ``init_fn(key)`` returns: kernels U(±1/√fan_in), norm scales ≈ 1,
-    everything else small normal."""
-    shapes = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0)))
+def random_params_from_init(init_fn, seed=0, *args):
+    """Params shaped like ``init_fn(key, *args)`` returns (``args`` may be ShapeDtypeStructs):
+    kernels U(±1/√fan_in), norm scales ≈ 1, everything else small normal."""
+    shapes = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0), *args))
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -27,4 +27,4 @@ def random_params_from_init(init_fn, seed=0):
 def random_params(module, x_shape, seed=0):
     """``random_params_from_init`` for ``module.init(key, x)['params']`` with x of ``x_shape``."""
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    return random_params_from_init(lambda key: module.init(key, x)["params"], seed)
+    return random_params_from_init(lambda key, x: module.init(key, x)["params"], seed, x)

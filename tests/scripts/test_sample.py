@@ -1,0 +1,72 @@
+"""scripts/sample.py end to end on a tiny bundle: test clips and a user's own video."""
+
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+from test_evaluate import COND, PRED, REPO, SIZE, _tiny_config, _videos
+
+from predvdm_jax.data import hdf5
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop import bundle as bundle_lib
+from random_params import random_params_from_init
+
+
+def _run(*args):
+    command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_sample_script_writes_side_by_side_videos(tmp_path):
+    videos = _videos(0)
+    test_dir = str(tmp_path / "test")
+    hdf5.write_split(test_dir, videos)
+    config = _tiny_config(test_dir)
+    model = LatentDiffusion.from_config(config)
+    bundle_dir = str(tmp_path / "bundle")
+    params = random_params_from_init(model.init_denoiser, 1)
+    bundle_lib.save_bundle(
+        bundle_dir, bundle_lib.Bundle(config, params, random_params_from_init(model.init_vq, 2))
+    )
+
+    out = tmp_path / "clips"
+    _run(f"--bundle={bundle_dir}", "--num_clips=2", f"--num_frames={PRED}", f"--out={out}")
+    gifs = sorted(p for p in os.listdir(out) if p.endswith(".gif"))
+    assert gifs == ["video_0000.gif", "video_0001.gif"]
+    frames = iio.imread(out / gifs[0], index=None)
+    frames = frames if frames.ndim == 3 else frames[..., 0]
+    # conditioning + predicted frames; ground truth | prediction side by side (a thin separator).
+    assert frames.shape[:2] == (COND + PRED, SIZE) and frames.shape[2] >= 2 * SIZE
+    # Test clip 0 is video 0 from frame 0: the left half is its ground truth.
+    np.testing.assert_allclose(frames[:, :, :SIZE], videos[0], atol=2)
+    assert (out / "grid.png").exists()
+
+    clip = np.stack([videos[1][t] for t in range(COND)])
+    iio.imwrite(tmp_path / "mine.gif", clip, duration=100, loop=0)
+    mine = tmp_path / "mine"
+    _run(
+        f"--bundle={bundle_dir}",
+        f"--video={tmp_path / 'mine.gif'}",
+        "--num_frames=3",
+        f"--out={mine}",
+    )
+    frames = iio.imread(mine / "video_0000.gif", index=None)
+    assert frames.shape[:2] == (COND + 3, SIZE) and frames.shape[2] >= 2 * SIZE
+
+    bad = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "sample.py"),
+            f"--bundle={bundle_dir}",
+            f"--video={tmp_path / 'missing.gif'}",
+            f"--out={tmp_path / 'x'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "not found" in bad.stderr
