@@ -5,6 +5,9 @@ small denoiser trained on the cached latents: 10 → 5 frames per block, predict
 10 → 10 and 10 → 30 at test with stochastic DDIM (η = 1) as PredVDM evaluates.
 
   python scripts/train.py --config=configs/digits_demo.py --workdir=runs/demo/diffusion
+
+scripts/demo.py sets scale_factor to 1 / std of the trained VQ's latents (LDM's
+scale_by_std; ≈ 4 for this VQ) before caching; set it yourself when training by hand.
 """
 
 import importlib.util
