@@ -47,55 +47,27 @@ def make_python_loop_rollout(model, frames, steps, eta=1.0):
     denoise, decode, encode = jax.jit(model.denoise), jax.jit(model.decode), jax.jit(model.encode)
     ts = ddim_timesteps(steps, model.schedule.num_timesteps)
     alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
-    return lambda params, vq_params, cond, key: _loop(
-        model,
-        denoise,
-        decode,
-        encode,
-        ts,
-        alphas,
-        alphas_prev,
-        sigmas,
-        params,
-        vq_params,
-        cond,
-        key,
-        frames,
-    )
 
-
-def _loop(
-    model,
-    denoise,
-    decode,
-    encode,
-    ts,
-    alphas,
-    alphas_prev,
-    sigmas,
-    params,
-    vq_params,
-    cond,
-    key,
-    frames,
-):
-    z_cond = encode(vq_params, cond)
-    out = []
-    for block in range(math.ceil(frames / model.k)):
-        key, sub = jax.random.split(key)
-        x = jax.random.normal(sub, (cond.shape[0], model.k) + z_cond.shape[2:])
-        for i in reversed(range(len(ts))):
-            eps = denoise(params, x, jnp.full((x.shape[0],), float(ts[i])), z_cond)
-            x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
+    def run(params, vq_params, cond, key):
+        z_cond = encode(vq_params, cond)
+        out = []
+        for _ in range(math.ceil(frames / model.k)):
             key, sub = jax.random.split(key)
-            x = (
-                np.sqrt(alphas_prev[i]) * x0
-                + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
-                + sigmas[i] * jax.random.normal(sub, x.shape)
-            )
-        out.append(decode(vq_params, x))
-        z_cond = jnp.concatenate([z_cond, x], axis=1)[:, -model.cond_frames :]
-    return jnp.concatenate(out, axis=1)[:, :frames]
+            x = jax.random.normal(sub, (cond.shape[0], model.k) + z_cond.shape[2:])
+            for i in reversed(range(len(ts))):
+                eps = denoise(params, x, jnp.full((x.shape[0],), float(ts[i])), z_cond)
+                x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
+                key, sub = jax.random.split(key)
+                x = (
+                    np.sqrt(alphas_prev[i]) * x0
+                    + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
+                    + sigmas[i] * jax.random.normal(sub, x.shape)
+                )
+            out.append(decode(vq_params, x))
+            z_cond = jnp.concatenate([z_cond, x], axis=1)[:, -model.cond_frames :]
+        return jnp.concatenate(out, axis=1)[:, :frames]
+
+    return run
 
 
 def main(argv):
