@@ -13,17 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from predvdm_jax.training import loop
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
 from .test_resume import _abstract_state
 from .tiny_setup import (
-    StreamIterator,
-    flat_params,
-    init_fn,
+    train_in_process,
     make_config,
-    make_loss_fn,
     read_jsonl,
     run_subprocess,
 )
@@ -40,14 +36,7 @@ def test_two_process_run_matches_single_process(tmp_path):
     single_dir = tmp_path / "single"
     single_args = dict(config_args, data=1, fsdp=1)
     config = make_config(**single_args)
-    state = loop.train_loop(
-        config,
-        str(single_dir),
-        init_fn,
-        make_loss_fn(),
-        StreamIterator(config.seed, config.data.batch_size),
-    )
-    expected = flat_params(jax.device_get(state.params))
+    expected = train_in_process(config, str(single_dir))
 
     multi_dir = tmp_path / "multi"
     out = tmp_path / "multi.npz"

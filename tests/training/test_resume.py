@@ -20,8 +20,8 @@ from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
 from .tiny_setup import (
+    train_in_process,
     StreamIterator,
-    flat_params,
     init_fn,
     make_config,
     make_loss_fn,
@@ -59,14 +59,7 @@ def test_resume_after_sigkill_on_other_device_count_equals_uninterrupted(tmp_pat
     try:
         straight_dir = tmp_path / "straight"  # runs while the subprocess starts up
         config = make_config(**config_args)
-        state = loop.train_loop(
-            config,
-            str(straight_dir),
-            init_fn,
-            make_loss_fn(),
-            StreamIterator(config.seed, config.data.batch_size),
-        )
-        expected = flat_params(jax.device_get(state.params))
+        expected = train_in_process(config, str(straight_dir))
 
         deadline = time.time() + 150
         while time.time() < deadline and not any(s >= 4 for s in finished_steps(checkpoint_dir)):

@@ -109,6 +109,20 @@ def flat_params(tree) -> dict:
     return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v) for path, v in flat}
 
 
+def train_in_process(config, workdir: str) -> dict:
+    """A straight in-process run of the tiny model; its final params, flattened."""
+    from predvdm_jax.training import loop
+
+    state = loop.train_loop(
+        config,
+        workdir,
+        init_fn,
+        make_loss_fn(),
+        StreamIterator(config.seed, config.data.batch_size),
+    )
+    return flat_params(jax.device_get(state.params))
+
+
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
