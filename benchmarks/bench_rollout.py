@@ -44,7 +44,8 @@ def load_config(name):
 
 def make_python_loop_rollout(model, frames, steps, eta=1.0):
     """DDIM rollout dispatched step by step from Python (the baseline); jitted pieces built once."""
-    denoise, decode, encode = jax.jit(model.denoise), jax.jit(model.decode), jax.jit(model.encode)
+    denoise = jax.jit(model.eps_prediction)
+    decode, encode = jax.jit(model.decode), jax.jit(model.encode)
     ts = ddim_timesteps(steps, model.schedule.num_timesteps)
     alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
 

@@ -13,6 +13,7 @@ import ml_collections
 
 PREDICTOR_MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
+PARAMETERIZATIONS = ("eps", "x0", "v")
 PROTOCOLS = ("predvdm", "mcvd", "extdm")
 
 
@@ -75,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
         linear_start=0.0015,
         linear_end=0.0195,
         loss_reduction="sum",
+        parameterization="eps",
         l_eps_weight=1.0,
         elbo_weight=0.0,
     )
@@ -246,6 +248,11 @@ def _combination_errors(c) -> list[str]:
     if df.beta_schedule not in ("linear", "cosine", "linear_beta"):
         errors.append(
             f"diffusion.beta_schedule {df.beta_schedule!r} is not linear/cosine/linear_beta"
+        )
+    if df.parameterization not in PARAMETERIZATIONS:
+        errors.append(
+            f"diffusion.parameterization must be one of {PARAMETERIZATIONS}, "
+            f"got {df.parameterization!r}"
         )
     if df.loss_reduction not in ("sum", "mean"):
         errors.append(

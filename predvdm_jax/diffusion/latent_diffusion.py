@@ -19,6 +19,7 @@ import ml_collections
 
 from predvdm_jax.diffusion import rollout as rollout_lib
 from predvdm_jax.diffusion.loss import diffusion_loss
+from predvdm_jax.diffusion.parameterization import as_eps_predictor
 from predvdm_jax.diffusion.samplers import SamplerSettings
 from predvdm_jax.diffusion.schedule import DiffusionSchedule, make_schedule
 from predvdm_jax.models.autoencoder import VQModel, decode_video, encode_video
@@ -145,6 +146,15 @@ class LatentDiffusion:
         rngs = {"dropout": dropout_key} if train else {}
         return self.denoiser.apply({"params": params}, z_t, t, z_cond, train=train, rngs=rngs)
 
+    def eps_prediction(
+        self, params: Any, z_t: jax.Array, t: jax.Array, z_cond: jax.Array
+    ) -> jax.Array:
+        """ε̂ at z_t, whatever the denoiser's ``diffusion.parameterization``: what samplers use."""
+        denoise = functools.partial(self.denoise, params)
+        return as_eps_predictor(denoise, self.schedule, self.config.diffusion.parameterization)(
+            z_t, t, z_cond
+        )
+
     def batch_latents(self, vq_params: Any, batch: dict) -> jax.Array:
         """The clip's latents, from the cache or by encoding its frames with the frozen VQ."""
         if "latents" in batch:
@@ -168,6 +178,7 @@ class LatentDiffusion:
             reduction=d.loss_reduction,
             l_eps_weight=d.l_eps_weight,
             elbo_weight=d.elbo_weight,
+            parameterization=d.parameterization,
         )
 
     def make_predict_fn(self, num_frames: int, sampling: ml_collections.ConfigDict | None = None):
@@ -181,7 +192,7 @@ class LatentDiffusion:
         if (sampling or self.config.sampling).reencode:
             reencode = lambda vq_params, frames: self.encode(vq_params, frames)
         rollout_fn = rollout_lib.make_rollout_fn(
-            self.denoise,
+            self.eps_prediction,
             self.decode,
             self.schedule,
             num_frames,

@@ -56,7 +56,7 @@ def test_sum_and_mean_reductions_match_hand_computation():
     np.testing.assert_allclose(loss_mean, per.mean(1).mean(), rtol=1e-5)
     elements = 2 * 4 * 4 * 3
     np.testing.assert_allclose(loss_sum / loss_mean, elements, rtol=1e-5)
-    np.testing.assert_allclose(aux_sum["loss_eps"], loss_sum, rtol=1e-6)
+    np.testing.assert_allclose(aux_sum["loss_simple"], loss_sum, rtol=1e-6)
     # VLB weight: lvlb_weights[t] · per-sample loss, batch mean.
     w = np.asarray(SCHEDULE.lvlb_weights, np.float64)[t]
     loss_vlb, aux = diffusion_loss(*args, l_eps_weight=0.5, elbo_weight=2.0, **kw)
