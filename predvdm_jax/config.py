@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
         horizontal_flip=False,
         num_threads=4,
         prefetch=8,
+        preload_max_gb=2.0,  # training splits up to this size are read into memory once
     )
 
     c.vq = dict(
@@ -209,6 +210,8 @@ def _combination_errors(c) -> list[str]:
         )
     if d.batch_size < 1 or c.eval.batch_size < 1 or c.vq_train.batch_size < 1:
         errors.append("data.batch_size, eval.batch_size and vq_train.batch_size must be >= 1")
+    if d.preload_max_gb < 0:
+        errors.append(f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}")
     downsample = 2 ** (len(c.vq.ch_mult) - 1)
     if d.image_size % downsample:
         errors.append(

@@ -188,6 +188,7 @@ class VideoShards:
     dtypes = FRAME_DTYPES if kind == "frames" else LATENT_DTYPES
     _check_frame(first, self.frame_shape, split_dir, "video 0", dtypes)
     self._files: dict[int, h5py.File] = {}
+    self._memory: list[np.ndarray] | None = None
 
   def __len__(self) -> int:
     return int(self.frame_counts.size)
@@ -223,12 +224,30 @@ class VideoShards:
           f"(e.g. video {int(short[0])} has {int(self.frame_counts[short[0]])} frames); use a "
           f"shorter clip (data.frames_per_sample / eval horizon) or drop those videos.")
 
+  @property
+  def nbytes(self) -> int:
+    """Bytes of every frame of the split, uncompressed."""
+    frame = int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+    return int(self.frame_counts.sum()) * frame
+
+  def load_into_memory(self) -> None:
+    """Reads every video once; later clips are slices of memory.
+
+    The PredVDM layout stores one HDF5 dataset per frame, so a clip read from
+    disk costs one h5py call (holding the GIL) per frame: that, not the model,
+    bounds training on small cached latents.
+    """
+    if self._memory is None:
+      self._memory = [self.read_clip(i, 0, int(n)) for i, n in enumerate(self.frame_counts)]
+
   def read_clip(self, index: int, start: int, num_frames: int) -> np.ndarray:
     """Frames ``start … start+num_frames-1`` of a video as ``(T, H, W, C)``."""
     length = int(self.frame_counts[index])
     if start < 0 or start + num_frames > length:
       raise DatasetError(f"{self.split_dir}: clip [{start}, {start + num_frames}) is outside "
                          f"video {index} of {length} frames.")
+    if self._memory is not None:
+      return self._memory[index][start:start + num_frames].copy()
     shard, local = self._locate(index)
     group = self._file(shard)[str(local)]
     frames = []

@@ -106,10 +106,17 @@ def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
 
 def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, *,
                    kind: str = "frames", horizontal_flip: bool = False, sharding=None,
-                   num_threads: int = 4, prefetch: int = 8) -> ClipIterator:
-  """An endless stream of random training clips, this process's share of each batch."""
+                   num_threads: int = 4, prefetch: int = 8,
+                   preload_max_bytes: int = 0) -> ClipIterator:
+  """An endless stream of random training clips, this process's share of each batch.
+
+  A split of at most ``preload_max_bytes`` (uncompressed) is read into memory
+  first (``VideoShards.load_into_memory``); 0 always reads from disk.
+  """
   shards = VideoShards(split_dir, kind)
   shards.check_min_length(num_frames)
+  if shards.nbytes <= preload_max_bytes:
+    shards.load_into_memory()
   windows = TrainWindows(shards.frame_counts, num_frames, seed, horizontal_flip)
   local, process = _local_share(batch_size)
 

@@ -30,6 +30,7 @@ def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.C
         sharding=sharding,
         num_threads=d.num_threads,
         prefetch=d.prefetch,
+        preload_max_bytes=int(d.preload_max_gb * 1e9),
     )
 
 

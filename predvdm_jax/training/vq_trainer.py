@@ -473,6 +473,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         horizontal_flip=bool(config.data.horizontal_flip),
         num_threads=int(config.data.num_threads),
         prefetch=int(config.data.prefetch),
+        preload_max_bytes=int(config.data.preload_max_gb * 1e9),
     )
     clips = load_eval_frames(
         config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed)

@@ -58,6 +58,31 @@ def test_clips_are_the_frames_of_their_window(split):
     np.testing.assert_array_equal(values, 10 * video + start + np.arange(5))
 
 
+
+def test_preloaded_split_serves_the_same_clips_without_the_files(tmp_path, split):
+  """Up to the size limit the split is read once: its shard files can then vanish."""
+  split_dir, lengths = split
+  copies = {}
+  for name in ("preloaded", "over_limit"):
+    (tmp_path / name).mkdir()
+    for shard in os.listdir(split_dir):
+      (tmp_path / name / shard).write_bytes(open(os.path.join(split_dir, shard), "rb").read())
+    copies[name] = str(tmp_path / name)
+  nbytes = sum(lengths) * 4 * 6
+  assert hdf5.VideoShards(split_dir).nbytes == nbytes
+  kw = dict(num_frames=5, batch_size=4, seed=2, num_threads=1, prefetch=1)
+  on_disk = loader.train_iterator(split_dir, **kw)
+  preloaded = loader.train_iterator(copies["preloaded"], preload_max_bytes=nbytes, **kw)
+  over_limit = loader.train_iterator(copies["over_limit"], preload_max_bytes=nbytes - 1, **kw)
+  for path in copies.values():
+    for shard in os.listdir(path):
+      os.remove(os.path.join(path, shard))
+  for _ in range(6):
+    np.testing.assert_array_equal(next(preloaded)["video"], next(on_disk)["video"])
+  with pytest.raises(Exception):
+    next(over_limit)
+
+
 def test_flip_is_per_clip(tmp_path):
   frame = np.arange(24, dtype=np.uint8).reshape(4, 6)
   hdf5.write_split(str(tmp_path), [np.stack([frame] * 6)] * 3)
