@@ -89,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
         f_start=1e-6,
         f_max=1.0,
         f_min=1.0,
+        cycle_length=1e13,  # steps from f_max to f_min after warm-up (LDM's cycle_lengths)
         weight_decay=0.0,
         b1=0.9,
         b2=0.999,
@@ -211,7 +212,9 @@ def _combination_errors(c) -> list[str]:
     if d.batch_size < 1 or c.eval.batch_size < 1 or c.vq_train.batch_size < 1:
         errors.append("data.batch_size, eval.batch_size and vq_train.batch_size must be >= 1")
     if d.preload_max_gb < 0:
-        errors.append(f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}")
+        errors.append(
+            f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}"
+        )
     downsample = 2 ** (len(c.vq.ch_mult) - 1)
     if d.image_size % downsample:
         errors.append(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import sys
 import time
 from typing import Any
 
@@ -193,10 +195,31 @@ def run_demo(
     return numbers
 
 
+def _verdict(metrics: dict, horizon: str) -> str:
+    """One line: does the model beat copying the last frame, on mean SSIM and PSNR?"""
+    parts = []
+    for name in ("ssim", "psnr"):
+        model = metrics["model"][name]["mean"]["value"]
+        copy = metrics["baselines"]["copy_last_frame"][name]["mean"]["value"]
+        relation = "beats" if model > copy else "does not beat"
+        parts.append(f"{name.upper()} {model:.3f} vs {copy:.3f} ({relation})")
+    clips = metrics["protocol"]["num_clips"]
+    return (
+        f"**{horizon} on {clips} test clips, model vs copy-last-frame:** " + ", ".join(parts) + "."
+    )
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
 def write_report(paths: dict, numbers: dict) -> str:
     config = numbers["config"]
     lines = ["# PredVDM demo on moving digits", ""]
     cond, pred = config.data.cond_frames, config.eval.pred_frames
+    lines += [_verdict(numbers["short"], f"{cond} → {pred}"), ""]
     for title, metrics, folder in (
         (f"{cond} → {pred} frames", numbers["short"], "eval10"),
         (
@@ -235,7 +258,7 @@ def write_report(paths: dict, numbers: dict) -> str:
         f"- VQ-f4: ch {c.vq.ch}, ch_mult {tuple(c.vq.ch_mult)}, codebook {c.vq.n_embed}×"
         f"{c.vq.embed_dim}; {c.vq_train.num_steps} steps of batch {c.vq_train.batch_size} frames.",
         f"- Denoiser: UNet {c.unet.model_channels} × {tuple(c.unet.channel_mult)}, mode "
-        f"{c.model.mode}; {c.train.num_steps} steps of batch {c.data.batch_size} clips "
+        f"{c.model.mode}, {c.diffusion.parameterization}-prediction; {c.train.num_steps} steps of batch {c.data.batch_size} clips "
         f"({c.data.cond_frames} + {c.data.pred_frames} frames), EMA {c.train.ema_rate}.",
         f"- Hardware: {jax.device_count()} × {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores).",
         "",
@@ -244,6 +267,7 @@ def write_report(paths: dict, numbers: dict) -> str:
     ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in numbers["stage_seconds"].items()]
     lines += [f"| total | {numbers['total_seconds']:.0f} |", ""]
+    lines += [f"Peak memory (RSS) of this run: {_peak_rss_gb():.1f} GB.", ""]
     with open(paths["report"], "w") as f:
         f.write("\n".join(lines))
     return paths["report"]

@@ -46,6 +46,11 @@ def test_short_demo_end_to_end_and_resume(tmp_path):
     assert "FVD needs at least 2" in json.dumps(numbers["fvd"]["model"]["fvd"])
     report = open(paths["report"]).read()
     assert "copy last" in report.lower() and "per_frame.png" in report and ".gif" in report
+    model_ssim = short["model"]["ssim"]["mean"]["value"]
+    copy_ssim = short["baselines"]["copy_last_frame"]["ssim"]["mean"]["value"]
+    verdict = "beats" if model_ssim > copy_ssim else "does not beat"
+    assert f"SSIM {model_ssim:.3f} vs {copy_ssim:.3f} ({verdict})" in report
+    assert "Peak memory (RSS)" in report
     assert os.path.exists(os.path.join(paths["eval10"], "per_frame.png"))
 
     again = demo.run_demo(
