@@ -308,7 +308,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:
-    out = {}
+    """JSON lists back to tuples; fields the file predates take the schema's default."""
+    out = {key: value for key, value in schema.items() if key not in raw}
     for key, value in raw.items():
         default = schema[key] if key in schema else None
         if isinstance(default, ml_collections.ConfigDict) and isinstance(value, dict):
@@ -321,5 +322,9 @@ def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:
 
 
 def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
-    """A validated, locked config from its JSON form (as saved with checkpoints and bundles)."""
+    """A validated, locked config from its JSON form (as saved with checkpoints and bundles).
+
+    Fields added to the schema after the file was written take their defaults
+    (e.g. ``diffusion.parameterization='eps'``, the only behaviour before it existed).
+    """
     return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))

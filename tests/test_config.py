@@ -67,6 +67,8 @@ def test_type_safe_assignment_names_the_field():
         (dict(unet__model_channels=48), "divisible by 32"),
         (dict(data__image_size=66), "not divisible by the VQ's downsampling factor 4"),
         (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
+        (dict(diffusion__parameterization="score"), "diffusion.parameterization must be one of"),
+        (dict(data__preload_max_gb=-1.0), "data.preload_max_gb must be >= 0"),
     ],
 )
 def test_validation_names_the_field(changes, message):
@@ -74,3 +76,15 @@ def test_validation_names_the_field(changes, message):
         config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
     ):
         config_lib.validate(_bad(**changes))
+
+
+def test_saved_config_from_before_a_field_existed_loads_with_its_default():
+    raw = load("kth64").to_dict()
+    del raw["diffusion"]["parameterization"], raw["data"]["preload_max_gb"]
+    restored = config_lib.config_from_dict(raw)
+    assert restored.diffusion.parameterization == "eps"
+    assert restored.data.preload_max_gb == 2.0
+    assert restored.unet.channel_mult == (1, 2, 3, 4)
+    raw["diffusion"]["parametrisation"] = "v"
+    with pytest.raises(config_lib.ConfigError, match="diffusion.parametrisation"):
+        config_lib.config_from_dict(raw)
