@@ -1,8 +1,13 @@
 """Predicted frames per second of the autoregressive rollout (10 → 30 frames).
 
-The rollout is one compiled program (every block and sampler step in lax.scan). Baseline
-measured in the same run: the same DDIM sampling as a Python loop that dispatches one jitted
-denoiser call and one update per step and decodes each block — how the PyTorch original runs.
+The rollout is one compiled program (every block and sampler step in lax.scan). Baselines
+measured in the same run, both DDIM with the same steps and η = 1:
+
+* the PyTorch original's rollout: the LDM-named PyTorch UNet + PredVDM wrapper of
+  tests/interop/test_predvdm_ckpt.py and the VQ of tests/interop/test_ldm_vq.py, one
+  denoiser call and one update per step from Python, quantize + decode per block, under
+  ``torch.no_grad`` (skipped with --notorch or when PyTorch is missing);
+* the same loop in JAX, one jitted denoiser call per step.
 
   python benchmarks/bench_rollout.py [--config=digits_demo] [--batch=16] [--frames=30]
 """
@@ -32,6 +37,7 @@ flags.DEFINE_integer("batch", 16, "Clips per rollout.")
 flags.DEFINE_integer("frames", 30, "Frames to predict.")
 flags.DEFINE_integer("ddim_steps", 100, "DDIM steps.")
 flags.DEFINE_integer("dpm_steps", 20, "DPM-Solver++ steps.")
+flags.DEFINE_bool("torch", True, "Time the PyTorch baseline too.")
 FLAGS = flags.FLAGS
 
 
@@ -71,6 +77,60 @@ def make_python_loop_rollout(model, frames, steps, eta=1.0):
     return run
 
 
+def make_torch_rollout(model, frames, steps, eta=1.0):
+    """PredVDM's rollout in PyTorch, sized like ``model`` (random weights: only timing)."""
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+    from test_ldm_vq import build_torch_model
+    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
+
+    config = model.config
+    u, k, n_cond = config.unet, model.k, model.cond_frames
+    unet = TorchUNet(
+        (k + n_cond) * 3,
+        k * 3,
+        u.model_channels,
+        tuple(u.attention_resolutions),
+        u.num_res_blocks,
+        tuple(u.channel_mult),
+        u.num_head_channels,
+        dropout=u.dropout,
+    )
+    denoiser = TorchDiffusionWrapper(unet, k, config.model.mode).eval()
+    vq = build_torch_model(
+        {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
+    )
+    ts = ddim_timesteps(steps, model.schedule.num_timesteps)
+    alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
+
+    @torch.no_grad()
+    def run(cond):
+        b, _, size, _, _ = cond.shape
+        video = torch.from_numpy(np.asarray(cond)).permute(0, 1, 4, 2, 3)
+        if video.shape[2] == 1:
+            video = video.repeat(1, 1, 3, 1, 1)
+        z_cond = vq.encode(video.reshape(-1, 3, size, size))
+        z_cond = z_cond.reshape(b, n_cond, *z_cond.shape[1:])
+        out = []
+        for _ in range(math.ceil(frames / k)):
+            x = torch.randn(b, k, *z_cond.shape[2:])
+            for i in reversed(range(len(ts))):
+                eps = denoiser(x, torch.full((b,), int(ts[i])), z_cond)
+                x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
+                x = (
+                    np.sqrt(alphas_prev[i]) * x0
+                    + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
+                    + sigmas[i] * torch.randn_like(x)
+                )
+            decoded = vq.decode(x.reshape(-1, *x.shape[2:])).clamp(-1, 1)
+            out.append(decoded.reshape(b, k, *decoded.shape[1:]))
+            z_cond = torch.cat([z_cond, x], dim=1)[:, -n_cond:]
+        return torch.cat(out, dim=1)[:, :frames]
+
+    return run
+
+
 def main(argv):
     del argv
     print(common.hardware())
@@ -98,6 +158,11 @@ def main(argv):
     python_loop = make_python_loop_rollout(model, FLAGS.frames, FLAGS.ddim_steps)
     loop = rate(lambda: python_loop(params, vq_params, cond, jax.random.PRNGKey(3)))
     print(f"Python-loop DDIM-{FLAGS.ddim_steps}: {loop:.2f} frames/s")
+    torch_fps = None
+    if FLAGS.torch and importlib.util.find_spec("torch"):
+        torch_rollout = make_torch_rollout(model, FLAGS.frames, FLAGS.ddim_steps)
+        torch_fps = rate(lambda: torch_rollout(cond))
+        print(f"PyTorch original DDIM-{FLAGS.ddim_steps}: {torch_fps:.2f} frames/s")
     for sampler, steps in (("ddim", FLAGS.ddim_steps), ("dpm_solver_pp", FLAGS.dpm_steps)):
         sampling = config.sampling.copy_and_resolve_references()
         sampling.sampler, sampling.steps = sampler, steps
@@ -113,6 +178,14 @@ def main(argv):
             f"Python-loop DDIM-{FLAGS.ddim_steps}",
             loop,
         )
+        if torch_fps:
+            common.emit(
+                f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
+                fps,
+                "frames/s",
+                f"PyTorch original DDIM-{FLAGS.ddim_steps}",
+                torch_fps,
+            )
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 

@@ -202,7 +202,8 @@ def _verdict(metrics: dict, horizon: str) -> str:
         model = metrics["model"][name]["mean"]["value"]
         copy = metrics["baselines"]["copy_last_frame"][name]["mean"]["value"]
         relation = "beats" if model > copy else "does not beat"
-        parts.append(f"{name.upper()} {model:.3f} vs {copy:.3f} ({relation})")
+        digits = 3 if name == "ssim" else 2
+        parts.append(f"{name.upper()} {model:.{digits}f} vs {copy:.{digits}f} ({relation})")
     clips = metrics["protocol"]["num_clips"]
     return (
         f"**{horizon} on {clips} test clips, model vs copy-last-frame:** " + ", ".join(parts) + "."
