@@ -107,7 +107,7 @@ def make_torch_rollout(model, frames, steps, eta=1.0):
     @torch.no_grad()
     def run(cond):
         b, _, size, _, _ = cond.shape
-        video = torch.from_numpy(np.asarray(cond)).permute(0, 1, 4, 2, 3)
+        video = torch.from_numpy(np.array(cond)).permute(0, 1, 4, 2, 3)
         if video.shape[2] == 1:
             video = video.repeat(1, 1, 3, 1, 1)
         z_cond = vq.encode(video.reshape(-1, 3, size, size))
