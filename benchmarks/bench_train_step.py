@@ -43,6 +43,7 @@ def load_config(name):
 
 
 def jax_step_seconds(config, batch, repeats):
+    """(seconds per step, XLA's FLOP count of the step) for ``config`` at ``batch``."""
     model = LatentDiffusion.from_config(config)
     optimizer, _ = optim.make_optimizer(config)
     params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
@@ -53,7 +54,6 @@ def jax_step_seconds(config, batch, repeats):
     size = model.latent_size
     latents = jax.random.normal(jax.random.PRNGKey(1), (batch, frames, size, size, 3))
 
-    @jax.jit
     def step(params, opt_state, key):
         loss, grads = jax.value_and_grad(
             lambda p: model.loss(p, None, {"latents": latents}, key)[0]
@@ -62,12 +62,15 @@ def jax_step_seconds(config, batch, repeats):
         return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
     state = [params, optimizer.init(params)]
+    compiled = jax.jit(step).lower(state[0], state[1], jax.random.PRNGKey(2)).compile()
+    cost = compiled.cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
 
     def run():
-        state[0], state[1], loss = step(state[0], state[1], jax.random.PRNGKey(2))
+        state[0], state[1], loss = compiled(state[0], state[1], jax.random.PRNGKey(2))
         loss.block_until_ready()
 
-    return common.time_call(run, repeats=repeats)
+    return common.time_call(run, repeats=repeats), flops
 
 
 def torch_step_seconds(config, batch, repeats):
@@ -113,8 +116,11 @@ def main(argv):
     kth = load_config("kth64")
     kth_seconds = None
     if FLAGS.kth:
-        kth_seconds = jax_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
-        print(f"KTH 259M, batch {FLAGS.kth_batch}: JAX {kth_seconds:.2f} s/step")
+        kth_seconds, kth_flops = jax_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
+        print(
+            f"KTH 259M, batch {FLAGS.kth_batch}: JAX {kth_seconds:.2f} s/step, "
+            f"{kth_flops / 1e12:.3f} TFLOP/step (XLA), {kth_flops / kth_seconds / 1e9:.1f} GFLOP/s"
+        )
         if FLAGS.torch and importlib.util.find_spec("torch"):
             torch_seconds = torch_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
             print(
@@ -129,10 +135,11 @@ def main(argv):
                 FLAGS.kth_batch / torch_seconds,
             )
     demo = load_config("digits_demo")
-    demo_seconds = jax_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
+    demo_seconds, demo_flops = jax_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
     print(
         f"demo UNet, batch {FLAGS.demo_batch}: {demo_seconds:.3f} s/step, "
-        f"{FLAGS.demo_batch / demo_seconds:.1f} examples/s"
+        f"{FLAGS.demo_batch / demo_seconds:.1f} examples/s, "
+        f"{demo_flops / demo_seconds / 1e9:.1f} GFLOP/s (XLA count)"
     )
     if kth_seconds:
         common.emit(
