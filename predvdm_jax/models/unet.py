@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from predvdm_jax.models import small_map_conv
+
 CONV_KERNEL_AXES = ("height", "width", "conv_in", "conv_out")
 DENSE_KERNEL_AXES = ("conv_in", "conv_out")
 GROUPNORM_GROUPS = 32
@@ -101,6 +103,7 @@ def _conv(
         param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(kernel_init, CONV_KERNEL_AXES),
         bias_init=bias_init,
+        conv_general_dilated=small_map_conv.conv_general_dilated,
         name=name,
     )
 
