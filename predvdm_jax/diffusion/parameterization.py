@@ -14,6 +14,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from predvdm_jax.config import PARAMETERIZATIONS
+from predvdm_jax.diffusion.samplers import DiscreteVPSchedule
 from predvdm_jax.diffusion.schedule import DiffusionSchedule
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -32,13 +33,12 @@ def marginal_alpha_sigma(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(α_t, σ_t) at model times ``t`` (B,), shaped to broadcast against rank ``ndim``.
 
-    ``t`` may be fractional (DPM-Solver's times between grid points): log α is
-    interpolated linearly in t, exactly as DPM-Solver's discrete VP schedule does.
+    ``t`` may be fractional (DPM-Solver's times between grid points): α and σ
+    are DPM-Solver's discrete VP schedule at the matching continuous time.
     """
-    grid = jnp.arange(schedule.num_timesteps, dtype=jnp.float32)
-    log_alpha = jnp.interp(t.astype(jnp.float32), grid, 0.5 * jnp.log(schedule.alphas_cumprod))
-    alpha = jnp.exp(log_alpha)
-    sigma = jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
+    vp = DiscreteVPSchedule(schedule)
+    continuous_t = (t.astype(jnp.float32) + 1.0) / vp.total_n  # inverse of vp.model_time
+    alpha, sigma = vp.marginal_alpha(continuous_t), vp.marginal_std(continuous_t)
     shape = t.shape + (1,) * (ndim - t.ndim)
     return alpha.reshape(shape), sigma.reshape(shape)
 
