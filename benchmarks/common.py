@@ -1,10 +1,11 @@
 """Shared helpers for the benchmark scripts: hardware line, timing, peak memory."""
 
 import platform
-import resource
 import time
 
 import jax
+
+from predvdm_jax.evaluation.report import peak_rss_gb
 
 
 def hardware() -> str:
@@ -14,10 +15,6 @@ def hardware() -> str:
         f"{platform.processor() or platform.machine()}, {jax.device_count()} × "
         f"{'/'.join(kinds)} ({jax.default_backend()}), jax {jax.__version__}"
     )
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:

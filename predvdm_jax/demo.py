@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import sys
 import time
 from typing import Any
 
@@ -210,12 +208,6 @@ def _verdict(metrics: dict, horizon: str) -> str:
     )
 
 
-def _peak_rss_gb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
-
-
 def write_report(paths: dict, numbers: dict) -> str:
     config = numbers["config"]
     lines = ["# PredVDM demo on moving digits", ""]
@@ -259,7 +251,8 @@ def write_report(paths: dict, numbers: dict) -> str:
         f"- VQ-f4: ch {c.vq.ch}, ch_mult {tuple(c.vq.ch_mult)}, codebook {c.vq.n_embed}×"
         f"{c.vq.embed_dim}; {c.vq_train.num_steps} steps of batch {c.vq_train.batch_size} frames.",
         f"- Denoiser: UNet {c.unet.model_channels} × {tuple(c.unet.channel_mult)}, mode "
-        f"{c.model.mode}, {c.diffusion.parameterization}-prediction; {c.train.num_steps} steps of batch {c.data.batch_size} clips "
+        f"{c.model.mode}, {c.diffusion.parameterization}-prediction; {c.train.num_steps} steps "
+        f"of batch {c.data.batch_size} clips "
         f"({c.data.cond_frames} + {c.data.pred_frames} frames), EMA {c.train.ema_rate}.",
         f"- Hardware: {jax.device_count()} × {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores).",
         "",
@@ -268,7 +261,7 @@ def write_report(paths: dict, numbers: dict) -> str:
     ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in numbers["stage_seconds"].items()]
     lines += [f"| total | {numbers['total_seconds']:.0f} |", ""]
-    lines += [f"Peak memory (RSS) of this run: {_peak_rss_gb():.1f} GB.", ""]
+    lines += [f"Peak memory (RSS) of this run: {report.peak_rss_gb():.1f} GB.", ""]
     with open(paths["report"], "w") as f:
         f.write("\n".join(lines))
     return paths["report"]

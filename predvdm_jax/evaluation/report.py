@@ -10,6 +10,8 @@ import importlib.util
 import json
 import math
 import os
+import resource
+import sys
 import tempfile
 from typing import Any, Mapping
 
@@ -22,6 +24,12 @@ SYSTEM_LABELS = {
     "copy_last_frame": "copy last frame",
     "vq_reconstruction": "VQ reconstruction",
 }
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _jsonable(value: Any) -> Any:
