@@ -44,8 +44,12 @@ def main(argv):
     baseline = n / (time.perf_counter() - start)
 
     def iterator_rate(**kw):
-        it = loader.train_iterator(split, FLAGS.frames, FLAGS.batch, seed=0, **kw)
-        next(it)
+        prefetch = 8
+        it = loader.train_iterator(
+            split, FLAGS.frames, FLAGS.batch, seed=0, prefetch=prefetch, **kw
+        )
+        for _ in range(prefetch + 1):  # drain what was read ahead: time the steady state
+            next(it)
         start = time.perf_counter()
         for _ in range(FLAGS.batches):
             next(it)
