@@ -83,21 +83,10 @@ def make_torch_rollout(model, frames, steps, eta=1.0):
 
     sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
     from test_ldm_vq import build_torch_model
-    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
 
     config = model.config
-    u, k, n_cond = config.unet, model.k, model.cond_frames
-    unet = TorchUNet(
-        (k + n_cond) * 3,
-        k * 3,
-        u.model_channels,
-        tuple(u.attention_resolutions),
-        u.num_res_blocks,
-        tuple(u.channel_mult),
-        u.num_head_channels,
-        dropout=u.dropout,
-    )
-    denoiser = TorchDiffusionWrapper(unet, k, config.model.mode).eval()
+    k, n_cond = model.k, model.cond_frames
+    denoiser = common.torch_denoiser(config).eval()
     vq = build_torch_model(
         {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
     )

@@ -26,6 +26,7 @@ import common  # noqa: E402
 
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
+from tests.random_params import random_params_from_init  # noqa: E402
 
 flags.DEFINE_integer("kth_batch", 4, "Batch of the KTH step.")
 flags.DEFINE_integer("demo_batch", 16, "Batch of the demo step.")
@@ -46,10 +47,7 @@ def jax_step_seconds(config, batch, repeats):
     """(seconds per step, XLA's FLOP count of the step) for ``config`` at ``batch``."""
     model = LatentDiffusion.from_config(config)
     optimizer, _ = optim.make_optimizer(config)
-    params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
-    params = jax.tree.map(
-        lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value")
-    )
+    params = jax.device_put(random_params_from_init(model.init_denoiser))
     frames = config.data.cond_frames + config.data.pred_frames
     size = model.latent_size
     latents = jax.random.normal(jax.random.PRNGKey(1), (batch, frames, size, size, 3))
@@ -76,22 +74,8 @@ def jax_step_seconds(config, batch, repeats):
 def torch_step_seconds(config, batch, repeats):
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
-
-    u = config.unet
     k, cond = config.data.pred_frames, config.data.cond_frames
-    unet = TorchUNet(
-        (k + cond) * 3,
-        k * 3,
-        u.model_channels,
-        tuple(u.attention_resolutions),
-        u.num_res_blocks,
-        tuple(u.channel_mult),
-        u.num_head_channels,
-        dropout=u.dropout,
-    )
-    model = TorchDiffusionWrapper(unet, k, config.model.mode).train()
+    model = common.torch_denoiser(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
     sqrt_ab = torch.rand(1000)
     z = torch.randn(batch, k + cond, 3, 16, 16)
@@ -110,49 +94,34 @@ def torch_step_seconds(config, batch, repeats):
     return common.time_call(run, repeats=repeats)
 
 
+def compare_step(label, config, batch):
+    """Times the JAX step (with XLA's FLOP count) and, with PyTorch, the original's; emits."""
+    seconds, flops = jax_step_seconds(config, batch, FLAGS.repeats)
+    print(
+        f"{label}, batch {batch}: JAX {seconds:.3f} s/step, {batch / seconds:.2f} examples/s, "
+        f"{flops / 1e12:.3f} TFLOP/step (XLA), {flops / seconds / 1e9:.1f} GFLOP/s"
+    )
+    if FLAGS.torch and importlib.util.find_spec("torch"):
+        torch_seconds = torch_step_seconds(config, batch, FLAGS.repeats)
+        print(
+            f"{label}, batch {batch}: PyTorch {torch_seconds:.3f} s/step "
+            f"(JAX speed-up {torch_seconds / seconds:.2f}x)"
+        )
+        common.emit(
+            f"train step {label} batch {batch}",
+            batch / seconds,
+            "examples/s",
+            "PyTorch original step",
+            batch / torch_seconds,
+        )
+
+
 def main(argv):
     del argv
     print(common.hardware())
-    kth = load_config("kth64")
     if FLAGS.kth:
-        kth_seconds, kth_flops = jax_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
-        print(
-            f"KTH 259M, batch {FLAGS.kth_batch}: JAX {kth_seconds:.2f} s/step, "
-            f"{kth_flops / 1e12:.3f} TFLOP/step (XLA), {kth_flops / kth_seconds / 1e9:.1f} GFLOP/s"
-        )
-        if FLAGS.torch and importlib.util.find_spec("torch"):
-            torch_seconds = torch_step_seconds(kth, FLAGS.kth_batch, FLAGS.repeats)
-            print(
-                f"KTH 259M, batch {FLAGS.kth_batch}: PyTorch {torch_seconds:.2f} s/step "
-                f"(JAX speed-up {torch_seconds / kth_seconds:.2f}x)"
-            )
-            common.emit(
-                f"train step KTH 259M batch {FLAGS.kth_batch}",
-                FLAGS.kth_batch / kth_seconds,
-                "examples/s",
-                "PyTorch original step",
-                FLAGS.kth_batch / torch_seconds,
-            )
-    demo = load_config("digits_demo")
-    demo_seconds, demo_flops = jax_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
-    print(
-        f"demo UNet, batch {FLAGS.demo_batch}: {demo_seconds:.3f} s/step, "
-        f"{FLAGS.demo_batch / demo_seconds:.1f} examples/s, "
-        f"{demo_flops / demo_seconds / 1e9:.1f} GFLOP/s (XLA count)"
-    )
-    if FLAGS.torch and importlib.util.find_spec("torch"):
-        torch_seconds = torch_step_seconds(demo, FLAGS.demo_batch, FLAGS.repeats)
-        print(
-            f"demo UNet, batch {FLAGS.demo_batch}: PyTorch {torch_seconds:.3f} s/step "
-            f"(JAX speed-up {torch_seconds / demo_seconds:.2f}x)"
-        )
-        common.emit(
-            f"train step demo batch {FLAGS.demo_batch}",
-            FLAGS.demo_batch / demo_seconds,
-            "examples/s",
-            "PyTorch original step",
-            FLAGS.demo_batch / torch_seconds,
-        )
+        compare_step("KTH 259M", load_config("kth64"), FLAGS.kth_batch)
+    compare_step("demo", load_config("digits_demo"), FLAGS.demo_batch)
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 

@@ -1,11 +1,15 @@
-"""Shared helpers for the benchmark scripts: hardware line, timing, peak memory."""
+"""Shared helpers for the benchmark scripts: hardware line, timing, peak memory, baselines."""
 
+import os
 import platform
+import sys
 import time
 
 import jax
 
 from predvdm_jax.evaluation.report import peak_rss_gb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hardware() -> str:
@@ -51,3 +55,23 @@ def emit(figure: str, value: float, unit: str, baseline: str, baseline_value: fl
         ),
         flush=True,
     )
+
+
+def torch_denoiser(config):
+    """The PyTorch original's denoiser sized like ``config`` (random weights, for timing):
+    the LDM-named UNet + PredVDM wrapper of tests/interop/test_predvdm_ckpt.py."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
+
+    u, k, cond = config.unet, config.data.pred_frames, config.data.cond_frames
+    unet = TorchUNet(
+        (k + cond) * 3,
+        k * 3,
+        u.model_channels,
+        tuple(u.attention_resolutions),
+        u.num_res_blocks,
+        tuple(u.channel_mult),
+        u.num_head_channels,
+        dropout=u.dropout,
+    )
+    return TorchDiffusionWrapper(unet, k, config.model.mode)
