@@ -22,7 +22,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
+from tests.random_params import random_params_from_init  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM datasheets)
 START = time.time()
@@ -70,25 +70,6 @@ def kth_config(dtype="float32", mode="tcct_para_attn"):
         c.unet.update(dict(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,)))
         c.vq.update(dict(ch=32))
     return config_lib.validate(c)
-
-
-def random_params(init_fn, key):
-    """Parameters shaped as ``init_fn(key)`` makes them, filled with N(0, 0.02²).
-
-    For timing only: one trivial program instead of compiling the 259 M UNet's
-    initialisers, which took a large share of a lent GPU's minutes.
-    """
-    shapes = nn.unbox(jax.eval_shape(init_fn, key))
-    leaves, treedef = jax.tree.flatten(shapes)
-
-    @jax.jit
-    def fill(key):
-        keys = jax.random.split(key, len(leaves))
-        return [
-            0.02 * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)
-        ]
-
-    return jax.tree.unflatten(treedef, fill(key))
 
 
 def check_against_cpu():
@@ -138,7 +119,7 @@ def train_step_figures(batch=64):
         config = kth_config(dtype)
         model = LatentDiffusion.from_config(config)
         optimizer, _ = optim.make_optimizer(config)
-        params = random_params(model.init_denoiser, jax.random.PRNGKey(0))
+        params = jax.device_put(random_params_from_init(model.init_denoiser))
         opt_state = optimizer.init(params)
         latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
 
@@ -180,8 +161,8 @@ def train_step_figures(batch=64):
 def rollout_figures(batch=256, frames=30):
     config = kth_config("bfloat16")
     model = LatentDiffusion.from_config(config)
-    params = random_params(model.init_denoiser, jax.random.PRNGKey(0))
-    vq_params = random_params(model.init_vq, jax.random.PRNGKey(1))
+    params = jax.device_put(random_params_from_init(model.init_denoiser))
+    vq_params = jax.device_put(random_params_from_init(model.init_vq, 1))
     cond = jax.random.uniform(jax.random.PRNGKey(2), (batch, 10, 64, 64, 1)) * 2 - 1
     for sampler, steps in (("dpm_solver_pp", 20), ("ddim", 100)):
         if out_of_time(40):
@@ -205,7 +186,7 @@ def vq_figures(frames=1024):
         record("VQ-f4", skipped="time budget")
         return
     model = LatentDiffusion.from_config(kth_config())
-    vq_params = random_params(model.init_vq, jax.random.PRNGKey(0))
+    vq_params = jax.device_put(random_params_from_init(model.init_vq))
     video = jax.random.uniform(jax.random.PRNGKey(1), (frames // 16, 16, 64, 64, 3)) * 2 - 1
     enc = jax.jit(model.encode)
     dec = jax.jit(model.decode)
