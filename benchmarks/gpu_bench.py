@@ -1,14 +1,20 @@
 """The accelerator figures of the issues, in one time-boxed run (used by benchmarks/gpu.sh).
 
 1. correctness: a small PredVDM denoiser on the accelerator against the same
-   computation on the host CPU (float32, highest matmul precision);
-2. train step of the KTH config (259 M UNet, cached latents) at batch 64: float32
-   (the baseline) and bfloat16 compute, examples/s and MFU (XLA's FLOP count over
-   the measured time, against the chip's dense bf16 peak);
-3. KTH 10 → 30 rollout at batch 256, bf16 UNet: DDIM-100 and DPM-Solver++-20
-   (predicted frames/s, VQ decode included);
-4. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
-5. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+   computation on the host CPU: float32 at highest matmul precision, and bf16
+   with cuDNN's fused attention and with XLA's;
+2. train step of the KTH config (259 M UNet, cached latents) at batch 64 in
+   bfloat16 compute, examples/s and MFU (model FLOPs over the measured time,
+   against the chip's dense bf16 peak);
+3. KTH 10 → 30 rollout at batch 256, bf16: DPM-Solver++-20 and DDIM-100
+   (predicted frames/s, VQ decode included, and the MFU of the same FLOP count);
+4. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
+   attention instead of cuDNN's (the fused attention's share);
+5. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
+6. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+
+Model FLOPs are XLA's cost analysis of the unoptimised program with XLA's attention:
+cuDNN's fused attention is a custom call, which the cost analysis counts as zero.
 
 Each figure is skipped once the time budget is spent, and results are appended
 to $OUT/gpu_results.json as they come, so a cut-off run still reports.
@@ -31,11 +37,14 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
+jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
+
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM datasheets)
 START = time.time()
 BUDGET = float(os.environ.get("BENCH_BUDGET_S", 240))
 OUT = os.environ.get("OUT", "/tmp")
 TINY = bool(os.environ.get("BENCH_TINY"))  # a seconds-long smoke test of this script on CPU
+STEP_SECONDS = {}
 results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "rows": []}
 
 
@@ -49,8 +58,9 @@ def record(name, **values):
         json.dump(results, f, indent=1)
 
 
-def time_it(fn, repeats=5):
-    jax.block_until_ready(fn())
+def time_it(fn, repeats=5, warmup=True):
+    if warmup:
+        jax.block_until_ready(fn())
     start = time.perf_counter()
     for _ in range(repeats):
         out = fn()
@@ -62,14 +72,44 @@ def out_of_time(reserve=0.0):
     return time.time() - START > BUDGET - reserve
 
 
-def kth_config(dtype="float32", mode="tcct_para_attn"):
+def kth_config(dtype="float32", attention="auto"):
     c = config_lib.default_config()
-    c.model.dtype = dtype
-    c.model.mode = mode
+    c.model.update(dict(dtype=dtype, mode="tcct_para_attn", attention=attention))
     if TINY:
         c.unet.update(dict(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,)))
         c.vq.update(dict(ch=32))
     return config_lib.validate(c)
+
+
+def model_flops(fn, *args):
+    """FLOPs of ``fn``'s unoptimised program (call it with an XLA-attention model)."""
+    cost = jax.jit(fn).lower(*args).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def save_profile(fn, filename, steps=2):
+    """A profiler trace of ``steps`` calls, as one ``$OUT/filename`` (kernel names and times)."""
+    import glob
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level = 0
+        options.host_tracer_level = 1
+        options.enable_hlo_proto = False
+        with jax.profiler.trace(trace_dir, profiler_options=options):
+            for _ in range(steps):
+                out = fn()
+            jax.block_until_ready(out)
+        traces = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if traces and os.path.getsize(traces[0]) < 15 * 2**20:
+            shutil.copy(traces[0], os.path.join(OUT, filename))
+
+
+def peak_flops():
+    return next((v for k, v in PEAK_BF16.items() if k in results["device"]), 989e12)
 
 
 def check_against_cpu():
@@ -78,51 +118,57 @@ def check_against_cpu():
         dict(
             model_channels=32,
             channel_mult=(1, 2),
-            attention_resolutions=(2,),
+            attention_resolutions=(1, 2),
             num_head_channels=16,
             num_res_blocks=1,
         )
     )
     c.data.update(dict(image_size=32, cond_frames=2, pred_frames=2, frames_per_sample=4))
     c.model.mode = "tcct_para_attn"
-    model = LatentDiffusion.from_config(config_lib.validate(c))
-    key = jax.random.PRNGKey(0)
-    outs = {}
-    for platform in ("cpu", jax.default_backend()):
-        device = jax.devices(platform)[0]
-        with jax.default_device(device), jax.default_matmul_precision("highest"):
-            params = model.init_denoiser(key)
-            noise_keys = iter(jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(params))))
-            params = jax.tree.map(
-                lambda p: p + 0.05 * jax.random.normal(next(noise_keys), p.shape), params
-            )
-            x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 8, 8, 3))
-            cond = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 8, 8, 3))
-            t = jnp.array([10.0, 900.0])
-            outs[platform] = np.asarray(jax.jit(model.denoise)(params, x, t, cond))
-    ref, got = outs["cpu"], outs[jax.default_backend()]
-    rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+    c = config_lib.validate(c)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 8, 8, 3))
+    cond = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 8, 8, 3))
+    t = jnp.array([10.0, 900.0])
+
+    def denoise(platform, dtype="float32", attention="auto"):
+        c.model.update(dict(dtype=dtype, attention=attention))
+        model = LatentDiffusion.from_config(c)
+        params = random_params_from_init(model.init_denoiser, 3)
+        with (
+            jax.default_device(jax.devices(platform)[0]),
+            jax.default_matmul_precision("highest" if dtype == "float32" else "default"),
+        ):
+            return np.asarray(jax.jit(model.denoise)(params, x, t, cond), np.float32)
+
+    ref = denoise("cpu")
+    scale = np.abs(ref).max()
+    accelerator = jax.default_backend()
+    rel = lambda out: float(np.abs(out - ref).max() / scale)
+    rel_f32 = rel(denoise(accelerator))
     record(
         "correctness: denoiser accelerator vs CPU (f32, highest precision)",
-        max_rel_err=rel,
-        ok=bool(rel < 1e-4),
+        max_rel_err=rel_f32,
+        ok=bool(rel_f32 < 1e-4),
+    )
+    rel_fused = rel(denoise(accelerator, "bfloat16", "auto"))
+    rel_xla = rel(denoise(accelerator, "bfloat16", "xla"))
+    record(
+        "correctness: bf16 denoiser vs CPU f32, fused (auto) and XLA attention",
+        max_rel_err_auto=rel_fused,
+        max_rel_err_xla=rel_xla,
+        ok=bool(rel_fused < 1.5 * rel_xla + 1e-3),
     )
 
 
-def train_step_figures(batch=64):
-    peak = next((v for k, v in PEAK_BF16.items() if k in results["device"]), 989e12)
-    times = {}
-    for dtype in ("bfloat16", "float32"):
-        if out_of_time(60):
-            record(f"train step {dtype}", skipped="time budget")
-            continue
-        config = kth_config(dtype)
-        model = LatentDiffusion.from_config(config)
-        optimizer, _ = optim.make_optimizer(config)
-        params = jax.device_put(random_params_from_init(model.init_denoiser))
-        opt_state = optimizer.init(params)
-        latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+def train_step_figure(dtype, attention="auto", batch=64, reserve=60):
+    name = f"train step KTH 259M batch {batch} {dtype} attention={attention}"
+    if out_of_time(reserve):
+        record(name, skipped="time budget")
+        return None
+    config = kth_config(dtype, attention)
+    optimizer, _ = optim.make_optimizer(config)
 
+    def make_step(model):
         def step(params, opt_state, latents, key):
             grad_fn = jax.value_and_grad(
                 lambda p: model.loss(p, None, {"latents": latents}, key)[0]
@@ -131,53 +177,108 @@ def train_step_figures(batch=64):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
-        compiled = (
-            jax.jit(step, donate_argnums=(0, 1))
-            .lower(params, opt_state, latents, jax.random.PRNGKey(2))
-            .compile()
-        )
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost.get("flops", 0.0))
-        state = [params, opt_state]
+        return step
 
-        def run():
-            state[0], state[1], loss = compiled(state[0], state[1], latents, jax.random.PRNGKey(3))
-            return loss
+    model = LatentDiffusion.from_config(config)
+    params = jax.device_put(random_params_from_init(model.init_denoiser))
+    opt_state = optimizer.init(params)
+    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+    args = (params, opt_state, latents, jax.random.PRNGKey(2))
+    flops = model_flops(make_step(LatentDiffusion.from_config(kth_config(dtype, "xla"))), *args)
+    start = time.time()
+    compiled = jax.jit(make_step(model), donate_argnums=(0, 1)).lower(*args).compile()
+    compile_s = time.time() - start
+    state = [params, opt_state]
 
-        seconds = time_it(run, repeats=10)
-        times[dtype] = seconds
-        record(
-            f"train step KTH 259M batch {batch} {dtype}",
-            step_s=seconds,
-            examples_per_s=batch / seconds,
-            xla_tflop_per_step=flops / 1e12,
-            mfu_vs_bf16_peak=flops / seconds / peak,
-        )
-    if len(times) == 2:
-        record("train step bf16 speed-up over f32", ratio=times["float32"] / times["bfloat16"])
+    def run():
+        state[0], state[1], loss = compiled(state[0], state[1], latents, jax.random.PRNGKey(3))
+        return loss
+
+    seconds = time_it(run, repeats=10)
+    if dtype == "bfloat16" and attention == "auto":
+        save_profile(run, "train_bf16.xplane.pb")
+    record(
+        name,
+        step_s=seconds,
+        examples_per_s=batch / seconds,
+        model_tflop_per_step=flops / 1e12,
+        mfu_vs_bf16_peak=flops / seconds / peak_flops(),
+        compile_s=compile_s,
+        loss_finite=bool(np.isfinite(float(run()))),
+    )
+    return seconds
 
 
-def rollout_figures(batch=256, frames=30):
+def rollout_figures(samplers, batch=256, frames=30):
     config = kth_config("bfloat16")
     model = LatentDiffusion.from_config(config)
+    counting = LatentDiffusion.from_config(kth_config("bfloat16", "xla"))
     params = jax.device_put(random_params_from_init(model.init_denoiser))
     vq_params = jax.device_put(random_params_from_init(model.init_vq, 1))
     cond = jax.random.uniform(jax.random.PRNGKey(2), (batch, 10, 64, 64, 1)) * 2 - 1
-    for sampler, steps in (("dpm_solver_pp", 20), ("ddim", 100)):
-        if out_of_time(40):
-            record(f"rollout {sampler}-{steps}", skipped="time budget")
+    z = jnp.zeros((batch, model.k, 16, 16, 3))
+    z_cond = jnp.zeros((batch, model.cond_frames, 16, 16, 3))
+    t = jnp.full((batch,), 500.0)
+    denoise_flops = model_flops(counting.eps_prediction, params, z, t, z_cond)
+    decode_flops = model_flops(counting.decode, vq_params, z)
+    encode_flops = model_flops(counting.encode, vq_params, cond)
+    blocks = -(-frames // model.k)
+    for sampler, steps in samplers:
+        name = (
+            f"rollout KTH 10->{frames} {sampler}-{steps} batch {batch} bf16 ({config.model.mode})"
+        )
+        if out_of_time(60):
+            record(name, skipped="time budget")
             continue
         sampling = config.sampling.copy_and_resolve_references()
         sampling.sampler, sampling.steps = sampler, steps
         predict = model.make_predict_fn(frames, sampling)
+        flops = encode_flops + blocks * (steps * denoise_flops + decode_flops)
+        start = time.time()
+        first = predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"]
+        first_s = time.time() - start
         seconds = time_it(
-            lambda: predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"], repeats=2
+            lambda: predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"],
+            repeats=1,
+            warmup=False,
         )
         record(
-            f"rollout KTH 10->30 {sampler}-{steps} batch {batch} bf16 ({config.model.mode})",
+            name,
             seconds=seconds,
             frames_per_s=batch * frames / seconds,
+            compile_and_first_run_s=first_s,
+            model_tflop=flops / 1e12,
+            mfu_vs_bf16_peak=flops / seconds / peak_flops(),
+            unet_gflop_per_forward_example=denoise_flops / batch / 1e9,
+            vq_decode_gflop_per_frame=decode_flops / (batch * model.k) / 1e9,
+            finite=bool(np.isfinite(np.asarray(first, np.float32)).all()),
+        )
+
+
+def rollout_dpm_solver(batch=256, frames=30):
+    rollout_figures((("dpm_solver_pp", 20),), batch, frames)
+
+
+def rollout_ddim(batch=256, frames=30):
+    rollout_figures((("ddim", 100),), batch, frames)
+
+
+def train_step_bf16(batch=64):
+    STEP_SECONDS["bfloat16"] = train_step_figure("bfloat16", batch=batch)
+
+
+def train_step_f32(batch=64):
+    f32 = train_step_figure("float32", batch=batch)
+    if STEP_SECONDS.get("bfloat16") and f32:
+        record("train step bf16 speed-up over f32", ratio=f32 / STEP_SECONDS["bfloat16"])
+
+
+def train_step_xla_attention(batch=64):
+    xla = train_step_figure("bfloat16", "xla", batch=batch)
+    if STEP_SECONDS.get("bfloat16") and xla:
+        record(
+            "train step bf16: cuDNN fused attention speed-up over XLA's",
+            ratio=xla / STEP_SECONDS["bfloat16"],
         )
 
 
@@ -215,17 +316,30 @@ def i3d_figures(clips=16):
 
 
 if __name__ == "__main__":
+    tiny_rollout = dict(batch=2, frames=7)
     sizes = (
         dict(
-            train_step_figures=dict(batch=2),
-            rollout_figures=dict(batch=2, frames=7),
+            train_step_bf16=dict(batch=2),
+            train_step_f32=dict(batch=2),
+            train_step_xla_attention=dict(batch=2),
+            rollout_dpm_solver=tiny_rollout,
+            rollout_ddim=tiny_rollout,
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1),
         )
         if TINY
         else {}
     )
-    for figure in (check_against_cpu, rollout_figures, train_step_figures, vq_figures, i3d_figures):
+    for figure in (
+        check_against_cpu,
+        train_step_bf16,
+        rollout_dpm_solver,
+        train_step_f32,
+        rollout_ddim,
+        train_step_xla_attention,
+        vq_figures,
+        i3d_figures,
+    ):
         try:
             figure(**sizes.get(figure.__name__, {}))
         except Exception as err:  # keep going: a failed figure must not lose the others

@@ -14,6 +14,7 @@ import ml_collections
 PREDICTOR_MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
 PARAMETERIZATIONS = ("eps", "x0", "v")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 PROTOCOLS = ("predvdm", "mcvd", "extdm")
 
 
@@ -69,7 +70,14 @@ def default_config() -> ml_collections.ConfigDict:
         dropout=0.1,
         use_scale_shift_norm=False,
     )
-    c.model = dict(mode="tc", attn_heads_tc=5, attn_heads_ct=3, attn_dim_head=32, dtype="float32")
+    c.model = dict(
+        mode="tc",
+        attn_heads_tc=5,
+        attn_heads_ct=3,
+        attn_dim_head=32,
+        dtype="float32",  # compute dtype of the denoiser and the frozen VQ; params stay float32
+        attention="auto",  # UNet self-attention: auto (cuDNN flash on GPU in bf16), xla, cudnn
+    )
 
     c.diffusion = dict(
         timesteps=1000,
@@ -250,6 +258,8 @@ def _combination_errors(c) -> list[str]:
         )
     if m.dtype not in ("float32", "bfloat16"):
         errors.append(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+    if m.attention not in ATTENTION_IMPLS:
+        errors.append(f"model.attention {m.attention!r} is not one of {ATTENTION_IMPLS}")
     df = c.diffusion
     if df.beta_schedule not in ("linear", "cosine", "linear_beta"):
         errors.append(

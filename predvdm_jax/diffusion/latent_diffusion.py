@@ -27,11 +27,13 @@ from predvdm_jax.models.predictor import PredVDMDenoiser
 
 
 def build_vq(config: ml_collections.ConfigDict) -> VQModel:
+    """The frozen first stage, computing in ``model.dtype`` (its quantizer stays float32)."""
     return VQModel(
         **{
             k: tuple(v) if isinstance(v, (list, tuple)) else v
             for k, v in config.vq.to_dict().items()
-        }
+        },
+        dtype=jnp.dtype(config.model.dtype),
     )
 
 
@@ -40,6 +42,7 @@ def build_denoiser(config: ml_collections.ConfigDict) -> PredVDMDenoiser:
         k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.unet.to_dict().items()
     }
     unet["dtype"] = jnp.dtype(config.model.dtype)
+    unet["attention_impl"] = config.model.attention
     return PredVDMDenoiser(
         mode=config.model.mode,
         k=config.data.pred_frames,

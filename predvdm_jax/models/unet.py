@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from predvdm_jax.config import ATTENTION_IMPLS
 from predvdm_jax.models import small_map_conv
 
 CONV_KERNEL_AXES = ("height", "width", "conv_in", "conv_out")
@@ -76,6 +77,26 @@ def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def attention_implementation(impl: str, q: jax.Array) -> str:
+    """``'cudnn'`` (fused flash attention) or ``'xla'`` for ``jax.nn.dot_product_attention``.
+
+    ``'auto'`` picks cuDNN on a GPU for bf16/fp16 queries whose head width it
+    supports (a multiple of 8, at most 128), and XLA's einsum + softmax elsewhere.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation {impl!r} is not one of {ATTENTION_IMPLS}")
+    if impl != "auto":
+        return impl
+    head_ch = q.shape[-1]
+    fused = (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and head_ch % 8 == 0
+        and head_ch <= 128
+    )
+    return "cudnn" if fused else "xla"
 
 
 def _conv(
@@ -181,12 +202,15 @@ class AttentionBlock(nn.Module):
     """Spatial self-attention with LDM's legacy QKV layout (``QKVAttentionLegacy``).
 
     The ``3C`` qkv channels split as ``(heads, [q|k|v], head_channels)``: heads
-    outermost, each head's q, k and v contiguous. q and k are both scaled by
-    ``head_channels^(-1/4)``; the softmax runs in float32.
+    outermost, each head's q, k and v contiguous. LDM scales q and k by
+    ``head_channels^(-1/4)`` each; here the logits are scaled by ``head_channels^(-1/2)``,
+    the same product. Logits and softmax are float32 on the XLA path and fused in
+    cuDNN's flash attention on the other (see :func:`attention_implementation`).
     """
 
     num_heads: int
     dtype: Any = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,11 +224,10 @@ class AttentionBlock(nn.Module):
         tokens = _group_norm(x, "norm").reshape(b, hgt * wid, c)
         qkv = _dense(3 * c, c, "qkv", dtype=self.dtype)(tokens)
         qkv = qkv.reshape(b, hgt * wid, self.num_heads, 3, head_ch)
-        scale = head_ch**-0.25
-        q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
-        logits = jnp.einsum("bthc,bshc->bhts", q, k)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        attended = jnp.einsum("bhts,bshc->bthc", weights, v).reshape(b, hgt * wid, c)
+        q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+        attended = jax.nn.dot_product_attention(
+            q, k, v, scale=head_ch**-0.5, implementation=attention_implementation(self.impl, q)
+        ).reshape(b, hgt * wid, c)
         out = _dense(c, c, "proj_out", dtype=self.dtype, zero_init=True)(attended)
         return x + out.reshape(b, hgt, wid, c).astype(x.dtype)
 
@@ -258,6 +281,7 @@ class UNetModel(nn.Module):
     use_scale_shift_norm: bool = False
     conv_resample: bool = True
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"  # see attention_implementation
 
     def _heads(self, width: int) -> int:
         if self.num_head_channels != -1:
@@ -298,7 +322,9 @@ class UNetModel(nn.Module):
             return ResBlock(width, self.dropout, self.use_scale_shift_norm, self.dtype, name=name)
 
         def attention(width: int, name: str) -> AttentionBlock:
-            return AttentionBlock(self._heads(width), self.dtype, name=name)
+            return AttentionBlock(
+                self._heads(width), self.dtype, impl=self.attention_impl, name=name
+            )
 
         h = _conv(mc, 3, self.in_channels, "input_blocks_0_0", dtype=self.dtype)(
             x.astype(self.dtype)
