@@ -13,8 +13,10 @@
 5. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
 6. I3D features/s for 40-frame clips at 224² (random weights: same cost).
 
-Model FLOPs are XLA's cost analysis of the unoptimised program with XLA's attention:
-cuDNN's fused attention is a custom call, which the cost analysis counts as zero.
+Model FLOPs are the matrix products and convolutions of the program's jaxpr
+(``common.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
+cost analysis cannot serve: cuDNN's convolutions and attention are custom calls it counts
+as zero (it gave 0.38 TFLOP for a 4.97 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those.
 
 Each figure is skipped once the time budget is spent, and results are appended
 to $OUT/gpu_results.json as they come, so a cut-off run still reports.
@@ -24,6 +26,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from common import matmul_flops  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
@@ -44,6 +48,7 @@ START = time.time()
 BUDGET = float(os.environ.get("BENCH_BUDGET_S", 240))
 OUT = os.environ.get("OUT", "/tmp")
 TINY = bool(os.environ.get("BENCH_TINY"))  # a seconds-long smoke test of this script on CPU
+ONLY = [name for name in os.environ.get("BENCH_FIGURES", "").split(",") if name]
 STEP_SECONDS = {}
 results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "rows": []}
 
@@ -79,13 +84,6 @@ def kth_config(dtype="float32", attention="auto"):
         c.unet.update(dict(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,)))
         c.vq.update(dict(ch=32))
     return config_lib.validate(c)
-
-
-def model_flops(fn, *args):
-    """FLOPs of ``fn``'s unoptimised program (call it with an XLA-attention model)."""
-    cost = jax.jit(fn).lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
 
 
 def save_profile(fn, filename, steps=2):
@@ -161,32 +159,32 @@ def check_against_cpu():
 
 
 def train_step_figure(dtype, attention="auto", batch=64, reserve=60):
+    """Times one train step; returns its seconds."""
     name = f"train step KTH 259M batch {batch} {dtype} attention={attention}"
     if out_of_time(reserve):
         record(name, skipped="time budget")
         return None
-    config = kth_config(dtype, attention)
-    optimizer, _ = optim.make_optimizer(config)
 
-    def make_step(model):
+    def make_step(model, optimizer):
         def step(params, opt_state, latents, key):
-            grad_fn = jax.value_and_grad(
-                lambda p: model.loss(p, None, {"latents": latents}, key)[0]
-            )
-            loss, grads = grad_fn(params)
+            loss_fn = lambda p: model.loss(p, None, {"latents": latents}, key)[0]
+            loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
         return step
 
+    config = kth_config(dtype, attention)
     model = LatentDiffusion.from_config(config)
+    optimizer, _ = optim.make_optimizer(config)
     params = jax.device_put(random_params_from_init(model.init_denoiser))
     opt_state = optimizer.init(params)
     latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
     args = (params, opt_state, latents, jax.random.PRNGKey(2))
-    flops = model_flops(make_step(LatentDiffusion.from_config(kth_config(dtype, "xla"))), *args)
+    counting = LatentDiffusion.from_config(kth_config(dtype, "xla"))
+    flops = matmul_flops(make_step(counting, optimizer), *args)
     start = time.time()
-    compiled = jax.jit(make_step(model), donate_argnums=(0, 1)).lower(*args).compile()
+    compiled = jax.jit(make_step(model, optimizer), donate_argnums=(0, 1)).lower(*args).compile()
     compile_s = time.time() - start
     state = [params, opt_state]
 
@@ -219,9 +217,9 @@ def rollout_figures(samplers, batch=256, frames=30):
     z = jnp.zeros((batch, model.k, 16, 16, 3))
     z_cond = jnp.zeros((batch, model.cond_frames, 16, 16, 3))
     t = jnp.full((batch,), 500.0)
-    denoise_flops = model_flops(counting.eps_prediction, params, z, t, z_cond)
-    decode_flops = model_flops(counting.decode, vq_params, z)
-    encode_flops = model_flops(counting.encode, vq_params, cond)
+    denoise_flops = matmul_flops(counting.eps_prediction, params, z, t, z_cond)
+    decode_flops = matmul_flops(counting.decode, vq_params, z)
+    encode_flops = matmul_flops(counting.encode, vq_params, cond)
     blocks = -(-frames // model.k)
     for sampler, steps in samplers:
         name = (
@@ -340,8 +338,11 @@ if __name__ == "__main__":
         vq_figures,
         i3d_figures,
     ):
+        if ONLY and figure.__name__ not in ONLY:
+            continue
         try:
             figure(**sizes.get(figure.__name__, {}))
         except Exception as err:  # keep going: a failed figure must not lose the others
-            record(figure.__name__, error=f"{type(err).__name__}: {err}"[:500])
+            where = traceback.extract_tb(err.__traceback__)[-3:]
+            record(figure.__name__, error=f"{type(err).__name__}: {err}"[:500], where=str(where))
     print(json.dumps(results, indent=1))
