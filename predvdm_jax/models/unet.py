@@ -43,7 +43,6 @@ from flax import linen as nn
 
 from predvdm_jax.config import ATTENTION_IMPLS
 from predvdm_jax.models import small_map_conv
-from predvdm_jax.models.group_norm import GroupNorm
 
 CONV_KERNEL_AXES = ("height", "width", "conv_in", "conv_out")
 DENSE_KERNEL_AXES = ("conv_in", "conv_out")
@@ -147,7 +146,15 @@ def _dense(
 
 def _group_norm(x: jax.Array, name: str) -> jax.Array:
     """LDM's ``GroupNorm32``: 32 groups, eps 1e-5, computed in float32, cast back."""
-    return GroupNorm(GROUPNORM_GROUPS, GROUPNORM_EPS, name=name)(x)
+    norm = nn.GroupNorm(
+        num_groups=GROUPNORM_GROUPS,
+        epsilon=GROUPNORM_EPS,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name=name,
+    )
+    return norm(x.astype(jnp.float32)).astype(x.dtype)
 
 
 class ResBlock(nn.Module):
