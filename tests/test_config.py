@@ -69,6 +69,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
         (dict(diffusion__parameterization="score"), "diffusion.parameterization must be one of"),
         (dict(data__preload_max_gb=-1.0), "data.preload_max_gb must be >= 0"),
+        (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
     ],
 )
 def test_validation_names_the_field(changes, message):

@@ -139,3 +139,25 @@ def test_bad_inputs_raise_clear_errors(tiny):
         encode_video(model, params, jnp.zeros((2, 8, 8, 3)), chunk=2)
     with pytest.raises(ValueError, match="not divisible by the 32 GroupNorm groups"):
         VQModel(ch=48).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_latent_diffusion_vq_computes_in_model_dtype_and_quantizes_in_float32(tiny):
+    from predvdm_jax import config as config_lib
+    from predvdm_jax.diffusion.latent_diffusion import build_vq
+
+    _, params = tiny
+    config = config_lib.default_config()
+    config.vq.update(TINY)
+    latents = jax.random.normal(jax.random.key(4), (2, 3, 4, 4, 3))
+    frames = {}
+    for dtype in ("float32", "bfloat16"):
+        config.model.dtype = dtype
+        model = build_vq(config)
+        assert model.dtype == jnp.dtype(dtype)
+        z = encode_video(model, params, jnp.tanh(latents.repeat(2, 2).repeat(2, 3)))
+        assert z.dtype == jnp.float32
+        codes = model.apply({"params": params}, z.reshape(6, 4, 4, 3), method=VQModel.quantize)
+        assert codes[0].dtype == jnp.float32  # the nearest-code search stays float32
+        frames[dtype] = np.asarray(decode_video(model, params, latents), np.float32)
+    error = np.abs(frames["bfloat16"] - frames["float32"]).max() / np.abs(frames["float32"]).max()
+    assert 0 < error < 3e-2

@@ -15,6 +15,7 @@ from predvdm_jax.models.unet import (
     AttentionBlock,
     ResBlock,
     UNetModel,
+    attention_implementation,
     count_params,
     timestep_embedding,
 )
@@ -95,7 +96,7 @@ def numpy_group_norm(x, scale, bias, groups=32, eps=1e-5):
     return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * scale + bias
 
 
-def test_attention_uses_legacy_head_layout_and_quarter_power_scaling():
+def test_attention_uses_legacy_head_layout_and_inverse_sqrt_scaling():
     channels, heads, side = 64, 2, 4
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, side, side, channels)).astype(np.float32)
@@ -130,6 +131,28 @@ def test_attention_uses_legacy_head_layout_and_quarter_power_scaling():
         x.shape
     )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, head_ch, expected",
+    [
+        ("cpu", jnp.bfloat16, 32, "xla"),
+        ("gpu", jnp.bfloat16, 32, "cudnn"),
+        ("gpu", jnp.float16, 128, "cudnn"),
+        ("gpu", jnp.float32, 32, "xla"),  # cuDNN's flash attention is 16-bit only
+        ("gpu", jnp.bfloat16, 12, "xla"),  # head width not a multiple of 8
+        ("gpu", jnp.bfloat16, 256, "xla"),  # head width above 128
+    ],
+)
+def test_auto_attention_fuses_only_supported_16_bit_gpu_queries(
+    monkeypatch, backend, dtype, head_ch, expected
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    q = jax.ShapeDtypeStruct((2, 16, 4, head_ch), dtype)
+    assert attention_implementation("auto", q) == expected
+    assert attention_implementation("xla", q) == "xla"
+    with pytest.raises(ValueError, match="'flash' is not one of"):
+        attention_implementation("flash", q)
 
 
 def test_fresh_resblock_and_attention_are_identity_maps_with_pytorch_default_init():
