@@ -87,6 +87,11 @@ def attention_implementation(impl: str, q: jax.Array) -> str:
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention implementation {impl!r} is not one of {ATTENTION_IMPLS}")
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention implementation 'cudnn' needs a GPU, but the backend is "
+            f"{jax.default_backend()}; set model.attention to 'auto' or 'xla'"
+        )
     if impl != "auto":
         return impl
     head_ch = q.shape[-1]

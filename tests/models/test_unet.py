@@ -153,6 +153,9 @@ def test_auto_attention_fuses_only_supported_16_bit_gpu_queries(
     assert attention_implementation("xla", q) == "xla"
     with pytest.raises(ValueError, match="'flash' is not one of"):
         attention_implementation("flash", q)
+    if backend == "cpu":
+        with pytest.raises(ValueError, match="'cudnn' needs a GPU, but the backend is cpu"):
+            attention_implementation("cudnn", q)
 
 
 def test_fresh_resblock_and_attention_are_identity_maps_with_pytorch_default_init():
