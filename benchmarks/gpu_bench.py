@@ -10,8 +10,12 @@
    (predicted frames/s, VQ decode included, and the MFU of the same FLOP count);
 4. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
    attention instead of cuDNN's (the fused attention's share);
-5. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
-6. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+5. the bf16 step taken apart: gradient alone, optimizer update alone, and the whole
+   step at batch 128 (how much of the time is per-step rather than per-example);
+6. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
+7. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+
+The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb.
 
 Model FLOPs are the matrix products and convolutions of the program's jaxpr
 (``common.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
@@ -158,8 +162,8 @@ def check_against_cpu():
     )
 
 
-def train_step_figure(dtype, attention="auto", batch=64, reserve=60):
-    """Times one train step; returns its seconds."""
+def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=False):
+    """Times one train step; returns its seconds. ``profile`` saves a trace of two steps."""
     name = f"train step KTH 259M batch {batch} {dtype} attention={attention}"
     if out_of_time(reserve):
         record(name, skipped="time budget")
@@ -193,8 +197,8 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60):
         return loss
 
     seconds = time_it(run, repeats=10)
-    if dtype == "bfloat16" and attention == "auto":
-        save_profile(run, "train_bf16.xplane.pb")
+    if profile:
+        save_profile(run, f"train_{dtype}_batch{batch}.xplane.pb")
     record(
         name,
         step_s=seconds,
@@ -262,7 +266,46 @@ def rollout_ddim(batch=256, frames=30):
 
 
 def train_step_bf16(batch=64):
-    STEP_SECONDS["bfloat16"] = train_step_figure("bfloat16", batch=batch)
+    STEP_SECONDS["bfloat16"] = train_step_figure("bfloat16", batch=batch, profile=True)
+
+
+def train_step_breakdown(batch=64):
+    """Where the bf16 step's time goes: the gradient alone and the optimizer update alone
+    at ``batch``, then the whole step at twice the batch (per-step costs amortised)."""
+    name = f"train step KTH 259M batch {batch} bf16: gradient and optimizer update apart"
+    if out_of_time(90):
+        record(name, skipped="time budget")
+        return
+    config = kth_config("bfloat16")
+    model = LatentDiffusion.from_config(config)
+    optimizer, _ = optim.make_optimizer(config)
+    params = jax.device_put(random_params_from_init(model.init_denoiser))
+    opt_state = optimizer.init(params)
+    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+    key = jax.random.PRNGKey(2)
+
+    @jax.jit
+    def gradient(params, latents, key):
+        loss_fn = lambda p: model.loss(p, None, {"latents": latents}, key)[0]
+        return jax.value_and_grad(loss_fn)(params)
+
+    @jax.jit
+    def update(grads, opt_state, params):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return jax.tree.map(jnp.add, params, updates), opt_state
+
+    grads = gradient(params, latents, key)[1]
+    gradient_s = time_it(lambda: gradient(params, latents, key))
+    update_s = time_it(lambda: update(grads, opt_state, params))
+    step_s = STEP_SECONDS.get("bfloat16")
+    record(
+        name,
+        gradient_s=gradient_s,
+        optimizer_update_s=update_s,
+        whole_step_s=step_s,
+        update_share_of_step=update_s / step_s if step_s else None,
+    )
+    train_step_figure("bfloat16", batch=2 * batch)
 
 
 def train_step_f32(batch=64):
@@ -319,6 +362,7 @@ if __name__ == "__main__":
         dict(
             train_step_bf16=dict(batch=2),
             train_step_f32=dict(batch=2),
+            train_step_breakdown=dict(batch=2),
             train_step_xla_attention=dict(batch=2),
             rollout_dpm_solver=tiny_rollout,
             rollout_ddim=tiny_rollout,
@@ -335,6 +379,7 @@ if __name__ == "__main__":
         train_step_f32,
         rollout_ddim,
         train_step_xla_attention,
+        train_step_breakdown,
         vq_figures,
         i3d_figures,
     ):
