@@ -77,8 +77,11 @@ def make_python_loop_rollout(model, frames, steps, eta=1.0):
     return run
 
 
-def make_torch_rollout(model, frames, steps, eta=1.0):
-    """PredVDM's rollout in PyTorch, sized like ``model`` (random weights: only timing)."""
+def make_torch_rollout(model, frames, steps, eta=1.0, device="cpu", bf16=False):
+    """PredVDM's rollout in PyTorch, sized like ``model`` (random weights: only timing), on
+    ``device``; ``bf16`` runs it under ``torch.autocast`` in bfloat16."""
+    import contextlib
+
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
@@ -86,36 +89,44 @@ def make_torch_rollout(model, frames, steps, eta=1.0):
 
     config = model.config
     k, n_cond = model.k, model.cond_frames
-    denoiser = common.torch_denoiser(config).eval()
+    denoiser = common.torch_denoiser(config).eval().to(device)
     vq = build_torch_model(
         {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
-    )
+    ).to(device)
     ts = ddim_timesteps(steps, model.schedule.num_timesteps)
     alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
+    device_type = torch.device(device).type
+    precision = (
+        torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
 
     @torch.no_grad()
     def run(cond):
         b, _, size, _, _ = cond.shape
-        video = torch.from_numpy(np.array(cond)).permute(0, 1, 4, 2, 3)
+        video = torch.from_numpy(np.array(cond)).to(device).permute(0, 1, 4, 2, 3)
         if video.shape[2] == 1:
             video = video.repeat(1, 1, 3, 1, 1)
-        z_cond = vq.encode(video.reshape(-1, 3, size, size))
-        z_cond = z_cond.reshape(b, n_cond, *z_cond.shape[1:])
-        out = []
-        for _ in range(math.ceil(frames / k)):
-            x = torch.randn(b, k, *z_cond.shape[2:])
-            for i in reversed(range(len(ts))):
-                eps = denoiser(x, torch.full((b,), int(ts[i])), z_cond)
-                x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
-                x = (
-                    np.sqrt(alphas_prev[i]) * x0
-                    + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
-                    + sigmas[i] * torch.randn_like(x)
-                )
-            decoded = vq.decode(x.reshape(-1, *x.shape[2:])).clamp(-1, 1)
-            out.append(decoded.reshape(b, k, *decoded.shape[1:]))
-            z_cond = torch.cat([z_cond, x], dim=1)[:, -n_cond:]
-        return torch.cat(out, dim=1)[:, :frames]
+        with precision:
+            z_cond = vq.encode(video.reshape(-1, 3, size, size))
+            z_cond = z_cond.reshape(b, n_cond, *z_cond.shape[1:])
+            out = []
+            for _ in range(math.ceil(frames / k)):
+                x = torch.randn(b, k, *z_cond.shape[2:], device=device)
+                for i in reversed(range(len(ts))):
+                    eps = denoiser(x, torch.full((b,), int(ts[i]), device=device), z_cond)
+                    x0 = (x - np.sqrt(1 - alphas[i]) * eps) / np.sqrt(alphas[i])
+                    x = (
+                        np.sqrt(alphas_prev[i]) * x0
+                        + np.sqrt(1 - alphas_prev[i] - sigmas[i] ** 2) * eps
+                        + sigmas[i] * torch.randn_like(x)
+                    )
+                decoded = vq.decode(x.reshape(-1, *x.shape[2:])).clamp(-1, 1)
+                out.append(decoded.reshape(b, k, *decoded.shape[1:]))
+                z_cond = torch.cat([z_cond, x], dim=1)[:, -n_cond:]
+        frames_out = torch.cat(out, dim=1)[:, :frames]
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        return frames_out
 
     return run
 

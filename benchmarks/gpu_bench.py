@@ -8,12 +8,14 @@
    against the chip's dense bf16 peak);
 3. KTH 10 → 30 rollout at batch 256, bf16: DPM-Solver++-20 and DDIM-100
    (predicted frames/s, VQ decode included, and the MFU of the same FLOP count);
-4. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
+4. the PyTorch original's DDIM-100 rollout on the same GPU (bf16 autocast), the
+   baseline of the compiled rollout;
+5. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
    attention instead of cuDNN's (the fused attention's share);
-5. the bf16 step taken apart: gradient alone, optimizer update alone, and the whole
+6. the bf16 step taken apart: gradient alone, optimizer update alone, and the whole
    step at batch 128 (how much of the time is per-step rather than per-example);
-6. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
-7. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+7. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
+8. I3D features/s for 40-frame clips at 224² (random weights: same cost).
 
 The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb.
 
@@ -54,6 +56,7 @@ OUT = os.environ.get("OUT", "/tmp")
 TINY = bool(os.environ.get("BENCH_TINY"))  # a seconds-long smoke test of this script on CPU
 ONLY = [name for name in os.environ.get("BENCH_FIGURES", "").split(",") if name]
 STEP_SECONDS = {}
+ROLLOUT_FPS = {}
 results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "rows": []}
 
 
@@ -244,6 +247,7 @@ def rollout_figures(samplers, batch=256, frames=30):
             repeats=1,
             warmup=False,
         )
+        ROLLOUT_FPS[f"{sampler.split('_')[0]}-{steps}"] = batch * frames / seconds
         record(
             name,
             seconds=seconds,
@@ -263,6 +267,35 @@ def rollout_dpm_solver(batch=256, frames=30):
 
 def rollout_ddim(batch=256, frames=30):
     rollout_figures((("ddim", 100),), batch, frames)
+
+
+def rollout_torch_original(batch=256, frames=30, steps=100):
+    """The PyTorch original's DDIM rollout (bench_rollout.make_torch_rollout) on the same
+    GPU under bf16 autocast: the baseline of the compiled JAX rollout."""
+    name = f"rollout KTH 10->{frames} PyTorch original ddim-{steps} batch {batch} bf16 autocast"
+    if out_of_time(60):
+        record(name, skipped="time budget")
+        return
+    import torch
+    from bench_rollout import make_torch_rollout
+
+    torch.backends.cudnn.benchmark = True
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = LatentDiffusion.from_config(kth_config("bfloat16"))
+    cond = np.random.default_rng(0).uniform(-1, 1, (batch, 10, 64, 64, 1)).astype(np.float32)
+    make_torch_rollout(model, model.k, 2, device=device, bf16=True)(cond)  # cuDNN autotuning
+    run = make_torch_rollout(model, frames, steps, device=device, bf16=True)
+    start = time.perf_counter()
+    run(cond)
+    seconds = time.perf_counter() - start
+    jax_fps = ROLLOUT_FPS.get(f"ddim-{steps}")
+    record(
+        name,
+        torch=torch.__version__,
+        seconds=seconds,
+        frames_per_s=batch * frames / seconds,
+        jax_compiled_speedup=jax_fps / (batch * frames / seconds) if jax_fps else None,
+    )
 
 
 def train_step_bf16(batch=64):
@@ -366,6 +399,7 @@ if __name__ == "__main__":
             train_step_xla_attention=dict(batch=2),
             rollout_dpm_solver=tiny_rollout,
             rollout_ddim=tiny_rollout,
+            rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1),
         )
@@ -378,6 +412,7 @@ if __name__ == "__main__":
         rollout_dpm_solver,
         train_step_f32,
         rollout_ddim,
+        rollout_torch_original,
         train_step_xla_attention,
         train_step_breakdown,
         vq_figures,
