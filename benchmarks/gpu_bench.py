@@ -3,9 +3,9 @@
 1. correctness: a small PredVDM denoiser on the accelerator against the same
    computation on the host CPU: float32 at highest matmul precision, and bf16
    with cuDNN's fused attention and with XLA's;
-2. train step of the KTH config (259 M UNet, cached latents) at batch 64 in
-   bfloat16 compute, examples/s and MFU (model FLOPs over the measured time,
-   against the chip's dense bf16 peak);
+2. the training engine's step (gradient, grad norm, clipped AdamW, EMA) for the KTH
+   config (259 M UNet, cached latents) at batch 64 in bfloat16 compute, examples/s
+   and MFU (model FLOPs over the measured time, against the chip's dense bf16 peak);
 3. KTH 10 → 30 rollout at batch 256, bf16: DPM-Solver++-20 and DDIM-100
    (predicted frames/s, VQ decode included, and the MFU of the same FLOP count);
 4. the PyTorch original's DDIM-100 rollout on the same GPU (bf16 autocast), the
@@ -44,7 +44,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import matmul_flops  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
-from predvdm_jax.training import optim  # noqa: E402
+from predvdm_jax.training import mesh as mesh_lib, optim  # noqa: E402
+from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
+from predvdm_jax.training.train_state import TrainState, abstract_train_state  # noqa: E402
+from predvdm_jax.training.train_step import make_train_step  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
@@ -165,39 +168,56 @@ def check_against_cpu():
     )
 
 
+def engine_train_step(dtype, attention, batch):
+    """The training engine's jitted step (training/train_step.py: gradient, grad norm,
+    clipped AdamW, EMA) for the KTH config on one device, its state (random params) and
+    a batch of cached latents."""
+    config = kth_config(dtype, attention)
+    model = LatentDiffusion.from_config(config)
+    optimizer, schedule = optim.make_optimizer(config)
+    mesh = mesh_lib.make_mesh(-1, 1)
+    _, shardings = abstract_train_state(model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh)
+    step = make_train_step(
+        make_loss_fn(model, None),
+        optimizer,
+        config.train.ema_rate,
+        mesh,
+        shardings,
+        mesh_lib.batch_sharding(mesh),
+        lr_schedule=schedule,
+    )
+    params = random_params_from_init(model.init_denoiser)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params,
+        ema_updates=jnp.zeros((), jnp.int32),
+        rng=jax.random.PRNGKey(2),
+        extra=None,
+    )
+    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+    return step, jax.device_put(state, shardings), {"latents": latents}
+
+
 def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=False):
-    """Times one train step; returns its seconds. ``profile`` saves a trace of two steps."""
+    """Times the engine's train step; returns its seconds. ``profile`` saves a trace of two
+    steps."""
     name = f"train step KTH 259M batch {batch} {dtype} attention={attention}"
     if out_of_time(reserve):
         record(name, skipped="time budget")
         return None
-
-    def make_step(model, optimizer):
-        def step(params, opt_state, latents, key):
-            loss_fn = lambda p: model.loss(p, None, {"latents": latents}, key)[0]
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return jax.tree.map(jnp.add, params, updates), opt_state, loss
-
-        return step
-
-    config = kth_config(dtype, attention)
-    model = LatentDiffusion.from_config(config)
-    optimizer, _ = optim.make_optimizer(config)
-    params = jax.device_put(random_params_from_init(model.init_denoiser))
-    opt_state = optimizer.init(params)
-    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
-    args = (params, opt_state, latents, jax.random.PRNGKey(2))
-    counting = LatentDiffusion.from_config(kth_config(dtype, "xla"))
-    flops = matmul_flops(make_step(counting, optimizer), *args)
+    counting_step, state, batch_data = engine_train_step(dtype, "xla", batch)
+    flops = matmul_flops(counting_step, state, batch_data)
+    step, _, _ = engine_train_step(dtype, attention, batch)
     start = time.time()
-    compiled = jax.jit(make_step(model, optimizer), donate_argnums=(0, 1)).lower(*args).compile()
+    compiled = step.lower(state, batch_data).compile()
     compile_s = time.time() - start
-    state = [params, opt_state]
+    holder = [state]
 
     def run():
-        state[0], state[1], loss = compiled(state[0], state[1], latents, jax.random.PRNGKey(3))
-        return loss
+        holder[0], metrics = compiled(holder[0], batch_data)
+        return metrics["loss"]
 
     seconds = time_it(run, repeats=10)
     if profile:

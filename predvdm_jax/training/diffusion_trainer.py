@@ -34,6 +34,18 @@ def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.C
     )
 
 
+def make_loss_fn(model: LatentDiffusion, vq_params: Any) -> loop.LossFn:
+    """The engine's ``loss_fn(params, batch, rng, step)`` for ``model`` (``vq_params`` None
+    when batches are cached latents)."""
+
+    def loss_fn(params, batch, rng, step):
+        del step
+        loss, aux = model.loss(params, vq_params, batch, rng)
+        return loss, {k: v for k, v in aux.items() if k != "loss"}
+
+    return loss_fn
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state."""
     model = LatentDiffusion.from_config(config)
@@ -44,11 +56,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
             "before caching or train from frames (empty data.latent_train_dir)."
         )
 
-    def loss_fn(params, batch, rng, step):
-        del step
-        loss, aux = model.loss(params, vq_params, batch, rng)
-        return loss, {k: v for k, v in aux.items() if k != "loss"}
-
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
-    return loop.train_loop(config, workdir, model.init_denoiser, loss_fn, iterator)
+    return loop.train_loop(
+        config, workdir, model.init_denoiser, make_loss_fn(model, vq_params), iterator
+    )
