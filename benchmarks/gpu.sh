@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator figures (benchmarks/gpu_bench.py) on a lent GPU, within 8 minutes.
+# The accelerator figures (benchmarks/gpu_bench.py) on a lent GPU, within BENCH_BUDGET_S
+# (default 420 s: later figures are skipped); BENCH_FIGURES=a,b runs only those figures.
 # Writes $OUT/gpu_results.json when OUT is set. Needs JAX with CUDA and Flax/Optax on the
 # machine; ml-collections travels as a wheel in .whl/ (see /work/.library/device/README.md).
 set -euo pipefail
