@@ -49,11 +49,12 @@ def _psnr_by_hand(real_uint8, fake_uint8):
     return 10 * np.log10(1 / mse)
 
 
-def test_evaluate_script_on_a_tiny_bundle(tmp_path):
+def _tiny_bundle(tmp_path, videos):
+    """Writes ``videos`` as the test split and a bundle of random params for it; returns
+    the bundle's directory."""
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.interop import bundle as bundle_lib
 
-    videos = _videos(0)
     test_dir = str(tmp_path / "test")
     hdf5.write_split(test_dir, videos)
     config = _tiny_config(test_dir)
@@ -67,6 +68,12 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
             random_params_from_init(model.init_vq, 2),
         ),
     )
+    return bundle_dir
+
+
+def test_evaluate_script_on_a_tiny_bundle(tmp_path):
+    videos = _videos(0)
+    bundle_dir = _tiny_bundle(tmp_path, videos)
 
     out = tmp_path / "eval"
     command = [
