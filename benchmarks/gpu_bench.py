@@ -12,7 +12,7 @@
    baseline of the compiled rollout;
 5. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
    attention instead of cuDNN's (the fused attention's share);
-6. the bf16 step taken apart: gradient alone, optimizer update alone, and the whole
+6. the bf16 step taken apart: gradient alone, update (AdamW + EMA) alone, and the whole
    step at batch 128 (how much of the time is per-step rather than per-example);
 7. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
 8. I3D features/s for 40-frame clips at 224² (random weights: same cost).
@@ -28,11 +28,13 @@ Each figure is skipped once the time budget is spent, and results are appended
 to $OUT/gpu_results.json as they come, so a cut-off run still reports.
 """
 
+import functools
 import json
 import os
 import sys
 import time
 import traceback
+import types
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +49,7 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import mesh as mesh_lib, optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
 from predvdm_jax.training.train_state import TrainState, abstract_train_state  # noqa: E402
-from predvdm_jax.training.train_step import make_train_step  # noqa: E402
+from predvdm_jax.training.train_step import apply_gradients, make_train_step  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
@@ -168,11 +170,10 @@ def check_against_cpu():
     )
 
 
-def engine_train_step(dtype, attention, batch):
+def engine_train_step(config, batch):
     """The training engine's jitted step (training/train_step.py: gradient, grad norm,
-    clipped AdamW, EMA) for the KTH config on one device, its state (random params) and
-    a batch of cached latents."""
-    config = kth_config(dtype, attention)
+    clipped AdamW, EMA) for ``config`` on one device, and the function that makes its
+    state (random params) and a batch of cached latents."""
     model = LatentDiffusion.from_config(config)
     optimizer, schedule = optim.make_optimizer(config)
     mesh = mesh_lib.make_mesh(-1, 1)
@@ -186,18 +187,22 @@ def engine_train_step(dtype, attention, batch):
         mesh_lib.batch_sharding(mesh),
         lr_schedule=schedule,
     )
-    params = random_params_from_init(model.init_denoiser)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        ema_params=params,
-        ema_updates=jnp.zeros((), jnp.int32),
-        rng=jax.random.PRNGKey(2),
-        extra=None,
-    )
-    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
-    return step, jax.device_put(state, shardings), {"latents": latents}
+
+    def make_inputs():
+        params = random_params_from_init(model.init_denoiser)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            ema_params=params,
+            ema_updates=jnp.zeros((), jnp.int32),
+            rng=jax.random.PRNGKey(2),
+            extra=None,
+        )
+        latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+        return jax.device_put(state, shardings), {"latents": latents}
+
+    return step, make_inputs
 
 
 def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=False):
@@ -207,9 +212,10 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
     if out_of_time(reserve):
         record(name, skipped="time budget")
         return None
-    counting_step, state, batch_data = engine_train_step(dtype, "xla", batch)
+    step, make_inputs = engine_train_step(kth_config(dtype, attention), batch)
+    state, batch_data = make_inputs()
+    counting_step, _ = engine_train_step(kth_config(dtype, "xla"), batch)
     flops = matmul_flops(counting_step, state, batch_data)
-    step, _, _ = engine_train_step(dtype, attention, batch)
     start = time.time()
     compiled = step.lower(state, batch_data).compile()
     compile_s = time.time() - start
@@ -234,9 +240,11 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
     return seconds
 
 
-def rollout_figures(samplers, batch=256, frames=30):
-    config = kth_config("bfloat16")
-    model = LatentDiffusion.from_config(config)
+@functools.lru_cache(maxsize=1)
+def rollout_setup(batch, frames):
+    """Model, random params, conditioning frames and the FLOPs of one rollout's parts,
+    shared by the rollout figures."""
+    model = LatentDiffusion.from_config(kth_config("bfloat16"))
     counting = LatentDiffusion.from_config(kth_config("bfloat16", "xla"))
     params = jax.device_put(random_params_from_init(model.init_denoiser))
     vq_params = jax.device_put(random_params_from_init(model.init_vq, 1))
@@ -244,49 +252,55 @@ def rollout_figures(samplers, batch=256, frames=30):
     z = jnp.zeros((batch, model.k, 16, 16, 3))
     z_cond = jnp.zeros((batch, model.cond_frames, 16, 16, 3))
     t = jnp.full((batch,), 500.0)
-    denoise_flops = matmul_flops(counting.eps_prediction, params, z, t, z_cond)
-    decode_flops = matmul_flops(counting.decode, vq_params, z)
-    encode_flops = matmul_flops(counting.encode, vq_params, cond)
+    return types.SimpleNamespace(
+        model=model,
+        params=params,
+        vq_params=vq_params,
+        cond=cond,
+        denoise_flops=matmul_flops(counting.eps_prediction, params, z, t, z_cond),
+        decode_flops=matmul_flops(counting.decode, vq_params, z),
+        encode_flops=matmul_flops(counting.encode, vq_params, cond),
+    )
+
+
+def rollout_figure(sampler, steps, batch=256, frames=30):
+    mode = kth_config().model.mode
+    name = f"rollout KTH 10->{frames} {sampler}-{steps} batch {batch} bf16 ({mode})"
+    if out_of_time(60):
+        record(name, skipped="time budget")
+        return
+    setup = rollout_setup(batch, frames)
+    model = setup.model
+    sampling = model.config.sampling.copy_and_resolve_references()
+    sampling.sampler, sampling.steps = sampler, steps
+    predict = model.make_predict_fn(frames, sampling)
     blocks = -(-frames // model.k)
-    for sampler, steps in samplers:
-        name = (
-            f"rollout KTH 10->{frames} {sampler}-{steps} batch {batch} bf16 ({config.model.mode})"
-        )
-        if out_of_time(60):
-            record(name, skipped="time budget")
-            continue
-        sampling = config.sampling.copy_and_resolve_references()
-        sampling.sampler, sampling.steps = sampler, steps
-        predict = model.make_predict_fn(frames, sampling)
-        flops = encode_flops + blocks * (steps * denoise_flops + decode_flops)
-        start = time.time()
-        first = predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"]
-        first_s = time.time() - start
-        seconds = time_it(
-            lambda: predict(params, vq_params, cond, jax.random.PRNGKey(3))["frames"],
-            repeats=1,
-            warmup=False,
-        )
-        ROLLOUT_FPS[f"{sampler.split('_')[0]}-{steps}"] = batch * frames / seconds
-        record(
-            name,
-            seconds=seconds,
-            frames_per_s=batch * frames / seconds,
-            compile_and_first_run_s=first_s,
-            model_tflop=flops / 1e12,
-            mfu_vs_bf16_peak=flops / seconds / peak_flops(),
-            unet_gflop_per_forward_example=denoise_flops / batch / 1e9,
-            vq_decode_gflop_per_frame=decode_flops / (batch * model.k) / 1e9,
-            finite=bool(np.isfinite(np.asarray(first, np.float32)).all()),
-        )
+    flops = setup.encode_flops + blocks * (steps * setup.denoise_flops + setup.decode_flops)
+    rollout = lambda: predict(setup.params, setup.vq_params, setup.cond, jax.random.PRNGKey(3))
+    start = time.time()
+    first = rollout()["frames"]
+    first_s = time.time() - start
+    seconds = time_it(lambda: rollout()["frames"], repeats=1, warmup=False)
+    ROLLOUT_FPS[f"{sampler.split('_')[0]}-{steps}"] = batch * frames / seconds
+    record(
+        name,
+        seconds=seconds,
+        frames_per_s=batch * frames / seconds,
+        compile_and_first_run_s=first_s,
+        model_tflop=flops / 1e12,
+        mfu_vs_bf16_peak=flops / seconds / peak_flops(),
+        unet_gflop_per_forward_example=setup.denoise_flops / batch / 1e9,
+        vq_decode_gflop_per_frame=setup.decode_flops / (batch * model.k) / 1e9,
+        finite=bool(np.isfinite(np.asarray(first, np.float32)).all()),
+    )
 
 
 def rollout_dpm_solver(batch=256, frames=30):
-    rollout_figures((("dpm_solver_pp", 20),), batch, frames)
+    rollout_figure("dpm_solver_pp", 20, batch, frames)
 
 
 def rollout_ddim(batch=256, frames=30):
-    rollout_figures((("ddim", 100),), batch, frames)
+    rollout_figure("ddim", 100, batch, frames)
 
 
 def rollout_torch_original(batch=256, frames=30, steps=100):
@@ -323,38 +337,31 @@ def train_step_bf16(batch=64):
 
 
 def train_step_breakdown(batch=64):
-    """Where the bf16 step's time goes: the gradient alone and the optimizer update alone
-    at ``batch``, then the whole step at twice the batch (per-step costs amortised)."""
-    name = f"train step KTH 259M batch {batch} bf16: gradient and optimizer update apart"
+    """Where the bf16 step's time goes: the gradient alone and the update alone (clipped
+    AdamW + EMA, the engine's ``apply_gradients``) at ``batch``, then the whole step at
+    twice the batch (per-step costs amortised)."""
+    name = f"train step KTH 259M batch {batch} bf16: gradient and update apart"
     if out_of_time(90):
         record(name, skipped="time budget")
         return
     config = kth_config("bfloat16")
     model = LatentDiffusion.from_config(config)
     optimizer, _ = optim.make_optimizer(config)
-    params = jax.device_put(random_params_from_init(model.init_denoiser))
-    opt_state = optimizer.init(params)
-    latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
+    _, make_inputs = engine_train_step(config, batch)
+    state, batch_data = make_inputs()
+    loss_fn = make_loss_fn(model, None)
+    gradient = jax.jit(jax.grad(lambda p, b, key: loss_fn(p, b, key, state.step)[0]))
+    update = jax.jit(lambda s, g: apply_gradients(s, g, optimizer, config.train.ema_rate))
+
     key = jax.random.PRNGKey(2)
-
-    @jax.jit
-    def gradient(params, latents, key):
-        loss_fn = lambda p: model.loss(p, None, {"latents": latents}, key)[0]
-        return jax.value_and_grad(loss_fn)(params)
-
-    @jax.jit
-    def update(grads, opt_state, params):
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return jax.tree.map(jnp.add, params, updates), opt_state
-
-    grads = gradient(params, latents, key)[1]
-    gradient_s = time_it(lambda: gradient(params, latents, key))
-    update_s = time_it(lambda: update(grads, opt_state, params))
+    grads = gradient(state.params, batch_data, key)
+    gradient_s = time_it(lambda: gradient(state.params, batch_data, key))
+    update_s = time_it(lambda: update(state, grads))
     step_s = STEP_SECONDS.get("bfloat16")
     record(
         name,
         gradient_s=gradient_s,
-        optimizer_update_s=update_s,
+        update_s=update_s,
         whole_step_s=step_s,
         update_share_of_step=update_s / step_s if step_s else None,
     )
