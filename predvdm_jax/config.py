@@ -75,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
         attn_heads_tc=5,
         attn_heads_ct=3,
         attn_dim_head=32,
-        dtype="float32",  # compute dtype of the denoiser and the frozen VQ; params stay float32
+        dtype="float32",  # compute dtype of the denoiser and the VQ; params stay float32
         attention="auto",  # UNet self-attention: auto (cuDNN flash on GPU in bf16), xla, cudnn
     )
 
