@@ -1,7 +1,9 @@
 """Inference bundles: EMA denoiser params + VQ params + config, without optimizer state.
 
 A bundle is a folder with ``denoiser.safetensors``, ``vq.safetensors`` (flat
-'/'-joined Flax param names, float32) and ``config.json``. It loads with one
+'/'-joined Flax param names, float32) and ``config.json``. The denoiser file's
+metadata names its conv kernel layout; bundles from before the UNet stored OHWI
+kernels have none, and their HWIO kernels are transposed on load. It loads with one
 call on any device count and needs neither the training code nor Orbax.
 ``load_from_checkpoint`` reads the same three things straight from a training
 workdir (its newest finished checkpoint).
@@ -18,11 +20,13 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
+DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +59,7 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         save_params_safetensors(
             os.path.join(tmp, DENOISER_FILE),
             jax.device_get(bundle.params),
-            metadata={"format": "flax/predvdm_denoiser"},
+            metadata=DENOISER_METADATA,
         )
         save_params_safetensors(
             os.path.join(tmp, VQ_FILE),
@@ -70,6 +74,23 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_denoiser_params(path: str) -> Any:
+    """A bundle's denoiser params with OHWI conv kernels, whichever layout the file holds."""
+    from safetensors import safe_open
+
+    params = load_params_safetensors(path)
+    with safe_open(path, "numpy") as f:
+        layout = (f.metadata() or {}).get("conv_kernel_layout", "HWIO")
+    if layout == "OHWI":
+        return params
+    if layout != "HWIO":
+        raise ValueError(f"{path}: unknown conv_kernel_layout {layout!r}; re-export the bundle.")
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: np.transpose(x, (3, 0, 1, 2)) if p[-1].key == "kernel" and x.ndim == 4 else x,
+        params,
+    )
 
 
 def load_bundle(path: str) -> Bundle:
@@ -88,7 +109,7 @@ def load_bundle(path: str) -> Bundle:
         config = config_lib.config_from_dict(json.load(f))
     return Bundle(
         config,
-        load_params_safetensors(os.path.join(path, DENOISER_FILE)),
+        load_denoiser_params(os.path.join(path, DENOISER_FILE)),
         load_params_safetensors(os.path.join(path, VQ_FILE)),
     )
 

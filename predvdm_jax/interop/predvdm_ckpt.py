@@ -70,7 +70,7 @@ def _torch_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[in
     if path[-1] != "kernel":
         return tuple(flax_shape)
     if len(flax_shape) == 4:
-        kh, kw, cin, cout = flax_shape
+        cout, kh, kw, cin = flax_shape
         return (cout, cin, kh, kw)
     cin, cout = flax_shape
     return (cout, cin, 1) if path[-2] in _CONV1D_MODULES else (cout, cin)
@@ -79,7 +79,7 @@ def _torch_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[in
 def _to_flax(value: np.ndarray, flax_ndim: int) -> np.ndarray:
     value = np.asarray(value, dtype=np.float32)
     if value.ndim == 4:
-        return tc.conv_kernel_to_flax(value)
+        return tc.conv_kernel_to_ohwi(value)
     if value.ndim == 3 and flax_ndim == 2:
         return tc.conv1x1_to_dense(value)
     if value.ndim == 2:
@@ -92,7 +92,7 @@ def _to_torch(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
     if path[-1] != "kernel":
         return value
     if value.ndim == 4:
-        return tc.conv_kernel_to_torch(value)
+        return tc.ohwi_to_conv_kernel(value)
     return value.T.reshape(_torch_shape(path, value.shape))
 
 

@@ -109,6 +109,16 @@ def conv_kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
     return np.transpose(kernel, (n - 1, n - 2) + tuple(range(n - 2)))
 
 
+def conv_kernel_to_ohwi(weight: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight (O, I, *spatial) -> output-major kernel (O, *spatial, I)."""
+    return np.moveaxis(np.asarray(weight), 1, -1)
+
+
+def ohwi_to_conv_kernel(kernel: np.ndarray) -> np.ndarray:
+    """Output-major kernel (O, *spatial, I) -> PyTorch conv weight (O, I, *spatial)."""
+    return np.moveaxis(np.asarray(kernel), -1, 1)
+
+
 def linear_to_dense(weight: np.ndarray) -> np.ndarray:
     """PyTorch Linear weight (out, in) -> Flax Dense kernel (in, out)."""
     return np.asarray(weight).T

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from predvdm_jax.models.unet import UNetModel, torch_default_bias_init, torch_default_kernel_init
+from predvdm_jax.models.conv import Conv
+from predvdm_jax.models.unet import UNetModel
 
 MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
 FLATTEN_ORDERS = ("tc", "ct")
@@ -61,18 +62,6 @@ def unflatten_frames(stacked: jax.Array, order: str, channels: int) -> jax.Array
     return jnp.transpose(stacked.reshape(b, h, w, channels, t), (0, 4, 1, 2, 3))
 
 
-def _conv1x1(features: int, fan_in: int, name: str, use_bias: bool) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (1, 1),
-        use_bias=use_bias,
-        param_dtype=jnp.float32,
-        kernel_init=torch_default_kernel_init(),
-        bias_init=torch_default_bias_init(fan_in),
-        name=name,
-    )
-
-
 class LinearAttention(nn.Module):
     """LDM's ``LinearAttention`` over spatial positions, in float32.
 
@@ -88,13 +77,13 @@ class LinearAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         hidden = self.heads * self.dim_head
-        qkv = _conv1x1(3 * hidden, c, "to_qkv", use_bias=False)(x.astype(jnp.float32))
+        qkv = Conv(3 * hidden, 1, use_bias=False, name="to_qkv")(x.astype(jnp.float32))
         qkv = qkv.reshape(b, h * w, 3, self.heads, self.dim_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         k = jax.nn.softmax(k, axis=1)
         context = jnp.einsum("bnhd,bnhe->bhde", k, v)
         out = jnp.einsum("bhde,bnhd->bnhe", context, q).reshape(b, h, w, hidden)
-        return _conv1x1(c, hidden, "to_out", use_bias=True)(out)
+        return Conv(c, 1, name="to_out")(out)
 
 
 class PredVDMDenoiser(nn.Module):

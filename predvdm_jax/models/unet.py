@@ -6,9 +6,9 @@ diffusion steps). The output is ``(B, H, W, out_channels)`` in float32.
 Submodule names mirror the PyTorch state_dict with dots turned into
 underscores (``input_blocks.1.0.in_layers.2`` -> ``input_blocks_1_0/in_layers_2``),
 so importing a checkpoint is a mechanical rename (``interop/predvdm_ckpt.py``).
-Flax leaf ``kernel`` / ``scale`` is PyTorch ``weight``; conv kernels are HWIO,
-dense kernels ``(in, out)``; the attention ``qkv`` / ``proj_out`` Conv1d(k=1)
-layers are Dense layers here.
+Flax leaf ``kernel`` / ``scale`` is PyTorch ``weight``; conv kernels are OHWI
+(``models/conv.py`` says why), dense kernels ``(in, out)``; the attention
+``qkv`` / ``proj_out`` Conv1d(k=1) layers are Dense layers here.
 
 Initialisation follows PyTorch's defaults (kernel and bias uniform in
 ``±1/sqrt(fan_in)``), with LDM's zero-init of ``out_layers.3`` of every
@@ -22,7 +22,7 @@ Logical axis names (``nn.with_logical_partitioning``) on every conv and dense
 kernel, chosen from ``training/sharding.py``'s ``DEFAULT_LOGICAL_RULES``; biases
 and norm parameters are left unannotated (small, replicated by the size rule):
 
-* conv kernels ``(kh, kw, in, out)``: ``('height', 'width', 'conv_in', 'conv_out')``
+* conv kernels ``(out, kh, kw, in)``: ``('conv_out', 'height', 'width', 'conv_in')``
 * dense kernels ``(in, out)``:        ``('conv_in', 'conv_out')`` (the attention
   qkv / proj_out are 1x1 convs in the original; the time-embedding and
   ``emb_layers`` Linears use the same names for their input / output features)
@@ -42,9 +42,8 @@ import numpy as np
 from flax import linen as nn
 
 from predvdm_jax.config import ATTENTION_IMPLS
-from predvdm_jax.models import small_map_conv
+from predvdm_jax.models.conv import Conv, torch_uniform_init
 
-CONV_KERNEL_AXES = ("height", "width", "conv_in", "conv_out")
 DENSE_KERNEL_AXES = ("conv_in", "conv_out")
 GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-5
@@ -62,21 +61,6 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
     return emb
-
-
-def torch_default_kernel_init() -> nn.initializers.Initializer:
-    """PyTorch's default Conv/Linear weight init: uniform in ``±1/sqrt(fan_in)``."""
-    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
-    """PyTorch's default Conv/Linear bias init: uniform in ``±1/sqrt(fan_in)``."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def attention_implementation(impl: str, q: jax.Array) -> str:
@@ -104,47 +88,16 @@ def attention_implementation(impl: str, q: jax.Array) -> str:
     return "cudnn" if fused else "xla"
 
 
-def _conv(
-    features: int,
-    kernel_size: int,
-    fan_in: int,
-    name: str,
-    *,
-    dtype: Any,
-    stride: int = 1,
-    zero_init: bool = False,
-) -> nn.Conv:
-    """Conv with PyTorch padding ``kernel_size // 2`` and PyTorch (or zero) init."""
-    pad = kernel_size // 2
-    kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
-    bias_init = (
-        nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in * kernel_size**2)
-    )
-    return nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(kernel_init, CONV_KERNEL_AXES),
-        bias_init=bias_init,
-        conv_general_dilated=small_map_conv.conv_general_dilated,
-        name=name,
-    )
-
-
 def _dense(
     features: int, fan_in: int, name: str, *, dtype: Any, zero_init: bool = False
 ) -> nn.Dense:
-    kernel_init = nn.initializers.zeros if zero_init else torch_default_kernel_init()
-    bias_init = nn.initializers.zeros if zero_init else torch_default_bias_init(fan_in)
+    init = nn.initializers.zeros if zero_init else torch_uniform_init(fan_in)
     return nn.Dense(
         features,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(kernel_init, DENSE_KERNEL_AXES),
-        bias_init=bias_init,
+        kernel_init=nn.with_logical_partitioning(init, DENSE_KERNEL_AXES),
+        bias_init=init,
         name=name,
     )
 
@@ -174,7 +127,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         in_channels = x.shape[-1]
         h = nn.silu(_group_norm(x, "in_layers_0"))
-        h = _conv(self.out_channels, 3, in_channels, "in_layers_2", dtype=self.dtype)(h)
+        h = Conv(self.out_channels, dtype=self.dtype, name="in_layers_2")(h)
 
         emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
         emb_out = _dense(emb_width, emb.shape[-1], "emb_layers_1", dtype=self.dtype)(nn.silu(emb))
@@ -187,19 +140,12 @@ class ResBlock(nn.Module):
             h = _group_norm(h + emb_out, "out_layers_0")
         h = nn.silu(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv(
-            self.out_channels,
-            3,
-            self.out_channels,
-            "out_layers_3",
-            dtype=self.dtype,
-            zero_init=True,
-        )(h)
+        h = Conv(self.out_channels, zero_init=True, dtype=self.dtype, name="out_layers_3")(h)
 
         if in_channels == self.out_channels:
             skip = x
         else:
-            skip = _conv(self.out_channels, 1, in_channels, "skip_connection", dtype=self.dtype)(x)
+            skip = Conv(self.out_channels, 1, dtype=self.dtype, name="skip_connection")(x)
         return skip + h
 
 
@@ -247,7 +193,7 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         if self.conv_resample:
-            return _conv(c, 3, c, "op", dtype=self.dtype, stride=2)(x)
+            return Conv(c, stride=2, dtype=self.dtype, name="op")(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -262,7 +208,7 @@ class Upsample(nn.Module):
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         if self.conv_resample:
             c = x.shape[-1]
-            x = _conv(c, 3, c, "conv", dtype=self.dtype)(x)
+            x = Conv(c, dtype=self.dtype, name="conv")(x)
         return x
 
 
@@ -331,9 +277,7 @@ class UNetModel(nn.Module):
                 self._heads(width), self.dtype, impl=self.attention_impl, name=name
             )
 
-        h = _conv(mc, 3, self.in_channels, "input_blocks_0_0", dtype=self.dtype)(
-            x.astype(self.dtype)
-        )
+        h = Conv(mc, dtype=self.dtype, name="input_blocks_0_0")(x.astype(self.dtype))
         skips = [h]
         block, ds = 1, 1
         for level, mult in enumerate(self.channel_mult):
@@ -371,7 +315,7 @@ class UNetModel(nn.Module):
                 block += 1
 
         h = nn.silu(_group_norm(h, "out_0"))
-        h = _conv(self.out_channels, 3, mc, "out_2", dtype=self.dtype, zero_init=True)(h)
+        h = Conv(self.out_channels, zero_init=True, dtype=self.dtype, name="out_2")(h)
         return h.astype(jnp.float32)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -97,13 +98,24 @@ class Checkpointer:
         *current* mesh's shardings, so a checkpoint saved on any device count
         restores onto this one.
         """
-        restored = self._manager.restore(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+        except ValueError as err:
+            mismatch = re.search(r"Requested shape: \S.*? stored shape: \(.*?\)", str(err))
+            if mismatch is None:
+                raise
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} does not fit this model's parameter "
+                f"shapes ({mismatch.group(0)}). Was it written with another config, or before the "
+                f"UNet stored its conv kernels OHWI? Resume with the run's own config, or start a "
+                f"new workdir."
+            ) from None
         data = restored.data
         saved_count = int(data["process_count"])
         if saved_count != jax.process_count():

@@ -60,7 +60,8 @@ def test_linear_attention_matches_the_spec_formula():
 
     hidden = heads * dim_head
     n = 3 * 5
-    qkv = x.reshape(2, n, dim) @ params["to_qkv"]["kernel"][0, 0]  # (b, n, 3 * hidden), no bias
+    # (b, n, 3 * hidden), no bias; the 1x1 kernels are OHWI
+    qkv = x.reshape(2, n, dim) @ params["to_qkv"]["kernel"][:, 0, 0].T
     out = np.zeros((2, n, hidden))
     for head in range(heads):
         q = qkv[..., head * dim_head : (head + 1) * dim_head]  # channel split (qkv, heads, c)
@@ -70,7 +71,7 @@ def test_linear_attention_matches_the_spec_formula():
         k /= k.sum(axis=1, keepdims=True)  # softmax over positions; q unscaled
         context = np.einsum("bnd,bne->bde", k, v)
         out[..., head * dim_head : (head + 1) * dim_head] = np.einsum("bde,bnd->bne", context, q)
-    expected = out @ params["to_out"]["kernel"][0, 0] + params["to_out"]["bias"]
+    expected = out @ params["to_out"]["kernel"][:, 0, 0].T + params["to_out"]["bias"]
     np.testing.assert_allclose(got, expected.reshape(x.shape), rtol=1e-4, atol=1e-5)
     assert np.any(params["to_out"]["kernel"]) and "bias" not in params["to_qkv"]
 

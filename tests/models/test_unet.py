@@ -61,9 +61,10 @@ def test_kth_unet_has_the_368_tensors_of_the_pytorch_state_dict():
     shapes = jax.eval_shape(lambda: UNetModel(**KTH).init(jax.random.PRNGKey(0), *example(16, 45)))
     flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]))
     assert len(flat) == 368
-    assert flat[("output_blocks_2_1", "conv", "kernel")].shape == (3, 3, 896, 896)
+    # Conv kernels are OHWI (models/conv.py), dense kernels (in, out).
+    assert flat[("output_blocks_2_1", "conv", "kernel")].shape == (896, 3, 3, 896)
     assert flat[("input_blocks_4_1", "qkv", "kernel")].shape == (448, 1344)
-    assert flat[("output_blocks_0_0", "skip_connection", "kernel")].shape == (1, 1, 1792, 896)
+    assert flat[("output_blocks_0_0", "skip_connection", "kernel")].shape == (896, 1, 1, 1792)
 
 
 def test_timestep_embedding_is_cos_first_and_handles_fractional_steps():
@@ -202,10 +203,10 @@ def test_every_kernel_carries_logical_axis_names_known_to_the_sharding_rules():
             leaf.names,
         )
     assert kernels[("input_blocks_1_0", "in_layers_2", "kernel")].names == (
+        "conv_out",
         "height",
         "width",
         "conv_in",
-        "conv_out",
     )
     assert kernels[("time_embed_0", "kernel")].names == ("conv_in", "conv_out")
 

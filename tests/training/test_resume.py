@@ -142,3 +142,15 @@ def _abstract_state(config):
         min_size=config.mesh.min_shard_size,
     )
     return abstract
+
+
+def test_restoring_onto_other_parameter_shapes_is_one_clear_error(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=False)
+    checkpointer.save(1, {"kernel": jax.numpy.zeros((3, 3, 4, 8))}, data_state={})
+    checkpointer.wait_until_finished()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    ohwi = {"kernel": jax.ShapeDtypeStruct((8, 3, 3, 4), np.float32, sharding=device)}
+    message = r"step 1 .* does not fit .*stored shape: \(3, 3, 4, 8\)\)\. .*start a new workdir\.$"
+    with pytest.raises(ValueError, match=message):
+        checkpointer.restore(1, ohwi)
+    checkpointer.close()

@@ -1,0 +1,77 @@
+"""models/conv.py against lax.conv_general_dilated with PyTorch's OIHW kernel, and its im2col path."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from predvdm_jax.models import conv
+
+
+def _reference(x, w_oihw, stride, pad):
+    """NHWC x OIHW convolution, the layout PyTorch stores."""
+    return lax.conv_general_dilated(
+        x, w_oihw, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "OIHW", "NHWC")
+    )
+
+
+def _ohwi(w_oihw):
+    return jnp.transpose(w_oihw, (0, 2, 3, 1))
+
+
+@pytest.mark.parametrize(
+    "size, channels, kernel",
+    [(2, 8, 3), (1, 8, 3), (4, 256, 3), (2, 4, 5)],
+    ids=["2x2", "1x1", "4x4_wide", "2x2_k5"],
+)
+def test_matmul_path_equals_lax_conv_with_gradients(size, channels, kernel):
+    assert conv.uses_matmul(size, size, channels)
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (3, size, size, channels))
+    w = jax.random.normal(kw, (16, channels, kernel, kernel)) / np.sqrt(kernel * kernel * channels)
+    pad = kernel // 2
+    ours = lambda x, w: conv.conv2d(x, _ohwi(w), 1, pad)
+    # The matmul path has no convolution in its program.
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))
+    want = lambda x, w: _reference(x, w, 1, pad)
+    np.testing.assert_allclose(ours(x, w), want(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
+    expected = jax.grad(loss(want), argnums=(0, 1))(x, w)
+    for g, r in zip(got, expected):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_large_maps_and_strided_convs_stay_convolutions_with_ohwi_kernels():
+    assert not conv.uses_matmul(4, 4, 64) and not conv.uses_matmul(8, 8, 512)
+    w = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 3, 3))
+    for stride, size in ((1, 8), (2, 2), (2, 8)):
+        x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size, 4))
+        jaxpr = jax.make_jaxpr(lambda x: conv.conv2d(x, _ohwi(w), stride, 1))(x)
+        assert "conv_general_dilated" in str(jaxpr)
+        np.testing.assert_allclose(
+            conv.conv2d(x, _ohwi(w), stride, 1), _reference(x, w, stride, 1), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_conv_module_stores_ohwi_with_pytorch_default_init():
+    module = conv.Conv(64, 3, name="c")
+    x = jnp.ones((1, 8, 8, 32))
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    kernel, bias = np.asarray(params["kernel"].value), np.asarray(params["bias"])
+    assert kernel.shape == (64, 3, 3, 32) and bias.shape == (64,)
+    assert params["kernel"].names == conv.KERNEL_AXES
+    bound = 1 / np.sqrt(3 * 3 * 32)  # PyTorch: U(±1/sqrt(fan_in)) for weight and bias
+    for value in (kernel, bias):
+        assert np.abs(value).max() <= bound and np.abs(value).max() > 0.9 * bound
+    y = module.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+    oihw = np.transpose(kernel, (0, 3, 1, 2))
+    np.testing.assert_allclose(y, _reference(x, oihw, 1, 1) + bias, rtol=1e-5, atol=1e-5)
+    zero = conv.Conv(8, 1, zero_init=True).init(jax.random.PRNGKey(0), x)["params"]
+    assert not np.any(zero["kernel"].value) and not np.any(zero["bias"])
+
+
+def test_conv2d_rejects_a_kernel_that_is_not_ohwi_for_the_input():
+    with pytest.raises(ValueError, match="not OHWI for 4 input channels"):
+        conv.conv2d(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 8)))  # HWIO
