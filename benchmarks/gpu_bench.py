@@ -13,11 +13,14 @@
 5. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
    attention instead of cuDNN's (the fused attention's share);
 6. the bf16 step taken apart: gradient alone, update (AdamW + EMA) alone, and the whole
-   step at batch 128 (how much of the time is per-step rather than per-example);
+   step at batch 128 (how much of the time is per-step rather than per-example); the
+   global gradient norm against a two-stage one (an experiment, see grad_norm_reduction);
 7. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
 8. I3D features/s for 40-frame clips at 224² (random weights: same cost).
 
-The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb.
+The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb,
+and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the trace such as
+``input_reduce_fusion_12`` is the HLO's ``input_reduce_fusion.12``.
 
 Model FLOPs are the matrix products and convolutions of the program's jaxpr
 (``common.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
@@ -116,6 +119,15 @@ def save_profile(fn, filename, steps=2):
         traces = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         if traces and os.path.getsize(traces[0]) < 15 * 2**20:
             shutil.copy(traces[0], os.path.join(OUT, filename))
+
+
+def save_hlo(compiled, filename):
+    """The optimized HLO of ``compiled`` as ``$OUT/filename`` (gzip): which op each kernel of a
+    trace is, for reading the profile after the machine is gone."""
+    import gzip
+
+    with gzip.open(os.path.join(OUT, filename), "wt") as f:
+        f.write(compiled.as_text())
 
 
 def peak_flops():
@@ -228,6 +240,7 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
     seconds = time_it(run, repeats=10)
     if profile:
         save_profile(run, f"train_{dtype}_batch{batch}.xplane.pb")
+        save_hlo(compiled, f"train_{dtype}_batch{batch}.hlo.txt.gz")
     record(
         name,
         step_s=seconds,
@@ -368,6 +381,44 @@ def train_step_breakdown(batch=64):
     train_step_figure("bfloat16", batch=2 * batch)
 
 
+def grad_norm_reduction():
+    """The engine's global gradient norm (``optax.tree.norm``, one full reduction per leaf)
+    against the same norm summed over each leaf's rows first, on float32 arrays of the KTH
+    parameter shapes. The bf16 step's profile showed the full reductions of large kernel
+    gradients running on 4-13 thread blocks at about 0.25 TB/s; this tells whether a
+    two-stage norm is worth moving into ``training/optim.py``."""
+    name = "global grad norm of the KTH 259M shapes: per-leaf full reductions vs rows first"
+    if out_of_time(30):
+        record(name, skipped="time budget")
+        return
+    import optax
+
+    model = LatentDiffusion.from_config(kth_config("bfloat16"))
+    grads = jax.device_put(random_params_from_init(model.init_denoiser))
+
+    def rows_first(tree):
+        def leaf_sum(x):
+            rows = jnp.sum(jnp.square(x.reshape(-1, x.shape[-1])), axis=1) if x.ndim > 1 else x**2
+            return jnp.sum(jax.lax.optimization_barrier(rows))  # keeps XLA from merging the stages
+
+        return jnp.sqrt(sum(leaf_sum(x) for x in jax.tree.leaves(tree)))
+
+    engine = jax.jit(optax.tree.norm)
+    two_stage = jax.jit(rows_first)
+    engine_s, two_stage_s = (
+        time_it(lambda: engine(grads), 20),
+        time_it(lambda: two_stage(grads), 20),
+    )
+    want, got = float(engine(grads)), float(two_stage(grads))
+    record(
+        name,
+        engine_ms=engine_s * 1e3,
+        rows_first_ms=two_stage_s * 1e3,
+        rows_first_speedup=engine_s / two_stage_s,
+        rel_diff=abs(got - want) / want,
+    )
+
+
 def train_step_f32(batch=64):
     f32 = train_step_figure("float32", batch=batch)
     if STEP_SECONDS.get("bfloat16") and f32:
@@ -442,6 +493,7 @@ if __name__ == "__main__":
         rollout_torch_original,
         train_step_xla_attention,
         train_step_breakdown,
+        grad_norm_reduction,
         vq_figures,
         i3d_figures,
     ):
