@@ -14,7 +14,8 @@ speed (1.4 GFLOP/s at 896 channels, forward; the kernel gradient is worse), and
 on 4×4 maps with hundreds of channels about 2× below. The UNet's deepest levels
 are exactly such maps. There, on the CPU, the same convolution is computed as the
 concatenated shifted windows times the kernel reshaped to a matrix: the same
-parameters and, up to float rounding, the same result.
+parameters and, up to float rounding, the same result. Other CPU convolutions
+transpose the kernel to HWIO, the layout XLA:CPU convolves.
 """
 
 from __future__ import annotations
@@ -68,16 +69,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0) -> ja
         raise ValueError(
             f"conv2d: kernel of shape {kernel.shape} is not OHWI for {cin} input channels."
         )
-    if (
-        jax.default_backend() == "cpu"
-        and stride == 1
-        and kernel.shape[1:3] != (1, 1)
-        and uses_matmul(height, width, cin)
-    ):
+    window = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+    if jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(x, kernel, **window, dimension_numbers=DIMENSION_NUMBERS)
+    if stride == 1 and kernel.shape[1:3] != (1, 1) and uses_matmul(height, width, cin):
         return _im2col_conv(x, kernel, pad)
-    return lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=DIMENSION_NUMBERS
-    )
+    # XLA:CPU convolves HWIO kernels. Left to XLA, an OHWI kernel inside the sampler's loop
+    # made the compiled demo rollout 2.5x slower (21.9 against 53.7 frames/s); transposed here,
+    # it is as fast as before.
+    hwio = jnp.transpose(kernel, (1, 2, 3, 0))
+    return lax.conv_general_dilated(x, hwio, **window, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Conv(nn.Module):
