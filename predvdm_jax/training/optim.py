@@ -58,6 +58,27 @@ def learning_rate(base_learning_rate: float, global_batch_size: int, scale_lr: b
     return base_learning_rate * global_batch_size if scale_lr else base_learning_rate
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves together (``optax.tree.norm``), summed over rows first.
+
+    A whole-leaf sum of squares is one reduction per leaf, and XLA:GPU ran those of
+    the large kernel gradients on 4-20 thread blocks (about 0.25 TB/s in an H200
+    profile of the KTH step). Here each leaf is first summed over its last axis,
+    which spreads the work over its thousands of rows, and then all row sums are
+    added. The optimization barrier keeps XLA from folding the two stages back
+    into one reduction.
+    """
+    row_sums = [
+        jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(-1, x.shape[-1]), axis=-1)
+        if x.ndim > 1
+        else jnp.square(x.astype(jnp.float32)).reshape(-1)
+        for x in jax.tree.leaves(tree)
+    ]
+    if not row_sums:
+        return jnp.zeros((), jnp.float32)
+    return jnp.sqrt(jnp.sum(jax.lax.optimization_barrier(jnp.concatenate(row_sums))))
+
+
 class _ClipState(NamedTuple):
     pass
 
@@ -71,7 +92,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.tree.norm(updates)
+        norm = global_norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 

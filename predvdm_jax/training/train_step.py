@@ -15,6 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from predvdm_jax.training.ema import ema_update
+from predvdm_jax.training.optim import global_norm
 from predvdm_jax.training.train_state import TrainState
 
 # loss_fn(params, batch, rng, step) -> (scalar loss, dict of scalar metrics)
@@ -69,7 +70,7 @@ def make_train_step(
         )
         metrics = dict(aux)
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = global_norm(grads)
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         new_state = apply_gradients(state, grads, optimizer, ema_rate)

@@ -53,7 +53,7 @@ from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
 from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
 from predvdm_jax.training.loop import train_loop
-from predvdm_jax.training.optim import make_optimizer
+from predvdm_jax.training.optim import global_norm, make_optimizer
 from predvdm_jax.training.train_state import TrainState
 from predvdm_jax.training.train_step import apply_gradients
 
@@ -318,7 +318,7 @@ def make_vq_train_step_builder(
                 extra["disc"] = disc
             metrics = dict(metrics)
             metrics["loss"] = loss
-            metrics["grad_norm"] = optax.tree.norm(grads)
+            metrics["grad_norm"] = global_norm(grads)
             if lr_schedule is not None:
                 metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
             usage = vq_losses.codebook_usage(indices, n_codes)

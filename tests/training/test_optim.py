@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from predvdm_jax.training.ema import ema_decay, ema_update
-from predvdm_jax.training.optim import clip_by_global_norm_torch, make_optimizer
+from predvdm_jax.training.optim import clip_by_global_norm_torch, global_norm, make_optimizer
 
 
 def ldm_lambda_linear(n, warm_up, f_start, f_max, f_min, cycle_length=1e13):
@@ -80,6 +80,32 @@ def test_clipping_matches_torch_clip_grad_norm(scale):
     clipped, _ = clip.update(jax_grads, clip.init(jax_grads))
     np.testing.assert_allclose(clipped["a"], params[0].grad.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(clipped["b"], params[1].grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_global_norm_is_the_l2_norm_of_every_leaf_with_the_row_sums_kept_apart():
+    rng = np.random.default_rng(2)
+    tree = {
+        "conv": rng.standard_normal((16, 3, 3, 8)),
+        "dense": rng.standard_normal((8, 5)),
+        "bias": rng.standard_normal(16),
+        "scalar": np.float64(3.0),
+        "bf16": rng.standard_normal((4, 6)),
+    }
+    want = np.sqrt(sum(np.sum(np.square(v)) for v in tree.values()))
+    as_jax = {
+        k: jnp.asarray(v, jnp.bfloat16 if k == "bf16" else jnp.float32) for k, v in tree.items()
+    }
+    want_rounded = np.sqrt(
+        sum(np.sum(np.square(np.asarray(v, np.float64))) for v in as_jax.values())
+    )
+    got = jax.jit(global_norm)(as_jax)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), want_rounded, rtol=1e-6)
+    np.testing.assert_allclose(float(got), want, rtol=1e-2)  # bf16 rounding of one leaf only
+    assert float(global_norm({})) == 0.0
+    # The conv leaf is reduced over its rows first: XLA did not fold it into one full reduction.
+    hlo = jax.jit(global_norm).lower(as_jax).compile().as_text()
+    assert "f32[16,3,3]" in hlo and "dimensions={0,1,2,3}" not in hlo
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
