@@ -1,12 +1,13 @@
 """Inference bundles: EMA denoiser params + VQ params + config, without optimizer state.
 
 A bundle is a folder with ``denoiser.safetensors``, ``vq.safetensors`` (flat
-'/'-joined Flax param names, float32) and ``config.json``. The denoiser file's
-metadata names its conv kernel layout; bundles from before the UNet stored OHWI
-kernels have none, and their HWIO kernels are transposed on load. It loads with one
+'/'-joined Flax param names, float32) and ``config.json``. It loads with one
 call on any device count and needs neither the training code nor Orbax.
 ``load_from_checkpoint`` reads the same three things straight from a training
 workdir (its newest finished checkpoint).
+
+The denoiser file's metadata names its conv kernel layout. Bundles from before
+the UNet stored OHWI kernels have none, and their HWIO kernels are transposed on load.
 """
 
 from __future__ import annotations
