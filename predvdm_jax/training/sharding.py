@@ -68,12 +68,13 @@ def _spec_splitting(ndim: int, dim: int | None) -> PartitionSpec:
 def _pick_dim(
     shape: tuple[int, ...], candidates: Sequence[int], fsdp_size: int, min_size: int
 ) -> int | None:
-    """Largest candidate dim divisible by fsdp (later dim on ties), or None."""
+    """Largest candidate dim divisible by fsdp, or None. On ties the earlier, more major dim:
+    its shards are contiguous, so all-gathers and reduce-scatters need no transposes."""
     if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return None
     best = None
     for d in candidates:
-        if shape[d] % fsdp_size == 0 and (best is None or shape[d] >= shape[best]):
+        if shape[d] % fsdp_size == 0 and (best is None or shape[d] > shape[best]):
             best = d
     return best
 

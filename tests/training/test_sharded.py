@@ -11,6 +11,7 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from predvdm_jax.models.conv import KERNEL_AXES
 from predvdm_jax.training import sharding as sharding_lib
 from predvdm_jax.training.train_state import abstract_train_state
 
@@ -38,6 +39,9 @@ def test_logical_rule_uses_only_dims_mapped_to_fsdp():
     # height/width map to no mesh axis even when they are the biggest dims
     assert spec((64, 64, 2, 2), CONV_AXES, 4, min_size=512) == P()
     assert spec((3, 3, 64, 128), CONV_AXES, 4) == P()  # 73728 < 2**18: replicated
+    # The UNet's OHWI kernels: a square one splits its output channels, the major dim.
+    assert spec((896, 3, 3, 896), KERNEL_AXES, 4) == P("fsdp", None, None, None)
+    assert spec((448, 3, 3, 896), KERNEL_AXES, 4) == P(None, None, None, "fsdp")
     with pytest.raises(ValueError, match="one name per dimension"):
         spec((3, 3, 8), CONV_AXES, 4)
 
@@ -60,7 +64,7 @@ def test_state_shardings_follow_annotations_size_rule_and_params_for_moments():
         annotated_init, optax.adam(1e-3), jax.random.PRNGKey(0), mesh, min_size=TEST_MIN_SHARD_SIZE
     )
     assert shardings.params["annotated"]["kernel"].spec == P(None, "fsdp")
-    assert shardings.params["plain"]["kernel"].spec == P(None, "fsdp")  # ties: later dim
+    assert shardings.params["plain"]["kernel"].spec == P("fsdp", None)  # ties: the major dim
     assert shardings.params["plain"]["bias"].spec == P()
     adam_state = shardings.opt_state[0]
     for tree in (shardings.ema_params, adam_state.mu, adam_state.nu):
