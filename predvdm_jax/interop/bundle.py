@@ -21,9 +21,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from predvdm_jax import config as config_lib
+from predvdm_jax.interop import torch_checkpoint as tc
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
@@ -88,10 +88,13 @@ def load_denoiser_params(path: str) -> Any:
         return params
     if layout != "HWIO":
         raise ValueError(f"{path}: unknown conv_kernel_layout {layout!r}; re-export the bundle.")
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: np.transpose(x, (3, 0, 1, 2)) if p[-1].key == "kernel" and x.ndim == 4 else x,
-        params,
-    )
+
+    def to_ohwi(path, x):
+        if path[-1].key != "kernel" or x.ndim != 4:
+            return x
+        return tc.conv_kernel_to_ohwi(tc.conv_kernel_to_torch(x))  # HWIO -> OIHW -> OHWI
+
+    return jax.tree_util.tree_map_with_path(to_ohwi, params)
 
 
 def load_bundle(path: str) -> Bundle:
