@@ -2,12 +2,13 @@
 # The accelerator figures (benchmarks/gpu_bench.py) on a lent GPU, within BENCH_BUDGET_S
 # (default 420 s: later figures are skipped); BENCH_FIGURES=a,b runs only those figures.
 # Writes $OUT/gpu_results.json when OUT is set. Needs JAX with CUDA and Flax/Optax on the
-# machine; ml-collections travels as a wheel in .whl/ (see /work/.library/device/README.md).
+# machine; ml-collections and grain (with its needs) travel as wheels in .whl/ (see
+# /work/.library/device/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ls .whl/ml_collections-*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections" 2>/dev/null; then
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections, grain" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/ml_collections-*.whl
+    --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1

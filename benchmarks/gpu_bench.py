@@ -7,7 +7,8 @@
    config (259 M UNet, cached latents) at batch 64 in bfloat16 compute, examples/s
    and MFU (model FLOPs over the measured time, against the chip's dense bf16 peak);
 3. KTH 10 → 30 rollout at batch 256, bf16: DPM-Solver++-20 and DDIM-100
-   (predicted frames/s, VQ decode included, and the MFU of the same FLOP count);
+   (predicted frames/s, VQ decode included, and the MFU of the same FLOP count), and
+   profiler traces of one denoiser call and one block's decode at that batch;
 4. the PyTorch original's DDIM-100 rollout on the same GPU (bf16 autocast), the
    baseline of the compiled rollout;
 5. the float32 train step (the baseline of the bf16 speed-up) and bf16 with XLA's
@@ -139,7 +140,7 @@ def check_against_cpu():
     c.unet.update(
         dict(
             model_channels=32,
-            channel_mult=(1, 2),
+            channel_mult=(1, 2, 2),  # down to 2x2 maps: conv2d's matmul path on the GPU
             attention_resolutions=(1, 2),
             num_head_channels=16,
             num_res_blocks=1,
@@ -308,6 +309,37 @@ def rollout_figure(sampler, steps, batch=256, frames=30):
     )
 
 
+def rollout_unet_profile(batch=256):
+    """Profiler traces of the rollout's two parts at its batch: one denoiser call (the UNet
+    over the tc and ct stackings, bf16) and one block's VQ decode, with their optimized
+    HLO: ``$OUT/rollout_{denoise,decode}_batch{batch}.{xplane.pb,hlo.txt.gz}``."""
+    name = f"rollout parts profiled, batch {batch} bf16"
+    if out_of_time(40):
+        record(name, skipped="time budget")
+        return
+    setup = rollout_setup(batch, 30)
+    model = setup.model
+    z = jax.random.normal(jax.random.PRNGKey(4), (batch, model.k, 16, 16, 3))
+    z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, model.cond_frames, 16, 16, 3))
+    t = jnp.full((batch,), 500.0)
+    seconds = {}
+    for part, fn, args in (
+        ("denoise", model.eps_prediction, (setup.params, z, t, z_cond)),
+        ("decode", model.decode, (setup.vq_params, z)),
+    ):
+        compiled = jax.jit(fn).lower(*args).compile()
+        seconds[part] = time_it(lambda: compiled(*args), repeats=5)
+        save_profile(lambda: compiled(*args), f"rollout_{part}_batch{batch}.xplane.pb")
+        save_hlo(compiled, f"rollout_{part}_batch{batch}.hlo.txt.gz")
+    record(
+        name,
+        denoise_ms=seconds["denoise"] * 1e3,
+        decode_ms=seconds["decode"] * 1e3,
+        denoise_tflop_per_s=setup.denoise_flops / seconds["denoise"] / 1e12,
+        decode_tflop_per_s=setup.decode_flops / seconds["decode"] / 1e12,
+    )
+
+
 def rollout_dpm_solver(batch=256, frames=30):
     rollout_figure("dpm_solver_pp", 20, batch, frames)
 
@@ -408,7 +440,7 @@ def grad_norm_reduction():
 
 
 def train_step_f32(batch=64):
-    f32 = train_step_figure("float32", batch=batch)
+    f32 = train_step_figure("float32", batch=batch, reserve=110)  # its compile alone is ~60 s
     if STEP_SECONDS.get("bfloat16") and f32:
         record("train step bf16 speed-up over f32", ratio=f32 / STEP_SECONDS["bfloat16"])
 
@@ -465,6 +497,7 @@ if __name__ == "__main__":
             train_step_xla_attention=dict(batch=2),
             rollout_dpm_solver=tiny_rollout,
             rollout_ddim=tiny_rollout,
+            rollout_unet_profile=dict(batch=2),
             rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1),
@@ -476,9 +509,10 @@ if __name__ == "__main__":
         check_against_cpu,
         train_step_bf16,
         rollout_dpm_solver,
-        train_step_f32,
         rollout_ddim,
+        rollout_unet_profile,
         rollout_torch_original,
+        train_step_f32,
         train_step_xla_attention,
         train_step_breakdown,
         grad_norm_reduction,

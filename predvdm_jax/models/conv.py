@@ -1,4 +1,4 @@
-"""The denoiser's 2-D convolution: OHWI kernels, and tiny maps as im2col + matmul on the CPU.
+"""The denoiser's 2-D convolution: OHWI kernels, and some small maps as im2col + matmul.
 
 Kernel layout. XLA:GPU runs bf16 and fp16 convolutions in cuDNN with NHWC
 activations and OHWI filters (its conv layout heuristic). A kernel stored HWIO,
@@ -7,15 +7,25 @@ input-gradient convolution, and every kernel gradient is transposed back: in an
 H200 profile of the bf16 KTH train step such weight-shaped transposes took
 4.7 ms of the 28 ms step. Stored OHWI (PyTorch's OIHW with the input channels
 moved last), a kernel is already in the layout cuDNN reads, and its gradient
-comes out in it.
+comes out in it (measured on an H100: 28.4 against 32.0 ms per step).
 
-Small maps. XLA:CPU runs 3×3 convolutions on 2×2 maps 40-100× below its matmul
-speed (1.4 GFLOP/s at 896 channels, forward; the kernel gradient is worse), and
-on 4×4 maps with hundreds of channels about 2× below. The UNet's deepest levels
-are exactly such maps. There, on the CPU, the same convolution is computed as the
-concatenated shifted windows times the kernel reshaped to a matrix: the same
-parameters and, up to float rounding, the same result. Other CPU convolutions
-transpose the kernel to HWIO, the layout XLA:CPU convolves.
+Small maps, on a GPU. When a convolution's output map is no larger than its
+kernel (the UNet's 2×2 level), XLA:GPU does not run the kernel gradient as
+cuDNN's backward-filter convolution but as a forward one whose output has the
+kernel's input and output channels swapped; the gradient is then transposed,
+and XLA moves that transpose into AdamW's update, transposing the kernel and
+both moments of every such kernel each step (3 ms of the 28 ms H100 step).
+There the convolution is computed as im2col + matmul, whose kernel gradient
+comes out in the kernel's own layout.
+
+Small maps, on the CPU. XLA:CPU runs 3×3 convolutions on 2×2 maps 40-100× below
+its matmul speed (1.4 GFLOP/s at 896 channels, forward; the kernel gradient is
+worse), and on 4×4 maps with hundreds of channels about 2× below. The UNet's
+deepest levels are exactly such maps, so these use im2col + matmul too. Other
+CPU convolutions transpose the kernel to HWIO, the layout XLA:CPU convolves.
+
+im2col + matmul: the concatenated shifted windows times the kernel reshaped to
+a matrix; the same parameters and, up to float rounding, the same result.
 """
 
 from __future__ import annotations
@@ -44,19 +54,45 @@ def torch_uniform_init(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-def uses_matmul(height: int, width: int, in_channels: int) -> bool:
-    """Whether a stride-1 convolution on this map is computed as im2col + matmul on the CPU."""
+def output_size(size: int, kernel_size: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel_size) // stride + 1
+
+
+def uses_matmul(
+    height: int,
+    width: int,
+    in_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    pad: int | None = None,
+    backend: str | None = None,
+) -> bool:
+    """Whether :func:`conv2d` computes this convolution as im2col + matmul on ``backend``
+    (default: JAX's default backend); ``pad`` defaults to ``kernel_size // 2``."""
+    if kernel_size == 1:
+        return False
+    if (backend or jax.default_backend()) != "cpu":
+        pad = kernel_size // 2 if pad is None else pad
+        out_h, out_w = (output_size(n, kernel_size, stride, pad) for n in (height, width))
+        return out_h <= kernel_size and out_w <= kernel_size
     pixels = height * width
-    return pixels <= SMALL_MAP_PIXELS or (
-        pixels <= WIDE_MAP_PIXELS and in_channels >= WIDE_CHANNELS
+    return stride == 1 and (
+        pixels <= SMALL_MAP_PIXELS or (pixels <= WIDE_MAP_PIXELS and in_channels >= WIDE_CHANNELS)
     )
 
 
-def _im2col_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    """``(B, H, W, I)`` × OHWI kernel as the shifted windows' concatenation times a matrix."""
     cout, kh, kw, cin = kernel.shape
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    windows = [padded[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)]
+    out_h, out_w = (output_size(n, k, stride, pad) for n, k in zip(x.shape[1:3], (kh, kw)))
+    windows = [
+        padded[
+            :, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride
+        ]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     columns = jnp.concatenate(windows, axis=-1)  # channel (i * kw + j) * cin + c
     matrix = kernel.reshape(cout, kh * kw * cin)
     return lax.dot_general(columns, matrix, (((3,), (1,)), ((), ())))
@@ -69,11 +105,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0) -> ja
         raise ValueError(
             f"conv2d: kernel of shape {kernel.shape} is not OHWI for {cin} input channels."
         )
+    _, kh, kw, _ = kernel.shape
+    if kh == kw and uses_matmul(height, width, cin, kh, stride, pad):
+        return im2col_conv(x, kernel, stride, pad)
     window = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)))
     if jax.default_backend() != "cpu":
         return lax.conv_general_dilated(x, kernel, **window, dimension_numbers=DIMENSION_NUMBERS)
-    if stride == 1 and kernel.shape[1:3] != (1, 1) and uses_matmul(height, width, cin):
-        return _im2col_conv(x, kernel, pad)
     # XLA:CPU convolves HWIO kernels. Left to XLA, an OHWI kernel inside the sampler's loop
     # made the compiled demo rollout 2.5x slower (21.9 against 53.7 frames/s); transposed here,
     # it is as fast as before.

@@ -26,7 +26,7 @@ def _ohwi(w_oihw):
     ids=["2x2", "1x1", "4x4_wide", "2x2_k5"],
 )
 def test_matmul_path_equals_lax_conv_with_gradients(size, channels, kernel):
-    assert conv.uses_matmul(size, size, channels)
+    assert conv.uses_matmul(size, size, channels, kernel, backend="cpu")
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (3, size, size, channels))
     w = jax.random.normal(kw, (16, channels, kernel, kernel)) / np.sqrt(kernel * kernel * channels)
@@ -43,8 +43,33 @@ def test_matmul_path_equals_lax_conv_with_gradients(size, channels, kernel):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
+def test_gpu_uses_matmul_where_the_output_map_is_no_larger_than_the_kernel():
+    on_gpu = lambda size, stride=1, kernel=3: conv.uses_matmul(
+        size, size, 896, kernel, stride, backend="gpu"
+    )
+    assert on_gpu(2) and on_gpu(3) and on_gpu(1) and on_gpu(4, stride=2)  # 4x4 -> 2x2
+    assert not on_gpu(4) and not on_gpu(8, stride=2) and not on_gpu(2, kernel=1)
+    assert on_gpu(4, kernel=5)
+
+
+@pytest.mark.parametrize("size, stride, pad", [(4, 2, 1), (5, 2, 1), (3, 1, 0)])
+def test_strided_and_unpadded_im2col_equals_lax_conv_with_gradients(size, stride, pad):
+    kx, kw = jax.random.split(jax.random.PRNGKey(size))
+    x = jax.random.normal(kx, (2, size, size, 6))
+    w = jax.random.normal(kw, (5, 6, 3, 3)) / np.sqrt(54)
+    ours = lambda x, w: conv.im2col_conv(x, _ohwi(w), stride, pad)
+    want = lambda x, w: _reference(x, w, stride, pad)
+    np.testing.assert_allclose(ours(x, w), want(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
+    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
+    expected = jax.grad(loss(want), argnums=(0, 1))(x, w)
+    for g, r in zip(got, expected):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
 def test_large_maps_and_strided_convs_stay_convolutions_with_ohwi_kernels():
-    assert not conv.uses_matmul(4, 4, 64) and not conv.uses_matmul(8, 8, 512)
+    assert not conv.uses_matmul(4, 4, 64, backend="cpu")
+    assert not conv.uses_matmul(8, 8, 512, backend="cpu")
     w = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 3, 3))
     for stride, size in ((1, 8), (2, 2), (2, 8)):
         x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size, 4))
