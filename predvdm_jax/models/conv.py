@@ -69,9 +69,10 @@ def uses_matmul(
 ) -> bool:
     """Whether :func:`conv2d` computes this convolution as im2col + matmul on ``backend``
     (default: JAX's default backend); ``pad`` defaults to ``kernel_size // 2``."""
-    if kernel_size == 1:
+    backend = backend or jax.default_backend()
+    if kernel_size == 1 or backend not in ("cpu", "gpu"):  # TPUs: not measured, plain convs
         return False
-    if (backend or jax.default_backend()) != "cpu":
+    if backend == "gpu":
         pad = kernel_size // 2 if pad is None else pad
         out_h, out_w = (output_size(n, kernel_size, stride, pad) for n in (height, width))
         return out_h <= kernel_size and out_w <= kernel_size

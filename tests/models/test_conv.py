@@ -43,13 +43,14 @@ def test_matmul_path_equals_lax_conv_with_gradients(size, channels, kernel):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
-def test_gpu_uses_matmul_where_the_output_map_is_no_larger_than_the_kernel():
+def test_gpu_uses_matmul_where_the_output_map_is_no_larger_than_the_kernel_tpu_never():
     on_gpu = lambda size, stride=1, kernel=3: conv.uses_matmul(
         size, size, 896, kernel, stride, backend="gpu"
     )
     assert on_gpu(2) and on_gpu(3) and on_gpu(1) and on_gpu(4, stride=2)  # 4x4 -> 2x2
     assert not on_gpu(4) and not on_gpu(8, stride=2) and not on_gpu(2, kernel=1)
     assert on_gpu(4, kernel=5)
+    assert not conv.uses_matmul(2, 2, 896, backend="tpu")
 
 
 @pytest.mark.parametrize("size, stride, pad", [(4, 2, 1), (5, 2, 1), (3, 1, 0)])
