@@ -20,6 +20,16 @@ def _ohwi(w_oihw):
     return jnp.transpose(w_oihw, (0, 2, 3, 1))
 
 
+def _assert_same_values_and_gradients(ours, want, x, w):
+    """``ours(x, w)`` equals ``want(x, w)``, and so do the gradients of a nonlinear loss."""
+    np.testing.assert_allclose(ours(x, w), want(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
+    expected = jax.grad(loss(want), argnums=(0, 1))(x, w)
+    for g, r in zip(got, expected):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "size, channels, kernel",
     [(2, 8, 3), (1, 8, 3), (4, 256, 3), (2, 4, 5)],
@@ -34,13 +44,7 @@ def test_matmul_path_equals_lax_conv_with_gradients(size, channels, kernel):
     ours = lambda x, w: conv.conv2d(x, _ohwi(w), 1, pad)
     # The matmul path has no convolution in its program.
     assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))
-    want = lambda x, w: _reference(x, w, 1, pad)
-    np.testing.assert_allclose(ours(x, w), want(x, w), rtol=1e-5, atol=1e-5)
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
-    expected = jax.grad(loss(want), argnums=(0, 1))(x, w)
-    for g, r in zip(got, expected):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+    _assert_same_values_and_gradients(ours, lambda x, w: _reference(x, w, 1, pad), x, w)
 
 
 def test_gpu_uses_matmul_where_the_output_map_is_no_larger_than_the_kernel_tpu_never():
@@ -59,13 +63,7 @@ def test_strided_and_unpadded_im2col_equals_lax_conv_with_gradients(size, stride
     x = jax.random.normal(kx, (2, size, size, 6))
     w = jax.random.normal(kw, (5, 6, 3, 3)) / np.sqrt(54)
     ours = lambda x, w: conv.im2col_conv(x, _ohwi(w), stride, pad)
-    want = lambda x, w: _reference(x, w, stride, pad)
-    np.testing.assert_allclose(ours(x, w), want(x, w), rtol=1e-5, atol=1e-5)
-    loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
-    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
-    expected = jax.grad(loss(want), argnums=(0, 1))(x, w)
-    for g, r in zip(got, expected):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+    _assert_same_values_and_gradients(ours, lambda x, w: _reference(x, w, stride, pad), x, w)
 
 
 def test_large_maps_and_strided_convs_stay_convolutions_with_ohwi_kernels():
