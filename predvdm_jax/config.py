@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
         attn_dim_head=32,
         dtype="float32",  # compute dtype of the denoiser and the VQ; params stay float32
         attention="auto",  # UNet self-attention: auto (cuDNN flash on GPU in bf16), xla, cudnn
+        remat=False,  # recompute UNet block activations in the backward pass (less memory)
     )
 
     c.diffusion = dict(
@@ -112,6 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
         max_to_keep=3,
         ema_rate=0.999,
         eval_every=0,
+        grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
     )
     c.mesh = dict(data=-1, fsdp=1)
 
@@ -290,6 +292,12 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
         errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
+    accum = c.train.grad_accum_steps
+    if accum < 1 or d.batch_size % accum:
+        errors.append(
+            f"train.grad_accum_steps must be >= 1 and divide data.batch_size {d.batch_size}, "
+            f"got {accum}"
+        )
     if c.train.ema_rate < 0 or c.train.ema_rate >= 1:
         errors.append(f"train.ema_rate must be in [0, 1), got {c.train.ema_rate}")
     if c.vq_train.perceptual_weight > 0 and not e.lpips_params:

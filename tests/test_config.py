@@ -70,6 +70,8 @@ def test_type_safe_assignment_names_the_field():
         (dict(diffusion__parameterization="score"), "diffusion.parameterization must be one of"),
         (dict(data__preload_max_gb=-1.0), "data.preload_max_gb must be >= 0"),
         (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
+        (dict(train__grad_accum_steps=3), "train.grad_accum_steps must be >= 1 and divide"),
+        (dict(model__remat="blocks"), "'model.remat' must be a bool"),
     ],
 )
 def test_validation_names_the_field(changes, message):

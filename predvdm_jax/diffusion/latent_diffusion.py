@@ -43,6 +43,7 @@ def build_denoiser(config: ml_collections.ConfigDict) -> PredVDMDenoiser:
     }
     unet["dtype"] = jnp.dtype(config.model.dtype)
     unet["attention_impl"] = config.model.attention
+    unet["remat"] = config.model.remat
     return PredVDMDenoiser(
         mode=config.model.mode,
         k=config.data.pred_frames,

@@ -14,6 +14,10 @@ Initialisation follows PyTorch's defaults (kernel and bias uniform in
 ``±1/sqrt(fan_in)``), with LDM's zero-init of ``out_layers.3`` of every
 ResBlock, ``proj_out`` of every AttentionBlock and the final ``out.2`` conv.
 
+Memory: ``remat=True`` recomputes each ResBlock and AttentionBlock in the backward
+pass instead of keeping its activations (``nn.remat``); only block inputs are saved.
+Parameters, names and results are unchanged.
+
 Precision: ``dtype`` is the computation dtype (float32 by default, bfloat16 on
 accelerators); parameters are always float32; GroupNorm, the attention softmax
 and the timestep embedding run in float32.
@@ -233,6 +237,7 @@ class UNetModel(nn.Module):
     conv_resample: bool = True
     dtype: Any = jnp.float32
     attention_impl: str = "auto"  # see attention_implementation
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     def _heads(self, width: int) -> int:
         if self.num_head_channels != -1:
@@ -269,11 +274,14 @@ class UNetModel(nn.Module):
         emb = _dense(4 * mc, mc, "time_embed_0", dtype=self.dtype)(emb)
         emb = _dense(4 * mc, 4 * mc, "time_embed_2", dtype=self.dtype)(nn.silu(emb))
 
+        res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        attention_cls = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+
         def res_block(width: int, name: str) -> ResBlock:
-            return ResBlock(width, self.dropout, self.use_scale_shift_norm, self.dtype, name=name)
+            return res_cls(width, self.dropout, self.use_scale_shift_norm, self.dtype, name=name)
 
         def attention(width: int, name: str) -> AttentionBlock:
-            return AttentionBlock(
+            return attention_cls(
                 self._heads(width), self.dtype, impl=self.attention_impl, name=name
             )
 

@@ -4,7 +4,8 @@ Config fields read (defaults in brackets): ``seed`` [0];
 ``mesh.data`` [-1], ``mesh.fsdp`` [1], ``mesh.min_shard_size`` [2**18];
 ``data.batch_size`` (global); ``optimizer.*`` (see ``optim.py``);
 ``train.num_steps``, ``train.log_every`` [100], ``train.save_every`` [1000],
-``train.max_to_keep`` [3], ``train.ema_rate`` [0.999], ``train.eval_every`` [0 = never].
+``train.max_to_keep`` [3], ``train.ema_rate`` [0.999], ``train.eval_every`` [0 = never],
+``train.grad_accum_steps`` [1: the global batch in one pass].
 
 Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
@@ -83,6 +84,7 @@ def train_loop(
     save_every = int(_get(train_cfg, "save_every", 1000))
     eval_every = int(_get(train_cfg, "eval_every", 0))
     ema_rate = float(_get(train_cfg, "ema_rate", 0.999))
+    grad_accum_steps = int(_get(train_cfg, "grad_accum_steps", 1))
     mesh_cfg = config.get("mesh", None)
     mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
     min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
@@ -119,6 +121,7 @@ def train_loop(
     if restored is None:
         writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
+    accumulation = {"grad_accum_steps": grad_accum_steps} if grad_accum_steps != 1 else {}
     train_step = train_step_builder(
         loss_fn,
         optimizer,
@@ -127,6 +130,7 @@ def train_loop(
         state_sharding,
         batch_sharding(mesh),
         lr_schedule=schedule,
+        **accumulation,
     )
 
     pending_losses: list[tuple[int, jax.Array]] = []

@@ -76,27 +76,43 @@ def test_state_shardings_follow_annotations_size_rule_and_params_for_moments():
     assert abstract.params["annotated"]["kernel"].sharding.spec == P(None, "fsdp")
 
 
-def test_sharded_training_equals_unsharded(tmp_path):
+ACCUMULATED = dict(batch_size=32, grad_accum_steps=4, target_noise=0.0)
+
+
+def test_sharded_training_equals_unsharded_with_and_without_accumulation(tmp_path):
+    """2x4 and 8x1 meshes against one device; and 4 accumulated microbatches on 2x4 against
+    the whole batch at once on one device (a loss without randomness, so both see the same
+    targets)."""
     steps = 3
     out = tmp_path / "sharded.npz"
+    runs = [
+        dict(name="2x4", data=2, fsdp=4),
+        dict(name="8x1", data=8, fsdp=1),
+        dict(name="2x4_accumulated", data=2, fsdp=4, **ACCUMULATED),
+    ]
     run_subprocess(
-        {"mode": "sharded_steps", "meshes": [[2, 4], [8, 1]], "steps": steps, "out": str(out)},
-        devices=8,
+        {"mode": "sharded_steps", "runs": runs, "steps": steps, "out": str(out)}, devices=8
     )
-    reference, spec, _ = run_steps_on_mesh(1, 1, steps)
-    reference = flat_params(reference)
     results = np.load(out)
     assert str(results["2x4/_hidden_spec"]) == str(P(None, "fsdp"))
     assert tuple(results["2x4/_hidden_shard_shape"]) == (16, 16)
     assert str(results["8x1/_hidden_spec"]) == str(P())
-    for mesh_name in ["2x4", "8x1"]:
+    one_device = run_steps_on_mesh(1, 1, steps)[0]
+    references = {
+        "2x4": one_device,
+        "8x1": one_device,
+        "2x4_accumulated": run_steps_on_mesh(1, 1, steps, batch_size=32, target_noise=0.0)[0],
+    }
+    for run_name, reference in references.items():
+        reference = flat_params(reference)
+        assert {"metrics/loss", "metrics/grad_norm", "metrics/pred_abs"} <= set(reference)
         for name, value in reference.items():
             np.testing.assert_allclose(
-                results[f"{mesh_name}/{name}"],
+                results[f"{run_name}/{name}"],
                 value,
                 rtol=2e-5,
                 atol=2e-6,
-                err_msg=f"{mesh_name} {name}",
+                err_msg=f"{run_name} {name}",
             )
-    moved = np.abs(reference["params/hidden/kernel"] - reference["ema/hidden/kernel"]).max()
-    assert moved > 1e-3  # the steps changed the params, so the comparison means something
+        moved = np.abs(reference["params/hidden/kernel"] - reference["ema/hidden/kernel"]).max()
+        assert moved > 1e-3  # the steps changed the params, so the comparison means something

@@ -38,10 +38,12 @@ def init_fn(key):
     return MODEL.init(key, jnp.zeros((1, IN_DIM)))["params"]
 
 
-def make_loss_fn(nan_at_step: int | None = None):
+def make_loss_fn(nan_at_step: int | None = None, target_noise: float = 0.01):
+    """Mean squared error to targets jittered by ``target_noise``·N(0, 1) drawn from ``rng``."""
+
     def loss_fn(params, batch, rng, step):
         pred = MODEL.apply({"params": params}, batch["x"])
-        target = batch["y"] + 0.01 * jax.random.normal(rng, batch["y"].shape)
+        target = batch["y"] + target_noise * jax.random.normal(rng, batch["y"].shape)
         loss = jnp.mean(jnp.sum((pred - target) ** 2, axis=-1))
         if nan_at_step is not None:
             loss = jnp.where(step + 1 >= nan_at_step, jnp.nan, loss)
@@ -182,46 +184,56 @@ def _main(args: dict) -> None:
 
 
 def _sharded_steps(args: dict) -> None:
-    """A few make_train_step steps per mesh shape; saves params per shape."""
+    """A few make_train_step steps per run (``run_steps_on_mesh`` keywords and a ``name``)."""
     results = {}
-    for data, fsdp in args["meshes"]:
-        params, spec, shard_shape = run_steps_on_mesh(data, fsdp, args["steps"])
-        for k, v in flat_params(params).items():
-            results[f"{data}x{fsdp}/{k}"] = v
-        results[f"{data}x{fsdp}/_hidden_spec"] = np.array(spec)
-        results[f"{data}x{fsdp}/_hidden_shard_shape"] = np.array(shard_shape)
+    for run in args["runs"]:
+        name = run.pop("name")
+        outputs, spec, shard_shape = run_steps_on_mesh(steps=args["steps"], **run)
+        for k, v in flat_params(outputs).items():
+            results[f"{name}/{k}"] = v
+        results[f"{name}/_hidden_spec"] = np.array(spec)
+        results[f"{name}/_hidden_shard_shape"] = np.array(shard_shape)
     np.savez(args["out"], **results)
 
 
-def run_steps_on_mesh(data: int, fsdp: int, steps: int):
-    """(params after ``steps`` steps, hidden kernel spec, its per-device shard shape)."""
+def run_steps_on_mesh(
+    data: int,
+    fsdp: int,
+    steps: int,
+    batch_size: int = 8,
+    grad_accum_steps: int = 1,
+    target_noise: float = 0.01,
+):
+    """({params, ema, last step's metrics} after ``steps`` steps, hidden kernel spec, its
+    per-device shard shape)."""
     from predvdm_jax.training import mesh as mesh_lib
     from predvdm_jax.training.optim import make_optimizer
     from predvdm_jax.training.train_state import create_train_state
     from predvdm_jax.training.train_step import make_train_step
 
-    config = make_config(data=data, fsdp=fsdp)
+    config = make_config(data=data, fsdp=fsdp, batch_size=batch_size)
     mesh = mesh_lib.make_mesh(data, fsdp)
     optimizer, schedule = make_optimizer(config)
     state, shardings = create_train_state(
         init_fn, optimizer, jax.random.PRNGKey(0), mesh, min_size=TEST_MIN_SHARD_SIZE
     )
     step_fn = make_train_step(
-        make_loss_fn(),
+        make_loss_fn(target_noise=target_noise),
         optimizer,
         0.999,
         mesh,
         shardings,
         mesh_lib.batch_sharding(mesh),
         lr_schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
     )
     stream = StreamIterator(0, config.data.batch_size)
     for _ in range(steps):
-        state, _ = step_fn(state, mesh_lib.make_global_batch(next(stream), mesh))
+        state, metrics = step_fn(state, mesh_lib.make_global_batch(next(stream), mesh))
     hidden = state.params["hidden"]["kernel"]
     shard_shape = hidden.addressable_shards[0].data.shape
-    both = {"params": state.params, "ema": state.ema_params}
-    return jax.device_get(both), str(hidden.sharding.spec), shard_shape
+    outputs = {"params": state.params, "ema": state.ema_params, "metrics": metrics}
+    return jax.device_get(outputs), str(hidden.sharding.spec), shard_shape
 
 
 if __name__ == "__main__":
