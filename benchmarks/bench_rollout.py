@@ -41,13 +41,6 @@ flags.DEFINE_bool("torch", True, "Time the PyTorch baseline too.")
 FLAGS = flags.FLAGS
 
 
-def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def make_python_loop_rollout(model, frames, steps, eta=1.0):
     """DDIM rollout dispatched step by step from Python (the baseline); jitted pieces built once."""
     denoise = jax.jit(model.eps_prediction)
@@ -134,7 +127,7 @@ def make_torch_rollout(model, frames, steps, eta=1.0, device="cpu", bf16=False):
 def main(argv):
     del argv
     print(common.hardware())
-    config = load_config(FLAGS.config)
+    config = common.load_config(FLAGS.config)
     model = LatentDiffusion.from_config(config)
     params = jax.jit(model.init_denoiser)(jax.random.PRNGKey(0))
     vq_params = jax.jit(model.init_vq)(jax.random.PRNGKey(1))

@@ -36,13 +36,6 @@ flags.DEFINE_bool("kth", True, "Time the 259 M KTH step (slow to compile on a CP
 FLAGS = flags.FLAGS
 
 
-def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def jax_step_seconds(config, batch, repeats):
     """(seconds per step, model FLOPs of the step) for ``config`` at ``batch``."""
     model = LatentDiffusion.from_config(config)
@@ -119,8 +112,8 @@ def main(argv):
     del argv
     print(common.hardware())
     if FLAGS.kth:
-        compare_step("KTH 259M", load_config("kth64"), FLAGS.kth_batch)
-    compare_step("demo", load_config("digits_demo"), FLAGS.demo_batch)
+        compare_step("KTH 259M", common.load_config("kth64"), FLAGS.kth_batch)
+    compare_step("demo", common.load_config("digits_demo"), FLAGS.demo_batch)
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 

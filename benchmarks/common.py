@@ -21,6 +21,16 @@ def hardware() -> str:
     )
 
 
+def load_config(name: str):
+    """``configs/<name>.py``'s ``get_config()``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds per call of ``fn()`` (which must block until its result is ready)."""
     for _ in range(warmup):

@@ -26,6 +26,7 @@ def scripts(quick: bool) -> list[list[str]]:
     return [
         ["bench_loader.py", "--batches=10" if quick else "--batches=30"],
         ["bench_train_step.py", "--repeats=2"] + (["--nokth"] if quick else []),
+        ["bench_train_memory.py"] + (["--config=digits_demo", "--batch=64"] if quick else []),
         ["bench_rollout.py"]
         + (["--batch=4", "--frames=10", "--ddim_steps=20", "--dpm_steps=10"] if quick else []),
         ["bench_vq.py", "--batch=4" if quick else "--batch=8"],

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from predvdm_jax.models.conv import conv_general_dilated
+
 Array = jax.Array
 
 GROUPNORM_GROUPS = 32
@@ -62,6 +64,7 @@ def _conv(
         dtype=dtype,
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=_uniform_init((in_channels * kernel * kernel) ** -0.5),
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

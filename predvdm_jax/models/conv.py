@@ -26,12 +26,26 @@ CPU convolutions transpose the kernel to HWIO, the layout XLA:CPU convolves.
 
 im2col + matmul: the concatenated shifted windows times the kernel reshaped to
 a matrix; the same parameters and, up to float rounding, the same result.
+
+Gradients on the CPU, inside loops and conditionals. XLA:CPU brings a
+convolution into the layout its fast (Eigen) path takes only in the program's
+top level. Inside a ``lax.scan`` or ``lax.cond`` (gradient accumulation, the
+VQGAN step's discriminator switch) the kernel gradient (a convolution with batch
+and feature dimensions swapped) and the input gradient (kernel channels swapped)
+fall back to a slow generic loop: the kernel gradient of a 3×3, 64-channel layer
+on 16×16 maps ran 16× slower. :func:`conv_general_dilated` writes both gradients
+as explicit top-layout convolutions of transposed operands, as XLA does itself at
+the top level, so they stay fast everywhere (the demo denoiser's step in 4
+accumulated microbatches: 0.83 s before, 0.10 s after; one pass: 0.08 s). Every
+convolution with trained kernels goes through it (the VQ's and the
+discriminator's as ``nn.Conv``'s ``conv_general_dilated``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +53,7 @@ from flax import linen as nn
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "OHWI", "NHWC")
+CPU_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 KERNEL_AXES = ("conv_out", "height", "width", "conv_in")  # logical names for training/sharding.py
 SMALL_MAP_PIXELS = 4
 WIDE_MAP_PIXELS, WIDE_CHANNELS = 16, 256
@@ -99,6 +114,103 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.A
     return lax.dot_general(columns, matrix, (((3,), (1,)), ((), ())))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _nhwc_hwio_conv(x, kernel, strides, padding, precision):
+    return lax.conv_general_dilated(
+        x, kernel, strides, padding, precision=precision, dimension_numbers=CPU_DIMENSION_NUMBERS
+    )
+
+
+def _nhwc_hwio_conv_forward(x, kernel, strides, padding, precision):
+    return _nhwc_hwio_conv(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _nhwc_hwio_conv_backward(strides, padding, precision, residuals, dy):
+    """Both gradients as top-layout convolutions (NHWC input, HWIO kernel):
+
+    * dx: dy dilated by the stride, padded, convolved with the kernel flipped in space
+      and with its channel axes swapped;
+    * dkernel[i, j, c, o] = Σ x_padded[b, s·y + i, s·x + j, c] dy[b, y, x, o]: x as
+      (C, H, W, B), with the forward padding, convolved with dy as an (H', W', B, O)
+      kernel dilated by the stride.
+    """
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    dy = dy.astype(x.dtype)
+    transposed_padding = []
+    for size, out, k, s, (lo, _) in zip(x.shape[1:3], dy.shape[1:3], (kh, kw), strides, padding):
+        dilated = s * (out - 1) + 1
+        transposed_padding.append((k - 1 - lo, size - dilated + lo))
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = lax.conv_general_dilated(
+        dy,
+        flipped,
+        (1, 1),
+        transposed_padding,
+        lhs_dilation=strides,
+        precision=precision,
+        dimension_numbers=CPU_DIMENSION_NUMBERS,
+    )
+    dkernel = lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)),
+        jnp.transpose(dy, (1, 2, 0, 3)),
+        (1, 1),
+        padding,
+        rhs_dilation=strides,
+        precision=precision,
+        dimension_numbers=CPU_DIMENSION_NUMBERS,
+    )
+    # rows past the last window a stride skips over come out too; they are not kernel taps
+    dkernel = jnp.transpose(dkernel[:, :kh, :kw, :], (1, 2, 0, 3))
+    return dx, dkernel.astype(kernel.dtype)
+
+
+_nhwc_hwio_conv.defvjp(_nhwc_hwio_conv_forward, _nhwc_hwio_conv_backward)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """``lax.conv_general_dilated``; on the CPU, plain NHWC × HWIO convolutions take the kernel
+    gradient that stays fast inside loops and conditionals (module docstring)."""
+    plain = (
+        jax.default_backend() == "cpu"
+        and lhs.ndim == 4
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, CPU_DIMENSION_NUMBERS)
+        and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+        and feature_group_count == 1
+        and not kwargs
+    )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _nhwc_hwio_conv(lhs, rhs, strides, pads, precision)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0) -> jax.Array:
     """``(B, H, W, I)`` × OHWI kernel -> ``(B, H', W', O)``, zero padding ``pad`` on each side."""
     _, height, width, cin = x.shape
@@ -116,7 +228,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0) -> ja
     # made the compiled demo rollout 2.5x slower (21.9 against 53.7 frames/s); transposed here,
     # it is as fast as before.
     hwio = jnp.transpose(kernel, (1, 2, 3, 0))
-    return lax.conv_general_dilated(x, hwio, **window, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv_general_dilated(
+        x, hwio, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=CPU_DIMENSION_NUMBERS
+    )
 
 
 class Conv(nn.Module):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from predvdm_jax.models.autoencoder import CodebookLossTerms, VQOutput
+from predvdm_jax.models.conv import conv_general_dilated
 
 Array = jax.Array
 
@@ -238,6 +239,7 @@ class PatchDiscriminator(nn.Module):
                 padding=((1, 1), (1, 1)),
                 use_bias=use_bias,
                 kernel_init=conv_init,
+                conv_general_dilated=conv_general_dilated,
                 name=name,
             )
 

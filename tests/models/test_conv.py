@@ -99,3 +99,57 @@ def test_conv_module_stores_ohwi_with_pytorch_default_init():
 def test_conv2d_rejects_a_kernel_that_is_not_ohwi_for_the_input():
     with pytest.raises(ValueError, match="not OHWI for 4 input channels"):
         conv.conv2d(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 8)))  # HWIO
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding",
+    [(6, 3, 1, ((1, 1), (1, 1))), (8, 3, 2, ((0, 1), (0, 1))), (7, 4, 2, ((1, 1), (1, 1)))],
+    ids=["same", "vq_downsample", "discriminator_odd"],
+)
+def test_cpu_kernel_gradient_rule_equals_lax_inside_a_scan(size, kernel, stride, padding):
+    """The rule that keeps XLA:CPU's kernel gradients fast in loops gives lax's gradients, in a
+    scan as in gradient accumulation, with flax's dimension-number objects."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(kx, (3, 2, size, size, 5))
+    w = jax.random.normal(kw, (kernel, kernel, 5, 7)) / np.sqrt(kernel * kernel * 5)
+    numbers = lax.conv_dimension_numbers(x.shape[1:], w.shape, conv.CPU_DIMENSION_NUMBERS)
+
+    def summed(convolve):
+        def loss(x, w):
+            step = lambda total, xb: (total + jnp.sum(jnp.sin(convolve(xb, w))), None)
+            return lax.scan(step, 0.0, x)[0]
+
+        return loss
+
+    ours = lambda xb, w: conv.conv_general_dilated(
+        xb, w, (stride, stride), padding, dimension_numbers=numbers
+    )
+    want = lambda xb, w: lax.conv_general_dilated(
+        xb, w, (stride, stride), padding, dimension_numbers=numbers
+    )
+    assert "custom_vjp_call" in str(jax.make_jaxpr(ours)(x[0], w))
+    np.testing.assert_allclose(summed(ours)(x, w), summed(want)(x, w), rtol=1e-5)
+    got = jax.grad(summed(ours), argnums=(0, 1))(x, w)
+    expected = jax.grad(summed(want), argnums=(0, 1))(x, w)
+    for g, r in zip(got, expected):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_kernel_gradient_rule_leaves_other_convolutions_to_lax():
+    x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, conv.CPU_DIMENSION_NUMBERS)
+    dilated = conv.conv_general_dilated(
+        x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=numbers
+    )
+    np.testing.assert_allclose(
+        dilated,
+        lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=numbers
+        ),
+    )
+    jaxpr = jax.make_jaxpr(
+        lambda x: conv.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=numbers, feature_group_count=2
+        )
+    )(jnp.ones((1, 6, 6, 8)))
+    assert "custom_vjp_call" not in str(jaxpr)
