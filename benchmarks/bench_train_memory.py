@@ -57,7 +57,9 @@ def _step(config):
     model = LatentDiffusion.from_config(config)
     mesh = mesh_lib.make_mesh(-1, 1)
     optimizer, schedule = make_optimizer(config)
-    state, sharding = abstract_train_state(model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh)
+    state, sharding = abstract_train_state(
+        model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh
+    )
     step = make_train_step(
         diffusion_trainer.make_loss_fn(model, None),
         optimizer,

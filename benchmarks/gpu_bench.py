@@ -17,7 +17,9 @@
    step at batch 128 (how much of the time is per-step rather than per-example); the
    engine's two-stage global gradient norm against optax's per-leaf one;
 7. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
-8. I3D features/s for 40-frame clips at 224² (random weights: same cost).
+8. I3D features/s for 40-frame clips at 224² (random weights: same cost);
+9. the bf16 step's compiled memory with 2 accumulated microbatches and with remat, and
+   the accumulated step's time.
 
 The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb,
 and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the trace such as
@@ -93,9 +95,10 @@ def out_of_time(reserve=0.0):
     return time.time() - START > BUDGET - reserve
 
 
-def kth_config(dtype="float32", attention="auto"):
+def kth_config(dtype="float32", attention="auto", remat=False, grad_accum_steps=1):
     c = config_lib.default_config()
-    c.model.update(dict(dtype=dtype, mode="tcct_para_attn", attention=attention))
+    c.model.update(dict(dtype=dtype, mode="tcct_para_attn", attention=attention, remat=remat))
+    c.train.grad_accum_steps = grad_accum_steps
     if TINY:
         c.unet.update(dict(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,)))
         c.vq.update(dict(ch=32))
@@ -199,6 +202,7 @@ def engine_train_step(config, batch):
         shardings,
         mesh_lib.batch_sharding(mesh),
         lr_schedule=schedule,
+        grad_accum_steps=config.train.grad_accum_steps,
     )
 
     def make_inputs():
@@ -454,6 +458,36 @@ def train_step_xla_attention(batch=64):
         )
 
 
+def train_step_memory_knobs(batch=64):
+    """The bf16 step's compiled memory in one pass, in 2 accumulated microbatches and with
+    remat (XLA:CPU drops remat's recomputation, so only an accelerator shows its saving), and
+    the accumulated step's time (the kernel gradients now run inside a loop)."""
+    name = f"train step KTH 259M batch {batch} bf16: accumulation and remat"
+    if out_of_time(240):
+        record(name, skipped="time budget")
+        return
+    values = {}
+    for label, knobs in (
+        ("one_pass", {}),
+        ("accum2", dict(grad_accum_steps=2)),
+        ("remat", dict(remat=True)),
+    ):
+        step, make_inputs = engine_train_step(kth_config("bfloat16", **knobs), batch)
+        state, batch_data = make_inputs()
+        compiled = step.lower(state, batch_data).compile()
+        values[f"{label}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+        if label == "accum2":
+            holder = [state]
+
+            def run():
+                holder[0], metrics = compiled(holder[0], batch_data)
+                return metrics["loss"]
+
+            values["accum2_step_s"] = time_it(run, repeats=10)
+    values["one_pass_step_s"] = STEP_SECONDS.get("bfloat16")
+    record(name, **values)
+
+
 def vq_figures(frames=1024):
     if out_of_time(20):
         record("VQ-f4", skipped="time budget")
@@ -495,6 +529,7 @@ if __name__ == "__main__":
             train_step_f32=dict(batch=2),
             train_step_breakdown=dict(batch=2),
             train_step_xla_attention=dict(batch=2),
+            train_step_memory_knobs=dict(batch=2),
             rollout_dpm_solver=tiny_rollout,
             rollout_ddim=tiny_rollout,
             rollout_unet_profile=dict(batch=2),
@@ -518,6 +553,7 @@ if __name__ == "__main__":
         grad_norm_reduction,
         vq_figures,
         i3d_figures,
+        train_step_memory_knobs,
     ):
         if ONLY and figure.__name__ not in ONLY:
             continue

@@ -37,8 +37,8 @@ on 16×16 maps ran 16× slower. :func:`conv_general_dilated` writes both gradien
 as explicit top-layout convolutions of transposed operands, as XLA does itself at
 the top level, so they stay fast everywhere (the demo denoiser's step in 4
 accumulated microbatches: 0.83 s before, 0.10 s after; one pass: 0.08 s). Every
-convolution with trained kernels goes through it (the VQ's and the
-discriminator's as ``nn.Conv``'s ``conv_general_dilated``).
+convolution that training differentiates goes through it (the VQ's, the
+discriminator's and LPIPS's as ``nn.Conv``'s ``conv_general_dilated``).
 """
 
 from __future__ import annotations

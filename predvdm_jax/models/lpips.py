@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from predvdm_jax.models.conv import conv_general_dilated
+
 # ScalingLayer of lpips v0.1: (x - shift) / scale, per RGB channel.
 INPUT_SHIFT = (-0.030, -0.088, -0.188)
 INPUT_SCALE = (0.458, 0.448, 0.450)
@@ -50,7 +52,7 @@ class AlexNetFeatures(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> list[jax.Array]:
-        conv = partial(nn.Conv, precision=_HIGHEST)
+        conv = partial(nn.Conv, precision=_HIGHEST, conv_general_dilated=conv_general_dilated)
         pool = partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="VALID")
         taps = []
         hidden = nn.relu(conv(64, (11, 11), strides=(4, 4), padding=2, name="features_0")(images))

@@ -103,8 +103,13 @@ def test_conv2d_rejects_a_kernel_that_is_not_ohwi_for_the_input():
 
 @pytest.mark.parametrize(
     "size, kernel, stride, padding",
-    [(6, 3, 1, ((1, 1), (1, 1))), (8, 3, 2, ((0, 1), (0, 1))), (7, 4, 2, ((1, 1), (1, 1)))],
-    ids=["same", "vq_downsample", "discriminator_odd"],
+    [
+        (6, 3, 1, ((1, 1), (1, 1))),
+        (8, 3, 2, ((0, 1), (0, 1))),
+        (7, 4, 2, ((1, 1), (1, 1))),
+        (17, 11, 4, ((2, 2), (2, 2))),
+    ],
+    ids=["same", "vq_downsample", "discriminator_odd", "alexnet_first"],
 )
 def test_cpu_kernel_gradient_rule_equals_lax_inside_a_scan(size, kernel, stride, padding):
     """The rule that keeps XLA:CPU's kernel gradients fast in loops gives lax's gradients, in a
