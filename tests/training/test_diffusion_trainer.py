@@ -46,9 +46,10 @@ def _config(tmp_path):
         )
     )
     c.model.mode = "tc"
+    c.model.remat = True  # the memory knobs end to end: remat, and 2 microbatches per step
     c.diffusion.loss_reduction = "mean"
     c.optimizer.update(dict(base_learning_rate=3e-3, scale_lr=False, warmup_steps=0))
-    c.train.update(dict(num_steps=40, log_every=5, save_every=40, ema_rate=0.9))
+    c.train.update(dict(num_steps=40, log_every=5, save_every=40, ema_rate=0.9, grad_accum_steps=2))
     c.sampling.steps = 3
     return config_lib.finalize(c)
 
