@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from predvdm_jax.config import ConfigError
 from predvdm_jax.training import sharding as sharding_lib
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
@@ -88,6 +89,13 @@ def train_loop(
     mesh_cfg = config.get("mesh", None)
     mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
     min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
+    batch_size = int(config.data.batch_size)
+    if batch_size % (grad_accum_steps * mesh.size):
+        raise ConfigError(
+            f"data.batch_size {batch_size} must be a multiple of train.grad_accum_steps "
+            f"{grad_accum_steps} × the {mesh.size} devices of the mesh, so that every "
+            f"microbatch splits evenly over them"
+        )
 
     optimizer, schedule = make_optimizer(config)
     key = jax.random.PRNGKey(int(config.get("seed", 0)))

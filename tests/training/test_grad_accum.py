@@ -8,12 +8,12 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib
+from predvdm_jax.training import diffusion_trainer, loop, mesh as mesh_lib
 from predvdm_jax.training.optim import make_optimizer
 from predvdm_jax.training.train_state import abstract_train_state
 from predvdm_jax.training.train_step import make_train_step
 
-from .tiny_setup import run_steps_on_mesh
+from .tiny_setup import StreamIterator, init_fn, make_config, make_loss_fn, run_steps_on_mesh
 
 BATCH = 32
 
@@ -62,3 +62,11 @@ def test_a_batch_that_does_not_split_into_equal_microbatches_is_a_clear_error():
         run_steps_on_mesh(1, 1, 1, batch_size=8, grad_accum_steps=3)
     with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
         run_steps_on_mesh(1, 1, 1, grad_accum_steps=0)
+
+
+def test_training_refuses_microbatches_that_do_not_split_before_it_starts(tmp_path):
+    config = make_config(batch_size=6)
+    config.train.grad_accum_steps = 4
+    with pytest.raises(config_lib.ConfigError, match="data.batch_size 6 must be a multiple of"):
+        loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(), StreamIterator(0, 6))
+    assert not (tmp_path / "checkpoints").exists()
