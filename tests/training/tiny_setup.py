@@ -86,7 +86,14 @@ class StreamIterator:
 
 
 def make_config(
-    num_steps=6, batch_size=8, data=-1, fsdp=1, save_every=3, log_every=1, seed=0
+    num_steps=6,
+    batch_size=8,
+    data=-1,
+    fsdp=1,
+    save_every=3,
+    log_every=1,
+    seed=0,
+    grad_accum_steps=1,
 ) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = seed
@@ -101,6 +108,7 @@ def make_config(
         save_every=save_every,
         max_to_keep=3,
         ema_rate=0.999,
+        grad_accum_steps=grad_accum_steps,
     )
     return config
 
