@@ -125,6 +125,18 @@ def train_loop(
             data_iterator.set_state(data_state)
         logging.info("resumed from step %d in %s", start_step, workdir)
 
+    param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+    logging.info(
+        "%s parameters; mesh data=%d × fsdp=%d over %d devices in %d process(es); global "
+        "batch %d in %d microbatch(es) per step",
+        f"{param_count:,}",
+        mesh.shape["data"],
+        mesh.shape["fsdp"],
+        mesh.size,
+        jax.process_count(),
+        batch_size,
+        grad_accum_steps,
+    )
     writer = create_default_writer(workdir, resume_step=start_step if restored else None)
     if restored is None:
         writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
