@@ -112,7 +112,8 @@ def default_config() -> ml_collections.ConfigDict:
         save_every=5000,
         max_to_keep=3,
         ema_rate=0.999,
-        eval_every=0,
+        eval_every=0,  # steps between validation losses (0: none); needs a test split
+        eval_clips=256,  # validation clips, rounded down to whole batches of data.batch_size
         grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
     )
     c.mesh = dict(data=-1, fsdp=1)
@@ -292,6 +293,19 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
         errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
+    if c.train.eval_every < 0:
+        errors.append(f"train.eval_every must be >= 0 (0: no validation), got {c.train.eval_every}")
+    if c.train.eval_every > 0:
+        if not (d.test_dir or d.latent_test_dir):
+            errors.append(
+                "train.eval_every > 0 needs a test split: set data.latent_test_dir or "
+                "data.test_dir, or set train.eval_every=0"
+            )
+        if c.train.eval_clips < d.batch_size:
+            errors.append(
+                f"train.eval_clips {c.train.eval_clips} must be at least one batch "
+                f"(data.batch_size {d.batch_size})"
+            )
     accum = c.train.grad_accum_steps
     if accum < 1 or d.batch_size % accum:
         errors.append(

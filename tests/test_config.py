@@ -72,6 +72,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
         (dict(train__grad_accum_steps=3), "train.grad_accum_steps must be >= 1 and divide"),
         (dict(model__remat="blocks"), "'model.remat' must be a bool"),
+        (dict(train__eval_every=100), "train.eval_every > 0 needs a test split"),
     ],
 )
 def test_validation_names_the_field(changes, message):

@@ -165,14 +165,30 @@ class LatentDiffusion:
             return batch["latents"]
         return jax.lax.stop_gradient(self.encode(vq_params, batch["video"]))
 
-    def loss(self, params: Any, vq_params: Any, batch: dict, key: jax.Array):
-        """PredVDM's training loss on one clip batch: real cond latents, the next k as targets."""
+    def loss(
+        self,
+        params: Any,
+        vq_params: Any,
+        batch: dict,
+        key: jax.Array,
+        *,
+        t: jax.Array | None = None,
+        noise: jax.Array | None = None,
+        train: bool = True,
+    ):
+        """PredVDM's training loss on one clip batch: real cond latents, the next k as targets.
+
+        ``t`` (B,) and ``noise`` (shaped like the k target latents) replace the random
+        draws, and ``train=False`` turns dropout off: a fixed validation loss.
+        """
         z = self.batch_latents(vq_params, batch)
         z_cond = z[:, : self.cond_frames]
         z_target = z[:, self.cond_frames : self.cond_frames + self.k]
         loss_key, dropout_key = jax.random.split(key)
         d = self.config.diffusion
-        denoise = functools.partial(self.denoise, params, dropout_key=dropout_key)
+        denoise = functools.partial(
+            self.denoise, params, dropout_key=dropout_key if train else None
+        )
         return diffusion_loss(
             denoise,
             self.schedule,
@@ -182,6 +198,8 @@ class LatentDiffusion:
             reduction=d.loss_reduction,
             l_eps_weight=d.l_eps_weight,
             elbo_weight=d.elbo_weight,
+            t=t,
+            noise=noise,
             parameterization=d.parameterization,
         )
 

@@ -3,18 +3,28 @@
 Batches come from the latent cache when ``data.latent_train_dir`` is set (the
 fast path: the frozen VQ encoder costs ≈ 7.6× the UNet's training FLOPs), or
 as frames that the frozen VQ encodes inside the jitted step.
+
+Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
+raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
+losses, the ones its checkpointing monitors), from ``data.latent_test_dir`` or
+``data.test_dir``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
 from predvdm_jax.training import loop, mesh as mesh_lib
+from predvdm_jax.training.train_state import TrainState
+
+VALIDATION_SEED_STREAM = 3  # fold_in(PRNGKey(seed), 3): the validation noise
 
 
 def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.ClipIterator:
@@ -46,10 +56,67 @@ def make_loss_fn(model: LatentDiffusion, vq_params: Any) -> loop.LossFn:
     return loss_fn
 
 
+def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
+    """This process's share of each batch of the fixed validation clips: ``train.eval_clips``
+    rounded down to whole batches of ``data.batch_size`` (the evaluation windows of the test
+    split, ``cond + k`` frames each)."""
+    d = config.data
+    cached = bool(d.latent_test_dir)
+    num_batches = config.train.eval_clips // d.batch_size
+    iterator = loader.eval_iterator(
+        d.latent_test_dir if cached else d.test_dir,
+        d.cond_frames + d.pred_frames,
+        num_batches * d.batch_size,
+        d.batch_size,
+        config.seed,
+        kind="latents" if cached else "frames",
+        num_threads=d.num_threads,
+        prefetch=d.prefetch,
+    )
+    return [{k: v for k, v in next(iterator).items() if k != "mask"} for _ in range(num_batches)]
+
+
+def make_validation_fn(
+    model: LatentDiffusion, vq_params: Any, batches: list[dict], mesh: Any, seed: int
+) -> Callable[[TrainState], dict]:
+    """``fn(state) -> {'val/loss', 'val/loss_simple', 'val/loss_vlb'}`` and their ``_ema``
+    versions: the training loss without dropout, with clip i at t = (i + ½)·T / N and its
+    own fixed noise, averaged over the N clips of ``batches``."""
+    num_clips = len(batches) * len(batches[0]["index"]) * jax.process_count()
+    timesteps = model.schedule.num_timesteps
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), VALIDATION_SEED_STREAM)
+
+    @jax.jit
+    def batch_loss(params, vq_params, batch):
+        latents = model.batch_latents(vq_params, batch)
+        index = batch["index"]
+        t = ((index + 0.5) * timesteps / num_clips).astype(jnp.int32)
+        target_shape = (model.k,) + latents.shape[2:]
+        noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), target_shape))(
+            index
+        )
+        _, aux = model.loss(params, None, {"latents": latents}, key, t=t, noise=noise, train=False)
+        return aux
+
+    def validation_fn(state: TrainState) -> dict:
+        totals: dict[str, float] = {}
+        for batch in batches:
+            batch = mesh_lib.make_global_batch(batch, mesh)
+            for suffix, params in (("", state.params), ("_ema", state.ema_params)):
+                for name, value in jax.device_get(batch_loss(params, vq_params, batch)).items():
+                    key_name = f"val/{name}{suffix}"
+                    totals[key_name] = totals.get(key_name, 0.0) + float(value)
+        return {name: value / len(batches) for name, value in totals.items()}
+
+    return validation_fn
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state."""
     model = LatentDiffusion.from_config(config)
-    vq_params = None if config.data.latent_train_dir else load_vq_params(config.vq_params)
+    validate = config.train.eval_every > 0
+    needs_vq = not config.data.latent_train_dir or (validate and not config.data.latent_test_dir)
+    vq_params = load_vq_params(config.vq_params) if needs_vq else None
     if config.data.latent_train_dir and config.data.horizontal_flip:
         raise ValueError(
             "data.horizontal_flip cannot apply to cached latents; flip the frames "
@@ -58,6 +125,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
+    validation_fn = None
+    if validate:
+        batches = load_validation_batches(config)
+        validation_fn = make_validation_fn(model, vq_params, batches, mesh, config.seed)
+    train_vq_params = None if config.data.latent_train_dir else vq_params
     return loop.train_loop(
-        config, workdir, model.init_denoiser, make_loss_fn(model, vq_params), iterator
+        config,
+        workdir,
+        model.init_denoiser,
+        make_loss_fn(model, train_vq_params),
+        iterator,
+        eval_fn=validation_fn,
     )

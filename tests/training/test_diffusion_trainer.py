@@ -2,16 +2,18 @@
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
+import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
-from predvdm_jax.training import diffusion_trainer
+from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib
 from random_params import random_params_from_init
 
 COND, K, LATENT = 2, 2, 4
@@ -30,7 +32,7 @@ def _config(tmp_path):
             num_threads=1,
             prefetch=1,
             latent_train_dir=str(tmp_path / "latents"),
-            test_dir=str(tmp_path / "test"),
+            latent_test_dir=str(tmp_path / "latents"),
         )
     )
     c.vq.update(dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, n_embed=16, resolution=16))
@@ -49,7 +51,17 @@ def _config(tmp_path):
     c.model.remat = True  # the memory knobs end to end: remat, and 2 microbatches per step
     c.diffusion.loss_reduction = "mean"
     c.optimizer.update(dict(base_learning_rate=3e-3, scale_lr=False, warmup_steps=0))
-    c.train.update(dict(num_steps=40, log_every=5, save_every=40, ema_rate=0.9, grad_accum_steps=2))
+    c.train.update(
+        dict(
+            num_steps=40,
+            log_every=5,
+            save_every=40,
+            ema_rate=0.9,
+            grad_accum_steps=2,
+            eval_every=20,
+            eval_clips=10,  # two whole batches of 4
+        )
+    )
     c.sampling.steps = 3
     return config_lib.finalize(c)
 
@@ -67,13 +79,30 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     model = LatentDiffusion.from_config(config)
     save_params_safetensors(config.vq_params, random_params_from_init(model.init_vq))
 
+    # Validation of the untrained denoiser, whose zero-initialised output conv predicts ε = 0:
+    # its mean-reduced loss is the mean of ε² over the 8 clips' fixed noise (768 draws), ≈ 1.
+    batches = diffusion_trainer.load_validation_batches(config)
+    assert [b["latents"].shape for b in batches] == [(4, COND + K, LATENT, LATENT, 3)] * 2
+    mesh = mesh_lib.make_mesh(1, 1)
+    validation_fn = diffusion_trainer.make_validation_fn(model, None, batches, mesh, config.seed)
+    fresh = jax.device_get(model.init_denoiser(jax.random.PRNGKey(0)))
+    untrained = validation_fn(types.SimpleNamespace(params=fresh, ema_params=fresh))
+    assert abs(untrained["val/loss"] - 1.0) < 0.15, untrained
+    assert untrained["val/loss_ema"] == untrained["val/loss"]
+
     workdir = str(tmp_path / "run")
     state = diffusion_trainer.train(config, workdir)
     assert int(state.step) == 40
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
+        rows = [json.loads(line) for line in f]
+    losses = [row["loss"] for row in rows if "loss" in row]
     assert len(losses) == 8
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    validation = [row for row in rows if "val/loss" in row]
+    assert [row["step"] for row in validation] == [20, 40]
+    assert validation[-1]["val/loss"] < 0.7 * untrained["val/loss"], validation
+    again = validation_fn(state)  # fixed clips, timesteps and noise: the logged value again
+    assert again["val/loss_ema"] == pytest.approx(validation[-1]["val/loss_ema"], rel=1e-6)
 
     from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
     np.testing.assert_array_equal(
