@@ -108,8 +108,10 @@ def test_conv2d_rejects_a_kernel_that_is_not_ohwi_for_the_input():
         (8, 3, 2, ((0, 1), (0, 1))),
         (7, 4, 2, ((1, 1), (1, 1))),
         (17, 11, 4, ((2, 2), (2, 2))),
+        (5, 1, 1, "VALID"),
+        (9, 3, 2, "VALID"),
     ],
-    ids=["same", "vq_downsample", "discriminator_odd", "alexnet_first"],
+    ids=["same", "vq_downsample", "discriminator_odd", "alexnet_first", "1x1", "valid_strided"],
 )
 def test_cpu_kernel_gradient_rule_equals_lax_inside_a_scan(size, kernel, stride, padding):
     """The rule that keeps XLA:CPU's kernel gradients fast in loops gives lax's gradients, in a
