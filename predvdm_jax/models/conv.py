@@ -180,8 +180,8 @@ def conv_general_dilated(
     precision: Any = None,
     **kwargs: Any,
 ) -> jax.Array:
-    """``lax.conv_general_dilated``; on the CPU, plain NHWC × HWIO convolutions take the kernel
-    gradient that stays fast inside loops and conditionals (module docstring)."""
+    """``lax.conv_general_dilated``; on the CPU, plain NHWC × HWIO convolutions get gradients
+    that stay fast inside loops and conditionals (module docstring)."""
     plain = (
         jax.default_backend() == "cpu"
         and lhs.ndim == 4
@@ -228,9 +228,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0) -> ja
     # made the compiled demo rollout 2.5x slower (21.9 against 53.7 frames/s); transposed here,
     # it is as fast as before.
     hwio = jnp.transpose(kernel, (1, 2, 3, 0))
-    return conv_general_dilated(
-        x, hwio, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=CPU_DIMENSION_NUMBERS
-    )
+    return conv_general_dilated(x, hwio, **window, dimension_numbers=CPU_DIMENSION_NUMBERS)
 
 
 class Conv(nn.Module):
