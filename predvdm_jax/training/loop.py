@@ -29,7 +29,7 @@ from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_me
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
 from predvdm_jax.training.train_state import TrainState, abstract_train_state, create_train_state
-from predvdm_jax.training.train_step import LossFn, make_train_step
+from predvdm_jax.training.train_step import LossFn, make_train_step, microbatch_split_error
 
 Hook = Callable[[int, TrainState, dict], None]
 
@@ -90,12 +90,9 @@ def train_loop(
     mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
     min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
     batch_size = int(config.data.batch_size)
-    if batch_size % (grad_accum_steps * mesh.size):
-        raise ConfigError(
-            f"data.batch_size {batch_size} must be a multiple of train.grad_accum_steps "
-            f"{grad_accum_steps} × the {mesh.size} devices of the mesh, so that every "
-            f"microbatch splits evenly over them"
-        )
+    split_error = microbatch_split_error(batch_size, grad_accum_steps, mesh.size)
+    if split_error:
+        raise ConfigError(split_error)
 
     optimizer, schedule = make_optimizer(config)
     key = jax.random.PRNGKey(int(config.get("seed", 0)))

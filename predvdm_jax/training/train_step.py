@@ -43,22 +43,30 @@ def apply_gradients(
     )
 
 
+def microbatch_split_error(batch_size: int, count: int, devices: int) -> str | None:
+    """Why a global batch does not split into ``count`` microbatches of equal shares over
+    ``devices`` devices, or None when it does."""
+    if batch_size % (count * devices) == 0:
+        return None
+    return (
+        f"data.batch_size {batch_size} must be a multiple of train.grad_accum_steps {count} × "
+        f"the {devices} devices of the mesh, so that every microbatch splits evenly over them; "
+        f"make data.batch_size a multiple of {count * devices}"
+    )
+
+
 def _microbatches(batch: Any, count: int, mesh: Mesh) -> Any:
     """(B, ...) leaves → (count, B / count, ...); microbatch i holds examples i, i + count, ….
 
     The strided split keeps every device's rows on that device: a device holding
     a contiguous B / n rows contributes B / (n·count) of them to each microbatch.
     """
-    devices = mesh.size
 
     def split(x):
         size = x.shape[0]
-        if size % (count * devices):
-            raise ValueError(
-                f"a global batch of {size} does not split into {count} microbatches "
-                f"(train.grad_accum_steps) of equal shares over the {devices} devices; "
-                f"make data.batch_size a multiple of {count * devices}"
-            )
+        error = microbatch_split_error(size, count, mesh.size)
+        if error:
+            raise ValueError(error)
         x = x.reshape(size // count, count, *x.shape[1:]).swapaxes(0, 1)
         spec = PartitionSpec(None, *BATCH_SPEC)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
