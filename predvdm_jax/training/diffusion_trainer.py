@@ -98,15 +98,21 @@ def make_validation_fn(
         _, aux = model.loss(params, None, {"latents": latents}, key, t=t, noise=noise, train=False)
         return aux
 
+    global_batches = [mesh_lib.make_global_batch(batch, mesh) for batch in batches]
+
     def validation_fn(state: TrainState) -> dict:
-        totals: dict[str, float] = {}
-        for batch in batches:
-            batch = mesh_lib.make_global_batch(batch, mesh)
-            for suffix, params in (("", state.params), ("_ema", state.ema_params)):
-                for name, value in jax.device_get(batch_loss(params, vq_params, batch)).items():
-                    key_name = f"val/{name}{suffix}"
-                    totals[key_name] = totals.get(key_name, 0.0) + float(value)
-        return {name: value / len(batches) for name, value in totals.items()}
+        sums = {
+            suffix: jax.tree.map(
+                lambda *values: sum(values),
+                *(batch_loss(params, vq_params, batch) for batch in global_batches),
+            )
+            for suffix, params in (("", state.params), ("_ema", state.ema_params))
+        }
+        return {
+            f"val/{name}{suffix}": float(value) / len(global_batches)
+            for suffix, losses in jax.device_get(sums).items()
+            for name, value in losses.items()
+        }
 
     return validation_fn
 
