@@ -84,20 +84,24 @@ class _ClipState(NamedTuple):
     pass
 
 
-def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
-    """``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max/(norm + 1e-6))``."""
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max/(norm + 1e-6))``.
+
+    ``update(..., grad_norm=n)`` uses ``n`` as the updates' global norm instead of
+    computing it again (the engine's step has already computed it for its metrics).
+    """
 
     def init(params):
         del params
         return _ClipState()
 
-    def update(updates, state, params=None):
-        del params
-        norm = global_norm(updates)
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = global_norm(updates) if grad_norm is None else grad_norm
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _section_values(config: Any) -> dict[str, Any]:

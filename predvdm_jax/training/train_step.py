@@ -24,14 +24,20 @@ LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, j
 
 
 def apply_gradients(
-    state: TrainState, grads: Any, optimizer: optax.GradientTransformation, ema_rate: float
+    state: TrainState,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    ema_rate: float,
+    grad_norm: jax.Array | None = None,
 ) -> TrainState:
     """Optimizer update, step + 1, EMA update with the new count (spec D.3).
 
-    Exposed for trainers that write their own step (e.g. a GAN updating
-    ``state.extra`` too).
+    ``grad_norm``, the gradients' global norm when the caller has it, is handed to the
+    optimizer's clipping so that it is not computed twice. Exposed for trainers that
+    write their own step (e.g. a GAN updating ``state.extra`` too).
     """
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    norm = {} if grad_norm is None else {"grad_norm": grad_norm}
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **norm)
     params = optax.apply_updates(state.params, updates)
     ema_updates = state.ema_updates + 1
     return state.replace(
@@ -153,7 +159,7 @@ def make_train_step(
         metrics["grad_norm"] = global_norm(grads)
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
-        new_state = apply_gradients(state, grads, optimizer, ema_rate)
+        new_state = apply_gradients(state, grads, optimizer, ema_rate, metrics["grad_norm"])
         return new_state, metrics
 
     return jax.jit(

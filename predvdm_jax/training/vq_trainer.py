@@ -328,7 +328,7 @@ def make_vq_train_step_builder(
             metrics["psnr"] = jnp.mean(
                 metrics_lib.psnr(_to_unit(frames)[:, None], _to_unit(reconstruction)[:, None])
             )
-            new_state = apply_gradients(state, grads, optimizer, ema_rate)
+            new_state = apply_gradients(state, grads, optimizer, ema_rate, metrics["grad_norm"])
 
             counts = extra["code_counts"] + jnp.bincount(indices.reshape(-1), length=n_codes)
             restarted = jnp.zeros((), jnp.float32)

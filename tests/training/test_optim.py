@@ -179,3 +179,29 @@ def test_ema_update_matches_litema_shadow_update():
         shadow.sub_((1.0 - decay) * (shadow - torch.tensor(param)))
         ema = ema_update(ema, {"p": jnp.asarray(param, jnp.float32)}, n, 0.999)
     np.testing.assert_allclose(ema["p"], shadow.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_uses_a_supplied_norm_and_the_engine_step_computes_the_norm_once():
+    grads = {"a": jnp.full((3, 4), 2.0), "b": jnp.full((5,), 2.0)}  # global norm √(17·4)
+    clip = clip_by_global_norm_torch(1.0)
+    # A supplied norm of 10 scales by 1 / (10 + 1e-6), whatever the updates' own norm.
+    clipped, _ = clip.update(grads, clip.init(grads), grad_norm=jnp.float32(10.0))
+    np.testing.assert_allclose(clipped["a"], 2.0 / (10.0 + 1e-6), rtol=1e-6)
+
+    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax.training.train_state import create_train_state
+    from predvdm_jax.training.train_step import make_train_step
+
+    from .tiny_setup import StreamIterator, init_fn, make_config, make_loss_fn
+
+    config = make_config()
+    mesh = mesh_lib.make_mesh(1, 1)
+    optimizer, schedule = make_optimizer(config)
+    state, shardings = create_train_state(init_fn, optimizer, jax.random.PRNGKey(0), mesh)
+    step = make_train_step(
+        make_loss_fn(), optimizer, 0.999, mesh, shardings, mesh_lib.batch_sharding(mesh)
+    )
+    batch = mesh_lib.make_global_batch(next(StreamIterator(0, 8)), mesh)
+    # global_norm's two stages are split by one optimization barrier: one barrier, one norm
+    # (the logged grad_norm, handed to the clipping).
+    assert step.lower(state, batch).as_text().count("optimization_barrier") == 1
