@@ -25,11 +25,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 
-from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
-from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib  # noqa: E402
-from predvdm_jax.training.optim import make_optimizer  # noqa: E402
-from predvdm_jax.training.train_state import create_train_state, abstract_train_state  # noqa: E402
-from predvdm_jax.training.train_step import make_train_step  # noqa: E402
+from predvdm_jax.training import mesh as mesh_lib  # noqa: E402
+from predvdm_jax.training.train_state import create_train_state  # noqa: E402
 
 flags.DEFINE_string("config", "kth64", "Config whose step's memory is measured.")
 flags.DEFINE_integer("batch", 64, "Global batch of that step.")
@@ -52,27 +49,6 @@ def _with(config, batch, accum, remat, dtype):
     return config
 
 
-def _step(config):
-    """(jitted engine step, its state sharding, mesh, model) for ``config`` on all devices."""
-    model = LatentDiffusion.from_config(config)
-    mesh = mesh_lib.make_mesh(-1, 1)
-    optimizer, schedule = make_optimizer(config)
-    state, sharding = abstract_train_state(
-        model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh
-    )
-    step = make_train_step(
-        diffusion_trainer.make_loss_fn(model, None),
-        optimizer,
-        0.999,
-        mesh,
-        sharding,
-        mesh_lib.batch_sharding(mesh),
-        lr_schedule=schedule,
-        grad_accum_steps=config.train.grad_accum_steps,
-    )
-    return step, state, mesh, model, optimizer
-
-
 def _latents(config, model, mesh, abstract: bool):
     d = config.data
     shape = (d.batch_size, d.cond_frames + d.pred_frames, model.latent_size, model.latent_size, 3)
@@ -84,19 +60,22 @@ def _latents(config, model, mesh, abstract: bool):
 
 def compiled_memory(config) -> tuple[float, float]:
     """(argument MiB, temporary MiB) of ``config``'s compiled engine step."""
-    step, state, mesh, model, _ = _step(config)
-    stats = step.lower(state, _latents(config, model, mesh, True)).compile().memory_analysis()
+    engine = common.engine_step(config)
+    batch = _latents(config, engine.model, engine.mesh, True)
+    stats = engine.step.lower(engine.state, batch).compile().memory_analysis()
     return stats.argument_size_in_bytes / MIB, stats.temp_size_in_bytes / MIB
 
 
 def demo_examples_per_second(config) -> float:
-    step, _, mesh, model, optimizer = _step(config)
-    state, _ = create_train_state(model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh)
-    batch = _latents(config, model, mesh, False)
+    engine = common.engine_step(config)
+    state, _ = create_train_state(
+        engine.model.init_denoiser, engine.optimizer, jax.random.PRNGKey(0), engine.mesh
+    )
+    batch = _latents(config, engine.model, engine.mesh, False)
     holder = [state]
 
     def run():
-        holder[0], metrics = step(holder[0], batch)
+        holder[0], metrics = engine.step(holder[0], batch)
         metrics["loss"].block_until_ready()
 
     return config.data.batch_size / common.time_call(run, repeats=FLAGS.repeats)

@@ -4,6 +4,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 
@@ -29,6 +30,45 @@ def load_config(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+class EngineStep(NamedTuple):
+    step: Any  # jitted step(state, batch) -> (state, metrics)
+    state: Any  # the abstract train state, carrying its shardings
+    shardings: Any
+    mesh: Any
+    model: Any
+    optimizer: Any
+
+
+def engine_step(config) -> EngineStep:
+    """The training engine's jitted denoiser step (gradient, grad norm, clipped AdamW, EMA,
+    ``train.grad_accum_steps`` microbatches) for ``config`` over all devices, fed cached
+    latents."""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax.training.diffusion_trainer import make_loss_fn
+    from predvdm_jax.training.optim import make_optimizer
+    from predvdm_jax.training.train_state import abstract_train_state
+    from predvdm_jax.training.train_step import make_train_step
+
+    model = LatentDiffusion.from_config(config)
+    mesh = mesh_lib.make_mesh(-1, 1)
+    optimizer, schedule = make_optimizer(config)
+    state, shardings = abstract_train_state(
+        model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh
+    )
+    step = make_train_step(
+        make_loss_fn(model, None),
+        optimizer,
+        config.train.ema_rate,
+        mesh,
+        shardings,
+        mesh_lib.batch_sharding(mesh),
+        lr_schedule=schedule,
+        grad_accum_steps=config.train.grad_accum_steps,
+    )
+    return EngineStep(step, state, shardings, mesh, model, optimizer)
 
 
 def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:

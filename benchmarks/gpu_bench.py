@@ -49,13 +49,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from common import matmul_flops  # noqa: E402
+from common import engine_step, matmul_flops  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
-from predvdm_jax.training import mesh as mesh_lib, optim  # noqa: E402
+from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
-from predvdm_jax.training.train_state import TrainState, abstract_train_state  # noqa: E402
-from predvdm_jax.training.train_step import apply_gradients, make_train_step  # noqa: E402
+from predvdm_jax.training.train_state import TrainState  # noqa: E402
+from predvdm_jax.training.train_step import apply_gradients  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
@@ -187,23 +187,11 @@ def check_against_cpu():
 
 
 def engine_train_step(config, batch):
-    """The training engine's jitted step (training/train_step.py: gradient, grad norm,
-    clipped AdamW, EMA) for ``config`` on one device, and the function that makes its
-    state (random params) and a batch of cached latents."""
-    model = LatentDiffusion.from_config(config)
-    optimizer, schedule = optim.make_optimizer(config)
-    mesh = mesh_lib.make_mesh(-1, 1)
-    _, shardings = abstract_train_state(model.init_denoiser, optimizer, jax.random.PRNGKey(0), mesh)
-    step = make_train_step(
-        make_loss_fn(model, None),
-        optimizer,
-        config.train.ema_rate,
-        mesh,
-        shardings,
-        mesh_lib.batch_sharding(mesh),
-        lr_schedule=schedule,
-        grad_accum_steps=config.train.grad_accum_steps,
-    )
+    """The training engine's jitted step (``common.engine_step``) for ``config`` on one
+    device, and the function that makes its state (random params) and a batch of cached
+    latents."""
+    engine = engine_step(config)
+    model, optimizer = engine.model, engine.optimizer
 
     def make_inputs():
         params = random_params_from_init(model.init_denoiser)
@@ -217,9 +205,9 @@ def engine_train_step(config, batch):
             extra=None,
         )
         latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 15, 16, 16, 3))
-        return jax.device_put(state, shardings), {"latents": latents}
+        return jax.device_put(state, engine.shardings), {"latents": latents}
 
-    return step, make_inputs
+    return engine.step, make_inputs
 
 
 def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=False):
