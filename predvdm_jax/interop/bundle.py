@@ -23,8 +23,12 @@ import jax
 import ml_collections
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.interop import torch_checkpoint as tc
-from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
+from predvdm_jax.interop.torch_checkpoint import (
+    conv_kernel_to_ohwi,
+    conv_kernel_to_torch,
+    load_params_safetensors,
+    save_params_safetensors,
+)
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
@@ -92,7 +96,7 @@ def load_denoiser_params(path: str) -> Any:
     def to_ohwi(path, x):
         if path[-1].key != "kernel" or x.ndim != 4:
             return x
-        return tc.conv_kernel_to_ohwi(tc.conv_kernel_to_torch(x))  # HWIO -> OIHW -> OHWI
+        return conv_kernel_to_ohwi(conv_kernel_to_torch(x))  # HWIO -> OIHW -> OHWI
 
     return jax.tree_util.tree_map_with_path(to_ohwi, params)
 
