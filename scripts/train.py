@@ -5,6 +5,9 @@
 
 Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
 and JAX_PROCESS_ID set (or JAX_AUTO_DISTRIBUTED=1 on TPU pods / SLURM).
+
+On SIGTERM (preemption) it saves the current step and exits with status 143;
+the same command resumes.
 """
 
 import sys
@@ -38,6 +41,9 @@ def main(argv):
         loop.NonFiniteLossError,
     ) as err:
         sys.exit(f"error: {err}")
+    except loop.TrainingPreempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

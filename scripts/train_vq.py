@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax.training import loop, mesh
 from predvdm_jax.training.vq_trainer import train_vq
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -25,11 +26,15 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    mesh.initialize_distributed()
     try:
         config = config_lib.validate(FLAGS.config)
         result = train_vq(config, FLAGS.workdir)
     except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
+    except loop.TrainingPreempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     )

@@ -10,6 +10,9 @@ Config fields read (defaults in brackets): ``seed`` [0];
 Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
 batches an uninterrupted run would and reaches the same parameters.
+
+On SIGTERM (a preemption notice) the loop finishes its step, saves it, and
+raises ``TrainingPreempted``; rerunning the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
+from predvdm_jax.training.preemption import PreemptionWatch
 from predvdm_jax.training.train_state import TrainState, abstract_train_state, create_train_state
 from predvdm_jax.training.train_step import LossFn, make_train_step, microbatch_split_error
 
@@ -36,6 +40,12 @@ Hook = Callable[[int, TrainState, dict], None]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; nothing from that step on was saved."""
+
+
+class TrainingPreempted(Exception):
+    """SIGTERM stopped the run after a step that was then saved: rerun to resume."""
+
+    exit_code = 143  # what the shell reports for a process SIGTERM killed: "not finished"
 
 
 def _get(section: Any, name: str, default: Any) -> Any:
@@ -70,6 +80,7 @@ def train_loop(
     returns scalars to log every ``train.eval_every`` steps. Each hook is
     called as ``hook(step, state, metrics)`` after every step.
 
+    SIGTERM raises ``TrainingPreempted`` after the running step is saved.
     A NaN/Inf loss raises ``NonFiniteLossError`` naming the step, after
     pending checkpoint saves finish and without saving the bad state.
     Losses are checked at every log and save step (not every step, so the
@@ -172,6 +183,7 @@ def train_loop(
         checkpointer.save(step_number, state, data_iterator.get_state(), config)
         last_saved = step_number
 
+    watch = PreemptionWatch()
     try:
         for step_index in range(start_step, num_steps):
             batch = _to_global(next(data_iterator), mesh)
@@ -191,11 +203,20 @@ def train_loop(
                 writer.write_scalars(step_number, dict(jax.device_get(eval_fn(state))))
             if step_number % save_every == 0:
                 save(step_number)
+            if watch.reached(step_number) and step_number < num_steps:
+                if last_saved != step_number:
+                    save(step_number)
+                checkpointer.wait_until_finished()
+                raise TrainingPreempted(
+                    f"stopped by {watch.notice} after step {step_number} of {num_steps}; saved "
+                    f"it in {checkpointer.directory}: run the same command again to resume"
+                )
         fail_if_not_finite()
         if last_saved != num_steps and num_steps > start_step:
             save(num_steps)
         checkpointer.wait_until_finished()
     finally:
+        watch.close()
         checkpointer.close()
         writer.flush()
         writer.close()

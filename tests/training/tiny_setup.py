@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -175,11 +176,22 @@ def _main(args: dict) -> None:
         config.seed, config.data.batch_size, jax.process_index(), jax.process_count()
     )
     hooks = []
+    sigterm_at = args.get("sigterm_at_step", {}).get(str(jax.process_index()))
+    if sigterm_at:  # a preemption notice to this process only
+        hooks.append(
+            lambda step, state, metrics: step == sigterm_at and os.kill(os.getpid(), signal.SIGTERM)
+        )
     if args.get("hang_after_step"):  # stands still until killed, its checkpoints landing
         hooks.append(
             lambda step, state, metrics: step > args["hang_after_step"] and time.sleep(600)
         )
-    state = loop.train_loop(config, args["workdir"], init_fn, make_loss_fn(), stream, hooks=hooks)
+    try:
+        state = loop.train_loop(
+            config, args["workdir"], init_fn, make_loss_fn(), stream, hooks=hooks
+        )
+    except loop.TrainingPreempted as stop:
+        print(f"preempted: {stop}", flush=True)
+        sys.exit(stop.exit_code)
     params = _gathered(state.params)
     if jax.process_index() == 0:
         hidden = state.params["hidden"]["kernel"]

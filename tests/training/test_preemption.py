@@ -1,0 +1,115 @@
+"""SIGTERM saves the running step and stops; a rerun resumes to the same result.
+
+In one process the loop's own SIGTERM handler notices the signal; in two
+processes JAX's preemption service must make both stop and save at one step,
+although only one of them got the signal.
+"""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from predvdm_jax.training import loop
+from predvdm_jax.training.checkpoint import Checkpointer
+from predvdm_jax.training.metric_writers import JSONL_NAME
+
+from .test_multiprocess import free_port
+from .test_resume import finished_steps
+from .tiny_setup import (
+    StreamIterator,
+    flat_params,
+    init_fn,
+    make_config,
+    make_loss_fn,
+    read_jsonl,
+    run_subprocess,
+    train_in_process,
+)
+
+
+def sigterm_at(step_to_signal):
+    def hook(step, state, metrics):
+        if step == step_to_signal:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def test_sigterm_saves_the_running_step_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+    config = make_config(num_steps=8, save_every=4, log_every=1)
+    expected = train_in_process(config, str(tmp_path / "straight"))
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    workdir = tmp_path / "preempted"
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    with pytest.raises(loop.TrainingPreempted, match=r"SIGTERM after step 5 of 8; saved it in "):
+        loop.train_loop(
+            config, str(workdir), init_fn, make_loss_fn(), stream, hooks=[sigterm_at(5)]
+        )
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    assert finished_steps(workdir / "checkpoints") == [4, 5]
+
+    state = loop.train_loop(
+        config,
+        str(workdir),
+        init_fn,
+        make_loss_fn(),
+        StreamIterator(config.seed, config.data.batch_size),
+    )
+    for name, value in flat_params(state.params).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert [r["step"] for r in read_jsonl(workdir / JSONL_NAME)] == list(range(1, 9))
+
+
+def test_sigterm_after_the_last_step_just_finishes(tmp_path):
+    config = make_config(num_steps=3, save_every=2, log_every=1)
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(), stream, hooks=[sigterm_at(3)])
+    assert finished_steps(tmp_path / "checkpoints") == [2, 3]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
+    config_args = dict(num_steps=1000, save_every=2000, log_every=2000, data=1, fsdp=2)
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = [
+        run_subprocess(
+            {
+                "mode": "train",
+                "config": config_args,
+                "workdir": str(tmp_path),
+                "out": str(tmp_path / "unused.npz"),
+                "coordinator": coordinator,
+                "num_processes": 2,
+                "process_id": i,
+                "sigterm_at_step": {"1": 3},
+            },
+            devices=1,
+            wait=False,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=240)[0].decode())
+        except Exception:
+            for p in procs:
+                p.kill()
+            raise
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == loop.TrainingPreempted.exit_code, output[-4000:]
+
+    saved = finished_steps(tmp_path / "checkpoints")
+    assert len(saved) == 1 and 3 <= saved[0] < 1000, saved
+    step = saved[0]
+    for output in outputs:
+        assert f"after step {step} of 1000" in output, output[-2000:]
+    data_item = json.loads((tmp_path / "checkpoints" / str(step) / "data" / "metadata").read_text())
+    assert data_item["states"] == {
+        "0": {"seed": 0, "position": step},
+        "1": {"seed": 0, "position": step},
+    }
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == step
