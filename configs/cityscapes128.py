@@ -30,4 +30,5 @@ def get_config():
     c.sampling.steps = 20
     c.eval.pred_frames = 28
     c.eval.num_clips = 256
+    c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM
     return config_lib.finalize(c)

@@ -29,4 +29,5 @@ def get_config():
     c.sampling.eta = 1.0
     c.eval.pred_frames = 30
     c.eval.num_clips = 256
+    c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM
     return config_lib.finalize(c)

@@ -23,4 +23,5 @@ def get_config():
     c.sampling.steps = 10
     c.eval.pred_frames = 10
     c.eval.num_clips = 256
+    c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM
     return config_lib.finalize(c)

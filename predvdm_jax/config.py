@@ -115,6 +115,8 @@ def default_config() -> ml_collections.ConfigDict:
         eval_every=0,  # steps between validation losses (0: none); needs a test split
         eval_clips=256,  # validation clips, rounded down to whole batches of data.batch_size
         grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
+        preview_every=0,  # steps between rollout previews of test clips (0: none); needs test_dir
+        preview_clips=4,  # clips per preview, predicted cond → eval.pred_frames with EMA weights
     )
     c.mesh = dict(data=-1, fsdp=1)
 
@@ -306,6 +308,16 @@ def _combination_errors(c) -> list[str]:
                 f"train.eval_clips {c.train.eval_clips} must be at least one batch "
                 f"(data.batch_size {d.batch_size})"
             )
+    if c.train.preview_every < 0 or c.train.preview_clips < 1:
+        errors.append(
+            f"train.preview_every must be >= 0 (0: no previews) and train.preview_clips >= 1, "
+            f"got {c.train.preview_every} and {c.train.preview_clips}"
+        )
+    if c.train.preview_every > 0 and not d.test_dir:
+        errors.append(
+            "train.preview_every > 0 needs test frames to show: set data.test_dir, or set "
+            "train.preview_every=0"
+        )
     accum = c.train.grad_accum_steps
     if accum < 1 or d.batch_size % accum:
         errors.append(

@@ -73,6 +73,8 @@ def test_type_safe_assignment_names_the_field():
         (dict(train__grad_accum_steps=3), "train.grad_accum_steps must be >= 1 and divide"),
         (dict(model__remat="blocks"), "'model.remat' must be a bool"),
         (dict(train__eval_every=100), "train.eval_every > 0 needs a test split"),
+        (dict(train__preview_every=100, data__test_dir=""), "preview_every > 0 needs test frames"),
+        (dict(train__preview_clips=0), "train.preview_clips >= 1"),
     ],
 )
 def test_validation_names_the_field(changes, message):

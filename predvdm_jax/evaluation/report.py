@@ -137,7 +137,7 @@ def _side_by_side(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
     return np.concatenate([real, separator, fake], axis=2)
 
 
-def _frame_grid(rows: list[np.ndarray]) -> np.ndarray:
+def frame_grid(rows: list[np.ndarray]) -> np.ndarray:
     """Rows of frames ``(T, H, W, C)`` → one image with white gaps between frames and rows."""
     frames, height, width, channels = rows[0].shape
     gap = SEPARATOR_PIXELS
@@ -214,7 +214,7 @@ def write_videos(
             written["mp4"].append(path)
     rows = [row for index in range(count) for row in (real[index], fake[index])]
     written["grid"] = os.path.join(directory, "grid.png")
-    iio.imwrite(written["grid"], _squeeze_gray(_frame_grid(rows)))
+    iio.imwrite(written["grid"], _squeeze_gray(frame_grid(rows)))
     return written
 
 

@@ -7,7 +7,8 @@ as frames that the frozen VQ encodes inside the jitted step.
 Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
 raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
 losses, the ones its checkpointing monitors), from ``data.latent_test_dir`` or
-``data.test_dir``.
+``data.test_dir``; every ``train.preview_every`` steps, a rollout preview
+(``preview.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ml_collections
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
-from predvdm_jax.training import loop, mesh as mesh_lib
+from predvdm_jax.training import loop, mesh as mesh_lib, preview
 from predvdm_jax.training.train_state import TrainState
 
 VALIDATION_SEED_STREAM = 3  # fold_in(PRNGKey(seed), 3): the validation noise
@@ -121,7 +122,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state."""
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0
-    needs_vq = not config.data.latent_train_dir or (validate and not config.data.latent_test_dir)
+    previews = config.train.preview_every > 0
+    needs_vq = (
+        not config.data.latent_train_dir
+        or (validate and not config.data.latent_test_dir)
+        or previews
+    )
     vq_params = load_vq_params(config.vq_params) if needs_vq else None
     if config.data.latent_train_dir and config.data.horizontal_flip:
         raise ValueError(
@@ -131,10 +137,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
-    validation_fn = None
+    evaluations = []
     if validate:
         batches = load_validation_batches(config)
         validation_fn = make_validation_fn(model, vq_params, batches, mesh, config.seed)
+        evaluations.append((config.train.eval_every, validation_fn))
+    if previews:
+        preview_fn = preview.make_preview_fn(
+            model,
+            jax.device_put(vq_params, mesh_lib.replicated(mesh)),
+            preview.load_preview_clips(config, mesh),
+            config.train.preview_clips,
+            config.eval.pred_frames,
+            config.seed,
+        )
+        evaluations.append((config.train.preview_every, preview_fn))
     train_vq_params = None if config.data.latent_train_dir else vq_params
     return loop.train_loop(
         config,
@@ -142,5 +159,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
         model.init_denoiser,
         make_loss_fn(model, train_vq_params),
         iterator,
-        eval_fn=validation_fn,
+        evaluations=evaluations,
     )

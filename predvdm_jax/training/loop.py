@@ -4,7 +4,7 @@ Config fields read (defaults in brackets): ``seed`` [0];
 ``mesh.data`` [-1], ``mesh.fsdp`` [1], ``mesh.min_shard_size`` [2**18];
 ``data.batch_size`` (global); ``optimizer.*`` (see ``optim.py``);
 ``train.num_steps``, ``train.log_every`` [100], ``train.save_every`` [1000],
-``train.max_to_keep`` [3], ``train.ema_rate`` [0.999], ``train.eval_every`` [0 = never],
+``train.max_to_keep`` [3], ``train.ema_rate`` [0.999],
 ``train.grad_accum_steps`` [1: the global batch in one pass].
 
 Resuming restores the state and the data iterator's state of the newest
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -36,6 +36,9 @@ from predvdm_jax.training.train_state import TrainState, abstract_train_state, c
 from predvdm_jax.training.train_step import LossFn, make_train_step, microbatch_split_error
 
 Hook = Callable[[int, TrainState, dict], None]
+Evaluation = tuple[int, Callable[[TrainState], Mapping[str, Any]]]
+"""``(every, fn)``: every ``every`` steps (never when 0) ``fn(state)`` returns scalars and
+uint8 images (arrays of 2 or more dims) to log."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,6 +62,17 @@ def _to_global(batch: Any, mesh: Any) -> Any:
     return make_global_batch(batch, mesh)
 
 
+def _write_results(writer: Any, step: int, results: Mapping[str, Any]) -> None:
+    scalars = {k: v for k, v in results.items() if np.ndim(v) == 0}
+    images = {k: v for k, v in results.items() if np.ndim(v) >= 2}
+    if len(scalars) + len(images) != len(results):
+        raise ValueError(f"evaluation results must be scalars or images, got {dict(results)}")
+    if scalars:
+        writer.write_scalars(step, scalars)
+    if images:
+        writer.write_images(step, images)
+
+
 def train_loop(
     config: Any,
     workdir: str,
@@ -66,7 +80,7 @@ def train_loop(
     loss_fn: LossFn,
     data_iterator: Iterator[Any],
     *,
-    eval_fn: Callable[[TrainState], dict] | None = None,
+    evaluations: Sequence[Evaluation] = (),
     hooks: Sequence[Hook] = (),
     extra_init_fn: Callable[[jax.Array], Any] | None = None,
     rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
@@ -76,8 +90,8 @@ def train_loop(
 
     ``data_iterator`` yields this process's share of each global batch (numpy
     pytrees with a leading batch axis, or ready global ``jax.Array`` s) and
-    has ``get_state() -> dict`` / ``set_state(dict)``. ``eval_fn(state)``
-    returns scalars to log every ``train.eval_every`` steps. Each hook is
+    has ``get_state() -> dict`` / ``set_state(dict)``. Each of ``evaluations``
+    is logged at its own interval (see ``Evaluation``). Each hook is
     called as ``hook(step, state, metrics)`` after every step.
 
     SIGTERM raises ``TrainingPreempted`` after the running step is saved.
@@ -94,7 +108,6 @@ def train_loop(
     num_steps = int(train_cfg.num_steps)
     log_every = int(_get(train_cfg, "log_every", 100))
     save_every = int(_get(train_cfg, "save_every", 1000))
-    eval_every = int(_get(train_cfg, "eval_every", 0))
     ema_rate = float(_get(train_cfg, "ema_rate", 0.999))
     grad_accum_steps = int(_get(train_cfg, "grad_accum_steps", 1))
     mesh_cfg = config.get("mesh", None)
@@ -199,8 +212,9 @@ def train_loop(
                 if rate is not None:
                     scalars["steps_per_sec"] = rate
                 writer.write_scalars(step_number, scalars)
-            if eval_fn is not None and eval_every > 0 and step_number % eval_every == 0:
-                writer.write_scalars(step_number, dict(jax.device_get(eval_fn(state))))
+            for every, evaluate in evaluations:
+                if every > 0 and step_number % every == 0:
+                    _write_results(writer, step_number, jax.device_get(evaluate(state)))
             if step_number % save_every == 0:
                 save(step_number)
             if watch.reached(step_number) and step_number < num_steps:

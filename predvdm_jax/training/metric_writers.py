@@ -1,9 +1,10 @@
-"""Metric writers: TensorBoard events, a JSONL file, the log, a progress bar.
+"""Metric writers: TensorBoard events, a JSONL file, PNG files, the log, a progress bar.
 
 clu 0.0.12's ``metric_writers`` package (and ``periodic_actions``, which
 imports it) imports TensorFlow when it is imported, and TensorFlow is not a
 dependency of this project. The writers here keep clu's ``MetricWriter``
-method names (``write_scalars``, ``write_hparams``, ``flush``, ``close``) and
+method names (``write_scalars``, ``write_images``, ``write_hparams``, ``flush``,
+``close``) and
 write TensorBoard event files with the ``tensorboard`` package's own event
 writer, which needs no TensorFlow. ``ProgressReporter`` does what clu's
 ``ReportProgress`` does (steps/s as a scalar) plus a tqdm bar.
@@ -13,8 +14,10 @@ Only process 0 writes files or draws the bar; other processes log to absl.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import time
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +32,27 @@ JSONL_NAME = "metrics.jsonl"
 
 def _as_float(value: Any) -> float:
     return float(np.asarray(value))
+
+
+def _as_image(name: str, value: Any) -> np.ndarray:
+    """A uint8 ``(H, W)`` or ``(H, W, 1 | 3)`` image, or a clear error."""
+    image = np.asarray(value)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.shape[2:] not in ((), (3,)):
+        raise ValueError(
+            f"image {name!r} must be uint8 (H, W), (H, W, 1) or (H, W, 3); got {image.dtype} "
+            f"{image.shape}"
+        )
+    return image
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class JsonlWriter:
@@ -59,6 +83,9 @@ class JsonlWriter:
         record.update({k: _as_float(v) for k, v in scalars.items()})
         self._file.write(json.dumps(record) + "\n")
 
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        del step, images
+
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         del hparams
 
@@ -79,6 +106,25 @@ class TensorBoardWriter:
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         values = [
             summary_pb2.Summary.Value(tag=k, simple_value=_as_float(v)) for k, v in scalars.items()
+        ]
+        self._writer.add_event(
+            event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+            )
+        )
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        values = [
+            summary_pb2.Summary.Value(
+                tag=name,
+                image=summary_pb2.Summary.Image(
+                    height=image.shape[0],
+                    width=image.shape[1],
+                    colorspace=1 if image.ndim == 2 else 3,
+                    encoded_image_string=_png_bytes(image),
+                ),
+            )
+            for name, image in images.items()
         ]
         self._writer.add_event(
             event_pb2.Event(
@@ -125,12 +171,45 @@ def _text_tensor(text: str):
     )
 
 
+class ImageFileWriter:
+    """Each image as ``directory/<name>_<step>.png`` (``/`` in names becomes ``_``)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        del step, scalars
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        for name, image in images.items():
+            path = os.path.join(
+                self.directory, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{step:08d}.png"
+            )
+            with open(path + ".tmp", "wb") as f:
+                f.write(_png_bytes(image))
+            os.replace(path + ".tmp", path)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        del hparams
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class LoggingWriter:
     """Scalars to the absl log, one line per call."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         text = ", ".join(f"{k}={_as_float(v):.6g}" for k, v in scalars.items())
         logging.info("[%d] %s", step, text)
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in images.items())
+        logging.info("[%d] images: %s", step, shapes)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         logging.info("hparams: %s", dict(hparams))
@@ -151,6 +230,11 @@ class MultiWriter:
         for w in self.writers:
             w.write_scalars(step, scalars)
 
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        images = {k: _as_image(k, v) for k, v in images.items()}
+        for w in self.writers:
+            w.write_images(step, images)
+
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         for w in self.writers:
             w.write_hparams(hparams)
@@ -165,8 +249,8 @@ class MultiWriter:
 
 
 def create_default_writer(workdir: str, *, resume_step: int | None = None) -> MultiWriter:
-    """TensorBoard (``workdir/tensorboard``) + ``workdir/metrics.jsonl`` + log on
-    process 0; the log only elsewhere."""
+    """TensorBoard (``workdir/tensorboard``) + ``workdir/metrics.jsonl`` + images as
+    ``workdir/images/*.png`` + log on process 0; the log only elsewhere."""
     if jax.process_index() != 0:
         return MultiWriter([LoggingWriter()])
     return MultiWriter(
@@ -174,6 +258,7 @@ def create_default_writer(workdir: str, *, resume_step: int | None = None) -> Mu
             LoggingWriter(),
             TensorBoardWriter(os.path.join(workdir, "tensorboard")),
             JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step=resume_step),
+            ImageFileWriter(os.path.join(workdir, "images")),
         ]
     )
 

@@ -95,7 +95,6 @@ def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         log_every=int(v.log_every),
         save_every=int(v.save_every),
         max_to_keep=int(v.max_to_keep),
-        eval_every=int(v.eval_every),
     )
     return derived
 
@@ -485,7 +484,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lambda key: objective.init_params(key, image_size),
         objective.engine_loss,
         data,
-        eval_fn=eval_fn,
+        evaluations=[(int(v.eval_every), eval_fn)],
         extra_init_fn=extra_init_fn,
         train_step_builder=make_vq_train_step_builder(
             objective, disc_optimizer, int(v.dead_code_restart_every)

@@ -7,9 +7,11 @@ import types
 import jax
 import numpy as np
 import pytest
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.data import hdf5
+from predvdm_jax.data import hdf5, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
@@ -17,6 +19,7 @@ from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib
 from random_params import random_params_from_init
 
 COND, K, LATENT = 2, 2, 4
+PREVIEW_CLIPS, PREVIEW_FRAMES = 3, 3
 
 
 def _config(tmp_path):
@@ -33,6 +36,7 @@ def _config(tmp_path):
             prefetch=1,
             latent_train_dir=str(tmp_path / "latents"),
             latent_test_dir=str(tmp_path / "latents"),
+            test_dir=str(tmp_path / "frames_test"),  # the rollout previews show frames
         )
     )
     c.vq.update(dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, n_embed=16, resolution=16))
@@ -60,8 +64,11 @@ def _config(tmp_path):
             grad_accum_steps=2,
             eval_every=20,
             eval_clips=10,  # two whole batches of 4
+            preview_every=40,
+            preview_clips=PREVIEW_CLIPS,
         )
     )
+    c.eval.pred_frames = PREVIEW_FRAMES
     c.sampling.steps = 3
     return config_lib.finalize(c)
 
@@ -75,6 +82,8 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     for video in videos:
         writer.add_video(video.astype(np.float16))
     writer.close()
+    test_videos = [rng.integers(0, 256, (8, 16, 16), dtype=np.uint8) for _ in range(PREVIEW_CLIPS)]
+    hdf5.write_split(str(tmp_path / "frames_test"), test_videos)
     config = _config(tmp_path)
     model = LatentDiffusion.from_config(config)
     save_params_safetensors(config.vq_params, random_params_from_init(model.init_vq))
@@ -104,6 +113,8 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     again = validation_fn(state)  # fixed clips, timesteps and noise: the logged value again
     assert again["val/loss_ema"] == pytest.approx(validation[-1]["val/loss_ema"], rel=1e-6)
 
+    _check_preview(config, model, state, workdir, rows, test_videos)
+
     from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
     np.testing.assert_array_equal(
         jax.tree.leaves(jax.device_get(from_checkpoint.params))[0],
@@ -120,3 +131,52 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     got = predict(loaded.params, loaded.vq_params, cond, key)["frames"]
     assert got.shape == (2, 3, 16, 16, 1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def _check_preview(config, model, state, workdir, rows, test_videos):
+    """The logged preview image shows the test clips and the EMA weights' rollout of them,
+    and its scores are scikit-image's PSNR and SSIM of that rollout."""
+    num_frames = COND + PREVIEW_FRAMES
+    windows = loader.eval_windows(
+        np.array([len(v) for v in test_videos]), PREVIEW_CLIPS, num_frames, config.eval.seed
+    )
+    real = np.stack([test_videos[v][s : s + num_frames] for v, s in windows])
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
+    vq_params = bundle_lib.load_vq_params(config.vq_params)
+    cond = real[:, :COND, :, :, None] / 127.5 - 1.0
+    predicted = model.make_predict_fn(PREVIEW_FRAMES)(state.ema_params, vq_params, cond, key)
+    fake = np.round((np.clip(np.asarray(predicted["frames"])[..., 0], -1, 1) + 1) * 127.5)
+
+    image = np.asarray(Image.open(os.path.join(workdir, "images", "preview_rollout_00000040.png")))
+    gap = 2  # the grid's white separator
+    tiles = [
+        [
+            image[r * (16 + gap) : r * (16 + gap) + 16, t * (16 + gap) : t * (16 + gap) + 16]
+            for t in range(num_frames)
+        ]
+        for r in range(2 * PREVIEW_CLIPS)
+    ]
+    assert image.shape == (2 * PREVIEW_CLIPS * (16 + gap) - gap, num_frames * (16 + gap) - gap)
+    for clip in range(PREVIEW_CLIPS):
+        np.testing.assert_array_equal(np.stack(tiles[2 * clip]), real[clip])
+        np.testing.assert_array_equal(np.stack(tiles[2 * clip + 1][:COND]), real[clip, :COND])
+        np.testing.assert_array_equal(np.stack(tiles[2 * clip + 1][COND:]), fake[clip])
+
+    (logged,) = [row for row in rows if "preview/psnr" in row]
+    assert logged["step"] == 40
+    real01 = real[:, COND:] / 255.0
+    fake01 = (np.clip(np.asarray(predicted["frames"], np.float64)[..., 0], -1, 1) + 1) / 2
+    pairs = [
+        (real01[c, t], fake01[c, t]) for c in range(PREVIEW_CLIPS) for t in range(PREVIEW_FRAMES)
+    ]
+    psnr = np.mean([peak_signal_noise_ratio(a, b, data_range=1) for a, b in pairs])
+    ssim = np.mean(
+        [
+            structural_similarity(
+                a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1
+            )
+            for a, b in pairs
+        ]
+    )
+    assert logged["preview/psnr"] == pytest.approx(psnr, rel=1e-4)
+    assert logged["preview/ssim"] == pytest.approx(ssim, abs=1e-4)

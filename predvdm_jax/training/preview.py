@@ -1,0 +1,82 @@
+"""Rollout previews while the denoiser trains.
+
+Every ``train.preview_every`` steps the EMA weights predict ``eval.pred_frames``
+frames of the first ``train.preview_clips`` evaluation clips of ``data.test_dir``
+(the same clips ``scripts/evaluate.py`` starts with), with the config's sampler
+and a fixed key, so successive previews differ only by the weights. Logged: one
+image with two rows per clip (ground truth; the same conditioning frames, then
+the prediction) as ``preview/rollout``, and ``preview/psnr`` and
+``preview/ssim`` over the predicted frames. One sample of a few clips: a sanity
+monitor, not the evaluation protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from predvdm_jax.data import loader
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.evaluation import metrics as metrics_lib
+from predvdm_jax.evaluation.protocol import to_unit_range
+from predvdm_jax.evaluation.report import frame_grid, to_uint8
+from predvdm_jax.training import mesh as mesh_lib
+from predvdm_jax.training.train_state import TrainState
+
+PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
+
+
+def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
+    """The first ``train.preview_clips`` evaluation clips (``cond + eval.pred_frames``
+    frames), as one global batch padded with clip 0 to a multiple of the mesh's devices."""
+    num_clips = int(config.train.preview_clips)
+    batch_size = -(-num_clips // mesh.size) * mesh.size
+    clips = loader.eval_iterator(
+        config.data.test_dir,
+        config.data.cond_frames + config.eval.pred_frames,
+        num_clips,
+        batch_size,
+        config.eval.seed,
+        sharding=mesh_lib.batch_sharding(mesh),
+        num_threads=1,
+        prefetch=1,
+    )
+    return next(clips)["video"]
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def make_preview_fn(
+    model: LatentDiffusion,
+    vq_params: Any,
+    video: jax.Array,
+    num_clips: int,
+    pred_frames: int,
+    seed: int,
+) -> Callable[[TrainState], dict]:
+    """``fn(state) -> {'preview/rollout': uint8 image, 'preview/psnr', 'preview/ssim'}`` for
+    the first ``num_clips`` clips of ``video`` (B, cond + pred_frames, H, W, C) in [-1, 1]."""
+    predict = model.make_predict_fn(pred_frames)
+    cond = video[:, : model.cond_frames]
+    real = _to_host(video)[:num_clips]
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), PREVIEW_SEED_STREAM)
+
+    def preview_fn(state: TrainState) -> dict:
+        future = _to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[:num_clips]
+        real01 = to_unit_range(real[:, model.cond_frames :])
+        fake01 = to_unit_range(future)
+        shown_real = to_uint8(real)
+        shown_fake = to_uint8(np.concatenate([real[:, : model.cond_frames], future], axis=1))
+        rows = [row for pair in zip(shown_real, shown_fake) for row in pair]
+        return {
+            "preview/rollout": frame_grid(rows),
+            "preview/psnr": float(np.mean(metrics_lib.psnr(real01, fake01))),
+            "preview/ssim": float(np.mean(metrics_lib.ssim(real01, fake01))),
+        }
+
+    return preview_fn

@@ -1,0 +1,46 @@
+"""Images reach TensorBoard and PNG files unchanged; bad images are one clear error."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from predvdm_jax.training.metric_writers import create_default_writer
+
+
+def _decode(png: bytes) -> np.ndarray:
+
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_images_round_trip_through_tensorboard_and_png_files(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (9, 13, 1), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    writer = create_default_writer(str(tmp_path))
+    writer.write_images(30, {"preview/gray": gray, "preview/rgb": rgb})
+    writer.write_scalars(30, {"preview/psnr": 12.5})
+    writer.close()
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["preview/gray", "preview/rgb"]
+    (logged,) = events.Images("preview/gray")
+    assert logged.step == 30 and (logged.height, logged.width) == (9, 13)
+    np.testing.assert_array_equal(_decode(logged.encoded_image_string), gray[..., 0])
+    np.testing.assert_array_equal(
+        _decode(events.Images("preview/rgb")[0].encoded_image_string), rgb
+    )
+
+    on_disk = np.asarray(Image.open(tmp_path / "images" / "preview_rgb_00000030.png"))
+    np.testing.assert_array_equal(on_disk, rgb)
+    assert not list((tmp_path / "images").glob("*.tmp"))
+
+
+def test_a_float_image_is_a_clear_error(tmp_path):
+    writer = create_default_writer(str(tmp_path))
+    with pytest.raises(ValueError, match=r"image 'x' must be uint8 .* got float32 \(4, 4, 2\)"):
+        writer.write_images(1, {"x": np.zeros((4, 4, 2), np.float32)})
+    writer.close()
