@@ -117,6 +117,8 @@ def default_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
         preview_every=0,  # steps between rollout previews of test clips (0: none); needs test_dir
         preview_clips=4,  # clips per preview, predicted cond → eval.pred_frames with EMA weights
+        profile_start=0,  # first step of a profiler trace in workdir/profile (0: none)
+        profile_steps=5,  # steps the trace covers
     )
     c.mesh = dict(data=-1, fsdp=1)
 
@@ -312,6 +314,11 @@ def _combination_errors(c) -> list[str]:
         errors.append(
             f"train.preview_every must be >= 0 (0: no previews) and train.preview_clips >= 1, "
             f"got {c.train.preview_every} and {c.train.preview_clips}"
+        )
+    if c.train.profile_start < 0 or c.train.profile_steps < 1:
+        errors.append(
+            f"train.profile_start must be >= 0 (0: no trace) and train.profile_steps >= 1, got "
+            f"{c.train.profile_start} and {c.train.profile_steps}"
         )
     if c.train.preview_every > 0 and not d.test_dir:
         errors.append(

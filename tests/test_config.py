@@ -75,6 +75,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(train__eval_every=100), "train.eval_every > 0 needs a test split"),
         (dict(train__preview_every=100, data__test_dir=""), "preview_every > 0 needs test frames"),
         (dict(train__preview_clips=0), "train.preview_clips >= 1"),
+        (dict(train__profile_steps=0), "train.profile_steps >= 1"),
     ],
 )
 def test_validation_names_the_field(changes, message):

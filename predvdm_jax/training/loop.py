@@ -5,7 +5,9 @@ Config fields read (defaults in brackets): ``seed`` [0];
 ``data.batch_size`` (global); ``optimizer.*`` (see ``optim.py``);
 ``train.num_steps``, ``train.log_every`` [100], ``train.save_every`` [1000],
 ``train.max_to_keep`` [3], ``train.ema_rate`` [0.999],
-``train.grad_accum_steps`` [1: the global batch in one pass].
+``train.grad_accum_steps`` [1: the global batch in one pass], ``train.profile_start``
+[0 = never] and ``train.profile_steps`` [5]: a profiler trace of those steps in
+``workdir/profile`` (open it with TensorBoard's profile plugin or Perfetto).
 
 Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
@@ -110,6 +112,8 @@ def train_loop(
     save_every = int(_get(train_cfg, "save_every", 1000))
     ema_rate = float(_get(train_cfg, "ema_rate", 0.999))
     grad_accum_steps = int(_get(train_cfg, "grad_accum_steps", 1))
+    profile_start = int(_get(train_cfg, "profile_start", 0))
+    profile_stop = profile_start + int(_get(train_cfg, "profile_steps", 5))
     mesh_cfg = config.get("mesh", None)
     mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
     min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
@@ -197,11 +201,23 @@ def train_loop(
         last_saved = step_number
 
     watch = PreemptionWatch()
+    profiling = False
     try:
         for step_index in range(start_step, num_steps):
-            batch = _to_global(next(data_iterator), mesh)
-            state, metrics = train_step(state, batch)
             step_number = step_index + 1
+            if profile_start > 0 and step_number == profile_start:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                profiling = True
+            with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
+                batch = _to_global(next(data_iterator), mesh)
+                state, metrics = train_step(state, batch)
+            if profiling and step_number + 1 == profile_stop:
+                jax.block_until_ready(metrics)
+                jax.profiler.stop_trace()
+                profiling = False
+                logging.info(
+                    "profile of steps %d-%d in %s/profile", profile_start, step_number, workdir
+                )
             pending_losses.append((step_number, metrics["loss"]))
             for hook in hooks:
                 hook(step_number, state, metrics)
@@ -230,6 +246,8 @@ def train_loop(
             save(num_steps)
         checkpointer.wait_until_finished()
     finally:
+        if profiling:
+            jax.profiler.stop_trace()
         watch.close()
         checkpointer.close()
         writer.flush()
