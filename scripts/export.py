@@ -1,9 +1,13 @@
-"""Exports a training run's checkpoint as an inference bundle (EMA denoiser + VQ + config).
+"""Exports a training run's checkpoint: as an inference bundle, or back to PredVDM's format.
 
   python scripts/export.py --workdir=runs/kth64 --out=bundles/kth64 [--step=N] [--noema]
+  python scripts/export.py --workdir=runs/kth64 --predvdm_ckpt=exports/kth64.ckpt
 
-Load it anywhere with `predvdm_jax.interop.bundle.load_bundle(path)`; scripts/sample.py and
-scripts/evaluate.py take it as --bundle.
+A bundle (EMA denoiser + VQ + config) loads anywhere with
+`predvdm_jax.interop.bundle.load_bundle(path)`; scripts/sample.py and scripts/evaluate.py take
+it as --bundle. `--predvdm_ckpt` writes the whole PredVDM `LatentDiffusion` state_dict (raw and
+EMA denoiser, VQ as first and cond stage, schedule buffers) in a Lightning checkpoint's layout
+(`.ckpt`, needs PyTorch), which the PyTorch original loads, or as `.safetensors`.
 """
 
 import sys
@@ -14,23 +18,35 @@ from predvdm_jax.interop import bundle
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_string("out", None, "Bundle folder to write (replaced atomically if it exists).")
+flags.DEFINE_string(
+    "predvdm_ckpt", None, "PredVDM checkpoint file to write (.ckpt / .pt / .safetensors)."
+)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest finished one).")
-flags.DEFINE_bool("ema", True, "Export the EMA weights (PredVDM samples with them).")
-flags.mark_flags_as_required(["workdir", "out"])
+flags.DEFINE_bool("ema", True, "Bundle the EMA weights (PredVDM samples with them).")
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not (FLAGS.out or FLAGS.predvdm_ckpt):
+        raise app.UsageError("nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
     try:
-        exported = bundle.load_from_checkpoint(FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step)
-    except (FileNotFoundError, ValueError) as err:
+        if FLAGS.out:
+            exported = bundle.load_from_checkpoint(
+                FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step
+            )
+            bundle.save_bundle(FLAGS.out, exported)
+            weights = "EMA" if FLAGS.ema else "raw"
+            print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
+        if FLAGS.predvdm_ckpt:
+            step = bundle.export_latent_diffusion_checkpoint(
+                FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
+            )
+            print(f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights)")
+    except (FileNotFoundError, ValueError, ImportError) as err:
         sys.exit(f"error: {err}")
-    bundle.save_bundle(FLAGS.out, exported)
-    print(
-        f"wrote {FLAGS.out} ({'EMA' if FLAGS.ema else 'raw'} weights, config {exported.config.name})"
-    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from predvdm_jax.interop.torch_checkpoint import (
     conv_kernel_to_torch,
     load_params_safetensors,
     save_params_safetensors,
+    save_torch_state_dict,
 )
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
@@ -122,11 +123,9 @@ def load_bundle(path: str) -> Bundle:
     )
 
 
-def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = None) -> Bundle:
-    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint.
-
-    Restores onto the current devices, whatever the device count of the run.
-    """
+def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
+    """(config, train state, step) of a training run's checkpoint (the newest finished one by
+    default), restored onto the current devices, whatever the device count of the run."""
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.training import checkpoint, mesh as mesh_lib, optim, train_state
 
@@ -145,6 +144,34 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
     )
     state, _ = checkpointer.restore(step, abstract)
     checkpointer.close()
+    return config, state, step
+
+
+def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = None) -> Bundle:
+    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint."""
+    config, state, _ = load_train_state(workdir, step)
     return Bundle(
         config, state.ema_params if use_ema else state.params, load_vq_params(config.vq_params)
     )
+
+
+def export_latent_diffusion_checkpoint(workdir: str, path: str, step: int | None = None) -> int:
+    """Writes a run's checkpoint as a PredVDM ``LatentDiffusion`` checkpoint (``.ckpt``: what
+    the PyTorch original loads; ``.safetensors``: the same state_dict without PyTorch).
+    Returns the step written."""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop import predvdm_ckpt
+
+    config, state, step = load_train_state(workdir, step)
+    state = jax.device_get(state)
+    schedule = LatentDiffusion.from_config(config).schedule
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(
+        state.params,
+        state.ema_params,
+        int(state.ema_updates),
+        float(config.train.ema_rate),
+        load_vq_params(config.vq_params),
+        {name: getattr(schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
+    )
+    save_torch_state_dict(path, state_dict, {"global_step": int(step)})
+    return step

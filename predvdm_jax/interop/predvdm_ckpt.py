@@ -30,9 +30,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from predvdm_jax.interop import torch_checkpoint as tc
+from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
 from predvdm_jax.models.predictor import PredVDMDenoiser
 
+SCHEDULE_BUFFERS = (  # LDM's register_schedule buffers that a checkpoint holds (lvlb_weights is not)
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
 MODEL_PREFIX = "model."
 EMA_PREFIX = "model_ema."
 EMA_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
@@ -206,4 +220,25 @@ def predvdm_params_to_state_dict(
             )
     if ema_params is not None and ema_num_updates is not None:
         out["model_ema.num_updates"] = np.asarray(ema_num_updates, dtype=np.int32)
+    return out
+
+
+def latent_diffusion_state_dict(
+    params: Mapping[str, Any],
+    ema_params: Mapping[str, Any],
+    ema_num_updates: int,
+    ema_decay: float,
+    vq_params: Mapping[str, Any],
+    schedule_buffers: Mapping[str, Any],
+) -> dict[str, np.ndarray]:
+    """The whole state_dict of a PredVDM ``LatentDiffusion``: raw and EMA denoiser, the VQ as
+    ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B), and the
+    schedule buffers, so the original's ``init_from_ckpt`` loads every key it has."""
+    out = predvdm_params_to_state_dict(params, ema_params, ema_num_updates)
+    out["model_ema.decay"] = np.asarray(ema_decay, dtype=np.float32)
+    vq = ldm_vq.vq_params_to_state_dict(vq_params)
+    for prefix in (FIRST_STAGE_PREFIX, "cond_stage_model."):
+        out.update({prefix + key: value for key, value in vq.items()})
+    for name in SCHEDULE_BUFFERS:
+        out[name] = np.asarray(schedule_buffers[name], dtype=np.float32)
     return out

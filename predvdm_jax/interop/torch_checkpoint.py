@@ -187,26 +187,60 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def save_params_safetensors(
-    path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None
-) -> None:
-    """Write a param tree as safetensors with '/'-joined keys; written to a temp file then renamed, so an
+def _write_atomically(path: str | os.PathLike, suffix: str, write: Any) -> None:
+    """``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place, so an
     existing file is never left half-written."""
-    from safetensors.numpy import save_file
-
     path = os.fspath(path)
-    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        save_file(flat, tmp, metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_params_safetensors(
+    path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Write a param tree as safetensors with '/'-joined keys (atomically)."""
+    from safetensors.numpy import save_file
+
+    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}
+    _write_atomically(path, ".safetensors", lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def save_torch_state_dict(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, np.ndarray],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a PyTorch state_dict (atomically): ``.safetensors`` holds the tensors alone (no
+    PyTorch needed); ``.ckpt`` / ``.pt`` / ``.pth`` is ``torch.save({'state_dict': ..., **extra})``,
+    the layout of a Lightning checkpoint."""
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state_dict.items()}
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        _write_atomically(path, suffix, lambda tmp: save_file(arrays, tmp))
+    elif suffix in (".ckpt", ".pt", ".pth"):
+        torch = _import_torch()
+        tensors = {
+            k: torch.tensor(v) for k, v in arrays.items()
+        }  # copies: jax arrays are read-only
+        _write_atomically(
+            path, suffix, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
+        )
+    else:
+        raise ValueError(
+            f"cannot tell the format of {os.fspath(path)!r}: name it .ckpt, .pt or .pth (PyTorch, "
+            f"a Lightning checkpoint's layout) or .safetensors"
+        )
 
 
 def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:

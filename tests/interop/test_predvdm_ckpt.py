@@ -440,3 +440,59 @@ def test_config_mismatch_is_reported_as_wrong_shapes():
         ValueError, match=r"wrong shape \(2\): model.diffusion_model.input_blocks.0.0.weight"
     ):
         predvdm_ckpt.convert_predvdm_state_dict(sd, model)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_exported_latent_diffusion_checkpoint_loads_and_runs_in_pytorch(tmp_path, suffix):
+    from random_params import random_params_from_init
+
+    from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
+
+    model = flax_model("tcct_para_attn")
+    x, t, cond = inputs()
+    init = lambda key: model.init(key, jnp.asarray(x), jnp.asarray(t), jnp.asarray(cond))["params"]
+    params, ema = random_params_from_init(init, 1), random_params_from_init(init, 2)
+    vq_config = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, resolution=16)
+    vq_model = ldm_vq.make_vq_model(vq_config)
+    vq = random_params_from_init(
+        lambda key: vq_model.init(key, jnp.zeros((1, 16, 16, 3)))["params"], 3
+    )
+    betas = np.linspace(0.0015**0.5, 0.0195**0.5, 1000, dtype=np.float64) ** 2  # LDM "linear"
+    alphas_cumprod = np.cumprod(1 - betas)
+    buffers = {name: np.zeros(1000) for name in predvdm_ckpt.SCHEDULE_BUFFERS}
+    buffers.update(betas=betas, alphas_cumprod=alphas_cumprod)
+
+    path = tmp_path / f"exported{suffix}"
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(params, ema, 7, 0.999, vq, buffers)
+    tc.save_torch_state_dict(path, state_dict, {"global_step": 40})
+    if suffix == ".ckpt":
+        saved = torch.load(path, weights_only=True)
+        assert saved["global_step"] == 40
+        loaded = saved["state_dict"]
+    else:
+        from safetensors.torch import load_file
+
+        loaded = load_file(path)
+
+    # The PyTorch PredVDM wrapper takes every model.* key (strict) and predicts what Flax does,
+    # for the raw weights and for the LitEma copy.
+    wrapper = make_torch_wrapper("tcct_para_attn")
+    wrapper.load_state_dict(
+        {k[len("model.") :]: v for k, v in loaded.items() if k.startswith("model.")}
+    )
+    ema_wrapper = ema_copy(wrapper, loaded)
+    apply = jax.jit(model.apply)
+    for flax_params, torch_module in ((params, wrapper), (ema, ema_wrapper)):
+        expected = torch_eps(torch_module, x, t, cond)
+        got = apply({"params": flax_params}, jnp.asarray(x), jnp.asarray(t), jnp.asarray(cond))
+        assert rel_err(got, expected) < 1e-4
+    assert float(loaded["model_ema.decay"]) == pytest.approx(0.999)
+    assert int(loaded["model_ema.num_updates"]) == 7
+
+    first = {k: v.numpy() for k, v in loaded.items() if k.startswith("first_stage_model.")}
+    again = ldm_vq.convert_vq_state_dict(first, vq_config)
+    jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, vq))
+    for key, value in first.items():
+        np.testing.assert_array_equal(loaded["cond_stage_model." + key[18:]].numpy(), value)
+    np.testing.assert_allclose(loaded["betas"].numpy(), betas, rtol=1e-7)
+    assert loaded["betas"].dtype == torch.float32 and len(loaded["alphas_cumprod"]) == 1000

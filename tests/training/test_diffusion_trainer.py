@@ -13,7 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from predvdm_jax import config as config_lib
 from predvdm_jax.data import hdf5, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-from predvdm_jax.interop import bundle as bundle_lib
+from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib
 from random_params import random_params_from_init
@@ -114,6 +114,14 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     assert again["val/loss_ema"] == pytest.approx(validation[-1]["val/loss_ema"], rel=1e-6)
 
     _check_preview(config, model, state, workdir, rows, test_videos)
+
+    # Back to PredVDM's format: the PyTorch checkpoint holds the run's raw and EMA weights.
+    exported = tmp_path / "run.ckpt"
+    assert bundle_lib.export_latent_diffusion_checkpoint(workdir, str(exported)) == 40
+    back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
+    for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
+        jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
+    assert back.ema_num_updates == 40 and back.ema_decay == pytest.approx(0.9)
 
     from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
     np.testing.assert_array_equal(
