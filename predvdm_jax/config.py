@@ -114,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
         ema_rate=0.999,
         eval_every=0,  # steps between validation losses (0: none); needs a test split
         eval_clips=256,  # validation clips, rounded down to whole batches of data.batch_size
+        keep_best=0,  # bundles of the EMA weights at the k lowest val/loss_ema (0: none)
         grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
         preview_every=0,  # steps between rollout previews of test clips (0: none); needs test_dir
         preview_clips=4,  # clips per preview, predicted cond → eval.pred_frames with EMA weights
@@ -324,6 +325,13 @@ def _combination_errors(c) -> list[str]:
         errors.append(
             "train.preview_every > 0 needs test frames to show: set data.test_dir, or set "
             "train.preview_every=0"
+        )
+    if c.train.keep_best < 0:
+        errors.append(f"train.keep_best must be >= 0 (0: keep none), got {c.train.keep_best}")
+    if c.train.keep_best > 0 and c.train.eval_every <= 0:
+        errors.append(
+            "train.keep_best > 0 ranks models by val/loss_ema: set train.eval_every > 0, or "
+            "set train.keep_best=0"
         )
     accum = c.train.grad_accum_steps
     if accum < 1 or d.batch_size % accum:

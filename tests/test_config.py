@@ -76,6 +76,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(train__preview_every=100, data__test_dir=""), "preview_every > 0 needs test frames"),
         (dict(train__preview_clips=0), "train.preview_clips >= 1"),
         (dict(train__profile_steps=0), "train.profile_steps >= 1"),
+        (dict(train__keep_best=3), "train.keep_best > 0 ranks models by val/loss_ema"),
     ],
 )
 def test_validation_names_the_field(changes, message):

@@ -7,12 +7,14 @@ as frames that the frozen VQ encodes inside the jitted step.
 Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
 raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
 losses, the ones its checkpointing monitors), from ``data.latent_test_dir`` or
-``data.test_dir``; every ``train.preview_every`` steps, a rollout preview
-(``preview.py``).
+``data.test_dir``; with ``train.keep_best`` = k, bundles of the EMA weights at
+the k lowest ``val/loss_ema`` in ``workdir/best`` (``best_bundles.py``). Every
+``train.preview_every`` steps, a rollout preview (``preview.py``).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
@@ -23,6 +25,7 @@ from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
 from predvdm_jax.training import loop, mesh as mesh_lib, preview
+from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
 
 VALIDATION_SEED_STREAM = 3  # fold_in(PRNGKey(seed), 3): the validation noise
@@ -118,6 +121,21 @@ def make_validation_fn(
     return validation_fn
 
 
+def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir: str) -> Callable:
+    """``validation_fn`` that also bundles the EMA weights when ``val/loss_ema`` ranks among
+    the ``train.keep_best`` lowest."""
+    best = BestBundles(
+        os.path.join(workdir, "best"), config.train.keep_best, "val/loss_ema", config, vq_params
+    )
+
+    def validate_and_keep(state: TrainState) -> dict:
+        metrics = validation_fn(state)
+        best.keep(int(jax.device_get(state.step)), state.ema_params, metrics["val/loss_ema"])
+        return metrics
+
+    return validate_and_keep
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state."""
     model = LatentDiffusion.from_config(config)
@@ -127,6 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
         not config.data.latent_train_dir
         or (validate and not config.data.latent_test_dir)
         or previews
+        or config.train.keep_best > 0
     )
     vq_params = load_vq_params(config.vq_params) if needs_vq else None
     if config.data.latent_train_dir and config.data.horizontal_flip:
@@ -141,6 +160,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     if validate:
         batches = load_validation_batches(config)
         validation_fn = make_validation_fn(model, vq_params, batches, mesh, config.seed)
+        if config.train.keep_best > 0:
+            validation_fn = _keeping_best(validation_fn, config, vq_params, workdir)
         evaluations.append((config.train.eval_every, validation_fn))
     if previews:
         preview_fn = preview.make_preview_fn(

@@ -64,6 +64,7 @@ def _config(tmp_path):
             grad_accum_steps=2,
             eval_every=20,
             eval_clips=10,  # two whole batches of 4
+            keep_best=1,
             preview_every=40,
             preview_clips=PREVIEW_CLIPS,
         )
@@ -112,6 +113,17 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     assert validation[-1]["val/loss"] < 0.7 * untrained["val/loss"], validation
     again = validation_fn(state)  # fixed clips, timesteps and noise: the logged value again
     assert again["val/loss_ema"] == pytest.approx(validation[-1]["val/loss_ema"], rel=1e-6)
+    best_step, best_value = min(
+        ((r["step"], r["val/loss_ema"]) for r in validation), key=lambda r: r[1]
+    )
+    assert sorted(os.listdir(os.path.join(workdir, "best"))) == [f"step_{best_step:08d}"]
+    best = bundle_lib.load_bundle(os.path.join(workdir, "best", f"step_{best_step:08d}"))
+    with open(os.path.join(workdir, "best", f"step_{best_step:08d}", "metric.json")) as f:
+        assert json.load(f)["val/loss_ema"] == pytest.approx(best_value, rel=1e-6)
+    assert best_step == 40  # the EMA weights keep improving on this overfit
+    jax.tree.map(
+        np.testing.assert_array_equal, best.params, jax.tree.map(np.asarray, state.ema_params)
+    )
 
     _check_preview(config, model, state, workdir, rows, test_videos)
 

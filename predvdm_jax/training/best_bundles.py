@@ -1,0 +1,85 @@
+"""The ``k`` best models of a run by a validation metric, as inference bundles.
+
+PredVDM keeps its 3 checkpoints of lowest ``val/loss_ema`` (Lightning's
+``ModelCheckpoint(save_top_k=3, monitor='val/loss_ema')``) beside the last one.
+Here the last checkpoints stay Orbax's (for resuming) and the best ones are
+bundles of the EMA weights (``interop/bundle.py``: what sampling and evaluation
+load), in ``<directory>/step_<N>`` with the metric in ``metric.json``. After a
+resume, bundles of steps the restored run has not reached yet (written by the
+run that died) are replaced as the run passes them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from predvdm_jax.interop.bundle import Bundle, save_bundle
+
+METRIC_FILE = "metric.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class BestBundles:
+    """``keep(step, ema_params, value)``: bundle ``ema_params`` if ``value`` is among the ``k``
+    lowest so far, dropping the bundle that falls out. Call it on every process."""
+
+    def __init__(self, directory: str, k: int, metric: str, config: Any, vq_params: Any):
+        if k < 1:
+            raise ValueError(f"keep the best k >= 1 bundles, got k={k}")
+        self.directory, self.k, self.metric = directory, k, metric
+        self.config, self.vq_params = config, vq_params
+
+    def kept(self) -> dict[int, float]:
+        """``{step: metric value}`` of the bundles on disk."""
+        kept = {}
+        if os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                match = _STEP_DIR.match(name)
+                path = os.path.join(self.directory, name, METRIC_FILE)
+                if match and os.path.exists(path):
+                    with open(path) as f:
+                        kept[int(match.group(1))] = float(json.load(f)[self.metric])
+        return kept
+
+    def keep(self, step: int, ema_params: Any, value: float) -> bool:
+        """Whether the bundle of ``step`` was kept. Process 0's directory decides."""
+        on_disk = self.kept()
+        ranked = sorted(
+            ((s, v) for s, v in on_disk.items() if s < step), key=lambda item: (item[1], item[0])
+        )
+        enters = math.isfinite(value) and (len(ranked) < self.k or value < ranked[-1][1])
+        if jax.process_count() > 1:
+            enters = bool(multihost_utils.broadcast_one_to_all(np.asarray(enters)))
+        if enters:
+            params = multihost_utils.process_allgather(ema_params, tiled=True)
+        if jax.process_index() != 0:
+            return enters
+        drop = {s for s in on_disk if s >= step} | self._unfinished()
+        if enters:
+            drop |= {s for s, _ in ranked[self.k - 1 :]}
+            path = self._path(step)
+            save_bundle(path, Bundle(self.config, params, self.vq_params))
+            with open(os.path.join(path, METRIC_FILE), "w") as f:
+                json.dump({self.metric: value, "step": step}, f)
+        for old in drop - ({step} if enters else set()):
+            shutil.rmtree(self._path(old), ignore_errors=True)
+        return enters
+
+    def _path(self, step: int) -> str:
+        return os.path.join(self.directory, f"step_{step:08d}")
+
+    def _unfinished(self) -> set[int]:
+        """Steps whose bundle has no metric file (a run died between the two writes)."""
+        if not os.path.isdir(self.directory):
+            return set()
+        steps = {int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(self.directory)) if m}
+        return steps - set(self.kept())

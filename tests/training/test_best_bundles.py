@@ -1,0 +1,37 @@
+"""train.keep_best: bundles of the k lowest validation values, correct across a resume."""
+
+import json
+import os
+
+import numpy as np
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.interop.bundle import load_bundle
+from predvdm_jax.training.best_bundles import METRIC_FILE, BestBundles
+
+
+def _params(step):
+    return {"out": {"kernel": np.full((2, 3), float(step), np.float32)}}
+
+
+def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_path):
+    config = config_lib.finalize(config_lib.default_config())
+    vq = {"decoder": {"bias": np.ones(4, np.float32)}}
+    best = BestBundles(str(tmp_path / "best"), 2, "val/loss_ema", config, vq)
+
+    history = [(1, 3.0), (2, 1.0), (3, 2.0), (4, 0.5), (5, float("nan")), (6, 1.5)]
+    entered = [best.keep(step, _params(step), value) for step, value in history]
+    assert entered == [True, True, True, True, False, False]
+    assert best.kept() == {2: 1.0, 4: 0.5}
+    bundle = load_bundle(str(tmp_path / "best" / "step_00000004"))
+    np.testing.assert_array_equal(bundle.params["out"]["kernel"], _params(4)["out"]["kernel"])
+    np.testing.assert_array_equal(bundle.vq_params["decoder"]["bias"], vq["decoder"]["bias"])
+    assert bundle.config.to_dict() == config.to_dict()
+    with open(tmp_path / "best" / "step_00000004" / METRIC_FILE) as f:
+        assert json.load(f) == {"val/loss_ema": 0.5, "step": 4}
+
+    # A run resumed from step 2 validates step 3 again: step 4 (from the run that died) goes.
+    os.makedirs(tmp_path / "best" / "step_00000009")  # a bundle whose metric never landed
+    assert best.keep(3, _params(3), 2.5)
+    assert best.kept() == {2: 1.0, 3: 2.5}
+    assert sorted(os.listdir(tmp_path / "best")) == ["step_00000002", "step_00000003"]
