@@ -31,6 +31,7 @@ one anyway (``train.ema_rate``), it is only in the checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -48,6 +49,7 @@ from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
 from predvdm_jax.evaluation import metrics as metrics_lib
+from predvdm_jax.evaluation.report import frame_grid, to_uint8
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
@@ -59,6 +61,7 @@ from predvdm_jax.training.train_step import apply_gradients
 
 VQ_PARAMS_FILE = "vq_params.safetensors"
 VQ_EVAL_FILE = "vq_eval.json"
+PREVIEW_CLIPS = 4  # clips in the logged reconstruction image
 # Logged as exactly 0 while the discriminator is off (before disc_start or disabled).
 DISC_METRICS = ("d_weight", "disc_factor", "g_loss", "disc_loss", "logits_real", "logits_fake")
 
@@ -381,13 +384,16 @@ def load_eval_frames(split_dir: str, num_clips: int, num_frames: int, seed: int)
     return np.stack([to_model_range(shards.read_clip(v, s, num_frames)) for v, s in windows])
 
 
-def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[[Any], dict]:
-    """``eval_fn(state_or_params) -> {'test_psnr', 'test_ssim', 'test_perplexity', 'test_dead_codes'}``.
+def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[..., dict]:
+    """``eval_fn(state_or_params, with_image=False) -> {'test_psnr', 'test_ssim',
+    'test_perplexity', 'test_dead_codes'}``, plus ``test/reconstruction`` with the image.
 
     Reconstructs every frame of ``clips`` (quantized, as the frozen VQ decodes),
     clamps, returns to the dataset's channels (mean of RGB for grayscale) and
     averages PSNR / SSIM (``evaluation.metrics``, PredVDM's definitions) over
-    all frames; codebook usage is over all latent positions of all frames.
+    all frames; codebook usage is over all latent positions of all frames. The
+    image has two rows per clip (first ``PREVIEW_CLIPS``): the frames, their
+    reconstructions.
     """
     num_clips, num_frames, height, width, channels = clips.shape
     frames = clips.reshape((-1, height, width, channels))
@@ -403,7 +409,7 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[[Any
             jnp.clip(output.reconstruction, -1.0, 1.0), channels
         ), output.indices
 
-    def eval_fn(state_or_params) -> dict:
+    def eval_fn(state_or_params, with_image: bool = False) -> dict:
         params = (
             state_or_params.params if isinstance(state_or_params, TrainState) else state_or_params
         )
@@ -413,12 +419,17 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[[Any
         target = (clips + 1.0) / 2.0
         recon = ((recon + 1.0) / 2.0).reshape(clips.shape)
         usage = jax.device_get(vq_losses.codebook_usage(jnp.asarray(indices), model.n_embed))
-        return {
+        results = {
             "test_psnr": float(np.mean(metrics_lib.psnr(target, recon))),
             "test_ssim": float(np.mean(metrics_lib.ssim(target, recon))),
             "test_perplexity": float(usage["perplexity"]),
             "test_dead_codes": float(usage["dead_codes"]),
         }
+        if with_image:
+            shown = [to_uint8(v[:PREVIEW_CLIPS], (0.0, 1.0)) for v in (target, recon)]
+            rows = [row for pair in zip(*shown) for row in pair]
+            results["test/reconstruction"] = frame_grid(rows)
+        return results
 
     return eval_fn
 
@@ -484,7 +495,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lambda key: objective.init_params(key, image_size),
         objective.engine_loss,
         data,
-        evaluations=[(int(v.eval_every), eval_fn)],
+        evaluations=[(int(v.eval_every), functools.partial(eval_fn, with_image=True))],
         extra_init_fn=extra_init_fn,
         train_step_builder=make_vq_train_step_builder(
             objective, disc_optimizer, int(v.dead_code_restart_every)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from jax.experimental.compilation_cache import compilation_cache
 
 from predvdm_jax import config as config_lib
@@ -144,6 +145,27 @@ def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_p
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, params
     )
+
+    # The logged image: per test clip its frames, then the final params' reconstructions.
+    image = np.asarray(
+        Image.open(os.path.join(workdir, "images", "test_reconstruction_00000024.png"))
+    )
+    clips = vq_trainer.load_eval_frames(config.data.test_dir, 4, 2, config.eval.seed)
+    model = vq_trainer.VQObjective.from_config(config).model
+    frames = jnp.asarray(clips.reshape((-1, SIZE, SIZE, 1)))
+    output = model.apply({"params": resumed}, jnp.repeat(frames, 3, axis=-1))
+    recon = np.asarray(jnp.clip(output.reconstruction, -1, 1).mean(-1)).reshape(4, 2, SIZE, SIZE)
+    tile = lambda row, t: image[row * (SIZE + 2) : row * (SIZE + 2) + SIZE, t * (SIZE + 2) :][
+        :, :SIZE
+    ]
+    for clip in range(4):
+        for t in range(2):
+            np.testing.assert_array_equal(
+                tile(2 * clip, t), np.round((clips[clip, t, ..., 0] + 1) * 127.5)
+            )
+            np.testing.assert_allclose(
+                tile(2 * clip + 1, t), (recon[clip, t] + 1) * 127.5, atol=1.01
+            )
 
 
 def test_adaptive_weight_matches_closed_form():
