@@ -1,24 +1,28 @@
 """Two JAX processes on this machine (1 CPU device each, gloo collectives, mesh
 data=1 x fsdp=2 so parameters are split across the processes) train like one
 process: each feeds its half of every global batch, in one pass or in 2 accumulated
-microbatches.
+microbatches. The best-model bundle (``train.keep_best``) gathers the split EMA
+weights onto process 0, which writes the same bundle as one process.
 
 The single-process reference runs first, so the two processes do not compete
 with it for the CPU: gloo gives up on a peer that lags by more than its
 connect timeout."""
 
 import json
+import os
 import socket
 
 import jax
 import numpy as np
 import pytest
 
+from predvdm_jax.interop.bundle import load_bundle
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
 from .test_resume import _abstract_state
 from .tiny_setup import (
+    best_bundle_evaluation,
     train_in_process,
     make_config,
     read_jsonl,
@@ -40,7 +44,7 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
     single_dir = tmp_path / "single"
     single_args = dict(config_args, data=1, fsdp=1)
     config = make_config(**single_args)
-    expected = train_in_process(config, str(single_dir))
+    expected = train_in_process(config, str(single_dir), [best_bundle_evaluation(str(single_dir))])
 
     multi_dir = tmp_path / "multi"
     out = tmp_path / "multi.npz"
@@ -55,6 +59,7 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
                 "coordinator": coordinator,
                 "num_processes": 2,
                 "process_id": i,
+                "keep_best": True,
             },
             devices=1,
             wait=False,
@@ -76,8 +81,8 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
     assert str(got["_hidden_spec"]) == str(jax.sharding.PartitionSpec(None, "fsdp"))
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
-    multi_log = read_jsonl(multi_dir / JSONL_NAME)
-    single_log = read_jsonl(single_dir / JSONL_NAME)
+    logs = [read_jsonl(d / JSONL_NAME) for d in (multi_dir, single_dir)]
+    multi_log, single_log = ([r for r in log if "loss" in r] for log in logs)
     assert [r["step"] for r in multi_log] == [2, 4]
     np.testing.assert_allclose(
         [r["loss"] for r in multi_log], [r["loss"] for r in single_log], rtol=1e-5
@@ -88,5 +93,14 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
         "process_count": 2,
         "states": {"0": {"seed": 0, "position": 4}, "1": {"seed": 0, "position": 4}},
     }
+    best = [load_bundle(str(d / "best" / "step_00000004")) for d in (single_dir, multi_dir)]
+    assert os.listdir(multi_dir / "best") == ["step_00000004"]
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+        best[1].params,
+        best[0].params,
+    )
+    assert [(r["step"], r["kept"]) for r in logs[0] if "kept" in r] == [(2, 1.0), (4, 1.0)]
+
     with pytest.raises(ValueError, match="2 processes but this run has 1"):
         Checkpointer(multi_dir / "checkpoints").restore(4, _abstract_state(config))

@@ -120,7 +120,7 @@ def flat_params(tree) -> dict:
     return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v) for path, v in flat}
 
 
-def train_in_process(config, workdir: str) -> dict:
+def train_in_process(config, workdir: str, evaluations=()) -> dict:
     """A straight in-process run of the tiny model; its final params, flattened."""
     from predvdm_jax.training import loop
 
@@ -130,8 +130,26 @@ def train_in_process(config, workdir: str) -> dict:
         init_fn,
         make_loss_fn(),
         StreamIterator(config.seed, config.data.batch_size),
+        evaluations=evaluations,
     )
     return flat_params(jax.device_get(state.params))
+
+
+def best_bundle_evaluation(workdir: str):
+    """Every 2 steps: keep the EMA weights in ``workdir/best`` when their metric (1 / step,
+    so every step improves) is the best."""
+    from predvdm_jax import config as config_lib
+    from predvdm_jax.training.best_bundles import BestBundles
+
+    bundle_config = config_lib.finalize(config_lib.default_config())  # what load_bundle accepts
+    vq_params = {"unused": np.zeros(1, np.float32)}
+    best = BestBundles(os.path.join(workdir, "best"), 1, "val/loss_ema", bundle_config, vq_params)
+
+    def evaluate(state):
+        step = int(jax.device_get(state.step))
+        return {"kept": float(best.keep(step, state.ema_params, 1.0 / step))}
+
+    return 2, evaluate
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -185,9 +203,16 @@ def _main(args: dict) -> None:
         hooks.append(
             lambda step, state, metrics: step > args["hang_after_step"] and time.sleep(600)
         )
+    evaluations = [best_bundle_evaluation(args["workdir"])] if args.get("keep_best") else []
     try:
         state = loop.train_loop(
-            config, args["workdir"], init_fn, make_loss_fn(), stream, hooks=hooks
+            config,
+            args["workdir"],
+            init_fn,
+            make_loss_fn(),
+            stream,
+            hooks=hooks,
+            evaluations=evaluations,
         )
     except loop.TrainingPreempted as stop:
         print(f"preempted: {stop}", flush=True)
