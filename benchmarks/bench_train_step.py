@@ -26,6 +26,7 @@ import common  # noqa: E402
 
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
+from predvdm_jax.training.flops import matmul_flops  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
 flags.DEFINE_integer("kth_batch", 4, "Batch of the KTH step.")
@@ -54,7 +55,7 @@ def jax_step_seconds(config, batch, repeats):
 
     state = [params, optimizer.init(params)]
     compiled = jax.jit(step).lower(state[0], state[1], jax.random.PRNGKey(2)).compile()
-    flops = common.matmul_flops(step, state[0], state[1], jax.random.PRNGKey(2))
+    flops = matmul_flops(step, state[0], state[1], jax.random.PRNGKey(2))
 
     def run():
         state[0], state[1], loss = compiled(state[0], state[1], jax.random.PRNGKey(2))

@@ -83,41 +83,6 @@ def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def matmul_flops(fn, *args) -> float:
-    """FLOPs of the matrix products and convolutions in ``fn(*args)``'s jaxpr (2 per
-    multiply-add; scans count ``length`` times). The usual model-FLOP convention for
-    MFU, independent of the backend: XLA:GPU's cost analysis leaves out cuDNN's
-    convolutions and attention, which are custom calls. A ``while`` loop counts once.
-    """
-    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def _jaxpr_flops(jaxpr) -> float:
-    import math
-
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name, params = eqn.primitive.name, eqn.params
-        if name == "dot_general":
-            (contract, _), _ = params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            out = eqn.outvars[0].aval.shape
-            total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in contract)
-        elif name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            rhs_spec = params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            per_output = math.prod(rhs[d] for d in rhs_spec[1:])
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
-        inner = [v for v in params.values() if hasattr(v, "jaxpr") or hasattr(v, "eqns")]
-        inner += [
-            b for v in params.values() if isinstance(v, tuple) for b in v if hasattr(b, "jaxpr")
-        ]
-        times = params.get("length", 1) if name == "scan" else 1
-        for sub in inner:
-            total += times * _jaxpr_flops(getattr(sub, "jaxpr", sub))
-    return total
-
-
 def emit(figure: str, value: float, unit: str, baseline: str, baseline_value: float) -> None:
     """Prints one result line that benchmarks/run_all.py collects into its table.
 

@@ -26,7 +26,7 @@ and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the t
 ``input_reduce_fusion_12`` is the HLO's ``input_reduce_fusion.12``.
 
 Model FLOPs are the matrix products and convolutions of the program's jaxpr
-(``common.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
+(``training.flops.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
 cost analysis cannot serve: cuDNN's convolutions and attention are custom calls it counts
 as zero (it gave 0.38 TFLOP for a 4.97 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those.
 
@@ -49,18 +49,18 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from common import engine_step, matmul_flops  # noqa: E402
+from common import engine_step  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
+from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops  # noqa: E402
 from predvdm_jax.training.train_state import TrainState  # noqa: E402
 from predvdm_jax.training.train_step import apply_gradients  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM datasheets)
 START = time.time()
 BUDGET = float(os.environ.get("BENCH_BUDGET_S", 240))
 OUT = os.environ.get("OUT", "/tmp")
@@ -135,7 +135,7 @@ def save_hlo(compiled, filename):
 
 
 def peak_flops():
-    return next((v for k, v in PEAK_BF16.items() if k in results["device"]), 989e12)
+    return peak_bf16_flops(results["device"]) or 989e12
 
 
 def check_against_cpu():

@@ -30,6 +30,7 @@ from absl import logging
 from predvdm_jax.config import ConfigError
 from predvdm_jax.training import sharding as sharding_lib
 from predvdm_jax.training.checkpoint import Checkpointer
+from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
@@ -73,6 +74,30 @@ def _write_results(writer: Any, step: int, results: Mapping[str, Any]) -> None:
         writer.write_scalars(step, scalars)
     if images:
         writer.write_images(step, images)
+
+
+class _Throughput:
+    """``steps_per_sec``, ``examples_per_sec``, model ``tflops_per_device`` and, on devices of
+    known bf16 peak, ``mfu_bf16``. The step's FLOPs are counted once, on first use."""
+
+    def __init__(self, batch_size: int, device_count: int, device_kind: str):
+        self.batch_size, self.device_count = batch_size, device_count
+        self.peak = peak_bf16_flops(device_kind)
+        self.flops_per_step: float | None = None
+
+    def __call__(self, steps_per_sec: float, count_flops: Callable[[], float]) -> dict:
+        if self.flops_per_step is None:
+            self.flops_per_step = count_flops()
+            logging.info("%.4g model TFLOP per step", self.flops_per_step / 1e12)
+        per_device = self.flops_per_step * steps_per_sec / self.device_count
+        values = {
+            "steps_per_sec": steps_per_sec,
+            "examples_per_sec": steps_per_sec * self.batch_size,
+            "tflops_per_device": per_device / 1e12,
+        }
+        if self.peak is not None:
+            values["mfu_bf16"] = per_device / self.peak
+        return values
 
 
 def train_loop(
@@ -178,6 +203,7 @@ def train_loop(
         **accumulation,
     )
 
+    throughput = _Throughput(batch_size, jax.device_count(), jax.devices()[0].device_kind)
     pending_losses: list[tuple[int, jax.Array]] = []
     last_saved = start_step if restored is not None else None
 
@@ -226,7 +252,7 @@ def train_loop(
                 fail_if_not_finite()
                 scalars = dict(jax.device_get(metrics))
                 if rate is not None:
-                    scalars["steps_per_sec"] = rate
+                    scalars.update(throughput(rate, lambda: matmul_flops(train_step, state, batch)))
                 writer.write_scalars(step_number, scalars)
             for every, evaluate in evaluations:
                 if every > 0 and step_number % every == 0:

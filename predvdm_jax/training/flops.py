@@ -1,0 +1,64 @@
+"""Model FLOPs of a function, and accelerators' bf16 peaks: the parts of an MFU.
+
+FLOPs are counted from the jaxpr (2 per multiply-add of every matrix product and
+convolution; a ``scan`` counts ``length`` times, a ``while`` loop once, a ``cond``
+its costliest branch), the
+usual model-FLOP convention, independent of the backend: XLA:GPU's own cost
+analysis leaves out cuDNN's convolutions and attention, which are custom calls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+
+# Dense bf16 peaks (datasheets), matched as prefixes of ``device.device_kind`` in this order.
+PEAK_BF16_FLOPS = (
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100", 989e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+)
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak of a device kind, or None when it is not in ``PEAK_BF16_FLOPS``."""
+    return next((peak for prefix, peak in PEAK_BF16_FLOPS if device_kind.startswith(prefix)), None)
+
+
+def matmul_flops(fn: Callable, *args: Any) -> float:
+    """FLOPs of the matrix products and convolutions in ``fn(*args)`` (traced, not run)."""
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name, params = eqn.primitive.name, eqn.params
+        if name == "dot_general":
+            (contract, _), _ = params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in contract)
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            rhs_spec = params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            per_output = math.prod(rhs[d] for d in rhs_spec[1:])
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+        if name == "cond":
+            total += max(_jaxpr_flops(branch.jaxpr) for branch in params["branches"])
+            continue
+        inner = [v for v in params.values() if hasattr(v, "jaxpr") or hasattr(v, "eqns")]
+        inner += [
+            b for v in params.values() if isinstance(v, tuple) for b in v if hasattr(b, "jaxpr")
+        ]
+        times = params.get("length", 1) if name == "scan" else 1
+        for sub in inner:
+            total += times * _jaxpr_flops(getattr(sub, "jaxpr", sub))
+    return total

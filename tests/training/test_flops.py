@@ -1,0 +1,77 @@
+"""training.flops: matmul_flops (the numerator of every MFU the benchmarks and the training
+log report) against closed-form FLOP counts, and the peak table's lookup."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
+
+
+def _conv(x, k, stride=1):
+    return lax.conv_general_dilated(
+        x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def test_matmul_and_batched_einsum():
+    a, b = jnp.ones((64, 128)), jnp.ones((128, 256))
+    assert matmul_flops(lambda a, b: jnp.tanh(a @ b), a, b) == 2 * 64 * 128 * 256
+    q = jnp.ones((2, 16, 4, 8))
+    logits = lambda q: jnp.einsum("bthc,bshc->bhts", q, q)
+    assert matmul_flops(logits, q) == 2 * (2 * 4 * 16 * 16) * 8
+
+
+def test_convolution_its_gradient_and_strides():
+    x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
+    forward = 2 * (2 * 8 * 8 * 32) * (3 * 3 * 16)
+    assert matmul_flops(_conv, x, k) == forward
+    assert matmul_flops(lambda x, k: _conv(x, k, 2), x, k) == forward // 4
+    # loss value + input gradient + kernel gradient: three convolutions of equal cost
+    grads = jax.grad(lambda x, k: (_conv(x, k) ** 2).sum(), argnums=(0, 1))
+    assert matmul_flops(grads, x, k) == 3 * forward
+
+
+def test_scans_count_every_iteration_and_jit_is_looked_into():
+    a, w = jnp.ones((64, 128)), jnp.ones((128, 128))
+    body = lambda carry, _: (carry @ w, None)
+    scanned = lambda a: lax.scan(body, a, length=5)[0]
+    assert matmul_flops(jax.jit(scanned), a) == 5 * 2 * 64 * 128 * 128
+
+
+def test_peak_lookup_matches_the_most_specific_device_kind():
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("TPU v5 lite") == 197e12
+    assert peak_bf16_flops("TPU v5") == 459e12
+    assert peak_bf16_flops("cpu") is None
+
+
+def test_cond_counts_its_costliest_branch():
+    a = jnp.ones((8, 16))
+    small = lambda x: (x @ jnp.ones((16, 4))).sum()
+    large = lambda x: (x @ jnp.ones((16, 32))).sum()
+    branches = lambda p, x: lax.cond(p, small, large, x)
+    assert matmul_flops(branches, True, a) == 2 * 8 * 16 * 32
+
+
+def test_the_training_log_reports_the_step_s_model_flops(tmp_path):
+    from predvdm_jax.training import loop
+
+    from .tiny_setup import HIDDEN, IN_DIM, OUT_DIM, StreamIterator, init_fn, make_config
+    from .tiny_setup import make_loss_fn, read_jsonl
+
+    config = make_config(num_steps=4, save_every=4, log_every=2)
+    batch = config.data.batch_size
+    stream = StreamIterator(config.seed, batch)
+    loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(), stream)
+    # forward x·W1 and h·W2; backward dW2, dh and dW1 (the input needs no gradient)
+    per_step = 2 * batch * (2 * IN_DIM * HIDDEN + 3 * HIDDEN * OUT_DIM)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "steps_per_sec" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        flops = r["tflops_per_device"] * 1e12 * jax.device_count() / r["steps_per_sec"]
+        assert flops == pytest.approx(per_step, rel=1e-6)
+        assert r["examples_per_sec"] == pytest.approx(batch * r["steps_per_sec"], rel=1e-9)
+        assert "mfu_bf16" not in r  # no bf16 peak is known for a CPU
