@@ -41,10 +41,13 @@ def main(argv):
             weights = "EMA" if FLAGS.ema else "raw"
             print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
         if FLAGS.predvdm_ckpt:
-            step = bundle.export_latent_diffusion_checkpoint(
+            step, scale_factor = bundle.export_latent_diffusion_checkpoint(
                 FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
             )
-            print(f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights)")
+            print(
+                f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
+                f"scale_factor: {scale_factor} in the PredVDM yaml"
+            )
     except (FileNotFoundError, ValueError, ImportError) as err:
         sys.exit(f"error: {err}")
 

@@ -155,10 +155,13 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
     )
 
 
-def export_latent_diffusion_checkpoint(workdir: str, path: str, step: int | None = None) -> int:
+def export_latent_diffusion_checkpoint(
+    workdir: str, path: str, step: int | None = None
+) -> tuple[int, float]:
     """Writes a run's checkpoint as a PredVDM ``LatentDiffusion`` checkpoint (``.ckpt``: what
-    the PyTorch original loads; ``.safetensors``: the same state_dict without PyTorch).
-    Returns the step written."""
+    the PyTorch original loads, with this project's config as ``predvdm_jax_config``;
+    ``.safetensors``: the same state_dict without PyTorch). Returns the step written and the
+    latent ``scale_factor`` the original's yaml must use."""
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.interop import predvdm_ckpt
 
@@ -172,6 +175,8 @@ def export_latent_diffusion_checkpoint(workdir: str, path: str, step: int | None
         float(config.train.ema_rate),
         load_vq_params(config.vq_params),
         {name: getattr(schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
+        float(config.scale_factor),
     )
-    save_torch_state_dict(path, state_dict, {"global_step": int(step)})
-    return step
+    extra = {"global_step": int(step), "predvdm_jax_config": config.to_json_best_effort()}
+    save_torch_state_dict(path, state_dict, extra)
+    return step, float(config.scale_factor)

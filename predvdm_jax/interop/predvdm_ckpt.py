@@ -230,11 +230,15 @@ def latent_diffusion_state_dict(
     ema_decay: float,
     vq_params: Mapping[str, Any],
     schedule_buffers: Mapping[str, Any],
+    scale_factor: float,
 ) -> dict[str, np.ndarray]:
     """The whole state_dict of a PredVDM ``LatentDiffusion``: raw and EMA denoiser, the VQ as
-    ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B), and the
-    schedule buffers, so the original's ``init_from_ckpt`` loads every key it has."""
+    ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B), the schedule
+    buffers and ``scale_factor`` (LDM's buffer under ``scale_by_std``; PredVDM's configs
+    have ``scale_by_std: False`` and take it from the yaml, which must then say the same),
+    so the original's ``init_from_ckpt`` loads every key it has."""
     out = predvdm_params_to_state_dict(params, ema_params, ema_num_updates)
+    out["scale_factor"] = np.asarray(scale_factor, dtype=np.float32)
     out["model_ema.decay"] = np.asarray(ema_decay, dtype=np.float32)
     vq = ldm_vq.vq_params_to_state_dict(vq_params)
     for prefix in (FIRST_STAGE_PREFIX, "cond_stage_model."):

@@ -129,7 +129,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
 
     # Back to PredVDM's format: the PyTorch checkpoint holds the run's raw and EMA weights.
     exported = tmp_path / "run.ckpt"
-    assert bundle_lib.export_latent_diffusion_checkpoint(workdir, str(exported)) == 40
+    assert bundle_lib.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
     back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
     for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
         jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
