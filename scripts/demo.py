@@ -8,12 +8,14 @@ per_frame.png, ground truth | prediction GIFs). CPU-sized: about 20 minutes on 2
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
+from predvdm_jax.training.loop import TrainingPreempted
 
 config_flags.DEFINE_config_file(
     "config",
@@ -34,15 +36,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_lib.validate(FLAGS.config)
-    numbers = demo.run_demo(
-        config,
-        FLAGS.workdir,
-        num_train=FLAGS.num_train,
-        num_test=FLAGS.num_test,
-        long_clips=FLAGS.long_clips,
-        fvd_clips=FLAGS.fvd_clips,
-        progress=FLAGS.progress,
-    )
+    try:
+        numbers = demo.run_demo(
+            config,
+            FLAGS.workdir,
+            num_train=FLAGS.num_train,
+            num_test=FLAGS.num_test,
+            long_clips=FLAGS.long_clips,
+            fvd_clips=FLAGS.fvd_clips,
+            progress=FLAGS.progress,
+        )
+    except TrainingPreempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     print(
         f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
         f"{demo.demo_paths(FLAGS.workdir)['report']}"
