@@ -27,8 +27,10 @@ from predvdm_jax.interop.torch_checkpoint import (
     conv_kernel_to_ohwi,
     conv_kernel_to_torch,
     load_params_safetensors,
+    import_torch,
     save_params_safetensors,
     save_torch_state_dict,
+    state_dict_format,
 )
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
@@ -165,6 +167,8 @@ def export_latent_diffusion_checkpoint(
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.interop import predvdm_ckpt
 
+    if state_dict_format(path) == "torch":
+        import_torch()  # before the restore, so a missing PyTorch fails fast
     config, state, step = load_train_state(workdir, step)
     state = jax.device_get(state)
     schedule = LatentDiffusion.from_config(config).schedule

@@ -123,7 +123,7 @@ def load_torchscript(path: str | os.PathLike) -> Any:
             f"I3D TorchScript {path} does not exist; StyleGAN-V's file is "
             f"https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
         )
-    torch = torch_checkpoint._import_torch()
+    torch = torch_checkpoint.import_torch()
     return torch.jit.load(path, map_location="cpu").eval()
 
 

@@ -23,7 +23,7 @@ StateDict = dict[str, np.ndarray]
 _TORCH_MISSING = "PyTorch is needed to read .ckpt/.pt/.pth checkpoints: pip install -e '.[torch]' (or pip install torch)."
 
 
-def _import_torch():
+def import_torch():
     try:
         import torch
     except ImportError as err:
@@ -53,7 +53,7 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
         from safetensors.numpy import load_file
 
         return dict(load_file(path))
-    torch = _import_torch()
+    torch = import_torch()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:
@@ -214,6 +214,19 @@ def save_params_safetensors(
     _write_atomically(path, ".safetensors", lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
+def state_dict_format(path: str | os.PathLike) -> str:
+    """``'safetensors'`` or ``'torch'`` by the file's suffix, or a ValueError naming the choices."""
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".ckpt", ".pt", ".pth"):
+        return "torch"
+    raise ValueError(
+        f"cannot tell the format of {os.fspath(path)!r}: name it .ckpt, .pt or .pth (PyTorch, "
+        f"a Lightning checkpoint's layout) or .safetensors"
+    )
+
+
 def save_torch_state_dict(
     path: str | os.PathLike,
     state_dict: Mapping[str, np.ndarray],
@@ -224,22 +237,17 @@ def save_torch_state_dict(
     the layout of a Lightning checkpoint."""
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state_dict.items()}
     suffix = os.path.splitext(os.fspath(path))[1]
-    if suffix == ".safetensors":
+    if state_dict_format(path) == "safetensors":
         from safetensors.numpy import save_file
 
         _write_atomically(path, suffix, lambda tmp: save_file(arrays, tmp))
-    elif suffix in (".ckpt", ".pt", ".pth"):
-        torch = _import_torch()
+    else:
+        torch = import_torch()
         tensors = {
             k: torch.tensor(v) for k, v in arrays.items()
         }  # copies: jax arrays are read-only
         _write_atomically(
             path, suffix, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
-        )
-    else:
-        raise ValueError(
-            f"cannot tell the format of {os.fspath(path)!r}: name it .ckpt, .pt or .pth (PyTorch, "
-            f"a Lightning checkpoint's layout) or .safetensors"
         )
 
 

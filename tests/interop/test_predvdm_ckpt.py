@@ -497,3 +497,11 @@ def test_exported_latent_diffusion_checkpoint_loads_and_runs_in_pytorch(tmp_path
         np.testing.assert_array_equal(loaded["cond_stage_model." + key[18:]].numpy(), value)
     np.testing.assert_allclose(loaded["betas"].numpy(), betas, rtol=1e-7)
     assert loaded["betas"].dtype == torch.float32 and len(loaded["alphas_cumprod"]) == 1000
+
+
+def test_an_unknown_export_suffix_is_one_clear_error_and_writes_nothing(tmp_path):
+    from predvdm_jax.interop import torch_checkpoint as tc
+
+    with pytest.raises(ValueError, match=r"cannot tell the format of .*x\.bin.*\.safetensors"):
+        tc.save_torch_state_dict(tmp_path / "x.bin", {"a": np.zeros(2, np.float32)})
+    assert list(tmp_path.iterdir()) == []
