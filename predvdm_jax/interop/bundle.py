@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.interop.torch_checkpoint import (
@@ -34,6 +35,7 @@ from predvdm_jax.interop.torch_checkpoint import (
 )
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
+METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
 
 
@@ -104,8 +106,25 @@ def load_denoiser_params(path: str) -> Any:
     return jax.tree_util.tree_map_with_path(to_ohwi, params)
 
 
+def best_bundle(directory: str) -> str | None:
+    """The bundle of lowest value among ``directory``'s bundles with a metric file (a run's
+    ``best/`` folder), or None when it holds none."""
+    ranked = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        metric = os.path.join(directory, name, METRIC_FILE)
+        if os.path.exists(metric):
+            with open(metric) as f:
+                ranked.append((float(json.load(f)["value"]), name))
+    return os.path.join(directory, min(ranked)[1]) if ranked else None
+
+
 def load_bundle(path: str) -> Bundle:
-    """The bundle at ``path`` (params as host arrays; jit places them on any mesh)."""
+    """The bundle at ``path`` (params as host arrays; jit places them on any mesh). A run's
+    ``best/`` folder loads its bundle of lowest validation loss."""
+    best = best_bundle(path)
+    if best is not None and not os.path.exists(os.path.join(path, CONFIG_FILE)):
+        logging.info("loading %s, the best bundle in %s", best, path)
+        path = best
     missing = [
         f
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)

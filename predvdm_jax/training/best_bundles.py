@@ -4,7 +4,8 @@ PredVDM keeps its 3 checkpoints of lowest ``val/loss_ema`` (Lightning's
 ``ModelCheckpoint(save_top_k=3, monitor='val/loss_ema')``) beside the last one.
 Here the last checkpoints stay Orbax's (for resuming) and the best ones are
 bundles of the EMA weights (``interop/bundle.py``: what sampling and evaluation
-load), in ``<directory>/step_<N>`` with the metric in ``metric.json``. After a
+load), in ``<directory>/step_<N>`` with the metric in ``metric.json``;
+``load_bundle(<directory>)`` loads the best of them. After a
 resume, bundles of steps the restored run has not reached yet (written by the
 run that died) are replaced as the run passes them again.
 """
@@ -22,9 +23,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from predvdm_jax.interop.bundle import Bundle, save_bundle
+from predvdm_jax.interop.bundle import METRIC_FILE, Bundle, save_bundle
 
-METRIC_FILE = "metric.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -47,7 +47,7 @@ class BestBundles:
                 path = os.path.join(self.directory, name, METRIC_FILE)
                 if match and os.path.exists(path):
                     with open(path) as f:
-                        kept[int(match.group(1))] = float(json.load(f)[self.metric])
+                        kept[int(match.group(1))] = float(json.load(f)["value"])
         return kept
 
     def keep(self, step: int, ema_params: Any, value: float) -> bool:
@@ -69,7 +69,7 @@ class BestBundles:
             path = self._path(step)
             save_bundle(path, Bundle(self.config, params, self.vq_params))
             with open(os.path.join(path, METRIC_FILE), "w") as f:
-                json.dump({self.metric: value, "step": step}, f)
+                json.dump({"metric": self.metric, "value": value, "step": step}, f)
         for old in drop - ({step} if enters else set()):
             shutil.rmtree(self._path(old), ignore_errors=True)
         return enters

@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.interop.bundle import load_bundle
-from predvdm_jax.training.best_bundles import METRIC_FILE, BestBundles
+from predvdm_jax.interop.bundle import METRIC_FILE, load_bundle
+from predvdm_jax.training.best_bundles import BestBundles
 
 
 def _params(step):
@@ -28,7 +28,9 @@ def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_
     np.testing.assert_array_equal(bundle.vq_params["decoder"]["bias"], vq["decoder"]["bias"])
     assert bundle.config.to_dict() == config.to_dict()
     with open(tmp_path / "best" / "step_00000004" / METRIC_FILE) as f:
-        assert json.load(f) == {"val/loss_ema": 0.5, "step": 4}
+        assert json.load(f) == {"metric": "val/loss_ema", "value": 0.5, "step": 4}
+    best_params = load_bundle(str(tmp_path / "best")).params  # the folder loads its best
+    np.testing.assert_array_equal(best_params["out"]["kernel"], _params(4)["out"]["kernel"])
 
     # A run resumed from step 2 validates step 3 again: step 4 (from the run that died) goes.
     os.makedirs(tmp_path / "best" / "step_00000009")  # a bundle whose metric never landed

@@ -119,7 +119,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "best"))) == [f"step_{best_step:08d}"]
     best = bundle_lib.load_bundle(os.path.join(workdir, "best", f"step_{best_step:08d}"))
     with open(os.path.join(workdir, "best", f"step_{best_step:08d}", "metric.json")) as f:
-        assert json.load(f)["val/loss_ema"] == pytest.approx(best_value, rel=1e-6)
+        assert json.load(f)["value"] == pytest.approx(best_value, rel=1e-6)
     assert best_step == 40  # the EMA weights keep improving on this overfit
     jax.tree.map(
         np.testing.assert_array_equal, best.params, jax.tree.map(np.asarray, state.ema_params)
