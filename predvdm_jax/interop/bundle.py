@@ -4,7 +4,9 @@ A bundle is a folder with ``denoiser.safetensors``, ``vq.safetensors`` (flat
 '/'-joined Flax param names, float32) and ``config.json``. It loads with one
 call on any device count and needs neither the training code nor Orbax.
 ``load_from_checkpoint`` reads the same three things straight from a training
-workdir (its newest finished checkpoint).
+workdir (its newest finished checkpoint), and ``export_latent_diffusion_checkpoint``
+writes a run back in the PyTorch original's checkpoint layout. A run's ``best/``
+folder (``train.keep_best``) holds bundles with a ``metric.json`` each.
 
 The denoiser file's metadata names its conv kernel layout. Bundles from before
 the UNet stored OHWI kernels have none, and their HWIO kernels are transposed on load.
