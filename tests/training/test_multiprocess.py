@@ -10,7 +10,6 @@ connect timeout."""
 
 import json
 import os
-import socket
 
 import jax
 import numpy as np
@@ -26,14 +25,8 @@ from .tiny_setup import (
     train_in_process,
     make_config,
     read_jsonl,
-    run_subprocess,
+    run_two_processes,
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("grad_accum_steps", [1, 2])
@@ -48,33 +41,17 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
 
     multi_dir = tmp_path / "multi"
     out = tmp_path / "multi.npz"
-    coordinator = f"127.0.0.1:{free_port()}"
-    procs = [
-        run_subprocess(
-            {
-                "mode": "train",
-                "config": config_args,
-                "workdir": str(multi_dir),
-                "out": str(out),
-                "coordinator": coordinator,
-                "num_processes": 2,
-                "process_id": i,
-                "keep_best": True,
-            },
-            devices=1,
-            wait=False,
-        )
-        for i in range(2)
-    ]
-
-    for proc in procs:
-        try:
-            output, _ = proc.communicate(timeout=240)
-        except Exception:
-            for p in procs:
-                p.kill()
-            raise
-        assert proc.returncode == 0, output.decode()[-4000:]
+    runs = run_two_processes(
+        {
+            "mode": "train",
+            "config": config_args,
+            "workdir": str(multi_dir),
+            "out": str(out),
+            "keep_best": True,
+        }
+    )
+    for returncode, output in runs:
+        assert returncode == 0, output[-4000:]
 
     got = np.load(out)
     assert int(got["_device_count"]) == 2

@@ -16,7 +16,6 @@ from predvdm_jax.training import loop
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
-from .test_multiprocess import free_port
 from .test_resume import finished_steps
 from .tiny_setup import (
     StreamIterator,
@@ -25,7 +24,7 @@ from .tiny_setup import (
     make_config,
     make_loss_fn,
     read_jsonl,
-    run_subprocess,
+    run_two_processes,
     train_in_process,
 )
 
@@ -73,39 +72,22 @@ def test_sigterm_after_the_last_step_just_finishes(tmp_path):
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
     config_args = dict(num_steps=1000, save_every=2000, log_every=2000, data=1, fsdp=2)
-    coordinator = f"127.0.0.1:{free_port()}"
-    procs = [
-        run_subprocess(
-            {
-                "mode": "train",
-                "config": config_args,
-                "workdir": str(tmp_path),
-                "out": str(tmp_path / "unused.npz"),
-                "coordinator": coordinator,
-                "num_processes": 2,
-                "process_id": i,
-                "sigterm_at_step": {"1": 3},
-            },
-            devices=1,
-            wait=False,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=240)[0].decode())
-        except Exception:
-            for p in procs:
-                p.kill()
-            raise
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == loop.TrainingPreempted.exit_code, output[-4000:]
+    runs = run_two_processes(
+        {
+            "mode": "train",
+            "config": config_args,
+            "workdir": str(tmp_path),
+            "out": str(tmp_path / "unused.npz"),
+            "sigterm_at_step": {"1": 3},
+        }
+    )
+    for returncode, output in runs:
+        assert returncode == loop.TrainingPreempted.exit_code, output[-4000:]
 
     saved = finished_steps(tmp_path / "checkpoints")
     assert len(saved) == 1 and 3 <= saved[0] < 1000, saved
     step = saved[0]
-    for output in outputs:
+    for _, output in runs:
         assert f"after step {step} of 1000" in output, output[-2000:]
     data_item = json.loads((tmp_path / "checkpoints" / str(step) / "data" / "metadata").read_text())
     assert data_item["states"] == {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,6 +171,31 @@ def run_subprocess(args: dict, *, devices: int = 1, timeout: float = 120, wait: 
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{result.stdout}\n{result.stderr[-4000:]}")
     return result
+
+
+def run_two_processes(args: dict, timeout: float = 240) -> list[tuple[int, str]]:
+    """Runs this file's ``main`` with ``args`` as processes 0 and 1 of one JAX job (1 CPU
+    device each, a fresh localhost coordinator); ``(return code, output)`` of each."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    procs = [
+        run_subprocess(
+            dict(args, coordinator=coordinator, num_processes=2, process_id=i),
+            devices=1,
+            wait=False,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0].decode())
+        except Exception:
+            for p in procs:
+                p.kill()
+            raise
+    return [(proc.returncode, output) for proc, output in zip(procs, outputs)]
 
 
 def _gathered(tree):
