@@ -166,7 +166,7 @@ def fvd_from_features(real: Any, fake: Any) -> dict:
 # --- the evaluation loop ---------------------------------------------------------------
 
 
-def _to_host(x: Any) -> np.ndarray:
+def to_host(x: Any) -> np.ndarray:
     """A (possibly sharded, multi-process) array as one host numpy array."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -237,9 +237,9 @@ class _Accumulator:
         features: dict = {name: [] for name in self.variants}
         for fake in fakes:
             for metric, value in _frame_metrics(real, fake, self.lpips_params).items():
-                per_sample.setdefault(metric, []).append(_to_host(value)[valid])
+                per_sample.setdefault(metric, []).append(to_host(value)[valid])
             if self.variants:
-                fake01 = np.asarray(_to_host(to_unit_range(fake))[valid], np.float32)
+                fake01 = np.asarray(to_host(to_unit_range(fake))[valid], np.float32)
                 for name in self.variants:
                     features[name].append(self.feature_fn(self._fvd_video(name, cond01, fake01)))
         for metric, samples in per_sample.items():
@@ -374,14 +374,14 @@ def evaluate(
             lpips_note = lpips_unavailable_reason(lpips_params, height, width)
             accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
         mask = batch.get("mask")
-        valid = np.ones(batch_size, bool) if mask is None else _to_host(mask) > 0.5
+        valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
         cond = video[:, :cond_frames]
         future = video[:, cond_frames : cond_frames + pred_frames]
         cond01 = None
         if accumulator.variants:
-            cond01 = np.asarray(_to_host(to_unit_range(cond))[valid], np.float32)
+            cond01 = np.asarray(to_host(to_unit_range(cond))[valid], np.float32)
             accumulator.add_real(
-                cond01, np.asarray(_to_host(to_unit_range(future))[valid], np.float32)
+                cond01, np.asarray(to_host(to_unit_range(future))[valid], np.float32)
             )
         expected = (batch_size, pred_frames, height, width, channels)
 
@@ -408,9 +408,9 @@ def evaluate(
 
         if kept < keep_videos:
             take = np.flatnonzero(valid)[: keep_videos - kept]
-            videos["cond"].append(_to_host(cond)[take])
-            videos["real"].append(_to_host(future)[take])
-            videos["fake"].append(_to_host(predictions[0])[take])
+            videos["cond"].append(to_host(cond)[take])
+            videos["real"].append(to_host(future)[take])
+            videos["fake"].append(to_host(predictions[0])[take])
             kept += len(take)
 
     if accumulator is None:

@@ -46,7 +46,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file, so a failure leaves no half file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -66,7 +66,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 def write_metrics_json(path: str, metrics: Mapping[str, Any]) -> str:
     """Writes ``metrics`` as indented JSON (numpy values converted, NaN/inf as null)."""
     text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
-    _atomic_write(path, (text + "\n").encode("utf-8"))
+    atomic_write(path, (text + "\n").encode("utf-8"))
     return path
 
 
@@ -323,6 +323,6 @@ def write_evaluation(
         paths["videos"] = os.path.join(out_dir, "videos")
         if written["notes"]:
             metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
-    _atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
+    atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
     write_metrics_json(paths["metrics"], metrics)
     return paths

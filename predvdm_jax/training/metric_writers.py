@@ -27,6 +27,8 @@ from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from predvdm_jax.evaluation.report import atomic_write
+
 JSONL_NAME = "metrics.jsonl"
 
 
@@ -181,14 +183,11 @@ class ImageFileWriter:
         del step, scalars
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        os.makedirs(self.directory, exist_ok=True)
         for name, image in images.items():
             path = os.path.join(
                 self.directory, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{step:08d}.png"
             )
-            with open(path + ".tmp", "wb") as f:
-                f.write(_png_bytes(image))
-            os.replace(path + ".tmp", path)
+            atomic_write(path, _png_bytes(image))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         del hparams

@@ -16,12 +16,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
-from predvdm_jax.evaluation.protocol import to_unit_range
+from predvdm_jax.evaluation.protocol import to_host, to_unit_range
 from predvdm_jax.evaluation.report import frame_grid, to_uint8
 from predvdm_jax.training import mesh as mesh_lib
 from predvdm_jax.training.train_state import TrainState
@@ -47,10 +46,6 @@ def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
     return next(clips)["video"]
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def make_preview_fn(
     model: LatentDiffusion,
     vq_params: Any,
@@ -63,11 +58,11 @@ def make_preview_fn(
     the first ``num_clips`` clips of ``video`` (B, cond + pred_frames, H, W, C) in [-1, 1]."""
     predict = model.make_predict_fn(pred_frames)
     cond = video[:, : model.cond_frames]
-    real = _to_host(video)[:num_clips]
+    real = to_host(video)[:num_clips]
     key = jax.random.fold_in(jax.random.PRNGKey(seed), PREVIEW_SEED_STREAM)
 
     def preview_fn(state: TrainState) -> dict:
-        future = _to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[:num_clips]
+        future = to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[:num_clips]
         real01 = to_unit_range(real[:, model.cond_frames :])
         fake01 = to_unit_range(future)
         shown_real = to_uint8(real)

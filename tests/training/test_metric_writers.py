@@ -36,7 +36,8 @@ def test_images_round_trip_through_tensorboard_and_png_files(tmp_path):
 
     on_disk = np.asarray(Image.open(tmp_path / "images" / "preview_rgb_00000030.png"))
     np.testing.assert_array_equal(on_disk, rgb)
-    assert not list((tmp_path / "images").glob("*.tmp"))
+    written = sorted(p.name for p in (tmp_path / "images").iterdir())  # no temporary left
+    assert written == ["preview_gray_00000030.png", "preview_rgb_00000030.png"]
 
 
 def test_a_float_image_is_a_clear_error(tmp_path):
