@@ -623,7 +623,7 @@ def make_i3d_feature_fn(
 # --- end to end: a trained model or two folders of videos → outputs on disk ------------
 
 
-def _eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
+def eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
     """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
     size = max(1, min(requested, num_clips))
     return -(-size // devices) * devices
@@ -655,7 +655,7 @@ def evaluate_model(
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-    batch_size = _eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
+    batch_size = eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
     batches = eval_iterator(
         config.data.test_dir,
         cond_frames + pred_frames,

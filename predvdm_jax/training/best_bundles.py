@@ -63,7 +63,7 @@ class BestBundles:
             params = multihost_utils.process_allgather(ema_params, tiled=True)
         if jax.process_index() != 0:
             return enters
-        drop = {s for s in on_disk if s >= step} | self._unfinished()
+        drop = {s for s in on_disk if s >= step} | self._unfinished(on_disk)
         if enters:
             drop |= {s for s, _ in ranked[self.k - 1 :]}
             path = self._path(step)
@@ -77,9 +77,9 @@ class BestBundles:
     def _path(self, step: int) -> str:
         return os.path.join(self.directory, f"step_{step:08d}")
 
-    def _unfinished(self) -> set[int]:
+    def _unfinished(self, kept: dict[int, float]) -> set[int]:
         """Steps whose bundle has no metric file (a run died between the two writes)."""
         if not os.path.isdir(self.directory):
             return set()
         steps = {int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(self.directory)) if m}
-        return steps - set(self.kept())
+        return steps - set(kept)

@@ -20,7 +20,7 @@ import numpy as np
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
-from predvdm_jax.evaluation.protocol import to_host, to_unit_range
+from predvdm_jax.evaluation.protocol import eval_batch_size, to_host, to_unit_range
 from predvdm_jax.evaluation.report import frame_grid, to_uint8
 from predvdm_jax.training import mesh as mesh_lib
 from predvdm_jax.training.train_state import TrainState
@@ -32,7 +32,7 @@ def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
     """The first ``train.preview_clips`` evaluation clips (``cond + eval.pred_frames``
     frames), as one global batch padded with clip 0 to a multiple of the mesh's devices."""
     num_clips = int(config.train.preview_clips)
-    batch_size = -(-num_clips // mesh.size) * mesh.size
+    batch_size = eval_batch_size(num_clips, num_clips, mesh.size)
     clips = loader.eval_iterator(
         config.data.test_dir,
         config.data.cond_frames + config.eval.pred_frames,
