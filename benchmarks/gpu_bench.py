@@ -6,6 +6,8 @@
 2. the training engine's step (gradient, grad norm, clipped AdamW, EMA) for the KTH
    config (259 M UNet, cached latents) at batch 64 in bfloat16 compute, examples/s
    and MFU (model FLOPs over the measured time, against the chip's dense bf16 peak);
+   the same step, one denoiser call and one block's decode with the models' one-pass
+   GroupNorm against flax's (the code before it);
 3. KTH 10 → 30 rollout at batch 256, bf16: DPM-Solver++-20 and DDIM-100
    (predicted frames/s, VQ decode included, and the MFU of the same FLOP count), and
    profiler traces of one denoiser call and one block's decode at that batch;
@@ -41,10 +43,12 @@ import sys
 import time
 import traceback
 import types
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as flax_nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -52,6 +56,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import engine_step  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
+from predvdm_jax.models import group_norm as group_norm_lib  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops  # noqa: E402
@@ -369,6 +374,59 @@ def rollout_torch_original(batch=256, frames=30, steps=100):
     )
 
 
+def flax_group_norm(x, scale, bias, num_groups, epsilon):
+    """The GroupNorm the models used before ``models/group_norm.py``: flax's, two-pass
+    variance, float32, differentiated by autodiff."""
+    norm = flax_nn.GroupNorm(
+        num_groups=num_groups, epsilon=epsilon, dtype=jnp.float32, use_fast_variance=False
+    )
+    params = {"params": {"scale": scale, "bias": bias}}
+    return norm.apply(params, x.astype(jnp.float32)).astype(x.dtype)
+
+
+def group_norm_speedup(batch=64, rollout_batch=256):
+    """The one-pass GroupNorm (``models/group_norm.py``) against flax's (the code before it),
+    in the same run: the bf16 train step at ``batch``, one denoiser call and one block's
+    decode at ``rollout_batch``, and how far the two differ."""
+    name = f"one-pass GroupNorm vs flax's: bf16 train step batch {batch}, rollout parts"
+    if out_of_time(150):
+        record(name, skipped="time budget")
+        return
+    values = {}
+    setup = rollout_setup(rollout_batch, 30)
+    model = setup.model
+    z = jax.random.normal(jax.random.PRNGKey(4), (rollout_batch, model.k, 16, 16, 3))
+    z_cond = jax.random.normal(jax.random.PRNGKey(5), (rollout_batch, model.cond_frames, 16, 16, 3))
+    t = jnp.full((rollout_batch,), 500.0)
+    for label, norm in (("one_pass", group_norm_lib.group_norm), ("flax", flax_group_norm)):
+        with mock.patch.object(group_norm_lib, "group_norm", norm):
+            step, make_inputs = engine_train_step(kth_config("bfloat16"), batch)
+            state, batch_data = make_inputs()
+            compiled = step.lower(state, batch_data).compile()
+            state, metrics = compiled(state, batch_data)
+            values[f"{label}_first_loss"] = float(metrics["loss"])
+            holder = [state]
+
+            def run():
+                holder[0], metrics = compiled(holder[0], batch_data)
+                return metrics["loss"]
+
+            values[f"{label}_step_ms"] = time_it(run, repeats=10) * 1e3
+            for part, fn, args in (
+                ("denoise", model.eps_prediction, (setup.params, z, t, z_cond)),
+                ("decode", model.decode, (setup.vq_params, z)),
+            ):
+                part_fn = jax.jit(lambda *a, fn=fn: fn(*a)).lower(*args).compile()  # no trace cache
+                values[f"{label}_{part}_ms"] = time_it(lambda: part_fn(*args)) * 1e3
+                values[f"{label}_{part}_out"] = np.asarray(part_fn(*args), np.float32)
+    for part in ("denoise", "decode"):
+        ours, before = values.pop(f"one_pass_{part}_out"), values.pop(f"flax_{part}_out")
+        values[f"{part}_max_rel_diff"] = float(np.abs(ours - before).max() / np.abs(before).max())
+    for figure in ("step", "denoise", "decode"):
+        values[f"{figure}_speedup"] = values[f"flax_{figure}_ms"] / values[f"one_pass_{figure}_ms"]
+    record(name, **values)
+
+
 def train_step_bf16(batch=64):
     STEP_SECONDS["bfloat16"] = train_step_figure("bfloat16", batch=batch, profile=True)
 
@@ -514,6 +572,7 @@ if __name__ == "__main__":
     sizes = (
         dict(
             train_step_bf16=dict(batch=2),
+            group_norm_speedup=dict(batch=2, rollout_batch=2),
             train_step_f32=dict(batch=2),
             train_step_breakdown=dict(batch=2),
             train_step_xla_attention=dict(batch=2),
@@ -531,6 +590,7 @@ if __name__ == "__main__":
     for figure in (
         check_against_cpu,
         train_step_bf16,
+        group_norm_speedup,
         rollout_dpm_solver,
         rollout_ddim,
         rollout_unet_profile,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from predvdm_jax.models.conv import conv_general_dilated
+from predvdm_jax.models.group_norm import GroupNorm
 
 Array = jax.Array
 
@@ -26,15 +27,8 @@ GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-6
 
 
-def _normalize(name: str, dtype: Any) -> nn.GroupNorm:
-    # Two-pass variance (use_fast_variance=False) matches torch.nn.GroupNorm more closely.
-    return nn.GroupNorm(
-        num_groups=GROUPNORM_GROUPS,
-        epsilon=GROUPNORM_EPS,
-        use_fast_variance=False,
-        dtype=dtype,
-        name=name,
-    )
+def _normalize(name: str, dtype: Any) -> GroupNorm:
+    return GroupNorm(GROUPNORM_GROUPS, GROUPNORM_EPS, dtype=dtype, name=name)
 
 
 def _uniform_init(limit: float):

@@ -47,6 +47,7 @@ from flax import linen as nn
 
 from predvdm_jax.config import ATTENTION_IMPLS
 from predvdm_jax.models.conv import Conv, torch_uniform_init
+from predvdm_jax.models.group_norm import GroupNorm
 
 DENSE_KERNEL_AXES = ("conv_in", "conv_out")
 GROUPNORM_GROUPS = 32
@@ -107,16 +108,8 @@ def _dense(
 
 
 def _group_norm(x: jax.Array, name: str) -> jax.Array:
-    """LDM's ``GroupNorm32``: 32 groups, eps 1e-5, computed in float32, cast back."""
-    norm = nn.GroupNorm(
-        num_groups=GROUPNORM_GROUPS,
-        epsilon=GROUPNORM_EPS,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        name=name,
-    )
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
+    """LDM's ``GroupNorm32``: 32 groups, eps 1e-5, statistics in float32, in ``x``'s dtype."""
+    return GroupNorm(GROUPNORM_GROUPS, GROUPNORM_EPS, name=name)(x)
 
 
 class ResBlock(nn.Module):
