@@ -51,12 +51,12 @@ import numpy as np
 from flax import linen as flax_nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.append(os.path.join(os.path.dirname(__file__), ".."))  # after PYTHONPATH: BENCH_CODE
 
+import predvdm_jax  # noqa: E402
 from common import engine_step  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
-from predvdm_jax.models import group_norm as group_norm_lib  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops  # noqa: E402
@@ -73,7 +73,12 @@ TINY = bool(os.environ.get("BENCH_TINY"))  # a seconds-long smoke test of this s
 ONLY = [name for name in os.environ.get("BENCH_FIGURES", "").split(",") if name]
 STEP_SECONDS = {}
 ROLLOUT_FPS = {}
-results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "rows": []}
+results = {
+    "device": str(jax.devices()[0].device_kind),
+    "jax": jax.__version__,
+    "code": os.path.dirname(predvdm_jax.__file__),
+    "rows": [],
+}
 
 
 def record(name, **values):
@@ -392,6 +397,8 @@ def group_norm_speedup(batch=64, rollout_batch=256):
     if out_of_time(150):
         record(name, skipped="time budget")
         return
+    from predvdm_jax.models import group_norm as group_norm_lib
+
     values = {}
     setup = rollout_setup(rollout_batch, 30)
     model = setup.model

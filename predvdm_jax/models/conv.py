@@ -52,6 +52,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from predvdm_jax.models.linear import add_bias
+
 DIMENSION_NUMBERS = ("NHWC", "OHWI", "NHWC")
 CPU_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 KERNEL_AXES = ("conv_out", "height", "width", "conv_in")  # logical names for training/sharding.py
@@ -257,5 +259,5 @@ class Conv(nn.Module):
         )
         y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, k // 2)
         if self.use_bias:
-            y = y + self.param("bias", init, (self.features,), jnp.float32).astype(self.dtype)
+            y = add_bias(y, self.param("bias", init, (self.features,), jnp.float32))
         return y

@@ -95,8 +95,12 @@ def _backward(num_groups, epsilon, residuals, dy):
     n = math.prod(x.shape[1:-1]) * (x.shape[-1] // num_groups)
     dyf = dy.astype(jnp.float32)
     x_hat = (x.astype(jnp.float32) - _broadcast(mean, x.ndim)) * _broadcast(rstd, x.ndim)
-    dy_sum = jnp.sum(dyf, axis=axes)
-    dy_x_hat_sum = jnp.sum(dyf * x_hat, axis=axes)
+    # The barrier keeps XLA from merging the scale and bias gradients' sums over the batch
+    # into one reduction over all positions fused with dx: on an H100 that reduction ran on a
+    # few thread blocks (0.12 ms for a 2.75 MB gradient of the 4×4 maps).
+    dy_sum, dy_x_hat_sum = jax.lax.optimization_barrier(
+        (jnp.sum(dyf, axis=axes), jnp.sum(dyf * x_hat, axis=axes))
+    )
     channels = x.shape[-1]
     mean_dy = _per_channel(jnp.sum(_per_group(scale * dy_sum, num_groups), -1) / n, channels)
     mean_dy_x_hat = _per_channel(

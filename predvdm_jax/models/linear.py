@@ -1,0 +1,51 @@
+"""A per-channel bias whose gradient is summed in two stages, and the UNet's Dense layer.
+
+Autodiff of ``y + bias`` sums the gradient over every position at once, and XLA:GPU fuses
+that sum with whatever else reads the gradient. On the UNet's small maps (4×4, 2×2) these
+column reductions ran on a few thread blocks: 0.05–0.1 ms each for a few-MB gradient in an
+H100 step. Here the gradient is summed per example first (every example in parallel),
+then over the batch, with a barrier between so that XLA cannot merge the two again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """``y + bias`` over ``y``'s last axis, in ``y``'s dtype."""
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_forward(y, bias):
+    return add_bias(y, bias), jnp.zeros((0,), bias.dtype)
+
+
+def _add_bias_backward(bias_dtype_carrier, dy):
+    per_example = jnp.sum(dy.astype(jnp.float32), axis=tuple(range(1, dy.ndim - 1)))
+    per_example = jax.lax.optimization_barrier(per_example.reshape(-1, dy.shape[-1]))
+    return dy, jnp.sum(per_example, axis=0).astype(bias_dtype_carrier.dtype)
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
+class Dense(nn.Module):
+    """``nn.Dense`` with float32 ``kernel`` ``(in, out)`` and ``bias``, computing in ``dtype``,
+    with the bias added by :func:`add_bias`. ``kernel_init`` may carry logical axes."""
+
+    features: int
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return add_bias(x.astype(self.dtype) @ kernel.astype(self.dtype), bias)
