@@ -1,9 +1,9 @@
 """GroupNorm over channels-last maps that reads its input once for statistics each way.
 
 ``flax.linen.GroupNorm`` with a two-pass variance, differentiated by autodiff, reduces over
-its input three times in the forward pass (mean, variance around it, then the scale and bias
-gradients' partial sums) and several more in the backward pass; in the 259M UNet's bf16
-train step on an H100 these reductions took a quarter of the step. Here:
+its input in two reductions in the forward pass (the mean, then the variance around it) and
+several in the backward pass, and XLA fused the scale and bias gradients' sums over all
+positions with the input gradient, which ran on a few thread blocks on small maps. Here:
 
 * forward: one multi-output reduction gives every (example, channel)'s sum and sum of
   squares around a per-(example, channel) shift (its first element, which keeps the sum of
@@ -14,7 +14,10 @@ train step on an H100 these reductions took a quarter of the step. Here:
   (``dx = rstd·(γ·dy − mean_g(γ·dy) − x̂·mean_g(γ·dy·x̂))``).
 
 Statistics and arithmetic are float32 whatever the input's dtype; the output has the input's
-dtype. Same parameters (``scale``, ``bias``) and results as ``torch.nn.GroupNorm``.
+dtype. Same parameters (``scale``, ``bias``) and results as ``torch.nn.GroupNorm``. On an
+H100 (bf16, KTH UNet) the one-pass statistics alone made a block's VQ decode 1.048× and the
+train step 1.013× faster than Flax's GroupNorm; with the barrier below, and the bias
+gradients of ``models/linear.py``, the step went from 25.9 to 23.9 ms.
 """
 
 from __future__ import annotations
