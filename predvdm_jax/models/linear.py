@@ -23,13 +23,13 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _add_bias_forward(y, bias):
-    return add_bias(y, bias), jnp.zeros((0,), bias.dtype)
+    return add_bias(y, bias), jnp.zeros((0,), bias.dtype)  # only the bias's dtype is needed
 
 
-def _add_bias_backward(bias_dtype_carrier, dy):
+def _add_bias_backward(empty_bias, dy):
     per_example = jnp.sum(dy.astype(jnp.float32), axis=tuple(range(1, dy.ndim - 1)))
     per_example = jax.lax.optimization_barrier(per_example.reshape(-1, dy.shape[-1]))
-    return dy, jnp.sum(per_example, axis=0).astype(bias_dtype_carrier.dtype)
+    return dy, jnp.sum(per_example, axis=0).astype(empty_bias.dtype)
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
