@@ -6,9 +6,13 @@ several in the backward pass, and XLA fused the scale and bias gradients' sums o
 positions with the input gradient, which ran on a few thread blocks on small maps. Here:
 
 * forward: one multi-output reduction gives every (example, channel)'s sum and sum of
-  squares around a per-(example, channel) shift (its first element, which keeps the sum of
-  squares free of cancellation); the channels of a group are then combined exactly
-  (Chan, Golub & LeVeque's pairwise update) on the small ``(B, C)`` arrays;
+  squares around a per-(example, channel) shift (its first element); the channels of a
+  group are then combined exactly (Chan, Golub & LeVeque's pairwise update) on the small
+  ``(B, C)`` arrays. The shift keeps a large mean from cancelling the variance away (a mean
+  300σ from zero costs nothing). What is left grows with the first element's distance d
+  from the mean: on a 16×16 map, ``1/sqrt(var + eps)`` is off by 1e-5 (relative) at
+  d = 10σ and 3e-5 at d = 100σ, where Flax's two-pass variance stays below 1e-6; both are
+  far below bf16's resolution;
 * backward (``jax.custom_vjp``): one multi-output reduction gives every (example, channel)'s
   ``Σ dy`` and ``Σ dy·x̂``, from which the input, scale and bias gradients all follow
   (``dx = rstd·(γ·dy − mean_g(γ·dy) − x̂·mean_g(γ·dy·x̂))``).
