@@ -10,7 +10,7 @@ Flax leaf ``kernel`` / ``scale`` is PyTorch ``weight``; conv kernels are OHWI
 (``models/conv.py`` says why), dense kernels ``(in, out)``; the attention
 ``qkv`` (:class:`QKVProjection`) / ``proj_out`` Conv1d(k=1) layers are dense products here.
 GroupNorm is ``models/group_norm.py`` and biases are added by ``models/linear.add_bias``
-(both for GPU speed; same parameters and results).
+(both for GPU speed; same parameters, results equal up to float32 rounding).
 
 Initialisation follows PyTorch's defaults (kernel and bias uniform in
 ``±1/sqrt(fan_in)``), with LDM's zero-init of ``out_layers.3`` of every
