@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from predvdm_jax import atomic_io
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import to_model_range
 
@@ -43,13 +44,6 @@ def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str
   return {"source": os.path.abspath(src_split_dir), "dtype": dtype,
           "scale_factor": float(config.scale_factor), "vq": config.vq.to_dict(),
           "vq_params": config.vq_params}
-
-
-def _write_json_atomically(path: str, value: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, default=list)
-  os.replace(tmp, path)
 
 
 def _check_resume(out_split_dir: str, info: dict) -> None:
@@ -111,7 +105,8 @@ def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_di
   os.makedirs(out_split_dir, exist_ok=True)
   info = cache_info(config, src_split_dir, dtype)
   _check_resume(out_split_dir, info)
-  _write_json_atomically(os.path.join(out_split_dir, CACHE_INFO), info)
+  atomic_io.write_text(
+      os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list))
 
   encode_frames = make_frame_encoder(config, vq_params, batch_frames)
   counts = _shard_video_counts(source.paths)

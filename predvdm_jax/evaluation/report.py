@@ -12,10 +12,11 @@ import math
 import os
 import resource
 import sys
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from predvdm_jax import atomic_io
 
 SEPARATOR_PIXELS = 2
 METRIC_LABELS = {"ssim": "SSIM ↑", "psnr": "PSNR (dB) ↑", "lpips": "LPIPS ↓"}
@@ -46,27 +47,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file, so a failure leaves no half file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
-    )
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def write_metrics_json(path: str, metrics: Mapping[str, Any]) -> str:
     """Writes ``metrics`` as indented JSON (numpy values converted, NaN/inf as null)."""
     text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
-    atomic_write(path, (text + "\n").encode("utf-8"))
+    atomic_io.write_text(path, text + "\n")
     return path
 
 
@@ -323,6 +307,6 @@ def write_evaluation(
         paths["videos"] = os.path.join(out_dir, "videos")
         if written["notes"]:
             metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
-    atomic_write(paths["table"], markdown_table(metrics).encode("utf-8"))
+    atomic_io.write_text(paths["table"], markdown_table(metrics))
     write_metrics_json(paths["metrics"], metrics)
     return paths

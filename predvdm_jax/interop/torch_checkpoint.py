@@ -12,11 +12,12 @@ Flax Dense is (in, out).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 from flax import traverse_util
+
+from predvdm_jax import atomic_io
 
 StateDict = dict[str, np.ndarray]
 
@@ -187,23 +188,6 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def _write_atomically(path: str | os.PathLike, suffix: str, write: Any) -> None:
-    """``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place, so an
-    existing file is never left half-written."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_params_safetensors(
     path: str | os.PathLike, params: Mapping[str, Any], metadata: dict[str, str] | None = None
 ) -> None:
@@ -211,7 +195,7 @@ def save_params_safetensors(
     from safetensors.numpy import save_file
 
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}
-    _write_atomically(path, ".safetensors", lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_io.write_file(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def state_dict_format(path: str | os.PathLike) -> str:
@@ -236,18 +220,15 @@ def save_torch_state_dict(
     PyTorch needed); ``.ckpt`` / ``.pt`` / ``.pth`` is ``torch.save({'state_dict': ..., **extra})``,
     the layout of a Lightning checkpoint."""
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state_dict.items()}
-    suffix = os.path.splitext(os.fspath(path))[1]
     if state_dict_format(path) == "safetensors":
         from safetensors.numpy import save_file
 
-        _write_atomically(path, suffix, lambda tmp: save_file(arrays, tmp))
+        atomic_io.write_file(path, lambda tmp: save_file(arrays, tmp))
     else:
         torch = import_torch()
-        tensors = {
-            k: torch.tensor(v) for k, v in arrays.items()
-        }  # copies: jax arrays are read-only
-        _write_atomically(
-            path, suffix, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
+        tensors = {k: torch.tensor(v) for k, v in arrays.items()}  # copies: arrays may be read-only
+        atomic_io.write_file(
+            path, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
         )
 
 

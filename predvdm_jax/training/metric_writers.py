@@ -27,7 +27,7 @@ from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from predvdm_jax.evaluation.report import atomic_write
+from predvdm_jax import atomic_io
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -73,10 +73,7 @@ class JsonlWriter:
                 kept = [
                     line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
                 ]
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
+            atomic_io.write_text(path, "".join(kept))
         # Line-buffered: a killed run keeps every line it logged.
         self._file = open(path, "a", buffering=1)
 
@@ -187,7 +184,7 @@ class ImageFileWriter:
             path = os.path.join(
                 self.directory, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_{step:08d}.png"
             )
-            atomic_write(path, _png_bytes(image))
+            atomic_io.write_bytes(path, _png_bytes(image))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         del hparams

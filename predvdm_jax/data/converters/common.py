@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from predvdm_jax import atomic_io
 from predvdm_jax.data import hdf5
 
 MANIFEST_NAME = "conversion.json"
@@ -111,9 +112,7 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
     raise SourceError(f"{out_dir} already holds shards ({stray[0]}) from an unknown conversion; "
                       f"use a new --out folder or delete them.")
   os.makedirs(out_dir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  atomic_io.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _videos_in_order(split: SplitPlan, start: int, stop: int, num_workers: int
