@@ -108,16 +108,25 @@ def load_denoiser_params(path: str) -> Any:
     return jax.tree_util.tree_map_with_path(to_ohwi, params)
 
 
-def best_bundle(directory: str) -> str | None:
-    """The bundle of lowest value among ``directory``'s bundles with a metric file (a run's
-    ``best/`` folder), or None when it holds none."""
-    ranked = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+def bundle_metrics(directory: str) -> dict[str, float]:
+    """``{folder name: metric value}`` of ``directory``'s bundles that have a metric file (a
+    run's ``best/`` folder); empty when there is no such folder."""
+    values = {}
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
         metric = os.path.join(directory, name, METRIC_FILE)
         if os.path.exists(metric):
             with open(metric) as f:
-                ranked.append((float(json.load(f)["value"]), name))
-    return os.path.join(directory, min(ranked)[1]) if ranked else None
+                values[name] = float(json.load(f)["value"])
+    return values
+
+
+def best_bundle(directory: str) -> str | None:
+    """The bundle of lowest metric value in ``directory`` (:func:`bundle_metrics`; ties go to
+    the first name), or None when it holds none."""
+    values = bundle_metrics(directory)
+    if not values:
+        return None
+    return os.path.join(directory, min(values, key=lambda name: (values[name], name)))
 
 
 def load_bundle(path: str) -> Bundle:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from predvdm_jax.interop.bundle import METRIC_FILE, Bundle, save_bundle
+from predvdm_jax.interop.bundle import METRIC_FILE, Bundle, bundle_metrics, save_bundle
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -40,15 +40,11 @@ class BestBundles:
 
     def kept(self) -> dict[int, float]:
         """``{step: metric value}`` of the bundles on disk."""
-        kept = {}
-        if os.path.isdir(self.directory):
-            for name in os.listdir(self.directory):
-                match = _STEP_DIR.match(name)
-                path = os.path.join(self.directory, name, METRIC_FILE)
-                if match and os.path.exists(path):
-                    with open(path) as f:
-                        kept[int(match.group(1))] = float(json.load(f)["value"])
-        return kept
+        return {
+            int(match.group(1)): value
+            for name, value in bundle_metrics(self.directory).items()
+            if (match := _STEP_DIR.match(name))
+        }
 
     def keep(self, step: int, ema_params: Any, value: float) -> bool:
         """Whether the bundle of ``step`` was kept. Process 0's directory decides."""
