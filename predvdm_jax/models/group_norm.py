@@ -108,11 +108,12 @@ def _backward(num_groups, epsilon, residuals, dy):
     dy_sum, dy_x_hat_sum = jax.lax.optimization_barrier(
         (jnp.sum(dyf, axis=axes), jnp.sum(dyf * x_hat, axis=axes))
     )
-    channels = x.shape[-1]
-    mean_dy = _per_channel(jnp.sum(_per_group(scale * dy_sum, num_groups), -1) / n, channels)
-    mean_dy_x_hat = _per_channel(
-        jnp.sum(_per_group(scale * dy_x_hat_sum, num_groups), -1) / n, channels
-    )
+
+    def group_mean(sums: jax.Array) -> jax.Array:
+        """Per-(example, channel) sums -> their group's mean per element, per channel."""
+        return _per_channel(jnp.sum(_per_group(sums, num_groups), -1) / n, x.shape[-1])
+
+    mean_dy, mean_dy_x_hat = group_mean(scale * dy_sum), group_mean(scale * dy_x_hat_sum)
     dx = _broadcast(rstd, x.ndim) * (
         dyf * scale - _broadcast(mean_dy, x.ndim) - x_hat * _broadcast(mean_dy_x_hat, x.ndim)
     )
