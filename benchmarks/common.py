@@ -24,12 +24,9 @@ def hardware() -> str:
 
 def load_config(name: str):
     """``configs/<name>.py``'s ``get_config()``."""
-    import importlib.util
+    from predvdm_jax import config as config_lib
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 class EngineStep(NamedTuple):

@@ -16,22 +16,15 @@ scripts/demo.py sets scale_factor to 1 / std of the trained VQ's latents (LDM's
 scale_by_std; ≈ 4 for this VQ) before caching; set it yourself when training by hand.
 """
 
-import importlib.util
 import os
-
-
-def _vq_demo_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vq_digits_demo.py")
-    spec = importlib.util.spec_from_file_location("vq_digits_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def get_config():
     from predvdm_jax import config as config_lib
 
-    c = _vq_demo_config()
+    c = config_lib.load_config_file(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "vq_digits_demo.py")
+    )
     c.name = "digits_demo"
     c.data.latent_train_dir = "data/moving_digits_latents/train"
     c.data.latent_test_dir = "data/moving_digits_latents/test"

@@ -9,6 +9,9 @@ then checks types, ranges and combinations, naming the field at fault.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 PREDICTOR_MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
@@ -364,6 +367,17 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     validate(config)
     config.lock()
     return config
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The ``get_config()`` of a config file such as ``configs/kth64.py`` (what ``--config=`` loads)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {str(path)!r} not found; pass a file from configs/.")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:

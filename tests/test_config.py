@@ -1,4 +1,3 @@
-import importlib.util
 import pathlib
 
 import ml_collections
@@ -10,10 +9,7 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_config_file(CONFIGS / f"{name}.py")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.py")))

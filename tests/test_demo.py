@@ -1,6 +1,5 @@
 """A shortened demo, end to end: every stage runs, the report has real numbers, a rerun resumes."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,10 +11,7 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def _short_demo_config():
-    spec = importlib.util.spec_from_file_location("digits_demo", CONFIGS / "digits_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_config_file(CONFIGS / "digits_demo.py")
     c.vq_train.update(
         dict(batch_size=2, num_steps=2, eval_every=0, eval_clips=2, log_every=1, save_every=2)
     )
