@@ -4,8 +4,10 @@ A bundle is a folder with ``denoiser.safetensors``, ``vq.safetensors`` (flat
 '/'-joined Flax param names, float32) and ``config.json``. It loads with one
 call on any device count and needs neither the training code nor Orbax.
 ``load_from_checkpoint`` reads the same three things straight from a training
-workdir (its newest finished checkpoint), and ``export_latent_diffusion_checkpoint``
-writes a run back in the PyTorch original's checkpoint layout. A run's ``best/``
+workdir (its newest finished checkpoint), ``export_latent_diffusion_checkpoint``
+writes a run back in the PyTorch original's checkpoint layout, and
+``bundle_from_predvdm_checkpoint`` goes the other way: a checkpoint the PyTorch
+original trained becomes a bundle. A run's ``best/``
 folder (``train.keep_best``) holds bundles with a ``metric.json`` each.
 
 The denoiser file's metadata names its conv kernel layout. Bundles from before
@@ -14,6 +16,7 @@ the UNet stored OHWI kernels have none, and their HWIO kernels are transposed on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -23,6 +26,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from predvdm_jax import config as config_lib
@@ -214,3 +218,66 @@ def export_latent_diffusion_checkpoint(
     extra = {"global_step": int(step), "predvdm_jax_config": config.to_json_best_effort()}
     save_torch_state_dict(path, state_dict, extra)
     return step, float(config.scale_factor)
+
+
+def bundle_from_predvdm_checkpoint(
+    path: str, config: ml_collections.ConfigDict, use_ema: bool = True, allow_pickle: bool = False
+) -> tuple[Bundle, str]:
+    """A PredVDM ``LatentDiffusion`` checkpoint (the PyTorch original's ``.ckpt``, or a file
+    :func:`export_latent_diffusion_checkpoint` wrote) as a bundle for ``config``, and a one-line
+    summary of what was taken.
+
+    The denoiser (``model_ema.*`` by default, ``model.*`` with ``use_ema=False``) and the VQ
+    (``first_stage_model.*``) come from the checkpoint; ``config`` must describe the same
+    architecture (every mismatched key is listed in one error) and give the schedule of its
+    ``betas``. The mode cannot be read from the keys (PredVDM's wrapper holds ``tc_attn`` /
+    ``ct_attn`` whenever its yaml configures them, whatever the mode), so the summary names
+    attention weights the configured mode leaves unused. A ``scale_factor`` buffer (LDM's
+    ``scale_by_std``) replaces the config's; PredVDM's configs take it from the yaml
+    (``scale_by_std: False``), so pass that value as ``config.scale_factor``.
+    """
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop import ldm_vq, predvdm_ckpt
+    from predvdm_jax.interop.torch_checkpoint import load_torch_state_dict
+
+    state_dict = load_torch_state_dict(path, allow_pickle=allow_pickle)
+    model = LatentDiffusion.from_config(config)
+    converted = predvdm_ckpt.convert_predvdm_state_dict(state_dict, model.denoiser)
+    if use_ema and converted.ema_params is None:
+        raise ValueError(
+            f"{path} has no model_ema.* weights (a run with use_ema: False); "
+            "import its raw weights with --noema."
+        )
+    if "betas" in state_dict:
+        betas = np.asarray(state_dict["betas"], np.float64)
+        expected = np.asarray(model.schedule.betas, np.float64)
+        if betas.shape != expected.shape or not np.allclose(betas, expected, rtol=1e-5, atol=0):
+            d = config.diffusion
+            raise ValueError(
+                f"{path} was trained with {betas.shape[0]} betas from {betas[0]:.6g} to "
+                f"{betas[-1]:.6g}, but config.diffusion gives {expected.shape[0]} from "
+                f"{expected[0]:.6g} to {expected[-1]:.6g} ({d.beta_schedule}, linear_start="
+                f"{d.linear_start}, linear_end={d.linear_end}); set config.diffusion.timesteps, "
+                "linear_start and linear_end to the yaml's."
+            )
+    vq_params = ldm_vq.convert_vq_state_dict(converted.first_stage_state_dict, model.vq)
+    if "scale_factor" in state_dict:
+        scale_factor = float(np.asarray(state_dict["scale_factor"]))
+        if scale_factor != config.scale_factor:
+            config = copy.deepcopy(config)
+            config.scale_factor = scale_factor
+    weights = f"EMA weights ({converted.ema_num_updates} updates)" if use_ema else "raw weights"
+    summary = f"{weights}, mode {config.model.mode}, scale_factor {config.scale_factor:g}"
+    unused = [
+        name
+        for name in predvdm_ckpt.WRAPPER_ATTENTION_MODULES
+        if any(k.startswith(f"model.{name}.") for k in converted.ignored_keys)
+    ]
+    if unused:
+        summary += (
+            f"; mode {config.model.mode} leaves the checkpoint's "
+            f"{' and '.join(f'model.{name}.*' for name in unused)} unused (pass "
+            "--config.model.mode=tc_attn or tcct_para_attn if the run used them)"
+        )
+    params = converted.ema_params if use_ema else converted.params
+    return Bundle(config, params, vq_params), summary

@@ -1,0 +1,49 @@
+"""Imports a checkpoint trained by the PyTorch original (PredVDM) as an inference bundle.
+
+  python scripts/import_predvdm.py --ckpt=logs/kth64/checkpoints/last.ckpt \
+      --config=configs/kth64.py --config.model.mode=tcct_para_attn --out=bundles/predvdm_kth64
+
+The bundle holds the checkpoint's EMA denoiser (`model_ema.*`; `--noema` for `model.*`), its
+VQ (`first_stage_model.*`) and the config, so scripts/sample.py and scripts/evaluate.py score
+the original's model with this project's protocols (`--bundle=bundles/predvdm_kth64`). The
+config must describe the run's yaml: the UNet and VQ shapes (a mismatch lists every offending
+key), `model.mode`, `data.cond_frames` / `pred_frames`, the schedule (checked against the
+checkpoint's `betas`) and `scale_factor`. Lightning `.ckpt` files that pickle Python objects
+need `--allow_pickle` (it runs code from the file: trusted files only).
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.interop import bundle
+
+flags.DEFINE_string("ckpt", None, "PredVDM checkpoint (.ckpt, bare state_dict or .safetensors).")
+flags.DEFINE_string("out", None, "Bundle folder to write (replaced atomically if it exists).")
+flags.DEFINE_bool("ema", True, "Take the EMA weights (PredVDM samples and evaluates with them).")
+flags.DEFINE_bool(
+    "allow_pickle", False, "Read a pickle that holds Python objects (trusted files only)."
+)
+config_flags.DEFINE_config_file("config", None, "Config describing the run (configs/*.py).")
+flags.mark_flags_as_required(["ckpt", "out", "config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config_lib.validate(FLAGS.config)
+        imported, summary = bundle.bundle_from_predvdm_checkpoint(
+            FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
+        )
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ConfigError is a ValueError
+        sys.exit(f"error: {err}")
+    bundle.save_bundle(FLAGS.out, imported)
+    print(f"wrote {FLAGS.out}: {summary}")
+
+
+if __name__ == "__main__":
+    app.run(main)

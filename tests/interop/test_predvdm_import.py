@@ -1,0 +1,192 @@
+"""scripts/import_predvdm.py: a checkpoint of the PyTorch original becomes a bundle that predicts
+what the original's modules do.
+
+The reference is the PyTorch PredVDM wrapper + UNet of test_predvdm_ckpt.py and the LDM VQ of
+test_ldm_vq.py, sized like configs/digits_demo.py and saved as a Lightning ``.ckpt`` with a
+perturbed ``LitEma`` copy, the VQ as ``first_stage_model.*`` / ``cond_stage_model.*``, LDM's
+schedule buffers and a ``scale_factor`` buffer.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.diffusion.schedule import make_betas
+from predvdm_jax.interop import bundle as bundle_lib
+from predvdm_jax.models.autoencoder import VQModel
+from test_ldm_vq import build_torch_model
+from test_predvdm_ckpt import (
+    TorchDiffusionWrapper,
+    TorchUNet,
+    ema_copy,
+    lightning_state_dict,
+    randomise_,
+    rel_err,
+    torch_eps,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_CONFIG = os.path.join(REPO, "configs", "digits_demo.py")
+SCALE_FACTOR = 0.25
+
+
+def _demo_config(**overrides):
+    config = config_lib.load_config_file(DEMO_CONFIG)
+    for dotted, value in overrides.items():
+        section, field = dotted.split(".")
+        config[section][field] = value
+    return config
+
+
+def _torch_modules(config, mode):
+    u, k, n_cond = config.unet, config.data.pred_frames, config.data.cond_frames
+    unet = TorchUNet(
+        (k + n_cond) * 3,
+        k * 3,
+        u.model_channels,
+        tuple(u.attention_resolutions),
+        u.num_res_blocks,
+        tuple(u.channel_mult),
+        u.num_head_channels,
+    )
+    wrapper = TorchDiffusionWrapper(unet, k, mode).eval()
+    randomise_(wrapper, torch.Generator().manual_seed(0))
+    vq = build_torch_model(
+        {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
+    )
+    return wrapper, vq
+
+
+def _original_state_dict(wrapper, vq, betas):
+    """What the original's LatentDiffusion checkpoint holds (spec §B.6, §C, §D)."""
+    sd = {
+        key: value
+        for key, value in lightning_state_dict(wrapper).items()
+        if not key.startswith(("first_stage_model.", "cond_stage_model.", "betas"))
+    }
+    for prefix in ("first_stage_model.", "cond_stage_model."):
+        sd.update({prefix + key: value.clone() for key, value in vq.state_dict().items()})
+    sd["betas"] = torch.from_numpy(betas.astype(np.float32))
+    sd["alphas_cumprod"] = torch.from_numpy(np.cumprod(1 - betas).astype(np.float32))
+    sd["scale_factor"] = torch.tensor(SCALE_FACTOR)
+    return sd
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    """(config, raw wrapper, EMA wrapper, VQ, state_dict, .ckpt path) of a tcct_para_attn run."""
+    config = _demo_config(**{"model.mode": "tcct_para_attn", "diffusion.parameterization": "eps"})
+    wrapper, vq = _torch_modules(config, "tcct_para_attn")
+    d = config.diffusion
+    sd = _original_state_dict(
+        wrapper, vq, make_betas(d.beta_schedule, d.timesteps, d.linear_start, d.linear_end)
+    )
+    path = tmp_path_factory.mktemp("predvdm") / "last.ckpt"
+    torch.save({"state_dict": sd, "global_step": 800, "epoch": 200}, path)
+    return config, wrapper, ema_copy(wrapper, sd), vq, sd, path
+
+
+def _inputs(config, batch=2):
+    rng = np.random.default_rng(3)
+    side, k, n_cond = 16, config.data.pred_frames, config.data.cond_frames
+    x = rng.standard_normal((batch, k, side, side, 3)).astype(np.float32)
+    cond = rng.standard_normal((batch, n_cond, side, side, 3)).astype(np.float32)
+    return x, np.array([7.0, 640.0], np.float32), cond
+
+
+def _assert_denoiser_matches(bundle, torch_wrapper):
+    x, t, cond = _inputs(bundle.config)
+    model = LatentDiffusion.from_config(bundle.config)
+    got = jax.jit(model.denoiser.apply)({"params": bundle.params}, x, t, cond)
+    assert rel_err(got, torch_eps(torch_wrapper, x, t, cond)) < 1e-4
+
+
+def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(original, tmp_path):
+    config, _, ema_wrapper, vq, sd, path = original
+    out = tmp_path / "bundle"
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "import_predvdm.py"),
+        f"--ckpt={path}",
+        f"--config={DEMO_CONFIG}",
+        "--config.model.mode=tcct_para_attn",
+        "--config.diffusion.parameterization=eps",
+        f"--out={out}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "EMA weights (7 updates), mode tcct_para_attn, scale_factor 0.25" in result.stdout
+
+    bundle = bundle_lib.load_bundle(str(out))
+    assert bundle.config.scale_factor == SCALE_FACTOR
+    assert bundle.config.model.mode == "tcct_para_attn"
+    _assert_denoiser_matches(bundle, ema_wrapper)
+
+    # The VQ decodes codebook latents as the original's first stage does (quantize, then decode).
+    codebook = sd["first_stage_model.quantize.embedding.weight"].numpy()
+    indices = np.random.default_rng(4).integers(0, codebook.shape[0], (3, 16, 16))
+    z = codebook[indices]
+    with torch.no_grad():
+        expected = vq.decode(torch.from_numpy(z).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    vq_model = LatentDiffusion.from_config(bundle.config).vq
+    got = jax.jit(lambda p, z: vq_model.apply({"params": p}, z, method=VQModel.decode))(
+        bundle.vq_params, jnp.asarray(z)
+    )
+    assert rel_err(got, expected) < 1e-4
+
+
+def test_noema_takes_the_raw_weights(original):
+    config, wrapper, _, _, _, path = original
+    bundle, summary = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
+    assert summary.startswith("raw weights")
+    _assert_denoiser_matches(bundle, wrapper)
+
+
+def test_a_mode_that_leaves_the_wrapper_attentions_unused_is_named(original):
+    config, *_, path = original
+    tc_config = _demo_config(**{"model.mode": "tc"})
+    _, summary = bundle_lib.bundle_from_predvdm_checkpoint(str(path), tc_config)
+    assert "leaves the checkpoint's model.tc_attn.* and model.ct_attn.* unused" in summary
+    assert "--config.model.mode=tc_attn or tcct_para_attn" in summary
+
+
+def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(original, tmp_path):
+    config, *_, path = original
+    mcvd = _demo_config(**{"model.mode": "tcct_para_attn", "diffusion.linear_start": 1e-4})
+    with pytest.raises(
+        ValueError, match=r"1000 betas from 0\.0015 to 0\.0195.*linear_start=0\.0001"
+    ):
+        bundle_lib.bundle_from_predvdm_checkpoint(str(path), mcvd)
+
+    out = tmp_path / "bundle"
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "import_predvdm.py"),
+        f"--ckpt={path}",
+        f"--config={DEMO_CONFIG}",
+        "--config.model.mode=tcct_para_attn",
+        "--config.diffusion.linear_end=0.02",
+        f"--out={out}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "set config.diffusion.timesteps, linear_start and linear_end" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_without_ema_weights_asks_for_noema(original, tmp_path):
+    config, _, _, _, sd, _ = original
+    raw_only = {k: v for k, v in sd.items() if not k.startswith("model_ema.")}
+    path = tmp_path / "no_ema.ckpt"
+    torch.save({"state_dict": raw_only}, path)
+    with pytest.raises(ValueError, match=r"no model_ema\.\* weights .* --noema"):
+        bundle_lib.bundle_from_predvdm_checkpoint(str(path), config)
