@@ -7,7 +7,7 @@
 * the demo config (configs/digits_demo.py): seconds per step and examples/s, against the
   same PyTorch step sized like the demo UNet.
 
-  python benchmarks/bench_train_step.py [--kth_batch=4] [--demo_batch=16] [--repeats=3]
+  python benchmarks/bench_train_step.py [--kth_batch=4] [--demo_batch=16] [--repeats=3] [--warmup=3]
 """
 
 import importlib.util
@@ -34,6 +34,13 @@ flags.DEFINE_integer("demo_batch", 16, "Batch of the demo step.")
 flags.DEFINE_integer("repeats", 3, "Timed steps (median).")
 flags.DEFINE_bool("torch", True, "Time the PyTorch baseline too.")
 flags.DEFINE_bool("kth", True, "Time the 259 M KTH step (slow to compile on a CPU).")
+flags.DEFINE_integer(
+    "warmup",
+    3,
+    "Untimed steps first. On a CPU the KTH step's first steps fault in fresh pages for its "
+    "temporaries (measured: ~830k minor faults and 8 s per step, then 60k faults and 3.2 s "
+    "from the fourth step on, as the allocator starts to reuse freed memory).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -61,7 +68,7 @@ def jax_step_seconds(config, batch, repeats):
         state[0], state[1], loss = compiled(state[0], state[1], jax.random.PRNGKey(2))
         loss.block_until_ready()
 
-    return common.time_call(run, repeats=repeats), flops
+    return common.time_call(run, repeats=repeats, warmup=FLAGS.warmup), flops
 
 
 def torch_step_seconds(config, batch, repeats):
@@ -84,7 +91,7 @@ def torch_step_seconds(config, batch, repeats):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return common.time_call(run, repeats=repeats)
+    return common.time_call(run, repeats=repeats, warmup=FLAGS.warmup)
 
 
 def compare_step(label, config, batch):
