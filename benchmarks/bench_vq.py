@@ -3,7 +3,9 @@
 The model is the config's default `vq` section (LDM's VQ-f4: ch 128, ch_mult (1, 2, 4), two
 ResBlocks per level, 55.3 M parameters). Baseline measured in the same run: the same network in
 PyTorch (the LDM-named reference module of tests/interop/test_ldm_vq.py) on the CPU, eval mode,
-no_grad, torch's default thread count. Decoding quantizes first, as PredVDM's decode does.
+no_grad, torch's default thread count. Decoding quantizes first, as PredVDM's decode does. The
+JAX programs are compiled as the library compiles them (`latent_diffusion.inference_jit`), and
+once more with a plain `jax.jit` (XLA's default fusions) for comparison.
 
   python benchmarks/bench_vq.py [--batch=8] [--repeats=3]
 """
@@ -19,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 from predvdm_jax import config as config_lib  # noqa: E402
-from predvdm_jax.diffusion.latent_diffusion import build_vq  # noqa: E402
+from predvdm_jax.diffusion.latent_diffusion import build_vq, inference_jit  # noqa: E402
 from predvdm_jax.models.autoencoder import VQModel  # noqa: E402
 
 flags.DEFINE_integer("batch", 8, "Frames per encode / decode call.")
@@ -29,12 +31,12 @@ flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline.")
 FLAGS = flags.FLAGS
 
 
-def jax_rates(batch: int, size: int, repeats: int) -> tuple[float, float]:
+def jax_rates(batch: int, size: int, repeats: int, jit=inference_jit) -> tuple[float, float]:
     model: VQModel = build_vq(config_lib.default_config())
     frames = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3), minval=-1, maxval=1)
     params = jax.jit(model.init)(jax.random.PRNGKey(1), frames[:1])["params"]
-    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode))
-    decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method=VQModel.decode))
+    encode = jit(lambda p, x: model.apply({"params": p}, x, method=VQModel.encode))
+    decode = jit(lambda p, z: model.apply({"params": p}, z, method=VQModel.decode))
     latents = encode(params, frames).block_until_ready()
     t_enc = common.time_call(lambda: encode(params, frames).block_until_ready(), repeats)
     t_dec = common.time_call(lambda: decode(params, latents).block_until_ready(), repeats)
@@ -66,6 +68,11 @@ def main(argv):
     )
     enc, dec = jax_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
     print(f"jax    encode {enc:8.2f} frames/s   decode {dec:8.2f} frames/s")
+    plain_enc, plain_dec = jax_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats, jit=jax.jit)
+    print(
+        f"jax, plain jax.jit: encode {plain_enc:8.2f} frames/s   decode {plain_dec:8.2f} frames/s "
+        f"(library programs {enc / plain_enc:.2f}x, {dec / plain_dec:.2f}x)"
+    )
     if FLAGS.torch:
         import torch
 

@@ -1,0 +1,53 @@
+"""The VQ and denoiser inference programs compile without XLA:CPU's YNNPACK fusions (slower
+than its Eigen kernels on this project's CPU; see latent_diffusion._CPU_INFERENCE_OPTIONS)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, inference_jit
+
+YNN = "__ynn_fusion"
+
+
+def _conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def test_a_convolution_leaves_ynnpack_and_keeps_its_values():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 8, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    default = jax.jit(_conv).lower(x, w).compile()
+    ours = inference_jit(_conv).lower(x, w).compile()
+    assert YNN in default.as_text()  # XLA:CPU's default takes YNNPACK for this convolution
+    assert YNN not in ours.as_text()
+
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = sum(
+        np.einsum("bhwi,io->bhwo", padded[:, i : i + 8, j : j + 8], w[i, j].astype(np.float64))
+        for i in range(3)
+        for j in range(3)
+    )
+    np.testing.assert_allclose(np.asarray(ours(x, w)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_rollout_program_takes_the_inference_options():
+    c = config_lib.default_config()
+    c.data.image_size, c.data.channels = 16, 1
+    c.data.cond_frames, c.data.pred_frames, c.data.frames_per_sample = 2, 2, 4
+    c.vq.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, resolution=16))
+    c.unet.update(
+        dict(model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=())
+    )
+    c.sampling.steps = 2
+    model = LatentDiffusion.from_config(config_lib.finalize(c))
+    params = jax.eval_shape(model.init_denoiser, jax.random.key(0))
+    vq_params = jax.eval_shape(model.init_vq, jax.random.key(1))
+    cond = jax.ShapeDtypeStruct((2, 2, 16, 16, 1), jnp.float32)
+    predict = model.make_predict_fn(2)
+    compiled = predict.lower(params, vq_params, cond, jax.random.key(2)).compile()
+    assert YNN not in compiled.as_text()
