@@ -29,7 +29,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
-from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, inference_jit  # noqa: E402
+from predvdm_jax import xla_cpu  # noqa: E402
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.diffusion.samplers import ddim_parameters, ddim_timesteps  # noqa: E402
 
 flags.DEFINE_string("config", "digits_demo", "Config name in configs/.")
@@ -43,9 +44,9 @@ FLAGS = flags.FLAGS
 
 def make_python_loop_rollout(model, frames, steps, eta=1.0):
     """DDIM rollout dispatched step by step from Python (the baseline); its pieces are compiled
-    once, with the library's inference options."""
-    denoise = inference_jit(model.eps_prediction)
-    decode, encode = inference_jit(model.decode), inference_jit(model.encode)
+    once, as the library compiles them (``xla_cpu.jit``)."""
+    denoise = xla_cpu.jit(model.eps_prediction)
+    decode, encode = xla_cpu.jit(model.decode), xla_cpu.jit(model.encode)
     ts = ddim_timesteps(steps, model.schedule.num_timesteps)
     alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
 

@@ -4,7 +4,7 @@ The model is the config's default `vq` section (LDM's VQ-f4: ch 128, ch_mult (1,
 ResBlocks per level, 55.3 M parameters). Baseline measured in the same run: the same network in
 PyTorch (the LDM-named reference module of tests/interop/test_ldm_vq.py) on the CPU, eval mode,
 no_grad, torch's default thread count. Decoding quantizes first, as PredVDM's decode does. The
-JAX programs are compiled as the library compiles them (`latent_diffusion.inference_jit`), and
+JAX programs are compiled as the library compiles them (`predvdm_jax/xla_cpu.jit`), and
 once more with a plain `jax.jit` (XLA's default fusions) for comparison.
 
   python benchmarks/bench_vq.py [--batch=8] [--repeats=3]
@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 from predvdm_jax import config as config_lib  # noqa: E402
-from predvdm_jax.diffusion.latent_diffusion import build_vq, inference_jit  # noqa: E402
+from predvdm_jax import xla_cpu  # noqa: E402
+from predvdm_jax.diffusion.latent_diffusion import build_vq  # noqa: E402
 from predvdm_jax.models.autoencoder import VQModel  # noqa: E402
 
 flags.DEFINE_integer("batch", 8, "Frames per encode / decode call.")
@@ -31,7 +32,7 @@ flags.DEFINE_bool("torch", True, "Also time the PyTorch baseline.")
 FLAGS = flags.FLAGS
 
 
-def jax_rates(batch: int, size: int, repeats: int, jit=inference_jit) -> tuple[float, float]:
+def jax_rates(batch: int, size: int, repeats: int, jit=xla_cpu.jit) -> tuple[float, float]:
     model: VQModel = build_vq(config_lib.default_config())
     frames = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3), minval=-1, maxval=1)
     params = jax.jit(model.init)(jax.random.PRNGKey(1), frames[:1])["params"]

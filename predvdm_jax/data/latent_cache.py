@@ -67,11 +67,12 @@ def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
   One compiled program for every call: short batches are zero-padded to
   ``batch_frames``.
   """
-  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, inference_jit
+  from predvdm_jax import xla_cpu
+  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 
   system = LatentDiffusion.from_config(config)
   params = jax.tree.map(jnp.asarray, vq_params)
-  encode = inference_jit(lambda p, video: system.encode(p, video)[0])
+  encode = xla_cpu.jit(lambda p, video: system.encode(p, video)[0])
 
   def encode_frames(frames: np.ndarray) -> np.ndarray:
     n = frames.shape[0]

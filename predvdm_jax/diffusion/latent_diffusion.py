@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.diffusion import rollout as rollout_lib
 from predvdm_jax.diffusion.loss import diffusion_loss
 from predvdm_jax.diffusion.parameterization import as_eps_predictor
@@ -54,20 +55,6 @@ def build_denoiser(config: ml_collections.ConfigDict) -> PredVDMDenoiser:
         attn_heads_ct=config.model.attn_heads_ct,
         attn_dim_head=config.model.attn_dim_head,
     )
-
-
-# XLA:CPU's YNNPACK fusions off. On this project's 2-core x86-64 (AVX-512) CPU, jax 0.10.2, its
-# Eigen kernels ran the demo rollout 1.33x faster (same process, alternated), a denoiser call
-# 1.2x and VQ-f4 encode / decode 1.1-1.6x; the train step was unchanged and I3D slightly slower,
-# so only the inference programs below take it.
-_CPU_INFERENCE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def inference_jit(fn):
-    """``jax.jit`` for the VQ and denoiser inference programs (rollouts, encoding, reconstruction);
-    on the CPU they compile with :data:`_CPU_INFERENCE_OPTIONS`."""
-    options = _CPU_INFERENCE_OPTIONS if jax.default_backend() == "cpu" else None
-    return jax.jit(fn, compiler_options=options)
 
 
 def sampler_settings(sampling: ml_collections.ConfigDict) -> SamplerSettings:
@@ -240,4 +227,4 @@ class LatentDiffusion:
         def predict(params, vq_params, cond_video, key):
             return rollout_fn(params, vq_params, self.encode(vq_params, cond_video), key)
 
-        return inference_jit(predict)
+        return xla_cpu.jit(predict)

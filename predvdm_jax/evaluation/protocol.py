@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.models import lpips as lpips_lib
@@ -648,7 +649,7 @@ def evaluate_model(
     (see ``report.write_evaluation``) and returns the metrics dict.
     """
     from predvdm_jax.data.loader import eval_iterator
-    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, inference_jit
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.evaluation import report
     from predvdm_jax.training import mesh as mesh_lib
 
@@ -669,7 +670,7 @@ def evaluate_model(
     params = jax.device_put(params, replicated)
     vq_params = jax.device_put(vq_params, replicated)
     predict = model.make_predict_fn(pred_frames)
-    reconstruct = inference_jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
+    reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
     feature_fn, i3d_source = _feature_fn(config)
     lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
@@ -90,7 +91,7 @@ def make_validation_fn(
     timesteps = model.schedule.num_timesteps
     key = jax.random.fold_in(jax.random.PRNGKey(seed), VALIDATION_SEED_STREAM)
 
-    @jax.jit
+    @xla_cpu.jit
     def batch_loss(params, vq_params, batch):
         latents = model.batch_latents(vq_params, batch)
         index = batch["index"]

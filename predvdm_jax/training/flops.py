@@ -33,8 +33,10 @@ def peak_bf16_flops(device_kind: str) -> float | None:
 
 
 def matmul_flops(fn: Callable, *args: Any) -> float:
-    """FLOPs of the matrix products and convolutions in ``fn(*args)`` (traced, not run)."""
-    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+    """FLOPs of the matrix products and convolutions in ``fn(*args)`` (traced, not run). A jitted
+    ``fn`` is traced as the top-level program it is (its compiler options cannot be nested)."""
+    closed = fn.trace(*args).jaxpr if hasattr(fn, "trace") else jax.make_jaxpr(fn)(*args)
+    return _jaxpr_flops(closed.jaxpr)
 
 
 def _jaxpr_flops(jaxpr) -> float:

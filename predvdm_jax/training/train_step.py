@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.training.ema import ema_update
 from predvdm_jax.training.mesh import BATCH_SPEC
 from predvdm_jax.training.optim import global_norm
@@ -162,7 +163,7 @@ def make_train_step(
         new_state = apply_gradients(state, grads, optimizer, ema_rate, metrics["grad_norm"])
         return new_state, metrics
 
-    return jax.jit(
+    return xla_cpu.jit(
         step,
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),

@@ -45,6 +45,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -351,7 +352,7 @@ def make_vq_train_step_builder(
             extra["code_counts"] = counts.astype(jnp.int32)
             return new_state.replace(extra=extra), metrics
 
-        return jax.jit(
+        return xla_cpu.jit(
             step,
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, replicated),
@@ -402,7 +403,7 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[...,
     padded = np.concatenate([frames, np.repeat(frames[:1], pad, axis=0)]) if pad else frames
     batches = padded.reshape((-1, chunk, height, width, channels))
 
-    @jax.jit
+    @xla_cpu.jit
     def reconstruct(params, x):
         output = model.apply({"params": params}, to_rgb(x))
         return to_data_channels(

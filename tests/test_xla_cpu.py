@@ -1,12 +1,13 @@
-"""The VQ and denoiser inference programs compile without XLA:CPU's YNNPACK fusions (slower
-than its Eigen kernels on this project's CPU; see latent_diffusion._CPU_INFERENCE_OPTIONS)."""
+"""The model programs compile without XLA:CPU's YNNPACK fusions on the CPU (slower than its
+Eigen kernels on this project's CPU; see predvdm_jax/xla_cpu.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from predvdm_jax import config as config_lib
-from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, inference_jit
+from predvdm_jax import config as config_lib, xla_cpu
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 
 YNN = "__ynn_fusion"
 
@@ -22,7 +23,7 @@ def test_a_convolution_leaves_ynnpack_and_keeps_its_values():
     x = rng.standard_normal((2, 8, 8, 32)).astype(np.float32)
     w = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
     default = jax.jit(_conv).lower(x, w).compile()
-    ours = inference_jit(_conv).lower(x, w).compile()
+    ours = xla_cpu.jit(_conv).lower(x, w).compile()
     assert YNN in default.as_text()  # XLA:CPU's default takes YNNPACK for this convolution
     assert YNN not in ours.as_text()
 
@@ -35,7 +36,7 @@ def test_a_convolution_leaves_ynnpack_and_keeps_its_values():
     np.testing.assert_allclose(np.asarray(ours(x, w)), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_the_rollout_program_takes_the_inference_options():
+def test_the_rollout_program_takes_the_options():
     c = config_lib.default_config()
     c.data.image_size, c.data.channels = 16, 1
     c.data.cond_frames, c.data.pred_frames, c.data.frames_per_sample = 2, 2, 4
@@ -51,3 +52,21 @@ def test_the_rollout_program_takes_the_inference_options():
     predict = model.make_predict_fn(2)
     compiled = predict.lower(params, vq_params, cond, jax.random.key(2)).compile()
     assert YNN not in compiled.as_text()
+
+
+def test_the_engine_train_step_takes_the_options():
+    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax.training.train_state import abstract_train_state
+    from predvdm_jax.training.train_step import make_train_step
+    from training.tiny_setup import IN_DIM, OUT_DIM, init_fn, make_loss_fn
+
+    mesh = mesh_lib.make_mesh(1, 1)
+    optimizer = optax.adam(1e-3)
+    state, state_sharding = abstract_train_state(init_fn, optimizer, jax.random.key(0), mesh)
+    sharding = mesh_lib.batch_sharding(mesh)
+    batch = {
+        "x": jax.ShapeDtypeStruct((64, IN_DIM), jnp.float32, sharding=sharding),
+        "y": jax.ShapeDtypeStruct((64, OUT_DIM), jnp.float32, sharding=sharding),
+    }
+    step = make_train_step(make_loss_fn(), optimizer, 0.999, mesh, state_sharding, sharding)
+    assert YNN not in step.lower(state, batch).compile().as_text()
