@@ -108,17 +108,6 @@ def torch_denoiser(config):
     """The PyTorch original's denoiser sized like ``config`` (random weights, for timing):
     the LDM-named UNet + PredVDM wrapper of tests/interop/test_predvdm_ckpt.py."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-    from test_predvdm_ckpt import TorchDiffusionWrapper, TorchUNet
+    from test_predvdm_ckpt import torch_wrapper_for_config
 
-    u, k, cond = config.unet, config.data.pred_frames, config.data.cond_frames
-    unet = TorchUNet(
-        (k + cond) * 3,
-        k * 3,
-        u.model_channels,
-        tuple(u.attention_resolutions),
-        u.num_res_blocks,
-        tuple(u.channel_mult),
-        u.num_head_channels,
-        dropout=u.dropout,
-    )
-    return TorchDiffusionWrapper(unet, k, config.model.mode)
+    return torch_wrapper_for_config(config)

@@ -290,6 +290,22 @@ def make_torch_wrapper(mode, use_scale_shift_norm=False, seed=0):
     return wrapper
 
 
+def torch_wrapper_for_config(config, mode=None):
+    """The PyTorch wrapper + UNet sized like a predvdm_jax ``config`` (default init)."""
+    u, k, cond = config.unet, config.data.pred_frames, config.data.cond_frames
+    unet = TorchUNet(
+        (k + cond) * 3,
+        k * 3,
+        u.model_channels,
+        tuple(u.attention_resolutions),
+        u.num_res_blocks,
+        tuple(u.channel_mult),
+        u.num_head_channels,
+        dropout=u.dropout,
+    )
+    return TorchDiffusionWrapper(unet, k, mode or config.model.mode)
+
+
 def lightning_state_dict(wrapper, seed=1):
     generator = torch.Generator().manual_seed(seed)
     sd = {"model." + k: v.clone() for k, v in wrapper.state_dict().items()}

@@ -24,13 +24,12 @@ from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.models.autoencoder import VQModel
 from test_ldm_vq import build_torch_model
 from test_predvdm_ckpt import (
-    TorchDiffusionWrapper,
-    TorchUNet,
     ema_copy,
     lightning_state_dict,
     randomise_,
     rel_err,
     torch_eps,
+    torch_wrapper_for_config,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,18 +45,8 @@ def _demo_config(**overrides):
     return config
 
 
-def _torch_modules(config, mode):
-    u, k, n_cond = config.unet, config.data.pred_frames, config.data.cond_frames
-    unet = TorchUNet(
-        (k + n_cond) * 3,
-        k * 3,
-        u.model_channels,
-        tuple(u.attention_resolutions),
-        u.num_res_blocks,
-        tuple(u.channel_mult),
-        u.num_head_channels,
-    )
-    wrapper = TorchDiffusionWrapper(unet, k, mode).eval()
+def _torch_modules(config):
+    wrapper = torch_wrapper_for_config(config).eval()
     randomise_(wrapper, torch.Generator().manual_seed(0))
     vq = build_torch_model(
         {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
@@ -84,7 +73,7 @@ def _original_state_dict(wrapper, vq, betas):
 def original(tmp_path_factory):
     """(config, raw wrapper, EMA wrapper, VQ, state_dict, .ckpt path) of a tcct_para_attn run."""
     config = _demo_config(**{"model.mode": "tcct_para_attn", "diffusion.parameterization": "eps"})
-    wrapper, vq = _torch_modules(config, "tcct_para_attn")
+    wrapper, vq = _torch_modules(config)
     d = config.diffusion
     sd = _original_state_dict(
         wrapper, vq, make_betas(d.beta_schedule, d.timesteps, d.linear_start, d.linear_end)
@@ -102,6 +91,19 @@ def _inputs(config, batch=2):
     return x, np.array([7.0, 640.0], np.float32), cond
 
 
+def _run_script(path, out, *overrides):
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "import_predvdm.py"),
+        f"--ckpt={path}",
+        f"--config={DEMO_CONFIG}",
+        "--config.model.mode=tcct_para_attn",
+        *overrides,
+        f"--out={out}",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
 def _assert_denoiser_matches(bundle, torch_wrapper):
     x, t, cond = _inputs(bundle.config)
     model = LatentDiffusion.from_config(bundle.config)
@@ -112,16 +114,7 @@ def _assert_denoiser_matches(bundle, torch_wrapper):
 def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(original, tmp_path):
     config, _, ema_wrapper, vq, sd, path = original
     out = tmp_path / "bundle"
-    command = [
-        sys.executable,
-        os.path.join(REPO, "scripts", "import_predvdm.py"),
-        f"--ckpt={path}",
-        f"--config={DEMO_CONFIG}",
-        "--config.model.mode=tcct_para_attn",
-        "--config.diffusion.parameterization=eps",
-        f"--out={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = _run_script(path, out, "--config.diffusion.parameterization=eps")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "EMA weights (7 updates), mode tcct_para_attn, scale_factor 0.25" in result.stdout
 
@@ -166,17 +159,7 @@ def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(origi
     ):
         bundle_lib.bundle_from_predvdm_checkpoint(str(path), mcvd)
 
-    out = tmp_path / "bundle"
-    command = [
-        sys.executable,
-        os.path.join(REPO, "scripts", "import_predvdm.py"),
-        f"--ckpt={path}",
-        f"--config={DEMO_CONFIG}",
-        "--config.model.mode=tcct_para_attn",
-        "--config.diffusion.linear_end=0.02",
-        f"--out={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = _run_script(path, tmp_path / "bundle", "--config.diffusion.linear_end=0.02")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "set config.diffusion.timesteps, linear_start and linear_end" in result.stderr
