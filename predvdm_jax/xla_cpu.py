@@ -2,7 +2,7 @@
 
 XLA:CPU hands convolutions and matrix products to YNNPACK fusions by default. On this project's
 2-core x86-64 (AVX-512) CPU, jax 0.10.2, its Eigen kernels ran the VQ and denoiser programs
-faster (same process, alternated unless stated): the demo rollout 1.33×, VQ-f4 encode and decode
+faster (same process unless stated): the demo rollout 1.33× (alternated), VQ-f4 encode and decode
 1.30× and 1.22×, the demo VQ train step (L1 + codebook loss) 1.4× (separate runs); the denoiser
 train step did not change. I3D did not gain (0.54× against 0.57× PyTorch, separate runs) and
 keeps the default, as do programs on other devices.
