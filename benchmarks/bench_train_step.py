@@ -24,6 +24,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
+from predvdm_jax import xla_cpu  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.flops import matmul_flops  # noqa: E402
@@ -61,7 +62,7 @@ def jax_step_seconds(config, batch, repeats):
         return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
     state = [params, optimizer.init(params)]
-    compiled = jax.jit(step).lower(state[0], state[1], jax.random.PRNGKey(2)).compile()
+    compiled = xla_cpu.jit(step).lower(state[0], state[1], jax.random.PRNGKey(2)).compile()
     flops = matmul_flops(step, state[0], state[1], jax.random.PRNGKey(2))
 
     def run():
