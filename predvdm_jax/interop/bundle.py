@@ -271,7 +271,7 @@ def bundle_from_predvdm_checkpoint(
     unused = [
         name
         for name in predvdm_ckpt.WRAPPER_ATTENTION_MODULES
-        if any(k.startswith(f"model.{name}.") for k in converted.ignored_keys)
+        if any(k.startswith(f"{predvdm_ckpt.MODEL_PREFIX}{name}.") for k in converted.ignored_keys)
     ]
     if unused:
         summary += (
