@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import to_model_range
 
@@ -67,7 +67,6 @@ def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
   One compiled program for every call: short batches are zero-padded to
   ``batch_frames``.
   """
-  from predvdm_jax import xla_cpu
   from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 
   system = LatentDiffusion.from_config(config)
