@@ -19,6 +19,7 @@ def get_config():
     c.data.pred_frames = 5
     c.data.frames_per_sample = 7
     c.data.batch_size = 128
+    c.data.num_workers = 8  # the split is too large to preload: read it in 8 processes
     c.data.horizontal_flip = True
     c.vq_params = "checkpoints/vq-f4.safetensors"
     c.vq_chunk = 32

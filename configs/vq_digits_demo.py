@@ -25,7 +25,6 @@ def get_config():
     c.data.test_dir = "data/moving_digits/test"
     c.data.image_size = 64
     c.data.channels = 1
-    c.data.num_threads = 2
     c.data.prefetch = 2
     c.vq.ch = 32
     c.vq.ch_mult = (1, 1, 1)

@@ -42,8 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
         frames_per_sample=15,  # training clip length (>= cond + k)
         batch_size=128,  # global batch
         horizontal_flip=False,
-        num_threads=4,
-        prefetch=8,
+        num_threads=1,  # reading threads per process: h5py serialises its calls, more only contend
+        prefetch=8,  # batches read ahead
+        num_workers=0,  # reader processes (grain mp_prefetch) for splits read from disk
         preload_max_gb=2.0,  # training splits up to this size are read into memory once
     )
 
@@ -230,6 +231,11 @@ def _combination_errors(c) -> list[str]:
         )
     if d.batch_size < 1 or c.eval.batch_size < 1 or c.vq_train.batch_size < 1:
         errors.append("data.batch_size, eval.batch_size and vq_train.batch_size must be >= 1")
+    if d.num_threads < 1 or d.num_workers < 0 or d.prefetch < 1:
+        errors.append(
+            f"data.num_threads and data.prefetch must be >= 1 and data.num_workers >= 0, got "
+            f"{d.num_threads}, {d.prefetch} and {d.num_workers}"
+        )
     if d.preload_max_gb < 0:
         errors.append(
             f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}"

@@ -11,17 +11,19 @@ Every clip is a pure function of ``(seed, global example index)``:
   ``(eval seed, i)``, so two evaluations see the same clips.
 
 Process ``p`` of ``P`` reads only its ``B/P`` examples of each global batch of
-``B``. Because clips depend on indices only, the iterator state is just grain's
-position: after ``set_state`` it yields exactly the batches an uninterrupted
-run would.
+``B``. Because clips depend on indices only, the iterator state is just the
+number of batches served: after ``set_state`` it yields exactly the batches an
+uninterrupted run would, whatever the number of reader processes before and after.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from predvdm_jax.data.hdf5 import VideoShards
 
@@ -76,42 +78,78 @@ class ClipIterator:
 
   With a ``sharding`` the batch is a global ``jax.Array`` assembled from every
   process's share; without one it is the process-local numpy batch.
-  ``get_state``/``set_state`` save and restore the position (JSON-serialisable).
+  ``get_state``/``set_state`` save and restore the position, the number of batches
+  served (JSON-serialisable), so a state restores under any ``num_workers``.
+  With ``num_workers`` > 0 the batches are read in that many spawned processes
+  (grain's ``mp_prefetch``): h5py serialises every call within a process, so
+  threads alone cannot read faster than one core. ``close`` stops them.
   """
 
-  def __init__(self, dataset: grain.IterDataset, key: str, sharding=None):
-    self._iter = iter(dataset)
+  def __init__(self, batches: grain.MapDataset, key: str, sharding=None, *, num_threads: int = 1,
+               prefetch: int = 8, num_workers: int = 0):
+    self._batches = batches
     self.key = key
     self.sharding = sharding
+    self._num_threads, self._prefetch, self._num_workers = num_threads, prefetch, num_workers
+    self._position = 0
+    self._iter = None
+
+  def _open(self):
+    workers = self._num_workers
+    ahead = -(-self._prefetch // workers) if workers else self._prefetch  # batches per reader
+    dataset = self._batches[self._position:].to_iter_dataset(
+        grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=ahead))
+    if workers:
+      if not flags.FLAGS.is_parsed():  # grain's workers read an absl flag; outside an absl
+        flags.FLAGS.mark_as_parsed()   # app nothing has parsed them, so take the defaults
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=workers, per_worker_buffer_size=ahead))
+    return iter(dataset)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
+    if self._iter is None:
+      self._iter = self._open()
     batch = next(self._iter)
+    self._position += 1
+    if self._num_workers:  # own the memory: grain hands over shared-memory blocks
+      batch = {k: np.array(v) for k, v in batch.items()}
     if self.sharding is not None:
       batch = {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
     return batch
 
   def get_state(self) -> dict:
-    return dict(self._iter.get_state())
+    return {"next_index": self._position}
 
   def set_state(self, state: dict) -> None:
-    self._iter.set_state(state)
+    self.close()
+    self._position = int(state["next_index"])
 
+  def close(self) -> None:
+    """Stops the reading threads or processes; the next batch starts them again."""
+    if self._iter is not None:
+      self._iter.close()
+    self._iter = None
 
-def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, *,
                    kind: str = "frames", horizontal_flip: bool = False, sharding=None,
-                   num_threads: int = 4, prefetch: int = 8,
+                   num_threads: int = 1, prefetch: int = 8, num_workers: int = 0,
                    preload_max_bytes: int = 0) -> ClipIterator:
   """An endless stream of random training clips, this process's share of each batch.
 
   A split of at most ``preload_max_bytes`` (uncompressed) is read into memory
-  first (``VideoShards.load_into_memory``); 0 always reads from disk.
+  first (``VideoShards.load_into_memory``); 0 always reads from disk. Worker
+  processes (``num_workers``) read only from disk: a preloaded split is served
+  from this process's memory, faster than any worker could hand it over.
   """
   shards = VideoShards(split_dir, kind)
   shards.check_min_length(num_frames)
@@ -129,13 +167,14 @@ def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, 
     return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
 
   key = "video" if kind == "frames" else "latents"
-  dataset = (grain.MapDataset.range(2**40).map(read).batch(local, drop_remainder=True)
-             .map(lambda x: {key: x}).to_iter_dataset(_read_options(num_threads, prefetch)))
-  return ClipIterator(dataset, key, sharding)
+  batches = (grain.MapDataset.range(2**40).map(read).batch(local, drop_remainder=True)
+             .map(lambda x: {key: x}))
+  return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch,
+                      num_workers=0 if shards.in_memory else num_workers)
 
 
 def eval_iterator(split_dir: str, num_frames: int, num_clips: int, batch_size: int, seed: int, *,
-                  kind: str = "frames", sharding=None, num_threads: int = 4,
+                  kind: str = "frames", sharding=None, num_threads: int = 1,
                   prefetch: int = 8) -> ClipIterator:
   """The fixed evaluation clips in batches; the last batch is padded by repeating
   clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number)."""
@@ -160,8 +199,7 @@ def eval_iterator(split_dir: str, num_frames: int, num_clips: int, batch_size: i
     batch[key] = batch.pop("clip")
     return batch
 
-  dataset = (grain.MapDataset.range(num_batches * local).map(read)
-             .batch(local, drop_remainder=True).map(rename)
-             .to_iter_dataset(_read_options(num_threads, prefetch)))
-  return ClipIterator(dataset, key, sharding)
+  batches = (grain.MapDataset.range(num_batches * local).map(read)
+             .batch(local, drop_remainder=True).map(rename))
+  return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch)
 

@@ -45,6 +45,7 @@ def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.C
         sharding=sharding,
         num_threads=d.num_threads,
         prefetch=d.prefetch,
+        num_workers=d.num_workers,
         preload_max_bytes=int(d.preload_max_gb * 1e9),
     )
 
@@ -175,11 +176,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
         )
         evaluations.append((config.train.preview_every, preview_fn))
     train_vq_params = None if config.data.latent_train_dir else vq_params
-    return loop.train_loop(
-        config,
-        workdir,
-        model.init_denoiser,
-        make_loss_fn(model, train_vq_params),
-        iterator,
-        evaluations=evaluations,
-    )
+    with iterator:  # stops its reader processes however training ends
+        return loop.train_loop(
+            config,
+            workdir,
+            model.init_denoiser,
+            make_loss_fn(model, train_vq_params),
+            iterator,
+            evaluations=evaluations,
+        )

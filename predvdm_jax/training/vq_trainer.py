@@ -484,24 +484,26 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         horizontal_flip=bool(config.data.horizontal_flip),
         num_threads=int(config.data.num_threads),
         prefetch=int(config.data.prefetch),
+        num_workers=int(config.data.num_workers),
         preload_max_bytes=int(config.data.preload_max_gb * 1e9),
     )
     clips = load_eval_frames(
         config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed)
     )
     eval_fn = make_eval_fn(objective.model, clips, min(int(config.vq_chunk), int(v.batch_size)))
-    state = train_loop(
-        derived,
-        workdir,
-        lambda key: objective.init_params(key, image_size),
-        objective.engine_loss,
-        data,
-        evaluations=[(int(v.eval_every), functools.partial(eval_fn, with_image=True))],
-        extra_init_fn=extra_init_fn,
-        train_step_builder=make_vq_train_step_builder(
-            objective, disc_optimizer, int(v.dead_code_restart_every)
-        ),
-    )
+    with data:  # stops its reader processes however training ends
+        state = train_loop(
+            derived,
+            workdir,
+            lambda key: objective.init_params(key, image_size),
+            objective.engine_loss,
+            data,
+            evaluations=[(int(v.eval_every), functools.partial(eval_fn, with_image=True))],
+            extra_init_fn=extra_init_fn,
+            train_step_builder=make_vq_train_step_builder(
+                objective, disc_optimizer, int(v.dead_code_restart_every)
+            ),
+        )
     final = eval_fn(state)
     final["step"] = int(jax.device_get(state.step))
     logging.info("final test reconstruction: %s", final)

@@ -64,6 +64,25 @@ def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
     hdf5.VideoShards(str(tmp_path))
 
 
+def test_bad_frames_found_on_read(tmp_path):
+  """Only video 0's first frame is checked on open; every later frame is checked as it is read."""
+  with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+    f.create_group("len").create_dataset("0", data=5)
+    group = f.create_group("0")
+    group.create_dataset("0", data=np.zeros((4, 4), np.uint8))
+    group.create_dataset("1", data=np.zeros((4, 4), np.float32))
+    group.create_dataset("2", data=np.zeros((2, 8), np.uint8))
+    group.create_dataset("3", data=np.full((4, 4), 7, np.uint8))
+  shards = hdf5.VideoShards(str(tmp_path))
+  with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(4, 4\), expected uint8"):
+    shards.read_clip(0, 0, 2)
+  with pytest.raises(hdf5.DatasetError, match=r"frame 2 is uint8\(2, 8\), expected uint8\(4, 4\)"):
+    shards.read_clip(0, 2, 2)
+  with pytest.raises(hdf5.DatasetError, match="video 0 has no frame 4; its 'len' entry says 5"):
+    shards.read_clip(0, 3, 2)
+  np.testing.assert_array_equal(shards.read_clip(0, 3, 1), np.full((1, 4, 4, 1), 7, np.uint8))
+
+
 def test_wrong_shape(tmp_path):
   with pytest.raises(hdf5.DatasetError, match="every frame must have one shape"):
     hdf5.write_split(str(tmp_path), [[np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8)]])

@@ -110,6 +110,27 @@ def test_restore_yields_identical_next_batches(split):
     np.testing.assert_array_equal(next(resumed)["video"], want)
 
 
+def test_reader_processes_serve_the_same_batches_and_states_cross_over(split):
+  """Two spawned readers give the in-process reader's batches; a state saved under one reader
+  count restores under the other."""
+  split_dir, _ = split
+  plain = loader.train_iterator(split_dir, 5, 4, seed=7)
+  expected = [next(plain)["video"] for _ in range(8)]
+  with loader.train_iterator(split_dir, 5, 4, seed=7, num_workers=2) as workers:
+    got = [next(workers)["video"] for _ in range(4)]
+    state = workers.get_state()
+  resumed = loader.train_iterator(split_dir, 5, 4, seed=7)
+  resumed.set_state(state)
+  got += [next(resumed)["video"] for _ in range(2)]
+  with loader.train_iterator(split_dir, 5, 4, seed=7, num_workers=2) as back:
+    back.set_state(resumed.get_state())
+    got += [next(back)["video"] for _ in range(2)]
+  assert len(got) == len(expected)
+  for clip, want in zip(got, expected):
+    assert type(clip) is np.ndarray
+    np.testing.assert_array_equal(clip, want)
+
+
 def test_eval_windows_repeat_and_spread(split):
   split_dir, lengths = split
   counts = np.array(lengths)
