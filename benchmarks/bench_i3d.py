@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.models.i3d import INPUT_SIZE, InceptionI3d, load_i3d_params
 
 flags.DEFINE_integer("frames", 40, "Frames per clip.")
@@ -107,7 +108,7 @@ def main(argv):
     variables = jax.device_put(variables)
 
     def timed_jax(dtype, precision):
-        apply = jax.jit(InceptionI3d(precision=precision).apply)
+        apply = xla_cpu.jit(InceptionI3d(precision=precision).apply)  # as evaluation/fvd.py
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
         x = jax.device_put(jnp.asarray(videos, dtype))
         return _median_seconds(lambda: apply(params, x).block_until_ready(), FLAGS.repeats)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.models.i3d import INPUT_SIZE, InceptionI3d
 
 MIN_FVD_FRAMES = 10
@@ -93,9 +94,14 @@ def preprocess_for_i3d(videos: jax.Array, method: str = "bilinear") -> jax.Array
     return (x - 0.5) * 2.0
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
-def _preprocess_and_logits(variables: Any, videos: jax.Array, method: str) -> jax.Array:
-    return InceptionI3d().apply(variables, preprocess_for_i3d(videos, method))
+@functools.cache
+def _logits_program(method: str):
+    """The compiled resize + I3D for one resize method."""
+    return xla_cpu.jit(
+        lambda variables, videos: InceptionI3d().apply(
+            variables, preprocess_for_i3d(videos, method)
+        )
+    )
 
 
 def i3d_logits(
@@ -129,7 +135,7 @@ def i3d_logits(
         count = batch.shape[0]
         if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count, *shape[1:]), np.float32)])
-        logits = _preprocess_and_logits(variables, batch, method)
+        logits = _logits_program(method)(variables, batch)
         features.append(np.asarray(logits, np.float64)[:count])
     return np.concatenate(features)
 

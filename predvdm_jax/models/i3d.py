@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 NUM_CLASSES = 400
 BATCH_NORM_EPSILON = 1e-3
@@ -78,6 +79,80 @@ def _tf_same_max_pool(x: jax.Array, window: Sequence[int], stride: Sequence[int]
     return nn.max_pool(x, window_shape=tuple(window), strides=tuple(stride), padding="SAME")
 
 
+def conv3d_tf_same(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    precision: Precision,
+    taps_as_channels: bool,
+) -> jax.Array:
+    """3-D convolution, TF "SAME" padding, ``x`` NDHWC and ``kernel`` DHWIO.
+
+    ``taps_as_channels`` computes it as one 2-D convolution over every output frame, with the
+    kernel's temporal taps stacked into the input channels: same result, but XLA:CPU runs
+    that form far faster than its 3-D convolutions.
+    """
+    if not taps_as_channels:
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            tuple(strides),
+            "SAME",
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            precision=precision,
+        )
+    taps, stride = kernel.shape[0], strides[0]
+    batch, frames = x.shape[:2]
+    ((before, after),) = lax.padtype_to_pads((frames,), (taps,), (stride,), "SAME")
+    out_frames = -(-frames // stride)
+    x = jnp.pad(x, ((0, 0), (before, after), (0, 0), (0, 0), (0, 0)))
+    stacked = jnp.concatenate(
+        [
+            lax.slice_in_dim(x, t, t + stride * (out_frames - 1) + 1, stride=stride, axis=1)
+            for t in range(taps)
+        ],
+        axis=-1,
+    )
+    kernel_2d = jnp.moveaxis(kernel, 0, 2).reshape(
+        kernel.shape[1], kernel.shape[2], taps * kernel.shape[3], kernel.shape[4]
+    )
+    y = lax.conv_general_dilated(
+        stacked.reshape((batch * out_frames,) + stacked.shape[2:]),
+        kernel_2d,
+        tuple(strides[1:]),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
+    return y.reshape((batch, out_frames) + y.shape[1:])
+
+
+class Conv3d(nn.Module):
+    """Bias-free 3-D convolution with TF "SAME" padding; its ``kernel`` is DHWIO, as
+    ``nn.Conv`` stores it.
+
+    On the CPU it stacks the temporal taps into channels (:func:`conv3d_tf_same`): the
+    Kinetics I3D on one 40-frame 224² clip took 0.81 s instead of 2.15 s (with XLA:CPU's
+    YNNPACK fusions off, logits equal to 5e-7 relative). Other backends convolve in 3-D.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int]
+    precision: Precision = DEFAULT_PRECISION
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            tuple(self.kernel_size) + (x.shape[-1], self.features),
+        )
+        return conv3d_tf_same(
+            x, kernel, self.strides, self.precision, jax.default_backend() == "cpu"
+        )
+
+
 class Unit3D(nn.Module):
     """Conv3d (TF SAME, no bias) + BatchNorm (no scale, stored stats) + ReLU."""
 
@@ -88,15 +163,7 @@ class Unit3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(
-            self.features,
-            tuple(self.kernel_size),
-            strides=tuple(self.strides),
-            padding="SAME",
-            use_bias=False,
-            precision=self.precision,
-            name="Conv_0",
-        )(x)
+        x = Conv3d(self.features, self.kernel_size, self.strides, self.precision, name="Conv_0")(x)
         x = nn.BatchNorm(
             use_running_average=True,
             epsilon=BATCH_NORM_EPSILON,

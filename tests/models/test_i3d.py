@@ -22,6 +22,30 @@ def test_logits_match_stored_reference():
     np.testing.assert_allclose(logits, np.load(REFERENCE), rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "frames, kernel, strides",
+    [
+        (10, (7, 7, 7), (2, 2, 2)),
+        (9, (7, 7, 7), (2, 2, 2)),
+        (5, (3, 3, 3), (1, 1, 1)),
+        (4, (1, 1, 1), (1, 1, 1)),
+    ],
+)
+def test_temporal_taps_as_channels_equal_the_3d_convolution(frames, kernel, strides):
+    """The CPU's form of I3D's convolutions against XLA's own 3-D convolution (TF SAME)."""
+    keys = jax.random.split(jax.random.key(frames), 2)
+    x = jax.random.normal(keys[0], (2, frames, 11, 12, 5))
+    w = jax.random.normal(keys[1], kernel + (5, 6))
+    native = i3d.conv3d_tf_same(x, w, strides, "highest", taps_as_channels=False)
+    taps = i3d.conv3d_tf_same(x, w, strides, "highest", taps_as_channels=True)
+    assert (
+        native.shape
+        == taps.shape
+        == (2, -(-frames // strides[0]), -(-11 // strides[1]), -(-12 // strides[2]), 6)
+    )
+    np.testing.assert_allclose(taps, native, rtol=1e-5, atol=1e-4)
+
+
 def test_short_or_small_inputs_raise():
     variables = {"params": {}, "batch_stats": {}}
     with pytest.raises(ValueError, match="at least 9 frames"):
