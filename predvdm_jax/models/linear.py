@@ -35,6 +35,14 @@ def _add_bias_backward(empty_bias, dy):
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
+def dense_params(
+    module: nn.Module, in_features: int, features: int, kernel_init: Any, bias_init: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Declares a Dense layer's float32 ``kernel`` ``(in, out)`` and ``bias`` on ``module``."""
+    kernel = module.param("kernel", kernel_init, (in_features, features), jnp.float32)
+    return kernel, module.param("bias", bias_init, (features,), jnp.float32)
+
+
 class Dense(nn.Module):
     """``nn.Dense`` with float32 ``kernel`` ``(in, out)`` and ``bias``, computing in ``dtype``,
     with the bias added by :func:`add_bias`. ``kernel_init`` may carry logical axes."""
@@ -46,6 +54,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        kernel, bias = dense_params(
+            self, x.shape[-1], self.features, self.kernel_init, self.bias_init
+        )
         return add_bias(x.astype(self.dtype) @ kernel.astype(self.dtype), bias)

@@ -50,7 +50,7 @@ from flax import linen as nn
 from predvdm_jax.config import ATTENTION_IMPLS
 from predvdm_jax.models.conv import Conv, torch_uniform_init
 from predvdm_jax.models.group_norm import GroupNorm
-from predvdm_jax.models.linear import Dense, add_bias
+from predvdm_jax.models.linear import Dense, add_bias, dense_params
 
 DENSE_KERNEL_AXES = ("conv_in", "conv_out")
 GROUPNORM_GROUPS = 32
@@ -163,10 +163,9 @@ class QKVProjection(nn.Module):
         c = tokens.shape[-1]
         head_ch = c // self.num_heads
         init = torch_uniform_init(c)
-        kernel = self.param(
-            "kernel", nn.with_logical_partitioning(init, DENSE_KERNEL_AXES), (c, 3 * c), jnp.float32
+        kernel, bias = dense_params(
+            self, c, 3 * c, nn.with_logical_partitioning(init, DENSE_KERNEL_AXES), init
         )
-        bias = self.param("bias", init, (3 * c,), jnp.float32)
         kernel = kernel.reshape(c, self.num_heads, 3, head_ch)
         bias = bias.reshape(self.num_heads, 3, head_ch)
         tokens = tokens.astype(self.dtype)
