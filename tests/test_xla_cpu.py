@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from predvdm_jax import config as config_lib, xla_cpu
+from predvdm_jax import xla_cpu
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from tiny_config import tiny_config
 
 YNN = "__ynn_fusion"
 
@@ -37,15 +38,7 @@ def test_a_convolution_leaves_ynnpack_and_keeps_its_values():
 
 
 def test_the_rollout_program_takes_the_options():
-    c = config_lib.default_config()
-    c.data.image_size, c.data.channels = 16, 1
-    c.data.cond_frames, c.data.pred_frames, c.data.frames_per_sample = 2, 2, 4
-    c.vq.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, resolution=16))
-    c.unet.update(
-        dict(model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=())
-    )
-    c.sampling.steps = 2
-    model = LatentDiffusion.from_config(config_lib.finalize(c))
+    model = LatentDiffusion.from_config(tiny_config())
     params = jax.eval_shape(model.init_denoiser, jax.random.key(0))
     vq_params = jax.eval_shape(model.init_vq, jax.random.key(1))
     cond = jax.ShapeDtypeStruct((2, 2, 16, 16, 1), jnp.float32)

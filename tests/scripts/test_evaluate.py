@@ -10,33 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predvdm_jax import config as config_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.evaluation import protocol as protocol_lib
 from random_params import random_params_from_init
+from tiny_config import SIZE, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COND, PRED, SIZE, VIDEOS = 2, 4, 16, 4
+COND, PRED, VIDEOS = 2, 4, 4
 
 
 def _tiny_config(test_dir):
-    c = config_lib.default_config()
-    c.data.test_dir = test_dir
-    c.data.image_size, c.data.channels = SIZE, 1
-    c.data.cond_frames, c.data.pred_frames, c.data.frames_per_sample = COND, 2, COND + 2
-    c.vq.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16, resolution=SIZE))
-    c.unet.update(
-        dict(
-            model_channels=32,
-            channel_mult=(1,),
-            num_res_blocks=1,
-            attention_resolutions=(),
-            num_head_channels=32,
-        )
-    )
-    c.sampling.steps = 2
-    c.eval.update(dict(pred_frames=PRED, num_clips=VIDEOS, batch_size=VIDEOS, fvd=False))
-    return config_lib.finalize(c)
+    config = tiny_config(COND, 2, pred_frames=PRED, num_clips=VIDEOS, batch_size=VIDEOS, fvd=False)
+    config.data.test_dir = test_dir
+    return config
 
 
 def _videos(seed):
