@@ -7,7 +7,7 @@
 * the demo config (configs/digits_demo.py): seconds per step and examples/s, against the
   same PyTorch step sized like the demo UNet.
 
-  python benchmarks/bench_train_step.py [--kth_batch=4] [--demo_batch=16] [--repeats=3] [--warmup=3]
+  python benchmarks/bench_train_step.py [--kth_batch=4] [--demo_batch=16] [--repeats=3] [--warmup=5]
 """
 
 import importlib.util
@@ -37,10 +37,11 @@ flags.DEFINE_bool("torch", True, "Time the PyTorch baseline too.")
 flags.DEFINE_bool("kth", True, "Time the 259 M KTH step (slow to compile on a CPU).")
 flags.DEFINE_integer(
     "warmup",
-    3,
+    5,
     "Untimed steps first. On a CPU the KTH step's first steps fault in fresh pages for its "
-    "temporaries (measured: ~830k minor faults and 8 s per step, then 60k faults and 3.2 s "
-    "from the fourth step on, as the allocator starts to reuse freed memory).",
+    "temporaries (measured: ~830k minor faults and 6-8 s per step for the first 2-4 steps, "
+    "sometimes one more later, then under 100k faults and 2.4-2.7 s, as the allocator starts "
+    "to reuse freed memory).",
 )
 FLAGS = flags.FLAGS
 
