@@ -21,7 +21,10 @@
 7. VQ-f4 (ch 128) encode/decode frames/s at 64×64;
 8. I3D features/s for 40-frame clips at 224² (random weights: same cost);
 9. the bf16 step's compiled memory with 2 accumulated microbatches and with remat, and
-   the accumulated step's time.
+   the accumulated step's time;
+10. one bf16 denoiser call at the rollout's batch with XLA's dot merger off against on: the
+   merger fuses the attention's three q/k/v products back into one and slices its output
+   apart (1.0 ms of an H100 call's 20.8 ms in the eighth session's trace).
 
 The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb,
 and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the trace such as
@@ -342,6 +345,41 @@ def rollout_unet_profile(batch=256):
     )
 
 
+def rollout_dot_merger(batch=256):
+    """One denoiser call compiled with XLA's dot merger off (``xla_gpu_dot_merger_threshold_mb``
+    0) against the default, alternated, with the largest difference between the two."""
+    name = f"denoiser call batch {batch} bf16, dot merger off vs on"
+    if out_of_time(40):
+        record(name, skipped="time budget")
+        return
+    setup = rollout_setup(batch, 30)
+    model = setup.model
+    z = jax.random.normal(jax.random.PRNGKey(4), (batch, model.k, 16, 16, 3))
+    z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, model.cond_frames, 16, 16, 3))
+    args = (setup.params, z, jnp.full((batch,), 500.0), z_cond)
+    compiled = {
+        merged: jax.jit(
+            model.eps_prediction,
+            compiler_options=None if merged else {"xla_gpu_dot_merger_threshold_mb": 0},
+        )
+        .lower(*args)
+        .compile()
+        for merged in (True, False)
+    }
+    seconds = {True: [], False: []}
+    for _ in range(3):
+        for merged, fn in compiled.items():
+            seconds[merged].append(time_it(lambda: fn(*args), repeats=5))
+    outputs = [np.asarray(fn(*args), np.float32) for fn in compiled.values()]
+    record(
+        name,
+        merged_ms=min(seconds[True]) * 1e3,
+        unmerged_ms=min(seconds[False]) * 1e3,
+        speedup=min(seconds[True]) / min(seconds[False]),
+        max_abs_difference=float(np.max(np.abs(outputs[0] - outputs[1]))),
+    )
+
+
 def rollout_dpm_solver(batch=256, frames=30):
     rollout_figure("dpm_solver_pp", 20, batch, frames)
 
@@ -587,6 +625,7 @@ if __name__ == "__main__":
             rollout_dpm_solver=tiny_rollout,
             rollout_ddim=tiny_rollout,
             rollout_unet_profile=dict(batch=2),
+            rollout_dot_merger=dict(batch=2),
             rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1),
@@ -601,6 +640,7 @@ if __name__ == "__main__":
         rollout_dpm_solver,
         rollout_ddim,
         rollout_unet_profile,
+        rollout_dot_merger,
         rollout_torch_original,
         train_step_f32,
         train_step_xla_attention,
