@@ -22,9 +22,11 @@
 8. I3D features/s for 40-frame clips at 224² (random weights: same cost);
 9. the bf16 step's compiled memory with 2 accumulated microbatches and with remat, and
    the accumulated step's time;
-10. one bf16 denoiser call at the rollout's batch with XLA's dot merger off against on: the
+10. one bf16 denoiser call at the rollout's batch with XLA's dot merger off against on (the
    merger fuses the attention's three q/k/v products back into one and slices its output
-   apart (1.0 ms of an H100 call's 20.8 ms in the eighth session's trace).
+   apart: 1.0 ms of an H100 call's 20.8 ms in the eighth session's trace), and with the
+   2×2 level's convolutions as cuDNN convolutions against im2col + matmul (its
+   concatenations: about 0.6 ms of that call).
 
 The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb,
 and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the trace such as
@@ -60,6 +62,7 @@ import predvdm_jax  # noqa: E402
 from common import engine_step  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
+from predvdm_jax.models import conv  # noqa: E402
 from predvdm_jax.training import optim  # noqa: E402
 from predvdm_jax.training.diffusion_trainer import make_loss_fn  # noqa: E402
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops  # noqa: E402
@@ -345,10 +348,10 @@ def rollout_unet_profile(batch=256):
     )
 
 
-def rollout_dot_merger(batch=256):
-    """One denoiser call compiled with XLA's dot merger off (``xla_gpu_dot_merger_threshold_mb``
-    0) against the default, alternated, with the largest difference between the two."""
-    name = f"denoiser call batch {batch} bf16, dot merger off vs on"
+def denoiser_call_variants(name, batch, variants):
+    """One bf16 denoiser call at ``batch`` compiled once per variant, ``{label: lower}`` with
+    ``lower(fn, args)`` giving the jitted ``fn``'s ``Lowered``; timed alternately, recording
+    each variant's best time in ms and the largest difference between their outputs."""
     if out_of_time(40):
         record(name, skipped="time budget")
         return
@@ -357,26 +360,49 @@ def rollout_dot_merger(batch=256):
     z = jax.random.normal(jax.random.PRNGKey(4), (batch, model.k, 16, 16, 3))
     z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, model.cond_frames, 16, 16, 3))
     args = (setup.params, z, jnp.full((batch,), 500.0), z_cond)
-    compiled = {
-        merged: jax.jit(
-            model.eps_prediction,
-            compiler_options=None if merged else {"xla_gpu_dot_merger_threshold_mb": 0},
-        )
-        .lower(*args)
-        .compile()
-        for merged in (True, False)
+    compiled = {  # a fresh function per variant: no trace is reused between them
+        label: lower(lambda *a: model.eps_prediction(*a), args).compile()
+        for label, lower in variants.items()
     }
-    seconds = {True: [], False: []}
+    seconds = {label: [] for label in compiled}
     for _ in range(3):
-        for merged, fn in compiled.items():
-            seconds[merged].append(time_it(lambda: fn(*args), repeats=5))
-    outputs = [np.asarray(fn(*args), np.float32) for fn in compiled.values()]
+        for label, fn in compiled.items():
+            seconds[label].append(time_it(lambda: fn(*args), repeats=5))
+    first, second = (np.asarray(fn(*args), np.float32) for fn in compiled.values())
     record(
         name,
-        merged_ms=min(seconds[True]) * 1e3,
-        unmerged_ms=min(seconds[False]) * 1e3,
-        speedup=min(seconds[True]) / min(seconds[False]),
-        max_abs_difference=float(np.max(np.abs(outputs[0] - outputs[1]))),
+        **{f"{label}_ms": min(times) * 1e3 for label, times in seconds.items()},
+        max_abs_difference=float(np.max(np.abs(first - second))),
+    )
+
+
+def _lower(fn, args, compiler_options=None):
+    return jax.jit(fn, compiler_options=compiler_options).lower(*args)
+
+
+def rollout_dot_merger(batch=256):
+    """XLA's dot merger fuses the attention's q/k/v products back into one and slices the
+    result apart; ``xla_gpu_dot_merger_threshold_mb`` 0 turns it off."""
+    unmerged = functools.partial(_lower, compiler_options={"xla_gpu_dot_merger_threshold_mb": 0})
+    denoiser_call_variants(
+        f"denoiser call batch {batch} bf16, dot merger on / off",
+        batch,
+        {"merged": _lower, "unmerged": unmerged},
+    )
+
+
+def rollout_small_map_convs(batch=256):
+    """The 2×2 level's convolutions as im2col + matmul (``models/conv.uses_matmul``, chosen for
+    the train step's kernel gradients) against cuDNN's, in the rollout, which takes none."""
+
+    def as_convolutions(fn, args):
+        with mock.patch.object(conv, "uses_matmul", lambda *a, **k: False):
+            return _lower(fn, args)
+
+    denoiser_call_variants(
+        f"denoiser call batch {batch} bf16, 2x2-level convolutions im2col / cuDNN",
+        batch,
+        {"im2col": _lower, "cudnn": as_convolutions},
     )
 
 
@@ -626,6 +652,7 @@ if __name__ == "__main__":
             rollout_ddim=tiny_rollout,
             rollout_unet_profile=dict(batch=2),
             rollout_dot_merger=dict(batch=2),
+            rollout_small_map_convs=dict(batch=2),
             rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1),
@@ -641,6 +668,7 @@ if __name__ == "__main__":
         rollout_ddim,
         rollout_unet_profile,
         rollout_dot_merger,
+        rollout_small_map_convs,
         rollout_torch_original,
         train_step_f32,
         train_step_xla_attention,
