@@ -317,6 +317,14 @@ def rollout_figure(sampler, steps, batch=256, frames=30):
     )
 
 
+def denoiser_call_inputs(batch):
+    """The rollout setup and one denoiser call's arguments ``(params, z, t, z_cond)``."""
+    setup = rollout_setup(batch, 30)
+    z = jax.random.normal(jax.random.PRNGKey(4), (batch, setup.model.k, 16, 16, 3))
+    z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, setup.model.cond_frames, 16, 16, 3))
+    return setup, (setup.params, z, jnp.full((batch,), 500.0), z_cond)
+
+
 def rollout_unet_profile(batch=256):
     """Profiler traces of the rollout's two parts at its batch: one denoiser call (the UNet
     over the tc and ct stackings, bf16) and one block's VQ decode, with their optimized
@@ -325,15 +333,11 @@ def rollout_unet_profile(batch=256):
     if out_of_time(40):
         record(name, skipped="time budget")
         return
-    setup = rollout_setup(batch, 30)
-    model = setup.model
-    z = jax.random.normal(jax.random.PRNGKey(4), (batch, model.k, 16, 16, 3))
-    z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, model.cond_frames, 16, 16, 3))
-    t = jnp.full((batch,), 500.0)
+    setup, denoise_args = denoiser_call_inputs(batch)
     seconds = {}
     for part, fn, args in (
-        ("denoise", model.eps_prediction, (setup.params, z, t, z_cond)),
-        ("decode", model.decode, (setup.vq_params, z)),
+        ("denoise", setup.model.eps_prediction, denoise_args),
+        ("decode", setup.model.decode, (setup.vq_params, denoise_args[1])),
     ):
         compiled = jax.jit(fn).lower(*args).compile()
         seconds[part] = time_it(lambda: compiled(*args), repeats=5)
@@ -355,13 +359,9 @@ def denoiser_call_variants(name, batch, variants):
     if out_of_time(40):
         record(name, skipped="time budget")
         return
-    setup = rollout_setup(batch, 30)
-    model = setup.model
-    z = jax.random.normal(jax.random.PRNGKey(4), (batch, model.k, 16, 16, 3))
-    z_cond = jax.random.normal(jax.random.PRNGKey(5), (batch, model.cond_frames, 16, 16, 3))
-    args = (setup.params, z, jnp.full((batch,), 500.0), z_cond)
+    setup, args = denoiser_call_inputs(batch)
     compiled = {  # a fresh function per variant: no trace is reused between them
-        label: lower(lambda *a: model.eps_prediction(*a), args).compile()
+        label: lower(lambda *a: setup.model.eps_prediction(*a), args).compile()
         for label, lower in variants.items()
     }
     seconds = {label: [] for label in compiled}
