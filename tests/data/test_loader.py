@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -116,9 +117,12 @@ def test_reader_processes_serve_the_same_batches_and_states_cross_over(split):
   split_dir, _ = split
   plain = loader.train_iterator(split_dir, 5, 4, seed=7)
   expected = [next(plain)["video"] for _ in range(8)]
+  before = set(multiprocessing.active_children())
   with loader.train_iterator(split_dir, 5, 4, seed=7, num_workers=2) as workers:
     got = [next(workers)["video"] for _ in range(4)]
     state = workers.get_state()
+    assert len(set(multiprocessing.active_children()) - before) == 2
+  assert not set(multiprocessing.active_children()) - before  # the block stopped the readers
   resumed = loader.train_iterator(split_dir, 5, 4, seed=7)
   resumed.set_state(state)
   got += [next(resumed)["video"] for _ in range(2)]
