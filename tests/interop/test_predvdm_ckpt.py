@@ -290,7 +290,7 @@ def make_torch_wrapper(mode, use_scale_shift_norm=False, seed=0):
     return wrapper
 
 
-def torch_wrapper_for_config(config, mode=None):
+def torch_wrapper_for_config(config):
     """The PyTorch wrapper + UNet sized like a predvdm_jax ``config`` (default init)."""
     u, k, cond = config.unet, config.data.pred_frames, config.data.cond_frames
     unet = TorchUNet(
@@ -303,7 +303,7 @@ def torch_wrapper_for_config(config, mode=None):
         u.num_head_channels,
         dropout=u.dropout,
     )
-    return TorchDiffusionWrapper(unet, k, mode or config.model.mode)
+    return TorchDiffusionWrapper(unet, k, config.model.mode)
 
 
 def lightning_state_dict(wrapper, seed=1):
