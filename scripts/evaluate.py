@@ -5,6 +5,9 @@
   # an exported bundle, 10 -> 40 frames, 256 clips x 100 samples (ExtDM):
   python scripts/evaluate.py --bundle=bundles/kth64 --protocol=extdm --pred_frames=40 \
       --out=eval/kth64_extdm --config.eval.lpips_params=weights/lpips_alex.safetensors
+  # one model under several samplers, on the same clips (OUT/<sampler>/ and OUT/sweep.md):
+  python scripts/evaluate.py --bundle=bundles/kth64 --out=eval/kth64_samplers \
+      --sweep="steps=10;steps=100;eta=0,steps=20;sampler=dpm_solver_pp,steps=20"
   # two HDF5 splits of videos paired by index (the first 10 frames are conditioning):
   python scripts/evaluate.py --real_dir=data/KTH/test --fake_dir=samples/kth --cond_frames=10 \
       --out=eval/folders
@@ -24,6 +27,7 @@ from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
+from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.training import mesh as mesh_lib
 
 config_flags.DEFINE_config_dict(
@@ -50,6 +54,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("pred_frames", None, "Frames to predict; default: config eval.pred_frames.")
 flags.DEFINE_integer("keep_videos", 8, "Sample videos written to OUT/videos.")
+flags.DEFINE_string(
+    "sweep",
+    None,
+    "Sampler settings to compare on the same clips and keys: ';'-separated entries of "
+    "comma-separated config.sampling fields, e.g. 'steps=10;sampler=dpm_solver_pp,steps=20'.",
+)
 flags.DEFINE_string("real_dir", None, "HDF5 split of real videos (with --fake_dir).")
 flags.DEFINE_string(
     "fake_dir", None, "HDF5 split of generated videos, paired with --real_dir by index."
@@ -121,17 +131,29 @@ def _evaluate_model():
         num_clips=FLAGS.num_clips or config.eval.num_clips,
         num_samples=_num_samples(config, overrides),
     )
-    return protocol_lib.evaluate_model(
+    samplings = (
+        sweep_lib.parse_sweep(FLAGS.sweep, config)
+        if FLAGS.sweep is not None
+        else {protocol_lib.MODEL: config.sampling}
+    )
+    all_metrics = protocol_lib.evaluate_samplers(
         config,
         bundle.params,
         bundle.vq_params,
         FLAGS.out,
+        samplings,
         protocol=protocol,
         pred_frames=FLAGS.pred_frames or config.eval.pred_frames,
         source=source,
         keep_videos=FLAGS.keep_videos,
         show_progress=FLAGS.progress,
     )
+    if FLAGS.sweep is None:
+        print(report.markdown_table(all_metrics[protocol_lib.MODEL]))
+        print(f"wrote {FLAGS.out}/metrics.json")
+    else:
+        print(sweep_lib.sweep_table(all_metrics))
+        print(f"wrote {FLAGS.out}/sweep.md and one folder per sampler")
 
 
 def main(argv):
@@ -144,13 +166,17 @@ def main(argv):
         raise app.UsageError(
             "pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir)."
         )
+    if folders and FLAGS.sweep is not None:
+        raise app.UsageError("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     mesh_lib.initialize_distributed()
     try:
-        metrics = _score_folders() if folders else _evaluate_model()
+        if folders:
+            print(report.markdown_table(_score_folders()))
+            print(f"wrote {FLAGS.out}/metrics.json")
+        else:
+            _evaluate_model()
     except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
-    print(report.markdown_table(metrics))
-    print(f"wrote {FLAGS.out}/metrics.json")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -38,6 +39,7 @@ import numpy as np
 from predvdm_jax import xla_cpu
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import metrics as metrics_lib
+from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.models import lpips as lpips_lib
 
 METRICS = ("ssim", "psnr", "lpips")
@@ -196,8 +198,9 @@ class EvaluationResult:
 
     ``per_frame[system][metric]`` is ``(clips, samples, frames)``;
     ``features[variant]`` holds ``real`` ``(clips, D)`` and ``fake[system]``
-    ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real``, ``fake``
-    ([-1, 1]; sample 0) of the first kept clips.
+    ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real`` and ``fake[model]``
+    ([-1, 1]; sample 0) of the first kept clips; ``predict_seconds[model]`` is the time
+    spent in that model's ``predict_fn`` calls (its first call's compilation included).
     """
 
     per_frame: dict
@@ -206,6 +209,18 @@ class EvaluationResult:
     lpips_note: str | None
     fvd_notes: dict
     seconds: dict
+    predict_seconds: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        return [name for name in self.per_frame if name not in (COPY_LAST, VQ_RECON)]
+
+    def model_videos(self, model: str = MODEL) -> dict:
+        """The kept ``cond``, ``real`` and ``fake`` videos of one model."""
+        videos = {k: v for k, v in self.videos.items() if k != "fake"}
+        if model in self.videos.get("fake", {}):
+            videos["fake"] = self.videos["fake"][model]
+        return videos
 
 
 class _Accumulator:
@@ -324,7 +339,7 @@ def _check_prediction(frames: Any, expected: tuple, what: str) -> None:
 
 def evaluate(
     batches: Iterable[Mapping[str, Any]],
-    predict_fn: PredictFn,
+    predict_fn: PredictFn | Mapping[str, PredictFn],
     reconstruct_fn: ReconstructFn | None,
     protocol: Protocol,
     *,
@@ -342,7 +357,9 @@ def evaluate(
     ``batches`` yield ``video`` ``(B, T >= cond + pred, H, W, C)`` in [-1, 1] and
     optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, key)``
     returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
-    uses ``fold_in(fold_in(key, s), b)``. ``reconstruct_fn(video)`` (same shape
+    uses ``fold_in(fold_in(key, s), b)``. A mapping ``{name: predict_fn}`` scores
+    several models (e.g. samplers) on the same clips and keys, with the real
+    clips' features and the baselines computed once; a single function is ``model``. ``reconstruct_fn(video)`` (same shape
     in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
     videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
     FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
@@ -350,6 +367,13 @@ def evaluate(
     """
     if protocol.num_samples < 1:
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
+    predict_fns = {MODEL: predict_fn} if callable(predict_fn) else dict(predict_fn)
+    clashing = set(predict_fns) & {COPY_LAST, VQ_RECON}
+    if not predict_fns or clashing:
+        raise ValueError(
+            f"predict_fn needs at least one model, none named like a baseline; got "
+            f"{sorted(predict_fns)}."
+        )
     if feature_fn is None and fvd_unavailable is None:
         fvd_unavailable = "no feature extractor (I3D) given"
     fvd_notes = fvd_skip_reasons(
@@ -360,9 +384,10 @@ def evaluate(
     )
     accumulator = None
     lpips_note = None
-    videos: dict = {"cond": [], "real": [], "fake": []}
+    videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in predict_fns}}
     kept = 0
-    seconds = {"predict": 0.0, "reconstruct": 0.0}
+    seconds = {"reconstruct": 0.0}
+    predict_seconds = {name: 0.0 for name in predict_fns}
     for batch_index, batch in enumerate(batches):
         video = batch["video"]
         if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
@@ -386,17 +411,20 @@ def evaluate(
             )
         expected = (batch_size, pred_frames, height, width, channels)
 
-        predictions = []
-        for sample in range(protocol.num_samples):
-            sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
-            start = time.perf_counter()
-            frames = jax.block_until_ready(predict_fn(cond, sample_key))
-            seconds["predict"] += time.perf_counter() - start
-            _check_prediction(frames, expected, "predict_fn")
-            predictions.append(frames)
-            if on_prediction is not None:
-                on_prediction(1)
-        accumulator.add_fake(MODEL, future, predictions, cond01, valid)
+        first_samples = {}
+        for name, predict in predict_fns.items():
+            predictions = []
+            for sample in range(protocol.num_samples):
+                sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
+                start = time.perf_counter()
+                frames = jax.block_until_ready(predict(cond, sample_key))
+                predict_seconds[name] += time.perf_counter() - start
+                _check_prediction(frames, expected, f"predict_fn of {name}")
+                predictions.append(frames)
+                if on_prediction is not None:
+                    on_prediction(1)
+            accumulator.add_fake(name, future, predictions, cond01, valid)
+            first_samples[name] = predictions[0]
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
         accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid)
@@ -411,23 +439,34 @@ def evaluate(
             take = np.flatnonzero(valid)[: keep_videos - kept]
             videos["cond"].append(to_host(cond)[take])
             videos["real"].append(to_host(future)[take])
-            videos["fake"].append(to_host(predictions[0])[take])
+            for name, frames in first_samples.items():
+                videos["fake"][name].append(to_host(frames)[take])
             kept += len(take)
 
     if accumulator is None:
         raise ValueError(
             "the evaluation batches were empty; check the test split and eval.num_clips."
         )
-    return _finish(
+    if kept:
+        videos = {
+            "cond": np.concatenate(videos["cond"]),
+            "real": np.concatenate(videos["real"]),
+            "fake": {name: np.concatenate(chunks) for name, chunks in videos["fake"].items()},
+        }
+    else:
+        videos = {}
+    result = _finish(
         accumulator,
         lpips_note,
         feature_fn,
         fvd_unavailable,
         cond_frames,
         pred_frames,
-        {k: np.concatenate(v) for k, v in videos.items() if v},
+        videos,
         seconds,
     )
+    result.predict_seconds = predict_seconds
+    return result
 
 
 def _finish(
@@ -442,7 +481,7 @@ def _finish(
 ) -> EvaluationResult:
     """Concatenates the collected values; FVD notes from the real clip count."""
     per_frame = accumulator.per_frame()
-    clips = per_frame[MODEL]["ssim"].shape[0]
+    clips = next(iter(per_frame.values()))["ssim"].shape[0]
     fvd_notes = fvd_skip_reasons(
         clips, cond_frames, pred_frames, None if feature_fn is not None else fvd_unavailable
     )
@@ -457,9 +496,14 @@ def summarize(
     cond_frames: int,
     pred_frames: int,
     extra_protocol: Mapping[str, Any] | None = None,
+    model: str = MODEL,
 ) -> dict:
-    """The JSON-ready metrics dict: every number next to the protocol that produced it."""
-    clips = int(result.per_frame[MODEL]["ssim"].shape[0])
+    """The JSON-ready metrics dict: every number next to the protocol that produced it.
+
+    ``model`` picks which of ``result.models`` is reported as the model; the other
+    models of a sweep are left out, the baselines kept.
+    """
+    clips = int(result.per_frame[model]["ssim"].shape[0])
     description = {
         "name": protocol.name,
         "num_clips": clips,
@@ -484,8 +528,10 @@ def summarize(
     description.update(extra_protocol or {})
     systems = {}
     for system, by_metric in result.per_frame.items():
+        if system != model and system in result.models:
+            continue
         entry = {}
-        best_of_n = protocol.best_of_n and system == MODEL
+        best_of_n = protocol.best_of_n and system == model
         for metric in METRICS:
             if metric in by_metric:
                 summary = aggregate_metric(by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n)
@@ -507,11 +553,14 @@ def summarize(
         entry["fvd"] = fvd_entry
         entry["num_samples"] = int(by_metric["ssim"].shape[1])
         systems[system] = entry
+    seconds = dict(result.seconds)
+    if model in result.predict_seconds:
+        seconds = {"predict": result.predict_seconds[model], **seconds}
     return {
         "protocol": description,
-        "model": systems.pop(MODEL),
+        "model": systems.pop(model),
         "baselines": systems,
-        "seconds": {name: round(value, 3) for name, value in result.seconds.items()},
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
     }
 
 
@@ -648,6 +697,41 @@ def evaluate_model(
     Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
     (see ``report.write_evaluation``) and returns the metrics dict.
     """
+    return evaluate_samplers(
+        config,
+        params,
+        vq_params,
+        out_dir,
+        {MODEL: config.sampling},
+        protocol=protocol,
+        pred_frames=pred_frames,
+        source=source,
+        keep_videos=keep_videos,
+        show_progress=show_progress,
+    )[MODEL]
+
+
+def evaluate_samplers(
+    config,
+    params: Any,
+    vq_params: Any,
+    out_dir: str,
+    samplings: Mapping[str, Any],
+    *,
+    protocol: Protocol,
+    pred_frames: int,
+    source: str,
+    keep_videos: int = 8,
+    show_progress: bool = True,
+) -> dict:
+    """Evaluates one model under several ``config.sampling`` settings ``{label: sampling}``.
+
+    Every setting predicts the same test clips with the same keys; the real clips' FVD
+    features and the baselines are computed once. A single setting labelled ``model``
+    writes its report to ``out_dir`` (``evaluate_model``); otherwise each label gets
+    ``out_dir/<label>/`` and ``out_dir/sweep.md`` / ``sweep.json`` compare them
+    (``sweep.write_sweep``). Returns ``{label: metrics}``.
+    """
     from predvdm_jax.data.loader import eval_iterator
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.evaluation import report
@@ -669,18 +753,19 @@ def evaluate_model(
     replicated = mesh_lib.replicated(mesh)
     params = jax.device_put(params, replicated)
     vq_params = jax.device_put(vq_params, replicated)
-    predict = model.make_predict_fn(pred_frames)
     reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
     feature_fn, i3d_source = _feature_fn(config)
     lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 
-    def predict_fn(cond, key):
-        return predict(params, vq_params, cond, key)["frames"]
+    def predict_fn(sampling):
+        predict = model.make_predict_fn(pred_frames, sampling)
+        return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
 
-    with _progress(num_batches * protocol.num_samples, show_progress, "predicting") as bar:
+    total = num_batches * protocol.num_samples * len(samplings)
+    with _progress(total, show_progress, "predicting") as bar:
         result = evaluate(
             (batch for _, batch in zip(range(num_batches), batches)),
-            predict_fn,
+            {label: predict_fn(sampling) for label, sampling in samplings.items()},
             lambda video: reconstruct(vq_params, video),
             protocol,
             cond_frames=cond_frames,
@@ -692,25 +777,36 @@ def evaluate_model(
             keep_videos=keep_videos,
             on_prediction=bar.update,
         )
-    sampling = config.sampling
-    metrics = summarize(
-        result,
-        protocol,
-        cond_frames=cond_frames,
-        pred_frames=pred_frames,
-        extra_protocol={
-            "source": source,
-            "test_dir": config.data.test_dir,
-            "clip_seed": int(config.eval.seed),
-            "sampler": f"{sampling.sampler}, {sampling.steps} steps, eta {sampling.eta}",
-            "i3d": i3d_source,
-            "batch_size": batch_size,
-            "devices": int(mesh.size),
-        },
-    )
+    all_metrics = {}
+    for label, sampling in samplings.items():
+        all_metrics[label] = summarize(
+            result,
+            protocol,
+            cond_frames=cond_frames,
+            pred_frames=pred_frames,
+            model=label,
+            extra_protocol={
+                "source": source,
+                "test_dir": config.data.test_dir,
+                "clip_seed": int(config.eval.seed),
+                "sampler": sweep_lib.sampler_description(sampling),
+                "i3d": i3d_source,
+                "batch_size": batch_size,
+                "devices": int(mesh.size),
+            },
+        )
     if jax.process_index() == 0:
-        report.write_evaluation(out_dir, metrics, result.videos, first_frame=cond_frames + 1)
-    return metrics
+        single = list(samplings) == [MODEL]
+        for label, metrics in all_metrics.items():
+            report.write_evaluation(
+                out_dir if single else os.path.join(out_dir, label),
+                metrics,
+                result.model_videos(label),
+                first_frame=cond_frames + 1,
+            )
+        if not single:
+            sweep_lib.write_sweep(out_dir, all_metrics)
+    return all_metrics
 
 
 def score_folders(

@@ -287,3 +287,73 @@ def test_video_sets_score_the_frames_after_cond():
     assert metrics["baselines"] == {}
     with pytest.raises(ValueError, match="same shape"):
         protocol_lib.evaluate_video_sets([{"real": real, "fake": fake[:, 1:]}])
+
+
+@jax.jit
+def _copy_last_predict(cond, key):
+    del key
+    return jnp.repeat(cond[:, -1:], PRED, axis=1)
+
+
+def test_several_models_share_clips_reals_and_baselines():
+    clips = _moving_clips(4, seed=2)
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=4, num_samples=2)
+    calls = []
+
+    def counted_features(videos):
+        calls.append(len(videos))
+        return _features(videos)
+
+    result = protocol_lib.evaluate(
+        _batches(clips, 2),
+        {"perfect": _perfect_predict, "copy": _copy_last_predict},
+        lambda video: 0.5 * video,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=jax.random.key(0),
+        feature_fn=counted_features,
+        keep_videos=3,
+    )
+    # Per batch and FVD variant: the reals once, both models, copy-last and the VQ baseline.
+    assert len(calls) == 2 * 2 * (1 + 2 * protocol.num_samples + 1 + 1)
+    assert result.models == ["perfect", "copy"]
+    np.testing.assert_array_equal(
+        result.per_frame["copy"]["psnr"][:, 0], result.per_frame["copy_last_frame"]["psnr"][:, 0]
+    )
+
+    perfect = protocol_lib.summarize(
+        result, protocol, cond_frames=COND, pred_frames=PRED, model="perfect"
+    )
+    copy = protocol_lib.summarize(
+        result, protocol, cond_frames=COND, pred_frames=PRED, model="copy"
+    )
+    assert perfect["model"]["psnr"]["mean"]["value"] == 100.0
+    assert (
+        set(perfect["baselines"])
+        == set(copy["baselines"])
+        == {
+            "copy_last_frame",
+            "vq_reconstruction",
+        }
+    )
+    baseline_fvd = copy["baselines"]["copy_last_frame"]["fvd"]["pred-only"]["all_samples"]
+    assert copy["model"]["fvd"]["pred-only"]["trajectory_mean"] == pytest.approx(baseline_fvd)
+    assert perfect["seconds"]["predict"] == pytest.approx(
+        result.predict_seconds["perfect"], abs=1e-3
+    )
+
+    np.testing.assert_allclose(result.model_videos("perfect")["fake"], clips[:3, COND:])
+    np.testing.assert_allclose(
+        result.model_videos("copy")["fake"], np.repeat(clips[:3, COND - 1 : COND], PRED, 1)
+    )
+    with pytest.raises(ValueError, match="named like a baseline"):
+        protocol_lib.evaluate(
+            _batches(clips, 2),
+            {"copy_last_frame": _copy_last_predict},
+            None,
+            protocol,
+            cond_frames=COND,
+            pred_frames=PRED,
+            key=jax.random.key(0),
+        )

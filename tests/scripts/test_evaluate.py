@@ -142,3 +142,64 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
             fvd=False,
             show_progress=False,
         )
+
+
+def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
+    """Each entry of a sweep gives the numbers a separate evaluation with that sampler gives."""
+    from predvdm_jax.evaluation import sweep as sweep_lib
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, _videos(4)))
+    protocol = protocol_lib.resolve_protocol("predvdm", num_clips=VIDEOS)
+    samplings = sweep_lib.parse_sweep("eta=0;sampler=dpm_solver_pp,steps=3", bundle.config)
+    out = tmp_path / "sweep"
+    swept = protocol_lib.evaluate_samplers(
+        bundle.config,
+        bundle.params,
+        bundle.vq_params,
+        str(out),
+        samplings,
+        protocol=protocol,
+        pred_frames=PRED,
+        source="test",
+        keep_videos=1,
+        show_progress=False,
+    )
+    config = bundle.config.copy_and_resolve_references()
+    config.sampling = samplings["dpm_solver_pp_3_order2"]
+    alone = protocol_lib.evaluate_model(
+        config,
+        bundle.params,
+        bundle.vq_params,
+        str(tmp_path / "alone"),
+        protocol=protocol,
+        pred_frames=PRED,
+        source="test",
+        keep_videos=1,
+        show_progress=False,
+    )
+    dpm, ddim = swept["dpm_solver_pp_3_order2"], swept["ddim_2_eta0"]
+    for metric in ("ssim", "psnr"):
+        np.testing.assert_allclose(
+            dpm["model"][metric]["per_frame"]["mean"],
+            alone["model"][metric]["per_frame"]["mean"],
+            rtol=1e-5,
+        )
+    assert dpm["baselines"] == alone["baselines"]
+    assert (
+        abs(dpm["model"]["psnr"]["mean"]["value"] - ddim["model"]["psnr"]["mean"]["value"]) > 1e-3
+    )
+    assert (
+        dpm["protocol"]["sampler"]
+        == alone["protocol"]["sampler"]
+        == ("dpm_solver_pp, 3 steps, order 2, time_uniform")
+    )
+    assert sorted(os.listdir(out)) == [
+        "ddim_2_eta0",
+        "dpm_solver_pp_3_order2",
+        "sweep.json",
+        "sweep.md",
+    ]
+    written = json.loads((out / "ddim_2_eta0" / "metrics.json").read_text())
+    assert written["model"] == json.loads(json.dumps(ddim["model"]))
+    assert "| dpm_solver_pp, 3 steps, order 2, time_uniform |" in (out / "sweep.md").read_text()

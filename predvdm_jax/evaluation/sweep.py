@@ -1,0 +1,183 @@
+"""Sampler sweeps: one model scored under several ``config.sampling`` settings in one run.
+
+A sweep is written ``"steps=10;steps=100;sampler=dpm_solver_pp,steps=20"``: entries
+separated by ``;``, each a comma-separated list of ``config.sampling`` fields; fields an
+entry does not name keep the config's values. ``protocol.evaluate_samplers`` predicts
+the same clips with the same keys under every entry and computes the real clips' FVD
+features and the baselines once; ``write_sweep`` puts the entries side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from predvdm_jax import atomic_io
+from predvdm_jax import config as config_lib
+from predvdm_jax.evaluation import report
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _parse_value(text: str, default: Any, where: str) -> Any:
+    """``text`` as the type of the field's current value."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError
+            return text.lower() in TRUE_WORDS
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise config_lib.ConfigError(
+            f"{where}: {text!r} is not of type {type(default).__name__}"
+        ) from None
+    return text
+
+
+def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> dict:
+    """``{label: sampling}`` for every entry of ``spec``, each validated with ``config``.
+
+    Raises ``ConfigError`` naming the entry for an unknown field, a value of the wrong
+    type, an impossible setting (e.g. ``order=4``) or two entries that give the same
+    sampler (e.g. DPM-Solver++ entries differing only in ``eta``, which it ignores).
+    """
+    entries = [entry.strip() for entry in spec.split(";") if entry.strip()]
+    if not entries:
+        raise config_lib.ConfigError(
+            "the sweep is empty; write entries like 'steps=10;sampler=dpm_solver_pp,steps=20'."
+        )
+    samplings: dict = {}
+    for entry in entries:
+        fields = config.sampling.to_dict()
+        for item in entry.split(","):
+            name, equals, text = (part.strip() for part in item.partition("="))
+            if not equals or name not in fields:
+                raise config_lib.ConfigError(
+                    f"sweep entry {entry!r}: {item.strip()!r} is not field=value with a field "
+                    f"of config.sampling ({', '.join(sorted(fields))})"
+                )
+            fields[name] = _parse_value(text, fields[name], f"sweep entry {entry!r}, {name}")
+        raw = config.to_dict()
+        raw["sampling"] = fields
+        try:
+            sampling = config_lib.config_from_dict(raw).sampling
+        except config_lib.ConfigError as error:
+            raise config_lib.ConfigError(f"sweep entry {entry!r}: {error}") from None
+        label = sampler_label(sampling)
+        if label in samplings:
+            raise config_lib.ConfigError(
+                f"sweep entry {entry!r} gives the same sampler ({label}) as an earlier entry; "
+                f"drop one of them."
+            )
+        samplings[label] = sampling
+    return samplings
+
+
+def sampler_label(sampling: ml_collections.ConfigDict) -> str:
+    """A folder-safe name of the sampler, from the settings it uses (``ddim_100_eta1``)."""
+    if sampling.sampler == "ddpm":
+        label = "ddpm"
+    elif sampling.sampler == "ddim":
+        label = f"ddim_{sampling.steps}_eta{sampling.eta:g}"
+    else:
+        label = f"{sampling.sampler}_{sampling.steps}_order{sampling.order}"
+        if sampling.skip_type != "time_uniform":
+            label += f"_{sampling.skip_type}"
+        if not sampling.lower_order_final:
+            label += "_no_lower_order_final"
+    if sampling.clip_x0:
+        label += f"_clip{sampling.clip_x0:g}"
+    if sampling.reencode:
+        label += "_reencode"
+    return label
+
+
+def sampler_description(sampling: ml_collections.ConfigDict) -> str:
+    """One line naming the sampler and the settings it uses."""
+    if sampling.sampler == "ddpm":
+        text = "ddpm, every timestep"
+    else:
+        text = f"{sampling.sampler}, {sampling.steps} steps"
+    if sampling.sampler == "ddim":
+        text += f", eta {sampling.eta}"
+    elif sampling.sampler == "dpm_solver_pp":
+        text += f", order {sampling.order}, {sampling.skip_type}"
+        if not sampling.lower_order_final:
+            text += ", no lower-order final steps"
+    if sampling.clip_x0:
+        text += f", x0 clipped to ±{sampling.clip_x0:g}"
+    if sampling.reencode:
+        text += ", re-encoded conditioning"
+    return text
+
+
+def _mean(entry: Any, digits: int) -> str:
+    if isinstance(entry, Mapping) and "mean" in entry:
+        return f"{entry['mean']['value']:.{digits}f}"
+    return "n/a"
+
+
+def _fvd(entry: Any) -> str:
+    return f"{entry['trajectory_mean']:.1f}" if isinstance(entry, Mapping) else "n/a"
+
+
+def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: one row per sampler, then the baselines; means over predicted frames.
+
+    FVD is the trajectory mean (MCVD's paper number; with one sample per clip, the FVD of
+    all predictions). ``predict s`` is the time spent predicting, the compilation of each
+    sampler's program included.
+    """
+    first = next(iter(all_metrics.values()))
+    protocol = first["protocol"]
+    lines = [
+        f"Protocol `{protocol['name']}`: {protocol['num_clips']} clips × "
+        f"{protocol['num_samples']} samples, {protocol['cond_frames']} → "
+        f"{protocol['pred_frames']} frames; mean over predicted frames; FVD trajectory mean.",
+        "",
+        "| system | SSIM | PSNR | LPIPS | FVD cond+pred | FVD pred-only | predict s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, entry: Mapping[str, Any], seconds: str) -> str:
+        fvd = entry.get("fvd", {})
+        cells = [
+            name,
+            _mean(entry.get("ssim"), 4),
+            _mean(entry.get("psnr"), 2),
+            _mean(entry.get("lpips"), 4),
+            _fvd(fvd.get("cond+pred")),
+            _fvd(fvd.get("pred-only")),
+            seconds,
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    for metrics in all_metrics.values():
+        seconds = metrics.get("seconds", {}).get("predict")
+        lines.append(
+            row(
+                metrics["protocol"]["sampler"],
+                metrics["model"],
+                "n/a" if seconds is None else f"{seconds:.1f}",
+            )
+        )
+    for name, entry in first.get("baselines", {}).items():
+        lines.append(row(name.replace("_", " "), entry, ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep(out_dir: str, all_metrics: Mapping[str, Mapping[str, Any]]) -> dict:
+    """``out_dir/sweep.md`` (``sweep_table``) and ``out_dir/sweep.json`` (every entry's metrics)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {
+        "table": os.path.join(out_dir, "sweep.md"),
+        "metrics": os.path.join(out_dir, "sweep.json"),
+    }
+    atomic_io.write_text(paths["table"], sweep_table(all_metrics))
+    report.write_metrics_json(paths["metrics"], dict(all_metrics))
+    return paths
