@@ -359,10 +359,10 @@ def evaluate(
     returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
     uses ``fold_in(fold_in(key, s), b)``. A mapping ``{name: predict_fn}`` scores
     several models (e.g. samplers) on the same clips and keys, with the real
-    clips' features and the baselines computed once; a single function is ``model``. ``reconstruct_fn(video)`` (same shape
-    in and out) gives the VQ baseline; None skips it. ``feature_fn`` maps [0, 1]
-    videos ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips
-    FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
+    clips' features and the baselines computed once; a single function is ``model``.
+    ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline; None skips
+    it. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
+    (I3D logits); None skips FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
     every ``predict_fn`` call (progress bars).
     """
     if protocol.num_samples < 1:
