@@ -362,8 +362,8 @@ def evaluate(
     clips' features and the baselines computed once; a single function is ``model``.
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline; None skips
     it. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
-    (I3D logits); None skips FVD with the reason ``fvd_unavailable``. ``on_prediction(1)`` is called after
-    every ``predict_fn`` call (progress bars).
+    (I3D logits); None skips FVD with the reason ``fvd_unavailable``.
+    ``on_prediction(1)`` is called after every ``predict_fn`` call (progress bars).
     """
     if protocol.num_samples < 1:
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
