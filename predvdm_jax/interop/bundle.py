@@ -262,7 +262,7 @@ def bundle_from_predvdm_checkpoint(
             )
     vq_params = ldm_vq.convert_vq_state_dict(converted.first_stage_state_dict, model.vq)
     if "scale_factor" in state_dict:
-        scale_factor = float(np.asarray(state_dict["scale_factor"]))
+        scale_factor = float(np.asarray(state_dict["scale_factor"]).item())
         if scale_factor != config.scale_factor:
             config = copy.deepcopy(config)
             config.scale_factor = scale_factor

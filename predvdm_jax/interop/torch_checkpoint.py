@@ -219,7 +219,7 @@ def save_torch_state_dict(
     """Write a PyTorch state_dict (atomically): ``.safetensors`` holds the tensors alone (no
     PyTorch needed); ``.ckpt`` / ``.pt`` / ``.pth`` is ``torch.save({'state_dict': ..., **extra})``,
     the layout of a Lightning checkpoint."""
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state_dict.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # keeps 0-d buffers 0-d
     if state_dict_format(path) == "safetensors":
         from safetensors.numpy import save_file
 

@@ -173,3 +173,42 @@ def test_a_checkpoint_without_ema_weights_asks_for_noema(original, tmp_path):
     torch.save({"state_dict": raw_only}, path)
     with pytest.raises(ValueError, match=r"no model_ema\.\* weights .* --noema"):
         bundle_lib.bundle_from_predvdm_checkpoint(str(path), config)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suffix):
+    """Export (latent_diffusion_state_dict as scripts/export.py writes it) then import: the same
+    weights come back, and the scalar buffers keep PyTorch's 0-d shape on disk."""
+    from predvdm_jax.interop import predvdm_ckpt
+    from predvdm_jax.interop.torch_checkpoint import load_torch_state_dict, save_torch_state_dict
+
+    config, *_, path = original
+    imported, _ = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config)
+    raw, _ = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
+    schedule = LatentDiffusion.from_config(imported.config).schedule
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(
+        raw.params,
+        imported.params,
+        7,
+        0.999,
+        imported.vq_params,
+        {name: getattr(schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
+        0.5,
+    )
+    exported = tmp_path / f"export{suffix}"
+    save_torch_state_dict(exported, state_dict)
+    on_disk = load_torch_state_dict(str(exported), allow_pickle=True)
+    for name in ("scale_factor", "model_ema.decay", "model_ema.num_updates"):
+        assert np.shape(on_disk[name]) == (), name
+
+    for use_ema, want in ((True, imported), (False, raw)):
+        back, summary = bundle_lib.bundle_from_predvdm_checkpoint(
+            str(exported), config, use_ema=use_ema
+        )
+        assert back.config.scale_factor == 0.5
+        for got, expected in ((back.params, want.params), (back.vq_params, want.vq_params)):
+            jax.tree.map(np.testing.assert_array_equal, got, expected)
+    assert (
+        "EMA weights (7 updates)"
+        in bundle_lib.bundle_from_predvdm_checkpoint(str(exported), config)[1]
+    )
