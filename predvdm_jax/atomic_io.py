@@ -2,14 +2,38 @@
 
 The data goes to a temporary file beside the target (``.tmp-<random><name>``, so it keeps
 the name's suffix), which is renamed over the target only once it is complete; a failure
-removes the temporary file and leaves any earlier version of the target untouched.
+removes the temporary file and leaves any earlier version of the target untouched. The
+file gets the permissions ``open`` would give it (``0o666`` less the umask), not
+``tempfile``'s owner-only ones, so a shared workdir's outputs stay readable by others.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from typing import Callable
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (threads may be writing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_default_permissions(path: str) -> None:
+    """Gives a file ``0o666`` and a folder ``0o777``, less the umask (what ``open`` and
+    ``os.makedirs`` would), for paths made by ``tempfile`` (owner-only)."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
@@ -23,6 +47,7 @@ def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     os.close(handle)
     try:
         write(temporary)
+        set_default_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

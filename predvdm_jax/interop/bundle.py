@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.interop.torch_checkpoint import (
     conv_kernel_to_ohwi,
@@ -42,6 +43,7 @@ from predvdm_jax.interop.torch_checkpoint import (
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
 METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
+BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, METRIC_FILE}
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
 
 
@@ -66,8 +68,25 @@ def load_vq_params(path: str) -> Any:
     return load_params_safetensors(path)
 
 
+def _check_replaceable(path: str) -> None:
+    """Only an earlier bundle (or an empty folder) may be replaced: never a training workdir."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a file; pass a folder path for the bundle.")
+    others = sorted(set(os.listdir(path)) - BUNDLE_ENTRIES)
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise ValueError(
+            f"{path!r} exists and is not a bundle (it holds {shown}); nothing was written. "
+            "Pass a new or bundle folder as the output."
+        )
+
+
 def save_bundle(path: str, bundle: Bundle) -> None:
-    """Writes the bundle folder atomically (a temporary folder renamed into place)."""
+    """Writes the bundle folder atomically (a temporary folder renamed into place). An
+    existing bundle at ``path`` is replaced; any other non-empty folder is an error."""
+    _check_replaceable(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
@@ -84,6 +103,9 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         )
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(bundle.config.to_json_best_effort(indent=2))
+        for name in os.listdir(tmp):
+            atomic_io.set_default_permissions(os.path.join(tmp, name))
+        atomic_io.set_default_permissions(tmp)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -145,10 +167,15 @@ def load_bundle(path: str) -> Bundle:
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)
         if not os.path.exists(os.path.join(path, f))
     ]
+    if missing and os.path.isdir(os.path.join(path, "checkpoints")):
+        raise FileNotFoundError(
+            f"{path!r} is a training workdir, not a bundle; pass --workdir={path}, or export "
+            f"one with scripts/export.py --workdir={path} --out=<new folder>"
+        )
     if missing:
         raise FileNotFoundError(
             f"{path!r} is not a complete bundle (missing {', '.join(missing)}); "
-            f"make one with scripts/export.py --workdir=<training dir> --out={path}"
+            f"make one with scripts/export.py --workdir=<training dir> --out=<new folder>"
         )
     with open(os.path.join(path, CONFIG_FILE)) as f:
         config = config_lib.config_from_dict(json.load(f))

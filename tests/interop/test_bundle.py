@@ -1,7 +1,12 @@
-"""A bundle's denoiser file: OHWI conv kernels, and older HWIO files transposed on load."""
+"""Bundles: OHWI conv kernels (older HWIO files transposed on load), what a save may replace,
+and the permissions of what it writes."""
+
+import os
 
 import numpy as np
 import pytest
+
+from predvdm_jax import config as config_lib
 
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
@@ -52,3 +57,52 @@ def test_an_unknown_kernel_layout_is_a_clear_error(tmp_path):
     save_params_safetensors(path, _params(), metadata={"conv_kernel_layout": "IOHW"})
     with pytest.raises(ValueError, match="unknown conv_kernel_layout 'IOHW'"):
         bundle_lib.load_denoiser_params(path)
+
+
+def _bundle():
+    config = config_lib.finalize(config_lib.default_config())
+    return bundle_lib.Bundle(config, _params(), {"encoder": {"w": np.ones(3, np.float32)}})
+
+
+def test_a_save_replaces_a_bundle_but_never_a_training_workdir(tmp_path):
+    bundle_lib.save_bundle(str(tmp_path / "b"), _bundle())
+    with open(tmp_path / "b" / bundle_lib.METRIC_FILE, "w") as f:
+        f.write("{}")  # a best bundle's metric file: still a bundle
+    bundle_lib.save_bundle(str(tmp_path / "b"), _bundle())
+    assert sorted(os.listdir(tmp_path / "b")) == [
+        "config.json",
+        "denoiser.safetensors",
+        "vq.safetensors",
+    ]
+
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "40").mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(
+        ValueError, match=r"is not a bundle \(it holds checkpoints, metrics.jsonl\)"
+    ):
+        bundle_lib.save_bundle(str(workdir), _bundle())
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl"]
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".bundle-")] == []
+    with pytest.raises(
+        FileNotFoundError, match=r"is a training workdir, not a bundle; pass --workdir="
+    ):
+        bundle_lib.load_bundle(str(workdir))
+
+
+def test_bundles_and_files_get_the_umask_permissions_not_owner_only(tmp_path):
+    from predvdm_jax import atomic_io
+
+    previous = os.umask(0o027)
+    atomic_io._umask.cache_clear()
+    try:
+        bundle_lib.save_bundle(str(tmp_path / "b"), _bundle())
+        atomic_io.write_text(tmp_path / "report.md", "x")
+    finally:
+        os.umask(previous)
+        atomic_io._umask.cache_clear()
+    mode = lambda p: os.stat(p).st_mode & 0o777
+    assert mode(tmp_path / "b") == 0o750
+    for name in os.listdir(tmp_path / "b"):
+        assert mode(tmp_path / "b" / name) == 0o640, name
+    assert mode(tmp_path / "report.md") == 0o640
