@@ -9,10 +9,14 @@ then checks types, ranges and combinations, naming the field at fault.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import math
 import os
+import sys
 
 import ml_collections
+from absl import app, flags
 
 PREDICTOR_MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
@@ -217,6 +221,34 @@ def _schema_errors(config, schema, prefix="") -> list[str]:
     return errors
 
 
+def _range_errors(c) -> list[str]:
+    """Numeric ranges, written ``not lo <= x < hi`` so that NaN fails them too."""
+    errors = []
+    t, v, o = c.train, c.vq_train, c.optimizer
+    for name in ("num_steps", "log_every", "save_every", "max_to_keep"):
+        for section, values in (("train", t), ("vq_train", v)):
+            if not values[name] >= 1:
+                errors.append(f"{section}.{name} must be >= 1, got {values[name]}")
+    if not 0 <= t.ema_rate < 1:
+        errors.append(f"train.ema_rate must be in [0, 1), got {t.ema_rate}")
+    if not 0 < c.scale_factor < math.inf:
+        errors.append(f"scale_factor must be a finite number > 0, got {c.scale_factor}")
+    for name, value in (
+        ("optimizer.base_learning_rate", o.base_learning_rate),
+        ("vq_train.learning_rate", v.learning_rate),
+        ("optimizer.grad_clip", o.grad_clip),
+    ):
+        if not 0 <= value < math.inf:
+            errors.append(f"{name} must be a finite number >= 0, got {value}")
+    m = c.mesh
+    if any(n < 1 and n != -1 for n in (m.data, m.fsdp)) or m.data == m.fsdp == -1:
+        errors.append(
+            f"mesh.data and mesh.fsdp must be >= 1, or -1 (all remaining devices) for one of "
+            f"them; got data={m.data}, fsdp={m.fsdp}"
+        )
+    return errors
+
+
 def _combination_errors(c) -> list[str]:
     errors = []
     d = c.data
@@ -236,7 +268,12 @@ def _combination_errors(c) -> list[str]:
             f"data.num_threads and data.prefetch must be >= 1 and data.num_workers >= 0, got "
             f"{d.num_threads}, {d.prefetch} and {d.num_workers}"
         )
-    if d.preload_max_gb < 0:
+    if d.latent_train_dir and d.horizontal_flip:
+        errors.append(
+            "data.horizontal_flip cannot apply to cached latents (data.latent_train_dir): flip "
+            "the frames before caching, or train from frames (data.latent_train_dir='')"
+        )
+    if not d.preload_max_gb >= 0:
         errors.append(
             f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}"
         )
@@ -348,8 +385,7 @@ def _combination_errors(c) -> list[str]:
             f"train.grad_accum_steps must be >= 1 and divide data.batch_size {d.batch_size}, "
             f"got {accum}"
         )
-    if c.train.ema_rate < 0 or c.train.ema_rate >= 1:
-        errors.append(f"train.ema_rate must be in [0, 1), got {c.train.ema_rate}")
+    errors.extend(_range_errors(c))
     if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
         errors.append(
             "vq_train.perceptual_weight > 0 needs LPIPS weights: set eval.lpips_params "
@@ -407,3 +443,41 @@ def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
     (e.g. ``diffusion.parameterization='eps'``, the only behaviour before it existed).
     """
     return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))
+
+
+def _config_flag_error(argv: list[str], err: Exception) -> str:
+    """What went wrong with ``--config`` or a ``--config.<field>`` override, in one line."""
+    for i, arg in enumerate(argv[1:], 1):
+        name, equals, value = arg.lstrip("-").partition("=")
+        if name == "config":
+            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+            if path and not os.path.isfile(path.split(":")[0]):
+                return f"config file {path!r} not found; pass a file from configs/"
+        elif name.startswith("config."):
+            node, parts = default_config(), name.split(".")[1:]
+            for depth, key in enumerate(parts):
+                parent = "".join(p + "." for p in parts[:depth])
+                if not isinstance(node, ml_collections.ConfigDict):
+                    return f"--{name}: config field '{parent[:-1]}' has no sub-fields"
+                if key not in node:
+                    close = difflib.get_close_matches(key, list(node.keys()), n=1)
+                    hint = (
+                        f"did you mean --config.{parent}{close[0]}?"
+                        if close
+                        else f"known fields here: {', '.join(sorted(node.keys()))}"
+                    )
+                    return f"--{name}: unknown config field '{parent}{key}'; {hint}"
+                node = node[key]
+    return " ".join(str(err).split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run``'s ``flags_parser`` for scripts with a ``--config`` flag: a missing config
+    file, an unknown ``--config.<field>`` or an invalid config file exits with one ``error:``
+    line instead of a traceback."""
+    try:
+        remaining = app.parse_flags_with_usage(argv)
+        flags.FLAGS.config.keys()  # a config file that failed to load raises when first read
+        return remaining
+    except (AttributeError, KeyError, OSError, ConfigError) as err:
+        sys.exit(f"error: {_config_flag_error(argv, err)}")

@@ -10,6 +10,7 @@ EMA denoiser, VQ as first and cond stage, schedule buffers) in a Lightning check
 (`.ckpt`, needs PyTorch), which the PyTorch original loads, or as `.safetensors`.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -32,6 +33,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not (FLAGS.out or FLAGS.predvdm_ckpt):
         raise app.UsageError("nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
+    workdir = os.path.realpath(FLAGS.workdir)
+    if FLAGS.out and os.path.commonpath([workdir, os.path.realpath(FLAGS.out)]) == workdir:
+        sys.exit(
+            f"error: --out {FLAGS.out} is inside --workdir {FLAGS.workdir}, where a bundle "
+            f"could replace the run's checkpoints; pick a folder outside the workdir"
+        )
     try:
         if FLAGS.out:
             exported = bundle.load_from_checkpoint(
@@ -48,7 +55,7 @@ def main(argv):
                 f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
                 f"scale_factor: {scale_factor} in the PredVDM yaml"
             )
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError) as err:
         sys.exit(f"error: {err}")
 
 

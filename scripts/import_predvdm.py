@@ -39,11 +39,11 @@ def main(argv):
         imported, summary = bundle.bundle_from_predvdm_checkpoint(
             FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
         )
-    except (FileNotFoundError, ValueError, ImportError) as err:  # ConfigError is a ValueError
+        bundle.save_bundle(FLAGS.out, imported)
+    except (OSError, ValueError, ImportError) as err:  # ConfigError is a ValueError
         sys.exit(f"error: {err}")
-    bundle.save_bundle(FLAGS.out, imported)
     print(f"wrote {FLAGS.out}: {summary}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

@@ -7,6 +7,7 @@ process, gathered to process 0 as ``{"process_count": P, "states": {"0": ...,
 step into a temporary directory and renames it when every item is complete,
 so a save killed half-way leaves only a temporary directory that
 ``latest_step`` never lists: the newest listed step is the latest good one.
+The directory is made by the first save, never by reading.
 """
 
 from __future__ import annotations
@@ -14,13 +15,30 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+from predvdm_jax.config import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"  # under a training workdir
+DENOISER_FIELDS = (
+    "unet",
+    "vq",
+    "model.mode",
+    "model.attn_heads_tc",
+    "model.attn_heads_ct",
+    "model.attn_dim_head",
+    "data.cond_frames",
+    "data.pred_frames",
+    "data.channels",
+    "data.image_size",
+)
+"""Config fields (a section: all its fields) that decide the denoiser's parameters."""
 
 
 def _gather_json(value: Any) -> dict[str, Any]:
@@ -62,7 +80,7 @@ class Checkpointer:
         self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
+            create=False,  # the first save makes it: reading a wrong path leaves no trace
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(
@@ -146,3 +164,44 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _differences(saved: Any, current: Any, name: str) -> list[str]:
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        return [
+            difference
+            for key in saved
+            if key in current
+            for difference in _differences(saved[key], current[key], f"{name}.{key}")
+        ]
+    return [] if saved == current else [f"{name} {saved!r} in the checkpoint, {current!r} now"]
+
+
+def check_saved_config(workdir: str, config: Any, fields: Sequence[str] = DENOISER_FIELDS) -> None:
+    """Raises ``ConfigError`` naming every field of ``fields`` (dotted names) on which the config
+    saved with the newest checkpoint in ``workdir`` differs from ``config``: resuming would fail
+    on the parameters' shapes, or train another model. Fields the saved config predates pass."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+        step = checkpointer.latest_step()
+        saved = checkpointer.restore_config(step) if step is not None else {}
+    finally:
+        checkpointer.close()
+    current = config_to_json(config)
+    differences = []
+    for field in fields:
+        *parents, leaf = field.split(".")
+        saved_node, current_node = saved, current
+        for key in parents:
+            saved_node, current_node = saved_node.get(key, {}), current_node.get(key, {})
+        if leaf in saved_node and leaf in current_node:
+            differences += _differences(saved_node[leaf], current_node[leaf], field)
+    if differences:
+        raise ConfigError(
+            f"{workdir} holds a checkpoint (step {step}) of another model: "
+            f"{'; '.join(differences)}. Resume with the run's original config, or pass a new "
+            f"--workdir to start over."
+        )

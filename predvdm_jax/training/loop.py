@@ -29,7 +29,7 @@ from absl import logging
 
 from predvdm_jax.config import ConfigError
 from predvdm_jax.training import sharding as sharding_lib
-from predvdm_jax.training.checkpoint import Checkpointer
+from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
@@ -154,7 +154,7 @@ def train_loop(
     )
 
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=_get(train_cfg, "max_to_keep", 3)
+        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=_get(train_cfg, "max_to_keep", 3)
     )
     restored = checkpointer.restore_latest(abstract_state)
     if restored is None:
@@ -174,6 +174,14 @@ def train_loop(
         if data_state is not None:
             data_iterator.set_state(data_state)
         logging.info("resumed from step %d in %s", start_step, workdir)
+        if start_step >= num_steps:
+            logging.warning(
+                "the run in %s is already at step %d (train.num_steps=%d): nothing to train; "
+                "raise train.num_steps to train on",
+                workdir,
+                start_step,
+                num_steps,
+            )
 
     param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     logging.info(
@@ -187,7 +195,8 @@ def train_loop(
         batch_size,
         grad_accum_steps,
     )
-    writer = create_default_writer(workdir, resume_step=start_step if restored else None)
+    # Drops lines a killed run logged after start_step (all of them when starting from scratch).
+    writer = create_default_writer(workdir, resume_step=start_step)
     if restored is None:
         writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
@@ -213,10 +222,14 @@ def train_loop(
             if not math.isfinite(float(np.asarray(value))):
                 checkpointer.wait_until_finished()
                 kept = checkpointer.latest_step()
+                last = (
+                    f"the last good checkpoint is step {kept} in {checkpointer.directory}"
+                    if kept is not None
+                    else "no checkpoint was saved yet"
+                )
                 raise NonFiniteLossError(
                     f"loss is {float(value)} at step {step_number}; stopped without saving "
-                    f"this state, the last good checkpoint is step {kept} in "
-                    f"{checkpointer.directory} (lower the learning rate or check the data)"
+                    f"this state, {last} (lower the learning rate or check the data)"
                 )
         pending_losses.clear()
 

@@ -154,3 +154,33 @@ def test_restoring_onto_other_parameter_shapes_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=message):
         checkpointer.restore(1, ohwi)
     checkpointer.close()
+
+
+def test_nan_loss_before_any_checkpoint_says_none_was_saved(tmp_path):
+    config = make_config(num_steps=4, save_every=4, log_every=1)
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2;.*no checkpoint was saved yet"):
+        loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(nan_at_step=2), stream)
+
+
+def test_fresh_start_drops_the_metrics_of_a_run_killed_before_its_first_save(tmp_path):
+    with open(tmp_path / JSONL_NAME, "w") as f:
+        f.writelines(f'{{"step": {step}, "loss": 9.0}}\n' for step in (2, 4, 6))
+    train_in_process(make_config(num_steps=2, save_every=2, log_every=1), str(tmp_path))
+    assert [r["step"] for r in read_jsonl(tmp_path / JSONL_NAME)] == [1, 2]
+
+
+def test_resuming_below_the_checkpoint_step_says_so(tmp_path, caplog):
+    train_in_process(make_config(num_steps=4, save_every=2), str(tmp_path))
+    caplog.clear()
+    train_in_process(make_config(num_steps=2, save_every=2), str(tmp_path))
+    assert "already at step 4 (train.num_steps=2)" in caplog.text
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2, 4]
+
+
+def test_reading_a_missing_checkpoint_folder_does_not_create_it(tmp_path):
+    missing = tmp_path / "nowhere" / "checkpoints"
+    checkpointer = Checkpointer(missing)
+    assert checkpointer.latest_step() is None and checkpointer.all_steps() == []
+    checkpointer.close()
+    assert not (tmp_path / "nowhere").exists()

@@ -1,0 +1,94 @@
+"""Script errors are one ``error:`` line: bad ``--config`` flags, a workdir of another model, an
+export over its own workdir; reading a missing workdir leaves no trace."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from predvdm_jax import config as config_lib
+from predvdm_jax.training import checkpoint
+
+from .tiny_setup import REPO_ROOT
+
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "digits_demo.py")
+
+
+def _save_run(workdir, config):
+    checkpointer = checkpoint.Checkpointer(
+        os.path.join(workdir, checkpoint.CHECKPOINT_DIR), async_save=False
+    )
+    checkpointer.save(3, {"w": jnp.zeros(2)}, data_state={}, config=config)
+    checkpointer.close()
+
+
+def _with(config, **changes):
+    changed = config.copy_and_resolve_references()
+    for dotted, value in changes.items():
+        section, field = dotted.split("__")
+        changed[section][field] = value
+    return changed
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_fields(tmp_path):
+    config = config_lib.load_config_file(DEMO_CONFIG)
+    checkpoint.check_saved_config(str(tmp_path / "new"), config)  # no checkpoint: nothing to check
+    assert not (tmp_path / "new").exists()
+    _save_run(tmp_path, config)
+
+    # Settings that leave the parameters as they are resume.
+    checkpoint.check_saved_config(
+        str(tmp_path), _with(config, train__num_steps=10, model__dtype="bfloat16")
+    )
+    other = _with(config, unet__channel_mult=(1, 2), model__mode="tc_attn")
+    with pytest.raises(config_lib.ConfigError) as err:
+        checkpoint.check_saved_config(str(tmp_path), other)
+    message = str(err.value)
+    assert (
+        f"step 3) of another model: unet.channel_mult {list(config.unet.channel_mult)}" in message
+    )
+    assert (
+        "in the checkpoint, [1, 2] now; model.mode 'tc' in the checkpoint, 'tc_attn' now" in message
+    )
+    assert "original config, or pass a new --workdir" in message
+
+
+def _run(script, *args):
+    command = [sys.executable, os.path.join(REPO_ROOT, "scripts", script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_bad_flags_and_a_workdir_of_another_model_are_one_error_line(tmp_path):
+    workdir = f"--workdir={tmp_path}"
+    assert _run("train.py", workdir, "--config=configs/nope.py") == (
+        "error: config file 'configs/nope.py' not found; pass a file from configs/"
+    )
+    assert _run(
+        "train.py", workdir, f"--config={DEMO_CONFIG}", "--config.unet.model_chanels=64"
+    ) == (
+        "error: --config.unet.model_chanels: unknown config field 'unet.model_chanels'; "
+        "did you mean --config.unet.model_channels?"
+    )
+    _save_run(tmp_path, config_lib.load_config_file(DEMO_CONFIG))
+    line = _run("train.py", workdir, f"--config={DEMO_CONFIG}", "--config.unet.model_channels=64")
+    assert line.startswith(f"error: {tmp_path} holds a checkpoint (step 3) of another model")
+    assert "unet.model_channels" in line
+
+
+def test_export_refuses_its_own_workdir_and_leaves_a_missing_one_alone(tmp_path):
+    run = tmp_path / "run"
+    _save_run(run, config_lib.load_config_file(DEMO_CONFIG))
+    for out in (run, run / "bundle"):
+        line = _run("export.py", f"--workdir={run}", f"--out={out}")
+        assert line.startswith(f"error: --out {out} is inside --workdir {run}")
+    assert sorted(os.listdir(run)) == [checkpoint.CHECKPOINT_DIR]
+    assert os.listdir(run / checkpoint.CHECKPOINT_DIR) == ["3"]
+
+    missing = tmp_path / "missing"
+    line = _run("export.py", f"--workdir={missing}", f"--out={tmp_path / 'bundle'}")
+    assert line.startswith(f"error: no finished checkpoint in {missing}")
+    assert not missing.exists()
