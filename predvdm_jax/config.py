@@ -445,6 +445,21 @@ def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
     return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))
 
 
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A validated copy of ``config`` with ``{"section.field": value}`` set: the ``--config.*``
+    flags a user gave (``config_flags.get_override_values``), on top of a run's saved config,
+    whether or not a value equals the schema default."""
+    config = config_from_dict(config.to_dict())
+    with config.unlocked():
+        for dotted, value in overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for name in parents:
+                node = node[name]
+            node[leaf] = value
+    return validate(config)
+
+
 def _config_flag_error(argv: list[str], err: Exception) -> str:
     """What went wrong with ``--config`` or a ``--config.<field>`` override, in one line."""
     for i, arg in enumerate(argv[1:], 1):
@@ -481,3 +496,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         return remaining
     except (AttributeError, KeyError, OSError, ConfigError) as err:
         sys.exit(f"error: {_config_flag_error(argv, err)}")
+
+
+def define_overrides_flag(help_text: str) -> None:
+    """Defines ``--config`` as ``--config.<field>=value`` overrides of a run's saved config.
+
+    ``config_flags.DEFINE_config_dict`` parses the command line when it is defined, so a
+    mistyped field exits here with one ``error:`` line (``parse_flags`` comes too late).
+    """
+    from ml_collections import config_flags
+
+    try:
+        config_flags.DEFINE_config_dict("config", default_config(), help_text)
+    except (AttributeError, KeyError) as err:
+        sys.exit(f"error: {_config_flag_error(sys.argv, err)}")

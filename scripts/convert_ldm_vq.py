@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from predvdm_jax import config as config_lib
 from predvdm_jax.interop import ldm_vq, torch_checkpoint
 
 flags.DEFINE_string(
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

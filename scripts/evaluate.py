@@ -30,10 +30,8 @@ from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.training import mesh as mesh_lib
 
-config_flags.DEFINE_config_dict(
-    "config",
-    config_lib.default_config(),
-    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=...",
+config_lib.define_overrides_flag(
+    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=..."
 )
 flags.DEFINE_string("bundle", None, "Exported inference bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: evaluates its newest checkpoint.")
@@ -74,19 +72,6 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
-def _apply_overrides(config, overrides):
-    """Sets every ``--config.a.b=value`` given on the command line on ``config`` (a copy)."""
-    config = config_lib.config_from_dict(config.to_dict())
-    with config.unlocked():
-        for dotted, value in overrides.items():
-            node = config
-            *parents, leaf = dotted.split(".")
-            for name in parents:
-                node = node[name]
-            node[leaf] = value
-    return config_lib.validate(config)
-
-
 def _num_samples(config, overrides):
     if FLAGS.num_samples is not None:
         return FLAGS.num_samples
@@ -125,7 +110,7 @@ def _evaluate_model():
         )
         source = f"checkpoint {FLAGS.workdir} ({'EMA' if FLAGS.use_ema else 'raw'} weights)"
     overrides = config_flags.get_override_values(FLAGS["config"])
-    config = _apply_overrides(bundle.config, overrides)
+    config = config_lib.with_overrides(bundle.config, overrides)
     protocol = protocol_lib.resolve_protocol(
         FLAGS.protocol or config.eval.protocol,
         num_clips=FLAGS.num_clips or config.eval.num_clips,
@@ -180,4 +165,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

@@ -23,10 +23,8 @@ from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.interop import bundle as bundle_lib
 
-config_flags.DEFINE_config_dict(
-    "config",
-    config_lib.default_config(),
-    "Overrides of the model's config, e.g. --config.sampling.steps=20.",
+config_lib.define_overrides_flag(
+    "Overrides of the model's config, e.g. --config.sampling.steps=20."
 )
 flags.DEFINE_string("bundle", None, "Exported bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: uses its newest checkpoint (EMA weights).")
@@ -42,17 +40,6 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
-def _overridden(config, overrides):
-    """The model's config with the fields given on the command line replaced."""
-    defaults = config_lib.default_config()
-    config = config.copy_and_resolve_references()
-    for section in ("sampling", "eval", "data", "mesh"):
-        for key, value in overrides[section].items():
-            if value != defaults[section][key]:
-                config[section][key] = value
-    return config_lib.validate(config)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -64,7 +51,9 @@ def main(argv):
             if FLAGS.bundle
             else bundle_lib.load_from_checkpoint(FLAGS.workdir)
         )
-        config = _overridden(model.config, FLAGS.config)
+        config = config_lib.with_overrides(
+            model.config, config_flags.get_override_values(FLAGS["config"])
+        )
         model = bundle_lib.Bundle(config, model.params, model.vq_params)
         cond_frames = config.data.cond_frames
         num_frames = FLAGS.num_frames or config.eval.pred_frames
@@ -97,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

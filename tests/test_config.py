@@ -112,3 +112,24 @@ def test_saved_config_from_before_a_field_existed_loads_with_its_default():
     raw["diffusion"]["parametrisation"] = "v"
     with pytest.raises(config_lib.ConfigError, match="diffusion.parametrisation"):
         config_lib.config_from_dict(raw)
+
+
+def test_overrides_apply_even_when_they_equal_the_schema_default():
+    """A bundle sampling with DDIM-20 can be scored with PredVDM's DDIM-100, the default."""
+    saved = config_lib.default_config()
+    saved.sampling.steps, saved.sampling.sampler, saved.model.dtype = (
+        20,
+        "dpm_solver_pp",
+        "bfloat16",
+    )
+    saved = config_lib.finalize(saved)
+    overrides = {"sampling.steps": 100, "sampling.sampler": "ddim", "model.dtype": "float32"}
+    config = config_lib.with_overrides(saved, overrides)
+    assert (config.sampling.steps, config.sampling.sampler, config.model.dtype) == (
+        100,
+        "ddim",
+        "float32",
+    )
+    assert saved.sampling.steps == 20  # the saved config is untouched
+    with pytest.raises(config_lib.ConfigError, match="sampling.steps must be in"):
+        config_lib.with_overrides(saved, {"sampling.steps": 0})

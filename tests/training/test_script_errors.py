@@ -73,6 +73,11 @@ def test_bad_flags_and_a_workdir_of_another_model_are_one_error_line(tmp_path):
         "error: --config.unet.model_chanels: unknown config field 'unet.model_chanels'; "
         "did you mean --config.unet.model_channels?"
     )
+    # evaluate.py and sample.py take overrides of a saved config (parsed when defined).
+    assert _run("sample.py", "--bundle=b", "--out=o", "--config.sampling.stepz=3") == (
+        "error: --config.sampling.stepz: unknown config field 'sampling.stepz'; "
+        "did you mean --config.sampling.steps?"
+    )
     _save_run(tmp_path, config_lib.load_config_file(DEMO_CONFIG))
     line = _run("train.py", workdir, f"--config={DEMO_CONFIG}", "--config.unet.model_channels=64")
     assert line.startswith(f"error: {tmp_path} holds a checkpoint (step 3) of another model")
