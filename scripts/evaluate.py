@@ -8,9 +8,10 @@
   # one model under several samplers, on the same clips (OUT/<sampler>/ and OUT/sweep.md):
   python scripts/evaluate.py --bundle=bundles/kth64 --out=eval/kth64_samplers \
       --sweep="steps=10;steps=100;eta=0,steps=20;sampler=dpm_solver_pp,steps=20"
-  # two HDF5 splits of videos paired by index (the first 10 frames are conditioning):
-  python scripts/evaluate.py --real_dir=data/KTH/test --fake_dir=samples/kth --cond_frames=10 \
-      --out=eval/folders
+  # two HDF5 splits of videos paired by index (the first 10 frames are conditioning), e.g.
+  # another method's predictions written with predvdm_jax.data.hdf5.write_split:
+  python scripts/evaluate.py --real_dir=data/KTH/test --fake_dir=other_model/kth_test_h5 \
+      --cond_frames=10 --out=eval/folders
 
 Writes OUT/metrics.json (every number with its protocol), OUT/metrics.md,
 OUT/per_frame.png and OUT/videos/. ``--config.<field>=value`` overrides fields
@@ -44,14 +45,19 @@ flags.DEFINE_enum(
     "predvdm (1 sample, mean), mcvd (10 samples, best-of-10 + mean), extdm "
     "(100 samples, best-of-100 + mean); default: config eval.protocol.",
 )
-flags.DEFINE_integer("num_clips", None, "Test clips; default: config eval.num_clips.")
+flags.DEFINE_integer(
+    "num_clips", None, "Test clips; default: config eval.num_clips.", lower_bound=1
+)
 flags.DEFINE_integer(
     "num_samples",
     None,
     "Samples per clip; default: the protocol's, or config eval.num_samples when set above 1.",
+    lower_bound=1,
 )
-flags.DEFINE_integer("pred_frames", None, "Frames to predict; default: config eval.pred_frames.")
-flags.DEFINE_integer("keep_videos", 8, "Sample videos written to OUT/videos.")
+flags.DEFINE_integer(
+    "pred_frames", None, "Frames to predict; default: config eval.pred_frames.", lower_bound=1
+)
+flags.DEFINE_integer("keep_videos", 8, "Sample videos written to OUT/videos.", lower_bound=0)
 flags.DEFINE_string(
     "sweep",
     None,
@@ -63,9 +69,14 @@ flags.DEFINE_string(
     "fake_dir", None, "HDF5 split of generated videos, paired with --real_dir by index."
 )
 flags.DEFINE_integer(
-    "cond_frames", 0, "With --real_dir: leading frames excluded from SSIM/PSNR/LPIPS."
+    "cond_frames",
+    0,
+    "With --real_dir: leading frames excluded from SSIM/PSNR/LPIPS.",
+    lower_bound=0,
 )
-flags.DEFINE_integer("num_frames", 0, "With --real_dir: frames per video (0: the shortest length).")
+flags.DEFINE_integer(
+    "num_frames", 0, "With --real_dir: frames per video (0: the shortest length).", lower_bound=0
+)
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flag_as_required("out")
@@ -102,8 +113,9 @@ def _evaluate_model():
     from predvdm_jax.interop import bundle as bundle_lib
 
     if FLAGS.bundle:
-        bundle = bundle_lib.load_bundle(FLAGS.bundle)
-        source = f"bundle {FLAGS.bundle}"
+        path = bundle_lib.resolve_bundle_path(FLAGS.bundle)  # best/ → its lowest-loss bundle
+        bundle = bundle_lib.load_bundle(path)
+        source = f"bundle {path}"
     else:
         bundle = bundle_lib.load_from_checkpoint(
             FLAGS.workdir, use_ema=FLAGS.use_ema, step=FLAGS.step

@@ -31,10 +31,12 @@ flags.DEFINE_string("workdir", None, "Training workdir: uses its newest checkpoi
 flags.DEFINE_string(
     "video", None, "A video file or folder of frames to continue (default: test clips)."
 )
-flags.DEFINE_integer("num_frames", None, "Frames to predict (default: config eval.pred_frames).")
-flags.DEFINE_integer("num_clips", 8, "Test clips to predict (without --video).")
+flags.DEFINE_integer(
+    "num_frames", None, "Frames to predict (default: config eval.pred_frames).", lower_bound=1
+)
+flags.DEFINE_integer("num_clips", 8, "Test clips to predict (without --video).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("fps", 10, "Frames per second of the written videos.")
+flags.DEFINE_integer("fps", 10, "Frames per second of the written videos.", lower_bound=1)
 flags.DEFINE_string("out", None, "Output folder.")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
@@ -69,6 +71,8 @@ def main(argv):
                 FLAGS.num_clips,
                 FLAGS.num_clips,
                 config.eval.seed,
+                image_size=config.data.image_size,
+                channels=config.data.channels,
             )
             clips = next(batches)["video"]
             cond, future = clips[:, :cond_frames], clips[:, cond_frames:]

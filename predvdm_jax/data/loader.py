@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from predvdm_jax.data.hdf5 import VideoShards
+from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 
 _TRAIN_STREAM, _FLIP_STREAM, _EVAL_STREAM = 1, 2, 3
 
@@ -173,12 +173,28 @@ def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, 
                       num_workers=0 if shards.in_memory else num_workers)
 
 
+def check_frame_size(shards: VideoShards, image_size: int, channels: int) -> None:
+  """Raises ``DatasetError`` unless the split's frames are ``image_size``² with ``channels``."""
+  height, width = shards.frame_shape[:2]
+  if (height, width, shards.channels) != (image_size, image_size, channels):
+    raise DatasetError(
+        f"{shards.split_dir} holds {height}x{width} frames with {shards.channels} channel(s), "
+        f"but the model takes data.image_size={image_size} with data.channels={channels}; "
+        f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})")
+
+
 def eval_iterator(split_dir: str, num_frames: int, num_clips: int, batch_size: int, seed: int, *,
                   kind: str = "frames", sharding=None, num_threads: int = 1,
-                  prefetch: int = 8) -> ClipIterator:
+                  prefetch: int = 8, image_size: int | None = None,
+                  channels: int | None = None) -> ClipIterator:
   """The fixed evaluation clips in batches; the last batch is padded by repeating
-  clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number)."""
+  clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number).
+  With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``."""
+  if num_clips < 1 or batch_size < 1:
+    raise ValueError(f"num_clips and batch_size must be >= 1, got {num_clips} and {batch_size}")
   shards = VideoShards(split_dir, kind)
+  if image_size is not None:
+    check_frame_size(shards, image_size, channels)
   shards.check_min_length(num_frames)
   windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
   local, process = _local_share(batch_size)

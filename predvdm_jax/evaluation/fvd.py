@@ -119,6 +119,8 @@ def i3d_logits(
     if shape[0] == 0:
         return np.zeros((0, 400), np.float64)
     lowest, highest = float(np.min(videos)), float(np.max(videos))
+    if not (np.isfinite(lowest) and np.isfinite(highest)):
+        raise ValueError("videos hold NaN or Inf values; I3D features need finite frames in [0, 1]")
     if lowest < -1e-3:
         raise ValueError(
             f"videos must be in [0, 1] but reach {lowest:.3f}; map [-1, 1] data with (x + 1) / 2 first"
@@ -155,9 +157,15 @@ def frechet_distance_from_moments(
             f"real and fake statistics differ in shape: means {mean_real.shape} vs {mean_fake.shape}, "
             f"covariances {cov_real.shape} vs {cov_fake.shape}; use the same feature extractor for both"
         )
+    if not all(np.isfinite(x).all() for x in (mean_real, cov_real, mean_fake, cov_fake)):
+        raise ValueError(
+            "real or fake feature statistics hold NaN or Inf (scipy's sqrtm would not return); "
+            "check that the videos and the feature extractor's outputs are finite"
+        )
     mean_term = np.sum(np.square(mean_fake - mean_real))
     sqrt_product = scipy.linalg.sqrtm(cov_fake @ cov_real)
-    return float(np.real(mean_term + np.trace(cov_fake + cov_real - 2.0 * sqrt_product)))
+    distance = float(np.real(mean_term + np.trace(cov_fake + cov_real - 2.0 * sqrt_product)))
+    return max(distance, 0.0)  # a distance; rounding gives about -1e-5 for identical sets
 
 
 def _moments(features: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -335,6 +335,11 @@ def _check_prediction(frames: Any, expected: tuple, what: str) -> None:
             f"{what} returned frames of shape {tuple(frames.shape)}, expected {tuple(expected)} "
             f"(batch, pred_frames, H, W, C); check its pred_frames and channels."
         )
+    if not bool(to_host(jnp.all(jnp.isfinite(frames)))):
+        raise ValueError(
+            f"{what} returned NaN or Inf frames: the weights are not finite or the sampler "
+            f"diverged; check the run's loss curve, or the sampler settings (config.sampling)."
+        )
 
 
 def evaluate(
@@ -748,6 +753,8 @@ def evaluate_samplers(
         batch_size,
         config.eval.seed,
         sharding=mesh_lib.batch_sharding(mesh),
+        image_size=config.data.image_size,
+        channels=config.data.channels,
     )
     num_batches = -(-protocol.num_clips // batch_size)
     replicated = mesh_lib.replicated(mesh)

@@ -155,13 +155,19 @@ def best_bundle(directory: str) -> str | None:
     return os.path.join(directory, min(values, key=lambda name: (values[name], name)))
 
 
-def load_bundle(path: str) -> Bundle:
-    """The bundle at ``path`` (params as host arrays; jit places them on any mesh). A run's
-    ``best/`` folder loads its bundle of lowest validation loss."""
+def resolve_bundle_path(path: str) -> str:
+    """``path``, or for a run's ``best/`` folder its bundle of lowest validation loss."""
     best = best_bundle(path)
     if best is not None and not os.path.exists(os.path.join(path, CONFIG_FILE)):
         logging.info("loading %s, the best bundle in %s", best, path)
-        path = best
+        return best
+    return path
+
+
+def load_bundle(path: str) -> Bundle:
+    """The bundle at ``path`` (params as host arrays; jit places them on any mesh). A run's
+    ``best/`` folder loads its bundle of lowest validation loss."""
+    path = resolve_bundle_path(path)
     missing = [
         f
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)

@@ -83,6 +83,21 @@ def _features_with_exact_moments(mean, std, n, seed):
 def test_identical_features_give_zero():
     feats = np.random.default_rng(3).normal(size=(64, 12))
     assert abs(fvd_lib.frechet_distance(feats, feats)) < 1e-8
+    # 400-d logits of 40 videos: a rank-deficient product whose sqrtm rounds below zero.
+    wide = np.random.default_rng(4).normal(size=(40, 400))
+    assert fvd_lib.frechet_distance(wide, wide) == 0.0
+
+
+def test_non_finite_videos_or_features_raise_instead_of_hanging():
+    """scipy's sqrtm of a NaN matrix never returns; the inputs are checked first."""
+    feats = np.random.default_rng(5).normal(size=(16, 8))
+    feats[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fvd_lib.frechet_distance(feats, np.nan_to_num(feats))
+    videos = np.full((2, 10, 8, 8, 3), 0.5, np.float32)
+    videos[1, 4] = np.nan
+    with pytest.raises(ValueError, match="videos hold NaN or Inf"):
+        fvd_lib.i3d_logits(None, videos)
 
 
 def test_diagonal_gaussians_match_closed_form():

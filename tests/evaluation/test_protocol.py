@@ -357,3 +357,21 @@ def test_several_models_share_clips_reals_and_baselines():
             pred_frames=PRED,
             key=jax.random.key(0),
         )
+
+
+def test_non_finite_predictions_are_one_clear_error():
+    clips = _moving_clips(2)
+
+    def nan_predict(cond, key):
+        return _perfect_predict(cond, key).at[0, 0, 0, 0, 0].set(jnp.nan)
+
+    with pytest.raises(ValueError, match="predict_fn of model returned NaN or Inf frames"):
+        protocol_lib.evaluate(
+            _batches(clips, 2),
+            nan_predict,
+            None,
+            protocol_lib.resolve_protocol("predvdm", num_clips=2),
+            cond_frames=COND,
+            pred_frames=PRED,
+            key=jax.random.key(0),
+        )

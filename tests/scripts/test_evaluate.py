@@ -203,3 +203,32 @@ def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
     written = json.loads((out / "ddim_2_eta0" / "metrics.json").read_text())
     assert written["model"] == json.loads(json.dumps(ddim["model"]))
     assert "| dpm_solver_pp, 3 steps, order 2, time_uniform |" in (out / "sweep.md").read_text()
+
+
+def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_path):
+    from predvdm_jax.data.hdf5 import DatasetError
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, _videos(5)))
+    rng = np.random.default_rng(0)
+    for name, frames in (
+        ("small", rng.integers(0, 256, (COND + PRED, SIZE // 2, SIZE // 2), np.uint8)),
+        ("rgb", rng.integers(0, 256, (COND + PRED, SIZE, SIZE, 3), np.uint8)),
+    ):
+        hdf5.write_split(str(tmp_path / name), [frames] * 2)
+        config = bundle.config.copy_and_resolve_references()
+        config.data.test_dir = str(tmp_path / name)
+        with pytest.raises(
+            DatasetError, match=rf"holds .* but the model takes data.image_size={SIZE}"
+        ):
+            protocol_lib.evaluate_model(
+                config,
+                bundle.params,
+                bundle.vq_params,
+                str(tmp_path / "out"),
+                protocol=protocol_lib.resolve_protocol("predvdm", num_clips=2),
+                pred_frames=PRED,
+                source="test",
+                show_progress=False,
+            )
+    assert not (tmp_path / "out").exists()
