@@ -1,4 +1,5 @@
-"""Prints the summary of one or more dataset split folders.
+"""Checks every frame of one or more dataset split folders (HDF5 metadata only: presence,
+shape, dtype), then prints each split's summary.
 
 python scripts/inspect_data.py data/moving_digits/train data/moving_digits/test
 """
@@ -18,7 +19,9 @@ def main(argv):
         raise app.UsageError("give one or more split folders, e.g. data/moving_digits/train")
     for split_dir in argv[1:]:
         try:
-            print(hdf5.VideoShards(split_dir, FLAGS.kind).summary())
+            shards = hdf5.VideoShards(split_dir, FLAGS.kind)
+            shards.check_all_frames()
+            print(shards.summary())
         except hdf5.DatasetError as e:
             sys.exit(f"error: {e}")
 

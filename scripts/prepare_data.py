@@ -8,6 +8,8 @@
 Re-running the same command resumes an interrupted conversion.
 """
 
+import sys
+
 from absl import app, flags
 
 from predvdm_jax.data import converters
@@ -60,17 +62,22 @@ _OPTION_FLAGS = (
 
 def main(argv):
     del argv
-    options = converters.select_options(
-        FLAGS.dataset, {name: FLAGS[name].value for name in _OPTION_FLAGS}
-    )
-    summary = converters.convert(
-        FLAGS.dataset,
-        FLAGS.src,
-        FLAGS.out,
-        vids_per_shard=FLAGS.vids_per_shard,
-        num_workers=FLAGS.num_workers,
-        **options,
-    )
+    try:
+        options = converters.select_options(
+            FLAGS.dataset,
+            {name: FLAGS[name].value for name in _OPTION_FLAGS},
+            given=[name for name in _OPTION_FLAGS if FLAGS[name].present],
+        )
+        summary = converters.convert(
+            FLAGS.dataset,
+            FLAGS.src,
+            FLAGS.out,
+            vids_per_shard=FLAGS.vids_per_shard,
+            num_workers=FLAGS.num_workers,
+            **options,
+        )
+    except (ValueError, ImportError, OSError) as err:  # SourceError is a ValueError
+        sys.exit(f"error: {err}")
     print(summary)
 
 

@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import glob
 import os
+import re
 from typing import Iterable, Sequence
 
 import h5py
@@ -33,6 +34,29 @@ def shard_path(split_dir: str, shard_number: int) -> str:
   return os.path.join(split_dir, SHARD_NAME.format(shard_number))
 
 
+def natural_key(text: str) -> list:
+  """Sort key that orders numbers by value: ``shard_1001`` before ``shard_10000``,
+  ``frame_2`` before ``frame_10``."""
+  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def shard_paths(split_dir: str) -> list[str]:
+  """The split's ``*.hdf5`` / ``*.h5`` files in shard-number order (``natural_key``).
+
+  ``shard_{:04d}`` grows a fifth digit at shard 10000, so plain string order
+  would scramble the videos. Two names with one number (``shard_1.hdf5`` and
+  ``shard_0001.hdf5``) are ambiguous and refused.
+  """
+  paths = glob.glob(os.path.join(split_dir, "*.hdf5")) + glob.glob(os.path.join(split_dir, "*.h5"))
+  keyed = sorted((natural_key(os.path.splitext(os.path.basename(p))[0]), p) for p in paths)
+  for (key, path), (next_key, next_path) in zip(keyed, keyed[1:]):
+    if key == next_key:
+      raise DatasetError(f"{split_dir}: {os.path.basename(path)} and "
+                         f"{os.path.basename(next_path)} have the same shard number, so their "
+                         f"order is ambiguous; remove one.")
+  return [p for _, p in keyed]
+
+
 class ShardWriter:
   """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
 
@@ -43,7 +67,7 @@ class ShardWriter:
   def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
     if kind not in ("frames", "latents"):
       raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
-    self.dtypes = FRAME_DTYPES if kind == "frames" else LATENT_DTYPES
+    self.kind = kind
     self.path = path
     self.tmp_path = path + ".tmp"
     self.compression = compression
@@ -60,7 +84,7 @@ class ShardWriter:
       raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
     expected = self._frame_shape or frames[0].shape
     for f in frames:
-      _check_frame(f, expected, self.path, f"video {self.num_videos}", self.dtypes)
+      _check_frame(f, expected, self.path, f"video {self.num_videos}", self.kind)
     self._frame_shape = frames[0].shape
     group = self._file.create_group(str(self.num_videos))
     for t, frame in enumerate(frames):
@@ -109,19 +133,30 @@ def write_split(split_dir: str, videos: Iterable[np.ndarray], vids_per_shard: in
   return count
 
 
-def _check_frame(frame: np.ndarray, expected_shape, where: str, what: str,
-                 dtypes=FRAME_DTYPES) -> None:
-  if frame.dtype.type not in dtypes:
-    names = "/".join(np.dtype(d).name for d in dtypes)
-    raise DatasetError(f"{where}: {what} has frames of dtype {frame.dtype}; expected {names} "
-                       f"(convert with np.clip(x, 0, 255).astype(np.uint8) for images).")
-  if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[-1] not in (1, 3, 4)
-                                  and dtypes is FRAME_DTYPES):
-    raise DatasetError(f"{where}: {what} has a frame of shape {frame.shape}; expected (H, W) "
-                       f"or (H, W, 3).")
+def _check_frame(frame, expected_shape, where: str, what: str, kind: str = "frames") -> None:
+  """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame."""
+  if kind == "frames":
+    if frame.dtype.type not in FRAME_DTYPES:
+      hint = (" (a latent cache: read it with kind='latents', inspect_data.py --kind=latents)"
+              if frame.dtype.type in LATENT_DTYPES else "")
+      raise DatasetError(f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8"
+                         f"{hint}. Convert images with np.clip(x, 0, 255).astype(np.uint8).")
+    if not (len(frame.shape) == 2 or (len(frame.shape) == 3 and frame.shape[-1] == 3)):
+      raise DatasetError(f"{where}: {what} has a frame of shape {tuple(frame.shape)}; expected "
+                         f"(H, W) or (H, W, 3): store gray without a channel axis, drop alpha.")
+  else:
+    if frame.dtype.type not in LATENT_DTYPES:
+      hint = (": it looks like a frame split; read it with kind='frames', or encode it with "
+              "scripts/encode_dataset.py" if frame.dtype.type in FRAME_DTYPES else "")
+      raise DatasetError(f"{where}: {what} has frames of dtype {frame.dtype}; a latent cache "
+                         f"holds float16/float32 latents{hint}.")
+    if len(frame.shape) not in (2, 3):
+      raise DatasetError(f"{where}: {what} has a latent of shape {tuple(frame.shape)}; "
+                         f"expected (h, w, c).")
   if tuple(frame.shape) != tuple(expected_shape):
-    raise DatasetError(f"{where}: {what} has a frame of shape {frame.shape}, but the dataset's "
-                       f"frames are {tuple(expected_shape)}; every frame must have one shape.")
+    raise DatasetError(f"{where}: {what} has a frame of shape {tuple(frame.shape)}, but the "
+                       f"dataset's frames are {tuple(expected_shape)}; every frame must have "
+                       f"one shape.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +194,14 @@ class VideoShards:
       raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
     self.split_dir = split_dir
     self.kind = kind
+    if os.path.isfile(split_dir):
+      raise DatasetError(f"{split_dir!r} is a file; pass the split folder that holds it "
+                         f"({os.path.dirname(split_dir) or '.'!r}).")
     if not os.path.isdir(split_dir):
       raise DatasetError(f"Dataset folder {split_dir!r} does not exist; create it with "
-                         f"scripts/make_moving_digits.py or scripts/prepare_data.py, or fix the path.")
-    self.paths = sorted(glob.glob(os.path.join(split_dir, "*.hdf5")) +
-                        glob.glob(os.path.join(split_dir, "*.h5")))
+                         f"scripts/make_moving_digits.py or scripts/prepare_data.py, or fix the "
+                         f"path.")
+    self.paths = shard_paths(split_dir)
     if not self.paths:
       raise DatasetError(f"Dataset folder {split_dir!r} holds no shard_*.hdf5 files; is it a split "
                          f"folder (e.g. .../train) of a converted dataset?")
@@ -185,8 +223,7 @@ class VideoShards:
     first = self._raw_frame(0, 0)
     self.frame_shape = tuple(first.shape)
     self.dtype = first.dtype
-    dtypes = FRAME_DTYPES if kind == "frames" else LATENT_DTYPES
-    _check_frame(first, self.frame_shape, split_dir, "video 0", dtypes)
+    _check_frame(first, self.frame_shape, split_dir, "video 0", kind)
     self._files: dict[int, h5py.File] = {}
     self._memory: list[np.ndarray] | None = None
 
@@ -268,6 +305,34 @@ class VideoShards:
                            f"the dataset.")
       frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
     return clip[..., None] if clip.ndim == 3 else clip
+
+  def check_all_frames(self, max_listed: int = 5) -> None:
+    """Checks that every video has its ``len`` frames, each of the split's shape and dtype.
+
+    Reads HDF5 metadata only, no pixels; raises ``DatasetError`` listing the
+    first ``max_listed`` problems and their count.
+    """
+    problems = []
+    for shard, path in enumerate(self.paths):
+      with h5py.File(path, "r") as f:
+        for local, length in enumerate(self._lengths[shard]):
+          # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
+          group = h5py.h5g.open(f.id, str(local).encode())
+          for t in range(int(length)):
+            try:
+              frame = h5py.h5d.open(group, str(t).encode())
+            except KeyError:
+              problems.append(f"{path}: video {local} has no frame {t} (its 'len' entry says "
+                              f"{int(length)})")
+              continue
+            if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+              problems.append(f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
+                              f"expected {self.dtype}{self.frame_shape}")
+    if problems:
+      listed = "; ".join(problems[:max_listed])
+      more = f" (and {len(problems) - max_listed} more)" if len(problems) > max_listed else ""
+      raise DatasetError(f"{self.split_dir}: {len(problems)} bad frame(s): {listed}{more}; "
+                         f"re-create the dataset.")
 
   def summary(self, sample_videos: int = 16) -> DatasetSummary:
     picks = np.linspace(0, len(self) - 1, min(sample_videos, len(self))).round().astype(int)

@@ -8,18 +8,30 @@ import os
 import numpy as np
 from PIL import Image
 
+from predvdm_jax.data.hdf5 import natural_key
 from predvdm_jax.data.loader import to_model_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _frames_from_path(path: str) -> list[np.ndarray]:
+  """RGB frames of a video file, or of a folder's images in natural name order."""
   if os.path.isdir(path):
-    files = sorted(f for f in glob.glob(os.path.join(path, "*"))
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted((f for f in glob.glob(os.path.join(path, "*"))
+                    if f.lower().endswith(IMAGE_EXTENSIONS)),
+                   key=lambda f: natural_key(os.path.basename(f)))
     if not files:
       raise FileNotFoundError(f"{path!r} holds no frame images ({', '.join(IMAGE_EXTENSIONS)}).")
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    frames = []
+    for f in files:
+      with Image.open(f) as image:
+        frames.append(np.asarray(image.convert("RGB")))
+      if frames[-1].shape != frames[0].shape:
+        h, w = frames[-1].shape[:2]
+        raise ValueError(f"{f!r} is {w}x{h} but {os.path.basename(files[0])!r}, the first frame, "
+                         f"is {frames[0].shape[1]}x{frames[0].shape[0]}; every frame of a video "
+                         f"must have one size.")
+    return frames
   if not os.path.exists(path):
     raise FileNotFoundError(f"video {path!r} not found.")
   import imageio.v3 as iio

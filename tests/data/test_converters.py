@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from predvdm_jax.data import converters, hdf5
-from predvdm_jax.data.converters import SourceError
+from predvdm_jax.data.converters import SourceError, bair
 
 cv2 = pytest.importorskip("cv2")
 
@@ -354,6 +354,12 @@ def test_bair_detects_corruption_and_wrong_source(tmp_path):
     converters.make_plan("bair", str(tmp_path))
 
 
+def test_bair_unparsable_record_is_a_source_error():
+  # A record whose data CRC was not checked: a length-delimited field that runs past the end.
+  with pytest.raises(SourceError, match="x.tfrecords@12: not a readable tf.train.Example"):
+    bair.example_video(b"\x0a\xff", "x.tfrecords@12")
+
+
 # ---------------------------------------------------------------- Cityscapes
 
 def test_cityscapes_sequences_center_crop_lanczos(tmp_path):
@@ -421,7 +427,8 @@ def test_ucf101_official_split_lists_rgb_64(tmp_path):
   rng = np.random.default_rng(4)
   videos_dir, lists = tmp_path / "ucf" / "UCF-101", tmp_path / "ucf" / "ucfTrainTestlist"
   lists.mkdir(parents=True)
-  files = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "HandstandPushups/v_HandStandPushups_g09_c02.avi",
+  files = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+           "HandstandPushups/v_HandStandPushups_g09_c02.avi",
            "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"]
   for name in files:
     _write_avi(str(videos_dir / name), _random_frames(rng, 3, 60, 80))
@@ -443,6 +450,17 @@ def test_ucf101_official_split_lists_rgb_64(tmp_path):
 def test_unknown_dataset_and_option_selection():
   with pytest.raises(ValueError, match="Unknown dataset 'kth2'"):
     converters.make_plan("kth2", "/x")
-  options = converters.select_options("kth", {"kth_split": "rvd", "num_digits": 3,
-                                              "kth_crop": None})
-  assert options == {"kth_split": "rvd"}
+  candidates = {"kth_split": "rvd", "num_digits": 3, "kth_crop": None, "image_size": None}
+  assert converters.select_options("kth", candidates) == {"kth_split": "rvd"}
+  assert converters.select_options("kth", candidates, given=["kth_split"]) == {"kth_split": "rvd"}
+  # Options the user set that the converter does not take are an error, not silently dropped.
+  with pytest.raises(ValueError, match=r"^smmnist does not take --kth_split, --image_size \(its "
+                                       r"options: --num_digits\); remove them\.$"):
+    converters.select_options("smmnist", candidates, given=["kth_split", "image_size"])
+  with pytest.raises(ValueError, match=r"carla does not take --image_size \(its options: none\)"):
+    converters.select_options("carla", candidates, given=["image_size"])
+
+
+def test_tfds_without_a_key_is_a_clear_error():
+  with pytest.raises(ValueError, match="TFDS moving_mnist: set --tfds_key to the video feature"):
+    converters.make_plan("tfds:moving_mnist", "")

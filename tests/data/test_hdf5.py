@@ -74,7 +74,8 @@ def test_bad_frames_found_on_read(tmp_path):
     group.create_dataset("2", data=np.zeros((2, 8), np.uint8))
     group.create_dataset("3", data=np.full((4, 4), 7, np.uint8))
   shards = hdf5.VideoShards(str(tmp_path))
-  with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(4, 4\), expected uint8"):
+  with pytest.raises(hdf5.DatasetError,
+                     match=r"video 0 frame 1 is float32\(4, 4\), expected uint8"):
     shards.read_clip(0, 0, 2)
   with pytest.raises(hdf5.DatasetError, match=r"frame 2 is uint8\(2, 8\), expected uint8\(4, 4\)"):
     shards.read_clip(0, 2, 2)
@@ -105,3 +106,85 @@ def test_interrupted_write_leaves_no_finished_shard(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     hdf5.write_split(str(tmp_path), videos())
   assert os.listdir(tmp_path) == []
+
+
+def test_shards_are_read_in_shard_number_order_past_9999(tmp_path):
+  """``shard_{:04d}`` names shard 10000 ``shard_10000``: before ``shard_1001`` as text."""
+  numbers = [2, 1001, 9999, 10000, 10001]
+  assert os.path.basename(hdf5.shard_path(str(tmp_path), 10000)) == "shard_10000.hdf5"
+  for n in reversed(numbers):
+    with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), n)) as writer:
+      writer.add_video(np.full((1, 2, 2), n % 251, np.uint8))
+  shards = hdf5.VideoShards(str(tmp_path))
+  assert [os.path.basename(p) for p in shards.paths] == [
+      "shard_0002.hdf5", "shard_1001.hdf5", "shard_9999.hdf5", "shard_10000.hdf5",
+      "shard_10001.hdf5"]
+  assert [int(shards.read_clip(i, 0, 1).max()) for i in range(5)] == [n % 251 for n in numbers]
+
+
+def test_two_names_for_one_shard_number_are_refused(tmp_path):
+  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(4), [2], (4, 4)))
+  os.link(tmp_path / "shard_0001.hdf5", tmp_path / "shard_1.h5")
+  with pytest.raises(hdf5.DatasetError, match="shard_0001.hdf5 and shard_1.h5 have the same"):
+    hdf5.VideoShards(str(tmp_path))
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 1), (4, 4, 4)])
+def test_frames_with_one_or_four_channels_are_refused(tmp_path, shape):
+  with pytest.raises(hdf5.DatasetError, match=r"expected \(H, W\) or \(H, W, 3\)"):
+    hdf5.write_split(str(tmp_path / "w"), [np.zeros((2, *shape), np.uint8)])
+  with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+    f.create_group("len").create_dataset("0", data=1)
+    f.create_group("0").create_dataset("0", data=np.zeros(shape, np.uint8))
+  with pytest.raises(hdf5.DatasetError, match=r"video 0 has a frame of shape \(4, 4, "):
+    hdf5.VideoShards(str(tmp_path))
+
+
+def test_latents_keep_any_channel_count(tmp_path):
+  with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), 1), kind="latents") as writer:
+    writer.add_video(np.zeros((2, 4, 4, 4), np.float16))
+  assert hdf5.VideoShards(str(tmp_path), kind="latents").frame_shape == (4, 4, 4)
+
+
+def test_wrong_kind_messages(tmp_path):
+  hdf5.write_split(str(tmp_path / "frames"), _videos(np.random.default_rng(5), [2], (4, 4)))
+  with pytest.raises(hdf5.DatasetError) as err:
+    hdf5.VideoShards(str(tmp_path / "frames"), kind="latents")
+  assert "dtype uint8; a latent cache holds float16/float32" in str(err.value)
+  assert "read it with kind='frames'" in str(err.value) and "astype" not in str(err.value)
+  with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents") as writer:
+    writer.add_video(np.zeros((2, 4, 4, 3), np.float32))
+  with pytest.raises(hdf5.DatasetError, match="expected uint8 \\(a latent cache: read it with "
+                                              "kind='latents'"):
+    hdf5.VideoShards(str(tmp_path / "latents"))
+
+
+def test_a_shard_file_instead_of_its_folder(tmp_path):
+  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(6), [2], (4, 4)))
+  path = str(tmp_path / "shard_0001.hdf5")
+  with pytest.raises(hdf5.DatasetError, match=f"{path!r} is a file; pass the split folder that "
+                                              f"holds it \\({str(tmp_path)!r}\\)"):
+    hdf5.VideoShards(path)
+
+
+def test_check_all_frames_finds_every_bad_frame_without_reading_pixels(tmp_path):
+  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(7), [3, 4, 2], (8, 8)),
+                   vids_per_shard=2)
+  hdf5.VideoShards(str(tmp_path)).check_all_frames()  # a good split passes
+  with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
+    del f["1"]["2"]
+    f["1"].create_dataset("2", data=np.zeros((4, 8), np.uint8))
+    f["len"]["1"][()] = 6
+  with h5py.File(tmp_path / "shard_0002.hdf5", "a") as f:
+    del f["0"]["1"]
+    f["0"].create_dataset("1", data=np.zeros((8, 8), np.float32))
+  shards = hdf5.VideoShards(str(tmp_path))  # opening checks only video 0's first frame
+  with pytest.raises(hdf5.DatasetError) as err:
+    shards.check_all_frames(max_listed=2)
+  message = str(err.value)
+  assert message.startswith(f"{tmp_path}: 4 bad frame(s): ")
+  assert "shard_0001.hdf5: video 1 frame 2 is uint8(4, 8), expected uint8(8, 8)" in message
+  assert "shard_0001.hdf5: video 1 has no frame 4 (its 'len' entry says 6)" in message
+  assert message.endswith("(and 2 more); re-create the dataset.")
+  with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(8, 8\)"):
+    shards.check_all_frames(max_listed=4)

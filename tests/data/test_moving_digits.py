@@ -55,7 +55,8 @@ def test_mnist_npz_and_idx(tmp_path):
   np.savez(tmp_path / "mnist.npz", x_train=images, x_test=images[:2])
   train, test = moving_digits.load_mnist(str(tmp_path / "mnist.npz"))
   np.testing.assert_array_equal(train, images)
-  for name, arr in (("train-images-idx3-ubyte.gz", images), ("t10k-images-idx3-ubyte.gz", images[:2])):
+  for name, arr in (("train-images-idx3-ubyte.gz", images),
+                    ("t10k-images-idx3-ubyte.gz", images[:2])):
     with gzip.open(tmp_path / name, "wb") as f:
       f.write(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", *arr.shape) + arr.tobytes())
   train, test = moving_digits.load_mnist(str(tmp_path))

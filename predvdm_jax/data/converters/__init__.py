@@ -9,7 +9,7 @@ video dataset.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from predvdm_jax.data.converters import (bair, carla, cityscapes, common, kth, smmnist,
                                          tfds_video, ucf101)
@@ -44,14 +44,20 @@ def _plan_function(dataset: str) -> Callable[..., ConversionPlan]:
   return CONVERTERS[dataset]
 
 
-def select_options(dataset: str, candidates: dict[str, Any]) -> dict[str, Any]:
+def select_options(dataset: str, candidates: dict[str, Any],
+                   given: Iterable[str] = ()) -> dict[str, Any]:
   """The entries of ``candidates`` that ``dataset``'s converter takes, None ones dropped.
 
-  Lets a command line define every dataset's flags at once.
+  Lets a command line define every dataset's flags at once. ``given`` names
+  the options the user set; one the converter does not take is a ValueError.
   """
-  accepted = inspect.signature(_plan_function(dataset)).parameters
-  return {k: v for k, v in candidates.items()
-          if k in accepted and k not in ("src", "name") and v is not None}
+  accepted = set(inspect.signature(_plan_function(dataset)).parameters) - {"src", "name"}
+  ignored = [k for k in given if k not in accepted]
+  if ignored:
+    takes = ", ".join(f"--{k}" for k in candidates if k in accepted) or "none"
+    raise ValueError(f"{dataset} does not take {', '.join(f'--{k}' for k in ignored)} (its "
+                     f"options: {takes}); remove {'it' if len(ignored) == 1 else 'them'}.")
+  return {k: v for k, v in candidates.items() if k in accepted and v is not None}
 
 
 def convert(dataset: str, src: str, out_dir: str,

@@ -21,6 +21,7 @@ import struct
 
 import numpy as np
 
+from predvdm_jax.data import hdf5
 from predvdm_jax.data.converters import common
 
 NUM_FRAMES = 30
@@ -168,7 +169,11 @@ def parse_example(data: bytes) -> dict[str, list]:
 
 
 def example_video(data: bytes, where: str) -> np.ndarray:
-  features = parse_example(data)
+  try:
+    features = parse_example(data)
+  except (IndexError, ValueError, struct.error) as e:
+    raise common.SourceError(f"{where}: not a readable tf.train.Example ({e}); the file is "
+                             f"corrupted, re-download it.") from None
   frames = []
   for i in range(NUM_FRAMES):
     values = features.get(FRAME_KEY.format(i))
@@ -192,7 +197,7 @@ def plan(src: str, verify_crc: bool | None = None) -> common.ConversionPlan:
   root = _split_folders(src)
   splits, notes = [], []
   for split in ("train", "test"):
-    files = sorted(glob.glob(os.path.join(root, split, "*.tfrecords")), key=common.natural_key)
+    files = sorted(glob.glob(os.path.join(root, split, "*.tfrecords")), key=hdf5.natural_key)
     if not files:
       raise common.SourceError(f"BAIR source: {os.path.join(root, split)} holds no *.tfrecords "
                                f"files; expected softmotion30_44k/{split}/traj_*.tfrecords.")

@@ -39,7 +39,8 @@ def _root(src: str) -> str:
   if any(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
     return root
   raise common.SourceError(f"Cityscapes source {src} has no leftImg8bit_sequence/{{train,val,test}}"
-                           f" folders; expected the unzipped leftImg8bit_sequence_trainvaltest.zip.")
+                           f" folders; expected the unzipped "
+                           f"leftImg8bit_sequence_trainvaltest.zip.")
 
 
 def plan(src: str, image_size: int = 128) -> common.ConversionPlan:
@@ -70,7 +71,8 @@ def plan(src: str, image_size: int = 128) -> common.ConversionPlan:
         items.append(tuple(frames[i * FRAMES_PER_SEQUENCE:(i + 1) * FRAMES_PER_SEQUENCE]))
     if not items:
       raise common.SourceError(f"Cityscapes source: {split_dir} holds no sequence of "
-                               f"{FRAMES_PER_SEQUENCE} <city>_<seq>_<frame>_leftImg8bit.png frames.")
+                               f"{FRAMES_PER_SEQUENCE} <city>_<seq>_<frame>_leftImg8bit.png "
+                               f"frames.")
     if uneven:
       notes.append(f"{split}: {uneven} sequence(s) have a frame count that is not a multiple of "
                    f"{FRAMES_PER_SEQUENCE}; their leftover frames were dropped")

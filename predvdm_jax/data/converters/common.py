@@ -103,9 +103,11 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
     with open(path) as f:
       previous = json.load(f)
     if previous != manifest:
-      changed = sorted(k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k))
-      raise SourceError(f"{out_dir} holds a conversion made with other settings ({', '.join(changed)}"
-                        f" differ); use a new --out folder or delete {out_dir} to start over.")
+      changed = sorted(k for k in set(previous) | set(manifest)
+                       if previous.get(k) != manifest.get(k))
+      raise SourceError(f"{out_dir} holds a conversion made with other settings "
+                        f"({', '.join(changed)} differ); use a new --out folder or delete "
+                        f"{out_dir} to start over.")
     return
   stray = glob.glob(os.path.join(out_dir, "*", "shard_*.hdf5"))
   if stray:
@@ -206,12 +208,6 @@ def require_dir(path: str, what: str) -> str:
     raise SourceError(f"{what}: {path!r} is not a folder; pass the folder that holds the "
                       f"downloaded dataset as --src.")
   return path
-
-
-def natural_key(text: str) -> list:
-  """Sort key that orders ``traj_256_to_511`` after ``traj_0_to_255`` (numbers by value)."""
-  import re
-  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def decode_video_frames(path: str) -> list[np.ndarray]:

@@ -20,7 +20,8 @@ def plan(src: str, num_digits: int = 3, num_train: int = 60000, num_test: int = 
          seq_len: int = 40, seed: int = 0) -> common.ConversionPlan:
   if not os.path.exists(src):
     raise common.SourceError(f"SMMNIST source {src!r} does not exist; expected mnist.npz or a "
-                             f"folder with train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz.")
+                             f"folder with train-images-idx3-ubyte.gz and "
+                             f"t10k-images-idx3-ubyte.gz.")
   try:
     train_images, test_images = moving_digits.load_mnist(src)
   except FileNotFoundError as e:

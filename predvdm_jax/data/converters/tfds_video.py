@@ -46,7 +46,7 @@ def as_video(value, key: str, name: str) -> np.ndarray:
   return video[..., 0] if video.shape[-1] == 1 else video
 
 
-def plan(src: str, name: str, tfds_key: str, tfds_splits: Sequence[str] | None = None,
+def plan(src: str, name: str, tfds_key: str | None = None, tfds_splits: Sequence[str] | None = None,
          tfds_download: bool = False) -> common.ConversionPlan:
   if not name:
     raise ValueError("Give the TFDS dataset as --dataset=tfds:NAME (e.g. tfds:moving_mnist).")
@@ -64,7 +64,8 @@ def plan(src: str, name: str, tfds_key: str, tfds_splits: Sequence[str] | None =
   split_names = list(tfds_splits) if tfds_splits else sorted(known)
   if not split_names:
     raise common.SourceError(f"TFDS {name} is not prepared in {src or 'the default data_dir'}; "
-                             f"pass tfds_download=True (--tfds_download) or run `tfds build {name}`.")
+                             f"pass tfds_download=True (--tfds_download) or run "
+                             f"`tfds build {name}`.")
 
   def dataset(split):
     return builder.as_dataset(split=split, shuffle_files=False)
