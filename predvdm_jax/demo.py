@@ -4,10 +4,16 @@ Stages, each skipped when its output exists (so a second run resumes):
 moving digits → VQ-f4 training → latent cache → denoiser training → inference
 bundle → 10 → 10 evaluation (PredVDM protocol + FVD) → 10 → 30 rollout →
 ``report.md`` with the numbers, ``per_frame.png`` and ground truth | prediction GIFs.
+
+The denoiser stage is done once the newest checkpoint reaches ``train.num_steps`` (a rerun
+with more steps trains on); the bundle and the evaluations are redone when the step they
+were made from (``bundle_step.json``, the metrics' source) changes. ``demo_stages.json``
+keeps each stage's time from the run that did it, and the largest peak memory of the runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -16,13 +22,14 @@ from typing import Any
 import jax
 import ml_collections
 
+from predvdm_jax import atomic_io
 from predvdm_jax.data import hdf5, latent_cache, loader, moving_digits
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
-from predvdm_jax.training import diffusion_trainer, vq_trainer
+from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
 
 
 def demo_paths(workdir: str) -> dict[str, str]:
@@ -37,6 +44,8 @@ def demo_paths(workdir: str) -> dict[str, str]:
         eval30=os.path.join(workdir, "eval_10_to_30"),
         fvd=os.path.join(workdir, "fvd_10_to_10"),
         report=os.path.join(workdir, "report.md"),
+        bundle_step=os.path.join(workdir, "bundle_step.json"),  # {"step": the step bundled}
+        stages=os.path.join(workdir, "demo_stages.json"),
     )
 
 
@@ -70,28 +79,86 @@ def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float
         return float(json.load(f)["scale_factor"])
 
 
-class _Stages:
-    """Prints numbered stage headers and records each stage's wall time."""
+def checkpoint_step(train_dir: str) -> int | None:
+    """The newest finished checkpoint step of the training run in ``train_dir`` (None: none)."""
+    directory = os.path.join(train_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        return None
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
 
-    def __init__(self, total: int):
-        self.total, self.index, self.times = total, 0, {}
+
+def bundled_step(paths: dict[str, str]) -> int | None:
+    """The checkpoint step the demo bundle was made from (None: no complete bundle)."""
+    complete = os.path.exists(os.path.join(paths["bundle"], bundle_lib.CONFIG_FILE))
+    if not (complete and os.path.exists(paths["bundle_step"])):
+        return None
+    with open(paths["bundle_step"]) as f:
+        return int(json.load(f)["step"])
+
+
+def _save_bundle(paths: dict[str, str], step: int) -> None:
+    """Bundles checkpoint ``step``; the step is recorded once the bundle is complete."""
+    if os.path.exists(paths["bundle_step"]):
+        os.remove(paths["bundle_step"])
+    bundle = bundle_lib.load_from_checkpoint(paths["diffusion"], step=step)
+    bundle_lib.save_bundle(paths["bundle"], bundle)
+    atomic_io.write_text(paths["bundle_step"], json.dumps({"step": step}))
+
+
+class _Stages:
+    """Prints numbered stage headers and keeps each stage's wall time in the json at ``path``.
+
+    A skipped stage keeps the time recorded when it last ran (None if never recorded).
+    """
+
+    def __init__(self, total: int, path: str):
+        self.total, self.index, self.path = total, 0, path
+        self.times: dict[str, float | None] = {}
+        self.skipped: list[str] = []
+        self.recorded = {"stage_seconds": {}, "peak_rss_gb": 0.0}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.recorded.update(json.load(f))
 
     def run(self, name: str, done: bool, fn) -> Any:
         self.index += 1
         status = "exists, skipped" if done else "running"
         print(f"[{self.index}/{self.total}] {name} ({status})", flush=True)
+        if done:
+            self.skipped.append(name)
+            self.times[name] = self.recorded["stage_seconds"].get(name)
+            return None
         start = time.time()
-        result = None if done else fn()
-        self.times[name] = time.time() - start
+        result = fn()
+        self.times[name] = self.recorded["stage_seconds"][name] = time.time() - start
+        self._save()
         return result
 
+    def peak_rss_gb(self) -> float:
+        """The largest peak memory of this run and the recorded runs (kept in the json)."""
+        self.recorded["peak_rss_gb"] = max(self.recorded["peak_rss_gb"], report.peak_rss_gb())
+        self._save()
+        return self.recorded["peak_rss_gb"]
 
-def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, progress) -> dict:
-    """Evaluates unless ``out_dir/metrics.json`` exists; returns the metrics."""
+    def _save(self) -> None:
+        atomic_io.write_text(self.path, json.dumps(self.recorded, indent=2))
+
+
+def _cached_metrics(out_dir: str, source: str) -> dict | None:
+    """``out_dir/metrics.json`` if it exists and was made from ``source``."""
     metrics_path = os.path.join(out_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            return json.load(f)
+    if not os.path.exists(metrics_path):
+        return None
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    return metrics if metrics["protocol"].get("source") == source else None
+
+
+def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, source, progress) -> dict:
     config = config.copy_and_resolve_references()
     config.eval.fvd = fvd
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=num_clips)
@@ -102,7 +169,7 @@ def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, progress) ->
         out_dir,
         protocol=protocol,
         pred_frames=pred_frames,
-        source="demo bundle",
+        source=source,
         show_progress=progress,
     )
 
@@ -120,7 +187,7 @@ def run_demo(
     """Runs (or resumes) every stage; returns the report's numbers."""
     paths = demo_paths(workdir)
     config = localize(config, workdir)
-    stages = _Stages(9)
+    stages = _Stages(9, paths["stages"])
     start = time.time()
 
     stages.run(
@@ -148,48 +215,62 @@ def run_demo(
             config.data.latent_train_dir,
         ),
     )
+    step = checkpoint_step(paths["diffusion"])
     stages.run(
         "denoiser training",
-        os.path.exists(os.path.join(paths["bundle"], "config.json")),
+        step is not None and step >= config.train.num_steps,
         lambda: diffusion_trainer.train(config, paths["diffusion"]),
     )
-
+    step = checkpoint_step(paths["diffusion"])
     stages.run(
         "inference bundle",
-        os.path.exists(os.path.join(paths["bundle"], "config.json")),
-        lambda: bundle_lib.save_bundle(
-            paths["bundle"], bundle_lib.load_from_checkpoint(paths["diffusion"])
-        ),
+        bundled_step(paths) == step,
+        lambda: _save_bundle(paths, step),
     )
-    bundle = bundle_lib.load_bundle(paths["bundle"])
-    bundle = bundle_lib.Bundle(config, bundle.params, bundle.vq_params)
+
+    @functools.cache
+    def bundle() -> bundle_lib.Bundle:
+        saved = bundle_lib.load_bundle(paths["bundle"])
+        return bundle_lib.Bundle(config, saved.params, saved.vq_params)
+
+    source = f"demo bundle of step {step}"
+
+    def evaluation(name, out_dir, pred_frames, num_clips, fvd):
+        cached = _cached_metrics(out_dir, source)
+        metrics = stages.run(
+            name,
+            cached is not None,
+            lambda: _evaluate(
+                config, bundle(), out_dir, pred_frames, num_clips, fvd, source, progress
+            ),
+        )
+        return cached if metrics is None else metrics
+
     cond, pred = config.data.cond_frames, config.eval.pred_frames
-    short = stages.run(
+    short = evaluation(
         f"evaluation {cond} -> {pred}, {config.eval.num_clips} clips",
+        paths["eval10"],
+        pred,
+        config.eval.num_clips,
         False,
-        lambda: _evaluate(
-            config, bundle, paths["eval10"], pred, config.eval.num_clips, False, progress
-        ),
     )
-    fvd = stages.run(
-        f"FVD {cond} -> {pred}, {fvd_clips} clips",
-        False,
-        lambda: _evaluate(config, bundle, paths["fvd"], pred, fvd_clips, True, progress),
+    fvd = evaluation(
+        f"FVD {cond} -> {pred}, {fvd_clips} clips", paths["fvd"], pred, fvd_clips, True
     )
-    long = stages.run(
-        f"rollout {cond} -> 30, {long_clips} clips",
-        False,
-        lambda: _evaluate(config, bundle, paths["eval30"], 30, long_clips, False, progress),
+    long = evaluation(
+        f"rollout {cond} -> 30, {long_clips} clips", paths["eval30"], 30, long_clips, False
     )
     numbers = dict(
         short=short,
         fvd=fvd,
         long=long,
-        stage_seconds=stages.times,
+        denoiser_step=step,
+        stage_seconds=dict(stages.times),
+        skipped=list(stages.skipped),
         total_seconds=time.time() - start,
         config=config,
     )
-    stages.run("report", False, lambda: write_report(paths, numbers))
+    stages.run("report", False, lambda: write_report(paths, numbers, stages.peak_rss_gb()))
     return numbers
 
 
@@ -208,7 +289,8 @@ def _verdict(metrics: dict, horizon: str) -> str:
     )
 
 
-def write_report(paths: dict, numbers: dict) -> str:
+def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
+    """Writes ``report.md``: ``numbers`` of ``run_demo``, ``peak_rss_gb`` of the demo's runs."""
     config = numbers["config"]
     lines = ["# PredVDM demo on moving digits", ""]
     cond, pred = config.data.cond_frames, config.eval.pred_frames
@@ -251,17 +333,25 @@ def write_report(paths: dict, numbers: dict) -> str:
         f"- VQ-f4: ch {c.vq.ch}, ch_mult {tuple(c.vq.ch_mult)}, codebook {c.vq.n_embed}×"
         f"{c.vq.embed_dim}; {c.vq_train.num_steps} steps of batch {c.vq_train.batch_size} frames.",
         f"- Denoiser: UNet {c.unet.model_channels} × {tuple(c.unet.channel_mult)}, mode "
-        f"{c.model.mode}, {c.diffusion.parameterization}-prediction; {c.train.num_steps} steps "
-        f"of batch {c.data.batch_size} clips "
+        f"{c.model.mode}, {c.diffusion.parameterization}-prediction; "
+        f"{numbers['denoiser_step']} steps of batch {c.data.batch_size} clips "
         f"({c.data.cond_frames} + {c.data.pred_frames} frames), EMA {c.train.ema_rate}.",
         f"- Hardware: {jax.device_count()} × {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores).",
         "",
         "| stage | seconds |",
         "|---|---|",
     ]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in numbers["stage_seconds"].items()]
-    lines += [f"| total | {numbers['total_seconds']:.0f} |", ""]
-    lines += [f"Peak memory (RSS) of this run: {report.peak_rss_gb():.1f} GB.", ""]
+    times = numbers["stage_seconds"]
+    lines += [
+        f"| {name} | {'?' if seconds is None else f'{seconds:.0f}'} |"
+        for name, seconds in times.items()
+    ]
+    lines += [f"| total | {sum(t for t in times.values() if t is not None):.0f} |", ""]
+    lines += [
+        "Each stage's time is from the run that did it (? where it was not recorded).",
+        f"Peak memory (RSS), the largest of the demo's runs: {peak_rss_gb:.1f} GB.",
+        "",
+    ]
     with open(paths["report"], "w") as f:
         f.write("\n".join(lines))
     return paths["report"]

@@ -1,6 +1,7 @@
 """The main job: moving digits → VQ-f4 → latent cache → PredVDM → predictions → evaluation.
 
   python scripts/demo.py                      # everything in runs/demo (resumes if interrupted)
+  python scripts/demo.py --config.train.num_steps=20000   # trains runs/demo on, re-evaluates
   python scripts/demo.py --workdir=runs/demo2 --config.train.num_steps=3000
 
 Writes runs/demo/report.md (numbers against copy-last-frame and the VQ floor,
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
-from predvdm_jax.training.loop import TrainingPreempted
+from predvdm_jax.training.loop import NonFiniteLossError, TrainingPreempted
 
 config_flags.DEFINE_config_file(
     "config",
@@ -35,10 +36,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = config_lib.validate(FLAGS.config)
     try:
         numbers = demo.run_demo(
-            config,
+            config_lib.validate(FLAGS.config),
             FLAGS.workdir,
             num_train=FLAGS.num_train,
             num_test=FLAGS.num_test,
@@ -49,6 +49,9 @@ def main(argv):
     except TrainingPreempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    # ValueError covers ConfigError and DatasetError.
+    except (FileNotFoundError, ValueError, NonFiniteLossError) as err:
+        sys.exit(f"error: {err}")
     print(
         f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
         f"{demo.demo_paths(FLAGS.workdir)['report']}"
@@ -56,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

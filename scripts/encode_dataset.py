@@ -67,6 +67,7 @@ def main(argv):
                 out_dir,
                 dtype=FLAGS.dtype,
                 batch_frames=FLAGS.batch_frames,
+                vq_params_path=params_path,
             )
             print(f"{split}: wrote {written} shard(s) to {out_dir}")
     except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:

@@ -49,17 +49,48 @@ def test_short_demo_end_to_end_and_resume(tmp_path):
     assert "Peak memory (RSS)" in report
     assert os.path.exists(os.path.join(paths["eval10"], "per_frame.png"))
 
+    # A rerun with nothing to do skips every stage and keeps the recorded times and peak memory.
+    recorded = json.load(open(paths["stages"]))
+    assert recorded["peak_rss_gb"] > 0.1
     again = demo.run_demo(
         config, workdir, num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False
     )
-    skipped = {
+    assert again["skipped"] == list(numbers["stage_seconds"]), again["skipped"]
+    assert again["stage_seconds"] == numbers["stage_seconds"]
+    assert again["denoiser_step"] == 2
+    for name in ("ssim", "psnr"):
+        assert again["short"]["model"][name]["mean"] == short["model"][name]["mean"]
+    assert json.load(open(paths["stages"]))["peak_rss_gb"] >= recorded["peak_rss_gb"]
+    report = open(paths["report"]).read()
+    for name, seconds in numbers["stage_seconds"].items():
+        assert f"| {name} | {seconds:.0f} |" in report
+    assert f"the largest of the demo's runs: {recorded['peak_rss_gb']:.1f} GB" in report
+
+
+def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
+    workdir = str(tmp_path / "demo")
+    config = _short_demo_config()
+    run = dict(num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False)
+    first = demo.run_demo(config, workdir, **run)
+    paths = demo.demo_paths(workdir)
+    assert demo.checkpoint_step(paths["diffusion"]) == 2 and first["denoiser_step"] == 2
+
+    config.train.num_steps = 4
+    longer = demo.run_demo(config, workdir, **run)
+    assert longer["skipped"] == [
         "moving digits dataset",
         "VQ-f4 training",
         "latent cache (train split)",
-        "denoiser training",
-        "inference bundle",
-    }
-    assert all(again["stage_seconds"][name] < 0.5 for name in skipped), again["stage_seconds"]
-    assert (
-        again["short"]["model"]["ssim"]["mean"]["value"] == short["model"]["ssim"]["mean"]["value"]
-    )
+    ]
+    assert demo.checkpoint_step(paths["diffusion"]) == 4
+    assert demo.bundled_step(paths) == longer["denoiser_step"] == 4
+    for name in ("short", "fvd", "long"):
+        assert longer[name]["protocol"]["source"] == "demo bundle of step 4", name
+    ssim = longer["short"]["model"]["ssim"]["mean"]["value"]
+    assert ssim != first["short"]["model"]["ssim"]["mean"]["value"]
+    with open(os.path.join(paths["eval10"], "metrics.json")) as f:
+        assert json.load(f)["model"]["ssim"]["mean"]["value"] == ssim
+    assert "; 4 steps of batch 2 clips" in open(paths["report"]).read()
+    # The skipped stages keep the times recorded by the first run.
+    for name in longer["skipped"]:
+        assert longer["stage_seconds"][name] == first["stage_seconds"][name]

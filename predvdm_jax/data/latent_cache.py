@@ -9,12 +9,14 @@ loaders' ``kind='latents'``.
 
 Shards are written one by one, atomically; an interrupted run is resumed by
 calling again, which skips finished shards. ``cache_info.json`` records what
-the cache was made with, so a resume with another VQ or scale is refused.
+the cache was made with, so a resume with another VQ or scale is refused, and so is
+training on it with another ``scale_factor`` or VQ architecture (``check_cache_matches``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -23,13 +25,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from predvdm_jax import atomic_io, xla_cpu
+from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import to_model_range
 
 CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
+VQ_RUNTIME_FIELDS = ("dropout",)  # vq fields that do not change the encoder's latents
 
 
 def _shard_video_counts(paths: list[str]) -> list[int]:
@@ -40,10 +45,14 @@ def _shard_video_counts(paths: list[str]) -> list[int]:
   return counts
 
 
-def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str) -> dict:
+def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str,
+               vq_params_path: str | None = None) -> dict:
+  """What a cache is made with; ``vq_params_path`` (default ``config.vq_params``) is the
+  file the VQ params were read from."""
+  path = config.vq_params if vq_params_path is None else vq_params_path
   return {"source": os.path.abspath(src_split_dir), "dtype": dtype,
           "scale_factor": float(config.scale_factor), "vq": config.vq.to_dict(),
-          "vq_params": config.vq_params}
+          "vq_params": os.path.abspath(path) if path else path}
 
 
 def _check_resume(out_split_dir: str, info: dict) -> None:
@@ -58,6 +67,34 @@ def _check_resume(out_split_dir: str, info: dict) -> None:
       raise DatasetError(
           f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
           f"{same[key]!r}); delete the folder or choose another --out.")
+
+
+def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
+  """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``
+  or VQ architecture than ``config``; warns when it has no ``cache_info.json`` (older caches)."""
+  path = os.path.join(split_dir, CACHE_INFO)
+  if not os.path.exists(path):
+    logging.warning("%s has no %s (an older cache): its scale_factor and VQ cannot be checked "
+                    "against the config's (scale_factor %s)", split_dir, CACHE_INFO,
+                    config.scale_factor)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  cached = saved.get("scale_factor")
+  if cached is not None and not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
+    raise ConfigError(
+        f"{split_dir} holds latents encoded with scale_factor {cached!r} but "
+        f"config.scale_factor is {config.scale_factor!r}; re-encode the cache "
+        f"(scripts/encode_dataset.py) or set --config.scale_factor={cached!r}.")
+  cached_vq = saved.get("vq") or {}
+  vq = json.loads(json.dumps(config.vq.to_dict(), default=list))
+  fields = sorted(set(cached_vq) & set(vq) - set(VQ_RUNTIME_FIELDS))
+  differ = [f"vq.{k} {cached_vq[k]!r} (config: {vq[k]!r})" for k in fields
+            if cached_vq[k] != vq[k]]
+  if differ:
+    raise ConfigError(
+        f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
+        f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with.")
 
 
 def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
@@ -86,12 +123,14 @@ def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
 
 def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_dir: str,
                  out_split_dir: str, dtype: str = "float16", batch_frames: int = 256,
-                 compression: str | None = "lzf", max_shards: int | None = None) -> int:
+                 compression: str | None = "lzf", max_shards: int | None = None,
+                 vq_params_path: str | None = None) -> int:
   """Encodes every video of ``src_split_dir`` into ``out_split_dir``; returns the shards written.
 
   Frames are encoded ``batch_frames`` at a time across video boundaries.
   Finished output shards are kept (resume). ``max_shards`` stops after that
-  many newly written shards (for tests of resume).
+  many newly written shards (for tests of resume). ``vq_params_path``: the file
+  ``vq_params`` came from, recorded in ``cache_info.json`` (default ``config.vq_params``).
   """
   if dtype not in CACHE_DTYPES:
     raise ValueError(f"dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
@@ -103,7 +142,7 @@ def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_di
         f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
         f"data.image_size is {config.data.image_size}; use the config made for this dataset.")
   os.makedirs(out_split_dir, exist_ok=True)
-  info = cache_info(config, src_split_dir, dtype)
+  info = cache_info(config, src_split_dir, dtype, vq_params_path)
   _check_resume(out_split_dir, info)
   atomic_io.write_text(
       os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list))

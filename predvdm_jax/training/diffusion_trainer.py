@@ -2,7 +2,8 @@
 
 Batches come from the latent cache when ``data.latent_train_dir`` is set (the
 fast path: the frozen VQ encoder costs ≈ 7.6× the UNet's training FLOPs), or
-as frames that the frozen VQ encodes inside the jitted step.
+as frames that the frozen VQ encodes inside the jitted step. A cache made with
+another ``scale_factor`` or VQ than the config is refused (``ConfigError``).
 
 Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
 raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from predvdm_jax import xla_cpu
-from predvdm_jax.data import loader
+from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
 from predvdm_jax.training import loop, mesh as mesh_lib, preview
@@ -149,12 +150,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
         or previews
         or config.train.keep_best > 0
     )
+    for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
+        if cache:
+            latent_cache.check_cache_matches(config, cache)
     vq_params = load_vq_params(config.vq_params) if needs_vq else None
-    if config.data.latent_train_dir and config.data.horizontal_flip:
-        raise ValueError(
-            "data.horizontal_flip cannot apply to cached latents; flip the frames "
-            "before caching or train from frames (empty data.latent_train_dir)."
-        )
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))

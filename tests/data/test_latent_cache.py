@@ -12,7 +12,7 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
-from predvdm_jax.data.latent_cache import CACHE_INFO, encode_split
+from predvdm_jax.data.latent_cache import CACHE_INFO, check_cache_matches, encode_split
 from predvdm_jax.data.loader import to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.models.autoencoder import VQModel
@@ -92,3 +92,33 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
     np.testing.assert_allclose(np.concatenate(cached), expected, rtol=1e-5, atol=1e-5)
     with h5py.File(first, "r") as f:
         assert sorted(f.keys()) == ["0", "1", "len", "videos"]
+
+
+def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog):
+  root, videos, config, system, params = setup
+  out = str(root / "checked")
+  encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1,
+               vq_params_path="elsewhere/vq.safetensors")
+  info = json.load(open(os.path.join(out, CACHE_INFO)))
+  assert info["vq_params"] == os.path.abspath("elsewhere/vq.safetensors")
+
+  check_cache_matches(config, out)
+  other = config.copy_and_resolve_references()
+  other.vq.dropout = 0.5   # dropout leaves the encoder's latents unchanged
+  other.vq_params = "another/path.safetensors"
+  check_cache_matches(other, out)
+  other.scale_factor = 0.25
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"scale_factor 0\.5 but config\.scale_factor is 0\.25.*"
+                     r"--config\.scale_factor=0\.5"):
+    check_cache_matches(other, out)
+  other = config.copy_and_resolve_references()
+  other.vq.update(n_embed=32, ch_mult=(1, 2, 2))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"vq\.ch_mult \[1, 1, 1\] \(config: \[1, 2, 2\]\), "
+                     r"vq\.n_embed 16 \(config: 32\)"):
+    check_cache_matches(other, out)
+
+  os.remove(os.path.join(out, CACHE_INFO))
+  check_cache_matches(other, out)   # an older cache: a warning, no error
+  assert "no cache_info.json" in caplog.text

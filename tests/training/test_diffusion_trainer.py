@@ -11,7 +11,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.data import hdf5, loader
+from predvdm_jax.data import hdf5, latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
@@ -200,3 +200,52 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     )
     assert logged["preview/psnr"] == pytest.approx(psnr, rel=1e-4)
     assert logged["preview/ssim"] == pytest.approx(ssim, abs=1e-4)
+
+
+def _write_cache(split_dir, made_with=None):
+    """A one-video latent split; with ``cache_info.json`` of config ``made_with`` if given."""
+    writer = hdf5.ShardWriter(hdf5.shard_path(str(split_dir), 1), kind="latents")
+    writer.add_video(np.zeros((8, LATENT, LATENT, 3), np.float16))
+    writer.close()
+    if made_with is not None:
+        info = latent_cache.cache_info(made_with, str(split_dir), "float16")
+        with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
+            json.dump(info, f, default=list)
+
+
+def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkeypatch, caplog):
+    config = _config(tmp_path)
+    assert config.scale_factor == 1.0 and config.vq.n_embed == 16
+    scaled = config.copy_and_resolve_references()
+    scaled.scale_factor = 4.0
+    other_vq = config.copy_and_resolve_references()
+    other_vq.vq.n_embed = 32
+    workdir = str(tmp_path / "run")
+
+    _write_cache(tmp_path / "latents", scaled)
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"scale_factor 4\.0 but config\.scale_factor is 1\.0.*--config\.scale_factor=4\.0",
+    ):
+        diffusion_trainer.train(config, workdir)
+
+    _write_cache(tmp_path / "latents", other_vq)
+    with pytest.raises(config_lib.ConfigError, match=r"vq\.n_embed 32 \(config: 16\)"):
+        diffusion_trainer.train(config, workdir)
+
+    # The validation cache (train.eval_every > 0) is checked too.
+    _write_cache(tmp_path / "latents", config)
+    config.data.latent_test_dir = str(tmp_path / "test_latents")
+    _write_cache(tmp_path / "test_latents", scaled)
+    with pytest.raises(config_lib.ConfigError, match=r"test_latents holds latents encoded"):
+        diffusion_trainer.train(config, workdir)
+    assert not os.path.exists(workdir)
+
+    # A matching cache, and an older one without cache_info.json (with a warning), train.
+    monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
+    config.train.update(dict(eval_every=0, preview_every=0, keep_best=0))
+    assert diffusion_trainer.train(config, workdir) == "trained"
+    assert "no cache_info.json" not in caplog.text
+    os.remove(os.path.join(tmp_path / "latents", latent_cache.CACHE_INFO))
+    assert diffusion_trainer.train(config, workdir) == "trained"
+    assert "no cache_info.json (an older cache)" in caplog.text
