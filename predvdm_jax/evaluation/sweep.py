@@ -78,42 +78,38 @@ def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> dict:
     return samplings
 
 
+def _settings(sampling: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """``(label part, description part)`` of every setting the sampler uses; an empty label
+    part leaves a default out of the label."""
+    if sampling.sampler == "ddpm":
+        parts = [("ddpm", "ddpm, every timestep")]
+    else:
+        parts = [
+            (f"{sampling.sampler}_{sampling.steps}", f"{sampling.sampler}, {sampling.steps} steps")
+        ]
+    if sampling.sampler == "ddim":
+        parts.append((f"eta{sampling.eta:g}", f"eta {sampling.eta}"))
+    elif sampling.sampler == "dpm_solver_pp":
+        parts.append((f"order{sampling.order}", f"order {sampling.order}"))
+        uniform = sampling.skip_type == "time_uniform"
+        parts.append(("" if uniform else sampling.skip_type, sampling.skip_type))
+        if not sampling.lower_order_final:
+            parts.append(("no_lower_order_final", "no lower-order final steps"))
+    if sampling.clip_x0:
+        parts.append((f"clip{sampling.clip_x0:g}", f"x0 clipped to ±{sampling.clip_x0:g}"))
+    if sampling.reencode:
+        parts.append(("reencode", "re-encoded conditioning"))
+    return parts
+
+
 def sampler_label(sampling: ml_collections.ConfigDict) -> str:
     """A folder-safe name of the sampler, from the settings it uses (``ddim_100_eta1``)."""
-    if sampling.sampler == "ddpm":
-        label = "ddpm"
-    elif sampling.sampler == "ddim":
-        label = f"ddim_{sampling.steps}_eta{sampling.eta:g}"
-    else:
-        label = f"{sampling.sampler}_{sampling.steps}_order{sampling.order}"
-        if sampling.skip_type != "time_uniform":
-            label += f"_{sampling.skip_type}"
-        if not sampling.lower_order_final:
-            label += "_no_lower_order_final"
-    if sampling.clip_x0:
-        label += f"_clip{sampling.clip_x0:g}"
-    if sampling.reencode:
-        label += "_reencode"
-    return label
+    return "_".join(label for label, _ in _settings(sampling) if label)
 
 
 def sampler_description(sampling: ml_collections.ConfigDict) -> str:
     """One line naming the sampler and the settings it uses."""
-    if sampling.sampler == "ddpm":
-        text = "ddpm, every timestep"
-    else:
-        text = f"{sampling.sampler}, {sampling.steps} steps"
-    if sampling.sampler == "ddim":
-        text += f", eta {sampling.eta}"
-    elif sampling.sampler == "dpm_solver_pp":
-        text += f", order {sampling.order}, {sampling.skip_type}"
-        if not sampling.lower_order_final:
-            text += ", no lower-order final steps"
-    if sampling.clip_x0:
-        text += f", x0 clipped to ±{sampling.clip_x0:g}"
-    if sampling.reencode:
-        text += ", re-encoded conditioning"
-    return text
+    return ", ".join(text for _, text in _settings(sampling))
 
 
 def _mean(entry: Any, digits: int) -> str:
