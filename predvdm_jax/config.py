@@ -492,7 +492,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     line instead of a traceback."""
     try:
         remaining = app.parse_flags_with_usage(argv)
-        flags.FLAGS.config.keys()  # a config file that failed to load raises when first read
+        if flags.FLAGS.config is not None:  # optional in convert_ldm_vq.py
+            flags.FLAGS.config.keys()  # a config file that failed to load raises when first read
         return remaining
     except (AttributeError, KeyError, OSError, ConfigError) as err:
         sys.exit(f"error: {_config_flag_error(argv, err)}")

@@ -470,6 +470,18 @@ def test_convert_script_writes_loadable_safetensors(converted, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     assert not [p for p in os.listdir(out.parent) if p.startswith(".tmp-")]
 
+    # Without --config the script takes VQ-f4's shapes, which this small checkpoint lacks.
+    default = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py"), f"--ckpt={ckpt}"]
+        + [f"--out={tmp_path / 'default.safetensors'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert default.returncode == 1 and "Traceback" not in default.stderr, default.stderr
+    assert "shape" in default.stderr.strip().splitlines()[-1]
+
 
 class _Opaque:
     """A pickled Python object that weights_only loading refuses."""
