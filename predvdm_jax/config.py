@@ -229,6 +229,9 @@ def _range_errors(c) -> list[str]:
         for section, values in (("train", t), ("vq_train", v)):
             if not values[name] >= 1:
                 errors.append(f"{section}.{name} must be >= 1, got {values[name]}")
+    for name in ("eval_clips", "eval_frames"):  # the final test reconstruction needs both
+        if not v[name] >= 1:
+            errors.append(f"vq_train.{name} must be >= 1, got {v[name]}")
     if not 0 <= t.ema_rate < 1:
         errors.append(f"train.ema_rate must be in [0, 1), got {t.ema_rate}")
     if not 0 < c.scale_factor < math.inf:

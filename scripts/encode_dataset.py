@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.data.latent_cache import encode_split
-from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
+from predvdm_jax.interop.bundle import load_vq_params
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config (its vq section and scale_factor)."
@@ -57,7 +57,7 @@ def main(argv):
         params_path = FLAGS.vq_params or config.vq_params
         if not params_path:
             raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
-        vq_params = load_params_safetensors(params_path)
+        vq_params = load_vq_params(params_path, config)
         for split in _splits(FLAGS.src):
             out_dir = os.path.join(FLAGS.out, split)
             written = encode_split(

@@ -79,6 +79,8 @@ def test_type_safe_assignment_names_the_field():
         (dict(train__num_steps=0), "train.num_steps must be >= 1, got 0"),
         (dict(train__max_to_keep=0), "train.max_to_keep must be >= 1, got 0"),
         (dict(vq_train__save_every=0), "vq_train.save_every must be >= 1, got 0"),
+        (dict(vq_train__eval_clips=0), "vq_train.eval_clips must be >= 1, got 0"),
+        (dict(vq_train__eval_frames=0), "vq_train.eval_frames must be >= 1, got 0"),
         (dict(train__ema_rate=float("nan")), "train.ema_rate must be in [0, 1), got nan"),
         (dict(train__ema_rate=1.0), "train.ema_rate must be in [0, 1), got 1.0"),
         (dict(scale_factor=0.0), "scale_factor must be a finite number > 0, got 0.0"),

@@ -8,13 +8,16 @@ frame (gray repeated to RGB, continuous pre-quantization latents ×
 loaders' ``kind='latents'``.
 
 Shards are written one by one, atomically; an interrupted run is resumed by
-calling again, which skips finished shards. ``cache_info.json`` records what
-the cache was made with, so a resume with another VQ or scale is refused, and so is
-training on it with another ``scale_factor`` or VQ architecture (``check_cache_matches``).
+calling again, which skips finished shards. ``cache_info.json`` (written with the first
+shard) records what the cache was made with, including a digest of the VQ params' tensors,
+so a resume with another VQ (architecture or weights) or scale is refused, and so is
+training on it with another ``scale_factor``, VQ architecture or ``config.vq_params``
+weights (``check_cache_matches``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,10 +34,12 @@ from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import to_model_range
+from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
 
 CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
 VQ_RUNTIME_FIELDS = ("dropout",)  # vq fields that do not change the encoder's latents
+DIGEST_KEY = "vq_params_sha256"  # absent in caches made before it was recorded
 
 
 def _shard_video_counts(paths: list[str]) -> list[int]:
@@ -45,20 +50,37 @@ def _shard_video_counts(paths: list[str]) -> list[int]:
   return counts
 
 
+def params_digest(params: Any) -> str:
+  """SHA-256 of a param tree's names, dtypes, shapes and values (not of the file holding
+  it, so metadata and key order do not count)."""
+  digest = hashlib.sha256()
+  for name, value in sorted(flatten_params(params).items()):
+    array = np.ascontiguousarray(np.asarray(value))
+    digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
 def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str,
-               vq_params_path: str | None = None) -> dict:
+               vq_params_path: str | None = None, vq_params: Any = None) -> dict:
   """What a cache is made with; ``vq_params_path`` (default ``config.vq_params``) is the
-  file the VQ params were read from."""
+  file the VQ params were read from; ``vq_params`` given, their digest is recorded."""
   path = config.vq_params if vq_params_path is None else vq_params_path
-  return {"source": os.path.abspath(src_split_dir), "dtype": dtype,
+  info = {"source": os.path.abspath(src_split_dir), "dtype": dtype,
           "scale_factor": float(config.scale_factor), "vq": config.vq.to_dict(),
           "vq_params": os.path.abspath(path) if path else path}
+  if vq_params is not None:
+    info[DIGEST_KEY] = params_digest(vq_params)
+  return info
 
 
-def _check_resume(out_split_dir: str, info: dict) -> None:
+def _check_resume(out_split_dir: str, info: dict) -> dict:
+  """Raises ``DatasetError`` when ``out_split_dir`` holds a cache made otherwise than ``info``
+  says; returns the info to record (without a digest when the cache has none: its finished
+  shards' weights are unknown)."""
   path = os.path.join(out_split_dir, CACHE_INFO)
   if not os.path.exists(path):
-    return
+    return info
   with open(path) as f:
     saved = json.load(f)
   same = json.loads(json.dumps(info, default=list))
@@ -67,11 +89,21 @@ def _check_resume(out_split_dir: str, info: dict) -> None:
       raise DatasetError(
           f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
           f"{same[key]!r}); delete the folder or choose another --out.")
+  if DIGEST_KEY not in saved:
+    return {k: v for k, v in info.items() if k != DIGEST_KEY}
+  if saved[DIGEST_KEY] != same[DIGEST_KEY]:
+    raise DatasetError(
+        f"{out_split_dir} holds latents of other VQ weights: they were encoded with "
+        f"{saved.get('vq_params')!r} (sha256 {saved[DIGEST_KEY][:16]}...), now "
+        f"{same['vq_params']!r} (sha256 {same[DIGEST_KEY][:16]}...); delete the folder or "
+        f"choose another --out.")
+  return info
 
 
 def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
-  """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``
-  or VQ architecture than ``config``; warns when it has no ``cache_info.json`` (older caches)."""
+  """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
+  VQ architecture or (when the cache recorded a digest and ``config.vq_params`` exists) other
+  VQ weights than ``config``'s; warns when it has no ``cache_info.json`` (older caches)."""
   path = os.path.join(split_dir, CACHE_INFO)
   if not os.path.exists(path):
     logging.warning("%s has no %s (an older cache): its scale_factor and VQ cannot be checked "
@@ -95,6 +127,14 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
     raise ConfigError(
         f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
         f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with.")
+  if DIGEST_KEY in saved and config.vq_params and os.path.isfile(config.vq_params):
+    digest = params_digest(load_params_safetensors(config.vq_params))
+    if digest != saved[DIGEST_KEY]:
+      raise ConfigError(
+          f"{split_dir} holds latents encoded with other VQ weights ({saved.get('vq_params')!r}, "
+          f"sha256 {saved[DIGEST_KEY][:16]}...) than config.vq_params {config.vq_params!r} "
+          f"(sha256 {digest[:16]}...), which decodes them; set --config.vq_params to the file "
+          f"the cache was made with, or re-encode the cache with scripts/encode_dataset.py.")
 
 
 def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
@@ -142,10 +182,8 @@ def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_di
         f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
         f"data.image_size is {config.data.image_size}; use the config made for this dataset.")
   os.makedirs(out_split_dir, exist_ok=True)
-  info = cache_info(config, src_split_dir, dtype, vq_params_path)
-  _check_resume(out_split_dir, info)
-  atomic_io.write_text(
-      os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list))
+  info = _check_resume(out_split_dir,
+                       cache_info(config, src_split_dir, dtype, vq_params_path, vq_params))
 
   encode_frames = make_frame_encoder(config, vq_params, batch_frames)
   counts = _shard_video_counts(source.paths)
@@ -164,6 +202,9 @@ def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_di
     with ShardWriter(out_path, compression, kind="latents") as writer:
       _encode_shard(source, range(int(offsets[shard]), int(offsets[shard + 1])), encode_frames,
                     batch_frames, np.dtype(dtype), writer)
+    if written == 0:  # only now: a run that fails before any shard leaves no cache_info
+      atomic_io.write_text(
+          os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list))
     written += 1
   return written
 

@@ -32,8 +32,10 @@ from absl import logging
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.interop.torch_checkpoint import (
+    check_keys,
     conv_kernel_to_ohwi,
     conv_kernel_to_torch,
+    flatten_params,
     load_params_safetensors,
     import_torch,
     save_params_safetensors,
@@ -54,7 +56,9 @@ class Bundle:
     vq_params: Any
 
 
-def load_vq_params(path: str) -> Any:
+def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -> Any:
+    """The VQ params in ``path``; with ``config``, a ``ValueError`` listing every key whose
+    presence or shape differs from the params of ``config``'s VQ."""
     if not path:
         raise FileNotFoundError(
             "config.vq_params is empty: point it at VQ params made by "
@@ -65,7 +69,18 @@ def load_vq_params(path: str) -> Any:
             f"VQ params {path!r} not found: train them with scripts/train_vq.py "
             f"or convert the LDM vq-f4 checkpoint with scripts/convert_ldm_vq.py."
         )
-    return load_params_safetensors(path)
+    params = load_params_safetensors(path)
+    if config is not None:
+        from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+
+        init = LatentDiffusion.from_config(config).init_vq
+        expected = flatten_params(jax.eval_shape(init, jax.random.PRNGKey(0)))
+        check_keys(
+            {k: v.shape for k, v in expected.items()},
+            flatten_params(params),
+            what=f"VQ params {path!r} (config.vq)",
+        )
+    return params
 
 
 def _check_replaceable(path: str) -> None:
@@ -220,7 +235,9 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
     """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint."""
     config, state, _ = load_train_state(workdir, step)
     return Bundle(
-        config, state.ema_params if use_ema else state.params, load_vq_params(config.vq_params)
+        config,
+        state.ema_params if use_ema else state.params,
+        load_vq_params(config.vq_params, config),
     )
 
 
@@ -244,7 +261,7 @@ def export_latent_diffusion_checkpoint(
         state.ema_params,
         int(state.ema_updates),
         float(config.train.ema_rate),
-        load_vq_params(config.vq_params),
+        load_vq_params(config.vq_params, config),
         {name: getattr(schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
         float(config.scale_factor),
     )

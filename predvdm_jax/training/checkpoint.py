@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -39,6 +39,8 @@ DENOISER_FIELDS = (
     "data.image_size",
 )
 """Config fields (a section: all its fields) that decide the denoiser's parameters."""
+VQ_FIELDS = ("vq", "data.image_size", "data.channels")
+"""Config fields of a VQ run's parameters; its discriminator is ``vq_trainer.DERIVED_FIELDS``."""
 
 
 def _gather_json(value: Any) -> dict[str, Any]:
@@ -125,14 +127,20 @@ class Checkpointer:
                 ),
             )
         except ValueError as err:
-            mismatch = re.search(r"Requested shape: \S.*? stored shape: \(.*?\)", str(err))
+            mismatch = re.search(
+                r"Requested shape: (\(.*?\)) is not compatible with the stored shape: (\(.*?\))",
+                str(err),
+            )
             if mismatch is None:
                 raise
+            requested, stored = (_shape(mismatch.group(i)) for i in (1, 2))
+            # An old UNet checkpoint's HWIO kernel where OHWI is requested: only then the hint.
+            hwio = len(stored) >= 3 and requested == stored[-1:] + stored[:-1]
+            layout = ", or before the UNet stored its conv kernels OHWI" if hwio else ""
             raise ValueError(
                 f"checkpoint step {step} in {self.directory} does not fit this model's parameter "
-                f"shapes ({mismatch.group(0)}). Was it written with another config, or before the "
-                f"UNet stored its conv kernels OHWI? Resume with the run's own config, or start a "
-                f"new workdir."
+                f"shapes ({mismatch.group(0)}). Was it written with another config{layout}? "
+                f"Resume with the run's own config, or start a new workdir."
             ) from None
         data = restored.data
         saved_count = int(data["process_count"])
@@ -166,6 +174,11 @@ class Checkpointer:
         self._manager.close()
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """``'(3, 3, 2)'`` -> ``(3, 3, 2)``."""
+    return tuple(int(n) for n in re.findall(r"\d+", text))
+
+
 def _differences(saved: Any, current: Any, name: str) -> list[str]:
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         return [
@@ -177,10 +190,17 @@ def _differences(saved: Any, current: Any, name: str) -> list[str]:
     return [] if saved == current else [f"{name} {saved!r} in the checkpoint, {current!r} now"]
 
 
-def check_saved_config(workdir: str, config: Any, fields: Sequence[str] = DENOISER_FIELDS) -> None:
+def check_saved_config(
+    workdir: str,
+    config: Any,
+    fields: Sequence[str] = DENOISER_FIELDS,
+    derived: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+) -> None:
     """Raises ``ConfigError`` naming every field of ``fields`` (dotted names) on which the config
     saved with the newest checkpoint in ``workdir`` differs from ``config``: resuming would fail
-    on the parameters' shapes, or train another model. Fields the saved config predates pass."""
+    on the parameters' shapes, or train another model. ``derived`` maps names to functions of a
+    config's JSON dict (values decided by several fields), compared the same way. Fields the
+    saved config predates (a function raising ``KeyError`` on it) pass."""
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         return
@@ -199,6 +219,11 @@ def check_saved_config(workdir: str, config: Any, fields: Sequence[str] = DENOIS
             saved_node, current_node = saved_node.get(key, {}), current_node.get(key, {})
         if leaf in saved_node and leaf in current_node:
             differences += _differences(saved_node[leaf], current_node[leaf], field)
+    for name, value_of in (derived or {}).items():
+        try:
+            differences += _differences(value_of(saved), value_of(current), name)
+        except KeyError:
+            pass
     if differences:
         raise ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "

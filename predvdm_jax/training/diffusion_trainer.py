@@ -153,7 +153,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
         if cache:
             latent_cache.check_cache_matches(config, cache)
-    vq_params = load_vq_params(config.vq_params) if needs_vq else None
+    vq_params = load_vq_params(config.vq_params, config) if needs_vq else None
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))

@@ -46,7 +46,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from predvdm_jax import xla_cpu
-from predvdm_jax.data.hdf5 import VideoShards
+from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
 from predvdm_jax.evaluation import metrics as metrics_lib
@@ -65,6 +65,24 @@ VQ_EVAL_FILE = "vq_eval.json"
 PREVIEW_CLIPS = 4  # clips in the logged reconstruction image
 # Logged as exactly 0 while the discriminator is off (before disc_start or disabled).
 DISC_METRICS = ("d_weight", "disc_factor", "g_loss", "disc_loss", "logits_real", "logits_fake")
+
+
+def discriminator_spec(vq_train: Any) -> tuple[int, int] | None:
+    """``(disc_layers, disc_channels)`` of the discriminator a ``vq_train`` section (a
+    ``ConfigDict`` or its dict) trains, or None: ``disc_weight`` 0 makes none."""
+    if not vq_train["disc_weight"] > 0:
+        return None
+    return int(vq_train["disc_layers"]), int(vq_train["disc_channels"])
+
+
+def _discriminator_name(config: Any) -> str:
+    spec = discriminator_spec(config["vq_train"])
+    return "off" if spec is None else f"on ({spec[0]} layers, {spec[1]} channels)"
+
+
+DERIVED_FIELDS = {"the discriminator (vq_train.disc_weight > 0)": _discriminator_name}
+"""For ``checkpoint.check_saved_config``: with ``checkpoint.VQ_FIELDS``, what decides a VQ run's
+checkpointed parameters."""
 
 
 def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -143,10 +161,9 @@ class VQObjective:
                     f"scripts/convert_lpips.py or set vq_train.perceptual_weight=0"
                 )
         discriminator = None
-        if v.disc_weight > 0:
-            discriminator = vq_losses.PatchDiscriminator(
-                ndf=int(v.disc_channels), n_layers=int(v.disc_layers)
-            )
+        spec = discriminator_spec(v)
+        if spec is not None:
+            discriminator = vq_losses.PatchDiscriminator(ndf=spec[1], n_layers=spec[0])
         return cls(
             build_vq(config),
             float(v.codebook_weight),
@@ -378,9 +395,15 @@ def _same_types(branch: Callable) -> Callable:
 
 
 def load_eval_frames(split_dir: str, num_clips: int, num_frames: int, seed: int) -> np.ndarray:
-    """The fixed evaluation clips of a split as float32 ``(N, T, H, W, C)`` in [-1, 1]."""
+    """The fixed evaluation clips (``vq_train.eval_clips`` × ``eval_frames``) of a split as
+    float32 ``(N, T, H, W, C)`` in [-1, 1]."""
     shards = VideoShards(split_dir)
-    shards.check_min_length(num_frames)
+    shortest = int(shards.frame_counts.min())
+    if shortest < num_frames:
+        raise DatasetError(
+            f"{split_dir} has videos of {shortest} frames, shorter than vq_train.eval_frames "
+            f"{num_frames}; set --config.vq_train.eval_frames={shortest} or less."
+        )
     windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
     return np.stack([to_model_range(shards.read_clip(v, s, num_frames)) for v, s in windows])
 

@@ -12,9 +12,11 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
-from predvdm_jax.data.latent_cache import CACHE_INFO, check_cache_matches, encode_split
+from predvdm_jax.data.latent_cache import (CACHE_INFO, DIGEST_KEY, check_cache_matches,
+                                            encode_split)
 from predvdm_jax.data.loader import to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models.autoencoder import VQModel
 
 SIZE = 16
@@ -122,3 +124,56 @@ def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog
   os.remove(os.path.join(out, CACHE_INFO))
   check_cache_matches(other, out)   # an older cache: a warning, no error
   assert "no cache_info.json" in caplog.text
+
+
+def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path):
+  root, videos, config, system, params = setup
+  frames = str(root / "frames")
+  out = str(tmp_path / "latents")
+  other = jax.tree.map(lambda x: x + 0.01, params)   # the same architecture, other weights
+  made_with, retrained = str(tmp_path / "vq.safetensors"), str(tmp_path / "vq2.safetensors")
+  save_params_safetensors(made_with, params)
+  save_params_safetensors(retrained, other)
+  assert encode_split(config, params, frames, out, batch_frames=4, max_shards=1,
+                      vq_params_path=made_with) == 1
+  with pytest.raises(DatasetError) as err:
+    encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained)
+  message = str(err.value)
+  assert "holds latents of other VQ weights" in message
+  assert made_with in message and retrained in message
+  assert message.endswith("delete the folder or choose another --out.")
+  assert json.load(open(os.path.join(out, CACHE_INFO)))["vq_params"] == made_with
+
+  # Training decodes with config.vq_params: the cache's own weights pass, others do not.
+  check_cache_matches(config_with(config, vq_params=made_with), out)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"other VQ weights .* than config\.vq_params .*vq2\.safetensors.*"
+                     r"set --config\.vq_params to the file the cache was made with"):
+    check_cache_matches(config_with(config, vq_params=retrained), out)
+
+  # A cache from before the digest was recorded resumes and trains, unchecked.
+  info = json.load(open(os.path.join(out, CACHE_INFO)))
+  del info[DIGEST_KEY]
+  with open(os.path.join(out, CACHE_INFO), "w") as f:
+    json.dump(info, f)
+  assert encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained) == 2
+  assert DIGEST_KEY not in json.load(open(os.path.join(out, CACHE_INFO)))
+  check_cache_matches(config_with(config, vq_params=retrained), out)
+
+
+def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
+  root, videos, config, system, params = setup
+  out = str(tmp_path / "latents")
+  broken = {k: v for k, v in params.items() if k != "quant_conv"}
+  with pytest.raises(Exception, match="quant_conv"):
+    encode_split(config, broken, str(root / "frames"), out, batch_frames=4)
+  assert os.listdir(out) == []
+  assert encode_split(config, params, str(root / "frames"), out, batch_frames=4,
+                      max_shards=1) == 1
+  assert CACHE_INFO in os.listdir(out)
+
+
+def config_with(config, **changes):
+  changed = config.copy_and_resolve_references()
+  changed.update(changes)
+  return changed

@@ -1,19 +1,23 @@
-"""Script errors are one ``error:`` line: bad ``--config`` flags, a workdir of another model, an
-export over its own workdir; reading a missing workdir leaves no trace."""
+"""Script errors are one ``error:`` line: bad ``--config`` flags, a workdir of another model, VQ
+params of another VQ, an export over its own workdir; reading a missing workdir leaves no trace."""
 
 import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.training import checkpoint
+from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
+from predvdm_jax.training import checkpoint, vq_trainer
 
 from .tiny_setup import REPO_ROOT
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "digits_demo.py")
+VQ_CONFIG = os.path.join(REPO_ROOT, "configs", "vq_digits_demo.py")
 
 
 def _save_run(workdir, config):
@@ -55,6 +59,58 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_fields(tmp_path):
     assert "original config, or pass a new --workdir" in message
 
 
+def test_a_vq_checkpoint_with_the_discriminator_switched_is_refused(tmp_path):
+    config = config_lib.load_config_file(VQ_CONFIG)  # discriminator off
+    _save_run(tmp_path, config)
+
+    def check(**changes):
+        checkpoint.check_saved_config(
+            str(tmp_path),
+            _with(config, **changes),
+            checkpoint.VQ_FIELDS,
+            vq_trainer.DERIVED_FIELDS,
+        )
+
+    check(vq_train__disc_channels=8, vq_train__num_steps=5)  # no discriminator either way
+    with pytest.raises(config_lib.ConfigError) as err:
+        check(vq_train__disc_weight=0.8, vq__ch=64)
+    message = str(err.value)
+    assert "vq.ch 32 in the checkpoint, 64 now" in message
+    assert (
+        "the discriminator (vq_train.disc_weight > 0) 'off' in the checkpoint, "
+        "'on (3 layers, 64 channels)' now" in message
+    )
+
+    on = _with(config, vq_train__disc_weight=0.8)
+    _save_run(tmp_path / "on", on)
+    checkpoint.check_saved_config(
+        str(tmp_path / "on"),
+        _with(on, vq_train__disc_weight=0.5),
+        checkpoint.VQ_FIELDS,
+        vq_trainer.DERIVED_FIELDS,
+    )
+    with pytest.raises(config_lib.ConfigError, match="'on .*' in the checkpoint, 'off' now"):
+        checkpoint.check_saved_config(
+            str(tmp_path / "on"), config, checkpoint.VQ_FIELDS, vq_trainer.DERIVED_FIELDS
+        )
+
+
+def test_the_kernel_layout_hint_comes_only_with_a_transposed_kernel(tmp_path):
+    directory = str(tmp_path / checkpoint.CHECKPOINT_DIR)
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    checkpointer.save(1, {"kernel": jnp.zeros((3, 3, 2, 4))}, data_state={})
+    checkpointer.close()
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    messages = []
+    for shape in ((4, 3, 3, 2), (3, 3, 2, 8)):  # HWIO stored, OHWI requested; another width
+        with pytest.raises(ValueError, match="Was it written with another config") as err:
+            checkpointer.restore(1, {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)})
+        messages.append(str(err.value))
+    checkpointer.close()
+    assert "before the UNet stored its conv kernels OHWI?" in messages[0]
+    assert "OHWI" not in messages[1] and "another config? Resume" in messages[1]
+
+
 def _run(script, *args):
     command = [sys.executable, os.path.join(REPO_ROOT, "scripts", script), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
@@ -82,6 +138,27 @@ def test_bad_flags_and_a_workdir_of_another_model_are_one_error_line(tmp_path):
     line = _run("train.py", workdir, f"--config={DEMO_CONFIG}", "--config.unet.model_channels=64")
     assert line.startswith(f"error: {tmp_path} holds a checkpoint (step 3) of another model")
     assert "unet.model_channels" in line
+
+
+def test_vq_params_of_another_vq_and_a_switched_discriminator_are_one_error_line(tmp_path):
+    params = str(tmp_path / "vq.safetensors")
+    save_params_safetensors(params, {"encoder": {"conv_in": {"kernel": np.zeros((3, 3, 3, 8))}}})
+    line = _run("encode_dataset.py", f"--config={VQ_CONFIG}", f"--vq_params={params}")
+    assert line.startswith(f"error: VQ params {params!r} (config.vq) does not match the model: ")
+    assert (
+        "wrong shape (1): encoder/conv_in/kernel: expected (3, 3, 3, 32), got (3, 3, 3, 8)" in line
+    )
+    assert "missing (" in line
+
+    _save_run(tmp_path / "run", config_lib.load_config_file(VQ_CONFIG))
+    line = _run(
+        "train_vq.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config={VQ_CONFIG}",
+        "--config.vq_train.disc_weight=0.8",
+    )
+    assert line.startswith(f"error: {tmp_path / 'run'} holds a checkpoint (step 3) of another")
+    assert "the discriminator (vq_train.disc_weight > 0) 'off' in the checkpoint" in line
 
 
 def test_export_refuses_its_own_workdir_and_leaves_a_missing_one_alone(tmp_path):

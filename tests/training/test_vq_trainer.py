@@ -14,7 +14,7 @@ from PIL import Image
 from jax.experimental.compilation_cache import compilation_cache
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.data.hdf5 import write_split
+from predvdm_jax.data.hdf5 import DatasetError, write_split
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
 from predvdm_jax.models.vq_losses import PatchDiscriminator
 from predvdm_jax.training import vq_trainer
@@ -230,6 +230,15 @@ def test_restart_replaces_only_unused_codes_with_encoder_outputs():
     np.testing.assert_array_equal(new[[0, 2]], np.asarray(codebook)[[0, 2]])
     for row in new[[1, 3]]:
         assert any(np.array_equal(row, np.asarray(l)) for l in latents)
+
+
+def test_eval_frames_longer_than_the_test_videos_name_vq_train_eval_frames(dataset):
+    with pytest.raises(DatasetError) as err:
+        vq_trainer.load_eval_frames(str(dataset / "test"), 4, 6, seed=0)
+    assert str(err.value) == (
+        f"{dataset / 'test'} has videos of 5 frames, shorter than vq_train.eval_frames 6; "
+        "set --config.vq_train.eval_frames=5 or less."
+    )
 
 
 def test_engine_config_maps_vq_train_onto_engine_fields(dataset):
