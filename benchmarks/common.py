@@ -13,11 +13,23 @@ from predvdm_jax.evaluation.report import peak_rss_gb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_name() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> str:
-    devices = jax.devices()
-    kinds = sorted({d.device_kind for d in devices})
+    """One line: host CPU model and core count, JAX devices and backend, JAX version."""
+    kinds = sorted({d.device_kind for d in jax.devices()})
     return (
-        f"{platform.processor() or platform.machine()}, {jax.device_count()} × "
+        f"{cpu_name()} ({os.cpu_count()} CPU cores), {jax.device_count()} × "
         f"{'/'.join(kinds)} ({jax.default_backend()}), jax {jax.__version__}"
     )
 

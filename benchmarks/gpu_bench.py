@@ -37,8 +37,12 @@ Model FLOPs are the matrix products and convolutions of the program's jaxpr
 cost analysis cannot serve: cuDNN's convolutions and attention are custom calls it counts
 as zero (it gave 0.38 TFLOP for a 4.97 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those.
 
-Each figure is skipped once the time budget is spent, and results are appended
-to $OUT/gpu_results.json as they come, so a cut-off run still reports.
+Each figure is skipped once the time budget (BENCH_BUDGET_S) is spent, and results are
+appended to $OUT/gpu_results.json as they come, so a cut-off run still reports.
+BENCH_TINY=1 is a smoke test of this script on the CPU: a small KTH-shaped model (its rows
+say so), small batches and 9-frame I3D clips, every figure run whatever the budget (about
+6 minutes on 2 cores, nearly all of it compiling; BENCH_FIGURES narrows it). On an
+accelerator the compiled programs are cached in /tmp/jax_cache, for a rerun on a warm machine.
 """
 
 import functools
@@ -70,12 +74,15 @@ from predvdm_jax.training.train_state import TrainState  # noqa: E402
 from predvdm_jax.training.train_step import apply_gradients  # noqa: E402
 from tests.random_params import random_params_from_init  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_compilation_cache_dir", "/tmp/jax_cache")  # a rerun on a warm machine
 
 START = time.time()
 BUDGET = float(os.environ.get("BENCH_BUDGET_S", 240))
 OUT = os.environ.get("OUT", "/tmp")
-TINY = bool(os.environ.get("BENCH_TINY"))  # a seconds-long smoke test of this script on CPU
+TINY = bool(os.environ.get("BENCH_TINY"))  # a smoke test of this script on the CPU
+TINY_CHANNELS = 32  # the UNet's and the VQ's base channels under TINY
+MODEL = f"tiny KTH-shaped (UNet/VQ ch {TINY_CHANNELS}, 1 ResBlock)" if TINY else "KTH 259M"
 ONLY = [name for name in os.environ.get("BENCH_FIGURES", "").split(",") if name]
 STEP_SECONDS = {}
 ROLLOUT_FPS = {}
@@ -108,7 +115,8 @@ def time_it(fn, repeats=5, warmup=True):
 
 
 def out_of_time(reserve=0.0):
-    return time.time() - START > BUDGET - reserve
+    """Whether the budget, less ``reserve`` seconds, is spent (never under BENCH_TINY)."""
+    return not TINY and time.time() - START > BUDGET - reserve
 
 
 def kth_config(dtype="float32", attention="auto", remat=False, grad_accum_steps=1):
@@ -116,8 +124,15 @@ def kth_config(dtype="float32", attention="auto", remat=False, grad_accum_steps=
     c.model.update(dict(dtype=dtype, mode="tcct_para_attn", attention=attention, remat=remat))
     c.train.grad_accum_steps = grad_accum_steps
     if TINY:
-        c.unet.update(dict(model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,)))
-        c.vq.update(dict(ch=32))
+        c.unet.update(
+            dict(
+                model_channels=TINY_CHANNELS,
+                channel_mult=(1, 2),
+                attention_resolutions=(2,),
+                num_res_blocks=1,
+            )
+        )
+        c.vq.update(dict(ch=TINY_CHANNELS, num_res_blocks=1))
     return config_lib.validate(c)
 
 
@@ -229,7 +244,7 @@ def engine_train_step(config, batch):
 def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=False):
     """Times the engine's train step; returns its seconds. ``profile`` saves a trace of two
     steps."""
-    name = f"train step KTH 259M batch {batch} {dtype} attention={attention}"
+    name = f"train step {MODEL} batch {batch} {dtype} attention={attention}"
     if out_of_time(reserve):
         record(name, skipped="time budget")
         return None
@@ -287,7 +302,7 @@ def rollout_setup(batch, frames):
 
 def rollout_figure(sampler, steps, batch=256, frames=30):
     mode = kth_config().model.mode
-    name = f"rollout KTH 10->{frames} {sampler}-{steps} batch {batch} bf16 ({mode})"
+    name = f"rollout {MODEL} 10->{frames} {sampler}-{steps} batch {batch} bf16 ({mode})"
     if out_of_time(60):
         record(name, skipped="time budget")
         return
@@ -417,7 +432,7 @@ def rollout_ddim(batch=256, frames=30):
 def rollout_torch_original(batch=256, frames=30, steps=100):
     """The PyTorch original's DDIM rollout (bench_rollout.make_torch_rollout) on the same
     GPU under bf16 autocast: the baseline of the compiled JAX rollout."""
-    name = f"rollout KTH 10->{frames} PyTorch original ddim-{steps} batch {batch} bf16 autocast"
+    name = f"rollout {MODEL} 10->{frames} PyTorch original ddim-{steps} batch {batch} bf16 autocast"
     if out_of_time(60):
         record(name, skipped="time budget")
         return
@@ -506,7 +521,7 @@ def train_step_breakdown(batch=64):
     """Where the bf16 step's time goes: the gradient alone and the update alone (clipped
     AdamW + EMA, the engine's ``apply_gradients``) at ``batch``, then the whole step at
     twice the batch (per-step costs amortised)."""
-    name = f"train step KTH 259M batch {batch} bf16: gradient and update apart"
+    name = f"train step {MODEL} batch {batch} bf16: gradient and update apart"
     if out_of_time(90):
         record(name, skipped="time budget")
         return
@@ -539,7 +554,7 @@ def grad_norm_reduction():
     against ``optax.tree.norm`` (one full reduction per leaf), on float32 arrays of the KTH
     parameter shapes. The HWIO-era profile showed full reductions of large kernel
     gradients on 4-20 thread blocks at about 0.25 TB/s."""
-    name = "global grad norm of the KTH 259M shapes: rows first vs per-leaf full reductions"
+    name = f"global grad norm of the {MODEL} shapes: rows first vs per-leaf full reductions"
     if out_of_time(30):
         record(name, skipped="time budget")
         return
@@ -579,7 +594,7 @@ def train_step_memory_knobs(batch=64):
     """The bf16 step's compiled memory in one pass, in 2 accumulated microbatches and with
     remat (XLA:CPU drops remat's recomputation, so only an accelerator shows its saving), and
     the accumulated step's time (the kernel gradients now run inside a loop)."""
-    name = f"train step KTH 259M batch {batch} bf16: accumulation and remat"
+    name = f"train step {MODEL} batch {batch} bf16: accumulation and remat"
     if out_of_time(240):
         record(name, skipped="time budget")
         return
@@ -616,24 +631,24 @@ def vq_figures(frames=1024):
     dec = jax.jit(model.decode)
     z = enc(vq_params, video)
     record(
-        "VQ-f4 ch128 64x64 f32",
+        f"VQ-f4 ch{model.config.vq.ch} 64x64 f32",
         encode_frames_per_s=frames / time_it(lambda: enc(vq_params, video)),
         decode_frames_per_s=frames / time_it(lambda: dec(vq_params, z)),
     )
 
 
-def i3d_figures(clips=16):
+def i3d_figures(clips=16, frames=40):
     if out_of_time(20):
         record("I3D", skipped="time budget")
         return
     from predvdm_jax.models.i3d import InceptionI3d
 
     net = InceptionI3d()
-    videos = jax.random.uniform(jax.random.PRNGKey(0), (clips, 40, 224, 224, 3)) * 2 - 1
+    videos = jax.random.uniform(jax.random.PRNGKey(0), (clips, frames, 224, 224, 3)) * 2 - 1
     variables = jax.jit(net.init)(jax.random.PRNGKey(1), videos[:1])
     apply = jax.jit(lambda v, x: net.apply(v, x))
     record(
-        "I3D 40x224x224 (random weights)",
+        f"I3D {frames}x224x224 (random weights)",
         clips_per_s=clips / time_it(lambda: apply(variables, videos), repeats=3),
     )
 
@@ -655,7 +670,7 @@ if __name__ == "__main__":
             rollout_small_map_convs=dict(batch=2),
             rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
-            i3d_figures=dict(clips=1),
+            i3d_figures=dict(clips=1, frames=9),
         )
         if TINY
         else {}

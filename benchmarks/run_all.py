@@ -54,7 +54,7 @@ def main(argv):
                 dict(figure=command[0], error=(done.stderr.strip().splitlines() or ["?"])[-1])
             )
         rows += [json.loads(line) for line in lines]
-    print(f"\nhardware: {common.hardware()}, {os.cpu_count()} CPU cores\n")
+    print(f"\nhardware: {common.hardware()}\n")
     print("| figure | value | baseline (same run) | ratio | peak RSS |")
     print("|---|---|---|---|---|")
     for row in rows:

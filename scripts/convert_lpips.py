@@ -1,10 +1,11 @@
 """Converts LPIPS-AlexNet (v0.1) PyTorch weights into one Flax params file.
 
   python scripts/convert_lpips.py --alexnet=alexnet-owt-7be5be79.pth \
-      --output=weights/lpips_alex_v0.1.safetensors
+      --output=weights/lpips_alex_v0.1.safetensors [--allow_pickle]
 
 --heads defaults to weights/v0.1/alex.pth of an installed `lpips` package
-(pip install lpips==0.1.4 --no-deps). Needs PyTorch to read the .pth files.
+(pip install lpips==0.1.4 --no-deps). Needs PyTorch to read the .pth files. A file that pickles
+Python objects needs --allow_pickle (it runs code from the file: trusted files only).
 """
 
 import sys
@@ -22,6 +23,9 @@ flags.DEFINE_string(
     "lpips linear heads file (weights/v0.1/alex.pth); default: the installed lpips package's.",
 )
 flags.DEFINE_string("output", None, "Where to write the Flax params (.safetensors).")
+flags.DEFINE_bool(
+    "allow_pickle", False, "Read a pickle that holds Python objects (trusted files only)."
+)
 flags.mark_flags_as_required(["alexnet", "output"])
 FLAGS = flags.FLAGS
 
@@ -34,7 +38,9 @@ def main(argv):
             "error: no --heads given and no lpips package found; pip install lpips==0.1.4 --no-deps, or pass --heads=alex.pth"
         )
     try:
-        lpips_torch.convert_lpips_files(FLAGS.alexnet, heads, FLAGS.output)
+        lpips_torch.convert_lpips_files(
+            FLAGS.alexnet, heads, FLAGS.output, allow_pickle=FLAGS.allow_pickle
+        )
     except (FileNotFoundError, ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {FLAGS.output} (trunk {FLAGS.alexnet}, heads {heads})")

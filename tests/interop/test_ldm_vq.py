@@ -547,3 +547,20 @@ def test_layout_helpers_match_torch_ops():
     assert torch_checkpoint.drop_prefixes(sd, ("loss.", "cond_stage_model.")) == {
         "first_stage_model.a": 1
     }
+
+
+def test_truncated_or_garbage_safetensors_raise_value_error(tmp_path):
+    full = tmp_path / "full.safetensors"
+    torch_checkpoint.save_params_safetensors(full, {"a": {"kernel": np.ones((64, 64), np.float32)}})
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(full.read_bytes()[:100])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not a safetensors file" * 8)
+    for path in (truncated, garbage):
+        for read in (
+            torch_checkpoint.load_params_safetensors,
+            torch_checkpoint.load_torch_state_dict,
+        ):
+            with pytest.raises(ValueError, match="not a complete safetensors file") as raised:
+                read(path)
+            assert str(path) in str(raised.value)

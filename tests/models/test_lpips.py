@@ -5,8 +5,11 @@ real v0.1 heads shipped in the `lpips` PyPI package, read with torch.load
 without importing `lpips`.
 """
 
+import argparse
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from torch.nn import functional as F  # noqa: E402
 
 from predvdm_jax.interop import lpips_torch  # noqa: E402
 from predvdm_jax.models import lpips  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _installed_heads_path() -> str:
@@ -204,3 +209,61 @@ def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_pa
     with pytest.raises(ValueError, match="1 or 3 channels"):
         video = np.zeros((1, 1, 32, 40, 2), np.float32)
         lpips.lpips_video(params, video, video)
+
+
+def test_missing_and_wrong_shape_keys_are_reported_together(converted):
+    reference = converted[0]
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    del state["lin2.model.1.weight"]
+    state["features.3.weight"] = np.zeros((192, 32, 5, 5), np.float32)
+    with pytest.raises(ValueError) as raised:
+        lpips_torch.convert_lpips_state_dicts(state, state)
+    message = str(raised.value)
+    assert "missing (1): lin2.model.1.weight" in message
+    assert "features.3.weight: expected (192, 64, 5, 5), got (192, 32, 5, 5)" in message
+    assert "model config" not in message
+
+
+def test_corrupt_params_file_raises_value_error_naming_it(converted, tmp_path):
+    _, _, output_path = converted
+    truncated = tmp_path / "truncated.safetensors"
+    with open(output_path, "rb") as f:
+        truncated.write_bytes(f.read(100))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"<html>not weights</html>" * 8)
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match="not a complete safetensors file") as raised:
+            lpips.load_lpips_params(path)
+        assert str(path) in str(raised.value)
+
+
+def test_convert_script_allow_pickle_flag(converted, tmp_path):
+    reference = converted[0]
+    checkpoint = dict(reference.state_dict())
+    checkpoint["args"] = argparse.Namespace(lr=1.0)  # a Python object weights_only refuses
+    path = tmp_path / "lpips_full.pth"
+    torch.save(checkpoint, path)
+    script = os.path.join(REPO, "scripts", "convert_lpips.py")
+    command = [sys.executable, script, f"--alexnet={path}", f"--heads={path}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+
+    refused = subprocess.run(
+        command + [f"--output={tmp_path / 'a.safetensors'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "--allow_pickle" in refused.stderr.strip().splitlines()[-1]
+
+    output = tmp_path / "b.safetensors"
+    allowed = subprocess.run(
+        command + [f"--output={output}", "--allow_pickle"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert lpips.load_lpips_params(output) is not None
