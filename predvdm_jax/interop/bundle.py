@@ -203,7 +203,7 @@ def load_bundle(path: str) -> Bundle:
     return Bundle(
         config,
         load_denoiser_params(os.path.join(path, DENOISER_FILE)),
-        load_vq_params(os.path.join(path, VQ_FILE), config),
+        load_params_safetensors(os.path.join(path, VQ_FILE)),
     )
 
 
