@@ -52,8 +52,9 @@ def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> dict:
             "the sweep is empty; write entries like 'steps=10;sampler=dpm_solver_pp,steps=20'."
         )
     samplings: dict = {}
+    fields = config.sampling
     for entry in entries:
-        fields = config.sampling.to_dict()
+        overrides = {}
         for item in entry.split(","):
             name, equals, text = (part.strip() for part in item.partition("="))
             if not equals or name not in fields:
@@ -61,11 +62,11 @@ def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> dict:
                     f"sweep entry {entry!r}: {item.strip()!r} is not field=value with a field "
                     f"of config.sampling ({', '.join(sorted(fields))})"
                 )
-            fields[name] = _parse_value(text, fields[name], f"sweep entry {entry!r}, {name}")
-        raw = config.to_dict()
-        raw["sampling"] = fields
+            overrides[f"sampling.{name}"] = _parse_value(
+                text, fields[name], f"sweep entry {entry!r}, {name}"
+            )
         try:
-            sampling = config_lib.config_from_dict(raw).sampling
+            sampling = config_lib.with_overrides(config, overrides).sampling
         except config_lib.ConfigError as error:
             raise config_lib.ConfigError(f"sweep entry {entry!r}: {error}") from None
         label = sampler_label(sampling)
