@@ -29,12 +29,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import to_model_range
-from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
+from predvdm_jax.tensor_files import read_safetensors
 
 CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
@@ -54,7 +55,8 @@ def params_digest(params: Any) -> str:
   """SHA-256 of a param tree's names, dtypes, shapes and values (not of the file holding
   it, so metadata and key order do not count)."""
   digest = hashlib.sha256()
-  for name, value in sorted(flatten_params(params).items()):
+  # A nested tree and a params file's flat {'a/b/kernel': array} give the same names.
+  for name, value in sorted(traverse_util.flatten_dict(params, sep="/").items()):
     array = np.ascontiguousarray(np.asarray(value))
     digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
     digest.update(array.tobytes())
@@ -128,7 +130,7 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
         f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
         f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with.")
   if DIGEST_KEY in saved and config.vq_params and os.path.isfile(config.vq_params):
-    digest = params_digest(load_params_safetensors(config.vq_params))
+    digest = params_digest(read_safetensors(config.vq_params))
     if digest != saved[DIGEST_KEY]:
       raise ConfigError(
           f"{split_dir} holds latents encoded with other VQ weights ({saved.get('vq_params')!r}, "
