@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.training import checkpoint, diffusion_trainer, loop, mesh
+from predvdm_jax.training import diffusion_trainer, loop, mesh
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/kth64.py.", lock_config=True
@@ -32,7 +32,6 @@ def main(argv):
     mesh.initialize_distributed()
     try:
         config = config_lib.validate(FLAGS.config)
-        checkpoint.check_saved_config(FLAGS.workdir, config)
         diffusion_trainer.train(config, FLAGS.workdir)
     # ValueError covers ConfigError, DatasetError and a mesh that does not fit the devices.
     except (FileNotFoundError, ValueError, loop.NonFiniteLossError) as err:

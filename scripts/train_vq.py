@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
-from predvdm_jax.training import checkpoint, loop, mesh, vq_trainer
+from predvdm_jax.training import loop, mesh, vq_trainer
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the trained VQ params.")
@@ -28,9 +28,6 @@ def main(argv):
     mesh.initialize_distributed()
     try:
         config = config_lib.validate(FLAGS.config)
-        checkpoint.check_saved_config(
-            FLAGS.workdir, config, checkpoint.VQ_FIELDS, vq_trainer.DERIVED_FIELDS
-        )
         result = vq_trainer.train_vq(config, FLAGS.workdir)
     except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -26,7 +26,7 @@ from predvdm_jax import xla_cpu
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import load_vq_params
-from predvdm_jax.training import loop, mesh as mesh_lib, preview
+from predvdm_jax.training import checkpoint, loop, mesh as mesh_lib, preview
 from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
 
@@ -140,7 +140,9 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
-    """Trains (or resumes) in ``workdir``; returns the final train state."""
+    """Trains (or resumes) in ``workdir``; returns the final train state. A workdir whose
+    checkpoint is of another model is a ``ConfigError`` naming the fields."""
+    checkpoint.check_saved_config(workdir, config)
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0
     previews = config.train.preview_every > 0

@@ -55,6 +55,7 @@ from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
 from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
+from predvdm_jax.training import checkpoint
 from predvdm_jax.training.loop import train_loop
 from predvdm_jax.training.optim import global_norm, make_optimizer
 from predvdm_jax.training.train_state import TrainState
@@ -479,8 +480,10 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Writes checkpoints and logs (``metrics.jsonl``, TensorBoard) through the
     engine, then ``workdir/vq_params.safetensors`` (raw params) and
-    ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage).
+    ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
+    is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
     """
+    checkpoint.check_saved_config(workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS)
     if not config.data.train_dir or not config.data.test_dir:
         raise ValueError(
             "VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
