@@ -81,7 +81,7 @@ def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float
 
 def checkpoint_step(train_dir: str) -> int | None:
     """The newest finished checkpoint step of the training run in ``train_dir`` (None: none)."""
-    directory = os.path.join(train_dir, "checkpoints")
+    directory = os.path.join(train_dir, checkpoint.CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         return None
     checkpointer = checkpoint.Checkpointer(directory, async_save=False)

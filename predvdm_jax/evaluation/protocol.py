@@ -460,7 +460,7 @@ def evaluate(
         }
     else:
         videos = {}
-    result = _finish(
+    return _finish(
         accumulator,
         lpips_note,
         feature_fn,
@@ -469,9 +469,8 @@ def evaluate(
         pred_frames,
         videos,
         seconds,
+        predict_seconds,
     )
-    result.predict_seconds = predict_seconds
-    return result
 
 
 def _finish(
@@ -483,6 +482,7 @@ def _finish(
     pred_frames: int,
     videos: dict,
     seconds: dict,
+    predict_seconds: dict | None = None,
 ) -> EvaluationResult:
     """Concatenates the collected values; FVD notes from the real clip count."""
     per_frame = accumulator.per_frame()
@@ -491,7 +491,9 @@ def _finish(
         clips, cond_frames, pred_frames, None if feature_fn is not None else fvd_unavailable
     )
     features = accumulator.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
-    return EvaluationResult(per_frame, features, videos, lpips_note, fvd_notes, seconds)
+    return EvaluationResult(
+        per_frame, features, videos, lpips_note, fvd_notes, seconds, predict_seconds or {}
+    )
 
 
 def summarize(
