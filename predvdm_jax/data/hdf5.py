@@ -211,7 +211,8 @@ class VideoShards:
         if "len" not in f:
           raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
         n = len(f["len"].keys())
-        missing = [str(i) for i in range(n) if str(i) not in f["len"] or str(i) not in f]
+        missing = [str(i) for i in range(n)
+                   if str(i) not in f["len"] or f.get(str(i), getclass=True) is not h5py.Group]
         if missing:
           raise DatasetError(f"{path}: videos {missing[:5]} lack a 'len' entry or frame group; "
                              f"the shard is incomplete, re-create it.")

@@ -39,6 +39,15 @@ def test_missing_folder(tmp_path):
     hdf5.VideoShards(str(tmp_path / "nope"))
 
 
+def test_video_that_is_not_a_frame_group(tmp_path):
+  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
+  with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
+    del f["1"]
+    f.create_dataset("1", data=np.zeros((3, 4, 4), np.uint8))
+  with pytest.raises(hdf5.DatasetError, match=r"videos \['1'\] lack a 'len' entry or frame group"):
+    hdf5.VideoShards(str(tmp_path))
+
+
 def test_no_shards(tmp_path):
   with pytest.raises(hdf5.DatasetError, match="no shard_"):
     hdf5.VideoShards(str(tmp_path))
