@@ -129,7 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
         profile_start=0,  # first step of a profiler trace in workdir/profile (0: none)
         profile_steps=5,  # steps the trace covers
     )
-    c.mesh = dict(data=-1, fsdp=1)
+    # slices: device groups joined by a slower network (TPU multislice; processes elsewhere):
+    # data is split across them, each fsdp row stays inside one (training/mesh.py)
+    c.mesh = dict(data=-1, fsdp=1, slices=1)
 
     c.sampling = dict(
         sampler="ddim",
@@ -249,6 +251,8 @@ def _range_errors(c) -> list[str]:
             f"mesh.data and mesh.fsdp must be >= 1, or -1 (all remaining devices) for one of "
             f"them; got data={m.data}, fsdp={m.fsdp}"
         )
+    if m.slices < 1:
+        errors.append(f"mesh.slices must be >= 1, got {m.slices}")
     return errors
 
 

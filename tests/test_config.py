@@ -93,6 +93,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(mesh__data=0), "mesh.data and mesh.fsdp must be >= 1, or -1"),
         (dict(mesh__fsdp=-2), "got data=-1, fsdp=-2"),
         (dict(mesh__data=-1, mesh__fsdp=-1), "got data=-1, fsdp=-1"),
+        (dict(mesh__slices=0), "mesh.slices must be >= 1, got 0"),
         (
             dict(data__latent_train_dir="latents/train", data__horizontal_flip=True),
             "data.horizontal_flip cannot apply to cached latents",

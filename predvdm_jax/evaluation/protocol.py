@@ -746,7 +746,7 @@ def evaluate_samplers(
 
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     batch_size = eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
     batches = eval_iterator(
         config.data.test_dir,

@@ -157,7 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
             latent_cache.check_cache_matches(config, cache)
     vq_params = load_vq_params(config.vq_params, config) if needs_vq else None
 
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
     evaluations = []
     if validate:

@@ -140,7 +140,11 @@ def train_loop(
     profile_start = int(_get(train_cfg, "profile_start", 0))
     profile_stop = profile_start + int(_get(train_cfg, "profile_steps", 5))
     mesh_cfg = config.get("mesh", None)
-    mesh = make_mesh(int(_get(mesh_cfg, "data", -1)), int(_get(mesh_cfg, "fsdp", 1)))
+    mesh = make_mesh(
+        int(_get(mesh_cfg, "data", -1)),
+        int(_get(mesh_cfg, "fsdp", 1)),
+        slices=int(_get(mesh_cfg, "slices", 1)),
+    )
     min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
     batch_size = int(config.data.batch_size)
     split_error = microbatch_split_error(batch_size, grad_accum_steps, mesh.size)

@@ -60,8 +60,14 @@ def initialize_distributed(
     )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None) -> Mesh:
-    """A ``('data', 'fsdp')`` mesh over all global devices; -1 means "the rest"."""
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None, slices: int = 1) -> Mesh:
+    """A ``('data', 'fsdp')`` mesh over all global devices; -1 means "the rest".
+
+    ``slices > 1`` is for devices in groups joined by a slower network: TPU slices of a
+    multislice job (``device.slice_index``), or processes elsewhere. The ``data`` axis is
+    split across the groups and each ``fsdp`` row stays inside one group, so only the
+    gradient all-reduce crosses the slow network, not the parameter all-gathers.
+    """
     devices = jax.devices() if devices is None else list(devices)
     count = len(devices)
     if data == -1 and fsdp == -1:
@@ -79,7 +85,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None) -> Mesh:
             f"mesh: data*fsdp = {data}*{fsdp} = {data * fsdp} but there are {count} "
             "devices; set mesh.data=-1 to use them all"
         )
-    device_grid = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
+    if slices == 1:
+        return Mesh(mesh_utils.create_device_mesh((data, fsdp), devices=devices), MESH_AXES)
+    by_slice = hasattr(devices[0], "slice_index")
+    groups = {d.slice_index if by_slice else d.process_index for d in devices}
+    if len(groups) != slices:
+        unit = "TPU slices" if by_slice else "processes"
+        raise ValueError(f"mesh: slices={slices} but the devices are in {len(groups)} {unit}")
+    if data % slices:
+        raise ValueError(f"mesh: data={data} is not a multiple of slices={slices}")
+    device_grid = mesh_utils.create_hybrid_device_mesh(
+        (data // slices, fsdp), (slices, 1), devices, process_is_granule=not by_slice
+    )
     return Mesh(device_grid, MESH_AXES)
 
 
