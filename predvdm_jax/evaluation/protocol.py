@@ -49,6 +49,7 @@ COPY_LAST = "copy_last_frame"
 VQ_RECON = "vq_reconstruction"
 FVD_VARIANTS = ("cond+pred", "pred-only")
 CI95_Z = 1.96
+FVD_DISABLED = "disabled (eval.fvd=False)"
 
 PredictFn = Callable[[jax.Array, jax.Array], jax.Array]
 ReconstructFn = Callable[[jax.Array], jax.Array]
@@ -224,12 +225,33 @@ class EvaluationResult:
 
 
 class _Accumulator:
-    """Collects per-frame metrics and FVD features batch by batch for several systems."""
+    """Collects per-frame metrics and FVD features batch by batch for several systems.
 
-    def __init__(self, lpips_params, feature_fn, fvd_variants: Mapping[str, str | None]):
-        self.lpips_params = lpips_params
+    Made at the first batch (its frame size decides LPIPS); ``num_clips`` decides which
+    FVD variants are collected, the clips actually scored which are reported.
+    """
+
+    def __init__(
+        self,
+        lpips_params,
+        feature_fn,
+        fvd_unavailable: str | None,
+        *,
+        frame_size: tuple[int, int],
+        num_clips: int,
+        cond_frames: int,
+        pred_frames: int,
+    ):
+        self.lpips_note = lpips_unavailable_reason(lpips_params, *frame_size)
+        self.lpips_params = None if self.lpips_note else lpips_params
         self.feature_fn = feature_fn
-        self.variants = [name for name, skip in fvd_variants.items() if skip is None]
+        if feature_fn is None:
+            self.fvd_unavailable = fvd_unavailable or "no feature extractor (I3D) given"
+        else:
+            self.fvd_unavailable = None
+        self.cond_frames, self.pred_frames = cond_frames, pred_frames
+        fvd_notes = fvd_skip_reasons(num_clips, cond_frames, pred_frames, self.fvd_unavailable)
+        self.variants = [name for name, skip in fvd_notes.items() if skip is None]
         self.values: dict = {}
         self.real_features = {name: [] for name in self.variants}
         self.fake_features: dict = {name: {} for name in self.variants}
@@ -287,6 +309,19 @@ class _Accumulator:
             for name in self.variants
             if self.real_features[name]
         }
+
+    def result(
+        self, videos: dict, seconds: dict, predict_seconds: dict | None = None
+    ) -> EvaluationResult:
+        per_frame = self.per_frame()
+        clips = next(iter(per_frame.values()))["ssim"].shape[0]
+        fvd_notes = fvd_skip_reasons(
+            clips, self.cond_frames, self.pred_frames, self.fvd_unavailable
+        )
+        features = self.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
+        return EvaluationResult(
+            per_frame, features, videos, self.lpips_note, fvd_notes, seconds, predict_seconds or {}
+        )
 
 
 def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str | None:
@@ -379,16 +414,7 @@ def evaluate(
             f"predict_fn needs at least one model, none named like a baseline; got "
             f"{sorted(predict_fns)}."
         )
-    if feature_fn is None and fvd_unavailable is None:
-        fvd_unavailable = "no feature extractor (I3D) given"
-    fvd_notes = fvd_skip_reasons(
-        protocol.num_clips,
-        cond_frames,
-        pred_frames,
-        None if feature_fn is not None else fvd_unavailable,
-    )
     accumulator = None
-    lpips_note = None
     videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in predict_fns}}
     kept = 0
     seconds = {"reconstruct": 0.0}
@@ -402,8 +428,15 @@ def evaluate(
             )
         batch_size, _, height, width, channels = video.shape
         if accumulator is None:
-            lpips_note = lpips_unavailable_reason(lpips_params, height, width)
-            accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
+            accumulator = _Accumulator(
+                lpips_params,
+                feature_fn,
+                fvd_unavailable,
+                frame_size=(height, width),
+                num_clips=protocol.num_clips,
+                cond_frames=cond_frames,
+                pred_frames=pred_frames,
+            )
         mask = batch.get("mask")
         valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
         cond = video[:, :cond_frames]
@@ -460,40 +493,7 @@ def evaluate(
         }
     else:
         videos = {}
-    return _finish(
-        accumulator,
-        lpips_note,
-        feature_fn,
-        fvd_unavailable,
-        cond_frames,
-        pred_frames,
-        videos,
-        seconds,
-        predict_seconds,
-    )
-
-
-def _finish(
-    accumulator: _Accumulator,
-    lpips_note,
-    feature_fn,
-    fvd_unavailable,
-    cond_frames: int,
-    pred_frames: int,
-    videos: dict,
-    seconds: dict,
-    predict_seconds: dict | None = None,
-) -> EvaluationResult:
-    """Concatenates the collected values; FVD notes from the real clip count."""
-    per_frame = accumulator.per_frame()
-    clips = next(iter(per_frame.values()))["ssim"].shape[0]
-    fvd_notes = fvd_skip_reasons(
-        clips, cond_frames, pred_frames, None if feature_fn is not None else fvd_unavailable
-    )
-    features = accumulator.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
-    return EvaluationResult(
-        per_frame, features, videos, lpips_note, fvd_notes, seconds, predict_seconds or {}
-    )
+    return accumulator.result(videos, seconds, predict_seconds)
 
 
 def summarize(
@@ -589,8 +589,6 @@ def evaluate_video_sets(
     """
     if cond_frames < 0:
         raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
-    if feature_fn is None and fvd_unavailable is None:
-        fvd_unavailable = "no feature extractor (I3D) given"
     accumulator = None
     frames = None
     for pair in progress(pairs) if progress is not None else pairs:
@@ -607,14 +605,15 @@ def evaluate_video_sets(
             )
         if accumulator is None:
             frames = real.shape[1]
-            lpips_note = lpips_unavailable_reason(lpips_params, real.shape[2], real.shape[3])
-            fvd_notes = fvd_skip_reasons(
-                fvd_lib.MIN_FVD_VIDEOS,
-                cond_frames,
-                frames - cond_frames,
-                None if feature_fn is not None else fvd_unavailable,
+            accumulator = _Accumulator(
+                lpips_params,
+                feature_fn,
+                fvd_unavailable,
+                frame_size=real.shape[2:4],
+                num_clips=fvd_lib.MIN_FVD_VIDEOS,  # the clip count is known at the end
+                cond_frames=cond_frames,
+                pred_frames=frames - cond_frames,
             )
-            accumulator = _Accumulator(None if lpips_note else lpips_params, feature_fn, fvd_notes)
         elif real.shape[1] != frames:
             raise ValueError(
                 f"all videos must have {frames} frames; got a batch of {real.shape[1]}."
@@ -633,16 +632,7 @@ def evaluate_video_sets(
         )
     if accumulator is None:
         raise ValueError("no videos to score; check --real_dir and --fake_dir.")
-    result = _finish(
-        accumulator,
-        lpips_note,
-        feature_fn,
-        fvd_unavailable,
-        cond_frames,
-        frames - cond_frames,
-        {},
-        {},
-    )
+    result = accumulator.result({}, {})
     protocol = Protocol(
         "video_sets",
         num_samples=1,
@@ -861,7 +851,7 @@ def score_folders(
     if fvd:
         feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
     else:
-        feature_fn, i3d_source = None, "disabled (--config.eval.fvd=False)"
+        feature_fn, i3d_source = None, FVD_DISABLED
     kept: dict = {"cond": [], "real": [], "fake": []}
 
     def pairs():
@@ -908,7 +898,7 @@ def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
 
 def _feature_fn(config) -> tuple[FeatureFn | None, str]:
     if not config.eval.fvd:
-        return None, "disabled (eval.fvd=False)"
+        return None, FVD_DISABLED
     return make_i3d_feature_fn(config.eval.i3d_params)
 
 
