@@ -104,8 +104,7 @@ def plot_per_frame(
         axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
+    atomic_io.write_file(path, lambda temporary: figure.savefig(temporary, dpi=100))
     return path
 
 
@@ -189,16 +188,25 @@ def write_videos(
     for index in range(count):
         frames = _side_by_side(real[index], fake[index])
         path = os.path.join(directory, f"video_{index:04d}.gif")
-        iio.imwrite(path, _squeeze_gray(frames), duration=1000.0 / fps, loop=0)
+        gray = _squeeze_gray(frames)
+        atomic_io.write_file(
+            path, lambda temporary: iio.imwrite(temporary, gray, duration=1000.0 / fps, loop=0)
+        )
         written["gif"].append(path)
         if with_mp4:
             path = os.path.join(directory, f"video_{index:04d}.mp4")
             rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
-            imageio_v2.mimwrite(path, list(rgb), fps=fps, macro_block_size=1)
+            atomic_io.write_file(
+                path,
+                lambda temporary: imageio_v2.mimwrite(
+                    temporary, list(rgb), fps=fps, macro_block_size=1
+                ),
+            )
             written["mp4"].append(path)
     rows = [row for index in range(count) for row in (real[index], fake[index])]
     written["grid"] = os.path.join(directory, "grid.png")
-    iio.imwrite(written["grid"], _squeeze_gray(frame_grid(rows)))
+    grid = _squeeze_gray(frame_grid(rows))
+    atomic_io.write_file(written["grid"], lambda temporary: iio.imwrite(temporary, grid))
     return written
 
 
