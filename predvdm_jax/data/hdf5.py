@@ -27,329 +27,389 @@ LATENT_DTYPES = (np.float16, np.float32)
 
 
 class DatasetError(ValueError):
-  """A dataset on disk does not have the expected layout."""
+    """A dataset on disk does not have the expected layout."""
 
 
 def shard_path(split_dir: str, shard_number: int) -> str:
-  return os.path.join(split_dir, SHARD_NAME.format(shard_number))
+    return os.path.join(split_dir, SHARD_NAME.format(shard_number))
 
 
 def natural_key(text: str) -> list:
-  """Sort key that orders numbers by value: ``shard_1001`` before ``shard_10000``,
-  ``frame_2`` before ``frame_10``."""
-  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    """Sort key that orders numbers by value: ``shard_1001`` before ``shard_10000``,
+    ``frame_2`` before ``frame_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def shard_paths(split_dir: str) -> list[str]:
-  """The split's ``*.hdf5`` / ``*.h5`` files in shard-number order (``natural_key``).
+    """The split's ``*.hdf5`` / ``*.h5`` files in shard-number order (``natural_key``).
 
-  ``shard_{:04d}`` grows a fifth digit at shard 10000, so plain string order
-  would scramble the videos. Two names with one number (``shard_1.hdf5`` and
-  ``shard_0001.hdf5``) are ambiguous and refused.
-  """
-  paths = glob.glob(os.path.join(split_dir, "*.hdf5")) + glob.glob(os.path.join(split_dir, "*.h5"))
-  keyed = sorted((natural_key(os.path.splitext(os.path.basename(p))[0]), p) for p in paths)
-  for (key, path), (next_key, next_path) in zip(keyed, keyed[1:]):
-    if key == next_key:
-      raise DatasetError(f"{split_dir}: {os.path.basename(path)} and "
-                         f"{os.path.basename(next_path)} have the same shard number, so their "
-                         f"order is ambiguous; remove one.")
-  return [p for _, p in keyed]
+    ``shard_{:04d}`` grows a fifth digit at shard 10000, so plain string order
+    would scramble the videos. Two names with one number (``shard_1.hdf5`` and
+    ``shard_0001.hdf5``) are ambiguous and refused.
+    """
+    paths = glob.glob(os.path.join(split_dir, "*.hdf5")) + glob.glob(
+        os.path.join(split_dir, "*.h5")
+    )
+    keyed = sorted((natural_key(os.path.splitext(os.path.basename(p))[0]), p) for p in paths)
+    for (key, path), (next_key, next_path) in zip(keyed, keyed[1:]):
+        if key == next_key:
+            raise DatasetError(
+                f"{split_dir}: {os.path.basename(path)} and "
+                f"{os.path.basename(next_path)} have the same shard number, so their "
+                f"order is ambiguous; remove one."
+            )
+    return [p for _, p in keyed]
 
 
 class ShardWriter:
-  """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
+    """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
 
-  An interrupted write therefore never leaves a file that looks finished.
-  ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches).
-  """
+    An interrupted write therefore never leaves a file that looks finished.
+    ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches).
+    """
 
-  def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
-    if kind not in ("frames", "latents"):
-      raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
-    self.kind = kind
-    self.path = path
-    self.tmp_path = path + ".tmp"
-    self.compression = compression
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self._file = h5py.File(self.tmp_path, "w")
-    self._file.create_group("len")
-    self._file.create_group("videos")
-    self.num_videos = 0
-    self._frame_shape = None
+    def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
+        if kind not in ("frames", "latents"):
+            raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
+        self.kind = kind
+        self.path = path
+        self.tmp_path = path + ".tmp"
+        self.compression = compression
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._file = h5py.File(self.tmp_path, "w")
+        self._file.create_group("len")
+        self._file.create_group("videos")
+        self.num_videos = 0
+        self._frame_shape = None
 
-  def add_video(self, frames: np.ndarray | Sequence[np.ndarray]) -> None:
-    frames = [np.asarray(f) for f in frames]
-    if not frames:
-      raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
-    expected = self._frame_shape or frames[0].shape
-    for f in frames:
-      _check_frame(f, expected, self.path, f"video {self.num_videos}", self.kind)
-    self._frame_shape = frames[0].shape
-    group = self._file.create_group(str(self.num_videos))
-    for t, frame in enumerate(frames):
-      group.create_dataset(str(t), data=frame, compression=self.compression)
-    self._file["len"].create_dataset(str(self.num_videos), data=len(frames))
-    self.num_videos += 1
+    def add_video(self, frames: np.ndarray | Sequence[np.ndarray]) -> None:
+        frames = [np.asarray(f) for f in frames]
+        if not frames:
+            raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
+        expected = self._frame_shape or frames[0].shape
+        for f in frames:
+            _check_frame(f, expected, self.path, f"video {self.num_videos}", self.kind)
+        self._frame_shape = frames[0].shape
+        group = self._file.create_group(str(self.num_videos))
+        for t, frame in enumerate(frames):
+            group.create_dataset(str(t), data=frame, compression=self.compression)
+        self._file["len"].create_dataset(str(self.num_videos), data=len(frames))
+        self.num_videos += 1
 
-  def close(self) -> None:
-    self._file.close()
-    os.replace(self.tmp_path, self.path)
+    def close(self) -> None:
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
 
-  def abort(self) -> None:
-    self._file.close()
-    if os.path.exists(self.tmp_path):
-      os.remove(self.tmp_path)
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)
 
-  def __enter__(self):
-    return self
+    def __enter__(self):
+        return self
 
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.close()
-    else:
-      self.abort()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
-def write_split(split_dir: str, videos: Iterable[np.ndarray], vids_per_shard: int = 1_000_000,
-                compression: str | None = "lzf") -> int:
-  """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards; returns the count."""
-  count, shard, writer = 0, 1, None
-  try:
-    for video in videos:
-      if writer is None:
-        writer = ShardWriter(shard_path(split_dir, shard), compression)
-      writer.add_video(video)
-      count += 1
-      if writer.num_videos == vids_per_shard:
-        writer.close()
-        writer, shard = None, shard + 1
-  except BaseException:
+def write_split(
+    split_dir: str,
+    videos: Iterable[np.ndarray],
+    vids_per_shard: int = 1_000_000,
+    compression: str | None = "lzf",
+) -> int:
+    """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards; returns the count."""
+    count, shard, writer = 0, 1, None
+    try:
+        for video in videos:
+            if writer is None:
+                writer = ShardWriter(shard_path(split_dir, shard), compression)
+            writer.add_video(video)
+            count += 1
+            if writer.num_videos == vids_per_shard:
+                writer.close()
+                writer, shard = None, shard + 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     if writer is not None:
-      writer.abort()
-    raise
-  if writer is not None:
-    writer.close()
-  return count
+        writer.close()
+    return count
 
 
 def _check_frame(frame, expected_shape, where: str, what: str, kind: str = "frames") -> None:
-  """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame."""
-  if kind == "frames":
-    if frame.dtype.type not in FRAME_DTYPES:
-      hint = (" (a latent cache: read it with kind='latents', inspect_data.py --kind=latents)"
-              if frame.dtype.type in LATENT_DTYPES else "")
-      raise DatasetError(f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8"
-                         f"{hint}. Convert images with np.clip(x, 0, 255).astype(np.uint8).")
-    if not (len(frame.shape) == 2 or (len(frame.shape) == 3 and frame.shape[-1] == 3)):
-      raise DatasetError(f"{where}: {what} has a frame of shape {tuple(frame.shape)}; expected "
-                         f"(H, W) or (H, W, 3): store gray without a channel axis, drop alpha.")
-  else:
-    if frame.dtype.type not in LATENT_DTYPES:
-      hint = (": it looks like a frame split; read it with kind='frames', or encode it with "
-              "scripts/encode_dataset.py" if frame.dtype.type in FRAME_DTYPES else "")
-      raise DatasetError(f"{where}: {what} has frames of dtype {frame.dtype}; a latent cache "
-                         f"holds float16/float32 latents{hint}.")
-    if len(frame.shape) not in (2, 3):
-      raise DatasetError(f"{where}: {what} has a latent of shape {tuple(frame.shape)}; "
-                         f"expected (h, w, c).")
-  if tuple(frame.shape) != tuple(expected_shape):
-    raise DatasetError(f"{where}: {what} has a frame of shape {tuple(frame.shape)}, but the "
-                       f"dataset's frames are {tuple(expected_shape)}; every frame must have "
-                       f"one shape.")
+    """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame."""
+    if kind == "frames":
+        if frame.dtype.type not in FRAME_DTYPES:
+            hint = (
+                " (a latent cache: read it with kind='latents', inspect_data.py --kind=latents)"
+                if frame.dtype.type in LATENT_DTYPES
+                else ""
+            )
+            raise DatasetError(
+                f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8"
+                f"{hint}. Convert images with np.clip(x, 0, 255).astype(np.uint8)."
+            )
+        if not (len(frame.shape) == 2 or (len(frame.shape) == 3 and frame.shape[-1] == 3)):
+            raise DatasetError(
+                f"{where}: {what} has a frame of shape {tuple(frame.shape)}; expected "
+                f"(H, W) or (H, W, 3): store gray without a channel axis, drop alpha."
+            )
+    else:
+        if frame.dtype.type not in LATENT_DTYPES:
+            hint = (
+                ": it looks like a frame split; read it with kind='frames', or encode it with "
+                "scripts/encode_dataset.py"
+                if frame.dtype.type in FRAME_DTYPES
+                else ""
+            )
+            raise DatasetError(
+                f"{where}: {what} has frames of dtype {frame.dtype}; a latent cache "
+                f"holds float16/float32 latents{hint}."
+            )
+        if len(frame.shape) not in (2, 3):
+            raise DatasetError(
+                f"{where}: {what} has a latent of shape {tuple(frame.shape)}; expected (h, w, c)."
+            )
+    if tuple(frame.shape) != tuple(expected_shape):
+        raise DatasetError(
+            f"{where}: {what} has a frame of shape {tuple(frame.shape)}, but the "
+            f"dataset's frames are {tuple(expected_shape)}; every frame must have "
+            f"one shape."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSummary:
-  split_dir: str
-  num_videos: int
-  frame_counts: np.ndarray
-  frame_shape: tuple
-  dtype: str
-  value_range: tuple
+    split_dir: str
+    num_videos: int
+    frame_counts: np.ndarray
+    frame_shape: tuple
+    dtype: str
+    value_range: tuple
 
-  @property
-  def channels(self) -> int:
-    return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
+    @property
+    def channels(self) -> int:
+        return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
 
-  def __str__(self) -> str:
-    fc = self.frame_counts
-    h, w = self.frame_shape[:2]
-    return (f"{self.split_dir}: {self.num_videos} videos, {int(fc.sum())} frames "
+    def __str__(self) -> str:
+        fc = self.frame_counts
+        h, w = self.frame_shape[:2]
+        return (
+            f"{self.split_dir}: {self.num_videos} videos, {int(fc.sum())} frames "
             f"(per video min {int(fc.min())} / mean {fc.mean():.1f} / max {int(fc.max())}), "
             f"{h}x{w}, {self.channels} channel(s), {self.dtype}, "
-            f"values in [{self.value_range[0]}, {self.value_range[1]}] (sampled)")
+            f"values in [{self.value_range[0]}, {self.value_range[1]}] (sampled)"
+        )
 
 
 class VideoShards:
-  """Random access to the videos of one split (frames or cached latents).
+    """Random access to the videos of one split (frames or cached latents).
 
-  Validates the layout when opened and raises ``DatasetError`` with what is
-  wrong and how to fix it. File handles are opened lazily per process, so an
-  instance can be used from grain's worker threads and processes.
-  """
-
-  def __init__(self, split_dir: str, kind: str = "frames"):
-    if kind not in ("frames", "latents"):
-      raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
-    self.split_dir = split_dir
-    self.kind = kind
-    if os.path.isfile(split_dir):
-      raise DatasetError(f"{split_dir!r} is a file; pass the split folder that holds it "
-                         f"({os.path.dirname(split_dir) or '.'!r}).")
-    if not os.path.isdir(split_dir):
-      raise DatasetError(f"Dataset folder {split_dir!r} does not exist; create it with "
-                         f"scripts/make_moving_digits.py or scripts/prepare_data.py, or fix the "
-                         f"path.")
-    self.paths = shard_paths(split_dir)
-    if not self.paths:
-      raise DatasetError(f"Dataset folder {split_dir!r} holds no shard_*.hdf5 files; is it a split "
-                         f"folder (e.g. .../train) of a converted dataset?")
-    self._lengths: list[np.ndarray] = []
-    for path in self.paths:
-      with h5py.File(path, "r") as f:
-        if "len" not in f:
-          raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
-        n = len(f["len"].keys())
-        missing = [str(i) for i in range(n)
-                   if str(i) not in f["len"] or f.get(str(i), getclass=True) is not h5py.Group]
-        if missing:
-          raise DatasetError(f"{path}: videos {missing[:5]} lack a 'len' entry or frame group; "
-                             f"the shard is incomplete, re-create it.")
-        self._lengths.append(np.array([int(f["len"][str(i)][()]) for i in range(n)], np.int64))
-    self.frame_counts = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-    if self.frame_counts.size == 0:
-      raise DatasetError(f"Dataset folder {split_dir!r} holds shards but no videos.")
-    self._offsets = np.cumsum([0] + [len(l) for l in self._lengths])
-    first = self._raw_frame(0, 0)
-    self.frame_shape = tuple(first.shape)
-    self.dtype = first.dtype
-    _check_frame(first, self.frame_shape, split_dir, "video 0", kind)
-    self._files: dict[int, h5py.File] = {}
-    self._memory: list[np.ndarray] | None = None
-
-  def __len__(self) -> int:
-    return int(self.frame_counts.size)
-
-  @property
-  def channels(self) -> int:
-    return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
-
-  def _locate(self, index: int) -> tuple[int, int]:
-    if not 0 <= index < len(self):
-      raise IndexError(f"video index {index} out of range for {len(self)} videos")
-    shard = bisect.bisect_right(self._offsets, index) - 1
-    return shard, index - int(self._offsets[shard])
-
-  def _file(self, shard: int) -> h5py.File:
-    key = (os.getpid(), shard)
-    f = self._files.get(key)
-    if f is None:
-      f = h5py.File(self.paths[shard], "r")
-      self._files[key] = f
-    return f
-
-  def _raw_frame(self, index: int, t: int) -> np.ndarray:
-    shard, local = self._locate(index)
-    with h5py.File(self.paths[shard], "r") as f:
-      return np.asarray(f[str(local)][str(t)])
-
-  def check_min_length(self, num_frames: int) -> None:
-    short = np.flatnonzero(self.frame_counts < num_frames)
-    if short.size:
-      raise DatasetError(
-          f"{self.split_dir}: {short.size} video(s) are shorter than the clip length {num_frames} "
-          f"(e.g. video {int(short[0])} has {int(self.frame_counts[short[0]])} frames); use a "
-          f"shorter clip (data.frames_per_sample / eval horizon) or drop those videos.")
-
-  @property
-  def nbytes(self) -> int:
-    """Bytes of every frame of the split, uncompressed."""
-    frame = int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
-    return int(self.frame_counts.sum()) * frame
-
-  @property
-  def in_memory(self) -> bool:
-    return self._memory is not None
-
-  def load_into_memory(self) -> None:
-    """Reads every video once; later clips are slices of memory.
-
-    The PredVDM layout stores one HDF5 dataset per frame, so a clip read from
-    disk costs one h5py call (holding the GIL) per frame: that, not the model,
-    bounds training on small cached latents.
+    Validates the layout when opened and raises ``DatasetError`` with what is
+    wrong and how to fix it. File handles are opened lazily per process, so an
+    instance can be used from grain's worker threads and processes.
     """
-    if self._memory is None:
-      self._memory = [self.read_clip(i, 0, int(n)) for i, n in enumerate(self.frame_counts)]
 
-  def read_clip(self, index: int, start: int, num_frames: int) -> np.ndarray:
-    """Frames ``start … start+num_frames-1`` of a video as ``(T, H, W, C)``."""
-    length = int(self.frame_counts[index])
-    if start < 0 or start + num_frames > length:
-      raise DatasetError(f"{self.split_dir}: clip [{start}, {start + num_frames}) is outside "
-                         f"video {index} of {length} frames.")
-    if self._memory is not None:
-      return self._memory[index][start:start + num_frames].copy()
-    shard, local = self._locate(index)
-    # h5py's low-level calls: 0.57x the time of ``group[name][()]`` per clip (bench_loader.py).
-    group = h5py.h5g.open(self._file(shard).id, str(local).encode())
-    clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
-    for i, t in enumerate(range(start, start + num_frames)):
-      try:
-        frame = h5py.h5d.open(group, str(t).encode())
-      except KeyError:
-        raise DatasetError(f"{self.paths[shard]}: video {local} has no frame {t}; its 'len' entry "
-                           f"says {length}: the shard is incomplete, re-create it.") from None
-      if frame.shape != self.frame_shape or frame.dtype != self.dtype:
-        raise DatasetError(f"{self.paths[shard]}: video {local} frame {t} is {frame.dtype}"
-                           f"{frame.shape}, expected {self.dtype}{self.frame_shape}; re-create "
-                           f"the dataset.")
-      frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
-    return clip[..., None] if clip.ndim == 3 else clip
+    def __init__(self, split_dir: str, kind: str = "frames"):
+        if kind not in ("frames", "latents"):
+            raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
+        self.split_dir = split_dir
+        self.kind = kind
+        if os.path.isfile(split_dir):
+            raise DatasetError(
+                f"{split_dir!r} is a file; pass the split folder that holds it "
+                f"({os.path.dirname(split_dir) or '.'!r})."
+            )
+        if not os.path.isdir(split_dir):
+            raise DatasetError(
+                f"Dataset folder {split_dir!r} does not exist; create it with "
+                f"scripts/make_moving_digits.py or scripts/prepare_data.py, or fix the "
+                f"path."
+            )
+        self.paths = shard_paths(split_dir)
+        if not self.paths:
+            raise DatasetError(
+                f"Dataset folder {split_dir!r} holds no shard_*.hdf5 files; is it a split "
+                f"folder (e.g. .../train) of a converted dataset?"
+            )
+        self._lengths: list[np.ndarray] = []
+        for path in self.paths:
+            with h5py.File(path, "r") as f:
+                if "len" not in f:
+                    raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
+                n = len(f["len"].keys())
+                missing = [
+                    str(i)
+                    for i in range(n)
+                    if str(i) not in f["len"] or f.get(str(i), getclass=True) is not h5py.Group
+                ]
+                if missing:
+                    raise DatasetError(
+                        f"{path}: videos {missing[:5]} lack a 'len' entry or frame group; "
+                        f"the shard is incomplete, re-create it."
+                    )
+                self._lengths.append(
+                    np.array([int(f["len"][str(i)][()]) for i in range(n)], np.int64)
+                )
+        self.frame_counts = (
+            np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        )
+        if self.frame_counts.size == 0:
+            raise DatasetError(f"Dataset folder {split_dir!r} holds shards but no videos.")
+        self._offsets = np.cumsum([0] + [len(l) for l in self._lengths])
+        first = self._raw_frame(0, 0)
+        self.frame_shape = tuple(first.shape)
+        self.dtype = first.dtype
+        _check_frame(first, self.frame_shape, split_dir, "video 0", kind)
+        self._files: dict[int, h5py.File] = {}
+        self._memory: list[np.ndarray] | None = None
 
-  def check_all_frames(self, max_listed: int = 5) -> None:
-    """Checks that every video has its ``len`` frames, each of the split's shape and dtype.
+    def __len__(self) -> int:
+        return int(self.frame_counts.size)
 
-    Reads HDF5 metadata only, no pixels; raises ``DatasetError`` listing the
-    first ``max_listed`` problems and their count.
-    """
-    problems = []
-    for shard, path in enumerate(self.paths):
-      with h5py.File(path, "r") as f:
-        for local, length in enumerate(self._lengths[shard]):
-          # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
-          group = h5py.h5g.open(f.id, str(local).encode())
-          for t in range(int(length)):
+    @property
+    def channels(self) -> int:
+        return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"video index {index} out of range for {len(self)} videos")
+        shard = bisect.bisect_right(self._offsets, index) - 1
+        return shard, index - int(self._offsets[shard])
+
+    def _file(self, shard: int) -> h5py.File:
+        key = (os.getpid(), shard)
+        f = self._files.get(key)
+        if f is None:
+            f = h5py.File(self.paths[shard], "r")
+            self._files[key] = f
+        return f
+
+    def _raw_frame(self, index: int, t: int) -> np.ndarray:
+        shard, local = self._locate(index)
+        with h5py.File(self.paths[shard], "r") as f:
+            return np.asarray(f[str(local)][str(t)])
+
+    def check_min_length(self, num_frames: int) -> None:
+        short = np.flatnonzero(self.frame_counts < num_frames)
+        if short.size:
+            raise DatasetError(
+                f"{self.split_dir}: {short.size} video(s) are shorter than the clip length {num_frames} "
+                f"(e.g. video {int(short[0])} has {int(self.frame_counts[short[0]])} frames); use a "
+                f"shorter clip (data.frames_per_sample / eval horizon) or drop those videos."
+            )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every frame of the split, uncompressed."""
+        frame = int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+        return int(self.frame_counts.sum()) * frame
+
+    @property
+    def in_memory(self) -> bool:
+        return self._memory is not None
+
+    def load_into_memory(self) -> None:
+        """Reads every video once; later clips are slices of memory.
+
+        The PredVDM layout stores one HDF5 dataset per frame, so a clip read from
+        disk costs one h5py call (holding the GIL) per frame: that, not the model,
+        bounds training on small cached latents.
+        """
+        if self._memory is None:
+            self._memory = [self.read_clip(i, 0, int(n)) for i, n in enumerate(self.frame_counts)]
+
+    def read_clip(self, index: int, start: int, num_frames: int) -> np.ndarray:
+        """Frames ``start … start+num_frames-1`` of a video as ``(T, H, W, C)``."""
+        length = int(self.frame_counts[index])
+        if start < 0 or start + num_frames > length:
+            raise DatasetError(
+                f"{self.split_dir}: clip [{start}, {start + num_frames}) is outside "
+                f"video {index} of {length} frames."
+            )
+        if self._memory is not None:
+            return self._memory[index][start : start + num_frames].copy()
+        shard, local = self._locate(index)
+        # h5py's low-level calls: 0.57x the time of ``group[name][()]`` per clip (bench_loader.py).
+        group = h5py.h5g.open(self._file(shard).id, str(local).encode())
+        clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
+        for i, t in enumerate(range(start, start + num_frames)):
             try:
-              frame = h5py.h5d.open(group, str(t).encode())
+                frame = h5py.h5d.open(group, str(t).encode())
             except KeyError:
-              problems.append(f"{path}: video {local} has no frame {t} (its 'len' entry says "
-                              f"{int(length)})")
-              continue
+                raise DatasetError(
+                    f"{self.paths[shard]}: video {local} has no frame {t}; its 'len' entry "
+                    f"says {length}: the shard is incomplete, re-create it."
+                ) from None
             if frame.shape != self.frame_shape or frame.dtype != self.dtype:
-              problems.append(f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
-                              f"expected {self.dtype}{self.frame_shape}")
-    if problems:
-      listed = "; ".join(problems[:max_listed])
-      more = f" (and {len(problems) - max_listed} more)" if len(problems) > max_listed else ""
-      raise DatasetError(f"{self.split_dir}: {len(problems)} bad frame(s): {listed}{more}; "
-                         f"re-create the dataset.")
+                raise DatasetError(
+                    f"{self.paths[shard]}: video {local} frame {t} is {frame.dtype}"
+                    f"{frame.shape}, expected {self.dtype}{self.frame_shape}; re-create "
+                    f"the dataset."
+                )
+            frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
+        return clip[..., None] if clip.ndim == 3 else clip
 
-  def summary(self, sample_videos: int = 16) -> DatasetSummary:
-    picks = np.linspace(0, len(self) - 1, min(sample_videos, len(self))).round().astype(int)
-    lo, hi = np.inf, -np.inf
-    for i in picks:
-      clip = self.read_clip(int(i), 0, int(min(self.frame_counts[i], 4)))
-      lo, hi = min(lo, clip.min().item()), max(hi, clip.max().item())
-    return DatasetSummary(self.split_dir, len(self), self.frame_counts, self.frame_shape,
-                          np.dtype(self.dtype).name, (lo, hi))
+    def check_all_frames(self, max_listed: int = 5) -> None:
+        """Checks that every video has its ``len`` frames, each of the split's shape and dtype.
 
-  def close(self) -> None:
-    for f in self._files.values():
-      f.close()
-    self._files.clear()
+        Reads HDF5 metadata only, no pixels; raises ``DatasetError`` listing the
+        first ``max_listed`` problems and their count.
+        """
+        problems = []
+        for shard, path in enumerate(self.paths):
+            with h5py.File(path, "r") as f:
+                for local, length in enumerate(self._lengths[shard]):
+                    # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
+                    group = h5py.h5g.open(f.id, str(local).encode())
+                    for t in range(int(length)):
+                        try:
+                            frame = h5py.h5d.open(group, str(t).encode())
+                        except KeyError:
+                            problems.append(
+                                f"{path}: video {local} has no frame {t} (its 'len' entry says "
+                                f"{int(length)})"
+                            )
+                            continue
+                        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+                            problems.append(
+                                f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
+                                f"expected {self.dtype}{self.frame_shape}"
+                            )
+        if problems:
+            listed = "; ".join(problems[:max_listed])
+            more = f" (and {len(problems) - max_listed} more)" if len(problems) > max_listed else ""
+            raise DatasetError(
+                f"{self.split_dir}: {len(problems)} bad frame(s): {listed}{more}; "
+                f"re-create the dataset."
+            )
 
-  def __getstate__(self):
-    state = self.__dict__.copy()
-    state["_files"] = {}
-    return state
+    def summary(self, sample_videos: int = 16) -> DatasetSummary:
+        picks = np.linspace(0, len(self) - 1, min(sample_videos, len(self))).round().astype(int)
+        lo, hi = np.inf, -np.inf
+        for i in picks:
+            clip = self.read_clip(int(i), 0, int(min(self.frame_counts[i], 4)))
+            lo, hi = min(lo, clip.min().item()), max(hi, clip.max().item())
+        return DatasetSummary(
+            self.split_dir,
+            len(self),
+            self.frame_counts,
+            self.frame_shape,
+            np.dtype(self.dtype).name,
+            (lo, hi),
+        )
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state

@@ -44,204 +44,249 @@ DIGEST_KEY = "vq_params_sha256"  # absent in caches made before it was recorded
 
 
 def _shard_video_counts(paths: list[str]) -> list[int]:
-  counts = []
-  for path in paths:
-    with h5py.File(path, "r") as f:
-      counts.append(len(f["len"].keys()))
-  return counts
+    counts = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            counts.append(len(f["len"].keys()))
+    return counts
 
 
 def params_digest(params: Any) -> str:
-  """SHA-256 of a param tree's names, dtypes, shapes and values (not of the file holding
-  it, so metadata and key order do not count)."""
-  digest = hashlib.sha256()
-  # A nested tree and a params file's flat {'a/b/kernel': array} give the same names.
-  for name, value in sorted(traverse_util.flatten_dict(params, sep="/").items()):
-    array = np.ascontiguousarray(np.asarray(value))
-    digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
+    """SHA-256 of a param tree's names, dtypes, shapes and values (not of the file holding
+    it, so metadata and key order do not count)."""
+    digest = hashlib.sha256()
+    # A nested tree and a params file's flat {'a/b/kernel': array} give the same names.
+    for name, value in sorted(traverse_util.flatten_dict(params, sep="/").items()):
+        array = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
-def cache_info(config: ml_collections.ConfigDict, src_split_dir: str, dtype: str,
-               vq_params_path: str | None = None, vq_params: Any = None) -> dict:
-  """What a cache is made with; ``vq_params_path`` (default ``config.vq_params``) is the
-  file the VQ params were read from; ``vq_params`` given, their digest is recorded."""
-  path = config.vq_params if vq_params_path is None else vq_params_path
-  info = {"source": os.path.abspath(src_split_dir), "dtype": dtype,
-          "scale_factor": float(config.scale_factor), "vq": config.vq.to_dict(),
-          "vq_params": os.path.abspath(path) if path else path}
-  if vq_params is not None:
-    info[DIGEST_KEY] = params_digest(vq_params)
-  return info
+def cache_info(
+    config: ml_collections.ConfigDict,
+    src_split_dir: str,
+    dtype: str,
+    vq_params_path: str | None = None,
+    vq_params: Any = None,
+) -> dict:
+    """What a cache is made with; ``vq_params_path`` (default ``config.vq_params``) is the
+    file the VQ params were read from; ``vq_params`` given, their digest is recorded."""
+    path = config.vq_params if vq_params_path is None else vq_params_path
+    info = {
+        "source": os.path.abspath(src_split_dir),
+        "dtype": dtype,
+        "scale_factor": float(config.scale_factor),
+        "vq": config.vq.to_dict(),
+        "vq_params": os.path.abspath(path) if path else path,
+    }
+    if vq_params is not None:
+        info[DIGEST_KEY] = params_digest(vq_params)
+    return info
 
 
 def _check_resume(out_split_dir: str, info: dict) -> dict:
-  """Raises ``DatasetError`` when ``out_split_dir`` holds a cache made otherwise than ``info``
-  says; returns the info to record (without a digest when the cache has none: its finished
-  shards' weights are unknown)."""
-  path = os.path.join(out_split_dir, CACHE_INFO)
-  if not os.path.exists(path):
+    """Raises ``DatasetError`` when ``out_split_dir`` holds a cache made otherwise than ``info``
+    says; returns the info to record (without a digest when the cache has none: its finished
+    shards' weights are unknown)."""
+    path = os.path.join(out_split_dir, CACHE_INFO)
+    if not os.path.exists(path):
+        return info
+    with open(path) as f:
+        saved = json.load(f)
+    same = json.loads(json.dumps(info, default=list))
+    for key in ("source", "dtype", "scale_factor", "vq"):
+        if saved.get(key) != same[key]:
+            raise DatasetError(
+                f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
+                f"{same[key]!r}); delete the folder or choose another --out."
+            )
+    if DIGEST_KEY not in saved:
+        return {k: v for k, v in info.items() if k != DIGEST_KEY}
+    if saved[DIGEST_KEY] != same[DIGEST_KEY]:
+        raise DatasetError(
+            f"{out_split_dir} holds latents of other VQ weights: they were encoded with "
+            f"{saved.get('vq_params')!r} (sha256 {saved[DIGEST_KEY][:16]}...), now "
+            f"{same['vq_params']!r} (sha256 {same[DIGEST_KEY][:16]}...); delete the folder or "
+            f"choose another --out."
+        )
     return info
-  with open(path) as f:
-    saved = json.load(f)
-  same = json.loads(json.dumps(info, default=list))
-  for key in ("source", "dtype", "scale_factor", "vq"):
-    if saved.get(key) != same[key]:
-      raise DatasetError(
-          f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
-          f"{same[key]!r}); delete the folder or choose another --out.")
-  if DIGEST_KEY not in saved:
-    return {k: v for k, v in info.items() if k != DIGEST_KEY}
-  if saved[DIGEST_KEY] != same[DIGEST_KEY]:
-    raise DatasetError(
-        f"{out_split_dir} holds latents of other VQ weights: they were encoded with "
-        f"{saved.get('vq_params')!r} (sha256 {saved[DIGEST_KEY][:16]}...), now "
-        f"{same['vq_params']!r} (sha256 {same[DIGEST_KEY][:16]}...); delete the folder or "
-        f"choose another --out.")
-  return info
 
 
 def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
-  """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
-  VQ architecture or (when the cache recorded a digest and ``config.vq_params`` exists) other
-  VQ weights than ``config``'s; warns when it has no ``cache_info.json`` (older caches)."""
-  path = os.path.join(split_dir, CACHE_INFO)
-  if not os.path.exists(path):
-    logging.warning("%s has no %s (an older cache): its scale_factor and VQ cannot be checked "
-                    "against the config's (scale_factor %s)", split_dir, CACHE_INFO,
-                    config.scale_factor)
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  cached = saved.get("scale_factor")
-  if cached is not None and not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
-    raise ConfigError(
-        f"{split_dir} holds latents encoded with scale_factor {cached!r} but "
-        f"config.scale_factor is {config.scale_factor!r}; re-encode the cache "
-        f"(scripts/encode_dataset.py) or set --config.scale_factor={cached!r}.")
-  cached_vq = saved.get("vq") or {}
-  vq = json.loads(json.dumps(config.vq.to_dict(), default=list))
-  fields = sorted(set(cached_vq) & set(vq) - set(VQ_RUNTIME_FIELDS))
-  differ = [f"vq.{k} {cached_vq[k]!r} (config: {vq[k]!r})" for k in fields
-            if cached_vq[k] != vq[k]]
-  if differ:
-    raise ConfigError(
-        f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
-        f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with.")
-  if DIGEST_KEY in saved and config.vq_params and os.path.isfile(config.vq_params):
-    digest = params_digest(read_safetensors(config.vq_params))
-    if digest != saved[DIGEST_KEY]:
-      raise ConfigError(
-          f"{split_dir} holds latents encoded with other VQ weights ({saved.get('vq_params')!r}, "
-          f"sha256 {saved[DIGEST_KEY][:16]}...) than config.vq_params {config.vq_params!r} "
-          f"(sha256 {digest[:16]}...), which decodes them; set --config.vq_params to the file "
-          f"the cache was made with, or re-encode the cache with scripts/encode_dataset.py.")
+    """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
+    VQ architecture or (when the cache recorded a digest and ``config.vq_params`` exists) other
+    VQ weights than ``config``'s; warns when it has no ``cache_info.json`` (older caches)."""
+    path = os.path.join(split_dir, CACHE_INFO)
+    if not os.path.exists(path):
+        logging.warning(
+            "%s has no %s (an older cache): its scale_factor and VQ cannot be checked "
+            "against the config's (scale_factor %s)",
+            split_dir,
+            CACHE_INFO,
+            config.scale_factor,
+        )
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    cached = saved.get("scale_factor")
+    if cached is not None and not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
+        raise ConfigError(
+            f"{split_dir} holds latents encoded with scale_factor {cached!r} but "
+            f"config.scale_factor is {config.scale_factor!r}; re-encode the cache "
+            f"(scripts/encode_dataset.py) or set --config.scale_factor={cached!r}."
+        )
+    cached_vq = saved.get("vq") or {}
+    vq = json.loads(json.dumps(config.vq.to_dict(), default=list))
+    fields = sorted(set(cached_vq) & set(vq) - set(VQ_RUNTIME_FIELDS))
+    differ = [
+        f"vq.{k} {cached_vq[k]!r} (config: {vq[k]!r})" for k in fields if cached_vq[k] != vq[k]
+    ]
+    if differ:
+        raise ConfigError(
+            f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
+            f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with."
+        )
+    if DIGEST_KEY in saved and config.vq_params and os.path.isfile(config.vq_params):
+        digest = params_digest(read_safetensors(config.vq_params))
+        if digest != saved[DIGEST_KEY]:
+            raise ConfigError(
+                f"{split_dir} holds latents encoded with other VQ weights ({saved.get('vq_params')!r}, "
+                f"sha256 {saved[DIGEST_KEY][:16]}...) than config.vq_params {config.vq_params!r} "
+                f"(sha256 {digest[:16]}...), which decodes them; set --config.vq_params to the file "
+                f"the cache was made with, or re-encode the cache with scripts/encode_dataset.py."
+            )
 
 
-def make_frame_encoder(config: ml_collections.ConfigDict, vq_params: Any,
-                       batch_frames: int) -> Callable[[np.ndarray], np.ndarray]:
-  """``encode(frames (N ≤ batch_frames, H, W, C) in [-1, 1]) -> latents (N, h, w, c) float32``.
+def make_frame_encoder(
+    config: ml_collections.ConfigDict, vq_params: Any, batch_frames: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``encode(frames (N ≤ batch_frames, H, W, C) in [-1, 1]) -> latents (N, h, w, c) float32``.
 
-  One compiled program for every call: short batches are zero-padded to
-  ``batch_frames``.
-  """
-  from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    One compiled program for every call: short batches are zero-padded to
+    ``batch_frames``.
+    """
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 
-  system = LatentDiffusion.from_config(config)
-  params = jax.tree.map(jnp.asarray, vq_params)
-  encode = xla_cpu.jit(lambda p, video: system.encode(p, video)[0])
+    system = LatentDiffusion.from_config(config)
+    params = jax.tree.map(jnp.asarray, vq_params)
+    encode = xla_cpu.jit(lambda p, video: system.encode(p, video)[0])
 
-  def encode_frames(frames: np.ndarray) -> np.ndarray:
-    n = frames.shape[0]
-    if n > batch_frames:
-      raise ValueError(f"got {n} frames for a batch of {batch_frames}")
-    padded = np.zeros((batch_frames,) + frames.shape[1:], np.float32)
-    padded[:n] = frames
-    return np.asarray(jax.device_get(encode(params, padded[None])))[:n]
+    def encode_frames(frames: np.ndarray) -> np.ndarray:
+        n = frames.shape[0]
+        if n > batch_frames:
+            raise ValueError(f"got {n} frames for a batch of {batch_frames}")
+        padded = np.zeros((batch_frames,) + frames.shape[1:], np.float32)
+        padded[:n] = frames
+        return np.asarray(jax.device_get(encode(params, padded[None])))[:n]
 
-  return encode_frames
-
-
-def encode_split(config: ml_collections.ConfigDict, vq_params: Any, src_split_dir: str,
-                 out_split_dir: str, dtype: str = "float16", batch_frames: int = 256,
-                 compression: str | None = "lzf", max_shards: int | None = None,
-                 vq_params_path: str | None = None) -> int:
-  """Encodes every video of ``src_split_dir`` into ``out_split_dir``; returns the shards written.
-
-  Frames are encoded ``batch_frames`` at a time across video boundaries.
-  Finished output shards are kept (resume). ``max_shards`` stops after that
-  many newly written shards (for tests of resume). ``vq_params_path``: the file
-  ``vq_params`` came from, recorded in ``cache_info.json`` (default ``config.vq_params``).
-  """
-  if dtype not in CACHE_DTYPES:
-    raise ValueError(f"dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
-  if batch_frames < 1:
-    raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
-  source = VideoShards(src_split_dir, "frames")
-  if source.frame_shape[:2] != (config.data.image_size,) * 2:
-    raise DatasetError(
-        f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
-        f"data.image_size is {config.data.image_size}; use the config made for this dataset.")
-  os.makedirs(out_split_dir, exist_ok=True)
-  info = _check_resume(out_split_dir,
-                       cache_info(config, src_split_dir, dtype, vq_params_path, vq_params))
-
-  encode_frames = make_frame_encoder(config, vq_params, batch_frames)
-  counts = _shard_video_counts(source.paths)
-  offsets = np.cumsum([0] + counts)
-  written = 0
-  for shard, src_path in enumerate(source.paths):
-    out_path = os.path.join(out_split_dir, os.path.basename(src_path))
-    if os.path.exists(out_path):
-      done = _shard_video_counts([out_path])[0]
-      if done != counts[shard]:
-        raise DatasetError(f"{out_path} holds {done} videos but its source {src_path} has "
-                           f"{counts[shard]}; delete {out_path} and run again.")
-      continue
-    if max_shards is not None and written >= max_shards:
-      break
-    with ShardWriter(out_path, compression, kind="latents") as writer:
-      _encode_shard(source, range(int(offsets[shard]), int(offsets[shard + 1])), encode_frames,
-                    batch_frames, np.dtype(dtype), writer)
-    if written == 0:  # only now: a run that fails before any shard leaves no cache_info
-      atomic_io.write_text(
-          os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list))
-    written += 1
-  return written
+    return encode_frames
 
 
-def _encode_shard(source: VideoShards, videos: range, encode_frames, batch_frames: int,
-                  dtype: np.dtype, writer: ShardWriter) -> None:
-  lengths: list[int] = []       # frame counts of videos not yet written, in order
-  pending: list[np.ndarray] = []  # their frames not yet encoded
-  encoded: list[np.ndarray] = []  # latents not yet written
+def encode_split(
+    config: ml_collections.ConfigDict,
+    vq_params: Any,
+    src_split_dir: str,
+    out_split_dir: str,
+    dtype: str = "float16",
+    batch_frames: int = 256,
+    compression: str | None = "lzf",
+    max_shards: int | None = None,
+    vq_params_path: str | None = None,
+) -> int:
+    """Encodes every video of ``src_split_dir`` into ``out_split_dir``; returns the shards written.
 
-  def encode_available(final: bool) -> None:
-    frames = np.concatenate(pending) if pending else None
-    pending.clear()
-    start = 0
-    while frames is not None and (frames.shape[0] - start >= batch_frames or
-                                  (final and start < frames.shape[0])):
-      encoded.append(encode_frames(frames[start:start + batch_frames]).astype(dtype))
-      start += batch_frames
-    if frames is not None and start < frames.shape[0]:
-      pending.append(frames[start:])
-    latents = np.concatenate(encoded) if encoded else np.zeros((0,))
-    encoded.clear()
-    used = 0
-    while lengths and latents.shape[0] - used >= lengths[0]:
-      writer.add_video(list(latents[used:used + lengths[0]]))
-      used += lengths.pop(0)
-    if used < latents.shape[0]:
-      encoded.append(latents[used:])
+    Frames are encoded ``batch_frames`` at a time across video boundaries.
+    Finished output shards are kept (resume). ``max_shards`` stops after that
+    many newly written shards (for tests of resume). ``vq_params_path``: the file
+    ``vq_params`` came from, recorded in ``cache_info.json`` (default ``config.vq_params``).
+    """
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+    if batch_frames < 1:
+        raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+    source = VideoShards(src_split_dir, "frames")
+    if source.frame_shape[:2] != (config.data.image_size,) * 2:
+        raise DatasetError(
+            f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
+            f"data.image_size is {config.data.image_size}; use the config made for this dataset."
+        )
+    os.makedirs(out_split_dir, exist_ok=True)
+    info = _check_resume(
+        out_split_dir, cache_info(config, src_split_dir, dtype, vq_params_path, vq_params)
+    )
 
-  for index in videos:
-    length = int(source.frame_counts[index])
-    pending.append(to_model_range(source.read_clip(index, 0, length)))
-    lengths.append(length)
-    if sum(p.shape[0] for p in pending) >= batch_frames:
-      encode_available(final=False)
-  encode_available(final=True)
-  if lengths:
-    raise RuntimeError(f"{len(lengths)} videos were not written to {writer.path}")
+    encode_frames = make_frame_encoder(config, vq_params, batch_frames)
+    counts = _shard_video_counts(source.paths)
+    offsets = np.cumsum([0] + counts)
+    written = 0
+    for shard, src_path in enumerate(source.paths):
+        out_path = os.path.join(out_split_dir, os.path.basename(src_path))
+        if os.path.exists(out_path):
+            done = _shard_video_counts([out_path])[0]
+            if done != counts[shard]:
+                raise DatasetError(
+                    f"{out_path} holds {done} videos but its source {src_path} has "
+                    f"{counts[shard]}; delete {out_path} and run again."
+                )
+            continue
+        if max_shards is not None and written >= max_shards:
+            break
+        with ShardWriter(out_path, compression, kind="latents") as writer:
+            _encode_shard(
+                source,
+                range(int(offsets[shard]), int(offsets[shard + 1])),
+                encode_frames,
+                batch_frames,
+                np.dtype(dtype),
+                writer,
+            )
+        if written == 0:  # only now: a run that fails before any shard leaves no cache_info
+            atomic_io.write_text(
+                os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list)
+            )
+        written += 1
+    return written
+
+
+def _encode_shard(
+    source: VideoShards,
+    videos: range,
+    encode_frames,
+    batch_frames: int,
+    dtype: np.dtype,
+    writer: ShardWriter,
+) -> None:
+    lengths: list[int] = []  # frame counts of videos not yet written, in order
+    pending: list[np.ndarray] = []  # their frames not yet encoded
+    encoded: list[np.ndarray] = []  # latents not yet written
+
+    def encode_available(final: bool) -> None:
+        frames = np.concatenate(pending) if pending else None
+        pending.clear()
+        start = 0
+        while frames is not None and (
+            frames.shape[0] - start >= batch_frames or (final and start < frames.shape[0])
+        ):
+            encoded.append(encode_frames(frames[start : start + batch_frames]).astype(dtype))
+            start += batch_frames
+        if frames is not None and start < frames.shape[0]:
+            pending.append(frames[start:])
+        latents = np.concatenate(encoded) if encoded else np.zeros((0,))
+        encoded.clear()
+        used = 0
+        while lengths and latents.shape[0] - used >= lengths[0]:
+            writer.add_video(list(latents[used : used + lengths[0]]))
+            used += lengths.pop(0)
+        if used < latents.shape[0]:
+            encoded.append(latents[used:])
+
+    for index in videos:
+        length = int(source.frame_counts[index])
+        pending.append(to_model_range(source.read_clip(index, 0, length)))
+        lengths.append(length)
+        if sum(p.shape[0] for p in pending) >= batch_frames:
+            encode_available(final=False)
+    encode_available(final=True)
+    if lengths:
+        raise RuntimeError(f"{len(lengths)} videos were not written to {writer.path}")

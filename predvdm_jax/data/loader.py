@@ -31,191 +31,244 @@ _TRAIN_STREAM, _FLIP_STREAM, _EVAL_STREAM = 1, 2, 3
 
 
 def to_model_range(clip_uint8: np.ndarray) -> np.ndarray:
-  """uint8 0..255 → float32 in [-1, 1]."""
-  return clip_uint8.astype(np.float32) / 127.5 - 1.0
+    """uint8 0..255 → float32 in [-1, 1]."""
+    return clip_uint8.astype(np.float32) / 127.5 - 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainWindows:
-  """Maps a global example index to ``(video, start, flip)``."""
-  frame_counts: np.ndarray
-  num_frames: int
-  seed: int
-  horizontal_flip: bool = False
+    """Maps a global example index to ``(video, start, flip)``."""
 
-  def __call__(self, g: int) -> tuple[int, int, bool]:
-    num_videos = len(self.frame_counts)
-    epoch, pos = divmod(int(g), num_videos)
-    video = int(np.random.default_rng([self.seed, _TRAIN_STREAM, epoch]).permutation(num_videos)[pos])
-    rng = np.random.default_rng([self.seed, _FLIP_STREAM, int(g)])
-    start = int(rng.integers(0, int(self.frame_counts[video]) - self.num_frames + 1))
-    flip = bool(self.horizontal_flip and rng.integers(2))
-    return video, start, flip
+    frame_counts: np.ndarray
+    num_frames: int
+    seed: int
+    horizontal_flip: bool = False
+
+    def __call__(self, g: int) -> tuple[int, int, bool]:
+        num_videos = len(self.frame_counts)
+        epoch, pos = divmod(int(g), num_videos)
+        video = int(
+            np.random.default_rng([self.seed, _TRAIN_STREAM, epoch]).permutation(num_videos)[pos]
+        )
+        rng = np.random.default_rng([self.seed, _FLIP_STREAM, int(g)])
+        start = int(rng.integers(0, int(self.frame_counts[video]) - self.num_frames + 1))
+        flip = bool(self.horizontal_flip and rng.integers(2))
+        return video, start, flip
 
 
-def eval_windows(frame_counts: np.ndarray, num_clips: int, num_frames: int,
-                 seed: int) -> list[tuple[int, int]]:
-  """The fixed ``(video, start)`` of each evaluation clip."""
-  num_videos = len(frame_counts)
-  windows = []
-  for i in range(num_clips):
-    video = 0 if num_clips == 1 else int(round(i * (num_videos - 1) / (num_clips - 1)))
-    rng = np.random.default_rng([seed, _EVAL_STREAM, i])
-    windows.append((video, int(rng.integers(0, int(frame_counts[video]) - num_frames + 1))))
-  return windows
+def eval_windows(
+    frame_counts: np.ndarray, num_clips: int, num_frames: int, seed: int
+) -> list[tuple[int, int]]:
+    """The fixed ``(video, start)`` of each evaluation clip."""
+    num_videos = len(frame_counts)
+    windows = []
+    for i in range(num_clips):
+        video = 0 if num_clips == 1 else int(round(i * (num_videos - 1) / (num_clips - 1)))
+        rng = np.random.default_rng([seed, _EVAL_STREAM, i])
+        windows.append((video, int(rng.integers(0, int(frame_counts[video]) - num_frames + 1))))
+    return windows
 
 
 def _local_share(batch_size: int) -> tuple[int, int]:
-  count, index = jax.process_count(), jax.process_index()
-  if batch_size % count:
-    raise ValueError(f"global batch {batch_size} is not divisible by the {count} processes; "
-                     f"pick a batch size that is a multiple of {count}.")
-  return batch_size // count, index
+    count, index = jax.process_count(), jax.process_index()
+    if batch_size % count:
+        raise ValueError(
+            f"global batch {batch_size} is not divisible by the {count} processes; "
+            f"pick a batch size that is a multiple of {count}."
+        )
+    return batch_size // count, index
 
 
 class ClipIterator:
-  """Iterator of batches ``{'video' or 'latents': (B, T, H, W, C) float32}``.
+    """Iterator of batches ``{'video' or 'latents': (B, T, H, W, C) float32}``.
 
-  With a ``sharding`` the batch is a global ``jax.Array`` assembled from every
-  process's share; without one it is the process-local numpy batch.
-  ``get_state``/``set_state`` save and restore the position, the number of batches
-  served (JSON-serialisable), so a state restores under any ``num_workers``.
-  With ``num_workers`` > 0 the batches are read in that many spawned processes
-  (grain's ``mp_prefetch``): h5py serialises every call within a process, so
-  threads alone cannot read faster than one core. ``close`` stops them.
-  """
+    With a ``sharding`` the batch is a global ``jax.Array`` assembled from every
+    process's share; without one it is the process-local numpy batch.
+    ``get_state``/``set_state`` save and restore the position, the number of batches
+    served (JSON-serialisable), so a state restores under any ``num_workers``.
+    With ``num_workers`` > 0 the batches are read in that many spawned processes
+    (grain's ``mp_prefetch``): h5py serialises every call within a process, so
+    threads alone cannot read faster than one core. ``close`` stops them.
+    """
 
-  def __init__(self, batches: grain.MapDataset, key: str, sharding=None, *, num_threads: int = 1,
-               prefetch: int = 8, num_workers: int = 0):
-    self._batches = batches
-    self.key = key
-    self.sharding = sharding
-    self._num_threads, self._prefetch, self._num_workers = num_threads, prefetch, num_workers
-    self._position = 0
-    self._iter = None
+    def __init__(
+        self,
+        batches: grain.MapDataset,
+        key: str,
+        sharding=None,
+        *,
+        num_threads: int = 1,
+        prefetch: int = 8,
+        num_workers: int = 0,
+    ):
+        self._batches = batches
+        self.key = key
+        self.sharding = sharding
+        self._num_threads, self._prefetch, self._num_workers = num_threads, prefetch, num_workers
+        self._position = 0
+        self._iter = None
 
-  def _open(self):
-    workers = self._num_workers
-    ahead = -(-self._prefetch // workers) if workers else self._prefetch  # batches per reader
-    dataset = self._batches[self._position:].to_iter_dataset(
-        grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=ahead))
-    if workers:
-      if not flags.FLAGS.is_parsed():  # grain's workers read an absl flag; outside an absl
-        flags.FLAGS.mark_as_parsed()   # app nothing has parsed them, so take the defaults
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=workers, per_worker_buffer_size=ahead))
-    return iter(dataset)
+    def _open(self):
+        workers = self._num_workers
+        ahead = -(-self._prefetch // workers) if workers else self._prefetch  # batches per reader
+        dataset = self._batches[self._position :].to_iter_dataset(
+            grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=ahead)
+        )
+        if workers:
+            if not flags.FLAGS.is_parsed():  # grain's workers read an absl flag; outside an absl
+                flags.FLAGS.mark_as_parsed()  # app nothing has parsed them, so take the defaults
+            dataset = dataset.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=ahead)
+            )
+        return iter(dataset)
 
-  def __iter__(self):
-    return self
+    def __iter__(self):
+        return self
 
-  def __next__(self) -> dict:
-    if self._iter is None:
-      self._iter = self._open()
-    batch = next(self._iter)
-    self._position += 1
-    if self._num_workers:  # own the memory: grain hands over shared-memory blocks
-      batch = {k: np.array(v) for k, v in batch.items()}
-    if self.sharding is not None:
-      batch = {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
-    return batch
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = self._open()
+        batch = next(self._iter)
+        self._position += 1
+        if self._num_workers:  # own the memory: grain hands over shared-memory blocks
+            batch = {k: np.array(v) for k, v in batch.items()}
+        if self.sharding is not None:
+            batch = {
+                k: jax.make_array_from_process_local_data(self.sharding, v)
+                for k, v in batch.items()
+            }
+        return batch
 
-  def get_state(self) -> dict:
-    return {"next_index": self._position}
+    def get_state(self) -> dict:
+        return {"next_index": self._position}
 
-  def set_state(self, state: dict) -> None:
-    self.close()
-    self._position = int(state["next_index"])
+    def set_state(self, state: dict) -> None:
+        self.close()
+        self._position = int(state["next_index"])
 
-  def close(self) -> None:
-    """Stops the reading threads or processes; the next batch starts them again."""
-    if self._iter is not None:
-      self._iter.close()
-    self._iter = None
+    def close(self) -> None:
+        """Stops the reading threads or processes; the next batch starts them again."""
+        if self._iter is not None:
+            self._iter.close()
+        self._iter = None
 
-  def __enter__(self):
-    return self
+    def __enter__(self):
+        return self
 
-  def __exit__(self, *exc):
-    self.close()
+    def __exit__(self, *exc):
+        self.close()
 
 
-def train_iterator(split_dir: str, num_frames: int, batch_size: int, seed: int, *,
-                   kind: str = "frames", horizontal_flip: bool = False, sharding=None,
-                   num_threads: int = 1, prefetch: int = 8, num_workers: int = 0,
-                   preload_max_bytes: int = 0) -> ClipIterator:
-  """An endless stream of random training clips, this process's share of each batch.
+def train_iterator(
+    split_dir: str,
+    num_frames: int,
+    batch_size: int,
+    seed: int,
+    *,
+    kind: str = "frames",
+    horizontal_flip: bool = False,
+    sharding=None,
+    num_threads: int = 1,
+    prefetch: int = 8,
+    num_workers: int = 0,
+    preload_max_bytes: int = 0,
+) -> ClipIterator:
+    """An endless stream of random training clips, this process's share of each batch.
 
-  A split of at most ``preload_max_bytes`` (uncompressed) is read into memory
-  first (``VideoShards.load_into_memory``); 0 always reads from disk. Worker
-  processes (``num_workers``) read only from disk: a preloaded split is served
-  from this process's memory, faster than any worker could hand it over.
-  """
-  shards = VideoShards(split_dir, kind)
-  shards.check_min_length(num_frames)
-  if shards.nbytes <= preload_max_bytes:
-    shards.load_into_memory()
-  windows = TrainWindows(shards.frame_counts, num_frames, seed, horizontal_flip)
-  local, process = _local_share(batch_size)
+    A split of at most ``preload_max_bytes`` (uncompressed) is read into memory
+    first (``VideoShards.load_into_memory``); 0 always reads from disk. Worker
+    processes (``num_workers``) read only from disk: a preloaded split is served
+    from this process's memory, faster than any worker could hand it over.
+    """
+    shards = VideoShards(split_dir, kind)
+    shards.check_min_length(num_frames)
+    if shards.nbytes <= preload_max_bytes:
+        shards.load_into_memory()
+    windows = TrainWindows(shards.frame_counts, num_frames, seed, horizontal_flip)
+    local, process = _local_share(batch_size)
 
-  def read(i: int) -> np.ndarray:
-    step, j = divmod(int(i), local)
-    video, start, flip = windows(step * batch_size + process * local + j)
-    clip = shards.read_clip(video, start, num_frames)
-    if flip:
-      clip = clip[:, :, ::-1]
-    return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+    def read(i: int) -> np.ndarray:
+        step, j = divmod(int(i), local)
+        video, start, flip = windows(step * batch_size + process * local + j)
+        clip = shards.read_clip(video, start, num_frames)
+        if flip:
+            clip = clip[:, :, ::-1]
+        return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
 
-  key = "video" if kind == "frames" else "latents"
-  batches = (grain.MapDataset.range(2**40).map(read).batch(local, drop_remainder=True)
-             .map(lambda x: {key: x}))
-  return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch,
-                      num_workers=0 if shards.in_memory else num_workers)
+    key = "video" if kind == "frames" else "latents"
+    batches = (
+        grain.MapDataset.range(2**40)
+        .map(read)
+        .batch(local, drop_remainder=True)
+        .map(lambda x: {key: x})
+    )
+    return ClipIterator(
+        batches,
+        key,
+        sharding,
+        num_threads=num_threads,
+        prefetch=prefetch,
+        num_workers=0 if shards.in_memory else num_workers,
+    )
 
 
 def check_frame_size(shards: VideoShards, image_size: int, channels: int) -> None:
-  """Raises ``DatasetError`` unless the split's frames are ``image_size``² with ``channels``."""
-  height, width = shards.frame_shape[:2]
-  if (height, width, shards.channels) != (image_size, image_size, channels):
-    raise DatasetError(
-        f"{shards.split_dir} holds {height}x{width} frames with {shards.channels} channel(s), "
-        f"but the model takes data.image_size={image_size} with data.channels={channels}; "
-        f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})")
+    """Raises ``DatasetError`` unless the split's frames are ``image_size``² with ``channels``."""
+    height, width = shards.frame_shape[:2]
+    if (height, width, shards.channels) != (image_size, image_size, channels):
+        raise DatasetError(
+            f"{shards.split_dir} holds {height}x{width} frames with {shards.channels} channel(s), "
+            f"but the model takes data.image_size={image_size} with data.channels={channels}; "
+            f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})"
+        )
 
 
-def eval_iterator(split_dir: str, num_frames: int, num_clips: int, batch_size: int, seed: int, *,
-                  kind: str = "frames", sharding=None, num_threads: int = 1,
-                  prefetch: int = 8, image_size: int | None = None,
-                  channels: int | None = None) -> ClipIterator:
-  """The fixed evaluation clips in batches; the last batch is padded by repeating
-  clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number).
-  With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``."""
-  if num_clips < 1 or batch_size < 1:
-    raise ValueError(f"num_clips and batch_size must be >= 1, got {num_clips} and {batch_size}")
-  shards = VideoShards(split_dir, kind)
-  if image_size is not None:
-    check_frame_size(shards, image_size, channels)
-  shards.check_min_length(num_frames)
-  windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
-  local, process = _local_share(batch_size)
-  num_batches = -(-num_clips // batch_size)
+def eval_iterator(
+    split_dir: str,
+    num_frames: int,
+    num_clips: int,
+    batch_size: int,
+    seed: int,
+    *,
+    kind: str = "frames",
+    sharding=None,
+    num_threads: int = 1,
+    prefetch: int = 8,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> ClipIterator:
+    """The fixed evaluation clips in batches; the last batch is padded by repeating
+    clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number).
+    With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``."""
+    if num_clips < 1 or batch_size < 1:
+        raise ValueError(f"num_clips and batch_size must be >= 1, got {num_clips} and {batch_size}")
+    shards = VideoShards(split_dir, kind)
+    if image_size is not None:
+        check_frame_size(shards, image_size, channels)
+    shards.check_min_length(num_frames)
+    windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
+    local, process = _local_share(batch_size)
+    num_batches = -(-num_clips // batch_size)
 
-  def read(i: int) -> dict:
-    step, j = divmod(int(i), local)
-    clip_index = step * batch_size + process * local + j
-    real = clip_index < num_clips
-    video, start = windows[clip_index if real else 0]
-    clip = shards.read_clip(video, start, num_frames)
-    clip = to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
-    return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}
+    def read(i: int) -> dict:
+        step, j = divmod(int(i), local)
+        clip_index = step * batch_size + process * local + j
+        real = clip_index < num_clips
+        video, start = windows[clip_index if real else 0]
+        clip = shards.read_clip(video, start, num_frames)
+        clip = to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+        return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}
 
-  key = "video" if kind == "frames" else "latents"
+    key = "video" if kind == "frames" else "latents"
 
-  def rename(batch):
-    batch[key] = batch.pop("clip")
-    return batch
+    def rename(batch):
+        batch[key] = batch.pop("clip")
+        return batch
 
-  batches = (grain.MapDataset.range(num_batches * local).map(read)
-             .batch(local, drop_remainder=True).map(rename))
-  return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch)
-
+    batches = (
+        grain.MapDataset.range(num_batches * local)
+        .map(read)
+        .batch(local, drop_remainder=True)
+        .map(rename)
+    )
+    return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch)

@@ -29,123 +29,156 @@ SPLIT_IDS = {"train": 0, "test": 1}
 
 
 def _read_idx(path: str) -> np.ndarray:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
-  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-  if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f"{path}: not an idx file of uint8 images (magic {data[:4]!r}).")
-  shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an idx file of uint8 images (magic {data[:4]!r}).")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def load_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """MNIST (train, test) uint8 images ``(N, 28, 28)`` from ``mnist.npz`` or idx files.
+    """MNIST (train, test) uint8 images ``(N, 28, 28)`` from ``mnist.npz`` or idx files.
 
-  ``path`` is an ``.npz`` file (keys ``x_train``/``x_test``) or a folder with
-  ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``.
-  """
-  if os.path.isfile(path) and path.endswith(".npz"):
-    with np.load(path) as f:
-      return np.asarray(f["x_train"], np.uint8), np.asarray(f["x_test"], np.uint8)
-  if os.path.isdir(path):
-    found = {}
-    for split, stem in (("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")):
-      for name in (stem + ".gz", stem):
-        if os.path.exists(os.path.join(path, name)):
-          found[split] = _read_idx(os.path.join(path, name))
-          break
-    if len(found) == 2:
-      return found["train"], found["test"]
-  raise FileNotFoundError(
-      f"No MNIST found at {path!r}: give a mnist.npz file or a folder holding "
-      f"train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz.")
+    ``path`` is an ``.npz`` file (keys ``x_train``/``x_test``) or a folder with
+    ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``.
+    """
+    if os.path.isfile(path) and path.endswith(".npz"):
+        with np.load(path) as f:
+            return np.asarray(f["x_train"], np.uint8), np.asarray(f["x_test"], np.uint8)
+    if os.path.isdir(path):
+        found = {}
+        for split, stem in (
+            ("train", "train-images-idx3-ubyte"),
+            ("test", "t10k-images-idx3-ubyte"),
+        ):
+            for name in (stem + ".gz", stem):
+                if os.path.exists(os.path.join(path, name)):
+                    found[split] = _read_idx(os.path.join(path, name))
+                    break
+        if len(found) == 2:
+            return found["train"], found["test"]
+    raise FileNotFoundError(
+        f"No MNIST found at {path!r}: give a mnist.npz file or a folder holding "
+        f"train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz."
+    )
 
 
 def load_sklearn_digits(num_train: int = 1500) -> tuple[np.ndarray, np.ndarray]:
-  """scikit-learn's 1797 handwritten 8×8 digits as uint8 (train, test) images."""
-  from sklearn.datasets import load_digits
-  images = np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
-  return images[:num_train], images[num_train:]
+    """scikit-learn's 1797 handwritten 8×8 digits as uint8 (train, test) images."""
+    from sklearn.datasets import load_digits
+
+    images = np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    return images[:num_train], images[num_train:]
 
 
 def resize_digits(images: np.ndarray, digit_size: int = 32) -> np.ndarray:
-  """uint8 ``(N, h, w)`` → float32 ``(N, digit_size, digit_size)`` in [0, 1] (bilinear)."""
-  out = np.empty((len(images), digit_size, digit_size), np.float32)
-  for i, img in enumerate(images):
-    resized = Image.fromarray(img).resize((digit_size, digit_size), Image.BILINEAR)
-    out[i] = np.asarray(resized, np.float32) / 255.0
-  return out
+    """uint8 ``(N, h, w)`` → float32 ``(N, digit_size, digit_size)`` in [0, 1] (bilinear)."""
+    out = np.empty((len(images), digit_size, digit_size), np.float32)
+    for i, img in enumerate(images):
+        resized = Image.fromarray(img).resize((digit_size, digit_size), Image.BILINEAR)
+        out[i] = np.asarray(resized, np.float32) / 255.0
+    return out
 
 
-def digit_trajectory(rng: np.random.Generator, seq_len: int, limit: int,
-                     max_speed: int = 4) -> np.ndarray:
-  """Top-left positions ``(seq_len, 2)`` as (y, x) of one bouncing digit, all in [0, limit)."""
-  sy, sx = rng.integers(0, limit, size=2)
-  dy, dx = rng.integers(-max_speed, max_speed + 1, size=2)
-  positions = np.empty((seq_len, 2), np.int64)
-  for t in range(seq_len):
-    if sy < 0:
-      sy, dy, dx = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
-    elif sy >= limit:
-      sy, dy, dx = limit - 1, rng.integers(-max_speed, 0), rng.integers(-max_speed, max_speed + 1)
-    if sx < 0:
-      sx, dx, dy = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
-    elif sx >= limit:
-      sx, dx, dy = limit - 1, rng.integers(-max_speed, 0), rng.integers(-max_speed, max_speed + 1)
-    positions[t] = (sy, sx)
-    sy, sx = sy + dy, sx + dx
-  return positions
+def digit_trajectory(
+    rng: np.random.Generator, seq_len: int, limit: int, max_speed: int = 4
+) -> np.ndarray:
+    """Top-left positions ``(seq_len, 2)`` as (y, x) of one bouncing digit, all in [0, limit)."""
+    sy, sx = rng.integers(0, limit, size=2)
+    dy, dx = rng.integers(-max_speed, max_speed + 1, size=2)
+    positions = np.empty((seq_len, 2), np.int64)
+    for t in range(seq_len):
+        if sy < 0:
+            sy, dy, dx = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
+        elif sy >= limit:
+            sy, dy, dx = (
+                limit - 1,
+                rng.integers(-max_speed, 0),
+                rng.integers(-max_speed, max_speed + 1),
+            )
+        if sx < 0:
+            sx, dx, dy = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
+        elif sx >= limit:
+            sx, dx, dy = (
+                limit - 1,
+                rng.integers(-max_speed, 0),
+                rng.integers(-max_speed, max_speed + 1),
+            )
+        positions[t] = (sy, sx)
+        sy, sx = sy + dy, sx + dx
+    return positions
 
 
-def moving_digits_video(digits: np.ndarray, rng: np.random.Generator, num_digits: int = 2,
-                        seq_len: int = 40, image_size: int = 64) -> np.ndarray:
-  """One video ``(seq_len, image_size, image_size)`` uint8 from a pool of [0,1] digits."""
-  digit_size = digits.shape[-1]
-  limit = image_size - digit_size
-  if limit <= 0:
-    raise ValueError(f"digits of {digit_size}px do not fit a {image_size}px canvas.")
-  canvas = np.zeros((seq_len, image_size, image_size), np.float32)
-  for _ in range(num_digits):
-    digit = digits[rng.integers(len(digits))]
-    for t, (y, x) in enumerate(digit_trajectory(rng, seq_len, limit)):
-      canvas[t, y:y + digit_size, x:x + digit_size] += digit
-  return (np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
+def moving_digits_video(
+    digits: np.ndarray,
+    rng: np.random.Generator,
+    num_digits: int = 2,
+    seq_len: int = 40,
+    image_size: int = 64,
+) -> np.ndarray:
+    """One video ``(seq_len, image_size, image_size)`` uint8 from a pool of [0,1] digits."""
+    digit_size = digits.shape[-1]
+    limit = image_size - digit_size
+    if limit <= 0:
+        raise ValueError(f"digits of {digit_size}px do not fit a {image_size}px canvas.")
+    canvas = np.zeros((seq_len, image_size, image_size), np.float32)
+    for _ in range(num_digits):
+        digit = digits[rng.integers(len(digits))]
+        for t, (y, x) in enumerate(digit_trajectory(rng, seq_len, limit)):
+            canvas[t, y : y + digit_size, x : x + digit_size] += digit
+    return (np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
-  return np.random.default_rng([seed, SPLIT_IDS[split], index])
+    return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def write_moving_digits(out_dir: str, digits_source: str | None = None, num_train: int = 60000,
-                        num_test: int = 256, num_digits: int = 2, seq_len: int = 40,
-                        seed: int = 0, test_digit_pool: int | None = None,
-                        image_size: int = 64, digit_size: int = 32,
-                        progress: bool = True) -> dict[str, int]:
-  """Writes ``out_dir/train`` and ``out_dir/test`` in the HDF5 video format.
+def write_moving_digits(
+    out_dir: str,
+    digits_source: str | None = None,
+    num_train: int = 60000,
+    num_test: int = 256,
+    num_digits: int = 2,
+    seq_len: int = 40,
+    seed: int = 0,
+    test_digit_pool: int | None = None,
+    image_size: int = 64,
+    digit_size: int = 32,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Writes ``out_dir/train`` and ``out_dir/test`` in the HDF5 video format.
 
-  ``digits_source``: None or ``'sklearn'`` for scikit-learn's digits, otherwise
-  a path accepted by ``load_mnist``. ``test_digit_pool=256`` restricts test
-  digits to the first 256 test images (the SMMNIST protocol). A split whose
-  shard already exists is kept, so an interrupted run resumes.
-  """
-  if digits_source in (None, "sklearn"):
-    train_images, test_images = load_sklearn_digits()
-  else:
-    train_images, test_images = load_mnist(digits_source)
-  if test_digit_pool:
-    test_images = test_images[:test_digit_pool]
-  counts = {}
-  for split, images, count in (("train", train_images, num_train), ("test", test_images, num_test)):
-    split_dir = os.path.join(out_dir, split)
-    if os.path.exists(hdf5.shard_path(split_dir, 1)):
-      counts[split] = len(hdf5.VideoShards(split_dir))
-      continue
-    digits = resize_digits(images, digit_size)
-    videos = (moving_digits_video(digits, video_rng(seed, split, i), num_digits, seq_len, image_size)
-              for i in range(count))
-    if progress:
-      from tqdm import tqdm
-      videos = tqdm(videos, total=count, desc=f"moving digits {split}", unit="video")
-    counts[split] = hdf5.write_split(split_dir, videos)
-  return counts
+    ``digits_source``: None or ``'sklearn'`` for scikit-learn's digits, otherwise
+    a path accepted by ``load_mnist``. ``test_digit_pool=256`` restricts test
+    digits to the first 256 test images (the SMMNIST protocol). A split whose
+    shard already exists is kept, so an interrupted run resumes.
+    """
+    if digits_source in (None, "sklearn"):
+        train_images, test_images = load_sklearn_digits()
+    else:
+        train_images, test_images = load_mnist(digits_source)
+    if test_digit_pool:
+        test_images = test_images[:test_digit_pool]
+    counts = {}
+    for split, images, count in (
+        ("train", train_images, num_train),
+        ("test", test_images, num_test),
+    ):
+        split_dir = os.path.join(out_dir, split)
+        if os.path.exists(hdf5.shard_path(split_dir, 1)):
+            counts[split] = len(hdf5.VideoShards(split_dir))
+            continue
+        digits = resize_digits(images, digit_size)
+        videos = (
+            moving_digits_video(digits, video_rng(seed, split, i), num_digits, seq_len, image_size)
+            for i in range(count)
+        )
+        if progress:
+            from tqdm import tqdm
+
+            videos = tqdm(videos, total=count, desc=f"moving digits {split}", unit="video")
+        counts[split] = hdf5.write_split(split_dir, videos)
+    return counts

@@ -8,192 +8,205 @@ from predvdm_jax.data import hdf5
 
 
 def _videos(rng, lengths, shape):
-  return [rng.integers(0, 256, (t, *shape), dtype=np.uint8) for t in lengths]
+    return [rng.integers(0, 256, (t, *shape), dtype=np.uint8) for t in lengths]
 
 
 @pytest.mark.parametrize("shape", [(8, 6), (8, 6, 3)])
 def test_round_trip_gray_and_rgb(tmp_path, shape):
-  videos = _videos(np.random.default_rng(0), [5, 9, 7], shape)
-  assert hdf5.write_split(str(tmp_path / "train"), videos, vids_per_shard=2) == 3
-  assert sorted(os.listdir(tmp_path / "train")) == ["shard_0001.hdf5", "shard_0002.hdf5"]
-  shards = hdf5.VideoShards(str(tmp_path / "train"))
-  assert len(shards) == 3 and list(shards.frame_counts) == [5, 9, 7]
-  assert shards.channels == (1 if len(shape) == 2 else 3)
-  for i, video in enumerate(videos):
-    clip = shards.read_clip(i, 1, 4)
-    expected = video[1:5] if len(shape) == 3 else video[1:5, ..., None]
-    np.testing.assert_array_equal(clip, expected)
+    videos = _videos(np.random.default_rng(0), [5, 9, 7], shape)
+    assert hdf5.write_split(str(tmp_path / "train"), videos, vids_per_shard=2) == 3
+    assert sorted(os.listdir(tmp_path / "train")) == ["shard_0001.hdf5", "shard_0002.hdf5"]
+    shards = hdf5.VideoShards(str(tmp_path / "train"))
+    assert len(shards) == 3 and list(shards.frame_counts) == [5, 9, 7]
+    assert shards.channels == (1 if len(shape) == 2 else 3)
+    for i, video in enumerate(videos):
+        clip = shards.read_clip(i, 1, 4)
+        expected = video[1:5] if len(shape) == 3 else video[1:5, ..., None]
+        np.testing.assert_array_equal(clip, expected)
 
 
 def test_layout_matches_predvdm(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(1), [3], (4, 4)))
-  with h5py.File(tmp_path / "shard_0001.hdf5", "r") as f:
-    assert set(f.keys()) == {"len", "videos", "0"}
-    assert int(f["len"]["0"][()]) == 3
-    assert sorted(f["0"].keys()) == ["0", "1", "2"]
-    assert f["0"]["1"].shape == (4, 4) and f["0"]["1"].dtype == np.uint8
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(1), [3], (4, 4)))
+    with h5py.File(tmp_path / "shard_0001.hdf5", "r") as f:
+        assert set(f.keys()) == {"len", "videos", "0"}
+        assert int(f["len"]["0"][()]) == 3
+        assert sorted(f["0"].keys()) == ["0", "1", "2"]
+        assert f["0"]["1"].shape == (4, 4) and f["0"]["1"].dtype == np.uint8
 
 
 def test_missing_folder(tmp_path):
-  with pytest.raises(hdf5.DatasetError, match="does not exist"):
-    hdf5.VideoShards(str(tmp_path / "nope"))
+    with pytest.raises(hdf5.DatasetError, match="does not exist"):
+        hdf5.VideoShards(str(tmp_path / "nope"))
 
 
 def test_video_that_is_not_a_frame_group(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
-  with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
-    del f["1"]
-    f.create_dataset("1", data=np.zeros((3, 4, 4), np.uint8))
-  with pytest.raises(hdf5.DatasetError, match=r"videos \['1'\] lack a 'len' entry or frame group"):
-    hdf5.VideoShards(str(tmp_path))
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
+    with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
+        del f["1"]
+        f.create_dataset("1", data=np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(
+        hdf5.DatasetError, match=r"videos \['1'\] lack a 'len' entry or frame group"
+    ):
+        hdf5.VideoShards(str(tmp_path))
 
 
 def test_no_shards(tmp_path):
-  with pytest.raises(hdf5.DatasetError, match="no shard_"):
-    hdf5.VideoShards(str(tmp_path))
+    with pytest.raises(hdf5.DatasetError, match="no shard_"):
+        hdf5.VideoShards(str(tmp_path))
 
 
 def test_missing_len_entries(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
-  with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
-    del f["len"]["1"]
-    f["len"].create_dataset("2", data=3)
-  with pytest.raises(hdf5.DatasetError, match="lack a 'len' entry"):
-    hdf5.VideoShards(str(tmp_path))
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
+    with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
+        del f["len"]["1"]
+        f["len"].create_dataset("2", data=3)
+    with pytest.raises(hdf5.DatasetError, match="lack a 'len' entry"):
+        hdf5.VideoShards(str(tmp_path))
 
 
 def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
-  with pytest.raises(hdf5.DatasetError, match="dtype float32"):
-    hdf5.write_split(str(tmp_path / "a"), [np.zeros((2, 4, 4), np.float32)])
-  assert not os.listdir(tmp_path / "a")  # the aborted shard left nothing behind
-  with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
-    f.create_group("len").create_dataset("0", data=1)
-    f.create_group("0").create_dataset("0", data=np.zeros((4, 4), np.int64))
-  with pytest.raises(hdf5.DatasetError, match="dtype int64"):
-    hdf5.VideoShards(str(tmp_path))
+    with pytest.raises(hdf5.DatasetError, match="dtype float32"):
+        hdf5.write_split(str(tmp_path / "a"), [np.zeros((2, 4, 4), np.float32)])
+    assert not os.listdir(tmp_path / "a")  # the aborted shard left nothing behind
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("len").create_dataset("0", data=1)
+        f.create_group("0").create_dataset("0", data=np.zeros((4, 4), np.int64))
+    with pytest.raises(hdf5.DatasetError, match="dtype int64"):
+        hdf5.VideoShards(str(tmp_path))
 
 
 def test_bad_frames_found_on_read(tmp_path):
-  """Only video 0's first frame is checked on open; every later frame is checked as it is read."""
-  with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
-    f.create_group("len").create_dataset("0", data=5)
-    group = f.create_group("0")
-    group.create_dataset("0", data=np.zeros((4, 4), np.uint8))
-    group.create_dataset("1", data=np.zeros((4, 4), np.float32))
-    group.create_dataset("2", data=np.zeros((2, 8), np.uint8))
-    group.create_dataset("3", data=np.full((4, 4), 7, np.uint8))
-  shards = hdf5.VideoShards(str(tmp_path))
-  with pytest.raises(hdf5.DatasetError,
-                     match=r"video 0 frame 1 is float32\(4, 4\), expected uint8"):
-    shards.read_clip(0, 0, 2)
-  with pytest.raises(hdf5.DatasetError, match=r"frame 2 is uint8\(2, 8\), expected uint8\(4, 4\)"):
-    shards.read_clip(0, 2, 2)
-  with pytest.raises(hdf5.DatasetError, match="video 0 has no frame 4; its 'len' entry says 5"):
-    shards.read_clip(0, 3, 2)
-  np.testing.assert_array_equal(shards.read_clip(0, 3, 1), np.full((1, 4, 4, 1), 7, np.uint8))
+    """Only video 0's first frame is checked on open; every later frame is checked as it is read."""
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("len").create_dataset("0", data=5)
+        group = f.create_group("0")
+        group.create_dataset("0", data=np.zeros((4, 4), np.uint8))
+        group.create_dataset("1", data=np.zeros((4, 4), np.float32))
+        group.create_dataset("2", data=np.zeros((2, 8), np.uint8))
+        group.create_dataset("3", data=np.full((4, 4), 7, np.uint8))
+    shards = hdf5.VideoShards(str(tmp_path))
+    with pytest.raises(
+        hdf5.DatasetError, match=r"video 0 frame 1 is float32\(4, 4\), expected uint8"
+    ):
+        shards.read_clip(0, 0, 2)
+    with pytest.raises(
+        hdf5.DatasetError, match=r"frame 2 is uint8\(2, 8\), expected uint8\(4, 4\)"
+    ):
+        shards.read_clip(0, 2, 2)
+    with pytest.raises(hdf5.DatasetError, match="video 0 has no frame 4; its 'len' entry says 5"):
+        shards.read_clip(0, 3, 2)
+    np.testing.assert_array_equal(shards.read_clip(0, 3, 1), np.full((1, 4, 4, 1), 7, np.uint8))
 
 
 def test_wrong_shape(tmp_path):
-  with pytest.raises(hdf5.DatasetError, match="every frame must have one shape"):
-    hdf5.write_split(str(tmp_path), [[np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8)]])
-  with pytest.raises(hdf5.DatasetError, match=r"expected \(H, W\) or \(H, W, 3\)"):
-    hdf5.write_split(str(tmp_path), [np.zeros((2, 4, 4, 5), np.uint8)])
+    with pytest.raises(hdf5.DatasetError, match="every frame must have one shape"):
+        hdf5.write_split(str(tmp_path), [[np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8)]])
+    with pytest.raises(hdf5.DatasetError, match=r"expected \(H, W\) or \(H, W, 3\)"):
+        hdf5.write_split(str(tmp_path), [np.zeros((2, 4, 4, 5), np.uint8)])
 
 
 def test_video_shorter_than_clip(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(3), [20, 8], (4, 4)))
-  shards = hdf5.VideoShards(str(tmp_path))
-  with pytest.raises(hdf5.DatasetError, match="shorter than the clip length 10"):
-    shards.check_min_length(10)
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(3), [20, 8], (4, 4)))
+    shards = hdf5.VideoShards(str(tmp_path))
+    with pytest.raises(hdf5.DatasetError, match="shorter than the clip length 10"):
+        shards.check_min_length(10)
 
 
 def test_interrupted_write_leaves_no_finished_shard(tmp_path):
-  def videos():
-    yield np.zeros((2, 4, 4), np.uint8)
-    raise KeyboardInterrupt
+    def videos():
+        yield np.zeros((2, 4, 4), np.uint8)
+        raise KeyboardInterrupt
 
-  with pytest.raises(KeyboardInterrupt):
-    hdf5.write_split(str(tmp_path), videos())
-  assert os.listdir(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):
+        hdf5.write_split(str(tmp_path), videos())
+    assert os.listdir(tmp_path) == []
 
 
 def test_shards_are_read_in_shard_number_order_past_9999(tmp_path):
-  """``shard_{:04d}`` names shard 10000 ``shard_10000``: before ``shard_1001`` as text."""
-  numbers = [2, 1001, 9999, 10000, 10001]
-  assert os.path.basename(hdf5.shard_path(str(tmp_path), 10000)) == "shard_10000.hdf5"
-  for n in reversed(numbers):
-    with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), n)) as writer:
-      writer.add_video(np.full((1, 2, 2), n % 251, np.uint8))
-  shards = hdf5.VideoShards(str(tmp_path))
-  assert [os.path.basename(p) for p in shards.paths] == [
-      "shard_0002.hdf5", "shard_1001.hdf5", "shard_9999.hdf5", "shard_10000.hdf5",
-      "shard_10001.hdf5"]
-  assert [int(shards.read_clip(i, 0, 1).max()) for i in range(5)] == [n % 251 for n in numbers]
+    """``shard_{:04d}`` names shard 10000 ``shard_10000``: before ``shard_1001`` as text."""
+    numbers = [2, 1001, 9999, 10000, 10001]
+    assert os.path.basename(hdf5.shard_path(str(tmp_path), 10000)) == "shard_10000.hdf5"
+    for n in reversed(numbers):
+        with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), n)) as writer:
+            writer.add_video(np.full((1, 2, 2), n % 251, np.uint8))
+    shards = hdf5.VideoShards(str(tmp_path))
+    assert [os.path.basename(p) for p in shards.paths] == [
+        "shard_0002.hdf5",
+        "shard_1001.hdf5",
+        "shard_9999.hdf5",
+        "shard_10000.hdf5",
+        "shard_10001.hdf5",
+    ]
+    assert [int(shards.read_clip(i, 0, 1).max()) for i in range(5)] == [n % 251 for n in numbers]
 
 
 def test_two_names_for_one_shard_number_are_refused(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(4), [2], (4, 4)))
-  os.link(tmp_path / "shard_0001.hdf5", tmp_path / "shard_1.h5")
-  with pytest.raises(hdf5.DatasetError, match="shard_0001.hdf5 and shard_1.h5 have the same"):
-    hdf5.VideoShards(str(tmp_path))
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(4), [2], (4, 4)))
+    os.link(tmp_path / "shard_0001.hdf5", tmp_path / "shard_1.h5")
+    with pytest.raises(hdf5.DatasetError, match="shard_0001.hdf5 and shard_1.h5 have the same"):
+        hdf5.VideoShards(str(tmp_path))
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 1), (4, 4, 4)])
 def test_frames_with_one_or_four_channels_are_refused(tmp_path, shape):
-  with pytest.raises(hdf5.DatasetError, match=r"expected \(H, W\) or \(H, W, 3\)"):
-    hdf5.write_split(str(tmp_path / "w"), [np.zeros((2, *shape), np.uint8)])
-  with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
-    f.create_group("len").create_dataset("0", data=1)
-    f.create_group("0").create_dataset("0", data=np.zeros(shape, np.uint8))
-  with pytest.raises(hdf5.DatasetError, match=r"video 0 has a frame of shape \(4, 4, "):
-    hdf5.VideoShards(str(tmp_path))
+    with pytest.raises(hdf5.DatasetError, match=r"expected \(H, W\) or \(H, W, 3\)"):
+        hdf5.write_split(str(tmp_path / "w"), [np.zeros((2, *shape), np.uint8)])
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("len").create_dataset("0", data=1)
+        f.create_group("0").create_dataset("0", data=np.zeros(shape, np.uint8))
+    with pytest.raises(hdf5.DatasetError, match=r"video 0 has a frame of shape \(4, 4, "):
+        hdf5.VideoShards(str(tmp_path))
 
 
 def test_latents_keep_any_channel_count(tmp_path):
-  with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), 1), kind="latents") as writer:
-    writer.add_video(np.zeros((2, 4, 4, 4), np.float16))
-  assert hdf5.VideoShards(str(tmp_path), kind="latents").frame_shape == (4, 4, 4)
+    with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path), 1), kind="latents") as writer:
+        writer.add_video(np.zeros((2, 4, 4, 4), np.float16))
+    assert hdf5.VideoShards(str(tmp_path), kind="latents").frame_shape == (4, 4, 4)
 
 
 def test_wrong_kind_messages(tmp_path):
-  hdf5.write_split(str(tmp_path / "frames"), _videos(np.random.default_rng(5), [2], (4, 4)))
-  with pytest.raises(hdf5.DatasetError) as err:
-    hdf5.VideoShards(str(tmp_path / "frames"), kind="latents")
-  assert "dtype uint8; a latent cache holds float16/float32" in str(err.value)
-  assert "read it with kind='frames'" in str(err.value) and "astype" not in str(err.value)
-  with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents") as writer:
-    writer.add_video(np.zeros((2, 4, 4, 3), np.float32))
-  with pytest.raises(hdf5.DatasetError, match="expected uint8 \\(a latent cache: read it with "
-                                              "kind='latents'"):
-    hdf5.VideoShards(str(tmp_path / "latents"))
+    hdf5.write_split(str(tmp_path / "frames"), _videos(np.random.default_rng(5), [2], (4, 4)))
+    with pytest.raises(hdf5.DatasetError) as err:
+        hdf5.VideoShards(str(tmp_path / "frames"), kind="latents")
+    assert "dtype uint8; a latent cache holds float16/float32" in str(err.value)
+    assert "read it with kind='frames'" in str(err.value) and "astype" not in str(err.value)
+    with hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents") as writer:
+        writer.add_video(np.zeros((2, 4, 4, 3), np.float32))
+    with pytest.raises(
+        hdf5.DatasetError, match="expected uint8 \\(a latent cache: read it with kind='latents'"
+    ):
+        hdf5.VideoShards(str(tmp_path / "latents"))
 
 
 def test_a_shard_file_instead_of_its_folder(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(6), [2], (4, 4)))
-  path = str(tmp_path / "shard_0001.hdf5")
-  with pytest.raises(hdf5.DatasetError, match=f"{path!r} is a file; pass the split folder that "
-                                              f"holds it \\({str(tmp_path)!r}\\)"):
-    hdf5.VideoShards(path)
+    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(6), [2], (4, 4)))
+    path = str(tmp_path / "shard_0001.hdf5")
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=f"{path!r} is a file; pass the split folder that holds it \\({str(tmp_path)!r}\\)",
+    ):
+        hdf5.VideoShards(path)
 
 
 def test_check_all_frames_finds_every_bad_frame_without_reading_pixels(tmp_path):
-  hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(7), [3, 4, 2], (8, 8)),
-                   vids_per_shard=2)
-  hdf5.VideoShards(str(tmp_path)).check_all_frames()  # a good split passes
-  with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
-    del f["1"]["2"]
-    f["1"].create_dataset("2", data=np.zeros((4, 8), np.uint8))
-    f["len"]["1"][()] = 6
-  with h5py.File(tmp_path / "shard_0002.hdf5", "a") as f:
-    del f["0"]["1"]
-    f["0"].create_dataset("1", data=np.zeros((8, 8), np.float32))
-  shards = hdf5.VideoShards(str(tmp_path))  # opening checks only video 0's first frame
-  with pytest.raises(hdf5.DatasetError) as err:
-    shards.check_all_frames(max_listed=2)
-  message = str(err.value)
-  assert message.startswith(f"{tmp_path}: 4 bad frame(s): ")
-  assert "shard_0001.hdf5: video 1 frame 2 is uint8(4, 8), expected uint8(8, 8)" in message
-  assert "shard_0001.hdf5: video 1 has no frame 4 (its 'len' entry says 6)" in message
-  assert message.endswith("(and 2 more); re-create the dataset.")
-  with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(8, 8\)"):
-    shards.check_all_frames(max_listed=4)
+    hdf5.write_split(
+        str(tmp_path), _videos(np.random.default_rng(7), [3, 4, 2], (8, 8)), vids_per_shard=2
+    )
+    hdf5.VideoShards(str(tmp_path)).check_all_frames()  # a good split passes
+    with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
+        del f["1"]["2"]
+        f["1"].create_dataset("2", data=np.zeros((4, 8), np.uint8))
+        f["len"]["1"][()] = 6
+    with h5py.File(tmp_path / "shard_0002.hdf5", "a") as f:
+        del f["0"]["1"]
+        f["0"].create_dataset("1", data=np.zeros((8, 8), np.float32))
+    shards = hdf5.VideoShards(str(tmp_path))  # opening checks only video 0's first frame
+    with pytest.raises(hdf5.DatasetError) as err:
+        shards.check_all_frames(max_listed=2)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: 4 bad frame(s): ")
+    assert "shard_0001.hdf5: video 1 frame 2 is uint8(4, 8), expected uint8(8, 8)" in message
+    assert "shard_0001.hdf5: video 1 has no frame 4 (its 'len' entry says 6)" in message
+    assert message.endswith("(and 2 more); re-create the dataset.")
+    with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(8, 8\)"):
+        shards.check_all_frames(max_listed=4)

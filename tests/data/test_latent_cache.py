@@ -12,15 +12,14 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
-from predvdm_jax.data.latent_cache import (CACHE_INFO, DIGEST_KEY, check_cache_matches,
-                                            encode_split)
+from predvdm_jax.data.latent_cache import CACHE_INFO, DIGEST_KEY, check_cache_matches, encode_split
 from predvdm_jax.data.loader import to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models.autoencoder import VQModel
 
 SIZE = 16
-FRAME_COUNTS = (3, 5, 2, 4, 6)   # shards of 2, 2, 1 videos
+FRAME_COUNTS = (3, 5, 2, 4, 6)  # shards of 2, 2, 1 videos
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +47,29 @@ def read_cache(split_dir):
 def test_cache_equals_encode_and_keeps_structure(setup):
     root, videos, config, system, params = setup
     out = str(root / "latents16")
-    assert encode_split(config, params, str(root / "frames"), out, dtype="float16",
-                        batch_frames=4) == 3
+    assert (
+        encode_split(config, params, str(root / "frames"), out, dtype="float16", batch_frames=4)
+        == 3
+    )
     shards, cached = read_cache(out)
     assert sorted(os.listdir(out)) == sorted(os.listdir(root / "frames") + [CACHE_INFO])
     assert tuple(shards.frame_counts) == FRAME_COUNTS
     assert shards.dtype == np.float16 and shards.frame_shape == (SIZE // 4, SIZE // 4, 3)
-    frames = to_model_range(np.concatenate(videos)[..., None])   # every frame, one batch
+    frames = to_model_range(np.concatenate(videos)[..., None])  # every frame, one batch
     expected = np.asarray(system.encode(params, jnp.asarray(frames)[None]))[0]
     # independent of LatentDiffusion: the bare encoder on RGB-repeated frames × scale_factor
-    bare = np.asarray(system.vq.apply({"params": params}, np.repeat(frames, 3, axis=-1),
-                                      method=VQModel.encode)) * 0.5
+    bare = (
+        np.asarray(
+            system.vq.apply(
+                {"params": params}, np.repeat(frames, 3, axis=-1), method=VQModel.encode
+            )
+        )
+        * 0.5
+    )
     np.testing.assert_allclose(expected, bare, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.concatenate(cached).astype(np.float32), expected,
-                               rtol=2 ** -10, atol=1e-4)
+    np.testing.assert_allclose(
+        np.concatenate(cached).astype(np.float32), expected, rtol=2**-10, atol=1e-4
+    )
     info = json.load(open(os.path.join(out, CACHE_INFO)))
     assert info["dtype"] == "float16" and info["scale_factor"] == 0.5
 
@@ -74,8 +82,12 @@ def test_cache_equals_encode_and_keeps_structure(setup):
 def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
     root, videos, config, system, params = setup
     out = str(root / "latents32")
-    assert encode_split(config, params, str(root / "frames"), out, dtype="float32",
-                        batch_frames=3, max_shards=1) == 1
+    assert (
+        encode_split(
+            config, params, str(root / "frames"), out, dtype="float32", batch_frames=3, max_shards=1
+        )
+        == 1
+    )
     first = os.path.join(out, "shard_0001.hdf5")
     written_at = os.path.getmtime(first)
     # a half-written shard from the interruption
@@ -83,8 +95,10 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
         f.write(b"partial")
     with pytest.raises(DatasetError, match="another dtype"):
         encode_split(config, params, str(root / "frames"), out, dtype="float16")
-    assert encode_split(config, params, str(root / "frames"), out, dtype="float32",
-                        batch_frames=3) == 2
+    assert (
+        encode_split(config, params, str(root / "frames"), out, dtype="float32", batch_frames=3)
+        == 2
+    )
     assert os.path.getmtime(first) == written_at
     assert not any(name.endswith(".tmp") for name in os.listdir(out))
     shards, cached = read_cache(out)
@@ -97,83 +111,101 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
 
 
 def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog):
-  root, videos, config, system, params = setup
-  out = str(root / "checked")
-  encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1,
-               vq_params_path="elsewhere/vq.safetensors")
-  info = json.load(open(os.path.join(out, CACHE_INFO)))
-  assert info["vq_params"] == os.path.abspath("elsewhere/vq.safetensors")
+    root, videos, config, system, params = setup
+    out = str(root / "checked")
+    encode_split(
+        config,
+        params,
+        str(root / "frames"),
+        out,
+        batch_frames=4,
+        max_shards=1,
+        vq_params_path="elsewhere/vq.safetensors",
+    )
+    info = json.load(open(os.path.join(out, CACHE_INFO)))
+    assert info["vq_params"] == os.path.abspath("elsewhere/vq.safetensors")
 
-  check_cache_matches(config, out)
-  other = config.copy_and_resolve_references()
-  other.vq.dropout = 0.5   # dropout leaves the encoder's latents unchanged
-  other.vq_params = "another/path.safetensors"
-  check_cache_matches(other, out)
-  other.scale_factor = 0.25
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"scale_factor 0\.5 but config\.scale_factor is 0\.25.*"
-                     r"--config\.scale_factor=0\.5"):
+    check_cache_matches(config, out)
+    other = config.copy_and_resolve_references()
+    other.vq.dropout = 0.5  # dropout leaves the encoder's latents unchanged
+    other.vq_params = "another/path.safetensors"
     check_cache_matches(other, out)
-  other = config.copy_and_resolve_references()
-  other.vq.update(n_embed=32, ch_mult=(1, 2, 2))
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"vq\.ch_mult \[1, 1, 1\] \(config: \[1, 2, 2\]\), "
-                     r"vq\.n_embed 16 \(config: 32\)"):
-    check_cache_matches(other, out)
+    other.scale_factor = 0.25
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"scale_factor 0\.5 but config\.scale_factor is 0\.25.*"
+        r"--config\.scale_factor=0\.5",
+    ):
+        check_cache_matches(other, out)
+    other = config.copy_and_resolve_references()
+    other.vq.update(n_embed=32, ch_mult=(1, 2, 2))
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"vq\.ch_mult \[1, 1, 1\] \(config: \[1, 2, 2\]\), "
+        r"vq\.n_embed 16 \(config: 32\)",
+    ):
+        check_cache_matches(other, out)
 
-  os.remove(os.path.join(out, CACHE_INFO))
-  check_cache_matches(other, out)   # an older cache: a warning, no error
-  assert "no cache_info.json" in caplog.text
+    os.remove(os.path.join(out, CACHE_INFO))
+    check_cache_matches(other, out)  # an older cache: a warning, no error
+    assert "no cache_info.json" in caplog.text
 
 
 def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path):
-  root, videos, config, system, params = setup
-  frames = str(root / "frames")
-  out = str(tmp_path / "latents")
-  other = jax.tree.map(lambda x: x + 0.01, params)   # the same architecture, other weights
-  made_with, retrained = str(tmp_path / "vq.safetensors"), str(tmp_path / "vq2.safetensors")
-  save_params_safetensors(made_with, params)
-  save_params_safetensors(retrained, other)
-  assert encode_split(config, params, frames, out, batch_frames=4, max_shards=1,
-                      vq_params_path=made_with) == 1
-  with pytest.raises(DatasetError) as err:
-    encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained)
-  message = str(err.value)
-  assert "holds latents of other VQ weights" in message
-  assert made_with in message and retrained in message
-  assert message.endswith("delete the folder or choose another --out.")
-  assert json.load(open(os.path.join(out, CACHE_INFO)))["vq_params"] == made_with
+    root, videos, config, system, params = setup
+    frames = str(root / "frames")
+    out = str(tmp_path / "latents")
+    other = jax.tree.map(lambda x: x + 0.01, params)  # the same architecture, other weights
+    made_with, retrained = str(tmp_path / "vq.safetensors"), str(tmp_path / "vq2.safetensors")
+    save_params_safetensors(made_with, params)
+    save_params_safetensors(retrained, other)
+    assert (
+        encode_split(
+            config, params, frames, out, batch_frames=4, max_shards=1, vq_params_path=made_with
+        )
+        == 1
+    )
+    with pytest.raises(DatasetError) as err:
+        encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained)
+    message = str(err.value)
+    assert "holds latents of other VQ weights" in message
+    assert made_with in message and retrained in message
+    assert message.endswith("delete the folder or choose another --out.")
+    assert json.load(open(os.path.join(out, CACHE_INFO)))["vq_params"] == made_with
 
-  # Training decodes with config.vq_params: the cache's own weights pass, others do not.
-  check_cache_matches(config_with(config, vq_params=made_with), out)
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"other VQ weights .* than config\.vq_params .*vq2\.safetensors.*"
-                     r"set --config\.vq_params to the file the cache was made with"):
+    # Training decodes with config.vq_params: the cache's own weights pass, others do not.
+    check_cache_matches(config_with(config, vq_params=made_with), out)
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"other VQ weights .* than config\.vq_params .*vq2\.safetensors.*"
+        r"set --config\.vq_params to the file the cache was made with",
+    ):
+        check_cache_matches(config_with(config, vq_params=retrained), out)
+
+    # A cache from before the digest was recorded resumes and trains, unchecked.
+    info = json.load(open(os.path.join(out, CACHE_INFO)))
+    del info[DIGEST_KEY]
+    with open(os.path.join(out, CACHE_INFO), "w") as f:
+        json.dump(info, f)
+    assert encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained) == 2
+    assert DIGEST_KEY not in json.load(open(os.path.join(out, CACHE_INFO)))
     check_cache_matches(config_with(config, vq_params=retrained), out)
-
-  # A cache from before the digest was recorded resumes and trains, unchecked.
-  info = json.load(open(os.path.join(out, CACHE_INFO)))
-  del info[DIGEST_KEY]
-  with open(os.path.join(out, CACHE_INFO), "w") as f:
-    json.dump(info, f)
-  assert encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained) == 2
-  assert DIGEST_KEY not in json.load(open(os.path.join(out, CACHE_INFO)))
-  check_cache_matches(config_with(config, vq_params=retrained), out)
 
 
 def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
-  root, videos, config, system, params = setup
-  out = str(tmp_path / "latents")
-  broken = {k: v for k, v in params.items() if k != "quant_conv"}
-  with pytest.raises(Exception, match="quant_conv"):
-    encode_split(config, broken, str(root / "frames"), out, batch_frames=4)
-  assert os.listdir(out) == []
-  assert encode_split(config, params, str(root / "frames"), out, batch_frames=4,
-                      max_shards=1) == 1
-  assert CACHE_INFO in os.listdir(out)
+    root, videos, config, system, params = setup
+    out = str(tmp_path / "latents")
+    broken = {k: v for k, v in params.items() if k != "quant_conv"}
+    with pytest.raises(Exception, match="quant_conv"):
+        encode_split(config, broken, str(root / "frames"), out, batch_frames=4)
+    assert os.listdir(out) == []
+    assert (
+        encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1) == 1
+    )
+    assert CACHE_INFO in os.listdir(out)
 
 
 def config_with(config, **changes):
-  changed = config.copy_and_resolve_references()
-  changed.update(changes)
-  return changed
+    changed = config.copy_and_resolve_references()
+    changed.update(changes)
+    return changed

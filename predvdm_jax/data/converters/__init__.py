@@ -11,10 +11,23 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable
 
-from predvdm_jax.data.converters import (bair, carla, cityscapes, common, kth, smmnist,
-                                         tfds_video, ucf101)
-from predvdm_jax.data.converters.common import (ConversionPlan, ConversionSummary, SourceError,
-                                                SplitPlan, run_plan)
+from predvdm_jax.data.converters import (
+    bair,
+    carla,
+    cityscapes,
+    common,
+    kth,
+    smmnist,
+    tfds_video,
+    ucf101,
+)
+from predvdm_jax.data.converters.common import (
+    ConversionPlan,
+    ConversionSummary,
+    SourceError,
+    SplitPlan,
+    run_plan,
+)
 
 CONVERTERS: dict[str, Callable[..., ConversionPlan]] = {
     "kth": kth.plan,
@@ -28,48 +41,72 @@ TFDS_PREFIX = "tfds:"
 
 
 def make_plan(dataset: str, src: str, **options) -> ConversionPlan:
-  """Inspects the source of ``dataset`` and returns what would be written."""
-  plan_function = _plan_function(dataset)
-  if dataset.startswith(TFDS_PREFIX):
-    return plan_function(src, dataset[len(TFDS_PREFIX):], **options)
-  return plan_function(src, **options)
+    """Inspects the source of ``dataset`` and returns what would be written."""
+    plan_function = _plan_function(dataset)
+    if dataset.startswith(TFDS_PREFIX):
+        return plan_function(src, dataset[len(TFDS_PREFIX) :], **options)
+    return plan_function(src, **options)
 
 
 def _plan_function(dataset: str) -> Callable[..., ConversionPlan]:
-  if dataset.startswith(TFDS_PREFIX):
-    return tfds_video.plan
-  if dataset not in CONVERTERS:
-    raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(CONVERTERS)} or "
-                     f"tfds:NAME.")
-  return CONVERTERS[dataset]
+    if dataset.startswith(TFDS_PREFIX):
+        return tfds_video.plan
+    if dataset not in CONVERTERS:
+        raise ValueError(
+            f"Unknown dataset {dataset!r}; choose one of {sorted(CONVERTERS)} or tfds:NAME."
+        )
+    return CONVERTERS[dataset]
 
 
-def select_options(dataset: str, candidates: dict[str, Any],
-                   given: Iterable[str] = ()) -> dict[str, Any]:
-  """The entries of ``candidates`` that ``dataset``'s converter takes, None ones dropped.
+def select_options(
+    dataset: str, candidates: dict[str, Any], given: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The entries of ``candidates`` that ``dataset``'s converter takes, None ones dropped.
 
-  Lets a command line define every dataset's flags at once. ``given`` names
-  the options the user set; one the converter does not take is a ValueError.
-  """
-  accepted = set(inspect.signature(_plan_function(dataset)).parameters) - {"src", "name"}
-  ignored = [k for k in given if k not in accepted]
-  if ignored:
-    takes = ", ".join(f"--{k}" for k in candidates if k in accepted) or "none"
-    raise ValueError(f"{dataset} does not take {', '.join(f'--{k}' for k in ignored)} (its "
-                     f"options: {takes}); remove {'it' if len(ignored) == 1 else 'them'}.")
-  return {k: v for k, v in candidates.items() if k in accepted and v is not None}
-
-
-def convert(dataset: str, src: str, out_dir: str,
-            vids_per_shard: int = common.DEFAULT_VIDS_PER_SHARD, num_workers: int = 1,
-            progress: bool = True, on_video: Callable[[str, int], None] | None = None,
-            **options) -> ConversionSummary:
-  """Converts ``dataset`` from ``src`` into ``out_dir``; options go to its converter."""
-  plan = make_plan(dataset, src, **options)
-  return run_plan(plan, out_dir, vids_per_shard=vids_per_shard, num_workers=num_workers,
-                  progress=progress, on_video=on_video)
+    Lets a command line define every dataset's flags at once. ``given`` names
+    the options the user set; one the converter does not take is a ValueError.
+    """
+    accepted = set(inspect.signature(_plan_function(dataset)).parameters) - {"src", "name"}
+    ignored = [k for k in given if k not in accepted]
+    if ignored:
+        takes = ", ".join(f"--{k}" for k in candidates if k in accepted) or "none"
+        raise ValueError(
+            f"{dataset} does not take {', '.join(f'--{k}' for k in ignored)} (its "
+            f"options: {takes}); remove {'it' if len(ignored) == 1 else 'them'}."
+        )
+    return {k: v for k, v in candidates.items() if k in accepted and v is not None}
 
 
-__all__ = ["CONVERTERS", "ConversionPlan", "ConversionSummary", "SourceError", "SplitPlan",
-           "convert", "make_plan", "run_plan",
-           "select_options"]
+def convert(
+    dataset: str,
+    src: str,
+    out_dir: str,
+    vids_per_shard: int = common.DEFAULT_VIDS_PER_SHARD,
+    num_workers: int = 1,
+    progress: bool = True,
+    on_video: Callable[[str, int], None] | None = None,
+    **options,
+) -> ConversionSummary:
+    """Converts ``dataset`` from ``src`` into ``out_dir``; options go to its converter."""
+    plan = make_plan(dataset, src, **options)
+    return run_plan(
+        plan,
+        out_dir,
+        vids_per_shard=vids_per_shard,
+        num_workers=num_workers,
+        progress=progress,
+        on_video=on_video,
+    )
+
+
+__all__ = [
+    "CONVERTERS",
+    "ConversionPlan",
+    "ConversionSummary",
+    "SourceError",
+    "SplitPlan",
+    "convert",
+    "make_plan",
+    "run_plan",
+    "select_options",
+]

@@ -30,228 +30,262 @@ DEFAULT_VIDS_PER_SHARD = 1000
 
 
 class SourceError(ValueError):
-  """The source folder/files of a conversion are not what the converter expects."""
+    """The source folder/files of a conversion are not what the converter expects."""
 
 
 @dataclasses.dataclass
 class SplitPlan:
-  """One output split: ordered items and how to turn an item into a video.
+    """One output split: ordered items and how to turn an item into a video.
 
-  ``load(item)`` returns a uint8 video, or None to skip the item (say why in
-  the plan's notes). Sequential sources (tf.data) give ``load_range(start,
-  stop)`` instead, yielding the videos of items ``start … stop-1`` in order.
-  """
-  name: str
-  items: Sequence[Any]
-  load: Callable[[Any], np.ndarray | None] | None = None
-  load_range: Callable[[int, int], Iterable[np.ndarray | None]] | None = None
+    ``load(item)`` returns a uint8 video, or None to skip the item (say why in
+    the plan's notes). Sequential sources (tf.data) give ``load_range(start,
+    stop)`` instead, yielding the videos of items ``start … stop-1`` in order.
+    """
 
-  def __post_init__(self):
-    if (self.load is None) == (self.load_range is None):
-      raise ValueError(f"split {self.name!r}: give exactly one of load / load_range.")
+    name: str
+    items: Sequence[Any]
+    load: Callable[[Any], np.ndarray | None] | None = None
+    load_range: Callable[[int, int], Iterable[np.ndarray | None]] | None = None
+
+    def __post_init__(self):
+        if (self.load is None) == (self.load_range is None):
+            raise ValueError(f"split {self.name!r}: give exactly one of load / load_range.")
 
 
 @dataclasses.dataclass
 class ConversionPlan:
-  dataset: str
-  splits: list[SplitPlan]
-  options: dict[str, Any]
-  notes: list[str] = dataclasses.field(default_factory=list)
+    dataset: str
+    splits: list[SplitPlan]
+    options: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitResult:
-  name: str
-  num_videos: int
-  num_frames: int
-  bytes_on_disk: int
-  converted_videos: int
-  skipped_items: int
-  reused_shards: int
-  seconds: float
+    name: str
+    num_videos: int
+    num_frames: int
+    bytes_on_disk: int
+    converted_videos: int
+    skipped_items: int
+    reused_shards: int
+    seconds: float
 
-  @property
-  def videos_per_second(self) -> float:
-    return self.converted_videos / self.seconds if self.seconds > 0 else float("nan")
+    @property
+    def videos_per_second(self) -> float:
+        return self.converted_videos / self.seconds if self.seconds > 0 else float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConversionSummary:
-  dataset: str
-  out_dir: str
-  splits: tuple[SplitResult, ...]
-  notes: tuple[str, ...]
+    dataset: str
+    out_dir: str
+    splits: tuple[SplitResult, ...]
+    notes: tuple[str, ...]
 
-  def split(self, name: str) -> SplitResult:
-    return next(s for s in self.splits if s.name == name)
+    def split(self, name: str) -> SplitResult:
+        return next(s for s in self.splits if s.name == name)
 
-  def __str__(self) -> str:
-    lines = [f"{self.dataset} → {self.out_dir}"]
-    for s in self.splits:
-      rate = (f"{s.videos_per_second:.2f} videos/s" if s.converted_videos else "nothing to do")
-      lines.append(f"  {s.name}: {s.num_videos} videos, {s.num_frames} frames, "
-                   f"{s.bytes_on_disk / 2**20:.1f} MiB; converted {s.converted_videos} in "
-                   f"{s.seconds:.1f} s ({rate}), reused {s.reused_shards} finished shard(s), "
-                   f"skipped {s.skipped_items} item(s)")
-    lines += [f"  note: {n}" for n in self.notes]
-    return "\n".join(lines)
+    def __str__(self) -> str:
+        lines = [f"{self.dataset} → {self.out_dir}"]
+        for s in self.splits:
+            rate = f"{s.videos_per_second:.2f} videos/s" if s.converted_videos else "nothing to do"
+            lines.append(
+                f"  {s.name}: {s.num_videos} videos, {s.num_frames} frames, "
+                f"{s.bytes_on_disk / 2**20:.1f} MiB; converted {s.converted_videos} in "
+                f"{s.seconds:.1f} s ({rate}), reused {s.reused_shards} finished shard(s), "
+                f"skipped {s.skipped_items} item(s)"
+            )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
 
 
 def _check_manifest(out_dir: str, manifest: dict) -> None:
-  path = os.path.join(out_dir, MANIFEST_NAME)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    if previous != manifest:
-      changed = sorted(k for k in set(previous) | set(manifest)
-                       if previous.get(k) != manifest.get(k))
-      raise SourceError(f"{out_dir} holds a conversion made with other settings "
-                        f"({', '.join(changed)} differ); use a new --out folder or delete "
-                        f"{out_dir} to start over.")
-    return
-  stray = glob.glob(os.path.join(out_dir, "*", "shard_*.hdf5"))
-  if stray:
-    raise SourceError(f"{out_dir} already holds shards ({stray[0]}) from an unknown conversion; "
-                      f"use a new --out folder or delete them.")
-  os.makedirs(out_dir, exist_ok=True)
-  atomic_io.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
+    path = os.path.join(out_dir, MANIFEST_NAME)
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != manifest:
+            changed = sorted(
+                k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k)
+            )
+            raise SourceError(
+                f"{out_dir} holds a conversion made with other settings "
+                f"({', '.join(changed)} differ); use a new --out folder or delete "
+                f"{out_dir} to start over."
+            )
+        return
+    stray = glob.glob(os.path.join(out_dir, "*", "shard_*.hdf5"))
+    if stray:
+        raise SourceError(
+            f"{out_dir} already holds shards ({stray[0]}) from an unknown conversion; "
+            f"use a new --out folder or delete them."
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_io.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _videos_in_order(split: SplitPlan, start: int, stop: int, num_workers: int
-                     ) -> Iterator[np.ndarray | None]:
-  if split.load_range is not None:
-    yield from split.load_range(start, stop)
-    return
-  if num_workers <= 1:
-    for i in range(start, stop):
-      yield split.load(split.items[i])
-    return
-  # A bounded window keeps memory flat while workers decode ahead, in order.
-  window = 2 * num_workers
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    for lo in range(start, stop, window):
-      yield from pool.map(split.load, split.items[lo:min(lo + window, stop)])
+def _videos_in_order(
+    split: SplitPlan, start: int, stop: int, num_workers: int
+) -> Iterator[np.ndarray | None]:
+    if split.load_range is not None:
+        yield from split.load_range(start, stop)
+        return
+    if num_workers <= 1:
+        for i in range(start, stop):
+            yield split.load(split.items[i])
+        return
+    # A bounded window keeps memory flat while workers decode ahead, in order.
+    window = 2 * num_workers
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for lo in range(start, stop, window):
+            yield from pool.map(split.load, split.items[lo : min(lo + window, stop)])
 
 
 def _split_totals(split_dir: str) -> tuple[int, int, int]:
-  paths = sorted(glob.glob(os.path.join(split_dir, "shard_*.hdf5")))
-  size = sum(os.path.getsize(p) for p in paths)
-  if not paths:
-    return 0, 0, 0
-  frame_counts = hdf5.VideoShards(split_dir).frame_counts
-  return int(frame_counts.size), int(frame_counts.sum()), size
+    paths = sorted(glob.glob(os.path.join(split_dir, "shard_*.hdf5")))
+    size = sum(os.path.getsize(p) for p in paths)
+    if not paths:
+        return 0, 0, 0
+    frame_counts = hdf5.VideoShards(split_dir).frame_counts
+    return int(frame_counts.size), int(frame_counts.sum()), size
 
 
-def run_plan(plan: ConversionPlan, out_dir: str, vids_per_shard: int = DEFAULT_VIDS_PER_SHARD,
-             num_workers: int = 1, progress: bool = True, compression: str | None = "lzf",
-             on_video: Callable[[str, int], None] | None = None) -> ConversionSummary:
-  """Writes every split of ``plan`` under ``out_dir/<split>/`` and returns a summary.
+def run_plan(
+    plan: ConversionPlan,
+    out_dir: str,
+    vids_per_shard: int = DEFAULT_VIDS_PER_SHARD,
+    num_workers: int = 1,
+    progress: bool = True,
+    compression: str | None = "lzf",
+    on_video: Callable[[str, int], None] | None = None,
+) -> ConversionSummary:
+    """Writes every split of ``plan`` under ``out_dir/<split>/`` and returns a summary.
 
-  ``on_video(split, item_index)`` runs after each written video (progress
-  hooks; tests raise from it to simulate an interruption).
-  """
-  if vids_per_shard < 1:
-    raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
-  manifest = {"dataset": plan.dataset, "options": plan.options, "vids_per_shard": vids_per_shard,
-              "items": {s.name: len(s.items) for s in plan.splits}, "compression": compression}
-  _check_manifest(out_dir, json.loads(json.dumps(manifest)))
-  from tqdm import tqdm
+    ``on_video(split, item_index)`` runs after each written video (progress
+    hooks; tests raise from it to simulate an interruption).
+    """
+    if vids_per_shard < 1:
+        raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
+    manifest = {
+        "dataset": plan.dataset,
+        "options": plan.options,
+        "vids_per_shard": vids_per_shard,
+        "items": {s.name: len(s.items) for s in plan.splits},
+        "compression": compression,
+    }
+    _check_manifest(out_dir, json.loads(json.dumps(manifest)))
+    from tqdm import tqdm
 
-  results = []
-  for split in plan.splits:
-    split_dir = os.path.join(out_dir, split.name)
-    os.makedirs(split_dir, exist_ok=True)
-    num_items = len(split.items)
-    num_shards = -(-num_items // vids_per_shard)
-    started = time.perf_counter()
-    converted = skipped = reused = 0
-    bar = tqdm(total=num_items, desc=f"{plan.dataset} {split.name}", unit="video",
-               disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    with bar:
-      for shard in range(1, num_shards + 1):
-        start, stop = (shard - 1) * vids_per_shard, min(shard * vids_per_shard, num_items)
-        path = hdf5.shard_path(split_dir, shard)
-        if os.path.exists(path):
-          reused += 1
-          bar.update(stop - start)
-          continue
-        writer = None
-        try:
-          for index, video in zip(range(start, stop),
-                                  _videos_in_order(split, start, stop, num_workers)):
-            bar.update(1)
-            if video is None:
-              skipped += 1
-              continue
-            if writer is None:
-              writer = hdf5.ShardWriter(path, compression)
-            writer.add_video(video)
-            converted += 1
-            bar.set_postfix(written=converted, skipped=skipped, refresh=False)
-            if on_video is not None:
-              on_video(split.name, index)
-        except BaseException:
-          if writer is not None:
-            writer.abort()
-          raise
-        if writer is not None:
-          writer.close()
-    seconds = time.perf_counter() - started
-    videos, frames, size = _split_totals(split_dir)
-    results.append(SplitResult(split.name, videos, frames, size, converted, skipped, reused,
-                               seconds))
-  return ConversionSummary(plan.dataset, out_dir, tuple(results), tuple(plan.notes))
+    results = []
+    for split in plan.splits:
+        split_dir = os.path.join(out_dir, split.name)
+        os.makedirs(split_dir, exist_ok=True)
+        num_items = len(split.items)
+        num_shards = -(-num_items // vids_per_shard)
+        started = time.perf_counter()
+        converted = skipped = reused = 0
+        bar = tqdm(
+            total=num_items,
+            desc=f"{plan.dataset} {split.name}",
+            unit="video",
+            disable=not progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        with bar:
+            for shard in range(1, num_shards + 1):
+                start, stop = (shard - 1) * vids_per_shard, min(shard * vids_per_shard, num_items)
+                path = hdf5.shard_path(split_dir, shard)
+                if os.path.exists(path):
+                    reused += 1
+                    bar.update(stop - start)
+                    continue
+                writer = None
+                try:
+                    for index, video in zip(
+                        range(start, stop), _videos_in_order(split, start, stop, num_workers)
+                    ):
+                        bar.update(1)
+                        if video is None:
+                            skipped += 1
+                            continue
+                        if writer is None:
+                            writer = hdf5.ShardWriter(path, compression)
+                        writer.add_video(video)
+                        converted += 1
+                        bar.set_postfix(written=converted, skipped=skipped, refresh=False)
+                        if on_video is not None:
+                            on_video(split.name, index)
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
+                if writer is not None:
+                    writer.close()
+        seconds = time.perf_counter() - started
+        videos, frames, size = _split_totals(split_dir)
+        results.append(
+            SplitResult(split.name, videos, frames, size, converted, skipped, reused, seconds)
+        )
+    return ConversionSummary(plan.dataset, out_dir, tuple(results), tuple(plan.notes))
 
 
 def require_dir(path: str, what: str) -> str:
-  if not os.path.isdir(path):
-    raise SourceError(f"{what}: {path!r} is not a folder; pass the folder that holds the "
-                      f"downloaded dataset as --src.")
-  return path
+    if not os.path.isdir(path):
+        raise SourceError(
+            f"{what}: {path!r} is not a folder; pass the folder that holds the "
+            f"downloaded dataset as --src."
+        )
+    return path
 
 
 def decode_video_frames(path: str) -> list[np.ndarray]:
-  """All frames of a video file as BGR uint8 ``(H, W, 3)`` arrays (OpenCV)."""
-  cv2 = import_cv2()
-  capture = cv2.VideoCapture(path)
-  if not capture.isOpened():
-    raise SourceError(f"OpenCV cannot open {path!r}; the file is damaged or its codec is missing.")
-  frames = []
-  try:
-    while True:
-      ok, frame = capture.read()
-      if not ok:
-        break
-      frames.append(frame)
-  finally:
-    capture.release()
-  if not frames:
-    raise SourceError(f"{path!r} decoded to 0 frames; the file is damaged, re-download it.")
-  return frames
+    """All frames of a video file as BGR uint8 ``(H, W, 3)`` arrays (OpenCV)."""
+    cv2 = import_cv2()
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise SourceError(
+            f"OpenCV cannot open {path!r}; the file is damaged or its codec is missing."
+        )
+    frames = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise SourceError(f"{path!r} decoded to 0 frames; the file is damaged, re-download it.")
+    return frames
 
 
 def import_cv2():
-  try:
-    import cv2
-  except ImportError as e:
-    raise ImportError("Decoding videos needs OpenCV: pip install 'predvdm_jax[video]' "
-                      "(opencv-python-headless).") from e
-  return cv2
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(
+            "Decoding videos needs OpenCV: pip install 'predvdm_jax[video]' "
+            "(opencv-python-headless)."
+        ) from e
+    return cv2
 
 
 def resize_frame(frame: np.ndarray, size: int, crop: str) -> np.ndarray:
-  """``squash``: resize the whole frame to size×size (cv2 INTER_LINEAR, as the originals);
-  ``center``: take the central square first."""
-  cv2 = import_cv2()
-  if crop == "center":
-    frame = center_square(frame)
-  elif crop != "squash":
-    raise ValueError(f"crop must be 'squash' or 'center', got {crop!r}.")
-  return cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+    """``squash``: resize the whole frame to size×size (cv2 INTER_LINEAR, as the originals);
+    ``center``: take the central square first."""
+    cv2 = import_cv2()
+    if crop == "center":
+        frame = center_square(frame)
+    elif crop != "squash":
+        raise ValueError(f"crop must be 'squash' or 'center', got {crop!r}.")
+    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def center_square(frame: np.ndarray) -> np.ndarray:
-  h, w = frame.shape[:2]
-  s = min(h, w)
-  top, left = (h - s) // 2, (w - s) // 2
-  return frame[top:top + s, left:left + s]
+    h, w = frame.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return frame[top : top + s, left : left + s]

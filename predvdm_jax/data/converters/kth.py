@@ -28,85 +28,100 @@ ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walkin
 KNOWN_MISSING = ("person13_handclapping_d3",)
 SPLITS = {
     "mcvd": {"train": range(1, 21), "test": range(21, 26)},
-    "rvd": {"train": range(11, 19), "valid": (1, 4, 19, 20, 21, 23, 24, 25),
-            "test": (2, 3, 5, 6, 7, 8, 9, 10, 22)},
+    "rvd": {
+        "train": range(11, 19),
+        "valid": (1, 4, 19, 20, 21, 23, 24, 25),
+        "test": (2, 3, 5, 6, 7, 8, 9, 10, 22),
+    },
 }
 _NAME = re.compile(r"^person(\d\d)_([a-z]+)_d(\d)_uncomp\.avi$")
 
 
 def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
-  """``stem → (path, zip member or None)`` for every KTH video in the source."""
-  found = {}
-  for action in ACTIONS:
-    folder, archive = os.path.join(src, action), os.path.join(src, action + ".zip")
-    if os.path.isdir(folder):
-      for name in os.listdir(folder):
-        if _NAME.match(name):
-          found[name[:-len("_uncomp.avi")]] = (os.path.join(folder, name), None)
-    elif os.path.isfile(archive):
-      try:
-        with zipfile.ZipFile(archive) as zf:
-          members = zf.namelist()
-      except zipfile.BadZipFile as e:
-        raise common.SourceError(f"KTH source: {archive} is not a readable zip ({e}); "
-                                 f"re-download it.") from e
-      for member in members:
-        name = os.path.basename(member)
-        if _NAME.match(name):
-          found[name[:-len("_uncomp.avi")]] = (archive, member)
-    else:
-      raise common.SourceError(
-          f"KTH source {src} has no '{action}' folder or {action}.zip; expected the six "
-          f"per-action zips or folders ({', '.join(ACTIONS)}).")
-  return found
+    """``stem → (path, zip member or None)`` for every KTH video in the source."""
+    found = {}
+    for action in ACTIONS:
+        folder, archive = os.path.join(src, action), os.path.join(src, action + ".zip")
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if _NAME.match(name):
+                    found[name[: -len("_uncomp.avi")]] = (os.path.join(folder, name), None)
+        elif os.path.isfile(archive):
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    members = zf.namelist()
+            except zipfile.BadZipFile as e:
+                raise common.SourceError(
+                    f"KTH source: {archive} is not a readable zip ({e}); re-download it."
+                ) from e
+            for member in members:
+                name = os.path.basename(member)
+                if _NAME.match(name):
+                    found[name[: -len("_uncomp.avi")]] = (archive, member)
+        else:
+            raise common.SourceError(
+                f"KTH source {src} has no '{action}' folder or {action}.zip; expected the six "
+                f"per-action zips or folders ({', '.join(ACTIONS)})."
+            )
+    return found
 
 
 def kth_frames(bgr_frames, image_size: int = 64, crop: str = "squash") -> np.ndarray:
-  """The original's preprocessing: cv2 BGR→gray, then cv2.resize (INTER_LINEAR)."""
-  cv2 = common.import_cv2()
-  gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr_frames]
-  return np.stack([common.resize_frame(g, image_size, crop) for g in gray]).astype(np.uint8)
+    """The original's preprocessing: cv2 BGR→gray, then cv2.resize (INTER_LINEAR)."""
+    cv2 = common.import_cv2()
+    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr_frames]
+    return np.stack([common.resize_frame(g, image_size, crop) for g in gray]).astype(np.uint8)
 
 
 def _load(item, image_size: int, crop: str) -> np.ndarray:
-  path, member = item[2], item[3]
-  if member is None:
-    return kth_frames(common.decode_video_frames(path), image_size, crop)
-  tmp_dir = tempfile.mkdtemp(prefix="kth_")
-  try:
-    with zipfile.ZipFile(path) as zf:
-      extracted = zf.extract(member, tmp_dir)
-    return kth_frames(common.decode_video_frames(extracted), image_size, crop)
-  finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    path, member = item[2], item[3]
+    if member is None:
+        return kth_frames(common.decode_video_frames(path), image_size, crop)
+    tmp_dir = tempfile.mkdtemp(prefix="kth_")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            extracted = zf.extract(member, tmp_dir)
+        return kth_frames(common.decode_video_frames(extracted), image_size, crop)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def plan(src: str, kth_split: str = "mcvd", kth_crop: str = "squash",
-         image_size: int = 64) -> common.ConversionPlan:
-  common.require_dir(src, "KTH source")
-  if kth_split not in SPLITS:
-    raise ValueError(f"kth_split must be one of {sorted(SPLITS)}, got {kth_split!r}.")
-  if kth_crop not in ("squash", "center"):
-    raise ValueError(f"kth_crop must be 'squash' or 'center', got {kth_crop!r}.")
-  found = _find_videos(src)
-  notes = []
-  expected = {f"person{p:02d}_{a}_d{d}" for p in range(1, 26) for a in ACTIONS for d in range(1, 5)}
-  for stem in KNOWN_MISSING:
-    if stem not in found:
-      notes.append(f"{stem} is absent from the official release (known); 599 videos, not 600.")
-  missing = sorted(expected - set(found) - set(KNOWN_MISSING))
-  if missing:
-    notes.append(f"{len(missing)} expected video(s) not found, e.g. {missing[:3]}; the splits "
-                 f"are smaller than the published ones.")
-  splits = []
-  for split_name, persons in SPLITS[kth_split].items():
-    items = []
-    for stem, (path, member) in found.items():
-      person, action = int(stem[6:8]), stem.split("_")[1]
-      if person in persons:
-        items.append((f"{action}/{stem}_uncomp.avi", stem, path, member))
-    items.sort()
-    splits.append(common.SplitPlan(
-        split_name, items, load=lambda item, s=image_size, c=kth_crop: _load(item, s, c)))
-  options = {"kth_split": kth_split, "kth_crop": kth_crop, "image_size": image_size}
-  return common.ConversionPlan("kth", splits, options, notes)
+def plan(
+    src: str, kth_split: str = "mcvd", kth_crop: str = "squash", image_size: int = 64
+) -> common.ConversionPlan:
+    common.require_dir(src, "KTH source")
+    if kth_split not in SPLITS:
+        raise ValueError(f"kth_split must be one of {sorted(SPLITS)}, got {kth_split!r}.")
+    if kth_crop not in ("squash", "center"):
+        raise ValueError(f"kth_crop must be 'squash' or 'center', got {kth_crop!r}.")
+    found = _find_videos(src)
+    notes = []
+    expected = {
+        f"person{p:02d}_{a}_d{d}" for p in range(1, 26) for a in ACTIONS for d in range(1, 5)
+    }
+    for stem in KNOWN_MISSING:
+        if stem not in found:
+            notes.append(
+                f"{stem} is absent from the official release (known); 599 videos, not 600."
+            )
+    missing = sorted(expected - set(found) - set(KNOWN_MISSING))
+    if missing:
+        notes.append(
+            f"{len(missing)} expected video(s) not found, e.g. {missing[:3]}; the splits "
+            f"are smaller than the published ones."
+        )
+    splits = []
+    for split_name, persons in SPLITS[kth_split].items():
+        items = []
+        for stem, (path, member) in found.items():
+            person, action = int(stem[6:8]), stem.split("_")[1]
+            if person in persons:
+                items.append((f"{action}/{stem}_uncomp.avi", stem, path, member))
+        items.sort()
+        splits.append(
+            common.SplitPlan(
+                split_name, items, load=lambda item, s=image_size, c=kth_crop: _load(item, s, c)
+            )
+        )
+    options = {"kth_split": kth_split, "kth_crop": kth_crop, "image_size": image_size}
+    return common.ConversionPlan("kth", splits, options, notes)

@@ -16,26 +16,46 @@ from predvdm_jax.data.converters import common
 TEST_DIGIT_POOL = 256
 
 
-def plan(src: str, num_digits: int = 3, num_train: int = 60000, num_test: int = 256,
-         seq_len: int = 40, seed: int = 0) -> common.ConversionPlan:
-  if not os.path.exists(src):
-    raise common.SourceError(f"SMMNIST source {src!r} does not exist; expected mnist.npz or a "
-                             f"folder with train-images-idx3-ubyte.gz and "
-                             f"t10k-images-idx3-ubyte.gz.")
-  try:
-    train_images, test_images = moving_digits.load_mnist(src)
-  except FileNotFoundError as e:
-    raise common.SourceError(f"SMMNIST source: {e}") from e
-  pools = {"train": moving_digits.resize_digits(train_images),
-           "test": moving_digits.resize_digits(test_images[:TEST_DIGIT_POOL])}
-  splits = []
-  for split, count in (("train", num_train), ("test", num_test)):
-    def load(index, split=split):
-      return moving_digits.moving_digits_video(
-          pools[split], moving_digits.video_rng(seed, split, index), num_digits, seq_len)
-    splits.append(common.SplitPlan(split, range(count), load=load))
-  options = {"num_digits": num_digits, "num_train": num_train, "num_test": num_test,
-             "seq_len": seq_len, "seed": seed}
-  notes = [f"digits: {len(train_images)} train images, test pool = first "
-           f"{min(TEST_DIGIT_POOL, len(test_images))} test images"]
-  return common.ConversionPlan("smmnist", splits, options, notes)
+def plan(
+    src: str,
+    num_digits: int = 3,
+    num_train: int = 60000,
+    num_test: int = 256,
+    seq_len: int = 40,
+    seed: int = 0,
+) -> common.ConversionPlan:
+    if not os.path.exists(src):
+        raise common.SourceError(
+            f"SMMNIST source {src!r} does not exist; expected mnist.npz or a "
+            f"folder with train-images-idx3-ubyte.gz and "
+            f"t10k-images-idx3-ubyte.gz."
+        )
+    try:
+        train_images, test_images = moving_digits.load_mnist(src)
+    except FileNotFoundError as e:
+        raise common.SourceError(f"SMMNIST source: {e}") from e
+    pools = {
+        "train": moving_digits.resize_digits(train_images),
+        "test": moving_digits.resize_digits(test_images[:TEST_DIGIT_POOL]),
+    }
+    splits = []
+    for split, count in (("train", num_train), ("test", num_test)):
+
+        def load(index, split=split):
+            return moving_digits.moving_digits_video(
+                pools[split], moving_digits.video_rng(seed, split, index), num_digits, seq_len
+            )
+
+        splits.append(common.SplitPlan(split, range(count), load=load))
+    options = {
+        "num_digits": num_digits,
+        "num_train": num_train,
+        "num_test": num_test,
+        "seq_len": seq_len,
+        "seed": seed,
+    }
+    notes = [
+        f"digits: {len(train_images)} train images, test pool = first "
+        f"{min(TEST_DIGIT_POOL, len(test_images))} test images"
+    ]
+    return common.ConversionPlan("smmnist", splits, options, notes)
