@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import glob
+import itertools
 import os
 import re
 from typing import Iterable, Sequence
@@ -115,6 +116,22 @@ class ShardWriter:
             self.abort()
 
 
+def write_shard(path: str, videos: Iterable[np.ndarray], compression: str | None = "lzf") -> int:
+    """Writes ``videos`` as one shard through ``ShardWriter``; returns their count.
+
+    No videos: no file. A failure, in writing or in producing a video, leaves no shard.
+    """
+    videos = iter(videos)
+    try:
+        first = next(videos)
+    except StopIteration:
+        return 0
+    with ShardWriter(path, compression) as writer:
+        for video in itertools.chain([first], videos):
+            writer.add_video(video)
+    return writer.num_videos
+
+
 def write_split(
     split_dir: str,
     videos: Iterable[np.ndarray],
@@ -122,23 +139,17 @@ def write_split(
     compression: str | None = "lzf",
 ) -> int:
     """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards; returns the count."""
-    count, shard, writer = 0, 1, None
-    try:
-        for video in videos:
-            if writer is None:
-                writer = ShardWriter(shard_path(split_dir, shard), compression)
-            writer.add_video(video)
-            count += 1
-            if writer.num_videos == vids_per_shard:
-                writer.close()
-                writer, shard = None, shard + 1
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    if writer is not None:
-        writer.close()
-    return count
+    if vids_per_shard < 1:
+        raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
+    videos = iter(videos)
+    count = 0
+    for shard in itertools.count(1):
+        written = write_shard(
+            shard_path(split_dir, shard), itertools.islice(videos, vids_per_shard), compression
+        )
+        if not written:
+            return count
+        count += written
 
 
 def _check_frame(frame, expected_shape, where: str, what: str, kind: str = "frames") -> None:

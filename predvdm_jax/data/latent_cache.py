@@ -34,7 +34,7 @@ from flax import traverse_util
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
-from predvdm_jax.data.loader import to_model_range
+from predvdm_jax.data.loader import check_frame_size, to_model_range
 from predvdm_jax.tensor_files import read_safetensors
 
 CACHE_INFO = "cache_info.json"
@@ -206,11 +206,7 @@ def encode_split(
     if batch_frames < 1:
         raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
     source = VideoShards(src_split_dir, "frames")
-    if source.frame_shape[:2] != (config.data.image_size,) * 2:
-        raise DatasetError(
-            f"{src_split_dir} has {source.frame_shape[0]}x{source.frame_shape[1]} frames but "
-            f"data.image_size is {config.data.image_size}; use the config made for this dataset."
-        )
+    check_frame_size(source, config.data.image_size, config.data.channels)
     os.makedirs(out_split_dir, exist_ok=True)
     info = _check_resume(
         out_split_dir, cache_info(config, src_split_dir, dtype, vq_params_path, vq_params)

@@ -28,11 +28,17 @@ from absl import flags
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 
 _TRAIN_STREAM, _FLIP_STREAM, _EVAL_STREAM = 1, 2, 3
+_BATCH_KEYS = {"frames": "video", "latents": "latents"}  # a split's kind → its batch key
 
 
 def to_model_range(clip_uint8: np.ndarray) -> np.ndarray:
     """uint8 0..255 → float32 in [-1, 1]."""
     return clip_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def _model_input(clip: np.ndarray, kind: str) -> np.ndarray:
+    """A clip as stored → float32: frames to [-1, 1], latents unchanged."""
+    return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +199,9 @@ def train_iterator(
         clip = shards.read_clip(video, start, num_frames)
         if flip:
             clip = clip[:, :, ::-1]
-        return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+        return _model_input(clip, kind)
 
-    key = "video" if kind == "frames" else "latents"
+    key = _BATCH_KEYS[kind]
     batches = (
         grain.MapDataset.range(2**40)
         .map(read)
@@ -255,11 +261,10 @@ def eval_iterator(
         clip_index = step * batch_size + process * local + j
         real = clip_index < num_clips
         video, start = windows[clip_index if real else 0]
-        clip = shards.read_clip(video, start, num_frames)
-        clip = to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
+        clip = _model_input(shards.read_clip(video, start, num_frames), kind)
         return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}
 
-    key = "video" if kind == "frames" else "latents"
+    key = _BATCH_KEYS[kind]
 
     def rename(batch):
         batch[key] = batch.pop("clip")

@@ -5,9 +5,9 @@ integer velocity in [-4, 4]; when it leaves the canvas it is put back on the
 border and gets a random new velocity pointing inwards. Digits are summed and
 clipped at 1, then stored as ``uint8(x * 255)`` (truncation, as the original).
 
-With real MNIST files (``load_mnist``) this is genuine SMMNIST. With nothing
-supplied it uses scikit-learn's 8×8 handwritten digits, upscaled, so the
-embedded default works offline.
+``write_moving_digits`` writes the embedded default from scikit-learn's 8×8
+handwritten digits, upscaled, so it works offline; genuine SMMNIST, from real
+MNIST, is ``converters/smmnist.py`` (``scripts/prepare_data.py --dataset=smmnist``).
 
 Unlike the original (one global ``np.random.seed(0)``), every video has its own
 generator seeded by ``(seed, split, index)``: a video is reproducible on its
@@ -16,9 +16,7 @@ own, independent of generation order.
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 
 import numpy as np
 from PIL import Image
@@ -26,44 +24,6 @@ from PIL import Image
 from predvdm_jax.data import hdf5
 
 SPLIT_IDS = {"train": 0, "test": 1}
-
-
-def _read_idx(path: str) -> np.ndarray:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an idx file of uint8 images (magic {data[:4]!r}).")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST (train, test) uint8 images ``(N, 28, 28)`` from ``mnist.npz`` or idx files.
-
-    ``path`` is an ``.npz`` file (keys ``x_train``/``x_test``) or a folder with
-    ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``.
-    """
-    if os.path.isfile(path) and path.endswith(".npz"):
-        with np.load(path) as f:
-            return np.asarray(f["x_train"], np.uint8), np.asarray(f["x_test"], np.uint8)
-    if os.path.isdir(path):
-        found = {}
-        for split, stem in (
-            ("train", "train-images-idx3-ubyte"),
-            ("test", "t10k-images-idx3-ubyte"),
-        ):
-            for name in (stem + ".gz", stem):
-                if os.path.exists(os.path.join(path, name)):
-                    found[split] = _read_idx(os.path.join(path, name))
-                    break
-        if len(found) == 2:
-            return found["train"], found["test"]
-    raise FileNotFoundError(
-        f"No MNIST found at {path!r}: give a mnist.npz file or a folder holding "
-        f"train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz."
-    )
 
 
 def load_sklearn_digits(num_train: int = 1500) -> tuple[np.ndarray, np.ndarray]:
@@ -138,30 +98,29 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def write_moving_digits(
     out_dir: str,
-    digits_source: str | None = None,
-    num_train: int = 60000,
+    digits_source: None = None,
+    num_train: int = 2000,
     num_test: int = 256,
     num_digits: int = 2,
     seq_len: int = 40,
     seed: int = 0,
-    test_digit_pool: int | None = None,
     image_size: int = 64,
     digit_size: int = 32,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Writes ``out_dir/train`` and ``out_dir/test`` in the HDF5 video format.
+    """Writes ``out_dir/train`` and ``out_dir/test`` from scikit-learn's digits (1500
+    train / 297 test images) in the HDF5 video format.
 
-    ``digits_source``: None or ``'sklearn'`` for scikit-learn's digits, otherwise
-    a path accepted by ``load_mnist``. ``test_digit_pool=256`` restricts test
-    digits to the first 256 test images (the SMMNIST protocol). A split whose
-    shard already exists is kept, so an interrupted run resumes.
+    ``digits_source`` must be None: videos of real MNIST digits are
+    ``scripts/prepare_data.py --dataset=smmnist``. A split whose shard already
+    exists is kept, so an interrupted run resumes.
     """
-    if digits_source in (None, "sklearn"):
-        train_images, test_images = load_sklearn_digits()
-    else:
-        train_images, test_images = load_mnist(digits_source)
-    if test_digit_pool:
-        test_images = test_images[:test_digit_pool]
+    if digits_source is not None:
+        raise ValueError(
+            f"write_moving_digits uses scikit-learn's digits, got digits_source={digits_source!r}; "
+            f"for MNIST run scripts/prepare_data.py --dataset=smmnist --src=MNIST --out=DIR."
+        )
+    train_images, test_images = load_sklearn_digits()
     counts = {}
     for split, images, count in (
         ("train", train_images, num_train),

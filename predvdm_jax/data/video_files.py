@@ -10,6 +10,7 @@ from PIL import Image
 
 from predvdm_jax.data.hdf5 import natural_key
 from predvdm_jax.data.loader import to_model_range
+from predvdm_jax.data.resize import center_square, resize_lanczos
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -54,15 +55,6 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
     return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f, 3, axis=-1) for f in frames]
 
 
-def _square(frame: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, then a Lanczos resize to ``size``."""
-    h, w = frame.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = Image.fromarray(frame[top : top + side, left : left + side])
-    return np.asarray(crop.resize((size, size), Image.LANCZOS) if side != size else crop)
-
-
 def read_clip(path: str, image_size: int, channels: int, num_frames: int) -> np.ndarray:
     """The first ``num_frames`` frames as float32 ``(T, size, size, channels)`` in [-1, 1]."""
     frames = _frames_from_path(path)
@@ -71,7 +63,7 @@ def read_clip(path: str, image_size: int, channels: int, num_frames: int) -> np.
             f"{path!r} has {len(frames)} frames; at least {num_frames} are needed "
             f"(the conditioning frames)."
         )
-    clip = np.stack([_square(f, image_size) for f in frames[:num_frames]])
+    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in frames[:num_frames]])
     if channels == 1:
         gray = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in clip])
         clip = gray[..., None]

@@ -2,6 +2,7 @@
 originals' preprocessing recomputed here (cv2 / PIL / torch / protobuf)."""
 
 import csv
+import gzip
 import os
 import struct
 import zipfile
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from predvdm_jax.data import converters, hdf5
-from predvdm_jax.data.converters import SourceError, bair
+from predvdm_jax.data.converters import SourceError, bair, smmnist
 
 cv2 = pytest.importorskip("cv2")
 
@@ -202,6 +203,25 @@ def test_interrupted_conversion_resumes_to_identical_files(kth_src, tmp_path):
         converters.convert("kth", str(kth_src), resumed, vids_per_shard=3, progress=False)
 
 
+def test_skipped_items_keep_the_shard_of_every_item_fixed(tmp_path):
+    """Shard k holds items [(k-1)n, kn) even when some are skipped; one all skipped is absent."""
+    skip = {1, 2, 3}
+
+    def load(item):
+        return None if item in skip else np.full((2, 4, 4), item, np.uint8)
+
+    plan = converters.ConversionPlan("toy", [converters.SplitPlan("train", range(5), load)], {})
+    summary = converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
+    result = summary.split("train")
+    assert (result.converted_videos, result.skipped_items, result.reused_shards) == (2, 3, 0)
+    assert sorted(os.listdir(tmp_path / "train")) == ["shard_0001.hdf5", "shard_0003.hdf5"]
+    shards = _shards(str(tmp_path / "train"))
+    assert [int(_video(shards, i).max()) for i in range(len(shards))] == [0, 4]
+    again = converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
+    result = again.split("train")
+    assert (result.converted_videos, result.skipped_items, result.reused_shards) == (0, 2, 2)
+
+
 # ---------------------------------------------------------------- SMMNIST
 
 
@@ -239,6 +259,22 @@ def test_smmnist_from_mnist_npz_uses_test_pool_and_three_digits(tmp_path):
         lit = (video > 0).sum(axis=(1, 2))
         assert lit.min() >= 32 * 32 and lit.max() <= 3 * 32 * 32
     assert (_video(train, 0)[..., 0] > 0).sum(axis=(1, 2)).max() > 32 * 32
+
+
+def test_mnist_npz_and_idx(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=images, x_test=images[:2])
+    train, test = smmnist.load_mnist(str(tmp_path / "mnist.npz"))
+    np.testing.assert_array_equal(train, images)
+    for name, arr in (
+        ("train-images-idx3-ubyte.gz", images),
+        ("t10k-images-idx3-ubyte.gz", images[:2]),
+    ):
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", *arr.shape) + arr.tobytes())
+    train, test = smmnist.load_mnist(str(tmp_path))
+    np.testing.assert_array_equal(train, images)
+    np.testing.assert_array_equal(test, images[:2])
 
 
 def test_smmnist_missing_source(tmp_path):

@@ -122,6 +122,32 @@ def test_interrupted_write_leaves_no_finished_shard(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_interrupted_split_keeps_its_finished_shards_only(tmp_path):
+    written = _videos(np.random.default_rng(8), [2, 3, 2], (4, 4))
+
+    def videos():
+        yield from written
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hdf5.write_split(str(tmp_path), videos(), vids_per_shard=2)
+    assert os.listdir(tmp_path) == ["shard_0001.hdf5"]
+    shards = hdf5.VideoShards(str(tmp_path))
+    assert list(shards.frame_counts) == [2, 3]
+    for i in range(2):
+        np.testing.assert_array_equal(shards.read_clip(i, 0, len(written[i]))[..., 0], written[i])
+
+
+def test_a_split_of_whole_shards_ends_without_an_empty_one(tmp_path):
+    videos = _videos(np.random.default_rng(9), [1, 1, 1, 1], (4, 4))
+    assert hdf5.write_split(str(tmp_path / "a"), iter(videos), vids_per_shard=2) == 4
+    assert sorted(os.listdir(tmp_path / "a")) == ["shard_0001.hdf5", "shard_0002.hdf5"]
+    assert hdf5.write_split(str(tmp_path / "b"), []) == 0
+    assert not os.path.exists(tmp_path / "b")
+    with pytest.raises(ValueError, match="vids_per_shard must be >= 1"):
+        hdf5.write_split(str(tmp_path / "c"), videos, vids_per_shard=0)
+
+
 def test_shards_are_read_in_shard_number_order_past_9999(tmp_path):
     """``shard_{:04d}`` names shard 10000 ``shard_10000``: before ``shard_1001`` as text."""
     numbers = [2, 1001, 9999, 10000, 10001]

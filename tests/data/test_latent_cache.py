@@ -110,6 +110,23 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
         assert sorted(f.keys()) == ["0", "1", "len", "videos"]
 
 
+@pytest.mark.parametrize(
+    "frame_shape, holds",
+    [((SIZE, SIZE, 3), f"{SIZE}x{SIZE} frames with 3 channel(s)"), ((8, 8), "8x8 frames with 1")],
+)
+def test_a_split_of_another_frame_size_or_channels_is_refused_up_front(
+    setup, tmp_path, frame_shape, holds
+):
+    _, _, config, _, params = setup  # data.image_size=SIZE, data.channels=1
+    src, out = str(tmp_path / "frames"), str(tmp_path / "latents")
+    write_split(src, [np.zeros((2, *frame_shape), np.uint8)])
+    with pytest.raises(DatasetError) as err:
+        encode_split(config, params, src, out)
+    assert str(err.value).startswith(f"{src} holds {holds}")
+    assert f"data.image_size={SIZE} with data.channels=1" in str(err.value)
+    assert not os.path.exists(out)
+
+
 def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog):
     root, videos, config, system, params = setup
     out = str(root / "checked")

@@ -1,4 +1,7 @@
+import os
+
 import numpy as np
+import pytest
 
 from predvdm_jax.data import hdf5, moving_digits
 
@@ -53,18 +56,7 @@ def test_writes_splits_and_resumes(tmp_path):
     )
 
 
-def test_mnist_npz_and_idx(tmp_path):
-    import gzip, struct
-
-    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    np.savez(tmp_path / "mnist.npz", x_train=images, x_test=images[:2])
-    train, test = moving_digits.load_mnist(str(tmp_path / "mnist.npz"))
-    np.testing.assert_array_equal(train, images)
-    for name, arr in (
-        ("train-images-idx3-ubyte.gz", images),
-        ("t10k-images-idx3-ubyte.gz", images[:2]),
-    ):
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", *arr.shape) + arr.tobytes())
-    train, test = moving_digits.load_mnist(str(tmp_path))
-    np.testing.assert_array_equal(test, images[:2])
+def test_real_mnist_goes_through_the_smmnist_converter(tmp_path):
+    with pytest.raises(ValueError, match="prepare_data.py --dataset=smmnist"):
+        moving_digits.write_moving_digits(str(tmp_path), "mnist.npz", 2, 2, progress=False)
+    assert not os.listdir(tmp_path)

@@ -30,3 +30,19 @@ def test_folder_frames_of_another_size_are_refused(tmp_path):
         r"frame, is 8x8; every frame",
     ):
         video_files.read_clip(str(tmp_path / "clip"), 8, 3, 4)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_frames_are_center_cropped_and_lanczos_resized(tmp_path, channels):
+    (tmp_path / "clip").mkdir()
+    rng = np.random.default_rng(0)
+    references = []
+    for t in range(3):
+        path = tmp_path / "clip" / f"{t}.png"
+        Image.fromarray(rng.integers(0, 256, (10, 16, 3), dtype=np.uint8)).save(path)
+        with Image.open(path) as image:  # the central 10x10 of the 16x10 frame, then Lanczos
+            square = image.crop((3, 0, 13, 10)).resize((8, 8), Image.LANCZOS)
+            references.append(np.asarray(square.convert("RGB" if channels == 3 else "L")))
+    clip = video_files.read_clip(str(tmp_path / "clip"), 8, channels, 3)
+    expected = np.stack(references).reshape(3, 8, 8, channels)
+    np.testing.assert_array_equal(np.round((clip + 1) * 127.5).astype(np.uint8), expected)

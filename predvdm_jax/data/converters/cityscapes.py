@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from predvdm_jax.data.converters import common
+from predvdm_jax.data.resize import center_square, resize_lanczos
 
 SPLITS = ("train", "val", "test")
 FRAMES_PER_SEQUENCE = 30
@@ -25,14 +26,7 @@ _NAME = re.compile(r"^(.+)_(\d+)_(\d+)_leftImg8bit\.png$")
 
 def cityscapes_frame(path: str, image_size: int = 128) -> np.ndarray:
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s)).resize(
-            (image_size, image_size), Image.LANCZOS
-        )
-        return np.asarray(img, np.uint8)
+        return resize_lanczos(center_square(np.asarray(img.convert("RGB"))), image_size)
 
 
 def _root(src: str) -> str:

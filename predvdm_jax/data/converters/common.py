@@ -24,6 +24,7 @@ import numpy as np
 
 from predvdm_jax import atomic_io
 from predvdm_jax.data import hdf5
+from predvdm_jax.data.resize import center_square
 
 MANIFEST_NAME = "conversion.json"
 DEFAULT_VIDS_PER_SHARD = 1000
@@ -201,34 +202,35 @@ def run_plan(
                     reused += 1
                     bar.update(stop - start)
                     continue
-                writer = None
-                try:
-                    for index, video in zip(
-                        range(start, stop), _videos_in_order(split, start, stop, num_workers)
-                    ):
-                        bar.update(1)
-                        if video is None:
-                            skipped += 1
-                            continue
-                        if writer is None:
-                            writer = hdf5.ShardWriter(path, compression)
-                        writer.add_video(video)
-                        converted += 1
-                        bar.set_postfix(written=converted, skipped=skipped, refresh=False)
-                        if on_video is not None:
-                            on_video(split.name, index)
-                except BaseException:
-                    if writer is not None:
-                        writer.abort()
-                    raise
-                if writer is not None:
-                    writer.close()
+                written = hdf5.write_shard(
+                    path, _shard_videos(split, start, stop, num_workers, bar, on_video), compression
+                )
+                converted, skipped = converted + written, skipped + (stop - start - written)
+                bar.set_postfix(written=converted, skipped=skipped)
         seconds = time.perf_counter() - started
         videos, frames, size = _split_totals(split_dir)
         results.append(
             SplitResult(split.name, videos, frames, size, converted, skipped, reused, seconds)
         )
     return ConversionSummary(plan.dataset, out_dir, tuple(results), tuple(plan.notes))
+
+
+def _shard_videos(
+    split: SplitPlan,
+    start: int,
+    stop: int,
+    num_workers: int,
+    bar,
+    on_video: Callable[[str, int], None] | None,
+) -> Iterator[np.ndarray]:
+    """The videos of items ``start … stop-1``, skipped items dropped; ``on_video`` runs
+    after each one is written (the generator resumes once the writer has added it)."""
+    for index, video in zip(range(start, stop), _videos_in_order(split, start, stop, num_workers)):
+        bar.update(1)
+        if video is not None:
+            yield video
+            if on_video is not None:
+                on_video(split.name, index)
 
 
 def require_dir(path: str, what: str) -> str:
@@ -282,10 +284,3 @@ def resize_frame(frame: np.ndarray, size: int, crop: str) -> np.ndarray:
     elif crop != "squash":
         raise ValueError(f"crop must be 'squash' or 'center', got {crop!r}.")
     return cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def center_square(frame: np.ndarray) -> np.ndarray:
-    h, w = frame.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return frame[top : top + s, left : left + s]
