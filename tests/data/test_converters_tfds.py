@@ -1,4 +1,5 @@
-"""The TFDS converter on ``tfds.testing.mock_data`` (needs the tfds extra)."""
+"""The TFDS converter: its argument checks, and a conversion of ``tfds.testing.mock_data``
+(that one needs the tfds extra)."""
 
 import numpy as np
 import pytest
@@ -6,11 +7,10 @@ import pytest
 from predvdm_jax.data import converters, hdf5
 from predvdm_jax.data.converters import SourceError
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("tensorflow")
-
 
 def test_tfds_moving_mnist_mock(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow")
     with tfds.testing.mock_data(num_examples=3):
         reference = [
             ex["image_sequence"]
