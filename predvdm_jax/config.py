@@ -18,9 +18,12 @@ import sys
 import ml_collections
 from absl import app, flags
 
-PREDICTOR_MODES = ("tc", "ct", "tcct_para", "tc_attn", "tcct_para_attn")
-SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
-PARAMETERIZATIONS = ("eps", "x0", "v")
+from predvdm_jax.diffusion.loss import REDUCTIONS
+from predvdm_jax.diffusion.parameterization import PARAMETERIZATIONS
+from predvdm_jax.diffusion.samplers import SAMPLERS, SKIP_TYPES
+from predvdm_jax.diffusion.schedule import BETA_SCHEDULES
+from predvdm_jax.training.sharding import DEFAULT_MIN_SIZE
+
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 PROTOCOLS = ("predvdm", "mcvd", "extdm")
 
@@ -131,7 +134,12 @@ def default_config() -> ml_collections.ConfigDict:
     )
     # slices: device groups joined by a slower network (TPU multislice; processes elsewhere):
     # data is split across them, each fsdp row stays inside one (training/mesh.py)
-    c.mesh = dict(data=-1, fsdp=1, slices=1)
+    c.mesh = dict(
+        data=-1,
+        fsdp=1,
+        slices=1,
+        min_shard_size=DEFAULT_MIN_SIZE,  # params of fewer elements are replicated, not fsdp-split
+    )
 
     c.sampling = dict(
         sampler="ddim",
@@ -140,7 +148,8 @@ def default_config() -> ml_collections.ConfigDict:
         order=2,
         skip_type="time_uniform",
         lower_order_final=True,
-        clip_x0=0.0,
+        clip_x0=0.0,  # > 0: clip x̂0 to ±clip_x0 (the bound c of dynamic thresholding)
+        dynamic_threshold=0.0,  # > 0: a quantile p of |x̂0| (dynamic thresholding, docs/evaluation.md)
         reencode=False,
     )
 
@@ -253,10 +262,15 @@ def _range_errors(c) -> list[str]:
         )
     if m.slices < 1:
         errors.append(f"mesh.slices must be >= 1, got {m.slices}")
+    if m.min_shard_size < 0:
+        errors.append(f"mesh.min_shard_size must be >= 0, got {m.min_shard_size}")
     return errors
 
 
 def _combination_errors(c) -> list[str]:
+    # Not a top-level import: models/unet.py imports this module (ATTENTION_IMPLS).
+    from predvdm_jax.models.predictor import MODES
+
     errors = []
     d = c.data
     if d.channels not in (1, 3):
@@ -306,8 +320,8 @@ def _combination_errors(c) -> list[str]:
             f"width model_channels × channel_mult"
         )
     m = c.model
-    if m.mode not in PREDICTOR_MODES:
-        errors.append(f"model.mode {m.mode!r} is not one of {PREDICTOR_MODES}")
+    if m.mode not in MODES:
+        errors.append(f"model.mode {m.mode!r} is not one of {MODES}")
     if m.mode.endswith("_attn") and (
         m.attn_heads_tc < 1
         or m.attn_dim_head < 1
@@ -322,19 +336,17 @@ def _combination_errors(c) -> list[str]:
     if m.attention not in ATTENTION_IMPLS:
         errors.append(f"model.attention {m.attention!r} is not one of {ATTENTION_IMPLS}")
     df = c.diffusion
-    if df.beta_schedule not in ("linear", "cosine", "linear_beta"):
+    if df.beta_schedule not in BETA_SCHEDULES:
         errors.append(
-            f"diffusion.beta_schedule {df.beta_schedule!r} is not linear/cosine/linear_beta"
+            f"diffusion.beta_schedule {df.beta_schedule!r} is not one of {BETA_SCHEDULES}"
         )
     if df.parameterization not in PARAMETERIZATIONS:
         errors.append(
             f"diffusion.parameterization must be one of {PARAMETERIZATIONS}, "
             f"got {df.parameterization!r}"
         )
-    if df.loss_reduction not in ("sum", "mean"):
-        errors.append(
-            f"diffusion.loss_reduction must be 'sum' or 'mean', got {df.loss_reduction!r}"
-        )
+    if df.loss_reduction not in REDUCTIONS:
+        errors.append(f"diffusion.loss_reduction {df.loss_reduction!r} is not one of {REDUCTIONS}")
     if not 0 < df.linear_start < df.linear_end < 1:
         errors.append("diffusion.linear_start < diffusion.linear_end must both lie in (0, 1)")
     s = c.sampling
@@ -344,8 +356,15 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
     if not 1 <= s.order <= 3:
         errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
-    if s.skip_type not in ("time_uniform", "logSNR"):
-        errors.append(f"sampling.skip_type must be 'time_uniform' or 'logSNR', got {s.skip_type!r}")
+    if s.skip_type not in SKIP_TYPES:
+        errors.append(f"sampling.skip_type {s.skip_type!r} is not one of {SKIP_TYPES}")
+    if not 0 <= s.clip_x0 < math.inf:
+        errors.append(f"sampling.clip_x0 must be >= 0 (0: no clipping), got {s.clip_x0}")
+    if not 0 <= s.dynamic_threshold < 1:
+        errors.append(
+            f"sampling.dynamic_threshold must be 0 (off) or a quantile in (0, 1), got "
+            f"{s.dynamic_threshold}"
+        )
     e = c.eval
     if e.protocol not in PROTOCOLS:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")

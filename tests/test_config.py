@@ -5,6 +5,8 @@ import ml_collections
 import pytest
 
 from predvdm_jax import config as config_lib
+from predvdm_jax.diffusion import latent_diffusion, loss, parameterization, samplers, schedule
+from predvdm_jax.models import predictor
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
@@ -94,6 +96,14 @@ def test_type_safe_assignment_names_the_field():
         (dict(mesh__fsdp=-2), "got data=-1, fsdp=-2"),
         (dict(mesh__data=-1, mesh__fsdp=-1), "got data=-1, fsdp=-1"),
         (dict(mesh__slices=0), "mesh.slices must be >= 1, got 0"),
+        (dict(mesh__min_shard_size=-1), "mesh.min_shard_size must be >= 0, got -1"),
+        (dict(optimizer__learning_rte=1e-3), "unknown config field 'optimizer.learning_rte'"),
+        (dict(sampling__skip_type="uniform"), "sampling.skip_type 'uniform' is not one of"),
+        (dict(sampling__clip_x0=-1.0), "sampling.clip_x0 must be >= 0"),
+        (dict(sampling__dynamic_threshold=1.0), "sampling.dynamic_threshold must be 0 (off) or"),
+        (dict(sampling__dynamic_threshold=-0.5), "sampling.dynamic_threshold must be 0 (off) or"),
+        (dict(diffusion__beta_schedule="sigmoid"), "diffusion.beta_schedule 'sigmoid' is not one"),
+        (dict(diffusion__loss_reduction="max"), "diffusion.loss_reduction 'max' is not one of"),
         (
             dict(data__latent_train_dir="latents/train", data__horizontal_flip=True),
             "data.horizontal_flip cannot apply to cached latents",
@@ -136,3 +146,47 @@ def test_overrides_apply_even_when_they_equal_the_schema_default():
     assert saved.sampling.steps == 20  # the saved config is untouched
     with pytest.raises(config_lib.ConfigError, match="sampling.steps must be in"):
         config_lib.with_overrides(saved, {"sampling.steps": 0})
+
+
+@pytest.mark.parametrize(
+    "field, values",
+    [
+        ("model.mode", predictor.MODES),
+        ("sampling.sampler", samplers.SAMPLERS),
+        ("sampling.skip_type", samplers.SKIP_TYPES),
+        ("diffusion.beta_schedule", schedule.BETA_SCHEDULES),
+        ("diffusion.loss_reduction", loss.REDUCTIONS),
+        ("diffusion.parameterization", parameterization.PARAMETERIZATIONS),
+    ],
+)
+def test_the_config_accepts_every_value_the_implementation_has(field, values):
+    for value in values:
+        config_lib.validate(_bad(**{field.replace(".", "__"): value}))
+
+
+def test_sampling_fields_reach_the_sampler():
+    config = config_lib.default_config()
+    config.sampling.update(
+        dict(
+            sampler="dpm_solver_pp",
+            steps=7,
+            order=3,
+            skip_type="time_quadratic",
+            lower_order_final=False,
+            clip_x0=2.0,
+            dynamic_threshold=0.995,
+        )
+    )
+    settings = latent_diffusion.sampler_settings(config_lib.finalize(config).sampling)
+    assert settings == samplers.SamplerSettings(
+        "dpm_solver_pp",
+        steps=7,
+        eta=1.0,
+        order=3,
+        skip_type="time_quadratic",
+        lower_order_final=False,
+        clip_x0=2.0,
+        dynamic_threshold=0.995,
+    )
+    off = latent_diffusion.sampler_settings(config_lib.default_config().sampling)
+    assert (off.clip_x0, off.dynamic_threshold) == (None, None)  # 0 in the config: off

@@ -66,6 +66,9 @@ def sampler_settings(sampling: ml_collections.ConfigDict) -> SamplerSettings:
         skip_type=sampling.skip_type,
         lower_order_final=bool(sampling.lower_order_final),
         clip_x0=float(sampling.clip_x0) if sampling.clip_x0 > 0 else None,
+        dynamic_threshold=(
+            float(sampling.dynamic_threshold) if sampling.dynamic_threshold > 0 else None
+        ),
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -13,9 +11,8 @@ from predvdm_jax.diffusion.parameterization import (
     marginal_alpha_sigma,
     training_target,
 )
+from predvdm_jax.diffusion.samplers import DenoiseFn
 from predvdm_jax.diffusion.schedule import DiffusionSchedule, q_sample
-
-DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 REDUCTIONS = ("sum", "mean")
 

@@ -9,15 +9,12 @@ t = 999), which is what hurts a small, briefly trained model; v and x0 bound it.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax.numpy as jnp
 
-from predvdm_jax.config import PARAMETERIZATIONS
-from predvdm_jax.diffusion.samplers import DiscreteVPSchedule
+from predvdm_jax.diffusion.samplers import DenoiseFn, DiscreteVPSchedule
 from predvdm_jax.diffusion.schedule import DiffusionSchedule
 
-DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
 def check_parameterization(parameterization: str) -> str:

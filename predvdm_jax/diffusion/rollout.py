@@ -85,7 +85,7 @@ def make_rollout_fn(
     settings: SamplerSettings,
     reencode_apply: Callable[[Any, jnp.ndarray], jnp.ndarray] | None = None,
 ) -> Callable[[Any, Any, jnp.ndarray, jax.Array], dict[str, jnp.ndarray]]:
-    """A jitted ``fn(denoiser_params, first_stage_params, z_cond, key) -> rollout dict``.
+    """``fn(denoiser_params, first_stage_params, z_cond, key) -> rollout dict``, to be jitted.
 
     ``denoise_apply(denoiser_params, z_t, t, z_cond)``,
     ``decode_apply(first_stage_params, latents)`` and
@@ -94,7 +94,6 @@ def make_rollout_fn(
     compiled program; it recompiles only for a new input shape.
     """
 
-    @jax.jit
     def rollout_fn(denoiser_params, first_stage_params, z_cond, key):
         reencode_fn = None
         if reencode_apply is not None:

@@ -19,9 +19,11 @@ import numpy as np
 from predvdm_jax.diffusion.schedule import DiffusionSchedule
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+"""``fn(z_t, t, z_cond)``: ε̂ for the samplers, the parameterization's output for the loss."""
 
 SAMPLERS = ("ddim", "ddpm", "dpm_solver_pp")
-SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
+SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")  # DPM-Solver's three time grids
+LOWER_ORDER_FINAL_BELOW = 10  # DPM-Solver lowers its final orders only for fewer steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +34,12 @@ class SamplerSettings:
     - ``eta``: DDIM noise scale (PredVDM evaluates with η=1).
     - ``order``, ``skip_type``: DPM-Solver++ multistep order (1–3) and time grid.
     - ``lower_order_final``: DPM-Solver++ drops to lower orders on its last steps,
-      only when ``steps < lower_order_final_below`` (10 in the original; None: always).
+      only when ``steps < LOWER_ORDER_FINAL_BELOW``, as the original.
     - ``clip_x0``: clip x̂0 to [−c, c]. ``dynamic_threshold``: a quantile p of |x̂0|
       per sample; x̂0 is clipped to ±s and rescaled by c/s, s = max(quantile, c),
-      c = ``clip_x0`` or 1 (Imagen / DPM-Solver thresholding).
+      c = ``clip_x0`` or 1. With c = 1 this is Imagen's and DPM-Solver's thresholding;
+      DPM-Solver's ``max_val`` only floors s and always rescales to ±1, here to ±c (latents
+      are not confined to [−1, 1]).
     """
 
     sampler: str = "ddim"
@@ -44,7 +48,6 @@ class SamplerSettings:
     order: int = 2
     skip_type: str = "time_uniform"
     lower_order_final: bool = True
-    lower_order_final_below: int | None = 10
     clip_x0: float | None = None
     dynamic_threshold: float | None = None
 
@@ -62,10 +65,6 @@ class SamplerSettings:
         if self.sampler == "dpm_solver_pp" and self.steps < self.order:
             raise ValueError(
                 f"multistep DPM-Solver++ needs steps >= order, got steps={self.steps} order={self.order}"
-            )
-        if self.lower_order_final_below is not None and self.lower_order_final_below < 1:
-            raise ValueError(
-                f"lower_order_final_below must be None or >= 1, got {self.lower_order_final_below}"
             )
         if self.clip_x0 is not None and not self.clip_x0 > 0:
             raise ValueError(f"clip_x0 must be None or > 0, got {self.clip_x0}")
@@ -274,9 +273,7 @@ def dpm_solver_time_steps(vp: DiscreteVPSchedule, steps: int, skip_type: str) ->
 def dpm_solver_step_orders(settings: SamplerSettings) -> np.ndarray:
     """Order used by each multistep update: warm-up 1..order, optional lower-order final."""
     steps, order = settings.steps, settings.order
-    lower_final = settings.lower_order_final and (
-        settings.lower_order_final_below is None or steps < settings.lower_order_final_below
-    )
+    lower_final = settings.lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
     orders = []
     for step in range(1, steps + 1):
         if step < order:
@@ -304,10 +301,6 @@ def dpm_solver_pp_sample(
     the last ``order`` x̂0 predictions.
     """
     shape = _check_shape(shape, z_cond)
-    if settings.steps < settings.order:
-        raise ValueError(
-            f"multistep DPM-Solver++ needs steps >= order, got steps={settings.steps} order={settings.order}"
-        )
     x, _ = _initial_noise(key, shape, x_T)
     vp = DiscreteVPSchedule(schedule)
     times = dpm_solver_time_steps(vp, settings.steps, settings.skip_type)

@@ -96,8 +96,16 @@ def _settings(sampling: ml_collections.ConfigDict) -> list[tuple[str, str]]:
         parts.append(("" if uniform else sampling.skip_type, sampling.skip_type))
         if not sampling.lower_order_final:
             parts.append(("no_lower_order_final", "no lower-order final steps"))
-    if sampling.clip_x0:
-        parts.append((f"clip{sampling.clip_x0:g}", f"x0 clipped to ±{sampling.clip_x0:g}"))
+    quantile, clip = sampling.dynamic_threshold, sampling.clip_x0
+    if quantile:
+        parts.append(
+            (
+                f"thresh{quantile:g}" + (f"_clip{clip:g}" if clip else ""),
+                f"x0 thresholded at quantile {quantile:g} of |x0| into ±{clip or 1:g}",
+            )
+        )
+    elif clip:
+        parts.append((f"clip{clip:g}", f"x0 clipped to ±{clip:g}"))
     if sampling.reencode:
         parts.append(("reencode", "re-encoded conditioning"))
     return parts

@@ -87,7 +87,8 @@ class LinearAttention(nn.Module):
 
 
 class PredVDMDenoiser(nn.Module):
-    """ε-prediction ``(x_noisy (B,k,h,w,c), t (B,), cond (B,n_cond,h,w,c)) -> (B,k,h,w,c)``.
+    """``(x_noisy (B,k,h,w,c), t (B,), cond (B,n_cond,h,w,c)) -> (B,k,h,w,c)``: ε̂, x̂0 or v̂,
+    whichever ``diffusion.parameterization`` trained it to predict.
 
     ``unet`` holds the :class:`UNetModel` keyword arguments (an LDM
     ``unet_config.params`` section); ``in_channels`` / ``out_channels`` may be

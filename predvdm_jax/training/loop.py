@@ -1,13 +1,10 @@
 """The generic training loop: mesh, state or resume, steps, logs, checkpoints.
 
-Config fields read (defaults in brackets): ``seed`` [0];
-``mesh.data`` [-1], ``mesh.fsdp`` [1], ``mesh.min_shard_size`` [2**18];
-``data.batch_size`` (global); ``optimizer.*`` (see ``optim.py``);
-``train.num_steps``, ``train.log_every`` [100], ``train.save_every`` [1000],
-``train.max_to_keep`` [3], ``train.ema_rate`` [0.999],
-``train.grad_accum_steps`` [1: the global batch in one pass], ``train.profile_start``
-[0 = never] and ``train.profile_steps`` [5]: a profiler trace of those steps in
-``workdir/profile`` (open it with TensorBoard's profile plugin or Perfetto).
+It reads a validated config (``predvdm_jax/config.py`` holds every field's default):
+``seed``, ``mesh.*``, ``data.batch_size`` (global), ``optimizer.*`` (``optim.py``) and
+``train.num_steps``, ``log_every``, ``save_every``, ``max_to_keep``, ``ema_rate``,
+``grad_accum_steps``, ``profile_start`` and ``profile_steps``: a profiler trace of those
+steps in ``workdir/profile`` (open it with TensorBoard's profile plugin or Perfetto).
 
 Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
@@ -28,7 +25,6 @@ import numpy as np
 from absl import logging
 
 from predvdm_jax.config import ConfigError
-from predvdm_jax.training import sharding as sharding_lib
 from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
@@ -52,10 +48,6 @@ class TrainingPreempted(Exception):
     """SIGTERM stopped the run after a step that was then saved: rerun to resume."""
 
     exit_code = 143  # what the shell reports for a process SIGTERM killed: "not finished"
-
-
-def _get(section: Any, name: str, default: Any) -> Any:
-    return section.get(name, default) if section is not None else default
 
 
 def _to_global(batch: Any, mesh: Any) -> Any:
@@ -110,7 +102,6 @@ def train_loop(
     evaluations: Sequence[Evaluation] = (),
     hooks: Sequence[Hook] = (),
     extra_init_fn: Callable[[jax.Array], Any] | None = None,
-    rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
     train_step_builder: Callable[..., Callable] = make_train_step,
 ) -> TrainState:
     """Trains to ``config.train.num_steps`` and returns the final state.
@@ -131,45 +122,28 @@ def train_loop(
     ``train_step_builder`` has ``make_train_step``'s signature; a trainer
     that needs its own step (a GAN updating ``state.extra``) passes one.
     """
-    train_cfg = config.train
-    num_steps = int(train_cfg.num_steps)
-    log_every = int(_get(train_cfg, "log_every", 100))
-    save_every = int(_get(train_cfg, "save_every", 1000))
-    ema_rate = float(_get(train_cfg, "ema_rate", 0.999))
-    grad_accum_steps = int(_get(train_cfg, "grad_accum_steps", 1))
-    profile_start = int(_get(train_cfg, "profile_start", 0))
-    profile_stop = profile_start + int(_get(train_cfg, "profile_steps", 5))
-    mesh_cfg = config.get("mesh", None)
-    mesh = make_mesh(
-        int(_get(mesh_cfg, "data", -1)),
-        int(_get(mesh_cfg, "fsdp", 1)),
-        slices=int(_get(mesh_cfg, "slices", 1)),
-    )
-    min_size = int(_get(mesh_cfg, "min_shard_size", sharding_lib.DEFAULT_MIN_SIZE))
-    batch_size = int(config.data.batch_size)
+    t = config.train
+    num_steps, log_every, save_every = t.num_steps, t.log_every, t.save_every
+    grad_accum_steps, profile_start = t.grad_accum_steps, t.profile_start
+    profile_stop = profile_start + t.profile_steps
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
+    min_size = config.mesh.min_shard_size
+    batch_size = config.data.batch_size
     split_error = microbatch_split_error(batch_size, grad_accum_steps, mesh.size)
     if split_error:
         raise ConfigError(split_error)
 
     optimizer, schedule = make_optimizer(config)
-    key = jax.random.PRNGKey(int(config.get("seed", 0)))
+    key = jax.random.PRNGKey(config.seed)
     abstract_state, state_sharding = abstract_train_state(
-        init_fn, optimizer, key, mesh, rules=rules, min_size=min_size, extra_init_fn=extra_init_fn
+        init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
     )
 
-    checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=_get(train_cfg, "max_to_keep", 3)
-    )
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=t.max_to_keep)
     restored = checkpointer.restore_latest(abstract_state)
     if restored is None:
         state, _ = create_train_state(
-            init_fn,
-            optimizer,
-            key,
-            mesh,
-            rules=rules,
-            min_size=min_size,
-            extra_init_fn=extra_init_fn,
+            init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
         )
         start_step = 0
         logging.info("starting from scratch in %s", workdir)
@@ -202,13 +176,13 @@ def train_loop(
     # Drops lines a killed run logged after start_step (all of them when starting from scratch).
     writer = create_default_writer(workdir, resume_step=start_step)
     if restored is None:
-        writer.write_hparams(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+        writer.write_hparams(config.to_dict())
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
     accumulation = {"grad_accum_steps": grad_accum_steps} if grad_accum_steps != 1 else {}
     train_step = train_step_builder(
         loss_fn,
         optimizer,
-        ema_rate,
+        t.ema_rate,
         mesh,
         state_sharding,
         batch_sharding(mesh),

@@ -6,8 +6,8 @@ dependency of this project. The writers here keep clu's ``MetricWriter``
 method names (``write_scalars``, ``write_images``, ``write_hparams``, ``flush``,
 ``close``) and
 write TensorBoard event files with the ``tensorboard`` package's own event
-writer, which needs no TensorFlow. ``ProgressReporter`` does what clu's
-``ReportProgress`` does (steps/s as a scalar) plus a tqdm bar.
+writer, which needs no TensorFlow. ``ProgressReporter`` measures steps/s, as clu's
+``ReportProgress`` does, and draws a tqdm bar.
 
 Only process 0 writes files or draws the bar; other processes log to absl.
 """
@@ -262,25 +262,16 @@ def create_default_writer(workdir: str, *, resume_step: int | None = None) -> Mu
 class ProgressReporter:
     """Steps/s over each reporting interval, plus a tqdm bar on process 0.
 
-    Call it once per finished step; every ``every_steps`` it writes
-    ``steps_per_sec`` (as clu's ``ReportProgress`` does) to ``writer``.
+    Call it once per finished step; every ``every_steps`` it returns the steps/s since
+    the last report (the loop logs it with the throughput), else None.
     """
 
-    def __init__(
-        self,
-        num_train_steps: int,
-        writer: Any = None,
-        *,
-        every_steps: int = 100,
-        start_step: int = 0,
-        show_bar: bool = True,
-    ):
-        self._writer = writer
-        self._every = max(1, int(every_steps))
+    def __init__(self, num_train_steps: int, *, every_steps: int, start_step: int = 0):
+        self._every = every_steps
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._bar = None
-        if show_bar and jax.process_index() == 0:
+        if jax.process_index() == 0:
             from tqdm import tqdm
 
             self._bar = tqdm(
@@ -295,8 +286,6 @@ class ProgressReporter:
         now = time.perf_counter()
         rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_step, self._last_time = step, now
-        if self._writer is not None:
-            self._writer.write_scalars(step, {"steps_per_sec": rate})
         return rate
 
     def close(self) -> None:

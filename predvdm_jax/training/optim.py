@@ -13,22 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# PredVDM's values (KTH/SMMNIST configs, spec D.4).
-OPTIMIZER_DEFAULTS = {
-    "base_learning_rate": 1.5625e-6,
-    "scale_lr": True,
-    "warmup_steps": 10000,
-    "f_start": 1e-6,
-    "f_max": 1.0,
-    "f_min": 1.0,
-    "cycle_length": 1e13,
-    "weight_decay": 0.0,
-    "b1": 0.9,
-    "b2": 0.999,
-    "eps": 1e-8,
-    "grad_clip": 1.0,
-}
-
 
 def lambda_linear_multiplier(
     step: Any,
@@ -104,52 +88,21 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformationEx
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _section_values(config: Any) -> dict[str, Any]:
-    section = config.optimizer if "optimizer" in config else {}
-    values = dict(OPTIMIZER_DEFAULTS)
-    for name in section.keys():
-        if name not in OPTIMIZER_DEFAULTS:
-            raise ValueError(
-                f"unknown config field optimizer.{name}; known fields: "
-                f"{', '.join(sorted(OPTIMIZER_DEFAULTS))}"
-            )
-        values[name] = section[name]
-    return values
-
-
 def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
-    """(clip → AdamW(schedule), schedule) from ``config.optimizer`` and ``config.data.batch_size``.
+    """(clip → AdamW(schedule), schedule) from a validated config's ``optimizer`` and
+    ``data.batch_size``.
 
     ``schedule(count)`` is the learning rate used by the update with index
     ``count`` (0 for the first step), as ``LambdaLR`` with interval "step".
-    Missing optimizer fields take PredVDM's values.
     """
-    v = _section_values(config)
-    batch_size = int(config.data.batch_size)
-    if batch_size <= 0:
-        raise ValueError(f"data.batch_size must be positive, got {batch_size}")
-    peak = learning_rate(float(v["base_learning_rate"]), batch_size, bool(v["scale_lr"]))
-    warmup_steps = int(v["warmup_steps"])
+    o = config.optimizer
+    peak = learning_rate(o.base_learning_rate, config.data.batch_size, o.scale_lr)
+    multiplier_args = (o.warmup_steps, o.f_start, o.f_max, o.f_min, o.cycle_length)
 
     def schedule(count):
-        return peak * lambda_linear_multiplier(
-            count,
-            warmup_steps,
-            float(v["f_start"]),
-            float(v["f_max"]),
-            float(v["f_min"]),
-            float(v["cycle_length"]),
-        )
+        return peak * lambda_linear_multiplier(count, *multiplier_args)
 
-    adamw = optax.adamw(
-        schedule,
-        b1=float(v["b1"]),
-        b2=float(v["b2"]),
-        eps=float(v["eps"]),
-        weight_decay=float(v["weight_decay"]),
-    )
-    grad_clip = float(v["grad_clip"])
-    if grad_clip < 0:
-        raise ValueError(f"optimizer.grad_clip must be >= 0 (0 disables), got {grad_clip}")
-    tx = optax.chain(clip_by_global_norm_torch(grad_clip), adamw) if grad_clip > 0 else adamw
-    return tx, schedule
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    if o.grad_clip > 0:
+        return optax.chain(clip_by_global_norm_torch(o.grad_clip), adamw), schedule
+    return adamw, schedule

@@ -11,8 +11,9 @@ parameters are replicated. Two ways decide the dimension:
 * Plain parameters use the size rule: the largest dimension that divides by
   the fsdp size is split.
 
-Either way, a parameter with fewer than ``min_size`` elements is replicated
-(splitting it costs more communication than the memory it saves).
+Either way, a parameter with fewer than ``min_size`` elements (the config's
+``mesh.min_shard_size``) is replicated: splitting it costs more communication
+than the memory it saves.
 Optimizer moments that mirror the parameter tree get the parameters'
 shardings; every other leaf of the train state follows the size rule, which
 depends on the shape only, so identical shapes always shard identically.
@@ -33,21 +34,13 @@ LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 
 DEFAULT_MIN_SIZE = 2**18
 
-# Logical dimension names the models may use; names not listed are replicated.
+# The logical dimension names the models' kernels carry (models/conv.py KERNEL_AXES,
+# models/unet.py DENSE_KERNEL_AXES); names not listed are replicated.
 DEFAULT_LOGICAL_RULES: LogicalRules = (
-    ("batch", ("data", "fsdp")),
-    ("embed", FSDP_AXIS),
-    ("mlp", FSDP_AXIS),
-    ("heads", FSDP_AXIS),
-    ("channels", FSDP_AXIS),
     ("conv_in", FSDP_AXIS),
     ("conv_out", FSDP_AXIS),
-    ("vocab", FSDP_AXIS),
-    ("kv", None),
     ("height", None),
     ("width", None),
-    ("time", None),
-    ("norm", None),
 )
 
 

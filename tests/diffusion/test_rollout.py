@@ -146,8 +146,10 @@ def _counting_rollout_fn(num_frames, k, counter):
     def decode_apply(params, z):
         return upsample_decode(z) * params["gain"]
 
-    return make_rollout_fn(
-        denoise_apply, decode_apply, SCHEDULE, num_frames, k, SamplerSettings("ddim", steps=2)
+    return jax.jit(
+        make_rollout_fn(
+            denoise_apply, decode_apply, SCHEDULE, num_frames, k, SamplerSettings("ddim", steps=2)
+        )
     )
 
 

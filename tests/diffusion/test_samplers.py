@@ -233,12 +233,14 @@ class _NumpyVP:
         return np.interp(log_alpha, self.log_alpha[::-1], self.t_array[::-1])
 
 
-def reference_dpm_solver_pp(model, x, cond, steps, order, skip_type, lower_order_final_below=10):
+def reference_dpm_solver_pp(model, x, cond, steps, order, skip_type):
     """The original's multistep loop (lists of previous times / x̂0), float64."""
     ns = _NumpyVP(AC)
     t_end = 1.0 / ns.n
     if skip_type == "time_uniform":
         ts = np.linspace(1.0, t_end, steps + 1)
+    elif skip_type == "time_quadratic":
+        ts = np.linspace(1.0, t_end**0.5, steps + 1) ** 2
     else:
         ts = ns.inverse_lambda(np.linspace(ns.lam(1.0), ns.lam(t_end), steps + 1))
 
@@ -273,7 +275,7 @@ def reference_dpm_solver_pp(model, x, cond, steps, order, skip_type, lower_order
         times.append(ts[step])
         models.append(model_fn(x, ts[step]))
     for step in range(order, steps + 1):
-        if lower_order_final_below is None or steps < lower_order_final_below:
+        if steps < 10:  # the original's lower_order_final
             step_order = min(order, steps + 1 - step)
         else:
             step_order = order
@@ -285,15 +287,16 @@ def reference_dpm_solver_pp(model, x, cond, steps, order, skip_type, lower_order
 
 
 @pytest.mark.parametrize(
-    "order, steps, skip_type, below",
+    "order, steps, skip_type",
     [
-        (2, 5, "time_uniform", 10),
-        (3, 5, "logSNR", 10),
-        (3, 12, "time_uniform", 10),
-        (3, 12, "logSNR", None),
+        (2, 5, "time_uniform"),
+        (3, 5, "logSNR"),
+        (3, 12, "time_uniform"),
+        (3, 12, "logSNR"),
+        (3, 7, "time_quadratic"),
     ],
 )
-def test_dpm_solver_pp_matches_reference_loop(order, steps, skip_type, below):
+def test_dpm_solver_pp_matches_reference_loop(order, steps, skip_type):
     rng = np.random.default_rng(order * 100 + steps)
     x_T = rng.normal(size=(2, 2, 3, 3, 1))
     cond = rng.normal(size=(2, 2, 3, 3, 1))
@@ -302,22 +305,21 @@ def test_dpm_solver_pp_matches_reference_loop(order, steps, skip_type, below):
         steps=steps,
         order=order,
         skip_type=skip_type,
-        lower_order_final_below=below,
     )
     got = jax.jit(
         lambda c, x: dpm_solver_pp_sample(
             nonlinear_eps(jnp), SCHEDULE, c, jax.random.PRNGKey(0), x_T.shape, settings, x_T=x
         )
     )(jnp.asarray(cond, jnp.float32), jnp.asarray(x_T, jnp.float32))
-    want = reference_dpm_solver_pp(nonlinear_eps(np), x_T, cond, steps, order, skip_type, below)
+    want = reference_dpm_solver_pp(nonlinear_eps(np), x_T, cond, steps, order, skip_type)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
 
 
 def test_dpm_solver_step_orders():
     orders = lambda **kw: dpm_solver_step_orders(SamplerSettings("dpm_solver_pp", **kw)).tolist()
     assert orders(steps=5, order=3) == [1, 2, 3, 2, 1]
-    assert orders(steps=12, order=3) == [1, 2] + [3] * 10
-    assert orders(steps=12, order=3, lower_order_final_below=None) == [1, 2] + [3] * 8 + [2, 1]
+    assert orders(steps=9, order=3) == [1, 2] + [3] * 5 + [2, 1]
+    assert orders(steps=10, order=3) == [1, 2] + [3] * 8  # 10 steps or more: no lowering
     assert orders(steps=5, order=2, lower_order_final=False) == [1, 2, 2, 2, 2]
 
 
@@ -393,6 +395,21 @@ def test_process_x0_clip_and_dynamic_threshold():
     got = process_x0(x0, SamplerSettings(dynamic_threshold=0.9))
     s = np.maximum(np.quantile(np.abs(np.asarray(x0)), 0.9, axis=1), 1.0)[:, None]
     np.testing.assert_allclose(got, np.clip(x0, -s, s) / s, rtol=1e-5)
+
+
+def test_dynamic_threshold_per_sample_over_every_axis_with_a_bound():
+    """Imagen / DPM-Solver: s = max(quantile_p(|x0| of each sample), c); x0 → clip(x0, ±s)/s·c."""
+    rng = np.random.default_rng(4)
+    x0 = rng.normal(size=(3, 2, 4, 4, 3)) * np.array([0.5, 2.0, 6.0])[:, None, None, None, None]
+    p, c = 0.8, 1.5
+    flat = np.abs(x0).reshape(3, -1)
+    s = np.maximum(np.quantile(flat, p, axis=1), c).reshape(3, 1, 1, 1, 1)
+    want = np.clip(x0, -s, s) / s * c
+    got = process_x0(jnp.asarray(x0, jnp.float32), SamplerSettings(clip_x0=c, dynamic_threshold=p))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert s[0] == c and s[2] > c  # one sample left as it is, one rescaled
+    np.testing.assert_allclose(got[0], x0[0], rtol=1e-5)
+    assert np.max(np.abs(got[2])) == pytest.approx(c, rel=1e-5)
 
 
 def test_ddpm_clip_bounds_final_sample():

@@ -41,6 +41,29 @@ def test_parse_sweep_overrides_only_the_named_fields():
     )
 
 
+def test_every_time_grid_and_x0_setting_gets_its_own_label():
+    samplings = sweep_lib.parse_sweep(
+        "sampler=dpm_solver_pp,steps=20;sampler=dpm_solver_pp,steps=20,skip_type=time_quadratic;"
+        "clip_x0=2;dynamic_threshold=0.995;dynamic_threshold=0.995,clip_x0=2",
+        _config(),
+    )
+    assert list(samplings) == [
+        "dpm_solver_pp_20_order2",
+        "dpm_solver_pp_20_order2_time_quadratic",
+        "ddim_100_eta1_clip2",
+        "ddim_100_eta1_thresh0.995",
+        "ddim_100_eta1_thresh0.995_clip2",
+    ]
+    assert samplings["ddim_100_eta1_thresh0.995"].dynamic_threshold == 0.995
+    describe = lambda label: sweep_lib.sampler_description(samplings[label])
+    assert describe("dpm_solver_pp_20_order2_time_quadratic").endswith("order 2, time_quadratic")
+    assert describe("ddim_100_eta1_clip2").endswith("x0 clipped to ±2")
+    assert describe("ddim_100_eta1_thresh0.995").endswith(
+        "x0 thresholded at quantile 0.995 of |x0| into ±1"
+    )
+    assert describe("ddim_100_eta1_thresh0.995_clip2").endswith("of |x0| into ±2")
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
@@ -51,6 +74,7 @@ def test_parse_sweep_overrides_only_the_named_fields():
         ("reencode=maybe", "'maybe' is not of type bool"),
         ("sampler=dpm_solver_pp,order=4", r"sweep entry .*order must be 1, 2 or 3"),
         ("steps=0", "sampling.steps must be in"),
+        ("dynamic_threshold=1.5", r"sampling.dynamic_threshold must be 0 \(off\) or a quantile"),
         ("sampler=dpm_solver_pp,eta=0;sampler=dpm_solver_pp,eta=1", "same sampler"),
     ],
 )

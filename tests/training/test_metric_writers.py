@@ -45,3 +45,16 @@ def test_a_float_image_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"image 'x' must be uint8 .* got float32 \(4, 4, 2\)"):
         writer.write_images(1, {"x": np.zeros((4, 4, 2), np.float32)})
     writer.close()
+
+
+def test_progress_reports_steps_per_second_only_at_its_interval(monkeypatch):
+    from predvdm_jax.training import metric_writers
+
+    clock = iter([100.0, 102.0, 103.0])  # start; step 4 at +2 s; step 6 at +1 s
+    monkeypatch.setattr(metric_writers.time, "perf_counter", lambda: next(clock))
+    progress = metric_writers.ProgressReporter(10, every_steps=2, start_step=2)
+    assert progress(3) is None
+    assert progress(4) == pytest.approx(1.0)  # 2 steps in 2 s
+    assert progress(5) is None
+    assert progress(6) == pytest.approx(2.0)  # 2 steps in 1 s
+    progress.close()

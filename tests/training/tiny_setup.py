@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from predvdm_jax import config as config_lib
+
 IN_DIM, HIDDEN, OUT_DIM = 16, 64, 4
 # hidden kernel has 16*64 = 1024 elements: sharded over fsdp, the rest replicated.
 TEST_MIN_SHARD_SIZE = 512
@@ -97,22 +99,21 @@ def make_config(
     seed=0,
     grad_accum_steps=1,
 ) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    """The schema's config with the tiny run's settings (a validated, locked config)."""
+    config = config_lib.default_config()
     config.seed = seed
-    config.mesh = dict(data=data, fsdp=fsdp, min_shard_size=TEST_MIN_SHARD_SIZE)
-    config.data = dict(batch_size=batch_size)
-    config.optimizer = dict(
-        base_learning_rate=2e-3, scale_lr=True, warmup_steps=3, grad_clip=1.0, weight_decay=0.01
+    config.mesh.update(dict(data=data, fsdp=fsdp, min_shard_size=TEST_MIN_SHARD_SIZE))
+    config.data.batch_size = batch_size
+    config.optimizer.update(dict(base_learning_rate=2e-3, warmup_steps=3, weight_decay=0.01))
+    config.train.update(
+        dict(
+            num_steps=num_steps,
+            log_every=log_every,
+            save_every=save_every,
+            grad_accum_steps=grad_accum_steps,
+        )
     )
-    config.train = dict(
-        num_steps=num_steps,
-        log_every=log_every,
-        save_every=save_every,
-        max_to_keep=3,
-        ema_rate=0.999,
-        grad_accum_steps=grad_accum_steps,
-    )
-    return config
+    return config_lib.finalize(config)
 
 
 def flat_params(tree) -> dict:
@@ -139,7 +140,6 @@ def train_in_process(config, workdir: str, evaluations=()) -> dict:
 def best_bundle_evaluation(workdir: str):
     """Every 2 steps: keep the EMA weights in ``workdir/best`` when their metric (1 / step,
     so every step improves) is the best."""
-    from predvdm_jax import config as config_lib
     from predvdm_jax.training.best_bundles import BestBundles
 
     bundle_config = config_lib.finalize(config_lib.default_config())  # what load_bundle accepts
