@@ -121,6 +121,11 @@ def test_ddim_eta1_s1000_matches_ddpm_posterior_variance():
     np.testing.assert_allclose(np.asarray(sigmas[:-1]) ** 2, pv[ts[:-1]], rtol=2e-3)
     # The repeated 999 has ᾱ_prev = ᾱ_t, hence no noise.
     assert sigmas[-1] == 0.0
+    # LDM computes σ in float64 from the float32 ᾱ (float32 is off by 2e-5 here).
+    ac = np.asarray(SCHEDULE.alphas_cumprod, np.float64)
+    a, a_prev = ac[ts[:-1]], np.concatenate([ac[:1], ac[ts[:-2]]])
+    expected = np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    np.testing.assert_allclose(sigmas[:-1], expected, rtol=2e-7)
 
 
 def test_ddim_first_model_call_is_991_for_100_steps():
