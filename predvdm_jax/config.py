@@ -163,6 +163,9 @@ def default_config() -> ml_collections.ConfigDict:
         lpips_params="",
         i3d_params="",
         seed=0,
+        # grayscale data: score the VQ's RGB decode against the ground truth repeated to RGB,
+        # as PredVDM does, instead of the decode averaged to gray (docs/evaluation.md)
+        gray_as_rgb=False,
     )
 
     c.vq_train = dict(

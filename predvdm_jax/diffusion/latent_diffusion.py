@@ -130,8 +130,10 @@ class LatentDiffusion:
         z = encode_video(self.vq, vq_params, to_rgb(video), self.config.vq_chunk, 1.0)
         return float(jnp.std(z))
 
-    def decode(self, vq_params: Any, latents: jax.Array) -> jax.Array:
-        """Latents → frames (B, T, H, W, data channels) in [-1, 1]: quantize, decode, clamp."""
+    def decode(self, vq_params: Any, latents: jax.Array, rgb: bool = False) -> jax.Array:
+        """Latents → frames (B, T, H, W, data channels) in [-1, 1]: quantize, decode, clamp.
+
+        ``rgb`` keeps the VQ's three decoded channels whatever the dataset's channels."""
         frames = decode_video(
             self.vq,
             vq_params,
@@ -140,7 +142,8 @@ class LatentDiffusion:
             self.config.scale_factor,
             quantize=True,
         )
-        return to_data_channels(jnp.clip(frames, -1.0, 1.0), self.config.data.channels)
+        frames = jnp.clip(frames, -1.0, 1.0)
+        return frames if rgb else to_data_channels(frames, self.config.data.channels)
 
     def denoise(
         self,
@@ -207,11 +210,16 @@ class LatentDiffusion:
             parameterization=d.parameterization,
         )
 
-    def make_predict_fn(self, num_frames: int, sampling: ml_collections.ConfigDict | None = None):
+    def make_predict_fn(
+        self,
+        num_frames: int,
+        sampling: ml_collections.ConfigDict | None = None,
+        rgb: bool = False,
+    ):
         """A jitted ``fn(params, vq_params, cond_video, key) -> dict`` predicting ``num_frames``.
 
         ``cond_video`` (B, cond, H, W, C) in [-1, 1]; returns ``frames`` (B, num_frames, H, W, C)
-        in [-1, 1] with the dataset's channels, and the sampled ``latents``.
+        in [-1, 1] with the dataset's channels (three with ``rgb``), and the sampled ``latents``.
         """
         settings = sampler_settings(sampling or self.config.sampling)
         reencode = None
@@ -219,7 +227,7 @@ class LatentDiffusion:
             reencode = lambda vq_params, frames: self.encode(vq_params, frames)
         rollout_fn = rollout_lib.make_rollout_fn(
             self.eps_prediction,
-            self.decode,
+            lambda vq_params, latents: self.decode(vq_params, latents, rgb),
             self.schedule,
             num_frames,
             self.k,

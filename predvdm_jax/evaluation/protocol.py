@@ -50,6 +50,11 @@ VQ_RECON = "vq_reconstruction"
 FVD_VARIANTS = ("cond+pred", "pred-only")
 CI95_Z = 1.96
 FVD_DISABLED = "disabled (eval.fvd=False)"
+GRAY_AS_GRAY = "1 channel: the VQ's RGB decode averaged to gray (eval.gray_as_rgb=False)"
+GRAY_AS_RGB = (
+    "3 channels, as PredVDM: the VQ's RGB decode against the frames repeated to RGB "
+    "(eval.gray_as_rgb=True)"
+)
 
 PredictFn = Callable[[jax.Array, jax.Array], jax.Array]
 ReconstructFn = Callable[[jax.Array], jax.Array]
@@ -730,7 +735,7 @@ def evaluate_samplers(
     (``sweep.write_sweep``). Returns ``{label: metrics}``.
     """
     from predvdm_jax.data.loader import eval_iterator
-    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
     from predvdm_jax.evaluation import report
     from predvdm_jax.training import mesh as mesh_lib
 
@@ -752,12 +757,16 @@ def evaluate_samplers(
     replicated = mesh_lib.replicated(mesh)
     params = jax.device_put(params, replicated)
     vq_params = jax.device_put(vq_params, replicated)
-    reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video)))
+    gray = config.data.channels == 1
+    rgb = gray and config.eval.gray_as_rgb
+    if rgb:  # PredVDM's scoring: the RGB decode against the frames repeated to RGB
+        batches = ({**batch, "video": to_rgb(batch["video"])} for batch in batches)
+    reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video), rgb=rgb))
     feature_fn, i3d_source = _feature_fn(config)
     lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 
     def predict_fn(sampling):
-        predict = model.make_predict_fn(pred_frames, sampling)
+        predict = model.make_predict_fn(pred_frames, sampling, rgb=rgb)
         return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
 
     total = num_batches * protocol.num_samples * len(samplings)
@@ -792,6 +801,7 @@ def evaluate_samplers(
                 "i3d": i3d_source,
                 "batch_size": batch_size,
                 "devices": int(mesh.size),
+                **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
     if jax.process_index() == 0:

@@ -232,3 +232,57 @@ def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_pat
                 show_progress=False,
             )
     assert not (tmp_path / "out").exists()
+
+
+def test_gray_as_rgb_scores_the_rgb_decode_against_repeated_frames(tmp_path):
+    """PredVDM's grayscale scoring: the VQ's 3 decoded channels against the ground truth
+    repeated to 3, checked on the VQ baseline by hand; it can only lower PSNR."""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    videos = _videos(5)
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, videos))
+    protocol = protocol_lib.resolve_protocol("predvdm", num_clips=VIDEOS)
+    runs = {}
+    for rgb in (False, True):
+        config = bundle.config.copy_and_resolve_references()
+        config.eval.gray_as_rgb = rgb
+        runs[rgb] = protocol_lib.evaluate_model(
+            config,
+            bundle.params,
+            bundle.vq_params,
+            str(tmp_path / f"rgb{rgb}"),
+            protocol=protocol,
+            pred_frames=PRED,
+            source="test",
+            keep_videos=0,
+            show_progress=False,
+        )
+    assert runs[True]["protocol"]["grayscale"] == protocol_lib.GRAY_AS_RGB
+    assert runs[False]["protocol"]["grayscale"] == protocol_lib.GRAY_AS_GRAY
+
+    # The clips are the whole videos; the mean over clips does not depend on their order.
+    model = LatentDiffusion.from_config(bundle.config)
+    future = np.stack(videos)[:, COND:, ..., None] / 127.5 - 1.0
+    decoded = np.asarray(
+        model.decode(bundle.vq_params, model.encode(bundle.vq_params, future), rgb=True)
+    )
+    assert decoded.shape == future.shape[:-1] + (3,)
+    mse = ((decoded - future) ** 2 / 4).mean(axis=(2, 3, 4))  # [0, 1] range: (x+1)/2
+    expected = (10 * np.log10(1 / mse)).mean(axis=0)
+    vq_psnr = {rgb: run["baselines"]["vq_reconstruction"]["psnr"] for rgb, run in runs.items()}
+    np.testing.assert_allclose(vq_psnr[True]["per_frame"]["mean"], expected, rtol=1e-4)
+    # Per pixel the RGB error is the gray error plus the variance across the decoded channels.
+    for system in ("model", "vq_reconstruction"):
+        gray, rgb = (
+            (runs[r]["model"] if system == "model" else runs[r]["baselines"][system])["psnr"]
+            for r in (False, True)
+        )
+        assert all(np.less(rgb["per_frame"]["mean"], gray["per_frame"]["mean"]))
+    copy_last = [run["baselines"]["copy_last_frame"] for run in runs.values()]
+    for metric in ("ssim", "psnr"):
+        np.testing.assert_allclose(
+            copy_last[0][metric]["per_frame"]["mean"],
+            copy_last[1][metric]["per_frame"]["mean"],
+            rtol=1e-5,
+        )
