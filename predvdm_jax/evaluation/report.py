@@ -210,6 +210,23 @@ def write_videos(
     return written
 
 
+def protocol_line(protocol: Mapping[str, Any], what: str) -> str:
+    """The line above a table saying which numbers it holds."""
+    return (
+        f"Protocol `{protocol.get('name')}`: {protocol.get('num_clips')} clips × "
+        f"{protocol.get('num_samples')} samples, {protocol.get('cond_frames')} → "
+        f"{protocol.get('pred_frames')} frames; {what}."
+    )
+
+
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_head(header: list[str]) -> list[str]:
+    return [table_row(header), "|" + "---|" * len(header)]
+
+
 def _format(summary: Any, aggregation: str, digits: int) -> str:
     if not isinstance(summary, Mapping) or aggregation not in summary:
         return "n/a"
@@ -238,15 +255,8 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
     header += [f"FVD {variant} ({kind.replace('_', ' ')})" for variant, kind in fvd_columns]
     lines = []
     if protocol:
-        lines.append(
-            f"Protocol `{protocol.get('name')}`: {protocol.get('num_clips')} clips × "
-            f"{protocol.get('num_samples')} samples, {protocol.get('cond_frames')} → "
-            f"{protocol.get('pred_frames')} frames; SSIM/PSNR/LPIPS on predicted frames; "
-            f"mean ± std."
-        )
-        lines.append("")
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
+        lines += [protocol_line(protocol, "SSIM/PSNR/LPIPS on predicted frames; mean ± std"), ""]
+    lines += table_head(header)
     for system, entry in systems.items():
         aggregations = (
             [key for key in entry.get("ssim", {}) if key == "mean" or key.startswith("best_of_")]
@@ -270,7 +280,7 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
                     if aggregation == "mean"
                     else ""
                 )
-            lines.append("| " + " | ".join(row) + " |")
+            lines.append(table_row(row))
     model = metrics["model"]
     notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
     notes += [

@@ -141,12 +141,11 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
     first = next(iter(all_metrics.values()))
     protocol = first["protocol"]
     lines = [
-        f"Protocol `{protocol['name']}`: {protocol['num_clips']} clips × "
-        f"{protocol['num_samples']} samples, {protocol['cond_frames']} → "
-        f"{protocol['pred_frames']} frames; mean over predicted frames; FVD trajectory mean.",
+        report.protocol_line(protocol, "mean over predicted frames; FVD trajectory mean"),
         "",
-        "| system | SSIM | PSNR | LPIPS | FVD cond+pred | FVD pred-only | predict s |",
-        "|---|---|---|---|---|---|---|",
+        *report.table_head(
+            ["system", "SSIM", "PSNR", "LPIPS", "FVD cond+pred", "FVD pred-only", "predict s"]
+        ),
     ]
 
     def row(name: str, entry: Mapping[str, Any], seconds: str) -> str:
@@ -160,7 +159,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
             _fvd(fvd.get("pred-only")),
             seconds,
         ]
-        return "| " + " | ".join(cells) + " |"
+        return report.table_row(cells)
 
     for metrics in all_metrics.values():
         seconds = metrics.get("seconds", {}).get("predict")
@@ -172,7 +171,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
             )
         )
     for name, entry in first.get("baselines", {}).items():
-        lines.append(row(name.replace("_", " "), entry, ""))
+        lines.append(row(report.SYSTEM_LABELS.get(name, name), entry, ""))
     return "\n".join(lines) + "\n"
 
 
