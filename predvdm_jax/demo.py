@@ -28,7 +28,6 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.interop import bundle as bundle_lib
-from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
 from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
 
 
@@ -57,7 +56,7 @@ def localize(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.
     config.data.test_dir = os.path.join(paths["frames"], "test")
     config.data.latent_train_dir = os.path.join(paths["latents"], "train")
     config.data.latent_test_dir = os.path.join(paths["latents"], "test")
-    config.vq_params = os.path.join(paths["vq"], "vq_params.safetensors")
+    config.vq_params = os.path.join(paths["vq"], vq_trainer.VQ_PARAMS_FILE)
     return config
 
 
@@ -72,23 +71,10 @@ def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float
     if not os.path.exists(path):
         model = LatentDiffusion.from_config(config)
         clips = next(loader.eval_iterator(config.data.train_dir, 8, 32, 32, config.seed))["video"]
-        std = model.latent_std(load_params_safetensors(config.vq_params), clips)
-        with open(path, "w") as f:
-            json.dump({"latent_std": std, "scale_factor": 1.0 / std}, f)
+        std = model.latent_std(bundle_lib.load_vq_params(config.vq_params, config), clips)
+        atomic_io.write_text(path, json.dumps({"latent_std": std, "scale_factor": 1.0 / std}))
     with open(path) as f:
         return float(json.load(f)["scale_factor"])
-
-
-def checkpoint_step(train_dir: str) -> int | None:
-    """The newest finished checkpoint step of the training run in ``train_dir`` (None: none)."""
-    directory = os.path.join(train_dir, checkpoint.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        return None
-    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
-    try:
-        return checkpointer.latest_step()
-    finally:
-        checkpointer.close()
 
 
 def bundled_step(paths: dict[str, str]) -> int | None:
@@ -210,18 +196,18 @@ def run_demo(
         os.path.exists(hdf5.shard_path(config.data.latent_train_dir, 1)),
         lambda: latent_cache.encode_split(
             config,
-            load_params_safetensors(config.vq_params),
+            bundle_lib.load_vq_params(config.vq_params, config),
             config.data.train_dir,
             config.data.latent_train_dir,
         ),
     )
-    step = checkpoint_step(paths["diffusion"])
+    step = checkpoint.latest_step(paths["diffusion"])
     stages.run(
         "denoiser training",
         step is not None and step >= config.train.num_steps,
         lambda: diffusion_trainer.train(config, paths["diffusion"]),
     )
-    step = checkpoint_step(paths["diffusion"])
+    step = checkpoint.latest_step(paths["diffusion"])
     stages.run(
         "inference bundle",
         bundled_step(paths) == step,
@@ -352,6 +338,5 @@ def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
         f"Peak memory (RSS), the largest of the demo's runs: {peak_rss_gb:.1f} GB.",
         "",
     ]
-    with open(paths["report"], "w") as f:
-        f.write("\n".join(lines))
+    atomic_io.write_text(paths["report"], "\n".join(lines))
     return paths["report"]

@@ -1,4 +1,5 @@
-"""Reading ``.safetensors`` files with one clear error for a truncated or corrupt file.
+"""Reading tensor files: ``.safetensors`` with one clear error for a truncated or corrupt
+file, and one error listing every key a file has wrong.
 
 Shared by the checkpoint converters (``interop``) and the models that load their own
 weights (``models/lpips.py``, ``models/i3d.py``), which do not import ``interop``.
@@ -7,6 +8,7 @@ weights (``models/lpips.py``, ``models/i3d.py``), which do not import ``interop`
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -25,3 +27,39 @@ def read_safetensors(
         raise ValueError(
             f"{os.fspath(path)} is not a complete safetensors file ({err}); {remedy}."
         ) from err
+
+
+def check_keys(
+    expected: Mapping[str, tuple[int, ...]],
+    got: Mapping[str, Any],
+    what: str = "checkpoint",
+    max_listed: int = 20,
+    hint: str = "Check that the model config matches the checkpoint.",
+) -> None:
+    """Raise one ValueError listing missing, unexpected and wrong-shape keys, then `hint`;
+    `expected` maps key -> shape."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(
+        f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(got[k]))}"
+        for k in set(expected) & set(got)
+        if tuple(np.shape(got[k])) != tuple(expected[k])
+    )
+    if not (missing or unexpected or wrong):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = items[:max_listed]
+        more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
+        return f"{title} ({len(items)}): " + ", ".join(shown) + more
+
+    parts = [
+        listing(title, items)
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        )
+        if items
+    ]
+    raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")

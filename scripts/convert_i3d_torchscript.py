@@ -1,7 +1,7 @@
 """Converts StyleGAN-V's I3D TorchScript (the FVD detector of MCVD / PredVDM) into Flax I3D weights.
 
   python scripts/convert_i3d_torchscript.py --torchscript=i3d_torchscript.pt \
-      --output=weights/i3d_torchscript.safetensors
+      --out=weights/i3d_torchscript.safetensors
 
 The converter runs both networks on a random 10-frame clip and writes nothing
 unless their logits agree to 1e-3 (relative). It assumes piergiaj/pytorch-i3d
@@ -16,24 +16,22 @@ from absl import app, flags
 from predvdm_jax.interop import i3d_torchscript
 
 flags.DEFINE_string("torchscript", None, "StyleGAN-V i3d_torchscript.pt (torch.jit.load-able).")
-flags.DEFINE_string("output", None, "Where to write the Flax I3D variables (.safetensors).")
+flags.DEFINE_string("out", None, "Where to write the Flax I3D variables (.safetensors).")
 flags.DEFINE_bool(
     "verify", True, "Compare TorchScript and Flax logits on a random clip before writing."
 )
-flags.mark_flags_as_required(["torchscript", "output"])
+flags.mark_flags_as_required(["torchscript", "out"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     try:
-        i3d_torchscript.convert_i3d_torchscript(
-            FLAGS.torchscript, FLAGS.output, verify=FLAGS.verify
-        )
+        i3d_torchscript.convert_i3d_torchscript(FLAGS.torchscript, FLAGS.out, verify=FLAGS.verify)
     except (FileNotFoundError, ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
     print(
-        f"wrote {FLAGS.output} (from {FLAGS.torchscript}{', verified' if FLAGS.verify else ', NOT verified'})"
+        f"wrote {FLAGS.out} (from {FLAGS.torchscript}{', verified' if FLAGS.verify else ', NOT verified'})"
     )
 
 

@@ -1,7 +1,7 @@
 """Converts LPIPS-AlexNet (v0.1) PyTorch weights into one Flax params file.
 
   python scripts/convert_lpips.py --alexnet=alexnet-owt-7be5be79.pth \
-      --output=weights/lpips_alex_v0.1.safetensors [--allow_pickle]
+      --out=weights/lpips_alex_v0.1.safetensors [--allow_pickle]
 
 --heads defaults to weights/v0.1/alex.pth of an installed `lpips` package
 (pip install lpips==0.1.4 --no-deps). Needs PyTorch to read the .pth files. A file that pickles
@@ -22,11 +22,11 @@ flags.DEFINE_string(
     None,
     "lpips linear heads file (weights/v0.1/alex.pth); default: the installed lpips package's.",
 )
-flags.DEFINE_string("output", None, "Where to write the Flax params (.safetensors).")
+flags.DEFINE_string("out", None, "Where to write the Flax params (.safetensors).")
 flags.DEFINE_bool(
     "allow_pickle", False, "Read a pickle that holds Python objects (trusted files only)."
 )
-flags.mark_flags_as_required(["alexnet", "output"])
+flags.mark_flags_as_required(["alexnet", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -39,11 +39,11 @@ def main(argv):
         )
     try:
         lpips_torch.convert_lpips_files(
-            FLAGS.alexnet, heads, FLAGS.output, allow_pickle=FLAGS.allow_pickle
+            FLAGS.alexnet, heads, FLAGS.out, allow_pickle=FLAGS.allow_pickle
         )
     except (FileNotFoundError, ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {FLAGS.output} (trunk {FLAGS.alexnet}, heads {heads})")
+    print(f"wrote {FLAGS.out} (trunk {FLAGS.alexnet}, heads {heads})")
 
 
 if __name__ == "__main__":

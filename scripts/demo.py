@@ -9,14 +9,13 @@ per_frame.png, ground truth | prediction GIFs). CPU-sized: about 20 minutes on 2
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
-from predvdm_jax.training.loop import NonFiniteLossError, TrainingPreempted
+from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file(
     "config",
@@ -36,7 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
+    with one_line_errors():
         numbers = demo.run_demo(
             config_lib.validate(FLAGS.config),
             FLAGS.workdir,
@@ -46,12 +45,6 @@ def main(argv):
             fvd_clips=FLAGS.fvd_clips,
             progress=FLAGS.progress,
         )
-    except TrainingPreempted as stop:
-        print(f"preempted: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    # ValueError covers ConfigError and DatasetError.
-    except (FileNotFoundError, ValueError, NonFiniteLossError) as err:
-        sys.exit(f"error: {err}")
     print(
         f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
         f"{demo.demo_paths(FLAGS.workdir)['report']}"

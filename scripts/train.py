@@ -10,13 +10,12 @@ On SIGTERM (preemption) it saves the current step and exits with status 143;
 the same command resumes.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.training import diffusion_trainer, loop, mesh
+from predvdm_jax.training import diffusion_trainer, mesh
+from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/kth64.py.", lock_config=True
@@ -30,15 +29,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     mesh.initialize_distributed()
-    try:
-        config = config_lib.validate(FLAGS.config)
-        diffusion_trainer.train(config, FLAGS.workdir)
-    # ValueError covers ConfigError, DatasetError and a mesh that does not fit the devices.
-    except (FileNotFoundError, ValueError, loop.NonFiniteLossError) as err:
-        sys.exit(f"error: {err}")
-    except loop.TrainingPreempted as stop:
-        print(f"preempted: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
+    with one_line_errors():
+        diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ Resumes from the newest checkpoint in --workdir. Writes --workdir/vq_params.safe
 (point config.vq_params at it) and --workdir/vq_eval.json (test PSNR/SSIM, codebook usage).
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.data.hdf5 import DatasetError
-from predvdm_jax.training import loop, mesh, vq_trainer
+from predvdm_jax.training import mesh, vq_trainer
+from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the trained VQ params.")
@@ -26,14 +24,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     mesh.initialize_distributed()
-    try:
-        config = config_lib.validate(FLAGS.config)
-        result = vq_trainer.train_vq(config, FLAGS.workdir)
-    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    except loop.TrainingPreempted as stop:
-        print(f"preempted: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
+    with one_line_errors():
+        result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     )

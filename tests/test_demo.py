@@ -6,6 +6,7 @@ import pathlib
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
+from predvdm_jax.training import checkpoint
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
@@ -73,7 +74,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     run = dict(num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False)
     first = demo.run_demo(config, workdir, **run)
     paths = demo.demo_paths(workdir)
-    assert demo.checkpoint_step(paths["diffusion"]) == 2 and first["denoiser_step"] == 2
+    assert checkpoint.latest_step(paths["diffusion"]) == 2 and first["denoiser_step"] == 2
 
     config.train.num_steps = 4
     longer = demo.run_demo(config, workdir, **run)
@@ -82,7 +83,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
         "VQ-f4 training",
         "latent cache (train split)",
     ]
-    assert demo.checkpoint_step(paths["diffusion"]) == 4
+    assert checkpoint.latest_step(paths["diffusion"]) == 4
     assert demo.bundled_step(paths) == longer["denoiser_step"] == 4
     for name in ("short", "fvd", "long"):
         assert longer[name]["protocol"]["source"] == "demo bundle of step 4", name

@@ -1,9 +1,8 @@
-"""Per-frame image metrics on videos, as PredVDM computes them (spec §F.1, F.2, F.5).
+"""Per-frame image metrics on videos, as PredVDM computes them (spec §F.1, F.2).
 
 Every function takes two videos `(B, T, H, W, C)` with values in [0, 1] and
 returns one value per frame, `(B, T)`, float32. All are jit-able; shapes are
-checked at trace time. Values are not checked inside jit (that would need a
-host round trip): call `check_video_range` on host data where that is cheap.
+checked at trace time, values are not (that would need a host round trip).
 
 PredVDM reports the mean and standard deviation over all B×T frame values.
 """
@@ -21,19 +20,6 @@ SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 PSNR_IDENTICAL_MSE = 1e-10
 PSNR_IDENTICAL_VALUE = 100.0
-
-
-def check_video_range(video, name: str = "video") -> None:
-    """Raises ValueError if `video` (host array) has NaN/inf or values outside [0, 1]."""
-    values = np.asarray(video)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} contains NaN or inf; metrics need finite values in [0, 1].")
-    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} has values in [{low:.4g}, {high:.4g}] but metrics need [0, 1]; "
-            "map [-1, 1] videos with (v + 1) / 2 and clip first."
-        )
 
 
 def _check_video_pair(a, b, min_size: int = 1) -> None:
@@ -128,15 +114,3 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
     denominator = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
     ssim_map = numerator / denominator
     return jnp.mean(ssim_map, axis=(2, 3, 4))
-
-
-@jax.jit
-def pixel_mse_sum(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Sum of squared differences over (H, W, C) per frame (spec §F.5).
-
-    PredVDM's logged `pixel_mse/predN` is `pixel_mse_sum(a, b).sum(axis=1).mean()`
-    (sum over frames, mean over videos).
-    """
-    _check_video_pair(a, b)
-    difference = a.astype(jnp.float32) - b.astype(jnp.float32)
-    return jnp.sum(difference * difference, axis=(2, 3, 4))

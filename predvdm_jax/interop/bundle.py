@@ -32,7 +32,6 @@ from absl import logging
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.interop.torch_checkpoint import (
-    check_keys,
     conv_kernel_to_ohwi,
     conv_kernel_to_torch,
     flatten_params,
@@ -42,6 +41,7 @@ from predvdm_jax.interop.torch_checkpoint import (
     save_torch_state_dict,
     state_dict_format,
 )
+from predvdm_jax.tensor_files import check_keys
 
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
 METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
@@ -188,12 +188,14 @@ def load_bundle(path: str) -> Bundle:
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)
         if not os.path.exists(os.path.join(path, f))
     ]
-    if missing and os.path.isdir(os.path.join(path, "checkpoints")):
-        raise FileNotFoundError(
-            f"{path!r} is a training workdir, not a bundle; pass --workdir={path}, or export "
-            f"one with scripts/export.py --workdir={path} --out=<new folder>"
-        )
     if missing:
+        from predvdm_jax.training.checkpoint import CHECKPOINT_DIR  # Orbax on this path only
+
+        if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+            raise FileNotFoundError(
+                f"{path!r} is a training workdir, not a bundle; pass --workdir={path}, or export "
+                f"one with scripts/export.py --workdir={path} --out=<new folder>"
+            )
         raise FileNotFoundError(
             f"{path!r} is not a complete bundle (missing {', '.join(missing)}); "
             f"make one with scripts/export.py --workdir=<training dir> --out=<new folder>"
@@ -213,21 +215,24 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.training import checkpoint, mesh as mesh_lib, optim, train_state
 
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = checkpointer.latest_step() if step is None else step
+    directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    step = checkpoint.latest_step(workdir) if step is None else step
     if step is None:
         raise FileNotFoundError(
-            f"no finished checkpoint in {workdir}/checkpoints; train first "
+            f"no finished checkpoint in {directory}; train first "
             f"(scripts/train.py --workdir={workdir}) or pass --bundle."
         )
-    config = config_lib.config_from_dict(checkpointer.restore_config(step))
-    model = LatentDiffusion.from_config(config)
-    optimizer, _ = optim.make_optimizer(config)
-    abstract, _ = train_state.abstract_train_state(
-        model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh()
-    )
-    state, _ = checkpointer.restore(step, abstract)
-    checkpointer.close()
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    try:
+        config = config_lib.config_from_dict(checkpointer.restore_config(step))
+        model = LatentDiffusion.from_config(config)
+        optimizer, _ = optim.make_optimizer(config)
+        abstract, _ = train_state.abstract_train_state(
+            model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh()
+        )
+        state, _ = checkpointer.restore(step, abstract)
+    finally:
+        checkpointer.close()
     return config, state, step
 
 

@@ -39,6 +39,7 @@ from predvdm_jax.models.i3d import (
     i3d_variable_shapes,
     unflatten_i3d_variables,
 )
+from predvdm_jax.tensor_files import check_keys
 
 _STEM_UNITS = ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
 _BRANCH_UNITS = {
@@ -87,7 +88,7 @@ def state_dict_to_i3d_variables(
     state = {
         k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
     }
-    torch_checkpoint.check_keys(
+    check_keys(
         expected_torch_shapes(),
         state,
         what=f"I3D TorchScript {source}",

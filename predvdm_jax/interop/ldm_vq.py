@@ -18,6 +18,7 @@ import numpy as np
 
 from predvdm_jax.interop import torch_checkpoint as tc
 from predvdm_jax.models.autoencoder import VQModel
+from predvdm_jax.tensor_files import check_keys
 
 FIRST_STAGE_PREFIX = "first_stage_model."
 IGNORED_PREFIXES = ("loss.",)
@@ -146,7 +147,7 @@ def convert_vq_state_dict(
     """
     model = make_vq_model(config)
     state_dict = select_vq_keys(state_dict)
-    tc.check_keys(expected_torch_shapes(model), state_dict, what="VQ state_dict")
+    check_keys(expected_torch_shapes(model), state_dict, what="VQ state_dict")
     flat: dict[str, np.ndarray] = {}
     for key, value in state_dict.items():
         value = np.asarray(value, dtype=np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 
 from predvdm_jax.interop import torch_checkpoint
 from predvdm_jax.models.lpips import LPIPS_PARAM_SHAPES
+from predvdm_jax.tensor_files import check_keys
 
 _TORCHVISION_KEY = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 _LPIPS_TRUNK_KEY = re.compile(r"^net\.slice\d\.(\d+)\.(weight|bias)$")
@@ -78,7 +79,7 @@ def convert_lpips_state_dicts(
     for key, value in heads_state_dict.items():
         if _HEAD_KEY.match(key) is not None:
             source[key] = np.asarray(value, np.float32)
-    torch_checkpoint.check_keys(
+    check_keys(
         _SOURCE_SHAPES,
         source,
         what="LPIPS-AlexNet weights (trunk + linear heads)",

@@ -32,6 +32,7 @@ from flax import linen as nn
 
 from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
 from predvdm_jax.models.predictor import PredVDMDenoiser
+from predvdm_jax.tensor_files import check_keys
 
 SCHEDULE_BUFFERS = (  # LDM's register_schedule buffers that a checkpoint holds (lvlb_weights is not)
     "betas",
@@ -168,7 +169,7 @@ def convert_predvdm_state_dict(
             got[key] = value
         else:
             ignored.append(key)
-    tc.check_keys(expected, got, what="PredVDM checkpoint")
+    check_keys(expected, got, what="PredVDM checkpoint")
 
     def tree(keys: Mapping[tuple[str, ...], str]) -> dict[str, Any]:
         flat = {

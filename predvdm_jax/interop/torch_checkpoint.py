@@ -2,7 +2,7 @@
 
 A PyTorch checkpoint is read into a flat `{torch_key: np.ndarray}` dict (the "state dict"); model-specific
 converters (`ldm_vq`, UNet, LPIPS, I3D) then select a prefix, rename keys and change weight layouts with the
-functions here, and validate with `check_keys`. Flattened Flax params use "/"-joined paths
+functions here, and validate with `tensor_files.check_keys`. Flattened Flax params use "/"-joined paths
 (`encoder/conv_in/kernel`).
 
 Layouts: PyTorch convs are (O, I, *spatial); Flax convs are (*spatial, I, O). PyTorch Linear is (out, in);
@@ -124,11 +124,6 @@ def linear_to_dense(weight: np.ndarray) -> np.ndarray:
     return np.asarray(weight).T
 
 
-def dense_to_linear(kernel: np.ndarray) -> np.ndarray:
-    """Flax Dense kernel (in, out) -> PyTorch Linear weight (out, in)."""
-    return np.asarray(kernel).T
-
-
 def conv1x1_to_dense(weight: np.ndarray) -> np.ndarray:
     """PyTorch 1x1 conv weight (O, I, 1) or (O, I, 1, 1) -> Flax Dense kernel (I, O)."""
     weight = np.asarray(weight)
@@ -137,42 +132,6 @@ def conv1x1_to_dense(weight: np.ndarray) -> np.ndarray:
             f"conv1x1_to_dense expects an (O, I, 1[, 1]) weight; got shape {weight.shape}."
         )
     return weight.reshape(weight.shape[:2]).T
-
-
-def check_keys(
-    expected: Mapping[str, tuple[int, ...]],
-    got: Mapping[str, Any],
-    what: str = "checkpoint",
-    max_listed: int = 20,
-    hint: str = "Check that the model config matches the checkpoint.",
-) -> None:
-    """Raise one ValueError listing missing, unexpected and wrong-shape keys, then `hint`;
-    `expected` maps key -> shape."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(
-        f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(got[k]))}"
-        for k in set(expected) & set(got)
-        if tuple(np.shape(got[k])) != tuple(expected[k])
-    )
-    if not (missing or unexpected or wrong):
-        return
-
-    def listing(title: str, items: list[str]) -> str:
-        shown = items[:max_listed]
-        more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
-        return f"{title} ({len(items)}): " + ", ".join(shown) + more
-
-    parts = [
-        listing(title, items)
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
-    raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:

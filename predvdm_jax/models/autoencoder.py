@@ -412,13 +412,6 @@ class VQModel(nn.Module):
             z, _, _ = self.quantizer(z)
         return self.decoder(self.post_quant_conv(z), deterministic).astype(jnp.float32)
 
-    def decode_indices(self, indices: Array, deterministic: bool = True) -> Array:
-        """Integer codebook indices (B, h, w) -> images."""
-        codebook = self.quantizer.variables["params"]["embedding"]
-        return self.decode(
-            jnp.take(codebook, indices, axis=0), quantize=False, deterministic=deterministic
-        )
-
     def __call__(
         self, x: Array, deterministic: bool = True, return_features: bool = False
     ) -> VQOutput:

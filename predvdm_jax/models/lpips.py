@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from predvdm_jax.models.conv import conv_general_dilated
-from predvdm_jax.tensor_files import read_safetensors
+from predvdm_jax.tensor_files import check_keys, read_safetensors
 
 # ScalingLayer of lpips v0.1: (x - shift) / scale, per RGB channel.
 INPUT_SHIFT = (-0.030, -0.088, -0.188)
@@ -167,18 +167,12 @@ def load_lpips_params(path: str | os.PathLike | None):
     if not lpips_available(path):
         return None
     flat = read_safetensors(path, "re-create it with scripts/convert_lpips.py")
-    missing = sorted(set(LPIPS_PARAM_SHAPES) - set(flat))
-    unexpected = sorted(set(flat) - set(LPIPS_PARAM_SHAPES))
-    wrong_shape = sorted(
-        key
-        for key in set(flat) & set(LPIPS_PARAM_SHAPES)
-        if tuple(flat[key].shape) != LPIPS_PARAM_SHAPES[key]
+    check_keys(
+        LPIPS_PARAM_SHAPES,
+        flat,
+        what=f"LPIPS params {os.fspath(path)}",
+        hint="Rebuild it with scripts/convert_lpips.py.",
     )
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"{path} is not an LPIPS-AlexNet params file (missing {missing}, unexpected {unexpected}, "
-            f"wrong shape {wrong_shape}); rebuild it with scripts/convert_lpips.py."
-        )
     nested = traverse_util.unflatten_dict(
         {key: np.asarray(value, np.float32) for key, value in flat.items()}, sep="/"
     )

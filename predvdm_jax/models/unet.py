@@ -44,7 +44,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from predvdm_jax.config import ATTENTION_IMPLS
@@ -350,11 +349,3 @@ class UNetModel(nn.Module):
         h = nn.silu(_group_norm(h, "out_0"))
         h = Conv(self.out_channels, zero_init=True, dtype=self.dtype, name="out_2")(h)
         return h.astype(jnp.float32)
-
-
-def count_params(module: nn.Module, *example_args: Any) -> int:
-    """Number of parameters of ``module``, from ``jax.eval_shape`` (no allocation)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))
-    return int(
-        sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(nn.unbox(shapes["params"])))
-    )

@@ -274,21 +274,15 @@ def codebook_usage(indices: Array, n_codes: int) -> dict[str, Array]:
 
 
 def restart_dead_codes(
-    codebook: Array, indices: Array, latents: Array, key: Array, min_count: int = 1
+    codebook: Array, counts: Array, latents: Array, key: Array
 ) -> tuple[Array, Array]:
-    """Replace codes used fewer than `min_count` times in `indices` by random encoder outputs.
+    """Codes of count 0 in ``counts`` (n_codes,) become random encoder outputs.
 
-    `latents` (..., D) are the continuous pre-quantization latents the `indices` were computed from
-    (`VQOutput.z`); each dead code gets one of them, drawn uniformly with replacement. Returns
-    (new_codebook, number of restarted codes). Use on the step's global batch so all replicas agree.
+    ``latents`` (..., D) are continuous pre-quantization latents (``VQOutput.z``); each dead
+    code gets one of them, drawn uniformly with replacement. Returns (new codebook, number of
+    restarted codes). Use on the step's global batch so all replicas agree.
     """
-    n_codes, dim = codebook.shape
-    if latents.shape[-1] != dim:
-        raise ValueError(
-            f"latents have {latents.shape[-1]} channels but codebook entries have {dim}."
-        )
-    flat = latents.reshape(-1, dim).astype(codebook.dtype)
-    counts = jnp.bincount(indices.reshape(-1), length=n_codes)
-    dead = counts < min_count
-    picks = flat[jax.random.randint(key, (n_codes,), 0, flat.shape[0])]
-    return jnp.where(dead[:, None], picks, codebook), jnp.sum(dead)
+    flat = latents.reshape(-1, codebook.shape[1])
+    dead = counts == 0
+    picks = flat[jax.random.randint(key, (codebook.shape[0],), 0, flat.shape[0])]
+    return jnp.where(dead[:, None], picks.astype(codebook.dtype), codebook), jnp.sum(dead)

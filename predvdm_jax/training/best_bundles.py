@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from predvdm_jax import atomic_io
 from predvdm_jax.interop.bundle import METRIC_FILE, Bundle, bundle_metrics, save_bundle
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -64,8 +65,8 @@ class BestBundles:
             drop |= {s for s, _ in ranked[self.k - 1 :]}
             path = self._path(step)
             save_bundle(path, Bundle(self.config, params, self.vq_params))
-            with open(os.path.join(path, METRIC_FILE), "w") as f:
-                json.dump({"metric": self.metric, "value": value, "step": step}, f)
+            metric = {"metric": self.metric, "value": value, "step": step}
+            atomic_io.write_text(os.path.join(path, METRIC_FILE), json.dumps(metric))
         for old in drop - ({step} if enters else set()):
             shutil.rmtree(self._path(old), ignore_errors=True)
         return enters

@@ -94,10 +94,6 @@ class Checkpointer:
         self._manager.reload()
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        self._manager.reload()
-        return list(self._manager.all_steps())
-
     def save(self, step: int, state: Any, data_state: Any = None, config: Any = None) -> None:
         """Starts an async save of ``step``; ``data_state`` is this process's iterator state."""
         data = {"process_count": jax.process_count(), "states": _gather_json(data_state)}
@@ -174,6 +170,18 @@ class Checkpointer:
         self._manager.close()
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest finished checkpoint step of the training run in ``workdir`` (None: none)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return None
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
 def _shape(text: str) -> tuple[int, ...]:
     """``'(3, 3, 2)'`` -> ``(3, 3, 2)``."""
     return tuple(int(n) for n in re.findall(r"\d+", text))
@@ -201,13 +209,12 @@ def check_saved_config(
     on the parameters' shapes, or train another model. ``derived`` maps names to functions of a
     config's JSON dict (values decided by several fields), compared the same way. Fields the
     saved config predates (a function raising ``KeyError`` on it) pass."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    step = latest_step(workdir)
+    if step is None:
         return
-    checkpointer = Checkpointer(directory, async_save=False)
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), async_save=False)
     try:
-        step = checkpointer.latest_step()
-        saved = checkpointer.restore_config(step) if step is not None else {}
+        saved = checkpointer.restore_config(step)
     finally:
         checkpointer.close()
     current = config_to_json(config)

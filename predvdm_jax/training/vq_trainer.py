@@ -45,7 +45,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from predvdm_jax import xla_cpu
+from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -257,15 +257,6 @@ class VQObjective:
         return loss, metrics
 
 
-def _restart_codes(
-    codebook: jax.Array, counts: jax.Array, latents: jax.Array, key: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Codes with count 0 become random rows of ``latents (N, D)``; returns (codebook, restarted)."""
-    dead = counts == 0
-    picks = latents[jax.random.randint(key, (codebook.shape[0],), 0, latents.shape[0])]
-    return jnp.where(dead[:, None], picks.astype(codebook.dtype), codebook), jnp.sum(dead)
-
-
 def make_vq_train_step_builder(
     objective: VQObjective, disc_optimizer: optax.GradientTransformation | None, restart_every: int
 ) -> Callable:
@@ -356,8 +347,9 @@ def make_vq_train_step_builder(
             if restart_every > 0:
                 due = new_state.step % restart_every == 0
                 codebook = new_state.params["quantize"]["embedding"]
-                flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1])
-                fresh, dead = _restart_codes(codebook, counts, flat, restart_key)
+                fresh, dead = vq_losses.restart_dead_codes(
+                    codebook, counts, jax.lax.stop_gradient(latents), restart_key
+                )
                 params = dict(new_state.params)
                 params["quantize"] = {
                     **params["quantize"],
@@ -535,6 +527,5 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("final test reconstruction: %s", final)
     save_vq_params(os.path.join(workdir, VQ_PARAMS_FILE), state.params, config)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, VQ_EVAL_FILE), "w") as f:
-            json.dump(final, f, indent=2)
+        atomic_io.write_text(os.path.join(workdir, VQ_EVAL_FILE), json.dumps(final, indent=2))
     return final

@@ -255,7 +255,7 @@ def test_a_file_that_is_not_torchscript_gives_one_error_line(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run(
         [sys.executable, os.path.join(repo, "scripts", "convert_i3d_torchscript.py")]
-        + [f"--torchscript={html}", f"--output={tmp_path / 'out.safetensors'}"],
+        + [f"--torchscript={html}", f"--out={tmp_path / 'out.safetensors'}"],
         capture_output=True,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo),

@@ -93,7 +93,8 @@ def test_key_mismatch_and_foreign_pickles_are_refused(tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(pickle.dumps(tree))
     with pytest.raises(
-        ValueError, match=r"2 missing.*Mixed_4c/Branch_1/Conv3d_0b_3x3.*1 unexpected.*Extra"
+        ValueError,
+        match=r"missing \(2\): .*Mixed_4c/Branch_1/Conv3d_0b_3x3.*unexpected \(1\): .*Extra",
     ):
         i3d.load_i3d_params(broken)
 

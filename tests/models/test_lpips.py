@@ -248,7 +248,7 @@ def test_convert_script_allow_pickle_flag(converted, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 
     refused = subprocess.run(
-        command + [f"--output={tmp_path / 'a.safetensors'}"],
+        command + [f"--out={tmp_path / 'a.safetensors'}"],
         capture_output=True,
         text=True,
         env=env,
@@ -259,7 +259,7 @@ def test_convert_script_allow_pickle_flag(converted, tmp_path):
 
     output = tmp_path / "b.safetensors"
     allowed = subprocess.run(
-        command + [f"--output={output}", "--allow_pickle"],
+        command + [f"--out={output}", "--allow_pickle"],
         capture_output=True,
         text=True,
         env=env,

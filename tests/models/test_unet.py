@@ -17,7 +17,6 @@ from predvdm_jax.models.unet import (
     ResBlock,
     UNetModel,
     attention_implementation,
-    count_params,
     timestep_embedding,
 )
 from predvdm_jax.training.sharding import DEFAULT_LOGICAL_RULES
@@ -42,6 +41,11 @@ TINY = dict(
     channel_mult=(1, 2),
     num_head_channels=16,
 )
+
+
+def count_params(module, *example_args):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(shapes["params"])))
 
 
 def example(side, channels, batch=1):

@@ -81,7 +81,7 @@ def test_reconstruction_loss_l1_plus_perceptual():
     )
 
 
-def test_codebook_usage_and_dead_code_restart():
+def test_codebook_usage():
     uniform = jnp.tile(jnp.arange(8), 5)
     stats = vl.codebook_usage(uniform, 8)
     np.testing.assert_allclose(float(stats["perplexity"]), 8.0, rtol=1e-6)
@@ -96,10 +96,12 @@ def test_codebook_usage_and_dead_code_restart():
         float(vl.codebook_usage(jnp.zeros(10, jnp.int32), 4)["perplexity"]), 1.0
     )
 
+
+def test_restart_replaces_only_unused_codes_with_encoder_outputs():
     codebook = jnp.arange(8.0).reshape(4, 2)
+    counts = jnp.array([3, 0, 1, 0])
     latents = jnp.array([[[10.0, 11.0], [20.0, 21.0]], [[30.0, 31.0], [40.0, 41.0]]])
-    indices = jnp.array([[0, 2], [2, 0]])
-    new, restarted = vl.restart_dead_codes(codebook, indices, latents, jax.random.key(0))
+    new, restarted = vl.restart_dead_codes(codebook, counts, latents, jax.random.key(0))
     assert int(restarted) == 2
     new = np.asarray(new)
     np.testing.assert_array_equal(new[[0, 2]], np.asarray(codebook)[[0, 2]])

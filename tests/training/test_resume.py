@@ -119,9 +119,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     stream = StreamIterator(config.seed, config.data.batch_size)
     with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at step 5;.*step 4"):
         loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(nan_at_step=5), stream)
-    checkpointer = Checkpointer(tmp_path / "checkpoints")
-    assert checkpointer.all_steps() == [2, 4]
-    _, data_state = checkpointer.restore(4, _abstract_state(config))
+    assert finished_steps(tmp_path / "checkpoints") == [2, 4]
+    _, data_state = Checkpointer(tmp_path / "checkpoints").restore(4, _abstract_state(config))
     assert data_state == {"seed": config.seed, "position": 4}
     logged = read_jsonl(tmp_path / JSONL_NAME)
     assert [r["step"] for r in logged] == [3]
@@ -175,12 +174,12 @@ def test_resuming_below_the_checkpoint_step_says_so(tmp_path, caplog):
     caplog.clear()
     train_in_process(make_config(num_steps=2, save_every=2), str(tmp_path))
     assert "already at step 4 (train.num_steps=2)" in caplog.text
-    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2, 4]
+    assert finished_steps(tmp_path / "checkpoints") == [2, 4]
 
 
 def test_reading_a_missing_checkpoint_folder_does_not_create_it(tmp_path):
     missing = tmp_path / "nowhere" / "checkpoints"
     checkpointer = Checkpointer(missing)
-    assert checkpointer.latest_step() is None and checkpointer.all_steps() == []
+    assert checkpointer.latest_step() is None
     checkpointer.close()
     assert not (tmp_path / "nowhere").exists()

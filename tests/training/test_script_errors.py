@@ -1,7 +1,9 @@
 """Script errors are one ``error:`` line: bad ``--config`` flags, a workdir of another model, VQ
-params of another VQ, an export over its own workdir; reading a missing workdir leaves no trace."""
+params of another VQ, a NaN loss, an export over its own workdir; reading a missing workdir
+leaves no trace."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 
 from predvdm_jax import config as config_lib
+from predvdm_jax.data.hdf5 import write_split
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
-from predvdm_jax.training import checkpoint, vq_trainer
+from predvdm_jax.training import checkpoint, loop, vq_trainer
+from predvdm_jax.training.script_errors import one_line_errors
 
 from .tiny_setup import REPO_ROOT
 
@@ -174,3 +178,33 @@ def test_export_refuses_its_own_workdir_and_leaves_a_missing_one_alone(tmp_path)
     line = _run("export.py", f"--workdir={missing}", f"--out={tmp_path / 'bundle'}")
     assert line.startswith(f"error: no finished checkpoint in {missing}")
     assert not missing.exists()
+
+
+def test_a_nan_loss_in_vq_training_is_one_error_line(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        write_split(str(tmp_path / split), [rng.integers(0, 256, (3, 16, 16), np.uint8)] * 2)
+    tiny = {
+        "data.train_dir": tmp_path / "train",
+        "data.test_dir": tmp_path / "test",
+        "data.image_size": 16,
+        "vq.resolution": 16,
+        "vq.ch_mult": "(1,)",
+        "vq_train.batch_size": 2,
+        "vq_train.num_steps": 3,
+        "vq_train.log_every": 1,
+        "vq_train.eval_every": 0,
+        "vq_train.eval_clips": 2,
+        "vq_train.eval_frames": 2,
+        "vq_train.learning_rate": 1e30,  # the first update overflows the parameters
+    }
+    flags = [f"--config.{name}={value}" for name, value in tiny.items()]
+    line = _run("train_vq.py", f"--workdir={tmp_path / 'run'}", f"--config={VQ_CONFIG}", *flags)
+    assert re.match(r"error: loss is (nan|inf) at step \d+; stopped without saving", line), line
+
+
+def test_a_preempted_run_exits_143_naming_the_saved_step(capsys):
+    with pytest.raises(SystemExit) as exited, one_line_errors():
+        raise loop.TrainingPreempted("saved step 4; rerun to resume")
+    assert exited.value.code == 143
+    assert capsys.readouterr().err == "preempted: saved step 4; rerun to resume\n"

@@ -220,18 +220,6 @@ def test_adaptive_weight_matches_closed_form():
     assert float(metrics["d_weight"]) == pytest.approx(expected, rel=2e-4)
 
 
-def test_restart_replaces_only_unused_codes_with_encoder_outputs():
-    codebook = jnp.arange(12.0).reshape(4, 3)
-    counts = jnp.array([3, 0, 1, 0])
-    latents = jnp.full((5, 3), 100.0) + jnp.arange(5.0)[:, None]
-    new, restarted = vq_trainer._restart_codes(codebook, counts, latents, jax.random.PRNGKey(0))
-    new = np.asarray(new)
-    assert int(restarted) == 2
-    np.testing.assert_array_equal(new[[0, 2]], np.asarray(codebook)[[0, 2]])
-    for row in new[[1, 3]]:
-        assert any(np.array_equal(row, np.asarray(l)) for l in latents)
-
-
 def test_eval_frames_longer_than_the_test_videos_name_vq_train_eval_frames(dataset):
     with pytest.raises(DatasetError) as err:
         vq_trainer.load_eval_frames(str(dataset / "test"), 4, 6, seed=0)
