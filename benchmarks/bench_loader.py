@@ -38,7 +38,7 @@ def main(argv):
     del argv
     root = FLAGS.data or os.path.join(tempfile.gettempdir(), "bench_moving_digits")
     if not os.path.exists(os.path.join(root, "train")):
-        moving_digits.write_moving_digits(root, None, 512, 32, progress=False)
+        moving_digits.write_moving_digits(root, 512, 32, progress=False)
     split = os.path.join(root, "train")
     n = FLAGS.batch * FLAGS.batches
     shards = hdf5.VideoShards(split)

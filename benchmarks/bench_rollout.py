@@ -3,10 +3,9 @@
 The rollout is one compiled program (every block and sampler step in lax.scan). Baselines
 measured in the same run, both DDIM with the same steps and η = 1:
 
-* the PyTorch original's rollout: the LDM-named PyTorch UNet + PredVDM wrapper of
-  tests/interop/test_predvdm_ckpt.py and the VQ of tests/interop/test_ldm_vq.py, one
-  denoiser call and one update per step from Python, quantize + decode per block, under
-  ``torch.no_grad`` (skipped with --notorch or when PyTorch is missing);
+* the PyTorch original's rollout: the LDM-named PyTorch UNet + PredVDM wrapper and VQ of
+  tests/torch_reference/, one denoiser call and one update per step from Python, quantize +
+  decode per block, under ``torch.no_grad`` (skipped with --notorch or when PyTorch is missing);
 * the same loop in JAX, one jitted denoiser call per step.
 
   python benchmarks/bench_rollout.py [--config=digits_demo] [--batch=16] [--frames=30]
@@ -79,15 +78,13 @@ def make_torch_rollout(model, frames, steps, eta=1.0, device="cpu", bf16=False):
 
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-    from test_ldm_vq import build_torch_model
+    from tests.torch_reference.denoiser import torch_wrapper_for_config
+    from tests.torch_reference.ldm_vq import torch_vq_for_config
 
     config = model.config
     k, n_cond = model.k, model.cond_frames
-    denoiser = common.torch_denoiser(config).eval().to(device)
-    vq = build_torch_model(
-        {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
-    ).to(device)
+    denoiser = torch_wrapper_for_config(config).eval().to(device)
+    vq = torch_vq_for_config(config).to(device)
     ts = ddim_timesteps(steps, model.schedule.num_timesteps)
     alphas, alphas_prev, sigmas = (np.asarray(a) for a in ddim_parameters(model.schedule, ts, eta))
     device_type = torch.device(device).type

@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 
-from predvdm_jax.training import mesh as mesh_lib  # noqa: E402
+from predvdm_jax import mesh as mesh_lib  # noqa: E402
 from predvdm_jax.training.train_state import create_train_state  # noqa: E402
 
 flags.DEFINE_string("config", "kth64", "Config whose step's memory is measured.")

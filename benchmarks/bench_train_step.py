@@ -2,7 +2,7 @@
 
 * KTH config (259 M UNet, `tcct_para_attn`, 10 + 5 latents of 16×16×3) at batch 4, against
   the same step of the PyTorch original run in the same process: the LDM-named PyTorch
-  UNet + DiffusionWrapper of tests/interop/test_predvdm_ckpt.py, summed ε-loss, AdamW, global
+  UNet + DiffusionWrapper of tests/torch_reference/denoiser.py, summed ε-loss, AdamW, global
   norm clipping (skipped with --notorch or when PyTorch is missing);
 * the demo config (configs/digits_demo.py): seconds per step and examples/s, against the
   same PyTorch step sized like the demo UNet.
@@ -76,8 +76,10 @@ def jax_step_seconds(config, batch, repeats):
 def torch_step_seconds(config, batch, repeats):
     import torch
 
+    from tests.torch_reference.denoiser import torch_wrapper_for_config
+
     k, cond = config.data.pred_frames, config.data.cond_frames
-    model = common.torch_denoiser(config).train()
+    model = torch_wrapper_for_config(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
     sqrt_ab = torch.rand(1000)
     z = torch.randn(batch, k + cond, 3, 16, 16)

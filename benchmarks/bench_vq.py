@@ -4,7 +4,7 @@ The model is the config's default `vq` section (LDM's VQ-f4: ch 128, ch_mult (1,
 ResBlocks per level, 55.3 M parameters). Baselines measured in the same run: the same JAX
 programs compiled with a plain `jax.jit` (XLA's default fusions) instead of the library's
 `predvdm_jax/xla_cpu.jit`, and the same network in PyTorch (the LDM-named reference module of
-tests/interop/test_ldm_vq.py) on the CPU, eval mode, no_grad, torch's default thread count
+tests/torch_reference/ldm_vq.py) on the CPU, eval mode, no_grad, torch's default thread count
 (skipped with --notorch or when PyTorch is missing). Decoding quantizes first, as PredVDM's
 decode does.
 
@@ -48,12 +48,10 @@ def jax_rates(batch: int, size: int, repeats: int, jit=xla_cpu.jit) -> tuple[flo
 
 def torch_rates(batch: int, size: int, repeats: int) -> tuple[float, float]:
     import torch
-    from tests.interop.test_ldm_vq import build_torch_model
 
-    vq = config_lib.default_config().vq.to_dict()
-    model = build_torch_model(
-        {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in vq.items()}
-    )
+    from tests.torch_reference.ldm_vq import torch_vq_for_config
+
+    model = torch_vq_for_config(config_lib.default_config())
     frames = torch.rand(batch, 3, size, size) * 2 - 1
     with torch.no_grad():
         latents = model.encode(frames)

@@ -2,7 +2,6 @@
 
 import os
 import platform
-import sys
 import time
 from typing import Any, NamedTuple
 
@@ -55,7 +54,7 @@ def engine_step(config) -> EngineStep:
     ``train.grad_accum_steps`` microbatches) for ``config`` over all devices, fed cached
     latents."""
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax import mesh as mesh_lib
     from predvdm_jax.training.diffusion_trainer import make_loss_fn
     from predvdm_jax.training.optim import make_optimizer
     from predvdm_jax.training.train_state import abstract_train_state
@@ -125,12 +124,3 @@ def emit(figure: str, value: float, unit: str, baseline: str, baseline_value: fl
         ),
         flush=True,
     )
-
-
-def torch_denoiser(config):
-    """The PyTorch original's denoiser sized like ``config`` (random weights, for timing):
-    the LDM-named UNet + PredVDM wrapper of tests/interop/test_predvdm_ckpt.py."""
-    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
-    from test_predvdm_ckpt import torch_wrapper_for_config
-
-    return torch_wrapper_for_config(config)

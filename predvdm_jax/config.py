@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 import sys
+from typing import Any, Mapping
 
 import ml_collections
 from absl import app, flags
@@ -133,7 +134,7 @@ def default_config() -> ml_collections.ConfigDict:
         profile_steps=5,  # steps the trace covers
     )
     # slices: device groups joined by a slower network (TPU multislice; processes elsewhere):
-    # data is split across them, each fsdp row stays inside one (training/mesh.py)
+    # data is split across them, each fsdp row stays inside one (predvdm_jax/mesh.py)
     c.mesh = dict(
         data=-1,
         fsdp=1,
@@ -472,6 +473,13 @@ def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
     (e.g. ``diffusion.parameterization='eps'``, the only behaviour before it existed).
     """
     return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))
+
+
+def module_fields(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A config section (``ConfigDict`` or mapping) as a module's fields: lists (a JSON config,
+    ``--config.x=[1,2]``) become tuples, so the module hashes (a static ``jax.jit`` argument)."""
+    fields = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section
+    return {key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in fields.items()}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:

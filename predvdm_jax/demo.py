@@ -27,7 +27,9 @@ from predvdm_jax.data import hdf5, latent_cache, loader, moving_digits
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
+from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.interop import bundle as bundle_lib
+from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
 
 
@@ -71,7 +73,7 @@ def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float
     if not os.path.exists(path):
         model = LatentDiffusion.from_config(config)
         clips = next(loader.eval_iterator(config.data.train_dir, 8, 32, 32, config.seed))["video"]
-        std = model.latent_std(bundle_lib.load_vq_params(config.vq_params, config), clips)
+        std = model.latent_std(load_vq_params(config.vq_params, config), clips)
         atomic_io.write_text(path, json.dumps({"latent_std": std, "scale_factor": 1.0 / std}))
     with open(path) as f:
         return float(json.load(f)["scale_factor"])
@@ -90,7 +92,7 @@ def _save_bundle(paths: dict[str, str], step: int) -> None:
     """Bundles checkpoint ``step``; the step is recorded once the bundle is complete."""
     if os.path.exists(paths["bundle_step"]):
         os.remove(paths["bundle_step"])
-    bundle = bundle_lib.load_from_checkpoint(paths["diffusion"], step=step)
+    bundle = checkpoint.load_from_checkpoint(paths["diffusion"], step=step)
     bundle_lib.save_bundle(paths["bundle"], bundle)
     atomic_io.write_text(paths["bundle_step"], json.dumps({"step": step}))
 
@@ -148,7 +150,7 @@ def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, source, prog
     config = config.copy_and_resolve_references()
     config.eval.fvd = fvd
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=num_clips)
-    return protocol_lib.evaluate_model(
+    return run_lib.evaluate_model(
         config,
         bundle.params,
         bundle.vq_params,
@@ -180,7 +182,7 @@ def run_demo(
         "moving digits dataset",
         os.path.exists(hdf5.shard_path(config.data.test_dir, 1)),
         lambda: moving_digits.write_moving_digits(
-            paths["frames"], None, num_train, num_test, progress=progress
+            paths["frames"], num_train, num_test, progress=progress
         ),
     )
     stages.run(
@@ -196,7 +198,7 @@ def run_demo(
         os.path.exists(hdf5.shard_path(config.data.latent_train_dir, 1)),
         lambda: latent_cache.encode_split(
             config,
-            bundle_lib.load_vq_params(config.vq_params, config),
+            load_vq_params(config.vq_params, config),
             config.data.train_dir,
             config.data.latent_train_dir,
         ),

@@ -6,7 +6,8 @@
 The output is a safetensors file of the flattened Flax param tree ('/'-joined keys such as
 `encoder/down_0/block_1/conv1/kernel`, conv kernels HWIO, float32); read it back with
 `predvdm_jax.interop.torch_checkpoint.load_params_safetensors`. The architecture is the config's `vq`
-section (VQ-f4 defaults without --config). The file is written to a temporary name and then renamed.
+section, validated after the --config.* overrides (VQ-f4 defaults without --config). The file is
+written to a temporary name and then renamed.
 """
 
 import sys
@@ -36,10 +37,10 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = FLAGS.config.vq if FLAGS.config is not None else None
     try:
-        params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, config, allow_pickle=FLAGS.allow_pickle)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+        vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
+        params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, vq, allow_pickle=FLAGS.allow_pickle)
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ConfigError is a ValueError
         sys.exit(f"error: {err}")
     torch_checkpoint.save_params_safetensors(
         FLAGS.out, params, metadata={"source": FLAGS.ckpt, "format": "flax/vq"}

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.data.latent_cache import encode_split
-from predvdm_jax.interop.bundle import load_vq_params
+from predvdm_jax.interop.params import load_vq_params
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config (its vq section and scale_factor)."

@@ -24,12 +24,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import config as config_lib, mesh
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
+from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
-from predvdm_jax.training import mesh as mesh_lib
+from predvdm_jax.training import checkpoint
 
 config_lib.define_overrides_flag(
     "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=..."
@@ -83,17 +84,9 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
-def _num_samples(config, overrides):
-    if FLAGS.num_samples is not None:
-        return FLAGS.num_samples
-    if "eval.num_samples" in overrides or config.eval.num_samples > 1:
-        return config.eval.num_samples
-    return None
-
-
 def _score_folders():
     config = config_lib.validate(FLAGS.config)
-    metrics = protocol_lib.score_folders(
+    metrics = run_lib.score_folders(
         FLAGS.real_dir,
         FLAGS.fake_dir,
         FLAGS.out,
@@ -110,30 +103,24 @@ def _score_folders():
 
 
 def _evaluate_model():
-    from predvdm_jax.interop import bundle as bundle_lib
-
-    if FLAGS.bundle:
-        path = bundle_lib.resolve_bundle_path(FLAGS.bundle)  # best/ → its lowest-loss bundle
-        bundle = bundle_lib.load_bundle(path)
-        source = f"bundle {path}"
-    else:
-        bundle = bundle_lib.load_from_checkpoint(
-            FLAGS.workdir, use_ema=FLAGS.use_ema, step=FLAGS.step
-        )
-        source = f"checkpoint {FLAGS.workdir} ({'EMA' if FLAGS.use_ema else 'raw'} weights)"
     overrides = config_flags.get_override_values(FLAGS["config"])
-    config = config_lib.with_overrides(bundle.config, overrides)
-    protocol = protocol_lib.resolve_protocol(
-        FLAGS.protocol or config.eval.protocol,
-        num_clips=FLAGS.num_clips or config.eval.num_clips,
-        num_samples=_num_samples(config, overrides),
+    bundle, source = checkpoint.load_model(
+        FLAGS.bundle, FLAGS.workdir, overrides, use_ema=FLAGS.use_ema, step=FLAGS.step
+    )
+    config = bundle.config
+    protocol = protocol_lib.protocol_from_config(
+        config,
+        overrides,
+        name=FLAGS.protocol,
+        num_clips=FLAGS.num_clips,
+        num_samples=FLAGS.num_samples,
     )
     samplings = (
         sweep_lib.parse_sweep(FLAGS.sweep, config)
         if FLAGS.sweep is not None
         else {protocol_lib.MODEL: config.sampling}
     )
-    all_metrics = protocol_lib.evaluate_samplers(
+    all_metrics = run_lib.evaluate_samplers(
         config,
         bundle.params,
         bundle.vq_params,
@@ -165,7 +152,7 @@ def main(argv):
         )
     if folders and FLAGS.sweep is not None:
         raise app.UsageError("--sweep scores a model's samplers; it needs --bundle or --workdir.")
-    mesh_lib.initialize_distributed()
+    mesh.initialize_distributed()
     try:
         if folders:
             print(report.markdown_table(_score_folders()))

@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from predvdm_jax.interop import bundle
+from predvdm_jax.interop import bundle, predvdm_ckpt
+from predvdm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_string("out", None, "Bundle folder to write (replaced atomically if it exists).")
@@ -41,14 +42,14 @@ def main(argv):
         )
     try:
         if FLAGS.out:
-            exported = bundle.load_from_checkpoint(
+            exported = checkpoint.load_from_checkpoint(
                 FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step
             )
             bundle.save_bundle(FLAGS.out, exported)
             weights = "EMA" if FLAGS.ema else "raw"
             print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
         if FLAGS.predvdm_ckpt:
-            step, scale_factor = bundle.export_latent_diffusion_checkpoint(
+            step, scale_factor = predvdm_ckpt.export_latent_diffusion_checkpoint(
                 FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
             )
             print(

@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.interop import bundle
+from predvdm_jax.interop import bundle, predvdm_ckpt
 
 flags.DEFINE_string("ckpt", None, "PredVDM checkpoint (.ckpt, bare state_dict or .safetensors).")
 flags.DEFINE_string("out", None, "Bundle folder to write (replaced atomically if it exists).")
@@ -36,7 +36,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         config_lib.validate(FLAGS.config)
-        imported, summary = bundle.bundle_from_predvdm_checkpoint(
+        imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
             FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
         )
         bundle.save_bundle(FLAGS.out, imported)

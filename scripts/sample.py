@@ -21,7 +21,7 @@ from predvdm_jax import config as config_lib
 from predvdm_jax.data import loader, video_files
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import report, sampling
-from predvdm_jax.interop import bundle as bundle_lib
+from predvdm_jax.training import checkpoint
 
 config_lib.define_overrides_flag(
     "Overrides of the model's config, e.g. --config.sampling.steps=20."
@@ -48,15 +48,10 @@ def main(argv):
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         sys.exit("error: give exactly one of --bundle or --workdir")
     try:
-        model = (
-            bundle_lib.load_bundle(FLAGS.bundle)
-            if FLAGS.bundle
-            else bundle_lib.load_from_checkpoint(FLAGS.workdir)
+        bundle, _ = checkpoint.load_model(
+            FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
         )
-        config = config_lib.with_overrides(
-            model.config, config_flags.get_override_values(FLAGS["config"])
-        )
-        model = bundle_lib.Bundle(config, model.params, model.vq_params)
+        config = bundle.config
         cond_frames = config.data.cond_frames
         num_frames = FLAGS.num_frames or config.eval.pred_frames
         if FLAGS.video:
@@ -76,7 +71,7 @@ def main(argv):
             )
             clips = next(batches)["video"]
             cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
-        predicted = sampling.predict_clips(model, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
+        predicted = sampling.predict_clips(bundle, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
     except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     if future is None:  # a user's video: no ground truth beyond the conditioning frames

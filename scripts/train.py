@@ -13,8 +13,8 @@ the same command resumes.
 from absl import app, flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
-from predvdm_jax.training import diffusion_trainer, mesh
+from predvdm_jax import config as config_lib, mesh
+from predvdm_jax.training import diffusion_trainer
 from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file(

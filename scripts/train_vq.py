@@ -10,8 +10,8 @@ Resumes from the newest checkpoint in --workdir. Writes --workdir/vq_params.safe
 from absl import app, flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
-from predvdm_jax.training import mesh, vq_trainer
+from predvdm_jax import config as config_lib, mesh
+from predvdm_jax.training import vq_trainer
 from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)

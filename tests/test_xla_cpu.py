@@ -77,7 +77,7 @@ def test_the_rollout_program_takes_the_options():
 
 
 def test_the_engine_train_step_takes_the_options():
-    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax import mesh as mesh_lib
     from predvdm_jax.training.train_state import abstract_train_state
     from predvdm_jax.training.train_step import make_train_step
     from training.tiny_setup import IN_DIM, OUT_DIM, init_fn, make_loss_fn

@@ -32,9 +32,11 @@ from absl import logging
 from flax import traverse_util
 
 from predvdm_jax import atomic_io, xla_cpu
+from predvdm_jax.batching import pad_batch
 from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
 from predvdm_jax.data.loader import check_frame_size, to_model_range
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.tensor_files import read_safetensors
 
 CACHE_INFO = "cache_info.json"
@@ -163,22 +165,15 @@ def make_frame_encoder(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``encode(frames (N ≤ batch_frames, H, W, C) in [-1, 1]) -> latents (N, h, w, c) float32``.
 
-    One compiled program for every call: short batches are zero-padded to
-    ``batch_frames``.
+    One compiled program for every call: short batches are padded to ``batch_frames``.
     """
-    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-
     system = LatentDiffusion.from_config(config)
     params = jax.tree.map(jnp.asarray, vq_params)
     encode = xla_cpu.jit(lambda p, video: system.encode(p, video)[0])
 
     def encode_frames(frames: np.ndarray) -> np.ndarray:
-        n = frames.shape[0]
-        if n > batch_frames:
-            raise ValueError(f"got {n} frames for a batch of {batch_frames}")
-        padded = np.zeros((batch_frames,) + frames.shape[1:], np.float32)
-        padded[:n] = frames
-        return np.asarray(jax.device_get(encode(params, padded[None])))[:n]
+        padded = pad_batch(frames, batch_frames)
+        return np.asarray(jax.device_get(encode(params, padded[None])))[: len(frames)]
 
     return encode_frames
 

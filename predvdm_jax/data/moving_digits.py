@@ -98,7 +98,6 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def write_moving_digits(
     out_dir: str,
-    digits_source: None = None,
     num_train: int = 2000,
     num_test: int = 256,
     num_digits: int = 2,
@@ -111,15 +110,8 @@ def write_moving_digits(
     """Writes ``out_dir/train`` and ``out_dir/test`` from scikit-learn's digits (1500
     train / 297 test images) in the HDF5 video format.
 
-    ``digits_source`` must be None: videos of real MNIST digits are
-    ``scripts/prepare_data.py --dataset=smmnist``. A split whose shard already
-    exists is kept, so an interrupted run resumes.
+    A split whose shard already exists is kept, so an interrupted run resumes.
     """
-    if digits_source is not None:
-        raise ValueError(
-            f"write_moving_digits uses scikit-learn's digits, got digits_source={digits_source!r}; "
-            f"for MNIST run scripts/prepare_data.py --dataset=smmnist --src=MNIST --out=DIR."
-        )
     train_images, test_images = load_sklearn_digits()
     counts = {}
     for split, images, count in (

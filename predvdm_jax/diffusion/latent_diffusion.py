@@ -23,28 +23,22 @@ from predvdm_jax.diffusion.loss import diffusion_loss
 from predvdm_jax.diffusion.parameterization import as_eps_predictor
 from predvdm_jax.diffusion.samplers import SamplerSettings
 from predvdm_jax.diffusion.schedule import DiffusionSchedule, make_schedule
-from predvdm_jax.models.autoencoder import VQModel, decode_video, encode_video
+from predvdm_jax.models.autoencoder import VQModel, decode_video, encode_video, vq_model
 from predvdm_jax.models.predictor import PredVDMDenoiser
 
 
 def build_vq(config: ml_collections.ConfigDict) -> VQModel:
     """The frozen first stage, computing in ``model.dtype`` (its quantizer stays float32)."""
-    return VQModel(
-        **{
-            k: tuple(v) if isinstance(v, (list, tuple)) else v
-            for k, v in config.vq.to_dict().items()
-        },
-        dtype=jnp.dtype(config.model.dtype),
-    )
+    return vq_model(config.vq, dtype=jnp.dtype(config.model.dtype))
 
 
 def build_denoiser(config: ml_collections.ConfigDict) -> PredVDMDenoiser:
-    unet = {
-        k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.unet.to_dict().items()
-    }
-    unet["dtype"] = jnp.dtype(config.model.dtype)
-    unet["attention_impl"] = config.model.attention
-    unet["remat"] = config.model.remat
+    unet = dict(
+        config.unet.to_dict(),
+        dtype=jnp.dtype(config.model.dtype),
+        attention_impl=config.model.attention,
+        remat=config.model.remat,
+    )
     return PredVDMDenoiser(
         mode=config.model.mode,
         k=config.data.pred_frames,

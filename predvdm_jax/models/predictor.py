@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
+from predvdm_jax.config import module_fields
 from predvdm_jax.models.conv import Conv
 from predvdm_jax.models.unet import UNetModel
 
@@ -105,10 +106,8 @@ class PredVDMDenoiser(nn.Module):
     attn_dim_head: int = 32
 
     def __post_init__(self):
-        # Hashable attributes (a ConfigDict / dict with list values -> FrozenDict of tuples) so the module can be
-        # a static argument of jax.jit.
-        frozen = {key: tuple(v) if isinstance(v, list) else v for key, v in dict(self.unet).items()}
-        object.__setattr__(self, "unet", FrozenDict(frozen))
+        # Hashable (a ConfigDict / dict with list values -> FrozenDict of tuples): a static jit argument.
+        object.__setattr__(self, "unet", FrozenDict(module_fields(self.unet)))
         super().__post_init__()
 
     def unet_kwargs(self) -> dict[str, Any]:

@@ -8,10 +8,15 @@ step into a temporary directory and renames it when every item is complete,
 so a save killed half-way leaves only a temporary directory that
 ``latest_step`` never lists: the newest listed step is the latest good one.
 The directory is made by the first save, never by reading.
+
+For inference, ``load_train_state`` restores a run's checkpoint onto the current devices,
+``load_from_checkpoint`` takes its weights as a bundle, and ``load_model`` loads a bundle or
+a run with config overrides (scripts/evaluate.py and scripts/sample.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,7 +28,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from predvdm_jax.config import ConfigError
+from predvdm_jax import config as config_lib, mesh as mesh_lib
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path
+from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.training import optim, train_state
 
 CHECKPOINT_DIR = "checkpoints"  # under a training workdir
 DENOISER_FIELDS = (
@@ -232,8 +241,66 @@ def check_saved_config(
         except KeyError:
             pass
     if differences:
-        raise ConfigError(
+        raise config_lib.ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "
             f"{'; '.join(differences)}. Resume with the run's original config, or pass a new "
             f"--workdir to start over."
         )
+
+
+def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
+    """(config, train state, step) of a training run's checkpoint (the newest finished one by
+    default), restored onto the current devices, whatever the device count of the run."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    step = latest_step(workdir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(
+            f"no finished checkpoint in {directory}; train first "
+            f"(scripts/train.py --workdir={workdir}) or pass --bundle."
+        )
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+        config = config_lib.config_from_dict(checkpointer.restore_config(step))
+        model = LatentDiffusion.from_config(config)
+        optimizer, _ = optim.make_optimizer(config)
+        abstract, _ = train_state.abstract_train_state(
+            model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh()
+        )
+        state, _ = checkpointer.restore(step, abstract)
+    finally:
+        checkpointer.close()
+    return config, state, step
+
+
+def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = None) -> Bundle:
+    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint."""
+    config, state, _ = load_train_state(workdir, step)
+    return Bundle(
+        config,
+        state.ema_params if use_ema else state.params,
+        load_vq_params(config.vq_params, config),
+    )
+
+
+def load_model(
+    bundle: str | None = None,
+    workdir: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    use_ema: bool = True,
+    step: int | None = None,
+) -> tuple[Bundle, str]:
+    """(model, where it came from) of a ``bundle`` folder or a training ``workdir`` (exactly
+    one), its config with ``overrides`` (``{"section.field": value}``) applied. A run's
+    ``best/`` folder loads its bundle of lowest validation loss; a workdir its checkpoint
+    ``step`` (the newest by default), EMA weights unless ``use_ema`` is False."""
+    if bool(bundle) == bool(workdir):
+        raise ValueError(f"pass exactly one of a bundle or a workdir, got {bundle!r}, {workdir!r}")
+    if bundle:
+        path = resolve_bundle_path(bundle)
+        loaded, source = read_bundle(path), f"bundle {path}"
+    else:
+        loaded = load_from_checkpoint(workdir, use_ema=use_ema, step=step)
+        source = f"checkpoint {workdir} ({'EMA' if use_ema else 'raw'} weights)"
+    config = config_lib.with_overrides(loaded.config, dict(overrides or {}))
+    return dataclasses.replace(loaded, config=config), source

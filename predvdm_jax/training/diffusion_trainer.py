@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from predvdm_jax import xla_cpu
+from predvdm_jax import mesh as mesh_lib, xla_cpu
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-from predvdm_jax.interop.bundle import load_vq_params
-from predvdm_jax.training import checkpoint, loop, mesh as mesh_lib, preview
+from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.training import checkpoint, loop, preview
 from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
 

@@ -25,9 +25,9 @@ import numpy as np
 from absl import logging
 
 from predvdm_jax.config import ConfigError
+from predvdm_jax.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
-from predvdm_jax.training.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
 from predvdm_jax.training.preemption import PreemptionWatch

@@ -17,12 +17,13 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from predvdm_jax import mesh as mesh_lib
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
-from predvdm_jax.evaluation.protocol import eval_batch_size, to_host, to_unit_range
-from predvdm_jax.evaluation.report import frame_grid, to_uint8
-from predvdm_jax.training import mesh as mesh_lib
+from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
+from predvdm_jax.evaluation.protocol import to_host
+from predvdm_jax.evaluation.run import eval_batch_size
 from predvdm_jax.training.train_state import TrainState
 
 PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
@@ -65,11 +66,9 @@ def make_preview_fn(
         future = to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[:num_clips]
         real01 = to_unit_range(real[:, model.cond_frames :])
         fake01 = to_unit_range(future)
-        shown_real = to_uint8(real)
-        shown_fake = to_uint8(np.concatenate([real[:, : model.cond_frames], future], axis=1))
-        rows = [row for pair in zip(shown_real, shown_fake) for row in pair]
+        shown_fake = np.concatenate([real[:, : model.cond_frames], future], axis=1)
         return {
-            "preview/rollout": frame_grid(rows),
+            "preview/rollout": paired_grid(to_uint8(real), to_uint8(shown_fake)),
             "preview/psnr": float(np.mean(metrics_lib.psnr(real01, fake01))),
             "preview/ssim": float(np.mean(metrics_lib.ssim(real01, fake01))),
         }

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from predvdm_jax.training.mesh import FSDP_AXIS
+from predvdm_jax.mesh import FSDP_AXIS
 
 LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 

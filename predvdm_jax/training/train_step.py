@@ -15,8 +15,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from predvdm_jax import xla_cpu
+from predvdm_jax.mesh import BATCH_SPEC
 from predvdm_jax.training.ema import ema_update
-from predvdm_jax.training.mesh import BATCH_SPEC
 from predvdm_jax.training.optim import global_norm
 from predvdm_jax.training.train_state import TrainState
 

@@ -46,11 +46,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from predvdm_jax import atomic_io, xla_cpu
+from predvdm_jax.batching import pad_batch
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
 from predvdm_jax.evaluation import metrics as metrics_lib
-from predvdm_jax.evaluation.report import frame_grid, to_uint8
+from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
@@ -126,10 +127,6 @@ def frames_from_batch(batch: dict) -> jax.Array:
     """Loader batch ``{'video': (B, T, H, W, C)}`` → RGB frames ``(B·T, H, W, 3)``."""
     video = batch["video"]
     return to_rgb(video.reshape((-1,) + video.shape[2:]))
-
-
-def _to_unit(frames: jax.Array) -> jax.Array:
-    return (jnp.clip(frames, -1.0, 1.0) + 1.0) / 2.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -338,7 +335,9 @@ def make_vq_train_step_builder(
                 perplexity=usage["perplexity"], dead_codes=usage["dead_codes"].astype(jnp.float32)
             )
             metrics["psnr"] = jnp.mean(
-                metrics_lib.psnr(_to_unit(frames)[:, None], _to_unit(reconstruction)[:, None])
+                metrics_lib.psnr(
+                    to_unit_range(frames)[:, None], to_unit_range(reconstruction)[:, None]
+                )
             )
             new_state = apply_gradients(state, grads, optimizer, ema_rate, metrics["grad_norm"])
 
@@ -415,9 +414,7 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[...,
     num_clips, num_frames, height, width, channels = clips.shape
     frames = clips.reshape((-1, height, width, channels))
     chunk = max(1, min(chunk, frames.shape[0]))
-    pad = (-frames.shape[0]) % chunk
-    padded = np.concatenate([frames, np.repeat(frames[:1], pad, axis=0)]) if pad else frames
-    batches = padded.reshape((-1, chunk, height, width, channels))
+    batches = [pad_batch(frames[i : i + chunk], chunk) for i in range(0, len(frames), chunk)]
 
     @xla_cpu.jit
     def reconstruct(params, x):
@@ -433,8 +430,8 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[...,
         outputs = [jax.device_get(reconstruct(params, b)) for b in batches]
         recon = np.concatenate([r for r, _ in outputs])[: frames.shape[0]]
         indices = np.concatenate([i for _, i in outputs])[: frames.shape[0]]
-        target = (clips + 1.0) / 2.0
-        recon = ((recon + 1.0) / 2.0).reshape(clips.shape)
+        target = to_unit_range(clips)
+        recon = to_unit_range(recon.reshape(clips.shape))
         usage = jax.device_get(vq_losses.codebook_usage(jnp.asarray(indices), model.n_embed))
         results = {
             "test_psnr": float(np.mean(metrics_lib.psnr(target, recon))),
@@ -444,8 +441,7 @@ def make_eval_fn(model: VQModel, clips: np.ndarray, chunk: int) -> Callable[...,
         }
         if with_image:
             shown = [to_uint8(v[:PREVIEW_CLIPS], (0.0, 1.0)) for v in (target, recon)]
-            rows = [row for pair in zip(*shown) for row in pair]
-            results["test/reconstruction"] = frame_grid(rows)
+            results["test/reconstruction"] = paired_grid(*shown)
         return results
 
     return eval_fn

@@ -1,7 +1,4 @@
-import os
-
 import numpy as np
-import pytest
 
 from predvdm_jax.data import hdf5, moving_digits
 
@@ -42,21 +39,13 @@ def test_sum_and_clip():
 
 
 def test_writes_splits_and_resumes(tmp_path):
-    counts = moving_digits.write_moving_digits(
-        str(tmp_path), None, 6, 3, seq_len=10, progress=False
-    )
+    counts = moving_digits.write_moving_digits(str(tmp_path), 6, 3, seq_len=10, progress=False)
     assert counts == {"train": 6, "test": 3}
     test = hdf5.VideoShards(str(tmp_path / "test"))
     assert test.frame_shape == (64, 64) and list(test.frame_counts) == [10] * 3
     first = test.read_clip(2, 0, 10)
-    again = moving_digits.write_moving_digits(str(tmp_path), None, 6, 3, seq_len=10, progress=False)
+    again = moving_digits.write_moving_digits(str(tmp_path), 6, 3, seq_len=10, progress=False)
     assert again == counts
     np.testing.assert_array_equal(
         hdf5.VideoShards(str(tmp_path / "test")).read_clip(2, 0, 10), first
     )
-
-
-def test_real_mnist_goes_through_the_smmnist_converter(tmp_path):
-    with pytest.raises(ValueError, match="prepare_data.py --dataset=smmnist"):
-        moving_digits.write_moving_digits(str(tmp_path), "mnist.npz", 2, 2, progress=False)
-    assert not os.listdir(tmp_path)

@@ -3,6 +3,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -101,6 +102,21 @@ def test_presets_and_overrides():
     assert (extdm.num_samples, extdm.num_clips, extdm.best_of_n) == (4, 8, True)
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
         protocol_lib.resolve_protocol("fitvid")
+
+
+def test_protocol_from_config_takes_eval_num_samples_when_above_1_or_overridden():
+    def counts(overrides=None, config_samples=1, **flags):
+        config = ml_collections.ConfigDict(
+            {"eval": dict(protocol="mcvd", num_clips=64, num_samples=config_samples)}
+        )
+        protocol = protocol_lib.protocol_from_config(config, overrides, **flags)
+        return protocol.name, protocol.num_clips, protocol.num_samples
+
+    assert counts() == ("mcvd", 64, 10)  # eval.num_samples=1, its default: the preset's
+    assert counts(config_samples=3) == ("mcvd", 64, 3)
+    assert counts({"eval.num_samples": 1}) == ("mcvd", 64, 1)
+    flags = dict(name="predvdm", num_clips=8, num_samples=2)
+    assert counts(config_samples=3, **flags) == ("predvdm", 8, 2)
 
 
 def test_fvd_from_features_closed_forms():

@@ -1,10 +1,10 @@
 """scripts/import_predvdm.py: a checkpoint of the PyTorch original becomes a bundle that predicts
 what the original's modules do.
 
-The reference is the PyTorch PredVDM wrapper + UNet of test_predvdm_ckpt.py and the LDM VQ of
-test_ldm_vq.py, sized like configs/digits_demo.py and saved as a Lightning ``.ckpt`` with a
-perturbed ``LitEma`` copy, the VQ as ``first_stage_model.*`` / ``cond_stage_model.*``, LDM's
-schedule buffers and a ``scale_factor`` buffer.
+The reference is the PyTorch PredVDM wrapper + UNet and the LDM VQ of tests/torch_reference/, sized
+like configs/digits_demo.py and saved as a Lightning ``.ckpt`` with a perturbed ``LitEma`` copy,
+the VQ as ``first_stage_model.*`` / ``cond_stage_model.*``, LDM's schedule buffers and a
+``scale_factor`` buffer.
 """
 
 import os
@@ -20,17 +20,11 @@ import torch
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.diffusion.schedule import make_betas
-from predvdm_jax.interop import bundle as bundle_lib
+from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
 from predvdm_jax.models.autoencoder import VQModel
-from test_ldm_vq import build_torch_model
-from test_predvdm_ckpt import (
-    ema_copy,
-    lightning_state_dict,
-    randomise_,
-    rel_err,
-    torch_eps,
-    torch_wrapper_for_config,
-)
+from test_predvdm_ckpt import ema_copy, lightning_state_dict, randomise_, rel_err, torch_eps
+from torch_reference.denoiser import torch_wrapper_for_config
+from torch_reference.ldm_vq import torch_vq_for_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(REPO, "configs", "digits_demo.py")
@@ -48,10 +42,7 @@ def _demo_config(**overrides):
 def _torch_modules(config):
     wrapper = torch_wrapper_for_config(config).eval()
     randomise_(wrapper, torch.Generator().manual_seed(0))
-    vq = build_torch_model(
-        {key: tuple(v) if isinstance(v, list) else v for key, v in config.vq.to_dict().items()}
-    )
-    return wrapper, vq
+    return wrapper, torch_vq_for_config(config)
 
 
 def _original_state_dict(wrapper, vq, betas):
@@ -138,7 +129,7 @@ def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(origi
 
 def test_noema_takes_the_raw_weights(original):
     config, wrapper, _, _, _, path = original
-    bundle, summary = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
+    bundle, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
     assert summary.startswith("raw weights")
     _assert_denoiser_matches(bundle, wrapper)
 
@@ -146,7 +137,7 @@ def test_noema_takes_the_raw_weights(original):
 def test_a_mode_that_leaves_the_wrapper_attentions_unused_is_named(original):
     config, *_, path = original
     tc_config = _demo_config(**{"model.mode": "tc"})
-    _, summary = bundle_lib.bundle_from_predvdm_checkpoint(str(path), tc_config)
+    _, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), tc_config)
     assert "leaves the checkpoint's model.tc_attn.* and model.ct_attn.* unused" in summary
     assert "--config.model.mode=tc_attn or tcct_para_attn" in summary
 
@@ -157,7 +148,7 @@ def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(origi
     with pytest.raises(
         ValueError, match=r"1000 betas from 0\.0015 to 0\.0195.*linear_start=0\.0001"
     ):
-        bundle_lib.bundle_from_predvdm_checkpoint(str(path), mcvd)
+        predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), mcvd)
 
     result = _run_script(path, tmp_path / "bundle", "--config.diffusion.linear_end=0.02")
     assert result.returncode == 1
@@ -172,19 +163,18 @@ def test_a_checkpoint_without_ema_weights_asks_for_noema(original, tmp_path):
     path = tmp_path / "no_ema.ckpt"
     torch.save({"state_dict": raw_only}, path)
     with pytest.raises(ValueError, match=r"no model_ema\.\* weights .* --noema"):
-        bundle_lib.bundle_from_predvdm_checkpoint(str(path), config)
+        predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suffix):
     """Export (latent_diffusion_state_dict as scripts/export.py writes it) then import: the same
     weights come back, and the scalar buffers keep PyTorch's 0-d shape on disk."""
-    from predvdm_jax.interop import predvdm_ckpt
     from predvdm_jax.interop.torch_checkpoint import load_torch_state_dict, save_torch_state_dict
 
     config, *_, path = original
-    imported, _ = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config)
-    raw, _ = bundle_lib.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
+    imported, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config)
+    raw, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
     schedule = LatentDiffusion.from_config(imported.config).schedule
     state_dict = predvdm_ckpt.latent_diffusion_state_dict(
         raw.params,
@@ -202,7 +192,7 @@ def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suff
         assert np.shape(on_disk[name]) == (), name
 
     for use_ema, want in ((True, imported), (False, raw)):
-        back, summary = bundle_lib.bundle_from_predvdm_checkpoint(
+        back, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
             str(exported), config, use_ema=use_ema
         )
         assert back.config.scale_factor == 0.5
@@ -210,5 +200,5 @@ def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suff
             jax.tree.map(np.testing.assert_array_equal, got, expected)
     assert (
         "EMA weights (7 updates)"
-        in bundle_lib.bundle_from_predvdm_checkpoint(str(exported), config)[1]
+        in predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), config)[1]
     )

@@ -12,6 +12,7 @@ from PIL import Image
 
 from predvdm_jax.data import hdf5
 from predvdm_jax.evaluation import protocol as protocol_lib
+from predvdm_jax.evaluation import run as run_lib
 from random_params import random_params_from_init
 from tiny_config import SIZE, tiny_config
 
@@ -114,7 +115,7 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
     fake[2][-1] = 255 - fake[2][-1]
     hdf5.write_split(str(tmp_path / "real"), real)
     hdf5.write_split(str(tmp_path / "fake"), fake)
-    metrics = protocol_lib.score_folders(
+    metrics = run_lib.score_folders(
         str(tmp_path / "real"),
         str(tmp_path / "fake"),
         str(tmp_path / "out"),
@@ -135,7 +136,7 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
     )
     hdf5.write_split(str(tmp_path / "short"), real[:2])
     with pytest.raises(ValueError, match="same count"):
-        protocol_lib.score_folders(
+        run_lib.score_folders(
             str(tmp_path / "real"),
             str(tmp_path / "short"),
             str(tmp_path / "o2"),
@@ -153,7 +154,7 @@ def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=VIDEOS)
     samplings = sweep_lib.parse_sweep("eta=0;sampler=dpm_solver_pp,steps=3", bundle.config)
     out = tmp_path / "sweep"
-    swept = protocol_lib.evaluate_samplers(
+    swept = run_lib.evaluate_samplers(
         bundle.config,
         bundle.params,
         bundle.vq_params,
@@ -167,7 +168,7 @@ def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
     )
     config = bundle.config.copy_and_resolve_references()
     config.sampling = samplings["dpm_solver_pp_3_order2"]
-    alone = protocol_lib.evaluate_model(
+    alone = run_lib.evaluate_model(
         config,
         bundle.params,
         bundle.vq_params,
@@ -221,7 +222,7 @@ def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_pat
         with pytest.raises(
             DatasetError, match=rf"holds .* but the model takes data.image_size={SIZE}"
         ):
-            protocol_lib.evaluate_model(
+            run_lib.evaluate_model(
                 config,
                 bundle.params,
                 bundle.vq_params,
@@ -247,7 +248,7 @@ def test_gray_as_rgb_scores_the_rgb_decode_against_repeated_frames(tmp_path):
     for rgb in (False, True):
         config = bundle.config.copy_and_resolve_references()
         config.eval.gray_as_rgb = rgb
-        runs[rgb] = protocol_lib.evaluate_model(
+        runs[rgb] = run_lib.evaluate_model(
             config,
             bundle.params,
             bundle.vq_params,

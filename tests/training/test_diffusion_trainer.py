@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import config as config_lib, mesh as mesh_lib
 from predvdm_jax.data import hdf5, latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
+from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
-from predvdm_jax.training import diffusion_trainer, mesh as mesh_lib
+from predvdm_jax.training import checkpoint, diffusion_trainer
 from random_params import random_params_from_init
 
 COND, K, LATENT = 2, 2, 4
@@ -129,13 +130,13 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
 
     # Back to PredVDM's format: the PyTorch checkpoint holds the run's raw and EMA weights.
     exported = tmp_path / "run.ckpt"
-    assert bundle_lib.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
+    assert predvdm_ckpt.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
     back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
     for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
         jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
     assert back.ema_num_updates == 40 and back.ema_decay == pytest.approx(0.9)
 
-    from_checkpoint = bundle_lib.load_from_checkpoint(workdir)
+    from_checkpoint = checkpoint.load_from_checkpoint(workdir)
     np.testing.assert_array_equal(
         jax.tree.leaves(jax.device_get(from_checkpoint.params))[0],
         jax.tree.leaves(jax.device_get(state.ema_params))[0],
@@ -162,7 +163,7 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     )
     real = np.stack([test_videos[v][s : s + num_frames] for v, s in windows])
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
-    vq_params = bundle_lib.load_vq_params(config.vq_params)
+    vq_params = load_vq_params(config.vq_params)
     cond = real[:, :COND, :, :, None] / 127.5 - 1.0
     predicted = model.make_predict_fn(PREVIEW_FRAMES)(state.ema_params, vq_params, cond, key)
     fake = np.round((np.clip(np.asarray(predicted["frames"])[..., 0], -1, 1) + 1) * 127.5)

@@ -8,7 +8,8 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-from predvdm_jax.training import diffusion_trainer, loop, mesh as mesh_lib
+from predvdm_jax import mesh as mesh_lib
+from predvdm_jax.training import diffusion_trainer, loop
 from predvdm_jax.training.optim import make_optimizer
 from predvdm_jax.training.train_state import abstract_train_state
 from predvdm_jax.training.train_step import make_train_step

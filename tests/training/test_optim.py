@@ -184,7 +184,7 @@ def test_clipping_uses_a_supplied_norm_and_the_engine_step_computes_the_norm_onc
     clipped, _ = clip.update(grads, clip.init(grads), grad_norm=jnp.float32(10.0))
     np.testing.assert_allclose(clipped["a"], 2.0 / (10.0 + 1e-6), rtol=1e-6)
 
-    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax import mesh as mesh_lib
     from predvdm_jax.training.train_state import create_train_state
     from predvdm_jax.training.train_step import make_train_step
 

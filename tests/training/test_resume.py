@@ -128,7 +128,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def _abstract_state(config):
-    from predvdm_jax.training.mesh import make_mesh
+    from predvdm_jax.mesh import make_mesh
     from predvdm_jax.training.optim import make_optimizer
     from predvdm_jax.training.train_state import abstract_train_state
 

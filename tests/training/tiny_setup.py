@@ -205,7 +205,8 @@ def _gathered(tree):
 
 
 def _main(args: dict) -> None:
-    from predvdm_jax.training import loop, mesh as mesh_lib
+    from predvdm_jax import mesh as mesh_lib
+    from predvdm_jax.training import loop
 
     if args.get("num_processes", 1) > 1:
         mesh_lib.initialize_distributed(
@@ -277,7 +278,7 @@ def run_steps_on_mesh(
 ):
     """({params, ema, last step's metrics} after ``steps`` steps, hidden kernel spec, its
     per-device shard shape)."""
-    from predvdm_jax.training import mesh as mesh_lib
+    from predvdm_jax import mesh as mesh_lib
     from predvdm_jax.training.optim import make_optimizer
     from predvdm_jax.training.train_state import create_train_state
     from predvdm_jax.training.train_step import make_train_step

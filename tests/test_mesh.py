@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from predvdm_jax.training import mesh as mesh_lib
+from predvdm_jax import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)

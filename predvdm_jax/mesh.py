@@ -2,7 +2,7 @@
 
 One mesh with axes ``('data', 'fsdp')``. The batch's leading axis is split
 over both axes; large parameters are split over ``'fsdp'`` (see
-``sharding.py``). In a multi-process run every process holds only its share
+``training/sharding.py``). In a multi-process run every process holds only its share
 of the global batch and ``make_global_batch`` stitches the shares into one
 global ``jax.Array``.
 """

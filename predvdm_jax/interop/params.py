@@ -1,0 +1,40 @@
+"""VQ params files (``config.vq_params``: made by ``scripts/train_vq.py`` or
+``scripts/convert_ldm_vq.py``), checked against the config's VQ before training, encoding,
+export or the demo use them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
+from predvdm_jax.tensor_files import check_keys
+
+
+def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -> Any:
+    """The VQ params in ``path``; with ``config``, a ``ValueError`` listing every key whose
+    presence or shape differs from the params of ``config``'s VQ."""
+    if not path:
+        raise FileNotFoundError(
+            "config.vq_params is empty: point it at VQ params made by "
+            "scripts/train_vq.py or scripts/convert_ldm_vq.py."
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"VQ params {path!r} not found: train them with scripts/train_vq.py "
+            f"or convert the LDM vq-f4 checkpoint with scripts/convert_ldm_vq.py."
+        )
+    params = load_params_safetensors(path)
+    if config is not None:
+        init = LatentDiffusion.from_config(config).init_vq
+        expected = flatten_params(jax.eval_shape(init, jax.random.PRNGKey(0)))
+        check_keys(
+            {k: v.shape for k, v in expected.items()},
+            flatten_params(params),
+            what=f"VQ params {path!r} (config.vq)",
+        )
+    return params
