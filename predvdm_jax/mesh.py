@@ -64,36 +64,46 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None, slices: int = 
     """A ``('data', 'fsdp')`` mesh over all global devices; -1 means "the rest".
 
     ``slices > 1`` is for devices in groups joined by a slower network: TPU slices of a
-    multislice job (``device.slice_index``), or processes elsewhere. The ``data`` axis is
+    multislice job (devices of distinct ``slice_index``), or else processes. The ``data`` axis is
     split across the groups and each ``fsdp`` row stays inside one group, so only the
     gradient all-reduce crosses the slow network, not the parameter all-gathers.
     """
     devices = jax.devices() if devices is None else list(devices)
     count = len(devices)
     if data == -1 and fsdp == -1:
-        raise ValueError("mesh: at most one of data and fsdp may be -1")
+        raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
     if fsdp == -1:
         if data <= 0 or count % data:
-            raise ValueError(f"mesh: data={data} does not divide the {count} devices")
+            raise ValueError(
+                f"mesh.data={data} does not divide the {count} devices; pick a divisor of "
+                f"{count}, or mesh.data=-1"
+            )
         fsdp = count // data
     if data == -1:
         if fsdp <= 0 or count % fsdp:
-            raise ValueError(f"mesh: fsdp={fsdp} does not divide the {count} devices")
+            raise ValueError(
+                f"mesh.fsdp={fsdp} does not divide the {count} devices; pick a divisor of "
+                f"{count}, or mesh.fsdp=1"
+            )
         data = count // fsdp
     if data * fsdp != count:
         raise ValueError(
-            f"mesh: data*fsdp = {data}*{fsdp} = {data * fsdp} but there are {count} "
+            f"mesh.data * mesh.fsdp = {data}*{fsdp} = {data * fsdp} but there are {count} "
             "devices; set mesh.data=-1 to use them all"
         )
     if slices == 1:
         return Mesh(mesh_utils.create_device_mesh((data, fsdp), devices=devices), MESH_AXES)
-    by_slice = hasattr(devices[0], "slice_index")
+    # CPU and GPU devices carry slice_index 0 too: only distinct indices mean TPU slices.
+    by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
     groups = {d.slice_index if by_slice else d.process_index for d in devices}
     if len(groups) != slices:
-        unit = "TPU slices" if by_slice else "processes"
-        raise ValueError(f"mesh: slices={slices} but the devices are in {len(groups)} {unit}")
+        unit = "TPU slices" if by_slice else "processes (and one TPU slice)"
+        raise ValueError(
+            f"mesh.slices={slices} but the devices are in {len(groups)} {unit}; set "
+            f"mesh.slices={len(groups)} or 1"
+        )
     if data % slices:
-        raise ValueError(f"mesh: data={data} is not a multiple of slices={slices}")
+        raise ValueError(f"mesh.data={data} is not a multiple of mesh.slices={slices}")
     device_grid = mesh_utils.create_hybrid_device_mesh(
         (data // slices, fsdp), (slices, 1), devices, process_is_granule=not by_slice
     )

@@ -31,7 +31,9 @@ def _groups(mesh, attribute):
     [
         # two TPU slices whose device ids alternate, all in one process
         ([_SliceDevice(i, 0, slice_index=i % 2) for i in range(8)], "slice_index"),
-        # two processes (hosts) whose device ids alternate
+        # two processes (hosts) whose device ids alternate; CPU and GPU devices carry
+        # slice_index 0
+        ([_SliceDevice(i, i % 2, slice_index=0) for i in range(8)], "process_index"),
         ([_Device(i, i % 2) for i in range(8)], "process_index"),
     ],
 )
@@ -48,5 +50,16 @@ def test_slices_that_do_not_fit_the_devices():
     devices = [_SliceDevice(i, 0, slice_index=i // 4) for i in range(8)]
     with pytest.raises(ValueError, match="slices=4 but the devices are in 2 TPU slices"):
         mesh_lib.make_mesh(-1, 1, devices, slices=4)
-    with pytest.raises(ValueError, match="data=1 is not a multiple of slices=2"):
+    with pytest.raises(ValueError, match="mesh.data=1 is not a multiple of mesh.slices=2"):
         mesh_lib.make_mesh(1, 8, devices, slices=2)
+    one_slice = [_SliceDevice(i, 0, slice_index=0) for i in range(8)]
+    with pytest.raises(ValueError, match=r"slices=2 but the devices are in 1 processes"):
+        mesh_lib.make_mesh(-1, 1, one_slice, slices=2)
+
+
+def test_mesh_errors_name_the_field_and_the_fix():
+    devices = [_Device(i, 0) for i in range(8)]
+    with pytest.raises(ValueError, match=r"mesh.fsdp=3 does not divide the 8 devices; pick a"):
+        mesh_lib.make_mesh(-1, 3, devices)
+    with pytest.raises(ValueError, match=r"mesh.data \* mesh.fsdp = 2\*2 = 4 but there are 8"):
+        mesh_lib.make_mesh(2, 2, devices)
