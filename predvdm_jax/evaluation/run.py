@@ -77,7 +77,7 @@ def evaluate_model(
 ) -> dict:
     """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
 
-    Batches are sharded over the mesh (``config.mesh``); params are replicated.
+    Batches are sharded over all devices; params are replicated.
     Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
     (see ``report.write_evaluation``) and returns the metrics dict.
     """
@@ -118,7 +118,9 @@ def evaluate_samplers(
     """
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
+    # Params are replicated, so every device takes a share of the clips, whatever mesh the
+    # run that made them trained on (config.mesh).
+    mesh = mesh_lib.make_mesh()
     batch_size = eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
     batches = eval_iterator(
         config.data.test_dir,

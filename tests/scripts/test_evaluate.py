@@ -248,6 +248,8 @@ def test_gray_as_rgb_scores_the_rgb_decode_against_repeated_frames(tmp_path):
     for rgb in (False, True):
         config = bundle.config.copy_and_resolve_references()
         config.eval.gray_as_rgb = rgb
+        # a model trained on a 2 x 4 mesh: evaluation shards over this process's one device
+        config.mesh.data, config.mesh.fsdp = 2, 4
         runs[rgb] = run_lib.evaluate_model(
             config,
             bundle.params,
