@@ -148,14 +148,17 @@ class Checkpointer:
                 f"Resume with the run's own config, or start a new workdir."
             ) from None
         data = restored.data
-        saved_count = int(data["process_count"])
-        if saved_count != jax.process_count():
-            raise ValueError(
-                f"checkpoint step {step} in {self.directory} holds data iterator states of "
-                f"{saved_count} processes but this run has {jax.process_count()}; resume with "
-                f"{saved_count} processes or start a new workdir"
-            )
-        return restored.state, data["states"][str(jax.process_index())]
+        saved_count, states = int(data["process_count"]), data["states"]
+        if saved_count == jax.process_count():
+            return restored.state, states[str(jax.process_index())]
+        # The loaders' states count global batches, so equal ones restore on any process count.
+        if all(state == states["0"] for state in states.values()):
+            return restored.state, states["0"]
+        raise ValueError(
+            f"checkpoint step {step} in {self.directory} holds differing data iterator states "
+            f"of {saved_count} processes but this run has {jax.process_count()}; resume with "
+            f"{saved_count} processes or start a new workdir"
+        )
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, Any, int] | None:
         """(state, data state, step) of the newest finished checkpoint, or None."""

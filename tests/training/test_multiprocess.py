@@ -79,5 +79,13 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
     )
     assert [(r["step"], r["kept"]) for r in logs[0] if "kept" in r] == [(2, 1.0), (4, 1.0)]
 
-    with pytest.raises(ValueError, match="2 processes but this run has 1"):
+    # Both loaders served 4 global batches: the checkpoint resumes in one process too.
+    state, data_state = Checkpointer(multi_dir / "checkpoints").restore(4, _abstract_state(config))
+    assert data_state == {"seed": 0, "position": 4}
+    np.testing.assert_allclose(
+        np.asarray(state.params["hidden"]["kernel"]), got["hidden/kernel"], rtol=1e-6
+    )
+    data_item["states"]["1"]["position"] = 3
+    (multi_dir / "checkpoints" / "4" / "data" / "metadata").write_text(json.dumps(data_item))
+    with pytest.raises(ValueError, match="differing data iterator states of 2 processes"):
         Checkpointer(multi_dir / "checkpoints").restore(4, _abstract_state(config))
