@@ -33,17 +33,24 @@ def initialize_distributed(
     Arguments left as None are read from ``JAX_COORDINATOR_ADDRESS``,
     ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. If the process count is still
     unknown, JAX's own cluster auto-detection (SLURM, TPU pods, ...) is used
-    when ``JAX_AUTO_DISTRIBUTED=1``; otherwise the run is single-process.
+    when ``JAX_AUTO_DISTRIBUTED`` is ``1`` or ``true``; otherwise the run is single-process.
     """
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and env.get("JAX_NUM_PROCESSES"):
-        num_processes = int(env["JAX_NUM_PROCESSES"])
+        num_processes = _env_int("JAX_NUM_PROCESSES")
     if process_id is None and env.get("JAX_PROCESS_ID"):
-        process_id = int(env["JAX_PROCESS_ID"])
+        process_id = _env_int("JAX_PROCESS_ID")
     if num_processes is None:
-        if env.get("JAX_AUTO_DISTRIBUTED") == "1":
-            jax.distributed.initialize()
+        if env.get("JAX_AUTO_DISTRIBUTED", "").lower() in ("1", "true"):
+            try:
+                jax.distributed.initialize()
+            except ValueError as err:
+                raise ValueError(
+                    f"JAX_AUTO_DISTRIBUTED found no cluster to join ({err}); run under SLURM or "
+                    "on a TPU pod, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                    "JAX_PROCESS_ID"
+                ) from None
         return
     if num_processes == 1:
         return
@@ -58,6 +65,13 @@ def initialize_distributed(
         num_processes=num_processes,
         process_id=process_id,
     )
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except ValueError:
+        raise ValueError(f"{name}={os.environ[name]!r} is not an integer") from None
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None, slices: int = 1) -> Mesh:

@@ -152,8 +152,8 @@ def main(argv):
         )
     if folders and FLAGS.sweep is not None:
         raise app.UsageError("--sweep scores a model's samplers; it needs --bundle or --workdir.")
-    mesh.initialize_distributed()
     try:
+        mesh.initialize_distributed()
         if folders:
             print(report.markdown_table(_score_folders()))
             print(f"wrote {FLAGS.out}/metrics.json")

@@ -28,8 +28,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    mesh.initialize_distributed()
     with one_line_errors():
+        mesh.initialize_distributed()
         diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
 
 

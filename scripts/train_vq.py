@@ -23,8 +23,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    mesh.initialize_distributed()
     with one_line_errors():
+        mesh.initialize_distributed()
         result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())

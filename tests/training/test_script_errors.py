@@ -115,9 +115,12 @@ def test_the_kernel_layout_hint_comes_only_with_a_transposed_kernel(tmp_path):
     assert "OHWI" not in messages[1] and "another config? Resume" in messages[1]
 
 
-def _run(script, *args):
+def _run(script, *args, env=None):
     command = [sys.executable, os.path.join(REPO_ROOT, "scripts", script), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    env = None if env is None else {**os.environ, **env}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     return done.stderr.strip().splitlines()[-1]
 
@@ -208,3 +211,16 @@ def test_a_preempted_run_exits_143_naming_the_saved_step(capsys):
         raise loop.TrainingPreempted("saved step 4; rerun to resume")
     assert exited.value.code == 143
     assert capsys.readouterr().err == "preempted: saved step 4; rerun to resume\n"
+
+
+def test_multi_process_settings_that_cannot_start_are_one_error_line(tmp_path):
+    args = (f"--workdir={tmp_path}", f"--config={DEMO_CONFIG}")
+    assert _run("train.py", *args, env={"JAX_NUM_PROCESSES": "2"}) == (
+        "error: multi-process run with num_processes=2 needs a coordinator address and a "
+        "process id; pass them or set JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID"
+    )
+    assert _run("evaluate.py", "--bundle=b", "--out=o", env={"JAX_NUM_PROCESSES": "two"}) == (
+        "error: JAX_NUM_PROCESSES='two' is not an integer"
+    )
+    line = _run("train_vq.py", *args, env={"JAX_AUTO_DISTRIBUTED": "true"})
+    assert line.startswith("error: JAX_AUTO_DISTRIBUTED found no cluster to join")
