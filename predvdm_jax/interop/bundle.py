@@ -64,7 +64,8 @@ def _check_replaceable(path: str) -> None:
 
 def save_bundle(path: str, bundle: Bundle) -> None:
     """Writes the bundle folder atomically (a temporary folder renamed into place). An
-    existing bundle at ``path`` is replaced; any other non-empty folder is an error."""
+    existing bundle at ``path`` is replaced (renamed aside, deleted once the new one is in
+    place); any other non-empty folder is an error."""
     _check_replaceable(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -85,12 +86,21 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         for name in os.listdir(tmp):
             atomic_io.set_default_permissions(os.path.join(tmp, name))
         atomic_io.set_default_permissions(tmp)
+        old = None
         if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = tempfile.mkdtemp(prefix=".bundle-old-", dir=parent)
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_denoiser_params(path: str) -> Any:
