@@ -12,3 +12,10 @@ def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"got {len(batch)} rows for a batch of {size}")
     padding = np.repeat(batch[-1:], size - len(batch), axis=0)
     return np.concatenate([batch, padding]) if len(padding) else batch
+
+
+def device_batch_size(requested: int, count: int, devices: int) -> int:
+    """At most ``requested`` rows (no more than the ``count`` there are), rounded up to fill
+    every device."""
+    size = max(1, min(requested, count))
+    return -(-size // devices) * devices

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from predvdm_jax import mesh as mesh_lib, xla_cpu
+from predvdm_jax.batching import device_batch_size
 from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.loader import eval_iterator, to_model_range
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
@@ -55,12 +56,6 @@ def make_i3d_feature_fn(
         features,
         f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)",
     )
-
-
-def eval_batch_size(requested: int, num_clips: int, devices: int) -> int:
-    """At most ``requested`` clips (no more than there are), rounded up to fill every device."""
-    size = max(1, min(requested, num_clips))
-    return -(-size // devices) * devices
 
 
 def evaluate_model(
@@ -121,7 +116,7 @@ def evaluate_samplers(
     # Params are replicated, so every device takes a share of the clips, whatever mesh the
     # run that made them trained on (config.mesh).
     mesh = mesh_lib.make_mesh()
-    batch_size = eval_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
+    batch_size = device_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
     batches = eval_iterator(
         config.data.test_dir,
         cond_frames + pred_frames,

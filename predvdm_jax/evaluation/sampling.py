@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from predvdm_jax.batching import pad_batch
+from predvdm_jax import mesh as mesh_lib
+from predvdm_jax.batching import device_batch_size, pad_batch
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle
 
@@ -20,7 +21,8 @@ def predict_clips(
 ) -> np.ndarray:
     """Predicts ``num_frames`` after each clip of ``cond`` (N, cond, H, W, C) in [-1, 1].
 
-    One compiled rollout serves every batch (the last one is padded).
+    One compiled rollout serves every batch (the last one is padded); each batch is split
+    over all devices, the params replicated.
     """
     model = LatentDiffusion.from_config(bundle.config)
     if cond.shape[1] != model.cond_frames:
@@ -28,7 +30,9 @@ def predict_clips(
             f"the model conditions on {model.cond_frames} frames, got clips of {cond.shape[1]}."
         )
     predict = model.make_predict_fn(num_frames)
-    batch_size = min(batch_size, len(cond))
+    mesh = mesh_lib.make_mesh()
+    batch_size = device_batch_size(batch_size, len(cond), mesh.size)
+    params, vq_params = jax.device_put((bundle.params, bundle.vq_params), mesh_lib.replicated(mesh))
     outputs = []
     starts = range(0, len(cond), batch_size)
     if progress:
@@ -37,7 +41,7 @@ def predict_clips(
         starts = tqdm(starts, desc="predicting", unit="batch")
     for start in starts:
         batch = cond[start : start + batch_size]
-        padded = pad_batch(batch, batch_size)
-        frames = predict(bundle.params, bundle.vq_params, padded, jax.random.fold_in(key, start))
+        padded = jax.device_put(pad_batch(batch, batch_size), mesh_lib.batch_sharding(mesh))
+        frames = predict(params, vq_params, padded, jax.random.fold_in(key, start))
         outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)

@@ -9,9 +9,10 @@ import numpy as np
 from test_evaluate import COND, PRED, REPO, SIZE, _tiny_bundle, _videos
 
 
-def _run(*args, expect_success=True):
+def _run(*args, expect_success=True, devices=1):
     command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     if expect_success:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -32,6 +33,19 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
     # Test clip 0 is video 0 from frame 0: the left half is its ground truth.
     np.testing.assert_allclose(frames[:, :, :SIZE], videos[0], atol=2)
     assert (out / "grid.png").exists()
+    # Split over two devices, the same clips predict the same frames.
+    out2 = tmp_path / "clips2"
+    _run(
+        f"--bundle={bundle_dir}",
+        "--num_clips=2",
+        f"--num_frames={PRED}",
+        f"--out={out2}",
+        devices=2,
+    )
+    for gif in gifs:
+        np.testing.assert_array_equal(
+            iio.imread(out2 / gif, index=None), iio.imread(out / gif, index=None)
+        )
 
     clip = np.stack([videos[1][t] for t in range(COND)])
     iio.imwrite(tmp_path / "mine.gif", clip, duration=100, loop=0)
