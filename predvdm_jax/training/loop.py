@@ -31,6 +31,7 @@ from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
 from predvdm_jax.training.preemption import PreemptionWatch
+from predvdm_jax.training.sharding import fsdp_split_fraction
 from predvdm_jax.training.train_state import TrainState, abstract_train_state, create_train_state
 from predvdm_jax.training.train_step import LossFn, make_train_step, microbatch_split_error
 
@@ -173,6 +174,17 @@ def train_loop(
         batch_size,
         grad_accum_steps,
     )
+    if mesh.shape["fsdp"] > 1:
+        split = fsdp_split_fraction(abstract_state.params, state_sharding.params)
+        log = logging.warning if split < 0.5 else logging.info
+        log(
+            "mesh.fsdp=%d splits %.1f%% of the parameters; the rest are replicated (below "
+            "mesh.min_shard_size, or no axis divisible by %d)%s",
+            mesh.shape["fsdp"],
+            100 * split,
+            mesh.shape["fsdp"],
+            "; a smaller mesh.fsdp splits more" if split < 0.5 else "",
+        )
     # Drops lines a killed run logged after start_step (all of them when starting from scratch).
     writer = create_default_writer(workdir, resume_step=start_step)
     if restored is None:

@@ -171,3 +171,10 @@ def state_shardings(
         return NamedSharding(mesh, size_based_spec(_shape(x), fsdp_size, min_size))
 
     return jax.tree.map(one, abstract_state, is_leaf=mirrors_params)
+
+
+def fsdp_split_fraction(abstract_params: Any, shardings: Any) -> float:
+    """The fraction of parameter elements split over ``fsdp`` (the rest are replicated)."""
+    sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)]
+    split = [FSDP_AXIS in jax.tree.leaves(tuple(s.spec)) for s in jax.tree.leaves(shardings)]
+    return sum(size for size, is_split in zip(sizes, split) if is_split) / max(1, sum(sizes))

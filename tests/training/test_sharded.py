@@ -74,6 +74,8 @@ def test_state_shardings_follow_annotations_size_rule_and_params_for_moments():
     assert shardings.step.spec == P() and shardings.rng.spec == P()
     assert abstract.params["annotated"]["kernel"].shape == (16, 64)
     assert abstract.params["annotated"]["kernel"].sharding.spec == P(None, "fsdp")
+    # both kernels split (16·64 + 64·64 elements), both biases (64 + 64) replicated
+    assert sharding_lib.fsdp_split_fraction(abstract.params, shardings.params) == 5120 / 5248
 
 
 ACCUMULATED = dict(batch_size=32, grad_accum_steps=4, target_noise=0.0)
