@@ -21,6 +21,7 @@ of the run's config (e.g. ``--config.data.test_dir``, ``--config.eval.batch_size
 
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -132,6 +133,8 @@ def _evaluate_model():
         keep_videos=FLAGS.keep_videos,
         show_progress=FLAGS.progress,
     )
+    if jax.process_index() != 0:  # process 0 wrote the reports
+        return
     if FLAGS.sweep is None:
         print(report.markdown_table(all_metrics[protocol_lib.MODEL]))
         print(f"wrote {FLAGS.out}/metrics.json")
