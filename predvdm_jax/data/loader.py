@@ -19,6 +19,7 @@ uninterrupted run would, whatever the number of reader processes before and afte
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import grain
 import jax
@@ -163,6 +164,16 @@ class ClipIterator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def reading_options(data: Any) -> dict:
+    """``train_iterator``'s reading keywords from a config's ``data`` section."""
+    return dict(
+        num_threads=data.num_threads,
+        prefetch=data.prefetch,
+        num_workers=data.num_workers,
+        preload_max_bytes=int(data.preload_max_gb * 1e9),
+    )
 
 
 def train_iterator(

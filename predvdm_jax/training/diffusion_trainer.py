@@ -44,10 +44,7 @@ def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.C
         kind="latents" if cached else "frames",
         horizontal_flip=d.horizontal_flip and not cached,
         sharding=sharding,
-        num_threads=d.num_threads,
-        prefetch=d.prefetch,
-        num_workers=d.num_workers,
-        preload_max_bytes=int(d.preload_max_gb * 1e9),
+        **loader.reading_options(d),
     )
 
 

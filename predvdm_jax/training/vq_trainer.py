@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
-from predvdm_jax.data.loader import eval_windows, to_model_range, train_iterator
+from predvdm_jax.data.loader import eval_windows, reading_options, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
@@ -496,10 +496,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         int(v.batch_size),
         int(config.seed),
         horizontal_flip=bool(config.data.horizontal_flip),
-        num_threads=int(config.data.num_threads),
-        prefetch=int(config.data.prefetch),
-        num_workers=int(config.data.num_workers),
-        preload_max_bytes=int(config.data.preload_max_gb * 1e9),
+        **reading_options(config.data),
     )
     clips = load_eval_frames(
         config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed)
