@@ -157,3 +157,12 @@ def make_global_batch(local_batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(place, local_batch)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A (possibly sharded, multi-process) array as one host numpy array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -39,6 +39,7 @@ import numpy as np
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import to_unit_range
+from predvdm_jax.mesh import to_host
 from predvdm_jax.models import lpips as lpips_lib
 
 METRICS = ("ssim", "psnr", "lpips")
@@ -192,15 +193,6 @@ def fvd_from_features(real: Any, fake: Any) -> dict:
 
 
 # --- the evaluation loop ---------------------------------------------------------------
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A (possibly sharded, multi-process) array as one host numpy array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 @jax.jit

@@ -22,7 +22,6 @@ from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
-from predvdm_jax.evaluation.protocol import to_host
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.training.train_state import TrainState
 
@@ -59,11 +58,13 @@ def make_preview_fn(
     the first ``num_clips`` clips of ``video`` (B, cond + pred_frames, H, W, C) in [-1, 1]."""
     predict = model.make_predict_fn(pred_frames)
     cond = video[:, : model.cond_frames]
-    real = to_host(video)[:num_clips]
+    real = mesh_lib.to_host(video)[:num_clips]
     key = jax.random.fold_in(jax.random.PRNGKey(seed), PREVIEW_SEED_STREAM)
 
     def preview_fn(state: TrainState) -> dict:
-        future = to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[:num_clips]
+        future = mesh_lib.to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[
+            :num_clips
+        ]
         real01 = to_unit_range(real[:, model.cond_frames :])
         fake01 = to_unit_range(future)
         shown_fake = np.concatenate([real[:, : model.cond_frames], future], axis=1)
