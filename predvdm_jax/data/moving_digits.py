@@ -43,6 +43,16 @@ def resize_digits(images: np.ndarray, digit_size: int = 32) -> np.ndarray:
     return out
 
 
+def _bounce(position: int, limit: int, max_speed: int, rng: np.random.Generator):
+    """``(position, speed along, speed across)`` after a wall at 0 or ``limit`` is hit (a
+    new random speed, pointing inward), or None inside the frame."""
+    if position < 0:
+        return 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
+    if position >= limit:
+        return limit - 1, rng.integers(-max_speed, 0), rng.integers(-max_speed, max_speed + 1)
+    return None
+
+
 def digit_trajectory(
     rng: np.random.Generator, seq_len: int, limit: int, max_speed: int = 4
 ) -> np.ndarray:
@@ -51,22 +61,10 @@ def digit_trajectory(
     dy, dx = rng.integers(-max_speed, max_speed + 1, size=2)
     positions = np.empty((seq_len, 2), np.int64)
     for t in range(seq_len):
-        if sy < 0:
-            sy, dy, dx = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
-        elif sy >= limit:
-            sy, dy, dx = (
-                limit - 1,
-                rng.integers(-max_speed, 0),
-                rng.integers(-max_speed, max_speed + 1),
-            )
-        if sx < 0:
-            sx, dx, dy = 0, rng.integers(1, max_speed + 1), rng.integers(-max_speed, max_speed + 1)
-        elif sx >= limit:
-            sx, dx, dy = (
-                limit - 1,
-                rng.integers(-max_speed, 0),
-                rng.integers(-max_speed, max_speed + 1),
-            )
+        if (hit := _bounce(sy, limit, max_speed, rng)) is not None:
+            sy, dy, dx = hit
+        if (hit := _bounce(sx, limit, max_speed, rng)) is not None:
+            sx, dx, dy = hit
         positions[t] = (sy, sx)
         sy, sx = sy + dy, sx + dx
     return positions
