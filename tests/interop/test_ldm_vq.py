@@ -226,45 +226,26 @@ def test_convert_script_writes_loadable_safetensors(converted, tmp_path):
     )
     out = tmp_path / "sub" / "vq.safetensors"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "scripts", "convert_ldm_vq.py"),
-            f"--ckpt={ckpt}",
-            f"--out={out}",
-            f"--config={config_file}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+
+    def convert(out, *args):
+        command = [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py")]
+        command += [f"--ckpt={ckpt}", f"--out={out}", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    result = convert(out, f"--config={config_file}")
     assert result.returncode == 0, result.stderr
     loaded = torch_checkpoint.load_params_safetensors(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     assert not [p for p in os.listdir(out.parent) if p.startswith(".tmp-")]
 
     # Without --config the script takes VQ-f4's shapes, which this small checkpoint lacks.
-    default = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py"), f"--ckpt={ckpt}"]
-        + [f"--out={tmp_path / 'default.safetensors'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    default = convert(tmp_path / "default.safetensors")
     assert default.returncode == 1 and "Traceback" not in default.stderr, default.stderr
     assert "shape" in default.stderr.strip().splitlines()[-1]
 
     # An override the config does not allow is one error line naming the field.
-    invalid = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py"), f"--ckpt={ckpt}"]
-        + [f"--out={tmp_path / 'invalid.safetensors'}", f"--config={config_file}"]
-        + ["--config.vq.ch=48"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    invalid = convert(
+        tmp_path / "invalid.safetensors", f"--config={config_file}", "--config.vq.ch=48"
     )
     assert invalid.returncode == 1 and "Traceback" not in invalid.stderr, invalid.stderr
     assert "error: invalid config: vq.ch" in invalid.stderr.strip().splitlines()[-1]
