@@ -89,3 +89,29 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
     (multi_dir / "checkpoints" / "4" / "data" / "metadata").write_text(json.dumps(data_item))
     with pytest.raises(ValueError, match="differing data iterator states of 2 processes"):
         Checkpointer(multi_dir / "checkpoints").restore(4, _abstract_state(config))
+
+
+def test_two_processes_as_two_slices_train_like_one_process(tmp_path):
+    """``mesh.slices=2`` over two processes of two devices each (CPU devices carry
+    ``slice_index`` 0, so each process is a slice): each fsdp row stays in one process."""
+    config_args = dict(num_steps=2, save_every=2, log_every=1, data=2, fsdp=2, slices=2)
+    expected = train_in_process(
+        make_config(**dict(config_args, data=1, fsdp=1, slices=1)), str(tmp_path / "single")
+    )
+    out = tmp_path / "multi.npz"
+    runs = run_two_processes(
+        {
+            "mode": "train",
+            "config": config_args,
+            "workdir": str(tmp_path / "multi"),
+            "out": str(out),
+        },
+        devices=2,
+    )
+    for returncode, output in runs:
+        assert returncode == 0, output[-4000:]
+    got = np.load(out)
+    np.testing.assert_array_equal(got["_mesh_processes"], [[0, 0], [1, 1]])
+    assert str(got["_hidden_spec"]) == str(jax.sharding.PartitionSpec(None, "fsdp"))
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=2e-6, err_msg=name)

@@ -98,11 +98,14 @@ def make_config(
     log_every=1,
     seed=0,
     grad_accum_steps=1,
+    slices=1,
 ) -> ml_collections.ConfigDict:
     """The schema's config with the tiny run's settings (a validated, locked config)."""
     config = config_lib.default_config()
     config.seed = seed
-    config.mesh.update(dict(data=data, fsdp=fsdp, min_shard_size=TEST_MIN_SHARD_SIZE))
+    config.mesh.update(
+        dict(data=data, fsdp=fsdp, slices=slices, min_shard_size=TEST_MIN_SHARD_SIZE)
+    )
     config.data.batch_size = batch_size
     config.optimizer.update(dict(base_learning_rate=2e-3, warmup_steps=3, weight_decay=0.01))
     config.train.update(
@@ -173,16 +176,17 @@ def run_subprocess(args: dict, *, devices: int = 1, timeout: float = 120, wait: 
     return result
 
 
-def run_two_processes(args: dict, timeout: float = 240) -> list[tuple[int, str]]:
-    """Runs this file's ``main`` with ``args`` as processes 0 and 1 of one JAX job (1 CPU
-    device each, a fresh localhost coordinator); ``(return code, output)`` of each."""
+def run_two_processes(args: dict, timeout: float = 240, devices: int = 1) -> list[tuple[int, str]]:
+    """Runs this file's ``main`` with ``args`` as processes 0 and 1 of one JAX job
+    (``devices`` CPU devices each, a fresh localhost coordinator); ``(return code, output)``
+    of each."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         coordinator = f"127.0.0.1:{s.getsockname()[1]}"
     procs = [
         run_subprocess(
             dict(args, coordinator=coordinator, num_processes=2, process_id=i),
-            devices=1,
+            devices=devices,
             wait=False,
         )
         for i in range(2)
@@ -252,6 +256,7 @@ def _main(args: dict) -> None:
             **flat_params(params),
             _hidden_spec=np.array(str(hidden.sharding.spec)),
             _device_count=np.array(jax.device_count()),
+            _mesh_processes=np.vectorize(lambda d: d.process_index)(hidden.sharding.mesh.devices),
         )
 
 
