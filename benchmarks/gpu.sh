@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator figures (benchmarks/gpu_bench.py) on a lent GPU, within BENCH_BUDGET_S
-# (default 420 s: later figures are skipped); BENCH_FIGURES=a,b runs only those figures.
+# (default 420 s: later figures are skipped); BENCH_FIGURES=a,b runs only those figures, in
+# that order.
 # Writes $OUT/gpu_results.json when OUT is set. Needs JAX with CUDA and Flax/Optax on the
 # machine; ml-collections and grain (with its needs) travel as wheels in .whl/ (see
 # /work/.library/device/README.md). BENCH_CODE=dir benchmarks dir/predvdm_jax instead of this

@@ -26,7 +26,8 @@
    merger fuses the attention's three q/k/v products back into one and slices its output
    apart: 1.0 ms of an H100 call's 20.8 ms in the eighth session's trace), and with the
    2×2 level's convolutions as cuDNN convolutions against im2col + matmul (its
-   concatenations: about 0.6 ms of that call).
+   concatenations: about 0.6 ms of that call), and with the dense products as cuBLAS calls
+   against Triton GEMM fusions.
 
 The bf16 step at batch 64 leaves a profiler trace, $OUT/train_bfloat16_batch64.xplane.pb,
 and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the trace such as
@@ -35,7 +36,7 @@ and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the t
 Model FLOPs are the matrix products and convolutions of the program's jaxpr
 (``training.flops.matmul_flops``) with XLA's attention in place of cuDNN's fused one. XLA:GPU's
 cost analysis cannot serve: cuDNN's convolutions and attention are custom calls it counts
-as zero (it gave 0.38 TFLOP for a 4.97 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those.
+as zero (it gave 0.38 TFLOP for a 4.97 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those, in that order.
 
 Each figure is skipped once the time budget (BENCH_BUDGET_S) is spent, and results are
 appended to $OUT/gpu_results.json as they come, so a cut-off run still reports.
@@ -396,6 +397,18 @@ def rollout_dot_merger(batch=256):
     )
 
 
+def rollout_triton_gemm(batch=256):
+    """XLA:GPU's dense products as Triton GEMM fusions (the default) against cuBLAS calls
+    (``xla_gpu_enable_triton_gemm`` off): the qkv and output projections, the 1×1 skips, and
+    the 2×2 level's im2col products."""
+    cublas = functools.partial(_lower, compiler_options={"xla_gpu_enable_triton_gemm": False})
+    denoiser_call_variants(
+        f"denoiser call batch {batch} bf16, dense products Triton / cuBLAS",
+        batch,
+        {"triton": _lower, "cublas": cublas},
+    )
+
+
 def rollout_small_map_convs(batch=256):
     """The 2×2 level's convolutions as im2col + matmul (``models/conv.uses_matmul``, chosen for
     the train step's kernel gradients) against cuDNN's, in the rollout, which takes none."""
@@ -660,6 +673,7 @@ if __name__ == "__main__":
             rollout_unet_profile=dict(batch=2),
             rollout_dot_merger=dict(batch=2),
             rollout_small_map_convs=dict(batch=2),
+            rollout_triton_gemm=dict(batch=2),
             rollout_torch_original=dict(batch=2, frames=7, steps=4),
             vq_figures=dict(frames=32),
             i3d_figures=dict(clips=1, frames=9),
@@ -667,7 +681,7 @@ if __name__ == "__main__":
         if TINY
         else {}
     )
-    for figure in (
+    figures = (
         check_against_cpu,
         train_step_bf16,
         group_norm_speedup,
@@ -676,6 +690,7 @@ if __name__ == "__main__":
         rollout_unet_profile,
         rollout_dot_merger,
         rollout_small_map_convs,
+        rollout_triton_gemm,
         rollout_torch_original,
         train_step_f32,
         train_step_xla_attention,
@@ -684,9 +699,12 @@ if __name__ == "__main__":
         vq_figures,
         i3d_figures,
         train_step_memory_knobs,
-    ):
-        if ONLY and figure.__name__ not in ONLY:
-            continue
+    )
+    by_name = {figure.__name__: figure for figure in figures}
+    unknown = [name for name in ONLY if name not in by_name]
+    if unknown:
+        sys.exit(f"error: BENCH_FIGURES names unknown figures {unknown}; known: {list(by_name)}")
+    for figure in [by_name[name] for name in ONLY] if ONLY else figures:
         try:
             figure(**sizes.get(figure.__name__, {}))
         except Exception as err:  # keep going: a failed figure must not lose the others
