@@ -84,6 +84,7 @@ OUT = os.environ.get("OUT", "/tmp")
 TINY = bool(os.environ.get("BENCH_TINY"))  # a smoke test of this script on the CPU
 TINY_CHANNELS = 32  # the UNet's and the VQ's base channels under TINY
 MODEL = f"tiny KTH-shaped (UNet/VQ ch {TINY_CHANNELS}, 1 ResBlock)" if TINY else "KTH 259M"
+WARMUP_S = 0.0 if TINY else 3.0  # time_call's warm-up of a figure's first timing in a process
 ONLY = [name for name in os.environ.get("BENCH_FIGURES", "").split(",") if name]
 STEP_SECONDS = {}
 ROLLOUT_FPS = {}
@@ -252,7 +253,7 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
         holder[0], metrics = compiled(holder[0], batch_data)
         return metrics["loss"]
 
-    seconds = time_call(run, repeats=10, pipelined=True)
+    seconds = time_call(run, repeats=10, pipelined=True, warmup_s=WARMUP_S)
     if profile:
         save_profile(run, f"train_{dtype}_batch{batch}.xplane.pb")
         save_hlo(compiled, f"train_{dtype}_batch{batch}.hlo.txt.gz")
@@ -346,7 +347,9 @@ def rollout_unet_profile(batch=256):
         ("decode", setup.model.decode, (setup.vq_params, denoise_args[1])),
     ):
         compiled = jax.jit(fn).lower(*args).compile()
-        seconds[part] = time_call(lambda: compiled(*args), repeats=5, pipelined=True)
+        seconds[part] = time_call(
+            lambda: compiled(*args), repeats=5, pipelined=True, warmup_s=WARMUP_S
+        )
         save_profile(lambda: compiled(*args), f"rollout_{part}_batch{batch}.xplane.pb")
         save_hlo(compiled, f"rollout_{part}_batch{batch}.hlo.txt.gz")
     record(
@@ -500,7 +503,9 @@ def group_norm_speedup(batch=64, rollout_batch=256):
                 holder[0], metrics = compiled(holder[0], batch_data)
                 return metrics["loss"]
 
-            values[f"{label}_step_ms"] = time_call(run, repeats=10, pipelined=True) * 1e3
+            values[f"{label}_step_ms"] = (
+                time_call(run, repeats=10, pipelined=True, warmup_s=WARMUP_S) * 1e3
+            )
             for part, fn, args in (
                 ("denoise", model.eps_prediction, (setup.params, z, t, z_cond)),
                 ("decode", model.decode, (setup.vq_params, z)),
@@ -620,7 +625,7 @@ def train_step_memory_knobs(batch=64):
                 holder[0], metrics = compiled(holder[0], batch_data)
                 return metrics["loss"]
 
-            values["accum2_step_s"] = time_call(run, repeats=10, pipelined=True)
+            values["accum2_step_s"] = time_call(run, repeats=10, pipelined=True, warmup_s=WARMUP_S)
     values["one_pass_step_s"] = STEP_SECONDS.get("bfloat16")
     record(name, **values)
 
