@@ -27,6 +27,8 @@ from absl import logging
 
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
+from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop.params import check_params
 from predvdm_jax.interop.torch_checkpoint import (
     conv_kernel_to_ohwi,
     conv_kernel_to_torch,
@@ -160,7 +162,18 @@ def load_bundle(path: str) -> Bundle:
 
 
 def read_bundle(path: str) -> Bundle:
-    """The bundle in the folder ``path`` (params as host arrays; jit places them on any mesh)."""
+    """The bundle in the folder ``path`` (params as host arrays; jit places them on any mesh),
+    its params checked against the model its config builds."""
+    bundle = read_bundle_files(path)
+    model = LatentDiffusion.from_config(bundle.config)
+    hint = f"The files do not match its {CONFIG_FILE}: re-export the bundle with scripts/export.py."
+    check_params(bundle.params, model.init_denoiser, f"bundle {path!r} {DENOISER_FILE}", hint)
+    check_params(bundle.vq_params, model.init_vq, f"bundle {path!r} {VQ_FILE}", hint)
+    return bundle
+
+
+def read_bundle_files(path: str) -> Bundle:
+    """The bundle folder's three files as they are, unchecked against the model."""
     missing = [
         f
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)

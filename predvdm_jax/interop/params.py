@@ -1,14 +1,15 @@
-"""VQ params files (``config.vq_params``: made by ``scripts/train_vq.py`` or
-``scripts/convert_ldm_vq.py``), checked against the config's VQ before training, encoding,
-export or the demo use them."""
+"""Params checked against the model a config builds: VQ params files (``config.vq_params``:
+made by ``scripts/train_vq.py`` or ``scripts/convert_ldm_vq.py``) before training, encoding,
+export or the demo use them, and a bundle's params against its ``config.json``."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
+from flax import linen as nn
 
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
@@ -30,11 +31,21 @@ def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -
         )
     params = load_params_safetensors(path)
     if config is not None:
-        init = LatentDiffusion.from_config(config).init_vq
-        expected = flatten_params(jax.eval_shape(init, jax.random.PRNGKey(0)))
-        check_keys(
-            {k: v.shape for k, v in expected.items()},
-            flatten_params(params),
-            what=f"VQ params {path!r} (config.vq)",
+        check_params(
+            params, LatentDiffusion.from_config(config).init_vq, f"VQ params {path!r} (config.vq)"
         )
     return params
+
+
+def check_params(
+    params: Any,
+    init: Callable[[jax.Array], Any],
+    what: str,
+    hint: str = "Check that the model config matches the checkpoint.",
+) -> None:
+    """A ``ValueError`` listing every key whose presence or shape in ``params`` differs from
+    the params ``init(key)`` makes (unboxed; traced with ``jax.eval_shape``: nothing is computed)."""
+    expected = flatten_params(nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0))))
+    check_keys(
+        {k: v.shape for k, v in expected.items()}, flatten_params(params), what=what, hint=hint
+    )

@@ -1,5 +1,5 @@
 """Bundles: OHWI conv kernels (older HWIO files transposed on load), what a save may replace,
-and the permissions of what it writes."""
+the permissions of what it writes, and files that do not match their config refused."""
 
 import os
 
@@ -106,3 +106,36 @@ def test_bundles_and_files_get_the_umask_permissions_not_owner_only(tmp_path):
     for name in os.listdir(tmp_path / "b"):
         assert mode(tmp_path / "b" / name) == 0o640, name
     assert mode(tmp_path / "report.md") == 0o640
+
+
+def test_a_bundle_whose_files_do_not_match_its_config_is_refused_on_loading(tmp_path):
+    import jax
+
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from tests.random_params import random_params_from_init
+    from tests.tiny_config import tiny_config
+
+    config = tiny_config()
+    model = LatentDiffusion.from_config(config)
+    params = random_params_from_init(model.init_denoiser)
+    vq_params = random_params_from_init(model.init_vq, 1)
+    bundle_lib.save_bundle(str(tmp_path / "good"), bundle_lib.Bundle(config, params, vq_params))
+    loaded = bundle_lib.load_bundle(str(tmp_path / "good"))
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, jax.device_get(params))
+
+    wider = config.copy_and_resolve_references()
+    wider.vq.n_embed = 32  # a codebook of another size
+    other_vq = random_params_from_init(LatentDiffusion.from_config(wider).init_vq, 1)
+    bundle_lib.save_bundle(str(tmp_path / "bad"), bundle_lib.Bundle(config, params, other_vq))
+    with pytest.raises(
+        ValueError,
+        match=r"vq.safetensors does not match the model: wrong shape \(1\): "
+        r"quantize/embedding: expected \(16, 3\), got \(32, 3\)\. "
+        r"The files do not match its config.json: re-export",
+    ):
+        bundle_lib.load_bundle(str(tmp_path / "bad"))
+
+    no_head = {k: v for k, v in params.items() if k != "diffusion_model"}
+    bundle_lib.save_bundle(str(tmp_path / "bad"), bundle_lib.Bundle(config, no_head, vq_params))
+    with pytest.raises(ValueError, match=r"denoiser.safetensors does not match the model: missing"):
+        bundle_lib.load_bundle(str(tmp_path / "bad"))

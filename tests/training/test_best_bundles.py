@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.interop.bundle import METRIC_FILE, load_bundle
+from predvdm_jax.interop.bundle import METRIC_FILE, read_bundle_files, resolve_bundle_path
 from predvdm_jax.training.best_bundles import BestBundles
 
 
@@ -23,13 +23,13 @@ def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_
     entered = [best.keep(step, _params(step), value) for step, value in history]
     assert entered == [True, True, True, True, False, False]
     assert best.kept() == {2: 1.0, 4: 0.5}
-    bundle = load_bundle(str(tmp_path / "best" / "step_00000004"))
+    bundle = read_bundle_files(str(tmp_path / "best" / "step_00000004"))  # params of no model
     np.testing.assert_array_equal(bundle.params["out"]["kernel"], _params(4)["out"]["kernel"])
     np.testing.assert_array_equal(bundle.vq_params["decoder"]["bias"], vq["decoder"]["bias"])
     assert bundle.config.to_dict() == config.to_dict()
     with open(tmp_path / "best" / "step_00000004" / METRIC_FILE) as f:
         assert json.load(f) == {"metric": "val/loss_ema", "value": 0.5, "step": 4}
-    best_params = load_bundle(str(tmp_path / "best")).params  # the folder loads its best
+    best_params = read_bundle_files(resolve_bundle_path(str(tmp_path / "best"))).params
     np.testing.assert_array_equal(best_params["out"]["kernel"], _params(4)["out"]["kernel"])
 
     # A run resumed from step 2 validates step 3 again: step 4 (from the run that died) goes.

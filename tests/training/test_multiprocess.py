@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from predvdm_jax.interop.bundle import load_bundle
+from predvdm_jax.interop.bundle import read_bundle_files
 from predvdm_jax.training.checkpoint import Checkpointer
 from predvdm_jax.training.metric_writers import JSONL_NAME
 
@@ -70,7 +70,7 @@ def test_two_process_run_matches_single_process(tmp_path, grad_accum_steps):
         "process_count": 2,
         "states": {"0": {"seed": 0, "position": 4}, "1": {"seed": 0, "position": 4}},
     }
-    best = [load_bundle(str(d / "best" / "step_00000004")) for d in (single_dir, multi_dir)]
+    best = [read_bundle_files(str(d / "best" / "step_00000004")) for d in (single_dir, multi_dir)]
     assert os.listdir(multi_dir / "best") == ["step_00000004"]
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),

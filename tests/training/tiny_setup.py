@@ -145,7 +145,7 @@ def best_bundle_evaluation(workdir: str):
     so every step improves) is the best."""
     from predvdm_jax.training.best_bundles import BestBundles
 
-    bundle_config = config_lib.finalize(config_lib.default_config())  # what load_bundle accepts
+    bundle_config = config_lib.finalize(config_lib.default_config())  # read_bundle_files reads it
     vq_params = {"unused": np.zeros(1, np.float32)}
     best = BestBundles(os.path.join(workdir, "best"), 1, "val/loss_ema", bundle_config, vq_params)
 
