@@ -46,8 +46,15 @@ DENOISER_FIELDS = (
     "data.pred_frames",
     "data.channels",
     "data.image_size",
+    "scale_factor",
+    "diffusion.timesteps",
+    "diffusion.beta_schedule",
+    "diffusion.linear_start",
+    "diffusion.linear_end",
+    "diffusion.parameterization",
 )
-"""Config fields (a section: all its fields) that decide the denoiser's parameters."""
+"""Config fields (a section: all its fields) that decide the denoiser's parameters or what
+they mean: the latents' scale, the noise schedule and what the network predicts."""
 VQ_FIELDS = ("vq", "data.image_size", "data.channels")
 """Config fields of a VQ run's parameters; its discriminator is ``vq_trainer.DERIVED_FIELDS``."""
 

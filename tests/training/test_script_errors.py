@@ -35,8 +35,8 @@ def _save_run(workdir, config):
 def _with(config, **changes):
     changed = config.copy_and_resolve_references()
     for dotted, value in changes.items():
-        section, field = dotted.split("__")
-        changed[section][field] = value
+        *section, field = dotted.split("__")
+        (changed[section[0]] if section else changed)[field] = value
     return changed
 
 
@@ -61,6 +61,14 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_fields(tmp_path):
         "in the checkpoint, [1, 2] now; model.mode 'tc' in the checkpoint, 'tc_attn' now" in message
     )
     assert "original config, or pass a new --workdir" in message
+
+    # So are a model whose outputs or inputs mean something else.
+    with pytest.raises(config_lib.ConfigError) as err:
+        checkpoint.check_saved_config(
+            str(tmp_path), _with(config, diffusion__parameterization="eps", scale_factor=0.25)
+        )
+    assert "scale_factor 1.0 in the checkpoint, 0.25 now" in str(err.value)
+    assert "diffusion.parameterization 'x0' in the checkpoint, 'eps' now" in str(err.value)
 
 
 def test_a_vq_checkpoint_with_the_discriminator_switched_is_refused(tmp_path):
