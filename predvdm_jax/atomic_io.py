@@ -68,3 +68,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` (UTF-8) as the file ``path`` (see :func:`write_file`)."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def file_in_the_way(path: str | os.PathLike) -> str | None:
+    """The existing file, ``path`` itself or a folder above it, that keeps ``path`` from being
+    (or becoming) a folder; None when there is none. Output checks call it before any work,
+    so a bad output path fails at once, not with ``os.makedirs``'s bare error at the end."""
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return None if os.path.isdir(folder) else folder

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError
-from predvdm_jax.data.latent_cache import encode_split
+from predvdm_jax.data.latent_cache import check_output, check_output_folder, encode_split
 from predvdm_jax.interop.params import load_vq_params
 
 config_flags.DEFINE_config_file(
@@ -53,12 +53,23 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        check_output_folder(FLAGS.src, FLAGS.out)  # before any work
         config = config_lib.validate(FLAGS.config)
         params_path = FLAGS.vq_params or config.vq_params
         if not params_path:
             raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
         vq_params = load_vq_params(params_path, config)
-        for split in _splits(FLAGS.src):
+        splits = _splits(FLAGS.src)
+        for split in splits:  # every split's --out folder is checked before any is written
+            check_output(
+                config,
+                vq_params,
+                os.path.join(FLAGS.src, split),
+                os.path.join(FLAGS.out, split),
+                dtype=FLAGS.dtype,
+                vq_params_path=params_path,
+            )
+        for split in splits:
             out_dir = os.path.join(FLAGS.out, split)
             written = encode_split(
                 config,

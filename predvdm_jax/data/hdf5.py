@@ -31,6 +31,35 @@ class DatasetError(ValueError):
     """A dataset on disk does not have the expected layout."""
 
 
+def damaged_shard(path: str, what: str, err: Exception) -> DatasetError:
+    """The ``DatasetError`` for a shard h5py cannot read (truncated file, corrupt chunk):
+    names the file, what was being read and the fix."""
+    detail = " ".join(str(err).split()) or type(err).__name__
+    return DatasetError(
+        f"{path}: cannot read {what} ({detail}): the shard is damaged (truncated or "
+        f"corrupt); delete it and re-create it (re-run the scripts/prepare_data.py, "
+        f"make_moving_digits.py or encode_dataset.py command that made it) or re-download it."
+    )
+
+
+def _frame_count(path: str, video: int, value) -> int:
+    """A video's ``len`` entry as an int, or ``DatasetError`` when it is not a whole number
+    >= 1 (a string, a float, an array, a negative count)."""
+    array = np.asarray(value)
+    if (
+        array.shape != ()
+        or array.dtype.kind not in "iuf"
+        or not np.isfinite(array)
+        or array != np.round(array)
+        or array < 1
+    ):
+        raise DatasetError(
+            f"{path}: video {video}'s 'len' entry is {value!r}, not a frame count >= 1; the "
+            f"shard is damaged: re-convert it or re-download it."
+        )
+    return int(array)
+
+
 def shard_path(split_dir: str, shard_number: int) -> str:
     return os.path.join(split_dir, SHARD_NAME.format(shard_number))
 
@@ -218,6 +247,30 @@ class DatasetSummary:
         )
 
 
+def _read_lengths(path: str) -> np.ndarray:
+    """The frame count of every video of one shard (its ``len`` group), checked."""
+    with h5py.File(path, "r") as f:
+        if "len" not in f:
+            raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
+        n = len(f["len"].keys())
+        missing = [
+            str(i)
+            for i in range(n)
+            if str(i) not in f["len"] or f.get(str(i), getclass=True) is not h5py.Group
+        ]
+        if missing:
+            raise DatasetError(
+                f"{path}: videos {missing[:5]} lack a 'len' entry or frame group; "
+                f"the shard is incomplete, re-create it."
+            )
+        if any(f["len"].get(str(i), getclass=True) is not h5py.Dataset for i in range(n)):
+            raise DatasetError(
+                f"{path}: its 'len' group holds a non-dataset entry; the shard is damaged: "
+                f"re-convert it or re-download it."
+            )
+        return np.array([_frame_count(path, i, f["len"][str(i)][()]) for i in range(n)], np.int64)
+
+
 class VideoShards:
     """Random access to the videos of one split (frames or cached latents).
 
@@ -250,23 +303,10 @@ class VideoShards:
             )
         self._lengths: list[np.ndarray] = []
         for path in self.paths:
-            with h5py.File(path, "r") as f:
-                if "len" not in f:
-                    raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
-                n = len(f["len"].keys())
-                missing = [
-                    str(i)
-                    for i in range(n)
-                    if str(i) not in f["len"] or f.get(str(i), getclass=True) is not h5py.Group
-                ]
-                if missing:
-                    raise DatasetError(
-                        f"{path}: videos {missing[:5]} lack a 'len' entry or frame group; "
-                        f"the shard is incomplete, re-create it."
-                    )
-                self._lengths.append(
-                    np.array([int(f["len"][str(i)][()]) for i in range(n)], np.int64)
-                )
+            try:
+                self._lengths.append(_read_lengths(path))
+            except OSError as err:
+                raise damaged_shard(path, "the file", err) from None
         self.frame_counts = (
             np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         )
@@ -303,8 +343,17 @@ class VideoShards:
 
     def _raw_frame(self, index: int, t: int) -> np.ndarray:
         shard, local = self._locate(index)
-        with h5py.File(self.paths[shard], "r") as f:
-            return np.asarray(f[str(local)][str(t)])
+        path = self.paths[shard]
+        try:
+            with h5py.File(path, "r") as f:
+                if f[str(local)].get(str(t), getclass=True) is not h5py.Dataset:
+                    raise DatasetError(
+                        f"{path}: video {local} has no frame {t}; its 'len' entry says "
+                        f"{int(self.frame_counts[index])}: the shard is incomplete, re-create it."
+                    )
+                return np.asarray(f[str(local)][str(t)])
+        except OSError as err:
+            raise damaged_shard(path, f"video {local} frame {t}", err) from None
 
     def check_min_length(self, num_frames: int) -> None:
         short = np.flatnonzero(self.frame_counts < num_frames)
@@ -346,6 +395,17 @@ class VideoShards:
         if self._memory is not None:
             return self._memory[index][start : start + num_frames].copy()
         shard, local = self._locate(index)
+        try:
+            return self._read_clip_from_disk(shard, local, length, start, num_frames)
+        except OSError as err:
+            frames = (
+                f"frames {start}-{start + num_frames - 1}" if num_frames > 1 else f"frame {start}"
+            )
+            raise damaged_shard(self.paths[shard], f"video {local} {frames}", err) from None
+
+    def _read_clip_from_disk(
+        self, shard: int, local: int, length: int, start: int, num_frames: int
+    ) -> np.ndarray:
         # h5py's low-level calls: 0.57x the time of ``group[name][()]`` per clip (bench_loader.py).
         group = h5py.h5g.open(self._file(shard).id, str(local).encode())
         clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
@@ -374,24 +434,10 @@ class VideoShards:
         """
         problems = []
         for shard, path in enumerate(self.paths):
-            with h5py.File(path, "r") as f:
-                for local, length in enumerate(self._lengths[shard]):
-                    # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
-                    group = h5py.h5g.open(f.id, str(local).encode())
-                    for t in range(int(length)):
-                        try:
-                            frame = h5py.h5d.open(group, str(t).encode())
-                        except KeyError:
-                            problems.append(
-                                f"{path}: video {local} has no frame {t} (its 'len' entry says "
-                                f"{int(length)})"
-                            )
-                            continue
-                        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
-                            problems.append(
-                                f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
-                                f"expected {self.dtype}{self.frame_shape}"
-                            )
+            try:
+                self._check_shard_frames(shard, path, problems)
+            except OSError as err:
+                raise damaged_shard(path, "its frames", err) from None
         if problems:
             listed = "; ".join(problems[:max_listed])
             more = f" (and {len(problems) - max_listed} more)" if len(problems) > max_listed else ""
@@ -399,6 +445,26 @@ class VideoShards:
                 f"{self.split_dir}: {len(problems)} bad frame(s): {listed}{more}; "
                 f"re-create the dataset."
             )
+
+    def _check_shard_frames(self, shard: int, path: str, problems: list[str]) -> None:
+        with h5py.File(path, "r") as f:
+            for local, length in enumerate(self._lengths[shard]):
+                # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
+                group = h5py.h5g.open(f.id, str(local).encode())
+                for t in range(int(length)):
+                    try:
+                        frame = h5py.h5d.open(group, str(t).encode())
+                    except KeyError:
+                        problems.append(
+                            f"{path}: video {local} has no frame {t} (its 'len' entry says "
+                            f"{int(length)})"
+                        )
+                        continue
+                    if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+                        problems.append(
+                            f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
+                            f"expected {self.dtype}{self.frame_shape}"
+                        )
 
     def summary(self, sample_videos: int = 16) -> DatasetSummary:
         picks = np.linspace(0, len(self) - 1, min(sample_videos, len(self))).round().astype(int)

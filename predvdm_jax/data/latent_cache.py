@@ -81,10 +81,60 @@ def cache_info(
         "scale_factor": float(config.scale_factor),
         "vq": config.vq.to_dict(),
         "vq_params": os.path.abspath(path) if path else path,
+        # The frames' channels (the VQ sees gray repeated to RGB, so the latents do not show it).
+        "channels": int(config.data.channels),
     }
     if vq_params is not None:
         info[DIGEST_KEY] = params_digest(vq_params)
     return info
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or below it (symlinks resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_folder(src_split_dir: str, out_split_dir: str) -> None:
+    """Raises ``DatasetError`` unless ``out_split_dir`` can receive the cache of
+    ``src_split_dir``: not the source or inside it, not a file (nor under one), and not a
+    folder holding shards without this cache's ``cache_info.json`` (another dataset)."""
+    if is_inside(out_split_dir, src_split_dir):
+        raise DatasetError(
+            f"the latent cache {out_split_dir!r} would be written into its source frame split "
+            f"{src_split_dir!r}; give --out a folder outside --src (e.g. data/<name>_latents)."
+        )
+    folder = atomic_io.file_in_the_way(out_split_dir)
+    if folder is not None:
+        raise DatasetError(
+            f"cannot write the latent cache to {out_split_dir!r}: {folder!r} is a file; give "
+            f"--out a folder (new, or a cache made by scripts/encode_dataset.py)."
+        )
+    if os.path.isdir(out_split_dir) and not os.path.exists(os.path.join(out_split_dir, CACHE_INFO)):
+        shards = [f for f in os.listdir(out_split_dir) if f.endswith((".hdf5", ".h5"))]
+        if shards:
+            raise DatasetError(
+                f"{out_split_dir} holds shards ({sorted(shards)[0]}) but no {CACHE_INFO}, so it "
+                f"is not a latent cache made by scripts/encode_dataset.py (another dataset?); "
+                f"choose another --out, or delete those shards if they are yours to lose."
+            )
+
+
+def check_output(
+    config: ml_collections.ConfigDict,
+    vq_params: Any,
+    src_split_dir: str,
+    out_split_dir: str,
+    dtype: str = "float16",
+    vq_params_path: str | None = None,
+) -> dict:
+    """Every check ``encode_split`` makes before writing (``check_output_folder``, and a
+    resume's ``cache_info.json``); returns the info to record. Writes nothing, so a script
+    can check every split before encoding any."""
+    check_output_folder(src_split_dir, out_split_dir)
+    return _check_resume(
+        out_split_dir, cache_info(config, src_split_dir, dtype, vq_params_path, vq_params)
+    )
 
 
 def _check_resume(out_split_dir: str, info: dict) -> dict:
@@ -137,6 +187,14 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
             f"{split_dir} holds latents encoded with scale_factor {cached!r} but "
             f"config.scale_factor is {config.scale_factor!r}; re-encode the cache "
             f"(scripts/encode_dataset.py) or set --config.scale_factor={cached!r}."
+        )
+    cached_channels = saved.get("channels")
+    if cached_channels is not None and cached_channels != config.data.channels:
+        raise ConfigError(
+            f"{split_dir} holds latents of {cached_channels}-channel frames but "
+            f"config.data.channels is {config.data.channels!r}; set "
+            f"--config.data.channels={cached_channels} or encode a {config.data.channels}-channel "
+            f"dataset (scripts/encode_dataset.py)."
         )
     cached_vq = saved.get("vq") or {}
     vq = json.loads(json.dumps(config.vq.to_dict(), default=list))
@@ -202,10 +260,8 @@ def encode_split(
         raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
     source = VideoShards(src_split_dir, "frames")
     check_frame_size(source, config.data.image_size, config.data.channels)
+    info = check_output(config, vq_params, src_split_dir, out_split_dir, dtype, vq_params_path)
     os.makedirs(out_split_dir, exist_ok=True)
-    info = _check_resume(
-        out_split_dir, cache_info(config, src_split_dir, dtype, vq_params_path, vq_params)
-    )
 
     encode_frames = make_frame_encoder(config, vq_params, batch_frames)
     counts = _shard_video_counts(source.paths)

@@ -108,8 +108,41 @@ def write_moving_digits(
     """Writes ``out_dir/train`` and ``out_dir/test`` from scikit-learn's digits (1500
     train / 297 test images) in the HDF5 video format.
 
-    A split whose shard already exists is kept, so an interrupted run resumes.
+    A split whose shard already exists is kept, so an interrupted run resumes. The settings
+    are recorded in ``out_dir/conversion.json`` (as ``prepare_data.py`` does); an ``out_dir``
+    holding data of other settings, or of another dataset, is refused (``ValueError``)
+    before anything is written.
     """
+    settings = {
+        "num_train": num_train,
+        "num_test": num_test,
+        "num_digits": num_digits,
+        "seq_len": seq_len,
+        "seed": seed,
+        "image_size": image_size,
+        "digit_size": digit_size,
+    }
+    for name in ("num_train", "num_test", "num_digits", "seq_len", "image_size", "digit_size"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"--{name} must be a whole number >= 1, got {value!r}.")
+    if digit_size >= image_size:
+        raise ValueError(
+            f"digits of {digit_size}px do not fit a {image_size}px canvas; use a digit_size "
+            f"below image_size."
+        )
+    from predvdm_jax.data.converters import common  # converters import this module
+
+    manifest = {
+        "dataset": "moving_digits",
+        "options": settings,
+        "compression": "lzf",
+    }
+    common.check_manifest(
+        out_dir,
+        manifest,
+        adopt=lambda: _holds_these_videos(out_dir, settings),
+    )
     train_images, test_images = load_sklearn_digits()
     counts = {}
     for split, images, count in (
@@ -131,3 +164,24 @@ def write_moving_digits(
             videos = tqdm(videos, total=count, desc=f"moving digits {split}", unit="video")
         counts[split] = hdf5.write_split(split_dir, videos)
     return counts
+
+
+def _holds_these_videos(out_dir: str, settings: dict) -> bool:
+    """Whether ``out_dir``'s splits (written before ``conversion.json`` was recorded) have
+    the video count, frame count and size of ``settings`` (their seed cannot be checked)."""
+    for split in ("train", "test"):
+        split_dir = os.path.join(out_dir, split)
+        if not os.path.isdir(split_dir) or not hdf5.shard_paths(split_dir):
+            continue
+        try:
+            shards = hdf5.VideoShards(split_dir)
+        except hdf5.DatasetError:  # not moving digits (latents, damaged, ...)
+            return False
+        size = settings["image_size"]
+        if (
+            len(shards) != settings[f"num_{split}"]
+            or set(shards.frame_counts.tolist()) != {settings["seq_len"]}
+            or shards.frame_shape != (size, size)
+        ):
+            return False
+    return True

@@ -15,6 +15,37 @@ from predvdm_jax.data.resize import center_square, resize_lanczos
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def _read_image(path: str) -> np.ndarray:
+    """One frame image as RGB uint8, or a one-line ``ValueError`` naming the file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"{path!r} is not a readable image ({_one_line(err)}); it is damaged or not an "
+            f"image: replace it or remove it from the folder of frames."
+        ) from None
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _is_single_image(path: str, frames: np.ndarray) -> bool:
+    """Whether imageio read ``path`` as one image ``(H, W[, C])``, not frames ``(T, H, W[, C])``."""
+    if frames.ndim == 2:
+        return True
+    if frames.ndim != 3:
+        return False
+    import imageio.v3 as iio
+
+    try:
+        return not iio.improps(path, index=None).is_batch
+    except Exception:  # a plugin without properties: trust the file name
+        return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def _frames_from_path(path: str) -> list[np.ndarray]:
     """RGB frames of a video file, or of a folder's images in natural name order."""
     if os.path.isdir(path):
@@ -28,8 +59,7 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
             )
         frames = []
         for f in files:
-            with Image.open(f) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+            frames.append(_read_image(f))
             if frames[-1].shape != frames[0].shape:
                 h, w = frames[-1].shape[:2]
                 raise ValueError(
@@ -43,16 +73,26 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
     import imageio.v3 as iio
 
     try:
-        frames = iio.imread(path, index=None)
+        frames = np.asarray(iio.imread(path, index=None))
     except Exception as err:
         raise ValueError(
-            f"cannot decode {path!r} ({err}); for MP4/AVI install imageio-ffmpeg, or "
-            f"pass a folder of frame images."
+            f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "
+            f"GIF/MP4/AVI: pass a working video file (MP4/AVI need imageio-ffmpeg) or a folder "
+            f"of frame images."
         ) from None
-    frames = np.asarray(frames)
+    if _is_single_image(path, frames):
+        raise ValueError(
+            f"{path!r} is a single image, not a video; --video needs a video file (GIF/MP4/AVI) "
+            f"or a folder holding one image per frame."
+        )
     if frames.ndim == 3:
         frames = frames[..., None]
-    return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f, 3, axis=-1) for f in frames]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{path!r} decoded to an array of shape {frames.shape}, not video frames "
+            f"(T, H, W[, C]); pass a GIF/MP4/AVI or a folder of frame images."
+        )
+    return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f[..., :1], 3, axis=-1) for f in frames]
 
 
 def read_clip(path: str, image_size: int, channels: int, num_frames: int) -> np.ndarray:

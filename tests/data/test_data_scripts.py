@@ -69,7 +69,8 @@ def test_prepare_data_refuses_an_out_folder_of_other_settings(tmp_path):
     line = _run("prepare_data.py", *args, "--num_train=3")
     assert line == (
         f"error: {tmp_path / 'out'} holds a conversion made with other settings "
-        f"(items, options differ); use a new --out folder or delete {tmp_path / 'out'} "
+        f"(items.train, options.num_train differ); use a new --out folder or delete "
+        f"{tmp_path / 'out'} "
         f"to start over."
     )
 

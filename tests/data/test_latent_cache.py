@@ -226,3 +226,39 @@ def config_with(config, **changes):
     changed = config.copy_and_resolve_references()
     changed.update(changes)
     return changed
+
+
+def test_an_out_folder_of_another_dataset_or_the_source_is_refused_before_writing(setup, tmp_path):
+    root, videos, config, system, params = setup
+    frames = str(root / "frames")
+    # Another frame dataset's split: its shards have no cache_info.json.
+    other = str(tmp_path / "other" / "train")
+    write_split(other, [np.zeros((2, SIZE, SIZE), np.uint8)])
+    before = sorted(os.listdir(other))
+    with pytest.raises(DatasetError, match=r"holds shards \(shard_0001.hdf5\) but no cache_info"):
+        encode_split(config, params, frames, other, batch_frames=4)
+    assert sorted(os.listdir(other)) == before
+    # The source itself, or a folder inside it.
+    for out in (frames, os.path.join(frames, "latents")):
+        with pytest.raises(DatasetError, match=r"would be written into its source frame split"):
+            encode_split(config, params, frames, out, batch_frames=4)
+    assert not os.path.exists(os.path.join(frames, "latents"))
+    # A file, or a folder under a file.
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "train"):
+        with pytest.raises(DatasetError, match=r"afile' is a file; give --out a folder"):
+            encode_split(config, params, frames, str(out), batch_frames=4)
+
+
+def test_training_refuses_a_cache_of_frames_of_other_channels(setup, tmp_path):
+    root, videos, config, system, params = setup  # data.channels=1
+    out = str(tmp_path / "latents")
+    encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1)
+    assert json.load(open(os.path.join(out, CACHE_INFO)))["channels"] == 1
+    check_cache_matches(config, out)
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"latents of 1-channel frames but config\.data\.channels is 3; set "
+        r"--config\.data\.channels=1",
+    ):
+        check_cache_matches(config_with(config, data=dict(config.data, channels=3)), out)

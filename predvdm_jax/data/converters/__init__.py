@@ -88,6 +88,7 @@ def convert(
     **options,
 ) -> ConversionSummary:
     """Converts ``dataset`` from ``src`` into ``out_dir``; options go to its converter."""
+    common.check_out_dir(out_dir)  # before the source is read: that can take long
     plan = make_plan(dataset, src, **options)
     return run_plan(
         plan,

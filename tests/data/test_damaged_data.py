@@ -1,0 +1,259 @@
+"""Damaged shards, sources and videos end in one ``DatasetError``/``SourceError``/``ValueError``
+naming the file and the fix, never an h5py/PIL/numpy traceback."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from predvdm_jax.data import converters, hdf5, moving_digits, video_files
+from predvdm_jax.data.converters import smmnist
+from predvdm_jax.data.converters.common import SourceError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run_script(script, *args):
+    """Runs a script expected to fail; returns its one stderr line (no traceback)."""
+    command = [sys.executable, os.path.join(REPO, "scripts", script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def _split(split_dir, num_videos=2, frames=3, shape=(16, 16)):
+    # Smooth frames, so lzf compresses every chunk (an incompressible one is stored raw).
+    video = np.broadcast_to(np.arange(shape[0], dtype=np.uint8)[:, None], (frames,) + shape)
+    hdf5.write_split(str(split_dir), [video] * num_videos)
+    return str(split_dir / "shard_0001.hdf5")
+
+
+def _corrupt_chunk(path, video, frame):
+    """Overwrites the lzf chunk of one frame with garbage (the file stays a valid HDF5)."""
+    with h5py.File(path, "r") as f:
+        offset = f[str(video)][str(frame)].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 40)
+
+
+def test_truncated_shard_is_a_dataset_error(tmp_path):
+    path = _split(tmp_path / "train")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(hdf5.DatasetError, match=r"shard_0001.hdf5: cannot read .*re-download"):
+        hdf5.VideoShards(str(tmp_path / "train"))
+
+
+def test_corrupt_first_chunk_is_a_dataset_error(tmp_path):
+    path = _split(tmp_path / "train")
+    _corrupt_chunk(path, 0, 0)
+    with pytest.raises(hdf5.DatasetError, match=r"shard_0001.hdf5: cannot read video 0 frame 0"):
+        hdf5.VideoShards(str(tmp_path / "train"))
+
+
+def test_corrupt_later_chunk_is_a_dataset_error_when_read(tmp_path):
+    path = _split(tmp_path / "train")
+    _corrupt_chunk(path, 1, 2)
+    shards = hdf5.VideoShards(str(tmp_path / "train"))
+    shards.check_all_frames()  # metadata only: the chunk is not read
+    with pytest.raises(
+        hdf5.DatasetError, match=r"shard_0001.hdf5: cannot read video 1 frames 0-2 .*damaged"
+    ):
+        shards.read_clip(1, 0, 3)
+    with pytest.raises(hdf5.DatasetError, match=r"cannot read video 1 frames 0-2"):
+        shards.load_into_memory()
+    assert not shards.in_memory
+
+
+@pytest.mark.parametrize("value", [b"abc", -3, 0, 2.5, np.arange(2)])
+def test_bad_len_entry_is_a_dataset_error(tmp_path, value):
+    path = _split(tmp_path / "train")
+    with h5py.File(path, "a") as f:
+        del f["len"]["1"]
+        f["len"].create_dataset("1", data=value)
+    with pytest.raises(
+        hdf5.DatasetError, match=r"shard_0001.hdf5: video 1's 'len' entry is .*not a frame count"
+    ):
+        hdf5.VideoShards(str(tmp_path / "train"))
+
+
+# --- make_moving_digits.py / write_moving_digits -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_train=0), r"--num_train must be a whole number >= 1, got 0"),
+        (dict(num_train=-1), r"--num_train must be a whole number >= 1, got -1"),
+        (dict(seq_len=0), r"--seq_len must be a whole number >= 1, got 0"),
+        (dict(num_digits=0), r"--num_digits must be a whole number >= 1, got 0"),
+    ],
+)
+def test_moving_digits_refuses_bad_settings_before_writing(tmp_path, changes, message):
+    settings = dict(num_train=2, num_test=1, seq_len=3, progress=False)
+    with pytest.raises(ValueError, match=message):
+        moving_digits.write_moving_digits(str(tmp_path / "out"), **{**settings, **changes})
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path):
+    out = str(tmp_path / "out")
+    moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
+    assert json.load(open(tmp_path / "out" / "conversion.json"))["dataset"] == "moving_digits"
+    moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)  # same: resumes
+    before = (tmp_path / "out" / "train" / "shard_0001.hdf5").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(options.seq_len differ\); use a new"):
+        moving_digits.write_moving_digits(out, 2, 1, seq_len=4, progress=False)
+    assert (tmp_path / "out" / "train" / "shard_0001.hdf5").read_bytes() == before
+    # Another dataset (no conversion.json) is refused; data of these settings from before
+    # conversion.json was recorded is adopted.
+    _split(tmp_path / "other" / "train")
+    with pytest.raises(ValueError, match=r"already holds shards .* from an unknown conversion"):
+        moving_digits.write_moving_digits(str(tmp_path / "other"), 2, 1, progress=False)
+    assert not os.path.exists(tmp_path / "other" / "test")
+    os.remove(tmp_path / "out" / "conversion.json")
+    moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
+    assert os.path.exists(tmp_path / "out" / "conversion.json")
+    # A file as --out, or a folder under a file.
+    (tmp_path / "afile").write_text("x")
+    for bad in ("afile", "afile/sub"):
+        with pytest.raises(hdf5.DatasetError, match=r"afile.*give --out a folder"):
+            moving_digits.write_moving_digits(str(tmp_path / bad), 2, 1, progress=False)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_make_moving_digits_script_errors_are_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args in (["--num_train=0"], ["--seq_len=0"], [f"--out={tmp_path / 'afile'}"]):
+        line = _run_script("make_moving_digits.py", f"--out={tmp_path / 'out'}", *args)
+        assert line.startswith("error: --"), line
+    assert not os.path.exists(tmp_path / "out")
+
+
+# --- prepare_data.py --dataset=smmnist ----------------------------------------------------
+
+
+def _mnist(n):
+    return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(a=_mnist(2)), r"has no x_train / x_test array \(it holds: a\)"),
+        (dict(x_train=_mnist(4) / 255.0, x_test=_mnist(2)), r"x_train holds float64 images"),
+        (
+            dict(x_train=_mnist(4).reshape(4, 784), x_test=_mnist(2)),
+            r"x_train holds images of shape \(4, 784\) \(flattened rows",
+        ),
+        (dict(x_train=_mnist(0), x_test=_mnist(2)), r"x_train holds no images"),
+        (
+            dict(x_train=_mnist(4), x_test=_mnist(2).astype(np.int64) * 300),
+            r"x_test holds int64 values in",
+        ),
+    ],
+)
+def test_smmnist_refuses_npz_that_is_not_mnist(tmp_path, arrays, message):
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(SourceError, match=message + r".*expected MNIST as a mnist.npz"):
+        smmnist.load_mnist(str(tmp_path / "mnist.npz"))
+
+
+def test_smmnist_refuses_damaged_idx_files(tmp_path):
+    header = struct.pack(">HBBIII", 0, 8, 3, 10, 28, 28)
+    for stem in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{stem}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(header + bytes(100))
+    with pytest.raises(SourceError, match=r"holds 116 bytes but its header announces 10 images"):
+        smmnist.load_mnist(str(tmp_path))
+    for stem in ("train", "t10k"):
+        (tmp_path / f"{stem}-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(SourceError, match=r"train-images-idx3-ubyte.gz is not a gzip file"):
+        smmnist.load_mnist(str(tmp_path))
+    (tmp_path / "junk.npz").write_text("hello")
+    with pytest.raises(SourceError, match=r"junk.npz is not an .npz \(zip\) archive"):
+        smmnist.load_mnist(str(tmp_path / "junk.npz"))
+
+
+def test_smmnist_refuses_counts_below_one_and_an_out_file(tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_train=_mnist(4), x_test=_mnist(2))
+    src = str(tmp_path / "mnist.npz")
+    with pytest.raises(SourceError, match=r"--num_train must be >= 1, got -3"):
+        converters.convert("smmnist", src, str(tmp_path / "out"), num_train=-3, progress=False)
+    assert not os.path.exists(tmp_path / "out")
+    (tmp_path / "afile").write_text("x")
+    line = _run_script(
+        "prepare_data.py", "--dataset=smmnist", f"--src={src}", f"--out={tmp_path / 'afile'}"
+    )
+    assert (
+        line == f"error: --out '{tmp_path / 'afile'}' is a file; give --out a folder (a new "
+        "one, or one this command wrote before)."
+    )
+
+
+# --- sample.py --video ----------------------------------------------------------------------
+
+
+def test_a_single_image_is_not_a_video(tmp_path):
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(tmp_path / "gray.png")
+    for name in ("rgb.png", "gray.png"):
+        with pytest.raises(ValueError, match=rf"{name}' is a single image, not a video; --video"):
+            video_files.read_clip(str(tmp_path / name), 8, 1, 2)
+
+
+def test_unreadable_frames_and_videos_name_the_file(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "f1.png")
+    (frames / "f2.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"f2.png' is not a readable image \(cannot identify"):
+        video_files.read_clip(str(frames), 8, 1, 2)
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(frames / "f2.png")
+    data = (frames / "f2.png").read_bytes()
+    (frames / "f2.png").write_bytes(data[:-40])  # cut inside the pixel data
+    with pytest.raises(ValueError, match=r"f2.png' is not a readable image \(.*truncated"):
+        video_files.read_clip(str(frames), 8, 1, 2)
+    (tmp_path / "text.gif").write_text("hello")
+    with pytest.raises(ValueError) as err:
+        video_files.read_clip(str(tmp_path / "text.gif"), 8, 1, 2)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"cannot decode '{tmp_path / 'text.gif'}' as a video (")
+
+
+def test_gray_and_gray_alpha_gifs_are_videos(tmp_path):
+    frames = [Image.fromarray(np.full((8, 8), 40 * t, np.uint8)) for t in range(3)]
+    frames[0].save(tmp_path / "gray.gif", save_all=True, append_images=frames[1:])
+    clip = video_files.read_clip(str(tmp_path / "gray.gif"), 8, 1, 3)
+    assert clip.shape == (3, 8, 8, 1)
+
+
+# --- encode_dataset.py ----------------------------------------------------------------------
+
+
+def test_encode_dataset_refuses_an_out_file_or_the_source_up_front(tmp_path):
+    src = tmp_path / "frames"
+    _split(src / "train")
+    (tmp_path / "afile").write_text("x")
+    config = f"--config={os.path.join(REPO, 'configs', 'vq_digits_demo.py')}"
+    line = _run_script("encode_dataset.py", config, f"--src={src}", f"--out={tmp_path / 'afile'}")
+    assert line.startswith(
+        f"error: cannot write the latent cache to '{tmp_path / 'afile'}': "
+        f"'{tmp_path / 'afile'}' is a file; give --out a folder"
+    )
+    for out in (src, src / "latents"):
+        line = _run_script("encode_dataset.py", config, f"--src={src}", f"--out={out}")
+        assert line.startswith(
+            f"error: the latent cache '{out}' would be written into its source frame split '{src}'"
+        )
+    assert sorted(os.listdir(src)) == ["train"] and os.listdir(src / "train") == ["shard_0001.hdf5"]
+    assert (tmp_path / "afile").read_text() == "x"
