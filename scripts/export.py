@@ -29,6 +29,28 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
+def _unsafe_predvdm_ckpt(path: str, workdir: str) -> str | None:
+    """Why writing the export to ``path`` could destroy something, or None. Only a new path, or
+    an earlier export (an existing ``.ckpt`` outside any bundle folder), may be written."""
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    checkpoints = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    if os.path.commonpath([checkpoints, real]) == checkpoints:
+        return f"is inside the run's checkpoint folder {checkpoints}"
+    if os.path.isdir(real):
+        return "is a folder"
+    if not os.path.exists(real):
+        return None
+    is_bundle = os.path.isdir(folder) and {bundle.CONFIG_FILE, bundle.DENOISER_FILE} & set(
+        os.listdir(folder)
+    )
+    if is_bundle:
+        return f"exists inside the bundle folder {folder}, whose file it would replace"
+    if not real.endswith(".ckpt"):
+        return "exists and is not an earlier export (.ckpt), so it is not replaced"
+    return None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -40,6 +62,13 @@ def main(argv):
             f"error: --out {FLAGS.out} is inside --workdir {FLAGS.workdir}, where a bundle "
             f"could replace the run's checkpoints; pick a folder outside the workdir"
         )
+    if FLAGS.predvdm_ckpt:
+        problem = _unsafe_predvdm_ckpt(FLAGS.predvdm_ckpt, workdir)
+        if problem:
+            sys.exit(
+                f"error: --predvdm_ckpt {FLAGS.predvdm_ckpt} {problem}; nothing was written. "
+                f"Pass a new file path (e.g. exports/<run>.ckpt)."
+            )
     try:
         if FLAGS.out:
             exported = checkpoint.load_from_checkpoint(

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -28,7 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from predvdm_jax import config as config_lib, mesh as mesh_lib
+from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path
 from predvdm_jax.interop.params import load_vq_params
@@ -57,6 +59,83 @@ DENOISER_FIELDS = (
 they mean: the latents' scale, the noise schedule and what the network predicts."""
 VQ_FIELDS = ("vq", "data.image_size", "data.channels")
 """Config fields of a VQ run's parameters; its discriminator is ``vq_trainer.DERIVED_FIELDS``."""
+
+
+def _gradient_clipping(config: Mapping[str, Any]) -> str:
+    return "on" if config["optimizer"]["grad_clip"] > 0 else "off"
+
+
+DENOISER_DERIVED = {"gradient clipping (optimizer.grad_clip > 0)": _gradient_clipping}
+"""Values that decide the structure of a denoiser run's optimizer state (``optim.make_optimizer``
+chains a clipping stage only when ``optimizer.grad_clip`` > 0; the other optimizer fields change
+values, not the state's structure)."""
+
+TRAINERS = {"denoiser": "a denoiser run (scripts/train.py)", "vq": "a VQ run (scripts/train_vq.py)"}
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint step on disk could not be read (damaged or incomplete files)."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises ``ValueError`` when ``workdir`` (or a folder above it) is an existing file: a run
+    could write nothing there."""
+    path = atomic_io.file_in_the_way(workdir)
+    if path is not None:
+        where = "" if path == os.path.abspath(workdir) else f" ({path} is a file)"
+        raise ValueError(
+            f"--workdir {workdir} is not a folder{where}; pass a new folder, or the workdir of "
+            f"the run to resume."
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of the innermost cause of ``err`` (Orbax wraps TensorStore's reason)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    line = lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+class _OrbaxTeardownNoise(logging.Filter):
+    """Drops asyncio's 'exception was never retrieved' records of a failed Orbax read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            "exception was never retrieved" in record.getMessage()
+            and _is_teardown_noise(record.exc_info[1] if record.exc_info else None)
+        )
+
+
+def _is_teardown_noise(err: BaseException | None, obj: Any = None) -> bool:
+    if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+        return True
+    if "Encountered error while reading array index" in str(err):
+        return True
+    return "_read_array_index_and_device_put" in repr(obj)
+
+
+_QUIET = False
+
+
+def _quiet_orbax_teardown() -> None:
+    """When one array of a restore fails, Orbax closes its event loop with the other reads still
+    in flight: each then reports 'Event loop is closed' or its own read error as an unraisable
+    exception (hundreds of tracebacks, after the restore has already raised). This drops
+    exactly those reports, once per process; every other one goes to the previous hook."""
+    global _QUIET
+    if _QUIET:
+        return
+    _QUIET = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_teardown_noise(unraisable.exc_value, unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_OrbaxTeardownNoise())
 
 
 def _gather_json(value: Any) -> dict[str, Any]:
@@ -130,6 +209,8 @@ class Checkpointer:
         *current* mesh's shardings, so a checkpoint saved on any device count
         restores onto this one.
         """
+        self._check_step(step)
+        _quiet_orbax_teardown()
         try:
             restored = self._manager.restore(
                 int(step),
@@ -138,22 +219,8 @@ class Checkpointer:
                     data=ocp.args.JsonRestore(),
                 ),
             )
-        except ValueError as err:
-            mismatch = re.search(
-                r"Requested shape: (\(.*?\)) is not compatible with the stored shape: (\(.*?\))",
-                str(err),
-            )
-            if mismatch is None:
-                raise
-            requested, stored = (_shape(mismatch.group(i)) for i in (1, 2))
-            # An old UNet checkpoint's HWIO kernel where OHWI is requested: only then the hint.
-            hwio = len(stored) >= 3 and requested == stored[-1:] + stored[:-1]
-            layout = ", or before the UNet stored its conv kernels OHWI" if hwio else ""
-            raise ValueError(
-                f"checkpoint step {step} in {self.directory} does not fit this model's parameter "
-                f"shapes ({mismatch.group(0)}). Was it written with another config{layout}? "
-                f"Resume with the run's own config, or start a new workdir."
-            ) from None
+        except Exception as err:  # noqa: BLE001 - Orbax raises bare Exceptions for bad reads
+            raise self._restore_error(step, err) from None
         data = restored.data
         saved_count, states = int(data["process_count"]), data["states"]
         if saved_count == jax.process_count():
@@ -167,6 +234,59 @@ class Checkpointer:
             f"{saved_count} processes or start a new workdir"
         )
 
+    def _restore_error(self, step: int, err: Exception) -> ValueError:
+        """One line for a failed restore of ``step``: parameters of other shapes, a train state
+        of another structure, or files that cannot be read."""
+        text = str(err)
+        mismatch = re.search(
+            r"Requested shape: (\(.*?\)) is not compatible with the stored shape: (\(.*?\))",
+            text,
+        )
+        if mismatch is not None:
+            requested, stored = (_shape(mismatch.group(i)) for i in (1, 2))
+            # An old UNet checkpoint's HWIO kernel where OHWI is requested: only then the hint.
+            hwio = len(stored) >= 3 and requested == stored[-1:] + stored[:-1]
+            layout = ", or before the UNet stored its conv kernels OHWI" if hwio else ""
+            return ValueError(
+                f"checkpoint step {step} in {self.directory} does not fit this model's parameter "
+                f"shapes ({mismatch.group(0)}). Was it written with another config{layout}? "
+                f"Resume with the run's own config, or start a new workdir."
+            )
+        if "tree structures do not match" in text:
+            paths = re.findall(r"^(\S[^\n]*):\n\s+- Source:", text, re.MULTILINE)
+            where = f" (first at {paths[0]})" if paths else ""
+            return ValueError(
+                f"checkpoint step {step} in {self.directory} holds a train state of another "
+                f"structure than this run's{where}: it was written with another config or by "
+                f"another trainer. Resume with the run's original config, or pass a new "
+                f"--workdir to start over."
+            )
+        return self._read_error(step, err)
+
+    def _check_step(self, step: int) -> None:
+        """``FileNotFoundError`` listing the finished steps when ``step`` is not one."""
+        if not (self.directory / str(step)).is_dir():
+            steps = ", ".join(str(s) for s in self.all_steps()) or "none"
+            raise FileNotFoundError(
+                f"no checkpoint step {step} in {self.directory} (finished steps: {steps})"
+            )
+
+    def _read_error(self, step: int, err: Exception, item: str = "") -> CheckpointReadError:
+        reason = f"{item}: {_first_line(err)}" if item else _first_line(err)
+        return CheckpointReadError(
+            f"could not read checkpoint step {step} in {self.directory} ({reason}); "
+            f"its files are damaged or incomplete: delete {self.directory / str(step)} to resume "
+            f"training from the step before it, or pass --step=<an earlier step> to evaluate or "
+            f"export one ({', '.join(str(s) for s in self.all_steps()) or 'none'} on disk)."
+        )
+
+    def all_steps(self) -> list[int]:
+        """Every finished step on disk, oldest first."""
+        try:
+            return sorted(self._manager.all_steps())
+        except Exception:  # noqa: BLE001 - only for an error message
+            return []
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, Any, int] | None:
         """(state, data state, step) of the newest finished checkpoint, or None."""
         step = self.latest_step()
@@ -176,10 +296,42 @@ class Checkpointer:
         return state, data_state, step
 
     def restore_config(self, step: int) -> dict[str, Any]:
-        restored = self._manager.restore(
-            int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())
-        )
-        return restored.config
+        """The config saved with ``step`` (a JSON dict); unreadable files are a
+        ``CheckpointReadError`` naming the step and the fix."""
+        self._check_step(step)
+        try:
+            restored = self._manager.restore(
+                int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
+            config = restored.config
+        except Exception as err:  # noqa: BLE001 - anything from JSON to OSError
+            raise self._read_error(
+                step, err, os.fspath(self.directory / str(step) / "config")
+            ) from None
+        if not isinstance(config, dict):
+            raise self._read_error(
+                step, ValueError(f"not a dict but {type(config).__name__}"), "its config"
+            )
+        return config
+
+    def saved_trainer(self, step: int) -> str | None:
+        """Which trainer wrote ``step``: "denoiser" or "vq" by its parameters' names in the
+        state's tree metadata, or None when that does not tell."""
+        try:
+            metadata = (self.directory / str(step) / "state" / "_METADATA").read_text()
+            tree = json.loads(metadata)["tree_metadata"]
+            top = {
+                entry["key_metadata"][1]["key"]
+                for entry in tree.values()
+                if len(entry["key_metadata"]) > 1 and entry["key_metadata"][0]["key"] == "params"
+            }
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return None
+        if "diffusion_model" in top:
+            return "denoiser"
+        if {"encoder", "decoder", "quantize"} <= top:
+            return "vq"
+        return None
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
@@ -217,22 +369,43 @@ def _differences(saved: Any, current: Any, name: str) -> list[str]:
     return [] if saved == current else [f"{name} {saved!r} in the checkpoint, {current!r} now"]
 
 
+def _check_trainer(checkpointer: Checkpointer, step: int, workdir: str, trainer: str, fix: str):
+    """Raises ``ValueError`` when ``step`` was written by another trainer than ``trainer``."""
+    saved = checkpointer.saved_trainer(step)
+    if saved is not None and saved != trainer:
+        holds = {"vq": "a VQ", "denoiser": "a denoiser"}
+        raise ValueError(
+            f"{workdir} is the workdir of {TRAINERS[saved]}: its checkpoint (step {step}) holds "
+            f"{holds[saved]}, not {holds[trainer]}; {fix}"
+        )
+
+
 def check_saved_config(
     workdir: str,
     config: Any,
     fields: Sequence[str] = DENOISER_FIELDS,
-    derived: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+    derived: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = DENOISER_DERIVED,
+    trainer: str = "denoiser",
 ) -> None:
     """Raises ``ConfigError`` naming every field of ``fields`` (dotted names) on which the config
     saved with the newest checkpoint in ``workdir`` differs from ``config``: resuming would fail
-    on the parameters' shapes, or train another model. ``derived`` maps names to functions of a
-    config's JSON dict (values decided by several fields), compared the same way. Fields the
-    saved config predates (a function raising ``KeyError`` on it) pass."""
+    on the parameters' shapes or the optimizer state's structure, or train another model.
+    ``derived`` maps names to functions of a config's JSON dict (values decided by several
+    fields), compared the same way. Fields the saved config predates (a function raising
+    ``KeyError`` on it) pass. A checkpoint of another ``trainer`` ("denoiser" or "vq") is a
+    ``ValueError``."""
     step = latest_step(workdir)
     if step is None:
         return
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), async_save=False)
     try:
+        _check_trainer(
+            checkpointer,
+            step,
+            workdir,
+            trainer,
+            f"pass a new --workdir to train {TRAINERS[trainer]}.",
+        )
         saved = checkpointer.restore_config(step)
     finally:
         checkpointer.close()
@@ -270,6 +443,14 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
         )
     checkpointer = Checkpointer(directory, async_save=False)
     try:
+        _check_trainer(
+            checkpointer,
+            step,
+            workdir,
+            "denoiser",
+            f"pass the workdir of a scripts/train.py run, or a --bundle (its VQ params are "
+            f"{os.path.join(workdir, 'vq_params.safetensors')}: set config.vq_params to them).",
+        )
         config = config_lib.config_from_dict(checkpointer.restore_config(step))
         model = LatentDiffusion.from_config(config)
         optimizer, _ = optim.make_optimizer(config)

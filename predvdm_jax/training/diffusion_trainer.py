@@ -27,6 +27,7 @@ from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, loop, preview
+from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
 
@@ -34,8 +35,12 @@ VALIDATION_SEED_STREAM = 3  # fold_in(PRNGKey(seed), 3): the validation noise
 
 
 def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.ClipIterator:
+    """Random training clips of ``data.latent_train_dir`` or ``data.train_dir``; frames of
+    another size or channel count than the config's are a ``DatasetError``."""
     d = config.data
     cached = bool(d.latent_train_dir)
+    if not cached:
+        check_split_frames(d.train_dir, config, "train_dir")
     return loader.train_iterator(
         d.latent_train_dir if cached else d.train_dir,
         d.frames_per_sample,
@@ -63,9 +68,12 @@ def make_loss_fn(model: LatentDiffusion, vq_params: Any) -> loop.LossFn:
 def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
     """This process's share of each batch of the fixed validation clips: ``train.eval_clips``
     rounded down to whole batches of ``data.batch_size`` (the evaluation windows of the test
-    split, ``cond + k`` frames each)."""
+    split, ``cond + k`` frames each). Frames of another size than the config's are a
+    ``DatasetError``."""
     d = config.data
     cached = bool(d.latent_test_dir)
+    if not cached:
+        check_split_frames(d.test_dir, config, "test_dir")
     num_batches = config.train.eval_clips // d.batch_size
     iterator = loader.eval_iterator(
         d.latent_test_dir if cached else d.test_dir,
@@ -138,7 +146,9 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state. A workdir whose
-    checkpoint is of another model is a ``ConfigError`` naming the fields."""
+    checkpoint is of another model (or trainer, or optimizer state) is a ``ConfigError``
+    naming the fields; a ``workdir`` that is a file, a ``ValueError``."""
+    checkpoint.check_workdir(workdir)
     checkpoint.check_saved_config(workdir, config)
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0

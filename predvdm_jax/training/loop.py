@@ -26,7 +26,7 @@ from absl import logging
 
 from predvdm_jax.config import ConfigError
 from predvdm_jax.mesh import batch_sharding, make_global_batch, make_mesh
-from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer
+from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer, check_workdir
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
@@ -140,8 +140,13 @@ def train_loop(
         init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
     )
 
+    check_workdir(workdir)
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=t.max_to_keep)
-    restored = checkpointer.restore_latest(abstract_state)
+    try:
+        restored = checkpointer.restore_latest(abstract_state)
+    except BaseException:
+        checkpointer.close()  # a failed restore must not leave Orbax's threads running
+        raise
     if restored is None:
         state, _ = create_train_state(
             init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn

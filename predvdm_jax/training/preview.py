@@ -23,6 +23,7 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
 from predvdm_jax.batching import device_batch_size
+from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.train_state import TrainState
 
 PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
@@ -30,7 +31,9 @@ PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
 
 def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
     """The first ``train.preview_clips`` evaluation clips (``cond + eval.pred_frames``
-    frames), as one global batch padded with clip 0 to a multiple of the mesh's devices."""
+    frames), as one global batch padded with clip 0 to a multiple of the mesh's devices.
+    Frames of another size or channel count than the config's are a ``DatasetError``."""
+    check_split_frames(config.data.test_dir, config, "test_dir")
     num_clips = int(config.train.preview_clips)
     batch_size = device_batch_size(num_clips, num_clips, mesh.size)
     clips = loader.eval_iterator(

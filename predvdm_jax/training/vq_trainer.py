@@ -57,6 +57,7 @@ from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
 from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
 from predvdm_jax.training import checkpoint
+from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.loop import train_loop
 from predvdm_jax.training.optim import global_norm, make_optimizer
 from predvdm_jax.training.train_state import TrainState
@@ -386,10 +387,16 @@ def _same_types(branch: Callable) -> Callable:
     return wrapped
 
 
-def load_eval_frames(split_dir: str, num_clips: int, num_frames: int, seed: int) -> np.ndarray:
+def load_eval_frames(
+    split_dir: str, num_clips: int, num_frames: int, seed: int, config: Any = None
+) -> np.ndarray:
     """The fixed evaluation clips (``vq_train.eval_clips`` × ``eval_frames``) of a split as
-    float32 ``(N, T, H, W, C)`` in [-1, 1]."""
-    shards = VideoShards(split_dir)
+    float32 ``(N, T, H, W, C)`` in [-1, 1]. With ``config``, frames of another size or channel
+    count than its ``data.image_size`` / ``data.channels`` are a ``DatasetError``."""
+    if config is None:
+        shards = VideoShards(split_dir)
+    else:
+        shards = check_split_frames(split_dir, config, "test_dir")
     shortest = int(shards.frame_counts.min())
     if shortest < num_frames:
         raise DatasetError(
@@ -471,12 +478,17 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
     is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
     """
-    checkpoint.check_saved_config(workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS)
+    checkpoint.check_workdir(workdir)
+    checkpoint.check_saved_config(
+        workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"
+    )
     if not config.data.train_dir or not config.data.test_dir:
         raise ValueError(
             "VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
             "e.g. from scripts/make_moving_digits.py)"
         )
+    # Both splits before anything is built: frames of another size train (or score) another VQ.
+    check_split_frames(config.data.train_dir, config, "train_dir")
     v = config.vq_train
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
@@ -499,7 +511,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **reading_options(config.data),
     )
     clips = load_eval_frames(
-        config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed)
+        config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed), config
     )
     eval_fn = make_eval_fn(objective.model, clips, min(int(config.vq_chunk), int(v.batch_size)))
     with data:  # stops its reader processes however training ends
