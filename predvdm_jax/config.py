@@ -13,11 +13,12 @@ import difflib
 import importlib.util
 import math
 import os
+import re
 import sys
 from typing import Any, Mapping
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from predvdm_jax.diffusion.loss import REDUCTIONS
 from predvdm_jax.diffusion.parameterization import PARAMETERIZATIONS
@@ -446,10 +447,68 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {str(path)!r} not found; pass a file from configs/.")
     name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(
+                f"config file {os.fspath(path)!r} defines no get_config(); end it with "
+                "`def get_config(): ... return config_lib.finalize(config)`"
+            )
+        config = module.get_config()
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(config_file_error(os.fspath(path), err)) from err
+    check_config_value(os.fspath(path), config)
+    return config
+
+
+def _error_line(path: str, err: BaseException) -> int | None:
+    """The line of the config file ``path`` where ``err`` was raised (the innermost frame)."""
+    if isinstance(err, SyntaxError) and err.filename and _same_file(err.filename, path):
+        return err.lineno
+    line, tb = None, err.__traceback__
+    while tb is not None:
+        if _same_file(tb.tb_frame.f_code.co_filename, path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def config_file_error(path: str, err: BaseException) -> str:
+    """One line naming the config file, where and how loading it failed, and the fix."""
+    if isinstance(err, SyntaxError):
+        where = f"line {err.lineno}" if err.lineno else "?"
+        return (
+            f"config file {path!r} has a syntax error at {where}: {err.msg}; "
+            "fix the file (or pass another from configs/)"
+        )
+    line = _error_line(path, err)
+    where = f" at line {line}" if line else ""
+    detail = " ".join(str(err).split()) or "(no message)"
+    return (
+        f"config file {path!r} failed to load{where}: {type(err).__name__}: {detail}; "
+        "fix the file (or pass another from configs/)"
+    )
+
+
+def check_config_value(path: str, config: Any) -> None:
+    """A ``ConfigError`` unless a config file's ``get_config()`` returned a ``ConfigDict``."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {path!r}: get_config() returned {type(config).__name__}, not a "
+            "ConfigDict; end it with `return config_lib.finalize(config)` where config "
+            "starts from config_lib.default_config()"
+        )
 
 
 def _restore_tuples(raw: dict, schema: ml_collections.ConfigDict) -> dict:
@@ -472,7 +531,11 @@ def config_from_dict(raw: dict) -> ml_collections.ConfigDict:
     Fields added to the schema after the file was written take their defaults
     (e.g. ``diffusion.parameterization='eps'``, the only behaviour before it existed).
     """
-    return finalize(ml_collections.ConfigDict(_restore_tuples(raw, default_config())))
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"a saved config must be a JSON object of config sections; got a {type(raw).__name__}"
+        )
+    return finalize(ml_collections.ConfigDict(_restore_tuples(dict(raw), default_config())))
 
 
 def module_fields(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -523,17 +586,99 @@ def _config_flag_error(argv: list[str], err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def _config_file_arg(argv: list[str]) -> str | None:
+    """The file of ``--config=<file>[:args]`` on the command line (the last one), or None."""
+    path = None
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            break
+        name, equals, value = arg.lstrip("-").partition("=")
+        if name == "config" and arg.startswith("-"):
+            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+    return path.split(":", 1)[0] if path else path
+
+
+def _original_error(err: BaseException, path: str) -> BaseException:
+    """The exception the config file raised: absl re-raises a TypeError/ValueError from
+    ``get_config`` as ``IllegalFlagValueError`` (and ml_collections first as a copy holding
+    the traceback's text); follow ``__context__`` to the first one raised in the file."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for candidate in reversed(chain):
+        if _error_line(path, candidate) is not None:
+            return candidate
+    return chain[-1]
+
+
+def _flags_error_line(argv: list[str], err: Exception) -> str:
+    """absl's flag-parsing error (``FATAL Flags parsing error: ...`` and a second line) as one."""
+    message = " ".join(str(err).split())
+    override = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
+    if override:
+        field, value, reason = override.groups()
+        node = default_config()
+        for key in field.split("."):
+            node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+        kind = f"of type {type(node).__name__}" if node is not None else "of another type"
+        return (
+            f"--config.{field}={value}: not a valid value ({reason}); "
+            f"config field {field!r} takes a value {kind}"
+        )
+    required = re.search(r"Flag --(\w+) must have a value other than None", message)
+    if required:
+        return (
+            f"--{required.group(1)} is required; pass --{required.group(1)}=... (see --helpshort)"
+        )
+    unknown = getattr(err, "flagname", None)
+    if (
+        isinstance(err, flags.UnrecognizedFlagError)
+        and unknown
+        and unknown.startswith("config.")
+        and _config_file_arg(argv) is None
+    ):
+        return f"--{unknown} overrides a field of a config file: pass --config=<file> with it"
+    return f"{message} (see --helpshort)"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """``app.run``'s ``flags_parser`` for scripts with a ``--config`` flag: a missing config
-    file, an unknown ``--config.<field>`` or an invalid config file exits with one ``error:``
-    line instead of a traceback."""
+    file, one that fails to load (a syntax error, a failing import, an exception in
+    ``get_config``, a ``get_config`` that returns no ``ConfigDict``), an unknown or mistyped
+    ``--config.<field>`` or any other flag error exits with one ``error:`` line instead of a
+    traceback or absl's two-line ``FATAL Flags parsing error``."""
+    path = _config_file_arg(argv)
     try:
-        remaining = app.parse_flags_with_usage(argv)
-        if flags.FLAGS.config is not None:  # optional in convert_ldm_vq.py
-            flags.FLAGS.config.keys()  # a config file that failed to load raises when first read
+        remaining = flags.FLAGS(argv)
+        config = flags.FLAGS.config if "config" in flags.FLAGS else None
+        if config is not None:  # optional in convert_ldm_vq.py
+            try:
+                config.keys()  # a config file that failed to load raises when first read
+            except AttributeError:  # get_config() returned something else than a ConfigDict
+                if path:
+                    check_config_value(path, config)
+                raise
         return remaining
     except (AttributeError, KeyError, OSError, ConfigError) as err:
+        if path and isinstance(err, AttributeError) and "'get_config'" in str(err):
+            sys.exit(
+                f"error: config file {path!r} defines no get_config(); end it with "
+                "`def get_config(): ... return config_lib.finalize(config)`"
+            )
+        original = _original_error(err, path) if path else err
+        if path and os.path.isfile(path) and _error_line(path, original) is not None:
+            sys.exit(f"error: {config_file_error(path, original)}")
         sys.exit(f"error: {_config_flag_error(argv, err)}")
+    except flags.Error as err:
+        if path and os.path.isfile(path) and str(err).startswith("flag --config="):
+            sys.exit(f"error: {config_file_error(path, _original_error(err, path))}")
+        sys.exit(f"error: {_flags_error_line(argv, err)}")
+    except Exception as err:  # raised while loading the config file
+        if path and os.path.isfile(path):
+            sys.exit(f"error: {config_file_error(path, _original_error(err, path))}")
+        raise
 
 
 def define_overrides_flag(help_text: str) -> None:

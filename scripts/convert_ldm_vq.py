@@ -32,18 +32,20 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(["ckpt", "out"])
 FLAGS = flags.FLAGS
+VQ_METADATA_KIND = {"format": "flax/vq"}  # an existing --out is only replaced when it holds this
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        torch_checkpoint.check_output_file(FLAGS.out, VQ_METADATA_KIND, "VQ params")
         vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
         params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, vq, allow_pickle=FLAGS.allow_pickle)
     except (FileNotFoundError, ValueError, ImportError) as err:  # ConfigError is a ValueError
         sys.exit(f"error: {err}")
     torch_checkpoint.save_params_safetensors(
-        FLAGS.out, params, metadata={"source": FLAGS.ckpt, "format": "flax/vq"}
+        FLAGS.out, params, metadata={"source": FLAGS.ckpt, **VQ_METADATA_KIND}
     )
     count = sum(v.size for v in torch_checkpoint.flatten_params(params).values())
     print(f"wrote {FLAGS.out}: {count:,} parameters")

@@ -156,6 +156,7 @@ def main(argv):
     if folders and FLAGS.sweep is not None:
         raise app.UsageError("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     try:
+        report.check_output_dir(FLAGS.out)
         mesh.initialize_distributed()
         if folders:
             print(report.markdown_table(_score_folders()))

@@ -48,6 +48,7 @@ def main(argv):
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         sys.exit("error: give exactly one of --bundle or --workdir")
     try:
+        report.check_output_dir(FLAGS.out)
         bundle, _ = checkpoint.load_model(
             FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
         )

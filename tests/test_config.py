@@ -190,3 +190,77 @@ def test_sampling_fields_reach_the_sampler():
     )
     off = latent_diffusion.sampler_settings(config_lib.default_config().sampling)
     assert (off.clip_x0, off.dynamic_threshold) == (None, None)  # 0 in the config: off
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BAD_CONFIG_FILES = {
+    "syntax": ("def get_config(:\n    pass\n", r"has a syntax error at line 1"),
+    "import": (
+        "import nonexistent_module_xyz\n\ndef get_config():\n    pass\n",
+        r"failed to load at line 1: ModuleNotFoundError: No module named 'nonexistent_module_xyz'",
+    ),
+    "raise": (
+        "def get_config():\n    raise RuntimeError('boom')\n",
+        r"failed to load at line 2: RuntimeError: boom",
+    ),
+    "value_error": (
+        "def get_config():\n    return int('x')\n",
+        r"failed to load at line 2: ValueError: invalid literal",
+    ),
+    "returns_5": (
+        "def get_config():\n    return 5\n",
+        r"get_config\(\) returned int, not a ConfigDict",
+    ),
+    "no_get_config": ("x = 1\n", r"defines no get_config\(\)"),
+}
+
+
+def _convert_with_flags(*args):
+    """scripts/convert_ldm_vq.py (its --config is optional): flag errors exit before main."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(REPO / "scripts" / "convert_ldm_vq.py"), *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG_FILES))
+def test_a_config_file_that_fails_to_load_is_one_error_line_naming_it(tmp_path, case):
+    source, message = BAD_CONFIG_FILES[case]
+    path = tmp_path / f"cfg_{case}.py"
+    path.write_text(source)
+    result = _convert_with_flags(f"--config={path}", "--ckpt=x.ckpt", f"--out={tmp_path}/o")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: config file "), result.stderr
+    assert str(path) in lines[0] and re.search(message, lines[0]), lines[0]
+    assert "fix the file" in lines[0] or "end it with" in lines[0], lines[0]
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.vq.ch=abc", r"--config\.vq\.ch=abc: not a valid value .* type int"),
+        ("--config.vq.chh=3", r"unknown config field 'vq\.chh'; did you mean --config\.vq\.ch\?"),
+    ],
+)
+def test_a_mistyped_override_is_one_error_line(tmp_path, flag, message):
+    config = tmp_path / "cfg.py"
+    config.write_text(
+        "from predvdm_jax import config as config_lib\n\n"
+        "def get_config():\n    return config_lib.finalize(config_lib.default_config())\n"
+    )
+    result = _convert_with_flags(f"--config={config}", flag, "--ckpt=x.ckpt", "--out=o")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "FATAL" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_a_saved_config_that_is_not_an_object_is_a_config_error():
+    with pytest.raises(config_lib.ConfigError, match="JSON object"):
+        config_lib.config_from_dict([1, 2])

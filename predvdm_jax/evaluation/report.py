@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import resource
 import sys
 from typing import Any, Mapping
@@ -157,6 +158,7 @@ def write_videos(
     import imageio.v2 as imageio_v2
     import imageio.v3 as iio
 
+    check_output_dir(directory)
     os.makedirs(directory, exist_ok=True)
     written: dict = {"gif": [], "mp4": [], "notes": []}
     count = min(max_videos, real.shape[0])
@@ -186,7 +188,41 @@ def write_videos(
     written["grid"] = os.path.join(directory, "grid.png")
     grid = _squeeze_gray(paired_grid(real[:count], fake[:count]))
     atomic_io.write_file(written["grid"], lambda temporary: iio.imwrite(temporary, grid))
+    _remove_stale_videos(directory, set(written["gif"]) | set(written["mp4"]))
     return written
+
+
+_VIDEO_NAME = re.compile(r"video_\d{4,}\.(gif|mp4)")  # the names write_videos gives its videos
+
+
+def _remove_stale_videos(directory: str, kept: set[str]) -> None:
+    """Deletes ``video_NNNN.gif`` / ``.mp4`` files that an earlier, longer run left in
+    ``directory`` and this run did not rewrite (only files of that naming pattern), so the
+    folder holds this run's videos alone."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _VIDEO_NAME.fullmatch(name) and path not in kept and os.path.isfile(path):
+            os.remove(path)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
+    file and lies under no file. Scripts call it before any work, so a bad ``--out`` fails
+    at once rather than after the predictions."""
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"{flag} is empty; pass an output folder")
+    existing = atomic_io.file_in_the_way(path)
+    if existing == os.path.abspath(path):
+        raise ValueError(
+            f"{flag} {path!r} is a file; pass a folder for the outputs (a new one, or an "
+            "earlier output folder to overwrite)"
+        )
+    if existing is not None:
+        raise ValueError(
+            f"{flag} {path!r} lies under {existing!r}, which is a file, not a folder; pass "
+            "another output folder"
+        )
 
 
 def protocol_line(protocol: Mapping[str, Any], what: str) -> str:
@@ -283,6 +319,7 @@ def write_evaluation(
     ``videos`` holds ``real`` and ``fake`` (and optionally ``cond``) in [-1, 1].
     Notes about skipped outputs (e.g. MP4) are added to ``metrics.json``.
     """
+    check_output_dir(out_dir, "output folder")
     os.makedirs(out_dir, exist_ok=True)
     metrics = dict(metrics)
     paths = {
@@ -304,6 +341,11 @@ def write_evaluation(
         paths["videos"] = os.path.join(out_dir, "videos")
         if written["notes"]:
             metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
+    elif os.path.isdir(os.path.join(out_dir, "videos")):  # an earlier run's, none this time
+        _remove_stale_videos(os.path.join(out_dir, "videos"), set())
+        grid = os.path.join(out_dir, "videos", "grid.png")
+        if os.path.isfile(grid):
+            os.remove(grid)
     atomic_io.write_text(paths["table"], markdown_table(metrics))
     write_metrics_json(paths["metrics"], metrics)
     return paths

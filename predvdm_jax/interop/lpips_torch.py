@@ -96,6 +96,9 @@ def convert_lpips_state_dicts(
     return torch_checkpoint.unflatten_params(flat)
 
 
+LPIPS_METADATA_KIND = {"model": "lpips-alexnet"}  # the metadata of convert_lpips_files' output
+
+
 def convert_lpips_files(
     trunk_path: str | os.PathLike,
     heads_path: str | os.PathLike,
@@ -105,7 +108,9 @@ def convert_lpips_files(
 ) -> dict:
     """Read both PyTorch files, convert, and write the params as safetensors (atomically); returns
     the params. ``allow_pickle``: as in ``torch_checkpoint.load_torch_state_dict`` (trusted
-    files only)."""
+    files only). ``output_path`` must pass ``torch_checkpoint.check_output_file`` (checked
+    before anything is read)."""
+    torch_checkpoint.check_output_file(output_path, LPIPS_METADATA_KIND, "LPIPS weights")
     trunk = torch_checkpoint.load_torch_state_dict(trunk_path, allow_pickle=allow_pickle)
     heads = (
         trunk
@@ -114,6 +119,6 @@ def convert_lpips_files(
     )
     params = convert_lpips_state_dicts(trunk, heads)
     torch_checkpoint.save_params_safetensors(
-        output_path, params, metadata={"model": "lpips-alexnet", "lpips_version": "0.1"}
+        output_path, params, metadata={**LPIPS_METADATA_KIND, "lpips_version": "0.1"}
     )
     return params

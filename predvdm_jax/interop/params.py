@@ -24,6 +24,11 @@ def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -
             "config.vq_params is empty: point it at VQ params made by "
             "scripts/train_vq.py or scripts/convert_ldm_vq.py."
         )
+    if os.path.isdir(path):
+        raise ValueError(
+            f"VQ params {path!r} is a folder; config.vq_params names the .safetensors file "
+            f"made by scripts/train_vq.py or scripts/convert_ldm_vq.py."
+        )
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"VQ params {path!r} not found: train them with scripts/train_vq.py "

@@ -12,6 +12,8 @@ Flax Dense is (in, out).
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -49,6 +51,11 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     OmegaConf configs) needs `allow_pickle=True`, which runs code from the file — only for trusted files.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"checkpoint {path!r} is a folder; pass the checkpoint file itself "
+            "(e.g. model.ckpt, a .pt/.pth state_dict or a .safetensors file)"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
@@ -57,8 +64,15 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:
+        damage = _damage(path, err)
+        if damage is not None:
+            raise ValueError(
+                f"could not read {path}: the file is damaged or not a PyTorch checkpoint "
+                f"({damage}); download or copy it again"
+            ) from err
         if allow_pickle:
-            raise ValueError(f"could not read PyTorch checkpoint {path}: {err}") from err
+            detail = " ".join(str(err).split())
+            raise ValueError(f"could not read PyTorch checkpoint {path}: {detail}") from err
         raise ValueError(
             f"could not read {path} with weights_only=True ({type(err).__name__}); if the file is from a source "
             "you trust, load it with allow_pickle=True (scripts: --allow_pickle)."
@@ -74,6 +88,37 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
         for k, v in checkpoint.items()
         if isinstance(v, torch.Tensor)
     }
+
+
+def _damage(path: str, err: Exception) -> str | None:
+    """Why ``path`` cannot be a readable PyTorch checkpoint (truncated, not a zip archive nor a
+    pickle, a zip archive without a pickle), or None when it looks like one, so ``err`` may be
+    ``weights_only`` refusing the Python objects it pickles."""
+    message = str(err)
+    if isinstance(err, EOFError) or "truncated" in message or "Ran out of input" in message:
+        return f"it ends too early ({type(err).__name__}): truncated"
+    if "magic number" in message:
+        return "a pickle without the header of torch.save"
+    if "PytorchStreamReader" in message or "zip archive" in message:
+        return "a broken zip archive: truncated or overwritten"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return "a zip archive without the data.pkl of torch.save"
+                broken = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as zip_err:
+            return f"a broken zip archive ({zip_err})"
+        return None if broken is None else f"a zip archive whose entry {broken} is corrupt"
+    if head.startswith(b"PK"):
+        return "a broken zip archive: truncated or overwritten"
+    if not head.startswith(b"\x80"):  # every torch.save pickle (protocol 2+) starts with PROTO
+        return "neither a zip archive nor a pickle"
+    if not isinstance(err, pickle.UnpicklingError):  # weights_only refuses with this one alone
+        return f"a broken pickle ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+    return None
 
 
 def select_prefix(
@@ -154,6 +199,55 @@ def save_params_safetensors(
     atomic_io.write_file(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
+def check_output_file(path: str | os.PathLike, kind: Mapping[str, str], what: str) -> None:
+    """A ``ValueError`` unless a converter may write its params to ``path``, before any work.
+
+    The rule: ``path`` must not be a folder, lie under a file or inside an inference bundle
+    (a folder with ``config.json`` and ``denoiser.safetensors``, written whole by
+    scripts/export.py), and an existing file there is only replaced when it is a safetensors
+    file of the same kind (its metadata holds ``kind``, e.g. ``{"format": "flax/vq"}``), i.e.
+    an earlier output of the same converter.
+    """
+    from predvdm_jax.interop import bundle as bundle_lib  # lazy: bundle imports this module
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"output {path!r} is a folder; name the .safetensors file to write, e.g. "
+            f"{os.path.join(path, 'params.safetensors')}"
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = atomic_io.file_in_the_way(parent)
+    if existing is not None:
+        raise ValueError(
+            f"cannot write {path!r}: {existing!r} is a file, not a folder; pick another output path"
+        )
+    if all(
+        os.path.isfile(os.path.join(parent, name))
+        for name in (bundle_lib.CONFIG_FILE, bundle_lib.DENOISER_FILE)
+    ):
+        raise ValueError(
+            f"refusing to write {path!r}: {parent!r} is an inference bundle (it holds "
+            f"{bundle_lib.CONFIG_FILE} and {bundle_lib.DENOISER_FILE}), written whole by "
+            "scripts/export.py; pass an output path outside the bundle"
+        )
+    if os.path.lexists(path):
+        metadata = None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, "numpy") as f:
+                metadata = f.metadata() or {}
+        except Exception:  # not a safetensors file at all
+            pass
+        if metadata is None or any(metadata.get(k) != v for k, v in kind.items()):
+            raise ValueError(
+                f"refusing to overwrite {path!r}: an existing file is only replaced when it is "
+                f"a safetensors file of {what} written by this converter, and this one is not; "
+                "delete it first or pass a new path"
+            )
+
+
 def state_dict_format(path: str | os.PathLike) -> str:
     """``'safetensors'`` or ``'torch'`` by the file's suffix, or a ValueError naming the choices."""
     suffix = os.path.splitext(os.fspath(path))[1]
@@ -191,6 +285,8 @@ def save_torch_state_dict(
 def load_params_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """Read a file written by `save_params_safetensors` back into a nested tree of numpy arrays."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"params file {path!r} is a folder; pass the .safetensors file itself")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"params file not found: {path}")
     return unflatten_params(read_safetensors(path))

@@ -157,12 +157,34 @@ def lpips_available(path: str | os.PathLike | None) -> bool:
     return path is not None and os.path.isfile(os.fspath(path))
 
 
+def check_lpips_params_path(path: str | os.PathLike | None) -> None:
+    """An error naming ``eval.lpips_params`` and how to make the file when it is set but names
+    no file (``FileNotFoundError``; a folder: ``ValueError``). Unset (None or empty) passes:
+    LPIPS is then reported as unavailable. Evaluation calls it before loading, so a mistyped
+    path is an error rather than a silently skipped metric."""
+    if path is None or not os.fspath(path):
+        return
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"LPIPS weights {path!r} (eval.lpips_params) is a folder; point it at the "
+            ".safetensors file made by scripts/convert_lpips.py"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"LPIPS weights {path!r} (eval.lpips_params) not found; make the file with "
+            "scripts/convert_lpips.py --alexnet=<alexnet.pth> --out=<file.safetensors>, or set "
+            "eval.lpips_params='' to skip LPIPS"
+        )
+
+
 def load_lpips_params(path: str | os.PathLike | None):
     """Params tree from a file written by `scripts/convert_lpips.py`, or None when `path` is None or missing.
 
     None means LPIPS is unavailable: callers must report it as unavailable,
-    never as a number. A truncated or corrupt file, or one with wrong keys or shapes, raises
-    ValueError.
+    never as a number (evaluation first calls `check_lpips_params_path`, so a path that is
+    set but missing is an error there). A truncated or corrupt file, or one with wrong keys
+    or shapes, raises ValueError.
     """
     if not lpips_available(path):
         return None

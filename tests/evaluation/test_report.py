@@ -145,3 +145,42 @@ def test_write_videos_rgb_and_errors(tmp_path):
     assert np.asarray(Image.open(written["grid"])).shape == (4 * 4 + 3 * 2, 3 * 4 + 2 * 2, 3)
     with pytest.raises(ValueError, match="same shape"):
         report.write_videos(str(tmp_path), video, video[:, :2])
+
+
+def test_a_rerun_with_fewer_videos_leaves_only_its_own(tmp_path):
+    video = np.zeros((3, 2, 4, 4, 1), np.float32)
+    report.write_videos(str(tmp_path), video, video, max_videos=3)
+    (tmp_path / "video_0002.mp4").write_bytes(b"an earlier run's mp4")
+    (tmp_path / "mine.gif").write_bytes(b"not ours")
+    (tmp_path / "video_notes.txt").write_text("not ours")
+    written = report.write_videos(str(tmp_path), video[:1], video[:1])
+    assert [os.path.basename(p) for p in written["gif"]] == ["video_0000.gif"]
+    left = sorted(p for p in os.listdir(tmp_path) if p.startswith("video_"))
+    assert left == sorted(
+        ["video_0000.gif", "video_notes.txt"] + [os.path.basename(p) for p in written["mp4"]]
+    )
+    assert (tmp_path / "mine.gif").exists() and (tmp_path / "grid.png").exists()
+
+    # An evaluation that keeps no videos clears the earlier run's from OUT/videos.
+    out = tmp_path / "eval"
+    report.write_evaluation(str(out), _hand_metrics(), {"real": video, "fake": video})
+    assert os.listdir(out / "videos")
+    report.write_evaluation(str(out), _hand_metrics(), None)
+    assert not [p for p in os.listdir(out / "videos") if p.startswith("video_") or p == "grid.png"]
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    report.check_output_dir(str(tmp_path / "new" / "deeper"))  # a new folder is fine
+    report.check_output_dir(str(tmp_path))  # so is an existing one
+    with pytest.raises(ValueError, match="is a file"):
+        report.check_output_dir(str(afile))
+    with pytest.raises(ValueError, match="which is a file, not a folder"):
+        report.check_output_dir(str(afile / "sub"))
+    video = np.zeros((1, 2, 4, 4, 1), np.float32)
+    with pytest.raises(ValueError, match="is a file"):
+        report.write_videos(str(afile), video, video)
+    with pytest.raises(ValueError, match="is a file"):
+        report.write_evaluation(str(afile), _hand_metrics(), None)
+    assert afile.read_text() == "keep me"

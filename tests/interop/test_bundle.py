@@ -1,6 +1,7 @@
 """Bundles: OHWI conv kernels (older HWIO files transposed on load), what a save may replace,
 the permissions of what it writes, and files that do not match their config refused."""
 
+import json
 import os
 
 import numpy as np
@@ -139,3 +140,50 @@ def test_a_bundle_whose_files_do_not_match_its_config_is_refused_on_loading(tmp_
     bundle_lib.save_bundle(str(tmp_path / "bad"), bundle_lib.Bundle(config, no_head, vq_params))
     with pytest.raises(ValueError, match=r"denoiser.safetensors does not match the model: missing"):
         bundle_lib.load_bundle(str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{bad json", r"config\.json is not valid JSON \(Expecting property name"),
+        ("", r"config\.json is not valid JSON \(Expecting value"),
+        ("[1, 2]", r"config\.json holds a JSON list, not a config object"),
+        ('"text"', r"config\.json holds a JSON str, not a config object"),
+    ],
+)
+def test_a_damaged_config_json_names_the_file_and_the_fix(tmp_path, content, message):
+    path = str(tmp_path / "b")
+    bundle_lib.save_bundle(path, _bundle())
+    with open(os.path.join(path, bundle_lib.CONFIG_FILE), "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=message) as err:
+        bundle_lib.read_bundle_files(path)
+    assert path in str(err.value) and "re-export" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_config_json_with_a_bad_field_names_the_file(tmp_path):
+    path = str(tmp_path / "b")
+    bundle_lib.save_bundle(path, _bundle())
+    config_path = os.path.join(path, bundle_lib.CONFIG_FILE)
+    with open(config_path) as f:
+        raw = json.load(f)
+    raw["data"]["bogus"] = 1
+    with open(config_path, "w") as f:
+        json.dump(raw, f)
+    with pytest.raises(config_lib.ConfigError, match=r"config\.json: invalid config: unknown"):
+        bundle_lib.read_bundle_files(path)
+
+
+@pytest.mark.parametrize("content", ['{"value": 1.0,\n', "", '{"metric": "loss"}', "[3]"])
+def test_a_damaged_metric_json_names_the_file_and_the_fix(tmp_path, content):
+    best = tmp_path / "best"
+    for step, value in (("step_1", 0.5), ("step_2", 0.4)):
+        bundle_lib.save_bundle(str(best / step), _bundle())
+        with open(best / step / bundle_lib.METRIC_FILE, "w") as f:
+            json.dump({"metric": "loss", "value": value, "step": 1}, f)
+    assert bundle_lib.best_bundle(str(best)) == str(best / "step_2")
+    (best / "step_1" / bundle_lib.METRIC_FILE).write_text(content)
+    with pytest.raises(ValueError, match=r"step_1/metric\.json") as err:
+        bundle_lib.best_bundle(str(best))
+    assert "re-export" in str(err.value) and "\n" not in str(err.value)

@@ -110,3 +110,18 @@ def test_a_file_that_is_not_torchscript_gives_one_error_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(html) in last and "?dl=1" in last
     assert not os.path.exists(tmp_path / "out.safetensors")
+
+
+def test_the_converter_refuses_an_output_it_must_not_write_before_loading(tmp_path):
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("not weights")
+    missing = tmp_path / "missing.pt"  # never read: the output is checked first
+    for out, message in (
+        (tmp_path / "dir.safetensors", "is a folder"),
+        (notes, "refusing to overwrite"),
+    ):
+        if out.name == "dir.safetensors":
+            out.mkdir()
+        with pytest.raises(ValueError, match=message):
+            i3d_torchscript.convert_i3d_torchscript(missing, out)
+    assert notes.read_text() == "not weights"

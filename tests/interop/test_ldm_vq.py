@@ -333,3 +333,82 @@ def test_truncated_or_garbage_safetensors_raise_value_error(tmp_path):
             with pytest.raises(ValueError, match="not a complete safetensors file") as raised:
                 read(path)
             assert str(path) in str(raised.value)
+
+
+def test_a_damaged_checkpoint_is_called_damaged_not_steered_to_allow_pickle(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64, 64)}}, good)
+    data = good.read_bytes()
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"w": torch.ones(64, 64)}, legacy, _use_new_zipfile_serialization=False)
+    damaged = {
+        "truncated.ckpt": data[: len(data) // 2],
+        "short.ckpt": data[:100],
+        "garbage.ckpt": b"not a checkpoint" * 100,
+        "empty.ckpt": b"",
+        "legacy_truncated.ckpt": legacy.read_bytes()[:200],
+    }
+    for name, content in damaged.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for allow_pickle in (False, True):
+            with pytest.raises(ValueError) as err:
+                torch_checkpoint.load_torch_state_dict(path, allow_pickle=allow_pickle)
+            message = str(err.value)
+            assert "the file is damaged or not a PyTorch checkpoint" in message, (name, message)
+            assert "allow_pickle" not in message and "\n" not in message, message
+    # A folder is named as one, not "not found".
+    with pytest.raises(ValueError, match="is a folder"):
+        torch_checkpoint.load_torch_state_dict(tmp_path)
+    with pytest.raises(ValueError, match="is a folder"):
+        torch_checkpoint.load_params_safetensors(tmp_path)
+
+
+def test_vq_params_that_name_a_folder_say_so(tmp_path):
+    from predvdm_jax.interop import params as params_lib
+
+    with pytest.raises(ValueError, match="is a folder"):
+        params_lib.load_vq_params(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        params_lib.load_vq_params(str(tmp_path / "nope.safetensors"))
+
+
+def test_convert_script_refuses_bad_outputs_before_reading_the_checkpoint(tmp_path):
+    """--out a folder, a file in a bundle, or an existing file of another kind: one error line,
+    nothing written (the checkpoint is never read, so it need not exist)."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text("{}")
+    (bundle / "denoiser.safetensors").write_bytes(b"denoiser")
+    text = tmp_path / "notes.txt"
+    text.write_text("keep me")
+    denoiser = tmp_path / "denoiser.safetensors"
+    torch_checkpoint.save_params_safetensors(
+        denoiser, {"a": np.zeros(2, np.float32)}, metadata={"format": "flax/predvdm_denoiser"}
+    )
+    before = denoiser.read_bytes()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    cases = {
+        str(tmp_path): "is a folder",
+        str(bundle / "denoiser.safetensors"): "inference bundle",
+        str(bundle / "vq.safetensors"): "inference bundle",
+        str(text): "refusing to overwrite",
+        str(text / "vq.safetensors"): "is a file, not a folder",
+        str(denoiser): "refusing to overwrite",
+    }
+    for out, message in cases.items():
+        command = [sys.executable, os.path.join(REPO, "scripts", "convert_ldm_vq.py")]
+        command += [f"--ckpt={tmp_path / 'missing.ckpt'}", f"--out={out}"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[-1].startswith("error: ") and message in lines[-1], (out, lines[-1])
+    assert (bundle / "denoiser.safetensors").read_bytes() == b"denoiser"
+    assert not (bundle / "vq.safetensors").exists()
+    assert text.read_text() == "keep me" and denoiser.read_bytes() == before
+    # An earlier VQ output may be replaced: the check passes and the missing --ckpt is reported.
+    vq = tmp_path / "vq.safetensors"
+    torch_checkpoint.save_params_safetensors(
+        vq, {"a": np.zeros(2, np.float32)}, metadata={"format": "flax/vq"}
+    )
+    torch_checkpoint.check_output_file(vq, {"format": "flax/vq"}, "VQ params")

@@ -267,3 +267,47 @@ def test_convert_script_allow_pickle_flag(converted, tmp_path):
     )
     assert allowed.returncode == 0, allowed.stderr
     assert lpips.load_lpips_params(output) is not None
+
+
+def test_a_set_but_missing_lpips_path_is_an_error_not_a_silent_skip(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"absent\.safetensors.*scripts/convert_lpips\.py"):
+        lpips.check_lpips_params_path(tmp_path / "absent.safetensors")
+    with pytest.raises(ValueError, match="is a folder"):
+        lpips.check_lpips_params_path(tmp_path)
+    lpips.check_lpips_params_path(None)  # unset: LPIPS is reported as unavailable
+    lpips.check_lpips_params_path("")
+
+
+def test_convert_lpips_refuses_an_output_that_is_a_folder_a_bundle_file_or_another_file(
+    tmp_path,
+):
+    """Checked before reading the inputs (which need not even exist here)."""
+    trunk, heads = tmp_path / "never_read.pth", tmp_path / "never_read_heads.pth"
+
+    def refused(out, match):
+        with pytest.raises(ValueError, match=match):
+            lpips_torch.convert_lpips_files(trunk, heads, out)
+
+    refused(tmp_path, "is a folder")
+    text = tmp_path / "notes.txt"
+    text.write_text("keep me")
+    refused(text, "refusing to overwrite")
+    assert text.read_text() == "keep me"
+    refused(text / "lpips.safetensors", "is a file, not a folder")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("config.json", "denoiser.safetensors"):
+        (bundle / name).write_text("x")
+    refused(bundle / "lpips.safetensors", "inference bundle")
+    other = tmp_path / "vq.safetensors"
+    lpips_torch.torch_checkpoint.save_params_safetensors(
+        other, {"a": np.zeros(2, np.float32)}, metadata={"format": "flax/vq"}
+    )
+    refused(other, "refusing to overwrite")
+    # An earlier LPIPS output is replaced (here: checked, then the missing input is reported).
+    copy = tmp_path / "lpips_again.safetensors"
+    lpips_torch.torch_checkpoint.save_params_safetensors(
+        copy, {"a": np.zeros(2, np.float32)}, metadata={"model": "lpips-alexnet"}
+    )
+    with pytest.raises(FileNotFoundError, match="never_read.pth"):
+        lpips_torch.convert_lpips_files(trunk, heads, copy)

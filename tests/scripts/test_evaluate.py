@@ -289,3 +289,34 @@ def test_gray_as_rgb_scores_the_rgb_decode_against_repeated_frames(tmp_path):
             copy_last[1][metric]["per_frame"]["mean"],
             rtol=1e-5,
         )
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "sample.py"])
+def test_an_out_that_is_a_file_fails_before_loading_anything(tmp_path, script):
+    """The bundle does not even exist: --out is checked first, in one line."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    for out, message in ((afile, "is a file"), (afile / "sub", "which is a file")):
+        command = [sys.executable, os.path.join(REPO, "scripts", script)]
+        command += [f"--bundle={tmp_path / 'no_bundle'}", f"--out={out}"]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert lines[-1].startswith("error: --out") and message in lines[-1], lines[-1]
+    assert afile.read_text() == "keep me"
+
+
+def test_a_set_but_missing_lpips_or_i3d_file_is_an_error_not_a_skip(tmp_path):
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    for field, tool in (("lpips_params", "convert_lpips.py"), ("i3d_params", "convert_i3d")):
+        missing = tmp_path / f"{field}.safetensors"
+        command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
+        command += [f"--bundle={bundle_dir}", f"--out={tmp_path / 'eval'}", "--noprogress"]
+        command += [f"--config.eval.{field}={missing}", "--config.eval.fvd=True"]
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        last = run.stderr.strip().splitlines()[-1]
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert last.startswith("error: ") and str(missing) in last and tool in last, last
+        assert not (tmp_path / "eval").exists()
