@@ -63,3 +63,17 @@ def check_keys(
         if items
     ]
     raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
+
+
+def check_weights_setting(path: str | os.PathLike | None, setting: str, how: str) -> None:
+    """An error when the config ``setting`` names weights that are not a file: a folder
+    (``ValueError``) or nothing (``FileNotFoundError``), with ``how`` to make the file. Unset
+    (None or empty) passes: the caller then reports the metric as unavailable, while a mistyped
+    path is an error rather than a silently skipped metric."""
+    if path is None or not os.fspath(path):
+        return
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"weights {path!r} ({setting}) is a folder, not a file; {how}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights {path!r} ({setting}) not found; {how}")

