@@ -37,7 +37,9 @@ VQ_METADATA_KIND = {"format": "flax/vq"}  # an existing --out is only replaced w
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     try:
         torch_checkpoint.check_output_file(FLAGS.out, VQ_METADATA_KIND, "VQ params")
         vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq

@@ -9,6 +9,7 @@ per_frame.png, ground truth | prediction GIFs). CPU-sized: about 8–10 minutes 
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -34,7 +35,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     with one_line_errors():
         numbers = demo.run_demo(
             config_lib.validate(FLAGS.config),

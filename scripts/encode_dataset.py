@@ -51,7 +51,9 @@ def _splits(src: str) -> list[str]:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     try:
         check_output_folder(FLAGS.src, FLAGS.out)  # before any work
         config = config_lib.validate(FLAGS.config)

@@ -145,16 +145,18 @@ def _evaluate_model():
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     folders = FLAGS.real_dir is not None or FLAGS.fake_dir is not None
     if folders and not (FLAGS.real_dir and FLAGS.fake_dir):
-        raise app.UsageError("--real_dir and --fake_dir go together; pass both folders.")
+        sys.exit("error: --real_dir and --fake_dir go together; pass both folders.")
     if not folders and bool(FLAGS.bundle) == bool(FLAGS.workdir):
-        raise app.UsageError(
-            "pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir)."
+        sys.exit(
+            "error: pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir)."
         )
     if folders and FLAGS.sweep is not None:
-        raise app.UsageError("--sweep scores a model's samplers; it needs --bundle or --workdir.")
+        sys.exit("error: --sweep scores a model's samplers; it needs --bundle or --workdir.")
     try:
         report.check_output_dir(FLAGS.out)
         mesh.initialize_distributed()

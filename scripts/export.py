@@ -53,9 +53,11 @@ def _unsafe_predvdm_ckpt(path: str, workdir: str) -> str | None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     if not (FLAGS.out or FLAGS.predvdm_ckpt):
-        raise app.UsageError("nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
+        sys.exit("error: nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
     workdir = os.path.realpath(FLAGS.workdir)
     if FLAGS.out and os.path.commonpath([workdir, os.path.realpath(FLAGS.out)]) == workdir:
         sys.exit(

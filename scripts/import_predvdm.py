@@ -33,7 +33,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     try:
         config_lib.validate(FLAGS.config)
         imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(

@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) < 2:
-        raise app.UsageError("give one or more split folders, e.g. data/moving_digits/train")
+        sys.exit("error: give one or more split folders, e.g. data/moving_digits/train")
     for split_dir in argv[1:]:
         try:
             shards = hdf5.VideoShards(split_dir, FLAGS.kind)

@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]}; this script takes only --flags.")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     try:
         moving_digits.write_moving_digits(
             FLAGS.out,

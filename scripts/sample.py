@@ -44,7 +44,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         sys.exit("error: give exactly one of --bundle or --workdir")
     try:

@@ -10,6 +10,8 @@ On SIGTERM (preemption) it saves the current step and exits with status 143;
 the same command resumes.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,7 +29,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     with one_line_errors():
         mesh.initialize_distributed()
         diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)

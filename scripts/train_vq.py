@@ -7,6 +7,8 @@ Resumes from the newest checkpoint in --workdir. Writes --workdir/vq_params.safe
 (point config.vq_params at it) and --workdir/vq_eval.json (test PSNR/SSIM, codebook usage).
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,7 +24,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(
+            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+        )
     with one_line_errors():
         mesh.initialize_distributed()
         result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)

@@ -155,6 +155,26 @@ def test_bad_flags_and_a_workdir_of_another_model_are_one_error_line(tmp_path):
     assert "unet.model_channels" in line
 
 
+def test_usage_mistakes_are_one_error_line_not_the_help(tmp_path):
+    for script, args, want in (
+        (
+            "train.py",
+            (f"--config={DEMO_CONFIG}", f"--workdir={tmp_path}", "configs/kth64.py"),
+            "error: unexpected arguments ['configs/kth64.py']; this script takes only flags",
+        ),
+        ("evaluate.py", ("--bundle=b", "--workdir=w", "--out=o"), "error: pass exactly one of"),
+    ):
+        command = [sys.executable, os.path.join(REPO_ROOT, "scripts", script), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        printed = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and not re.match(r"[IWE]\d{4} ", line)  # absl's log lines
+        ]
+        assert done.returncode == 1 and len(printed) == 1, printed
+        assert printed[0].startswith(want)
+
+
 def test_vq_params_of_another_vq_and_a_switched_discriminator_are_one_error_line(tmp_path):
     params = str(tmp_path / "vq.safetensors")
     save_params_safetensors(params, {"encoder": {"conv_in": {"kernel": np.zeros((3, 3, 3, 8))}}})
