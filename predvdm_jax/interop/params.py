@@ -4,7 +4,6 @@ export or the demo use them, and a bundle's params against its ``config.json``."
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -13,7 +12,7 @@ from flax import linen as nn
 
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
-from predvdm_jax.tensor_files import check_keys
+from predvdm_jax.tensor_files import check_keys, check_weights_setting
 
 
 def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -> Any:
@@ -24,16 +23,12 @@ def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -
             "config.vq_params is empty: point it at VQ params made by "
             "scripts/train_vq.py or scripts/convert_ldm_vq.py."
         )
-    if os.path.isdir(path):
-        raise ValueError(
-            f"VQ params {path!r} is a folder; config.vq_params names the .safetensors file "
-            f"made by scripts/train_vq.py or scripts/convert_ldm_vq.py."
-        )
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"VQ params {path!r} not found: train them with scripts/train_vq.py "
-            f"or convert the LDM vq-f4 checkpoint with scripts/convert_ldm_vq.py."
-        )
+    check_weights_setting(
+        path,
+        "config.vq_params",
+        "train them with scripts/train_vq.py or convert the LDM vq-f4 checkpoint with "
+        "scripts/convert_ldm_vq.py",
+    )
     params = load_params_safetensors(path)
     if config is not None:
         check_params(
