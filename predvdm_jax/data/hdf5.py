@@ -466,6 +466,49 @@ class VideoShards:
                             f"expected {self.dtype}{self.frame_shape}"
                         )
 
+    def check_decodes(self, progress: bool = False, max_bytes: int = 64 << 20) -> None:
+        """Reads (decompresses) every frame of every video, at most ``max_bytes`` at a time.
+
+        Finds what ``check_all_frames`` (metadata only) cannot: a corrupt compressed chunk
+        and, in a latent cache, NaN/Inf values. Raises ``DatasetError`` naming the shard
+        and video. Takes as long as one pass over the data; ``progress`` draws a tqdm bar.
+        """
+        from tqdm import tqdm
+
+        frame_bytes = int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+        step = max(1, max_bytes // frame_bytes)
+        bar = tqdm(
+            total=int(self.frame_counts.sum()),
+            desc=f"decoding {self.split_dir}",
+            unit="frame",
+            disable=not progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        with bar:
+            for shard in range(len(self.paths)):
+                for index in range(int(self._offsets[shard]), int(self._offsets[shard + 1])):
+                    length = int(self.frame_counts[index])
+                    for start in range(0, length, step):
+                        clip = self.read_clip(index, start, min(step, length - start))
+                        if self.kind == "latents":
+                            self._check_finite(shard, index, start, clip)
+                        bar.update(len(clip))
+                f = self._files.pop((os.getpid(), shard), None)  # bound the open files
+                if f is not None:
+                    f.close()
+
+    def _check_finite(self, shard: int, index: int, start: int, clip: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(clip).reshape(len(clip), -1).all(axis=1))
+        if bad.size:
+            local = index - int(self._offsets[shard])
+            raise DatasetError(
+                f"{self.paths[shard]}: video {local} frame {start + int(bad[0])} holds NaN or "
+                f"Inf latents; delete that shard and re-run scripts/encode_dataset.py to "
+                f"re-encode it (if they come back, check the VQ on that video; a float16 "
+                f"overflow needs a new cache with --dtype=float32)."
+            )
+
     def summary(self, sample_videos: int = 16) -> DatasetSummary:
         picks = np.linspace(0, len(self) - 1, min(sample_videos, len(self))).round().astype(int)
         lo, hi = np.inf, -np.inf

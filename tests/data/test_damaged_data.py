@@ -85,6 +85,51 @@ def test_bad_len_entry_is_a_dataset_error(tmp_path, value):
         hdf5.VideoShards(str(tmp_path / "train"))
 
 
+# --- VideoShards.check_decodes / inspect_data.py --decode -----------------------------------
+
+
+def _inspect(*args):
+    """Runs inspect_data.py expected to pass; returns its stdout."""
+    command = [sys.executable, os.path.join(REPO, "scripts", "inspect_data.py"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_corrupt_unsampled_chunk_is_found_by_check_decodes(tmp_path):
+    split = tmp_path / "train"
+    path = _split(split, frames=6)
+    _corrupt_chunk(path, 1, 5)  # the summary samples frames 0-3 only
+    shards = hdf5.VideoShards(str(split))
+    shards.check_all_frames()
+    shards.summary()
+    with pytest.raises(
+        hdf5.DatasetError, match=r"shard_0001.hdf5: cannot read video 1 frames 4-5 "
+    ):
+        shards.check_decodes(max_bytes=2 * 16 * 16)  # two frames a read
+    assert "2 videos, 12 frames" in _inspect(str(split))
+    line = _run_script("inspect_data.py", "--decode", str(split))
+    assert line.startswith(f"error: {path}: cannot read video 1 frames 0-5 ("), line
+    assert line.endswith("or re-download it."), line
+
+
+def test_check_decodes_passes_good_frames_and_refuses_nan_latents(tmp_path):
+    _split(tmp_path / "frames", frames=6)
+    assert "2 videos, 12 frames" in _inspect("--decode", str(tmp_path / "frames"))
+    latents = np.zeros((2, 3, 4, 4, 2), np.float16)
+    latents[1, 2, 0, 0, 1] = np.nan
+    path = str(tmp_path / "latents" / "shard_0001.hdf5")
+    with hdf5.ShardWriter(path, kind="latents") as writer:
+        for video in latents:
+            writer.add_video(video)
+    shards = hdf5.VideoShards(str(tmp_path / "latents"), "latents")
+    shards.check_all_frames()
+    with pytest.raises(hdf5.DatasetError, match=r"shard_0001.hdf5: video 1 frame 2 holds NaN or"):
+        shards.check_decodes()
+    line = _run_script("inspect_data.py", "--kind=latents", "--decode", str(tmp_path / "latents"))
+    assert line.startswith(f"error: {path}: video 1 frame 2 holds NaN or Inf latents; "), line
+
+
 # --- make_moving_digits.py / write_moving_digits -------------------------------------------
 
 
