@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from predvdm_jax.interop import bundle, predvdm_ckpt
+from predvdm_jax import folders
+from predvdm_jax.interop import bundle
 from predvdm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
@@ -34,17 +35,14 @@ def _unsafe_predvdm_ckpt(path: str, workdir: str) -> str | None:
     an earlier export (an existing ``.ckpt`` outside any bundle folder), may be written."""
     real = os.path.realpath(path)
     folder = os.path.dirname(real)
-    checkpoints = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    checkpoints = os.path.join(workdir, folders.CHECKPOINT_DIR)
     if os.path.commonpath([checkpoints, real]) == checkpoints:
         return f"is inside the run's checkpoint folder {checkpoints}"
     if os.path.isdir(real):
         return "is a folder"
     if not os.path.exists(real):
         return None
-    is_bundle = os.path.isdir(folder) and {bundle.CONFIG_FILE, bundle.DENOISER_FILE} & set(
-        os.listdir(folder)
-    )
-    if is_bundle:
+    if folders.is_bundle(folder):
         return f"exists inside the bundle folder {folder}, whose file it would replace"
     if not real.endswith(".ckpt"):
         return "exists and is not an earlier export (.ckpt), so it is not replaced"
@@ -80,7 +78,7 @@ def main(argv):
             weights = "EMA" if FLAGS.ema else "raw"
             print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
         if FLAGS.predvdm_ckpt:
-            step, scale_factor = predvdm_ckpt.export_latent_diffusion_checkpoint(
+            step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
                 FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
             )
             print(

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from predvdm_jax.data import hdf5
+from predvdm_jax.data import hdf5, manifest as manifest_lib
 
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -131,14 +131,12 @@ def write_moving_digits(
             f"digits of {digit_size}px do not fit a {image_size}px canvas; use a digit_size "
             f"below image_size."
         )
-    from predvdm_jax.data.converters import common  # converters import this module
-
     manifest = {
         "dataset": "moving_digits",
         "options": settings,
         "compression": "lzf",
     }
-    common.check_manifest(
+    manifest_lib.check_manifest(
         out_dir,
         manifest,
         adopt=lambda: _holds_these_videos(out_dir, settings),

@@ -27,6 +27,13 @@ from absl import logging
 
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
+from predvdm_jax.folders import (
+    CONFIG_FILE,
+    DENOISER_FILE,
+    METRIC_FILE,
+    VQ_FILE,
+    is_training_workdir,
+)
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.params import check_params
 from predvdm_jax.interop.torch_checkpoint import (
@@ -36,8 +43,6 @@ from predvdm_jax.interop.torch_checkpoint import (
     save_params_safetensors,
 )
 
-DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
-METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
 BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, METRIC_FILE}
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
 
@@ -201,9 +206,7 @@ def read_bundle_files(path: str) -> Bundle:
         if not os.path.exists(os.path.join(path, f))
     ]
     if missing:
-        from predvdm_jax.training.checkpoint import CHECKPOINT_DIR  # lazy: training imports interop
-
-        if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+        if is_training_workdir(path):
             raise FileNotFoundError(
                 f"{path!r} is a training workdir, not a bundle; pass --workdir={path}, or export "
                 f"one with scripts/export.py --workdir={path} --out=<new folder>"

@@ -1,7 +1,8 @@
 """PredVDM / LDM Lightning checkpoints to and from this project's params.
 
 ``bundle_from_predvdm_checkpoint`` makes a bundle of a checkpoint the PyTorch original
-trained; ``export_latent_diffusion_checkpoint`` writes a training run back in its layout.
+trained; ``write_latent_diffusion_checkpoint`` writes a training run's state back in its layout
+(``training.checkpoint.export_latent_diffusion_checkpoint`` reads it from the run's workdir).
 
 State_dict layout of a PredVDM ``LatentDiffusion`` checkpoint (spec §C, §D.3):
 
@@ -257,19 +258,12 @@ def latent_diffusion_state_dict(
     return out
 
 
-def export_latent_diffusion_checkpoint(
-    workdir: str, path: str, step: int | None = None
-) -> tuple[int, float]:
-    """Writes a run's checkpoint as a PredVDM ``LatentDiffusion`` checkpoint (``.ckpt``: what
-    the PyTorch original loads, with this project's config as ``predvdm_jax_config``;
-    ``.safetensors``: the same state_dict without PyTorch). Returns the step written and the
-    latent ``scale_factor`` the original's yaml must use."""
-    from predvdm_jax.training.checkpoint import load_train_state  # lazy: training imports interop
-
-    if tc.state_dict_format(path) == "torch":
-        tc.import_torch()  # before the restore, so a missing PyTorch fails fast
-    config, state, step = load_train_state(workdir, step)
-    state = jax.device_get(state)
+def write_latent_diffusion_checkpoint(
+    path: str, config: ml_collections.ConfigDict, state: Any, step: int
+) -> None:
+    """Writes a run's train state (host arrays) as a PredVDM ``LatentDiffusion`` checkpoint
+    (``.ckpt``: what the PyTorch original loads, with this project's config as
+    ``predvdm_jax_config``; ``.safetensors``: the same state_dict without PyTorch)."""
     schedule = LatentDiffusion.from_config(config).schedule
     state_dict = latent_diffusion_state_dict(
         state.params,
@@ -282,14 +276,13 @@ def export_latent_diffusion_checkpoint(
     )
     extra = {"global_step": int(step), "predvdm_jax_config": config.to_json_best_effort()}
     tc.save_torch_state_dict(path, state_dict, extra)
-    return step, float(config.scale_factor)
 
 
 def bundle_from_predvdm_checkpoint(
     path: str, config: ml_collections.ConfigDict, use_ema: bool = True, allow_pickle: bool = False
 ) -> tuple[Bundle, str]:
     """A PredVDM ``LatentDiffusion`` checkpoint (the PyTorch original's ``.ckpt``, or a file
-    :func:`export_latent_diffusion_checkpoint` wrote) as a bundle for ``config``, and a one-line
+    :func:`write_latent_diffusion_checkpoint` wrote) as a bundle for ``config``, and a one-line
     summary of what was taken.
 
     The denoiser (``model_ema.*`` by default, ``model.*`` with ``use_ema=False``) and the VQ

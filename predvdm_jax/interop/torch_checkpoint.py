@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, folders
 from predvdm_jax.tensor_files import read_safetensors
 
 StateDict = dict[str, np.ndarray]
@@ -208,8 +208,6 @@ def check_output_file(path: str | os.PathLike, kind: Mapping[str, str], what: st
     file of the same kind (its metadata holds ``kind``, e.g. ``{"format": "flax/vq"}``), i.e.
     an earlier output of the same converter.
     """
-    from predvdm_jax.interop import bundle as bundle_lib  # lazy: bundle imports this module
-
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(
@@ -222,13 +220,10 @@ def check_output_file(path: str | os.PathLike, kind: Mapping[str, str], what: st
         raise ValueError(
             f"cannot write {path!r}: {existing!r} is a file, not a folder; pick another output path"
         )
-    if all(
-        os.path.isfile(os.path.join(parent, name))
-        for name in (bundle_lib.CONFIG_FILE, bundle_lib.DENOISER_FILE)
-    ):
+    if folders.is_bundle(parent):
         raise ValueError(
             f"refusing to write {path!r}: {parent!r} is an inference bundle (it holds "
-            f"{bundle_lib.CONFIG_FILE} and {bundle_lib.DENOISER_FILE}), written whole by "
+            f"{folders.CONFIG_FILE} and {folders.DENOISER_FILE}), written whole by "
             "scripts/export.py; pass an output path outside the bundle"
         )
     if os.path.lexists(path):

@@ -10,8 +10,9 @@ so a save killed half-way leaves only a temporary directory that
 The directory is made by the first save, never by reading.
 
 For inference, ``load_train_state`` restores a run's checkpoint onto the current devices,
-``load_from_checkpoint`` takes its weights as a bundle, and ``load_model`` loads a bundle or
-a run with config overrides (scripts/evaluate.py and scripts/sample.py).
+``load_from_checkpoint`` takes its weights as a bundle, ``export_latent_diffusion_checkpoint``
+writes them in PredVDM's layout, and ``load_model`` loads a bundle or a run with config
+overrides (scripts/evaluate.py and scripts/sample.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
+from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import optim, train_state
 
-CHECKPOINT_DIR = "checkpoints"  # under a training workdir
 DENOISER_FIELDS = (
     "unet",
     "vq",
@@ -341,12 +343,17 @@ class Checkpointer:
         self._manager.close()
 
 
+def _reader(workdir: str) -> Checkpointer | None:
+    """A synchronous ``Checkpointer`` of the run in ``workdir``, or None when it has none."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    return Checkpointer(directory, async_save=False) if os.path.isdir(directory) else None
+
+
 def latest_step(workdir: str) -> int | None:
     """The newest finished checkpoint step of the training run in ``workdir`` (None: none)."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    checkpointer = _reader(workdir)
+    if checkpointer is None:
         return None
-    checkpointer = Checkpointer(directory, async_save=False)
     try:
         return checkpointer.latest_step()
     finally:
@@ -394,11 +401,13 @@ def check_saved_config(
     fields), compared the same way. Fields the saved config predates (a function raising
     ``KeyError`` on it) pass. A checkpoint of another ``trainer`` ("denoiser" or "vq") is a
     ``ValueError``."""
-    step = latest_step(workdir)
-    if step is None:
+    checkpointer = _reader(workdir)
+    if checkpointer is None:
         return
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), async_save=False)
     try:
+        step = checkpointer.latest_step()
+        if step is None:
+            return
         _check_trainer(
             checkpointer,
             step,
@@ -434,15 +443,17 @@ def check_saved_config(
 def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
     """(config, train state, step) of a training run's checkpoint (the newest finished one by
     default), restored onto the current devices, whatever the device count of the run."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    step = latest_step(workdir) if step is None else step
-    if step is None:
-        raise FileNotFoundError(
-            f"no finished checkpoint in {directory}; train first "
-            f"(scripts/train.py --workdir={workdir}) or pass --bundle."
-        )
-    checkpointer = Checkpointer(directory, async_save=False)
+    none_finished = FileNotFoundError(
+        f"no finished checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train first "
+        f"(scripts/train.py --workdir={workdir}) or pass --bundle."
+    )
+    checkpointer = _reader(workdir)
+    if checkpointer is None:
+        raise none_finished
     try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise none_finished
         _check_trainer(
             checkpointer,
             step,
@@ -471,6 +482,19 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
         state.ema_params if use_ema else state.params,
         load_vq_params(config.vq_params, config),
     )
+
+
+def export_latent_diffusion_checkpoint(
+    workdir: str, path: str, step: int | None = None
+) -> tuple[int, float]:
+    """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
+    ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``).
+    Returns the step written and the latent ``scale_factor`` the original's yaml must use."""
+    if torch_checkpoint.state_dict_format(path) == "torch":
+        torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
+    config, state, step = load_train_state(workdir, step)
+    predvdm_ckpt.write_latent_diffusion_checkpoint(path, config, jax.device_get(state), step)
+    return step, float(config.scale_factor)
 
 
 def load_model(

@@ -199,7 +199,7 @@ def test_interrupted_conversion_resumes_to_identical_files(kth_src, tmp_path):
         )
         for a, b in zip(clean_frames[split][1], resumed_frames[split][1], strict=True):
             np.testing.assert_array_equal(a, b)
-    with pytest.raises(SourceError, match="other settings"):
+    with pytest.raises(hdf5.DatasetError, match="other settings"):
         converters.convert("kth", str(kth_src), resumed, vids_per_shard=3, progress=False)
 
 

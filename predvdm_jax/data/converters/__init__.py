@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable
 
+from predvdm_jax.data import manifest
 from predvdm_jax.data.converters import (
     bair,
     carla,
@@ -88,7 +89,7 @@ def convert(
     **options,
 ) -> ConversionSummary:
     """Converts ``dataset`` from ``src`` into ``out_dir``; options go to its converter."""
-    common.check_out_dir(out_dir)  # before the source is read: that can take long
+    manifest.check_out_dir(out_dir)  # before the source is read: that can take long
     plan = make_plan(dataset, src, **options)
     return run_plan(
         plan,

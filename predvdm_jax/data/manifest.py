@@ -1,0 +1,87 @@
+"""A dataset folder's ``conversion.json``: the settings its shards were written with.
+
+Every writer of a frame dataset (the converters, ``moving_digits``) records its settings before
+the first shard and refuses a folder that holds shards of other settings, so an interrupted
+conversion resumes and a re-run with other settings never mixes two datasets.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Callable
+
+from predvdm_jax import atomic_io
+from predvdm_jax.data import hdf5
+
+MANIFEST_NAME = "conversion.json"
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Raises ``DatasetError`` when ``out_dir`` is a file or lies under one (``os.makedirs``
+    would fail with a bare ``File exists`` / ``Not a directory``)."""
+    folder = atomic_io.file_in_the_way(out_dir)
+    if folder is not None:
+        where = (
+            "is a file" if folder == os.path.abspath(out_dir) else f"is under the file {folder!r}"
+        )
+        raise hdf5.DatasetError(
+            f"--out {out_dir!r} {where}; give --out a folder (a new one, or one this "
+            f"command wrote before)."
+        )
+
+
+def check_manifest(out_dir: str, manifest: dict, adopt: Callable[[], bool] | None = None) -> None:
+    """Refuses an ``out_dir`` holding a conversion of other settings (its ``conversion.json``
+    differs) or shards without a ``conversion.json``, else records ``manifest`` there.
+
+    ``adopt()``, given, is asked about shards without a manifest (data written before
+    manifests were): True accepts them as this conversion's.
+    """
+    check_out_dir(out_dir)
+    path = os.path.join(out_dir, MANIFEST_NAME)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as err:
+            raise hdf5.DatasetError(
+                f"{path} is unreadable ({err}); delete {out_dir} to start over, or use a new "
+                f"--out folder."
+            ) from None
+        if previous != manifest:
+            raise hdf5.DatasetError(
+                f"{out_dir} holds a conversion made with other settings "
+                f"({', '.join(_changed_keys(previous, manifest))} differ); use a new --out "
+                f"folder or delete {out_dir} to start over."
+            )
+        return
+    stray = glob.glob(os.path.join(out_dir, "*", "shard_*.hdf5"))
+    if stray and not (adopt is not None and adopt()):
+        raise hdf5.DatasetError(
+            f"{out_dir} already holds shards ({stray[0]}) from an unknown conversion; "
+            f"use a new --out folder or delete them."
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_io.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _changed_keys(previous, manifest) -> list[str]:
+    """The keys whose values differ, ``options.<name>`` for options (a dict in both)."""
+    if not isinstance(previous, dict):
+        return ["everything"]
+    changed = []
+    for k in sorted(set(previous) | set(manifest)):
+        old, new = previous.get(k), manifest.get(k)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [
+                f"{k}.{name}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
+        else:
+            changed.append(k)
+    return changed
