@@ -113,8 +113,8 @@ def test_a_bundle_whose_files_do_not_match_its_config_is_refused_on_loading(tmp_
     import jax
 
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
-    from tests.random_params import random_params_from_init
-    from tests.tiny_config import tiny_config
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
 
     config = tiny_config()
     model = LatentDiffusion.from_config(config)
