@@ -130,7 +130,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
 
     # Back to PredVDM's format: the PyTorch checkpoint holds the run's raw and EMA weights.
     exported = tmp_path / "run.ckpt"
-    assert predvdm_ckpt.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
+    assert checkpoint.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
     back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
     for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
         jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
@@ -181,7 +181,8 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     for clip in range(PREVIEW_CLIPS):
         np.testing.assert_array_equal(np.stack(tiles[2 * clip]), real[clip])
         np.testing.assert_array_equal(np.stack(tiles[2 * clip + 1][:COND]), real[clip, :COND])
-        np.testing.assert_array_equal(np.stack(tiles[2 * clip + 1][COND:]), fake[clip])
+        # The preview's program and this one may round a pixel near .5 apart.
+        np.testing.assert_allclose(np.stack(tiles[2 * clip + 1][COND:]), fake[clip], atol=1)
 
     (logged,) = [row for row in rows if "preview/psnr" in row]
     assert logged["step"] == 40
