@@ -1,5 +1,5 @@
-"""The TFDS converter: its argument checks, and a conversion of ``tfds.testing.mock_data``
-(that one needs the tfds extra)."""
+"""The TFDS converter: a conversion of ``tfds.testing.mock_data`` and its unknown-feature error
+(needs the tfds extra). A missing ``--tfds_key`` is tested in test_converters.py."""
 
 import numpy as np
 import pytest
@@ -42,8 +42,3 @@ def test_tfds_moving_mnist_mock(tmp_path):
     for i, video in enumerate(reference):
         assert video.shape == (20, 64, 64, 1)
         np.testing.assert_array_equal(shards.read_clip(i, 0, 20), video)
-
-
-def test_tfds_needs_a_key():
-    with pytest.raises(ValueError, match="--tfds_key"):
-        converters.make_plan("tfds:moving_mnist", "", tfds_key="")

@@ -173,9 +173,10 @@ def test_rollout_shapes_and_single_compile(num_frames, k):
         assert counter["traces"] > traces
 
 
-def test_rollout_never_reads_ground_truth():
-    """Only the conditioning latents go in; changing the would-be future leaves the output unchanged."""
-    assert "z_target" not in inspect.signature(rollout).parameters
+def test_rollout_takes_only_conditioning_latents():
+    """No ground-truth future can reach the rollout: its only video input is ``z_cond`` (the
+    evaluation protocol's side, predict_fn seeing the cond frames alone, is tested in
+    tests/evaluation/test_protocol.py)."""
     assert list(inspect.signature(rollout).parameters) == [
         "denoise_fn",
         "decode_fn",
@@ -187,24 +188,6 @@ def test_rollout_never_reads_ground_truth():
         "settings",
         "reencode_fn",
     ]
-    video = np.asarray(0.1 * np.random.default_rng(0).normal(size=(2, 2 + 6, 2, 2, 1)), np.float32)
-    altered = video.copy()
-    altered[:, 2:] = 1000.0
-    seen_max = []
-
-    def spy(z_t, t, z_cond):
-        jax.debug.callback(lambda c: seen_max.append(float(np.abs(c).max())), z_cond, ordered=True)
-        return next_frames_denoiser(z_t, t, z_cond)
-
-    fn = jax.jit(
-        lambda c, key: rollout(spy, upsample_decode, SCHEDULE, c, key, 6, 3, DETERMINISTIC)
-    )
-    out = fn(jnp.asarray(video[:, :2]), jax.random.PRNGKey(0))
-    out_altered = fn(jnp.asarray(altered[:, :2]), jax.random.PRNGKey(0))
-    jax.effects_barrier()
-    np.testing.assert_array_equal(out["latents"], out_altered["latents"])
-    np.testing.assert_array_equal(out["frames"], out_altered["frames"])
-    assert max(seen_max) < 10.0
 
 
 @pytest.mark.parametrize(

@@ -393,28 +393,28 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not():
 # ------------------------------------------------------------- clipping
 
 
-def test_process_x0_clip_and_dynamic_threshold():
+def test_process_x0_identity_and_static_clip():
     x0 = jnp.asarray(np.random.default_rng(0).normal(scale=3.0, size=(3, 40)), jnp.float32)
     np.testing.assert_array_equal(process_x0(x0, SamplerSettings()), x0)
     np.testing.assert_allclose(process_x0(x0, SamplerSettings(clip_x0=1.5)), np.clip(x0, -1.5, 1.5))
-    got = process_x0(x0, SamplerSettings(dynamic_threshold=0.9))
-    s = np.maximum(np.quantile(np.abs(np.asarray(x0)), 0.9, axis=1), 1.0)[:, None]
-    np.testing.assert_allclose(got, np.clip(x0, -s, s) / s, rtol=1e-5)
 
 
 def test_dynamic_threshold_per_sample_over_every_axis_with_a_bound():
-    """Imagen / DPM-Solver: s = max(quantile_p(|x0| of each sample), c); x0 → clip(x0, ±s)/s·c."""
+    """Imagen / DPM-Solver: s = max(quantile_p(|x0| of each sample), c); x0 → clip(x0, ±s)/s·c,
+    with c = clip_x0, or 1 when clip_x0 is unset."""
     rng = np.random.default_rng(4)
     x0 = rng.normal(size=(3, 2, 4, 4, 3)) * np.array([0.5, 2.0, 6.0])[:, None, None, None, None]
-    p, c = 0.8, 1.5
+    p = 0.8
     flat = np.abs(x0).reshape(3, -1)
-    s = np.maximum(np.quantile(flat, p, axis=1), c).reshape(3, 1, 1, 1, 1)
-    want = np.clip(x0, -s, s) / s * c
-    got = process_x0(jnp.asarray(x0, jnp.float32), SamplerSettings(clip_x0=c, dynamic_threshold=p))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert s[0] == c and s[2] > c  # one sample left as it is, one rescaled
-    np.testing.assert_allclose(got[0], x0[0], rtol=1e-5)
-    assert np.max(np.abs(got[2])) == pytest.approx(c, rel=1e-5)
+    for c, clip_x0 in ((1.5, 1.5), (1.0, None)):
+        s = np.maximum(np.quantile(flat, p, axis=1), c).reshape(3, 1, 1, 1, 1)
+        want = np.clip(x0, -s, s) / s * c
+        settings = SamplerSettings(clip_x0=clip_x0, dynamic_threshold=p)
+        got = process_x0(jnp.asarray(x0, jnp.float32), settings)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert s[0] == c and s[2] > c  # one sample only clipped to ±c, one rescaled
+        np.testing.assert_allclose(got[0], np.clip(x0[0], -c, c), rtol=1e-5)
+        assert np.max(np.abs(got[2])) == pytest.approx(c, rel=1e-5)
 
 
 def test_ddpm_clip_bounds_final_sample():

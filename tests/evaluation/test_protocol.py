@@ -391,3 +391,60 @@ def test_non_finite_predictions_are_one_clear_error():
             pred_frames=PRED,
             key=jax.random.key(0),
         )
+
+
+def test_predict_fn_sees_only_the_conditioning_frames_never_the_future():
+    """Two clip sets with the same cond frames and different futures: predict_fn is handed
+    exactly the cond frames, so the predictions and their (ground-truth-free) FVD features
+    are identical, while everything that does read the future differs."""
+    clips = _moving_clips(4, seed=5)
+    altered = clips.copy()
+    altered[:, COND:] = _moving_clips(4, seed=6)[:, COND:]
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=4, num_samples=2)
+
+    def run(video):
+        seen = []
+
+        def spy(cond, key):
+            seen.append(np.asarray(cond))
+            # Reads every frame it is given, so a future frame handed over would show.
+            return _noisy_predict(cond, key) + 0.1 * jnp.mean(cond, axis=1, keepdims=True)
+
+        result = protocol_lib.evaluate(
+            _batches(video, 2),
+            spy,
+            lambda future: 0.5 * future,
+            protocol,
+            cond_frames=COND,
+            pred_frames=PRED,
+            key=jax.random.key(0),
+            feature_fn=_features,
+            keep_videos=4,
+        )
+        return seen, result
+
+    seen, result = run(clips)
+    seen_altered, result_altered = run(altered)
+    # Per batch b, per sample: the batch's cond frames and nothing else.
+    for got in (seen, seen_altered):
+        assert len(got) == 2 * protocol.num_samples
+        for call, cond in enumerate(got):
+            b = call // protocol.num_samples
+            np.testing.assert_array_equal(cond, clips[2 * b : 2 * b + 2, :COND])
+    np.testing.assert_array_equal(
+        result.model_videos()["fake"], result_altered.model_videos()["fake"]
+    )
+    for variant in ("cond+pred", "pred-only"):
+        np.testing.assert_array_equal(
+            result.features[variant]["fake"]["model"],
+            result_altered.features[variant]["fake"]["model"],
+        )
+        # The real clips' features see the future: they differ, so the futures did.
+        assert not np.allclose(
+            result.features[variant]["real"], result_altered.features[variant]["real"]
+        )
+    # Scores against the truth and the VQ baseline (which reconstructs the future) differ too.
+    for system in ("model", "vq_reconstruction"):
+        assert not np.allclose(
+            result.per_frame[system]["psnr"], result_altered.per_frame[system]["psnr"]
+        )

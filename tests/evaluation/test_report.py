@@ -140,9 +140,24 @@ def test_write_videos_grayscale_side_by_side(tmp_path):
 
 def test_write_videos_rgb_and_errors(tmp_path):
     video = np.linspace(-1, 1, 2 * 3 * 4 * 4 * 3, dtype=np.float32).reshape(2, 3, 4, 4, 3)
-    written = report.write_videos(str(tmp_path), video, video)
-    assert iio.imread(written["gif"][0], index=None).shape[1:] == (4, 10, 3)
-    assert np.asarray(Image.open(written["grid"])).shape == (4 * 4 + 3 * 2, 3 * 4 + 2 * 2, 3)
+    fake = -video[:, ::-1]  # another RGB video, so that the halves cannot be swapped unseen
+    written = report.write_videos(str(tmp_path), video, fake)
+    to_pixels = lambda v: np.round((v.astype(np.float64) + 1) * 127.5).astype(np.uint8)
+    white = np.full((3, 4, 2, 3), 255, np.uint8)
+    for index in range(2):
+        gif = iio.imread(written["gif"][index], index=None)
+        assert gif.shape == (3, 4, 4 + 2 + 4, 3)
+        np.testing.assert_array_equal(
+            gif, np.concatenate([to_pixels(video[index]), white, to_pixels(fake[index])], axis=2)
+        )
+
+    grid = np.asarray(Image.open(written["grid"]))
+    assert grid.shape == (4 * 4 + 3 * 2, 3 * 4 + 2 * 2, 3)
+    expected = np.full(grid.shape, 255, np.uint8)  # white gaps between frames and rows
+    for row, frames in enumerate([video[0], fake[0], video[1], fake[1]]):
+        for t in range(3):
+            expected[row * 6 : row * 6 + 4, t * 6 : t * 6 + 4] = to_pixels(frames[t])
+    np.testing.assert_array_equal(grid, expected)
     with pytest.raises(ValueError, match="same shape"):
         report.write_videos(str(tmp_path), video, video[:, :2])
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from predvdm_jax.interop import ldm_vq, torch_checkpoint  # noqa: E402
 from predvdm_jax.models.autoencoder import VQModel  # noqa: E402
-from torch_reference.ldm_vq import build_torch_model  # noqa: E402
+from torch_reference.ldm_vq import TorchVQModel, build_torch_model  # noqa: E402
 
 SMALL = dict(
     ch=32,
@@ -29,7 +29,7 @@ SMALL = dict(
     dropout=0.0,
     in_channels=3,
     out_ch=3,
-    resolution=256,
+    resolution=32,
     z_channels=3,
     embed_dim=3,
     n_embed=64,
@@ -136,10 +136,32 @@ def test_attention_levels_parity(tmp_path):
     assert rel_err(rec, to_nhwc(rec_ref)) < 1e-4
 
 
-def test_full_vq_f4_keys_and_param_count():
+# PredVDM's first-stage config (spec §B.1: embed_dim, n_embed and ddconfig).
+LDM_VQ_F4 = dict(
+    embed_dim=3,
+    n_embed=8192,
+    double_z=False,
+    z_channels=3,
+    resolution=32,
+    in_channels=3,
+    out_ch=3,
+    ch=128,
+    ch_mult=(1, 2, 4),
+    num_res_blocks=2,
+    attn_resolutions=(),
+    dropout=0.0,
+)
+
+
+def test_full_vq_f4_keys_match_the_pytorch_reference():
+    """Every key and shape the default VQModel expects is the PyTorch VQ-f4's (its parameter
+    count: tests/models/test_autoencoder.py)."""
     expected = ldm_vq.expected_torch_shapes(VQModel())
+    config = dict(LDM_VQ_F4)
+    with torch.device("meta"):  # shapes only, nothing allocated
+        reference = TorchVQModel(config.pop("embed_dim"), config.pop("n_embed"), **config)
+    assert expected == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     assert len(expected) == 205
-    assert sum(int(np.prod(s)) for s in expected.values()) == 55_322_782
     # Spot checks against spec Appendix 2.
     assert expected["encoder.down.1.block.0.nin_shortcut.weight"] == (256, 128, 1, 1)
     assert expected["encoder.mid.attn_1.q.weight"] == (512, 512, 1, 1)

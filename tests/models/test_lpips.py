@@ -181,21 +181,12 @@ def test_lpips_trunk_keys_convert_like_torchvision_keys(converted):
 
 
 def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_path):
-    reference, params, output_path = converted
+    _, params, output_path = converted
     assert lpips.lpips_available(output_path)
     assert not lpips.lpips_available(None)
     assert lpips.load_lpips_params(None) is None
     assert lpips.load_lpips_params(tmp_path / "absent.safetensors") is None
 
-    trunk = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("features.")}
-    heads = {k: v.numpy() for k, v in reference.state_dict().items() if k.startswith("lin")}
-    with pytest.raises(ValueError, match=r"lin2\.model\.1\.weight"):
-        lpips_torch.convert_lpips_state_dicts(
-            trunk, {k: v for k, v in heads.items() if not k.startswith("lin2")}
-        )
-    heads["lin0.model.1.weight"] = np.zeros((1, 32, 1, 1), np.float32)
-    with pytest.raises(ValueError, match="wrong shape"):
-        lpips_torch.convert_lpips_state_dicts(trunk, heads)
     bad_file = tmp_path / "bad.safetensors"
     lpips_torch.torch_checkpoint.save_params_safetensors(
         bad_file, {"lin0": {"kernel": np.zeros((1, 1, 64, 1))}}
@@ -214,13 +205,19 @@ def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_pa
 def test_missing_and_wrong_shape_keys_are_reported_together(converted):
     reference = converted[0]
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    del state["lin2.model.1.weight"]
-    state["features.3.weight"] = np.zeros((192, 32, 5, 5), np.float32)
+    trunk = {k: v for k, v in state.items() if k.startswith("features.")}
+    heads = {k: v for k, v in state.items() if k.startswith("lin")}
+    del heads["lin2.model.1.weight"]
+    trunk["features.3.weight"] = np.zeros((192, 32, 5, 5), np.float32)
+    heads["lin0.model.1.weight"] = np.zeros((1, 32, 1, 1), np.float32)
     with pytest.raises(ValueError) as raised:
-        lpips_torch.convert_lpips_state_dicts(state, state)
+        lpips_torch.convert_lpips_state_dicts(trunk, heads)
     message = str(raised.value)
-    assert "missing (1): lin2.model.1.weight" in message
-    assert "features.3.weight: expected (192, 64, 5, 5), got (192, 32, 5, 5)" in message
+    assert "missing (1): lin2.model.1.weight;" in message
+    assert (
+        "wrong shape (2): features.3.weight: expected (192, 64, 5, 5), got (192, 32, 5, 5), "
+        "lin0.model.1.weight: expected (1, 64, 1, 1), got (1, 32, 1, 1)." in message
+    )
     assert "model config" not in message
 
 
@@ -266,7 +263,19 @@ def test_convert_script_allow_pickle_flag(converted, tmp_path):
         timeout=120,
     )
     assert allowed.returncode == 0, allowed.stderr
-    assert lpips.load_lpips_params(output) is not None
+    # Every weight of the checkpoint, OIHW -> HWIO, under the Flax names.
+    torch_weights = {k: v.numpy() for k, v in reference.state_dict().items()}
+    expected = {}
+    for layer in (0, 3, 6, 8, 10):
+        expected[f"net/features_{layer}/kernel"] = torch_weights[f"features.{layer}.weight"]
+        expected[f"net/features_{layer}/bias"] = torch_weights[f"features.{layer}.bias"]
+    for k in range(5):
+        expected[f"lin{k}/kernel"] = torch_weights[f"lin{k}.model.1.weight"]
+    expected = {k: v.transpose(2, 3, 1, 0) if v.ndim == 4 else v for k, v in expected.items()}
+    written = lpips_torch.torch_checkpoint.flatten_params(lpips.load_lpips_params(output))
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(written[key]), value, err_msg=key)
 
 
 def test_a_set_but_missing_lpips_path_is_an_error_not_a_silent_skip(tmp_path):

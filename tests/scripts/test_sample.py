@@ -57,7 +57,13 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
         f"--out={mine}",
     )
     frames = iio.imread(mine / "video_0000.gif", index=None)
+    frames = frames if frames.ndim == 3 else frames[..., 0]
     assert frames.shape[:2] == (COND + 3, SIZE) and frames.shape[2] >= 2 * SIZE
+    # The user's frames open both halves; a user's video has no ground truth after them,
+    # so the truth half's future frames are written black (-1 -> 0).
+    np.testing.assert_allclose(frames[:COND, :, :SIZE], clip, atol=2)
+    np.testing.assert_allclose(frames[:COND, :, -SIZE:], clip, atol=2)
+    np.testing.assert_array_equal(frames[COND:, :, :SIZE], 0)
 
     bad = _run(
         f"--bundle={bundle_dir}",
