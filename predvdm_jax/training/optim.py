@@ -2,7 +2,9 @@
 
 PredVDM trains with ``torch.optim.AdamW`` under ``LambdaLR(LambdaLinearScheduler)``
 and Lightning's ``gradient_clip_val``; this reproduces all three so that a
-step here equals a step there, including clipping's ``+1e-6`` in the norm.
+step here equals a step there, including clipping's ``+1e-6`` in the norm, up to optax's
+bias correction ``1 - β₂ᵗ`` in float32 (early steps about 7e-6 relatively shorter than
+torch's float64 one).
 """
 
 from __future__ import annotations

@@ -116,3 +116,58 @@ def test_bad_reduction():
             jax.random.PRNGKey(0),
             reduction="avg",
         )
+
+
+def test_latent_diffusion_loss_scales_and_slices_the_clip_like_a_float64_hand_value():
+    """LatentDiffusion.loss on frames: the VQ latents × scale_factor, z[:, :C] the clean
+    conditioning and z[:, C:C+k] the noised targets, PredVDM's per-sample sum then batch mean.
+    (Ignoring scale_factor, swapping cond and target, or taking the frame after the target
+    block each move the loss by 0.5-2 %, far outside the tolerance.)"""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.models.autoencoder import VQModel
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    cond, k, scale_factor = 2, 2, 0.37
+    config = tiny_config(cond, k)
+    config.scale_factor = scale_factor  # != 1: a loss that ignored it would differ
+    config.unet.dropout = 0.0  # the training path (train=True) without random dropout
+    d = config.diffusion
+    assert (d.loss_reduction, d.l_eps_weight, d.elbo_weight) == ("sum", 1.0, 0.0)
+    assert d.parameterization == "eps"
+    model = LatentDiffusion.from_config(config)
+    params = random_params_from_init(model.init_denoiser)
+    vq_params = random_params_from_init(model.init_vq, 1)
+
+    rng = np.random.default_rng(4)
+    b, frames, size = 2, cond + k + 1, config.data.image_size  # a frame past the target block
+    video = rng.uniform(-1, 1, (b, frames, size, size, 1)).astype(np.float32)
+    h = size // model.vq.downsample_factor
+    noise = rng.standard_normal((b, k, h, h, config.vq.embed_dim))
+    t = np.array([40, 620])
+
+    loss, aux = jax.jit(model.loss)(
+        params,
+        vq_params,
+        {"video": jnp.asarray(video)},
+        jax.random.PRNGKey(0),
+        t=jnp.asarray(t),
+        noise=jnp.asarray(noise, jnp.float32),
+    )
+
+    # The hand value: grayscale repeated to RGB, the VQ encoder frame by frame, then × scale.
+    rgb = np.repeat(video, 3, axis=-1).reshape(b * frames, size, size, 3)
+    encode = jax.jit(lambda x: model.vq.apply({"params": vq_params}, x, method=VQModel.encode))
+    z = scale_factor * np.asarray(encode(rgb), np.float64).reshape(b, frames, h, h, -1)
+    betas = np.linspace(d.linear_start**0.5, d.linear_end**0.5, d.timesteps) ** 2
+    ac = np.cumprod(1.0 - betas)[t][:, None, None, None, None]
+    noisy = np.sqrt(ac) * z[:, cond : cond + k] + np.sqrt(1.0 - ac) * noise
+    eps_hat = jax.jit(model.denoiser.apply)(
+        {"params": params},
+        jnp.asarray(noisy, jnp.float32),
+        jnp.asarray(t, jnp.float32),
+        jnp.asarray(z[:, :cond], jnp.float32),
+    )
+    per_sample = np.sum((np.asarray(eps_hat, np.float64) - noise) ** 2, axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(float(loss), per_sample.mean(), rtol=2e-6)
+    np.testing.assert_allclose(float(aux["loss_simple"]), per_sample.mean(), rtol=2e-6)
