@@ -12,8 +12,10 @@ predicted frames only (values clamped to [-1, 1], mapped to [0, 1]):
 * per-frame curves (metric vs horizon) for both aggregations;
 * FVD on ``cond+pred`` frames (real cond frames in front of both the true and
   the predicted future, all in [0, 1] — PredVDM's [-1, 1] cond-range bug is
-  not reproduced) and on ``pred-only`` frames, each ``all_samples`` (every
-  clip × sample fake against one real per clip, MCVD's ``avg_fvd``) and
+  not reproduced), on ``pred-only`` frames and on ``vq-cond+pred`` frames (PredVDM's
+  ``fvd-condXpredY``: the fakes' cond frames are the VQ reconstructions of the real ones,
+  so the first stage's error counts; needs ``reconstruct_fn``), each ``all_samples``
+  (every clip × sample fake against one real per clip, MCVD's ``avg_fvd``) and
   ``trajectory_mean`` (mean over s of the FVD of sample s of every clip
   against the reals, MCVD's ``fvd_traj_mean``, the paper's number).
 
@@ -47,7 +49,10 @@ HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False}
 MODEL = "model"
 COPY_LAST = "copy_last_frame"
 VQ_RECON = "vq_reconstruction"
-FVD_VARIANTS = ("cond+pred", "pred-only")
+VQ_COND = "vq-cond+pred"
+FVD_VARIANTS = ("cond+pred", "pred-only", VQ_COND)
+REAL_VIDEO = {"cond+pred": "cond+pred", "pred-only": "pred-only", VQ_COND: "cond+pred"}
+"""The real videos of each variant (``vq-cond+pred`` compares against ``cond+pred``'s)."""
 CI95_Z = 1.96
 FVD_DISABLED = "disabled (eval.fvd=False)"
 GRAY_AS_GRAY = "1 channel: the VQ's RGB decode averaged to gray (eval.gray_as_rgb=False)"
@@ -252,6 +257,7 @@ class _Accumulator:
         num_clips: int,
         cond_frames: int,
         pred_frames: int,
+        vq_unavailable: str | None,
     ):
         self.lpips_note = lpips_unavailable_reason(lpips_params, *frame_size)
         self.lpips_params = None if self.lpips_note else lpips_params
@@ -261,17 +267,22 @@ class _Accumulator:
         else:
             self.fvd_unavailable = None
         self.cond_frames, self.pred_frames = cond_frames, pred_frames
-        fvd_notes = fvd_skip_reasons(num_clips, cond_frames, pred_frames, self.fvd_unavailable)
+        self.vq_unavailable = vq_unavailable
+        fvd_notes = fvd_skip_reasons(
+            num_clips, cond_frames, pred_frames, self.fvd_unavailable, vq_unavailable
+        )
         self.variants = [name for name, skip in fvd_notes.items() if skip is None]
         self.values: dict = {}
         self.real_features = {name: [] for name in self.variants}
         self.fake_features: dict = {name: {} for name in self.variants}
 
     def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
+        features = {}
         for name in self.variants:
-            self.real_features[name].append(
-                self.feature_fn(self._fvd_video(name, cond01, future01))
-            )
+            video = REAL_VIDEO[name]
+            if video not in features:
+                features[video] = self.feature_fn(self._fvd_video(video, cond01, future01))
+            self.real_features[name].append(features[video])
 
     def add_fake(
         self,
@@ -280,8 +291,10 @@ class _Accumulator:
         fakes: list,
         cond01: np.ndarray | None,
         valid: np.ndarray,
+        vq_cond01: np.ndarray | None = None,
     ) -> None:
-        """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample."""
+        """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample; ``vq_cond01``: the
+        VQ reconstructions of the cond frames, in front of the fakes of ``vq-cond+pred``."""
         per_sample: dict = {}
         features: dict = {name: [] for name in self.variants}
         for fake in fakes:
@@ -290,7 +303,8 @@ class _Accumulator:
             if self.variants:
                 fake01 = np.asarray(to_host(to_unit_range(fake))[valid], np.float32)
                 for name in self.variants:
-                    features[name].append(self.feature_fn(self._fvd_video(name, cond01, fake01)))
+                    front = vq_cond01 if name == VQ_COND else cond01
+                    features[name].append(self.feature_fn(self._fvd_video(name, front, fake01)))
         for metric, samples in per_sample.items():
             self.values.setdefault(system, {}).setdefault(metric, []).append(
                 np.stack(samples, axis=1)
@@ -300,7 +314,7 @@ class _Accumulator:
 
     @staticmethod
     def _fvd_video(variant: str, cond01: np.ndarray, future01: np.ndarray) -> np.ndarray:
-        return np.concatenate([cond01, future01], axis=1) if variant == "cond+pred" else future01
+        return future01 if variant == "pred-only" else np.concatenate([cond01, future01], axis=1)
 
     def per_frame(self) -> dict:
         return {
@@ -327,7 +341,7 @@ class _Accumulator:
         per_frame = self.per_frame()
         clips = next(iter(per_frame.values()))["ssim"].shape[0]
         fvd_notes = fvd_skip_reasons(
-            clips, self.cond_frames, self.pred_frames, self.fvd_unavailable
+            clips, self.cond_frames, self.pred_frames, self.fvd_unavailable, self.vq_unavailable
         )
         features = self.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
         return EvaluationResult(
@@ -350,13 +364,23 @@ def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str 
     return None
 
 
+def fvd_frames(variant: str, cond_frames: int, pred_frames: int) -> int:
+    """Frames in each video of an FVD variant."""
+    return pred_frames if variant == "pred-only" else cond_frames + pred_frames
+
+
 def fvd_skip_reasons(
-    num_clips: int, cond_frames: int, pred_frames: int, unavailable: str | None
+    num_clips: int,
+    cond_frames: int,
+    pred_frames: int,
+    unavailable: str | None,
+    vq_unavailable: str | None = None,
 ) -> dict:
-    """Per FVD variant: None when it is computed, else why it is skipped."""
-    frames = {"cond+pred": cond_frames + pred_frames, "pred-only": pred_frames}
+    """Per FVD variant: None when it is computed, else why it is skipped (``vq_unavailable``:
+    why the cond frames cannot be VQ-reconstructed for ``vq-cond+pred``, None when they can)."""
     reasons = {}
     for name in FVD_VARIANTS:
+        frames = fvd_frames(name, cond_frames, pred_frames)
         if unavailable is not None:
             reasons[name] = f"skipped: {unavailable}"
         elif num_clips < fvd_lib.MIN_FVD_VIDEOS:
@@ -364,12 +388,12 @@ def fvd_skip_reasons(
                 f"skipped: {num_clips} clip(s); FVD needs at least {fvd_lib.MIN_FVD_VIDEOS} "
                 f"(256 for numbers comparable with papers)"
             )
-        elif name == "cond+pred" and cond_frames == 0:
+        elif name != "pred-only" and cond_frames == 0:
             reasons[name] = "skipped: no conditioning frames (the same as pred-only)"
-        elif frames[name] < fvd_lib.MIN_FVD_FRAMES:
-            reasons[name] = (
-                f"skipped: {frames[name]} frames; I3D needs at least {fvd_lib.MIN_FVD_FRAMES}"
-            )
+        elif name == VQ_COND and vq_unavailable is not None:
+            reasons[name] = f"skipped: {vq_unavailable}"
+        elif frames < fvd_lib.MIN_FVD_FRAMES:
+            reasons[name] = f"skipped: {frames} frames; I3D needs at least {fvd_lib.MIN_FVD_FRAMES}"
         else:
             reasons[name] = None
     return reasons
@@ -411,8 +435,8 @@ def evaluate(
     uses ``fold_in(fold_in(key, s), b)``. A mapping ``{name: predict_fn}`` scores
     several models (e.g. samplers) on the same clips and keys, with the real
     clips' features and the baselines computed once; a single function is ``model``.
-    ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline; None skips
-    it. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
+    ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
+    cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
     (I3D logits); None skips FVD with the reason ``fvd_unavailable``.
     ``on_prediction(1)`` is called after every ``predict_fn`` call (progress bars).
     """
@@ -447,17 +471,26 @@ def evaluate(
                 num_clips=protocol.num_clips,
                 cond_frames=cond_frames,
                 pred_frames=pred_frames,
+                vq_unavailable=None if reconstruct_fn is not None else "no VQ (reconstruct_fn)",
             )
         mask = batch.get("mask")
         valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
         cond = video[:, :cond_frames]
         future = video[:, cond_frames : cond_frames + pred_frames]
-        cond01 = None
+        cond01 = vq_cond01 = None
         if accumulator.variants:
             cond01 = np.asarray(to_host(to_unit_range(cond))[valid], np.float32)
             accumulator.add_real(
                 cond01, np.asarray(to_host(to_unit_range(future))[valid], np.float32)
             )
+        if VQ_COND in accumulator.variants:
+            start = time.perf_counter()
+            vq_cond = jax.block_until_ready(reconstruct_fn(cond))
+            seconds["reconstruct"] += time.perf_counter() - start
+            _check_prediction(
+                vq_cond, (batch_size, cond_frames, height, width, channels), "reconstruct_fn"
+            )
+            vq_cond01 = np.asarray(to_host(to_unit_range(vq_cond))[valid], np.float32)
         expected = (batch_size, pred_frames, height, width, channels)
 
         first_samples = {}
@@ -472,17 +505,17 @@ def evaluate(
                 predictions.append(frames)
                 if on_prediction is not None:
                     on_prediction(1)
-            accumulator.add_fake(name, future, predictions, cond01, valid)
+            accumulator.add_fake(name, future, predictions, cond01, valid, vq_cond01)
             first_samples[name] = predictions[0]
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
-        accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid)
+        accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid, vq_cond01)
         if reconstruct_fn is not None:
             start = time.perf_counter()
             reconstruction = jax.block_until_ready(reconstruct_fn(future))
             seconds["reconstruct"] += time.perf_counter() - start
             _check_prediction(reconstruction, expected, "reconstruct_fn")
-            accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid)
+            accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid, vq_cond01)
 
         if kept < keep_videos:
             take = np.flatnonzero(valid)[: keep_videos - kept]
@@ -538,6 +571,8 @@ def summarize(
         "fvd": {
             "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",
             "pred-only": "predicted frames only, in [0, 1]",
+            VQ_COND: "as cond+pred, but the fakes' cond frames are VQ reconstructions of the "
+            "real ones (PredVDM's fvd-condXpredY)",
             "all_samples": "every clip x sample fake vs one real per clip (MCVD avg_fvd)",
             "trajectory_mean": "mean over samples s of FVD(sample s of every clip, reals) "
             "(MCVD fvd_traj_mean, the MCVD paper's number)",
@@ -563,9 +598,7 @@ def summarize(
             if note is None and variant in result.features:
                 features = result.features[variant]
                 fvd_entry[variant] = fvd_from_features(features["real"], features["fake"][system])
-                fvd_entry[variant]["frames"] = (
-                    cond_frames + pred_frames if variant == "cond+pred" else pred_frames
-                )
+                fvd_entry[variant]["frames"] = fvd_frames(variant, cond_frames, pred_frames)
             else:
                 fvd_entry[variant] = note or "skipped"
         entry["fvd"] = fvd_entry
@@ -596,7 +629,8 @@ def evaluate_video_sets(
     Frames after the first ``cond_frames`` of each fake are compared with the same
     frames of its real video (SSIM / PSNR / LPIPS, one sample per video). FVD:
     ``pred-only`` on those frames and, when ``cond_frames > 0``, ``cond+pred`` on
-    the real cond frames followed by them. Returns a ``summarize`` dict.
+    the real cond frames followed by them (``vq-cond+pred`` is skipped: no VQ). Returns a
+    ``summarize`` dict.
     """
     if cond_frames < 0:
         raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
@@ -624,6 +658,7 @@ def evaluate_video_sets(
                 num_clips=fvd_lib.MIN_FVD_VIDEOS,  # the clip count is known at the end
                 cond_frames=cond_frames,
                 pred_frames=frames - cond_frames,
+                vq_unavailable="scoring video sets has no VQ to reconstruct the cond frames",
             )
         elif real.shape[1] != frames:
             raise ValueError(

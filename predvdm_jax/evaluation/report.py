@@ -19,6 +19,7 @@ import numpy as np
 
 from predvdm_jax import atomic_io
 from predvdm_jax.evaluation.images import SEPARATOR_PIXELS, paired_grid, to_uint8
+from predvdm_jax.evaluation.protocol import FVD_VARIANTS
 
 METRIC_LABELS = {"ssim": "SSIM ↑", "psnr": "PSNR (dB) ↑", "lpips": "LPIPS ↓"}
 SYSTEM_LABELS = {
@@ -258,7 +259,7 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
     protocol = metrics.get("protocol", {})
     systems = {"model": metrics["model"], **metrics.get("baselines", {})}
     fvd_columns = []
-    for variant in ("cond+pred", "pred-only"):
+    for variant in FVD_VARIANTS:
         for kind in ("all_samples", "trajectory_mean"):
             if any(
                 isinstance(entry.get("fvd", {}).get(variant), Mapping) for entry in systems.values()

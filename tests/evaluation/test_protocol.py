@@ -185,6 +185,20 @@ def test_perfect_predictor_and_baselines_by_hand():
     assert baselines["vq_reconstruction"]["fvd"]["pred-only"]["all_samples"] == pytest.approx(
         expected, rel=1e-6
     )
+    # PredVDM's fvd-condXpredY: the fakes' cond frames are the VQ's (here 0.5 × cond), the
+    # reals' the real ones, so even the perfect predictor is not at 0.
+    half_cond = (0.5 * clips[:, :COND] + 1.0) / 2.0
+    real_cond_pred = _features(unit)
+    vq_cond = model["fvd"]["vq-cond+pred"]
+    perfect = fvd_lib.frechet_distance(
+        real_cond_pred, _features(np.concatenate([half_cond, future], axis=1))
+    )
+    assert perfect > 1e-4  # while cond+pred is 0 (above)
+    assert vq_cond["trajectory_mean"] == pytest.approx(perfect, rel=1e-6)
+    assert vq_cond["frames"] == COND + PRED
+    assert baselines["vq_reconstruction"]["fvd"]["vq-cond+pred"]["all_samples"] == pytest.approx(
+        fvd_lib.frechet_distance(real_cond_pred, _features((0.5 * clips + 1.0) / 2.0)), rel=1e-6
+    )
 
 
 def test_fvd_variants_and_sample_keys_are_wired():
@@ -203,6 +217,7 @@ def test_fvd_variants_and_sample_keys_are_wired():
     )
     metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
     assert "vq_reconstruction" not in metrics["baselines"]
+    assert metrics["model"]["fvd"]["vq-cond+pred"] == "skipped: no VQ (reconstruct_fn)"
 
     # Rebuild every prediction by hand with the documented key scheme fold_in(fold_in(key, s), b).
     fakes = np.zeros((6, 2, PRED) + clips.shape[2:], np.float32)
@@ -300,6 +315,7 @@ def test_video_sets_score_the_frames_after_cond():
     expected = np.mean(10 * np.log10(1 / ((unit_real - unit_fake) ** 2).mean(axis=(1, 2, 3))))
     assert per_frame[-1] == pytest.approx(expected, rel=1e-5)
     assert metrics["model"]["fvd"]["pred-only"]["real_videos"] == 3
+    assert "no VQ" in metrics["model"]["fvd"]["vq-cond+pred"]
     assert metrics["baselines"] == {}
     with pytest.raises(ValueError, match="same shape"):
         protocol_lib.evaluate_video_sets([{"real": real, "fake": fake[:, 1:]}])
@@ -331,8 +347,9 @@ def test_several_models_share_clips_reals_and_baselines():
         feature_fn=counted_features,
         keep_videos=3,
     )
-    # Per batch and FVD variant: the reals once, both models, copy-last and the VQ baseline.
-    assert len(calls) == 2 * 2 * (1 + 2 * protocol.num_samples + 1 + 1)
+    # Per batch: the reals once per video kind (cond+pred serves vq-cond+pred too), and per
+    # FVD variant both models, copy-last and the VQ baseline.
+    assert len(calls) == 2 * (2 + 3 * (2 * protocol.num_samples + 1 + 1))
     assert result.models == ["perfect", "copy"]
     np.testing.assert_array_equal(
         result.per_frame["copy"]["psnr"][:, 0], result.per_frame["copy_last_frame"]["psnr"][:, 0]
@@ -434,7 +451,7 @@ def test_predict_fn_sees_only_the_conditioning_frames_never_the_future():
     np.testing.assert_array_equal(
         result.model_videos()["fake"], result_altered.model_videos()["fake"]
     )
-    for variant in ("cond+pred", "pred-only"):
+    for variant in protocol_lib.FVD_VARIANTS:
         np.testing.assert_array_equal(
             result.features[variant]["fake"]["model"],
             result_altered.features[variant]["fake"]["model"],
