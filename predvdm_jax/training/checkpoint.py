@@ -32,8 +32,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
-from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path
 from predvdm_jax.interop.params import load_vq_params
