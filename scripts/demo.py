@@ -5,7 +5,7 @@
   python scripts/demo.py --workdir=runs/demo2 --config.train.num_steps=3000
 
 Writes runs/demo/report.md (numbers against copy-last-frame and the VQ floor,
-per_frame.png, ground truth | prediction GIFs). CPU-sized: about 8–10 minutes on 2 cores.
+per_frame.png, ground truth | prediction GIFs). CPU-sized: about 6–10 minutes on 2 cores.
 """
 
 import os
