@@ -93,7 +93,8 @@ def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
     Optimizer: Adam (AdamW without decay) with betas ``vq_train.b1/b2``, lr
     ``learning_rate`` (× batch when ``scale_lr``, as LDM's main.py), linear
-    warm-up over ``warmup_steps``, no gradient clipping (taming clips none).
+    warm-up over ``warmup_steps``, no gradient clipping (taming clips none), no gradient
+    accumulation (``train.grad_accum_steps`` is the denoiser's).
     ``lr_end_fraction`` < 1 decays the lr linearly to that fraction of its
     peak at ``num_steps`` (LDM's ``LambdaLinearScheduler`` with one cycle of
     ``num_steps``); 1 keeps it constant, as taming does.
@@ -120,6 +121,7 @@ def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         log_every=int(v.log_every),
         save_every=int(v.save_every),
         max_to_keep=int(v.max_to_keep),
+        grad_accum_steps=1,  # the denoiser's setting; the VQGAN step takes the whole batch
     )
     return derived
 

@@ -76,6 +76,7 @@ def tiny_config(dataset, **vq_train):
     c.data.prefetch = 1
     c.vq.update(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=SIZE, n_embed=16)
     c.vq_chunk = 8
+    c.train.grad_accum_steps = 2  # the denoiser's setting: VQ training must not take it
     c.vq_train.update(
         batch_size=4,
         num_steps=24,
@@ -270,6 +271,7 @@ def test_engine_config_maps_vq_train_onto_engine_fields(dataset):
     config = tiny_config(dataset, batch_size=6, num_steps=50, learning_rate=1e-4, scale_lr=True)
     derived = vq_trainer.engine_config(config)
     assert derived.data.batch_size == 6 and derived.train.num_steps == 50
+    assert config.train.grad_accum_steps == 2 and derived.train.grad_accum_steps == 1
     assert derived.optimizer.base_learning_rate == 1e-4 and derived.optimizer.scale_lr
     assert (derived.optimizer.b1, derived.optimizer.b2, derived.optimizer.grad_clip) == (
         0.5,
