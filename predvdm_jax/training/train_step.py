@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from predvdm_jax import xla_cpu
-from predvdm_jax.mesh import BATCH_SPEC
+from predvdm_jax.mesh import BATCH_SPEC, replicated
 from predvdm_jax.training.ema import ema_update
 from predvdm_jax.training.optim import global_norm
 from predvdm_jax.training.train_state import TrainState
@@ -148,7 +148,6 @@ def make_train_step(
     """
     if grad_accum_steps < 1:
         raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
-    replicated = NamedSharding(mesh, PartitionSpec())
     params_sharding = getattr(state_sharding, "params", None)
     value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps, mesh, params_sharding)
 
@@ -163,9 +162,18 @@ def make_train_step(
         new_state = apply_gradients(state, grads, optimizer, ema_rate, metrics["grad_norm"])
         return new_state, metrics
 
+    return jit_train_step(step, mesh, state_sharding, batch_sharding, donate)
+
+
+def jit_train_step(
+    step: Callable, mesh: Mesh, state_sharding: Any, batch_sharding: Any, donate: bool = True
+) -> Callable:
+    """``step(state, batch) -> (state, metrics)`` compiled for the mesh: the state keeps its
+    sharding (donated unless ``donate`` is False), the metrics come back replicated. Every
+    trainer's step builder (the denoiser's and the VQGAN's) ends here."""
     return xla_cpu.jit(
         step,
         in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated),
+        out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )

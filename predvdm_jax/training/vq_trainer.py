@@ -43,7 +43,6 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
@@ -61,7 +60,7 @@ from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.loop import train_loop
 from predvdm_jax.training.optim import global_norm, make_optimizer
 from predvdm_jax.training.train_state import TrainState
-from predvdm_jax.training.train_step import apply_gradients
+from predvdm_jax.training.train_step import apply_gradients, jit_train_step
 
 VQ_PARAMS_FILE = "vq_params.safetensors"
 VQ_EVAL_FILE = "vq_eval.json"
@@ -277,7 +276,6 @@ def make_vq_train_step_builder(
         donate=True,
     ):
         del loss_fn
-        replicated = NamedSharding(mesh, PartitionSpec())
 
         def step(state: TrainState, batch: dict):
             frames = frames_from_batch(batch)
@@ -364,12 +362,7 @@ def make_vq_train_step_builder(
             extra["code_counts"] = counts.astype(jnp.int32)
             return new_state.replace(extra=extra), metrics
 
-        return xla_cpu.jit(
-            step,
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=(state_sharding, replicated),
-            donate_argnums=(0,) if donate else (),
-        )
+        return jit_train_step(step, mesh, state_sharding, batch_sharding, donate)
 
     return builder
 
