@@ -155,9 +155,8 @@ def evaluate_samplers(
     if rgb:  # PredVDM's scoring: the RGB decode against the frames repeated to RGB
         batches = ({**batch, "video": to_rgb(batch["video"])} for batch in batches)
     reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video), rgb=rgb))
-    lpips_lib.check_lpips_params_path(config.eval.lpips_params)
+    lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params)
     feature_fn, i3d_source = _feature_fn(config)
-    lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params or None)
 
     def predict_fn(sampling):
         predict = model.make_predict_fn(pred_frames, sampling, rgb=rgb)
@@ -248,7 +247,7 @@ def score_folders(
     real_set.check_min_length(num_frames)
     fake_set.check_min_length(num_frames)
     count = len(real_set)
-    lpips_lib.check_lpips_params_path(lpips_params)
+    lpips = lpips_lib.load_lpips_params(lpips_params)
     if fvd:
         feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
     else:
@@ -271,7 +270,7 @@ def score_folders(
         metrics = evaluate_video_sets(
             pairs(),
             cond_frames=cond_frames,
-            lpips_params=lpips_lib.load_lpips_params(lpips_params or None),
+            lpips_params=lpips,
             feature_fn=feature_fn,
             fvd_unavailable=i3d_source,
             progress=lambda items: _counted(items, bar.update),

@@ -152,31 +152,18 @@ def lpips_video(params, video_a: jax.Array, video_b: jax.Array, spatial: bool = 
     )
 
 
-def lpips_available(path: str | os.PathLike | None) -> bool:
-    """True when `path` names an existing converted LPIPS params file."""
-    return path is not None and os.path.isfile(os.fspath(path))
-
-
-def check_lpips_params_path(path: str | os.PathLike | None) -> None:
-    """``tensor_files.check_weights_setting`` for ``eval.lpips_params``: evaluation calls it
-    before loading (None or empty: LPIPS is reported as unavailable)."""
+def load_lpips_params(path: str | os.PathLike | None):
+    """Params tree from a file written by `scripts/convert_lpips.py`, or None when `path` is
+    unset (None or empty): LPIPS is then unavailable and callers report it as such, never as a
+    number. A set path that is not a file is an error (`tensor_files.check_weights_setting`), as
+    is a truncated or corrupt file or one with wrong keys or shapes (ValueError)."""
     check_weights_setting(
         path,
         "eval.lpips_params",
         "make the file with scripts/convert_lpips.py --alexnet=<alexnet.pth> "
         "--out=<file.safetensors>, or set eval.lpips_params='' to skip LPIPS",
     )
-
-
-def load_lpips_params(path: str | os.PathLike | None):
-    """Params tree from a file written by `scripts/convert_lpips.py`, or None when `path` is None or missing.
-
-    None means LPIPS is unavailable: callers must report it as unavailable,
-    never as a number (evaluation first calls `check_lpips_params_path`, so a path that is
-    set but missing is an error there). A truncated or corrupt file, or one with wrong keys
-    or shapes, raises ValueError.
-    """
-    if not lpips_available(path):
+    if path is None or not os.fspath(path):
         return None
     flat = read_safetensors(path, "re-create it with scripts/convert_lpips.py")
     check_keys(

@@ -153,12 +153,12 @@ class VQObjective:
         v = config.vq_train
         lpips_params = None
         if v.perceptual_weight > 0:
-            lpips_params = load_lpips_params(config.eval.lpips_params or None)
+            lpips_params = load_lpips_params(config.eval.lpips_params)
             if lpips_params is None:
                 raise ValueError(
-                    f"vq_train.perceptual_weight > 0 but eval.lpips_params "
-                    f"{config.eval.lpips_params!r} is not a file; convert LPIPS with "
-                    f"scripts/convert_lpips.py or set vq_train.perceptual_weight=0"
+                    "vq_train.perceptual_weight > 0 but eval.lpips_params is unset; convert "
+                    "LPIPS with scripts/convert_lpips.py and set it, or set "
+                    "vq_train.perceptual_weight=0"
                 )
         discriminator = None
         spec = discriminator_spec(v)

@@ -182,10 +182,8 @@ def test_lpips_trunk_keys_convert_like_torchvision_keys(converted):
 
 def test_missing_weights_mean_unavailable_and_bad_inputs_raise(converted, tmp_path):
     _, params, output_path = converted
-    assert lpips.lpips_available(output_path)
-    assert not lpips.lpips_available(None)
     assert lpips.load_lpips_params(None) is None
-    assert lpips.load_lpips_params(tmp_path / "absent.safetensors") is None
+    assert lpips.load_lpips_params("") is None
 
     bad_file = tmp_path / "bad.safetensors"
     lpips_torch.torch_checkpoint.save_params_safetensors(
@@ -280,11 +278,9 @@ def test_convert_script_allow_pickle_flag(converted, tmp_path):
 
 def test_a_set_but_missing_lpips_path_is_an_error_not_a_silent_skip(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"absent\.safetensors.*scripts/convert_lpips\.py"):
-        lpips.check_lpips_params_path(tmp_path / "absent.safetensors")
+        lpips.load_lpips_params(tmp_path / "absent.safetensors")
     with pytest.raises(ValueError, match="is a folder"):
-        lpips.check_lpips_params_path(tmp_path)
-    lpips.check_lpips_params_path(None)  # unset: LPIPS is reported as unavailable
-    lpips.check_lpips_params_path("")
+        lpips.load_lpips_params(tmp_path)
 
 
 def test_convert_lpips_refuses_an_output_that_is_a_folder_a_bundle_file_or_another_file(

@@ -319,5 +319,9 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
 
     with config.unlocked():
         config.eval.lpips_params = str(tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="perceptual_weight"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors' \(eval\.lpips_params\)"):
+        vq_trainer.VQObjective.from_config(config)
+    with config.unlocked():
+        config.eval.lpips_params = ""
+    with pytest.raises(ValueError, match="perceptual_weight > 0 but eval.lpips_params is unset"):
         vq_trainer.VQObjective.from_config(config)
