@@ -166,7 +166,7 @@ def run_demo(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
-    num_train: int = 2000,
+    num_train: int = 500,
     num_test: int = 256,
     long_clips: int = 16,
     fvd_clips: int = 8,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from predvdm_jax.diffusion.schedule import DiffusionSchedule
+from predvdm_jax.diffusion.schedule import DiffusionSchedule, predict_start_from_noise
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 """``fn(z_t, t, z_cond)``: ε̂ for the samplers, the parameterization's output for the loss."""
@@ -125,11 +125,7 @@ def ddpm_sample(
 
     def step(x, t):
         eps = denoise_fn(x, _model_time(t, batch), z_cond)
-        x0 = (
-            schedule.sqrt_recip_alphas_cumprod[t] * x
-            - schedule.sqrt_recipm1_alphas_cumprod[t] * eps
-        )
-        x0 = process_x0(x0, settings)
+        x0 = process_x0(predict_start_from_noise(schedule, x, jnp.full((batch,), t), eps), settings)
         mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x
         noise = jax.random.normal(jax.random.fold_in(loop_key, t), shape, jnp.float32)
         std = jnp.where(t > 0, jnp.exp(0.5 * schedule.posterior_log_variance_clipped[t]), 0.0)
