@@ -91,11 +91,27 @@ def shard_paths(split_dir: str) -> list[str]:
     return [p for _, p in keyed]
 
 
+def split_dirs(root: str) -> list[str]:
+    """The names of ``root``'s sub-folders that hold shards (``shard_paths``), in natural order
+    (``train``, ``test``, ...); none when ``root`` is not a folder."""
+    if not os.path.isdir(root):
+        return []
+    names = [
+        name
+        for name in os.listdir(root)
+        if os.path.isdir(os.path.join(root, name)) and shard_paths(os.path.join(root, name))
+    ]
+    return sorted(names, key=natural_key)
+
+
 class ShardWriter:
     """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
 
     An interrupted write therefore never leaves a file that looks finished.
     ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches).
+    Not ``atomic_io.write_file``: that writes a whole file in one call, while a writer is
+    open across ``add_video`` calls (the latent cache encodes a shard's videos batch by batch),
+    and a shard (up to GBs) cannot be built in memory first.
     """
 
     def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
@@ -223,6 +239,11 @@ def _check_frame(frame, expected_shape, where: str, what: str, kind: str = "fram
         )
 
 
+def _channels(frame_shape: tuple) -> int:
+    """The channels of frames of ``frame_shape``: ``(H, W)`` is gray (1), ``(H, W, C)`` has C."""
+    return 1 if len(frame_shape) == 2 else frame_shape[-1]
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSummary:
     split_dir: str
@@ -234,7 +255,7 @@ class DatasetSummary:
 
     @property
     def channels(self) -> int:
-        return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
+        return _channels(self.frame_shape)
 
     def __str__(self) -> str:
         fc = self.frame_counts
@@ -247,8 +268,16 @@ class DatasetSummary:
         )
 
 
+def read_frame_counts(path: str) -> np.ndarray:
+    """The frame count of every video of one shard (its ``len`` group), checked; a file h5py
+    cannot read is a ``damaged_shard`` error."""
+    try:
+        return _read_lengths(path)
+    except OSError as err:
+        raise damaged_shard(path, "the file", err) from None
+
+
 def _read_lengths(path: str) -> np.ndarray:
-    """The frame count of every video of one shard (its ``len`` group), checked."""
     with h5py.File(path, "r") as f:
         if "len" not in f:
             raise DatasetError(f"{path}: no 'len' group; not a PredVDM/MCVD video shard.")
@@ -269,6 +298,38 @@ def _read_lengths(path: str) -> np.ndarray:
                 f"re-convert it or re-download it."
             )
         return np.array([_frame_count(path, i, f["len"][str(i)][()]) for i in range(n)], np.int64)
+
+
+class _BadFrame(DatasetError):
+    """A frame that is missing, or of another shape or dtype than the split's; ``problem`` says
+    which without the fix (``check_all_frames`` lists several problems, then the fix once)."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; the shard is incomplete or malformed: re-create it.")
+        self.problem = problem
+
+
+def _open_frame(
+    group, path: str, video: int, t: int, length: int, shape=None, dtype=None
+) -> h5py.h5d.DatasetID:
+    """Frame ``t`` of video ``video`` of the shard ``path``, as h5py's low-level dataset
+    (``group``: the video's low-level group; these calls take half the time of ``group[name]``).
+
+    ``_BadFrame`` when the video (of ``length`` frames, says its ``len`` entry) has no such
+    frame or, ``shape`` given, the frame is not of ``shape`` and ``dtype``.
+    """
+    try:
+        frame = h5py.h5d.open(group, str(t).encode())
+    except KeyError:  # no such name, or not a dataset
+        raise _BadFrame(
+            f"{path}: video {video} has no frame {t} (its 'len' entry says {length})"
+        ) from None
+    if shape is not None and (frame.shape != shape or frame.dtype != dtype):
+        raise _BadFrame(
+            f"{path}: video {video} frame {t} is {frame.dtype}{frame.shape}, expected "
+            f"{dtype}{shape}"
+        )
+    return frame
 
 
 class VideoShards:
@@ -301,12 +362,7 @@ class VideoShards:
                 f"Dataset folder {split_dir!r} holds no shard_*.hdf5 files; is it a split "
                 f"folder (e.g. .../train) of a converted dataset?"
             )
-        self._lengths: list[np.ndarray] = []
-        for path in self.paths:
-            try:
-                self._lengths.append(_read_lengths(path))
-            except OSError as err:
-                raise damaged_shard(path, "the file", err) from None
+        self._lengths = [read_frame_counts(path) for path in self.paths]
         self.frame_counts = (
             np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         )
@@ -325,7 +381,11 @@ class VideoShards:
 
     @property
     def channels(self) -> int:
-        return 1 if len(self.frame_shape) == 2 else self.frame_shape[-1]
+        return _channels(self.frame_shape)
+
+    def shard_videos(self, shard: int) -> range:
+        """The indices of the videos of shard ``shard`` (``paths[shard]``)."""
+        return range(int(self._offsets[shard]), int(self._offsets[shard + 1]))
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
@@ -346,12 +406,9 @@ class VideoShards:
         path = self.paths[shard]
         try:
             with h5py.File(path, "r") as f:
-                if f[str(local)].get(str(t), getclass=True) is not h5py.Dataset:
-                    raise DatasetError(
-                        f"{path}: video {local} has no frame {t}; its 'len' entry says "
-                        f"{int(self.frame_counts[index])}: the shard is incomplete, re-create it."
-                    )
-                return np.asarray(f[str(local)][str(t)])
+                group = h5py.h5g.open(f.id, str(local).encode())
+                frame = _open_frame(group, path, local, t, int(self.frame_counts[index]))
+                return np.asarray(h5py.Dataset(frame)[()])
         except OSError as err:
             raise damaged_shard(path, f"video {local} frame {t}", err) from None
 
@@ -409,20 +466,9 @@ class VideoShards:
         # h5py's low-level calls: 0.57x the time of ``group[name][()]`` per clip (bench_loader.py).
         group = h5py.h5g.open(self._file(shard).id, str(local).encode())
         clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
+        path = self.paths[shard]
         for i, t in enumerate(range(start, start + num_frames)):
-            try:
-                frame = h5py.h5d.open(group, str(t).encode())
-            except KeyError:
-                raise DatasetError(
-                    f"{self.paths[shard]}: video {local} has no frame {t}; its 'len' entry "
-                    f"says {length}: the shard is incomplete, re-create it."
-                ) from None
-            if frame.shape != self.frame_shape or frame.dtype != self.dtype:
-                raise DatasetError(
-                    f"{self.paths[shard]}: video {local} frame {t} is {frame.dtype}"
-                    f"{frame.shape}, expected {self.dtype}{self.frame_shape}; re-create "
-                    f"the dataset."
-                )
+            frame = _open_frame(group, path, local, t, length, self.frame_shape, self.dtype)
             frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
         return clip[..., None] if clip.ndim == 3 else clip
 
@@ -449,22 +495,14 @@ class VideoShards:
     def _check_shard_frames(self, shard: int, path: str, problems: list[str]) -> None:
         with h5py.File(path, "r") as f:
             for local, length in enumerate(self._lengths[shard]):
-                # h5py's low-level calls: half the time of ``group.get(name)`` per frame.
                 group = h5py.h5g.open(f.id, str(local).encode())
                 for t in range(int(length)):
                     try:
-                        frame = h5py.h5d.open(group, str(t).encode())
-                    except KeyError:
-                        problems.append(
-                            f"{path}: video {local} has no frame {t} (its 'len' entry says "
-                            f"{int(length)})"
+                        _open_frame(
+                            group, path, local, t, int(length), self.frame_shape, self.dtype
                         )
-                        continue
-                    if frame.shape != self.frame_shape or frame.dtype != self.dtype:
-                        problems.append(
-                            f"{path}: video {local} frame {t} is {frame.dtype}{frame.shape}, "
-                            f"expected {self.dtype}{self.frame_shape}"
-                        )
+                    except _BadFrame as bad:
+                        problems.append(bad.problem)
 
     def check_decodes(self, progress: bool = False, max_bytes: int = 64 << 20) -> None:
         """Reads (decompresses) every frame of every video, at most ``max_bytes`` at a time.
@@ -487,7 +525,7 @@ class VideoShards:
         )
         with bar:
             for shard in range(len(self.paths)):
-                for index in range(int(self._offsets[shard]), int(self._offsets[shard + 1])):
+                for index in self.shard_videos(shard):
                     length = int(self.frame_counts[index])
                     for start in range(0, length, step):
                         clip = self.read_clip(index, start, min(step, length - start))

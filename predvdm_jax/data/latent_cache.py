@@ -23,7 +23,6 @@ import math
 import os
 from typing import Any, Callable
 
-import h5py
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,8 +33,15 @@ from flax import traverse_util
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
 from predvdm_jax.config import ConfigError
-from predvdm_jax.data.hdf5 import DatasetError, ShardWriter, VideoShards
+from predvdm_jax.data.hdf5 import (
+    DatasetError,
+    ShardWriter,
+    VideoShards,
+    read_frame_counts,
+    shard_paths,
+)
 from predvdm_jax.data.loader import check_frame_size, to_model_range
+from predvdm_jax.data.manifest import as_json
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.tensor_files import read_safetensors
 
@@ -43,14 +49,6 @@ CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
 VQ_RUNTIME_FIELDS = ("dropout",)  # vq fields that do not change the encoder's latents
 DIGEST_KEY = "vq_params_sha256"  # absent in caches made before it was recorded
-
-
-def _shard_video_counts(paths: list[str]) -> list[int]:
-    counts = []
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            counts.append(len(f["len"].keys()))
-    return counts
 
 
 def params_digest(params: Any) -> str:
@@ -111,11 +109,12 @@ def check_output_folder(src_split_dir: str, out_split_dir: str) -> None:
             f"--out a folder (new, or a cache made by scripts/encode_dataset.py)."
         )
     if os.path.isdir(out_split_dir) and not os.path.exists(os.path.join(out_split_dir, CACHE_INFO)):
-        shards = [f for f in os.listdir(out_split_dir) if f.endswith((".hdf5", ".h5"))]
+        shards = shard_paths(out_split_dir)
         if shards:
             raise DatasetError(
-                f"{out_split_dir} holds shards ({sorted(shards)[0]}) but no {CACHE_INFO}, so it "
-                f"is not a latent cache made by scripts/encode_dataset.py (another dataset?); "
+                f"{out_split_dir} holds shards ({os.path.basename(shards[0])}) but no "
+                f"{CACHE_INFO}, so it is not a latent cache made by scripts/encode_dataset.py "
+                f"(another dataset?); "
                 f"choose another --out, or delete those shards if they are yours to lose."
             )
 
@@ -146,7 +145,7 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
         return info
     with open(path) as f:
         saved = json.load(f)
-    same = json.loads(json.dumps(info, default=list))
+    same = as_json(info)
     for key in ("source", "dtype", "scale_factor", "vq"):
         if saved.get(key) != same[key]:
             raise DatasetError(
@@ -197,7 +196,7 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
             f"dataset (scripts/encode_dataset.py)."
         )
     cached_vq = saved.get("vq") or {}
-    vq = json.loads(json.dumps(config.vq.to_dict(), default=list))
+    vq = as_json(config.vq.to_dict())
     fields = sorted(set(cached_vq) & set(vq) - set(VQ_RUNTIME_FIELDS))
     differ = [
         f"vq.{k} {cached_vq[k]!r} (config: {vq[k]!r})" for k in fields if cached_vq[k] != vq[k]
@@ -264,17 +263,16 @@ def encode_split(
     os.makedirs(out_split_dir, exist_ok=True)
 
     encode_frames = make_frame_encoder(config, vq_params, batch_frames)
-    counts = _shard_video_counts(source.paths)
-    offsets = np.cumsum([0] + counts)
     written = 0
     for shard, src_path in enumerate(source.paths):
+        videos = source.shard_videos(shard)
         out_path = os.path.join(out_split_dir, os.path.basename(src_path))
         if os.path.exists(out_path):
-            done = _shard_video_counts([out_path])[0]
-            if done != counts[shard]:
+            done = len(read_frame_counts(out_path))
+            if done != len(videos):
                 raise DatasetError(
                     f"{out_path} holds {done} videos but its source {src_path} has "
-                    f"{counts[shard]}; delete {out_path} and run again."
+                    f"{len(videos)}; delete {out_path} and run again."
                 )
             continue
         if max_shards is not None and written >= max_shards:
@@ -282,7 +280,7 @@ def encode_split(
         with ShardWriter(out_path, compression, kind="latents") as writer:
             _encode_shard(
                 source,
-                range(int(offsets[shard]), int(offsets[shard + 1])),
+                videos,
                 encode_frames,
                 batch_frames,
                 np.dtype(dtype),

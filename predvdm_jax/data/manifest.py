@@ -3,19 +3,26 @@
 Every writer of a frame dataset (the converters, ``moving_digits``) records its settings before
 the first shard and refuses a folder that holds shards of other settings, so an interrupted
 conversion resumes and a re-run with other settings never mixes two datasets.
+``as_json`` gives a record the form it reads back in (also for the latent cache's
+``cache_info.json``), so a record made now compares equal to one loaded.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from predvdm_jax import atomic_io
 from predvdm_jax.data import hdf5
 
 MANIFEST_NAME = "conversion.json"
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file: tuples (and other iterables) become lists,
+    keys strings; comparable with ``json.load``'s result."""
+    return json.loads(json.dumps(value, default=list))
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -40,6 +47,7 @@ def check_manifest(out_dir: str, manifest: dict, adopt: Callable[[], bool] | Non
     manifests were): True accepts them as this conversion's.
     """
     check_out_dir(out_dir)
+    manifest = as_json(manifest)
     path = os.path.join(out_dir, MANIFEST_NAME)
     if os.path.exists(path):
         try:
@@ -57,10 +65,11 @@ def check_manifest(out_dir: str, manifest: dict, adopt: Callable[[], bool] | Non
                 f"folder or delete {out_dir} to start over."
             )
         return
-    stray = glob.glob(os.path.join(out_dir, "*", "shard_*.hdf5"))
-    if stray and not (adopt is not None and adopt()):
+    splits = hdf5.split_dirs(out_dir)
+    if splits and not (adopt is not None and adopt()):
+        stray = hdf5.shard_paths(os.path.join(out_dir, splits[0]))[0]
         raise hdf5.DatasetError(
-            f"{out_dir} already holds shards ({stray[0]}) from an unknown conversion; "
+            f"{out_dir} already holds shards ({stray}) from an unknown conversion; "
             f"use a new --out folder or delete them."
         )
     os.makedirs(out_dir, exist_ok=True)

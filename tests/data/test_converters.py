@@ -4,6 +4,7 @@ originals' preprocessing recomputed here (cv2 / PIL / torch / protobuf)."""
 import csv
 import gzip
 import os
+import re
 import struct
 import zipfile
 
@@ -220,6 +221,26 @@ def test_skipped_items_keep_the_shard_of_every_item_fixed(tmp_path):
     again = converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
     result = again.split("train")
     assert (result.converted_videos, result.skipped_items, result.reused_shards) == (0, 2, 2)
+
+
+def test_an_out_folder_holding_shards_of_any_name_is_refused_before_writing(tmp_path):
+    """Every ``*.hdf5`` / ``*.h5`` file the reader would take as a shard (``shard_paths``), not
+    only ``shard_*.hdf5``, marks a folder as another conversion's: converting into it would mix
+    its videos with the new ones in one split."""
+    plan = converters.ConversionPlan(
+        "toy",
+        [converters.SplitPlan("train", range(2), lambda i: np.full((2, 4, 4), i, np.uint8))],
+        {},
+    )
+    out = tmp_path / "out"
+    hdf5.write_shard(str(out / "train" / "videos.h5"), [np.zeros((3, 4, 4), np.uint8)])
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=rf"already holds shards \({re.escape(str(out / 'train' / 'videos.h5'))}\) from an "
+        r"unknown conversion; use a new --out folder or delete them\.",
+    ):
+        converters.run_plan(plan, str(out), progress=False)
+    assert sorted(os.listdir(out)) == ["train"] and os.listdir(out / "train") == ["videos.h5"]
 
 
 # ---------------------------------------------------------------- SMMNIST

@@ -338,3 +338,36 @@ def test_encode_dataset_refuses_an_out_file_or_the_source_up_front(tmp_path):
         )
     assert sorted(os.listdir(src)) == ["train"] and os.listdir(src / "train") == ["shard_0001.hdf5"]
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_truncated_latent_cache_shard_is_named_when_an_encode_resumes(tmp_path):
+    """A finished cache shard cut short (a full disk, a copy) stops the resume with the
+    shard's ``DatasetError``, not h5py's ``OSError``; the cache is left as it was."""
+    from tiny_config import SIZE, tiny_config
+
+    from predvdm_jax.data import latent_cache
+
+    config = tiny_config()
+    params = {"encoder": {"kernel": np.zeros(3, np.float32)}}  # never run: the check is first
+    src, out = tmp_path / "frames", tmp_path / "latents"
+    _split(src, shape=(SIZE, SIZE))
+    info = latent_cache.cache_info(config, str(src), "float16", vq_params=params)
+    os.makedirs(out)
+    (out / latent_cache.CACHE_INFO).write_text(json.dumps(info, default=list))
+    path = str(out / "shard_0001.hdf5")
+    with hdf5.ShardWriter(path, kind="latents") as writer:
+        for _ in range(2):
+            writer.add_video(np.zeros((3, 4, 4, 3), np.float16))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    size = os.path.getsize(path)
+    with pytest.raises(hdf5.DatasetError) as err:
+        latent_cache.encode_split(config, params, str(src), str(out))
+    assert str(err.value).startswith(f"{path}: cannot read the file (")
+    assert str(err.value).endswith(
+        "the shard is damaged (truncated or corrupt); delete it and re-create it (re-run the "
+        "scripts/prepare_data.py, make_moving_digits.py or encode_dataset.py command that made "
+        "it) or re-download it."
+    )
+    assert sorted(os.listdir(out)) == [latent_cache.CACHE_INFO, "shard_0001.hdf5"]
+    assert os.path.getsize(path) == size

@@ -1,4 +1,5 @@
 import os
+import re
 
 import h5py
 import numpy as np
@@ -143,7 +144,9 @@ def test_bad_frames_found_on_read(tmp_path):
         hdf5.DatasetError, match=r"frame 2 is uint8\(2, 8\), expected uint8\(4, 4\)"
     ):
         shards.read_clip(0, 2, 2)
-    with pytest.raises(hdf5.DatasetError, match="video 0 has no frame 4; its 'len' entry says 5"):
+    with pytest.raises(
+        hdf5.DatasetError, match=r"video 0 has no frame 4 \(its 'len' entry says 5\); the shard"
+    ):
         shards.read_clip(0, 3, 2)
     np.testing.assert_array_equal(shards.read_clip(0, 3, 1), np.full((1, 4, 4, 1), 7, np.uint8))
 
@@ -286,3 +289,61 @@ def test_check_all_frames_finds_every_bad_frame_without_reading_pixels(tmp_path)
     assert message.endswith("(and 2 more); re-create the dataset.")
     with pytest.raises(hdf5.DatasetError, match=r"video 0 frame 1 is float32\(8, 8\)"):
         shards.check_all_frames(max_listed=4)
+
+
+def test_a_missing_frame_is_told_alike_on_open_read_and_check(tmp_path):
+    """Opening (video 0's frame 0), ``read_clip`` and ``check_all_frames`` name a missing frame
+    in one wording; the errors add the fix, the check lists the problem and the fix once."""
+    hdf5.write_split(str(tmp_path / "a"), _videos(np.random.default_rng(8), [3, 3], (4, 4)))
+    path = str(tmp_path / "a" / "shard_0001.hdf5")
+    fix = "; the shard is incomplete or malformed: re-create it."
+    with h5py.File(path, "a") as f:
+        del f["1"]["2"]
+    shards = hdf5.VideoShards(str(tmp_path / "a"))
+    problem = f"{path}: video 1 has no frame 2 (its 'len' entry says 3)"
+    with pytest.raises(hdf5.DatasetError) as err:
+        shards.read_clip(1, 0, 3)
+    assert str(err.value) == problem + fix
+    with pytest.raises(hdf5.DatasetError) as err:
+        shards.check_all_frames()
+    assert str(err.value) == f"{tmp_path / 'a'}: 1 bad frame(s): {problem}; re-create the dataset."
+    shards.close()
+    with h5py.File(path, "a") as f:
+        del f["0"]["0"]
+    with pytest.raises(hdf5.DatasetError) as err:
+        hdf5.VideoShards(str(tmp_path / "a"))
+    assert str(err.value) == f"{path}: video 0 has no frame 0 (its 'len' entry says 3)" + fix
+
+
+def test_split_dirs_are_the_sub_folders_holding_shards(tmp_path):
+    """What ``shard_paths`` counts, ``.h5`` included, in natural order; not a hidden temporary
+    file (``atomic_io``'s ``.tmp-...``), a folder without shards, or a shard at the top."""
+    video = _videos(np.random.default_rng(9), [1], (2, 2))
+    hdf5.write_split(str(tmp_path / "train"), video)
+    hdf5.write_shard(str(tmp_path / "test" / "videos.h5"), video)
+    hdf5.write_shard(str(tmp_path / "split10" / "a.hdf5"), video)
+    hdf5.write_shard(str(tmp_path / "split9" / "a.hdf5"), video)
+    hdf5.write_shard(str(tmp_path / "top.hdf5"), video)
+    os.makedirs(tmp_path / "notes")
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    (tmp_path / "notes" / ".tmp-abcshard_0001.hdf5").write_bytes(b"partial")
+    assert hdf5.split_dirs(str(tmp_path)) == ["split9", "split10", "test", "train"]
+    assert hdf5.split_dirs(str(tmp_path / "nope")) == []
+    assert hdf5.split_dirs(str(tmp_path / "top.hdf5")) == []
+
+
+def test_folders_of_shards_past_9999_are_named_by_their_first_shard(tmp_path):
+    """The latent cache's and the converters' output checks list shards as the reader does
+    (``shard_paths``), so they name ``shard_9999``, not ``shard_10000`` (first as text)."""
+    from predvdm_jax.data import latent_cache, manifest
+
+    for n in (10000, 9999):
+        hdf5.write_shard(
+            hdf5.shard_path(str(tmp_path / "out" / "train"), n), [np.zeros((1, 2, 2), np.uint8)]
+        )
+    with pytest.raises(hdf5.DatasetError, match=r"holds shards \(shard_9999.hdf5\) but no cache"):
+        latent_cache.check_output_folder(str(tmp_path / "src"), str(tmp_path / "out" / "train"))
+    first = tmp_path / "out" / "train" / "shard_9999.hdf5"
+    with pytest.raises(hdf5.DatasetError, match=rf"holds shards \({re.escape(str(first))}\) from"):
+        manifest.check_manifest(str(tmp_path / "out"), {"dataset": "toy"})
+    assert not os.path.exists(tmp_path / "out" / manifest.MANIFEST_NAME)

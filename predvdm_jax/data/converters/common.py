@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import glob
-import json
 import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -117,12 +115,11 @@ def _videos_in_order(
 
 
 def _split_totals(split_dir: str) -> tuple[int, int, int]:
-    paths = sorted(glob.glob(os.path.join(split_dir, "shard_*.hdf5")))
-    size = sum(os.path.getsize(p) for p in paths)
-    if not paths:
+    """Videos, frames and bytes on disk of the split's shards (none: all 0)."""
+    if not hdf5.shard_paths(split_dir):
         return 0, 0, 0
-    frame_counts = hdf5.VideoShards(split_dir).frame_counts
-    return int(frame_counts.size), int(frame_counts.sum()), size
+    shards = hdf5.VideoShards(split_dir)
+    return len(shards), int(shards.frame_counts.sum()), sum(map(os.path.getsize, shards.paths))
 
 
 def run_plan(
@@ -148,7 +145,7 @@ def run_plan(
         "items": {s.name: len(s.items) for s in plan.splits},
         "compression": compression,
     }
-    manifest_lib.check_manifest(out_dir, json.loads(json.dumps(manifest)))
+    manifest_lib.check_manifest(out_dir, manifest)
     from tqdm import tqdm
 
     results = []
