@@ -13,7 +13,13 @@ import pytest
 from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
 from predvdm_jax.data.latent_cache import CACHE_INFO, DIGEST_KEY, check_cache_matches, encode_split
-from predvdm_jax.data.loader import to_model_range, train_iterator
+from predvdm_jax.data.loader import (
+    TrainWindows,
+    eval_iterator,
+    eval_windows,
+    to_model_range,
+    train_iterator,
+)
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models.autoencoder import VQModel
@@ -73,10 +79,30 @@ def test_cache_equals_encode_and_keeps_structure(setup):
     info = json.load(open(os.path.join(out, CACHE_INFO)))
     assert info["dtype"] == "float16" and info["scale_factor"] == 0.5
 
-    batch = next(train_iterator(out, 2, 2, seed=0, kind="latents", num_threads=1, prefetch=1))
-    assert set(batch) == {"latents"}
-    assert batch["latents"].shape == (2, 2, SIZE // 4, SIZE // 4, 3)
-    assert batch["latents"].dtype == np.float32
+    # The denoiser trainer's input: example g of the stream is the cached window
+    # TrainWindows(g), 3 batches of 2 crossing an epoch of 5 videos; float16 -> float32 exactly.
+    windows = TrainWindows(shards.frame_counts, 2, seed=4)
+    train = train_iterator(out, 2, 2, seed=4, kind="latents", num_threads=1, prefetch=1)
+    for step in range(3):
+        batch = next(train)
+        assert set(batch) == {"latents"}
+        assert batch["latents"].shape == (2, 2, SIZE // 4, SIZE // 4, 3)
+        assert batch["latents"].dtype == np.float32
+        for i, clip in enumerate(batch["latents"]):
+            video, start, _ = windows(2 * step + i)
+            np.testing.assert_array_equal(clip, cached[video][start : start + 2].astype(np.float32))
+    # Evaluation: clip i is the cached window eval_windows(...)[i]; the last batch is padded
+    # with clip 0 (mask 0).
+    evaluation = eval_iterator(out, 2, 5, 2, seed=6, kind="latents", num_threads=1, prefetch=1)
+    eval_clips = eval_windows(shards.frame_counts, 5, 2, seed=6) + [None]
+    for step, batch in enumerate(evaluation):
+        assert set(batch) == {"latents", "mask", "index"} and batch["latents"].dtype == np.float32
+        for i, clip in enumerate(batch["latents"]):
+            index = 2 * step + i
+            video, start = eval_clips[index] or eval_clips[0]
+            np.testing.assert_array_equal(clip, cached[video][start : start + 2].astype(np.float32))
+            assert batch["mask"][i] == (index < 5) and batch["index"][i] == index
+    assert step == 2
 
 
 def test_interrupted_cache_resumes_and_refuses_other_settings(setup):

@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,8 @@ def test_preloaded_split_serves_the_same_clips_without_the_files(tmp_path, split
             os.remove(os.path.join(path, shard))
     for _ in range(6):
         np.testing.assert_array_equal(next(preloaded)["video"], next(on_disk)["video"])
-    with pytest.raises(Exception):
+    missing = os.path.join(copies["over_limit"], "shard_0001.hdf5")  # the split's one shard
+    with pytest.raises(hdf5.DatasetError, match=f"^{re.escape(missing)}: cannot read video"):
         next(over_limit)
 
 

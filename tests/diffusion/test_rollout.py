@@ -1,7 +1,6 @@
 """Autoregressive rollout with closed-form denoisers whose samples are known exactly."""
 
 import functools
-import inspect
 
 import numpy as np
 import pytest
@@ -25,7 +24,11 @@ def next_frames_denoiser(z_t, t, z_cond):
     ε̂ = (z_t − (a/a₀) y) / (b − a b₀/a₀), a = √ᾱ_t, b = √(1−ᾱ_t)."""
     k = z_t.shape[1]
     steps_ahead = jnp.arange(1, k + 1, dtype=jnp.float32).reshape(1, k, 1, 1, 1)
-    y = z_cond[:, -1:] + steps_ahead
+    return eps_for_target(z_t, t, z_cond[:, -1:] + steps_ahead)
+
+
+def eps_for_target(z_t, t, y):
+    """ε̂ for which deterministic DDIM returns exactly ``y`` (derivation above)."""
     a = jnp.sqrt(SCHEDULE.alphas_cumprod[t.astype(jnp.int32)]).reshape(-1, 1, 1, 1, 1)
     b = jnp.sqrt(1 - a**2)
     a0, b0 = AC[0] ** 0.5, (1 - AC[0]) ** 0.5
@@ -138,56 +141,154 @@ def test_blocks_use_folded_keys():
     np.testing.assert_allclose(out["latents"][:, 3:], second, atol=1e-5)
 
 
+N_COND = 10
+WINDOW_WEIGHTS = np.arange(1.0, N_COND + 1) / np.arange(1.0, N_COND + 1).sum()
+
+
 def _counting_rollout_fn(num_frames, k, counter):
+    """Deterministic DDIM whose block j-th latent is Σ_i w_i window_i + drift·(j + 1): a
+    weighted mean of the whole conditioning window (weights rising with the position, so the
+    window's order and alignment matter) plus ``params['drift']`` per step ahead."""
+
     def denoise_apply(params, z_t, t, z_cond):
         counter["traces"] += 1
-        return next_frames_denoiser(z_t, t, z_cond) + params["bias"]
+        k_ = z_t.shape[1]
+        steps_ahead = jnp.arange(1, k_ + 1, dtype=jnp.float32).reshape(1, k_, 1, 1, 1)
+        weights = jnp.asarray(WINDOW_WEIGHTS, jnp.float32).reshape(1, -1, 1, 1, 1)
+        y = jnp.sum(weights * z_cond, axis=1, keepdims=True) + params["drift"] * steps_ahead
+        return eps_for_target(z_t, t, y)
 
     def decode_apply(params, z):
-        return upsample_decode(z) * params["gain"]
+        return upsample_decode(z, gain=params["gain"])
 
     return jax.jit(
-        make_rollout_fn(
-            denoise_apply, decode_apply, SCHEDULE, num_frames, k, SamplerSettings("ddim", steps=2)
-        )
+        make_rollout_fn(denoise_apply, decode_apply, SCHEDULE, num_frames, k, DETERMINISTIC)
     )
 
 
+def _reference_rollout(z_cond, num_frames, k, drift, gain):
+    """NumPy float64: block by block, each latent the weighted mean of the last N_COND
+    latents (real, then sampled) plus drift per step ahead; the last block trimmed; frames
+    the 2×2-upsampled latents × gain in 3 channels, clamped to [-1, 1]."""
+    history = list(np.moveaxis(np.asarray(z_cond, np.float64), 1, 0))  # (B, h, w, c) each
+    latents = []
+    while len(latents) < num_frames:
+        base = np.einsum("i,ib...->b...", WINDOW_WEIGHTS, np.stack(history[-N_COND:]))
+        block = [base + drift * (j + 1) for j in range(k)]
+        history += block
+        latents += block
+    latents = np.stack(latents[:num_frames], axis=1)
+    unclamped = gain * latents.repeat(2, axis=2).repeat(2, axis=3).repeat(3, axis=4)
+    return latents, unclamped
+
+
 @pytest.mark.parametrize("num_frames, k", [(30, 5), (40, 5), (30, 3), (40, 3)])
-def test_rollout_shapes_and_single_compile(num_frames, k):
+def test_rollout_values_shapes_and_single_compile(num_frames, k):
+    """make_rollout_fn (the program behind LatentDiffusion.make_predict_fn) against a NumPy
+    rollout: each block's latents and decoded, clamped frames, the window sliding over the
+    sampled latents and the last block trimmed (40 = 13·3 + 1)."""
     counter = {"traces": 0}
     fn = _counting_rollout_fn(num_frames, k, counter)
-    z_cond = jnp.zeros((2, 10, 2, 2, 1))
-    out = fn({"bias": 0.0}, {"gain": 0.1}, z_cond, jax.random.PRNGKey(0))
+    z_cond = 0.5 * np.random.default_rng(k).normal(size=(2, N_COND, 2, 2, 1)).astype(np.float32)
+    out = fn({"drift": 0.05}, {"gain": 0.5}, jnp.asarray(z_cond), jax.random.PRNGKey(0))
     assert out["latents"].shape == (2, num_frames, 2, 2, 1)
     assert out["frames"].shape == (2, num_frames, 4, 4, 3)
+    latents, unclamped = _reference_rollout(z_cond, num_frames, k, 0.05, 0.5)
+    np.testing.assert_allclose(out["latents"], latents, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(out["frames"], np.clip(unclamped, -1, 1), rtol=0, atol=2e-5)
     traces = counter["traces"]
     assert traces >= 1
-    # New parameter values, conditioning and key of the same shapes: no new trace.
-    again = fn({"bias": 0.3}, {"gain": 0.05}, z_cond + 1.0, jax.random.PRNGKey(1))
+    # New parameter values, conditioning and key of the same shapes: no new trace, new values.
+    again = fn({"drift": -0.1}, {"gain": 2.0}, jnp.asarray(z_cond + 1.0), jax.random.PRNGKey(1))
     assert counter["traces"] == traces
-    assert not np.allclose(again["latents"], out["latents"])
+    latents, unclamped = _reference_rollout(z_cond + 1.0, num_frames, k, -0.1, 2.0)
+    assert np.abs(unclamped).max() > 1.5  # the clamp matters here
+    np.testing.assert_allclose(again["latents"], latents, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(again["frames"], np.clip(unclamped, -1, 1), rtol=0, atol=2e-5)
     if (num_frames, k) == (30, 5):
         # A new shape does trace again (so the counter can see retraces).
-        fn({"bias": 0.0}, {"gain": 0.1}, jnp.zeros((1, 10, 2, 2, 1)), jax.random.PRNGKey(0))
+        fn({"drift": 0.0}, {"gain": 0.1}, jnp.zeros((1, N_COND, 2, 2, 1)), jax.random.PRNGKey(0))
         assert counter["traces"] > traces
 
 
-def test_rollout_takes_only_conditioning_latents():
-    """No ground-truth future can reach the rollout: its only video input is ``z_cond`` (the
-    evaluation protocol's side, predict_fn seeing the cond frames alone, is tested in
-    tests/evaluation/test_protocol.py)."""
-    assert list(inspect.signature(rollout).parameters) == [
-        "denoise_fn",
-        "decode_fn",
-        "schedule",
-        "z_cond",
-        "key",
-        "num_frames",
-        "k",
-        "settings",
-        "reencode_fn",
-    ]
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A tiny LatentDiffusion with random weights (3 cond frames, k=2, scale_factor != 1) and
+    its prediction built by hand from the parts, each part compiled once for both tests."""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.models.autoencoder import VQModel
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    c = tiny_config(cond=3, k=2)
+    c.scale_factor = 0.37
+    assert c.diffusion.parameterization == "eps" and c.data.channels == 1
+    assert (c.sampling.sampler, c.sampling.eta) == ("ddim", 1.0)  # every block's key counts
+    model = LatentDiffusion.from_config(c)
+    params = random_params_from_init(model.init_denoiser, 0)
+    vq_params = random_params_from_init(model.init_vq, 1)
+    n_cond, k, scale = c.data.cond_frames, c.data.pred_frames, c.scale_factor
+    settings = SamplerSettings(c.sampling.sampler, steps=c.sampling.steps, eta=c.sampling.eta)
+    vq = lambda vq_params, method, x, *a: model.vq.apply(
+        {"params": vq_params}, x, *a, method=method
+    )
+
+    @jax.jit
+    def encode(vq_params, video):  # (B, T, H, W, 1) -> (B, T, h, w, c): RGB-repeated, scaled
+        b, t = video.shape[:2]
+        frames = jnp.repeat(video, 3, axis=-1).reshape((b * t,) + video.shape[2:4] + (3,))
+        z = vq(vq_params, VQModel.encode, frames) * scale
+        return z.reshape((b, t) + z.shape[1:])
+
+    @jax.jit
+    def decode(vq_params, latents):  # (B, k, h, w, c) -> (B, k, H, W, 1)
+        b, t = latents.shape[:2]
+        z = latents.reshape((b * t,) + latents.shape[2:]) / scale
+        z_q, _, _ = vq(vq_params, VQModel.quantize, z)
+        frames = jnp.clip(vq(vq_params, VQModel.decode, z_q, False), -1.0, 1.0)
+        return frames.reshape((b, t) + frames.shape[1:]).mean(axis=-1, keepdims=True)
+
+    @jax.jit
+    def sample_block(params, window, block_key):  # the raw denoiser: ε-parameterized
+        denoise = lambda z_t, t, z_cond: model.denoiser.apply({"params": params}, z_t, t, z_cond)
+        shape = (window.shape[0], k) + window.shape[2:]
+        return sample(denoise, model.schedule, window, block_key, shape, settings)
+
+    def hand_predict(cond_video, key, num_frames, reencode):
+        """Encode the cond frames; per block sample with ``fold_in(key, block)`` on the last
+        ``n_cond`` latents, quantize and decode, clamp, average RGB; the next window takes
+        the sampled latents, or with ``reencode`` the decoded frames re-encoded."""
+        window = encode(vq_params, cond_video)
+        latents, frames = [], []
+        for block in range(-(-num_frames // k)):
+            z = sample_block(params, window, jax.random.fold_in(key, block))
+            x = decode(vq_params, z)
+            produced = encode(vq_params, x) if reencode else z
+            window = jnp.concatenate([window, produced], axis=1)[:, -n_cond:]
+            latents.append(z)
+            frames.append(x)
+        cut = lambda blocks: np.concatenate(blocks, axis=1)[:, :num_frames]
+        return cut(latents), cut(frames)
+
+    return model, params, vq_params, hand_predict
+
+
+@pytest.mark.parametrize("reencode", [False, True])
+def test_predict_fn_equals_the_prediction_built_by_hand(tiny_model, reencode):
+    """make_predict_fn (predict, eval, preview and sample.py): 5 frames in 3 blocks of 2
+    (the last trimmed), the window of 3 sliding over real then sampled latents, DDIM η=1; with
+    ``sampling.reencode`` PredVDM's option 1 (re-encoded frames condition the next block)."""
+    model, params, vq_params, hand_predict = tiny_model
+    cond = np.random.default_rng(2).uniform(-1, 1, (2, 3, 16, 16, 1)).astype(np.float32)
+    key = jax.random.PRNGKey(5)
+    sampling = model.config.sampling.copy_and_resolve_references()
+    sampling.reencode = reencode
+    out = model.make_predict_fn(5, sampling)(params, vq_params, cond, key)
+    latents, frames = hand_predict(cond, key, 5, reencode)
+    assert out["latents"].shape == latents.shape == (2, 5, 8, 8, 3)
+    assert out["frames"].shape == frames.shape == (2, 5, 16, 16, 1)
+    np.testing.assert_allclose(out["latents"], latents, rtol=0, atol=5e-5)
+    np.testing.assert_allclose(out["frames"], frames, rtol=0, atol=5e-5)
 
 
 @pytest.mark.parametrize(
