@@ -9,16 +9,12 @@ then checks types, ranges and combinations, naming the field at fault.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
 import os
-import re
-import sys
 from typing import Any, Mapping
 
 import ml_collections
-from absl import flags
 
 from predvdm_jax.diffusion.loss import REDUCTIONS
 from predvdm_jax.diffusion.parameterization import PARAMETERIZATIONS
@@ -452,10 +448,7 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         if not callable(getattr(module, "get_config", None)):
-            raise ConfigError(
-                f"config file {os.fspath(path)!r} defines no get_config(); end it with "
-                "`def get_config(): ... return config_lib.finalize(config)`"
-            )
+            raise ConfigError(_no_get_config(os.fspath(path)))
         config = module.get_config()
     except ConfigError:
         raise
@@ -465,7 +458,7 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return config
 
 
-def _error_line(path: str, err: BaseException) -> int | None:
+def config_file_line(path: str, err: BaseException) -> int | None:
     """The line of the config file ``path`` where ``err`` was raised (the innermost frame)."""
     if isinstance(err, SyntaxError) and err.filename and _same_file(err.filename, path):
         return err.lineno
@@ -477,6 +470,16 @@ def _error_line(path: str, err: BaseException) -> int | None:
     return line
 
 
+def raised_by_config_file(path: str, err: BaseException) -> bool:
+    """Whether loading the config file ``path`` raised ``err``: one of its lines did (or it
+    has a syntax error), or it has no ``get_config`` to call."""
+    return config_file_line(path, err) is not None or _lacks_get_config(err)
+
+
+def _lacks_get_config(err: BaseException) -> bool:
+    return isinstance(err, AttributeError) and err.name == "get_config"
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -484,15 +487,25 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def _no_get_config(path: str) -> str:
+    return (
+        f"config file {path!r} defines no get_config(); end it with "
+        "`def get_config(): ... return config_lib.finalize(config)`"
+    )
+
+
 def config_file_error(path: str, err: BaseException) -> str:
-    """One line naming the config file, where and how loading it failed, and the fix."""
+    """One line naming the config file, where and how loading it failed, and the fix. A file
+    without ``get_config`` (the ``AttributeError`` of looking it up) is named as such."""
+    if _lacks_get_config(err) and config_file_line(path, err) is None:
+        return _no_get_config(path)
     if isinstance(err, SyntaxError):
         where = f"line {err.lineno}" if err.lineno else "?"
         return (
             f"config file {path!r} has a syntax error at {where}: {err.msg}; "
             "fix the file (or pass another from configs/)"
         )
-    line = _error_line(path, err)
+    line = config_file_line(path, err)
     where = f" at line {line}" if line else ""
     detail = " ".join(str(err).split()) or "(no message)"
     return (
@@ -558,138 +571,3 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_col
                 node = node[name]
             node[leaf] = value
     return validate(config)
-
-
-def _config_flag_error(argv: list[str], err: Exception) -> str:
-    """What went wrong with ``--config`` or a ``--config.<field>`` override, in one line."""
-    for i, arg in enumerate(argv[1:], 1):
-        name, equals, value = arg.lstrip("-").partition("=")
-        if name == "config":
-            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
-            if path and not os.path.isfile(path.split(":")[0]):
-                return f"config file {path!r} not found; pass a file from configs/"
-        elif name.startswith("config."):
-            node, parts = default_config(), name.split(".")[1:]
-            for depth, key in enumerate(parts):
-                parent = "".join(p + "." for p in parts[:depth])
-                if not isinstance(node, ml_collections.ConfigDict):
-                    return f"--{name}: config field '{parent[:-1]}' has no sub-fields"
-                if key not in node:
-                    close = difflib.get_close_matches(key, list(node.keys()), n=1)
-                    hint = (
-                        f"did you mean --config.{parent}{close[0]}?"
-                        if close
-                        else f"known fields here: {', '.join(sorted(node.keys()))}"
-                    )
-                    return f"--{name}: unknown config field '{parent}{key}'; {hint}"
-                node = node[key]
-    return " ".join(str(err).split())
-
-
-def _config_file_arg(argv: list[str]) -> str | None:
-    """The file of ``--config=<file>[:args]`` on the command line (the last one), or None."""
-    path = None
-    for i, arg in enumerate(argv[1:], 1):
-        if arg == "--":
-            break
-        name, equals, value = arg.lstrip("-").partition("=")
-        if name == "config" and arg.startswith("-"):
-            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
-    return path.split(":", 1)[0] if path else path
-
-
-def _original_error(err: BaseException, path: str) -> BaseException:
-    """The exception the config file raised: absl re-raises a TypeError/ValueError from
-    ``get_config`` as ``IllegalFlagValueError`` (and ml_collections first as a copy holding
-    the traceback's text); follow ``__context__`` to the first one raised in the file."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for candidate in reversed(chain):
-        if _error_line(path, candidate) is not None:
-            return candidate
-    return chain[-1]
-
-
-def _flags_error_line(argv: list[str], err: Exception) -> str:
-    """absl's flag-parsing error (``FATAL Flags parsing error: ...`` and a second line) as one."""
-    message = " ".join(str(err).split())
-    override = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
-    if override:
-        field, value, reason = override.groups()
-        node = default_config()
-        for key in field.split("."):
-            node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
-        kind = f"of type {type(node).__name__}" if node is not None else "of another type"
-        return (
-            f"--config.{field}={value}: not a valid value ({reason}); "
-            f"config field {field!r} takes a value {kind}"
-        )
-    required = re.search(r"Flag --(\w+) must have a value other than None", message)
-    if required:
-        return (
-            f"--{required.group(1)} is required; pass --{required.group(1)}=... (see --helpshort)"
-        )
-    unknown = getattr(err, "flagname", None)
-    if (
-        isinstance(err, flags.UnrecognizedFlagError)
-        and unknown
-        and unknown.startswith("config.")
-        and _config_file_arg(argv) is None
-    ):
-        return f"--{unknown} overrides a field of a config file: pass --config=<file> with it"
-    return f"{message} (see --helpshort)"
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """``app.run``'s ``flags_parser`` for scripts with a ``--config`` flag: a missing config
-    file, one that fails to load (a syntax error, a failing import, an exception in
-    ``get_config``, a ``get_config`` that returns no ``ConfigDict``), an unknown or mistyped
-    ``--config.<field>`` or any other flag error exits with one ``error:`` line instead of a
-    traceback or absl's two-line ``FATAL Flags parsing error``."""
-    path = _config_file_arg(argv)
-    try:
-        remaining = flags.FLAGS(argv)
-        config = flags.FLAGS.config if "config" in flags.FLAGS else None
-        if config is not None:  # optional in convert_ldm_vq.py
-            try:
-                config.keys()  # a config file that failed to load raises when first read
-            except AttributeError:  # get_config() returned something else than a ConfigDict
-                if path:
-                    check_config_value(path, config)
-                raise
-        return remaining
-    except (AttributeError, KeyError, OSError, ConfigError) as err:
-        if path and isinstance(err, AttributeError) and "'get_config'" in str(err):
-            sys.exit(
-                f"error: config file {path!r} defines no get_config(); end it with "
-                "`def get_config(): ... return config_lib.finalize(config)`"
-            )
-        original = _original_error(err, path) if path else err
-        if path and os.path.isfile(path) and _error_line(path, original) is not None:
-            sys.exit(f"error: {config_file_error(path, original)}")
-        sys.exit(f"error: {_config_flag_error(argv, err)}")
-    except flags.Error as err:
-        if path and os.path.isfile(path) and str(err).startswith("flag --config="):
-            sys.exit(f"error: {config_file_error(path, _original_error(err, path))}")
-        sys.exit(f"error: {_flags_error_line(argv, err)}")
-    except Exception as err:  # raised while loading the config file
-        if path and os.path.isfile(path):
-            sys.exit(f"error: {config_file_error(path, _original_error(err, path))}")
-        raise
-
-
-def define_overrides_flag(help_text: str) -> None:
-    """Defines ``--config`` as ``--config.<field>=value`` overrides of a run's saved config.
-
-    ``config_flags.DEFINE_config_dict`` parses the command line when it is defined, so a
-    mistyped field exits here with one ``error:`` line (``parse_flags`` comes too late).
-    """
-    from ml_collections import config_flags
-
-    try:
-        config_flags.DEFINE_config_dict("config", default_config(), help_text)
-    except (AttributeError, KeyError) as err:
-        sys.exit(f"error: {_config_flag_error(sys.argv, err)}")

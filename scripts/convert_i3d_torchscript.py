@@ -9,10 +9,9 @@ parameter names (see predvdm_jax/interop/i3d_torchscript.py). Use the result wit
 predvdm_jax.models.i3d.load_i3d_params(path). Needs PyTorch.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from predvdm_jax import cli
 from predvdm_jax.interop import i3d_torchscript
 
 flags.DEFINE_string("torchscript", None, "StyleGAN-V i3d_torchscript.pt (torch.jit.load-able).")
@@ -24,16 +23,12 @@ flags.mark_flags_as_required(["torchscript", "out"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
-    try:
-        i3d_torchscript.convert_i3d_torchscript(FLAGS.torchscript, FLAGS.out, verify=FLAGS.verify)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"error: {e}")
+def main():
+    i3d_torchscript.convert_i3d_torchscript(FLAGS.torchscript, FLAGS.out, verify=FLAGS.verify)
     print(
         f"wrote {FLAGS.out} (from {FLAGS.torchscript}{', verified' if FLAGS.verify else ', NOT verified'})"
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,12 +10,10 @@ section, validated after the --config.* overrides (VQ-f4 defaults without --conf
 written to a temporary name and then renamed.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import cli, config as config_lib
 from predvdm_jax.interop import ldm_vq, torch_checkpoint
 
 flags.DEFINE_string(
@@ -35,17 +33,10 @@ FLAGS = flags.FLAGS
 VQ_METADATA_KIND = {"format": "flax/vq"}  # an existing --out is only replaced when it holds this
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    try:
-        torch_checkpoint.check_output_file(FLAGS.out, VQ_METADATA_KIND, "VQ params")
-        vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
-        params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, vq, allow_pickle=FLAGS.allow_pickle)
-    except (FileNotFoundError, ValueError, ImportError) as err:  # ConfigError is a ValueError
-        sys.exit(f"error: {err}")
+def main():
+    torch_checkpoint.check_output_file(FLAGS.out, VQ_METADATA_KIND, "VQ params")
+    vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
+    params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, vq, allow_pickle=FLAGS.allow_pickle)
     torch_checkpoint.save_params_safetensors(
         FLAGS.out, params, metadata={"source": FLAGS.ckpt, **VQ_METADATA_KIND}
     )
@@ -54,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

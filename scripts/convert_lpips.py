@@ -8,10 +8,9 @@
 Python objects needs --allow_pickle (it runs code from the file: trusted files only).
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from predvdm_jax import cli
 from predvdm_jax.interop import lpips_torch
 
 flags.DEFINE_string(
@@ -30,21 +29,18 @@ flags.mark_flags_as_required(["alexnet", "out"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     heads = FLAGS.heads or lpips_torch.find_lpips_heads_file()
     if heads is None:
-        sys.exit(
-            "error: no --heads given and no lpips package found; pip install lpips==0.1.4 --no-deps, or pass --heads=alex.pth"
+        cli.fail(
+            "no --heads given and no lpips package found; pip install lpips==0.1.4 --no-deps, "
+            "or pass --heads=alex.pth"
         )
-    try:
-        lpips_torch.convert_lpips_files(
-            FLAGS.alexnet, heads, FLAGS.out, allow_pickle=FLAGS.allow_pickle
-        )
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"error: {e}")
+    lpips_torch.convert_lpips_files(
+        FLAGS.alexnet, heads, FLAGS.out, allow_pickle=FLAGS.allow_pickle
+    )
     print(f"wrote {FLAGS.out} (trunk {FLAGS.alexnet}, heads {heads})")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,14 +9,12 @@ per_frame.png, ground truth | prediction GIFs). CPU-sized: about 6–10 minutes 
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import cli, config as config_lib
 from predvdm_jax import demo
-from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file(
     "config",
@@ -33,21 +31,16 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    with one_line_errors():
-        numbers = demo.run_demo(
-            config_lib.validate(FLAGS.config),
-            FLAGS.workdir,
-            num_train=FLAGS.num_train,
-            num_test=FLAGS.num_test,
-            long_clips=FLAGS.long_clips,
-            fvd_clips=FLAGS.fvd_clips,
-            progress=FLAGS.progress,
-        )
+def main():
+    numbers = demo.run_demo(
+        config_lib.validate(FLAGS.config),
+        FLAGS.workdir,
+        num_train=FLAGS.num_train,
+        num_test=FLAGS.num_test,
+        long_clips=FLAGS.long_clips,
+        fvd_clips=FLAGS.fvd_clips,
+        progress=FLAGS.progress,
+    )
     print(
         f"done in {numbers['total_seconds'] / 60:.1f} min; report: "
         f"{demo.demo_paths(FLAGS.workdir)['report']}"
@@ -55,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

@@ -10,13 +10,12 @@ an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir to t
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
-from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax import cli, config as config_lib
+from predvdm_jax.data.hdf5 import DatasetError, split_dirs
 from predvdm_jax.data.latent_cache import check_output, check_output_folder, encode_split
 from predvdm_jax.interop.params import load_vq_params
 
@@ -38,54 +37,42 @@ def _splits(src: str) -> list[str]:
             f"--src {src!r} is not a folder; make the dataset first "
             f"(scripts/make_moving_digits.py or scripts/prepare_data.py)."
         )
-    names = sorted(
-        name
-        for name in os.listdir(src)
-        if os.path.isdir(os.path.join(src, name))
-        and any(f.endswith((".hdf5", ".h5")) for f in os.listdir(os.path.join(src, name)))
-    )
+    names = split_dirs(src)
     if not names:
         raise DatasetError(f"--src {src!r} holds no split folders with shard files.")
     return names
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
+def main():
+    check_output_folder(FLAGS.src, FLAGS.out)  # before any work
+    config = config_lib.validate(FLAGS.config)
+    params_path = FLAGS.vq_params or config.vq_params
+    if not params_path:
+        raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
+    vq_params = load_vq_params(params_path, config)
+    splits = _splits(FLAGS.src)
+    for split in splits:  # every split's --out folder is checked before any is written
+        check_output(
+            config,
+            vq_params,
+            os.path.join(FLAGS.src, split),
+            os.path.join(FLAGS.out, split),
+            dtype=FLAGS.dtype,
+            vq_params_path=params_path,
         )
-    try:
-        check_output_folder(FLAGS.src, FLAGS.out)  # before any work
-        config = config_lib.validate(FLAGS.config)
-        params_path = FLAGS.vq_params or config.vq_params
-        if not params_path:
-            raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
-        vq_params = load_vq_params(params_path, config)
-        splits = _splits(FLAGS.src)
-        for split in splits:  # every split's --out folder is checked before any is written
-            check_output(
-                config,
-                vq_params,
-                os.path.join(FLAGS.src, split),
-                os.path.join(FLAGS.out, split),
-                dtype=FLAGS.dtype,
-                vq_params_path=params_path,
-            )
-        for split in splits:
-            out_dir = os.path.join(FLAGS.out, split)
-            written = encode_split(
-                config,
-                vq_params,
-                os.path.join(FLAGS.src, split),
-                out_dir,
-                dtype=FLAGS.dtype,
-                batch_frames=FLAGS.batch_frames,
-                vq_params_path=params_path,
-            )
-            print(f"{split}: wrote {written} shard(s) to {out_dir}")
-    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    for split in splits:
+        out_dir = os.path.join(FLAGS.out, split)
+        written = encode_split(
+            config,
+            vq_params,
+            os.path.join(FLAGS.src, split),
+            out_dir,
+            dtype=FLAGS.dtype,
+            batch_frames=FLAGS.batch_frames,
+            vq_params_path=params_path,
+        )
+        print(f"{split}: wrote {written} shard(s) to {out_dir}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

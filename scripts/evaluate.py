@@ -19,21 +19,18 @@ of the run's config (e.g. ``--config.data.test_dir``, ``--config.eval.batch_size
 ``--config.sampling.steps``). See docs/evaluation.md.
 """
 
-import sys
-
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib, mesh
-from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax import cli, config as config_lib, mesh
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.training import checkpoint
 
-config_lib.define_overrides_flag(
+cli.define_overrides_flag(
     "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=..."
 )
 flags.DEFINE_string("bundle", None, "Exported inference bundle folder (scripts/export.py).")
@@ -143,31 +140,41 @@ def _evaluate_model():
         print(f"wrote {FLAGS.out}/sweep.md and one folder per sampler")
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
+# Flags that choose and score a model, and flags that describe the folders' videos: each
+# set does nothing in the other mode.
+MODEL_FLAGS = (
+    "bundle",
+    "workdir",
+    "use_ema",
+    "step",
+    "protocol",
+    "num_clips",
+    "num_samples",
+    "pred_frames",
+)
+FOLDER_FLAGS = ("cond_frames", "num_frames")
+
+
+def main():
     folders = FLAGS.real_dir is not None or FLAGS.fake_dir is not None
     if folders and not (FLAGS.real_dir and FLAGS.fake_dir):
-        sys.exit("error: --real_dir and --fake_dir go together; pass both folders.")
+        cli.fail("--real_dir and --fake_dir go together; pass both folders.")
     if not folders and bool(FLAGS.bundle) == bool(FLAGS.workdir):
-        sys.exit(
-            "error: pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir)."
-        )
+        cli.fail("pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir).")
     if folders and FLAGS.sweep is not None:
-        sys.exit("error: --sweep scores a model's samplers; it needs --bundle or --workdir.")
-    try:
-        report.check_output_dir(FLAGS.out)
-        mesh.initialize_distributed()
-        if folders:
-            print(report.markdown_table(_score_folders()))
-            print(f"wrote {FLAGS.out}/metrics.json")
-        else:
-            _evaluate_model()
-    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
+    if folders:
+        cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
+    else:
+        cli.reject_flags(FOLDER_FLAGS, "without --real_dir and --fake_dir")
+    report.check_output_dir(FLAGS.out)
+    mesh.initialize_distributed()
+    if folders:
+        print(report.markdown_table(_score_folders()))
+        print(f"wrote {FLAGS.out}/metrics.json")
+    else:
+        _evaluate_model()
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

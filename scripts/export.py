@@ -10,13 +10,9 @@ EMA denoiser, VQ as first and cond stage, schedule buffers) in a Lightning check
 (`.ckpt`, needs PyTorch), which the PyTorch original loads, or as `.safetensors`.
 """
 
-import os
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from predvdm_jax import folders
-from predvdm_jax.interop import bundle
+from predvdm_jax import cli
 from predvdm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
@@ -30,64 +26,29 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def _unsafe_predvdm_ckpt(path: str, workdir: str) -> str | None:
-    """Why writing the export to ``path`` could destroy something, or None. Only a new path, or
-    an earlier export (an existing ``.ckpt`` outside any bundle folder), may be written."""
-    real = os.path.realpath(path)
-    folder = os.path.dirname(real)
-    checkpoints = os.path.join(workdir, folders.CHECKPOINT_DIR)
-    if os.path.commonpath([checkpoints, real]) == checkpoints:
-        return f"is inside the run's checkpoint folder {checkpoints}"
-    if os.path.isdir(real):
-        return "is a folder"
-    if not os.path.exists(real):
-        return None
-    if folders.is_bundle(folder):
-        return f"exists inside the bundle folder {folder}, whose file it would replace"
-    if not real.endswith(".ckpt"):
-        return "exists and is not an earlier export (.ckpt), so it is not replaced"
-    return None
-
-
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
+def main():
     if not (FLAGS.out or FLAGS.predvdm_ckpt):
-        sys.exit("error: nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
-    workdir = os.path.realpath(FLAGS.workdir)
-    if FLAGS.out and os.path.commonpath([workdir, os.path.realpath(FLAGS.out)]) == workdir:
-        sys.exit(
-            f"error: --out {FLAGS.out} is inside --workdir {FLAGS.workdir}, where a bundle "
-            f"could replace the run's checkpoints; pick a folder outside the workdir"
-        )
+        cli.fail("nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
+    if not FLAGS.out:  # the PredVDM checkpoint holds both the raw and the EMA weights
+        cli.reject_flags(["ema"], "without --out")
+    # Both paths before either is written.
+    if FLAGS.out:
+        checkpoint.check_bundle_export_path(FLAGS.out, FLAGS.workdir)
     if FLAGS.predvdm_ckpt:
-        problem = _unsafe_predvdm_ckpt(FLAGS.predvdm_ckpt, workdir)
-        if problem:
-            sys.exit(
-                f"error: --predvdm_ckpt {FLAGS.predvdm_ckpt} {problem}; nothing was written. "
-                f"Pass a new file path (e.g. exports/<run>.ckpt)."
-            )
-    try:
-        if FLAGS.out:
-            exported = checkpoint.load_from_checkpoint(
-                FLAGS.workdir, use_ema=FLAGS.ema, step=FLAGS.step
-            )
-            bundle.save_bundle(FLAGS.out, exported)
-            weights = "EMA" if FLAGS.ema else "raw"
-            print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
-        if FLAGS.predvdm_ckpt:
-            step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
-                FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
-            )
-            print(
-                f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
-                f"scale_factor: {scale_factor} in the PredVDM yaml"
-            )
-    except (OSError, ValueError, ImportError) as err:
-        sys.exit(f"error: {err}")
+        checkpoint.check_export_path(FLAGS.predvdm_ckpt, FLAGS.workdir)
+    if FLAGS.out:
+        exported = checkpoint.export_bundle(FLAGS.workdir, FLAGS.out, FLAGS.ema, FLAGS.step)
+        weights = "EMA" if FLAGS.ema else "raw"
+        print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
+    if FLAGS.predvdm_ckpt:
+        step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
+            FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
+        )
+        print(
+            f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
+            f"scale_factor: {scale_factor} in the PredVDM yaml"
+        )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

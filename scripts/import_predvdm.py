@@ -12,12 +12,10 @@ checkpoint's `betas`) and `scale_factor`. Lightning `.ckpt` files that pickle Py
 need `--allow_pickle` (it runs code from the file: trusted files only).
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import cli, config as config_lib
 from predvdm_jax.interop import bundle, predvdm_ckpt
 
 flags.DEFINE_string("ckpt", None, "PredVDM checkpoint (.ckpt, bare state_dict or .safetensors).")
@@ -31,21 +29,14 @@ flags.mark_flags_as_required(["ckpt", "out", "config"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    try:
-        config_lib.validate(FLAGS.config)
-        imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
-            FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
-        )
-        bundle.save_bundle(FLAGS.out, imported)
-    except (OSError, ValueError, ImportError) as err:  # ConfigError is a ValueError
-        sys.exit(f"error: {err}")
+def main():
+    config_lib.validate(FLAGS.config)
+    imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
+        FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
+    )
+    bundle.save_bundle(FLAGS.out, imported)
     print(f"wrote {FLAGS.out}: {summary}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

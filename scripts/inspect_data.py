@@ -6,10 +6,9 @@ python scripts/inspect_data.py [--kind=latents] [--decode] \
     data/moving_digits/train data/moving_digits/test
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from predvdm_jax import cli
 from predvdm_jax.data import hdf5
 
 flags.DEFINE_enum("kind", "frames", ["frames", "latents"], "Frames (uint8) or a latent cache.")
@@ -17,19 +16,14 @@ flags.DEFINE_bool("decode", False, "Also read every frame: as long as one pass o
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) < 2:
-        sys.exit("error: give one or more split folders, e.g. data/moving_digits/train")
-    for split_dir in argv[1:]:
-        try:
-            shards = hdf5.VideoShards(split_dir, FLAGS.kind)
-            shards.check_all_frames()
-            if FLAGS.decode:
-                shards.check_decodes(progress=True)
-            print(shards.summary())
-        except hdf5.DatasetError as e:
-            sys.exit(f"error: {e}")
+def main(split_dirs):
+    for split_dir in split_dirs:
+        shards = hdf5.VideoShards(split_dir, FLAGS.kind)
+        shards.check_all_frames()
+        if FLAGS.decode:
+            shards.check_decodes(progress=True)
+        print(shards.summary())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, args="split folders, e.g. data/moving_digits/train")

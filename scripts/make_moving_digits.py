@@ -8,10 +8,9 @@ MNIST digits is a benchmark conversion:
   python scripts/prepare_data.py --dataset=smmnist --src=/path/mnist.npz --out=data/SMMNIST_h5
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from predvdm_jax import cli
 from predvdm_jax.data import hdf5, moving_digits
 
 flags.DEFINE_string("out", "data/moving_digits", "Output folder (gets train/ and test/).")
@@ -23,25 +22,18 @@ flags.DEFINE_integer("seed", 0, "Base seed; every video is a function of (seed, 
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    try:
-        moving_digits.write_moving_digits(
-            FLAGS.out,
-            num_train=FLAGS.num_train,
-            num_test=FLAGS.num_test,
-            num_digits=FLAGS.num_digits,
-            seq_len=FLAGS.seq_len,
-            seed=FLAGS.seed,
-        )
-        for split in ("train", "test"):
-            print(hdf5.VideoShards(f"{FLAGS.out}/{split}").summary())
-    except (ValueError, OSError) as err:  # DatasetError and SourceError are ValueErrors
-        sys.exit(f"error: {err}")
+def main():
+    moving_digits.write_moving_digits(
+        FLAGS.out,
+        num_train=FLAGS.num_train,
+        num_test=FLAGS.num_test,
+        num_digits=FLAGS.num_digits,
+        seq_len=FLAGS.seq_len,
+        seed=FLAGS.seed,
+    )
+    for split in ("train", "test"):
+        print(hdf5.VideoShards(f"{FLAGS.out}/{split}").summary())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,10 +8,9 @@
 Re-running the same command resumes an interrupted conversion.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from predvdm_jax import cli
 from predvdm_jax.data import converters
 
 flags.DEFINE_string("dataset", None, f"One of {sorted(converters.CONVERTERS)} or tfds:NAME.")
@@ -60,26 +59,22 @@ _OPTION_FLAGS = (
 )
 
 
-def main(argv):
-    del argv
-    try:
-        options = converters.select_options(
-            FLAGS.dataset,
-            {name: FLAGS[name].value for name in _OPTION_FLAGS},
-            given=[name for name in _OPTION_FLAGS if FLAGS[name].present],
-        )
-        summary = converters.convert(
-            FLAGS.dataset,
-            FLAGS.src,
-            FLAGS.out,
-            vids_per_shard=FLAGS.vids_per_shard,
-            num_workers=FLAGS.num_workers,
-            **options,
-        )
-    except (ValueError, ImportError, OSError) as err:  # SourceError is a ValueError
-        sys.exit(f"error: {err}")
+def main():
+    options = converters.select_options(
+        FLAGS.dataset,
+        {name: FLAGS[name].value for name in _OPTION_FLAGS},
+        given=[name for name in _OPTION_FLAGS if FLAGS[name].present],
+    )
+    summary = converters.convert(
+        FLAGS.dataset,
+        FLAGS.src,
+        FLAGS.out,
+        vids_per_shard=FLAGS.vids_per_shard,
+        num_workers=FLAGS.num_workers,
+        **options,
+    )
     print(summary)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,22 +10,17 @@ come from the model's config; override them with --config.sampling.sampler=dpm_s
 --config.sampling.steps=20 etc.
 """
 
-import sys
-
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib
+from predvdm_jax import cli
 from predvdm_jax.data import loader, video_files
-from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.training import checkpoint
 
-config_lib.define_overrides_flag(
-    "Overrides of the model's config, e.g. --config.sampling.steps=20."
-)
+cli.define_overrides_flag("Overrides of the model's config, e.g. --config.sampling.steps=20.")
 flags.DEFINE_string("bundle", None, "Exported bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: uses its newest checkpoint (EMA weights).")
 flags.DEFINE_string(
@@ -42,41 +37,36 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
+def main():
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
-        sys.exit("error: give exactly one of --bundle or --workdir")
-    try:
-        report.check_output_dir(FLAGS.out)
-        bundle, _ = checkpoint.load_model(
-            FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
+        cli.fail("give exactly one of --bundle or --workdir")
+    if FLAGS.video:
+        cli.reject_flags(["num_clips"], "with --video (it picks test clips)")
+    report.check_output_dir(FLAGS.out)
+    bundle, _ = checkpoint.load_model(
+        FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
+    )
+    config = bundle.config
+    cond_frames = config.data.cond_frames
+    num_frames = FLAGS.num_frames or config.eval.pred_frames
+    if FLAGS.video:
+        clip = video_files.read_clip(
+            FLAGS.video, config.data.image_size, config.data.channels, cond_frames
         )
-        config = bundle.config
-        cond_frames = config.data.cond_frames
-        num_frames = FLAGS.num_frames or config.eval.pred_frames
-        if FLAGS.video:
-            clip = video_files.read_clip(
-                FLAGS.video, config.data.image_size, config.data.channels, cond_frames
-            )
-            cond, future = clip[None], None
-        else:
-            batches = loader.eval_iterator(
-                config.data.test_dir,
-                cond_frames + num_frames,
-                FLAGS.num_clips,
-                FLAGS.num_clips,
-                config.eval.seed,
-                image_size=config.data.image_size,
-                channels=config.data.channels,
-            )
-            clips = next(batches)["video"]
-            cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
-        predicted = sampling.predict_clips(bundle, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
-    except (config_lib.ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        cond, future = clip[None], None
+    else:
+        batches = loader.eval_iterator(
+            config.data.test_dir,
+            cond_frames + num_frames,
+            FLAGS.num_clips,
+            FLAGS.num_clips,
+            config.eval.seed,
+            image_size=config.data.image_size,
+            channels=config.data.channels,
+        )
+        clips = next(batches)["video"]
+        cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
+    predicted = sampling.predict_clips(bundle, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
     if future is None:  # a user's video: no ground truth beyond the conditioning frames
         future = np.full_like(predicted, -1.0)
     written = report.write_videos(
@@ -88,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

@@ -10,14 +10,11 @@ On SIGTERM (preemption) it saves the current step and exits with status 143;
 the same command resumes.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib, mesh
+from predvdm_jax import cli, config as config_lib, mesh
 from predvdm_jax.training import diffusion_trainer
-from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/kth64.py.", lock_config=True
@@ -27,15 +24,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    with one_line_errors():
-        mesh.initialize_distributed()
-        diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
+def main():
+    mesh.initialize_distributed()
+    diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

@@ -7,14 +7,11 @@ Resumes from the newest checkpoint in --workdir. Writes --workdir/vq_params.safe
 (point config.vq_params at it) and --workdir/vq_eval.json (test PSNR/SSIM, codebook usage).
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import config as config_lib, mesh
+from predvdm_jax import cli, config as config_lib, mesh
 from predvdm_jax.training import vq_trainer
-from predvdm_jax.training.script_errors import one_line_errors
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the trained VQ params.")
@@ -22,18 +19,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(
-            f"error: unexpected arguments {argv[1:]}; this script takes only flags (see --helpshort)"
-        )
-    with one_line_errors():
-        mesh.initialize_distributed()
-        result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
+def main():
+    mesh.initialize_distributed()
+    result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     )
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_lib.parse_flags)
+    cli.run(main)

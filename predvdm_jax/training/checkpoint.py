@@ -10,8 +10,10 @@ so a save killed half-way leaves only a temporary directory that
 The directory is made by the first save, never by reading.
 
 For inference, ``load_train_state`` restores a run's checkpoint onto the current devices,
-``load_from_checkpoint`` takes its weights as a bundle, ``export_latent_diffusion_checkpoint``
-writes them in PredVDM's layout, and ``load_model`` loads a bundle or a run with config
+``load_from_checkpoint`` takes its weights as a bundle, ``export_bundle`` writes them as one,
+``export_latent_diffusion_checkpoint`` writes them in PredVDM's layout (both refuse paths where
+they could replace the run's checkpoints or another file: ``check_bundle_export_path``,
+``check_export_path``), and ``load_model`` loads a bundle or a run with config
 overrides (scripts/evaluate.py and scripts/sample.py).
 """
 
@@ -33,9 +35,10 @@ from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax import folders
 from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
-from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path
+from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path, save_bundle
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import optim, train_state
 
@@ -484,12 +487,67 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
     )
 
 
+def _inside(folder: str, path: str) -> bool:
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder
+
+
+def check_bundle_export_path(path: str, workdir: str) -> None:
+    """A ``ValueError`` if a bundle of the run ``workdir`` may not be written to ``path``:
+    inside the workdir, where a bundle could replace the run's checkpoints."""
+    if _inside(workdir, path):
+        raise ValueError(
+            f"--out {path} is inside --workdir {workdir}, where a bundle could replace the "
+            f"run's checkpoints; pick a folder outside the workdir"
+        )
+
+
+def _export_path_problem(path: str, workdir: str) -> str | None:
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    checkpoints = os.path.join(os.path.realpath(workdir), CHECKPOINT_DIR)
+    if _inside(checkpoints, real):
+        return f"is inside the run's checkpoint folder {checkpoints}"
+    if os.path.isdir(real):
+        return "is a folder"
+    if not os.path.exists(real):
+        return None
+    if folders.is_bundle(folder):
+        return f"exists inside the bundle folder {folder}, whose file it would replace"
+    if not real.endswith(".ckpt"):
+        return "exists and is not an earlier export (.ckpt), so it is not replaced"
+    return None
+
+
+def check_export_path(path: str, workdir: str) -> None:
+    """A ``ValueError`` if the PredVDM checkpoint of the run ``workdir`` may not be written to
+    ``path``, which could destroy something: only a new path, or an earlier export (an
+    existing ``.ckpt`` outside any bundle folder and the run's checkpoints), may be written."""
+    problem = _export_path_problem(path, workdir)
+    if problem:
+        raise ValueError(
+            f"--predvdm_ckpt {path} {problem}; nothing was written. "
+            f"Pass a new file path (e.g. exports/<run>.ckpt)."
+        )
+
+
+def export_bundle(workdir: str, path: str, use_ema: bool = True, step: int | None = None) -> Bundle:
+    """Writes a run's checkpoint (the newest finished one by default) as an inference bundle
+    at ``path`` (``check_bundle_export_path`` first) and returns it."""
+    check_bundle_export_path(path, workdir)
+    exported = load_from_checkpoint(workdir, use_ema=use_ema, step=step)
+    save_bundle(path, exported)
+    return exported
+
+
 def export_latent_diffusion_checkpoint(
     workdir: str, path: str, step: int | None = None
 ) -> tuple[int, float]:
     """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
-    ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``).
-    Returns the step written and the latent ``scale_factor`` the original's yaml must use."""
+    ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``), after
+    ``check_export_path``. Returns the step written and the latent ``scale_factor`` the
+    original's yaml must use."""
+    check_export_path(path, workdir)
     if torch_checkpoint.state_dict_format(path) == "torch":
         torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
     config, state, step = load_train_state(workdir, step)
@@ -508,9 +566,21 @@ def load_model(
     """(model, where it came from) of a ``bundle`` folder or a training ``workdir`` (exactly
     one), its config with ``overrides`` (``{"section.field": value}``) applied. A run's
     ``best/`` folder loads its bundle of lowest validation loss; a workdir its checkpoint
-    ``step`` (the newest by default), EMA weights unless ``use_ema`` is False."""
+    ``step`` (the newest by default), EMA weights unless ``use_ema`` is False. A bundle holds
+    the one set of weights it was exported with: ``step`` or ``use_ema=False`` with a bundle
+    is a ``ValueError``."""
     if bool(bundle) == bool(workdir):
         raise ValueError(f"pass exactly one of a bundle or a workdir, got {bundle!r}, {workdir!r}")
+    if bundle and (step is not None or not use_ema):
+        chosen = ([f"step={step} (--step)"] if step is not None else []) + (
+            [] if use_ema else ["use_ema=False (--nouse_ema)"]
+        )
+        raise ValueError(
+            f"bundle {bundle} holds the one set of weights it was exported with; "
+            f"{' and '.join(chosen)} {'applies' if len(chosen) == 1 else 'apply'} only to a "
+            f"training workdir's checkpoints: drop {'it' if len(chosen) == 1 else 'them'}, or "
+            f"pass the workdir instead of the bundle"
+        )
     if bundle:
         path = resolve_bundle_path(bundle)
         loaded, source = read_bundle(path), f"bundle {path}"

@@ -16,7 +16,7 @@ from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import write_split
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.training import checkpoint, loop, vq_trainer
-from predvdm_jax.training.script_errors import one_line_errors
+from predvdm_jax.cli import one_line_errors
 
 from .tiny_setup import REPO_ROOT
 

@@ -1,0 +1,245 @@
+"""How every script in ``scripts/`` parses its flags and ends on bad input: one ``error:`` line.
+
+``run(main)`` replaces ``absl.app.run(main)``: ``parse_flags`` turns a flag error (a missing
+required flag, a mistyped value, an unknown flag, a missing or failing ``--config`` file, an
+unknown or mistyped ``--config.<field>``) and a stray positional argument into one ``error:``
+line instead of absl's two-line ``FATAL Flags parsing error`` or a traceback; ``main`` runs
+inside ``one_line_errors``, so its expected failures (``OSError``, ``ValueError``, which covers
+``ConfigError``, ``DatasetError`` and ``SourceError``, ``ImportError``, a NaN/Inf loss) end the
+same way, and a preempted run exits with status 143. ``fail`` and ``reject_flags`` report usage
+mistakes the flags themselves cannot express (flags that go together or exclude each other).
+
+Only ``scripts/`` import this module; nothing in the package does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import sys
+from typing import Any, Callable, Iterable, Iterator, NoReturn
+
+import ml_collections
+from absl import app, flags
+
+FAILURES = (OSError, ValueError, ImportError)  # and training.loop.NonFiniteLossError
+
+
+def fail(message: str) -> NoReturn:
+    """Ends the script with ``error: <message>`` (exit status 1)."""
+    sys.exit(f"error: {message}")
+
+
+def _config():
+    """``predvdm_jax.config``, imported when first needed (a ``--config`` flag, or a failure):
+    it imports JAX, which the scripts that need no config (the data scripts) do not load."""
+    from predvdm_jax import config
+
+    return config
+
+
+def _run_failures() -> tuple[type[BaseException], type[BaseException]] | None:
+    """``training.loop``'s ``NonFiniteLossError`` and ``TrainingPreempted``, or None when no
+    module of this process imported the training loop (so neither can have been raised):
+    importing it would cost every other script a second at start-up."""
+    loop = sys.modules.get("predvdm_jax.training.loop")
+    return None if loop is None else (loop.NonFiniteLossError, loop.TrainingPreempted)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Expected failures (``FAILURES``, and a NaN/Inf training loss) exit with one ``error:``
+    line (status 1); a preempted run prints ``preempted:`` and exits with
+    ``TrainingPreempted.exit_code`` (143), so the same command resumes."""
+    try:
+        yield
+    except FAILURES as err:
+        fail(str(err))
+    except Exception as err:
+        run_failures = _run_failures()
+        if run_failures is None:
+            raise
+        non_finite, preempted = run_failures
+        if isinstance(err, non_finite):
+            fail(str(err))
+        if isinstance(err, preempted):
+            print(f"preempted: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        raise
+
+
+def reject_flags(names: Iterable[str], reason: str) -> None:
+    """One ``error:`` line if any flag of ``names`` was given on the command line, where it
+    would do nothing (``reason``: e.g. ``"with --video"``)."""
+    given = [f"--{name}" for name in names if flags.FLAGS[name].present]
+    if given:
+        verb, pronoun = ("has", "it") if len(given) == 1 else ("have", "them")
+        fail(f"{', '.join(given)} {verb} no effect {reason}; remove {pronoun}")
+
+
+def run(main: Callable[..., Any], *, args: str | None = None) -> None:
+    """``app.run`` with ``parse_flags`` and ``main`` inside ``one_line_errors``. Without
+    ``args`` the script takes only flags: ``main()``, and a positional argument is an error.
+    With ``args`` (what they are, e.g. ``"split folders, e.g. data/x/train"``) it takes one or
+    more: ``main(arguments)``."""
+
+    def parse(argv: list[str]) -> list[str]:
+        return parse_flags(argv, args=args)
+
+    def call(argv: list[str]) -> Any:
+        with one_line_errors():
+            return main(argv[1:]) if args else main()
+
+    app.run(call, flags_parser=parse)
+
+
+def _config_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The file of the (last) ``--config=<file>[:args]`` on the command line (None if none) and
+    the names of the ``--config.<field>`` flags, up to ``--``."""
+    path, fields = None, []
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            continue
+        name, equals, value = arg.lstrip("-").partition("=")
+        if name == "config":
+            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        elif name.startswith("config."):
+            fields.append(name)
+    return (path.split(":", 1)[0] if path else path), fields
+
+
+def _unknown_field(name: str) -> str | None:
+    """Why ``--<name>`` (``config.a.b``) names no field of the schema, or None."""
+    node, parts = _config().default_config(), name.split(".")[1:]
+    for depth, key in enumerate(parts):
+        parent = "".join(p + "." for p in parts[:depth])
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"--{name}: config field '{parent[:-1]}' has no sub-fields"
+        if key not in node:
+            close = difflib.get_close_matches(key, list(node.keys()), n=1)
+            hint = (
+                f"did you mean --config.{parent}{close[0]}?"
+                if close
+                else f"known fields here: {', '.join(sorted(node.keys()))}"
+            )
+            return f"--{name}: unknown config field '{parent}{key}'; {hint}"
+        node = node[key]
+    return None
+
+
+def _config_flag_error(path: str | None, fields: list[str], err: Exception) -> str:
+    """What went wrong with ``--config`` or a ``--config.<field>`` override, in one line."""
+    if path and not os.path.isfile(path):
+        return f"config file {path!r} not found; pass a file from configs/"
+    for name in fields:
+        problem = _unknown_field(name)
+        if problem:
+            return problem
+    return " ".join(str(err).split())
+
+
+def _original_error(err: BaseException, path: str) -> BaseException:
+    """The exception the config file raised: absl re-raises a TypeError/ValueError from
+    ``get_config`` as ``IllegalFlagValueError`` (and ml_collections first as a copy holding
+    the traceback's text); follow ``__context__`` to the first one raised in the file."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for candidate in reversed(chain):
+        if _config().raised_by_config_file(path, candidate):
+            return candidate
+    return chain[-1]
+
+
+def _flags_error_line(path: str | None, err: Exception) -> str:
+    """absl's flag-parsing error (``FATAL Flags parsing error: ...`` and a second line) as one."""
+    message = " ".join(str(err).split())
+    override = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
+    if override:
+        field, value, reason = override.groups()
+        node = _config().default_config()
+        for key in field.split("."):
+            node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+        kind = f"of type {type(node).__name__}" if node is not None else "of another type"
+        return (
+            f"--config.{field}={value}: not a valid value ({reason}); "
+            f"config field {field!r} takes a value {kind}"
+        )
+    required = re.search(r"Flag --(\w+) must have a value other than None", message)
+    if required:
+        return (
+            f"--{required.group(1)} is required; pass --{required.group(1)}=... (see --helpshort)"
+        )
+    unknown = getattr(err, "flagname", None)
+    if (
+        isinstance(err, flags.UnrecognizedFlagError)
+        and unknown
+        and unknown.startswith("config.")
+        and path is None
+        and "config" in flags.FLAGS  # a script that takes a config file
+    ):
+        return f"--{unknown} overrides a field of a config file: pass --config=<file> with it"
+    return f"{message} (see --helpshort)"
+
+
+def parse_flags(argv: list[str], *, args: str | None = None) -> list[str]:
+    """``app.run``'s ``flags_parser`` (``run`` passes it): parses ``argv`` into ``flags.FLAGS``
+    and returns the program name and the positional arguments. A missing config file, one that
+    fails to load (a syntax error, a failing import, an exception in ``get_config``, a
+    ``get_config`` that is missing or returns no ``ConfigDict``), an unknown or mistyped
+    ``--config.<field>``, any other flag error, a positional argument of a script that takes
+    none (``args`` None) and none of one that takes some (``args``: what they are) exit with
+    one ``error:`` line."""
+    path, fields = _config_args(argv)
+    file_given = bool(path) and os.path.isfile(path)
+    try:
+        remaining = flags.FLAGS(argv)
+        config = flags.FLAGS.config if "config" in flags.FLAGS else None
+        if config is not None:  # optional in convert_ldm_vq.py
+            try:
+                config.keys()  # a config file that failed to load raises when first read
+            except AttributeError:  # get_config() returned something else than a ConfigDict
+                if path:
+                    _config().check_config_value(path, config)
+                raise
+    except (AttributeError, KeyError, OSError, _config().ConfigError) as err:
+        original = _original_error(err, path) if file_given else err
+        if file_given and _config().raised_by_config_file(path, original):
+            fail(_config().config_file_error(path, original))
+        fail(_config_flag_error(path, fields, err))
+    except flags.Error as err:
+        if file_given and str(err).startswith("flag --config="):
+            fail(_config().config_file_error(path, _original_error(err, path)))
+        fail(_flags_error_line(path, err))
+    except Exception as err:  # raised while loading the config file
+        if file_given:
+            fail(_config().config_file_error(path, _original_error(err, path)))
+        raise
+    if args is None and len(remaining) > 1:
+        fail(
+            f"unexpected arguments {remaining[1:]}; this script takes only flags (see --helpshort)"
+        )
+    if args is not None and len(remaining) < 2:
+        fail(f"give one or more {args}")
+    return remaining
+
+
+def define_overrides_flag(help_text: str) -> None:
+    """Defines ``--config`` as ``--config.<field>=value`` overrides of a run's saved config
+    (``evaluate.py``, ``sample.py``; apply them with ``config.with_overrides``).
+
+    ``config_flags.DEFINE_config_dict`` parses the command line when it is defined, so a
+    mistyped field exits here with one ``error:`` line (``parse_flags`` comes too late).
+    """
+    from ml_collections import config_flags
+
+    try:
+        config_flags.DEFINE_config_dict("config", _config().default_config(), help_text)
+    except (AttributeError, KeyError) as err:
+        fail(_config_flag_error(*_config_args(sys.argv), err))

@@ -1,0 +1,134 @@
+"""predvdm_jax/cli.py: every script's flag errors, stray arguments, flags that would do nothing
+and expected failures are one ``error:`` line; the library refuses what the scripts refused."""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from predvdm_jax import cli
+from predvdm_jax import config as config_lib
+from predvdm_jax.training import checkpoint, loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(REPO, "configs", "digits_demo.py")
+
+
+def _printed(script, *args):
+    """The lines a failed script printed, absl's log lines left out."""
+    command = [sys.executable, os.path.join(REPO, "scripts", script), *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    lines = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and not re.match(r"[IWE]\d{4} ", line)
+    ]
+    assert done.returncode == 1 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_missing_required_flag_is_one_error_line():
+    assert _printed("export.py") == (
+        "error: --workdir is required; pass --workdir=... (see --helpshort)"
+    )
+
+
+def test_a_stray_positional_argument_is_an_error(tmp_path):
+    out = tmp_path / "out"
+    line = _printed("prepare_data.py", "--dataset=smmnist", "--src=x.npz", f"--out={out}", "stray")
+    assert line == (
+        "error: unexpected arguments ['stray']; this script takes only flags (see --helpshort)"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, want",
+    [
+        (
+            "evaluate.py",
+            ("--bundle=b", "--step=5", "--nouse_ema"),
+            "error: bundle b holds the one set of weights it was exported with; step=5 (--step) "
+            "and use_ema=False (--nouse_ema) apply only to a training workdir's checkpoints",
+        ),
+        (
+            "evaluate.py",
+            ("--bundle=b", "--cond_frames=10"),
+            "error: --cond_frames has no effect without --real_dir and --fake_dir; remove it",
+        ),
+        (
+            "evaluate.py",
+            ("--real_dir=r", "--fake_dir=f", "--protocol=mcvd", "--pred_frames=9"),
+            "error: --protocol, --pred_frames have no effect when scoring folders "
+            "(--real_dir, --fake_dir); remove them",
+        ),
+        (
+            "sample.py",
+            ("--bundle=b", "--video=v.gif", "--num_clips=3"),
+            "error: --num_clips has no effect with --video",
+        ),
+    ],
+)
+def test_a_flag_that_would_do_nothing_is_one_error_line(tmp_path, script, args, want):
+    assert _printed(script, *args, f"--out={tmp_path / 'out'}").startswith(want)
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_model_refuses_a_step_or_the_raw_weights_of_a_bundle(tmp_path):
+    for options in ({"step": 5}, {"use_ema": False}):
+        with pytest.raises(ValueError, match="holds the one set of weights it was exported with"):
+            checkpoint.load_model(str(tmp_path / "bundle"), **options)
+
+
+def _save_run(workdir):
+    directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    config = config_lib.load_config_file(DEMO_CONFIG)
+    checkpointer.save(3, {"w": jnp.zeros(2)}, data_state={}, config=config)
+    checkpointer.close()
+
+
+def test_the_library_exports_refuse_the_runs_own_folders(tmp_path):
+    run = tmp_path / "run"
+    _save_run(run)
+    inside = run / checkpoint.CHECKPOINT_DIR / "x.ckpt"
+    with pytest.raises(ValueError, match=f"^--predvdm_ckpt {inside} is inside the run's check"):
+        checkpoint.export_latent_diffusion_checkpoint(str(run), str(inside))
+    with pytest.raises(ValueError, match=f"^--out {run / 'bundle'} is inside --workdir {run}"):
+        checkpoint.export_bundle(str(run), str(run / "bundle"))
+    assert sorted(os.listdir(run)) == [checkpoint.CHECKPOINT_DIR]
+    assert os.listdir(run / checkpoint.CHECKPOINT_DIR) == ["3"]
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        PermissionError("cannot write x"),
+        ImportError("needs PyTorch"),
+        config_lib.ConfigError("bad field"),
+        loop.NonFiniteLossError("loss is nan"),
+    ],
+)
+def test_expected_failures_are_one_error_line(err):
+    with pytest.raises(SystemExit) as exited, cli.one_line_errors():
+        raise err
+    assert exited.value.code == f"error: {err}"
+
+
+def test_a_bug_is_not_hidden_behind_an_error_line():
+    with pytest.raises(KeyError), cli.one_line_errors():
+        raise KeyError("a bug")
+
+
+def test_nothing_below_the_scripts_imports_cli():
+    package = os.path.join(REPO, "predvdm_jax")
+    for folder, _, names in os.walk(package):
+        for name in names:
+            if name.endswith(".py") and os.path.join(folder, name) != cli.__file__:
+                with open(os.path.join(folder, name)) as f:
+                    source = f.read()
+                assert not re.search(r"import cli\b|predvdm_jax\.cli\b", source), name
