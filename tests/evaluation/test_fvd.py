@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pytest
@@ -136,31 +137,37 @@ def test_too_few_videos_or_frames_raise():
         fvd_lib.i3d_logits({}, np.zeros((2, 10, 8, 8, 3), np.uint8))
 
 
-def _moving_square_videos(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    videos = np.zeros((n, 10, 32, 32, 1), np.float32)
-    for i in range(n):
-        y, x = rng.integers(0, 16, 2)
-        dy, dx = rng.integers(-2, 3, 2)
-        for t in range(10):
-            top, left = np.clip([y + dy * t, x + dx * t], 0, 24)
-            videos[i, t, top : top + 8, left : left + 8] = 1.0
-    return videos
+I3D_REFERENCE = os.path.join(
+    os.path.dirname(__file__), os.pardir, "data", "i3d_logits_uint8_rng0_2x10x224.npy"
+)
 
 
-def test_fvd_grows_with_noise_on_real_i3d():
-    # Two videos per set is the minimum for a covariance; it keeps the 224x224 I3D runs to six.
-    variables = load_i3d_params()
-    real = _moving_square_videos(2, seed=8)
-    noise = np.random.default_rng(9).normal(size=real.shape).astype(np.float32)
-    real_feats = fvd_lib.i3d_logits(variables, real, batch_size=2)
-    assert real_feats.shape == (2, 400) and np.all(np.isfinite(real_feats))
+def test_i3d_logits_of_uint8_frames_over_255_match_the_stored_logits():
+    """The clip of tests/models/test_i3d.py::test_logits_match_stored_reference, fed as FVD
+    feeds it (uint8 / 255 in [0, 1], one video per batch): the [-1, 1] mapping, the 224x224
+    resize (an identity here) and the batch loop must give the stored logits of I3D on
+    uint8 / 127.5 - 1 (I3D itself is checked against PyTorch in
+    tests/interop/test_i3d_torchscript.py)."""
+    clip = np.random.default_rng(0).integers(0, 256, (2, 10, 224, 224, 3), dtype=np.uint8)
+    feats = fvd_lib.i3d_logits(load_i3d_params(), clip / 255.0, batch_size=1)
+    assert feats.shape == (2, 400) and feats.dtype == np.float64
+    np.testing.assert_allclose(feats, np.load(I3D_REFERENCE), rtol=0, atol=1e-3)
     # sqrtm of a rank-1 400x400 product is only accurate to ~1e-4 here.
-    assert abs(fvd_lib.frechet_distance(real_feats, real_feats)) < 1e-2
-    scores = [
-        fvd_lib.frechet_distance(
-            real_feats, fvd_lib.i3d_logits(variables, np.clip(real + s * noise, 0, 1), 2)
-        )
-        for s in (0.1, 0.4)
-    ]
-    assert 1.0 < scores[0] < scores[1], scores
+    assert abs(fvd_lib.frechet_distance(feats, feats)) < 1e-2
+
+
+def test_i3d_logits_batches_pad_the_last_batch_and_keep_clip_order(monkeypatch):
+    """The batch loop with a stand-in for the compiled resize + I3D that returns each padded
+    video's first 400 values: 5 videos in batches of 2 are 3 calls of 2 rows each (one
+    compiled shape), and the result is the 5 videos' values in order, padding dropped."""
+    calls = []
+
+    def program(variables, batch):
+        calls.append(batch.shape)
+        return np.asarray(batch).reshape(len(batch), -1)[:, :400]
+
+    monkeypatch.setattr(fvd_lib, "_logits_program", lambda method: program)
+    videos = np.random.default_rng(10).uniform(0.01, 1, (5, 10, 8, 8, 1)).astype(np.float32)
+    feats = fvd_lib.i3d_logits({}, videos, batch_size=2)
+    assert calls == [(2, 10, 8, 8, 1)] * 3
+    np.testing.assert_array_equal(feats, videos.reshape(5, -1)[:, :400].astype(np.float64))

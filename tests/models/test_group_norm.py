@@ -75,9 +75,18 @@ def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     got = _ours(x16, scale, bias, 32, 1e-5, cotangent)
     assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
     assert got[2].dtype == jnp.float32 and got[3].dtype == jnp.float32
-    want = _torch_reference(np.asarray(x16, np.float32), scale, bias, 32, 1e-5, cotangent)
+    # _ours casts the cotangent to the output's dtype: the reference gets the same bf16 values.
+    cotangent16 = np.asarray(jnp.asarray(cotangent, jnp.bfloat16), np.float64)
+    want = _torch_reference(np.asarray(x16, np.float32), scale, bias, 32, 1e-5, cotangent16)
     np.testing.assert_allclose(np.asarray(got[0], np.float32), want[0], atol=0.04)
+    # dx is float32 arithmetic rounded once to bf16: within half an ulp, 2^-9 |dx|, of torch's
+    # float64 value; 2^-8 leaves room for float32 rounding, and fails at a 0.5% error in the
+    # group means (0.05 max|dx| would let a 10% one through).
+    dx = np.asarray(got[1], np.float32)
+    np.testing.assert_allclose(dx, want[1], rtol=2**-8, atol=1e-4 * np.abs(want[1]).max())
     np.testing.assert_allclose(np.asarray(got[2]), want[2], rtol=0.02, atol=0.02)
+    # dbias = Σ cotangent over batch and positions, summed in float32 from bf16 values.
+    np.testing.assert_allclose(np.asarray(got[3]), cotangent16.sum(axis=(0, 1, 2)), rtol=1e-5)
 
 
 def test_module_parameters_and_output_dtype():

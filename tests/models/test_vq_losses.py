@@ -169,18 +169,26 @@ def test_generator_loss_adaptive_weight_equals_full_autodiff():
             return jnp.stack([vl.l1_loss(x, rec), -jnp.mean(disc_fn(rec))])
 
         jac = jax.jacrev(both)(params)["decoder"]["conv_out"]["kernel"]
-        return before, after, out.loss_terms, jac
+        return before, after, out, disc_fn(out.reconstruction), jac
 
-    (loss0, m0), (loss1, m1), terms, jac = run(params, d_params, x)
+    (loss0, m0), (loss1, m1), out, logits, jac = run(params, d_params, x)
     jac = np.asarray(jac)
     ref_weight = 0.8 * np.clip(np.linalg.norm(jac[0]) / (np.linalg.norm(jac[1]) + 1e-4), 0, 1e4)
     np.testing.assert_allclose(float(m1["d_weight"]), ref_weight, rtol=1e-4)
-    q = float(terms.commitment) * (1 + BETA)
+    # nll (L1 only: no perceptual_fn), g_loss and the legacy codebook loss in float64 from the
+    # same forward pass: (1 + beta) * mean((z_q - z)^2), z_q's values being the assigned codes.
+    f64 = lambda a: np.asarray(a, np.float64)
+    nll = np.mean(np.abs(f64(x) - f64(out.reconstruction)))
+    g = -np.mean(f64(logits))
+    q = (1 + BETA) * np.mean((f64(out.z_q) - f64(out.z)) ** 2)
     assert float(m0["disc_factor"]) == 0.0 and float(m1["disc_factor"]) == 1.0
-    np.testing.assert_allclose(float(loss0), float(m0["nll_loss"]) + q, rtol=1e-5)
-    np.testing.assert_allclose(
-        float(loss1), float(m1["nll_loss"]) + ref_weight * float(m1["g_loss"]) + q, rtol=1e-4
-    )
+    for metrics in (m0, m1):
+        np.testing.assert_allclose(float(metrics["nll_loss"]), nll, rtol=1e-5)
+        np.testing.assert_allclose(float(metrics["rec_loss"]), nll, rtol=1e-5)
+        np.testing.assert_allclose(float(metrics["g_loss"]), g, rtol=1e-5)
+        np.testing.assert_allclose(float(metrics["quant_loss"]), q, rtol=1e-5)
+    np.testing.assert_allclose(float(loss0), nll + q, rtol=1e-5)
+    np.testing.assert_allclose(float(loss1), nll + ref_weight * g + q, rtol=1e-4)
     with pytest.raises(ValueError, match="return_features=True"):
         vl.vqgan_generator_loss(
             x, vl.VQOutput(x, None, None, None, None), {}, lambda r: r, 0, disc_start=0
