@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib
-from predvdm_jax.interop import ldm_vq, torch_checkpoint
+from predvdm_jax.interop import ldm_vq
 
 flags.DEFINE_string(
     "ckpt",
@@ -30,18 +30,14 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(["ckpt", "out"])
 FLAGS = flags.FLAGS
-VQ_METADATA_KIND = {"format": "flax/vq"}  # an existing --out is only replaced when it holds this
 
 
 def main():
-    torch_checkpoint.check_output_file(FLAGS.out, VQ_METADATA_KIND, "VQ params")
     vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
-    params = ldm_vq.load_vq_checkpoint(FLAGS.ckpt, vq, allow_pickle=FLAGS.allow_pickle)
-    torch_checkpoint.save_params_safetensors(
-        FLAGS.out, params, metadata={"source": FLAGS.ckpt, **VQ_METADATA_KIND}
+    summary = ldm_vq.convert_vq_checkpoint(
+        FLAGS.ckpt, FLAGS.out, vq, allow_pickle=FLAGS.allow_pickle
     )
-    count = sum(v.size for v in torch_checkpoint.flatten_params(params).values())
-    print(f"wrote {FLAGS.out}: {count:,} parameters")
+    print(f"wrote {FLAGS.out}: {summary['num_params']:,} parameters")
 
 
 if __name__ == "__main__":

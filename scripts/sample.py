@@ -11,12 +11,10 @@ come from the model's config; override them with --config.sampling.sampler=dpm_s
 """
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli
-from predvdm_jax.data import loader, video_files
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.training import checkpoint
 
@@ -46,29 +44,13 @@ def main():
     bundle, _ = checkpoint.load_model(
         FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
     )
-    config = bundle.config
-    cond_frames = config.data.cond_frames
-    num_frames = FLAGS.num_frames or config.eval.pred_frames
-    if FLAGS.video:
-        clip = video_files.read_clip(
-            FLAGS.video, config.data.image_size, config.data.channels, cond_frames
-        )
-        cond, future = clip[None], None
-    else:
-        batches = loader.eval_iterator(
-            config.data.test_dir,
-            cond_frames + num_frames,
-            FLAGS.num_clips,
-            FLAGS.num_clips,
-            config.eval.seed,
-            image_size=config.data.image_size,
-            channels=config.data.channels,
-        )
-        clips = next(batches)["video"]
-        cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
-    predicted = sampling.predict_clips(bundle, cond, num_frames, jax.random.PRNGKey(FLAGS.seed))
-    if future is None:  # a user's video: no ground truth beyond the conditioning frames
-        future = np.full_like(predicted, -1.0)
+    cond, future, predicted = sampling.predict_test_clips_or_video(
+        bundle,
+        jax.random.PRNGKey(FLAGS.seed),
+        num_frames=FLAGS.num_frames,
+        video=FLAGS.video,
+        num_clips=FLAGS.num_clips,
+    )
     written = report.write_videos(
         FLAGS.out, future, predicted, cond, fps=FLAGS.fps, max_videos=len(predicted)
     )

@@ -7,6 +7,7 @@ import numpy as np
 
 from predvdm_jax import mesh as mesh_lib
 from predvdm_jax.batching import device_batch_size, pad_batch
+from predvdm_jax.data import loader, video_files
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle
 
@@ -45,3 +46,45 @@ def predict_clips(
         frames = predict(params, vq_params, padded, jax.random.fold_in(key, start))
         outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)
+
+
+def predict_test_clips_or_video(
+    bundle: Bundle,
+    key: jax.Array,
+    *,
+    num_frames: int | None = None,
+    video: str | None = None,
+    num_clips: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What scripts/sample.py writes: ``(cond, future, predicted)``, (N, T, H, W, C) in [-1, 1].
+
+    With ``video`` (a video file or folder of frames) its first ``cond_frames`` frames are the one
+    clip's conditioning, and ``future`` (no ground truth) is all -1; otherwise the first
+    ``num_clips`` test clips of the config's dataset (fixed windows of seed ``eval.seed``) are
+    split into conditioning and ground-truth future. ``num_frames`` defaults to the config's
+    ``eval.pred_frames``.
+    """
+    config = bundle.config
+    cond_frames = config.data.cond_frames
+    num_frames = num_frames or config.eval.pred_frames
+    if video:
+        clip = video_files.read_clip(
+            video, config.data.image_size, config.data.channels, cond_frames
+        )
+        cond, future = clip[None], None
+    else:
+        batches = loader.eval_iterator(
+            config.data.test_dir,
+            cond_frames + num_frames,
+            num_clips,
+            num_clips,
+            config.eval.seed,
+            image_size=config.data.image_size,
+            channels=config.data.channels,
+        )
+        clips = next(batches)["video"]
+        cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
+    predicted = predict_clips(bundle, cond, num_frames, key)
+    if future is None:  # a user's video: no ground truth beyond the conditioning frames
+        future = np.full_like(predicted, -1.0)
+    return cond, future, predicted

@@ -35,6 +35,7 @@ from predvdm_jax.folders import (
     is_training_workdir,
 )
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
 from predvdm_jax.interop.params import check_params
 from predvdm_jax.interop.torch_checkpoint import (
     conv_kernel_to_ohwi,
@@ -86,7 +87,7 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         save_params_safetensors(
             os.path.join(tmp, VQ_FILE),
             jax.device_get(bundle.vq_params),
-            metadata={"format": "flax/vq"},
+            metadata=dict(VQ_METADATA_KIND),
         )
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(bundle.config.to_json_best_effort(indent=2))

@@ -22,6 +22,9 @@ from predvdm_jax.tensor_files import check_keys
 
 FIRST_STAGE_PREFIX = "first_stage_model."
 IGNORED_PREFIXES = ("loss.",)
+# The metadata kind of every VQ params file (this converter's output, a bundle's vq.safetensors,
+# the VQ trainer's export): an existing converter output is only replaced when it holds this.
+VQ_METADATA_KIND = {"format": "flax/vq"}
 
 _INDEXED_CONTAINERS = ("down", "up", "block", "attn")
 _FLAX_INDEXED = re.compile(r"^(down|up|block|attn)_(\d+)$")
@@ -152,3 +155,23 @@ def load_vq_checkpoint(
 ) -> dict[str, Any]:
     """Read an LDM `model.ckpt` / PredVDM checkpoint / bare state_dict file and convert it to Flax params."""
     return convert_vq_state_dict(tc.load_torch_state_dict(path, allow_pickle=allow_pickle), config)
+
+
+def convert_vq_checkpoint(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    vq_config: Any = None,
+    *,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Convert a VQ checkpoint file (as `load_vq_checkpoint`) and write its Flax params to ``out``
+    as safetensors (atomically), metadata ``VQ_METADATA_KIND`` plus ``source``. ``out`` must pass
+    ``torch_checkpoint.check_output_file`` (checked before anything is read); ``vq_config`` as
+    in `make_vq_model`. Returns ``{"params": ..., "num_params": int}``."""
+    tc.check_output_file(out, VQ_METADATA_KIND, "VQ params")
+    params = load_vq_checkpoint(ckpt, vq_config, allow_pickle=allow_pickle)
+    tc.save_params_safetensors(
+        out, params, metadata={"source": os.fspath(ckpt), **VQ_METADATA_KIND}
+    )
+    num_params = sum(v.size for v in tc.flatten_params(params).values())
+    return {"params": params, "num_params": int(num_params)}
