@@ -178,6 +178,8 @@ def default_config() -> ml_collections.ConfigDict:
         perceptual_weight=0.0,  # LPIPS term: needs eval.lpips_params; off by default
         disc_start=50001,
         disc_weight=0.8,
+        disc_loss="hinge",  # discriminator loss, taming's disc_loss: "hinge" or "vanilla" (softplus)
+        disc_factor=1.0,  # >= 0, taming's disc_factor: scales both adversarial terms from disc_start
         disc_layers=3,
         disc_channels=64,
         dead_code_restart_every=0,
@@ -252,6 +254,7 @@ def _range_errors(c) -> list[str]:
         ("optimizer.base_learning_rate", o.base_learning_rate),
         ("vq_train.learning_rate", v.learning_rate),
         ("optimizer.grad_clip", o.grad_clip),
+        ("vq_train.disc_factor", v.disc_factor),
     ):
         if not 0 <= value < math.inf:
             errors.append(f"{name} must be a finite number >= 0, got {value}")
@@ -269,8 +272,10 @@ def _range_errors(c) -> list[str]:
 
 
 def _combination_errors(c) -> list[str]:
-    # Not a top-level import: models/unet.py imports this module (ATTENTION_IMPLS).
+    # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
+    # models/autoencoder.py (module_fields), which vq_losses imports.
     from predvdm_jax.models.predictor import MODES
+    from predvdm_jax.models.vq_losses import DISC_LOSSES
 
     errors = []
     d = c.data
@@ -413,6 +418,8 @@ def _combination_errors(c) -> list[str]:
             f"got {accum}"
         )
     errors.extend(_range_errors(c))
+    if c.vq_train.disc_loss not in DISC_LOSSES:
+        errors.append(f"vq_train.disc_loss {c.vq_train.disc_loss!r} is not one of {DISC_LOSSES}")
     if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
         errors.append(
             "vq_train.perceptual_weight > 0 needs LPIPS weights: set eval.lpips_params "

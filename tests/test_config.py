@@ -6,7 +6,7 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion import latent_diffusion, loss, parameterization, samplers, schedule
-from predvdm_jax.models import predictor
+from predvdm_jax.models import predictor, vq_losses
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
@@ -66,6 +66,11 @@ def test_type_safe_assignment_names_the_field():
         (dict(unet__model_channels=48), "divisible by 32"),
         (dict(data__image_size=66), "not divisible by the VQ's downsampling factor 4"),
         (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
+        (
+            dict(vq_train__disc_loss="wgan"),
+            "vq_train.disc_loss 'wgan' is not one of ('hinge', 'vanilla')",
+        ),
+        (dict(vq_train__disc_factor=-0.5), "vq_train.disc_factor must be a finite number >= 0"),
         (dict(diffusion__parameterization="score"), "diffusion.parameterization must be one of"),
         (dict(data__preload_max_gb=-1.0), "data.preload_max_gb must be >= 0"),
         (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
@@ -157,6 +162,7 @@ def test_overrides_apply_even_when_they_equal_the_schema_default():
         ("diffusion.beta_schedule", schedule.BETA_SCHEDULES),
         ("diffusion.loss_reduction", loss.REDUCTIONS),
         ("diffusion.parameterization", parameterization.PARAMETERIZATIONS),
+        ("vq_train.disc_loss", vq_losses.DISC_LOSSES),
     ],
 )
 def test_the_config_accepts_every_value_the_implementation_has(field, values):

@@ -6,7 +6,8 @@ Generator side:  loss = nll + d_weight * disc_factor * g_loss + codebook_weight 
   d_weight     = clip(|grad_W nll| / (|grad_W g_loss| + 1e-4), 0, 1e4) * disc_weight, W = decoder/conv_out
                  kernel, treated as a constant (stop-gradient)
   disc_factor  = disc_factor if step >= disc_start else 0.
-Discriminator side: disc_factor * hinge(D(x), D(sg(x_rec))).
+Discriminator side: disc_factor * d_loss(D(x), D(sg(x_rec))), d_loss = hinge (default) or vanilla
+  (softplus), taming's `disc_loss`; g_loss is -mean(D(x_rec)) with either, as in taming.
 
 Also codebook-usage statistics and a dead-code restart.
 """
@@ -27,6 +28,7 @@ Array = jax.Array
 
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
+DISC_LOSSES = ("hinge", "vanilla")  # `vqgan_discriminator_loss`'s loss_type (vq_train.disc_loss)
 
 
 def l1_loss(x: Array, reconstruction: Array) -> Array:
@@ -188,7 +190,7 @@ def vqgan_discriminator_loss(
     loss_type: str = "hinge",
 ) -> tuple[Array, dict[str, Array]]:
     """Discriminator-side loss (optimizer_idx 1); `logits_fake` must come from stop-gradient reconstructions."""
-    if loss_type not in ("hinge", "vanilla"):
+    if loss_type not in DISC_LOSSES:
         raise ValueError(f"loss_type must be 'hinge' or 'vanilla'; got {loss_type!r}.")
     loss_fn = hinge_d_loss if loss_type == "hinge" else vanilla_d_loss
     loss = disc_factor_at(step, disc_start, disc_factor) * loss_fn(logits_real, logits_fake)

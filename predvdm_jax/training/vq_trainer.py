@@ -4,8 +4,11 @@ The objective is taming's ``VQLPIPSWithDiscriminator`` (pieces in
 ``models/vq_losses.py``): L1 reconstruction, codebook + commitment loss with
 LDM's legacy β placement (``vq_train.legacy_beta``), an optional LPIPS term
 (``vq_train.perceptual_weight`` > 0 needs ``eval.lpips_params``) and an
-optional hinge PatchGAN discriminator (``vq_train.disc_weight`` > 0) that is
-switched on at step ``vq_train.disc_start`` with the adaptive weight.
+optional PatchGAN discriminator (``vq_train.disc_weight`` > 0) that is
+switched on at step ``vq_train.disc_start`` with the adaptive weight; from then on
+both adversarial terms are scaled by ``vq_train.disc_factor`` (taming's
+``disc_factor``), and the discriminator trains on the hinge or the vanilla (softplus)
+loss (``vq_train.disc_loss``, taming's ``disc_loss``).
 
 The VQ trains on single frames: the loader yields clips of one frame, which are
 flattened to ``(B, H, W, C)`` and repeated to RGB (as for the frozen VQ).
@@ -51,6 +54,7 @@ from predvdm_jax.data.loader import eval_windows, reading_options, to_model_rang
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
+from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
@@ -147,6 +151,8 @@ class VQObjective:
     discriminator: vq_losses.PatchDiscriminator | None = None
     disc_start: int = 0
     disc_weight: float = 0.8
+    disc_factor: float = 1.0
+    disc_loss: str = "hinge"
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "VQObjective":
@@ -174,6 +180,8 @@ class VQObjective:
             discriminator,
             int(v.disc_start),
             float(v.disc_weight),
+            float(v.disc_factor),
+            str(v.disc_loss),
         )
 
     def init_params(self, key: jax.Array, image_size: int) -> Any:
@@ -234,6 +242,7 @@ class VQObjective:
             beta=self.beta,
             legacy_beta=self.legacy_beta,
             disc_weight=self.disc_weight,
+            disc_factor=self.disc_factor,
             perceptual_fn=self._perceptual_fn(),
             perceptual_weight=self.perceptual_weight,
         )
@@ -248,6 +257,8 @@ class VQObjective:
             apply(jax.lax.stop_gradient(reconstruction)),
             step,
             disc_start=self.disc_start,
+            disc_factor=self.disc_factor,
+            loss_type=self.disc_loss,
         )
 
     def engine_loss(self, params: Any, batch: dict, rng: jax.Array, step: jax.Array):
@@ -459,7 +470,7 @@ def save_vq_params(path: str, params: Any, config: ml_collections.ConfigDict | N
     """Writes VQ params as the project's one VQ params format (safetensors, '/'-joined keys)."""
     host = _host_params(params)
     if jax.process_index() == 0:
-        metadata = {"format": "flax/vq", "source": "scripts/train_vq.py"}
+        metadata = {**VQ_METADATA_KIND, "source": "scripts/train_vq.py"}
         if config is not None:
             metadata["vq"] = json.dumps(config.vq.to_dict())
         save_params_safetensors(path, host, metadata=metadata)

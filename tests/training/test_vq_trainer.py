@@ -258,6 +258,46 @@ def test_adaptive_weight_matches_closed_form():
     assert float(metrics["d_weight"]) == pytest.approx(expected, rel=2e-4)
 
 
+def test_disc_loss_and_disc_factor_reach_both_sides_of_the_objective():
+    """vq_train.disc_loss="vanilla", disc_factor=0.5: the discriminator loss is
+    0.5 · ½(mean softplus(−D(x)) + mean softplus(D(x_rec))) from disc_start on, 0 before; the
+    generator's adversarial term is scaled by 0.5 from then on too."""
+    c = config_lib.default_config()
+    c.data.image_size = SIZE
+    c.vq.update(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=SIZE, n_embed=16)
+    c.vq_train.update(disc_weight=0.8, disc_start=10, disc_layers=1, disc_channels=8)
+    c.vq_train.update(disc_loss="vanilla", disc_factor=0.5)
+    objective = vq_trainer.VQObjective.from_config(config_lib.finalize(c))
+    disc_params = objective.init_discriminator(jax.random.PRNGKey(1), SIZE)
+    # logits of order 1 (the init's are ~0.01), so softplus and hinge differ clearly
+    disc_params["conv_2"]["kernel"] = disc_params["conv_2"]["kernel"] * 300.0
+    frames, reconstruction = jax.random.uniform(jax.random.PRNGKey(2), (2, 2, SIZE, SIZE, 3))
+    logit = lambda images: np.asarray(
+        objective.discriminator.apply({"params": disc_params}, images), np.float64
+    )
+    real, fake = logit(frames), logit(reconstruction)
+    assert np.abs(real).max() > 0.5 and np.abs(fake).max() > 0.5
+    expected = 0.5 * 0.5 * (np.mean(np.logaddexp(0.0, -real)) + np.mean(np.logaddexp(0.0, fake)))
+    d_loss = jax.jit(objective.discriminator_loss)
+    before, _ = d_loss(disc_params, frames, reconstruction, jnp.int32(9))
+    after, metrics = d_loss(disc_params, frames, reconstruction, jnp.int32(10))
+    assert float(before) == 0.0
+    assert float(after) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["disc_loss"]) == float(after)
+
+    params = jax.jit(objective.init_params, static_argnums=1)(jax.random.PRNGKey(0), SIZE)
+    adversarial = jax.jit(objective.adversarial_terms)
+    for step, factor in ((9, 0.0), (10, 0.5)):
+        loss, m, _ = adversarial(
+            params, disc_params, frames, jax.random.PRNGKey(3), jnp.int32(step)
+        )
+        assert float(m["disc_factor"]) == factor
+        assert float(loss) == pytest.approx(
+            float(m["nll_loss"] + factor * m["d_weight"] * m["g_loss"] + m["quant_loss"]),
+            rel=1e-5,
+        )
+
+
 def test_eval_frames_longer_than_the_test_videos_name_vq_train_eval_frames(dataset):
     with pytest.raises(DatasetError) as err:
         vq_trainer.load_eval_frames(str(dataset / "test"), 4, 6, seed=0)
