@@ -78,3 +78,10 @@ def file_in_the_way(path: str | os.PathLike) -> str | None:
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     return None if os.path.isdir(folder) else folder
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """``path`` is ``folder`` or below it (symlinks resolved): output checks use it to keep a
+    write out of a folder it must not touch (its source, a run's checkpoints)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder

@@ -87,17 +87,11 @@ def cache_info(
     return info
 
 
-def is_inside(path: str, folder: str) -> bool:
-    """``path`` is ``folder`` or below it (symlinks resolved)."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_output_folder(src_split_dir: str, out_split_dir: str) -> None:
     """Raises ``DatasetError`` unless ``out_split_dir`` can receive the cache of
     ``src_split_dir``: not the source or inside it, not a file (nor under one), and not a
     folder holding shards without this cache's ``cache_info.json`` (another dataset)."""
-    if is_inside(out_split_dir, src_split_dir):
+    if atomic_io.is_inside(out_split_dir, src_split_dir):
         raise DatasetError(
             f"the latent cache {out_split_dir!r} would be written into its source frame split "
             f"{src_split_dir!r}; give --out a folder outside --src (e.g. data/<name>_latents)."

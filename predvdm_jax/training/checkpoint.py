@@ -487,15 +487,10 @@ def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = 
     )
 
 
-def _inside(folder: str, path: str) -> bool:
-    folder, path = os.path.realpath(folder), os.path.realpath(path)
-    return os.path.commonpath([folder, path]) == folder
-
-
 def check_bundle_export_path(path: str, workdir: str) -> None:
     """A ``ValueError`` if a bundle of the run ``workdir`` may not be written to ``path``:
     inside the workdir, where a bundle could replace the run's checkpoints."""
-    if _inside(workdir, path):
+    if atomic_io.is_inside(path, workdir):
         raise ValueError(
             f"--out {path} is inside --workdir {workdir}, where a bundle could replace the "
             f"run's checkpoints; pick a folder outside the workdir"
@@ -506,7 +501,7 @@ def _export_path_problem(path: str, workdir: str) -> str | None:
     real = os.path.realpath(path)
     folder = os.path.dirname(real)
     checkpoints = os.path.join(os.path.realpath(workdir), CHECKPOINT_DIR)
-    if _inside(checkpoints, real):
+    if atomic_io.is_inside(real, checkpoints):
         return f"is inside the run's checkpoint folder {checkpoints}"
     if os.path.isdir(real):
         return "is a folder"
