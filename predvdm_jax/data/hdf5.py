@@ -373,7 +373,7 @@ class VideoShards:
         self.frame_shape = tuple(first.shape)
         self.dtype = first.dtype
         _check_frame(first, self.frame_shape, split_dir, "video 0", kind)
-        self._files: dict[int, h5py.File] = {}
+        self._files: dict[tuple[int, int], h5py.File] = {}  # (process id, shard)
         self._memory: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -394,12 +394,18 @@ class VideoShards:
         return shard, index - int(self._offsets[shard])
 
     def _file(self, shard: int) -> h5py.File:
+        """This process's open handle of shard ``shard`` (a forked reader opens its own)."""
         key = (os.getpid(), shard)
         f = self._files.get(key)
         if f is None:
             f = h5py.File(self.paths[shard], "r")
             self._files[key] = f
         return f
+
+    def _close_file(self, shard: int) -> None:
+        f = self._files.pop((os.getpid(), shard), None)
+        if f is not None:
+            f.close()
 
     def _raw_frame(self, index: int, t: int) -> np.ndarray:
         shard, local = self._locate(index)
@@ -532,9 +538,7 @@ class VideoShards:
                         if self.kind == "latents":
                             self._check_finite(shard, index, start, clip)
                         bar.update(len(clip))
-                f = self._files.pop((os.getpid(), shard), None)  # bound the open files
-                if f is not None:
-                    f.close()
+                self._close_file(shard)  # bound the open files
 
     def _check_finite(self, shard: int, index: int, start: int, clip: np.ndarray) -> None:
         bad = np.flatnonzero(~np.isfinite(clip).reshape(len(clip), -1).all(axis=1))
