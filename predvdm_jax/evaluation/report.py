@@ -124,6 +124,14 @@ def mp4_writer_available() -> bool:
     return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
+def _mp4_frames(frames: np.ndarray) -> list[np.ndarray]:
+    """RGB frames padded with white to an even height and width: H.264 in yuv420p, the
+    pixel format players expect, halves the colour resolution and refuses odd sizes."""
+    rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+    pad = ((0, 0), (0, rgb.shape[1] % 2), (0, rgb.shape[2] % 2), (0, 0))
+    return list(np.pad(rgb, pad, constant_values=255))
+
+
 def write_videos(
     directory: str,
     real: Any,
@@ -138,8 +146,8 @@ def write_videos(
 
     ``real`` and ``fake`` are ``(B, T, H, W, C)`` (C = 1 or 3) future frames,
     ``cond`` optional ``(B, Tc, H, W, C)`` conditioning frames shown in front of
-    both. Per video ``video_NNNN.gif`` (and ``.mp4`` when imageio-ffmpeg is
-    installed); ``grid.png`` has two rows per video (ground truth, prediction).
+    both. Per video ``video_NNNN.gif`` (and ``.mp4``, H.264, when imageio-ffmpeg is
+    installed; an odd height or width gets one white row or column); ``grid.png`` has two rows per video (ground truth, prediction).
     Returns ``{'gif': [...], 'mp4': [...], 'grid': path, 'notes': [...]}``.
     """
     real, fake = to_uint8(real, value_range), to_uint8(fake, value_range)
@@ -178,11 +186,11 @@ def write_videos(
         written["gif"].append(path)
         if with_mp4:
             path = os.path.join(directory, f"video_{index:04d}.mp4")
-            rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+            rgb = _mp4_frames(frames)
             atomic_io.write_file(
                 path,
                 lambda temporary: imageio_v2.mimwrite(
-                    temporary, list(rgb), fps=fps, macro_block_size=1
+                    temporary, rgb, format="FFMPEG", fps=fps, macro_block_size=1
                 ),
             )
             written["mp4"].append(path)

@@ -1,4 +1,4 @@
-"""A user's own video for ``sample.py --video``: folders of frame images."""
+"""A user's own video for ``sample.py --video``: folders of frame images and video files."""
 
 import numpy as np
 import pytest
@@ -46,3 +46,23 @@ def test_frames_are_center_cropped_and_lanczos_resized(tmp_path, channels):
     clip = video_files.read_clip(str(tmp_path / "clip"), 8, channels, 3)
     expected = np.stack(references).reshape(3, 8, 8, channels)
     np.testing.assert_array_equal(np.round((clip + 1) * 127.5).astype(np.uint8), expected)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".gif"])
+def test_video_files_are_read_in_frame_order(tmp_path, suffix):
+    """Frame ``t`` is a flat gray ``30 * t``; MP4 and AVI are lossy, so within a few levels."""
+    if suffix != ".gif":
+        pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio_v2
+
+    frames = [np.full((16, 24, 3), 30 * t, np.uint8) for t in range(8)]
+    path = str(tmp_path / f"clip{suffix}")
+    if suffix == ".gif":
+        imageio_v2.mimwrite(path, frames, duration=100, loop=0)
+    else:
+        imageio_v2.mimwrite(path, frames, format="FFMPEG", fps=10, macro_block_size=1)
+    clip = video_files.read_clip(path, 8, 1, 6)
+    assert clip.shape == (6, 8, 8, 1)
+    levels = (clip.astype(np.float64) + 1) * 127.5
+    np.testing.assert_allclose(levels.mean(axis=(1, 2, 3)), 30 * np.arange(6), atol=3)
+    assert np.ptp(levels, axis=(1, 2, 3)).max() < 4  # each frame stays flat
