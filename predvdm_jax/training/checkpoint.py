@@ -321,16 +321,11 @@ class Checkpointer:
 
     def saved_trainer(self, step: int) -> str | None:
         """Which trainer wrote ``step``: "denoiser" or "vq" by its parameters' names in the
-        state's tree metadata, or None when that does not tell."""
+        state's tree metadata (no array is read), or None when that does not tell."""
         try:
-            metadata = (self.directory / str(step) / "state" / "_METADATA").read_text()
-            tree = json.loads(metadata)["tree_metadata"]
-            top = {
-                entry["key_metadata"][1]["key"]
-                for entry in tree.values()
-                if len(entry["key_metadata"]) > 1 and entry["key_metadata"][0]["key"] == "params"
-            }
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+            top = set(tree["params"])
+        except Exception:  # noqa: BLE001 - unreadable metadata only means "cannot tell"
             return None
         if "diffusion_model" in top:
             return "denoiser"
