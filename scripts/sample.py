@@ -5,7 +5,8 @@
   # your own video (a GIF/MP4 file or a folder of frames), from an exported bundle:
   python scripts/sample.py --bundle=bundles/kth64 --video=my_clip.mp4 --num_frames=30 --out=samples/mine
 
-Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg) and OUT/grid.png. Sampler settings
+Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg) and OUT/grid.png. A video's frames after
+the conditioning frames are its ground-truth half, blank where the video ends. Sampler settings
 come from the model's config; override them with --config.sampling.sampler=dpm_solver_pp
 --config.sampling.steps=20 etc.
 """
@@ -44,7 +45,7 @@ def main():
     bundle, _ = checkpoint.load_model(
         FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
     )
-    cond, future, predicted = sampling.predict_test_clips_or_video(
+    cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,
         jax.random.PRNGKey(FLAGS.seed),
         num_frames=FLAGS.num_frames,
@@ -54,6 +55,11 @@ def main():
     written = report.write_videos(
         FLAGS.out, future, predicted, cond, fps=FLAGS.fps, max_videos=len(predicted)
     )
+    if known < len(predicted[0]):
+        print(
+            f"the video ends {known} frame(s) after the conditioning frames: the ground-truth "
+            f"half is blank (black) for the last {len(predicted[0]) - known} predicted frames"
+        )
     for note in written["notes"]:
         print(note)
     print(f"wrote {len(written['gif'])} GIF(s), {len(written['mp4'])} MP4(s) and {written['grid']}")

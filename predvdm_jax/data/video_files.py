@@ -95,15 +95,19 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
     return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f[..., :1], 3, axis=-1) for f in frames]
 
 
-def read_clip(path: str, image_size: int, channels: int, num_frames: int) -> np.ndarray:
-    """The first ``num_frames`` frames as float32 ``(T, size, size, channels)`` in [-1, 1]."""
+def read_clip(
+    path: str, image_size: int, channels: int, num_frames: int, max_frames: int | None = None
+) -> np.ndarray:
+    """The first ``num_frames`` frames, or up to ``max_frames`` when the video has more, as
+    float32 ``(T, size, size, channels)`` in [-1, 1]."""
     frames = _frames_from_path(path)
     if len(frames) < num_frames:
         raise ValueError(
             f"{path!r} has {len(frames)} frames; at least {num_frames} are needed "
             f"(the conditioning frames)."
         )
-    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in frames[:num_frames]])
+    kept = frames[: max(num_frames, max_frames or 0)]
+    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in kept])
     if channels == 1:
         gray = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in clip])
         clip = gray[..., None]

@@ -55,23 +55,27 @@ def predict_test_clips_or_video(
     num_frames: int | None = None,
     video: str | None = None,
     num_clips: int = 8,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What scripts/sample.py writes: ``(cond, future, predicted)``, (N, T, H, W, C) in [-1, 1].
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What scripts/sample.py writes: ``(cond, future, predicted, known)``, the arrays
+    (N, T, H, W, C) in [-1, 1], ``known`` the number of ground-truth future frames.
 
-    With ``video`` (a video file or folder of frames) its first ``cond_frames`` frames are the one
-    clip's conditioning, and ``future`` (no ground truth) is all -1; otherwise the first
-    ``num_clips`` test clips of the config's dataset (fixed windows of seed ``eval.seed``) are
-    split into conditioning and ground-truth future. ``num_frames`` defaults to the config's
-    ``eval.pred_frames``.
+    With ``video`` (a video file or folder of frames) its first ``cond_frames`` frames are the
+    one clip's conditioning and the frames after them its ground-truth future, as far as the
+    video goes (later ones are all -1); otherwise the first ``num_clips`` test clips of the
+    config's dataset (fixed windows of seed ``eval.seed``) are split into conditioning and
+    ground-truth future. ``num_frames`` defaults to the config's ``eval.pred_frames``.
     """
     config = bundle.config
     cond_frames = config.data.cond_frames
     num_frames = num_frames or config.eval.pred_frames
     if video:
-        clip = video_files.read_clip(
-            video, config.data.image_size, config.data.channels, cond_frames
-        )
-        cond, future = clip[None], None
+        clips = video_files.read_clip(
+            video,
+            config.data.image_size,
+            config.data.channels,
+            cond_frames,
+            max_frames=cond_frames + num_frames,
+        )[None]
     else:
         batches = loader.eval_iterator(
             config.data.test_dir,
@@ -83,8 +87,8 @@ def predict_test_clips_or_video(
             channels=config.data.channels,
         )
         clips = next(batches)["video"]
-        cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
+    cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
     predicted = predict_clips(bundle, cond, num_frames, key)
-    if future is None:  # a user's video: no ground truth beyond the conditioning frames
-        future = np.full_like(predicted, -1.0)
-    return cond, future, predicted
+    known = future.shape[1]
+    blank = np.full((len(future), num_frames - known) + future.shape[2:], -1.0, future.dtype)
+    return cond, np.concatenate([future, blank], axis=1), predicted, known

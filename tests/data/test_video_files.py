@@ -66,3 +66,16 @@ def test_video_files_are_read_in_frame_order(tmp_path, suffix):
     levels = (clip.astype(np.float64) + 1) * 127.5
     np.testing.assert_allclose(levels.mean(axis=(1, 2, 3)), 30 * np.arange(6), atol=3)
     assert np.ptp(levels, axis=(1, 2, 3)).max() < 4  # each frame stays flat
+
+
+def test_max_frames_reads_past_the_conditioning_frames_as_far_as_the_video_goes(tmp_path):
+    _write_frames(tmp_path / "clip", [(8, 8)] * 5)
+    values = lambda clip: np.round((clip[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    np.testing.assert_array_equal(
+        values(video_files.read_clip(str(tmp_path / "clip"), 8, 1, 2, max_frames=4)),
+        20 * np.arange(4),
+    )
+    longer = video_files.read_clip(str(tmp_path / "clip"), 8, 1, 2, max_frames=9)
+    np.testing.assert_array_equal(values(longer), 20 * np.arange(5))
+    with pytest.raises(ValueError, match="has 5 frames; at least 6 are needed"):
+        video_files.read_clip(str(tmp_path / "clip"), 8, 1, 6, max_frames=9)

@@ -70,10 +70,10 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
         np.testing.assert_allclose(two, one, rtol=0, atol=1, err_msg=gif)
         assert np.mean(two == one) >= 0.99, gif
 
-    clip = np.stack([videos[1][t] for t in range(COND)])
+    clip = np.stack([videos[1][t] for t in range(COND + 1)])  # one frame after the cond
     iio.imwrite(tmp_path / "mine.gif", clip, duration=100, loop=0)
     mine = tmp_path / "mine"
-    _run(
+    done = _run(
         f"--bundle={bundle_dir}",
         f"--video={tmp_path / 'mine.gif'}",
         "--num_frames=3",
@@ -82,11 +82,14 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
     frames = iio.imread(mine / "video_0000.gif", index=None)
     frames = frames if frames.ndim == 3 else frames[..., 0]
     assert frames.shape[:2] == (COND + 3, SIZE) and frames.shape[2] >= 2 * SIZE
-    # The user's frames open both halves; a user's video has no ground truth after them,
-    # so the truth half's future frames are written black (-1 -> 0).
-    np.testing.assert_allclose(frames[:COND, :, :SIZE], clip, atol=2)
-    np.testing.assert_allclose(frames[:COND, :, -SIZE:], clip, atol=2)
-    np.testing.assert_array_equal(frames[COND:, :, :SIZE], 0)
+    # The user's frames open both halves; the frame after them is the truth half's first
+    # future frame, and where the video ends the truth half is black (-1 -> 0).
+    np.testing.assert_allclose(frames[:COND, :, :SIZE], clip[:COND], atol=2)
+    np.testing.assert_allclose(frames[:COND, :, -SIZE:], clip[:COND], atol=2)
+    np.testing.assert_allclose(frames[COND, :, :SIZE], clip[COND], atol=2)
+    np.testing.assert_array_equal(frames[COND + 1 :, :, :SIZE], 0)
+    assert "ends 1 frame(s) after the conditioning frames" in done.stdout
+    assert "blank (black) for the last 2 predicted frames" in done.stdout
 
     bad = _run(
         f"--bundle={bundle_dir}",
