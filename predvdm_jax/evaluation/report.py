@@ -345,7 +345,11 @@ def write_evaluation(
         )
     if videos and "real" in videos and len(videos["real"]):
         written = write_videos(
-            os.path.join(out_dir, "videos"), videos["real"], videos["fake"], videos.get("cond")
+            os.path.join(out_dir, "videos"),
+            videos["real"],
+            videos["fake"],
+            videos.get("cond"),
+            max_videos=len(videos["real"]),  # the caller kept as many as it was asked to
         )
         paths["videos"] = os.path.join(out_dir, "videos")
         if written["notes"]:

@@ -223,3 +223,15 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         report.write_evaluation(str(afile), _hand_metrics(), None)
     assert afile.read_text() == "keep me"
+
+
+def test_write_evaluation_writes_every_video_it_is_given(tmp_path):
+    """write_videos' default cap (8) must not cut an evaluation's --keep_videos."""
+    videos = np.linspace(-1, 1, 11 * 2 * 4 * 4, dtype=np.float32).reshape(11, 2, 4, 4, 1)
+    report.write_evaluation(
+        str(tmp_path), _hand_metrics(), {"real": videos, "fake": -videos}
+    )
+    gifs = sorted(p for p in os.listdir(tmp_path / "videos") if p.endswith(".gif"))
+    assert gifs == [f"video_{i:04d}.gif" for i in range(11)]
+    grid = np.asarray(Image.open(tmp_path / "videos" / "grid.png"))
+    assert grid.shape[0] == 22 * 4 + 21 * 2  # two rows per video
