@@ -4,7 +4,7 @@
       --out=weights/i3d_torchscript.safetensors
 
 The converter runs both networks on a random 10-frame clip and writes nothing
-unless their logits agree to 1e-3 (relative). It assumes piergiaj/pytorch-i3d
+unless their logits agree to 1e-3 (relative; --noverify skips the check). It assumes piergiaj/pytorch-i3d
 parameter names (see predvdm_jax/interop/i3d_torchscript.py). Use the result with
 predvdm_jax.models.i3d.load_i3d_params(path). Needs PyTorch.
 """

@@ -4,7 +4,7 @@
   python scripts/evaluate.py --workdir=runs/kth64 --protocol=mcvd --out=eval/kth64_mcvd
   # an exported bundle, 10 -> 40 frames, 256 clips x 100 samples (ExtDM):
   python scripts/evaluate.py --bundle=bundles/kth64 --protocol=extdm --pred_frames=40 \
-      --out=eval/kth64_extdm --config.eval.lpips_params=weights/lpips_alex.safetensors
+      --out=eval/kth64_extdm --config.eval.lpips_params=weights/lpips_alex_v0.1.safetensors
   # one model under several samplers, on the same clips (OUT/<sampler>/ and OUT/sweep.md):
   python scripts/evaluate.py --bundle=bundles/kth64 --out=eval/kth64_samplers \
       --sweep="steps=10;steps=100;eta=0,steps=20;sampler=dpm_solver_pp,steps=20"

@@ -3,7 +3,7 @@
   python scripts/train.py --config=configs/kth64.py --workdir=runs/kth64 \
       [--config.data.batch_size=64 --config.mesh.fsdp=4 ...]
 
-Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+Multi-host: start one process per TPU host, or per GPU, with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
 and JAX_PROCESS_ID set (or JAX_AUTO_DISTRIBUTED=1 on TPU pods / SLURM).
 
 On SIGTERM (preemption) it saves the current step and exits with status 143;

@@ -8,11 +8,13 @@ frame (gray repeated to RGB, continuous pre-quantization latents ×
 loaders' ``kind='latents'``.
 
 Shards are written one by one, atomically; an interrupted run is resumed by
-calling again, which skips finished shards. ``cache_info.json`` (written with the first
-shard) records what the cache was made with, including a digest of the VQ params' tensors,
-so a resume with another VQ (architecture or weights) or scale is refused, and so is
-training on it with another ``scale_factor``, VQ architecture or ``config.vq_params``
-weights (``check_cache_matches``).
+calling again, which skips finished shards. ``cache_info.json`` records what the cache was
+made with, including a digest of the VQ params' tensors, so a resume with another VQ
+(architecture or weights) or scale is refused, and so is training on it with another
+``scale_factor``, VQ architecture or ``config.vq_params`` weights (``check_cache_matches``).
+It is written once the first shard is encoded and before that shard is renamed into place,
+so every finished shard has it beside it, however a run ends; a folder without it is not a
+cache, and training refuses it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import traverse_util
 
 from predvdm_jax import atomic_io, xla_cpu
@@ -48,7 +49,9 @@ from predvdm_jax.tensor_files import read_safetensors
 CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
 VQ_RUNTIME_FIELDS = ("dropout",)  # vq fields that do not change the encoder's latents
-DIGEST_KEY = "vq_params_sha256"  # absent in caches made before it was recorded
+DIGEST_KEY = "vq_params_sha256"
+INFO_KEYS = ("source", "dtype", "scale_factor", "vq", "vq_params", "channels", DIGEST_KEY)
+"""What ``cache_info.json`` records (``cache_info``); reading a file that lacks one fails."""
 
 
 def params_digest(params: Any) -> str:
@@ -67,13 +70,13 @@ def cache_info(
     config: ml_collections.ConfigDict,
     src_split_dir: str,
     dtype: str,
+    vq_params: Any,
     vq_params_path: str | None = None,
-    vq_params: Any = None,
 ) -> dict:
-    """What a cache is made with; ``vq_params_path`` (default ``config.vq_params``) is the
-    file the VQ params were read from; ``vq_params`` given, their digest is recorded."""
+    """What a cache is made with (``INFO_KEYS``), the digest of ``vq_params`` included;
+    ``vq_params_path`` (default ``config.vq_params``) is the file they were read from."""
     path = config.vq_params if vq_params_path is None else vq_params_path
-    info = {
+    return {
         "source": os.path.abspath(src_split_dir),
         "dtype": dtype,
         "scale_factor": float(config.scale_factor),
@@ -81,9 +84,33 @@ def cache_info(
         "vq_params": os.path.abspath(path) if path else path,
         # The frames' channels (the VQ sees gray repeated to RGB, so the latents do not show it).
         "channels": int(config.data.channels),
+        DIGEST_KEY: params_digest(vq_params),
     }
-    if vq_params is not None:
-        info[DIGEST_KEY] = params_digest(vq_params)
+
+
+def read_cache_info(split_dir: str) -> dict:
+    """``split_dir``'s ``cache_info.json``; one that is missing, not JSON or lacks a field of
+    ``INFO_KEYS`` is a ``DatasetError`` naming the folder and the fix."""
+    path = os.path.join(split_dir, CACHE_INFO)
+    remake = f"delete {split_dir} and re-run scripts/encode_dataset.py to make the cache"
+    if not os.path.isfile(path):
+        raise DatasetError(
+            f"{split_dir} has no {CACHE_INFO}, so it is not a latent cache made by "
+            f"scripts/encode_dataset.py; re-run scripts/encode_dataset.py to make it, or point "
+            f"data.latent_train_dir / data.latent_test_dir at a cache."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise DatasetError(
+            f"{path} is unreadable ({' '.join(str(err).split())}); {remake}."
+        ) from None
+    missing = [key for key in INFO_KEYS if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise DatasetError(
+            f"{path} lacks {', '.join(missing)}, which scripts/encode_dataset.py records; {remake}."
+        )
     return info
 
 
@@ -126,32 +153,30 @@ def check_output(
     can check every split before encoding any."""
     check_output_folder(src_split_dir, out_split_dir)
     return _check_resume(
-        out_split_dir, cache_info(config, src_split_dir, dtype, vq_params_path, vq_params)
+        out_split_dir, cache_info(config, src_split_dir, dtype, vq_params, vq_params_path)
     )
 
 
 def _check_resume(out_split_dir: str, info: dict) -> dict:
-    """Raises ``DatasetError`` when ``out_split_dir`` holds a cache made otherwise than ``info``
-    says; returns the info to record (without a digest when the cache has none: its finished
-    shards' weights are unknown)."""
-    path = os.path.join(out_split_dir, CACHE_INFO)
-    if not os.path.exists(path):
+    """Raises ``DatasetError`` when ``out_split_dir`` holds finished shards of a cache made
+    otherwise than ``info`` says; returns ``info``. A ``cache_info.json`` without finished
+    shards (a run stopped before renaming its first shard into place) binds nothing."""
+    if not os.path.exists(os.path.join(out_split_dir, CACHE_INFO)) or not shard_paths(
+        out_split_dir
+    ):
         return info
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_cache_info(out_split_dir)
     same = as_json(info)
     for key in ("source", "dtype", "scale_factor", "vq"):
-        if saved.get(key) != same[key]:
+        if saved[key] != same[key]:
             raise DatasetError(
-                f"{out_split_dir} holds a latent cache made with another {key} ({saved.get(key)!r}, now "
+                f"{out_split_dir} holds a latent cache made with another {key} ({saved[key]!r}, now "
                 f"{same[key]!r}); delete the folder or choose another --out."
             )
-    if DIGEST_KEY not in saved:
-        return {k: v for k, v in info.items() if k != DIGEST_KEY}
     if saved[DIGEST_KEY] != same[DIGEST_KEY]:
         raise DatasetError(
             f"{out_split_dir} holds latents of other VQ weights: they were encoded with "
-            f"{saved.get('vq_params')!r} (sha256 {saved[DIGEST_KEY][:16]}...), now "
+            f"{saved['vq_params']!r} (sha256 {saved[DIGEST_KEY][:16]}...), now "
             f"{same['vq_params']!r} (sha256 {same[DIGEST_KEY][:16]}...); delete the folder or "
             f"choose another --out."
         )
@@ -160,37 +185,28 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
 
 def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
     """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
-    VQ architecture or (when the cache recorded a digest and ``config.vq_params`` exists) other
-    VQ weights than ``config``'s; warns when it has no ``cache_info.json`` (older caches)."""
-    path = os.path.join(split_dir, CACHE_INFO)
-    if not os.path.exists(path):
-        logging.warning(
-            "%s has no %s (an older cache): its scale_factor and VQ cannot be checked "
-            "against the config's (scale_factor %s)",
-            split_dir,
-            CACHE_INFO,
-            config.scale_factor,
-        )
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    cached = saved.get("scale_factor")
-    if cached is not None and not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
+    frame channels, VQ architecture or (when ``config.vq_params`` exists) other VQ weights than
+    ``config``'s; ``DatasetError`` when it has no readable ``cache_info.json``
+    (``read_cache_info``): it is no cache of ``scripts/encode_dataset.py``."""
+    saved = read_cache_info(split_dir)
+    cached = saved["scale_factor"]
+    if not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
         raise ConfigError(
             f"{split_dir} holds latents encoded with scale_factor {cached!r} but "
             f"config.scale_factor is {config.scale_factor!r}; re-encode the cache "
             f"(scripts/encode_dataset.py) or set --config.scale_factor={cached!r}."
         )
-    cached_channels = saved.get("channels")
-    if cached_channels is not None and cached_channels != config.data.channels:
+    cached_channels = saved["channels"]
+    if cached_channels != config.data.channels:
         raise ConfigError(
             f"{split_dir} holds latents of {cached_channels}-channel frames but "
             f"config.data.channels is {config.data.channels!r}; set "
             f"--config.data.channels={cached_channels} or encode a {config.data.channels}-channel "
             f"dataset (scripts/encode_dataset.py)."
         )
-    cached_vq = saved.get("vq") or {}
+    cached_vq = saved["vq"]
     vq = as_json(config.vq.to_dict())
+    # Fields on both sides: a VQ field added to the schema later does not void older caches.
     fields = sorted(set(cached_vq) & set(vq) - set(VQ_RUNTIME_FIELDS))
     differ = [
         f"vq.{k} {cached_vq[k]!r} (config: {vq[k]!r})" for k in fields if cached_vq[k] != vq[k]
@@ -200,11 +216,11 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
             f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
             f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with."
         )
-    if DIGEST_KEY in saved and config.vq_params and os.path.isfile(config.vq_params):
+    if config.vq_params and os.path.isfile(config.vq_params):
         digest = params_digest(read_safetensors(config.vq_params))
         if digest != saved[DIGEST_KEY]:
             raise ConfigError(
-                f"{split_dir} holds latents encoded with other VQ weights ({saved.get('vq_params')!r}, "
+                f"{split_dir} holds latents encoded with other VQ weights ({saved['vq_params']!r}, "
                 f"sha256 {saved[DIGEST_KEY][:16]}...) than config.vq_params {config.vq_params!r} "
                 f"(sha256 {digest[:16]}...), which decodes them; set --config.vq_params to the file "
                 f"the cache was made with, or re-encode the cache with scripts/encode_dataset.py."
@@ -280,10 +296,13 @@ def encode_split(
                 np.dtype(dtype),
                 writer,
             )
-        if written == 0:  # only now: a run that fails before any shard leaves no cache_info
-            atomic_io.write_text(
-                os.path.join(out_split_dir, CACHE_INFO), json.dumps(info, indent=2, default=list)
-            )
+            if written == 0:
+                # Once a shard is encoded (a run that fails before leaves no cache_info), and
+                # before the writer renames it into place: no finished shard ever lacks it.
+                atomic_io.write_text(
+                    os.path.join(out_split_dir, CACHE_INFO),
+                    json.dumps(info, indent=2, default=list),
+                )
         written += 1
     return written
 

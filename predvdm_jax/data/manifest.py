@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 from predvdm_jax import atomic_io
 from predvdm_jax.data import hdf5
@@ -39,13 +39,10 @@ def check_out_dir(out_dir: str) -> None:
         )
 
 
-def check_manifest(out_dir: str, manifest: dict, adopt: Callable[[], bool] | None = None) -> None:
+def check_manifest(out_dir: str, manifest: dict) -> None:
     """Refuses an ``out_dir`` holding a conversion of other settings (its ``conversion.json``
-    differs) or shards without a ``conversion.json``, else records ``manifest`` there.
-
-    ``adopt()``, given, is asked about shards without a manifest (data written before
-    manifests were): True accepts them as this conversion's.
-    """
+    differs) or shards without a ``conversion.json`` (another dataset: every writer records
+    its manifest before its first shard), else records ``manifest`` there."""
     check_out_dir(out_dir)
     manifest = as_json(manifest)
     path = os.path.join(out_dir, MANIFEST_NAME)
@@ -66,7 +63,7 @@ def check_manifest(out_dir: str, manifest: dict, adopt: Callable[[], bool] | Non
             )
         return
     splits = hdf5.split_dirs(out_dir)
-    if splits and not (adopt is not None and adopt()):
+    if splits:
         stray = hdf5.shard_paths(os.path.join(out_dir, splits[0]))[0]
         raise hdf5.DatasetError(
             f"{out_dir} already holds shards ({stray}) from an unknown conversion; "

@@ -8,8 +8,8 @@ loading the folder loads its bundle of lowest metric. Training runs become bundl
 with ``training.checkpoint.load_from_checkpoint``, PredVDM checkpoints with
 ``predvdm_ckpt.bundle_from_predvdm_checkpoint``.
 
-The denoiser file's metadata names its conv kernel layout. Bundles from before
-the UNet stored OHWI kernels have none, and their HWIO kernels are transposed on load.
+The denoiser file's metadata names its conv kernel layout, OHWI (``models/conv.py``); a file
+without it is refused.
 """
 
 from __future__ import annotations
@@ -37,12 +37,7 @@ from predvdm_jax.folders import (
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
 from predvdm_jax.interop.params import check_params
-from predvdm_jax.interop.torch_checkpoint import (
-    conv_kernel_to_ohwi,
-    conv_kernel_to_torch,
-    load_params_safetensors,
-    save_params_safetensors,
-)
+from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
 
 BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, METRIC_FILE}
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
@@ -112,23 +107,20 @@ def save_bundle(path: str, bundle: Bundle) -> None:
 
 
 def load_denoiser_params(path: str) -> Any:
-    """A bundle's denoiser params with OHWI conv kernels, whichever layout the file holds."""
+    """A bundle's denoiser params (OHWI conv kernels); a ``ValueError`` naming the file when
+    its metadata does not say OHWI, the layout every bundle is written in."""
     from safetensors import safe_open
 
-    params = load_params_safetensors(path)
+    params = load_params_safetensors(path)  # first: a truncated file is its one error
     with safe_open(path, "numpy") as f:
-        layout = (f.metadata() or {}).get("conv_kernel_layout", "HWIO")
-    if layout == "OHWI":
-        return params
-    if layout != "HWIO":
-        raise ValueError(f"{path}: unknown conv_kernel_layout {layout!r}; re-export the bundle.")
-
-    def to_ohwi(path, x):
-        if path[-1].key != "kernel" or x.ndim != 4:
-            return x
-        return conv_kernel_to_ohwi(conv_kernel_to_torch(x))  # HWIO -> OIHW -> OHWI
-
-    return jax.tree_util.tree_map_with_path(to_ohwi, params)
+        layout = (f.metadata() or {}).get("conv_kernel_layout")
+    if layout != DENOISER_METADATA["conv_kernel_layout"]:
+        found = "no conv_kernel_layout" if layout is None else f"conv_kernel_layout {layout!r}"
+        raise ValueError(
+            f"{path} has {found} in its metadata, not 'OHWI' (the layout bundles are written "
+            f"in); re-export the bundle with scripts/export.py"
+        )
+    return params
 
 
 def bundle_metrics(directory: str) -> dict[str, float]:
@@ -227,7 +219,7 @@ def read_bundle_files(path: str) -> Bundle:
     try:
         config = config_lib.config_from_dict(raw)
     except config_lib.ConfigError as err:
-        raise config_lib.ConfigError(f"{config_path}: {err}") from err
+        raise config_lib.ConfigError(f"{config_path}: {err}; {fix}") from err
     return Bundle(
         config,
         load_denoiser_params(os.path.join(path, DENOISER_FILE)),

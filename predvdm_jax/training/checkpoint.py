@@ -28,6 +28,7 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -244,17 +245,13 @@ class Checkpointer:
         of another structure, or files that cannot be read."""
         text = str(err)
         mismatch = re.search(
-            r"Requested shape: (\(.*?\)) is not compatible with the stored shape: (\(.*?\))",
+            r"Requested shape: \(.*?\) is not compatible with the stored shape: \(.*?\)",
             text,
         )
         if mismatch is not None:
-            requested, stored = (_shape(mismatch.group(i)) for i in (1, 2))
-            # An old UNet checkpoint's HWIO kernel where OHWI is requested: only then the hint.
-            hwio = len(stored) >= 3 and requested == stored[-1:] + stored[:-1]
-            layout = ", or before the UNet stored its conv kernels OHWI" if hwio else ""
             return ValueError(
                 f"checkpoint step {step} in {self.directory} does not fit this model's parameter "
-                f"shapes ({mismatch.group(0)}). Was it written with another config{layout}? "
+                f"shapes ({mismatch.group(0)}). Was it written with another config? "
                 f"Resume with the run's own config, or start a new workdir."
             )
         if "tree structures do not match" in text:
@@ -358,20 +355,26 @@ def latest_step(workdir: str) -> int | None:
         checkpointer.close()
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    """``'(3, 3, 2)'`` -> ``(3, 3, 2)``."""
-    return tuple(int(n) for n in re.findall(r"\d+", text))
-
-
 def _differences(saved: Any, current: Any, name: str) -> list[str]:
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         return [
             difference
             for key in saved
-            if key in current
             for difference in _differences(saved[key], current[key], f"{name}.{key}")
         ]
     return [] if saved == current else [f"{name} {saved!r} in the checkpoint, {current!r} now"]
+
+
+def _saved_config(checkpointer: Checkpointer, step: int, fix: str) -> ml_collections.ConfigDict:
+    """The config saved with ``step``; one that does not load (an unknown field, ...) is a
+    ``ConfigError`` naming the step, what is wrong and ``fix``."""
+    try:
+        return config_lib.config_from_dict(checkpointer.restore_config(step))
+    except config_lib.ConfigError as err:
+        raise config_lib.ConfigError(
+            f"the config saved with checkpoint step {step} in {checkpointer.directory} does not "
+            f"load ({err}); {fix}"
+        ) from None
 
 
 def _check_trainer(checkpointer: Checkpointer, step: int, workdir: str, trainer: str, fix: str):
@@ -396,8 +399,8 @@ def check_saved_config(
     saved with the newest checkpoint in ``workdir`` differs from ``config``: resuming would fail
     on the parameters' shapes or the optimizer state's structure, or train another model.
     ``derived`` maps names to functions of a config's JSON dict (values decided by several
-    fields), compared the same way. Fields the saved config predates (a function raising
-    ``KeyError`` on it) pass. A checkpoint of another ``trainer`` ("denoiser" or "vq") is a
+    fields), compared the same way. A saved config that does not load (an unknown field, ...)
+    is a ``ConfigError`` too; a checkpoint of another ``trainer`` ("denoiser" or "vq") is a
     ``ValueError``."""
     checkpointer = _reader(workdir)
     if checkpointer is None:
@@ -413,23 +416,20 @@ def check_saved_config(
             trainer,
             f"pass a new --workdir to train {TRAINERS[trainer]}.",
         )
-        saved = checkpointer.restore_config(step)
+        saved = config_to_json(
+            _saved_config(checkpointer, step, "pass a new --workdir to start over.")
+        )
     finally:
         checkpointer.close()
     current = config_to_json(config)
     differences = []
     for field in fields:
-        *parents, leaf = field.split(".")
-        saved_node, current_node = saved, current
-        for key in parents:
-            saved_node, current_node = saved_node.get(key, {}), current_node.get(key, {})
-        if leaf in saved_node and leaf in current_node:
-            differences += _differences(saved_node[leaf], current_node[leaf], field)
+        saved_value, current_value = saved, current
+        for key in field.split("."):
+            saved_value, current_value = saved_value[key], current_value[key]
+        differences += _differences(saved_value, current_value, field)
     for name, value_of in (derived or {}).items():
-        try:
-            differences += _differences(value_of(saved), value_of(current), name)
-        except KeyError:
-            pass
+        differences += _differences(value_of(saved), value_of(current), name)
     if differences:
         raise config_lib.ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "
@@ -460,7 +460,9 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
             f"pass the workdir of a scripts/train.py run, or a --bundle (its VQ params are "
             f"{os.path.join(workdir, 'vq_params.safetensors')}: set config.vq_params to them).",
         )
-        config = config_lib.config_from_dict(checkpointer.restore_config(step))
+        config = _saved_config(
+            checkpointer, step, "train a new run (scripts/train.py --workdir=<new folder>)."
+        )
         model = LatentDiffusion.from_config(config)
         optimizer, _ = optim.make_optimizer(config)
         abstract, _ = train_state.abstract_train_state(

@@ -177,16 +177,21 @@ def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"other settings \(options.seq_len differ\); use a new"):
         moving_digits.write_moving_digits(out, 2, 1, seq_len=4, progress=False)
     assert (tmp_path / "out" / "train" / "shard_0001.hdf5").read_bytes() == before
-    # Another dataset (no conversion.json) is refused; data of these settings from before
-    # conversion.json was recorded is adopted.
+    # Shards without conversion.json are refused, another dataset's or moving digits of
+    # these very settings: every writer records conversion.json before its first shard.
     _split(tmp_path / "other" / "train")
     with pytest.raises(ValueError, match=r"already holds shards .* from an unknown conversion"):
         moving_digits.write_moving_digits(str(tmp_path / "other"), 2, 1, progress=False)
     assert not os.path.exists(tmp_path / "other" / "test")
     os.remove(tmp_path / "out" / "conversion.json")
-    moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
-    assert os.path.exists(tmp_path / "out" / "conversion.json")
-    assert _marked(shard) and shard.read_bytes() == before  # adopted as it is
+    with pytest.raises(ValueError) as err:
+        moving_digits.write_moving_digits(out, 2, 1, seq_len=3, progress=False)
+    assert str(err.value) == (
+        f"{out} already holds shards ({tmp_path / 'out' / 'test' / 'shard_0001.hdf5'}) from an "
+        f"unknown conversion; use a new --out folder or delete them."
+    )
+    assert not os.path.exists(tmp_path / "out" / "conversion.json")
+    assert _marked(shard) and shard.read_bytes() == before  # left as it was
     # A file as --out, or a folder under a file.
     (tmp_path / "afile").write_text("x")
     for bad in ("afile", "afile/sub"):

@@ -1,5 +1,6 @@
 """Latent cache: values equal LatentDiffusion.encode (and the bare VQ encoder), structure kept,
-readable by the loader, resumable after an interruption."""
+readable by the loader, resumable after an interruption; a folder without a complete
+cache_info.json is refused."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from predvdm_jax import config as config_lib
+from predvdm_jax.data import hdf5
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
 from predvdm_jax.data.latent_cache import CACHE_INFO, DIGEST_KEY, check_cache_matches, encode_split
 from predvdm_jax.data.loader import (
@@ -153,7 +155,7 @@ def test_a_split_of_another_frame_size_or_channels_is_refused_up_front(
     assert not os.path.exists(out)
 
 
-def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog):
+def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup):
     root, videos, config, system, params = setup
     out = str(root / "checked")
     encode_split(
@@ -189,9 +191,15 @@ def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup, caplog
     ):
         check_cache_matches(other, out)
 
+    # Shards without cache_info.json are no cache of encode_dataset.py: one error, no warning.
     os.remove(os.path.join(out, CACHE_INFO))
-    check_cache_matches(other, out)  # an older cache: a warning, no error
-    assert "no cache_info.json" in caplog.text
+    with pytest.raises(DatasetError) as err:
+        check_cache_matches(config, out)
+    assert str(err.value) == (
+        f"{out} has no cache_info.json, so it is not a latent cache made by "
+        f"scripts/encode_dataset.py; re-run scripts/encode_dataset.py to make it, or point "
+        f"data.latent_train_dir / data.latent_test_dir at a cache."
+    )
 
 
 def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path):
@@ -225,14 +233,27 @@ def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path)
     ):
         check_cache_matches(config_with(config, vq_params=retrained), out)
 
-    # A cache from before the digest was recorded resumes and trains, unchecked.
-    info = json.load(open(os.path.join(out, CACHE_INFO)))
+    # A cache_info.json without the digest (or any field the writer records), or not JSON,
+    # neither resumes nor trains: one error naming the file and the fix.
+    path = os.path.join(out, CACHE_INFO)
+    info = json.load(open(path))
     del info[DIGEST_KEY]
-    with open(os.path.join(out, CACHE_INFO), "w") as f:
+    with open(path, "w") as f:
         json.dump(info, f)
-    assert encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained) == 2
-    assert DIGEST_KEY not in json.load(open(os.path.join(out, CACHE_INFO)))
-    check_cache_matches(config_with(config, vq_params=retrained), out)
+    fix = f"delete {out} and re-run scripts/encode_dataset.py to make the cache."
+    lacks = f"{path} lacks vq_params_sha256, which scripts/encode_dataset.py records; {fix}"
+    with pytest.raises(DatasetError) as err:
+        encode_split(config, params, frames, out, batch_frames=4, vq_params_path=made_with)
+    assert str(err.value) == lacks
+    with pytest.raises(DatasetError) as err:
+        check_cache_matches(config_with(config, vq_params=made_with), out)
+    assert str(err.value) == lacks
+    with open(path, "w") as f:
+        f.write("{")
+    with pytest.raises(DatasetError, match=r"cache_info\.json is unreadable \(Expecting") as err:
+        check_cache_matches(config, out)
+    assert str(err.value).endswith(fix) and "\n" not in str(err.value)
+    assert sorted(os.listdir(out)) == [CACHE_INFO, "shard_0001.hdf5"]
 
 
 def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
@@ -246,6 +267,42 @@ def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
         encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1) == 1
     )
     assert CACHE_INFO in os.listdir(out)
+
+
+def test_no_shard_is_in_place_before_cache_info_and_a_run_killed_before_that_resumes(
+    setup, tmp_path, monkeypatch
+):
+    """cache_info.json is written before the first shard is renamed into place, so a run
+    killed at any point leaves no finished shard without it; one killed before the first
+    rename leaves it alone, binding nothing, and a rerun (even of other settings) finishes."""
+    root, videos, config, system, params = setup
+    frames, out = str(root / "frames"), str(tmp_path / "latents")
+    info_path = os.path.join(out, CACHE_INFO)
+    close = hdf5.ShardWriter.close
+    at_rename = []  # the cache_info dtype (None: no file) each time a shard is renamed into place
+
+    def killed_before_the_rename(writer):
+        at_rename.append(json.load(open(info_path))["dtype"] if os.path.exists(info_path) else None)
+        writer._file.close()
+        raise KeyboardInterrupt  # the process ends before os.replace: no finished shard
+
+    monkeypatch.setattr(hdf5.ShardWriter, "close", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        encode_split(config, params, frames, out, dtype="float16", batch_frames=4)
+    assert at_rename == ["float16"]
+    assert sorted(os.listdir(out)) == [CACHE_INFO, "shard_0001.hdf5.tmp"]
+
+    def recorded_close(writer):
+        at_rename.append(json.load(open(info_path))["dtype"] if os.path.exists(info_path) else None)
+        close(writer)
+
+    monkeypatch.setattr(hdf5.ShardWriter, "close", recorded_close)
+    assert encode_split(config, params, frames, out, dtype="float32", batch_frames=4) == 3
+    assert at_rename == ["float16", "float32", "float32", "float32"]
+    assert sorted(os.listdir(out)) == sorted(os.listdir(frames) + [CACHE_INFO])
+    check_cache_matches(config, out)
+    shards, _ = read_cache(out)
+    assert shards.dtype == np.float32 and tuple(shards.frame_counts) == FRAME_COUNTS
 
 
 def config_with(config, **changes):

@@ -1,5 +1,6 @@
-"""Bundles: OHWI conv kernels (older HWIO files transposed on load), what a save may replace,
-the permissions of what it writes, and files that do not match their config refused."""
+"""Bundles: OHWI conv kernels (a denoiser file of no or another layout refused), what a save
+may replace, the permissions of what it writes, and files that do not match their config
+refused."""
 
 import json
 import os
@@ -33,31 +34,39 @@ def _assert_trees_equal(got, want):
             np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_current_bundles_keep_ohwi_and_older_hwio_ones_are_transposed(tmp_path):
+def test_bundles_keep_ohwi_kernels_and_a_file_of_another_layout_is_refused(tmp_path):
     params = _params()
     current = str(tmp_path / "current.safetensors")
     save_params_safetensors(current, params, metadata=bundle_lib.DENOISER_METADATA)
     _assert_trees_equal(bundle_lib.load_denoiser_params(current), params)
 
-    def to_hwio(tree):
-        return {
-            k: to_hwio(v)
-            if isinstance(v, dict)
-            else (v.transpose(1, 2, 3, 0) if v.ndim == 4 else v)
-            for k, v in tree.items()
-        }
+    # A denoiser file without the layout (HWIO kernels, from before the UNet stored OHWI),
+    # or of another layout, is one error naming it and the fix: nothing is transposed.
+    for metadata, found in (
+        ({"format": "flax/predvdm_denoiser"}, "no conv_kernel_layout"),
+        ({"conv_kernel_layout": "HWIO"}, "conv_kernel_layout 'HWIO'"),
+        (None, "no conv_kernel_layout"),
+    ):
+        path = str(tmp_path / "other.safetensors")
+        save_params_safetensors(path, params, metadata=metadata)
+        with pytest.raises(ValueError) as err:
+            bundle_lib.load_denoiser_params(path)
+        assert str(err.value) == (
+            f"{path} has {found} in its metadata, not 'OHWI' (the layout bundles are written "
+            f"in); re-export the bundle with scripts/export.py"
+        )
 
-    older = str(tmp_path / "older.safetensors")
-    save_params_safetensors(older, to_hwio(params), metadata={"format": "flax/predvdm_denoiser"})
-    assert to_hwio(params)["diffusion_model"]["conv"]["kernel"].shape == (3, 3, 5, 8)
-    _assert_trees_equal(bundle_lib.load_denoiser_params(older), params)
 
-
-def test_an_unknown_kernel_layout_is_a_clear_error(tmp_path):
-    path = str(tmp_path / "odd.safetensors")
-    save_params_safetensors(path, _params(), metadata={"conv_kernel_layout": "IOHW"})
-    with pytest.raises(ValueError, match="unknown conv_kernel_layout 'IOHW'"):
-        bundle_lib.load_denoiser_params(path)
+def test_a_bundle_with_a_denoiser_file_without_the_ohwi_layout_is_refused(tmp_path):
+    path = str(tmp_path / "b")
+    bundle_lib.save_bundle(path, _bundle())
+    assert bundle_lib.read_bundle_files(path).params.keys() == _params().keys()
+    denoiser = os.path.join(path, bundle_lib.DENOISER_FILE)
+    save_params_safetensors(denoiser, _params(), metadata={"format": "flax/predvdm_denoiser"})
+    with pytest.raises(ValueError, match=r"re-export the bundle with scripts/export\.py$") as err:
+        bundle_lib.read_bundle_files(path)
+    assert str(err.value).startswith(f"{denoiser} has no conv_kernel_layout")
+    assert "\n" not in str(err.value)
 
 
 def _bundle():
@@ -162,17 +171,31 @@ def test_a_damaged_config_json_names_the_file_and_the_fix(tmp_path, content, mes
     assert "\n" not in str(err.value)
 
 
-def test_a_config_json_with_a_bad_field_names_the_file(tmp_path):
+@pytest.mark.parametrize(
+    "section, change, message",
+    [
+        ("data", lambda d: d.update(bogus=1), "unknown config field 'data.bogus'"),
+        ("diffusion", lambda d: d.update(parameterization="score"), "diffusion.parameterization"),
+    ],
+)
+def test_a_config_json_with_an_unknown_or_invalid_field_names_the_file_and_the_fix(
+    tmp_path, section, change, message
+):
     path = str(tmp_path / "b")
     bundle_lib.save_bundle(path, _bundle())
     config_path = os.path.join(path, bundle_lib.CONFIG_FILE)
     with open(config_path) as f:
         raw = json.load(f)
-    raw["data"]["bogus"] = 1
+    change(raw[section])
     with open(config_path, "w") as f:
         json.dump(raw, f)
-    with pytest.raises(config_lib.ConfigError, match=r"config\.json: invalid config: unknown"):
+    with pytest.raises(config_lib.ConfigError) as err:
         bundle_lib.read_bundle_files(path)
+    assert str(err.value).startswith(f"{config_path}: invalid config: ")
+    assert message in str(err.value)
+    assert str(err.value).endswith(
+        "; re-export the bundle with scripts/export.py --workdir=<training dir> --out=<folder>"
+    )
 
 
 @pytest.mark.parametrize("content", ['{"value": 1.0,\n', "", '{"metric": "loss"}', "[3]"])

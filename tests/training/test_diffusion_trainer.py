@@ -88,7 +88,11 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     hdf5.write_split(str(tmp_path / "frames_test"), test_videos)
     config = _config(tmp_path)
     model = LatentDiffusion.from_config(config)
-    save_params_safetensors(config.vq_params, random_params_from_init(model.init_vq))
+    vq_params = random_params_from_init(model.init_vq)
+    save_params_safetensors(config.vq_params, vq_params)
+    info = latent_cache.cache_info(config, str(tmp_path / "frames"), "float16", vq_params)
+    with open(tmp_path / "latents" / latent_cache.CACHE_INFO, "w") as f:
+        json.dump(info, f, default=list)
 
     # Validation of the untrained denoiser, whose zero-initialised output conv predicts ε = 0:
     # its mean-reduced loss is the mean of ε² over the 8 clips' fixed noise (768 draws), ≈ 1.
@@ -204,18 +208,18 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     assert logged["preview/ssim"] == pytest.approx(ssim, abs=1e-4)
 
 
-def _write_cache(split_dir, made_with=None):
-    """A one-video latent split; with ``cache_info.json`` of config ``made_with`` if given."""
+def _write_cache(split_dir, made_with):
+    """A one-video latent split with the ``cache_info.json`` of config ``made_with``."""
     writer = hdf5.ShardWriter(hdf5.shard_path(str(split_dir), 1), kind="latents")
     writer.add_video(np.zeros((8, LATENT, LATENT, 3), np.float16))
     writer.close()
-    if made_with is not None:
-        info = latent_cache.cache_info(made_with, str(split_dir), "float16")
-        with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
-            json.dump(info, f, default=list)
+    vq_params = {"w": np.zeros(2, np.float32)}  # config.vq_params is no file: not compared
+    info = latent_cache.cache_info(made_with, str(split_dir), "float16", vq_params)
+    with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
+        json.dump(info, f, default=list)
 
 
-def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkeypatch, caplog):
+def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkeypatch):
     config = _config(tmp_path)
     assert config.scale_factor == 1.0 and config.vq.n_embed == 16
     scaled = config.copy_and_resolve_references()
@@ -243,11 +247,15 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
         diffusion_trainer.train(config, workdir)
     assert not os.path.exists(workdir)
 
-    # A matching cache, and an older one without cache_info.json (with a warning), train.
+    # A matching cache trains; shards without cache_info.json are refused, naming the fix.
     monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
     config.train.update(dict(eval_every=0, preview_every=0, keep_best=0))
     assert diffusion_trainer.train(config, workdir) == "trained"
-    assert "no cache_info.json" not in caplog.text
     os.remove(os.path.join(tmp_path / "latents", latent_cache.CACHE_INFO))
-    assert diffusion_trainer.train(config, workdir) == "trained"
-    assert "no cache_info.json (an older cache)" in caplog.text
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=r"latents has no cache_info\.json, so it is not a latent cache made by "
+        r"scripts/encode_dataset\.py; re-run scripts/encode_dataset\.py to make it",
+    ):
+        diffusion_trainer.train(config, workdir)
+    assert not os.path.exists(workdir)

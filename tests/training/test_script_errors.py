@@ -71,6 +71,27 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_fields(tmp_path):
     assert "diffusion.parameterization 'x0' in the checkpoint, 'eps' now" in str(err.value)
 
 
+def test_a_checkpoint_whose_saved_config_has_an_unknown_field_is_refused_naming_the_step(tmp_path):
+    config = config_lib.load_config_file(DEMO_CONFIG)
+    raw = checkpoint.config_to_json(config)
+    raw["diffusion"]["parametrisation"] = "v"  # a field no version of the schema has
+    _save_run(tmp_path, raw)
+    directory = tmp_path / checkpoint.CHECKPOINT_DIR
+    start = (
+        f"the config saved with checkpoint step 3 in {directory} does not load (invalid config: "
+        f"unknown config field 'diffusion.parametrisation' (check the spelling; known fields "
+        f"here: "
+    )
+    with pytest.raises(config_lib.ConfigError) as err:
+        checkpoint.check_saved_config(str(tmp_path), config)
+    assert str(err.value).startswith(start)
+    assert str(err.value).endswith(")); pass a new --workdir to start over.")
+    with pytest.raises(config_lib.ConfigError) as err:
+        checkpoint.load_train_state(str(tmp_path))
+    assert str(err.value).startswith(start) and "\n" not in str(err.value)
+    assert str(err.value).endswith(")); train a new run (scripts/train.py --workdir=<new folder>).")
+
+
 def test_a_vq_checkpoint_with_the_discriminator_switched_is_refused(tmp_path):
     config = config_lib.load_config_file(VQ_CONFIG)  # discriminator off
     _save_run(tmp_path, config)
@@ -107,20 +128,26 @@ def test_a_vq_checkpoint_with_the_discriminator_switched_is_refused(tmp_path):
         )
 
 
-def test_the_kernel_layout_hint_comes_only_with_a_transposed_kernel(tmp_path):
+def test_a_checkpoint_of_other_parameter_shapes_is_one_line_naming_them(tmp_path):
     directory = str(tmp_path / checkpoint.CHECKPOINT_DIR)
     checkpointer = checkpoint.Checkpointer(directory, async_save=False)
     checkpointer.save(1, {"kernel": jnp.zeros((3, 3, 2, 4))}, data_state={})
     checkpointer.close()
     checkpointer = checkpoint.Checkpointer(directory, async_save=False)
-    messages = []
-    for shape in ((4, 3, 3, 2), (3, 3, 2, 8)):  # HWIO stored, OHWI requested; another width
-        with pytest.raises(ValueError, match="Was it written with another config") as err:
+    for shape in ((4, 3, 3, 2), (3, 3, 2, 8)):  # the kernel transposed; another width
+        with pytest.raises(ValueError) as err:
             checkpointer.restore(1, {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32)})
-        messages.append(str(err.value))
+        message = str(err.value)
+        assert message.startswith(
+            f"checkpoint step 1 in {directory} does not fit this model's parameter shapes "
+            f"(Requested shape: {shape} is not compatible with the stored shape: (3, 3, 2, 4))."
+        )
+        assert message.endswith(
+            "Was it written with another config? Resume with the run's own config, or start a "
+            "new workdir."
+        )
+        assert "\n" not in message and "OHWI" not in message
     checkpointer.close()
-    assert "before the UNet stored its conv kernels OHWI?" in messages[0]
-    assert "OHWI" not in messages[1] and "another config? Resume" in messages[1]
 
 
 def _run(script, *args, env=None):
