@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import os
 import re
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -258,12 +259,16 @@ def latent_diffusion_state_dict(
     return out
 
 
+EXPORT_MARKER = "predvdm_jax_config"  # the key under which an export records its config
+
+
 def write_latent_diffusion_checkpoint(
     path: str, config: ml_collections.ConfigDict, state: Any, step: int
 ) -> None:
     """Writes a run's train state (host arrays) as a PredVDM ``LatentDiffusion`` checkpoint
-    (``.ckpt``: what the PyTorch original loads, with this project's config as
-    ``predvdm_jax_config``; ``.safetensors``: the same state_dict without PyTorch)."""
+    (``.ckpt``: what the PyTorch original loads; ``.safetensors``: the same state_dict without
+    PyTorch). Both record this project's config under ``EXPORT_MARKER``, which tells
+    ``is_latent_diffusion_export`` that a re-export may replace the file."""
     schedule = LatentDiffusion.from_config(config).schedule
     state_dict = latent_diffusion_state_dict(
         state.params,
@@ -274,8 +279,25 @@ def write_latent_diffusion_checkpoint(
         {name: getattr(schedule, name) for name in SCHEDULE_BUFFERS},
         float(config.scale_factor),
     )
-    extra = {"global_step": int(step), "predvdm_jax_config": config.to_json_best_effort()}
+    extra = {"global_step": int(step), EXPORT_MARKER: config.to_json_best_effort()}
     tc.save_torch_state_dict(path, state_dict, extra)
+
+
+def is_latent_diffusion_export(path: str) -> bool:
+    """Whether the file ``path`` is one ``write_latent_diffusion_checkpoint`` wrote: its
+    safetensors metadata, or the pickle of its torch zip archive, holds ``EXPORT_MARKER``.
+    Reads no tensor, so a re-export checks a large file at once."""
+    try:
+        if tc.state_dict_format(path) == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, "numpy") as f:
+                return EXPORT_MARKER in (f.metadata() or {})
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+            return any(EXPORT_MARKER.encode() in archive.read(name) for name in pickles)
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError):
+        return False  # unreadable, another format or not a zip archive: not ours
 
 
 def bundle_from_predvdm_checkpoint(

@@ -11,6 +11,7 @@ Flax Dense is (in, out).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -261,14 +262,16 @@ def save_torch_state_dict(
     state_dict: Mapping[str, np.ndarray],
     extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a PyTorch state_dict (atomically): ``.safetensors`` holds the tensors alone (no
-    PyTorch needed); ``.ckpt`` / ``.pt`` / ``.pth`` is ``torch.save({'state_dict': ..., **extra})``,
-    the layout of a Lightning checkpoint."""
+    """Write a PyTorch state_dict (atomically): ``.safetensors`` holds the tensors (no PyTorch
+    needed) with ``extra`` as string metadata (JSON for non-strings); ``.ckpt`` / ``.pt`` /
+    ``.pth`` is ``torch.save({'state_dict': ..., **extra})``, the layout of a Lightning
+    checkpoint."""
     arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # keeps 0-d buffers 0-d
     if state_dict_format(path) == "safetensors":
         from safetensors.numpy import save_file
 
-        atomic_io.write_file(path, lambda tmp: save_file(arrays, tmp))
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()}
+        atomic_io.write_file(path, lambda tmp: save_file(arrays, tmp, metadata=metadata or None))
     else:
         torch = import_torch()
         tensors = {k: torch.tensor(v) for k, v in arrays.items()}  # copies: arrays may be read-only

@@ -506,15 +506,19 @@ def _export_path_problem(path: str, workdir: str) -> str | None:
         return None
     if folders.is_bundle(folder):
         return f"exists inside the bundle folder {folder}, whose file it would replace"
-    if not real.endswith(".ckpt"):
-        return "exists and is not an earlier export (.ckpt), so it is not replaced"
+    if not predvdm_ckpt.is_latent_diffusion_export(real):
+        return (
+            f"exists and is not an earlier export of this project (it records no "
+            f"{predvdm_ckpt.EXPORT_MARKER}), so it is not replaced"
+        )
     return None
 
 
 def check_export_path(path: str, workdir: str) -> None:
     """A ``ValueError`` if the PredVDM checkpoint of the run ``workdir`` may not be written to
-    ``path``, which could destroy something: only a new path, or an earlier export (an
-    existing ``.ckpt`` outside any bundle folder and the run's checkpoints), may be written."""
+    ``path``, which could destroy something: only a new path, or an earlier export
+    (``predvdm_ckpt.is_latent_diffusion_export``, outside any bundle folder and the run's
+    checkpoints), may be written; never another file, such as the original's ``last.ckpt``."""
     problem = _export_path_problem(path, workdir)
     if problem:
         raise ValueError(

@@ -229,10 +229,17 @@ def test_export_refuses_to_overwrite_a_file_it_did_not_write(tmp_path):
     (tmp_path / "notes.txt").write_text("notes")
     (tmp_path / "old.ckpt").write_text("")
     (bundle / "old.ckpt").write_text("")
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 7}, tmp_path / "last.ckpt")
+    original = (tmp_path / "last.ckpt").read_bytes()  # e.g. the PyTorch original's checkpoint
+    not_ours = (
+        "exists and is not an earlier export of this project (it records no predvdm_jax_config)"
+    )
     for target, why in (
         (bundle / "vq.safetensors", "exists inside the bundle folder"),
         (bundle / "old.ckpt", "exists inside the bundle folder"),
-        (tmp_path / "notes.txt", "exists and is not an earlier export (.ckpt)"),
+        (tmp_path / "notes.txt", not_ours),
+        (tmp_path / "last.ckpt", not_ours),
         (tmp_path / "run" / "checkpoints" / "x.ckpt", "is inside the run's checkpoint folder"),
     ):
         done = subprocess.run(
@@ -253,3 +260,4 @@ def test_export_refuses_to_overwrite_a_file_it_did_not_write(tmp_path):
         assert line.endswith("nothing was written. Pass a new file path (e.g. exports/<run>.ckpt).")
     assert (bundle / "vq.safetensors").read_text() == "vq.safetensors"
     assert (tmp_path / "notes.txt").read_text() == "notes"
+    assert (tmp_path / "last.ckpt").read_bytes() == original

@@ -133,12 +133,17 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     _check_preview(config, model, state, workdir, rows, test_videos)
 
     # Back to PredVDM's format: the PyTorch checkpoint holds the run's raw and EMA weights.
-    exported = tmp_path / "run.ckpt"
-    assert checkpoint.export_latent_diffusion_checkpoint(workdir, str(exported)) == (40, 1.0)
-    back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
-    for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
-        jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
-    assert back.ema_num_updates == 40 and back.ema_decay == pytest.approx(0.9)
+    # An earlier export (found by the config it records, not by its suffix) is replaced.
+    for exported in (tmp_path / "run.ckpt", tmp_path / "run.safetensors"):
+        for _ in range(2):
+            assert checkpoint.export_latent_diffusion_checkpoint(workdir, str(exported)) == (
+                40,
+                1.0,
+            )
+        back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
+        for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
+            jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
+        assert back.ema_num_updates == 40 and back.ema_decay == pytest.approx(0.9)
 
     from_checkpoint = checkpoint.load_from_checkpoint(workdir)
     np.testing.assert_array_equal(
