@@ -11,6 +11,7 @@ import pytest
 
 from predvdm_jax import cli
 from predvdm_jax import config as config_lib
+from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.training import checkpoint, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,3 +133,25 @@ def test_nothing_below_the_scripts_imports_cli():
                 with open(os.path.join(folder, name)) as f:
                     source = f.read()
                 assert not re.search(r"import cli\b|predvdm_jax\.cli\b", source), name
+
+
+def test_load_model_refuses_overrides_that_change_what_the_weights_mean(tmp_path, monkeypatch):
+    config = config_lib.load_config_file(DEMO_CONFIG)
+    saved = bundle_lib.Bundle(config, {}, {})
+    monkeypatch.setattr(checkpoint, "resolve_bundle_path", lambda path: path)
+    monkeypatch.setattr(checkpoint, "read_bundle", lambda path: saved)
+    runtime = {"sampling.steps": 3, "model.dtype": "bfloat16", "unet.dropout": 0.3}
+    same_size = {"data.image_size": config.data.image_size}  # an override equal to the saved
+    loaded, _ = checkpoint.load_model("b", overrides={**runtime, **same_size})
+    assert loaded.config.sampling.steps == 3 and loaded.config.model.dtype == "bfloat16"
+    with pytest.raises(config_lib.ConfigError) as err:
+        checkpoint.load_model(
+            "b", overrides={"unet.channel_mult": (1, 2), "diffusion.linear_end": 0.02}
+        )
+    mult = config.unet.channel_mult
+    assert str(err.value) == (
+        f"the --config overrides change what the weights of bundle b mean: unet.channel_mult "
+        f"{list(mult)!r} saved, [1, 2] now; diffusion.linear_end {config.diffusion.linear_end!r} "
+        f"saved, 0.02 now; the model's shapes, frame counts, latent scale, noise schedule and "
+        f"parameterization come with its weights: drop those overrides"
+    )

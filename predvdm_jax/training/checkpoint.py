@@ -355,14 +355,29 @@ def latest_step(workdir: str) -> int | None:
         checkpointer.close()
 
 
-def _differences(saved: Any, current: Any, name: str) -> list[str]:
+def _differences(saved: Any, current: Any, name: str, where: str) -> list[str]:
+    """``"<field> <saved value> <where>, <current value> now"`` for every leaf that differs."""
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         return [
             difference
             for key in saved
-            for difference in _differences(saved[key], current[key], f"{name}.{key}")
+            for difference in _differences(saved[key], current[key], f"{name}.{key}", where)
         ]
-    return [] if saved == current else [f"{name} {saved!r} in the checkpoint, {current!r} now"]
+    return [] if saved == current else [f"{name} {saved!r} {where}, {current!r} now"]
+
+
+def _field_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], fields: Sequence[str], where: str
+) -> list[str]:
+    """``_differences`` of two configs' JSON dicts over ``fields`` (dotted; a section: all of
+    its fields)."""
+    differences = []
+    for field in fields:
+        saved_value, current_value = saved, current
+        for key in field.split("."):
+            saved_value, current_value = saved_value[key], current_value[key]
+        differences += _differences(saved_value, current_value, field, where)
+    return differences
 
 
 def _saved_config(checkpointer: Checkpointer, step: int, fix: str) -> ml_collections.ConfigDict:
@@ -422,14 +437,9 @@ def check_saved_config(
     finally:
         checkpointer.close()
     current = config_to_json(config)
-    differences = []
-    for field in fields:
-        saved_value, current_value = saved, current
-        for key in field.split("."):
-            saved_value, current_value = saved_value[key], current_value[key]
-        differences += _differences(saved_value, current_value, field)
+    differences = _field_differences(saved, current, fields, "in the checkpoint")
     for name, value_of in (derived or {}).items():
-        differences += _differences(value_of(saved), value_of(current), name)
+        differences += _differences(value_of(saved), value_of(current), name, "in the checkpoint")
     if differences:
         raise config_lib.ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "
@@ -584,4 +594,29 @@ def load_model(
         loaded = load_from_checkpoint(workdir, use_ema=use_ema, step=step)
         source = f"checkpoint {workdir} ({'EMA' if use_ema else 'raw'} weights)"
     config = config_lib.with_overrides(loaded.config, dict(overrides or {}))
+    _check_weight_fields_kept(loaded.config, config, source)
     return dataclasses.replace(loaded, config=config), source
+
+
+INFERENCE_RUNTIME_FIELDS = ("unet.dropout", "vq.dropout")
+"""Fields of ``DENOISER_FIELDS`` that do nothing at inference, so overriding them is harmless."""
+
+
+def _check_weight_fields_kept(saved: Any, config: Any, source: str) -> None:
+    """A ``ConfigError`` naming every field of ``DENOISER_FIELDS`` that ``--config.*`` overrides
+    changed: the weights were trained for the saved values (another shape fails deep in Flax,
+    another schedule or scale silently predicts noise)."""
+    changed = [
+        line
+        for line in _field_differences(
+            config_to_json(saved), config_to_json(config), DENOISER_FIELDS, "saved"
+        )
+        if line.split(" ")[0] not in INFERENCE_RUNTIME_FIELDS
+    ]
+    if changed:
+        raise config_lib.ConfigError(
+            f"the --config overrides change what the weights of {source} mean: "
+            f"{'; '.join(changed)}; the model's "
+            f"shapes, frame counts, latent scale, noise schedule and parameterization come with "
+            f"its weights: drop those overrides"
+        )
