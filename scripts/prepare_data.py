@@ -30,7 +30,9 @@ flags.DEFINE_integer("num_test", None, "SMMNIST test videos (default 256).")
 flags.DEFINE_integer("seed", None, "SMMNIST seed (default 0).")
 flags.DEFINE_integer("ucf_split", None, "UCF-101 official split 1, 2 or 3 (default 1).")
 flags.DEFINE_enum("ucf_crop", None, ["squash", "center"], "UCF-101 resize (default squash).")
-flags.DEFINE_integer("image_size", None, "Output frame size (KTH/UCF 64, Cityscapes 128).")
+flags.DEFINE_integer(
+    "image_size", None, "Output frame size (KTH/UCF 64, Cityscapes 128).", lower_bound=1
+)
 flags.DEFINE_bool(
     "verify_crc",
     None,

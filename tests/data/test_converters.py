@@ -148,6 +148,14 @@ def test_kth_center_crop_and_rvd_split(kth_src, tmp_path):
     np.testing.assert_array_equal(got, reference)
 
 
+@pytest.mark.parametrize("size", [0, -64])
+def test_a_frame_size_below_one_is_refused_before_anything_is_written(kth_src, tmp_path, size):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"^image_size must be >= 1, got {size}; pass e\.g\."):
+        converters.convert("kth", str(kth_src), str(out), progress=False, image_size=size)
+    assert not out.exists()  # no conversion.json to block the corrected run
+
+
 def test_kth_wrong_source_names_what_is_missing(tmp_path):
     (tmp_path / "walking").mkdir()
     with pytest.raises(SourceError, match="no 'boxing' folder or boxing.zip"):

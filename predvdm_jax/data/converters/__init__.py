@@ -44,6 +44,9 @@ TFDS_PREFIX = "tfds:"
 def make_plan(dataset: str, src: str, **options) -> ConversionPlan:
     """Inspects the source of ``dataset`` and returns what would be written."""
     plan_function = _plan_function(dataset)
+    size = options.get("image_size")
+    if size is not None and size < 1:
+        raise ValueError(f"image_size must be >= 1, got {size}; pass e.g. --image_size=64.")
     if dataset.startswith(TFDS_PREFIX):
         return plan_function(src, dataset[len(TFDS_PREFIX) :], **options)
     return plan_function(src, **options)
