@@ -153,6 +153,8 @@ MODEL_FLAGS = (
     "pred_frames",
 )
 FOLDER_FLAGS = ("cond_frames", "num_frames")
+# The config fields that scoring folders reads; other --config.* overrides would do nothing.
+FOLDER_CONFIG_FIELDS = ("eval.batch_size", "eval.lpips_params", "eval.i3d_params", "eval.fvd")
 
 
 def main():
@@ -165,6 +167,15 @@ def main():
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     if folders:
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
+        ignored = sorted(set(config_flags.get_override_values(FLAGS["config"])))
+        ignored = [f"--config.{name}" for name in ignored if name not in FOLDER_CONFIG_FIELDS]
+        if ignored:
+            cli.fail(
+                f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect when "
+                f"scoring folders, which reads only "
+                f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}; remove "
+                f"{'it' if len(ignored) == 1 else 'them'}"
+            )
     else:
         cli.reject_flags(FOLDER_FLAGS, "without --real_dir and --fake_dir")
     report.check_output_dir(FLAGS.out)

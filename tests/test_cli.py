@@ -68,6 +68,19 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             "(--real_dir, --fake_dir); remove them",
         ),
         (
+            "evaluate.py",
+            (
+                "--real_dir=r",
+                "--fake_dir=f",
+                "--config.eval.fvd=false",
+                "--config.sampling.steps=3",
+                "--config.eval.gray_as_rgb=true",
+            ),
+            "error: --config.eval.gray_as_rgb, --config.sampling.steps have no effect when "
+            "scoring folders, which reads only --config.eval.batch_size, --config.eval.lpips_params, "
+            "--config.eval.i3d_params, --config.eval.fvd; remove them",
+        ),
+        (
             "sample.py",
             ("--bundle=b", "--video=v.gif", "--num_clips=3"),
             "error: --num_clips has no effect with --video",
