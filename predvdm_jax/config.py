@@ -255,9 +255,13 @@ def _range_errors(c) -> list[str]:
         ("vq_train.learning_rate", v.learning_rate),
         ("optimizer.grad_clip", o.grad_clip),
         ("vq_train.disc_factor", v.disc_factor),
+        ("sampling.eta", c.sampling.eta),
     ):
         if not 0 <= value < math.inf:
             errors.append(f"{name} must be a finite number >= 0, got {value}")
+    for name, value in (("unet.dropout", c.unet.dropout), ("vq.dropout", c.vq.dropout)):
+        if not 0 <= value < 1:
+            errors.append(f"{name} must be in [0, 1), got {value}")
     m = c.mesh
     if any(n < 1 and n != -1 for n in (m.data, m.fsdp)) or m.data == m.fsdp == -1:
         errors.append(
@@ -268,6 +272,24 @@ def _range_errors(c) -> list[str]:
         errors.append(f"mesh.slices must be >= 1, got {m.slices}")
     if m.min_shard_size < 0:
         errors.append(f"mesh.min_shard_size must be >= 0, got {m.min_shard_size}")
+    return errors
+
+
+UNBOUNDED_FIELDS = ("data.preload_max_gb",)
+"""Float fields where +inf means "no limit"; every other float field must be finite."""
+
+
+def _non_finite_errors(config, prefix: str = "") -> list[str]:
+    """Float fields holding NaN or ±inf: each field's own range check names it with its range
+    where there is one; this catches the others (a NaN ``sampling.eta`` decoded black frames)."""
+    errors = []
+    for key, value in config.items():
+        name = prefix + key
+        if isinstance(value, ml_collections.ConfigDict):
+            errors += _non_finite_errors(value, name + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            if not (value == math.inf and name in UNBOUNDED_FIELDS):
+                errors.append(f"{name} must be a finite number, got {value!r}")
     return errors
 
 
@@ -433,6 +455,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     errors = _schema_errors(config, default_config())
     if not errors:
         errors = _combination_errors(config)
+        errors += [
+            error
+            for error in _non_finite_errors(config)
+            if not any(error.split(" ")[0] in other for other in errors)  # named already
+        ]
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
     return config

@@ -10,6 +10,7 @@ the integer step for DDPM/DDIM, ``(t_cont − 1/T)·T`` for DPM-Solver++.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -56,8 +57,8 @@ class SamplerSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}")
         if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not 0 <= self.eta < math.inf:  # NaN fails too
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
         if self.order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
         if self.skip_type not in SKIP_TYPES:

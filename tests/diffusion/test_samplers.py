@@ -439,6 +439,7 @@ def test_ddpm_clip_bounds_final_sample():
         (dict(order=0), "order"),
         (dict(steps=0), "steps"),
         (dict(eta=-1.0), "eta"),
+        (dict(eta=float("nan")), "eta must be a finite number >= 0, got nan"),
         (dict(skip_type="uniform"), "skip_type"),
         (dict(sampler="dpm_solver_pp", steps=2, order=3), "steps >= order"),
         (dict(clip_x0=0.0), "clip_x0"),
