@@ -16,15 +16,27 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _read_image(path: str) -> np.ndarray:
-    """One frame image as RGB uint8, or a one-line ``ValueError`` naming the file."""
+    """One frame image as RGB uint8 (16-bit gray scaled to 8 bits), or a one-line
+    ``ValueError`` naming the file."""
+    wide = ("I;16", "I;16L", "I;16B", "I", "F")  # PIL's convert("RGB") clips these above 255
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            mode = image.mode
+            pixels = np.asarray(image) if mode in wide else np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
         raise ValueError(
             f"{path!r} is not a readable image ({_one_line(err)}); it is damaged or not an "
             f"image: replace it or remove it from the folder of frames."
         ) from None
+    if mode in ("I", "F"):
+        raise ValueError(
+            f"{path!r} holds {'32-bit integer' if mode == 'I' else 'float'} pixels, whose range "
+            f"is unknown; save the frames as 8- or 16-bit images."
+        )
+    if mode in wide:  # 16-bit gray
+        gray = (pixels.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return pixels
 
 
 def _one_line(err: Exception) -> str:

@@ -79,3 +79,21 @@ def test_max_frames_reads_past_the_conditioning_frames_as_far_as_the_video_goes(
     np.testing.assert_array_equal(values(longer), 20 * np.arange(5))
     with pytest.raises(ValueError, match="has 5 frames; at least 6 are needed"):
         video_files.read_clip(str(tmp_path / "clip"), 8, 1, 6, max_frames=9)
+
+
+def test_16_bit_gray_frames_are_scaled_to_8_bits_and_float_frames_refused(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values above 255 (a white clip); they are scaled."""
+    (tmp_path / "clip").mkdir()
+    for t in range(3):
+        frame = np.full((8, 8), 256 * 40 * t + 255, np.uint16)
+        Image.fromarray(frame).save(tmp_path / "clip" / f"{t}.png")
+        with Image.open(tmp_path / "clip" / f"{t}.png") as image:
+            assert image.mode.startswith("I")  # stored and read back as 16-bit
+    clip = video_files.read_clip(str(tmp_path / "clip"), 8, 1, 3)
+    levels = np.round((clip[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    np.testing.assert_array_equal(levels, 40 * np.arange(3))
+
+    (tmp_path / "float").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float" / "0.tif")
+    with pytest.raises(ValueError, match=r"0\.tif' holds float pixels, whose range is unknown"):
+        video_files.read_clip(str(tmp_path / "float"), 8, 1, 1)
