@@ -50,7 +50,16 @@ CACHE_INFO = "cache_info.json"
 CACHE_DTYPES = ("float16", "float32")
 VQ_RUNTIME_FIELDS = ("dropout",)  # vq fields that do not change the encoder's latents
 DIGEST_KEY = "vq_params_sha256"
-INFO_KEYS = ("source", "dtype", "scale_factor", "vq", "vq_params", "channels", DIGEST_KEY)
+INFO_KEYS = (
+    "source",
+    "num_shards",
+    "dtype",
+    "scale_factor",
+    "vq",
+    "vq_params",
+    "channels",
+    DIGEST_KEY,
+)
 """What ``cache_info.json`` records (``cache_info``); reading a file that lacks one fails."""
 
 
@@ -78,6 +87,7 @@ def cache_info(
     path = config.vq_params if vq_params_path is None else vq_params_path
     return {
         "source": os.path.abspath(src_split_dir),
+        "num_shards": len(shard_paths(src_split_dir)),  # a finished cache has one per source shard
         "dtype": dtype,
         "scale_factor": float(config.scale_factor),
         "vq": config.vq.to_dict(),
@@ -148,10 +158,13 @@ def check_output(
     dtype: str = "float16",
     vq_params_path: str | None = None,
 ) -> dict:
-    """Every check ``encode_split`` makes before writing (``check_output_folder``, and a
-    resume's ``cache_info.json``); returns the info to record. Writes nothing, so a script
-    can check every split before encoding any."""
+    """Every check ``encode_split`` makes before writing (``check_output_folder``, the source's
+    frame size and channels, and a resume's ``cache_info.json``); returns the info to record.
+    Writes nothing, so a script can check every split before encoding any."""
     check_output_folder(src_split_dir, out_split_dir)
+    check_frame_size(
+        VideoShards(src_split_dir, "frames"), config.data.image_size, config.data.channels
+    )
     return _check_resume(
         out_split_dir, cache_info(config, src_split_dir, dtype, vq_params, vq_params_path)
     )
@@ -167,7 +180,7 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
         return info
     saved = read_cache_info(out_split_dir)
     same = as_json(info)
-    for key in ("source", "dtype", "scale_factor", "vq"):
+    for key in ("source", "num_shards", "dtype", "scale_factor", "vq"):
         if saved[key] != same[key]:
             raise DatasetError(
                 f"{out_split_dir} holds a latent cache made with another {key} ({saved[key]!r}, now "
@@ -187,8 +200,16 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
     """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
     frame channels, VQ architecture or (when ``config.vq_params`` exists) other VQ weights than
     ``config``'s; ``DatasetError`` when it has no readable ``cache_info.json``
-    (``read_cache_info``): it is no cache of ``scripts/encode_dataset.py``."""
+    (``read_cache_info``: it is no cache of ``scripts/encode_dataset.py``) or lacks shards (an
+    interrupted encode)."""
     saved = read_cache_info(split_dir)
+    present = len(shard_paths(split_dir))
+    if present < saved["num_shards"]:
+        raise DatasetError(
+            f"{split_dir} is an unfinished latent cache ({present} of {saved['num_shards']} "
+            f"shards; its encode was interrupted): run scripts/encode_dataset.py again with the "
+            f"same flags to finish it."
+        )
     cached = saved["scale_factor"]
     if not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
         raise ConfigError(
@@ -268,7 +289,6 @@ def encode_split(
     if batch_frames < 1:
         raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
     source = VideoShards(src_split_dir, "frames")
-    check_frame_size(source, config.data.image_size, config.data.channels)
     info = check_output(config, vq_params, src_split_dir, out_split_dir, dtype, vq_params_path)
     os.makedirs(out_split_dir, exist_ok=True)
 

@@ -14,7 +14,13 @@ import pytest
 from predvdm_jax import config as config_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards, write_split
-from predvdm_jax.data.latent_cache import CACHE_INFO, DIGEST_KEY, check_cache_matches, encode_split
+from predvdm_jax.data.latent_cache import (
+    CACHE_INFO,
+    DIGEST_KEY,
+    check_cache_matches,
+    check_output,
+    encode_split,
+)
 from predvdm_jax.data.loader import (
     TrainWindows,
     eval_iterator,
@@ -118,6 +124,12 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
     )
     first = os.path.join(out, "shard_0001.hdf5")
     written_at = os.path.getmtime(first)
+    with pytest.raises(DatasetError) as err:  # training refuses the unfinished cache
+        check_cache_matches(config, out)
+    assert str(err.value) == (
+        f"{out} is an unfinished latent cache (1 of 3 shards; its encode was interrupted): run "
+        f"scripts/encode_dataset.py again with the same flags to finish it."
+    )
     # a half-written shard from the interruption
     with open(os.path.join(out, "shard_0002.hdf5.tmp"), "wb") as f:
         f.write(b"partial")
@@ -129,6 +141,7 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
     )
     assert os.path.getmtime(first) == written_at
     assert not any(name.endswith(".tmp") for name in os.listdir(out))
+    check_cache_matches(config, out)
     shards, cached = read_cache(out)
     assert tuple(shards.frame_counts) == FRAME_COUNTS and shards.dtype == np.float32
     frames = to_model_range(np.concatenate(videos)[..., None])
@@ -148,11 +161,13 @@ def test_a_split_of_another_frame_size_or_channels_is_refused_up_front(
     _, _, config, _, params = setup  # data.image_size=SIZE, data.channels=1
     src, out = str(tmp_path / "frames"), str(tmp_path / "latents")
     write_split(src, [np.zeros((2, *frame_shape), np.uint8)])
-    with pytest.raises(DatasetError) as err:
-        encode_split(config, params, src, out)
-    assert str(err.value).startswith(f"{src} holds {holds}")
-    assert f"data.image_size={SIZE} with data.channels=1" in str(err.value)
-    assert not os.path.exists(out)
+    # check_output is what encode_dataset.py runs on every split before encoding any
+    for check in (encode_split, check_output):
+        with pytest.raises(DatasetError) as err:
+            check(config, params, src, out)
+        assert str(err.value).startswith(f"{src} holds {holds}")
+        assert f"data.image_size={SIZE} with data.channels=1" in str(err.value)
+        assert not os.path.exists(out)
 
 
 def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup):
@@ -164,7 +179,6 @@ def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup):
         str(root / "frames"),
         out,
         batch_frames=4,
-        max_shards=1,
         vq_params_path="elsewhere/vq.safetensors",
     )
     info = json.load(open(os.path.join(out, CACHE_INFO)))
@@ -210,12 +224,7 @@ def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path)
     made_with, retrained = str(tmp_path / "vq.safetensors"), str(tmp_path / "vq2.safetensors")
     save_params_safetensors(made_with, params)
     save_params_safetensors(retrained, other)
-    assert (
-        encode_split(
-            config, params, frames, out, batch_frames=4, max_shards=1, vq_params_path=made_with
-        )
-        == 1
-    )
+    assert encode_split(config, params, frames, out, batch_frames=4, vq_params_path=made_with) == 3
     with pytest.raises(DatasetError) as err:
         encode_split(config, other, frames, out, batch_frames=4, vq_params_path=retrained)
     message = str(err.value)
@@ -253,7 +262,7 @@ def test_cache_records_its_vq_weights_and_refuses_other_weights(setup, tmp_path)
     with pytest.raises(DatasetError, match=r"cache_info\.json is unreadable \(Expecting") as err:
         check_cache_matches(config, out)
     assert str(err.value).endswith(fix) and "\n" not in str(err.value)
-    assert sorted(os.listdir(out)) == [CACHE_INFO, "shard_0001.hdf5"]
+    assert sorted(os.listdir(out)) == [CACHE_INFO] + [f"shard_000{i}.hdf5" for i in (1, 2, 3)]
 
 
 def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
@@ -336,7 +345,7 @@ def test_an_out_folder_of_another_dataset_or_the_source_is_refused_before_writin
 def test_training_refuses_a_cache_of_frames_of_other_channels(setup, tmp_path):
     root, videos, config, system, params = setup  # data.channels=1
     out = str(tmp_path / "latents")
-    encode_split(config, params, str(root / "frames"), out, batch_frames=4, max_shards=1)
+    encode_split(config, params, str(root / "frames"), out, batch_frames=4)
     assert json.load(open(os.path.join(out, CACHE_INFO)))["channels"] == 1
     check_cache_matches(config, out)
     with pytest.raises(
