@@ -214,6 +214,32 @@ def _remove_stale_videos(directory: str, kept: set[str]) -> None:
             os.remove(path)
 
 
+def clear_videos(directory: str) -> None:
+    """Removes what ``write_videos`` writes (videos and ``grid.png``) from ``directory``, and the
+    folder when nothing else is left in it."""
+    if not os.path.isdir(directory):
+        return
+    _remove_stale_videos(directory, set())
+    grid = os.path.join(directory, "grid.png")
+    if os.path.isfile(grid):
+        os.remove(grid)
+    if not os.listdir(directory):
+        os.rmdir(directory)
+
+
+EVALUATION_FILES = ("metrics.json", "metrics.md", "per_frame.png")
+"""The files ``write_evaluation`` writes beside ``videos/``."""
+
+
+def clear_evaluation(out_dir: str) -> None:
+    """Removes what ``write_evaluation`` wrote in ``out_dir`` (by name; nothing else)."""
+    for name in EVALUATION_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    clear_videos(os.path.join(out_dir, "videos"))
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
     file and lies under no file. Scripts call it before any work, so a bad ``--out`` fails
@@ -354,11 +380,8 @@ def write_evaluation(
         paths["videos"] = os.path.join(out_dir, "videos")
         if written["notes"]:
             metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
-    elif os.path.isdir(os.path.join(out_dir, "videos")):  # an earlier run's, none this time
-        _remove_stale_videos(os.path.join(out_dir, "videos"), set())
-        grid = os.path.join(out_dir, "videos", "grid.png")
-        if os.path.isfile(grid):
-            os.remove(grid)
+    else:  # an earlier run's, none this time
+        clear_videos(os.path.join(out_dir, "videos"))
     atomic_io.write_text(paths["table"], markdown_table(metrics))
     write_metrics_json(paths["metrics"], metrics)
     return paths

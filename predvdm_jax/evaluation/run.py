@@ -199,6 +199,7 @@ def evaluate_samplers(
         )
     if jax.process_index() == 0:
         single = list(samplings) == [MODEL]
+        earlier_labels = sweep_lib.written_sweep_labels(out_dir)
         for label, metrics in all_metrics.items():
             report.write_evaluation(
                 out_dir if single else os.path.join(out_dir, label),
@@ -208,6 +209,7 @@ def evaluate_samplers(
             )
         if not single:
             sweep_lib.write_sweep(out_dir, all_metrics)
+        sweep_lib.remove_earlier_reports(out_dir, earlier_labels, [] if single else list(samplings))
     return all_metrics
 
 

@@ -9,8 +9,9 @@ features and the baselines once; ``write_sweep`` puts the entries side by side.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -173,6 +174,45 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
     for name, entry in first.get("baselines", {}).items():
         lines.append(row(report.SYSTEM_LABELS.get(name, name), entry, ""))
     return "\n".join(lines) + "\n"
+
+
+SWEEP_FILES = ("sweep.md", "sweep.json")
+
+
+def written_sweep_labels(out_dir: str) -> list[str]:
+    """The entries of the sweep whose ``sweep.json`` is in ``out_dir`` (each has a folder of
+    that name), or [] when there is none or it cannot be read."""
+    try:
+        with open(os.path.join(out_dir, "sweep.json"), encoding="utf-8") as f:
+            labels = list(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return []
+    return [label for label in labels if isinstance(label, str) and _is_folder_name(label)]
+
+
+def _is_folder_name(label: str) -> bool:
+    return label not in ("", ".", "..") and os.path.basename(label) == label
+
+
+def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: Sequence[str]):
+    """After an evaluation wrote ``out_dir``, removes what an earlier one there wrote and this
+    one did not rewrite, so the folder holds one run's numbers: after a sweep (``labels``, its
+    entries), an earlier single evaluation's reports and the folders of ``earlier_labels`` (the
+    earlier sweep's, read before writing) not in ``labels``; after a single evaluation
+    (``labels`` empty), the earlier sweep's files and folders."""
+    if labels:
+        report.clear_evaluation(out_dir)
+    else:
+        for name in SWEEP_FILES:
+            path = os.path.join(out_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+    for label in set(earlier_labels) - set(labels):
+        folder = os.path.join(out_dir, label)
+        if os.path.isfile(os.path.join(folder, "metrics.json")):  # a sweep entry's report
+            report.clear_evaluation(folder)
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
 
 
 def write_sweep(out_dir: str, all_metrics: Mapping[str, Mapping[str, Any]]) -> dict:

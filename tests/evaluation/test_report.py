@@ -204,8 +204,13 @@ def test_a_rerun_with_fewer_videos_leaves_only_its_own(tmp_path):
     out = tmp_path / "eval"
     report.write_evaluation(str(out), _hand_metrics(), {"real": video, "fake": video})
     assert os.listdir(out / "videos")
+    (out / "videos" / "keep.txt").write_text("the user's")
     report.write_evaluation(str(out), _hand_metrics(), None)
-    assert not [p for p in os.listdir(out / "videos") if p.startswith("video_") or p == "grid.png"]
+    assert os.listdir(out / "videos") == ["keep.txt"]
+    os.remove(out / "videos" / "keep.txt")
+    report.write_evaluation(str(out), _hand_metrics(), {"real": video, "fake": video})
+    report.write_evaluation(str(out), _hand_metrics(), None)
+    assert not (out / "videos").exists()  # emptied: the folder goes too
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):

@@ -154,6 +154,12 @@ def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=VIDEOS)
     samplings = sweep_lib.parse_sweep("eta=0;sampler=dpm_solver_pp,steps=3", bundle.config)
     out = tmp_path / "sweep"
+    # What earlier runs into the same folders left: a single evaluation and another sweep
+    # here, a sweep where the single evaluation goes; and a file of the user's.
+    _earlier_single(out)
+    _earlier_sweep(out, ["ddim_2_eta0", "ddim_9_eta1"])
+    (out / "notes.txt").write_text("mine")
+    _earlier_sweep(tmp_path / "alone", ["ddim_9_eta1"])
     swept = run_lib.evaluate_samplers(
         bundle.config,
         bundle.params,
@@ -198,12 +204,33 @@ def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
     assert sorted(os.listdir(out)) == [
         "ddim_2_eta0",
         "dpm_solver_pp_3_order2",
+        "notes.txt",
         "sweep.json",
         "sweep.md",
+    ]
+    assert sorted(os.listdir(tmp_path / "alone")) == [
+        "metrics.json",
+        "metrics.md",
+        "per_frame.png",
+        "videos",
     ]
     written = json.loads((out / "ddim_2_eta0" / "metrics.json").read_text())
     assert written["model"] == json.loads(json.dumps(ddim["model"]))
     assert "| dpm_solver_pp, 3 steps, order 2, time_uniform |" in (out / "sweep.md").read_text()
+
+
+def _earlier_single(out):
+    (out / "videos").mkdir(parents=True)
+    for name in ("metrics.json", "metrics.md", "per_frame.png", "videos/video_0000.gif"):
+        (out / name).write_text("an earlier evaluation's")
+
+
+def _earlier_sweep(out, labels):
+    for label in labels:
+        (out / label).mkdir(parents=True)
+        (out / label / "metrics.json").write_text("{}")
+    (out / "sweep.json").write_text(json.dumps({label: {} for label in labels}))
+    (out / "sweep.md").write_text("an earlier sweep's")
 
 
 def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_path):
