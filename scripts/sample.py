@@ -30,7 +30,14 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("num_clips", 8, "Test clips to predict (without --video).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("fps", 10, "Frames per second of the written videos.", lower_bound=1)
+flags.DEFINE_integer(
+    "fps",
+    10,
+    "Frames per second of the written videos (GIF delays are whole 1/100 s and browsers slow "
+    "delays under 2/100 s down, so at most 50).",
+    lower_bound=1,
+    upper_bound=50,
+)
 flags.DEFINE_string("out", None, "Output folder.")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, folders
 from predvdm_jax.evaluation.images import SEPARATOR_PIXELS, paired_grid, to_uint8
 from predvdm_jax.evaluation.protocol import FVD_VARIANTS
 
@@ -242,7 +242,8 @@ def clear_evaluation(out_dir: str) -> None:
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
-    file and lies under no file. Scripts call it before any work, so a bad ``--out`` fails
+    file, lies under no file, and is no bundle or training workdir (reports would mix with
+    the model's files). Scripts call it before any work, so a bad ``--out`` fails
     at once rather than after the predictions."""
     path = os.fspath(path)
     if not path:
@@ -257,6 +258,12 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         raise ValueError(
             f"{flag} {path!r} lies under {existing!r}, which is a file, not a folder; pass "
             "another output folder"
+        )
+    if folders.is_bundle(path) or folders.is_training_workdir(path):
+        what = "an inference bundle" if folders.is_bundle(path) else "a training workdir"
+        raise ValueError(
+            f"{flag} {path!r} is {what}; pass a folder of its own for the outputs (e.g. "
+            f"eval/<name>)"
         )
 
 

@@ -230,12 +230,26 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert afile.read_text() == "keep me"
 
 
+def test_a_bundle_or_training_workdir_is_no_output_folder(tmp_path):
+    bundle, run = tmp_path / "bundle", tmp_path / "run"
+    bundle.mkdir()
+    for name in ("config.json", "denoiser.safetensors"):
+        (bundle / name).write_text(name)
+    (run / "checkpoints").mkdir(parents=True)
+    for path, what in ((bundle, "an inference bundle"), (run, "a training workdir")):
+        with pytest.raises(ValueError) as err:
+            report.check_output_dir(str(path))
+        assert str(err.value) == (
+            f"--out {str(path)!r} is {what}; pass a folder of its own for the outputs "
+            f"(e.g. eval/<name>)"
+        )
+    assert sorted(os.listdir(bundle)) == ["config.json", "denoiser.safetensors"]
+
+
 def test_write_evaluation_writes_every_video_it_is_given(tmp_path):
     """write_videos' default cap (8) must not cut an evaluation's --keep_videos."""
     videos = np.linspace(-1, 1, 11 * 2 * 4 * 4, dtype=np.float32).reshape(11, 2, 4, 4, 1)
-    report.write_evaluation(
-        str(tmp_path), _hand_metrics(), {"real": videos, "fake": -videos}
-    )
+    report.write_evaluation(str(tmp_path), _hand_metrics(), {"real": videos, "fake": -videos})
     gifs = sorted(p for p in os.listdir(tmp_path / "videos") if p.endswith(".gif"))
     assert gifs == [f"video_{i:04d}.gif" for i in range(11)]
     grid = np.asarray(Image.open(tmp_path / "videos" / "grid.png"))
