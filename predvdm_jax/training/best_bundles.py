@@ -31,7 +31,8 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class BestBundles:
     """``keep(step, ema_params, value)``: bundle ``ema_params`` if ``value`` is among the ``k``
-    lowest so far, dropping the bundle that falls out. Call it on every process."""
+    lowest so far, dropping the bundles that fall out (all beyond the ``k`` best: ``k`` may
+    be lowered on resume). Call it on every process."""
 
     def __init__(self, directory: str, k: int, metric: str, config: Any, vq_params: Any):
         if k < 1:
@@ -50,10 +51,12 @@ class BestBundles:
     def keep(self, step: int, ema_params: Any, value: float) -> bool:
         """Whether the bundle of ``step`` was kept. Process 0's directory decides."""
         on_disk = self.kept()
-        ranked = sorted(
-            ((s, v) for s, v in on_disk.items() if s < step), key=lambda item: (item[1], item[0])
-        )
-        enters = math.isfinite(value) and (len(ranked) < self.k or value < ranked[-1][1])
+        earlier = [(s, v) for s, v in on_disk.items() if s < step]
+        new = [(step, value)] if math.isfinite(value) else []
+        # The k best of the earlier bundles and this one; the rest go, so a k lowered on
+        # resume drops the worst bundles, never the best.
+        best = set(sorted(earlier + new, key=lambda item: (item[1], item[0]))[: self.k])
+        enters = bool(new) and new[0] in best
         if jax.process_count() > 1:
             enters = bool(multihost_utils.broadcast_one_to_all(np.asarray(enters)))
         if enters:
@@ -61,8 +64,8 @@ class BestBundles:
         if jax.process_index() != 0:
             return enters
         drop = {s for s in on_disk if s >= step} | self._unfinished(on_disk)
+        drop |= {s for s, v in earlier if (s, v) not in best}
         if enters:
-            drop |= {s for s, _ in ranked[self.k - 1 :]}
             path = self._path(step)
             save_bundle(path, Bundle(self.config, params, self.vq_params))
             metric = {"metric": self.metric, "value": value, "step": step}

@@ -37,3 +37,16 @@ def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_
     assert best.keep(3, _params(3), 2.5)
     assert best.kept() == {2: 1.0, 3: 2.5}
     assert sorted(os.listdir(tmp_path / "best")) == ["step_00000002", "step_00000003"]
+
+
+def test_a_k_lowered_on_resume_keeps_the_best_and_drops_the_worst(tmp_path):
+    config = config_lib.finalize(config_lib.default_config())
+    vq = {"decoder": {"bias": np.ones(4, np.float32)}}
+    three = BestBundles(str(tmp_path / "best"), 3, "val/loss_ema", config, vq)
+    for step, value in ((10, 1.0), (20, 2.0), (30, 3.0)):
+        assert three.keep(step, _params(step), value)
+    one = BestBundles(str(tmp_path / "best"), 1, "val/loss_ema", config, vq)
+    assert not one.keep(40, _params(40), 2.5)  # worse than the best (1.0): not kept
+    assert one.kept() == {10: 1.0}  # and the bundles beyond k = 1 are gone
+    assert one.keep(50, _params(50), 0.5)
+    assert one.kept() == {50: 0.5}
