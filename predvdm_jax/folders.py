@@ -23,3 +23,25 @@ def is_bundle(path: str | os.PathLike) -> bool:
 def is_training_workdir(path: str | os.PathLike) -> bool:
     """Whether the folder ``path`` is a training run's workdir (it holds ``checkpoints/``)."""
     return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+
+
+def model_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be an output folder of data or reports, as words completing
+    "``path`` ...", or None. A bundle (or a folder in one) would stop being replaceable, a
+    workdir's ``checkpoints/`` belongs to Orbax, and a workdir itself would mix the outputs with
+    the run's files; a folder of its own inside a workdir (e.g. ``runs/x/eval``) is fine."""
+    target = os.path.abspath(os.fspath(path))
+    if is_training_workdir(target):
+        return "is a training workdir"
+    folder = target
+    while True:
+        parent = os.path.dirname(folder)
+        if is_bundle(folder):
+            return (
+                "is an inference bundle" if folder == target else f"is inside the bundle {folder}"
+            )
+        if os.path.basename(folder) == CHECKPOINT_DIR and is_training_workdir(parent):
+            return f"is inside {folder}, the checkpoints of a training workdir"
+        if parent == folder:
+            return None
+        folder = parent

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from predvdm_jax import atomic_io, xla_cpu
+from predvdm_jax import atomic_io, folders, xla_cpu
 from predvdm_jax.batching import pad_batch
 from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import (
@@ -138,6 +138,12 @@ def check_output_folder(src_split_dir: str, out_split_dir: str) -> None:
         raise DatasetError(
             f"cannot write the latent cache to {out_split_dir!r}: {folder!r} is a file; give "
             f"--out a folder (new, or a cache made by scripts/encode_dataset.py)."
+        )
+    problem = folders.model_folder(out_split_dir)
+    if problem:
+        raise DatasetError(
+            f"cannot write the latent cache to {out_split_dir!r}: it {problem}; give --out a "
+            f"folder of its own (e.g. data/<name>_latents)."
         )
     if os.path.isdir(out_split_dir) and not os.path.exists(os.path.join(out_split_dir, CACHE_INFO)):
         shards = shard_paths(out_split_dir)

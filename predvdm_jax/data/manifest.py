@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, folders
 from predvdm_jax.data import hdf5
 
 MANIFEST_NAME = "conversion.json"
@@ -27,7 +27,8 @@ def as_json(value: Any) -> Any:
 
 def check_out_dir(out_dir: str) -> None:
     """Raises ``DatasetError`` when ``out_dir`` is a file or lies under one (``os.makedirs``
-    would fail with a bare ``File exists`` / ``Not a directory``)."""
+    would fail with a bare ``File exists`` / ``Not a directory``), or is a model's folder
+    (``folders.model_folder``)."""
     folder = atomic_io.file_in_the_way(out_dir)
     if folder is not None:
         where = (
@@ -36,6 +37,11 @@ def check_out_dir(out_dir: str) -> None:
         raise hdf5.DatasetError(
             f"--out {out_dir!r} {where}; give --out a folder (a new one, or one this "
             f"command wrote before)."
+        )
+    problem = folders.model_folder(out_dir)
+    if problem:
+        raise hdf5.DatasetError(
+            f"--out {out_dir!r} {problem}; give the dataset a folder of its own (e.g. data/<name>)."
         )
 
 

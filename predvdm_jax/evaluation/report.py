@@ -259,10 +259,10 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
             f"{flag} {path!r} lies under {existing!r}, which is a file, not a folder; pass "
             "another output folder"
         )
-    if folders.is_bundle(path) or folders.is_training_workdir(path):
-        what = "an inference bundle" if folders.is_bundle(path) else "a training workdir"
+    problem = folders.model_folder(path)
+    if problem:
         raise ValueError(
-            f"{flag} {path!r} is {what}; pass a folder of its own for the outputs (e.g. "
+            f"{flag} {path!r} {problem}; pass a folder of its own for the outputs (e.g. "
             f"eval/<name>)"
         )
 

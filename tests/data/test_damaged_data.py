@@ -179,6 +179,17 @@ def test_moving_digits_refuses_an_out_folder_of_other_data(tmp_path, monkeypatch
     assert (tmp_path / "out" / "train" / "shard_0001.hdf5").read_bytes() == before
     # Shards without conversion.json are refused, another dataset's or moving digits of
     # these very settings: every writer records conversion.json before its first shard.
+    bundle = tmp_path / "bundle"  # a model's folder: the dataset would mix with its files
+    bundle.mkdir()
+    for name in ("config.json", "denoiser.safetensors"):
+        (bundle / name).write_text(name)
+    with pytest.raises(ValueError) as err:
+        moving_digits.write_moving_digits(str(bundle), 2, 1, progress=False)
+    assert str(err.value) == (
+        f"--out {str(bundle)!r} is an inference bundle; give the dataset a folder of its own "
+        f"(e.g. data/<name>)."
+    )
+    assert sorted(os.listdir(bundle)) == ["config.json", "denoiser.safetensors"]
     _split(tmp_path / "other" / "train")
     with pytest.raises(ValueError, match=r"already holds shards .* from an unknown conversion"):
         moving_digits.write_moving_digits(str(tmp_path / "other"), 2, 1, progress=False)

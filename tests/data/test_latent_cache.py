@@ -340,6 +340,18 @@ def test_an_out_folder_of_another_dataset_or_the_source_is_refused_before_writin
     for out in (tmp_path / "afile", tmp_path / "afile" / "train"):
         with pytest.raises(DatasetError, match=r"afile' is a file; give --out a folder"):
             encode_split(config, params, frames, str(out), batch_frames=4)
+    # A training workdir's checkpoints (beside Orbax's steps).
+    run = tmp_path / "run"
+    (run / "checkpoints" / "40").mkdir(parents=True)
+    out = run / "checkpoints" / "train"
+    with pytest.raises(DatasetError) as err:
+        encode_split(config, params, frames, str(out), batch_frames=4)
+    assert str(err.value) == (
+        f"cannot write the latent cache to {str(out)!r}: it is inside {run / 'checkpoints'}, the "
+        f"checkpoints of a training workdir; give --out a folder of its own (e.g. "
+        f"data/<name>_latents)."
+    )
+    assert os.listdir(run / "checkpoints") == ["40"]
 
 
 def test_training_refuses_a_cache_of_frames_of_other_channels(setup, tmp_path):

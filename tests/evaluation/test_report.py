@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import imageio.v3 as iio
 import numpy as np
@@ -244,6 +245,15 @@ def test_a_bundle_or_training_workdir_is_no_output_folder(tmp_path):
             f"(e.g. eval/<name>)"
         )
     assert sorted(os.listdir(bundle)) == ["config.json", "denoiser.safetensors"]
+    inside = {
+        bundle / "eval": f"is inside the bundle {bundle}",
+        run / "checkpoints" / "eval": f"is inside {run / 'checkpoints'}, the checkpoints of a "
+        "training workdir",
+    }
+    for path, problem in inside.items():
+        with pytest.raises(ValueError, match=f"^--out {re.escape(repr(str(path)))} {problem};"):
+            report.check_output_dir(str(path))
+    report.check_output_dir(str(run / "eval"))  # a folder of its own inside a workdir is fine
 
 
 def test_write_evaluation_writes_every_video_it_is_given(tmp_path):
