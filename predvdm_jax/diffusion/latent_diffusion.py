@@ -230,6 +230,29 @@ class LatentDiffusion:
         )
 
         def predict(params, vq_params, cond_video, key):
+            self.check_cond_video(cond_video, rgb)  # at trace time: shapes and dtype are known
             return rollout_fn(params, vq_params, self.encode(vq_params, cond_video), key)
 
         return xla_cpu.jit(predict)
+
+    def check_cond_video(self, cond_video, rgb: bool = False) -> None:
+        """A ``ValueError`` unless ``cond_video`` is float (B >= 1, cond, size, size, channels)
+        of this model's data config (with ``rgb``, gray models also take 3 channels: PredVDM's
+        gray-as-RGB scoring): uint8 frames as stored on disk would be encoded as 0..255, and
+        other sizes or channel counts would run on without complaint."""
+        d = self.config.data
+        per_clip = (self.cond_frames, d.image_size, d.image_size, d.channels)
+        shape, dtype = tuple(cond_video.shape), jnp.dtype(cond_video.dtype)
+        fits = len(shape) == 5 and shape[1:4] == per_clip[:3]
+        fits = fits and shape[0] >= 1 and shape[4] in ((d.channels, 3) if rgb else (d.channels,))
+        if not fits:
+            raise ValueError(
+                f"the conditioning frames must be (B, {', '.join(map(str, per_clip))}) with "
+                f"B >= 1 (the model's "
+                f"data.cond_frames, data.image_size and data.channels), got {shape}"
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"the conditioning frames must be floats in [-1, 1], got {dtype}; convert "
+                f"uint8 frames with frames / 127.5 - 1"
+            )

@@ -1,6 +1,7 @@
 """Autoregressive rollout with closed-form denoisers whose samples are known exactly."""
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -289,6 +290,26 @@ def test_predict_fn_equals_the_prediction_built_by_hand(tiny_model, reencode):
     assert out["frames"].shape == frames.shape == (2, 5, 16, 16, 1)
     np.testing.assert_allclose(out["latents"], latents, rtol=0, atol=5e-5)
     np.testing.assert_allclose(out["frames"], frames, rtol=0, atol=5e-5)
+
+
+def test_predict_fn_refuses_frames_of_another_shape_or_uint8(tiny_model):
+    """Checked while tracing, so nothing runs: uint8 frames as stored would be encoded as
+    0..255, other sizes and channel counts would run on."""
+    model, params, vq_params, _ = tiny_model  # 3 cond frames of 16x16x1
+    predict = model.make_predict_fn(2)
+    shapes = "must be (B, 3, 16, 16, 1) with B >= 1 (the model's data.cond_frames"
+    for cond, message in (
+        (np.zeros((2, 3, 16, 16, 1), np.uint8), "must be floats in [-1, 1], got uint8"),
+        (np.zeros((0, 3, 16, 16, 1), np.float32), shapes),
+        (np.zeros((2, 2, 16, 16, 1), np.float32), shapes),
+        (np.zeros((2, 3, 12, 12, 1), np.float32), shapes),
+        (np.zeros((2, 3, 16, 16, 3), np.float32), shapes),  # colour into a gray model
+        (np.zeros((3, 16, 16, 1), np.float32), shapes),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            predict(params, vq_params, cond, jax.random.PRNGKey(0))
+    # PredVDM's gray-as-RGB scoring hands a gray model its frames repeated to RGB.
+    model.check_cond_video(np.zeros((1, 3, 16, 16, 3), np.float32), rgb=True)
 
 
 @pytest.mark.parametrize(
