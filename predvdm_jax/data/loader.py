@@ -12,7 +12,7 @@ Every clip is a pure function of ``(seed, global example index)``:
 
 Process ``p`` of ``P`` reads only its ``B/P`` examples of each global batch of
 ``B``. Because clips depend on indices only, the iterator state is just the
-number of batches served: after ``set_state`` it yields exactly the batches an
+number of examples served: after ``set_state`` it yields exactly the batches an
 uninterrupted run would, whatever the number of reader processes before and after.
 """
 
@@ -91,8 +91,10 @@ class ClipIterator:
 
     With a ``sharding`` the batch is a global ``jax.Array`` assembled from every
     process's share; without one it is the process-local numpy batch.
-    ``get_state``/``set_state`` save and restore the position, the number of batches
-    served (JSON-serialisable), so a state restores under any ``num_workers``.
+    ``get_state``/``set_state`` save and restore the position as the number of examples
+    served (JSON-serialisable), so a state restores under any ``num_workers`` and any
+    ``batch_size``: a run resumed with another batch size goes on from the next whole batch
+    (it skips fewer than ``batch_size`` examples, and repeats none).
     With ``num_workers`` > 0 the batches are read in that many spawned processes
     (grain's ``mp_prefetch``): h5py serialises every call within a process, so
     threads alone cannot read faster than one core. ``close`` stops them.
@@ -102,6 +104,7 @@ class ClipIterator:
         self,
         batches: grain.MapDataset,
         key: str,
+        batch_size: int,
         sharding=None,
         *,
         num_threads: int = 1,
@@ -110,6 +113,7 @@ class ClipIterator:
     ):
         self._batches = batches
         self.key = key
+        self.batch_size = batch_size  # global examples per batch
         self.sharding = sharding
         self._num_threads, self._prefetch, self._num_workers = num_threads, prefetch, num_workers
         self._position = 0
@@ -147,11 +151,11 @@ class ClipIterator:
         return batch
 
     def get_state(self) -> dict:
-        return {"next_index": self._position}
+        return {"examples": self._position * self.batch_size}
 
     def set_state(self, state: dict) -> None:
         self.close()
-        self._position = int(state["next_index"])
+        self._position = -(-int(state["examples"]) // self.batch_size)
 
     def close(self) -> None:
         """Stops the reading threads or processes; the next batch starts them again."""
@@ -222,6 +226,7 @@ def train_iterator(
     return ClipIterator(
         batches,
         key,
+        batch_size,
         sharding,
         num_threads=num_threads,
         prefetch=prefetch,
@@ -287,4 +292,6 @@ def eval_iterator(
         .batch(local, drop_remainder=True)
         .map(rename)
     )
-    return ClipIterator(batches, key, sharding, num_threads=num_threads, prefetch=prefetch)
+    return ClipIterator(
+        batches, key, batch_size, sharding, num_threads=num_threads, prefetch=prefetch
+    )

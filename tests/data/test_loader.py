@@ -114,6 +114,23 @@ def test_restore_yields_identical_next_batches(split):
         np.testing.assert_array_equal(next(resumed)["video"], want)
 
 
+def test_a_resume_with_another_batch_size_goes_on_from_the_examples_served(split):
+    """Training example g is a function of g alone: 3 batches of 4 served examples 0..11, so
+    a resume with batches of 6 serves 12..17 next (the straight batch-6 run's third batch),
+    and one with batches of 8 starts at the next whole batch, 16..23: nothing repeats."""
+    split_dir, _ = split
+    first = loader.train_iterator(split_dir, 5, 4, seed=7)
+    for _ in range(3):
+        next(first)
+    state = first.get_state()
+    for batch_size, position in ((6, 2), (8, 2)):
+        straight = loader.train_iterator(split_dir, 5, batch_size, seed=7)
+        expected = [next(straight)["video"] for _ in range(position + 1)][position]
+        resumed = loader.train_iterator(split_dir, 5, batch_size, seed=7)
+        resumed.set_state(state)
+        np.testing.assert_array_equal(next(resumed)["video"], expected)
+
+
 def test_reader_processes_serve_the_same_batches_and_states_cross_over(split):
     """Two spawned readers give the in-process reader's batches; a state saved under one reader
     count restores under the other."""
