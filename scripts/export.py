@@ -1,6 +1,6 @@
 """Exports a training run's checkpoint: as an inference bundle, or back to PredVDM's format.
 
-  python scripts/export.py --workdir=runs/kth64 --out=bundles/kth64 [--step=N] [--noema]
+  python scripts/export.py --workdir=runs/kth64 --out=bundles/kth64 [--step=N] [--nouse_ema]
   python scripts/export.py --workdir=runs/kth64 --predvdm_ckpt=exports/kth64.ckpt
 
 A bundle (EMA denoiser + VQ + config) loads anywhere with
@@ -21,7 +21,7 @@ flags.DEFINE_string(
     "predvdm_ckpt", None, "PredVDM checkpoint file to write (.ckpt / .pt / .safetensors)."
 )
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest finished one).")
-flags.DEFINE_bool("ema", True, "Bundle the EMA weights (PredVDM samples with them).")
+flags.DEFINE_bool("use_ema", True, "Bundle the EMA weights (PredVDM samples with them).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,15 +30,15 @@ def main():
     if not (FLAGS.out or FLAGS.predvdm_ckpt):
         cli.fail("nothing to write: pass --out (a bundle) and/or --predvdm_ckpt")
     if not FLAGS.out:  # the PredVDM checkpoint holds both the raw and the EMA weights
-        cli.reject_flags(["ema"], "without --out")
+        cli.reject_flags(["use_ema"], "without --out")
     # Both paths before either is written.
     if FLAGS.out:
         checkpoint.check_bundle_export_path(FLAGS.out, FLAGS.workdir)
     if FLAGS.predvdm_ckpt:
         checkpoint.check_export_path(FLAGS.predvdm_ckpt, FLAGS.workdir)
     if FLAGS.out:
-        exported = checkpoint.export_bundle(FLAGS.workdir, FLAGS.out, FLAGS.ema, FLAGS.step)
-        weights = "EMA" if FLAGS.ema else "raw"
+        exported = checkpoint.export_bundle(FLAGS.workdir, FLAGS.out, FLAGS.use_ema, FLAGS.step)
+        weights = "EMA" if FLAGS.use_ema else "raw"
         print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
     if FLAGS.predvdm_ckpt:
         step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(

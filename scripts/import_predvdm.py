@@ -3,8 +3,8 @@
   python scripts/import_predvdm.py --ckpt=logs/kth64/checkpoints/last.ckpt \
       --config=configs/kth64.py --config.model.mode=tcct_para_attn --out=bundles/predvdm_kth64
 
-The bundle holds the checkpoint's EMA denoiser (`model_ema.*`; `--noema` for `model.*`), its
-VQ (`first_stage_model.*`) and the config, so scripts/sample.py and scripts/evaluate.py score
+The bundle holds the checkpoint's EMA denoiser (`model_ema.*`; `--nouse_ema` for `model.*`),
+its VQ (`first_stage_model.*`) and the config, so scripts/sample.py and scripts/evaluate.py score
 the original's model with this project's protocols (`--bundle=bundles/predvdm_kth64`). The
 config must describe the run's yaml: the UNet and VQ shapes (a mismatch lists every offending
 key), `model.mode`, `data.cond_frames` / `pred_frames`, the schedule (checked against the
@@ -20,7 +20,9 @@ from predvdm_jax.interop import bundle, predvdm_ckpt
 
 flags.DEFINE_string("ckpt", None, "PredVDM checkpoint (.ckpt, bare state_dict or .safetensors).")
 flags.DEFINE_string("out", None, "Bundle folder to write (replaced atomically if it exists).")
-flags.DEFINE_bool("ema", True, "Take the EMA weights (PredVDM samples and evaluates with them).")
+flags.DEFINE_bool(
+    "use_ema", True, "Take the EMA weights (PredVDM samples and evaluates with them)."
+)
 flags.DEFINE_bool(
     "allow_pickle", False, "Read a pickle that holds Python objects (trusted files only)."
 )
@@ -32,7 +34,7 @@ FLAGS = flags.FLAGS
 def main():
     config_lib.validate(FLAGS.config)
     imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
-        FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.ema, allow_pickle=FLAGS.allow_pickle
+        FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.use_ema, allow_pickle=FLAGS.allow_pickle
     )
     bundle.save_bundle(FLAGS.out, imported)
     print(f"wrote {FLAGS.out}: {summary}")

@@ -199,6 +199,11 @@ def read_bundle_files(path: str) -> Bundle:
         if not os.path.exists(os.path.join(path, f))
     ]
     if missing:
+        if os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path!r} is a file; a bundle is the folder holding {DENOISER_FILE}, {VQ_FILE} "
+                f"and {CONFIG_FILE}: pass {os.path.dirname(path) or '.'!r} if it is one"
+            )
         if is_training_workdir(path):
             raise FileNotFoundError(
                 f"{path!r} is a training workdir, not a bundle; pass --workdir={path}, or export "

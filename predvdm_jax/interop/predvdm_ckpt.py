@@ -322,7 +322,7 @@ def bundle_from_predvdm_checkpoint(
     if use_ema and converted.ema_params is None:
         raise ValueError(
             f"{path} has no model_ema.* weights (a run with use_ema: False); "
-            "import its raw weights with --noema."
+            "import its raw weights with --nouse_ema."
         )
     if "betas" in state_dict:
         betas = np.asarray(state_dict["betas"], np.float64)

@@ -453,7 +453,8 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
     default), restored onto the current devices, whatever the device count of the run."""
     none_finished = FileNotFoundError(
         f"no finished checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train first "
-        f"(scripts/train.py --workdir={workdir}) or pass --bundle."
+        f"(scripts/train.py --workdir={workdir}), or give evaluate.py / sample.py an exported "
+        f"--bundle."
     )
     checkpointer = _reader(workdir)
     if checkpointer is None:

@@ -98,6 +98,13 @@ def test_a_save_replaces_a_bundle_but_never_a_training_workdir(tmp_path):
         FileNotFoundError, match=r"is a training workdir, not a bundle; pass --workdir="
     ):
         bundle_lib.load_bundle(str(workdir))
+    config_file = tmp_path / "b" / "config.json"  # one of a bundle's files, not the bundle
+    with pytest.raises(FileNotFoundError) as err:
+        bundle_lib.load_bundle(str(config_file))
+    assert str(err.value) == (
+        f"{str(config_file)!r} is a file; a bundle is the folder holding denoiser.safetensors, "
+        f"vq.safetensors and config.json: pass {str(tmp_path / 'b')!r} if it is one"
+    )
 
 
 def test_bundles_and_files_get_the_umask_permissions_not_owner_only(tmp_path):

@@ -127,7 +127,7 @@ def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(origi
     assert rel_err(got, expected) < 1e-4
 
 
-def test_noema_takes_the_raw_weights(original):
+def test_nouse_ema_takes_the_raw_weights(original):
     config, wrapper, _, _, _, path = original
     bundle, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
     assert summary.startswith("raw weights")
@@ -157,12 +157,12 @@ def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(origi
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_checkpoint_without_ema_weights_asks_for_noema(original, tmp_path):
+def test_a_checkpoint_without_ema_weights_asks_for_nouse_ema(original, tmp_path):
     config, _, _, _, sd, _ = original
     raw_only = {k: v for k, v in sd.items() if not k.startswith("model_ema.")}
     path = tmp_path / "no_ema.ckpt"
     torch.save({"state_dict": raw_only}, path)
-    with pytest.raises(ValueError, match=r"no model_ema\.\* weights .* --noema"):
+    with pytest.raises(ValueError, match=r"no model_ema\.\* weights .* --nouse_ema"):
         predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config)
 
 
