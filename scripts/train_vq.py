@@ -20,6 +20,13 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    replaced = vq_trainer.replaced_overrides(config_flags.get_override_values(FLAGS["config"]))
+    if replaced:
+        cli.fail(
+            f"{'; '.join(replaced)}: the denoiser's setting{'s' if len(replaced) > 1 else ''}, "
+            f"which the VQ trainer replaces with its vq_train fields; remove "
+            f"{'them' if len(replaced) > 1 else 'it'}"
+        )
     mesh.initialize_distributed()
     result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(

@@ -168,3 +168,22 @@ def test_load_model_refuses_overrides_that_change_what_the_weights_mean(tmp_path
         f"saved, 0.02 now; the model's shapes, frame counts, latent scale, noise schedule and "
         f"parameterization come with its weights: drop those overrides"
     )
+
+
+def test_train_vq_refuses_the_denoiser_settings_it_replaces(tmp_path):
+    line = _printed(
+        "train_vq.py",
+        f"--config={os.path.join(REPO, 'configs', 'vq_digits_demo.py')}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.train.num_steps=5",
+        "--config.optimizer.b2=0.5",
+        "--config.train.grad_accum_steps=2",
+        "--config.vq_train.num_steps=5",  # the VQ's own: fine
+    )
+    assert line == (
+        "error: --config.optimizer.b2 (set vq_train.learning_rate, scale_lr, warmup_steps, "
+        "lr_end_fraction, b1, b2); --config.train.grad_accum_steps (none for the VQ); "
+        "--config.train.num_steps (set vq_train.num_steps): the denoiser's settings, which "
+        "the VQ trainer replaces with its vq_train fields; remove them"
+    )
+    assert not (tmp_path / "w").exists()

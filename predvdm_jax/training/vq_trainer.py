@@ -37,7 +37,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +89,31 @@ def _discriminator_name(config: Any) -> str:
 DERIVED_FIELDS = {"the discriminator (vq_train.disc_weight > 0)": _discriminator_name}
 """For ``checkpoint.check_saved_config``: with ``checkpoint.VQ_FIELDS``, what decides a VQ run's
 checkpointed parameters."""
+
+
+REPLACED_FIELDS = {
+    "data.batch_size": "vq_train.batch_size",
+    "train.num_steps": "vq_train.num_steps",
+    "train.log_every": "vq_train.log_every",
+    "train.save_every": "vq_train.save_every",
+    "train.max_to_keep": "vq_train.max_to_keep",
+    "train.grad_accum_steps": None,
+    "optimizer": "vq_train.learning_rate, scale_lr, warmup_steps, lr_end_fraction, b1, b2",
+}
+"""The denoiser's fields that ``engine_config`` replaces (a section: all of its fields), with
+what sets them for the VQ (None: nothing, the VQGAN step takes the whole batch)."""
+
+
+def replaced_overrides(overrides: Mapping[str, Any]) -> list[str]:
+    """``--config.*`` override names ``engine_config`` would silently replace, each with the
+    ``vq_train`` field to set instead."""
+    out = []
+    for name in sorted(overrides):
+        field = next((f for f in REPLACED_FIELDS if name == f or name.startswith(f + ".")), None)
+        if field is not None:
+            instead = REPLACED_FIELDS[field]
+            out.append(f"--config.{name} ({f'set {instead}' if instead else 'none for the VQ'})")
+    return out
 
 
 def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
