@@ -97,10 +97,22 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-    """Scalar summaries in a TensorBoard event file, without TensorFlow."""
+    """Scalar summaries in a TensorBoard event file, without TensorFlow.
 
-    def __init__(self, logdir: str):
+    With ``resume_step`` set it first logs a session start at the step after it, TensorBoard's
+    sign to drop what earlier event files hold from that step on (a run that died after
+    them)."""
+
+    def __init__(self, logdir: str, resume_step: int | None = None):
         self._writer = EventFileWriter(logdir)
+        if resume_step is not None:
+            self._writer.add_event(
+                event_pb2.Event(
+                    wall_time=time.time(),
+                    step=int(resume_step) + 1,
+                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+                )
+            )
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         values = [
@@ -170,11 +182,22 @@ def _text_tensor(text: str):
     )
 
 
-class ImageFileWriter:
-    """Each image as ``directory/<name>_<step>.png`` (``/`` in names becomes ``_``)."""
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+_(\d{8,})\.png")  # what write_images names its files
 
-    def __init__(self, directory: str):
+
+class ImageFileWriter:
+    """Each image as ``directory/<name>_<step>.png`` (``/`` in names becomes ``_``).
+
+    With ``resume_step`` set, images of later steps (a run that died after them) are
+    deleted first, as ``JsonlWriter`` drops their lines."""
+
+    def __init__(self, directory: str, resume_step: int | None = None):
         self.directory = directory
+        if resume_step is not None and os.path.isdir(directory):
+            for name in os.listdir(directory):
+                match = _IMAGE_NAME.fullmatch(name)
+                if match and int(match.group(1)) > resume_step:
+                    os.remove(os.path.join(directory, name))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         del step, scalars
@@ -252,9 +275,9 @@ def create_default_writer(workdir: str, *, resume_step: int | None = None) -> Mu
     return MultiWriter(
         [
             LoggingWriter(),
-            TensorBoardWriter(os.path.join(workdir, "tensorboard")),
+            TensorBoardWriter(os.path.join(workdir, "tensorboard"), resume_step=resume_step),
             JsonlWriter(os.path.join(workdir, JSONL_NAME), resume_step=resume_step),
-            ImageFileWriter(os.path.join(workdir, "images")),
+            ImageFileWriter(os.path.join(workdir, "images"), resume_step=resume_step),
         ]
     )
 

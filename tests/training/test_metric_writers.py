@@ -1,6 +1,7 @@
 """Images reach TensorBoard and PNG files unchanged; bad images are one clear error."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -38,6 +39,41 @@ def test_images_round_trip_through_tensorboard_and_png_files(tmp_path):
     np.testing.assert_array_equal(on_disk, rgb)
     written = sorted(p.name for p in (tmp_path / "images").iterdir())  # no temporary left
     assert written == ["preview_gray_00000030.png", "preview_rgb_00000030.png"]
+
+
+def test_a_resume_drops_what_the_dead_run_logged_after_its_checkpoint(tmp_path):
+    """A run died at step 30 after its checkpoint of step 20: the resumed writer drops the
+    later metrics lines and preview images, and TensorBoard (its own EventAccumulator)
+    purges the later scalars on the session start the writer logs."""
+    image = np.zeros((4, 4), np.uint8)
+    dead = create_default_writer(str(tmp_path))
+    for step in (10, 20, 30):
+        dead.write_scalars(step, {"loss": float(step)})
+        dead.write_images(step, {"preview/rollout": image})
+    dead.close()
+    (tmp_path / "images" / "mine.png").write_bytes(b"not the writer's")
+    resumed = create_default_writer(str(tmp_path), resume_step=20)
+    resumed.write_scalars(30, {"loss": 3.0})
+    resumed.close()
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 10, "loss": 10.0},
+        {"step": 20, "loss": 20.0},
+        {"step": 30, "loss": 3.0},
+    ]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
+        "mine.png",
+        "preview_rollout_00000010.png",
+        "preview_rollout_00000020.png",
+    ]
+    events = EventAccumulator(str(tmp_path / "tensorboard"), purge_orphaned_data=True)
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [
+        (10, 10.0),
+        (20, 20.0),
+        (30, 3.0),
+    ]
 
 
 def test_a_float_image_is_a_clear_error(tmp_path):
