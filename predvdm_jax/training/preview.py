@@ -30,8 +30,8 @@ PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
 
 
 def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
-    """The first ``train.preview_clips`` evaluation clips (``cond + eval.pred_frames``
-    frames), as one global batch padded with clip 0 to a multiple of the mesh's devices.
+    """``train.preview_clips`` test clips (``cond + eval.pred_frames`` frames; the windows an
+    evaluation of that many clips takes, spread over the test videos), as one global batch padded with clip 0 to a multiple of the mesh's devices.
     Frames of another size or channel count than the config's are a ``DatasetError``."""
     check_split_frames(config.data.test_dir, config, "test_dir")
     num_clips = int(config.train.preview_clips)
