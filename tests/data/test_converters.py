@@ -4,6 +4,7 @@ originals' preprocessing recomputed here (cv2 / PIL / torch / protobuf)."""
 import csv
 import gzip
 import os
+import shutil
 import re
 import struct
 import zipfile
@@ -104,7 +105,7 @@ def test_kth_mcvd_split_frames_match_original_preprocessing(kth_src, tmp_path):
     train, test = _shards(str(tmp_path / "out/train")), _shards(str(tmp_path / "out/test"))
     assert (len(train), len(test)) == (3, 2)
     assert train.frame_shape == (64, 64) and train.dtype == np.uint8
-    # Order: sorted by <action>/<file>.
+    # Order: person by person, then file name (the rvd test below tells it from action order).
     expected_train = [
         "boxing/person01_boxing_d1",
         "handclapping/person02_handclapping_d1",
@@ -138,12 +139,12 @@ def test_kth_center_crop_and_rvd_split(kth_src, tmp_path):
     )
     plan = converters.make_plan("kth", str(kth_src), kth_split="rvd")
     stems = {s.name: [item[1] for item in s.items] for s in plan.splits}
-    assert stems == {
+    assert stems == {  # person by person in the original's lists (valid 19..25, 01, 04)
         "train": ["person13_handclapping_d1"],
-        "valid": ["person01_boxing_d1", "person21_boxing_d1"],
-        "test": ["person02_handclapping_d1", "person22_walking_d2"],
+        "valid": ["person21_boxing_d1", "person01_boxing_d1"],
+        "test": ["person22_walking_d2", "person02_handclapping_d1"],
     }
-    got = _video(_shards(str(tmp_path / "out/test")), 1)[..., 0]
+    got = _video(_shards(str(tmp_path / "out/test")), 0)[..., 0]
     reference = _kth_reference(str(kth_src / "walking/person22_walking_d2_uncomp.avi"), "center")
     np.testing.assert_array_equal(got, reference)
 
@@ -160,6 +161,47 @@ def test_kth_wrong_source_names_what_is_missing(tmp_path):
     (tmp_path / "walking").mkdir()
     with pytest.raises(SourceError, match="no 'boxing' folder or boxing.zip"):
         converters.convert("kth", str(tmp_path), str(tmp_path / "out"), progress=False)
+
+
+def test_kth_finds_nested_and_upper_case_videos_and_falls_back_to_a_zip(kth_src, tmp_path):
+    """What unzipping by hand leaves: videos one folder deeper and .AVI; an empty action folder
+    beside its zip uses the zip. A damaged zip member and an empty split are one SourceError."""
+    src = tmp_path / "src"
+    shutil.copytree(kth_src, src)
+    (src / "boxing").mkdir()  # empty: boxing.zip is used
+    walking = src / "walking" / "person22_walking_d2_uncomp.avi"
+    nested = src / "walking" / "walking" / "PERSON22_walking_d2_uncomp.AVI"
+    nested.parent.mkdir()
+    walking.rename(nested)
+    plan = converters.make_plan("kth", str(src))
+    stems = {split.name: [item[1] for item in split.items] for split in plan.splits}
+    assert stems == {
+        "train": ["person01_boxing_d1", "person02_handclapping_d1", "person13_handclapping_d1"],
+        "test": ["person21_boxing_d1", "person22_walking_d2"],
+    }
+    with zipfile.ZipFile(src / "boxing.zip") as zf:  # flip bytes inside person21's data
+        info = zf.getinfo("person21_boxing_d1_uncomp.avi")
+    with open(src / "boxing.zip", "r+b") as f:
+        f.seek(info.header_offset + 30 + len(info.filename) + 100)
+        f.write(b"\xff" * 16)
+    with pytest.raises(SourceError) as err:
+        converters.convert("kth", str(src), str(tmp_path / "out"), progress=False)
+    assert str(err.value).startswith(
+        f"KTH source: person21_boxing_d1_uncomp.avi in {src / 'boxing.zip'} cannot be extracted"
+    )
+    assert str(err.value).endswith("the zip is damaged, re-download it.")
+
+    shutil.rmtree(src)  # a source without the test persons (21, 22)
+    shutil.copytree(kth_src, src)
+    os.remove(src / "walking" / "person22_walking_d2_uncomp.avi")
+    with (
+        zipfile.ZipFile(kth_src / "boxing.zip") as old,
+        zipfile.ZipFile(src / "boxing.zip", "w") as new,
+    ):
+        new.writestr("person01_boxing_d1_uncomp.avi", old.read("person01_boxing_d1_uncomp.avi"))
+    with pytest.raises(SourceError, match=r"^kth: no source video for split\(s\) test \(see"):
+        converters.convert("kth", str(src), str(tmp_path / "empty"), progress=False)
+    assert not (tmp_path / "empty").exists()
 
 
 def _all_frames(out_dir):

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from absl import logging
 
 from predvdm_jax.data import hdf5, manifest as manifest_lib
 from predvdm_jax.data.resize import center_square
@@ -138,6 +139,12 @@ def run_plan(
     """
     if vids_per_shard < 1:
         raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
+    empty = [s.name for s in plan.splits if not s.items]
+    if empty:
+        raise SourceError(
+            f"{plan.dataset}: no source video for split(s) {', '.join(empty)} (see the notes: "
+            f"{'; '.join(plan.notes) or 'none'}); check --src and the split options."
+        )
     manifest = {
         "dataset": plan.dataset,
         "options": plan.options,
@@ -220,6 +227,7 @@ def decode_video_frames(path: str) -> list[np.ndarray]:
         raise SourceError(
             f"OpenCV cannot open {path!r}; the file is damaged or its codec is missing."
         )
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # the container's count; may be 0
     frames = []
     try:
         while True:
@@ -231,6 +239,14 @@ def decode_video_frames(path: str) -> list[np.ndarray]:
         capture.release()
     if not frames:
         raise SourceError(f"{path!r} decoded to 0 frames; the file is damaged, re-download it.")
+    if announced > len(frames):
+        logging.warning(
+            "%s: decoded %d of the %d frames its header announces; the file is truncated or "
+            "damaged (re-download it) and its video is shorter",
+            path,
+            len(frames),
+            announced,
+        )
     return frames
 
 

@@ -8,8 +8,13 @@ folders ``<action>/personNN_<action>_dK_uncomp.avi``. Splits:
 - ``rvd``: persons 11–18 → ``train``, 1,4,19,20,21,23,24,25 → ``valid``,
   2,3,5–10,22 → ``test``.
 
-Videos are ordered by their path ``<action>/<file>`` (sorted), as in the
-original split lists.
+Videos are ordered person by person in the split's person list, then by file name
+(action, then setting), as the original's split lists (``convert_MCVD_setting`` loops person
+→ action → setting): video ``i`` of a split is the original's video ``i``, so evaluation clips
+spread over the videos pick the same ones.
+
+A folder source may hold its videos at any depth (a zip unzipped into an extra folder) and
+with any case of extension; an action with an empty folder falls back to its zip.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -26,15 +32,15 @@ from predvdm_jax.data.converters import common
 
 ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
 KNOWN_MISSING = ("person13_handclapping_d3",)
-SPLITS = {
-    "mcvd": {"train": range(1, 21), "test": range(21, 26)},
+SPLITS = {  # each split's persons in the original lists' order
+    "mcvd": {"train": tuple(range(1, 21)), "test": tuple(range(21, 26))},
     "rvd": {
-        "train": range(11, 19),
-        "valid": (1, 4, 19, 20, 21, 23, 24, 25),
-        "test": (2, 3, 5, 6, 7, 8, 9, 10, 22),
+        "train": tuple(range(11, 19)),
+        "valid": (19, 20, 21, 23, 24, 25, 1, 4),
+        "test": (22, 2, 3, 5, 6, 7, 8, 9, 10),
     },
 }
-_NAME = re.compile(r"^person(\d\d)_([a-z]+)_d(\d)_uncomp\.avi$")
+_NAME = re.compile(r"^person(\d\d)_([a-z]+)_d(\d)_uncomp\.avi$", re.IGNORECASE)
 
 
 def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
@@ -42,10 +48,14 @@ def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
     found = {}
     for action in ACTIONS:
         folder, archive = os.path.join(src, action), os.path.join(src, action + ".zip")
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                if _NAME.match(name):
-                    found[name[: -len("_uncomp.avi")]] = (os.path.join(folder, name), None)
+        in_folder = {
+            _stem(name): (os.path.join(root, name), None)
+            for root, _, names in os.walk(folder)
+            for name in sorted(names)
+            if _NAME.match(name)
+        }
+        if in_folder:
+            found.update(in_folder)
         elif os.path.isfile(archive):
             try:
                 with zipfile.ZipFile(archive) as zf:
@@ -57,13 +67,18 @@ def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
             for member in members:
                 name = os.path.basename(member)
                 if _NAME.match(name):
-                    found[name[: -len("_uncomp.avi")]] = (archive, member)
-        else:
+                    found[_stem(name)] = (archive, member)
+        elif not os.path.isdir(folder):
             raise common.SourceError(
                 f"KTH source {src} has no '{action}' folder or {action}.zip; expected the six "
                 f"per-action zips or folders ({', '.join(ACTIONS)})."
             )
     return found
+
+
+def _stem(name: str) -> str:
+    """``person01_boxing_d1`` of a video file name in any case."""
+    return name[: -len("_uncomp.avi")].lower()
 
 
 def kth_frames(bgr_frames, image_size: int = 64, crop: str = "squash") -> np.ndarray:
@@ -79,8 +94,14 @@ def _load(item, image_size: int, crop: str) -> np.ndarray:
         return kth_frames(common.decode_video_frames(path), image_size, crop)
     tmp_dir = tempfile.mkdtemp(prefix="kth_")
     try:
-        with zipfile.ZipFile(path) as zf:
-            extracted = zf.extract(member, tmp_dir)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                extracted = zf.extract(member, tmp_dir)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise common.SourceError(
+                f"KTH source: {member} in {path} cannot be extracted ({err}); the zip is "
+                f"damaged, re-download it."
+            ) from None
         return kth_frames(common.decode_video_frames(extracted), image_size, crop)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -117,7 +138,7 @@ def plan(
             person, action = int(stem[6:8]), stem.split("_")[1]
             if person in persons:
                 items.append((f"{action}/{stem}_uncomp.avi", stem, path, member))
-        items.sort()
+        items.sort(key=lambda item: (persons.index(int(item[1][6:8])), item[1]))
         splits.append(
             common.SplitPlan(
                 split_name, items, load=lambda item, s=image_size, c=kth_crop: _load(item, s, c)
