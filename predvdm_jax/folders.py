@@ -12,6 +12,7 @@ import os
 
 CHECKPOINT_DIR = "checkpoints"  # under a training workdir
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
+METRICS_FILE = "metrics.jsonl"  # a training run's log, beside checkpoints/
 METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
 
 
@@ -21,8 +22,16 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
-    """Whether the folder ``path`` is a training run's workdir (it holds ``checkpoints/``)."""
-    return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+    """Whether the folder ``path`` is a training run's workdir: its ``checkpoints/`` holds
+    Orbax's step folders (named by their step), or the run's ``metrics.jsonl`` lies beside it.
+    Any folder merely named ``checkpoints`` (a mount, PredVDM's ``logs/<run>/checkpoints``)
+    does not make one."""
+    checkpoints = os.path.join(path, CHECKPOINT_DIR)
+    if not os.path.isdir(checkpoints):
+        return False
+    if os.path.isfile(os.path.join(path, METRICS_FILE)):
+        return True
+    return any(name.isdigit() for name in os.listdir(checkpoints))
 
 
 def model_folder(path: str | os.PathLike) -> str | None:

@@ -27,9 +27,9 @@ from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, folders
 
-JSONL_NAME = "metrics.jsonl"
+JSONL_NAME = folders.METRICS_FILE
 
 
 def _as_float(value: Any) -> float:

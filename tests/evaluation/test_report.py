@@ -236,7 +236,7 @@ def test_a_bundle_or_training_workdir_is_no_output_folder(tmp_path):
     bundle.mkdir()
     for name in ("config.json", "denoiser.safetensors"):
         (bundle / name).write_text(name)
-    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "40").mkdir(parents=True)  # Orbax's step folder
     for path, what in ((bundle, "an inference bundle"), (run, "a training workdir")):
         with pytest.raises(ValueError) as err:
             report.check_output_dir(str(path))
@@ -254,6 +254,10 @@ def test_a_bundle_or_training_workdir_is_no_output_folder(tmp_path):
         with pytest.raises(ValueError, match=f"^--out {re.escape(repr(str(path)))} {problem};"):
             report.check_output_dir(str(path))
     report.check_output_dir(str(run / "eval"))  # a folder of its own inside a workdir is fine
+    # A folder merely named checkpoints (a mount, PredVDM's logs/<run>/checkpoints) is no run's.
+    (tmp_path / "mnt" / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    report.check_output_dir(str(tmp_path / "mnt" / "checkpoints" / "predvdm" / "eval"))
+    report.check_output_dir(str(tmp_path / "mnt"))
 
 
 def test_write_evaluation_writes_every_video_it_is_given(tmp_path):
