@@ -6,7 +6,6 @@ These functions load what the protocol needs: the test clips, the model, LPIPS a
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -18,7 +17,6 @@ from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.loader import eval_iterator, to_model_range
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
 from predvdm_jax.evaluation import fvd as fvd_lib
-from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.evaluation.protocol import (
     FVD_DISABLED,
@@ -198,18 +196,13 @@ def evaluate_samplers(
             },
         )
     if jax.process_index() == 0:
-        single = list(samplings) == [MODEL]
-        earlier_labels = sweep_lib.written_sweep_labels(out_dir)
-        for label, metrics in all_metrics.items():
-            report.write_evaluation(
-                out_dir if single else os.path.join(out_dir, label),
-                metrics,
-                result.model_videos(label),
-                first_frame=cond_frames + 1,
-            )
-        if not single:
-            sweep_lib.write_sweep(out_dir, all_metrics)
-        sweep_lib.remove_earlier_reports(out_dir, earlier_labels, [] if single else list(samplings))
+        sweep_lib.write_reports(
+            out_dir,
+            all_metrics,
+            {label: result.model_videos(label) for label in all_metrics},
+            single=list(samplings) == [MODEL],
+            first_frame=cond_frames + 1,
+        )
     return all_metrics
 
 
@@ -288,7 +281,9 @@ def score_folders(
     videos = {k: np.concatenate(v) for k, v in kept.items() if v}
     if cond_frames == 0:
         videos.pop("cond", None)
-    report.write_evaluation(out_dir, metrics, videos, first_frame=cond_frames + 1)
+    sweep_lib.write_reports(
+        out_dir, {MODEL: metrics}, {MODEL: videos}, single=True, first_frame=cond_frames + 1
+    )
     return metrics
 
 

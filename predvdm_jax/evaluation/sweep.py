@@ -194,6 +194,31 @@ def _is_folder_name(label: str) -> bool:
     return label not in ("", ".", "..") and os.path.basename(label) == label
 
 
+def write_reports(
+    out_dir: str,
+    all_metrics: Mapping[str, Mapping[str, Any]],
+    videos: Mapping[str, Any],
+    *,
+    single: bool,
+    first_frame: int,
+) -> None:
+    """Every report of an evaluation: one ``report.write_evaluation`` in ``out_dir`` when
+    ``single`` (its one label's), else one per label in ``out_dir/<label>/`` and the sweep
+    table (``write_sweep``); then what an earlier evaluation there left is removed
+    (``remove_earlier_reports``)."""
+    earlier_labels = written_sweep_labels(out_dir)
+    for label, metrics in all_metrics.items():
+        report.write_evaluation(
+            out_dir if single else os.path.join(out_dir, label),
+            metrics,
+            videos.get(label),
+            first_frame=first_frame,
+        )
+    if not single:
+        write_sweep(out_dir, all_metrics)
+    remove_earlier_reports(out_dir, earlier_labels, [] if single else list(all_metrics))
+
+
 def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: Sequence[str]):
     """After an evaluation wrote ``out_dir``, removes what an earlier one there wrote and this
     one did not rewrite, so the folder holds one run's numbers: after a sweep (``labels``, its
@@ -218,10 +243,7 @@ def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: 
 def write_sweep(out_dir: str, all_metrics: Mapping[str, Mapping[str, Any]]) -> dict:
     """``out_dir/sweep.md`` (``sweep_table``) and ``out_dir/sweep.json`` (every entry's metrics)."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {
-        "table": os.path.join(out_dir, "sweep.md"),
-        "metrics": os.path.join(out_dir, "sweep.json"),
-    }
+    paths = dict(zip(("table", "metrics"), (os.path.join(out_dir, n) for n in SWEEP_FILES)))
     atomic_io.write_text(paths["table"], sweep_table(all_metrics))
     report.write_metrics_json(paths["metrics"], dict(all_metrics))
     return paths

@@ -115,6 +115,7 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
     fake[2][-1] = 255 - fake[2][-1]
     hdf5.write_split(str(tmp_path / "real"), real)
     hdf5.write_split(str(tmp_path / "fake"), fake)
+    _earlier_sweep(tmp_path / "out", ["ddim_9_eta1"])  # an earlier sweep's reports: removed
     metrics = run_lib.score_folders(
         str(tmp_path / "real"),
         str(tmp_path / "fake"),
@@ -134,6 +135,12 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
         ][0]
         == 100.0
     )
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "metrics.json",
+        "metrics.md",
+        "per_frame.png",
+        "videos",
+    ]
     hdf5.write_split(str(tmp_path / "short"), real[:2])
     with pytest.raises(ValueError, match="same count"):
         run_lib.score_folders(
