@@ -24,7 +24,7 @@ def main():
     if replaced:
         cli.fail(
             f"{'; '.join(replaced)}: the denoiser's setting{'s' if len(replaced) > 1 else ''}, "
-            f"which the VQ trainer replaces with its vq_train fields; remove "
+            f"which the VQ trainer does not read; remove "
             f"{'them' if len(replaced) > 1 else 'it'}"
         )
     mesh.initialize_distributed()

@@ -178,12 +178,13 @@ def test_train_vq_refuses_the_denoiser_settings_it_replaces(tmp_path):
         "--config.train.num_steps=5",
         "--config.optimizer.b2=0.5",
         "--config.train.grad_accum_steps=2",
+        "--config.optimizer.weight_decay=0.1",
         "--config.vq_train.num_steps=5",  # the VQ's own: fine
     )
     assert line == (
-        "error: --config.optimizer.b2 (set vq_train.learning_rate, scale_lr, warmup_steps, "
-        "lr_end_fraction, b1, b2); --config.train.grad_accum_steps (none for the VQ); "
-        "--config.train.num_steps (set vq_train.num_steps): the denoiser's settings, which "
-        "the VQ trainer replaces with its vq_train fields; remove them"
+        "error: --config.optimizer.b2 (set vq_train.b2); --config.optimizer.weight_decay (none "
+        "for the VQ); --config.train.grad_accum_steps (none for the VQ); --config.train.num_steps "
+        "(set vq_train.num_steps): the denoiser's settings, which the VQ trainer does not read; "
+        "remove them"
     )
     assert not (tmp_path / "w").exists()

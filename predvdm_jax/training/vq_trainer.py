@@ -97,20 +97,32 @@ REPLACED_FIELDS = {
     "train.log_every": "vq_train.log_every",
     "train.save_every": "vq_train.save_every",
     "train.max_to_keep": "vq_train.max_to_keep",
+    "train.eval_every": "vq_train.eval_every",
+    "train.eval_clips": "vq_train.eval_clips",
     "train.grad_accum_steps": None,
-    "optimizer": "vq_train.learning_rate, scale_lr, warmup_steps, lr_end_fraction, b1, b2",
+    "train.keep_best": None,
+    "train.preview_every": None,
+    "train.preview_clips": None,
+    "optimizer.base_learning_rate": "vq_train.learning_rate",
+    "optimizer.scale_lr": "vq_train.scale_lr",
+    "optimizer.warmup_steps": "vq_train.warmup_steps",
+    "optimizer.f_min": "vq_train.lr_end_fraction",
+    "optimizer.b1": "vq_train.b1",
+    "optimizer.b2": "vq_train.b2",
+    "optimizer": None,  # its other fields: the VQ has no weight decay, clipping or lr cycle
 }
-"""The denoiser's fields that ``engine_config`` replaces (a section: all of its fields), with
-what sets them for the VQ (None: nothing, the VQGAN step takes the whole batch)."""
+"""The denoiser's fields the VQ trainer does not read (``engine_config`` replaces them, or it
+has no such setting), with the ``vq_train`` field that does the job for the VQ (None: none);
+a section name stands for its fields not listed."""
 
 
 def replaced_overrides(overrides: Mapping[str, Any]) -> list[str]:
-    """``--config.*`` override names ``engine_config`` would silently replace, each with the
-    ``vq_train`` field to set instead."""
+    """``--config.*`` override names the VQ trainer would silently ignore
+    (``REPLACED_FIELDS``), each with the ``vq_train`` field to set instead."""
     out = []
     for name in sorted(overrides):
-        field = next((f for f in REPLACED_FIELDS if name == f or name.startswith(f + ".")), None)
-        if field is not None:
+        field = name if name in REPLACED_FIELDS else name.split(".")[0]
+        if field in REPLACED_FIELDS:
             instead = REPLACED_FIELDS[field]
             out.append(f"--config.{name} ({f'set {instead}' if instead else 'none for the VQ'})")
     return out
