@@ -155,6 +155,11 @@ class ClipIterator:
 
     def set_state(self, state: dict) -> None:
         self.close()
+        if "examples" not in state:
+            raise ValueError(
+                f"the data iterator state {state} records no examples served (it predates "
+                f"that record); resume with the code that wrote it, or start a new workdir"
+            )
         self._position = -(-int(state["examples"]) // self.batch_size)
 
     def close(self) -> None:

@@ -248,8 +248,9 @@ class LatentDiffusion:
         if not fits:
             raise ValueError(
                 f"the conditioning frames must be (B, {', '.join(map(str, per_clip))}) with "
-                f"B >= 1 (the model's "
-                f"data.cond_frames, data.image_size and data.channels), got {shape}"
+                f"B >= 1 (the model's data.cond_frames, data.image_size and data.channels), got "
+                f"{shape}; pass clips of the data the model was trained on (resized and cut "
+                f"to that many frames)"
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(

@@ -118,7 +118,8 @@ def load_denoiser_params(path: str) -> Any:
         found = "no conv_kernel_layout" if layout is None else f"conv_kernel_layout {layout!r}"
         raise ValueError(
             f"{path} has {found} in its metadata, not 'OHWI' (the layout bundles are written "
-            f"in); re-export the bundle with scripts/export.py"
+            f"in); re-export the bundle with scripts/export.py (or re-import it with "
+            f"scripts/import_predvdm.py)"
         )
     return params
 

@@ -129,6 +129,8 @@ def test_a_resume_with_another_batch_size_goes_on_from_the_examples_served(split
         resumed = loader.train_iterator(split_dir, 5, batch_size, seed=7)
         resumed.set_state(state)
         np.testing.assert_array_equal(next(resumed)["video"], expected)
+    with pytest.raises(ValueError, match=r"records no examples served .*start a new workdir$"):
+        resumed.set_state({"next_index": 3})
 
 
 def test_reader_processes_serve_the_same_batches_and_states_cross_over(split):

@@ -53,7 +53,8 @@ def test_bundles_keep_ohwi_kernels_and_a_file_of_another_layout_is_refused(tmp_p
             bundle_lib.load_denoiser_params(path)
         assert str(err.value) == (
             f"{path} has {found} in its metadata, not 'OHWI' (the layout bundles are written "
-            f"in); re-export the bundle with scripts/export.py"
+            f"in); re-export the bundle with scripts/export.py (or re-import it with "
+            f"scripts/import_predvdm.py)"
         )
 
 
@@ -63,7 +64,7 @@ def test_a_bundle_with_a_denoiser_file_without_the_ohwi_layout_is_refused(tmp_pa
     assert bundle_lib.read_bundle_files(path).params.keys() == _params().keys()
     denoiser = os.path.join(path, bundle_lib.DENOISER_FILE)
     save_params_safetensors(denoiser, _params(), metadata={"format": "flax/predvdm_denoiser"})
-    with pytest.raises(ValueError, match=r"re-export the bundle with scripts/export\.py$") as err:
+    with pytest.raises(ValueError, match=r"re-import it with scripts/import_predvdm\.py\)$") as err:
         bundle_lib.read_bundle_files(path)
     assert str(err.value).startswith(f"{denoiser} has no conv_kernel_layout")
     assert "\n" not in str(err.value)
