@@ -197,10 +197,13 @@ def write_split(
         count += written
 
 
-def _check_frame(frame, expected_shape, where: str, what: str, kind: str = "frames") -> None:
-    """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame."""
+def _check_frame(
+    frame, expected_shape, where: str, what: str, kind: str = "frames", reading: bool = False
+) -> None:
+    """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame;
+    ``reading``, frames of any integer dtype pass (``VideoShards`` reads them as uint8)."""
     if kind == "frames":
-        if frame.dtype.type not in FRAME_DTYPES:
+        if frame.dtype.type not in FRAME_DTYPES and not (reading and frame.dtype.kind in "iu"):
             hint = (
                 " (a latent cache: read it with kind='latents', inspect_data.py --kind=latents)"
                 if frame.dtype.type in LATENT_DTYPES
@@ -371,8 +374,11 @@ class VideoShards:
         self._offsets = np.cumsum([0] + [len(l) for l in self._lengths])
         first = self._raw_frame(0, 0)
         self.frame_shape = tuple(first.shape)
-        self.dtype = first.dtype
-        _check_frame(first, self.frame_shape, split_dir, "video 0", kind)
+        _check_frame(first, self.frame_shape, split_dir, "video 0", kind, reading=True)
+        self.stored_dtype = first.dtype
+        # Integer frames other than uint8 (MCVD's BAIR converter stores int64) are read as
+        # uint8: HDF5 converts on read, saturating values outside 0..255.
+        self.dtype = np.dtype(np.uint8) if kind == "frames" else first.dtype
         self._files: dict[tuple[int, int], h5py.File] = {}  # (process id, shard)
         self._memory: list[np.ndarray] | None = None
 
@@ -474,7 +480,7 @@ class VideoShards:
         clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
         path = self.paths[shard]
         for i, t in enumerate(range(start, start + num_frames)):
-            frame = _open_frame(group, path, local, t, length, self.frame_shape, self.dtype)
+            frame = _open_frame(group, path, local, t, length, self.frame_shape, self.stored_dtype)
             frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
         return clip[..., None] if clip.ndim == 3 else clip
 
@@ -505,7 +511,7 @@ class VideoShards:
                 for t in range(int(length)):
                     try:
                         _open_frame(
-                            group, path, local, t, int(length), self.frame_shape, self.dtype
+                            group, path, local, t, int(length), self.frame_shape, self.stored_dtype
                         )
                     except _BadFrame as bad:
                         problems.append(bad.problem)

@@ -119,11 +119,35 @@ def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
     with pytest.raises(hdf5.DatasetError, match="dtype float32"):
         hdf5.write_split(str(tmp_path / "a"), [np.zeros((2, 4, 4), np.float32)])
     assert not os.listdir(tmp_path / "a")  # the aborted shard left nothing behind
+    with pytest.raises(hdf5.DatasetError, match="dtype int64"):  # we write uint8 only
+        hdf5.write_split(str(tmp_path / "b"), [np.zeros((2, 4, 4), np.int64)])
     with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
         f.create_group("len").create_dataset("0", data=1)
-        f.create_group("0").create_dataset("0", data=np.zeros((4, 4), np.int64))
-    with pytest.raises(hdf5.DatasetError, match="dtype int64"):
+        f.create_group("0").create_dataset("0", data=np.zeros((4, 4), np.float64))
+    with pytest.raises(hdf5.DatasetError, match="dtype float64"):
         hdf5.VideoShards(str(tmp_path))
+
+
+def test_int64_frames_of_mcvds_bair_converter_read_as_uint8(tmp_path):
+    """MCVD's (and PredVDM's) BAIR converter stores each frame as int64 (64, 64, 3) (spec
+    §A.6): such a split reads as uint8 frames of the same values, from disk and memory."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 4, 4, 3))  # int64, as np.array(img.getdata()) gives
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("len").create_dataset("0", data=3)
+        f.create_group("videos")
+        group = f.create_group("0")
+        for t, frame in enumerate(frames):
+            group.create_dataset(str(t), data=frame)
+    shards = hdf5.VideoShards(str(tmp_path))
+    assert shards.dtype == np.uint8 and shards.stored_dtype == np.int64
+    clip = shards.read_clip(0, 1, 2)
+    assert clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip, frames[1:3])
+    shards.check_all_frames()
+    shards.check_decodes()
+    shards.load_into_memory()
+    np.testing.assert_array_equal(shards.read_clip(0, 0, 3), frames)
 
 
 def test_bad_frames_found_on_read(tmp_path):
