@@ -183,9 +183,16 @@ def write_split(
     vids_per_shard: int = 1_000_000,
     compression: str | None = "lzf",
 ) -> int:
-    """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards; returns the count."""
+    """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards of a new split; returns
+    the count. A ``split_dir`` already holding shards is refused: rewriting some of them would
+    leave the others, a split mixing two datasets."""
     if vids_per_shard < 1:
         raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
+    if os.path.isdir(split_dir) and shard_paths(split_dir):
+        raise DatasetError(
+            f"{split_dir} already holds shards ({os.path.basename(shard_paths(split_dir)[0])}); "
+            f"write the split to a new folder, or delete that one first."
+        )
     videos = iter(videos)
     count = 0
     for shard in itertools.count(1):

@@ -371,3 +371,15 @@ def test_folders_of_shards_past_9999_are_named_by_their_first_shard(tmp_path):
     with pytest.raises(hdf5.DatasetError, match=rf"holds shards \({re.escape(str(first))}\) from"):
         manifest.check_manifest(str(tmp_path / "out"), {"dataset": "toy"})
     assert not os.path.exists(tmp_path / "out" / manifest.MANIFEST_NAME)
+
+
+def test_write_split_refuses_a_folder_that_already_holds_shards(tmp_path):
+    """Rewriting a split in place would overwrite its first shards and keep the rest."""
+    rng = np.random.default_rng(4)
+    first = _videos(rng, [3] * 6, (4, 4))
+    hdf5.write_split(str(tmp_path), first, vids_per_shard=2)
+    with pytest.raises(hdf5.DatasetError, match=r"already holds shards \(shard_0001\.hdf5\)"):
+        hdf5.write_split(str(tmp_path), _videos(rng, [3] * 2, (4, 4)))
+    shards = hdf5.VideoShards(str(tmp_path))
+    assert len(shards) == 6
+    np.testing.assert_array_equal(shards.read_clip(0, 0, 3)[..., 0], first[0])
