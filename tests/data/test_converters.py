@@ -204,6 +204,20 @@ def test_kth_finds_nested_and_upper_case_videos_and_falls_back_to_a_zip(kth_src,
     assert not (tmp_path / "empty").exists()
 
 
+def test_a_rerun_from_another_source_is_refused(kth_src, tmp_path):
+    """conversion.json records the source: a resume must read the same one, or an interrupted
+    conversion would end with shards of two datasets."""
+    out = tmp_path / "out"
+    converters.convert("kth", str(kth_src), str(out), progress=False)
+    before = sorted(p.name for p in (out / "train").iterdir())
+    converters.convert("kth", str(kth_src), str(out), progress=False)  # the same: resumes
+    other = tmp_path / "other"
+    shutil.copytree(kth_src, other)
+    with pytest.raises(hdf5.DatasetError, match=r"made with other settings \(source differ\)"):
+        converters.convert("kth", str(other), str(out), progress=False)
+    assert sorted(p.name for p in (out / "train").iterdir()) == before
+
+
 def _all_frames(out_dir):
     result = {}
     for split in sorted(os.listdir(out_dir)):

@@ -8,7 +8,9 @@ video dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 from typing import Any, Callable, Iterable
 
 from predvdm_jax.data import manifest
@@ -48,8 +50,10 @@ def make_plan(dataset: str, src: str, **options) -> ConversionPlan:
     if size is not None and size < 1:
         raise ValueError(f"image_size must be >= 1, got {size}; pass e.g. --image_size=64.")
     if dataset.startswith(TFDS_PREFIX):
-        return plan_function(src, dataset[len(TFDS_PREFIX) :], **options)
-    return plan_function(src, **options)
+        plan = plan_function(src, dataset[len(TFDS_PREFIX) :], **options)
+    else:
+        plan = plan_function(src, **options)
+    return dataclasses.replace(plan, source=os.path.abspath(src) if src else "")
 
 
 def _plan_function(dataset: str) -> Callable[..., ConversionPlan]:

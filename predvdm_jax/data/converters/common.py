@@ -56,6 +56,7 @@ class ConversionPlan:
     splits: list[SplitPlan]
     options: dict[str, Any]
     notes: list[str] = dataclasses.field(default_factory=list)
+    source: str = ""  # the absolute --src (``make_plan`` sets it): a resume must read the same
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,7 @@ def run_plan(
     manifest = {
         "dataset": plan.dataset,
         "options": plan.options,
+        "source": plan.source,
         "vids_per_shard": vids_per_shard,
         "items": {s.name: len(s.items) for s in plan.splits},
         "compression": compression,
