@@ -122,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
         max_to_keep=3,
         ema_rate=0.999,
         eval_every=0,  # steps between validation losses (0: none); needs a test split
-        eval_clips=256,  # validation clips, rounded down to whole batches of data.batch_size
+        eval_clips=256,  # validation clips (the last batch of data.batch_size is padded)
         keep_best=0,  # bundles of the EMA weights at the k lowest val/loss_ema (0: none)
         grad_accum_steps=1,  # microbatches per optimizer step: same math, less activation memory
         preview_every=0,  # steps between rollout previews of test clips (0: none); needs test_dir

@@ -67,25 +67,26 @@ def make_loss_fn(model: LatentDiffusion, vq_params: Any) -> loop.LossFn:
 
 def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
     """This process's share of each batch of the fixed validation clips: ``train.eval_clips``
-    rounded down to whole batches of ``data.batch_size`` (the evaluation windows of the test
-    split, ``cond + k`` frames each). Frames of another size than the config's are a
-    ``DatasetError``."""
+    evaluation windows of the test split (``cond + k`` frames each) in batches of
+    ``data.batch_size``, the last one padded (``mask`` 0), so the clips do not depend on the
+    batch size. Frames of another size than the config's are a ``DatasetError``."""
     d = config.data
     cached = bool(d.latent_test_dir)
     if not cached:
         check_split_frames(d.test_dir, config, "test_dir")
-    num_batches = config.train.eval_clips // d.batch_size
+    num_clips = int(config.train.eval_clips)
+    num_batches = -(-num_clips // d.batch_size)
     iterator = loader.eval_iterator(
         d.latent_test_dir if cached else d.test_dir,
         d.cond_frames + d.pred_frames,
-        num_batches * d.batch_size,
+        num_clips,
         d.batch_size,
         config.seed,
         kind="latents" if cached else "frames",
         num_threads=d.num_threads,
         prefetch=d.prefetch,
     )
-    return [{k: v for k, v in next(iterator).items() if k != "mask"} for _ in range(num_batches)]
+    return [next(iterator) for _ in range(num_batches)]
 
 
 def make_validation_fn(
@@ -93,35 +94,42 @@ def make_validation_fn(
 ) -> Callable[[TrainState], dict]:
     """``fn(state) -> {'val/loss', 'val/loss_simple', 'val/loss_vlb'}`` and their ``_ema``
     versions: the training loss without dropout, with clip i at t = (i + ½)·T / N and its
-    own fixed noise, averaged over the N clips of ``batches``."""
-    num_clips = len(batches) * len(batches[0]["index"]) * jax.process_count()
+    own fixed noise, averaged over the N real clips of ``batches`` (padding masked out)."""
+    global_batches = [mesh_lib.make_global_batch(batch, mesh) for batch in batches]
+    # A jitted sum: the masks are global arrays, spread over processes in multi-host runs.
+    num_clips = int(sum(jax.jit(jnp.sum)(b["mask"]) for b in global_batches))
     timesteps = model.schedule.num_timesteps
     key = jax.random.fold_in(jax.random.PRNGKey(seed), VALIDATION_SEED_STREAM)
 
     @xla_cpu.jit
-    def batch_loss(params, vq_params, batch):
+    def batch_sums(params, vq_params, batch):
         latents = model.batch_latents(vq_params, batch)
-        index = batch["index"]
-        t = ((index + 0.5) * timesteps / num_clips).astype(jnp.int32)
+        index, real = batch["index"], batch["mask"] > 0
+        t = jnp.minimum((index + 0.5) * timesteps / num_clips, timesteps - 1).astype(jnp.int32)
         target_shape = (model.k,) + latents.shape[2:]
         noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), target_shape))(
             index
         )
-        _, aux = model.loss(params, None, {"latents": latents}, key, t=t, noise=noise, train=False)
-        return aux
 
-    global_batches = [mesh_lib.make_global_batch(batch, mesh) for batch in batches]
+        def clip_losses(clip_latents, clip_t, clip_noise):  # a batch of one: that clip's values
+            one = {"latents": clip_latents[None]}
+            return model.loss(
+                params, None, one, key, t=clip_t[None], noise=clip_noise[None], train=False
+            )[1]
+
+        per_clip = jax.vmap(clip_losses)(latents, t, noise)
+        return {k: jnp.sum(jnp.where(real, v, 0.0)) for k, v in per_clip.items()}
 
     def validation_fn(state: TrainState) -> dict:
         sums = {
             suffix: jax.tree.map(
                 lambda *values: sum(values),
-                *(batch_loss(params, vq_params, batch) for batch in global_batches),
+                *(batch_sums(params, vq_params, batch) for batch in global_batches),
             )
             for suffix, params in (("", state.params), ("_ema", state.ema_params))
         }
         return {
-            f"val/{name}{suffix}": float(value) / len(global_batches)
+            f"val/{name}{suffix}": float(value) / num_clips
             for suffix, losses in jax.device_get(sums).items()
             for name, value in losses.items()
         }

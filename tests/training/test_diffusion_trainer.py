@@ -64,7 +64,7 @@ def _config(tmp_path):
             ema_rate=0.9,
             grad_accum_steps=2,
             eval_every=20,
-            eval_clips=10,  # two whole batches of 4
+            eval_clips=10,  # two batches of 4 and one of 2 (padded)
             keep_best=1,
             preview_every=40,
             preview_clips=PREVIEW_CLIPS,
@@ -95,15 +95,30 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
         json.dump(info, f, default=list)
 
     # Validation of the untrained denoiser, whose zero-initialised output conv predicts ε = 0:
-    # its mean-reduced loss is the mean of ε² over the 8 clips' fixed noise (768 draws), ≈ 1.
-    batches = diffusion_trainer.load_validation_batches(config)
-    assert [b["latents"].shape for b in batches] == [(4, COND + K, LATENT, LATENT, 3)] * 2
+    # its mean-reduced loss is the mean over the 10 clips of the mean of ε² of clip i's fixed
+    # noise, whatever the batch size (the padding of the last batch is masked out).
+    stream = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+    expected = np.mean(
+        [
+            np.mean(
+                np.square(jax.random.normal(jax.random.fold_in(stream, i), (K, LATENT, LATENT, 3)))
+            )
+            for i in range(10)
+        ]
+    )
     mesh = mesh_lib.make_mesh(1, 1)
-    validation_fn = diffusion_trainer.make_validation_fn(model, None, batches, mesh, config.seed)
     fresh = jax.device_get(model.init_denoiser(jax.random.PRNGKey(0)))
-    untrained = validation_fn(types.SimpleNamespace(params=fresh, ema_params=fresh))
-    assert abs(untrained["val/loss"] - 1.0) < 0.15, untrained
-    assert untrained["val/loss_ema"] == untrained["val/loss"]
+    wider = config.copy_and_resolve_references()
+    wider.data.batch_size = 8
+    for batch_config, shapes in ((config, [4, 4, 4]), (wider, [8, 8])):
+        batches = diffusion_trainer.load_validation_batches(batch_config)
+        assert [b["latents"].shape[0] for b in batches] == shapes
+        validation_fn = diffusion_trainer.make_validation_fn(
+            model, None, batches, mesh, config.seed
+        )
+        untrained = validation_fn(types.SimpleNamespace(params=fresh, ema_params=fresh))
+        assert untrained["val/loss"] == pytest.approx(expected, rel=1e-5), untrained
+        assert untrained["val/loss_ema"] == untrained["val/loss"]
 
     workdir = str(tmp_path / "run")
     state = diffusion_trainer.train(config, workdir)
