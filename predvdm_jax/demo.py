@@ -23,11 +23,12 @@ import jax
 import ml_collections
 
 from predvdm_jax import atomic_io
-from predvdm_jax.data import hdf5, latent_cache, loader, moving_digits
+from predvdm_jax.data import hdf5, latent_cache, loader, manifest as manifest_lib, moving_digits
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
+from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
@@ -136,14 +137,17 @@ class _Stages:
         atomic_io.write_text(self.path, json.dumps(self.recorded, indent=2))
 
 
-def _cached_metrics(out_dir: str, source: str) -> dict | None:
-    """``out_dir/metrics.json`` if it exists and was made from ``source``."""
+def _cached_metrics(out_dir: str, expected: dict[str, Any]) -> dict | None:
+    """``out_dir/metrics.json`` if it exists and its protocol has the ``expected`` entries
+    (the model's source, the sampler, the clip and frame counts): a rerun with other
+    settings evaluates again."""
     metrics_path = os.path.join(out_dir, "metrics.json")
     if not os.path.exists(metrics_path):
         return None
     with open(metrics_path) as f:
         metrics = json.load(f)
-    return metrics if metrics["protocol"].get("source") == source else None
+    protocol = metrics.get("protocol", {})
+    return metrics if all(protocol.get(k) == v for k, v in expected.items()) else None
 
 
 def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, source, progress) -> dict:
@@ -178,9 +182,14 @@ def run_demo(
     stages = _Stages(9, paths["stages"])
     start = time.time()
 
+    written = os.path.exists(hdf5.shard_path(config.data.test_dir, 1))
+    if written:  # a dataset of other settings is one error, not silently reused
+        manifest_lib.check_manifest(
+            paths["frames"], moving_digits.moving_digits_manifest(num_train, num_test)
+        )
     stages.run(
         "moving digits dataset",
-        os.path.exists(hdf5.shard_path(config.data.test_dir, 1)),
+        written,
         lambda: moving_digits.write_moving_digits(
             paths["frames"], num_train, num_test, progress=progress
         ),
@@ -224,7 +233,13 @@ def run_demo(
     source = f"demo bundle of step {step}"
 
     def evaluation(name, out_dir, pred_frames, num_clips, fvd):
-        cached = _cached_metrics(out_dir, source)
+        expected = {
+            "source": source,
+            "sampler": sweep_lib.sampler_description(config.sampling),
+            "num_clips": num_clips,
+            "pred_frames": pred_frames,
+        }
+        cached = _cached_metrics(out_dir, expected)
         metrics = stages.run(
             name,
             cached is not None,

@@ -4,8 +4,11 @@ import json
 import os
 import pathlib
 
+import pytest
+
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
+from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.training import checkpoint
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -95,3 +98,12 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     # The skipped stages keep the times recorded by the first run.
     for name in longer["skipped"]:
         assert longer["stage_seconds"][name] == first["stage_seconds"][name]
+    # Another sampler or clip count evaluates again; a dataset of other settings is refused.
+    config.sampling.steps = 3
+    resampled = demo.run_demo(config, workdir, **dict(run, long_clips=3))
+    assert "denoiser training" in resampled["skipped"]
+    assert "evaluation 10 -> 10, 2 clips" not in resampled["skipped"]
+    assert "ddim, 3 steps" in resampled["short"]["protocol"]["sampler"]
+    assert resampled["long"]["protocol"]["num_clips"] == 3
+    with pytest.raises(DatasetError, match=r"other settings \(options.num_test differ\)"):
+        demo.run_demo(config, workdir, **dict(run, num_test=4))

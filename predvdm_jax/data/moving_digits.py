@@ -94,6 +94,28 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
+def moving_digits_manifest(
+    num_train: int = 2000,
+    num_test: int = 256,
+    num_digits: int = 2,
+    seq_len: int = 40,
+    seed: int = 0,
+    image_size: int = 64,
+    digit_size: int = 32,
+) -> dict:
+    """The ``conversion.json`` of ``write_moving_digits`` with these settings (its defaults)."""
+    settings = {
+        "num_train": num_train,
+        "num_test": num_test,
+        "num_digits": num_digits,
+        "seq_len": seq_len,
+        "seed": seed,
+        "image_size": image_size,
+        "digit_size": digit_size,
+    }
+    return {"dataset": "moving_digits", "options": settings, "compression": "lzf"}
+
+
 def write_moving_digits(
     out_dir: str,
     num_train: int = 2000,
@@ -113,15 +135,10 @@ def write_moving_digits(
     holding data of other settings, or of another dataset, is refused (``ValueError``)
     before anything is written.
     """
-    settings = {
-        "num_train": num_train,
-        "num_test": num_test,
-        "num_digits": num_digits,
-        "seq_len": seq_len,
-        "seed": seed,
-        "image_size": image_size,
-        "digit_size": digit_size,
-    }
+    manifest = moving_digits_manifest(
+        num_train, num_test, num_digits, seq_len, seed, image_size, digit_size
+    )
+    settings = manifest["options"]
     for name in ("num_train", "num_test", "num_digits", "seq_len", "image_size", "digit_size"):
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -131,11 +148,6 @@ def write_moving_digits(
             f"digits of {digit_size}px do not fit a {image_size}px canvas; use a digit_size "
             f"below image_size."
         )
-    manifest = {
-        "dataset": "moving_digits",
-        "options": settings,
-        "compression": "lzf",
-    }
     manifest_lib.check_manifest(out_dir, manifest)
     train_images, test_images = load_sklearn_digits()
     counts = {}
