@@ -79,6 +79,18 @@ def reject_flags(names: Iterable[str], reason: str) -> None:
         fail(f"{', '.join(given)} {verb} no effect {reason}; remove {pronoun}")
 
 
+def reject_mesh_overrides(overrides: Iterable[str]) -> None:
+    """One ``error:`` line for ``--config.mesh.*`` overrides in a script that replicates the
+    params over every device (inference), where the training mesh does nothing."""
+    given = sorted(f"--config.{name}" for name in overrides if name.startswith("mesh."))
+    if given:
+        verb, pronoun = ("has", "it") if len(given) == 1 else ("have", "them")
+        fail(
+            f"{', '.join(given)} {verb} no effect: inference replicates the params over every "
+            f"device and splits the batch (--config.eval.batch_size); remove {pronoun}"
+        )
+
+
 def run(main: Callable[..., Any], *, args: str | None = None) -> None:
     """``app.run`` with ``parse_flags`` and ``main`` inside ``one_line_errors``. Without
     ``args`` the script takes only flags: ``main()``, and a positional argument is an error.

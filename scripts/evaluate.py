@@ -102,6 +102,7 @@ def _score_folders():
 
 def _evaluate_model():
     overrides = config_flags.get_override_values(FLAGS["config"])
+    cli.reject_mesh_overrides(overrides)
     bundle, source = checkpoint.load_model(
         FLAGS.bundle, FLAGS.workdir, overrides, use_ema=FLAGS.use_ema, step=FLAGS.step
     )

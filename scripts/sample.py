@@ -8,7 +8,8 @@
 Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg) and OUT/grid.png. A video's frames after
 the conditioning frames are its ground-truth half, blank where the video ends. Sampler settings
 come from the model's config; override them with --config.sampling.sampler=dpm_solver_pp
---config.sampling.steps=20 etc.
+--config.sampling.steps=20 etc. Clips are predicted --config.eval.batch_size at a time, split
+over every device.
 """
 
 import jax
@@ -48,10 +49,10 @@ def main():
         cli.fail("give exactly one of --bundle or --workdir")
     if FLAGS.video:
         cli.reject_flags(["num_clips"], "with --video (it picks test clips)")
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    cli.reject_mesh_overrides(overrides)
     report.check_output_dir(FLAGS.out)
-    bundle, _ = checkpoint.load_model(
-        FLAGS.bundle, FLAGS.workdir, config_flags.get_override_values(FLAGS["config"])
-    )
+    bundle, _ = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,
         jax.random.PRNGKey(FLAGS.seed),

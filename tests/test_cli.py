@@ -81,6 +81,17 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             "--config.eval.i3d_params, --config.eval.fvd; remove them",
         ),
         (
+            "evaluate.py",
+            ("--bundle=b", "--config.mesh.fsdp=3"),
+            "error: --config.mesh.fsdp has no effect: inference replicates the params over every "
+            "device and splits the batch (--config.eval.batch_size); remove it",
+        ),
+        (
+            "sample.py",
+            ("--bundle=b", "--config.mesh.data=2", "--config.mesh.fsdp=-1"),
+            "error: --config.mesh.data, --config.mesh.fsdp have no effect: inference",
+        ),
+        (
             "sample.py",
             ("--bundle=b", "--video=v.gif", "--num_clips=3"),
             "error: --num_clips has no effect with --video",

@@ -88,7 +88,7 @@ def predict_test_clips_or_video(
         )
         clips = next(batches)["video"]
     cond, future = clips[:, :cond_frames], clips[:, cond_frames:]
-    predicted = predict_clips(bundle, cond, num_frames, key)
+    predicted = predict_clips(bundle, cond, num_frames, key, config.eval.batch_size)
     known = future.shape[1]
     blank = np.full((len(future), num_frames - known) + future.shape[2:], -1.0, future.dtype)
     return cond, np.concatenate([future, blank], axis=1), predicted, known
