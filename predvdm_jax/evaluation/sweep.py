@@ -17,6 +17,7 @@ import ml_collections
 
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
+from predvdm_jax.diffusion import samplers
 from predvdm_jax.evaluation import report
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
@@ -63,6 +64,10 @@ def parse_sweep(spec: str, config: ml_collections.ConfigDict) -> dict:
                     f"sweep entry {entry!r}: {item.strip()!r} is not field=value with a field "
                     f"of config.sampling ({', '.join(sorted(fields))})"
                 )
+            if f"sampling.{name}" in overrides:
+                raise config_lib.ConfigError(
+                    f"sweep entry {entry!r} sets {name} twice; give each field once."
+                )
             overrides[f"sampling.{name}"] = _parse_value(
                 text, fields[name], f"sweep entry {entry!r}, {name}"
             )
@@ -90,26 +95,32 @@ def _settings(sampling: ml_collections.ConfigDict) -> list[tuple[str, str]]:
             (f"{sampling.sampler}_{sampling.steps}", f"{sampling.sampler}, {sampling.steps} steps")
         ]
     if sampling.sampler == "ddim":
-        parts.append((f"eta{sampling.eta:g}", f"eta {sampling.eta}"))
+        parts.append((f"eta{_number(sampling.eta)}", f"eta {sampling.eta}"))
     elif sampling.sampler == "dpm_solver_pp":
         parts.append((f"order{sampling.order}", f"order {sampling.order}"))
         uniform = sampling.skip_type == "time_uniform"
         parts.append(("" if uniform else sampling.skip_type, sampling.skip_type))
-        if not sampling.lower_order_final:
+        lowers = sampling.order > 1 and sampling.steps < samplers.LOWER_ORDER_FINAL_BELOW
+        if lowers and not sampling.lower_order_final:  # else the setting changes nothing
             parts.append(("no_lower_order_final", "no lower-order final steps"))
     quantile, clip = sampling.dynamic_threshold, sampling.clip_x0
     if quantile:
         parts.append(
             (
-                f"thresh{quantile:g}" + (f"_clip{clip:g}" if clip else ""),
+                f"thresh{_number(quantile)}" + (f"_clip{_number(clip)}" if clip else ""),
                 f"x0 thresholded at quantile {quantile:g} of |x0| into ±{clip or 1:g}",
             )
         )
     elif clip:
-        parts.append((f"clip{clip:g}", f"x0 clipped to ±{clip:g}"))
+        parts.append((f"clip{_number(clip)}", f"x0 clipped to ±{clip:g}"))
     if sampling.reencode:
         parts.append(("reencode", "re-encoded conditioning"))
     return parts
+
+
+def _number(value: float) -> str:
+    """``value`` in a label: short (``1``, ``0.995``), yet distinct for distinct settings."""
+    return f"{value:.12g}"
 
 
 def sampler_label(sampling: ml_collections.ConfigDict) -> str:

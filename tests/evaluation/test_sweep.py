@@ -64,6 +64,20 @@ def test_every_time_grid_and_x0_setting_gets_its_own_label():
     assert describe("ddim_100_eta1_thresh0.995_clip2").endswith("of |x0| into ±2")
 
 
+def test_settings_that_differ_get_labels_that_differ():
+    samplings = sweep_lib.parse_sweep(
+        "eta=0.1234567;eta=0.1234568;sampler=dpm_solver_pp,steps=5;"
+        "sampler=dpm_solver_pp,steps=5,lower_order_final=false",
+        _config(),
+    )
+    assert list(samplings) == [
+        "ddim_100_eta0.1234567",
+        "ddim_100_eta0.1234568",
+        "dpm_solver_pp_5_order2",
+        "dpm_solver_pp_5_order2_no_lower_order_final",
+    ]
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
@@ -76,6 +90,11 @@ def test_every_time_grid_and_x0_setting_gets_its_own_label():
         ("steps=0", "sampling.steps must be in"),
         ("dynamic_threshold=1.5", r"sampling.dynamic_threshold must be 0 \(off\) or a quantile"),
         ("sampler=dpm_solver_pp,eta=0;sampler=dpm_solver_pp,eta=1", "same sampler"),
+        ("steps=3,steps=5", r"sweep entry 'steps=3,steps=5' sets steps twice"),
+        (  # lower_order_final acts only below 10 steps: 20 steps run the same sampler twice
+            "sampler=dpm_solver_pp,steps=20;sampler=dpm_solver_pp,steps=20,lower_order_final=false",
+            "same sampler",
+        ),
     ],
 )
 def test_parse_sweep_rejects_bad_entries_naming_them(spec, message):
