@@ -185,7 +185,8 @@ def run_demo(
     written = os.path.exists(hdf5.shard_path(config.data.test_dir, 1))
     if written:  # a dataset of other settings is one error, not silently reused
         manifest_lib.check_manifest(
-            paths["frames"], moving_digits.moving_digits_manifest(num_train, num_test)
+            paths["frames"],
+            moving_digits.moving_digits_manifest(num_train=num_train, num_test=num_test),
         )
     stages.run(
         "moving digits dataset",

@@ -16,6 +16,7 @@ own, independent of generation order.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -94,28 +95,6 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def moving_digits_manifest(
-    num_train: int = 2000,
-    num_test: int = 256,
-    num_digits: int = 2,
-    seq_len: int = 40,
-    seed: int = 0,
-    image_size: int = 64,
-    digit_size: int = 32,
-) -> dict:
-    """The ``conversion.json`` of ``write_moving_digits`` with these settings (its defaults)."""
-    settings = {
-        "num_train": num_train,
-        "num_test": num_test,
-        "num_digits": num_digits,
-        "seq_len": seq_len,
-        "seed": seed,
-        "image_size": image_size,
-        "digit_size": digit_size,
-    }
-    return {"dataset": "moving_digits", "options": settings, "compression": "lzf"}
-
-
 def write_moving_digits(
     out_dir: str,
     num_train: int = 2000,
@@ -135,10 +114,16 @@ def write_moving_digits(
     holding data of other settings, or of another dataset, is refused (``ValueError``)
     before anything is written.
     """
-    manifest = moving_digits_manifest(
-        num_train, num_test, num_digits, seq_len, seed, image_size, digit_size
-    )
-    settings = manifest["options"]
+    settings = {
+        "num_train": num_train,
+        "num_test": num_test,
+        "num_digits": num_digits,
+        "seq_len": seq_len,
+        "seed": seed,
+        "image_size": image_size,
+        "digit_size": digit_size,
+    }
+    manifest = moving_digits_manifest(**settings)
     for name in ("num_train", "num_test", "num_digits", "seq_len", "image_size", "digit_size"):
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -170,3 +155,18 @@ def write_moving_digits(
             videos = tqdm(videos, total=count, desc=f"moving digits {split}", unit="video")
         counts[split] = hdf5.write_split(split_dir, videos)
     return counts
+
+
+def moving_digits_manifest(**settings: int) -> dict:
+    """The ``conversion.json`` that ``write_moving_digits`` records for these settings (its
+    keyword arguments; its defaults for the others)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(write_moving_digits).parameters.items()
+        if name not in ("out_dir", "progress")
+    }
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise TypeError(f"write_moving_digits has no setting {', '.join(unknown)}")
+    options = {**defaults, **settings}
+    return {"dataset": "moving_digits", "options": options, "compression": "lzf"}
