@@ -70,25 +70,34 @@ def one_line_errors() -> Iterator[None]:
         raise
 
 
+def _refuse_ignored(given: list[str], why: str) -> None:
+    """One ``error:`` line naming the command-line settings ``given`` (none: nothing happens),
+    which would do nothing; ``why`` follows "no effect" (with its leading space or colon)."""
+    if given:
+        verb, pronoun = ("has", "it") if len(given) == 1 else ("have", "them")
+        fail(f"{', '.join(given)} {verb} no effect{why}; remove {pronoun}")
+
+
 def reject_flags(names: Iterable[str], reason: str) -> None:
     """One ``error:`` line if any flag of ``names`` was given on the command line, where it
     would do nothing (``reason``: e.g. ``"with --video"``)."""
-    given = [f"--{name}" for name in names if flags.FLAGS[name].present]
-    if given:
-        verb, pronoun = ("has", "it") if len(given) == 1 else ("have", "them")
-        fail(f"{', '.join(given)} {verb} no effect {reason}; remove {pronoun}")
+    _refuse_ignored([f"--{name}" for name in names if flags.FLAGS[name].present], f" {reason}")
+
+
+def reject_overrides(names: Iterable[str], why: str) -> None:
+    """One ``error:`` line for the ``--config.<name>`` overrides ``names``, which would do
+    nothing (``why``, after "no effect": e.g. ``" when scoring folders"``)."""
+    _refuse_ignored(sorted(f"--config.{name}" for name in names), why)
 
 
 def reject_mesh_overrides(overrides: Iterable[str]) -> None:
     """One ``error:`` line for ``--config.mesh.*`` overrides in a script that replicates the
     params over every device (inference), where the training mesh does nothing."""
-    given = sorted(f"--config.{name}" for name in overrides if name.startswith("mesh."))
-    if given:
-        verb, pronoun = ("has", "it") if len(given) == 1 else ("have", "them")
-        fail(
-            f"{', '.join(given)} {verb} no effect: inference replicates the params over every "
-            f"device and splits the batch (--config.eval.batch_size); remove {pronoun}"
-        )
+    reject_overrides(
+        [name for name in overrides if name.startswith("mesh.")],
+        ": inference replicates the params over every device and splits the batch "
+        "(--config.eval.batch_size)",
+    )
 
 
 def run(main: Callable[..., Any], *, args: str | None = None) -> None:

@@ -168,15 +168,12 @@ def main():
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     if folders:
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
-        ignored = sorted(set(config_flags.get_override_values(FLAGS["config"])))
-        ignored = [f"--config.{name}" for name in ignored if name not in FOLDER_CONFIG_FIELDS]
-        if ignored:
-            cli.fail(
-                f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect when "
-                f"scoring folders, which reads only "
-                f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}; remove "
-                f"{'it' if len(ignored) == 1 else 'them'}"
-            )
+        overrides = config_flags.get_override_values(FLAGS["config"])
+        cli.reject_overrides(
+            [name for name in overrides if name not in FOLDER_CONFIG_FIELDS],
+            f" when scoring folders, which reads only "
+            f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}",
+        )
     else:
         cli.reject_flags(FOLDER_FLAGS, "without --real_dir and --fake_dir")
     report.check_output_dir(FLAGS.out)
