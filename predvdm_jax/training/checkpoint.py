@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -355,28 +355,39 @@ def latest_step(workdir: str) -> int | None:
         checkpointer.close()
 
 
-def _differences(saved: Any, current: Any, name: str, where: str) -> list[str]:
-    """``"<field> <saved value> <where>, <current value> now"`` for every leaf that differs."""
+def _differences(
+    saved: Any, current: Any, name: str, where: str, ignored: Container[str] = ()
+) -> list[str]:
+    """``"<field> <saved value> <where>, <current value> now"`` for every leaf that differs,
+    but the fields named in ``ignored``."""
+    if name in ignored:
+        return []
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         return [
             difference
             for key in saved
-            for difference in _differences(saved[key], current[key], f"{name}.{key}", where)
+            for difference in _differences(
+                saved[key], current[key], f"{name}.{key}", where, ignored
+            )
         ]
     return [] if saved == current else [f"{name} {saved!r} {where}, {current!r} now"]
 
 
 def _field_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], fields: Sequence[str], where: str
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    fields: Sequence[str],
+    where: str,
+    ignored: Container[str] = (),
 ) -> list[str]:
     """``_differences`` of two configs' JSON dicts over ``fields`` (dotted; a section: all of
-    its fields)."""
+    its fields but ``ignored``)."""
     differences = []
     for field in fields:
         saved_value, current_value = saved, current
         for key in field.split("."):
             saved_value, current_value = saved_value[key], current_value[key]
-        differences += _differences(saved_value, current_value, field, where)
+        differences += _differences(saved_value, current_value, field, where, ignored)
     return differences
 
 
@@ -607,13 +618,13 @@ def _check_weight_fields_kept(saved: Any, config: Any, source: str) -> None:
     """A ``ConfigError`` naming every field of ``DENOISER_FIELDS`` that ``--config.*`` overrides
     changed: the weights were trained for the saved values (another shape fails deep in Flax,
     another schedule or scale silently predicts noise)."""
-    changed = [
-        line
-        for line in _field_differences(
-            config_to_json(saved), config_to_json(config), DENOISER_FIELDS, "saved"
-        )
-        if line.split(" ")[0] not in INFERENCE_RUNTIME_FIELDS
-    ]
+    changed = _field_differences(
+        config_to_json(saved),
+        config_to_json(config),
+        DENOISER_FIELDS,
+        "saved",
+        ignored=INFERENCE_RUNTIME_FIELDS,
+    )
     if changed:
         raise config_lib.ConfigError(
             f"the --config overrides change what the weights of {source} mean: "
