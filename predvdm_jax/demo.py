@@ -141,7 +141,7 @@ def _cached_metrics(out_dir: str, expected: dict[str, Any]) -> dict | None:
     """``out_dir/metrics.json`` if it exists and its protocol has the ``expected`` entries
     (the model's source, the sampler, the clip and frame counts): a rerun with other
     settings evaluates again."""
-    metrics_path = os.path.join(out_dir, "metrics.json")
+    metrics_path = os.path.join(out_dir, report.METRICS_FILE)
     if not os.path.exists(metrics_path):
         return None
     with open(metrics_path) as f:
@@ -317,7 +317,7 @@ def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
             report.markdown_table(metrics),
         ]
         rel = os.path.relpath(
-            os.path.join(paths[folder], "per_frame.png"), os.path.dirname(paths["report"])
+            os.path.join(paths[folder], report.PER_FRAME_FILE), os.path.dirname(paths["report"])
         )
         lines += ["", f"![per-frame metrics]({rel})", ""]
         videos = os.path.join(paths[folder], "videos")

@@ -227,7 +227,8 @@ def clear_videos(directory: str) -> None:
         os.rmdir(directory)
 
 
-EVALUATION_FILES = ("metrics.json", "metrics.md", "per_frame.png")
+METRICS_FILE, TABLE_FILE, PER_FRAME_FILE = "metrics.json", "metrics.md", "per_frame.png"
+EVALUATION_FILES = (METRICS_FILE, TABLE_FILE, PER_FRAME_FILE)
 """The files ``write_evaluation`` writes beside ``videos/``."""
 
 
@@ -365,13 +366,13 @@ def write_evaluation(
     os.makedirs(out_dir, exist_ok=True)
     metrics = dict(metrics)
     paths = {
-        "metrics": os.path.join(out_dir, "metrics.json"),
-        "table": os.path.join(out_dir, "metrics.md"),
+        "metrics": os.path.join(out_dir, METRICS_FILE),
+        "table": os.path.join(out_dir, TABLE_FILE),
     }
     curves = per_frame_curves(metrics)
     if curves:
         paths["per_frame"] = plot_per_frame(
-            os.path.join(out_dir, "per_frame.png"),
+            os.path.join(out_dir, PER_FRAME_FILE),
             curves,
             first_frame,
             title=f"protocol {metrics.get('protocol', {}).get('name', '')}",

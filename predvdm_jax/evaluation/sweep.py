@@ -187,14 +187,14 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SWEEP_FILES = ("sweep.md", "sweep.json")
+SWEEP_TABLE_FILE, SWEEP_METRICS_FILE = "sweep.md", "sweep.json"
 
 
 def written_sweep_labels(out_dir: str) -> list[str]:
     """The entries of the sweep whose ``sweep.json`` is in ``out_dir`` (each has a folder of
     that name), or [] when there is none or it cannot be read."""
     try:
-        with open(os.path.join(out_dir, "sweep.json"), encoding="utf-8") as f:
+        with open(os.path.join(out_dir, SWEEP_METRICS_FILE), encoding="utf-8") as f:
             labels = list(json.load(f))
     except (OSError, ValueError, TypeError):
         return []
@@ -239,13 +239,13 @@ def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: 
     if labels:
         report.clear_evaluation(out_dir)
     else:
-        for name in SWEEP_FILES:
+        for name in (SWEEP_TABLE_FILE, SWEEP_METRICS_FILE):
             path = os.path.join(out_dir, name)
             if os.path.isfile(path):
                 os.remove(path)
     for label in set(earlier_labels) - set(labels):
         folder = os.path.join(out_dir, label)
-        if os.path.isfile(os.path.join(folder, "metrics.json")):  # a sweep entry's report
+        if os.path.isfile(os.path.join(folder, report.METRICS_FILE)):  # a sweep entry's report
             report.clear_evaluation(folder)
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
@@ -254,7 +254,10 @@ def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: 
 def write_sweep(out_dir: str, all_metrics: Mapping[str, Mapping[str, Any]]) -> dict:
     """``out_dir/sweep.md`` (``sweep_table``) and ``out_dir/sweep.json`` (every entry's metrics)."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = dict(zip(("table", "metrics"), (os.path.join(out_dir, n) for n in SWEEP_FILES)))
+    paths = {
+        "table": os.path.join(out_dir, SWEEP_TABLE_FILE),
+        "metrics": os.path.join(out_dir, SWEEP_METRICS_FILE),
+    }
     atomic_io.write_text(paths["table"], sweep_table(all_metrics))
     report.write_metrics_json(paths["metrics"], dict(all_metrics))
     return paths
