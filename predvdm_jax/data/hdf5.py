@@ -188,9 +188,10 @@ def write_split(
     leave the others, a split mixing two datasets."""
     if vids_per_shard < 1:
         raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
-    if os.path.isdir(split_dir) and shard_paths(split_dir):
+    existing = shard_paths(split_dir)  # none when the folder does not exist
+    if existing:
         raise DatasetError(
-            f"{split_dir} already holds shards ({os.path.basename(shard_paths(split_dir)[0])}); "
+            f"{split_dir} already holds shards ({os.path.basename(existing[0])}); "
             f"write the split to a new folder, or delete that one first."
         )
     videos = iter(videos)
