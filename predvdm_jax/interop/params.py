@@ -29,7 +29,15 @@ def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -
         "train them with scripts/train_vq.py or convert the LDM vq-f4 checkpoint with "
         "scripts/convert_ldm_vq.py",
     )
+    convert = (
+        f"convert it with scripts/convert_ldm_vq.py --ckpt={path} --out=vq.safetensors and set "
+        "config.vq_params to the output"
+    )
+    if path.endswith((".ckpt", ".pt", ".pth")):
+        raise ValueError(f"VQ params {path!r} is a PyTorch checkpoint, not Flax params; {convert}")
     params = load_params_safetensors(path)
+    if not any("/" in key for key in flatten_params(params)):
+        raise ValueError(f"VQ params {path!r} hold PyTorch names, not Flax params; {convert}")
     if config is not None:
         check_params(
             params, LatentDiffusion.from_config(config).init_vq, f"VQ params {path!r} (config.vq)"

@@ -47,7 +47,8 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     """Read a checkpoint file into a flat `{key: np.ndarray}` dict.
 
     Accepts a Lightning checkpoint (`{'state_dict': {...}, ...}`), a bare state_dict, or a `.safetensors`
-    file (read without PyTorch). Non-tensor entries are dropped. By default the pickle is read with
+    file of PyTorch names (read without PyTorch; a file of '/'-joined Flax paths, a converter's own
+    output, is refused as already converted). Non-tensor entries are dropped. By default the pickle is read with
     `weights_only=True`; a checkpoint that pickles arbitrary Python objects (old Lightning callbacks,
     OmegaConf configs) needs `allow_pickle=True`, which runs code from the file — only for trusted files.
     """
@@ -60,7 +61,14 @@ def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
-        return read_safetensors(path)
+        state_dict = read_safetensors(path)
+        if state_dict and all("/" in key for key in state_dict):
+            raise ValueError(
+                f"{path} already holds converted Flax params (keys such as "
+                f"{min(state_dict)!r}), not a PyTorch state_dict; use it as it is where Flax "
+                "params are expected, and give the converter the original PyTorch checkpoint"
+            )
+        return state_dict
     torch = import_torch()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)

@@ -274,6 +274,29 @@ def test_convert_script_writes_loadable_safetensors(converted, tmp_path):
     assert not (tmp_path / "invalid.safetensors").exists()
 
 
+def test_converted_and_unconverted_files_swapped_are_named(converted, tmp_path):
+    """The converter given its own output says so; config.vq_params given a PyTorch
+    checkpoint or state_dict says to convert it."""
+    from predvdm_jax.interop import params as params_lib
+
+    _, params, ckpt = converted
+    flax_file = tmp_path / "vq.safetensors"
+    ldm_vq.convert_vq_checkpoint(ckpt, flax_file, SMALL)
+    with pytest.raises(ValueError, match="already holds converted Flax params") as err:
+        ldm_vq.load_vq_checkpoint(flax_file, SMALL)
+    assert "'decoder/conv_in/bias'" in str(err.value)
+    # A PyTorch state_dict saved as safetensors still converts.
+    torch_file = tmp_path / "torch.safetensors"
+    torch_checkpoint.save_torch_state_dict(torch_file, ldm_vq.vq_params_to_state_dict(params))
+    again = ldm_vq.load_vq_checkpoint(torch_file, SMALL)
+    jax.tree.map(np.testing.assert_array_equal, again, params)
+
+    for unconverted in (ckpt, torch_file):
+        with pytest.raises(ValueError, match="convert it with scripts/convert_ldm_vq.py"):
+            params_lib.load_vq_params(str(unconverted))
+    jax.tree.map(np.testing.assert_array_equal, params_lib.load_vq_params(str(flax_file)), params)
+
+
 class _Opaque:
     """A pickled Python object that weights_only loading refuses."""
 
