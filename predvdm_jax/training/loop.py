@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -42,13 +43,20 @@ uint8 images (arrays of 2 or more dims) to log."""
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; nothing from that step on was saved."""
+    """The loss or the weights became NaN or Inf; nothing from that step on was saved."""
 
 
 class TrainingPreempted(Exception):
     """SIGTERM stopped the run after a step that was then saved: rerun to resume."""
 
     exit_code = 143  # what the shell reports for a process SIGTERM killed: "not finished"
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every float in ``tree`` is finite (one device-side reduction, sharded or not)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _to_global(batch: Any, mesh: Any) -> Any:
@@ -115,7 +123,8 @@ def train_loop(
 
     SIGTERM raises ``TrainingPreempted`` after the running step is saved.
     A NaN/Inf loss raises ``NonFiniteLossError`` naming the step, after
-    pending checkpoint saves finish and without saving the bad state.
+    pending checkpoint saves finish and without saving the bad state; so do
+    NaN/Inf weights at a save step.
     Losses are checked at every log and save step (not every step, so the
     host does not wait on the device each step); the error names the first
     bad step exactly.
@@ -211,26 +220,33 @@ def train_loop(
     pending_losses: list[tuple[int, jax.Array]] = []
     last_saved = start_step if restored is not None else None
 
+    def stop(what: str):
+        checkpointer.wait_until_finished()
+        kept = checkpointer.latest_step()
+        last = (
+            f"the last good checkpoint is step {kept} in {checkpointer.directory}"
+            if kept is not None
+            else "no checkpoint was saved yet"
+        )
+        raise NonFiniteLossError(
+            f"{what}; stopped without saving this state, {last} (lower the learning rate, "
+            "check the optimizer settings or the data)"
+        )
+
     def fail_if_not_finite():
         losses = jax.device_get([loss for _, loss in pending_losses])
         for (step_number, _), value in zip(pending_losses, losses):
             if not math.isfinite(float(np.asarray(value))):
-                checkpointer.wait_until_finished()
-                kept = checkpointer.latest_step()
-                last = (
-                    f"the last good checkpoint is step {kept} in {checkpointer.directory}"
-                    if kept is not None
-                    else "no checkpoint was saved yet"
-                )
-                raise NonFiniteLossError(
-                    f"loss is {float(value)} at step {step_number}; stopped without saving "
-                    f"this state, {last} (lower the learning rate or check the data)"
-                )
+                stop(f"loss is {float(value)} at step {step_number}")
         pending_losses.clear()
 
     def save(step_number: int):
         nonlocal last_saved
         fail_if_not_finite()
+        # A step's loss is computed before its update: an update that made the weights NaN
+        # shows in the next step's loss, so the weights to be saved are checked themselves.
+        if not bool(all_finite((state.params, state.ema_params))):
+            stop(f"the weights after step {step_number} are NaN or Inf (its loss was finite)")
         checkpointer.save(step_number, state, data_iterator.get_state(), config)
         last_saved = step_number
 

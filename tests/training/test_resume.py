@@ -127,6 +127,19 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert all(np.isfinite(r["loss"]) for r in logged)
 
 
+def test_weights_made_nan_by_a_finite_loss_step_are_not_saved(tmp_path):
+    """Step 4's loss is finite but its gradients are NaN: the weights saved after it would be
+    NaN, and step 4 is the save step, so no later loss would reveal it first."""
+    config = make_config(num_steps=8, save_every=2, log_every=8)
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    message = r"weights after step 4 are NaN or Inf \(its loss was finite\);.*step 2 in"
+    with pytest.raises(loop.NonFiniteLossError, match=message):
+        loop.train_loop(
+            config, str(tmp_path), init_fn, make_loss_fn(nan_gradient_at_step=4), stream
+        )
+    assert finished_steps(tmp_path / "checkpoints") == [2]
+
+
 def _abstract_state(config):
     from predvdm_jax.mesh import make_mesh
     from predvdm_jax.training.optim import make_optimizer

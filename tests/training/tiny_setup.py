@@ -42,11 +42,27 @@ def init_fn(key):
     return MODEL.init(key, jnp.zeros((1, IN_DIM)))["params"]
 
 
-def make_loss_fn(nan_at_step: int | None = None, target_noise: float = 0.01):
-    """Mean squared error to targets jittered by ``target_noise``·N(0, 1) drawn from ``rng``."""
+@jax.custom_vjp
+def _nan_gradient(x):
+    return x
+
+
+_nan_gradient.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
+
+
+def make_loss_fn(
+    nan_at_step: int | None = None,
+    target_noise: float = 0.01,
+    nan_gradient_at_step: int | None = None,
+):
+    """Mean squared error to targets jittered by ``target_noise``·N(0, 1) drawn from ``rng``;
+    NaN from step ``nan_at_step`` on, or a finite loss with NaN gradients at
+    ``nan_gradient_at_step``."""
 
     def loss_fn(params, batch, rng, step):
         pred = MODEL.apply({"params": params}, batch["x"])
+        if nan_gradient_at_step is not None:
+            pred = jax.lax.cond(step + 1 == nan_gradient_at_step, _nan_gradient, lambda p: p, pred)
         target = batch["y"] + target_noise * jax.random.normal(rng, batch["y"].shape)
         loss = jnp.mean(jnp.sum((pred - target) ** 2, axis=-1))
         if nan_at_step is not None:
