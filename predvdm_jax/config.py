@@ -254,14 +254,26 @@ def _range_errors(c) -> list[str]:
         ("optimizer.base_learning_rate", o.base_learning_rate),
         ("vq_train.learning_rate", v.learning_rate),
         ("optimizer.grad_clip", o.grad_clip),
+        ("optimizer.weight_decay", o.weight_decay),
         ("vq_train.disc_factor", v.disc_factor),
         ("sampling.eta", c.sampling.eta),
     ):
         if not 0 <= value < math.inf:
             errors.append(f"{name} must be a finite number >= 0, got {value}")
-    for name, value in (("unet.dropout", c.unet.dropout), ("vq.dropout", c.vq.dropout)):
+    for name, value in (
+        ("unet.dropout", c.unet.dropout),
+        ("vq.dropout", c.vq.dropout),
+        ("optimizer.b1", o.b1),  # Adam's betas: 1 divides by 1 - β^t = 0 (NaN updates)
+        ("optimizer.b2", o.b2),
+        ("vq_train.b1", v.b1),
+        ("vq_train.b2", v.b2),
+    ):
         if not 0 <= value < 1:
             errors.append(f"{name} must be in [0, 1), got {value}")
+    if not 0 < o.eps < math.inf:  # Adam's denominator √v̂ + eps: 0 divides by 0
+        errors.append(f"optimizer.eps must be a finite number > 0, got {o.eps}")
+    if not 0 < o.cycle_length < math.inf:  # the schedule divides by it
+        errors.append(f"optimizer.cycle_length must be a finite number > 0, got {o.cycle_length}")
     m = c.mesh
     if any(n < 1 and n != -1 for n in (m.data, m.fsdp)) or m.data == m.fsdp == -1:
         errors.append(
