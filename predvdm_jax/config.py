@@ -274,6 +274,7 @@ def _range_errors(c) -> list[str]:
         errors.append(f"optimizer.eps must be a finite number > 0, got {o.eps}")
     if not 0 < o.cycle_length < math.inf:  # the schedule divides by it
         errors.append(f"optimizer.cycle_length must be a finite number > 0, got {o.cycle_length}")
+    errors.extend(_schedule_errors(c))
     m = c.mesh
     if any(n < 1 and n != -1 for n in (m.data, m.fsdp)) or m.data == m.fsdp == -1:
         errors.append(
@@ -284,6 +285,37 @@ def _range_errors(c) -> list[str]:
         errors.append(f"mesh.slices must be >= 1, got {m.slices}")
     if m.min_shard_size < 0:
         errors.append(f"mesh.min_shard_size must be >= 0, got {m.min_shard_size}")
+    return errors
+
+
+def _schedule_errors(c) -> list[str]:
+    """LDM's ``LambdaLinearScheduler`` (``training/optim.py``): a multiplier rising from
+    ``f_start`` to ``f_max`` over ``warmup_steps``, then ``f_min + (f_max - f_min)(1 - n/L)``,
+    which past step ``L = cycle_length`` keeps falling below ``f_min``, to negative rates."""
+    errors = []
+    o, v = c.optimizer, c.vq_train
+    for section, values in (("optimizer", o), ("vq_train", v)):
+        if values.warmup_steps < 0:
+            errors.append(
+                f"{section}.warmup_steps must be >= 0 (0: no warm-up), got {values.warmup_steps}"
+            )
+    if not 0 <= o.f_start < math.inf:
+        errors.append(f"optimizer.f_start must be a finite number >= 0, got {o.f_start}")
+    if not 0 <= o.f_min <= o.f_max < math.inf:
+        errors.append(
+            f"optimizer.f_min and optimizer.f_max must satisfy 0 <= f_min <= f_max (the lr "
+            f"multiplier falls from f_max to f_min), got f_min={o.f_min}, f_max={o.f_max}"
+        )
+    elif o.f_min < o.f_max and o.cycle_length < c.train.num_steps:
+        last = o.f_min + (o.f_max - o.f_min) * (1 - (c.train.num_steps - 1) / o.cycle_length)
+        errors.append(
+            f"optimizer.cycle_length {o.cycle_length:g} is shorter than train.num_steps "
+            f"{c.train.num_steps}: the lr multiplier falls past optimizer.f_min={o.f_min} after "
+            f"step {o.cycle_length:g}, to {last:.4g} at the last step; raise "
+            f"optimizer.cycle_length to at least train.num_steps (or set f_min = f_max)"
+        )
+    if not 0 <= v.lr_end_fraction <= 1:
+        errors.append(f"vq_train.lr_end_fraction must be in [0, 1], got {v.lr_end_fraction}")
     return errors
 
 

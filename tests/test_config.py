@@ -88,6 +88,22 @@ def test_type_safe_assignment_names_the_field():
             dict(optimizer__weight_decay=-0.01),
             "optimizer.weight_decay must be a finite number >= 0",
         ),
+        (dict(optimizer__f_start=-1e-6), "optimizer.f_start must be a finite number >= 0"),
+        (dict(optimizer__f_min=-0.5), "got f_min=-0.5, f_max=1.0"),
+        (dict(optimizer__f_min=2.0), "must satisfy 0 <= f_min <= f_max (the lr multiplier"),
+        (
+            dict(optimizer__f_min=0.0, optimizer__cycle_length=1000.0, train__num_steps=2000),
+            "optimizer.cycle_length 1000 is shorter than train.num_steps 2000: the lr multiplier "
+            "falls past optimizer.f_min=0.0 after step 1000, to -0.999 at the last step; raise "
+            "optimizer.cycle_length to at least train.num_steps",
+        ),
+        (dict(optimizer__warmup_steps=-1), "optimizer.warmup_steps must be >= 0"),
+        (dict(vq_train__warmup_steps=-5), "vq_train.warmup_steps must be >= 0"),
+        (
+            dict(vq_train__lr_end_fraction=1.5),
+            "vq_train.lr_end_fraction must be in [0, 1], got 1.5",
+        ),
+        (dict(vq_train__lr_end_fraction=-0.1), "vq_train.lr_end_fraction must be in [0, 1]"),
         (dict(vq_train__beta=-float("inf")), "vq_train.beta must be a finite number, got -inf"),
         (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
         (dict(train__grad_accum_steps=3), "train.grad_accum_steps must be >= 1 and divide"),
@@ -286,3 +302,10 @@ def test_a_mistyped_override_is_one_error_line(tmp_path, flag, message):
 def test_a_saved_config_that_is_not_an_object_is_a_config_error():
     with pytest.raises(config_lib.ConfigError, match="JSON object"):
         config_lib.config_from_dict([1, 2])
+
+
+def test_a_schedule_that_ends_at_f_min_or_stays_constant_is_valid():
+    decays = dict(optimizer__f_min=0.0, optimizer__cycle_length=2000.0, train__num_steps=2000)
+    config_lib.validate(_bad(**decays))
+    constant = dict(optimizer__f_min=1.0, optimizer__cycle_length=10.0, train__num_steps=2000)
+    config_lib.validate(_bad(**constant))  # f_min = f_max: the cycle changes nothing
