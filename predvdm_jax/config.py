@@ -275,6 +275,7 @@ def _range_errors(c) -> list[str]:
     if not 0 < o.cycle_length < math.inf:  # the schedule divides by it
         errors.append(f"optimizer.cycle_length must be a finite number > 0, got {o.cycle_length}")
     errors.extend(_schedule_errors(c))
+    errors.extend(_seed_errors(c))
     m = c.mesh
     if any(n < 1 and n != -1 for n in (m.data, m.fsdp)) or m.data == m.fsdp == -1:
         errors.append(
@@ -285,6 +286,22 @@ def _range_errors(c) -> list[str]:
         errors.append(f"mesh.slices must be >= 1, got {m.slices}")
     if m.min_shard_size < 0:
         errors.append(f"mesh.min_shard_size must be >= 0, got {m.min_shard_size}")
+    return errors
+
+
+SEED_LIMIT = 2**63
+"""Seeds lie in [0, SEED_LIMIT): numpy refuses negative ones, ``jax.random.key`` larger ones."""
+
+
+def _seed_errors(config, prefix: str = "") -> list[str]:
+    """Every ``seed`` / ``*_seed`` field, in any section (``seed``, ``eval.seed``)."""
+    errors = []
+    for key, value in config.items():
+        name = prefix + key
+        if isinstance(value, ml_collections.ConfigDict):
+            errors += _seed_errors(value, name + ".")
+        elif (key == "seed" or key.endswith("_seed")) and not 0 <= value < SEED_LIMIT:
+            errors.append(f"{name} must be an int in [0, 2**63), got {value}")
     return errors
 
 
