@@ -23,6 +23,8 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    if FLAGS.seed < 0:  # before anything is written (numpy refuses it only per video)
+        cli.fail(f"--seed must be >= 0, got {FLAGS.seed}")
     moving_digits.write_moving_digits(
         FLAGS.out,
         num_train=FLAGS.num_train,

@@ -62,6 +62,8 @@ _OPTION_FLAGS = (
 
 
 def main():
+    if FLAGS.seed is not None and FLAGS.seed < 0:  # before anything is written
+        cli.fail(f"--seed must be >= 0, got {FLAGS.seed}")
     options = converters.select_options(
         FLAGS.dataset,
         {name: FLAGS[name].value for name in _OPTION_FLAGS},

@@ -94,3 +94,18 @@ def test_inspect_data_checks_every_frame(tmp_path):
         f"error: '{split / 'shard_0001.hdf5'}' is a file; pass the split folder that holds it "
         f"('{split}')."
     )
+
+
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
+    """numpy refuses it only when the first video is drawn, after conversion.json was
+    written, which then blocked the corrected rerun as a conversion of other settings."""
+    out = tmp_path / "out"
+    line = _run(
+        "make_moving_digits.py", f"--out={out}", "--num_train=1", "--num_test=1", "--seed=-1"
+    )
+    assert line == "error: --seed must be >= 0, got -1"
+    assert not out.exists()
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8))
+    args = ["--dataset=smmnist", f"--src={tmp_path / 'mnist.npz'}", f"--out={out}", "--seed=-1"]
+    assert _run("prepare_data.py", *args) == "error: --seed must be >= 0, got -1"
+    assert not out.exists()
