@@ -354,6 +354,88 @@ def _non_finite_errors(config, prefix: str = "") -> list[str]:
     return errors
 
 
+def _architecture_errors(c) -> list[str]:
+    """The VQ's and the UNet's sizes: values their modules cannot build, or build wrongly
+    without an error (an attention level no block reaches, too few output blocks)."""
+    from predvdm_jax.models import autoencoder, unet
+
+    errors = []
+    q, u, d = c.vq, c.unet, c.data
+    for name, value, least in (
+        ("vq.ch", q.ch, 1),
+        ("vq.z_channels", q.z_channels, 1),
+        ("vq.embed_dim", q.embed_dim, 1),
+        ("vq.n_embed", q.n_embed, 1),
+        ("vq.num_res_blocks", q.num_res_blocks, 0),
+        ("unet.model_channels", u.model_channels, 1),
+        ("unet.num_res_blocks", u.num_res_blocks, 0),
+    ):
+        if value < least:
+            errors.append(f"{name} must be >= {least}, got {value}")
+    mults_ok = True
+    for name, mults in (("vq.ch_mult", q.ch_mult), ("unet.channel_mult", u.channel_mult)):
+        if not mults or any(m < 1 for m in mults):
+            errors.append(f"{name} must be one or more multipliers >= 1, got {tuple(mults)}")
+            mults_ok = False
+    if q.in_channels != 3:
+        errors.append(
+            f"vq.in_channels must be 3, got {q.in_channels}: the VQ encodes RGB frames "
+            f"(grayscale data is repeated to RGB before the encoder)"
+        )
+    if q.out_ch not in (1, 3) or (q.out_ch == 1 and (d.channels == 3 or c.eval.gray_as_rgb)):
+        errors.append(
+            f"vq.out_ch must be 3 (an RGB decode, averaged to gray for grayscale data), or 1 "
+            f"only for grayscale data (data.channels=1) scored as gray (eval.gray_as_rgb=False); "
+            f"got vq.out_ch={q.out_ch}, data.channels={d.channels}, "
+            f"eval.gray_as_rgb={c.eval.gray_as_rgb}"
+        )
+    if u.num_head_channels < 1:
+        errors.append(
+            f"unet.num_head_channels must be >= 1 (channels per attention head), got "
+            f"{u.num_head_channels}"
+        )
+    if not mults_ok:
+        return errors
+    for section, field, groups in (
+        ("vq", "ch", autoencoder.GROUPNORM_GROUPS),
+        ("unet", "model_channels", unet.GROUPNORM_GROUPS),
+    ):
+        width = c[section][field]
+        mults = q.ch_mult if section == "vq" else u.channel_mult
+        if width >= 1 and any((width * m) % groups for m in (1, *mults)):  # 1: the input conv
+            errors.append(
+                f"{section}.{field} and {section}.{field} × every multiplier must be divisible "
+                f"by {groups} (GroupNorm with {groups} groups); got {width} × {tuple(mults)}"
+            )
+    widths = [u.model_channels * m for m in u.channel_mult]
+    if u.model_channels >= 1 and u.num_head_channels >= 1:
+        if any(width % u.num_head_channels for width in widths):
+            errors.append(
+                f"unet.num_head_channels {u.num_head_channels} must divide every level width "
+                f"unet.model_channels × unet.channel_mult = {tuple(widths)}"
+            )
+    factors = tuple(2**level for level in range(len(u.channel_mult)))
+    unreached = [r for r in u.attention_resolutions if r not in factors]
+    if unreached:
+        errors.append(
+            f"unet.attention_resolutions {tuple(u.attention_resolutions)}: no level reaches "
+            f"{tuple(unreached)}; they are downsampling factors, one of {factors} for "
+            f"unet.channel_mult with {len(u.channel_mult)} levels"
+        )
+    vq_factor, unet_factor = 2 ** (len(q.ch_mult) - 1), factors[-1]
+    multiple = vq_factor * unet_factor
+    if d.image_size < 1 or d.image_size % multiple:
+        below = d.image_size // multiple * multiple
+        nearest = [n for n in (below, below + multiple) if n >= multiple] or [multiple]
+        errors.append(
+            f"data.image_size {d.image_size} is not a positive multiple of {multiple}: the VQ "
+            f"downsamples by {vq_factor} (vq.ch_mult has {len(q.ch_mult)} levels), the UNet its "
+            f"latents by {unet_factor} (unet.channel_mult has {len(u.channel_mult)} levels); "
+            f"nearest valid: {' or '.join(map(str, nearest))}"
+        )
+    return errors
+
+
 def _combination_errors(c) -> list[str]:
     # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
     # models/autoencoder.py (module_fields), which vq_losses imports.
@@ -387,27 +469,7 @@ def _combination_errors(c) -> list[str]:
         errors.append(
             f"data.preload_max_gb must be >= 0 (0: never preload), got {d.preload_max_gb}"
         )
-    downsample = 2 ** (len(c.vq.ch_mult) - 1)
-    if d.image_size % downsample:
-        errors.append(
-            f"data.image_size {d.image_size} is not divisible by the VQ's downsampling "
-            f"factor {downsample} (vq.ch_mult has {len(c.vq.ch_mult)} levels)"
-        )
-    for section, field in (("vq", "ch"), ("unet", "model_channels")):
-        width = c[section][field]
-        mults = c.vq.ch_mult if section == "vq" else c.unet.channel_mult
-        if any((width * m) % 32 for m in mults):
-            errors.append(
-                f"{section}.{field} × every multiplier must be divisible by 32 "
-                f"(GroupNorm with 32 groups); got {width} × {tuple(mults)}"
-            )
-    if c.unet.num_head_channels > 0 and any(
-        (c.unet.model_channels * m) % c.unet.num_head_channels for m in c.unet.channel_mult
-    ):
-        errors.append(
-            f"unet.num_head_channels {c.unet.num_head_channels} must divide every level "
-            f"width model_channels × channel_mult"
-        )
+    errors.extend(_architecture_errors(c))
     m = c.model
     if m.mode not in MODES:
         errors.append(f"model.mode {m.mode!r} is not one of {MODES}")

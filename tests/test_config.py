@@ -64,7 +64,38 @@ def test_type_safe_assignment_names_the_field():
         (dict(model__mode="tc_attn", model__attn_heads_tc=0), "needs LinearAttention settings"),
         (dict(sampling__order=4), "sampling.order must be 1, 2 or 3"),
         (dict(unet__model_channels=48), "divisible by 32"),
-        (dict(data__image_size=66), "not divisible by the VQ's downsampling factor 4"),
+        (
+            dict(data__image_size=66),
+            "data.image_size 66 is not a positive multiple of 32: the VQ downsamples by 4 "
+            "(vq.ch_mult has 3 levels), the UNet its latents by 8 (unet.channel_mult has 4 "
+            "levels); nearest valid: 64 or 96",
+        ),
+        (dict(data__image_size=48), "data.image_size 48 is not a positive multiple of 32"),
+        (dict(data__image_size=0), "the UNet its latents by 8 (unet.channel_mult has 4 levels); "),
+        (dict(data__image_size=-8), "nearest valid: 32"),
+        (dict(vq__n_embed=0), "vq.n_embed must be >= 1, got 0"),
+        (dict(vq__ch=0), "vq.ch must be >= 1, got 0"),
+        (dict(vq__z_channels=0), "vq.z_channels must be >= 1, got 0"),
+        (dict(vq__embed_dim=-3), "vq.embed_dim must be >= 1, got -3"),
+        (dict(vq__num_res_blocks=-1), "vq.num_res_blocks must be >= 0, got -1"),
+        (dict(vq__ch_mult=()), "vq.ch_mult must be one or more multipliers >= 1, got ()"),
+        (dict(unet__model_channels=0), "unet.model_channels must be >= 1, got 0"),
+        (dict(unet__model_channels=-32), "unet.model_channels must be >= 1, got -32"),
+        (dict(unet__num_res_blocks=-1), "unet.num_res_blocks must be >= 0, got -1"),
+        (dict(unet__channel_mult=(1, 0, 2)), "multipliers >= 1, got (1, 0, 2)"),
+        (dict(unet__model_channels=16, unet__channel_mult=(2, 4)), "divisible by 32"),
+        (dict(unet__num_head_channels=0), "unet.num_head_channels must be >= 1"),
+        (dict(unet__num_head_channels=-1), "unet.num_head_channels must be >= 1"),
+        (dict(unet__num_head_channels=64), "must divide every level width"),
+        (
+            dict(unet__attention_resolutions=(1, 2, 16)),
+            "unet.attention_resolutions (1, 2, 16): no level reaches (16,); they are downsampling "
+            "factors, one of (1, 2, 4, 8) for unet.channel_mult with 4 levels",
+        ),
+        (dict(vq__in_channels=1), "vq.in_channels must be 3, got 1"),
+        (dict(vq__out_ch=4), "got vq.out_ch=4, data.channels=1"),
+        (dict(vq__out_ch=1, data__channels=3), "got vq.out_ch=1, data.channels=3"),
+        (dict(vq__out_ch=1, eval__gray_as_rgb=True), "eval.gray_as_rgb=True"),
         (dict(vq_train__perceptual_weight=1.0), "needs LPIPS weights"),
         (
             dict(vq_train__disc_loss="wgan"),
@@ -312,3 +343,9 @@ def test_a_schedule_that_ends_at_f_min_or_stays_constant_is_valid():
     config_lib.validate(_bad(**decays))
     constant = dict(optimizer__f_min=1.0, optimizer__cycle_length=10.0, train__num_steps=2000)
     config_lib.validate(_bad(**constant))  # f_min = f_max: the cycle changes nothing
+
+
+def test_architectures_the_modules_build_are_valid():
+    config_lib.validate(_bad(vq__out_ch=1))  # grayscale data scored as gray: a 1-channel decode
+    config_lib.validate(_bad(vq__num_res_blocks=0, unet__num_res_blocks=0))
+    config_lib.validate(_bad(unet__attention_resolutions=(8,)))  # the lowest level
