@@ -248,6 +248,8 @@ def _range_errors(c) -> list[str]:
             errors.append(f"vq_train.{name} must be >= 1, got {v[name]}")
     if not 0 <= t.ema_rate < 1:
         errors.append(f"train.ema_rate must be in [0, 1), got {t.ema_rate}")
+    if c.vq_chunk < 1:
+        errors.append(f"vq_chunk must be >= 1 (frames per VQ encode/decode call), got {c.vq_chunk}")
     if not 0 < c.scale_factor < math.inf:
         errors.append(f"scale_factor must be a finite number > 0, got {c.scale_factor}")
     for name, value in (
@@ -503,7 +505,9 @@ def _combination_errors(c) -> list[str]:
     s = c.sampling
     if s.sampler not in SAMPLERS:
         errors.append(f"sampling.sampler {s.sampler!r} is not one of {SAMPLERS}")
-    if not 1 <= s.steps <= df.timesteps:
+    if df.timesteps < 2:  # the beta schedules need a first and a last step
+        errors.append(f"diffusion.timesteps must be >= 2, got {df.timesteps}")
+    elif not 1 <= s.steps <= df.timesteps:
         errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
     if not 1 <= s.order <= 3:
         errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
@@ -521,8 +525,11 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
         errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
-    if c.train.eval_every < 0:
-        errors.append(f"train.eval_every must be >= 0 (0: no validation), got {c.train.eval_every}")
+    for section in ("train", "vq_train"):
+        if c[section].eval_every < 0:
+            errors.append(
+                f"{section}.eval_every must be >= 0 (0: no validation), got {c[section].eval_every}"
+            )
     if c.train.eval_every > 0:
         if not (d.test_dir or d.latent_test_dir):
             errors.append(

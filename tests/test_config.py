@@ -93,6 +93,10 @@ def test_type_safe_assignment_names_the_field():
             "factors, one of (1, 2, 4, 8) for unet.channel_mult with 4 levels",
         ),
         (dict(vq__in_channels=1), "vq.in_channels must be 3, got 1"),
+        (dict(vq_train__eval_every=-1), "vq_train.eval_every must be >= 0 (0: no validation)"),
+        (dict(diffusion__timesteps=1), "diffusion.timesteps must be >= 2, got 1"),
+        (dict(diffusion__timesteps=0), "diffusion.timesteps must be >= 2, got 0"),
+        (dict(vq_chunk=0), "vq_chunk must be >= 1 (frames per VQ encode/decode call), got 0"),
         (dict(vq__out_ch=4), "got vq.out_ch=4, data.channels=1"),
         (dict(vq__out_ch=1, data__channels=3), "got vq.out_ch=1, data.channels=3"),
         (dict(vq__out_ch=1, eval__gray_as_rgb=True), "eval.gray_as_rgb=True"),
@@ -349,3 +353,9 @@ def test_architectures_the_modules_build_are_valid():
     config_lib.validate(_bad(vq__out_ch=1))  # grayscale data scored as gray: a 1-channel decode
     config_lib.validate(_bad(vq__num_res_blocks=0, unet__num_res_blocks=0))
     config_lib.validate(_bad(unet__attention_resolutions=(8,)))  # the lowest level
+
+
+def test_too_few_timesteps_is_not_reported_as_a_sampling_error():
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.validate(_bad(diffusion__timesteps=1))
+    assert "sampling.steps" not in str(err.value)
