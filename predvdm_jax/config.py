@@ -18,7 +18,7 @@ import ml_collections
 
 from predvdm_jax.diffusion.loss import REDUCTIONS
 from predvdm_jax.diffusion.parameterization import PARAMETERIZATIONS
-from predvdm_jax.diffusion.samplers import SAMPLERS, SKIP_TYPES
+from predvdm_jax.diffusion.samplers import SAMPLERS, SKIP_TYPES, ddim_timesteps
 from predvdm_jax.diffusion.schedule import BETA_SCHEDULES
 from predvdm_jax.training.sharding import DEFAULT_MIN_SIZE
 
@@ -438,6 +438,19 @@ def _architecture_errors(c) -> list[str]:
     return errors
 
 
+def _ddim_steps_error(steps: int, timesteps: int) -> str:
+    """PredVDM's DDIM grid ``arange(0, T, T//S) + 1`` has ``S`` entries only when ``S``
+    divides ``T``; otherwise more steps run than the report's "ddim, S steps" says."""
+    ran = len(ddim_timesteps(steps, timesteps))
+    below = max(n for n in range(1, steps) if timesteps % n == 0)
+    above = min(n for n in range(steps + 1, timesteps + 1) if timesteps % n == 0)
+    return (
+        f"sampling.steps {steps} does not divide diffusion.timesteps {timesteps}: the DDIM grid "
+        f"arange(0, T, T // steps) + 1 would run {ran} steps, not {steps}; use a divisor of "
+        f"{timesteps}, such as {below} or {above}"
+    )
+
+
 def _combination_errors(c) -> list[str]:
     # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
     # models/autoencoder.py (module_fields), which vq_losses imports.
@@ -509,6 +522,8 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"diffusion.timesteps must be >= 2, got {df.timesteps}")
     elif not 1 <= s.steps <= df.timesteps:
         errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
+    elif s.sampler == "ddim" and df.timesteps % s.steps:
+        errors.append(_ddim_steps_error(s.steps, df.timesteps))
     if not 1 <= s.order <= 3:
         errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
     if s.skip_type not in SKIP_TYPES:

@@ -97,6 +97,25 @@ def test_type_safe_assignment_names_the_field():
         (dict(diffusion__timesteps=1), "diffusion.timesteps must be >= 2, got 1"),
         (dict(diffusion__timesteps=0), "diffusion.timesteps must be >= 2, got 0"),
         (dict(vq_chunk=0), "vq_chunk must be >= 1 (frames per VQ encode/decode call), got 0"),
+        (
+            dict(sampling__steps=300),
+            "sampling.steps 300 does not divide diffusion.timesteps 1000: the DDIM grid "
+            "arange(0, T, T // steps) + 1 would run 334 steps, not 300; use a divisor of 1000, "
+            "such as 250 or 500",
+        ),
+        (
+            dict(sampling__steps=501),
+            "would run 1000 steps, not 501; use a divisor of 1000, such as 500 or 1000",
+        ),
+        (
+            dict(sampling__steps=3),
+            "would run 4 steps, not 3; use a divisor of 1000, such as 2 or 4",
+        ),
+        (
+            dict(sampling__steps=7, diffusion__timesteps=10),
+            "sampling.steps 7 does not divide diffusion.timesteps 10: the DDIM grid arange(0, T, "
+            "T // steps) + 1 would run 10 steps, not 7; use a divisor of 10, such as 5 or 10",
+        ),
         (dict(vq__out_ch=4), "got vq.out_ch=4, data.channels=1"),
         (dict(vq__out_ch=1, data__channels=3), "got vq.out_ch=1, data.channels=3"),
         (dict(vq__out_ch=1, eval__gray_as_rgb=True), "eval.gray_as_rgb=True"),
@@ -359,3 +378,22 @@ def test_too_few_timesteps_is_not_reported_as_a_sampling_error():
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.validate(_bad(diffusion__timesteps=1))
     assert "sampling.steps" not in str(err.value)
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver_pp", "ddpm"])
+def test_step_counts_that_do_not_divide_the_timesteps_are_ddim_only(sampler):
+    config_lib.validate(_bad(sampling__sampler=sampler, sampling__steps=300))
+
+
+def test_ddim_runs_the_steps_the_config_allows():
+    for steps in (1, 2, 10, 20, 50, 100, 250, 500, 1000):
+        config_lib.validate(_bad(sampling__steps=steps))
+        assert len(samplers.ddim_timesteps(steps, 1000)) == steps
+
+
+def test_a_sweep_entry_is_validated_like_the_config():
+    from predvdm_jax.evaluation import sweep
+
+    config = config_lib.finalize(config_lib.default_config())
+    with pytest.raises(config_lib.ConfigError, match=r"sweep entry 'steps=300': .*run 334 steps"):
+        sweep.parse_sweep("steps=100;steps=300", config)
