@@ -204,7 +204,7 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
 
 def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
     """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
-    frame channels, VQ architecture or (when ``config.vq_params`` exists) other VQ weights than
+    frame channels, frame size, VQ architecture or (when ``config.vq_params`` exists) other VQ weights than
     ``config``'s; ``DatasetError`` when it has no readable ``cache_info.json``
     (``read_cache_info``: it is no cache of ``scripts/encode_dataset.py``) or lacks shards (an
     interrupted encode)."""
@@ -242,6 +242,17 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
         raise ConfigError(
             f"{split_dir} holds latents of another VQ: {', '.join(differ)}; re-encode the cache "
             f"with this config's VQ (scripts/encode_dataset.py) or use the VQ it was made with."
+        )
+    latent_size = LatentDiffusion.from_config(config).latent_size
+    height, width = VideoShards(split_dir, "latents").frame_shape[:2]
+    if (height, width) != (latent_size, latent_size):
+        factor = config.data.image_size // latent_size
+        raise ConfigError(
+            f"{split_dir} holds {height}x{width} latents (frames of {height * factor}x"
+            f"{width * factor}), but config.data.image_size={config.data.image_size} makes "
+            f"{latent_size}x{latent_size} ones; set --config.data.image_size={height * factor} "
+            f"or encode a cache of {config.data.image_size}x{config.data.image_size} frames "
+            f"(scripts/encode_dataset.py)."
         )
     if config.vq_params and os.path.isfile(config.vq_params):
         digest = params_digest(read_safetensors(config.vq_params))

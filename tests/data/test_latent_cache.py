@@ -45,6 +45,7 @@ def setup(tmp_path_factory):
     c = config_lib.default_config()
     c.data.image_size = SIZE
     c.vq.update(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, resolution=SIZE, n_embed=16)
+    c.unet.update(channel_mult=(1,), attention_resolutions=())  # 4x4 latents: one level
     c.scale_factor = 0.5
     c.vq_chunk = 4
     config = config_lib.finalize(c)
@@ -194,6 +195,14 @@ def test_cache_records_its_vq_file_and_refuses_another_scale_or_vq(setup):
         config_lib.ConfigError,
         match=r"scale_factor 0\.5 but config\.scale_factor is 0\.25.*"
         r"--config\.scale_factor=0\.5",
+    ):
+        check_cache_matches(other, out)
+    other = config.copy_and_resolve_references()
+    other.data.image_size = 2 * config.data.image_size
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"holds 4x4 latents \(frames of 16x16\), but config\.data\.image_size=32 "
+        r"makes 8x8 ones; set --config\.data\.image_size=16 ",
     ):
         check_cache_matches(other, out)
     other = config.copy_and_resolve_references()
