@@ -737,10 +737,13 @@ def module_fields(section: Mapping[str, Any]) -> dict[str, Any]:
     return {key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in fields.items()}
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+def with_overrides(
+    config: ml_collections.ConfigDict, overrides: dict, *, validated: bool = True
+) -> ml_collections.ConfigDict:
     """A validated copy of ``config`` with ``{"section.field": value}`` set: the ``--config.*``
     flags a user gave (``config_flags.get_override_values``), on top of a run's saved config,
-    whether or not a value equals the schema default."""
+    whether or not a value equals the schema default. ``validated=False`` skips ``validate``
+    (for a check of its own that must come first)."""
     config = config_from_dict(config.to_dict())
     with config.unlocked():
         for dotted, value in overrides.items():
@@ -749,4 +752,4 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_col
             for name in parents:
                 node = node[name]
             node[leaf] = value
-    return validate(config)
+    return validate(config) if validated else config

@@ -22,6 +22,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest finished one).")
 flags.DEFINE_bool("use_ema", True, "Bundle the EMA weights (PredVDM samples with them).")
+flags.DEFINE_string(
+    "vq_params",
+    None,
+    "VQ params file, when the one the run recorded (its config.vq_params) has moved.",
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -37,12 +42,14 @@ def main():
     if FLAGS.predvdm_ckpt:
         checkpoint.check_export_path(FLAGS.predvdm_ckpt, FLAGS.workdir)
     if FLAGS.out:
-        exported = checkpoint.export_bundle(FLAGS.workdir, FLAGS.out, FLAGS.use_ema, FLAGS.step)
+        exported = checkpoint.export_bundle(
+            FLAGS.workdir, FLAGS.out, FLAGS.use_ema, FLAGS.step, FLAGS.vq_params
+        )
         weights = "EMA" if FLAGS.use_ema else "raw"
         print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
     if FLAGS.predvdm_ckpt:
         step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
-            FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step
+            FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step, FLAGS.vq_params
         )
         print(
             f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "

@@ -459,9 +459,13 @@ def check_saved_config(
         )
 
 
-def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
+def load_train_state(
+    workdir: str, step: int | None = None, vq_params: str | None = None
+) -> tuple[Any, Any, int]:
     """(config, train state, step) of a training run's checkpoint (the newest finished one by
-    default), restored onto the current devices, whatever the device count of the run."""
+    default), restored onto the current devices, whatever the device count of the run.
+    ``vq_params`` replaces the VQ file the run recorded (moved since training); the config's
+    VQ file must exist, checked before the restore."""
     none_finished = FileNotFoundError(
         f"no finished checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train first "
         f"(scripts/train.py --workdir={workdir}), or give evaluate.py / sample.py an exported "
@@ -485,6 +489,14 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
         config = _saved_config(
             checkpointer, step, "train a new run (scripts/train.py --workdir=<new folder>)."
         )
+        if vq_params:
+            config = config_lib.with_overrides(config, {"vq_params": vq_params})
+        elif not os.path.isfile(config.vq_params):
+            raise FileNotFoundError(
+                f"the VQ params {config.vq_params!r} that the run {workdir} recorded are not "
+                "there; pass where the file is now: --config.vq_params=<file> (sample.py, "
+                "evaluate.py) or --vq_params=<file> (export.py)"
+            )
         model = LatentDiffusion.from_config(config)
         optimizer, _ = optim.make_optimizer(config)
         abstract, _ = train_state.abstract_train_state(
@@ -496,9 +508,12 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[Any, Any, i
     return config, state, step
 
 
-def load_from_checkpoint(workdir: str, use_ema: bool = True, step: int | None = None) -> Bundle:
-    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint."""
-    config, state, _ = load_train_state(workdir, step)
+def load_from_checkpoint(
+    workdir: str, use_ema: bool = True, step: int | None = None, vq_params: str | None = None
+) -> Bundle:
+    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint;
+    ``vq_params`` as in ``load_train_state``."""
+    config, state, _ = load_train_state(workdir, step, vq_params)
     return Bundle(
         config,
         state.ema_params if use_ema else state.params,
@@ -549,26 +564,33 @@ def check_export_path(path: str, workdir: str) -> None:
         )
 
 
-def export_bundle(workdir: str, path: str, use_ema: bool = True, step: int | None = None) -> Bundle:
+def export_bundle(
+    workdir: str,
+    path: str,
+    use_ema: bool = True,
+    step: int | None = None,
+    vq_params: str | None = None,
+) -> Bundle:
     """Writes a run's checkpoint (the newest finished one by default) as an inference bundle
-    at ``path`` (``check_bundle_export_path`` first) and returns it."""
+    at ``path`` (``check_bundle_export_path`` first) and returns it; ``vq_params`` as in
+    ``load_from_checkpoint``."""
     check_bundle_export_path(path, workdir)
-    exported = load_from_checkpoint(workdir, use_ema=use_ema, step=step)
+    exported = load_from_checkpoint(workdir, use_ema=use_ema, step=step, vq_params=vq_params)
     save_bundle(path, exported)
     return exported
 
 
 def export_latent_diffusion_checkpoint(
-    workdir: str, path: str, step: int | None = None
+    workdir: str, path: str, step: int | None = None, vq_params: str | None = None
 ) -> tuple[int, float]:
     """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
     ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``), after
-    ``check_export_path``. Returns the step written and the latent ``scale_factor`` the
+    ``check_export_path``; ``vq_params`` as in ``load_train_state``. Returns the step written and the latent ``scale_factor`` the
     original's yaml must use."""
     check_export_path(path, workdir)
     if torch_checkpoint.state_dict_format(path) == "torch":
         torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
-    config, state, step = load_train_state(workdir, step)
+    config, state, step = load_train_state(workdir, step, vq_params)
     predvdm_ckpt.write_latent_diffusion_checkpoint(path, config, jax.device_get(state), step)
     return step, float(config.scale_factor)
 
@@ -599,15 +621,24 @@ def load_model(
             f"training workdir's checkpoints: drop {'it' if len(chosen) == 1 else 'them'}, or "
             f"pass the workdir instead of the bundle"
         )
+    overrides = dict(overrides or {})
     if bundle:
+        if "vq_params" in overrides:
+            raise config_lib.ConfigError(
+                f"--config.vq_params has no effect with bundle {bundle}, which holds its own VQ "
+                f"({folders.VQ_FILE}); remove it, or pass the training workdir instead"
+            )
         path = resolve_bundle_path(bundle)
         loaded, source = read_bundle(path), f"bundle {path}"
     else:
-        loaded = load_from_checkpoint(workdir, use_ema=use_ema, step=step)
+        loaded = load_from_checkpoint(
+            workdir, use_ema=use_ema, step=step, vq_params=overrides.get("vq_params")
+        )
         source = f"checkpoint {workdir} ({'EMA' if use_ema else 'raw'} weights)"
-    config = config_lib.with_overrides(loaded.config, dict(overrides or {}))
+    # Weight fields first: an override of one may also fail validation, which would hide why.
+    config = config_lib.with_overrides(loaded.config, overrides, validated=False)
     _check_weight_fields_kept(loaded.config, config, source)
-    return dataclasses.replace(loaded, config=config), source
+    return dataclasses.replace(loaded, config=config_lib.validate(config)), source
 
 
 INFERENCE_RUNTIME_FIELDS = ("unet.dropout", "vq.dropout")

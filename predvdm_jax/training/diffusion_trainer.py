@@ -161,23 +161,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0
     previews = config.train.preview_every > 0
-    needs_vq = (
-        not config.data.latent_train_dir
-        or (validate and not config.data.latent_test_dir)
-        or previews
-        or config.train.keep_best > 0
-    )
+    # Read even when every batch is a cached latent: sampling, evaluation and export need the
+    # VQ the run records, so a wrong path fails now rather than after training.
+    vq_params = load_vq_params(config.vq_params, config)
     for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
         if cache:
             latent_cache.check_cache_matches(config, cache)
-    vq_params = load_vq_params(config.vq_params, config) if needs_vq else None
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
     evaluations = []
     if validate:
         batches = load_validation_batches(config)
-        validation_fn = make_validation_fn(model, vq_params, batches, mesh, config.seed)
+        validation_vq = None if config.data.latent_test_dir else vq_params  # cached: unused
+        validation_fn = make_validation_fn(model, validation_vq, batches, mesh, config.seed)
         if config.train.keep_best > 0:
             validation_fn = _keeping_best(validation_fn, config, vq_params, workdir)
         evaluations.append((config.train.eval_every, validation_fn))

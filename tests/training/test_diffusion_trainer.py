@@ -71,7 +71,7 @@ def _config(tmp_path):
         )
     )
     c.eval.pred_frames = PREVIEW_FRAMES
-    c.sampling.steps = 3
+    c.sampling.steps = 4
     return config_lib.finalize(c)
 
 
@@ -177,6 +177,19 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     assert got.shape == (2, 3, 16, 16, 1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
+    # The VQ file moved since training: named before the restore, and found where it is now.
+    moved = str(tmp_path / "moved_vq.safetensors")
+    os.rename(config.vq_params, moved)
+    with pytest.raises(FileNotFoundError, match=r"recorded are not there.*--config\.vq_params="):
+        checkpoint.load_from_checkpoint(workdir)
+    relocated, _ = checkpoint.load_model(workdir=workdir, overrides={"vq_params": moved})
+    assert relocated.config.vq_params == moved
+    jax.tree.map(np.testing.assert_array_equal, relocated.vq_params, from_checkpoint.vq_params)
+    checkpoint.export_bundle(workdir, str(tmp_path / "bundle"), vq_params=moved)
+    assert bundle_lib.load_bundle(str(tmp_path / "bundle")).config.vq_params == moved
+    with pytest.raises(config_lib.ConfigError, match=r"no effect with bundle .*holds its own VQ"):
+        checkpoint.load_model(bundle=str(tmp_path / "bundle"), overrides={"vq_params": moved})
+
 
 def _check_preview(config, model, state, workdir, rows, test_videos):
     """The logged preview image shows the test clips and the EMA weights' rollout of them,
@@ -228,12 +241,11 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     assert logged["preview/ssim"] == pytest.approx(ssim, abs=1e-4)
 
 
-def _write_cache(split_dir, made_with):
+def _write_cache(split_dir, made_with, vq_params):
     """A one-video latent split with the ``cache_info.json`` of config ``made_with``."""
     writer = hdf5.ShardWriter(hdf5.shard_path(str(split_dir), 1), kind="latents")
     writer.add_video(np.zeros((8, LATENT, LATENT, 3), np.float16))
     writer.close()
-    vq_params = {"w": np.zeros(2, np.float32)}  # config.vq_params is no file: not compared
     info = latent_cache.cache_info(made_with, str(split_dir), "float16", vq_params)
     with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
         json.dump(info, f, default=list)
@@ -247,22 +259,30 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
     other_vq = config.copy_and_resolve_references()
     other_vq.vq.n_embed = 32
     workdir = str(tmp_path / "run")
+    vq_params = random_params_from_init(LatentDiffusion.from_config(config).init_vq)
 
-    _write_cache(tmp_path / "latents", scaled)
+    # The VQ file the run records is needed even when every batch is a cached latent (for
+    # sampling, evaluation and export later): a wrong path fails before training.
+    _write_cache(tmp_path / "latents", config, vq_params)
+    with pytest.raises(FileNotFoundError, match=r"vq\.safetensors' \(config\.vq_params\) not"):
+        diffusion_trainer.train(config, workdir)
+    save_params_safetensors(config.vq_params, vq_params)
+
+    _write_cache(tmp_path / "latents", scaled, vq_params)
     with pytest.raises(
         config_lib.ConfigError,
         match=r"scale_factor 4\.0 but config\.scale_factor is 1\.0.*--config\.scale_factor=4\.0",
     ):
         diffusion_trainer.train(config, workdir)
 
-    _write_cache(tmp_path / "latents", other_vq)
+    _write_cache(tmp_path / "latents", other_vq, vq_params)
     with pytest.raises(config_lib.ConfigError, match=r"vq\.n_embed 32 \(config: 16\)"):
         diffusion_trainer.train(config, workdir)
 
     # The validation cache (train.eval_every > 0) is checked too.
-    _write_cache(tmp_path / "latents", config)
+    _write_cache(tmp_path / "latents", config, vq_params)
     config.data.latent_test_dir = str(tmp_path / "test_latents")
-    _write_cache(tmp_path / "test_latents", scaled)
+    _write_cache(tmp_path / "test_latents", scaled, vq_params)
     with pytest.raises(config_lib.ConfigError, match=r"test_latents holds latents encoded"):
         diffusion_trainer.train(config, workdir)
     assert not os.path.exists(workdir)
