@@ -164,10 +164,10 @@ def test_load_model_refuses_overrides_that_change_what_the_weights_mean(tmp_path
     saved = bundle_lib.Bundle(config, {}, {})
     monkeypatch.setattr(checkpoint, "resolve_bundle_path", lambda path: path)
     monkeypatch.setattr(checkpoint, "read_bundle", lambda path: saved)
-    runtime = {"sampling.steps": 3, "model.dtype": "bfloat16", "unet.dropout": 0.3}
+    runtime = {"sampling.steps": 4, "model.dtype": "bfloat16", "unet.dropout": 0.3}
     same_size = {"data.image_size": config.data.image_size}  # an override equal to the saved
     loaded, _ = checkpoint.load_model("b", overrides={**runtime, **same_size})
-    assert loaded.config.sampling.steps == 3 and loaded.config.model.dtype == "bfloat16"
+    assert loaded.config.sampling.steps == 4 and loaded.config.model.dtype == "bfloat16"
     with pytest.raises(config_lib.ConfigError) as err:
         checkpoint.load_model(
             "b", overrides={"unet.channel_mult": (1, 2), "diffusion.linear_end": 0.02}
