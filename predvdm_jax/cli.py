@@ -7,7 +7,8 @@ line instead of absl's two-line ``FATAL Flags parsing error`` or a traceback; ``
 inside ``one_line_errors``, so its expected failures (``OSError``, ``ValueError``, which covers
 ``ConfigError``, ``DatasetError`` and ``SourceError``, ``ImportError``, a NaN/Inf loss) end the
 same way, and a preempted run exits with status 143. ``fail`` and ``reject_flags`` report usage
-mistakes the flags themselves cannot express (flags that go together or exclude each other).
+mistakes the flags themselves cannot express (flags that go together or exclude each other), and
+``reject_unread_overrides`` the ``--config.<field>`` overrides of fields a script never reads.
 
 Only ``scripts/`` import this module; nothing in the package does.
 """
@@ -19,7 +20,7 @@ import difflib
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn
 
 import ml_collections
 from absl import app, flags
@@ -84,20 +85,91 @@ def reject_flags(names: Iterable[str], reason: str) -> None:
     _refuse_ignored([f"--{name}" for name in names if flags.FLAGS[name].present], f" {reason}")
 
 
-def reject_overrides(names: Iterable[str], why: str) -> None:
-    """One ``error:`` line for the ``--config.<name>`` overrides ``names``, which would do
-    nothing (``why``, after "no effect": e.g. ``" when scoring folders"``)."""
-    _refuse_ignored(sorted(f"--config.{name}" for name in names), why)
+def _under(name: str, field: str) -> bool:
+    """Whether the config field ``name`` is ``field`` or one of its fields (``field`` a section)."""
+    return name == field or name.startswith(field + ".")
 
 
-def reject_mesh_overrides(overrides: Iterable[str]) -> None:
-    """One ``error:`` line for ``--config.mesh.*`` overrides in a script that replicates the
-    params over every device (inference), where the training mesh does nothing."""
-    reject_overrides(
-        [name for name in overrides if name.startswith("mesh.")],
-        ": inference replicates the params over every device and splits the batch "
-        "(--config.eval.batch_size)",
+def reject_unread_overrides(
+    overrides: Iterable[str],
+    reads: Iterable[str],
+    why: str,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """One ``error:`` line naming the ``--config.<name>`` overrides (``overrides``: the names)
+    of fields the script does not read: neither a field of ``reads`` nor one under a section
+    of it (``"sampling"`` stands for every ``sampling.*`` field). ``why`` follows "no effect"
+    (e.g. ``" in sample.py, which reads ..."``); ``hints`` maps a field or section to a note
+    put after the refused overrides under it (the most specific one wins), e.g. the flag
+    that does the job instead."""
+    reads, hints = tuple(reads), dict(hints or {})
+    unread = []
+    for name in sorted(overrides):
+        if not any(_under(name, field) for field in reads):
+            field = max((field for field in hints if _under(name, field)), key=len, default=None)
+            unread.append((name, hints[field] if field else ""))
+    # Overrides in a row with one note: the note once, after the last of them.
+    after = [note for _, note in unread[1:]] + [""]
+    _refuse_ignored(
+        [
+            f"--config.{name}" + (f" ({note})" if note and note != next_note else "")
+            for (name, note), next_note in zip(unread, after)
+        ],
+        why,
     )
+
+
+def fields_except(*excluded: str) -> tuple[str, ...]:
+    """The ``reads`` of ``reject_unread_overrides`` for a script that reads every config field
+    but ``excluded`` (fields or sections): each section none of whose fields is excluded
+    stands for all of them."""
+
+    def walk(node: ml_collections.ConfigDict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            name = prefix + key
+            if name in excluded:
+                continue
+            inside = any(field.startswith(name + ".") for field in excluded)
+            if inside and isinstance(value, ml_collections.ConfigDict):
+                out += walk(value, name + ".")
+            else:
+                out.append(name)
+        return out
+
+    return tuple(walk(_config().default_config(), ""))
+
+
+MODEL_FIELDS = (
+    "vq",
+    "unet",
+    "model",
+    "data.cond_frames",
+    "data.pred_frames",
+    "data.image_size",
+    "data.channels",
+    "scale_factor",
+    "vq_chunk",
+    "vq_params",
+    "diffusion.timesteps",
+    "diffusion.beta_schedule",
+    "diffusion.linear_start",
+    "diffusion.linear_end",
+    "diffusion.parameterization",
+    "sampling",
+)
+"""The fields a saved model's prediction reads (``LatentDiffusion.from_config`` and
+``make_predict_fn``, ``checkpoint.load_model``'s ``vq_params`` with a workdir), for the
+``reads`` of ``sample.py`` and ``evaluate.py``; the diffusion loss's fields train only."""
+MODEL_FIELDS_TEXT = (
+    "the model's architecture, latent scale and noise schedule, --config.vq_params, "
+    "--config.sampling.*"
+)
+INFERENCE_HINTS = {
+    "mesh": "inference replicates the params and splits each --config.eval.batch_size batch "
+    "over every device",
+}
+"""``hints`` of ``reject_unread_overrides`` in a script that predicts with a saved model."""
 
 
 def run(main: Callable[..., Any], *, args: str | None = None) -> None:

@@ -102,7 +102,6 @@ def _score_folders():
 
 def _evaluate_model():
     overrides = config_flags.get_override_values(FLAGS["config"])
-    cli.reject_mesh_overrides(overrides)
     bundle, source = checkpoint.load_model(
         FLAGS.bundle, FLAGS.workdir, overrides, use_ema=FLAGS.use_ema, step=FLAGS.step
     )
@@ -156,6 +155,49 @@ MODEL_FLAGS = (
 FOLDER_FLAGS = ("cond_frames", "num_frames")
 # The config fields that scoring folders reads; other --config.* overrides would do nothing.
 FOLDER_CONFIG_FIELDS = ("eval.batch_size", "eval.lpips_params", "eval.i3d_params", "eval.fvd")
+# The config fields that evaluating a model reads, and the flags that replace some of them.
+MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + (
+    "data.test_dir",
+    "eval.batch_size",
+    "eval.seed",
+    "eval.gray_as_rgb",
+    "eval.lpips_params",
+    "eval.i3d_params",
+    "eval.fvd",
+    "eval.protocol",
+    "eval.num_clips",
+    "eval.num_samples",
+    "eval.pred_frames",
+)
+FLAG_FIELDS = {
+    "protocol": "eval.protocol",
+    "num_clips": "eval.num_clips",
+    "num_samples": "eval.num_samples",
+    "pred_frames": "eval.pred_frames",
+}
+
+
+def _reject_unread_overrides(overrides, folders):
+    """Refuses the ``--config.*`` overrides that scoring folders or evaluating a model does not
+    read; a flag of ``FLAG_FIELDS`` given replaces its field."""
+    if folders:
+        cli.reject_unread_overrides(
+            overrides,
+            FOLDER_CONFIG_FIELDS,
+            f" when scoring folders, which reads only "
+            f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}",
+        )
+        return
+    replaced = {
+        field: f"--{flag} sets it" for flag, field in FLAG_FIELDS.items() if FLAGS[flag].present
+    }
+    cli.reject_unread_overrides(
+        overrides,
+        [field for field in MODEL_CONFIG_FIELDS if field not in replaced],
+        f" in evaluate.py, which reads only {cli.MODEL_FIELDS_TEXT}, --config.data.test_dir "
+        "and --config.eval.*",
+        {**cli.INFERENCE_HINTS, **replaced},
+    )
 
 
 def main():
@@ -168,14 +210,9 @@ def main():
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     if folders:
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
-        overrides = config_flags.get_override_values(FLAGS["config"])
-        cli.reject_overrides(
-            [name for name in overrides if name not in FOLDER_CONFIG_FIELDS],
-            f" when scoring folders, which reads only "
-            f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}",
-        )
     else:
         cli.reject_flags(FOLDER_FLAGS, "without --real_dir and --fake_dir")
+    _reject_unread_overrides(config_flags.get_override_values(FLAGS["config"]), folders)
     report.check_output_dir(FLAGS.out)
     mesh.initialize_distributed()
     if folders:

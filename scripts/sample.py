@@ -44,13 +44,34 @@ flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
 
+def _reject_unread_overrides(overrides):
+    """Refuses the ``--config.*`` overrides that sampling does not read: its flags replace
+    ``seed`` and ``eval.num_clips``, --num_frames ``eval.pred_frames``, --video the test clips."""
+    replaced = {"seed": "--seed sets the sampling key", "eval.num_clips": "--num_clips sets it"}
+    if FLAGS.num_frames:
+        replaced["eval.pred_frames"] = "--num_frames sets it"
+    if FLAGS.video:
+        replaced.update(
+            dict.fromkeys(("data.test_dir", "eval.seed"), "--video replaces the test clips")
+        )
+    reads = cli.MODEL_FIELDS + ("eval.batch_size", "eval.pred_frames", "data.test_dir", "eval.seed")
+    cli.reject_unread_overrides(
+        overrides,
+        [field for field in reads if field not in replaced],
+        f" in sample.py, which reads only {cli.MODEL_FIELDS_TEXT}, --config.eval.batch_size, "
+        "--config.eval.pred_frames (without --num_frames), --config.data.test_dir and "
+        "--config.eval.seed (the test clips, without --video)",
+        {**cli.INFERENCE_HINTS, **replaced},
+    )
+
+
 def main():
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         cli.fail("give exactly one of --bundle or --workdir")
     if FLAGS.video:
         cli.reject_flags(["num_clips"], "with --video (it picks test clips)")
     overrides = config_flags.get_override_values(FLAGS["config"])
-    cli.reject_mesh_overrides(overrides)
+    _reject_unread_overrides(overrides)
     report.check_output_dir(FLAGS.out)
     bundle, _ = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
     cond, future, predicted, known = sampling.predict_test_clips_or_video(

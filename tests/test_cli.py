@@ -83,13 +83,79 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
         (
             "evaluate.py",
             ("--bundle=b", "--config.mesh.fsdp=3"),
-            "error: --config.mesh.fsdp has no effect: inference replicates the params over every "
-            "device and splits the batch (--config.eval.batch_size); remove it",
+            "error: --config.mesh.fsdp (inference replicates the params and splits each "
+            "--config.eval.batch_size batch over every device) has no effect in evaluate.py, "
+            "which reads only the model's architecture",
         ),
         (
             "sample.py",
             ("--bundle=b", "--config.mesh.data=2", "--config.mesh.fsdp=-1"),
-            "error: --config.mesh.data, --config.mesh.fsdp have no effect: inference",
+            "error: --config.mesh.data, --config.mesh.fsdp (inference replicates the params",
+        ),
+        (
+            "evaluate.py",
+            (
+                "--bundle=b",
+                "--num_clips=3",
+                "--config.eval.num_clips=3",
+                "--pred_frames=2",
+                "--config.eval.pred_frames=2",
+                "--protocol=mcvd",
+                "--config.eval.protocol=mcvd",
+                "--config.data.latent_test_dir=x",
+                "--config.train.num_steps=3",
+                "--config.optimizer.b1=0.5",
+                "--config.data.batch_size=4",
+                "--config.vq_train.num_steps=3",
+                "--config.eval.seed=2",  # read: no error for it
+            ),
+            "error: --config.data.batch_size, --config.data.latent_test_dir, "
+            "--config.eval.num_clips (--num_clips sets it), --config.eval.pred_frames "
+            "(--pred_frames sets it), --config.eval.protocol (--protocol sets it), "
+            "--config.optimizer.b1, --config.train.num_steps, --config.vq_train.num_steps have "
+            "no effect in evaluate.py, which reads only the model's architecture, latent scale "
+            "and noise schedule, --config.vq_params, --config.sampling.*, --config.data.test_dir "
+            "and --config.eval.*; remove them",
+        ),
+        (
+            "sample.py",
+            (
+                "--bundle=b",
+                "--config.eval.num_clips=3",
+                "--config.eval.protocol=mcvd",
+                "--config.eval.fvd=false",
+                "--config.seed=3",
+                "--config.train.num_steps=3",
+                "--config.optimizer.b1=0.5",
+                "--config.vq_train.num_steps=3",
+                "--config.diffusion.elbo_weight=0.5",  # the training loss's
+                "--config.eval.seed=2",  # read: no error for them
+                "--config.data.test_dir=t",
+                "--config.eval.pred_frames=3",
+            ),
+            "error: --config.diffusion.elbo_weight, --config.eval.fvd, --config.eval.num_clips "
+            "(--num_clips sets it), --config.eval.protocol, --config.optimizer.b1, --config.seed "
+            "(--seed sets the sampling key), --config.train.num_steps, "
+            "--config.vq_train.num_steps have no effect in sample.py, which reads only the "
+            "model's architecture, latent scale and noise schedule, --config.vq_params, "
+            "--config.sampling.*, --config.eval.batch_size, --config.eval.pred_frames (without "
+            "--num_frames), --config.data.test_dir and --config.eval.seed (the test clips, "
+            "without --video); remove them",
+        ),
+        (
+            "sample.py",
+            (
+                "--bundle=b",
+                "--video=v.gif",
+                "--num_frames=3",
+                "--config.data.test_dir=t",
+                "--config.eval.seed=2",
+                "--config.eval.pred_frames=3",
+                "--config.eval.batch_size=2",  # read: no error for it
+            ),
+            "error: --config.data.test_dir (--video replaces the test clips), "
+            "--config.eval.pred_frames (--num_frames sets it), --config.eval.seed (--video "
+            "replaces the test clips) have no effect in sample.py",
         ),
         (
             "sample.py",
@@ -101,6 +167,28 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
 def test_a_flag_that_would_do_nothing_is_one_error_line(tmp_path, script, args, want):
     assert _printed(script, *args, f"--out={tmp_path / 'out'}").startswith(want)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        (
+            "evaluate.py",
+            (
+                "--protocol=mcvd",
+                "--config.eval.num_samples=2",  # read with --protocol
+                "--config.sampling.steps=4",
+                "--config.data.test_dir=t",
+                "--config.eval.gray_as_rgb=true",
+                "--config.eval.fvd=false",
+            ),
+        ),
+        ("sample.py", ("--config.sampling.steps=4", "--config.data.test_dir=t")),
+    ],
+)
+def test_overrides_the_script_reads_are_not_refused(tmp_path, script, args):
+    line = _printed(script, f"--bundle={tmp_path / 'b'}", *args, f"--out={tmp_path / 'out'}")
+    assert line.startswith(f"error: '{tmp_path / 'b'}' is not a complete bundle"), line
 
 
 def test_load_model_refuses_a_step_or_the_raw_weights_of_a_bundle(tmp_path):
