@@ -63,6 +63,23 @@ def localize(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.
     return config
 
 
+IN_WORKDIR = "the demo keeps its data in --workdir"
+PREDVDM_PROTOCOL = "the demo evaluates with the predvdm protocol, 1 sample per clip"
+SET_BY_DEMO = {
+    "data.train_dir": IN_WORKDIR,  # localize
+    "data.test_dir": IN_WORKDIR,
+    "data.latent_train_dir": IN_WORKDIR,
+    "data.latent_test_dir": IN_WORKDIR,
+    "vq_params": "the demo trains its VQ in --workdir",
+    "scale_factor": "the demo sets it to 1 / std of its VQ's latents",  # latent_scale_factor
+    "eval.protocol": PREDVDM_PROTOCOL,  # _evaluate
+    "eval.num_samples": PREDVDM_PROTOCOL,
+    "eval.fvd": "the demo computes FVD on --fvd_clips clips only",
+}
+"""The config fields ``run_demo`` sets itself, whatever the config says (``scripts/demo.py``
+refuses overrides of them), with why."""
+
+
 def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float:
     """``1 / std`` of the trained VQ's latents on training clips (LDM's ``scale_by_std``).
 

@@ -32,6 +32,12 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    cli.reject_unread_overrides(
+        config_flags.get_override_values(FLAGS["config"]),
+        cli.fields_except(*demo.SET_BY_DEMO),
+        " in the demo",
+        demo.SET_BY_DEMO,
+    )
     numbers = demo.run_demo(
         config_lib.validate(FLAGS.config),
         FLAGS.workdir,

@@ -107,3 +107,49 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     assert resampled["long"]["protocol"]["num_clips"] == 3
     with pytest.raises(DatasetError, match=r"other settings \(options.num_test differ\)"):
         demo.run_demo(config, workdir, **dict(run, num_test=4))
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_set_by_demo_names_every_field_localize_sets(tmp_path):
+    config = config_lib.load_config_file(CONFIGS / "digits_demo.py")
+    before, after = dict(_leaves(config)), dict(_leaves(demo.localize(config, str(tmp_path))))
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed and changed <= set(demo.SET_BY_DEMO)
+
+
+def test_demo_script_refuses_overrides_of_the_fields_it_sets(tmp_path):
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "demo"
+    command = [
+        sys.executable,
+        str(CONFIGS.parent / "scripts" / "demo.py"),
+        f"--workdir={workdir}",
+        "--config.scale_factor=2",
+        "--config.data.test_dir=t",
+        "--config.data.train_dir=t",
+        "--config.vq_params=vq.safetensors",
+        "--config.eval.protocol=mcvd",
+        "--config.eval.fvd=false",
+        "--config.train.num_steps=3",  # read: no error for it
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(CONFIGS.parent))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --config.data.test_dir, --config.data.train_dir (the demo keeps its data in "
+        "--workdir), --config.eval.fvd (the demo computes FVD on --fvd_clips clips only), "
+        "--config.eval.protocol (the demo evaluates with the predvdm protocol, 1 sample per "
+        "clip), --config.scale_factor (the demo sets it to 1 / std of its VQ's latents), "
+        "--config.vq_params (the demo trains its VQ in --workdir) have no effect in the demo; "
+        "remove them"
+    )
+    assert not workdir.exists()
