@@ -20,13 +20,13 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    replaced = vq_trainer.replaced_overrides(config_flags.get_override_values(FLAGS["config"]))
-    if replaced:
-        cli.fail(
-            f"{'; '.join(replaced)}: the denoiser's setting{'s' if len(replaced) > 1 else ''}, "
-            f"which the VQ trainer does not read; remove "
-            f"{'them' if len(replaced) > 1 else 'it'}"
-        )
+    cli.reject_unread_overrides(
+        config_flags.get_override_values(FLAGS["config"]),
+        vq_trainer.READ_FIELDS,
+        " in VQ training, which reads --config.vq.*, --config.vq_train.*, --config.mesh.*, the "
+        "data fields it trains on and a few others (vq_trainer.READ_FIELDS)",
+        vq_trainer.unread_hints(FLAGS.workdir),
+    )
     mesh.initialize_distributed()
     result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(

@@ -269,21 +269,54 @@ def test_load_model_refuses_overrides_that_change_what_the_weights_mean(tmp_path
     )
 
 
-def test_train_vq_refuses_the_denoiser_settings_it_replaces(tmp_path):
+def test_train_vq_refuses_the_fields_it_does_not_read(tmp_path):
+    workdir = tmp_path / "w"
     line = _printed(
         "train_vq.py",
         f"--config={os.path.join(REPO, 'configs', 'vq_digits_demo.py')}",
-        f"--workdir={tmp_path / 'w'}",
+        f"--workdir={workdir}",
         "--config.train.num_steps=5",
         "--config.optimizer.b2=0.5",
         "--config.train.grad_accum_steps=2",
         "--config.optimizer.weight_decay=0.1",
-        "--config.vq_train.num_steps=5",  # the VQ's own: fine
+        "--config.vq_params=vq.safetensors",
+        "--config.unet.model_channels=64",
+        "--config.scale_factor=2",
+        "--config.sampling.steps=3",
+        "--config.vq_train.num_steps=5",  # the VQ's own, and the engine's: fine
+        "--config.train.ema_rate=0.5",
+        "--config.model.dtype=bfloat16",
     )
     assert line == (
-        "error: --config.optimizer.b2 (set vq_train.b2); --config.optimizer.weight_decay (none "
-        "for the VQ); --config.train.grad_accum_steps (none for the VQ); --config.train.num_steps "
-        "(set vq_train.num_steps): the denoiser's settings, which the VQ trainer does not read; "
-        "remove them"
+        "error: --config.optimizer.b2 (set vq_train.b2), --config.optimizer.weight_decay, "
+        "--config.sampling.steps, --config.scale_factor, --config.train.grad_accum_steps, "
+        "--config.train.num_steps (set vq_train.num_steps), --config.unet.model_channels, "
+        f"--config.vq_params (the trained params go to {workdir}/vq_params.safetensors, for "
+        "the denoiser's config.vq_params) have no effect in VQ training, which reads "
+        "--config.vq.*, --config.vq_train.*, --config.mesh.*, the data fields it trains on and "
+        "a few others (vq_trainer.READ_FIELDS); remove them"
     )
-    assert not (tmp_path / "w").exists()
+    assert not workdir.exists()
+
+
+def test_the_fields_scripts_read_are_fields_of_the_schema():
+    from predvdm_jax import demo
+    from predvdm_jax.training import vq_trainer
+
+    schema = config_lib.default_config()
+    named = (
+        cli.MODEL_FIELDS
+        + vq_trainer.READ_FIELDS
+        + tuple(vq_trainer.REPLACED_FIELDS)
+        + tuple(f for f in vq_trainer.REPLACED_FIELDS.values())
+        + tuple(demo.SET_BY_DEMO)
+        + cli.fields_except(*demo.SET_BY_DEMO)
+    )
+    for name in named:
+        node = schema
+        for key in name.split("."):
+            assert key in node, name
+            node = node[key]
+    reads = cli.fields_except("vq_train", "data.train_dir", "eval.fvd")
+    assert "vq_train" not in reads and "data.train_dir" not in reads and "eval" not in reads
+    assert {"vq", "sampling", "data.test_dir", "eval.seed"} <= set(reads)

@@ -37,7 +37,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,32 @@ DERIVED_FIELDS = {"the discriminator (vq_train.disc_weight > 0)": _discriminator
 checkpointed parameters."""
 
 
+READ_FIELDS = (
+    "name",  # a label, logged with the hyperparameters
+    "seed",
+    "data.train_dir",
+    "data.test_dir",
+    "data.image_size",
+    "data.channels",
+    "data.horizontal_flip",
+    "data.num_threads",
+    "data.prefetch",
+    "data.num_workers",
+    "data.preload_max_gb",
+    "vq",
+    "vq_chunk",
+    "vq_train",
+    "model.dtype",
+    "eval.seed",
+    "eval.lpips_params",
+    "train.ema_rate",
+    "train.profile_start",
+    "train.profile_steps",
+    "mesh",
+)
+"""The config fields (a section: all its fields) ``train_vq`` reads, itself and through the
+engine (``engine_config``); ``scripts/train_vq.py`` refuses overrides of the others."""
+
 REPLACED_FIELDS = {
     "data.batch_size": "vq_train.batch_size",
     "train.num_steps": "vq_train.num_steps",
@@ -99,33 +125,26 @@ REPLACED_FIELDS = {
     "train.max_to_keep": "vq_train.max_to_keep",
     "train.eval_every": "vq_train.eval_every",
     "train.eval_clips": "vq_train.eval_clips",
-    "train.grad_accum_steps": None,
-    "train.keep_best": None,
-    "train.preview_every": None,
-    "train.preview_clips": None,
     "optimizer.base_learning_rate": "vq_train.learning_rate",
     "optimizer.scale_lr": "vq_train.scale_lr",
     "optimizer.warmup_steps": "vq_train.warmup_steps",
     "optimizer.f_min": "vq_train.lr_end_fraction",
     "optimizer.b1": "vq_train.b1",
     "optimizer.b2": "vq_train.b2",
-    "optimizer": None,  # its other fields: the VQ has no weight decay, clipping or lr cycle
 }
-"""The denoiser's fields the VQ trainer does not read (``engine_config`` replaces them, or it
-has no such setting), with the ``vq_train`` field that does the job for the VQ (None: none);
-a section name stands for its fields not listed."""
+"""The denoiser's fields the VQ trainer does not read (``engine_config`` replaces them) with
+the ``vq_train`` field that does the job for the VQ."""
 
 
-def replaced_overrides(overrides: Mapping[str, Any]) -> list[str]:
-    """``--config.*`` override names the VQ trainer would silently ignore
-    (``REPLACED_FIELDS``), each with the ``vq_train`` field to set instead."""
-    out = []
-    for name in sorted(overrides):
-        field = name if name in REPLACED_FIELDS else name.split(".")[0]
-        if field in REPLACED_FIELDS:
-            instead = REPLACED_FIELDS[field]
-            out.append(f"--config.{name} ({f'set {instead}' if instead else 'none for the VQ'})")
-    return out
+def unread_hints(workdir: str) -> dict[str, str]:
+    """For ``cli.reject_unread_overrides``: what to do instead of overriding a field outside
+    ``READ_FIELDS`` of a VQ run in ``workdir``."""
+    hints = {field: f"set {instead}" for field, instead in REPLACED_FIELDS.items()}
+    hints["vq_params"] = (
+        f"the trained params go to {os.path.join(workdir, VQ_PARAMS_FILE)}, for the denoiser's "
+        "config.vq_params"
+    )
+    return hints
 
 
 def engine_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
