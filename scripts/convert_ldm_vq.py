@@ -33,6 +33,12 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    if FLAGS.config is not None:
+        cli.reject_unread_overrides(
+            config_flags.get_override_values(FLAGS["config"]),
+            ["vq"],
+            ": the converter reads only the config's vq section (--config.vq.*)",
+        )
     vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
     summary = ldm_vq.convert_vq_checkpoint(
         FLAGS.ckpt, FLAGS.out, vq, allow_pickle=FLAGS.allow_pickle

@@ -25,6 +25,11 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    cli.reject_unread_overrides(
+        config_flags.get_override_values(FLAGS["config"]),
+        cli.fields_except("vq_train"),
+        " in denoiser training (the VQ trains with scripts/train_vq.py)",
+    )
     mesh.initialize_distributed()
     diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
 

@@ -191,6 +191,37 @@ def test_overrides_the_script_reads_are_not_refused(tmp_path, script, args):
     assert line.startswith(f"error: '{tmp_path / 'b'}' is not a complete bundle"), line
 
 
+def test_train_refuses_the_vq_trainers_fields(tmp_path):
+    line = _printed(
+        "train.py",
+        f"--config={DEMO_CONFIG}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.vq_train.num_steps=3",
+        "--config.train.num_steps=3",
+    )
+    assert line == (
+        "error: --config.vq_train.num_steps has no effect in denoiser training (the VQ trains "
+        "with scripts/train_vq.py); remove it"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_convert_ldm_vq_refuses_overrides_outside_the_vq_section(tmp_path):
+    line = _printed(
+        "convert_ldm_vq.py",
+        f"--ckpt={tmp_path / 'x.ckpt'}",
+        f"--out={tmp_path / 'vq.safetensors'}",
+        f"--config={DEMO_CONFIG}",
+        "--config.vq.n_embed=16",
+        "--config.vq_params=x",
+        "--config.unet.model_channels=64",
+    )
+    assert line == (
+        "error: --config.unet.model_channels, --config.vq_params have no effect: the converter "
+        "reads only the config's vq section (--config.vq.*); remove them"
+    )
+
+
 def test_load_model_refuses_a_step_or_the_raw_weights_of_a_bundle(tmp_path):
     for options in ({"step": 5}, {"use_ema": False}):
         with pytest.raises(ValueError, match="holds the one set of weights it was exported with"):
