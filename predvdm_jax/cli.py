@@ -188,10 +188,10 @@ def run(main: Callable[..., Any], *, args: str | None = None) -> None:
     app.run(call, flags_parser=parse)
 
 
-def _config_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The file of the (last) ``--config=<file>[:args]`` on the command line (None if none) and
-    the names of the ``--config.<field>`` flags, up to ``--``."""
-    path, fields = None, []
+def _config_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The values of every ``--config=<file>[:args]`` (or ``--config <file>``) on the command
+    line, in order, and the names of the ``--config.<field>`` flags, up to ``--``."""
+    paths, fields = [], []
     for i, arg in enumerate(argv[1:], 1):
         if arg == "--":
             break
@@ -199,10 +199,15 @@ def _config_args(argv: list[str]) -> tuple[str | None, list[str]]:
             continue
         name, equals, value = arg.lstrip("-").partition("=")
         if name == "config":
-            path = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+            paths.append(value if equals else (argv[i + 1] if i + 1 < len(argv) else ""))
         elif name.startswith("config."):
             fields.append(name)
-    return (path.split(":", 1)[0] if path else path), fields
+    return paths, fields
+
+
+def _config_file(paths: list[str]) -> str | None:
+    """The file of the last ``--config`` value (None if none), without its ``:args``."""
+    return paths[-1].split(":", 1)[0] if paths else None
 
 
 def _unknown_field(name: str) -> str | None:
@@ -289,7 +294,13 @@ def parse_flags(argv: list[str], *, args: str | None = None) -> list[str]:
     ``--config.<field>``, any other flag error, a positional argument of a script that takes
     none (``args`` None) and none of one that takes some (``args``: what they are) exit with
     one ``error:`` line."""
-    path, fields = _config_args(argv)
+    paths, fields = _config_args(argv)
+    if len(paths) > 1 and "config" in flags.FLAGS:
+        fail(
+            f"--config is given {len(paths)} times ({', '.join(map(repr, paths))}); pass one "
+            "config file, and --config.<field>=value to change its fields"
+        )
+    path = _config_file(paths)
     file_given = bool(path) and os.path.isfile(path)
     try:
         remaining = flags.FLAGS(argv)
@@ -335,4 +346,5 @@ def define_overrides_flag(help_text: str) -> None:
     try:
         config_flags.DEFINE_config_dict("config", _config().default_config(), help_text)
     except (AttributeError, KeyError) as err:
-        fail(_config_flag_error(*_config_args(sys.argv), err))
+        paths, fields = _config_args(sys.argv)
+        fail(_config_flag_error(_config_file(paths), fields, err))

@@ -222,6 +222,20 @@ def test_convert_ldm_vq_refuses_overrides_outside_the_vq_section(tmp_path):
     )
 
 
+def test_two_config_files_are_one_error_line(tmp_path):
+    line = _printed(
+        "train.py",
+        f"--config={DEMO_CONFIG}",
+        f"--config={DEMO_CONFIG}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.train.num_steps=3",
+    )
+    assert line == (
+        f"error: --config is given 2 times ({DEMO_CONFIG!r}, {DEMO_CONFIG!r}); pass one config "
+        "file, and --config.<field>=value to change its fields"
+    )
+
+
 def test_load_model_refuses_a_step_or_the_raw_weights_of_a_bundle(tmp_path):
     for options in ({"step": 5}, {"use_ema": False}):
         with pytest.raises(ValueError, match="holds the one set of weights it was exported with"):
