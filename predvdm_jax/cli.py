@@ -334,17 +334,26 @@ def parse_flags(argv: list[str], *, args: str | None = None) -> list[str]:
     return remaining
 
 
-def define_overrides_flag(help_text: str) -> None:
+def define_overrides_flag(
+    help_text: str, source: str = "the saved model's (--workdir or --bundle)"
+) -> None:
     """Defines ``--config`` as ``--config.<field>=value`` overrides of a run's saved config
-    (``evaluate.py``, ``sample.py``; apply them with ``config.with_overrides``).
+    (``evaluate.py``, ``sample.py``; apply them with ``config.with_overrides``): the script's
+    config is ``source``, so a config file (``--config=<file>``) is one ``error:`` line saying
+    so.
 
     ``config_flags.DEFINE_config_dict`` parses the command line when it is defined, so a
     mistyped field exits here with one ``error:`` line (``parse_flags`` comes too late).
     """
     from ml_collections import config_flags
 
+    paths, fields = _config_args(sys.argv)
+    if paths:
+        fail(
+            f"{os.path.basename(sys.argv[0])} takes no config file: its config is {source}, "
+            f"changed with --config.<field>=value overrides; drop --config={paths[-1]}"
+        )
     try:
         config_flags.DEFINE_config_dict("config", _config().default_config(), help_text)
     except (AttributeError, KeyError) as err:
-        paths, fields = _config_args(sys.argv)
-        fail(_config_flag_error(_config_file(paths), fields, err))
+        fail(_config_flag_error(None, fields, err))

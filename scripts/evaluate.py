@@ -31,7 +31,8 @@ from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag(
-    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=..."
+    "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=...",
+    source="the saved model's (--workdir or --bundle), or the defaults when scoring folders",
 )
 flags.DEFINE_string("bundle", None, "Exported inference bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: evaluates its newest checkpoint.")

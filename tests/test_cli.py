@@ -191,6 +191,20 @@ def test_overrides_the_script_reads_are_not_refused(tmp_path, script, args):
     assert line.startswith(f"error: '{tmp_path / 'b'}' is not a complete bundle"), line
 
 
+@pytest.mark.parametrize(
+    "script, source",
+    [
+        ("sample.py", "the saved model's (--workdir or --bundle)"),
+        ("evaluate.py", "the saved model's (--workdir or --bundle), or the defaults when scoring "),
+    ],
+)
+def test_a_config_file_for_a_saved_model_is_one_clear_line(tmp_path, script, source):
+    kth = os.path.join(REPO, "configs", "kth64.py")
+    line = _printed(script, f"--config={kth}", "--bundle=b", f"--out={tmp_path / 'out'}")
+    assert line.startswith(f"error: {script} takes no config file: its config is {source}")
+    assert line.endswith(f", changed with --config.<field>=value overrides; drop --config={kth}")
+
+
 def test_train_refuses_the_vq_trainers_fields(tmp_path):
     line = _printed(
         "train.py",
