@@ -23,11 +23,11 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config (its vq section and scale_factor)."
 )
 flags.DEFINE_string("vq_params", None, "VQ params (.safetensors); default: the config's vq_params.")
-flags.DEFINE_string("src", "data/moving_digits", "Frame dataset folder (holds train/, test/, ...).")
-flags.DEFINE_string("out", "data/moving_digits_latents", "Output folder for the latent cache.")
+flags.DEFINE_string("src", None, "Frame dataset folder (holds train/, test/, ...).")
+flags.DEFINE_string("out", None, "Output folder for the latent cache.")
 flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored latent dtype.")
 flags.DEFINE_integer("batch_frames", 256, "Frames per encoder call.")
-flags.mark_flags_as_required(["config"])
+flags.mark_flags_as_required(["config", "src", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -43,7 +43,31 @@ def _splits(src: str) -> list[str]:
     return names
 
 
+READ_FIELDS = (
+    "vq",
+    "vq_params",
+    "vq_chunk",
+    "scale_factor",
+    "data.image_size",
+    "data.channels",
+    "model.dtype",
+)
+"""The config fields the encoder reads (the frames' folders are --src and --out)."""
+FOLDER_FIELDS = ("train_dir", "test_dir", "latent_train_dir", "latent_test_dir")
+
+
 def main():
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    cli.reject_unread_overrides(
+        overrides,
+        READ_FIELDS if FLAGS.vq_params is None else set(READ_FIELDS) - {"vq_params"},
+        ": encode_dataset.py reads the VQ, its params, scale_factor, vq_chunk, model.dtype "
+        "and the frames' data.image_size and data.channels",
+        {
+            **{f"data.{name}": "--src and --out name the folders" for name in FOLDER_FIELDS},
+            "vq_params": "--vq_params sets it",
+        },
+    )
     check_output_folder(FLAGS.src, FLAGS.out)  # before any work
     config = config_lib.validate(FLAGS.config)
     params_path = FLAGS.vq_params or config.vq_params

@@ -375,3 +375,58 @@ def test_training_refuses_a_cache_of_frames_of_other_channels(setup, tmp_path):
         r"--config\.data\.channels=1",
     ):
         check_cache_matches(config_with(config, data=dict(config.data, channels=3)), out)
+
+
+ENCODE_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "encode_dataset.py")
+
+
+def test_encode_dataset_script_writes_each_split_as_encode_split_does(setup, tmp_path):
+    """Every split of --src becomes the same split of --out; overrides of fields the script
+    does not read (the folders come from --src and --out) are refused before any work."""
+    import subprocess
+    import sys
+
+    root, videos, config, _, params = setup
+    src, out = tmp_path / "src", tmp_path / "out"
+    splits = {"train": videos[:3], "test": videos[3:]}
+    for split, split_videos in splits.items():
+        write_split(str(src / split), split_videos)
+    vq_file = str(tmp_path / "vq.safetensors")
+    save_params_safetensors(vq_file, params)
+    config_file = tmp_path / "tiny.py"
+    config_file.write_text(
+        "from predvdm_jax import config as config_lib\n"
+        "def get_config():\n"
+        "    c = config_lib.default_config()\n"
+        f"    c.data.image_size = {SIZE}\n"
+        f"    c.vq.update({config.vq.to_dict()!r})\n"
+        "    c.unet.update(channel_mult=(1,), attention_resolutions=())\n"
+        f"    c.scale_factor, c.vq_chunk = {config.scale_factor}, {config.vq_chunk}\n"
+        "    return config_lib.finalize(c)\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+    def encode(*args):
+        command = [sys.executable, ENCODE_SCRIPT, f"--config={config_file}", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    refused = encode(
+        f"--src={src}", f"--out={out}", f"--vq_params={vq_file}", "--config.data.train_dir=x"
+    )
+    assert refused.returncode == 1 and not out.exists(), refused.stderr
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: --config.data.train_dir (--src and --out name the folders) has no effect"
+        )
+    )
+    done = encode(f"--src={src}", f"--out={out}", f"--vq_params={vq_file}", "--batch_frames=4")
+    assert done.returncode == 0, done.stderr
+    for split, split_videos in splits.items():
+        expected = tmp_path / "expected" / split
+        encode_split(config, params, str(src / split), str(expected), batch_frames=4)
+        got_shards, got = read_cache(str(out / split))
+        assert list(got_shards.frame_counts) == [len(v) for v in split_videos]
+        for a, b in zip(got, read_cache(str(expected))[1], strict=True):
+            np.testing.assert_array_equal(a, b)
