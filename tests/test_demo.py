@@ -99,11 +99,11 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     for name in longer["skipped"]:
         assert longer["stage_seconds"][name] == first["stage_seconds"][name]
     # Another sampler or clip count evaluates again; a dataset of other settings is refused.
-    config.sampling.steps = 3
+    config.sampling.steps = 4
     resampled = demo.run_demo(config, workdir, **dict(run, long_clips=3))
     assert "denoiser training" in resampled["skipped"]
     assert "evaluation 10 -> 10, 2 clips" not in resampled["skipped"]
-    assert "ddim, 3 steps" in resampled["short"]["protocol"]["sampler"]
+    assert "ddim, 4 steps" in resampled["short"]["protocol"]["sampler"]
     assert resampled["long"]["protocol"]["num_clips"] == 3
     with pytest.raises(DatasetError, match=r"other settings \(options.num_test differ\)"):
         demo.run_demo(config, workdir, **dict(run, num_test=4))
