@@ -19,10 +19,12 @@ def ldm_lambda_linear(n, warm_up, f_start, f_max, f_min, cycle_length=1e13):
     return f_min + (f_max - f_min) * (cycle_length - n) / cycle_length
 
 
-def config_with(batch_size=128, **optimizer):
+def config_with(batch_size=128, num_steps=None, **optimizer):
     """The schema's config (PredVDM's optimizer values) with these overrides."""
     config = config_lib.default_config()
     config.data.batch_size = batch_size
+    if num_steps is not None:
+        config.train.num_steps = num_steps
     config.optimizer.update(optimizer)
     return config_lib.finalize(config)
 
@@ -46,6 +48,7 @@ def test_schedule_after_warmup_follows_the_cycle_formula():
             f_max=1.0,
             f_min=0.2,
             cycle_length=100.0,
+            num_steps=100,  # a longer run would fall below f_min after the cycle: refused
         )
     )
     for n in [0, 3, 9, 10, 50, 99]:

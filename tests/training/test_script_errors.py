@@ -205,7 +205,13 @@ def test_usage_mistakes_are_one_error_line_not_the_help(tmp_path):
 def test_vq_params_of_another_vq_and_a_switched_discriminator_are_one_error_line(tmp_path):
     params = str(tmp_path / "vq.safetensors")
     save_params_safetensors(params, {"encoder": {"conv_in": {"kernel": np.zeros((3, 3, 3, 8))}}})
-    line = _run("encode_dataset.py", f"--config={VQ_CONFIG}", f"--vq_params={params}")
+    line = _run(
+        "encode_dataset.py",
+        f"--config={VQ_CONFIG}",
+        f"--vq_params={params}",
+        f"--src={tmp_path / 'frames'}",
+        f"--out={tmp_path / 'latents'}",
+    )
     assert line.startswith(f"error: VQ params {params!r} (config.vq) does not match the model: ")
     assert (
         "wrong shape (1): encoder/conv_in/kernel: expected (3, 3, 3, 32), got (3, 3, 3, 8)" in line
