@@ -188,7 +188,7 @@ def test_a_flag_that_would_do_nothing_is_one_error_line(tmp_path, script, args, 
 )
 def test_overrides_the_script_reads_are_not_refused(tmp_path, script, args):
     line = _printed(script, f"--bundle={tmp_path / 'b'}", *args, f"--out={tmp_path / 'out'}")
-    assert line.startswith(f"error: '{tmp_path / 'b'}' is not a complete bundle"), line
+    assert line.startswith(f"error: '{tmp_path / 'b'}' does not exist; pass a bundle"), line
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from predvdm_jax.folders import (
     DENOISER_FILE,
     METRIC_FILE,
     VQ_FILE,
+    is_bundle,
     is_training_workdir,
 )
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
@@ -192,6 +193,42 @@ def read_bundle(path: str) -> Bundle:
     return bundle
 
 
+BEST_DIR = "best"  # a run's folder of best bundles (train.keep_best), beside checkpoints/
+
+
+def _no_bundle_there(path: str) -> str | None:
+    """Why ``path`` holds no bundle when it does not exist, or is a run's ``best/`` folder
+    without bundles, as one line naming the fix; None otherwise. For ``best/`` or a step under
+    it the line lists the steps the run kept, or says that it kept none."""
+    folder = os.path.normpath(path)
+    missing = (
+        f"{path!r} does not exist; pass a bundle folder (make one with scripts/export.py "
+        f"--workdir=<training dir> --out=<new folder>)"
+    )
+    if os.path.basename(folder) == BEST_DIR and not os.path.isfile(folder):
+        best = folder
+    elif not os.path.exists(folder) and os.path.basename(os.path.dirname(folder)) == BEST_DIR:
+        best = os.path.dirname(folder)
+    else:
+        return None if os.path.exists(folder) else missing
+    kept = []
+    if os.path.isdir(best):
+        kept = sorted(name for name in os.listdir(best) if is_bundle(os.path.join(best, name)))
+    problem = f"{path!r} {'is not a bundle' if os.path.exists(folder) else 'does not exist'}"
+    if kept:
+        lowest = "" if best == folder else f", or {best} to load the one of lowest validation loss"
+        return f"{problem}; {best} holds the bundles {', '.join(kept)}: pass one of them{lowest}"
+    run = os.path.dirname(best) or "."
+    if is_training_workdir(run):
+        return (
+            f"{problem}: the run {run} kept no best bundles (train.keep_best=0, or no "
+            f"validation has run yet); pass --workdir={run} to load its last checkpoint"
+        )
+    if os.path.isdir(best):
+        return f"{problem}: {best} holds no bundles (a run keeps them with train.keep_best > 0)"
+    return missing
+
+
 def read_bundle_files(path: str) -> Bundle:
     """The bundle folder's three files as they are, unchecked against the model."""
     missing = [
@@ -200,6 +237,9 @@ def read_bundle_files(path: str) -> Bundle:
         if not os.path.exists(os.path.join(path, f))
     ]
     if missing:
+        problem = _no_bundle_there(path)
+        if problem:
+            raise FileNotFoundError(problem)
         if os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path!r} is a file; a bundle is the folder holding {DENOISER_FILE}, {VQ_FILE} "

@@ -1,6 +1,6 @@
 """Bundles: OHWI conv kernels (a denoiser file of no or another layout refused), what a save
-may replace, the permissions of what it writes, and files that do not match their config
-refused."""
+may replace, the permissions of what it writes, files that do not match their config
+refused, and a missing bundle (or a run's best/ folder without it) named with what there is."""
 
 import json
 import os
@@ -218,3 +218,38 @@ def test_a_damaged_metric_json_names_the_file_and_the_fix(tmp_path, content):
     with pytest.raises(ValueError, match=r"step_1/metric\.json") as err:
         bundle_lib.best_bundle(str(best))
     assert "re-export" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_bundle_or_best_folder_says_it_does_not_exist_and_what_there_is(tmp_path):
+    def error(path):
+        with pytest.raises(FileNotFoundError) as err:
+            bundle_lib.load_bundle(str(path))
+        assert "\n" not in str(err.value) and "complete bundle" not in str(err.value)
+        return str(err.value)
+
+    assert error(tmp_path / "nope") == (
+        f"'{tmp_path / 'nope'}' does not exist; pass a bundle folder (make one with "
+        f"scripts/export.py --workdir=<training dir> --out=<new folder>)"
+    )
+    # A run that kept no best bundles: best/ is missing (or empty).
+    run = tmp_path / "run"
+    os.makedirs(run / "checkpoints")
+    (run / "metrics.jsonl").write_text("")
+    kept_none = (
+        f": the run {run} kept no best bundles (train.keep_best=0, or no validation has run "
+        f"yet); pass --workdir={run} to load its last checkpoint"
+    )
+    assert error(run / "best") == f"'{run / 'best'}' does not exist{kept_none}"
+    assert error(run / "best" / "step_00004000") == (
+        f"'{run / 'best' / 'step_00004000'}' does not exist{kept_none}"
+    )
+    os.makedirs(run / "best")
+    assert error(run / "best") == f"'{run / 'best'}' is not a bundle{kept_none}"
+    # A step the run did not keep names the ones it did.
+    for step in ("step_00002000", "step_00003000"):
+        bundle_lib.save_bundle(str(run / "best" / step), _bundle())
+    assert error(run / "best" / "step_00004000") == (
+        f"'{run / 'best' / 'step_00004000'}' does not exist; {run / 'best'} holds the bundles "
+        f"step_00002000, step_00003000: pass one of them, or {run / 'best'} to load the one of "
+        f"lowest validation loss"
+    )
