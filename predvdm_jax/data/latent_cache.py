@@ -99,10 +99,16 @@ def cache_info(
 
 
 def read_cache_info(split_dir: str) -> dict:
-    """``split_dir``'s ``cache_info.json``; one that is missing, not JSON or lacks a field of
-    ``INFO_KEYS`` is a ``DatasetError`` naming the folder and the fix."""
+    """``split_dir``'s ``cache_info.json``; a missing folder, or a file that is missing, not JSON
+    or lacks a field of ``INFO_KEYS``, is a ``DatasetError`` naming the folder and the fix."""
     path = os.path.join(split_dir, CACHE_INFO)
     remake = f"delete {split_dir} and re-run scripts/encode_dataset.py to make the cache"
+    if not os.path.exists(split_dir):
+        raise DatasetError(
+            f"the latent cache {split_dir} does not exist; make it with scripts/encode_dataset.py "
+            f"--src=<frame dataset> --out=<folder> (which writes <folder>/train, <folder>/test, "
+            f"...), or point data.latent_train_dir / data.latent_test_dir at a cache."
+        )
     if not os.path.isfile(path):
         raise DatasetError(
             f"{split_dir} has no {CACHE_INFO}, so it is not a latent cache made by "

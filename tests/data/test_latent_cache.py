@@ -20,6 +20,7 @@ from predvdm_jax.data.latent_cache import (
     check_cache_matches,
     check_output,
     encode_split,
+    read_cache_info,
 )
 from predvdm_jax.data.loader import (
     TrainWindows,
@@ -430,3 +431,14 @@ def test_encode_dataset_script_writes_each_split_as_encode_split_does(setup, tmp
         assert list(got_shards.frame_counts) == [len(v) for v in split_videos]
         for a, b in zip(got, read_cache(str(expected))[1], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_latent_cache_folder_that_does_not_exist_says_so_and_what_makes_it(tmp_path):
+    missing = str(tmp_path / "latents" / "train")
+    with pytest.raises(DatasetError) as err:
+        read_cache_info(missing)
+    assert str(err.value) == (
+        f"the latent cache {missing} does not exist; make it with scripts/encode_dataset.py "
+        f"--src=<frame dataset> --out=<folder> (which writes <folder>/train, <folder>/test, "
+        f"...), or point data.latent_train_dir / data.latent_test_dir at a cache."
+    )
