@@ -240,14 +240,30 @@ def train_iterator(
 
 
 def check_frame_size(shards: VideoShards, image_size: int, channels: int) -> None:
-    """Raises ``DatasetError`` unless the split's frames are ``image_size``² with ``channels``."""
+    """Raises ``DatasetError`` unless the split's frames are ``image_size``² with ``channels``,
+    naming a fix for what differs: the size is ``scripts/prepare_data.py --image_size``'s, the
+    channel count the dataset's own (no prepare_data option changes it)."""
     height, width = shards.frame_shape[:2]
-    if (height, width, shards.channels) != (image_size, image_size, channels):
-        raise DatasetError(
-            f"{shards.split_dir} holds {height}x{width} frames with {shards.channels} channel(s), "
-            f"but the model takes data.image_size={image_size} with data.channels={channels}; "
-            f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})"
+    size_differs = (height, width) != (image_size, image_size)
+    if not size_differs and shards.channels == channels:
+        return
+    kind = {1: "1-channel (gray)", 3: "3-channel (RGB)"}.get(channels, f"{channels}-channel")
+    if shards.channels == channels:
+        fix = f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})"
+    elif not size_differs:
+        fix = (
+            f"use a split of {kind} frames (scripts/prepare_data.py has no option to change a "
+            f"dataset's channel count)"
         )
+    else:
+        fix = (
+            f"use a split of {image_size}x{image_size} {kind} frames (scripts/prepare_data.py "
+            f"--image_size={image_size} sets the size; the channel count is the dataset's)"
+        )
+    raise DatasetError(
+        f"{shards.split_dir} holds {height}x{width} frames with {shards.channels} channel(s), "
+        f"but the model takes data.image_size={image_size} with data.channels={channels}; {fix}"
+    )
 
 
 def eval_iterator(

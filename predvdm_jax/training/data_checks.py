@@ -19,12 +19,19 @@ def check_split_frames(split_dir: str, config: Any, field: str) -> VideoShards:
         check_frame_size(shards, int(config.data.image_size), int(config.data.channels))
     except DatasetError as err:
         height, width = shards.frame_shape[:2]
-        if field == "train_dir" and height == width:
+        if field != "train_dir":
             fix = (
-                f"or train a model for these frames with --config.data.image_size={height} "
-                f"--config.data.channels={shards.channels}"
+                f", or point --config.data.{field} at a split of the training data's frame size "
+                f"and channels"
             )
-        else:
-            fix = f"or point --config.data.{field} at a split of the training data's frame size"
-        raise DatasetError(f"data.{field}: {err}, {fix}.") from None
+        elif height == width:  # the config can take these frames: name only what differs
+            overrides = [
+                f"--config.data.{name}={value}"
+                for name, value in (("image_size", height), ("channels", shards.channels))
+                if value != int(config.data[name])
+            ]
+            fix = f", or train a model for these frames with {' '.join(overrides)}"
+        else:  # non-square frames: only a split prepared square fits
+            fix = ""
+        raise DatasetError(f"data.{field}: {err}{fix}.") from None
     return shards

@@ -52,25 +52,37 @@ def test_frames_of_another_size_or_channel_count_are_refused_before_training(tmp
     rgb = _config(tmp_path, train_dir=splits["rgb16"], test_dir=splits["gray16"])
     with pytest.raises(DatasetError) as err:
         diffusion_trainer.train_iterator(rgb)
+    # Each fix names only what differs: prepare_data.py --image_size cannot change channels.
     assert str(err.value) == (
         f"data.train_dir: {splits['rgb16']} holds 16x16 frames with 3 channel(s), but the model "
-        f"takes data.image_size=16 with data.channels=1; use a split prepared for it "
-        f"(scripts/prepare_data.py --image_size=16), or train a model for these frames with "
-        f"--config.data.image_size=16 --config.data.channels=3."
+        f"takes data.image_size=16 with data.channels=1; use a split of 1-channel (gray) frames "
+        f"(scripts/prepare_data.py has no option to change a dataset's channel count), or train "
+        f"a model for these frames with --config.data.channels=3."
     )
     big = _config(tmp_path, train_dir=splits["gray32"], test_dir=splits["gray16"])
-    with pytest.raises(DatasetError, match="--config.data.image_size=32 --config.data.channels=1"):
+    with pytest.raises(DatasetError) as err:
         diffusion_trainer.train_iterator(big)
-    gray_as_rgb = _config(tmp_path, train_dir=splits["gray16"], test_dir=splits["gray16"])
+    assert str(err.value) == (
+        f"data.train_dir: {splits['gray32']} holds 32x32 frames with 1 channel(s), but the model "
+        f"takes data.image_size=16 with data.channels=1; use a split prepared for it "
+        f"(scripts/prepare_data.py --image_size=16), or train a model for these frames with "
+        f"--config.data.image_size=32."
+    )
+    gray_as_rgb = _config(tmp_path, train_dir=splits["gray32"], test_dir=splits["gray16"])
     gray_as_rgb.data.unlock()
     gray_as_rgb.data.channels = 3
-    with pytest.raises(DatasetError, match="1 channel.* data.channels=3"):
+    with pytest.raises(DatasetError) as err:
         diffusion_trainer.train_iterator(gray_as_rgb)
+    assert str(err.value).endswith(
+        "data.channels=3; use a split of 16x16 3-channel (RGB) frames (scripts/prepare_data.py "
+        "--image_size=16 sets the size; the channel count is the dataset's), or train a model "
+        "for these frames with --config.data.image_size=32 --config.data.channels=1."
+    )
 
     # The validation clips and the previews' test split.
     mismatched_test = _config(tmp_path, train_dir=splits["gray16"], test_dir=splits["rgb16"])
     diffusion_trainer.train_iterator(mismatched_test).close()  # the training split fits
-    fix = "point --config.data.test_dir at a split of the training data's frame size"
+    fix = "point --config.data.test_dir at a split of the training data's frame size and channels"
     with pytest.raises(DatasetError, match=f"^data.test_dir: {splits['rgb16']} holds .*{fix}"):
         diffusion_trainer.load_validation_batches(mismatched_test)
     with pytest.raises(DatasetError, match=f"^data.test_dir: .*{fix}"):
