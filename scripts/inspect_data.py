@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 def main(split_dirs):
     for split_dir in split_dirs:
-        shards = hdf5.VideoShards(split_dir, FLAGS.kind)
+        shards = hdf5.VideoShards(split_dir, FLAGS.kind, kind_flag="--kind")
         shards.check_all_frames()
         if FLAGS.decode:
             shards.check_decodes(progress=True)

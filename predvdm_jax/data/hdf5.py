@@ -206,20 +206,35 @@ def write_split(
 
 
 def _check_frame(
-    frame, expected_shape, where: str, what: str, kind: str = "frames", reading: bool = False
+    frame,
+    expected_shape,
+    where: str,
+    what: str,
+    kind: str = "frames",
+    reading: bool = False,
+    kind_flag: str | None = None,
 ) -> None:
     """``frame`` (an array or h5py dataset) has the dtype and shape of a ``kind`` frame;
-    ``reading``, frames of any integer dtype pass (``VideoShards`` reads them as uint8)."""
+    ``reading``, frames of any integer dtype pass (``VideoShards`` reads them as uint8). A split
+    of the other kind is named with ``kind_flag`` (a script's flag, e.g. ``--kind``) or else
+    the ``kind=`` argument."""
     if kind == "frames":
         if frame.dtype.type not in FRAME_DTYPES and not (reading and frame.dtype.kind in "iu"):
-            hint = (
-                " (a latent cache: read it with kind='latents', inspect_data.py --kind=latents)"
-                if frame.dtype.type in LATENT_DTYPES
-                else ""
+            read_as = (
+                f"{kind_flag}=latents"
+                if kind_flag
+                else "kind='latents', inspect_data.py --kind=latents"
+            )
+            latents = frame.dtype.type in LATENT_DTYPES
+            hint = f" (a latent cache: read it with {read_as})" if latents else ""
+            # A latent cache being read needs the other kind, not its floats made into images.
+            convert = (
+                ""
+                if latents and reading
+                else " Convert images with np.clip(x, 0, 255).astype(np.uint8)."
             )
             raise DatasetError(
-                f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8"
-                f"{hint}. Convert images with np.clip(x, 0, 255).astype(np.uint8)."
+                f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8{hint}.{convert}"
             )
         if not (len(frame.shape) == 2 or (len(frame.shape) == 3 and frame.shape[-1] == 3)):
             raise DatasetError(
@@ -228,9 +243,10 @@ def _check_frame(
             )
     else:
         if frame.dtype.type not in LATENT_DTYPES:
+            read_as = f"{kind_flag}=frames" if kind_flag else "kind='frames'"
             hint = (
-                ": it looks like a frame split; read it with kind='frames', or encode it with "
-                "scripts/encode_dataset.py"
+                f": it looks like a frame split; read it with {read_as}, or encode it with "
+                f"scripts/encode_dataset.py"
                 if frame.dtype.type in FRAME_DTYPES
                 else ""
             )
@@ -351,7 +367,9 @@ class VideoShards:
     instance can be used from grain's worker threads and processes.
     """
 
-    def __init__(self, split_dir: str, kind: str = "frames"):
+    def __init__(self, split_dir: str, kind: str = "frames", *, kind_flag: str | None = None):
+        """``kind_flag``: the flag a script reads ``kind`` from (e.g. ``--kind``), which an
+        error on a split of the other kind names instead of the ``kind=`` argument."""
         if kind not in ("frames", "latents"):
             raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
         self.split_dir = split_dir
@@ -382,7 +400,9 @@ class VideoShards:
         self._offsets = np.cumsum([0] + [len(l) for l in self._lengths])
         first = self._raw_frame(0, 0)
         self.frame_shape = tuple(first.shape)
-        _check_frame(first, self.frame_shape, split_dir, "video 0", kind, reading=True)
+        _check_frame(
+            first, self.frame_shape, split_dir, "video 0", kind, reading=True, kind_flag=kind_flag
+        )
         self.stored_dtype = first.dtype
         # Integer frames other than uint8 (MCVD's BAIR converter stores int64) are read as
         # uint8: HDF5 converts on read, saturating values outside 0..255.

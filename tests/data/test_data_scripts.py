@@ -96,6 +96,22 @@ def test_inspect_data_checks_every_frame(tmp_path):
     )
 
 
+def test_inspect_data_of_the_other_kind_names_its_kind_flag(tmp_path):
+    frames, latents = tmp_path / "frames", tmp_path / "latents"
+    hdf5.write_split(str(frames), [np.zeros((2, 8, 8), np.uint8)])
+    with hdf5.ShardWriter(hdf5.shard_path(str(latents), 1), kind="latents") as writer:
+        writer.add_video(np.zeros((2, 4, 4, 3), np.float16))
+    assert _run("inspect_data.py", "--kind=latents", str(frames)) == (
+        f"error: {frames}: video 0 has frames of dtype uint8; a latent cache holds "
+        f"float16/float32 latents: it looks like a frame split; read it with --kind=frames, or "
+        f"encode it with scripts/encode_dataset.py."
+    )
+    assert _run("inspect_data.py", str(latents)) == (
+        f"error: {latents}: video 0 has frames of dtype float16; expected uint8 (a latent cache: "
+        f"read it with --kind=latents)."
+    )
+
+
 def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
     """numpy refuses it only when the first video is drawn, after conversion.json was
     written, which then blocked the corrected rerun as a conversion of other settings."""
