@@ -466,6 +466,11 @@ def load_train_state(
     default), restored onto the current devices, whatever the device count of the run.
     ``vq_params`` replaces the VQ file the run recorded (moved since training); the config's
     VQ file must exist, checked before the restore."""
+    if folders.is_bundle(workdir):
+        raise ValueError(
+            f"{workdir} is an inference bundle (scripts/export.py), not a training workdir: "
+            f"sample.py and evaluate.py take it as --bundle={workdir}"
+        )
     none_finished = FileNotFoundError(
         f"no finished checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; train first "
         f"(scripts/train.py --workdir={workdir}), or give evaluate.py / sample.py an exported "
@@ -513,12 +518,16 @@ def load_from_checkpoint(
 ) -> Bundle:
     """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint;
     ``vq_params`` as in ``load_train_state``."""
-    config, state, _ = load_train_state(workdir, step, vq_params)
-    return Bundle(
-        config,
-        state.ema_params if use_ema else state.params,
-        load_vq_params(config.vq_params, config),
-    )
+    return _checkpoint_bundle(workdir, use_ema, step, vq_params)[0]
+
+
+def _checkpoint_bundle(
+    workdir: str, use_ema: bool, step: int | None, vq_params: str | None
+) -> tuple[Bundle, int]:
+    """``load_from_checkpoint``'s bundle and the step it was restored from."""
+    config, state, step = load_train_state(workdir, step, vq_params)
+    params = state.ema_params if use_ema else state.params
+    return Bundle(config, params, load_vq_params(config.vq_params, config)), step
 
 
 def check_bundle_export_path(path: str, workdir: str) -> None:
@@ -631,10 +640,8 @@ def load_model(
         path = resolve_bundle_path(bundle)
         loaded, source = read_bundle(path), f"bundle {path}"
     else:
-        loaded = load_from_checkpoint(
-            workdir, use_ema=use_ema, step=step, vq_params=overrides.get("vq_params")
-        )
-        source = f"checkpoint {workdir} ({'EMA' if use_ema else 'raw'} weights)"
+        loaded, step = _checkpoint_bundle(workdir, use_ema, step, overrides.get("vq_params"))
+        source = f"checkpoint {workdir} step {step} ({'EMA' if use_ema else 'raw'} weights)"
     # Weight fields first: an override of one may also fail validation, which would hide why.
     config = config_lib.with_overrides(loaded.config, overrides, validated=False)
     _check_weight_fields_kept(loaded.config, config, source)

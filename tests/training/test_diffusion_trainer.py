@@ -182,11 +182,14 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     os.rename(config.vq_params, moved)
     with pytest.raises(FileNotFoundError, match=r"recorded are not there.*--config\.vq_params="):
         checkpoint.load_from_checkpoint(workdir)
-    relocated, _ = checkpoint.load_model(workdir=workdir, overrides={"vq_params": moved})
+    relocated, source = checkpoint.load_model(workdir=workdir, overrides={"vq_params": moved})
+    assert source == f"checkpoint {workdir} step 40 (EMA weights)"  # the report's model source
     assert relocated.config.vq_params == moved
     jax.tree.map(np.testing.assert_array_equal, relocated.vq_params, from_checkpoint.vq_params)
     checkpoint.export_bundle(workdir, str(tmp_path / "bundle"), vq_params=moved)
     assert bundle_lib.load_bundle(str(tmp_path / "bundle")).config.vq_params == moved
+    with pytest.raises(ValueError, match=r"bundle is an inference bundle .*take it as --bundle="):
+        checkpoint.load_model(workdir=str(tmp_path / "bundle"))
     with pytest.raises(config_lib.ConfigError, match=r"no effect with bundle .*holds its own VQ"):
         checkpoint.load_model(bundle=str(tmp_path / "bundle"), overrides={"vq_params": moved})
 
