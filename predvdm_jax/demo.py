@@ -204,6 +204,7 @@ def run_demo(
         manifest_lib.check_manifest(
             paths["frames"],
             moving_digits.moving_digits_manifest(num_train=num_train, num_test=num_test),
+            flag="--workdir",
         )
     stages.run(
         "moving digits dataset",

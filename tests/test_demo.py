@@ -105,7 +105,9 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     assert "evaluation 10 -> 10, 2 clips" not in resampled["skipped"]
     assert "ddim, 4 steps" in resampled["short"]["protocol"]["sampler"]
     assert resampled["long"]["protocol"]["num_clips"] == 3
-    with pytest.raises(DatasetError, match=r"other settings \(options.num_test differ\)"):
+    with pytest.raises(
+        DatasetError, match=r"other settings \(options.num_test differ\); use a new --workdir "
+    ):
         demo.run_demo(config, workdir, **dict(run, num_test=4))
 
 

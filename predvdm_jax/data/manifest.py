@@ -45,10 +45,11 @@ def check_out_dir(out_dir: str) -> None:
         )
 
 
-def check_manifest(out_dir: str, manifest: dict) -> None:
+def check_manifest(out_dir: str, manifest: dict, flag: str = "--out") -> None:
     """Refuses an ``out_dir`` holding a conversion of other settings (its ``conversion.json``
     differs) or shards without a ``conversion.json`` (another dataset: every writer records
-    its manifest before its first shard), else records ``manifest`` there."""
+    its manifest before its first shard), else records ``manifest`` there. ``flag`` is the
+    command-line flag whose folder holds ``out_dir``, named in the errors' fix."""
     check_out_dir(out_dir)
     manifest = as_json(manifest)
     path = os.path.join(out_dir, MANIFEST_NAME)
@@ -59,12 +60,12 @@ def check_manifest(out_dir: str, manifest: dict) -> None:
         except (OSError, ValueError) as err:
             raise hdf5.DatasetError(
                 f"{path} is unreadable ({err}); delete {out_dir} to start over, or use a new "
-                f"--out folder."
+                f"{flag} folder."
             ) from None
         if previous != manifest:
             raise hdf5.DatasetError(
                 f"{out_dir} holds a conversion made with other settings "
-                f"({', '.join(_changed_keys(previous, manifest))} differ); use a new --out "
+                f"({', '.join(_changed_keys(previous, manifest))} differ); use a new {flag} "
                 f"folder or delete {out_dir} to start over."
             )
         return
@@ -73,7 +74,7 @@ def check_manifest(out_dir: str, manifest: dict) -> None:
         stray = hdf5.shard_paths(os.path.join(out_dir, splits[0]))[0]
         raise hdf5.DatasetError(
             f"{out_dir} already holds shards ({stray}) from an unknown conversion; "
-            f"use a new --out folder or delete them."
+            f"use a new {flag} folder or delete them."
         )
     os.makedirs(out_dir, exist_ok=True)
     atomic_io.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
