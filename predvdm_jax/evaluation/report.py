@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import sys
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -132,6 +133,19 @@ def _mp4_frames(frames: np.ndarray) -> list[np.ndarray]:
     return list(np.pad(rgb, pad, constant_values=255))
 
 
+# JAX warns on every fork; imageio-ffmpeg starts ffmpeg through a fork (its preexec_fn) that
+# execs ffmpeg at once, which cannot deadlock on JAX's threads.
+_JAX_FORK_WARNING = r"os\.fork\(\) was called\. os\.fork\(\) is incompatible with multithreaded"
+
+
+def _write_mp4(imageio_v2: Any, path: str, frames: list[np.ndarray], fps: int) -> None:
+    """H.264 ``frames`` to ``path`` through imageio-ffmpeg, without JAX's spurious fork
+    warning at ffmpeg's start (that warning alone is dropped, only in this write)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JAX_FORK_WARNING, category=RuntimeWarning)
+        imageio_v2.mimwrite(path, frames, format="FFMPEG", fps=fps, macro_block_size=1)
+
+
 def write_videos(
     directory: str,
     real: Any,
@@ -188,10 +202,7 @@ def write_videos(
             path = os.path.join(directory, f"video_{index:04d}.mp4")
             rgb = _mp4_frames(frames)
             atomic_io.write_file(
-                path,
-                lambda temporary: imageio_v2.mimwrite(
-                    temporary, rgb, format="FFMPEG", fps=fps, macro_block_size=1
-                ),
+                path, lambda temporary: _write_mp4(imageio_v2, temporary, rgb, fps)
             )
             written["mp4"].append(path)
     written["grid"] = os.path.join(directory, "grid.png")

@@ -154,6 +154,19 @@ def test_mp4_holds_the_side_by_side_frames_padded_to_an_even_size(tmp_path):
     assert mp4[:, 33].mean() > 240  # the padding row
 
 
+def test_writing_an_mp4_with_jax_initialised_emits_no_fork_warning(tmp_path, recwarn):
+    """ffmpeg's subprocess start forks (imageio-ffmpeg passes a preexec_fn), on which JAX warns
+    of a deadlock; ffmpeg is exec'd at once, so the warning is dropped around that write."""
+    pytest.importorskip("imageio_ffmpeg")
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # JAX's backend (and its at-fork warning) is initialised
+    clip = np.zeros((1, 2, 4, 4, 1), np.float32)
+    written = report.write_videos(str(tmp_path), clip, clip, fps=5)
+    assert len(written["mp4"]) == 1
+    assert not [w for w in recwarn if "os.fork() was called" in str(w.message)]
+
+
 def test_without_imageio_ffmpeg_mp4_is_skipped_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "mp4_writer_available", lambda: False)
     written = report.write_videos(
