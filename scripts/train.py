@@ -25,11 +25,20 @@ FLAGS = flags.FLAGS
 
 
 def main():
+    overrides = config_flags.get_override_values(FLAGS["config"])
     cli.reject_unread_overrides(
-        config_flags.get_override_values(FLAGS["config"]),
+        overrides,
         cli.fields_except("vq_train"),
         " in denoiser training (the VQ trains with scripts/train_vq.py)",
     )
+    cached = FLAGS.config.data.latent_train_dir
+    if cached and "data.train_dir" in overrides:
+        cli.fail(
+            f"--config.data.train_dir has no effect while data.latent_train_dir={cached} is "
+            f"set: the batches come from that latent cache. Encode the new frames "
+            f"(scripts/encode_dataset.py) and pass their cache as --config.data.latent_train_dir, "
+            f"or add --config.data.latent_train_dir= to encode every batch in the step"
+        )
     mesh.initialize_distributed()
     diffusion_trainer.train(config_lib.validate(FLAGS.config), FLAGS.workdir)
 

@@ -220,6 +220,23 @@ def test_train_refuses_the_vq_trainers_fields(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_train_refuses_frames_that_a_latent_cache_would_replace(tmp_path):
+    """The demo config trains on its latent cache: --config.data.train_dir alone would train on
+    the cache of other frames without a word."""
+    line = _printed(
+        "train.py",
+        f"--config={DEMO_CONFIG}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.data.train_dir=data/mine/train",
+    )
+    assert line.startswith(
+        "error: --config.data.train_dir has no effect while data.latent_train_dir="
+        "data/moving_digits_latents/train is set: the batches come from that latent cache."
+    )
+    assert line.endswith("or add --config.data.latent_train_dir= to encode every batch in the step")
+    assert not (tmp_path / "w").exists()
+
+
 def test_convert_ldm_vq_refuses_overrides_outside_the_vq_section(tmp_path):
     line = _printed(
         "convert_ldm_vq.py",
