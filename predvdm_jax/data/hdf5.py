@@ -185,7 +185,9 @@ def write_split(
 ) -> int:
     """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards of a new split; returns
     the count. A ``split_dir`` already holding shards is refused: rewriting some of them would
-    leave the others, a split mixing two datasets."""
+    leave the others, a split mixing two datasets. A failure (a bad video, or one that fails
+    to be produced) keeps the shards finished before it; the folders this call created are
+    removed when they hold none (a failure in the first shard leaves nothing behind)."""
     if vids_per_shard < 1:
         raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
     existing = shard_paths(split_dir)  # none when the folder does not exist
@@ -194,15 +196,28 @@ def write_split(
             f"{split_dir} already holds shards ({os.path.basename(existing[0])}); "
             f"write the split to a new folder, or delete that one first."
         )
+    created = []  # folders this call makes, innermost first: a failure removes them if empty
+    folder = os.path.abspath(split_dir)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     videos = iter(videos)
     count = 0
-    for shard in itertools.count(1):
-        written = write_shard(
-            shard_path(split_dir, shard), itertools.islice(videos, vids_per_shard), compression
-        )
-        if not written:
-            return count
-        count += written
+    try:
+        for shard in itertools.count(1):
+            written = write_shard(
+                shard_path(split_dir, shard), itertools.islice(videos, vids_per_shard), compression
+            )
+            if not written:
+                return count
+            count += written
+    except BaseException:
+        for folder in created:
+            try:
+                os.rmdir(folder)  # only while empty: finished shards stay
+            except OSError:
+                break
+        raise
 
 
 def _check_frame(

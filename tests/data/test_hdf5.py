@@ -117,8 +117,12 @@ def test_missing_len_entries(tmp_path):
 
 def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
     with pytest.raises(hdf5.DatasetError, match="dtype float32"):
-        hdf5.write_split(str(tmp_path / "a"), [np.zeros((2, 4, 4), np.float32)])
-    assert not os.listdir(tmp_path / "a")  # the aborted shard left nothing behind
+        hdf5.write_split(str(tmp_path / "a" / "train"), [np.zeros((2, 4, 4), np.float32)])
+    assert not os.path.exists(tmp_path / "a")  # the aborted split left no folder behind
+    os.makedirs(tmp_path / "c")  # a folder that was there stays
+    with pytest.raises(hdf5.DatasetError, match="dtype float32"):
+        hdf5.write_split(str(tmp_path / "c"), [np.zeros((2, 4, 4), np.float32)])
+    assert os.listdir(tmp_path / "c") == []
     with pytest.raises(hdf5.DatasetError, match="dtype int64"):  # we write uint8 only
         hdf5.write_split(str(tmp_path / "b"), [np.zeros((2, 4, 4), np.int64)])
     with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
