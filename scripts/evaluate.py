@@ -196,7 +196,7 @@ def _reject_unread_overrides(overrides, folders):
         overrides,
         [field for field in MODEL_CONFIG_FIELDS if field not in replaced],
         f" in evaluate.py, which reads only {cli.MODEL_FIELDS_TEXT}, --config.data.test_dir "
-        "and --config.eval.*",
+        "and the --config.eval.* fields that its flags given do not set",
         {**cli.INFERENCE_HINTS, **replaced},
     )
 

@@ -115,7 +115,7 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             "--config.optimizer.b1, --config.train.num_steps, --config.vq_train.num_steps have "
             "no effect in evaluate.py, which reads only the model's architecture, latent scale "
             "and noise schedule, --config.vq_params, --config.sampling.*, --config.data.test_dir "
-            "and --config.eval.*; remove them",
+            "and the --config.eval.* fields that its flags given do not set; remove them",
         ),
         (
             "sample.py",
