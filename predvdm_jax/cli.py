@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import re
 import sys
@@ -182,10 +183,18 @@ def run(main: Callable[..., Any], *, args: str | None = None) -> None:
         return parse_flags(argv, args=args)
 
     def call(argv: list[str]) -> Any:
+        logging.getLogger("absl").addFilter(quiet_orbax_info)
         with one_line_errors():
             return main(argv[1:]) if args else main()
 
     app.run(call, flags_parser=parse)
+
+
+def quiet_orbax_info(record: logging.LogRecord) -> bool:
+    """A log filter that drops Orbax's INFO records (dozens per checkpoint save: handler
+    registries, throughputs, thread names), which buried the run's own lines; its warnings
+    and errors pass."""
+    return record.levelno > logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def _config_args(argv: list[str]) -> tuple[list[str], list[str]]:

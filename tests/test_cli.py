@@ -396,3 +396,17 @@ def test_the_fields_scripts_read_are_fields_of_the_schema():
     reads = cli.fields_except("vq_train", "data.train_dir", "eval.fvd")
     assert "vq_train" not in reads and "data.train_dir" not in reads and "eval" not in reads
     assert {"vq", "sampling", "data.test_dir", "eval.seed"} <= set(reads)
+
+
+def test_orbax_info_lines_are_dropped_and_its_warnings_kept():
+    import logging
+
+    import orbax.checkpoint as ocp
+
+    def record(level, path):
+        return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+    orbax_file = os.path.join(os.path.dirname(ocp.__file__), "checkpoint_manager.py")
+    assert not cli.quiet_orbax_info(record(logging.INFO, orbax_file))
+    assert cli.quiet_orbax_info(record(logging.WARNING, orbax_file))
+    assert cli.quiet_orbax_info(record(logging.INFO, checkpoint.__file__))  # the run's own lines
