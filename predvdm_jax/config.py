@@ -160,6 +160,9 @@ def default_config() -> ml_collections.ConfigDict:
         fvd=True,
         lpips_params="",
         i3d_params="",
+        # I3D's resize to 224x224 for FVD: 'bilinear' (torch F.interpolate, MCVD / PredVDM) or
+        # 'tf1_bilinear' (TF1 resize_bilinear, the original TF FVD code); evaluation/fvd.py
+        fvd_resize="bilinear",
         seed=0,
         # grayscale data: score the VQ's RGB decode against the ground truth repeated to RGB,
         # as PredVDM does, instead of the decode averaged to gray (docs/evaluation.md)
@@ -453,7 +456,9 @@ def _ddim_steps_error(steps: int, timesteps: int) -> str:
 
 def _combination_errors(c) -> list[str]:
     # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
-    # models/autoencoder.py (module_fields), which vq_losses imports.
+    # models/autoencoder.py (module_fields), which vq_losses imports; evaluation/fvd.py is
+    # a layer above this module.
+    from predvdm_jax.evaluation.fvd import RESIZE_METHODS
     from predvdm_jax.models.predictor import MODES
     from predvdm_jax.models.vq_losses import DISC_LOSSES
 
@@ -538,6 +543,8 @@ def _combination_errors(c) -> list[str]:
     e = c.eval
     if e.protocol not in PROTOCOLS:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
+    if e.fvd_resize not in RESIZE_METHODS:
+        errors.append(f"eval.fvd_resize {e.fvd_resize!r} is not one of {RESIZE_METHODS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:
         errors.append("eval.pred_frames, eval.num_clips and eval.num_samples must be >= 1")
     for section in ("train", "vq_train"):

@@ -95,6 +95,7 @@ def _score_folders():
         lpips_params=config.eval.lpips_params,
         i3d_params=config.eval.i3d_params,
         fvd=config.eval.fvd,
+        fvd_resize=config.eval.fvd_resize,
         keep_videos=FLAGS.keep_videos,
         show_progress=FLAGS.progress,
     )
@@ -155,7 +156,13 @@ MODEL_FLAGS = (
 )
 FOLDER_FLAGS = ("cond_frames", "num_frames")
 # The config fields that scoring folders reads; other --config.* overrides would do nothing.
-FOLDER_CONFIG_FIELDS = ("eval.batch_size", "eval.lpips_params", "eval.i3d_params", "eval.fvd")
+FOLDER_CONFIG_FIELDS = (
+    "eval.batch_size",
+    "eval.lpips_params",
+    "eval.i3d_params",
+    "eval.fvd",
+    "eval.fvd_resize",
+)
 # The config fields that evaluating a model reads, and the flags that replace some of them.
 MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + (
     "data.test_dir",
@@ -165,6 +172,7 @@ MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + (
     "eval.lpips_params",
     "eval.i3d_params",
     "eval.fvd",
+    "eval.fvd_resize",
     "eval.protocol",
     "eval.num_clips",
     "eval.num_samples",

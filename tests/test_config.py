@@ -6,6 +6,7 @@ import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion import latent_diffusion, loss, parameterization, samplers, schedule
+from predvdm_jax.evaluation import fvd
 from predvdm_jax.models import predictor, vq_losses
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -198,6 +199,7 @@ def test_type_safe_assignment_names_the_field():
         (dict(sampling__dynamic_threshold=-0.5), "sampling.dynamic_threshold must be 0 (off) or"),
         (dict(diffusion__beta_schedule="sigmoid"), "diffusion.beta_schedule 'sigmoid' is not one"),
         (dict(diffusion__loss_reduction="max"), "diffusion.loss_reduction 'max' is not one of"),
+        (dict(eval__fvd_resize="area"), "eval.fvd_resize 'area' is not one of"),
         (
             dict(data__latent_train_dir="latents/train", data__horizontal_flip=True),
             "data.horizontal_flip cannot apply to cached latents",
@@ -252,6 +254,7 @@ def test_overrides_apply_even_when_they_equal_the_schema_default():
         ("diffusion.loss_reduction", loss.REDUCTIONS),
         ("diffusion.parameterization", parameterization.PARAMETERIZATIONS),
         ("vq_train.disc_loss", vq_losses.DISC_LOSSES),
+        ("eval.fvd_resize", fvd.RESIZE_METHODS),
     ],
 )
 def test_the_config_accepts_every_value_the_implementation_has(field, values):

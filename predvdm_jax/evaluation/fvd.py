@@ -33,6 +33,11 @@ from predvdm_jax.models.i3d import INPUT_SIZE, InceptionI3d
 MIN_FVD_FRAMES = 10
 MIN_FVD_VIDEOS = 2
 RESIZE_METHODS = ("bilinear", "tf1_bilinear")
+RESIZE_SOURCES = {
+    "bilinear": "torch F.interpolate(align_corners=False), as MCVD / PredVDM",
+    "tf1_bilinear": "TF1 resize_bilinear(align_corners=False), as the original TF FVD code",
+}
+"""Where each resize method (``eval.fvd_resize``) comes from, for reports."""
 
 
 def bilinear_resize_matrix(in_size: int, out_size: int, method: str = "bilinear") -> np.ndarray:

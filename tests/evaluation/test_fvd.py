@@ -1,3 +1,4 @@
+import functools
 import math
 import os
 
@@ -171,3 +172,37 @@ def test_i3d_logits_batches_pad_the_last_batch_and_keep_clip_order(monkeypatch):
     feats = fvd_lib.i3d_logits({}, videos, batch_size=2)
     assert calls == [(2, 10, 8, 8, 1)] * 3
     np.testing.assert_array_equal(feats, videos.reshape(5, -1)[:, :400].astype(np.float64))
+
+
+class _FirstFrameI3D:
+    """Stands in for I3D: the features are the first frame's first channel after the resize,
+    so a feature fn's output is the resize it applies."""
+
+    def apply(self, variables, videos):
+        return videos[:, 0, :, :, 0].reshape(videos.shape[0], -1)
+
+
+@pytest.mark.parametrize("method", fvd_lib.RESIZE_METHODS)
+def test_the_feature_fn_of_an_evaluation_resizes_with_eval_fvd_resize(monkeypatch, method):
+    from predvdm_jax.evaluation import run as run_lib
+    from tiny_config import tiny_config
+
+    monkeypatch.setattr(fvd_lib, "InceptionI3d", _FirstFrameI3D)
+    monkeypatch.setattr(run_lib, "load_i3d_params", lambda path: {})
+    # A cache of its own: the module's keeps programs traced with the real I3D.
+    fresh = functools.cache(fvd_lib._logits_program.__wrapped__)
+    monkeypatch.setattr(fvd_lib, "_logits_program", fresh)
+    videos = np.random.default_rng(3).uniform(0, 1, (2, 10, 12, 16, 1)).astype(np.float32)
+    feature_fn, source = run_lib._feature_fn(tiny_config(fvd=True, fvd_resize=method))
+    features = feature_fn(videos).reshape(2, 224, 224)
+    if method == "bilinear":
+        expected = _torch_mcvd_preprocess(videos)[:, 0, :, :, 0]
+    else:  # 12x16 -> 224x299 (ceil(16 * 224 / 12)), centre crop columns 37..260
+        expected = np.stack(
+            [(_tf1_resize_by_hand(v[0, :, :, 0], 224, 299)[:, 37:261] - 0.5) * 2 for v in videos]
+        )
+    np.testing.assert_allclose(features, expected, atol=1e-4)
+    other = "tf1_bilinear" if method == "bilinear" else "bilinear"
+    unlike = np.asarray(fvd_lib.preprocess_for_i3d(videos, other))[:, 0, :, :, 0]
+    assert np.abs(unlike - expected).max() > 0.05  # the methods differ on these frames
+    assert f"{method} resize" in source and "eval.fvd_resize" in source

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,6 +74,7 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
         "--keep_videos=2",
         "--noprogress",
         "--config.eval.batch_size=2",
+        "--config.eval.fvd_resize=tf1_bilinear",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
@@ -84,6 +86,7 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     assert (protocol["cond_frames"], protocol["pred_frames"]) == (COND, PRED)
     assert protocol["source"].startswith("bundle") and protocol["i3d"].startswith("disabled")
     assert protocol["aggregations"] == ["mean", "best_of_2"]
+    assert protocol["fvd_resize"] == "tf1_bilinear"
     model_metrics = metrics["model"]
     assert len(model_metrics["psnr"]["per_frame"]["best_of_2"]) == PRED
     assert (
@@ -150,6 +153,55 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
             fvd=False,
             show_progress=False,
         )
+
+
+class _MeanI3D:
+    """Stands in for I3D: 2 features per video, the mean and std of its resized frames."""
+
+    def apply(self, variables, videos):
+        return jnp.stack([videos.mean(axis=(1, 2, 3, 4)), videos.std(axis=(1, 2, 3, 4))], -1)
+
+
+def _fake_i3d(monkeypatch):
+    import functools
+
+    from predvdm_jax.evaluation import fvd as fvd_lib
+
+    monkeypatch.setattr(fvd_lib, "InceptionI3d", _MeanI3D)
+    monkeypatch.setattr(run_lib, "load_i3d_params", lambda path: {})
+    fresh = functools.cache(fvd_lib._logits_program.__wrapped__)  # not the real I3D's programs
+    monkeypatch.setattr(fvd_lib, "_logits_program", fresh)
+
+
+def test_scoring_folders_records_the_fvd_resize_it_used(tmp_path, monkeypatch):
+    _fake_i3d(monkeypatch)
+    rng = np.random.default_rng(5)
+    for name in ("real", "fake"):
+        hdf5.write_split(str(tmp_path / name), rng.integers(0, 256, (4, 10, SIZE, SIZE), np.uint8))
+    metrics = run_lib.score_folders(
+        str(tmp_path / "real"),
+        str(tmp_path / "fake"),
+        str(tmp_path / "out"),
+        fvd_resize="tf1_bilinear",
+        keep_videos=0,
+        show_progress=False,
+    )
+    assert isinstance(metrics["model"]["fvd"]["pred-only"], dict)  # FVD was computed
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())["protocol"]
+    assert written["fvd_resize"] == "tf1_bilinear"
+    assert "tf1_bilinear resize" in written["i3d"] and "TF1 resize_bilinear" in written["i3d"]
+
+
+def test_an_unknown_fvd_resize_is_one_config_error(tmp_path):
+    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
+    command += [f"--real_dir={tmp_path / 'r'}", f"--fake_dir={tmp_path / 'f'}"]
+    command += ["--config.eval.fvd_resize=area", f"--out={tmp_path / 'out'}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in run.stderr.strip().splitlines() if line.startswith("error")]
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(lines) == 1 and "eval.fvd_resize 'area' is not one of" in lines[0], run.stderr
+    assert "tf1_bilinear" in lines[0]
 
 
 def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
