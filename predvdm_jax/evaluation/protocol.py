@@ -217,7 +217,8 @@ class EvaluationResult:
     ``features[variant]`` holds ``real`` ``(clips, D)`` and ``fake[system]``
     ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real`` and ``fake[model]``
     ([-1, 1]; sample 0) of the first kept clips; ``predict_seconds[model]`` is the time
-    spent in that model's ``predict_fn`` calls (its first call's compilation included).
+    spent in that model's ``predict_fn`` calls (its first call's compilation included);
+    ``throughput[model]`` is a ``Throughput`` of the calls after its first.
     """
 
     per_frame: dict
@@ -227,6 +228,7 @@ class EvaluationResult:
     fvd_notes: dict
     seconds: dict
     predict_seconds: dict = dataclasses.field(default_factory=dict)
+    throughput: dict = dataclasses.field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -238,6 +240,49 @@ class EvaluationResult:
         if model in self.videos.get("fake", {}):
             videos["fake"] = self.videos["fake"][model]
         return videos
+
+
+@dataclasses.dataclass
+class Throughput:
+    """A model's ``predict_fn`` calls after its first one (whose time includes compiling the
+    program; every later call has the same shapes and reuses it): how many there were of
+    ``calls`` in all, the predicted frames of the test clips they returned (``pred_frames`` x
+    real clips of the batch, padding left out) and the seconds they took."""
+
+    calls: int = 0
+    timed_calls: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+
+    def add(self, frames: int, seconds: float) -> None:
+        """One call: the first is counted only; later ones are timed."""
+        if self.calls:
+            self.timed_calls += 1
+            self.frames += frames
+            self.seconds += seconds
+        self.calls += 1
+
+    def summary(self, device: str | None = None) -> dict:
+        """``predicted_frames_per_second`` (None when there was no call after the first) and
+        how it was measured, for ``metrics.json``."""
+        entry: dict = {"predicted_frames_per_second": None}
+        if self.timed_calls and self.seconds > 0:
+            entry["predicted_frames_per_second"] = self.frames / self.seconds
+            entry["measured"] = (
+                f"predict calls 2..{self.calls} of {self.calls} (one per batch and sample; "
+                f"the first, which compiles, left out): {self.frames} predicted frames "
+                f"(pred frames x clips x samples, padding clips left out) in "
+                f"{self.seconds:.3f} s of prediction alone (no metrics, FVD or data loading)"
+            )
+        else:
+            entry["measured"] = (
+                f"not measured: {self.calls} predict call(s), and the first one's time "
+                f"includes compilation; evaluate more clips than eval.batch_size, or more "
+                f"samples, for a figure without it"
+            )
+        if device:
+            entry["device"] = device
+        return entry
 
 
 class _Accumulator:
@@ -336,7 +381,11 @@ class _Accumulator:
         }
 
     def result(
-        self, videos: dict, seconds: dict, predict_seconds: dict | None = None
+        self,
+        videos: dict,
+        seconds: dict,
+        predict_seconds: dict | None = None,
+        throughput: dict | None = None,
     ) -> EvaluationResult:
         per_frame = self.per_frame()
         clips = next(iter(per_frame.values()))["ssim"].shape[0]
@@ -345,7 +394,14 @@ class _Accumulator:
         )
         features = self.features() if clips >= fvd_lib.MIN_FVD_VIDEOS else {}
         return EvaluationResult(
-            per_frame, features, videos, self.lpips_note, fvd_notes, seconds, predict_seconds or {}
+            per_frame,
+            features,
+            videos,
+            self.lpips_note,
+            fvd_notes,
+            seconds,
+            predict_seconds or {},
+            throughput or {},
         )
 
 
@@ -454,6 +510,7 @@ def evaluate(
     kept = 0
     seconds = {"reconstruct": 0.0}
     predict_seconds = {name: 0.0 for name in predict_fns}
+    throughput = {name: Throughput() for name in predict_fns}
     for batch_index, batch in enumerate(batches):
         video = batch["video"]
         if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
@@ -500,7 +557,9 @@ def evaluate(
                 sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
                 start = time.perf_counter()
                 frames = jax.block_until_ready(predict(cond, sample_key))
-                predict_seconds[name] += time.perf_counter() - start
+                took = time.perf_counter() - start
+                predict_seconds[name] += took
+                throughput[name].add(pred_frames * int(valid.sum()), took)
                 _check_prediction(frames, expected, f"predict_fn of {name}")
                 predictions.append(frames)
                 if on_prediction is not None:
@@ -537,7 +596,7 @@ def evaluate(
         }
     else:
         videos = {}
-    return accumulator.result(videos, seconds, predict_seconds)
+    return accumulator.result(videos, seconds, predict_seconds, throughput)
 
 
 def summarize(
@@ -548,11 +607,14 @@ def summarize(
     pred_frames: int,
     extra_protocol: Mapping[str, Any] | None = None,
     model: str = MODEL,
+    device: str | None = None,
 ) -> dict:
     """The JSON-ready metrics dict: every number next to the protocol that produced it.
 
     ``model`` picks which of ``result.models`` is reported as the model; the other
-    models of a sweep are left out, the baselines kept.
+    models of a sweep are left out, the baselines kept. ``throughput`` (when the model
+    predicted) gives its predicted frames per second without compilation
+    (``Throughput.summary``), ``device`` naming what it ran on.
     """
     clips = int(result.per_frame[model]["ssim"].shape[0])
     description = {
@@ -607,12 +669,15 @@ def summarize(
     seconds = dict(result.seconds)
     if model in result.predict_seconds:
         seconds = {"predict": result.predict_seconds[model], **seconds}
-    return {
+    metrics = {
         "protocol": description,
         "model": systems.pop(model),
         "baselines": systems,
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
     }
+    if model in result.throughput:
+        metrics["throughput"] = result.throughput[model].summary(device)
+    return metrics
 
 
 def evaluate_video_sets(

@@ -357,9 +357,33 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
         for variant, note in model.get("fvd", {}).items()
         if isinstance(note, str)
     ]
+    speed = throughput_note(metrics.get("throughput"))
+    if speed:
+        notes.append(f"- Prediction speed: {speed}")
     if notes:
         lines += [""] + notes
     return "\n".join(lines) + "\n"
+
+
+def frames_per_second(throughput: Any) -> str:
+    """``metrics['throughput']``'s predicted frames per second as table text (``n/a``: none)."""
+    value = (
+        throughput.get("predicted_frames_per_second") if isinstance(throughput, Mapping) else None
+    )
+    return "n/a" if value is None else f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def throughput_note(throughput: Any) -> str | None:
+    """One line on the prediction speed of ``metrics['throughput']`` (None without one)."""
+    if not isinstance(throughput, Mapping):
+        return None
+    device = f"; {throughput['device']}" if throughput.get("device") else ""
+    if throughput.get("predicted_frames_per_second") is None:
+        return f"{throughput.get('measured', 'not measured')}{device}"
+    return (
+        f"{frames_per_second(throughput)} predicted frames/s, compilation excluded "
+        f"({throughput.get('measured', '')}{device})"
+    )
 
 
 def write_evaluation(

@@ -183,6 +183,7 @@ def evaluate_samplers(
             keep_videos=keep_videos,
             on_prediction=bar.update,
         )
+    device = f"{mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
     all_metrics = {}
     for label, sampling in samplings.items():
         all_metrics[label] = summarize(
@@ -191,6 +192,7 @@ def evaluate_samplers(
             cond_frames=cond_frames,
             pred_frames=pred_frames,
             model=label,
+            device=device,
             extra_protocol={
                 "source": source,
                 "test_dir": config.data.test_dir,

@@ -148,7 +148,8 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
 
     FVD is the trajectory mean (MCVD's paper number; with one sample per clip, the FVD of
     all predictions). ``predict s`` is the time spent predicting, the compilation of each
-    sampler's program included.
+    sampler's program included; ``frames/s`` the predicted frames per second without it
+    (``protocol.Throughput``; ``n/a`` when there was one predict call).
     """
     first = next(iter(all_metrics.values()))
     protocol = first["protocol"]
@@ -156,11 +157,20 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
         report.protocol_line(protocol, "mean over predicted frames; FVD trajectory mean"),
         "",
         *report.table_head(
-            ["system", "SSIM", "PSNR", "LPIPS", "FVD cond+pred", "FVD pred-only", "predict s"]
+            [
+                "system",
+                "SSIM",
+                "PSNR",
+                "LPIPS",
+                "FVD cond+pred",
+                "FVD pred-only",
+                "predict s",
+                "frames/s",
+            ]
         ),
     ]
 
-    def row(name: str, entry: Mapping[str, Any], seconds: str) -> str:
+    def row(name: str, entry: Mapping[str, Any], seconds: str, speed: str) -> str:
         fvd = entry.get("fvd", {})
         cells = [
             name,
@@ -170,6 +180,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
             _fvd(fvd.get("cond+pred")),
             _fvd(fvd.get("pred-only")),
             seconds,
+            speed,
         ]
         return report.table_row(cells)
 
@@ -180,10 +191,11 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 metrics["protocol"]["sampler"],
                 metrics["model"],
                 "n/a" if seconds is None else f"{seconds:.1f}",
+                report.frames_per_second(metrics.get("throughput")),
             )
         )
     for name, entry in first.get("baselines", {}).items():
-        lines.append(row(report.SYSTEM_LABELS.get(name, name), entry, ""))
+        lines.append(row(report.SYSTEM_LABELS.get(name, name), entry, "", ""))
     return "\n".join(lines) + "\n"
 
 

@@ -465,3 +465,60 @@ def test_predict_fn_sees_only_the_conditioning_frames_never_the_future():
         assert not np.allclose(
             result.per_frame[system]["psnr"], result_altered.per_frame[system]["psnr"]
         )
+
+
+class _FakeClock:
+    """``time.perf_counter`` that only moves when a fake predict function advances it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_predicted_frames_per_second_leaves_out_the_first_call_and_padding(monkeypatch):
+    """5 clips in batches of 2 (the last padded), 2 samples: 6 predict calls; the first
+    "compiles" for 100 s, the others take 0.5 s each."""
+    clock = _FakeClock()
+    monkeypatch.setattr(protocol_lib, "time", clock)
+    calls = []
+
+    def predict(cond, key):
+        clock.now += 100.0 if not calls else 0.5
+        calls.append(cond.shape[0])
+        return _perfect_predict(cond, key)
+
+    clips = _moving_clips(5, seed=4)
+    batches = [
+        {"video": jnp.asarray(clips[:2])},
+        {"video": jnp.asarray(clips[2:4])},
+        {"video": jnp.asarray(clips[[4, 0]]), "mask": jnp.asarray([1.0, 0.0])},
+    ]
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=5, num_samples=2)
+    result = protocol_lib.evaluate(
+        batches, predict, None, protocol, cond_frames=COND, pred_frames=PRED, key=jax.random.key(0)
+    )
+    metrics = protocol_lib.summarize(
+        result, protocol, cond_frames=COND, pred_frames=PRED, device="1 x test chip"
+    )
+    assert calls == [2] * 6
+    # Timed: batch 0's sample 1 (2 clips), batch 1's two samples (2 + 2), batch 2's two
+    # samples (1 real clip each): 8 clips of PRED frames in 5 x 0.5 s.
+    throughput = metrics["throughput"]
+    assert throughput["predicted_frames_per_second"] == pytest.approx(8 * PRED / 2.5)
+    assert (
+        "2..6 of 6" in throughput["measured"]
+        and f"{8 * PRED} predicted frames" in (throughput["measured"])
+    )
+    assert throughput["device"] == "1 x test chip"
+    assert metrics["seconds"]["predict"] == pytest.approx(102.5)  # compilation included
+
+    clock.now, calls[:] = 0.0, []
+    one = protocol_lib.resolve_protocol("predvdm", num_clips=2)
+    result = protocol_lib.evaluate(
+        batches[:1], predict, None, one, cond_frames=COND, pred_frames=PRED, key=jax.random.key(0)
+    )
+    alone = protocol_lib.summarize(result, one, cond_frames=COND, pred_frames=PRED)["throughput"]
+    assert alone["predicted_frames_per_second"] is None
+    assert alone["measured"].startswith("not measured: 1 predict call(s)")

@@ -86,6 +86,23 @@ def test_markdown_table_rows():
     ]
 
 
+def test_the_table_states_the_prediction_speed_or_why_there_is_none():
+    metrics = _hand_metrics()
+    metrics["throughput"] = {
+        "predicted_frames_per_second": 1234.56,
+        "measured": "predict calls 2..20 of 20",
+        "device": "1 x H100 (gpu)",
+    }
+    assert report.markdown_table(metrics).strip().splitlines()[-1] == (
+        "- Prediction speed: 1235 predicted frames/s, compilation excluded "
+        "(predict calls 2..20 of 20; 1 x H100 (gpu))"
+    )
+    metrics["throughput"] = {"predicted_frames_per_second": None, "measured": "not measured: x"}
+    assert report.markdown_table(metrics).strip().splitlines()[-1] == (
+        "- Prediction speed: not measured: x"
+    )
+
+
 def test_per_frame_curves_and_plot(tmp_path):
     curves = report.per_frame_curves(_hand_metrics())
     assert set(curves) == {"ssim", "psnr"}  # LPIPS unavailable: no curve

@@ -102,7 +102,7 @@ def test_parse_sweep_rejects_bad_entries_naming_them(spec, message):
         sweep_lib.parse_sweep(spec, _config())
 
 
-def _metrics(sampler, ssim, fvd, seconds):
+def _metrics(sampler, ssim, fvd, seconds, frames_per_second=None):
     return {
         "protocol": {
             "name": "predvdm",
@@ -127,19 +127,25 @@ def _metrics(sampler, ssim, fvd, seconds):
             }
         },
         "seconds": {"predict": seconds, "reconstruct": 0.5},
+        "throughput": {"predicted_frames_per_second": frames_per_second, "measured": "..."},
     }
 
 
 def test_sweep_table_rows_and_files(tmp_path):
     all_metrics = {
-        "ddim_10_eta1": _metrics("ddim, 10 steps, eta 1.0", 0.5, 123.45, 3.21),
+        "ddim_10_eta1": _metrics("ddim, 10 steps, eta 1.0", 0.5, 123.45, 3.21, 56.78),
         "ddim_100_eta1": _metrics("ddim, 100 steps, eta 1.0", 0.625, 99.0, 30.0),
     }
     lines = sweep_lib.sweep_table(all_metrics).splitlines()
     assert lines[0].startswith("Protocol `predvdm`: 4 clips × 1 samples, 2 → 3 frames")
-    assert lines[4] == "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | n/a | 3.2 |"
-    assert lines[5] == "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | n/a | 30.0 |"
-    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a |  |"
+    assert lines[2].endswith("| predict s | frames/s |")
+    assert lines[4] == (
+        "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | n/a | 3.2 | 56.8 |"
+    )
+    assert lines[5] == (
+        "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | n/a | 30.0 | n/a |"
+    )
+    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a |  |  |"
     paths = sweep_lib.write_sweep(str(tmp_path / "out"), all_metrics)
     assert open(paths["table"]).read() == sweep_lib.sweep_table(all_metrics)
     assert json.load(open(paths["metrics"]))["ddim_100_eta1"]["model"]["ssim"]["mean"] == {

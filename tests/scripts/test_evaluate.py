@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -202,6 +203,75 @@ def test_an_unknown_fvd_resize_is_one_config_error(tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert len(lines) == 1 and "eval.fvd_resize 'area' is not one of" in lines[0], run.stderr
     assert "tf1_bilinear" in lines[0]
+
+
+def _uint8_predictor(monkeypatch, clock=None):
+    """Makes every model predict random frames of whole uint8 levels (from the key: each batch
+    and sample differs), so a prediction written as uint8 and read back is the same floats.
+    With ``clock`` (a fake ``time.perf_counter`` for ``protocol.py``), the first call takes
+    100 s and every later one 0.5 s."""
+    from predvdm_jax.data.loader import to_model_range
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+
+    if clock is not None:
+        monkeypatch.setattr(protocol_lib, "time", clock)
+
+    def make_predict_fn(self, pred_frames, sampling, rgb=False):
+        calls = []
+
+        def predict(params, vq_params, cond, key):
+            if clock is not None:
+                clock.now += 0.5 if calls else 100.0
+            calls.append(1)
+            seed = np.asarray(jax.random.key_data(key)).tolist()
+            levels = np.random.default_rng(seed).integers(
+                0, 256, (cond.shape[0], pred_frames, *cond.shape[2:]), dtype=np.uint8
+            )
+            return {"frames": jnp.asarray(to_model_range(levels))}
+
+        return predict
+
+    monkeypatch.setattr(LatentDiffusion, "make_predict_fn", make_predict_fn)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_frames_per_second_in_metrics_json_and_md_leave_out_the_first_call(tmp_path, monkeypatch):
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    _uint8_predictor(monkeypatch, _FakeClock())
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, _videos(6)))
+    config = bundle.config.copy_and_resolve_references()
+    for batch_size, out in ((2, "two_batches"), (VIDEOS, "one_batch")):
+        config.eval.batch_size = batch_size
+        run_lib.evaluate_model(
+            config,
+            bundle.params,
+            bundle.vq_params,
+            str(tmp_path / out),
+            protocol=protocol_lib.resolve_protocol("predvdm", num_clips=VIDEOS),
+            pred_frames=PRED,
+            source="test",
+            keep_videos=0,
+            show_progress=False,
+        )
+    written = json.loads((tmp_path / "two_batches" / "metrics.json").read_text())
+    # Two batches of 2 clips, one sample: the second call alone is timed (2 x PRED frames).
+    throughput = written["throughput"]
+    assert throughput["predicted_frames_per_second"] == pytest.approx(2 * PRED / 0.5)
+    assert throughput["device"].startswith("1 x ") and "(cpu)" in throughput["device"]
+    assert written["seconds"]["predict"] == pytest.approx(100.5)
+    table = (tmp_path / "two_batches" / "metrics.md").read_text()
+    assert f"- Prediction speed: {2 * PRED / 0.5:.3g} predicted frames/s, compilation" in table
+    alone = json.loads((tmp_path / "one_batch" / "metrics.json").read_text())["throughput"]
+    assert alone["predicted_frames_per_second"] is None
+    assert "- Prediction speed: not measured" in (tmp_path / "one_batch" / "metrics.md").read_text()
 
 
 def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
