@@ -14,7 +14,8 @@
       --cond_frames=10 --out=eval/folders
 
 Writes OUT/metrics.json (every number with its protocol), OUT/metrics.md,
-OUT/per_frame.png and OUT/videos/. ``--config.<field>=value`` overrides fields
+OUT/per_frame.png and OUT/videos/; with --save_predictions also OUT/predictions/ (every
+predicted clip as HDF5 splits, for re-scoring). ``--config.<field>=value`` overrides fields
 of the run's config (e.g. ``--config.data.test_dir``, ``--config.eval.batch_size``,
 ``--config.sampling.steps``). See docs/evaluation.md.
 """
@@ -63,6 +64,13 @@ flags.DEFINE_string(
     None,
     "Sampler settings to compare on the same clips and keys: ';'-separated entries of "
     "comma-separated config.sampling fields, e.g. 'steps=10;sampler=dpm_solver_pp,steps=20'.",
+)
+flags.DEFINE_bool(
+    "save_predictions",
+    False,
+    "Also write every predicted clip (all samples, uint8) as HDF5 splits: OUT/predictions/real "
+    "(the clips scored against) and OUT/predictions/sample_<s> (their cond frames, then sample "
+    "s's prediction), video k being clip k; re-score one with --real_dir and --fake_dir.",
 )
 flags.DEFINE_string("real_dir", None, "HDF5 split of real videos (with --fake_dir).")
 flags.DEFINE_string(
@@ -131,12 +139,21 @@ def _evaluate_model():
         source=source,
         keep_videos=FLAGS.keep_videos,
         show_progress=FLAGS.progress,
+        save_predictions=FLAGS.save_predictions,
     )
     if jax.process_index() != 0:  # process 0 wrote the reports
         return
     if FLAGS.sweep is None:
         print(report.markdown_table(all_metrics[protocol_lib.MODEL]))
         print(f"wrote {FLAGS.out}/metrics.json")
+        if FLAGS.save_predictions:
+            print(
+                f"wrote {FLAGS.out}/predictions/ (real/, sample_0/ ... "
+                f"sample_{protocol.num_samples - 1}/, clips.json); re-score a sample with "
+                f"--real_dir={FLAGS.out}/predictions/real "
+                f"--fake_dir={FLAGS.out}/predictions/sample_0 "
+                f"--cond_frames={bundle.config.data.cond_frames}"
+            )
     else:
         print(sweep_lib.sweep_table(all_metrics))
         print(f"wrote {FLAGS.out}/sweep.md and one folder per sampler")
@@ -153,6 +170,7 @@ MODEL_FLAGS = (
     "num_clips",
     "num_samples",
     "pred_frames",
+    "save_predictions",
 )
 FOLDER_FLAGS = ("cond_frames", "num_frames")
 # The config fields that scoring folders reads; other --config.* overrides would do nothing.
@@ -217,6 +235,11 @@ def main():
         cli.fail("pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir).")
     if folders and FLAGS.sweep is not None:
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
+    if FLAGS.sweep is not None and FLAGS.save_predictions:
+        cli.fail(
+            "--save_predictions writes one sampler's predictions; run it without --sweep, "
+            "with --config.sampling.* set to the sampler of interest."
+        )
     if folders:
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
     else:

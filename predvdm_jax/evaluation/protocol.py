@@ -482,6 +482,7 @@ def evaluate(
     fvd_unavailable: str | None = None,
     keep_videos: int = 0,
     on_prediction: Callable[[int], Any] | None = None,
+    on_predictions: Callable[[str, jax.Array, list, np.ndarray], Any] | None = None,
 ) -> EvaluationResult:
     """Runs ``protocol`` over ``batches`` of test clips.
 
@@ -494,7 +495,10 @@ def evaluate(
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
     cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
     (I3D logits); None skips FVD with the reason ``fvd_unavailable``.
-    ``on_prediction(1)`` is called after every ``predict_fn`` call (progress bars).
+    ``on_prediction(1)`` is called after every ``predict_fn`` call (progress bars);
+    ``on_predictions(name, video, predictions, valid)`` after each batch of a model, with the
+    batch's clips, its frames of every sample and the mask of real (not padding) clips
+    (``predictions.PredictionWriter``).
     """
     if protocol.num_samples < 1:
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
@@ -566,6 +570,8 @@ def evaluate(
                     on_prediction(1)
             accumulator.add_fake(name, future, predictions, cond01, valid, vq_cond01)
             first_samples[name] = predictions[0]
+            if on_predictions is not None:
+                on_predictions(name, video, predictions, valid)
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
         accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid, vq_cond01)

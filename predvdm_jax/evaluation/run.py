@@ -14,9 +14,10 @@ import numpy as np
 from predvdm_jax import mesh as mesh_lib, xla_cpu
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.data.hdf5 import VideoShards
-from predvdm_jax.data.loader import eval_iterator, to_model_range
+from predvdm_jax.data.loader import eval_iterator, eval_windows, to_model_range
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
 from predvdm_jax.evaluation import fvd as fvd_lib
+from predvdm_jax.evaluation import predictions as predictions_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.evaluation.protocol import (
     FVD_DISABLED,
@@ -93,12 +94,14 @@ def evaluate_model(
     source: str,
     keep_videos: int = 8,
     show_progress: bool = True,
+    save_predictions: bool = False,
 ) -> dict:
     """Evaluates a PredVDM model on ``config.data.test_dir`` and writes the outputs to ``out_dir``.
 
     Batches are sharded over all devices; params are replicated.
     Writes ``metrics.json``, ``metrics.md``, ``per_frame.png`` and ``videos/``
-    (see ``report.write_evaluation``) and returns the metrics dict.
+    (see ``report.write_evaluation``), with ``save_predictions`` every predicted clip
+    (``predictions.py``), and returns the metrics dict.
     """
     return evaluate_samplers(
         config,
@@ -111,6 +114,7 @@ def evaluate_model(
         source=source,
         keep_videos=keep_videos,
         show_progress=show_progress,
+        save_predictions=save_predictions,
     )[MODEL]
 
 
@@ -126,6 +130,7 @@ def evaluate_samplers(
     source: str,
     keep_videos: int = 8,
     show_progress: bool = True,
+    save_predictions: bool = False,
 ) -> dict:
     """Evaluates one model under several ``config.sampling`` settings ``{label: sampling}``.
 
@@ -134,7 +139,19 @@ def evaluate_samplers(
     writes its report to ``out_dir`` (``evaluate_model``); otherwise each label gets
     ``out_dir/<label>/`` and ``out_dir/sweep.md`` / ``sweep.json`` compare them
     (``sweep.write_sweep``). Returns ``{label: metrics}``.
+
+    ``save_predictions`` (a single setting only) writes every predicted clip to
+    ``out_dir/predictions`` (``predictions.PredictionWriter``); without it, an earlier
+    run's ``predictions/`` there is removed with the other earlier outputs.
     """
+    single = list(samplings) == [MODEL]
+    if save_predictions and not single:
+        raise ValueError(
+            "save_predictions writes one model's predictions; evaluate the sampler of "
+            "interest on its own (without a sweep) to save them"
+        )
+    if save_predictions:
+        predictions_lib.check_can_write(out_dir)  # before any work
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
     # Params are replicated, so every device takes a share of the clips, whatever mesh the
@@ -167,22 +184,49 @@ def evaluate_samplers(
         predict = model.make_predict_fn(pred_frames, sampling, rgb=rgb)
         return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
 
-    total = num_batches * protocol.num_samples * len(samplings)
-    with _ProgressBar(total, show_progress, "predicting") as bar:
-        result = evaluate(
-            (batch for _, batch in zip(range(num_batches), batches)),
-            {label: predict_fn(sampling) for label, sampling in samplings.items()},
-            lambda video: reconstruct(vq_params, video),
-            protocol,
+    writer = None
+    if save_predictions:
+        test_split = VideoShards(config.data.test_dir)
+        frame_counts = test_split.frame_counts
+        test_split.close()
+        writer = predictions_lib.PredictionWriter(
+            out_dir,
+            num_samples=protocol.num_samples,
             cond_frames=cond_frames,
             pred_frames=pred_frames,
-            key=jax.random.key(config.eval.seed),
-            lpips_params=lpips_params,
-            feature_fn=feature_fn,
-            fvd_unavailable=i3d_source,
-            keep_videos=keep_videos,
-            on_prediction=bar.update,
+            windows=eval_windows(
+                frame_counts, protocol.num_clips, cond_frames + pred_frames, config.eval.seed
+            ),
+            description={
+                "source": source,
+                "test_dir": config.data.test_dir,
+                "clip_seed": int(config.eval.seed),
+                "sampler": sweep_lib.sampler_description(samplings[MODEL]),
+                **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
+            },
         )
+    total = num_batches * protocol.num_samples * len(samplings)
+    try:
+        with _ProgressBar(total, show_progress, "predicting") as bar:
+            result = evaluate(
+                (batch for _, batch in zip(range(num_batches), batches)),
+                {label: predict_fn(sampling) for label, sampling in samplings.items()},
+                lambda video: reconstruct(vq_params, video),
+                protocol,
+                cond_frames=cond_frames,
+                pred_frames=pred_frames,
+                key=jax.random.key(config.eval.seed),
+                lpips_params=lpips_params,
+                feature_fn=feature_fn,
+                fvd_unavailable=i3d_source,
+                keep_videos=keep_videos,
+                on_prediction=bar.update,
+                on_predictions=None if writer is None else lambda _, *batch: writer.add(*batch),
+            )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     device = f"{mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
     all_metrics = {}
     for label, sampling in samplings.items():
@@ -205,14 +249,19 @@ def evaluate_samplers(
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
+    if writer is not None:
+        writer.finish()
+        all_metrics[MODEL]["predictions"] = predictions_lib.summary(protocol.num_samples)
     if jax.process_index() == 0:
         sweep_lib.write_reports(
             out_dir,
             all_metrics,
             {label: result.model_videos(label) for label in all_metrics},
-            single=list(samplings) == [MODEL],
+            single=single,
             first_frame=cond_frames + 1,
         )
+        if writer is None:
+            predictions_lib.clear(out_dir)  # an earlier run's
     return all_metrics
 
 
@@ -236,7 +285,8 @@ def score_folders(
     Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
     length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS. ``fvd_resize``:
     I3D's resize method (``eval.fvd_resize``).
-    Writes the same outputs as ``evaluate_model`` and returns the metrics dict.
+    Writes the same outputs as ``evaluate_model`` and returns the metrics dict; an earlier
+    model evaluation's ``out_dir/predictions`` stays (it may hold the folders scored).
     """
     real_set, fake_set = VideoShards(real_dir), VideoShards(fake_dir)
     if len(real_set) != len(fake_set):

@@ -76,6 +76,7 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
         "--noprogress",
         "--config.eval.batch_size=2",
         "--config.eval.fvd_resize=tf1_bilinear",
+        "--save_predictions",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
@@ -111,6 +112,9 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     assert gif.shape == (COND + PRED, SIZE, 2 * SIZE + 2)
     np.testing.assert_array_equal(gif[COND:, :, :SIZE], stored[1, COND:])  # left: ground truth
     assert "| model | best of 2 |" in (out / "metrics.md").read_text()
+    for split in ("real", "sample_0", "sample_1"):
+        assert len(hdf5.VideoShards(str(out / "predictions" / split))) == VIDEOS
+    assert f"--fake_dir={out}/predictions/sample_0 --cond_frames={COND}" in run.stdout
 
 
 def test_score_folders_pairs_videos_by_index(tmp_path):
@@ -272,6 +276,106 @@ def test_frames_per_second_in_metrics_json_and_md_leave_out_the_first_call(tmp_p
     alone = json.loads((tmp_path / "one_batch" / "metrics.json").read_text())["throughput"]
     assert alone["predicted_frames_per_second"] is None
     assert "- Prediction speed: not measured" in (tmp_path / "one_batch" / "metrics.md").read_text()
+
+
+def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypatch):
+    """Every sample of every clip is written; scoring the folder of sample 0 against the real
+    clips gives the numbers of an evaluation with that one sample, to the last bit."""
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    _uint8_predictor(monkeypatch)
+    rng = np.random.default_rng(7)  # longer than the clips: the windows start anywhere
+    videos = [rng.integers(0, 256, (COND + PRED + 5, SIZE, SIZE), np.uint8) for _ in range(4)]
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, videos))
+    config = bundle.config.copy_and_resolve_references()
+    config.eval.batch_size = 2
+
+    def evaluate(out, samples, save):
+        return run_lib.evaluate_model(
+            config,
+            bundle.params,
+            bundle.vq_params,
+            str(tmp_path / out),
+            protocol=protocol_lib.resolve_protocol("mcvd", num_clips=3, num_samples=samples),
+            pred_frames=PRED,
+            source="test",
+            keep_videos=0,
+            show_progress=False,
+            save_predictions=save,
+        )
+
+    both = evaluate("out", 2, True)  # 3 clips in batches of 2: the last one padded
+    first = evaluate("first", 1, False)
+    saved = tmp_path / "out" / "predictions"
+    assert sorted(os.listdir(saved)) == ["clips.json", "real", "sample_0", "sample_1"]
+    assert both["predictions"]["splits"] == ["real", "sample_0", "sample_1"]
+    index = json.loads((saved / "clips.json").read_text())
+    real_set = hdf5.VideoShards(str(saved / "real"))
+    assert len(real_set) == 3 and real_set.frame_shape == (SIZE, SIZE)
+    for k, clip in enumerate(index["clips"]):  # real/ holds the windows scored against
+        video, start = clip["test_video"], clip["start_frame"]
+        np.testing.assert_array_equal(
+            real_set.read_clip(k, 0, COND + PRED)[..., 0],
+            videos[video][start : start + COND + PRED],
+        )
+    # Clip 2 (batch 1, row 0) of sample 1: the real cond frames, then the frames predicted
+    # with the key of sample 1, batch 1.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.eval.seed), 1), 1)
+    levels = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist()).integers(
+        0, 256, (2, PRED, SIZE, SIZE, 1), dtype=np.uint8
+    )
+    clip = hdf5.VideoShards(str(saved / "sample_1")).read_clip(2, 0, COND + PRED)
+    np.testing.assert_array_equal(clip[:COND], real_set.read_clip(2, 0, COND))
+    np.testing.assert_array_equal(clip[COND:], levels[0])
+
+    rescored = [
+        run_lib.score_folders(
+            str(saved / "real"),
+            str(saved / f"sample_{s}"),
+            str(tmp_path / f"rescored_{s}"),
+            cond_frames=COND,
+            batch_size=2,
+            fvd=False,
+            keep_videos=0,
+            show_progress=False,
+        )
+        for s in range(2)
+    ]
+    for metric in ("ssim", "psnr"):
+        per_frame = first["model"][metric]["per_frame"]["mean"]
+        assert rescored[0]["model"][metric]["per_frame"]["mean"] == per_frame
+        assert rescored[0]["model"][metric]["mean"] == first["model"][metric]["mean"]
+        np.testing.assert_allclose(  # both samples: the mean over samples
+            np.mean([r["model"][metric]["per_frame"]["mean"] for r in rescored], axis=0),
+            both["model"][metric]["per_frame"]["mean"],
+            rtol=1e-12,
+        )
+    assert rescored[0]["model"]["psnr"] != rescored[1]["model"]["psnr"]
+
+    # A rerun saving one sample replaces the earlier predictions; one without
+    # --save_predictions removes them, and only them.
+    evaluate("out", 1, True)
+    assert sorted(os.listdir(saved)) == ["clips.json", "real", "sample_0"]
+    (saved / "mine.txt").write_text("the user's")
+    evaluate("out", 1, False)
+    assert os.listdir(saved) == ["mine.txt"]
+    assert "predictions" not in json.loads((tmp_path / "out" / "metrics.json").read_text())
+    with pytest.raises(ValueError, match="not written by --save_predictions"):
+        evaluate("out", 1, True)  # a folder of the user's is never written into
+    assert os.listdir(saved) == ["mine.txt"] and not os.path.exists(
+        saved.parent / "predictions.partial"
+    )
+
+
+def test_save_predictions_with_a_sweep_is_one_error_line(tmp_path):
+    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
+    command += [f"--bundle={tmp_path / 'b'}", "--sweep=steps=2;steps=4", "--save_predictions"]
+    command += [f"--out={tmp_path / 'out'}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in run.stderr.strip().splitlines() if line.startswith("error")]
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(lines) == 1 and "--save_predictions" in lines[0] and "--sweep" in lines[0]
 
 
 def test_sampler_sweep_scores_each_sampler_as_its_own_run(tmp_path):
