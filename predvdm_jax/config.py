@@ -24,6 +24,7 @@ from predvdm_jax.training.sharding import DEFAULT_MIN_SIZE
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 PROTOCOLS = ("predvdm", "mcvd", "extdm")
+METRIC_STYLES = ("predvdm", "mcvd")
 
 
 class ConfigError(ValueError):
@@ -167,6 +168,9 @@ def default_config() -> ml_collections.ConfigDict:
         # grayscale data: score the VQ's RGB decode against the ground truth repeated to RGB,
         # as PredVDM does, instead of the decode averaged to gray (docs/evaluation.md)
         gray_as_rgb=False,
+        # SSIM/PSNR definitions: "predvdm" (per frame, spec F.1/F.2) or "mcvd" (MCVD's video_gen:
+        # grey uint8 SSIM, video-level PSNR; spec H.3). --protocol=mcvd implies "mcvd" unless set
+        metric_style="predvdm",
     )
 
     c.vq_train = dict(
@@ -543,6 +547,8 @@ def _combination_errors(c) -> list[str]:
     e = c.eval
     if e.protocol not in PROTOCOLS:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
+    if e.metric_style not in METRIC_STYLES:
+        errors.append(f"eval.metric_style {e.metric_style!r} is not one of {METRIC_STYLES}")
     if e.fvd_resize not in RESIZE_METHODS:
         errors.append(f"eval.fvd_resize {e.fvd_resize!r} is not one of {RESIZE_METHODS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:

@@ -5,6 +5,8 @@ returns one value per frame, `(B, T)`, float32. All are jit-able; shapes are
 checked at trace time, values are not (that would need a host round trip).
 
 PredVDM reports the mean and standard deviation over all B×T frame values.
+``mcvd_ssim`` and ``video_psnr`` are MCVD's definitions (spec §H.3, ``eval.metric_style``);
+``video_psnr`` returns one value per video, ``(B,)``.
 """
 
 from __future__ import annotations
@@ -114,3 +116,53 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
     denominator = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
     ssim_map = numerator / denominator
     return jnp.mean(ssim_map, axis=(2, 3, 4))
+
+
+# --- MCVD's definitions (spec §H.3; eval.metric_style="mcvd") --------------------------
+
+METRIC_STYLES = ("predvdm", "mcvd")
+PIL_L_WEIGHTS = (19595, 38470, 7471)
+"""Pillow's ITU-R 601-2 luma in 16-bit fixed point: L = (R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16."""
+
+
+def pil_gray_uint8(video: jax.Array) -> jax.Array:
+    """MCVD's grey frames: torchvision ``ToPILImage`` (``mul(255).byte()``, i.e. truncation),
+    ``.convert("RGB").convert("L")``. ``(B, T, H, W, C)`` in [0, 1] with C = 1 or 3 →
+    ``(B, T, H, W, 1)`` int32 in [0, 255]; a 1-channel frame is its own uint8 grey image."""
+    if video.ndim != 5 or video.shape[-1] not in (1, 3):
+        raise ValueError(f"need (B, T, H, W, C) videos with 1 or 3 channels; got {video.shape}.")
+    quantised = jnp.clip(jnp.floor(video.astype(jnp.float32) * 255.0), 0.0, 255.0)
+    quantised = quantised.astype(jnp.int32)
+    if video.shape[-1] == 1:
+        return quantised
+    weights = jnp.asarray(PIL_L_WEIGHTS, jnp.int32)
+    luma = jnp.sum(quantised * weights, axis=-1, keepdims=True) + (1 << 15)
+    return jnp.right_shift(luma, 16)
+
+
+@jax.jit
+def mcvd_ssim(a: jax.Array, b: jax.Array) -> jax.Array:
+    """SSIM per frame as MCVD's ``video_gen`` computes it: scikit-image's
+    ``structural_similarity(gray_a, gray_b, data_range=255, gaussian_weights=True,
+    use_sample_covariance=False)`` on the uint8 PIL 'L' images (``pil_gray_uint8``).
+
+    That is ``ssim`` above on the grey images divided by 255 (same 11-tap σ 1.5 window, as
+    scikit-image's truncate 3.5 gives, same valid-region crop, constants scaled with the range).
+    """
+    _check_video_pair(a, b, min_size=SSIM_WINDOW_SIZE)
+    gray_a = pil_gray_uint8(a).astype(jnp.float32) / 255.0
+    gray_b = pil_gray_uint8(b).astype(jnp.float32) / 255.0
+    return ssim(gray_a, gray_b)
+
+
+@jax.jit
+def video_psnr(a: jax.Array, b: jax.Array) -> jax.Array:
+    """PSNR per video as MCVD computes it, ``(B,)``: 10·log10(1/mse) with mse the mean over
+    frames of each frame's MSE on [0, 1] values (not a mean of per-frame PSNRs). 100 when
+    mse < 1e-10, as ``psnr`` (MCVD would give inf)."""
+    _check_video_pair(a, b)
+    diff = a.astype(jnp.float32) - b.astype(jnp.float32)
+    mse = jnp.mean(jnp.mean(diff * diff, axis=(2, 3, 4)), axis=1)
+    identical = mse < PSNR_IDENTICAL_MSE
+    value = -10.0 * jnp.log10(jnp.where(identical, 1.0, mse))
+    return jnp.where(identical, PSNR_IDENTICAL_VALUE, value)

@@ -10,6 +10,11 @@ predicted frames only (values clamped to [-1, 1], mapped to [0, 1]):
   chosen per metric (max SSIM, max PSNR, min LPIPS — MCVD / ExtDM), then mean,
   std and 95% interval over clips;
 * per-frame curves (metric vs horizon) for both aggregations;
+* ``metric_style`` ``"mcvd"`` (spec §H.3): SSIM on the uint8 PIL 'L' grey frames
+  (``metrics.mcvd_ssim``) and PSNR per video, 10·log10(1/mean frame MSE)
+  (``metrics.video_psnr``): each clip × sample then has one PSNR, which ``mean`` and
+  ``best_of_N`` use in place of the mean over its frames; the per-frame PSNR curves stay
+  per-frame PSNRs;
 * FVD on ``cond+pred`` frames (real cond frames in front of both the true and
   the predicted future, all in [0, 1] — PredVDM's [-1, 1] cond-range bug is
   not reproduced), on ``pred-only`` frames and on ``vq-cond+pred`` frames (PredVDM's
@@ -30,6 +35,7 @@ the clips, the model, LPIPS and I3D and writes the outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -54,6 +60,21 @@ FVD_VARIANTS = ("cond+pred", "pred-only", VQ_COND)
 REAL_VIDEO = {"cond+pred": "cond+pred", "pred-only": "pred-only", VQ_COND: "cond+pred"}
 """The real videos of each variant (``vq-cond+pred`` compares against ``cond+pred``'s)."""
 CI95_Z = 1.96
+VIDEO_PSNR = "video_psnr"
+METRIC_STYLE_NOTES = {
+    "predvdm": {
+        "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
+        "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
+    },
+    "mcvd": {
+        "ssim": "MCVD: skimage structural_similarity(data_range=255, gaussian_weights=True, "
+        "use_sample_covariance=False) on the uint8 PIL 'L' grey frames (ToPILImage "
+        "truncation), mean over frames",
+        "psnr": "MCVD: per predicted video, 10*log10(1/mse) with mse the mean over frames of "
+        "each frame's MSE in [0, 1] (100 when mse < 1e-10); mean and best_of_N use that "
+        "one value per video, per_frame curves are per-frame PSNRs",
+    },
+}
 FVD_DISABLED = "disabled (eval.fvd=False)"
 GRAY_AS_GRAY = "1 channel: the VQ's RGB decode averaged to gray (eval.gray_as_rgb=False)"
 GRAY_AS_RGB = (
@@ -74,6 +95,7 @@ class Protocol:
     num_samples: int
     best_of_n: bool
     num_clips: int = 256
+    metric_style: str = "predvdm"
 
     @property
     def aggregations(self) -> tuple[str, ...]:
@@ -82,15 +104,19 @@ class Protocol:
 
 PRESETS = {
     "predvdm": Protocol("predvdm", num_samples=1, best_of_n=False),
-    "mcvd": Protocol("mcvd", num_samples=10, best_of_n=True),
+    "mcvd": Protocol("mcvd", num_samples=10, best_of_n=True, metric_style="mcvd"),
     "extdm": Protocol("extdm", num_samples=100, best_of_n=True),
 }
 
 
 def resolve_protocol(
-    name: str, num_clips: int | None = None, num_samples: int | None = None
+    name: str,
+    num_clips: int | None = None,
+    num_samples: int | None = None,
+    metric_style: str | None = None,
 ) -> Protocol:
-    """The preset ``name`` with optional clip / sample counts replacing its defaults."""
+    """The preset ``name`` with optional clip / sample counts and metric style replacing its
+    defaults."""
     if name not in PRESETS:
         raise ValueError(f"unknown evaluation protocol {name!r}; use one of {sorted(PRESETS)}.")
     protocol = PRESETS[name]
@@ -102,6 +128,12 @@ def resolve_protocol(
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
+    if metric_style is not None:
+        if metric_style not in metrics_lib.METRIC_STYLES:
+            raise ValueError(
+                f"unknown metric style {metric_style!r}; use one of {metrics_lib.METRIC_STYLES}."
+            )
+        protocol = dataclasses.replace(protocol, metric_style=metric_style)
     return protocol
 
 
@@ -116,24 +148,35 @@ def protocol_from_config(
     """The protocol of ``config.eval``, ``name`` / ``num_clips`` / ``num_samples`` (flags)
     replacing its ``protocol`` / ``num_clips`` / sample count. ``eval.num_samples`` replaces the
     preset's count when above 1 (its default, 1, means the preset's) or when ``overrides`` (the
-    ``--config.*`` flags) set it."""
+    ``--config.*`` flags) set it. Likewise ``eval.metric_style`` replaces the preset's style
+    (``mcvd``: "mcvd", the others "predvdm") when not "predvdm" or when ``overrides`` set it."""
     e = config.eval
-    if num_samples is None and ("eval.num_samples" in (overrides or {}) or e.num_samples > 1):
+    overrides = overrides or {}
+    if num_samples is None and ("eval.num_samples" in overrides or e.num_samples > 1):
         num_samples = e.num_samples
+    style = getattr(e, "metric_style", "predvdm")
+    metric_style = style if "eval.metric_style" in overrides or style != "predvdm" else None
     return resolve_protocol(
-        name or e.protocol, num_clips=num_clips or e.num_clips, num_samples=num_samples
+        name or e.protocol,
+        num_clips=num_clips or e.num_clips,
+        num_samples=num_samples,
+        metric_style=metric_style,
     )
 
 
 # --- aggregation (pure, on host arrays) ------------------------------------------------
 
 
-def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True) -> dict:
+def aggregate_metric(
+    values: Any, higher_is_better: bool, best_of_n: bool = True, clip_values: Any = None
+) -> dict:
     """Summary of one metric's per-frame values ``(clips, samples, frames)``.
 
     Returns ``mean`` ({value, std} over all values), ``per_frame`` (curves) and,
     when ``best_of_n``, ``best_of_N`` ({value, std, ci95} over clips of the best
     sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
+    ``clip_values`` ``(clips, samples)`` (MCVD's video-level PSNR) replaces each clip ×
+    sample's frame mean in ``mean`` and ``best_of_N``; the per-frame curves stay ``values``'.
     """
     values = np.asarray(values, np.float64)
     if values.ndim != 3 or 0 in values.shape:
@@ -142,17 +185,29 @@ def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True
             f"got shape {values.shape}."
         )
     clips, samples, _ = values.shape
-    summary = {
-        "mean": {
+    if clip_values is None:
+        clip_means = values.mean(axis=2)
+        mean = {
             "value": float(values.mean()),
             "std": float(values.std()),
             "count": int(values.size),
             "over": "all clip x sample x frame values",
-        },
-        "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()},
-    }
+        }
+    else:
+        clip_means = np.asarray(clip_values, np.float64)
+        if clip_means.shape != (clips, samples):
+            raise ValueError(
+                f"clip_values must be (clips, samples) = {(clips, samples)}, "
+                f"got shape {clip_means.shape}."
+            )
+        mean = {
+            "value": float(clip_means.mean()),
+            "std": float(clip_means.std()),
+            "count": int(clip_means.size),
+            "over": "all clip x sample values (one per predicted video)",
+        }
+    summary = {"mean": mean, "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()}}
     if best_of_n:
-        clip_means = values.mean(axis=2)
         best = (np.argmax if higher_is_better else np.argmin)(clip_means, axis=1)
         best_clip_means = clip_means[np.arange(clips), best]
         std = float(best_clip_means.std())
@@ -162,7 +217,9 @@ def aggregate_metric(values: Any, higher_is_better: bool, best_of_n: bool = True
             "std": std,
             "ci95": CI95_Z * std / math.sqrt(clips),
             "count": int(clips),
-            "over": "clips (best sample by its mean over frames)",
+            "over": "clips (best sample by its mean over frames)"
+            if clip_values is None
+            else "clips (best sample by its video-level value)",
         }
         summary["per_frame"][key] = values[np.arange(clips), best].mean(axis=0).tolist()
         summary["best_sample"] = best.tolist()
@@ -200,10 +257,17 @@ def fvd_from_features(real: Any, fake: Any) -> dict:
 # --- the evaluation loop ---------------------------------------------------------------
 
 
-@jax.jit
-def _frame_metrics(real: jax.Array, fake: jax.Array, lpips_params: Any) -> dict:
+@functools.partial(jax.jit, static_argnames="metric_style")
+def _frame_metrics(
+    real: jax.Array, fake: jax.Array, lpips_params: Any, metric_style: str = "predvdm"
+) -> dict:
+    """Per-frame ``(B, T)`` values; with ``metric_style="mcvd"`` SSIM is MCVD's and
+    ``video_psnr`` ``(B,)`` is added."""
     real01, fake01 = to_unit_range(real), to_unit_range(fake)
-    values = {"ssim": metrics_lib.ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
+    ssim = metrics_lib.mcvd_ssim if metric_style == "mcvd" else metrics_lib.ssim
+    values = {"ssim": ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
+    if metric_style == "mcvd":
+        values[VIDEO_PSNR] = metrics_lib.video_psnr(real01, fake01)
     if lpips_params is not None:
         values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
     return values
@@ -218,7 +282,9 @@ class EvaluationResult:
     ``(clips, samples, D)``; ``videos`` holds ``cond``, ``real`` and ``fake[model]``
     ([-1, 1]; sample 0) of the first kept clips; ``predict_seconds[model]`` is the time
     spent in that model's ``predict_fn`` calls (its first call's compilation included);
-    ``throughput[model]`` is a ``Throughput`` of the calls after its first.
+    ``throughput[model]`` is a ``Throughput`` of the calls after its first;
+    ``per_clip[system]["psnr"]`` (metric style "mcvd" only) is ``(clips, samples)``, one
+    video-level PSNR per predicted video.
     """
 
     per_frame: dict
@@ -229,6 +295,7 @@ class EvaluationResult:
     seconds: dict
     predict_seconds: dict = dataclasses.field(default_factory=dict)
     throughput: dict = dataclasses.field(default_factory=dict)
+    per_clip: dict = dataclasses.field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -303,7 +370,9 @@ class _Accumulator:
         cond_frames: int,
         pred_frames: int,
         vq_unavailable: str | None,
+        metric_style: str = "predvdm",
     ):
+        self.metric_style = metric_style
         self.lpips_note = lpips_unavailable_reason(lpips_params, *frame_size)
         self.lpips_params = None if self.lpips_note else lpips_params
         self.feature_fn = feature_fn
@@ -318,6 +387,7 @@ class _Accumulator:
         )
         self.variants = [name for name, skip in fvd_notes.items() if skip is None]
         self.values: dict = {}
+        self.clip_values: dict = {}
         self.real_features = {name: [] for name in self.variants}
         self.fake_features: dict = {name: {} for name in self.variants}
 
@@ -343,7 +413,8 @@ class _Accumulator:
         per_sample: dict = {}
         features: dict = {name: [] for name in self.variants}
         for fake in fakes:
-            for metric, value in _frame_metrics(real, fake, self.lpips_params).items():
+            frame_metrics = _frame_metrics(real, fake, self.lpips_params, self.metric_style)
+            for metric, value in frame_metrics.items():
                 per_sample.setdefault(metric, []).append(to_host(value)[valid])
             if self.variants:
                 fake01 = np.asarray(to_host(to_unit_range(fake))[valid], np.float32)
@@ -351,9 +422,8 @@ class _Accumulator:
                     front = vq_cond01 if name == VQ_COND else cond01
                     features[name].append(self.feature_fn(self._fvd_video(name, front, fake01)))
         for metric, samples in per_sample.items():
-            self.values.setdefault(system, {}).setdefault(metric, []).append(
-                np.stack(samples, axis=1)
-            )
+            target = self.clip_values if metric == VIDEO_PSNR else self.values
+            target.setdefault(system, {}).setdefault(metric, []).append(np.stack(samples, axis=1))
         for name in self.variants:
             self.fake_features[name].setdefault(system, []).append(np.stack(features[name], axis=1))
 
@@ -402,6 +472,10 @@ class _Accumulator:
             seconds,
             predict_seconds or {},
             throughput or {},
+            {
+                system: {"psnr": np.concatenate(by_metric[VIDEO_PSNR])}
+                for system, by_metric in self.clip_values.items()
+            },
         )
 
 
@@ -533,6 +607,7 @@ def evaluate(
                 cond_frames=cond_frames,
                 pred_frames=pred_frames,
                 vq_unavailable=None if reconstruct_fn is not None else "no VQ (reconstruct_fn)",
+                metric_style=protocol.metric_style,
             )
         mask = batch.get("mask")
         valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
@@ -632,8 +707,9 @@ def summarize(
         "pred_frames": pred_frames,
         "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
         "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR/LPIPS",
-        "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
-        "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
+        "metric_style": protocol.metric_style,
+        "ssim": METRIC_STYLE_NOTES[protocol.metric_style]["ssim"],
+        "psnr": METRIC_STYLE_NOTES[protocol.metric_style]["psnr"],
         "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
         "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
         "fvd": {
@@ -653,9 +729,12 @@ def summarize(
             continue
         entry = {}
         best_of_n = protocol.best_of_n and system == model
+        clip_values = result.per_clip.get(system, {})
         for metric in METRICS:
             if metric in by_metric:
-                summary = aggregate_metric(by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n)
+                summary = aggregate_metric(
+                    by_metric[metric], HIGHER_IS_BETTER[metric], best_of_n, clip_values.get(metric)
+                )
                 summary.pop("best_sample", None)
                 entry[metric] = summary
             else:
@@ -694,15 +773,20 @@ def evaluate_video_sets(
     feature_fn: FeatureFn | None = None,
     fvd_unavailable: str | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    metric_style: str = "predvdm",
 ) -> dict:
     """Scores paired videos: batches ``{'real', 'fake'}`` of ``(B, T, H, W, C)`` in [-1, 1].
 
     Frames after the first ``cond_frames`` of each fake are compared with the same
     frames of its real video (SSIM / PSNR / LPIPS, one sample per video). FVD:
     ``pred-only`` on those frames and, when ``cond_frames > 0``, ``cond+pred`` on
-    the real cond frames followed by them (``vq-cond+pred`` is skipped: no VQ). Returns a
-    ``summarize`` dict.
+    the real cond frames followed by them (``vq-cond+pred`` is skipped: no VQ).
+    ``metric_style`` as ``Protocol.metric_style``. Returns a ``summarize`` dict.
     """
+    if metric_style not in metrics_lib.METRIC_STYLES:
+        raise ValueError(
+            f"unknown metric style {metric_style!r}; use one of {metrics_lib.METRIC_STYLES}."
+        )
     if cond_frames < 0:
         raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
     accumulator = None
@@ -730,6 +814,7 @@ def evaluate_video_sets(
                 cond_frames=cond_frames,
                 pred_frames=frames - cond_frames,
                 vq_unavailable="scoring video sets has no VQ to reconstruct the cond frames",
+                metric_style=metric_style,
             )
         elif real.shape[1] != frames:
             raise ValueError(
@@ -755,5 +840,6 @@ def evaluate_video_sets(
         num_samples=1,
         best_of_n=False,
         num_clips=int(result.per_frame[MODEL]["ssim"].shape[0]),
+        metric_style=metric_style,
     )
     return summarize(result, protocol, cond_frames=cond_frames, pred_frames=frames - cond_frames)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from predvdm_jax.evaluation import metrics
@@ -139,3 +140,71 @@ def test_bad_inputs_raise_clear_errors():
     small = jnp.zeros((1, 1, 8, 8, 3))
     with pytest.raises(ValueError, match="SSIM window"):
         metrics.ssim(small, small)
+
+
+def _mcvd_gray_reference(frame):
+    """MCVD's grey image: torchvision ToPILImage (float mul(255).byte(), truncation), then PIL
+    .convert("RGB").convert("L")."""
+    quantised = (frame * np.float32(255)).astype(np.uint8)
+    image = Image.fromarray(quantised[..., 0] if quantised.shape[-1] == 1 else quantised)
+    return np.asarray(image.convert("RGB").convert("L"))
+
+
+def _mcvd_ssim_reference(a, b):
+    out = np.zeros(a.shape[:2])
+    for i, t in np.ndindex(*a.shape[:2]):
+        out[i, t] = structural_similarity(
+            _mcvd_gray_reference(a[i, t]),
+            _mcvd_gray_reference(b[i, t]),
+            data_range=255,
+            gaussian_weights=True,
+            use_sample_covariance=False,
+        )
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mcvd_ssim_matches_skimage_on_pil_gray_uint8(channels):
+    rng = np.random.default_rng(channels)
+    shape = (2, 3, 24, 32, channels)
+    noise = rng.random(shape).astype(np.float32)
+    yy, xx = np.mgrid[:24, :32]
+    pattern = (0.5 + 0.4 * np.sin(xx / 4.0) * np.cos(yy / 6.0))[None, None, :, :, None]
+    structured = np.clip(pattern + 0.05 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+    pairs = [
+        (noise, np.clip(noise + 0.1 * rng.standard_normal(shape), 0, 1).astype(np.float32)),
+        (structured, np.clip(0.9 * structured + 0.05, 0, 1).astype(np.float32)),
+        (np.full(shape, 0.93, np.float32), np.full(shape, 0.941, np.float32)),
+    ]
+    for a, b in pairs:
+        got = np.asarray(metrics.mcvd_ssim(jnp.asarray(a), jnp.asarray(b)))
+        np.testing.assert_allclose(got, _mcvd_ssim_reference(a, b), atol=1e-5)
+    if channels == 3:  # grey conversion of colour frames is not the per-channel SSIM
+        a, b = pairs[0]
+        gray = np.asarray(metrics.mcvd_ssim(jnp.asarray(a), jnp.asarray(b)))
+        assert np.abs(gray - np.asarray(metrics.ssim(jnp.asarray(a), jnp.asarray(b)))).max() > 1e-3
+
+
+def test_pil_gray_uint8_matches_pil_exactly():
+    rng = np.random.default_rng(0)
+    video = rng.random((1, 2, 16, 16, 3)).astype(np.float32)
+    video[0, 0, 0, :4] = [[1, 1, 1], [0, 0, 0], [0.5, 0.25, 1], [254.9 / 255, 0.999, 0.002]]
+    got = np.asarray(metrics.pil_gray_uint8(jnp.asarray(video)))[..., 0]
+    expected = np.stack([_mcvd_gray_reference(f) for f in video[0]])[None]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_video_psnr_is_10log10_of_the_mean_frame_mse():
+    rng = np.random.default_rng(1)
+    a = rng.random((3, 4, 8, 8, 3)).astype(np.float32)
+    scales = np.array([0.01, 0.1, 0.3, 0.05], np.float32)[None, :, None, None, None]
+    b = np.clip(a + scales * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    frame_mse = ((a.astype(np.float64) - b) ** 2).mean(axis=(2, 3, 4))
+    expected = 10 * np.log10(1 / frame_mse.mean(axis=1))
+    got = np.asarray(metrics.video_psnr(jnp.asarray(a), jnp.asarray(b)))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # Not the mean of the per-frame PSNRs (frames of different errors differ).
+    per_frame = np.asarray(metrics.psnr(jnp.asarray(a), jnp.asarray(b))).mean(axis=1)
+    assert np.abs(got - per_frame).min() > 0.5
+    assert np.asarray(metrics.video_psnr(jnp.asarray(a), jnp.asarray(a))).tolist() == [100.0] * 3

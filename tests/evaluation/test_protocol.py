@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import statistics
 
@@ -6,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import protocol as protocol_lib
@@ -141,7 +143,9 @@ def test_fvd_from_features_closed_forms():
 
 def test_perfect_predictor_and_baselines_by_hand():
     clips = _moving_clips(4)
-    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=4, num_samples=2)
+    protocol = protocol_lib.resolve_protocol(
+        "mcvd", num_clips=4, num_samples=2, metric_style="predvdm"
+    )
     result = protocol_lib.evaluate(
         _batches(clips, 2),
         _perfect_predict,
@@ -522,3 +526,108 @@ def test_predicted_frames_per_second_leaves_out_the_first_call_and_padding(monke
     alone = protocol_lib.summarize(result, one, cond_frames=COND, pred_frames=PRED)["throughput"]
     assert alone["predicted_frames_per_second"] is None
     assert alone["measured"].startswith("not measured: 1 predict call(s)")
+
+
+def test_metric_style_config_field_is_validated_and_implied_by_the_mcvd_preset():
+    from predvdm_jax import config as config_lib
+
+    config = config_lib.default_config()
+    assert config.eval.metric_style == "predvdm"
+    raw = config.to_dict()
+    raw["eval"]["metric_style"] = "extdm"
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(ml_collections.ConfigDict(raw))
+    lines = [line for line in str(error.value).splitlines() if "metric_style" in line]
+    assert len(lines) == 1 and "eval.metric_style 'extdm' is not one of" in lines[0]
+
+    def style(protocol, metric_style="predvdm", overrides=None):
+        config = ml_collections.ConfigDict(
+            {"eval": dict(protocol=protocol, num_clips=8, num_samples=1, metric_style=metric_style)}
+        )
+        return protocol_lib.protocol_from_config(config, overrides).metric_style
+
+    assert style("mcvd") == "mcvd"  # the default: the preset's
+    assert style("predvdm") == "predvdm"
+    assert style("predvdm", "mcvd") == "mcvd"
+    assert style("mcvd", "predvdm", {"eval.metric_style": "predvdm"}) == "predvdm"
+    with pytest.raises(ValueError, match="unknown metric style"):
+        protocol_lib.resolve_protocol("predvdm", metric_style="extdm")
+
+
+def test_mcvd_metric_style_video_level_psnr_and_gray_ssim_reach_metrics_json(tmp_path):
+    import json
+
+    from skimage.metrics import structural_similarity
+
+    from predvdm_jax.evaluation import report
+
+    clips = _moving_clips(3, channels=3, seed=4)
+    protocol = protocol_lib.resolve_protocol("predvdm", num_clips=3, num_samples=3)
+    protocol = dataclasses.replace(protocol, best_of_n=True, metric_style="mcvd")
+
+    @jax.jit
+    def predict(cond, key):  # error growing with the horizon, so video and frame PSNR differ
+        noise = jax.random.normal(key, (cond.shape[0], PRED) + cond.shape[2:])
+        return (
+            _perfect_predict(cond, key)
+            + 0.05 * jnp.arange(1, PRED + 1)[:, None, None, None] * noise
+        )
+
+    result = protocol_lib.evaluate(
+        _batches(clips, 2),
+        predict,
+        None,
+        protocol,
+        cond_frames=COND,
+        pred_frames=PRED,
+        key=jax.random.key(1),
+    )
+    metrics = protocol_lib.summarize(result, protocol, cond_frames=COND, pred_frames=PRED)
+    path = report.write_metrics_json(str(tmp_path / "metrics.json"), metrics)
+    written = json.loads(open(path).read())
+    assert written["protocol"]["metric_style"] == "mcvd"
+    assert "video" in written["protocol"]["psnr"] and "PIL" in written["protocol"]["ssim"]
+
+    # numpy / skimage references from the same predictions (sample keys as evaluate's).
+    real = (clips[:, COND : COND + PRED] + 1) / 2
+    fakes = []
+    for sample in range(3):
+        per_batch = []
+        for b, start in enumerate(range(0, 3, 2)):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), sample), b)
+            cond = jnp.asarray(clips[start : start + 2, :COND])
+            per_batch.append(np.asarray(predict(cond, key)))
+        fakes.append((np.clip(np.concatenate(per_batch), -1, 1) + 1) / 2)
+    fakes = np.stack(fakes, axis=1).astype(np.float32)  # (clips, samples, frames, H, W, C)
+    frame_mse = ((fakes - real[:, None].astype(np.float32)) ** 2).mean(axis=(3, 4, 5))
+    video_psnr = 10 * np.log10(1 / frame_mse.mean(axis=2))  # (clips, samples)
+    frame_psnr = 10 * np.log10(1 / frame_mse)
+
+    def gray(frame):
+        rgb = (frame * np.float32(255)).astype(np.uint8)
+        return np.asarray(Image.fromarray(rgb).convert("L"))
+
+    ssim = np.zeros(frame_mse.shape)
+    for c, s, t in np.ndindex(*ssim.shape):
+        ssim[c, s, t] = structural_similarity(
+            gray(fakes[c, s, t]),
+            gray(real[c, t].astype(np.float32)),
+            data_range=255,
+            gaussian_weights=True,
+            use_sample_covariance=False,
+        )
+    psnr = written["model"]["psnr"]
+    assert psnr["mean"]["value"] == pytest.approx(video_psnr.mean(), abs=1e-3)
+    assert psnr["best_of_3"]["value"] == pytest.approx(video_psnr.max(axis=1).mean(), abs=1e-3)
+    np.testing.assert_allclose(psnr["per_frame"]["mean"], frame_psnr.mean(axis=(0, 1)), atol=1e-3)
+    assert abs(video_psnr.mean() - frame_psnr.mean()) > 0.1  # the two definitions differ here
+    best = video_psnr.argmax(axis=1)
+    np.testing.assert_allclose(
+        psnr["per_frame"]["best_of_3"], frame_psnr[np.arange(3), best].mean(axis=0), atol=1e-3
+    )
+    assert written["model"]["ssim"]["mean"]["value"] == pytest.approx(ssim.mean(), abs=1e-5)
+    best_ssim = ssim.mean(axis=2).max(axis=1).mean()
+    assert written["model"]["ssim"]["best_of_3"]["value"] == pytest.approx(best_ssim, abs=1e-5)
+    # The baselines follow the style too.
+    copy_last = written["baselines"][protocol_lib.COPY_LAST]["psnr"]
+    assert copy_last["mean"]["count"] == 3
