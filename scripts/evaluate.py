@@ -1,4 +1,5 @@
-"""Evaluates a trained PredVDM model, or scores two folders of videos, and writes reports.
+"""Evaluates a trained PredVDM model (or only its VQ's baselines), or scores two folders of
+videos, and writes reports.
 
   # a training run's newest checkpoint (EMA weights), the MCVD protocol:
   python scripts/evaluate.py --workdir=runs/kth64 --protocol=mcvd --out=eval/kth64_mcvd
@@ -8,6 +9,9 @@
   # one model under several samplers, on the same clips (OUT/<sampler>/ and OUT/sweep.md):
   python scripts/evaluate.py --bundle=bundles/kth64 --out=eval/kth64_samplers \
       --sweep="steps=10;steps=100;eta=0,steps=20;sampler=dpm_solver_pp,steps=20"
+  # no model: the baselines only (copy last frame, VQ reconstruction), the VQ's floor:
+  python scripts/evaluate.py --vq_params=runs/vq_kth/vq_params.safetensors --protocol=mcvd \
+      --config.data.test_dir=data/KTH/test --config.data.cond_frames=10 --out=eval/kth64_vq
   # two HDF5 splits of videos paired by index (the first 10 frames are conditioning), e.g.
   # another method's predictions written with predvdm_jax.data.hdf5.write_split:
   python scripts/evaluate.py --real_dir=data/KTH/test --fake_dir=other_model/kth_test_h5 \
@@ -29,14 +33,23 @@ from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
+from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag(
     "Overrides of the model's config: --config.eval.batch_size=64 --config.data.test_dir=...",
-    source="the saved model's (--workdir or --bundle), or the defaults when scoring folders",
+    source="the saved model's (--workdir or --bundle), or the defaults when scoring folders "
+    "or evaluating a VQ (--vq_params)",
 )
 flags.DEFINE_string("bundle", None, "Exported inference bundle folder (scripts/export.py).")
 flags.DEFINE_string("workdir", None, "Training workdir: evaluates its newest checkpoint.")
+flags.DEFINE_string(
+    "vq_params",
+    None,
+    "VQ params file (scripts/train_vq.py's WORKDIR/vq_params.safetensors): no model, only the "
+    "copy-last-frame and VQ-reconstruction baselines (the first stage's floor); the VQ's "
+    "architecture is the default config with --config.vq.* / --config.data.* overrides.",
+)
 flags.DEFINE_bool("use_ema", True, "With --workdir: evaluate the EMA weights (else the raw ones).")
 flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
 flags.DEFINE_enum(
@@ -110,6 +123,28 @@ def _score_folders():
     return metrics
 
 
+def _evaluate_vq():
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    config = config_lib.validate(FLAGS.config)
+    vq_params = load_vq_params(FLAGS.vq_params, config)
+    protocol = protocol_lib.protocol_from_config(
+        config, overrides, name=FLAGS.protocol, num_clips=FLAGS.num_clips
+    )
+    metrics = run_lib.evaluate_vq(
+        config,
+        vq_params,
+        FLAGS.out,
+        protocol=protocol,
+        pred_frames=FLAGS.pred_frames or config.eval.pred_frames,
+        source=f"VQ params {FLAGS.vq_params}",
+        keep_videos=FLAGS.keep_videos,
+        show_progress=FLAGS.progress,
+    )
+    if jax.process_index() == 0:
+        print(report.markdown_table(metrics))
+        print(f"wrote {FLAGS.out}/metrics.json")
+
+
 def _evaluate_model():
     overrides = config_flags.get_override_values(FLAGS["config"])
     bundle, source = checkpoint.load_model(
@@ -174,6 +209,26 @@ MODEL_FLAGS = (
 )
 FOLDER_FLAGS = ("cond_frames", "num_frames")
 # The config fields that scoring folders reads; other --config.* overrides would do nothing.
+# What a VQ-only evaluation (--vq_params) does not read: the model's, and the samples'.
+VQ_UNREAD_FLAGS = ("bundle", "workdir", "use_ema", "step", "num_samples", "save_predictions")
+VQ_CONFIG_FIELDS = (
+    "vq",
+    "vq_chunk",
+    "data.image_size",
+    "data.channels",
+    "data.cond_frames",
+    "data.test_dir",
+    "eval.batch_size",
+    "eval.seed",
+    "eval.gray_as_rgb",
+    "eval.lpips_params",
+    "eval.i3d_params",
+    "eval.fvd",
+    "eval.fvd_resize",
+    "eval.protocol",
+    "eval.num_clips",
+    "eval.pred_frames",
+)
 FOLDER_CONFIG_FIELDS = (
     "eval.batch_size",
     "eval.lpips_params",
@@ -204,9 +259,23 @@ FLAG_FIELDS = {
 }
 
 
-def _reject_unread_overrides(overrides, folders):
-    """Refuses the ``--config.*`` overrides that scoring folders or evaluating a model does not
-    read; a flag of ``FLAG_FIELDS`` given replaces its field."""
+def _reject_unread_overrides(overrides, folders, vq_only=False):
+    """Refuses the ``--config.*`` overrides that scoring folders, evaluating a VQ alone or
+    evaluating a model does not read; a flag of ``FLAG_FIELDS`` given replaces its field."""
+    replaced = {
+        field: f"--{flag} sets it" for flag, field in FLAG_FIELDS.items() if FLAGS[flag].present
+    }
+    if vq_only:
+        cli.reject_unread_overrides(
+            overrides,
+            [field for field in VQ_CONFIG_FIELDS if field not in replaced],
+            " with --vq_params, which reads only the VQ's architecture (--config.vq.*, "
+            "--config.vq_chunk, --config.data.image_size, --config.data.channels), "
+            "--config.data.cond_frames, --config.data.test_dir and the --config.eval.* fields "
+            "that its flags given do not set",
+            {"vq_params": "--vq_params sets it", **replaced},
+        )
+        return
     if folders:
         cli.reject_unread_overrides(
             overrides,
@@ -215,9 +284,6 @@ def _reject_unread_overrides(overrides, folders):
             f"{', '.join('--config.' + f for f in FOLDER_CONFIG_FIELDS)}",
         )
         return
-    replaced = {
-        field: f"--{flag} sets it" for flag, field in FLAG_FIELDS.items() if FLAGS[flag].present
-    }
     cli.reject_unread_overrides(
         overrides,
         [field for field in MODEL_CONFIG_FIELDS if field not in replaced],
@@ -229,10 +295,23 @@ def _reject_unread_overrides(overrides, folders):
 
 def main():
     folders = FLAGS.real_dir is not None or FLAGS.fake_dir is not None
+    vq_only = FLAGS.vq_params is not None
+    if vq_only and folders:
+        cli.fail("--vq_params evaluates a VQ on the test clips; it does not score folders.")
+    if vq_only and FLAGS.sweep is not None:
+        cli.fail("--sweep compares a model's samplers; --vq_params evaluates no model.")
+    if vq_only:
+        cli.reject_flags(
+            VQ_UNREAD_FLAGS + FOLDER_FLAGS,
+            "with --vq_params (the VQ's baselines only: no model, one deterministic sample)",
+        )
     if folders and not (FLAGS.real_dir and FLAGS.fake_dir):
         cli.fail("--real_dir and --fake_dir go together; pass both folders.")
-    if not folders and bool(FLAGS.bundle) == bool(FLAGS.workdir):
-        cli.fail("pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir).")
+    if not (folders or vq_only) and bool(FLAGS.bundle) == bool(FLAGS.workdir):
+        cli.fail(
+            "pass exactly one of --bundle or --workdir (or --real_dir with --fake_dir, or "
+            "--vq_params)."
+        )
     if folders and FLAGS.sweep is not None:
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
     if FLAGS.sweep is not None and FLAGS.save_predictions:
@@ -244,12 +323,14 @@ def main():
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
     else:
         cli.reject_flags(FOLDER_FLAGS, "without --real_dir and --fake_dir")
-    _reject_unread_overrides(config_flags.get_override_values(FLAGS["config"]), folders)
+    _reject_unread_overrides(config_flags.get_override_values(FLAGS["config"]), folders, vq_only)
     report.check_output_dir(FLAGS.out)
     mesh.initialize_distributed()
     if folders:
         print(report.markdown_table(_score_folders()))
         print(f"wrote {FLAGS.out}/metrics.json")
+    elif vq_only:
+        _evaluate_vq()
     else:
         _evaluate_model()
 

@@ -57,9 +57,14 @@ def write_metrics_json(path: str, metrics: Mapping[str, Any]) -> str:
     return path
 
 
+def _model_row(metrics: Mapping[str, Any]) -> dict:
+    """``{"model": entry}``, or nothing for a VQ-only evaluation (baselines only)."""
+    return {"model": metrics["model"]} if "model" in metrics else {}
+
+
 def per_frame_curves(metrics: Mapping[str, Any]) -> dict:
     """``{metric: {label: values per frame}}`` for the model (each aggregation) and the baselines."""
-    systems = {"model": metrics["model"], **metrics.get("baselines", {})}
+    systems = {**_model_row(metrics), **metrics.get("baselines", {})}
     curves: dict = {}
     for metric in METRIC_LABELS:
         for system, entry in systems.items():
@@ -310,7 +315,7 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
     the numbers are (clips, samples, frames).
     """
     protocol = metrics.get("protocol", {})
-    systems = {"model": metrics["model"], **metrics.get("baselines", {})}
+    systems = {**_model_row(metrics), **metrics.get("baselines", {})}
     fvd_columns = []
     for variant in FVD_VARIANTS:
         for kind in ("all_samples", "trajectory_mean"):
@@ -350,7 +355,7 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
                     else ""
                 )
             lines.append(table_row(row))
-    model = metrics["model"]
+    model = metrics.get("model") or next(iter(systems.values()), {})  # VQ-only: a baseline's
     notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
     notes += [
         f"- FVD {variant}: {note}"

@@ -6,6 +6,7 @@ These functions load what the protocol needs: the test clips, the model, LPIPS a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -118,6 +119,41 @@ def evaluate_model(
     )[MODEL]
 
 
+VQ_ONLY = "the baselines only: no model (evaluate.py --vq_params)"
+"""``protocol.evaluated`` of a VQ-only evaluation (``evaluate_vq``)."""
+
+
+def evaluate_vq(
+    config,
+    vq_params: Any,
+    out_dir: str,
+    *,
+    protocol: Protocol,
+    pred_frames: int,
+    source: str,
+    keep_videos: int = 8,
+    show_progress: bool = True,
+) -> dict:
+    """The first stage's floor without a denoiser: the ``copy_last_frame`` and
+    ``vq_reconstruction`` baselines of ``evaluate_model`` (same clips of
+    ``config.data.test_dir``, metrics and FVD variants; ``config`` gives the VQ's
+    architecture, ``data.cond_frames`` and ``eval``), written to the same reports with no
+    model row; the videos show the VQ reconstructions. The baselines are deterministic, so
+    ``protocol``'s sample count is not used (1). Returns the metrics dict."""
+    return evaluate_samplers(
+        config,
+        None,
+        vq_params,
+        out_dir,
+        {},
+        protocol=protocol,
+        pred_frames=pred_frames,
+        source=source,
+        keep_videos=keep_videos,
+        show_progress=show_progress,
+    )[MODEL]
+
+
 def evaluate_samplers(
     config,
     params: Any,
@@ -143,9 +179,12 @@ def evaluate_samplers(
     ``save_predictions`` (a single setting only) writes every predicted clip to
     ``out_dir/predictions`` (``predictions.PredictionWriter``); without it, an earlier
     run's ``predictions/`` there is removed with the other earlier outputs.
+
+    No ``samplings`` (``{}``): the baselines only (``evaluate_vq``), under ``model``.
     """
-    single = list(samplings) == [MODEL]
-    if save_predictions and not single:
+    vq_only = not samplings
+    single = vq_only or list(samplings) == [MODEL]
+    if save_predictions and not (single and not vq_only):
         raise ValueError(
             "save_predictions writes one model's predictions; evaluate the sampler of "
             "interest on its own (without a sweep) to save them"
@@ -184,6 +223,19 @@ def evaluate_samplers(
         predict = model.make_predict_fn(pred_frames, sampling, rgb=rgb)
         return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
 
+    predict_fns = {label: predict_fn(sampling) for label, sampling in samplings.items()}
+    if vq_only:  # a stand-in model (the VQ reconstruction, again), left out of the reports
+        protocol = dataclasses.replace(protocol, num_samples=1, best_of_n=False)
+        current: dict = {}
+        clips = (current.update(batch) or batch for batch in batches)
+        predict_fns = {
+            MODEL: lambda cond, key: reconstruct(
+                vq_params, current["video"][:, cond_frames : cond_frames + pred_frames]
+            )
+        }
+    else:
+        clips = batches
+
     writer = None
     if save_predictions:
         test_split = VideoShards(config.data.test_dir)
@@ -205,12 +257,12 @@ def evaluate_samplers(
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
-    total = num_batches * protocol.num_samples * len(samplings)
+    total = num_batches * protocol.num_samples * len(predict_fns)
     try:
         with _ProgressBar(total, show_progress, "predicting") as bar:
             result = evaluate(
-                (batch for _, batch in zip(range(num_batches), batches)),
-                {label: predict_fn(sampling) for label, sampling in samplings.items()},
+                (batch for _, batch in zip(range(num_batches), clips)),
+                predict_fns,
                 lambda video: reconstruct(vq_params, video),
                 protocol,
                 cond_frames=cond_frames,
@@ -229,7 +281,7 @@ def evaluate_samplers(
         raise
     device = f"{mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
     all_metrics = {}
-    for label, sampling in samplings.items():
+    for label, sampling in (samplings or {MODEL: None}).items():
         all_metrics[label] = summarize(
             result,
             protocol,
@@ -241,7 +293,11 @@ def evaluate_samplers(
                 "source": source,
                 "test_dir": config.data.test_dir,
                 "clip_seed": int(config.eval.seed),
-                "sampler": sweep_lib.sampler_description(sampling),
+                **(
+                    {"evaluated": VQ_ONLY}
+                    if vq_only
+                    else {"sampler": sweep_lib.sampler_description(sampling)}
+                ),
                 "i3d": i3d_source,
                 "fvd_resize": config.eval.fvd_resize,
                 "batch_size": batch_size,
@@ -249,6 +305,11 @@ def evaluate_samplers(
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
+    if vq_only:
+        metrics = all_metrics[MODEL]
+        metrics.pop("model")
+        metrics.pop("throughput", None)
+        metrics["seconds"].pop("predict", None)
     if writer is not None:
         writer.finish()
         all_metrics[MODEL]["predictions"] = predictions_lib.summary(protocol.num_samples)

@@ -103,7 +103,9 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
     stored = np.stack(videos)
     expected = _psnr_by_hand(stored[:, COND:], stored[:, COND - 1 : COND])
     copy_last = metrics["baselines"]["copy_last_frame"]["psnr"]
-    assert copy_last["mean"]["value"] == pytest.approx(expected.mean(), rel=1e-4)
+    # mcvd's mean is over one PSNR per video, of its mean frame MSE (metric_style "mcvd")
+    mse = ((stored[:, COND:] / 255.0 - stored[:, COND - 1 : COND] / 255.0) ** 2).mean((1, 2, 3))
+    assert copy_last["mean"]["value"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
     np.testing.assert_allclose(copy_last["per_frame"]["mean"], expected.mean(axis=0), rtol=1e-4)
     assert 0 < metrics["baselines"]["vq_reconstruction"]["ssim"]["mean"]["value"] <= 1
 
@@ -296,7 +298,10 @@ def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypat
             bundle.params,
             bundle.vq_params,
             str(tmp_path / out),
-            protocol=protocol_lib.resolve_protocol("mcvd", num_clips=3, num_samples=samples),
+            # score_folders' SSIM / PSNR style (the mcvd preset implies MCVD's)
+            protocol=protocol_lib.resolve_protocol(
+                "mcvd", num_clips=3, num_samples=samples, metric_style="predvdm"
+            ),
             pred_frames=PRED,
             source="test",
             keep_videos=0,
@@ -580,3 +585,121 @@ def test_a_set_but_missing_lpips_or_i3d_file_is_an_error_not_a_skip(tmp_path):
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
         assert last.startswith("error: ") and str(missing) in last and tool in last, last
         assert not (tmp_path / "eval").exists()
+
+
+def _vq_only_command(tmp_path, vq_file, *extra):
+    """``evaluate.py --vq_params`` with the tiny VQ's architecture as overrides of the defaults."""
+    command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
+    command += [f"--vq_params={vq_file}", f"--out={tmp_path / 'vq_eval'}", "--noprogress"]
+    command += ["--config.vq.ch=32", "--config.vq.ch_mult=(1,2)", "--config.vq.num_res_blocks=1"]
+    command += ["--config.vq.n_embed=16", f"--config.vq.resolution={SIZE}"]
+    command += [f"--config.data.image_size={SIZE}", "--config.data.channels=1"]
+    command += [f"--config.data.cond_frames={COND}", f"--config.data.test_dir={tmp_path / 'test'}"]
+    return command + list(extra)
+
+
+def test_vq_only_evaluation_gives_a_model_evaluations_baselines(tmp_path, monkeypatch):
+    """Same clips, same copy-last-frame and VQ-reconstruction numbers (SSIM, PSNR, every FVD
+    variant) as a model evaluation of a bundle holding the VQ; no model row in the reports."""
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    _fake_i3d(monkeypatch)
+    pred = 10  # I3D takes 10 frames or more: FVD pred-only too
+    rng = np.random.default_rng(7)
+    videos = [rng.integers(0, 256, (COND + pred, SIZE, SIZE), np.uint8) for _ in range(VIDEOS)]
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, videos))
+    config = bundle.config.copy_and_resolve_references()
+    config.eval.fvd, config.eval.batch_size = True, 2
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=VIDEOS, num_samples=2)
+    kwargs = dict(protocol=protocol, pred_frames=pred, source="test", show_progress=False)
+    full = run_lib.evaluate_model(
+        config, bundle.params, bundle.vq_params, str(tmp_path / "full"), keep_videos=0, **kwargs
+    )
+    vq_only = run_lib.evaluate_vq(
+        config, bundle.vq_params, str(tmp_path / "vq"), keep_videos=2, **kwargs
+    )
+    assert "model" not in vq_only and "throughput" not in vq_only
+    assert set(vq_only["baselines"]) == {"copy_last_frame", "vq_reconstruction"}
+    for name, entry in full["baselines"].items():
+        for metric in ("ssim", "psnr"):
+            got = vq_only["baselines"][name][metric]
+            assert got["mean"]["value"] == pytest.approx(entry[metric]["mean"]["value"], rel=1e-6)
+            np.testing.assert_allclose(
+                got["per_frame"]["mean"], entry[metric]["per_frame"]["mean"], rtol=1e-6
+            )
+        for variant in protocol_lib.FVD_VARIANTS:
+            expected = entry["fvd"][variant]
+            assert isinstance(expected, dict)  # FVD was computed
+            for kind in ("all_samples", "trajectory_mean"):
+                got = vq_only["baselines"][name]["fvd"][variant][kind]
+                assert got == pytest.approx(expected[kind], rel=1e-5, abs=1e-6)
+    assert vq_only["protocol"]["evaluated"] == run_lib.VQ_ONLY
+    assert vq_only["protocol"]["num_samples"] == 1
+    written = json.loads((tmp_path / "vq" / "metrics.json").read_text())
+    assert "model" not in written and set(written["baselines"]) == set(vq_only["baselines"])
+    table = (tmp_path / "vq" / "metrics.md").read_text()
+    assert "| model |" not in table and "| VQ reconstruction | mean |" in table
+    assert "| copy last frame | mean |" in table
+    assert (tmp_path / "vq" / "per_frame.png").is_file()
+    # The videos show the VQ reconstruction of the true future.
+    assert (tmp_path / "vq" / "videos" / "video_0001.gif").is_file()
+
+
+def test_evaluate_script_vq_params_scores_the_baselines_by_hand(tmp_path):
+    """``--vq_params`` with the VQ's architecture as overrides: copy-last-frame PSNR from the
+    stored frames, VQ-reconstruction PSNR from the VQ's own decode."""
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    videos = _videos(8)
+    bundle_dir = _tiny_bundle(tmp_path, videos)
+    command = _vq_only_command(tmp_path, os.path.join(bundle_dir, bundle_lib.VQ_FILE))
+    command += ["--protocol=mcvd", f"--pred_frames={PRED}", f"--num_clips={VIDEOS}"]
+    command += ["--config.eval.fvd=False", "--keep_videos=1"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "vq_eval" / "metrics.json").read_text())
+    assert "model" not in metrics and metrics["protocol"]["name"] == "mcvd"
+    assert metrics["protocol"]["source"].startswith("VQ params")
+    stored = np.stack(videos)
+    copy_last = _psnr_by_hand(stored[:, COND:], stored[:, COND - 1 : COND])
+    baselines = metrics["baselines"]
+    np.testing.assert_allclose(
+        baselines["copy_last_frame"]["psnr"]["per_frame"]["mean"], copy_last.mean(0), rtol=1e-4
+    )
+    bundle = bundle_lib.load_bundle(bundle_dir)
+    model = LatentDiffusion.from_config(bundle.config)
+    future = stored[:, COND:, ..., None] / 127.5 - 1.0
+    decoded = np.asarray(model.decode(bundle.vq_params, model.encode(bundle.vq_params, future)))
+    mse = ((decoded - future) ** 2 / 4).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(
+        baselines["vq_reconstruction"]["psnr"]["per_frame"]["mean"],
+        (10 * np.log10(1 / mse)).mean(axis=0),
+        rtol=1e-4,
+    )
+    assert "| model |" not in run.stdout and "copy" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--bundle=b"], ["--bundle"]),
+        (["--num_samples=2"], ["--num_samples"]),
+        (["--sweep=steps=2"], ["--sweep"]),
+        (["--real_dir=r", "--fake_dir=f"], ["--vq_params", "folders"]),
+        (["--config.unet.model_channels=8"], ["--config.unet.model_channels"]),
+        (["--config.vq.n_embed=32"], ["VQ params", "vq"]),  # not this file's architecture
+    ],
+)
+def test_vq_params_refusals_are_one_error_line(tmp_path, extra, words):
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    command = _vq_only_command(tmp_path, os.path.join(bundle_dir, bundle_lib.VQ_FILE), *extra)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in run.stderr.strip().splitlines() if line.startswith("error")]
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(lines) == 1 and all(word in lines[0] for word in words), lines
+    assert not (tmp_path / "vq_eval").exists()
