@@ -117,6 +117,7 @@ def _score_folders():
         i3d_params=config.eval.i3d_params,
         fvd=config.eval.fvd,
         fvd_resize=config.eval.fvd_resize,
+        metric_style=config.eval.metric_style,
         keep_videos=FLAGS.keep_videos,
         show_progress=FLAGS.progress,
     )
@@ -235,6 +236,7 @@ FOLDER_CONFIG_FIELDS = (
     "eval.i3d_params",
     "eval.fvd",
     "eval.fvd_resize",
+    "eval.metric_style",
 )
 # The config fields that evaluating a model reads, and the flags that replace some of them.
 MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + (

@@ -78,7 +78,8 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             ),
             "error: --config.eval.gray_as_rgb, --config.sampling.steps have no effect when "
             "scoring folders, which reads only --config.eval.batch_size, --config.eval.lpips_params, "
-            "--config.eval.i3d_params, --config.eval.fvd, --config.eval.fvd_resize; remove them",
+            "--config.eval.i3d_params, --config.eval.fvd, --config.eval.fvd_resize, "
+            "--config.eval.metric_style; remove them",
         ),
         (
             "evaluate.py",

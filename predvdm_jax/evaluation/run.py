@@ -338,6 +338,7 @@ def score_folders(
     i3d_params: str = "",
     fvd: bool = True,
     fvd_resize: str = "bilinear",
+    metric_style: str = "predvdm",
     keep_videos: int = 8,
     show_progress: bool = True,
 ) -> dict:
@@ -345,7 +346,7 @@ def score_folders(
 
     Uses frames ``0..num_frames-1`` of every video (0: the shortest video's
     length); the first ``cond_frames`` are left out of SSIM / PSNR / LPIPS. ``fvd_resize``:
-    I3D's resize method (``eval.fvd_resize``).
+    I3D's resize method (``eval.fvd_resize``); ``metric_style``: ``eval.metric_style``.
     Writes the same outputs as ``evaluate_model`` and returns the metrics dict; an earlier
     model evaluation's ``out_dir/predictions`` stays (it may hold the folders scored).
     """
@@ -392,6 +393,7 @@ def score_folders(
             feature_fn=feature_fn,
             fvd_unavailable=i3d_source,
             progress=lambda items: _counted(items, bar.update),
+            metric_style=metric_style,
         )
     metrics["protocol"].update(
         {

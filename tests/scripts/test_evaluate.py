@@ -151,6 +151,22 @@ def test_score_folders_pairs_videos_by_index(tmp_path):
         "per_frame.png",
         "videos",
     ]
+    # MCVD's definitions (eval.metric_style): one PSNR per video, from its mean MSE.
+    mcvd = run_lib.score_folders(
+        str(tmp_path / "real"),
+        str(tmp_path / "fake"),
+        str(tmp_path / "out_mcvd"),
+        cond_frames=COND,
+        fvd=False,
+        metric_style="mcvd",
+        show_progress=False,
+    )
+    last_mse = ((real[2][-1] / 255.0 - fake[2][-1] / 255.0) ** 2).mean()
+    video_psnr = 10 * np.log10(PRED / last_mse)  # 1 / (mean MSE over PRED frames)
+    assert mcvd["protocol"]["metric_style"] == "mcvd"
+    assert mcvd["model"]["psnr"]["mean"]["value"] == pytest.approx(
+        ((VIDEOS - 1) * 100.0 + video_psnr) / VIDEOS, rel=1e-5
+    )
     hdf5.write_split(str(tmp_path / "short"), real[:2])
     with pytest.raises(ValueError, match="same count"):
         run_lib.score_folders(
