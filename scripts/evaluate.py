@@ -209,15 +209,9 @@ MODEL_FLAGS = (
     "save_predictions",
 )
 FOLDER_FLAGS = ("cond_frames", "num_frames")
-# The config fields that scoring folders reads; other --config.* overrides would do nothing.
 # What a VQ-only evaluation (--vq_params) does not read: the model's, and the samples'.
 VQ_UNREAD_FLAGS = ("bundle", "workdir", "use_ema", "step", "num_samples", "save_predictions")
-VQ_CONFIG_FIELDS = (
-    "vq",
-    "vq_chunk",
-    "data.image_size",
-    "data.channels",
-    "data.cond_frames",
+EVAL_CONFIG_FIELDS = (
     "data.test_dir",
     "eval.batch_size",
     "eval.seed",
@@ -226,10 +220,20 @@ VQ_CONFIG_FIELDS = (
     "eval.i3d_params",
     "eval.fvd",
     "eval.fvd_resize",
+    "eval.metric_style",
     "eval.protocol",
     "eval.num_clips",
     "eval.pred_frames",
 )
+"""The config fields that evaluating test clips reads, with a model or the VQ alone."""
+VQ_CONFIG_FIELDS = (
+    "vq",
+    "vq_chunk",
+    "data.image_size",
+    "data.channels",
+    "data.cond_frames",
+) + EVAL_CONFIG_FIELDS
+# The config fields that scoring folders reads; other --config.* overrides would do nothing.
 FOLDER_CONFIG_FIELDS = (
     "eval.batch_size",
     "eval.lpips_params",
@@ -239,20 +243,7 @@ FOLDER_CONFIG_FIELDS = (
     "eval.metric_style",
 )
 # The config fields that evaluating a model reads, and the flags that replace some of them.
-MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + (
-    "data.test_dir",
-    "eval.batch_size",
-    "eval.seed",
-    "eval.gray_as_rgb",
-    "eval.lpips_params",
-    "eval.i3d_params",
-    "eval.fvd",
-    "eval.fvd_resize",
-    "eval.protocol",
-    "eval.num_clips",
-    "eval.num_samples",
-    "eval.pred_frames",
-)
+MODEL_CONFIG_FIELDS = cli.MODEL_FIELDS + EVAL_CONFIG_FIELDS + ("eval.num_samples",)
 FLAG_FIELDS = {
     "protocol": "eval.protocol",
     "num_clips": "eval.num_clips",

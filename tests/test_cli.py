@@ -109,6 +109,7 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
                 "--config.data.batch_size=4",
                 "--config.vq_train.num_steps=3",
                 "--config.eval.seed=2",  # read: no error for it
+                "--config.eval.metric_style=predvdm",  # read: no error for it
             ),
             "error: --config.data.batch_size, --config.data.latent_test_dir, "
             "--config.eval.num_clips (--num_clips sets it), --config.eval.pred_frames "
