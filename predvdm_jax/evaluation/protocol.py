@@ -565,7 +565,9 @@ def evaluate(
     returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
     uses ``fold_in(fold_in(key, s), b)``. A mapping ``{name: predict_fn}`` scores
     several models (e.g. samplers) on the same clips and keys, with the real
-    clips' features and the baselines computed once; a single function is ``model``.
+    clips' features and the baselines computed once; a single function is ``model``; no
+    model (``{}``) scores the baselines alone, the VQ reconstructions then being the kept
+    ``fake`` videos (under ``vq_reconstruction``).
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
     cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
     (I3D logits); None skips FVD with the reason ``fvd_unavailable``.
@@ -578,13 +580,14 @@ def evaluate(
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
     predict_fns = {MODEL: predict_fn} if callable(predict_fn) else dict(predict_fn)
     clashing = set(predict_fns) & {COPY_LAST, VQ_RECON}
-    if not predict_fns or clashing:
+    if clashing or not (predict_fns or reconstruct_fn):
         raise ValueError(
-            f"predict_fn needs at least one model, none named like a baseline; got "
-            f"{sorted(predict_fns)}."
+            f"predict_fn needs models, none named like a baseline (or none at all, with a "
+            f"reconstruct_fn: the baselines alone); got {sorted(predict_fns)}."
         )
     accumulator = None
-    videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in predict_fns}}
+    kept_fakes = list(predict_fns) or [VQ_RECON]
+    videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in kept_fakes}}
     kept = 0
     seconds = {"reconstruct": 0.0}
     predict_seconds = {name: 0.0 for name in predict_fns}
@@ -656,6 +659,8 @@ def evaluate(
             seconds["reconstruct"] += time.perf_counter() - start
             _check_prediction(reconstruction, expected, "reconstruct_fn")
             accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid, vq_cond01)
+            if not predict_fns:
+                first_samples[VQ_RECON] = reconstruction
 
         if kept < keep_videos:
             take = np.flatnonzero(valid)[: keep_videos - kept]
@@ -693,11 +698,12 @@ def summarize(
     """The JSON-ready metrics dict: every number next to the protocol that produced it.
 
     ``model`` picks which of ``result.models`` is reported as the model; the other
-    models of a sweep are left out, the baselines kept. ``throughput`` (when the model
+    models of a sweep are left out, the baselines kept; a result without models (the
+    baselines alone) has no ``model`` entry. ``throughput`` (when the model
     predicted) gives its predicted frames per second without compilation
     (``Throughput.summary``), ``device`` naming what it ran on.
     """
-    clips = int(result.per_frame[model]["ssim"].shape[0])
+    clips = int(next(iter(result.per_frame.values()))["ssim"].shape[0])
     description = {
         "name": protocol.name,
         "num_clips": clips,
@@ -756,7 +762,7 @@ def summarize(
         seconds = {"predict": result.predict_seconds[model], **seconds}
     metrics = {
         "protocol": description,
-        "model": systems.pop(model),
+        **({"model": systems.pop(model)} if model in systems else {}),
         "baselines": systems,
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
     }

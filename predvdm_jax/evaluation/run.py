@@ -25,6 +25,7 @@ from predvdm_jax.evaluation.protocol import (
     GRAY_AS_GRAY,
     GRAY_AS_RGB,
     MODEL,
+    VQ_RECON,
     FeatureFn,
     Protocol,
     evaluate,
@@ -224,17 +225,8 @@ def evaluate_samplers(
         return lambda cond, key: predict(params, vq_params, cond, key)["frames"]
 
     predict_fns = {label: predict_fn(sampling) for label, sampling in samplings.items()}
-    if vq_only:  # a stand-in model (the VQ reconstruction, again), left out of the reports
+    if vq_only:  # the baselines are deterministic: one sample
         protocol = dataclasses.replace(protocol, num_samples=1, best_of_n=False)
-        current: dict = {}
-        clips = (current.update(batch) or batch for batch in batches)
-        predict_fns = {
-            MODEL: lambda cond, key: reconstruct(
-                vq_params, current["video"][:, cond_frames : cond_frames + pred_frames]
-            )
-        }
-    else:
-        clips = batches
 
     writer = None
     if save_predictions:
@@ -257,11 +249,12 @@ def evaluate_samplers(
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
-    total = num_batches * protocol.num_samples * len(predict_fns)
+    total = num_batches * protocol.num_samples * max(len(predict_fns), 1)
     try:
         with _ProgressBar(total, show_progress, "predicting") as bar:
+            clips = (batch for _, batch in zip(range(num_batches), batches))
             result = evaluate(
-                (batch for _, batch in zip(range(num_batches), clips)),
+                _counted(clips, bar.update) if vq_only else clips,  # no predictions to count
                 predict_fns,
                 lambda video: reconstruct(vq_params, video),
                 protocol,
@@ -305,11 +298,6 @@ def evaluate_samplers(
                 **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
             },
         )
-    if vq_only:
-        metrics = all_metrics[MODEL]
-        metrics.pop("model")
-        metrics.pop("throughput", None)
-        metrics["seconds"].pop("predict", None)
     if writer is not None:
         writer.finish()
         all_metrics[MODEL]["predictions"] = predictions_lib.summary(protocol.num_samples)
@@ -317,7 +305,7 @@ def evaluate_samplers(
         sweep_lib.write_reports(
             out_dir,
             all_metrics,
-            {label: result.model_videos(label) for label in all_metrics},
+            {label: result.model_videos(VQ_RECON if vq_only else label) for label in all_metrics},
             single=single,
             first_frame=cond_frames + 1,
         )
