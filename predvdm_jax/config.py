@@ -24,7 +24,6 @@ from predvdm_jax.training.sharding import DEFAULT_MIN_SIZE
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 PROTOCOLS = ("predvdm", "mcvd", "extdm")
-METRIC_STYLES = ("predvdm", "mcvd")
 
 
 class ConfigError(ValueError):
@@ -461,8 +460,9 @@ def _ddim_steps_error(steps: int, timesteps: int) -> str:
 def _combination_errors(c) -> list[str]:
     # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
     # models/autoencoder.py (module_fields), which vq_losses imports; evaluation/fvd.py is
-    # a layer above this module.
+    # a layer above this module, as is evaluation/metrics.py.
     from predvdm_jax.evaluation.fvd import RESIZE_METHODS
+    from predvdm_jax.evaluation.metrics import METRIC_STYLES
     from predvdm_jax.models.predictor import MODES
     from predvdm_jax.models.vq_losses import DISC_LOSSES
 

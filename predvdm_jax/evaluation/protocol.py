@@ -129,12 +129,17 @@ def resolve_protocol(
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         protocol = dataclasses.replace(protocol, num_samples=int(num_samples))
     if metric_style is not None:
-        if metric_style not in metrics_lib.METRIC_STYLES:
-            raise ValueError(
-                f"unknown metric style {metric_style!r}; use one of {metrics_lib.METRIC_STYLES}."
-            )
-        protocol = dataclasses.replace(protocol, metric_style=metric_style)
+        protocol = dataclasses.replace(protocol, metric_style=_checked_style(metric_style))
     return protocol
+
+
+def _checked_style(metric_style: str) -> str:
+    """``metric_style``, or a ``ValueError`` naming ``metrics.METRIC_STYLES``."""
+    if metric_style not in metrics_lib.METRIC_STYLES:
+        raise ValueError(
+            f"unknown metric style {metric_style!r}; use one of {metrics_lib.METRIC_STYLES}."
+        )
+    return metric_style
 
 
 def protocol_from_config(
@@ -789,10 +794,7 @@ def evaluate_video_sets(
     the real cond frames followed by them (``vq-cond+pred`` is skipped: no VQ).
     ``metric_style`` as ``Protocol.metric_style``. Returns a ``summarize`` dict.
     """
-    if metric_style not in metrics_lib.METRIC_STYLES:
-        raise ValueError(
-            f"unknown metric style {metric_style!r}; use one of {metrics_lib.METRIC_STYLES}."
-        )
+    _checked_style(metric_style)
     if cond_frames < 0:
         raise ValueError(f"cond_frames must be >= 0, got {cond_frames}.")
     accumulator = None
