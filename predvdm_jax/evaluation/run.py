@@ -228,6 +228,18 @@ def evaluate_samplers(
     if vq_only:  # the baselines are deterministic: one sample
         protocol = dataclasses.replace(protocol, num_samples=1, best_of_n=False)
 
+    clips_described = {
+        "source": source,
+        "test_dir": config.data.test_dir,
+        "clip_seed": int(config.eval.seed),
+    }
+    grayscale = {"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}
+
+    def what_ran(sampling) -> dict:
+        if vq_only:
+            return {"evaluated": VQ_ONLY}
+        return {"sampler": sweep_lib.sampler_description(sampling)}
+
     writer = None
     if save_predictions:
         test_split = VideoShards(config.data.test_dir)
@@ -241,13 +253,7 @@ def evaluate_samplers(
             windows=eval_windows(
                 frame_counts, protocol.num_clips, cond_frames + pred_frames, config.eval.seed
             ),
-            description={
-                "source": source,
-                "test_dir": config.data.test_dir,
-                "clip_seed": int(config.eval.seed),
-                "sampler": sweep_lib.sampler_description(samplings[MODEL]),
-                **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
-            },
+            description={**clips_described, **what_ran(samplings[MODEL]), **grayscale},
         )
     total = num_batches * protocol.num_samples * max(len(predict_fns), 1)
     try:
@@ -283,19 +289,13 @@ def evaluate_samplers(
             model=label,
             device=device,
             extra_protocol={
-                "source": source,
-                "test_dir": config.data.test_dir,
-                "clip_seed": int(config.eval.seed),
-                **(
-                    {"evaluated": VQ_ONLY}
-                    if vq_only
-                    else {"sampler": sweep_lib.sampler_description(sampling)}
-                ),
+                **clips_described,
+                **what_ran(sampling),
                 "i3d": i3d_source,
                 "fvd_resize": config.eval.fvd_resize,
                 "batch_size": batch_size,
                 "devices": int(mesh.size),
-                **({"grayscale": GRAY_AS_RGB if rgb else GRAY_AS_GRAY} if gray else {}),
+                **grayscale,
             },
         )
     if writer is not None:
