@@ -208,10 +208,13 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
     return info
 
 
-def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> None:
+def check_cache_matches(
+    config: ml_collections.ConfigDict, split_dir: str, vq_params: Any = None
+) -> None:
     """Raises ``ConfigError`` when ``split_dir``'s cache was made with another ``scale_factor``,
-    frame channels, frame size, VQ architecture or (when ``config.vq_params`` exists) other VQ weights than
-    ``config``'s; ``DatasetError`` when it has no readable ``cache_info.json``
+    frame channels, frame size, VQ architecture or other VQ weights than ``config``'s: those
+    of ``vq_params`` (the tree read from ``config.vq_params``; None: read here, when the file
+    exists); ``DatasetError`` when it has no readable ``cache_info.json``
     (``read_cache_info``: it is no cache of ``scripts/encode_dataset.py``) or lacks shards (an
     interrupted encode)."""
     saved = read_cache_info(split_dir)
@@ -260,8 +263,10 @@ def check_cache_matches(config: ml_collections.ConfigDict, split_dir: str) -> No
             f"or encode a cache of {config.data.image_size}x{config.data.image_size} frames "
             f"(scripts/encode_dataset.py)."
         )
-    if config.vq_params and os.path.isfile(config.vq_params):
-        digest = params_digest(read_safetensors(config.vq_params))
+    if vq_params is None and config.vq_params and os.path.isfile(config.vq_params):
+        vq_params = read_safetensors(config.vq_params)
+    if vq_params is not None:
+        digest = params_digest(vq_params)
         if digest != saved[DIGEST_KEY]:
             raise ConfigError(
                 f"{split_dir} holds latents encoded with other VQ weights ({saved['vq_params']!r}, "

@@ -166,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     vq_params = load_vq_params(config.vq_params, config)
     for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
         if cache:
-            latent_cache.check_cache_matches(config, cache)
+            latent_cache.check_cache_matches(config, cache, vq_params)
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))
