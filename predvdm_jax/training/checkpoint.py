@@ -594,8 +594,8 @@ def export_latent_diffusion_checkpoint(
 ) -> tuple[int, float]:
     """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
     ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``), after
-    ``check_export_path``; ``vq_params`` as in ``load_train_state``. Returns the step written and the latent ``scale_factor`` the
-    original's yaml must use."""
+    ``check_export_path``; ``vq_params`` as in ``load_train_state``. Returns the step written
+    and the latent ``scale_factor`` the original's yaml must use."""
     check_export_path(path, workdir)
     if torch_checkpoint.state_dict_format(path) == "torch":
         torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
