@@ -46,9 +46,10 @@ def _tensor_to_numpy(value: Any, torch) -> np.ndarray:
 def load_torch_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> StateDict:
     """Read a checkpoint file into a flat `{key: np.ndarray}` dict.
 
-    Accepts a Lightning checkpoint (`{'state_dict': {...}, ...}`), a bare state_dict, or a `.safetensors`
-    file of PyTorch names (read without PyTorch; a file of '/'-joined Flax paths, a converter's own
-    output, is refused as already converted). Non-tensor entries are dropped. By default the pickle is read with
+    Accepts a Lightning checkpoint (`{'state_dict': {...}, ...}`), a bare state_dict, or a
+    `.safetensors` file of PyTorch names (read without PyTorch; a file of '/'-joined Flax
+    paths, a converter's own output, is refused as already converted). Non-tensor entries are
+    dropped. By default the pickle is read with
     `weights_only=True`; a checkpoint that pickles arbitrary Python objects (old Lightning callbacks,
     OmegaConf configs) needs `allow_pickle=True`, which runs code from the file — only for trusted files.
     """
