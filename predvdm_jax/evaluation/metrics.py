@@ -48,7 +48,12 @@ def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
     batch, frames = a.shape[:2]
     flat_a = a.reshape((batch * frames,) + a.shape[2:]).astype(jnp.float32)
     flat_b = b.reshape((batch * frames,) + b.shape[2:]).astype(jnp.float32)
-    mse = dm_pix.mse(flat_a, flat_b).reshape(batch, frames)
+    return _psnr_of_mse(dm_pix.mse(flat_a, flat_b).reshape(batch, frames))
+
+
+def _psnr_of_mse(mse: jax.Array) -> jax.Array:
+    """10·log10(1/mse) for data range 1; ``PSNR_IDENTICAL_VALUE`` where mse is below
+    ``PSNR_IDENTICAL_MSE`` (identical images)."""
     identical = mse < PSNR_IDENTICAL_MSE
     value = -10.0 * jnp.log10(jnp.where(identical, 1.0, mse))
     return jnp.where(identical, PSNR_IDENTICAL_VALUE, value)
@@ -162,7 +167,4 @@ def video_psnr(a: jax.Array, b: jax.Array) -> jax.Array:
     mse < 1e-10, as ``psnr`` (MCVD would give inf)."""
     _check_video_pair(a, b)
     diff = a.astype(jnp.float32) - b.astype(jnp.float32)
-    mse = jnp.mean(jnp.mean(diff * diff, axis=(2, 3, 4)), axis=1)
-    identical = mse < PSNR_IDENTICAL_MSE
-    value = -10.0 * jnp.log10(jnp.where(identical, 1.0, mse))
-    return jnp.where(identical, PSNR_IDENTICAL_VALUE, value)
+    return _psnr_of_mse(jnp.mean(jnp.mean(diff * diff, axis=(2, 3, 4)), axis=1))
