@@ -28,6 +28,7 @@ from absl import logging
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.folders import (
+    BEST_DIR,
     CONFIG_FILE,
     DENOISER_FILE,
     METRIC_FILE,
@@ -191,9 +192,6 @@ def read_bundle(path: str) -> Bundle:
     check_params(bundle.params, model.init_denoiser, f"bundle {path!r} {DENOISER_FILE}", hint)
     check_params(bundle.vq_params, model.init_vq, f"bundle {path!r} {VQ_FILE}", hint)
     return bundle
-
-
-BEST_DIR = "best"  # a run's folder of best bundles (train.keep_best), beside checkpoints/
 
 
 def _no_bundle_there(path: str) -> str | None:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from predvdm_jax import mesh as mesh_lib, xla_cpu
+from predvdm_jax import folders, mesh as mesh_lib, xla_cpu
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.params import load_vq_params
@@ -141,7 +141,11 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
     """``validation_fn`` that also bundles the EMA weights when ``val/loss_ema`` ranks among
     the ``train.keep_best`` lowest."""
     best = BestBundles(
-        os.path.join(workdir, "best"), config.train.keep_best, "val/loss_ema", config, vq_params
+        os.path.join(workdir, folders.BEST_DIR),
+        config.train.keep_best,
+        "val/loss_ema",
+        config,
+        vq_params,
     )
 
     def validate_and_keep(state: TrainState) -> dict:
