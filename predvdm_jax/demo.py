@@ -338,7 +338,7 @@ def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
             os.path.join(paths[folder], report.PER_FRAME_FILE), os.path.dirname(paths["report"])
         )
         lines += ["", f"![per-frame metrics]({rel})", ""]
-        videos = os.path.join(paths[folder], "videos")
+        videos = os.path.join(paths[folder], report.VIDEOS_DIR)
         if os.path.isdir(videos):
             gifs = sorted(f for f in os.listdir(videos) if f.endswith(".gif"))[:4]
             lines += [

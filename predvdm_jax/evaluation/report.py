@@ -245,7 +245,8 @@ def clear_videos(directory: str) -> None:
 
 METRICS_FILE, TABLE_FILE, PER_FRAME_FILE = "metrics.json", "metrics.md", "per_frame.png"
 EVALUATION_FILES = (METRICS_FILE, TABLE_FILE, PER_FRAME_FILE)
-"""The files ``write_evaluation`` writes beside ``videos/``."""
+"""The files ``write_evaluation`` writes beside ``VIDEOS_DIR``."""
+VIDEOS_DIR = "videos"
 
 
 def clear_evaluation(out_dir: str) -> None:
@@ -254,7 +255,7 @@ def clear_evaluation(out_dir: str) -> None:
         path = os.path.join(out_dir, name)
         if os.path.isfile(path):
             os.remove(path)
-    clear_videos(os.path.join(out_dir, "videos"))
+    clear_videos(os.path.join(out_dir, VIDEOS_DIR))
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
@@ -419,17 +420,17 @@ def write_evaluation(
         )
     if videos and "real" in videos and len(videos["real"]):
         written = write_videos(
-            os.path.join(out_dir, "videos"),
+            os.path.join(out_dir, VIDEOS_DIR),
             videos["real"],
             videos["fake"],
             videos.get("cond"),
             max_videos=len(videos["real"]),  # the caller kept as many as it was asked to
         )
-        paths["videos"] = os.path.join(out_dir, "videos")
+        paths["videos"] = os.path.join(out_dir, VIDEOS_DIR)
         if written["notes"]:
             metrics["notes"] = list(metrics.get("notes", [])) + written["notes"]
     else:  # an earlier run's, none this time
-        clear_videos(os.path.join(out_dir, "videos"))
+        clear_videos(os.path.join(out_dir, VIDEOS_DIR))
     atomic_io.write_text(paths["table"], markdown_table(metrics))
     write_metrics_json(paths["metrics"], metrics)
     return paths
