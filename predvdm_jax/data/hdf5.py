@@ -22,7 +22,12 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
+from predvdm_jax import atomic_io
+
 SHARD_NAME = "shard_{:04d}.hdf5"
+UNFINISHED = "unfinished.txt"
+"""In a split folder while a resumable writer (``converters.run_plan``) fills it, holding how
+to finish the split: one stopped leaves it, so its whole shards never read as a finished split."""
 FRAME_DTYPES = (np.uint8,)
 LATENT_DTYPES = (np.float16, np.float32)
 
@@ -89,6 +94,36 @@ def shard_paths(split_dir: str) -> list[str]:
                 f"order is ambiguous; remove one."
             )
     return [p for _, p in keyed]
+
+
+def mark_unfinished(split_dir: str, fix: str) -> None:
+    """Marks ``split_dir`` as being written (``UNFINISHED``); ``fix`` says how to finish it."""
+    os.makedirs(split_dir, exist_ok=True)
+    atomic_io.write_text(os.path.join(split_dir, UNFINISHED), fix)
+
+
+def mark_finished(split_dir: str) -> None:
+    """Removes ``split_dir``'s ``UNFINISHED`` mark, once every shard of the split is written."""
+    try:
+        os.remove(os.path.join(split_dir, UNFINISHED))
+    except FileNotFoundError:
+        pass
+
+
+def _check_finished(split_dir: str) -> None:
+    """``DatasetError`` when ``split_dir`` holds an ``UNFINISHED`` mark, naming its fix."""
+    path = os.path.join(split_dir, UNFINISHED)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            fix = " ".join(f.read().split())
+    except (OSError, ValueError):
+        fix = ""
+    raise DatasetError(
+        f"{split_dir} is unfinished (its writing stopped before the end); "
+        f"{fix or 'run the command that wrote it again to finish it.'}"
+    )
 
 
 def split_dirs(root: str) -> list[str]:
@@ -400,6 +435,7 @@ class VideoShards:
                 f"scripts/make_moving_digits.py or scripts/prepare_data.py, or fix the "
                 f"path."
             )
+        _check_finished(split_dir)
         self.paths = shard_paths(split_dir)
         if not self.paths:
             raise DatasetError(

@@ -247,7 +247,10 @@ def test_interrupted_conversion_resumes_to_identical_files(kth_src, tmp_path):
             on_video=crash_on_third,
             num_workers=2,
         )
-    assert sorted(os.listdir(os.path.join(resumed, "train"))) == ["shard_0001.hdf5"]
+    assert sorted(os.listdir(os.path.join(resumed, "train"))) == [
+        "shard_0001.hdf5",
+        hdf5.UNFINISHED,
+    ]
     # A .tmp left by a killed process is redone, not trusted.
     with open(os.path.join(resumed, "train", "shard_0002.hdf5.tmp"), "wb") as f:
         f.write(b"garbage")
@@ -266,6 +269,36 @@ def test_interrupted_conversion_resumes_to_identical_files(kth_src, tmp_path):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(hdf5.DatasetError, match="other settings"):
         converters.convert("kth", str(kth_src), resumed, vids_per_shard=3, progress=False)
+
+
+def test_an_interrupted_split_is_refused_until_the_conversion_finishes(tmp_path):
+    """A stopped conversion leaves whole shards only: without a mark, the first 4 of 10 videos
+    would read as a finished split of 4, and training or evaluation would use it."""
+    plan = converters.ConversionPlan(
+        "toy",
+        [converters.SplitPlan("train", range(10), lambda i: np.full((2, 4, 4), i, np.uint8))],
+        {},
+    )
+
+    def stop_at_fifth(split, index):
+        if index == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        converters.run_plan(
+            plan, str(tmp_path), vids_per_shard=2, progress=False, on_video=stop_at_fifth
+        )
+    split_dir = str(tmp_path / "train")
+    assert hdf5.shard_paths(split_dir) == [hdf5.shard_path(split_dir, k) for k in (1, 2)]
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=rf"^{re.escape(split_dir)} is unfinished \(its writing stopped before the end\); "
+        r"re-run the scripts/prepare_data.py command that made it to finish it\.$",
+    ):
+        hdf5.VideoShards(split_dir)
+    converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
+    shards = _shards(split_dir)
+    assert [int(_video(shards, i).max()) for i in range(len(shards))] == list(range(10))
 
 
 def test_skipped_items_keep_the_shard_of_every_item_fixed(tmp_path):

@@ -25,6 +25,7 @@ from predvdm_jax.data import hdf5, manifest as manifest_lib
 from predvdm_jax.data.resize import center_square
 
 DEFAULT_VIDS_PER_SHARD = 1000
+_FINISH = "re-run the scripts/prepare_data.py command that made it to finish it."
 
 
 class SourceError(ValueError):
@@ -160,7 +161,7 @@ def run_plan(
     results = []
     for split in plan.splits:
         split_dir = os.path.join(out_dir, split.name)
-        os.makedirs(split_dir, exist_ok=True)
+        hdf5.mark_unfinished(split_dir, _FINISH)
         num_items = len(split.items)
         num_shards = -(-num_items // vids_per_shard)
         started = time.perf_counter()
@@ -186,6 +187,7 @@ def run_plan(
                 )
                 converted, skipped = converted + written, skipped + (stop - start - written)
                 bar.set_postfix(written=converted, skipped=skipped)
+        hdf5.mark_finished(split_dir)
         seconds = time.perf_counter() - started
         videos, frames, size = _split_totals(split_dir)
         results.append(
