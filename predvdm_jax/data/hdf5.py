@@ -143,13 +143,20 @@ class ShardWriter:
     """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
 
     An interrupted write therefore never leaves a file that looks finished.
-    ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches).
+    ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches);
+    ``frame_shape`` (the split's, from its earlier shards) is the shape every frame must have.
     Not ``atomic_io.write_file``: that writes a whole file in one call, while a writer is
     open across ``add_video`` calls (the latent cache encodes a shard's videos batch by batch),
     and a shard (up to GBs) cannot be built in memory first.
     """
 
-    def __init__(self, path: str, compression: str | None = "lzf", kind: str = "frames"):
+    def __init__(
+        self,
+        path: str,
+        compression: str | None = "lzf",
+        kind: str = "frames",
+        frame_shape: tuple | None = None,
+    ):
         if kind not in ("frames", "latents"):
             raise ValueError(f"kind must be 'frames' or 'latents', got {kind!r}.")
         self.kind = kind
@@ -161,7 +168,7 @@ class ShardWriter:
         self._file.create_group("len")
         self._file.create_group("videos")
         self.num_videos = 0
-        self._frame_shape = None
+        self._frame_shape = tuple(frame_shape) if frame_shape is not None else None
 
     def add_video(self, frames: np.ndarray | Sequence[np.ndarray]) -> None:
         frames = [np.asarray(f) for f in frames]
@@ -196,17 +203,23 @@ class ShardWriter:
             self.abort()
 
 
-def write_shard(path: str, videos: Iterable[np.ndarray], compression: str | None = "lzf") -> int:
+def write_shard(
+    path: str,
+    videos: Iterable[np.ndarray],
+    compression: str | None = "lzf",
+    frame_shape: tuple | None = None,
+) -> int:
     """Writes ``videos`` as one shard through ``ShardWriter``; returns their count.
 
     No videos: no file. A failure, in writing or in producing a video, leaves no shard.
+    ``frame_shape``: the shape of the split's frames in its earlier shards (``shard_frame_shape``).
     """
     videos = iter(videos)
     try:
         first = next(videos)
     except StopIteration:
         return 0
-    with ShardWriter(path, compression) as writer:
+    with ShardWriter(path, compression, frame_shape=frame_shape) as writer:
         for video in itertools.chain([first], videos):
             writer.add_video(video)
     return writer.num_videos
@@ -237,15 +250,17 @@ def write_split(
         created.append(folder)
         folder = os.path.dirname(folder)
     videos = iter(videos)
-    count = 0
+    count, frame_shape = 0, None
     try:
         for shard in itertools.count(1):
+            path = shard_path(split_dir, shard)
             written = write_shard(
-                shard_path(split_dir, shard), itertools.islice(videos, vids_per_shard), compression
+                path, itertools.islice(videos, vids_per_shard), compression, frame_shape
             )
             if not written:
                 return count
             count += written
+            frame_shape = frame_shape or shard_frame_shape(path)
     except BaseException:
         for folder in created:
             try:
@@ -253,6 +268,15 @@ def write_split(
             except OSError:
                 break
         raise
+
+
+def shard_frame_shape(path: str) -> tuple:
+    """The shape of a shard's first frame (video 0, frame 0): its split's frame shape."""
+    try:
+        with h5py.File(path, "r") as f:
+            return tuple(f["0"]["0"].shape)
+    except (OSError, KeyError) as err:
+        raise damaged_shard(path, "video 0 frame 0", err) from None
 
 
 def _check_frame(

@@ -301,6 +301,21 @@ def test_an_interrupted_split_is_refused_until_the_conversion_finishes(tmp_path)
     assert [int(_video(shards, i).max()) for i in range(len(shards))] == list(range(10))
 
 
+def test_a_shard_of_another_frame_shape_than_the_first_is_refused(tmp_path):
+    """A source whose videos change size between shards (CARLA tensors, TFDS features are
+    written unchanged) fails when converted, not when training first draws a later clip."""
+    shapes = [(4, 4), (4, 4), (5, 4)]
+    plan = converters.ConversionPlan(
+        "toy",
+        [converters.SplitPlan("train", range(3), lambda i: np.zeros((2, *shapes[i]), np.uint8))],
+        {},
+    )
+    with pytest.raises(hdf5.DatasetError, match=r"shape \(5, 4\), but the dataset's frames are"):
+        converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
+    with pytest.raises(hdf5.DatasetError, match=r"shape \(5, 4\), but the dataset's frames are"):
+        converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)  # a resume
+
+
 def test_skipped_items_keep_the_shard_of_every_item_fixed(tmp_path):
     """Shard k holds items [(k-1)n, kn) even when some are skipped; one all skipped is absent."""
     skip = {1, 2, 3}

@@ -186,6 +186,18 @@ def test_wrong_shape(tmp_path):
         hdf5.write_split(str(tmp_path), [np.zeros((2, 4, 4, 5), np.uint8)])
 
 
+def test_a_frame_shape_differing_from_an_earlier_shard_is_refused_when_written(tmp_path):
+    """The reader takes the split's frame shape from its first frame: a later shard of another
+    shape would be written without a word and fail only when training draws one of its clips."""
+    videos = [np.zeros((3, 4, 6), np.uint8), np.zeros((3, 5, 5), np.uint8)]
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=r"video 0 has a frame of shape \(5, 5\), but the dataset's frames are \(4, 6\)",
+    ):
+        hdf5.write_split(str(tmp_path / "split"), videos, vids_per_shard=1)
+    assert os.listdir(tmp_path / "split") == ["shard_0001.hdf5"]
+
+
 def test_video_shorter_than_clip(tmp_path):
     hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(3), [20, 8], (4, 4)))
     shards = hdf5.VideoShards(str(tmp_path))

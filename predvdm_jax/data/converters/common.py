@@ -166,6 +166,7 @@ def run_plan(
         num_shards = -(-num_items // vids_per_shard)
         started = time.perf_counter()
         converted = skipped = reused = 0
+        frame_shape = None  # the split's, from its first shard: every later one must match
         bar = tqdm(
             total=num_items,
             desc=f"{plan.dataset} {split.name}",
@@ -181,10 +182,16 @@ def run_plan(
                 if os.path.exists(path):
                     reused += 1
                     bar.update(stop - start)
+                    frame_shape = frame_shape or hdf5.shard_frame_shape(path)
                     continue
                 written = hdf5.write_shard(
-                    path, _shard_videos(split, start, stop, num_workers, bar, on_video), compression
+                    path,
+                    _shard_videos(split, start, stop, num_workers, bar, on_video),
+                    compression,
+                    frame_shape,
                 )
+                if written:
+                    frame_shape = frame_shape or hdf5.shard_frame_shape(path)
                 converted, skipped = converted + written, skipped + (stop - start - written)
                 bar.set_postfix(written=converted, skipped=skipped)
         hdf5.mark_finished(split_dir)
