@@ -316,6 +316,27 @@ def test_a_shard_of_another_frame_shape_than_the_first_is_refused(tmp_path):
         converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)  # a resume
 
 
+def test_a_sequential_source_that_ends_early_is_an_error_not_a_shorter_split(tmp_path):
+    """A ``load_range`` (TFDS) source whose split holds fewer examples than its info counts."""
+
+    def load_range(start, stop):
+        for i in range(start, min(stop, 3)):
+            yield np.full((2, 4, 4), i, np.uint8)
+
+    plan = converters.ConversionPlan(
+        "toy", [converters.SplitPlan("train", range(4), load_range=load_range)], {}
+    )
+    with pytest.raises(
+        SourceError,
+        match=r"^toy train: the source gave 1 of the 2 videos of items 2-3 \(it holds fewer "
+        r"than it announced\); check the source \(re-prepare or re-download it\) and run again\.$",
+    ):
+        converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
+    assert hdf5.shard_paths(str(tmp_path / "train")) == [
+        hdf5.shard_path(str(tmp_path / "train"), 1)
+    ]
+
+
 def test_skipped_items_keep_the_shard_of_every_item_fixed(tmp_path):
     """Shard k holds items [(k-1)n, kn) even when some are skipped; one all skipped is absent."""
     skip = {1, 2, 3}

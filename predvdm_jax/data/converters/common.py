@@ -186,7 +186,7 @@ def run_plan(
                     continue
                 written = hdf5.write_shard(
                     path,
-                    _shard_videos(split, start, stop, num_workers, bar, on_video),
+                    _shard_videos(plan.dataset, split, start, stop, num_workers, bar, on_video),
                     compression,
                     frame_shape,
                 )
@@ -204,6 +204,7 @@ def run_plan(
 
 
 def _shard_videos(
+    dataset: str,
     split: SplitPlan,
     start: int,
     stop: int,
@@ -212,13 +213,22 @@ def _shard_videos(
     on_video: Callable[[str, int], None] | None,
 ) -> Iterator[np.ndarray]:
     """The videos of items ``start … stop-1``, skipped items dropped; ``on_video`` runs
-    after each one is written (the generator resumes once the writer has added it)."""
+    after each one is written (the generator resumes once the writer has added it). A source
+    that gives fewer (a ``load_range`` ending early) is a ``SourceError``."""
+    given = 0
     for index, video in zip(range(start, stop), _videos_in_order(split, start, stop, num_workers)):
+        given += 1
         bar.update(1)
         if video is not None:
             yield video
             if on_video is not None:
                 on_video(split.name, index)
+    if given < stop - start:
+        raise SourceError(
+            f"{dataset} {split.name}: the source gave {given} of the {stop - start} videos of "
+            f"items {start}-{stop - 1} (it holds fewer than it announced); check the source "
+            f"(re-prepare or re-download it) and run again."
+        )
 
 
 def require_dir(path: str, what: str) -> str:
