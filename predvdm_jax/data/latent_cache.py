@@ -338,6 +338,7 @@ def encode_split(
         with ShardWriter(out_path, compression, kind="latents") as writer:
             _encode_shard(
                 source,
+                src_path,
                 videos,
                 encode_frames,
                 batch_frames,
@@ -355,8 +356,25 @@ def encode_split(
     return written
 
 
+def _check_storable(latents: np.ndarray, dtype: np.dtype, video: str) -> None:
+    """``DatasetError`` unless ``latents`` (float32) are finite and fit ``dtype``: a float16
+    cache would hold Inf for larger ones, and training on them a NaN loss."""
+    if not np.isfinite(latents).all():
+        raise DatasetError(
+            f"{video} encodes to NaN/Inf latents; check the VQ params (--vq_params): they hold "
+            f"NaN/Inf or are not a trained VQ's."
+        )
+    largest, limit = float(np.abs(latents).max()), float(np.finfo(dtype).max)
+    if largest > limit:
+        raise DatasetError(
+            f"{video} encodes to latents {dtype.name} cannot hold (largest |value| {largest:.4g} "
+            f"> {limit:.0f}); encode with --dtype=float32."
+        )
+
+
 def _encode_shard(
     source: VideoShards,
+    src_path: str,
     videos: range,
     encode_frames,
     batch_frames: int,
@@ -374,7 +392,7 @@ def _encode_shard(
         while frames is not None and (
             frames.shape[0] - start >= batch_frames or (final and start < frames.shape[0])
         ):
-            encoded.append(encode_frames(frames[start : start + batch_frames]).astype(dtype))
+            encoded.append(encode_frames(frames[start : start + batch_frames]))
             start += batch_frames
         if frames is not None and start < frames.shape[0]:
             pending.append(frames[start:])
@@ -382,7 +400,9 @@ def _encode_shard(
         encoded.clear()
         used = 0
         while lengths and latents.shape[0] - used >= lengths[0]:
-            writer.add_video(list(latents[used : used + lengths[0]]))
+            video = latents[used : used + lengths[0]]
+            _check_storable(video, dtype, f"video {writer.num_videos} of {src_path}")
+            writer.add_video(list(video.astype(dtype)))
             used += lengths.pop(0)
         if used < latents.shape[0]:
             encoded.append(latents[used:])

@@ -288,6 +288,25 @@ def test_a_failed_encode_leaves_no_cache_info_to_block_a_rerun(setup, tmp_path):
     assert CACHE_INFO in os.listdir(out)
 
 
+def test_latents_that_overflow_float16_are_refused_not_cached_as_inf(setup, tmp_path):
+    """float16 holds at most 65504: larger latents became Inf in the cache, and training on them
+    gives a NaN loss; with --dtype=float32 the same latents are cached."""
+    root, videos, config, system, params = setup
+    large = jax.tree.map(lambda x: x, params)
+    large["quant_conv"]["bias"] = params["quant_conv"]["bias"] + 2e5  # x scale 0.5: 1e5 > 65504
+    out = str(tmp_path / "latents")
+    with pytest.raises(
+        DatasetError,
+        match=r"video 0 of .*frames/shard_0001\.hdf5 encodes to latents float16 cannot hold "
+        r"\(largest \|value\| [0-9.e+]+ > 65504\); encode with --dtype=float32\.$",
+    ):
+        encode_split(config, large, str(root / "frames"), out, dtype="float16", batch_frames=4)
+    assert not hdf5.shard_paths(out)
+    encode_split(config, large, str(root / "frames"), str(tmp_path / "f32"), "float32", 4)
+    shards, cached = read_cache(str(tmp_path / "f32"))
+    assert all(np.isfinite(c).all() and np.abs(c).max() > 65504 for c in cached)
+
+
 def test_no_shard_is_in_place_before_cache_info_and_a_run_killed_before_that_resumes(
     setup, tmp_path, monkeypatch
 ):
