@@ -1,7 +1,8 @@
 """An evaluation's predicted clips on disk (``evaluate.py --save_predictions``), for re-scoring.
 
 ``OUT/predictions/`` holds HDF5 splits in the dataset layout (``data/hdf5.py``,
-``docs/data.md``), each one shard, video ``k`` of every split being evaluation clip ``k``:
+``docs/data.md``), one shard per evaluation batch, video ``k`` of every split being
+evaluation clip ``k``:
 
 * ``real/``: the clips the model was scored against (``cond + pred`` frames each), the
   test split's windows (``data/loader.eval_windows``), not its whole videos;
@@ -12,8 +13,9 @@
 ``sample_<s>`` pairs with ``real`` video by video, as ``run.score_folders`` pairs folders,
 so ``evaluate.py --real_dir=OUT/predictions/real --fake_dir=OUT/predictions/sample_0
 --cond_frames=<cond>`` re-scores sample 0. The files are written to
-``OUT/predictions.partial/`` and moved into place once the evaluation has finished; a
-failure removes them and keeps an earlier run's ``predictions/``.
+``OUT/predictions.partial/`` and moved into place once the evaluation has finished, so an
+earlier run's ``predictions/`` stays until then. A run stopped part-way leaves the shards
+of its finished batches there, and resuming it (``progress.py``) writes only the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,7 +30,7 @@ import numpy as np
 
 from predvdm_jax import atomic_io
 from predvdm_jax.data.hdf5 import ShardWriter, shard_path
-from predvdm_jax.evaluation import report
+from predvdm_jax.evaluation import progress, report
 from predvdm_jax.evaluation.images import to_uint8
 from predvdm_jax.mesh import to_host
 
@@ -39,7 +40,7 @@ INDEX_FILE = "clips.json"
 REAL_SPLIT = "real"
 WRITTEN_BY = "predvdm_jax scripts/evaluate.py --save_predictions"
 _SPLIT_NAME = re.compile(r"real|sample_\d+")
-_SHARD_NAME = re.compile(r"shard_\d{4,}\.hdf5(\.tmp)?")
+_SHARD_NAME = re.compile(r"shard_(\d{4,})\.hdf5(\.tmp)?")
 
 
 def sample_split(sample: int) -> str:
@@ -105,7 +106,9 @@ def _clear(folder: str) -> None:
 
 class PredictionWriter:
     """Writes every prediction of one model, batch by batch (``add``), as the splits of
-    ``OUT/predictions`` (module docstring); ``finish`` puts them in place, ``abort`` drops them.
+    ``OUT/predictions`` (module docstring), each batch one shard per split; ``finish`` puts
+    them in place. ``done_batches``: the batches a resumed evaluation does not predict again,
+    whose shards the interrupted run left in ``OUT/predictions.partial``.
 
     Every process gathers the batches (``to_host``); process 0 alone writes.
     """
@@ -119,25 +122,19 @@ class PredictionWriter:
         pred_frames: int,
         windows: Sequence[tuple[int, int]],
         description: Mapping[str, Any],
+        done_batches: int = 0,
     ):
         self.out_dir = out_dir
         self.num_samples = num_samples
         self.cond_frames, self.pred_frames = cond_frames, pred_frames
         self.partial = os.path.join(out_dir, PARTIAL_DIR)
         self.writes = jax.process_index() == 0
-        self.written = 0
-        self.writers: dict[str, ShardWriter] = {}
+        self.batches = done_batches
+        self.names = [REAL_SPLIT] + [sample_split(s) for s in range(num_samples)]
         if not self.writes:
             return
         report.check_output_dir(out_dir, "output folder")
         check_can_write(out_dir)
-        _clear(self.partial)  # what an interrupted run left
-        if os.path.lexists(self.partial):
-            raise ValueError(
-                f"{self.partial} exists and is not an interrupted --save_predictions run's; "
-                f"move it away or pass another --out"
-            )
-        os.makedirs(self.partial)
         index = {
             "written_by": WRITTEN_BY,
             **description,
@@ -151,7 +148,8 @@ class PredictionWriter:
             },
             "frames": "uint8 0..255; [-1, 1] predictions clamped and rounded, as in "
             "metrics.json's videos; grayscale without a channel axis",
-            "pairing": "video k of every split is clip k below (one shard per split)",
+            "pairing": "video k of every split is clip k below (one shard per evaluation "
+            "batch, in order)",
             "rescore": f"scripts/evaluate.py --real_dir=<out>/{PREDICTIONS_DIR}/{REAL_SPLIT} "
             f"--fake_dir=<out>/{PREDICTIONS_DIR}/sample_0 --cond_frames={cond_frames} "
             f"--out=<another folder>",
@@ -160,10 +158,45 @@ class PredictionWriter:
                 for k, (video, start) in enumerate(windows)
             ],
         }
+        if done_batches:
+            self._keep_finished_batches(index)
+            return
+        _clear(self.partial)  # what an interrupted run left
+        if os.path.lexists(self.partial):
+            raise ValueError(
+                f"{self.partial} exists and is not an interrupted --save_predictions run's; "
+                f"move it away or pass another --out"
+            )
+        os.makedirs(self.partial)
         atomic_io.write_text(os.path.join(self.partial, INDEX_FILE), json.dumps(index, indent=2))
-        names = [REAL_SPLIT] + [sample_split(s) for s in range(num_samples)]
-        for name in names:
-            self.writers[name] = ShardWriter(shard_path(os.path.join(self.partial, name), 1))
+
+    def _keep_finished_batches(self, index: Mapping[str, Any]) -> None:
+        """For a resumed run: keeps the shards of the ``self.batches`` finished batches that
+        the interrupted run (same ``index``) wrote, removes any later ones."""
+        try:
+            with open(os.path.join(self.partial, INDEX_FILE), encoding="utf-8") as f:
+                same = json.load(f) == json.loads(json.dumps(index))
+        except (OSError, ValueError):
+            same = False
+        missing = [
+            name
+            for name in self.names
+            for shard in range(self.batches)
+            if not os.path.isfile(shard_path(os.path.join(self.partial, name), shard))
+        ]
+        if not same or missing:
+            raise ValueError(
+                f"{self.partial} lacks the predictions of the {self.batches} batches to resume "
+                f"from (another run's, or removed); delete "
+                f"{os.path.join(self.out_dir, progress.PROGRESS_DIR)} "
+                f"to start the evaluation over"
+            )
+        for name in self.names:
+            split = os.path.join(self.partial, name)
+            for shard in os.listdir(split):
+                number = _SHARD_NAME.fullmatch(shard)
+                if number and int(number.group(1)) >= self.batches:
+                    os.remove(os.path.join(split, shard))
 
     def add(self, video: Any, predictions: Sequence[Any], valid: np.ndarray) -> None:
         """One batch: ``video`` ``(B, T >= cond + pred, H, W, C)``, one ``(B, pred, H, W, C)``
@@ -179,22 +212,22 @@ class PredictionWriter:
         if not self.writes:
             return
         cond = real[:, : self.cond_frames]
-        for clip in range(real.shape[0]):
-            self.writers[REAL_SPLIT].add_video(_frames(real[clip]))
-            for sample, fake in enumerate(fakes):
-                clip_frames = np.concatenate([cond[clip], fake[clip]])
-                self.writers[sample_split(sample)].add_video(_frames(clip_frames))
-        self.written += real.shape[0]
+        videos = {REAL_SPLIT: real}
+        for sample, fake in enumerate(fakes):
+            videos[sample_split(sample)] = np.concatenate([cond, fake], axis=1)
+        for name, clips in videos.items():
+            path = shard_path(os.path.join(self.partial, name), self.batches)
+            with ShardWriter(path) as writer:
+                for clip in clips:
+                    writer.add_video(_frames(clip))
+        self.batches += 1
 
     def finish(self) -> str:
-        """Closes the shards and moves them to ``OUT/predictions`` (an earlier run's
-        ``clear``-ed first); returns that folder."""
+        """Moves the shards to ``OUT/predictions`` (an earlier run's ``clear``-ed first);
+        returns that folder."""
         final = os.path.join(self.out_dir, PREDICTIONS_DIR)
         if not self.writes:
             return final
-        for writer in self.writers.values():
-            writer.close()
-        self.writers = {}
         check_can_write(self.out_dir)
         clear(self.out_dir)
         os.makedirs(final, exist_ok=True)
@@ -204,14 +237,6 @@ class PredictionWriter:
             os.replace(os.path.join(self.partial, name), os.path.join(final, name))
         os.rmdir(self.partial)
         return final
-
-    def abort(self) -> None:
-        """Drops what was written (an earlier run's ``predictions/`` stays)."""
-        for writer in self.writers.values():
-            writer.abort()
-        self.writers = {}
-        if self.writes and os.path.isdir(self.partial):
-            shutil.rmtree(self.partial)
 
 
 def _frames(clip: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -316,33 +316,53 @@ class EvaluationResult:
 
 @dataclasses.dataclass
 class Throughput:
-    """A model's ``predict_fn`` calls after its first one (whose time includes compiling the
-    program; every later call has the same shapes and reuses it): how many there were of
-    ``calls`` in all, the predicted frames of the test clips they returned (``pred_frames`` x
-    real clips of the batch, padding left out) and the seconds they took."""
+    """A model's ``predict_fn`` calls after the first of each run (whose time includes
+    compiling the program; every later call has the same shapes and reuses it): how many
+    there were of ``calls`` in all, the predicted frames of the test clips they returned
+    (``pred_frames`` x real clips of the batch, padding left out) and the seconds they took.
+    A resumed evaluation continues the counts (``state``) and leaves out its own first call."""
 
     calls: int = 0
     timed_calls: int = 0
     frames: int = 0
     seconds: float = 0.0
+    compiled: bool = dataclasses.field(default=False, compare=False)
 
     def add(self, frames: int, seconds: float) -> None:
-        """One call: the first is counted only; later ones are timed."""
-        if self.calls:
+        """One call: the first of a run is counted only; later ones are timed."""
+        if self.compiled:
             self.timed_calls += 1
             self.frames += frames
             self.seconds += seconds
+        self.compiled = True
         self.calls += 1
+
+    def state(self) -> dict:
+        """The counts, for ``Throughput(**state)`` in a resumed run."""
+        return {
+            "calls": self.calls,
+            "timed_calls": self.timed_calls,
+            "frames": self.frames,
+            "seconds": self.seconds,
+        }
 
     def summary(self, device: str | None = None) -> dict:
         """``predicted_frames_per_second`` (None when there was no call after the first) and
         how it was measured, for ``metrics.json``."""
         entry: dict = {"predicted_frames_per_second": None}
+        untimed = self.calls - self.timed_calls
         if self.timed_calls and self.seconds > 0:
             entry["predicted_frames_per_second"] = self.frames / self.seconds
-            entry["measured"] = (
+            calls = (
                 f"predict calls 2..{self.calls} of {self.calls} (one per batch and sample; "
-                f"the first, which compiles, left out): {self.frames} predicted frames "
+                f"the first, which compiles, left out)"
+                if untimed == 1
+                else f"{self.timed_calls} of {self.calls} predict calls (one per batch and "
+                f"sample; the first of each of the {untimed} runs of this resumed evaluation, "
+                f"which compile, left out)"
+            )
+            entry["measured"] = (
+                f"{calls}: {self.frames} predicted frames "
                 f"(pred frames x clips x samples, padding clips left out) in "
                 f"{self.seconds:.3f} s of prediction alone (no metrics, FVD or data loading)"
             )
@@ -361,7 +381,9 @@ class _Accumulator:
     """Collects per-frame metrics and FVD features batch by batch for several systems.
 
     Made at the first batch (its frame size decides LPIPS); ``num_clips`` decides which
-    FVD variants are collected, the clips actually scored which are reported.
+    FVD variants are collected, the clips actually scored which are reported. Each batch's
+    values are one record (``end_batch``), which a resumed evaluation adds back
+    (``add_record``) instead of recomputing.
     """
 
     def __init__(
@@ -391,10 +413,8 @@ class _Accumulator:
             num_clips, cond_frames, pred_frames, self.fvd_unavailable, vq_unavailable
         )
         self.variants = [name for name, skip in fvd_notes.items() if skip is None]
-        self.values: dict = {}
-        self.clip_values: dict = {}
-        self.real_features = {name: [] for name in self.variants}
-        self.fake_features: dict = {name: {} for name in self.variants}
+        self.batches: list[dict] = []
+        self.current = _empty_record()
 
     def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
         features = {}
@@ -402,7 +422,7 @@ class _Accumulator:
             video = REAL_VIDEO[name]
             if video not in features:
                 features[video] = self.feature_fn(self._fvd_video(video, cond01, future01))
-            self.real_features[name].append(features[video])
+            self.current["real_features"][name] = features[video]
 
     def add_fake(
         self,
@@ -427,32 +447,55 @@ class _Accumulator:
                     front = vq_cond01 if name == VQ_COND else cond01
                     features[name].append(self.feature_fn(self._fvd_video(name, front, fake01)))
         for metric, samples in per_sample.items():
-            target = self.clip_values if metric == VIDEO_PSNR else self.values
-            target.setdefault(system, {}).setdefault(metric, []).append(np.stack(samples, axis=1))
+            target = self.current["clip_values" if metric == VIDEO_PSNR else "per_frame"]
+            target.setdefault(system, {})[metric] = np.stack(samples, axis=1)
         for name in self.variants:
-            self.fake_features[name].setdefault(system, []).append(np.stack(features[name], axis=1))
+            by_system = self.current["fake_features"].setdefault(name, {})
+            by_system[system] = np.stack(features[name], axis=1)
+
+    def end_batch(self) -> dict:
+        """The batch's values (``per_frame`` / ``clip_values`` / ``real_features`` /
+        ``fake_features``, host arrays), kept; the next ``add_*`` start a new batch."""
+        record, self.current = self.current, _empty_record()
+        self.batches.append(record)
+        return record
+
+    def add_record(self, record: Mapping[str, Any]) -> None:
+        """An ``end_batch`` record of an earlier run, as though the batch were scored now."""
+        self.batches.append({name: record.get(name, {}) for name in _empty_record()})
 
     @staticmethod
     def _fvd_video(variant: str, cond01: np.ndarray, future01: np.ndarray) -> np.ndarray:
         return future01 if variant == "pred-only" else np.concatenate([cond01, future01], axis=1)
 
+    def _concatenated(self, part: str, *keys: str) -> np.ndarray:
+        chunks = []
+        for batch in self.batches:
+            value = batch[part]
+            for key in keys:
+                value = value[key]
+            chunks.append(value)
+        return np.concatenate(chunks)
+
     def per_frame(self) -> dict:
         return {
-            system: {metric: np.concatenate(chunks) for metric, chunks in by_metric.items()}
-            for system, by_metric in self.values.items()
+            system: {
+                metric: self._concatenated("per_frame", system, metric) for metric in by_metric
+            }
+            for system, by_metric in self.batches[0]["per_frame"].items()
         }
 
     def features(self) -> dict:
         return {
             name: {
-                "real": np.concatenate(self.real_features[name]),
+                "real": self._concatenated("real_features", name),
                 "fake": {
-                    system: np.concatenate(chunks)
-                    for system, chunks in self.fake_features[name].items()
+                    system: self._concatenated("fake_features", name, system)
+                    for system in self.batches[0]["fake_features"][name]
                 },
             }
             for name in self.variants
-            if self.real_features[name]
+            if name in self.batches[0]["real_features"]
         }
 
     def result(
@@ -478,10 +521,17 @@ class _Accumulator:
             predict_seconds or {},
             throughput or {},
             {
-                system: {"psnr": np.concatenate(by_metric[VIDEO_PSNR])}
-                for system, by_metric in self.clip_values.items()
+                system: {"psnr": self._concatenated("clip_values", system, VIDEO_PSNR)}
+                for system in self.batches[0]["clip_values"]
             },
         )
+
+
+def _empty_record() -> dict:
+    """One batch's values: ``per_frame[system][metric]`` ``(B, samples, frames)``,
+    ``clip_values[system][video_psnr]`` ``(B, samples)``, ``real_features[variant]``
+    ``(B, D)`` and ``fake_features[variant][system]`` ``(B, samples, D)``."""
+    return {"per_frame": {}, "clip_values": {}, "real_features": {}, "fake_features": {}}
 
 
 def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str | None:
@@ -562,6 +612,8 @@ def evaluate(
     keep_videos: int = 0,
     on_prediction: Callable[[int], Any] | None = None,
     on_predictions: Callable[[str, jax.Array, list, np.ndarray], Any] | None = None,
+    done: Sequence[Mapping[str, Any]] = (),
+    on_batch: Callable[[int, dict], Any] | None = None,
 ) -> EvaluationResult:
     """Runs ``protocol`` over ``batches`` of test clips.
 
@@ -580,6 +632,10 @@ def evaluate(
     ``on_predictions(name, video, predictions, valid)`` after each batch of a model, with the
     batch's clips, its frames of every sample and the mask of real (not padding) clips
     (``predictions.PredictionWriter``).
+    ``on_batch(b, record)`` is called after batch ``b`` with its record (its values, kept
+    videos and the timings so far: ``progress.Progress``); ``done``, the records of the first
+    batches from an earlier run of the same evaluation, replaces scoring those batches (their
+    clips are still read), so a resumed evaluation gives an uninterrupted one's numbers.
     """
     if protocol.num_samples < 1:
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
@@ -617,6 +673,15 @@ def evaluate(
                 vq_unavailable=None if reconstruct_fn is not None else "no VQ (reconstruct_fn)",
                 metric_style=protocol.metric_style,
             )
+        if batch_index < len(done):
+            record = done[batch_index]
+            accumulator.add_record(record["values"])
+            kept += _add_videos(videos, record["videos"])
+            timings = record["timings"]
+            seconds = dict(timings["seconds"])
+            predict_seconds = dict(timings["predict_seconds"])
+            throughput = {name: Throughput(**timings["throughput"][name]) for name in predict_fns}
+            continue
         mask = batch.get("mask")
         valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
         cond = video[:, :cond_frames]
@@ -667,13 +732,23 @@ def evaluate(
             if not predict_fns:
                 first_samples[VQ_RECON] = reconstruction
 
+        batch_videos = {}
         if kept < keep_videos:
             take = np.flatnonzero(valid)[: keep_videos - kept]
-            videos["cond"].append(to_host(cond)[take])
-            videos["real"].append(to_host(future)[take])
-            for name, frames in first_samples.items():
-                videos["fake"][name].append(to_host(frames)[take])
-            kept += len(take)
+            batch_videos = {
+                "cond": to_host(cond)[take],
+                "real": to_host(future)[take],
+                "fake": {name: to_host(frames)[take] for name, frames in first_samples.items()},
+            }
+            kept += _add_videos(videos, batch_videos)
+        values = accumulator.end_batch()
+        if on_batch is not None:
+            timings = {
+                "seconds": dict(seconds),
+                "predict_seconds": dict(predict_seconds),
+                "throughput": {name: t.state() for name, t in throughput.items()},
+            }
+            on_batch(batch_index, {"values": values, "videos": batch_videos, "timings": timings})
 
     if accumulator is None:
         raise ValueError(
@@ -688,6 +763,18 @@ def evaluate(
     else:
         videos = {}
     return accumulator.result(videos, seconds, predict_seconds, throughput)
+
+
+def _add_videos(videos: dict, batch_videos: Mapping[str, Any]) -> int:
+    """Appends one batch's kept ``cond`` / ``real`` / ``fake[name]`` clips (none: ``{}``);
+    returns how many clips that is."""
+    if not batch_videos:
+        return 0
+    videos["cond"].append(batch_videos["cond"])
+    videos["real"].append(batch_videos["real"])
+    for name, frames in batch_videos["fake"].items():
+        videos["fake"][name].append(frames)
+    return len(batch_videos["real"])
 
 
 def summarize(
@@ -840,6 +927,7 @@ def evaluate_video_sets(
             cond01,
             np.ones(real.shape[0], bool),
         )
+        accumulator.end_batch()
     if accumulator is None:
         raise ValueError("no videos to score; check --real_dir and --fake_dir.")
     result = accumulator.result({}, {})

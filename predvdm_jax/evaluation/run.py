@@ -19,6 +19,7 @@ from predvdm_jax.data.loader import eval_iterator, eval_windows, to_model_range
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import predictions as predictions_lib
+from predvdm_jax.evaluation import progress as progress_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
 from predvdm_jax.evaluation.protocol import (
     FVD_DISABLED,
@@ -240,6 +241,30 @@ def evaluate_samplers(
             return {"evaluated": VQ_ONLY}
         return {"sampler": sweep_lib.sampler_description(sampling)}
 
+    progress = progress_lib.Progress(
+        out_dir,
+        {
+            "source": source,
+            "params": progress_lib.params_digest(params),
+            "vq_params": progress_lib.params_digest(vq_params),
+            "samplings": {label: sampling.to_dict() for label, sampling in samplings.items()},
+            "protocol": dataclasses.asdict(protocol),
+            "frames": [cond_frames, pred_frames],
+            "clips": {**clips_described, "image_size": config.data.image_size},
+            "batch_size": batch_size,
+            "gray_as_rgb": rgb,
+            "lpips_params": config.eval.lpips_params,
+            "i3d": i3d_source,
+            "keep_videos": keep_videos,
+            "save_predictions": save_predictions,
+        },
+    )
+    done = _agreed(progress.load(), progress.folder)
+    if done and show_progress and jax.process_index() == 0:
+        print(
+            f"resuming: {len(done)} of {num_batches} batches were scored by an earlier run "
+            f"({progress.folder})"
+        )
     writer = None
     if save_predictions:
         test_split = VideoShards(config.data.test_dir)
@@ -254,30 +279,30 @@ def evaluate_samplers(
                 frame_counts, protocol.num_clips, cond_frames + pred_frames, config.eval.seed
             ),
             description={**clips_described, **what_ran(samplings[MODEL]), **grayscale},
+            done_batches=len(done),
         )
-    total = num_batches * protocol.num_samples * max(len(predict_fns), 1)
-    try:
-        with _ProgressBar(total, show_progress, "predicting") as bar:
-            clips = (batch for _, batch in zip(range(num_batches), batches))
-            result = evaluate(
-                _counted(clips, bar.update) if vq_only else clips,  # no predictions to count
-                predict_fns,
-                lambda video: reconstruct(vq_params, video),
-                protocol,
-                cond_frames=cond_frames,
-                pred_frames=pred_frames,
-                key=jax.random.key(config.eval.seed),
-                lpips_params=lpips_params,
-                feature_fn=feature_fn,
-                fvd_unavailable=i3d_source,
-                keep_videos=keep_videos,
-                on_prediction=bar.update,
-                on_predictions=None if writer is None else lambda _, *batch: writer.add(*batch),
-            )
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+    per_batch = protocol.num_samples * max(len(predict_fns), 1)
+    with _ProgressBar(
+        num_batches * per_batch, show_progress, "predicting", len(done) * per_batch
+    ) as bar:
+        clips = (batch for _, batch in zip(range(num_batches), batches))
+        result = evaluate(
+            _counted(clips, bar.update, skip=len(done)) if vq_only else clips,  # no predictions
+            predict_fns,
+            lambda video: reconstruct(vq_params, video),
+            protocol,
+            cond_frames=cond_frames,
+            pred_frames=pred_frames,
+            key=jax.random.key(config.eval.seed),
+            lpips_params=lpips_params,
+            feature_fn=feature_fn,
+            fvd_unavailable=i3d_source,
+            keep_videos=keep_videos,
+            on_prediction=bar.update,
+            on_predictions=None if writer is None else lambda _, *batch: writer.add(*batch),
+            done=done,
+            on_batch=progress.add,
+        )
     device = f"{mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
     all_metrics = {}
     for label, sampling in (samplings or {MODEL: None}).items():
@@ -311,7 +336,24 @@ def evaluate_samplers(
         )
         if writer is None:
             predictions_lib.clear(out_dir)  # an earlier run's
+        progress.clear()
     return all_metrics
+
+
+def _agreed(done: list, folder: str) -> list:
+    """``done`` when every process read as many finished batches, else a ``ValueError`` on
+    every process (the hosts would otherwise predict different batches)."""
+    if jax.process_count() == 1:
+        return done
+    from jax.experimental import multihost_utils
+
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(done)))).ravel()
+    if len(set(counts.tolist())) > 1:
+        raise ValueError(
+            f"the processes found {counts.tolist()} finished batches in {folder}: resuming "
+            f"needs --out on a filesystem all hosts share (or delete {folder} to start over)"
+        )
+    return done
 
 
 def score_folders(
@@ -401,10 +443,12 @@ def score_folders(
     return metrics
 
 
-def _counted(items: Iterable, update: Callable[[int], Any]) -> Iterable:
-    for item in items:
+def _counted(items: Iterable, update: Callable[[int], Any], skip: int = 0) -> Iterable:
+    """``items``, calling ``update(1)`` after each one but the first ``skip``."""
+    for index, item in enumerate(items):
         yield item
-        update(1)
+        if index >= skip:
+            update(1)
 
 
 def _feature_fn(config) -> tuple[FeatureFn | None, str]:
@@ -416,12 +460,14 @@ def _feature_fn(config) -> tuple[FeatureFn | None, str]:
 class _ProgressBar:
     """A tqdm bar on process 0 (a no-op counter elsewhere or when disabled)."""
 
-    def __init__(self, total: int, enabled: bool, description: str):
+    def __init__(self, total: int, enabled: bool, description: str, initial: int = 0):
         self.bar = None
         if enabled and jax.process_index() == 0:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True
+            )
 
     def update(self, count: int = 1) -> None:
         if self.bar is not None:

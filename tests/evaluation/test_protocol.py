@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import math
 import statistics
 
@@ -631,3 +632,98 @@ def test_mcvd_metric_style_video_level_psnr_and_gray_ssim_reach_metrics_json(tmp
     # The baselines follow the style too.
     copy_last = written["baselines"][protocol_lib.COPY_LAST]["psnr"]
     assert copy_last["mean"]["count"] == 3
+
+
+def test_a_resumed_evaluation_scores_only_the_rest_and_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    """5 clips in batches of 2 (the last padded), two models x 2 samples, baselines, FVD and
+    kept videos spanning batches. A run stopped by an error in batch 2 leaves the records of
+    batches 0 and 1 in OUT/progress; the rerun predicts batch 2 alone, and its results are
+    the uninterrupted run's, to the bit. Throughput leaves out the first call of each run."""
+    from predvdm_jax.evaluation import progress as progress_lib
+
+    clock = _FakeClock()
+    monkeypatch.setattr(protocol_lib, "time", clock)
+    clips = _moving_clips(5, seed=8)
+    batches = [
+        {"video": jnp.asarray(clips[:2])},
+        {"video": jnp.asarray(clips[2:4])},
+        {"video": jnp.asarray(clips[[4, 0]]), "mask": jnp.asarray([1.0, 0.0])},
+    ]
+    seen = []
+
+    def timed(predict, fail_at=None):
+        def run(cond, key):
+            batch = next(
+                i for i, b in enumerate(batches) if np.array_equal(b["video"][:, :COND], cond)
+            )
+            if batch == fail_at:
+                raise RuntimeError("preempted")
+            clock.now += 0.5 if seen else 100.0
+            seen.append(batch)
+            return predict(cond, key)
+
+        return run
+
+    protocol = protocol_lib.resolve_protocol("mcvd", num_clips=5, num_samples=2)
+    fingerprint = {"model": "test", "batch_size": 2}
+
+    def evaluate(out, fail_at=None):
+        seen.clear()
+        progress = progress_lib.Progress(str(tmp_path / out), fingerprint)
+        return protocol_lib.evaluate(
+            batches,
+            {"noisy": timed(_noisy_predict, fail_at), "copy": timed(_copy_last_predict)},
+            lambda video: jnp.clip(0.9 * video, -1, 1),
+            protocol,
+            cond_frames=COND,
+            pred_frames=PRED,
+            key=jax.random.key(3),
+            feature_fn=_features,
+            keep_videos=3,
+            done=progress.load(),
+            on_batch=progress.add,
+        )
+
+    straight = evaluate("straight")
+    clock.now = 0.0
+    with pytest.raises(RuntimeError, match="preempted"):
+        evaluate("resumed", fail_at=2)
+    saved = sorted(os.listdir(tmp_path / "resumed" / "progress"))
+    assert saved == ["batch_00000.npz", "batch_00001.npz", "run.json"]
+    resumed = evaluate("resumed")
+    assert sorted(set(seen)) == [2]  # batches 0 and 1 were not predicted again
+
+    for system, by_metric in straight.per_frame.items():
+        for metric, values in by_metric.items():
+            np.testing.assert_array_equal(resumed.per_frame[system][metric], values)
+    for system, by_metric in straight.per_clip.items():
+        np.testing.assert_array_equal(resumed.per_clip[system]["psnr"], by_metric["psnr"])
+    assert straight.features.keys() == resumed.features.keys() and straight.features
+    for variant, features in straight.features.items():
+        np.testing.assert_array_equal(resumed.features[variant]["real"], features["real"])
+        for system, fake in features["fake"].items():
+            np.testing.assert_array_equal(resumed.features[variant]["fake"][system], fake)
+    for name in ("cond", "real"):
+        np.testing.assert_array_equal(resumed.videos[name], straight.videos[name])
+        assert len(straight.videos[name]) == 3
+    for system in ("noisy", "copy"):
+        np.testing.assert_array_equal(
+            resumed.videos["fake"][system], straight.videos["fake"][system]
+        )
+        summary = [
+            protocol_lib.summarize(r, protocol, cond_frames=COND, pred_frames=PRED, model=system)
+            for r in (straight, resumed)
+        ]
+        assert summary[0]["model"] == summary[1]["model"]
+        assert summary[0]["baselines"] == summary[1]["baselines"]
+    # "noisy": 6 calls in all; the first run's first (batch 0) and the second run's first
+    # (batch 2, sample 0) compile; timed: 0.5 s each for batch 0 sample 1, batch 1 x 2, and
+    # batch 2 sample 1 (one real clip).
+    throughput = resumed.throughput["noisy"]
+    assert (throughput.calls, throughput.timed_calls) == (6, 4)
+    assert throughput.frames == (2 + 4 + 1) * PRED
+    assert throughput.seconds == pytest.approx(4 * 0.5)
+    measured = throughput.summary()["measured"]
+    assert measured.startswith("4 of 6 predict calls") and "2 runs" in measured

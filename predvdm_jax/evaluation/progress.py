@@ -1,0 +1,158 @@
+"""An evaluation's finished batches on disk, so that a preempted run resumes where it stopped.
+
+``OUT/progress/`` holds ``run.json`` (what is evaluated: the fingerprint ``run.py`` makes of
+the model, clips, protocol and samplers) and, per finished test batch ``b``,
+``batch_<b>.npz``: ``protocol.evaluate``'s record of that batch (per-frame metrics, FVD
+features, kept videos, running timings). Each file is written whole (``atomic_io``), after
+the batch's predictions, if saved, are on disk. Rerunning the same command finds them,
+reloads those batches and predicts only the rest; sample ``s`` of batch ``b`` always uses
+the key ``fold_in(fold_in(key, s), b)``, so the resumed numbers equal an uninterrupted
+run's. The folder is removed once the reports are written; another evaluation into the same
+``OUT`` is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from predvdm_jax import atomic_io
+from predvdm_jax.mesh import to_host
+
+PROGRESS_DIR = "progress"
+RUN_FILE = "run.json"
+WRITTEN_BY = "predvdm_jax scripts/evaluate.py (resumable progress)"
+_BATCH_NAME = re.compile(r"batch_(\d{5,})\.npz")
+_INDEX = "index"
+
+
+def params_digest(params: Any) -> str | None:
+    """SHA-256 of a params pytree's paths, shapes, dtypes and values (None for None)."""
+    if params is None:
+        return None
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        value = np.ascontiguousarray(to_host(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def batch_file(folder: str, batch: int) -> str:
+    return os.path.join(folder, f"batch_{batch:05d}.npz")
+
+
+class Progress:
+    """``OUT/progress`` of one evaluation (module docstring); process 0 alone writes."""
+
+    def __init__(self, out_dir: str, fingerprint: Mapping[str, Any]):
+        self.folder = os.path.join(out_dir, PROGRESS_DIR)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as run.json will read back
+        self.writes = jax.process_index() == 0
+
+    def load(self) -> list[dict]:
+        """The records of the batches an earlier run of this evaluation finished, in order
+        (none without ``OUT/progress``); a ``ValueError`` when the folder is another
+        evaluation's or not ours. Writes ``run.json`` for this run."""
+        records = []
+        if os.path.lexists(self.folder):
+            earlier = self._earlier_fingerprint()
+            differing = sorted(
+                key
+                for key in set(earlier) | set(self.fingerprint)
+                if earlier.get(key) != self.fingerprint.get(key)
+            )
+            if differing:
+                raise ValueError(
+                    f"{self.folder} holds the partial results of another evaluation (it differs "
+                    f"in: {', '.join(differing)}); rerun the command that made it to resume it, "
+                    f"or delete {self.folder} to start over"
+                )
+            while os.path.exists(batch_file(self.folder, len(records))):
+                records.append(_read_record(batch_file(self.folder, len(records))))
+        if self.writes:
+            self._remove_batches_from(len(records))  # an unfinished later run's, if any
+            run = {"written_by": WRITTEN_BY, "fingerprint": self.fingerprint}
+            atomic_io.write_text(os.path.join(self.folder, RUN_FILE), json.dumps(run, indent=2))
+        return records
+
+    def add(self, batch: int, record: Mapping[str, Any]) -> None:
+        """Batch ``batch``'s record (``protocol.evaluate``'s ``on_batch``)."""
+        if self.writes:
+            atomic_io.write_file(batch_file(self.folder, batch), lambda path: _write(path, record))
+
+    def clear(self) -> None:
+        """Removes ``OUT/progress`` (its ``run.json`` and batch files, by name; a file of
+        the user's there keeps the folder)."""
+        if not (self.writes and os.path.isdir(self.folder)):
+            return
+        self._remove_batches_from(0)
+        os.remove(os.path.join(self.folder, RUN_FILE))
+        if not os.listdir(self.folder):
+            os.rmdir(self.folder)
+
+    def _earlier_fingerprint(self) -> dict:
+        run_file = os.path.join(self.folder, RUN_FILE)
+        try:
+            with open(run_file, encoding="utf-8") as f:
+                run = json.load(f)
+            if run.get("written_by") != WRITTEN_BY:
+                raise ValueError
+            return run["fingerprint"]
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            raise ValueError(
+                f"{self.folder} exists but is not an interrupted evaluation's progress (no "
+                f"readable {RUN_FILE} of ours); move it away or pass another --out"
+            ) from None
+
+    def _remove_batches_from(self, first: int) -> None:
+        for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
+            match = _BATCH_NAME.fullmatch(name)
+            if match and int(match.group(1)) >= first:
+                os.remove(os.path.join(self.folder, name))
+
+
+def _write(path: str, record: Mapping[str, Any]) -> None:
+    """A nested dict of arrays and JSON values as one ``.npz``: arrays ``a<i>``, and an index
+    (JSON) of the dict with each array replaced by its name."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def index(value):
+        if isinstance(value, Mapping):
+            return {str(k): index(v) for k, v in value.items()}
+        if isinstance(value, (np.ndarray, jax.Array)):
+            name = f"a{len(arrays)}"
+            arrays[name] = np.asarray(value)
+            return {"__array__": name}
+        return value
+
+    tree = json.dumps(index(record))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, **{_INDEX: np.array(tree)})
+
+
+def _read_record(path: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        tree = json.loads(str(arrays.pop(_INDEX)[()]))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({error}); delete it (and the batch files after it) to "
+            f"redo those batches"
+        ) from None
+
+    def restore(value):
+        if isinstance(value, dict):
+            if set(value) == {"__array__"}:
+                return arrays[value["__array__"]]
+            return {k: restore(v) for k, v in value.items()}
+        return value
+
+    return restore(tree)
