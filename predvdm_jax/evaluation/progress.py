@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -142,7 +143,7 @@ def _read_record(path: str) -> dict:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         tree = json.loads(str(arrays.pop(_INDEX)[()]))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"{path} cannot be read ({error}); delete it (and the batch files after it) to "
             f"redo those batches"

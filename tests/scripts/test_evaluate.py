@@ -719,3 +719,77 @@ def test_vq_params_refusals_are_one_error_line(tmp_path, extra, words):
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert len(lines) == 1 and all(word in lines[0] for word in words), lines
     assert not (tmp_path / "vq_eval").exists()
+
+
+def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path, monkeypatch):
+    """5 clips in batches of 2, 2 samples, predictions saved: a run stopped after its first
+    batch was recorded resumes to the same metrics.json (timings aside) and the same saved
+    predictions as an uninterrupted run, and leaves no progress behind; another evaluation
+    into that OUT is refused while the progress is there."""
+    from predvdm_jax.evaluation import progress as progress_lib
+    from predvdm_jax.interop import bundle as bundle_lib
+
+    _uint8_predictor(monkeypatch)
+    rng = np.random.default_rng(9)
+    videos = [rng.integers(0, 256, (COND + PRED + 3, SIZE, SIZE), np.uint8) for _ in range(5)]
+    bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, videos))
+    config = bundle.config.copy_and_resolve_references()
+    config.eval.batch_size = 2
+
+    def evaluate(out, samples=2):
+        return run_lib.evaluate_model(
+            config,
+            bundle.params,
+            bundle.vq_params,
+            str(tmp_path / out),
+            protocol=protocol_lib.resolve_protocol("mcvd", num_clips=5, num_samples=samples),
+            pred_frames=PRED,
+            source="test",
+            keep_videos=3,
+            show_progress=False,
+            save_predictions=True,
+        )
+
+    straight = evaluate("straight")
+    add = progress_lib.Progress.add
+
+    def add_then_stop(self, batch, record):
+        add(self, batch, record)
+        if batch == 0:
+            raise KeyboardInterrupt  # preempted once batch 0 is on disk
+
+    monkeypatch.setattr(progress_lib.Progress, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate("resumed")
+    monkeypatch.setattr(progress_lib.Progress, "add", add)
+    assert not os.path.exists(tmp_path / "resumed" / "metrics.json")
+    with pytest.raises(ValueError, match=r"another evaluation \(it differs in: protocol\)"):
+        evaluate("resumed", samples=3)
+    predicted = []
+    predict_fn = protocol_lib.evaluate
+
+    def counting_evaluate(*args, **kwargs):
+        predicted.append(len(kwargs["done"]))
+        return predict_fn(*args, **kwargs)
+
+    monkeypatch.setattr(run_lib, "evaluate", counting_evaluate)
+    resumed = evaluate("resumed")
+    assert predicted == [1]  # the rerun resumed after batch 0
+
+    for metrics in (straight, resumed):
+        metrics.pop("seconds")
+        metrics.pop("throughput")
+    assert resumed == straight
+    out = tmp_path / "resumed"
+    assert not os.path.exists(out / "progress") and not os.path.exists(out / "predictions.partial")
+    for split in ["real", "sample_0", "sample_1"]:
+        mine = hdf5.VideoShards(str(out / "predictions" / split))
+        theirs = hdf5.VideoShards(str(tmp_path / "straight" / "predictions" / split))
+        assert len(mine) == len(theirs) == 5
+        for k in range(5):
+            np.testing.assert_array_equal(
+                mine.read_clip(k, 0, COND + PRED), theirs.read_clip(k, 0, COND + PRED)
+            )
+    assert sorted(os.listdir(out / "videos")) == sorted(
+        os.listdir(tmp_path / "straight" / "videos")
+    )

@@ -1,0 +1,74 @@
+"""OUT/progress: what a resumed evaluation reads back, and what it refuses."""
+
+import os
+
+import numpy as np
+import pytest
+
+from predvdm_jax.evaluation import progress as progress_lib
+
+FINGERPRINT = {"source": "bundle", "batch_size": 4, "protocol": {"num_samples": 2}}
+
+
+def _record(batch):
+    return {
+        "values": {"per_frame": {"model": {"ssim": np.full((4, 2, 3), batch, np.float32)}}},
+        "videos": {},
+        "timings": {"seconds": {"reconstruct": 0.25 * batch}, "label": "a/b, c=1"},
+    }
+
+
+def test_records_read_back_as_written_up_to_the_first_missing_batch(tmp_path):
+    progress = progress_lib.Progress(str(tmp_path), FINGERPRINT)
+    assert progress.load() == []
+    for batch in (0, 1, 3):  # batch 2 never finished: 3 is a later run's, dropped
+        progress.add(batch, _record(batch))
+    records = progress_lib.Progress(str(tmp_path), dict(FINGERPRINT)).load()
+    assert len(records) == 2
+    for batch, record in enumerate(records):
+        ssim = record["values"]["per_frame"]["model"]["ssim"]
+        assert ssim.dtype == np.float32 and ssim.shape == (4, 2, 3) and (ssim == batch).all()
+        assert record["videos"] == {}
+        assert record["timings"] == {"seconds": {"reconstruct": 0.25 * batch}, "label": "a/b, c=1"}
+    assert sorted(os.listdir(tmp_path / "progress")) == [
+        "batch_00000.npz",
+        "batch_00001.npz",
+        "run.json",
+    ]
+
+
+def test_another_evaluations_progress_is_refused_naming_what_differs(tmp_path):
+    progress_lib.Progress(str(tmp_path), FINGERPRINT).load()
+    other = {**FINGERPRINT, "batch_size": 8, "keep_videos": 2}
+    with pytest.raises(ValueError, match=r"differs in: batch_size, keep_videos\); rerun") as error:
+        progress_lib.Progress(str(tmp_path), other).load()
+    assert f"delete {tmp_path / 'progress'} to start over" in str(error.value)
+
+
+def test_a_folder_not_ours_and_a_damaged_batch_file_are_one_clear_error(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "progress").mkdir(parents=True)
+    (mine / "progress" / "notes.txt").write_text("the user's")
+    with pytest.raises(ValueError, match="is not an interrupted evaluation's progress"):
+        progress_lib.Progress(str(mine), FINGERPRINT).load()
+    assert os.listdir(mine / "progress") == ["notes.txt"]
+
+    progress = progress_lib.Progress(str(tmp_path), FINGERPRINT)
+    progress.load()
+    progress.add(0, _record(0))
+    damaged = tmp_path / "progress" / "batch_00000.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"batch_00000.npz cannot be read .*; delete it"):
+        progress_lib.Progress(str(tmp_path), FINGERPRINT).load()
+
+
+def test_clear_removes_only_what_progress_wrote(tmp_path):
+    progress = progress_lib.Progress(str(tmp_path), FINGERPRINT)
+    progress.load()
+    progress.add(0, _record(0))
+    progress.clear()
+    assert not os.path.exists(tmp_path / "progress")
+    progress.load()
+    (tmp_path / "progress" / "notes.txt").write_text("the user's")
+    progress.clear()
+    assert os.listdir(tmp_path / "progress") == ["notes.txt"]
