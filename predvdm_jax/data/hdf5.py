@@ -234,8 +234,9 @@ def write_split(
     """Writes videos (each ``(T,H,W)`` or ``(T,H,W,C)``) as shards of a new split; returns
     the count. A ``split_dir`` already holding shards is refused: rewriting some of them would
     leave the others, a split mixing two datasets. A failure (a bad video, or one that fails
-    to be produced) keeps the shards finished before it; the folders this call created are
-    removed when they hold none (a failure in the first shard leaves nothing behind)."""
+    to be produced) keeps the shards finished before it, marked ``UNFINISHED`` so that no reader
+    takes them for the split; the folders this call created are removed when they hold none (a
+    failure in the first shard leaves nothing behind)."""
     if vids_per_shard < 1:
         raise ValueError(f"vids_per_shard must be >= 1, got {vids_per_shard}.")
     existing = shard_paths(split_dir)  # none when the folder does not exist
@@ -244,13 +245,14 @@ def write_split(
             f"{split_dir} already holds shards ({os.path.basename(existing[0])}); "
             f"write the split to a new folder, or delete that one first."
         )
-    created = []  # folders this call makes, innermost first: a failure removes them if empty
+    created = []  # folders this call makes, innermost first: removed if they end up empty
     folder = os.path.abspath(split_dir)
     while not os.path.exists(folder):
         created.append(folder)
         folder = os.path.dirname(folder)
+    mark_unfinished(split_dir, f"delete {split_dir} and write the split again.")
     videos = iter(videos)
-    count, frame_shape = 0, None
+    count, frame_shape, finished = 0, None, False
     try:
         for shard in itertools.count(1):
             path = shard_path(split_dir, shard)
@@ -258,16 +260,20 @@ def write_split(
                 path, itertools.islice(videos, vids_per_shard), compression, frame_shape
             )
             if not written:
-                return count
+                break
             count += written
             frame_shape = frame_shape or shard_frame_shape(path)
-    except BaseException:
-        for folder in created:
-            try:
-                os.rmdir(folder)  # only while empty: finished shards stay
-            except OSError:
-                break
-        raise
+        finished = True
+    finally:
+        if finished or not count:
+            mark_finished(split_dir)
+        if not count:
+            for folder in created:
+                try:
+                    os.rmdir(folder)  # only while empty: finished shards stay
+                except OSError:
+                    break
+    return count
 
 
 def shard_frame_shape(path: str) -> tuple:

@@ -195,7 +195,7 @@ def test_a_frame_shape_differing_from_an_earlier_shard_is_refused_when_written(t
         match=r"video 0 has a frame of shape \(5, 5\), but the dataset's frames are \(4, 6\)",
     ):
         hdf5.write_split(str(tmp_path / "split"), videos, vids_per_shard=1)
-    assert os.listdir(tmp_path / "split") == ["shard_0001.hdf5"]
+    assert sorted(os.listdir(tmp_path / "split")) == ["shard_0001.hdf5", hdf5.UNFINISHED]
 
 
 def test_video_shorter_than_clip(tmp_path):
@@ -215,7 +215,8 @@ def test_interrupted_write_leaves_no_finished_shard(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_an_interrupted_split_keeps_its_finished_shards_only(tmp_path):
+def test_an_interrupted_split_keeps_its_finished_shards_and_is_refused_as_unfinished(tmp_path):
+    """Its first shard alone would read as a finished split of 2 of the videos."""
     written = _videos(np.random.default_rng(8), [2, 3, 2], (4, 4))
 
     def videos():
@@ -224,11 +225,18 @@ def test_an_interrupted_split_keeps_its_finished_shards_only(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         hdf5.write_split(str(tmp_path), videos(), vids_per_shard=2)
-    assert os.listdir(tmp_path) == ["shard_0001.hdf5"]
-    shards = hdf5.VideoShards(str(tmp_path))
-    assert list(shards.frame_counts) == [2, 3]
-    for i in range(2):
-        np.testing.assert_array_equal(shards.read_clip(i, 0, len(written[i]))[..., 0], written[i])
+    assert sorted(os.listdir(tmp_path)) == ["shard_0001.hdf5", hdf5.UNFINISHED]
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=rf"^{re.escape(str(tmp_path))} is unfinished \(its writing stopped before the end\); "
+        rf"delete {re.escape(str(tmp_path))} and write the split again\.$",
+    ):
+        hdf5.VideoShards(str(tmp_path))
+    with h5py.File(tmp_path / "shard_0001.hdf5", "r") as f:
+        for i in range(2):
+            np.testing.assert_array_equal(
+                np.stack([f[str(i)][str(t)][()] for t in range(len(written[i]))]), written[i]
+            )
 
 
 def test_a_split_of_whole_shards_ends_without_an_empty_one(tmp_path):
