@@ -19,7 +19,9 @@ videos, and writes reports.
 
 Writes OUT/metrics.json (every number with its protocol), OUT/metrics.md,
 OUT/per_frame.png and OUT/videos/; with --save_predictions also OUT/predictions/ (every
-predicted clip as HDF5 splits, for re-scoring). ``--config.<field>=value`` overrides fields
+predicted clip as HDF5 splits, for re-scoring). A stopped model evaluation resumes when the
+same command is rerun (OUT/progress/ keeps its finished batches until the reports are
+written). ``--config.<field>=value`` overrides fields
 of the run's config (e.g. ``--config.data.test_dir``, ``--config.eval.batch_size``,
 ``--config.sampling.steps``). See docs/evaluation.md.
 """
