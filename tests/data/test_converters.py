@@ -204,6 +204,22 @@ def test_kth_finds_nested_and_upper_case_videos_and_falls_back_to_a_zip(kth_src,
     assert not (tmp_path / "empty").exists()
 
 
+def test_kth_two_files_of_one_video_are_refused_not_picked_by_folder_order(kth_src, tmp_path):
+    """Which copy a folder walk meets last depends on the file system's listing order."""
+    src = tmp_path / "src"
+    shutil.copytree(kth_src, src)
+    first = src / "walking" / "person22_walking_d2_uncomp.avi"
+    second = src / "walking" / "copy" / "person22_walking_d2_uncomp.AVI"
+    second.parent.mkdir()
+    shutil.copy(first, second)
+    with pytest.raises(
+        SourceError,
+        match=rf"^KTH source: person22_walking_d2 is in two files, {re.escape(str(first))} and "
+        rf"{re.escape(str(second))}; keep one of them\.$",
+    ):
+        converters.make_plan("kth", str(src))
+
+
 def test_a_rerun_from_another_source_is_refused(kth_src, tmp_path):
     """conversion.json records the source: a resume must read the same one, or an interrupted
     conversion would end with shards of two datasets."""

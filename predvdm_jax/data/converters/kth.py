@@ -48,14 +48,15 @@ def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
     found = {}
     for action in ACTIONS:
         folder, archive = os.path.join(src, action), os.path.join(src, action + ".zip")
-        in_folder = {
-            _stem(name): (os.path.join(root, name), None)
-            for root, _, names in os.walk(folder)
-            for name in sorted(names)
-            if _NAME.match(name)
-        }
+        in_folder = {}
+        for root, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in sorted(names):
+                if _NAME.match(name):
+                    _add(in_folder, _stem(name), os.path.join(root, name), None)
         if in_folder:
-            found.update(in_folder)
+            for stem, (path, member) in in_folder.items():
+                _add(found, stem, path, member)
         elif os.path.isfile(archive):
             try:
                 with zipfile.ZipFile(archive) as zf:
@@ -67,13 +68,24 @@ def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
             for member in members:
                 name = os.path.basename(member)
                 if _NAME.match(name):
-                    found[_stem(name)] = (archive, member)
+                    _add(found, _stem(name), archive, member)
         elif not os.path.isdir(folder):
             raise common.SourceError(
                 f"KTH source {src} has no '{action}' folder or {action}.zip; expected the six "
                 f"per-action zips or folders ({', '.join(ACTIONS)})."
             )
     return found
+
+
+def _add(found: dict, stem: str, path: str, member: str | None) -> None:
+    """Records ``stem``'s file; a second file of the same video is a ``SourceError`` (which one a
+    walk meets last depends on the file system's order)."""
+    if stem in found:
+        names = [p if m is None else f"{m} in {p}" for p, m in (found[stem], (path, member))]
+        raise common.SourceError(
+            f"KTH source: {stem} is in two files, {names[0]} and {names[1]}; keep one of them."
+        )
+    found[stem] = (path, member)
 
 
 def _stem(name: str) -> str:
