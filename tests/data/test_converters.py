@@ -670,6 +670,25 @@ def test_cityscapes_sequences_center_crop_lanczos(tmp_path):
         converters.make_plan("cityscapes", str(tmp_path))
 
 
+def test_a_damaged_cityscapes_frame_is_a_source_error_naming_it(tmp_path):
+    from PIL import Image
+
+    city = tmp_path / "leftImg8bit_sequence" / "train" / "aachen"
+    city.mkdir(parents=True)
+    for frame in range(30):
+        path = city / f"aachen_000000_{frame:06d}_leftImg8bit.png"
+        Image.fromarray(np.full((8, 16, 3), frame, np.uint8)).save(path)
+    damaged = city / "aachen_000000_000005_leftImg8bit.png"
+    damaged.write_bytes(b"not a png")
+    with pytest.raises(
+        SourceError,
+        match=rf"^Cityscapes source: {re.escape(str(damaged))} is not a readable image \(.+\); "
+        r"the download is damaged: unzip leftImg8bit_sequence_trainvaltest\.zip again or "
+        r"re-download it\.$",
+    ):
+        converters.convert("cityscapes", str(tmp_path), str(tmp_path / "out"), progress=False)
+
+
 # ---------------------------------------------------------------- CARLA
 
 
@@ -693,6 +712,14 @@ def test_carla_torch_tensors(tmp_path):
         assert len(shards) == len(videos[split])
         for i, video in enumerate(videos[split]):
             np.testing.assert_array_equal(_video(shards, i), video)
+    damaged = tmp_path / "carla" / "videos" / "c.pt"
+    damaged.write_bytes(b"not a tensor")
+    with pytest.raises(
+        SourceError,
+        match=rf"^{re.escape(str(damaged))} is not a readable torch\.save'd tensor \(.+\); the "
+        r"download is damaged: untar no-traffic\.tar\.gz again or re-download it\.$",
+    ):
+        converters.convert("carla", str(tmp_path / "carla"), str(tmp_path / "bad"), progress=False)
     os.remove(tmp_path / "carla" / "video_test.csv")
     with pytest.raises(SourceError, match="no video_test.csv"):
         converters.make_plan("carla", str(tmp_path / "carla"))

@@ -46,7 +46,13 @@ def load_tensor_video(path: str) -> np.ndarray:
             "CARLA videos are torch.save'd tensors: install PyTorch "
             "(pip install 'predvdm_jax[torch]') to convert them."
         ) from e
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip and EOF errors of a damaged file
+        raise common.SourceError(
+            f"{path} is not a readable torch.save'd tensor ({common.first_line(err)}); the "
+            f"download is damaged: untar no-traffic.tar.gz again or re-download it."
+        ) from None
     video = tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
     if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
         raise common.SourceError(

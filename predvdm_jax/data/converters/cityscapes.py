@@ -25,8 +25,16 @@ _NAME = re.compile(r"^(.+)_(\d+)_(\d+)_leftImg8bit\.png$")
 
 
 def cityscapes_frame(path: str, image_size: int = 128) -> np.ndarray:
-    with Image.open(path) as img:
-        return resize_lanczos(center_square(np.asarray(img.convert("RGB"))), image_size)
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        raise common.SourceError(
+            f"Cityscapes source: {path} is not a readable image ({common.first_line(err)}); the "
+            f"download is damaged: unzip leftImg8bit_sequence_trainvaltest.zip again or "
+            f"re-download it."
+        ) from None
+    return resize_lanczos(center_square(rgb), image_size)
 
 
 def _root(src: str) -> str:

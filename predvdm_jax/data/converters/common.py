@@ -231,6 +231,12 @@ def _shard_videos(
         )
 
 
+def first_line(err: Exception) -> str:
+    """The first sentence of an error's first line (its type when it has no text)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__
+
+
 def require_dir(path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise SourceError(
