@@ -8,11 +8,16 @@ A bundle (EMA denoiser + VQ + config) loads anywhere with
 it as --bundle. `--predvdm_ckpt` writes the whole PredVDM `LatentDiffusion` state_dict (raw and
 EMA denoiser, VQ as first and cond stage, schedule buffers) in a Lightning checkpoint's layout
 (`.ckpt`, needs PyTorch), which the PyTorch original loads, or as `.safetensors`.
+
+Launched as several JAX processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID,
+or JAX_AUTO_DISTRIBUTED=1) it is one job: every process reads its part of the checkpoint and
+process 0 writes each file once.
 """
 
+import jax
 from absl import flags
 
-from predvdm_jax import cli
+from predvdm_jax import cli, mesh
 from predvdm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
@@ -41,17 +46,19 @@ def main():
         checkpoint.check_bundle_export_path(FLAGS.out, FLAGS.workdir)
     if FLAGS.predvdm_ckpt:
         checkpoint.check_export_path(FLAGS.predvdm_ckpt, FLAGS.workdir)
+    mesh.initialize_distributed()
+    report = print if jax.process_index() == 0 else lambda *args: None
     if FLAGS.out:
         exported = checkpoint.export_bundle(
             FLAGS.workdir, FLAGS.out, FLAGS.use_ema, FLAGS.step, FLAGS.vq_params
         )
         weights = "EMA" if FLAGS.use_ema else "raw"
-        print(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
+        report(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
     if FLAGS.predvdm_ckpt:
         step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
             FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step, FLAGS.vq_params
         )
-        print(
+        report(
             f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
             f"scale_factor: {scale_factor} in the PredVDM yaml"
         )

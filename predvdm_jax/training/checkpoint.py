@@ -526,8 +526,14 @@ def _checkpoint_bundle(
 ) -> tuple[Bundle, int]:
     """``load_from_checkpoint``'s bundle and the step it was restored from."""
     config, state, step = load_train_state(workdir, step, vq_params)
-    params = state.ema_params if use_ema else state.params
+    params = _host_tree(state.ema_params if use_ema else state.params)
     return Bundle(config, params, load_vq_params(config.vq_params, config)), step
+
+
+def _host_tree(tree: Any) -> Any:
+    """``tree``'s arrays as host numpy arrays; collective in a multi-process run (every process
+    calls it), whose restored arrays span the devices of every process."""
+    return jax.tree.map(mesh_lib.to_host, tree)
 
 
 def check_bundle_export_path(path: str, workdir: str) -> None:
@@ -582,10 +588,12 @@ def export_bundle(
 ) -> Bundle:
     """Writes a run's checkpoint (the newest finished one by default) as an inference bundle
     at ``path`` (``check_bundle_export_path`` first) and returns it; ``vq_params`` as in
-    ``load_from_checkpoint``."""
+    ``load_from_checkpoint``. In a multi-process run every process calls it (the restore is
+    collective) and process 0 writes."""
     check_bundle_export_path(path, workdir)
     exported = load_from_checkpoint(workdir, use_ema=use_ema, step=step, vq_params=vq_params)
-    save_bundle(path, exported)
+    if jax.process_index() == 0:
+        save_bundle(path, exported)
     return exported
 
 
@@ -595,12 +603,15 @@ def export_latent_diffusion_checkpoint(
     """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
     ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``), after
     ``check_export_path``; ``vq_params`` as in ``load_train_state``. Returns the step written
-    and the latent ``scale_factor`` the original's yaml must use."""
+    and the latent ``scale_factor`` the original's yaml must use. In a multi-process run every
+    process calls it (the restore is collective) and process 0 writes."""
     check_export_path(path, workdir)
     if torch_checkpoint.state_dict_format(path) == "torch":
         torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
     config, state, step = load_train_state(workdir, step, vq_params)
-    predvdm_ckpt.write_latent_diffusion_checkpoint(path, config, jax.device_get(state), step)
+    state = _host_tree(state)
+    if jax.process_index() == 0:
+        predvdm_ckpt.write_latent_diffusion_checkpoint(path, config, state, step)
     return step, float(config.scale_factor)
 
 
