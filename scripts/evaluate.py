@@ -85,7 +85,8 @@ flags.DEFINE_bool(
     False,
     "Also write every predicted clip (all samples, uint8) as HDF5 splits: OUT/predictions/real "
     "(the clips scored against) and OUT/predictions/sample_<s> (their cond frames, then sample "
-    "s's prediction), video k being clip k; re-score one with --real_dir and --fake_dir.",
+    "s's prediction), video k being clip k; re-score one with --real_dir and --fake_dir. With "
+    "--sweep, each sampler's in OUT/<sampler>/predictions.",
 )
 flags.DEFINE_string("real_dir", None, "HDF5 split of real videos (with --fake_dir).")
 flags.DEFINE_string(
@@ -195,6 +196,8 @@ def _evaluate_model():
     else:
         print(sweep_lib.sweep_table(all_metrics))
         print(f"wrote {FLAGS.out}/sweep.md and one folder per sampler")
+        if FLAGS.save_predictions:
+            print(f"wrote each sampler's predictions to {FLAGS.out}/<sampler>/predictions/")
 
 
 # Flags that choose and score a model, and flags that describe the folders' videos: each
@@ -309,11 +312,6 @@ def main():
         )
     if folders and FLAGS.sweep is not None:
         cli.fail("--sweep scores a model's samplers; it needs --bundle or --workdir.")
-    if FLAGS.sweep is not None and FLAGS.save_predictions:
-        cli.fail(
-            "--save_predictions writes one sampler's predictions; run it without --sweep, "
-            "with --config.sampling.* set to the sampler of interest."
-        )
     if folders:
         cli.reject_flags(MODEL_FLAGS, "when scoring folders (--real_dir, --fake_dir)")
     else:

@@ -7,6 +7,7 @@ These functions load what the protocol needs: the test clips, the model, LPIPS a
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -178,21 +179,22 @@ def evaluate_samplers(
     ``out_dir/<label>/`` and ``out_dir/sweep.md`` / ``sweep.json`` compare them
     (``sweep.write_sweep``). Returns ``{label: metrics}``.
 
-    ``save_predictions`` (a single setting only) writes every predicted clip to
-    ``out_dir/predictions`` (``predictions.PredictionWriter``); without it, an earlier
-    run's ``predictions/`` there is removed with the other earlier outputs.
+    ``save_predictions`` writes every predicted clip of each setting to its report folder's
+    ``predictions/`` (``predictions.PredictionWriter``); without it, an earlier run's
+    ``predictions/`` there is removed with the other earlier outputs.
 
     No ``samplings`` (``{}``): the baselines only (``evaluate_vq``), under ``model``.
     """
     vq_only = not samplings
     single = vq_only or list(samplings) == [MODEL]
-    if save_predictions and not (single and not vq_only):
-        raise ValueError(
-            "save_predictions writes one model's predictions; evaluate the sampler of "
-            "interest on its own (without a sweep) to save them"
-        )
+    if save_predictions and vq_only:
+        raise ValueError("save_predictions writes a model's predictions; a VQ evaluation has none")
+    report_dirs = {
+        label: out_dir if single else os.path.join(out_dir, label) for label in samplings or [MODEL]
+    }
     if save_predictions:
-        predictions_lib.check_can_write(out_dir)  # before any work
+        for folder in report_dirs.values():
+            predictions_lib.check_can_write(folder)  # before any work
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
     # Params are replicated, so every device takes a share of the clips, whatever mesh the
@@ -265,22 +267,26 @@ def evaluate_samplers(
             f"resuming: {len(done)} of {num_batches} batches were scored by an earlier run "
             f"({progress.folder})"
         )
-    writer = None
+    writers = {}
     if save_predictions:
         test_split = VideoShards(config.data.test_dir)
         frame_counts = test_split.frame_counts
         test_split.close()
-        writer = predictions_lib.PredictionWriter(
-            out_dir,
-            num_samples=protocol.num_samples,
-            cond_frames=cond_frames,
-            pred_frames=pred_frames,
-            windows=eval_windows(
-                frame_counts, protocol.num_clips, cond_frames + pred_frames, config.eval.seed
-            ),
-            description={**clips_described, **what_ran(samplings[MODEL]), **grayscale},
-            done_batches=len(done),
+        windows = eval_windows(
+            frame_counts, protocol.num_clips, cond_frames + pred_frames, config.eval.seed
         )
+        writers = {
+            label: predictions_lib.PredictionWriter(
+                report_dirs[label],
+                num_samples=protocol.num_samples,
+                cond_frames=cond_frames,
+                pred_frames=pred_frames,
+                windows=windows,
+                description={**clips_described, **what_ran(sampling), **grayscale},
+                done_batches=len(done),
+            )
+            for label, sampling in samplings.items()
+        }
     per_batch = protocol.num_samples * max(len(predict_fns), 1)
     with _ProgressBar(
         num_batches * per_batch, show_progress, "predicting", len(done) * per_batch
@@ -299,7 +305,7 @@ def evaluate_samplers(
             fvd_unavailable=i3d_source,
             keep_videos=keep_videos,
             on_prediction=bar.update,
-            on_predictions=None if writer is None else lambda _, *batch: writer.add(*batch),
+            on_predictions=(lambda label, *batch: writers[label].add(*batch)) if writers else None,
             done=done,
             on_batch=progress.add,
         )
@@ -323,9 +329,9 @@ def evaluate_samplers(
                 **grayscale,
             },
         )
-    if writer is not None:
+    for label, writer in writers.items():
         writer.finish()
-        all_metrics[MODEL]["predictions"] = predictions_lib.summary(protocol.num_samples)
+        all_metrics[label]["predictions"] = predictions_lib.summary(protocol.num_samples)
     if jax.process_index() == 0:
         sweep_lib.write_reports(
             out_dir,
@@ -334,8 +340,9 @@ def evaluate_samplers(
             single=single,
             first_frame=cond_frames + 1,
         )
-        if writer is None:
-            predictions_lib.clear(out_dir)  # an earlier run's
+        stale = [folder for label, folder in report_dirs.items() if label not in writers]
+        for folder in stale if single else [*stale, out_dir]:  # an earlier single evaluation's
+            predictions_lib.clear(folder)  # an earlier run's
         progress.clear()
     return all_metrics
 
