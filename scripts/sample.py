@@ -9,14 +9,15 @@ Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg) and OUT/grid.png. A video
 the conditioning frames are its ground-truth half, blank where the video ends. Sampler settings
 come from the model's config; override them with --config.sampling.sampler=dpm_solver_pp
 --config.sampling.steps=20 etc. Clips are predicted --config.eval.batch_size at a time, split
-over every device.
+over every device of this host. It runs as one process: launched as several JAX processes
+(JAX_NUM_PROCESSES, JAX_AUTO_DISTRIBUTED) it stops with an error, writing nothing.
 """
 
 import jax
 from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import cli
+from predvdm_jax import cli, mesh
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.training import checkpoint
 
@@ -73,6 +74,13 @@ def main():
     overrides = config_flags.get_override_values(FLAGS["config"])
     _reject_unread_overrides(overrides)
     report.check_output_dir(FLAGS.out)
+    mesh.initialize_distributed()  # so that a launch as several processes is seen, and refused
+    if jax.process_count() > 1:
+        cli.fail(
+            f"sample.py runs as one process (it splits the clips over that host's devices), not "
+            f"as {jax.process_count()}; launch it once, without JAX_NUM_PROCESSES or "
+            f"JAX_AUTO_DISTRIBUTED (scripts/evaluate.py runs as several processes)"
+        )
     bundle, _ = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,

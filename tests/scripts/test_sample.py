@@ -98,3 +98,48 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
         expect_success=False,
     )
     assert bad.returncode != 0 and "not found" in bad.stderr
+
+
+def test_sample_launched_as_two_processes_refuses_and_writes_nothing(tmp_path):
+    """sample.py predicts on one host's devices: launched as two JAX processes it stops with one
+    line, rather than each process predicting every clip and writing the same files."""
+    import socket
+
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "clips"
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "sample.py"),
+        f"--bundle={bundle_dir}",
+        "--num_clips=2",
+        f"--num_frames={PRED}",
+        f"--out={out}",
+    ]
+    procs = [
+        subprocess.Popen(
+            command,
+            env=dict(
+                os.environ,
+                XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                JAX_COORDINATOR_ADDRESS=coordinator,
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 1, stdout + stderr[-3000:]
+        assert "error: sample.py runs as one process" in stderr, stderr[-3000:]
+    assert not out.exists() or not os.listdir(out)
