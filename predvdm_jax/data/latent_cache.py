@@ -42,7 +42,7 @@ from predvdm_jax.data.hdf5 import (
     shard_paths,
 )
 from predvdm_jax.data.loader import check_frame_size, to_model_range
-from predvdm_jax.data.manifest import as_json
+from predvdm_jax.data.manifest import MANIFEST_NAME, as_json
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.tensor_files import read_safetensors
 
@@ -61,6 +61,27 @@ INFO_KEYS = (
     DIGEST_KEY,
 )
 """What ``cache_info.json`` records (``cache_info``); reading a file that lacks one fails."""
+SOURCE_KEY = "source_fingerprint"  # recorded too, checked when present (older caches lack it)
+
+
+def source_fingerprint(src_split_dir: str) -> str:
+    """SHA-256 of what tells a frame split's videos apart without reading pixels: each shard's
+    name and frame counts, and the ``conversion.json`` (settings) of the folder holding it."""
+    digest = hashlib.sha256()
+    for path in shard_paths(src_split_dir):
+        counts = ",".join(map(str, read_frame_counts(path)))
+        digest.update(f"{os.path.basename(path)}:{counts};".encode())
+    manifest = os.path.join(os.path.dirname(os.path.abspath(src_split_dir)), MANIFEST_NAME)
+    if os.path.isfile(manifest):
+        with open(manifest, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _changed_source(source: str) -> str:
+    return (
+        f"an earlier version of {source} (its videos' frame counts or conversion.json differ now)"
+    )
 
 
 def params_digest(params: Any) -> str:
@@ -95,6 +116,7 @@ def cache_info(
         # The frames' channels (the VQ sees gray repeated to RGB, so the latents do not show it).
         "channels": int(config.data.channels),
         DIGEST_KEY: params_digest(vq_params),
+        SOURCE_KEY: source_fingerprint(src_split_dir),
     }
 
 
@@ -198,6 +220,11 @@ def _check_resume(out_split_dir: str, info: dict) -> dict:
                 f"{out_split_dir} holds a latent cache made with another {key} ({saved[key]!r}, now "
                 f"{same[key]!r}); delete the folder or choose another --out."
             )
+    if saved.get(SOURCE_KEY, same[SOURCE_KEY]) != same[SOURCE_KEY]:
+        raise DatasetError(
+            f"{out_split_dir} holds latents of {_changed_source(same['source'])}; delete the "
+            f"folder or choose another --out, and encode again."
+        )
     if saved[DIGEST_KEY] != same[DIGEST_KEY]:
         raise DatasetError(
             f"{out_split_dir} holds latents of other VQ weights: they were encoded with "
@@ -215,8 +242,8 @@ def check_cache_matches(
     frame channels, frame size, VQ architecture or other VQ weights than ``config``'s: those
     of ``vq_params`` (the tree read from ``config.vq_params``; None: read here, when the file
     exists); ``DatasetError`` when it has no readable ``cache_info.json``
-    (``read_cache_info``: it is no cache of ``scripts/encode_dataset.py``) or lacks shards (an
-    interrupted encode)."""
+    (``read_cache_info``: it is no cache of ``scripts/encode_dataset.py``), lacks shards (an
+    interrupted encode) or its source split, still there, has changed since (``SOURCE_KEY``)."""
     saved = read_cache_info(split_dir)
     present = len(shard_paths(split_dir))
     if present < saved["num_shards"]:
@@ -225,6 +252,17 @@ def check_cache_matches(
             f"shards; its encode was interrupted): run scripts/encode_dataset.py again with the "
             f"same flags to finish it."
         )
+    source = saved["source"]
+    if SOURCE_KEY in saved and shard_paths(source):
+        try:
+            changed = source_fingerprint(source) != saved[SOURCE_KEY]
+        except DatasetError:  # a damaged source cannot be compared; training reads the cache
+            changed = False
+        if changed:
+            raise DatasetError(
+                f"{split_dir} was encoded from {_changed_source(source)}; re-encode the cache "
+                f"(scripts/encode_dataset.py), or train from the frames (data.latent_train_dir=)."
+            )
     cached = saved["scale_factor"]
     if not math.isclose(cached, config.scale_factor, rel_tol=1e-6):
         raise ConfigError(

@@ -4,6 +4,7 @@ cache_info.json is refused."""
 
 import json
 import os
+import re
 
 import h5py
 import jax
@@ -151,6 +152,39 @@ def test_interrupted_cache_resumes_and_refuses_other_settings(setup):
     np.testing.assert_allclose(np.concatenate(cached), expected, rtol=1e-5, atol=1e-5)
     with h5py.File(first, "r") as f:
         assert sorted(f.keys()) == ["0", "1", "len", "videos"]
+
+
+def test_a_source_changed_since_encoding_is_refused_on_resume_and_in_training(setup, tmp_path):
+    """A source split re-made at the same path (other videos): a resume kept the old shards
+    beside new ones, a cache of two datasets, and training read the stale cache unchecked."""
+    root, videos, config, system, params = setup
+    src, out = str(tmp_path / "frames"), str(tmp_path / "latents")
+    write_split(src, videos, vids_per_shard=2)
+    encode_split(config, params, src, out, batch_frames=4, max_shards=1)
+    remade = [v[:-1] for v in videos]  # one frame fewer per video, same shards
+    for name in os.listdir(src):
+        os.remove(os.path.join(src, name))
+    os.rmdir(src)
+    write_split(src, remade, vids_per_shard=2)
+    changed = (
+        rf"an earlier version of {re.escape(os.path.abspath(src))} \(its videos' frame counts "
+        r"or conversion\.json differ now\)"
+    )
+    with pytest.raises(DatasetError, match=rf"^{re.escape(out)} holds latents of {changed}; "):
+        encode_split(config, params, src, out, batch_frames=4)
+    assert len(hdf5.shard_paths(out)) == 1
+    for name in os.listdir(src):
+        os.remove(os.path.join(src, name))
+    os.rmdir(src)
+    write_split(src, videos, vids_per_shard=2)  # the original videos back: the resume finishes
+    encode_split(config, params, src, out, batch_frames=4)
+    check_cache_matches(config, out, params)
+    for name in os.listdir(src):
+        os.remove(os.path.join(src, name))
+    os.rmdir(src)
+    write_split(src, remade, vids_per_shard=2)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(out)} was encoded from {changed}; "):
+        check_cache_matches(config, out, params)
 
 
 @pytest.mark.parametrize(
