@@ -94,7 +94,9 @@ class ClipIterator:
     ``get_state``/``set_state`` save and restore the position as the number of examples
     served (JSON-serialisable), so a state restores under any ``num_workers`` and any
     ``batch_size``: a run resumed with another batch size goes on from the next whole batch
-    (it skips fewer than ``batch_size`` examples, and repeats none).
+    (it skips fewer than ``batch_size`` examples, and repeats none). The state also records
+    ``stream`` (what decides the clips: seed, clip length, flip, video count), and a state of
+    another stream is refused.
     With ``num_workers`` > 0 the batches are read in that many spawned processes
     (grain's ``mp_prefetch``): h5py serialises every call within a process, so
     threads alone cannot read faster than one core. ``close`` stops them.
@@ -110,8 +112,10 @@ class ClipIterator:
         num_threads: int = 1,
         prefetch: int = 8,
         num_workers: int = 0,
+        stream: dict | None = None,
     ):
         self._batches = batches
+        self._stream = dict(stream or {})
         self.key = key
         self.batch_size = batch_size  # global examples per batch
         self.sharding = sharding
@@ -151,7 +155,7 @@ class ClipIterator:
         return batch
 
     def get_state(self) -> dict:
-        return {"examples": self._position * self.batch_size}
+        return {"examples": self._position * self.batch_size, **self._stream}
 
     def set_state(self, state: dict) -> None:
         self.close()
@@ -159,6 +163,17 @@ class ClipIterator:
             raise ValueError(
                 f"the data iterator state {state} records no examples served (it predates "
                 f"that record); resume with the code that wrote it, or start a new workdir"
+            )
+        differ = [
+            f"{key} {state[key]!r} (now {value!r})"
+            for key, value in self._stream.items()
+            if key in state and state[key] != value
+        ]
+        if differ:
+            raise ValueError(
+                f"the data position to resume ({state['examples']} examples served) is of another "
+                f"clip stream: {', '.join(differ)}; resume with the run's seed, clip length, flip "
+                f"and training split, or pass a new --workdir to start over."
             )
         self._position = -(-int(state["examples"]) // self.batch_size)
 
@@ -236,6 +251,12 @@ def train_iterator(
         num_threads=num_threads,
         prefetch=prefetch,
         num_workers=0 if shards.in_memory else num_workers,
+        stream={
+            "seed": int(seed),
+            "frames": int(num_frames),
+            "videos": len(shards),
+            "horizontal_flip": bool(horizontal_flip),
+        },
     )
 
 

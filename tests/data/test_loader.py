@@ -133,6 +133,36 @@ def test_a_resume_with_another_batch_size_goes_on_from_the_examples_served(split
         resumed.set_state({"next_index": 3})
 
 
+def test_a_state_restores_only_into_the_same_clip_stream(split, tmp_path):
+    """Example g is a function of (seed, clip length, flip, videos): restoring a position into
+    another stream resumes neither run (a new epoch order mid-epoch repeats and skips videos)."""
+    split_dir, lengths = split
+    first = loader.train_iterator(split_dir, 5, 4, seed=7)
+    next(first)
+    state = first.get_state()
+    more = str(tmp_path / "more")
+    hdf5.write_split(more, [np.zeros((n, 4, 6), np.uint8) for n in lengths + [9]])
+    for name, other in (
+        ("seed 7 \\(now 8\\)", loader.train_iterator(split_dir, 5, 4, seed=8)),
+        ("frames 5 \\(now 6\\)", loader.train_iterator(split_dir, 6, 4, seed=7)),
+        ("videos 4 \\(now 5\\)", loader.train_iterator(more, 5, 4, seed=7)),
+        (
+            "horizontal_flip False \\(now True\\)",
+            loader.train_iterator(split_dir, 5, 4, seed=7, horizontal_flip=True),
+        ),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"^the data position to resume \(4 examples served\) is of another clip stream: "
+            rf"{name}; resume with the run's seed, clip length, flip and training split, or pass "
+            r"a new --workdir to start over\.$",
+        ):
+            other.set_state(state)
+    same = loader.train_iterator(split_dir, 5, 2, seed=7)  # another batch size: allowed
+    same.set_state(state)
+    same.set_state({"examples": 4})  # a state that records no stream (older runs)
+
+
 def test_reader_processes_serve_the_same_batches_and_states_cross_over(split):
     """Two spawned readers give the in-process reader's batches; a state saved under one reader
     count restores under the other."""
