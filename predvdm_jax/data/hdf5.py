@@ -477,7 +477,11 @@ class VideoShards:
             np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         )
         if self.frame_counts.size == 0:
-            raise DatasetError(f"Dataset folder {split_dir!r} holds shards but no videos.")
+            raise DatasetError(
+                f"Dataset folder {split_dir!r} holds shards but no videos "
+                f"({os.path.basename(self.paths[0])} is empty); re-create the split with the "
+                f"command that wrote it, or point at the split folder that holds the videos."
+            )
         self._offsets = np.cumsum([0] + [len(l) for l in self._lengths])
         first = self._raw_frame(0, 0)
         self.frame_shape = tuple(first.shape)

@@ -106,6 +106,17 @@ def test_no_shards(tmp_path):
         hdf5.VideoShards(str(tmp_path))
 
 
+def test_shards_without_videos_name_the_fix(tmp_path):
+    hdf5.ShardWriter(str(tmp_path / "shard_0001.hdf5")).close()
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=rf"^Dataset folder {re.escape(repr(str(tmp_path)))} holds shards but no videos "
+        r"\(shard_0001\.hdf5 is empty\); re-create the split with the command that wrote it, "
+        r"or point at the split folder that holds the videos\.$",
+    ):
+        hdf5.VideoShards(str(tmp_path))
+
+
 def test_missing_len_entries(tmp_path):
     hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(2), [3, 3], (4, 4)))
     with h5py.File(tmp_path / "shard_0001.hdf5", "a") as f:
