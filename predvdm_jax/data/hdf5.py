@@ -489,6 +489,14 @@ class VideoShards:
             first, self.frame_shape, split_dir, "video 0", kind, reading=True, kind_flag=kind_flag
         )
         self.stored_dtype = first.dtype
+        if kind == "frames" and first.dtype != np.uint8 and first.size:
+            lo, hi = int(first.min()), int(first.max())
+            if lo < 0 or hi > 255:
+                raise DatasetError(
+                    f"{split_dir}: video 0 has {first.dtype} frames with values in [{lo}, {hi}], "
+                    f"beyond uint8's 0..255; convert them to uint8 (for 16-bit frames: x >> 8) "
+                    f"and write the split again."
+                )
         # Integer frames other than uint8 (MCVD's BAIR converter stores int64) are read as
         # uint8: HDF5 converts on read, saturating values outside 0..255.
         self.dtype = np.dtype(np.uint8) if kind == "frames" else first.dtype

@@ -165,6 +165,24 @@ def test_int64_frames_of_mcvds_bair_converter_read_as_uint8(tmp_path):
     np.testing.assert_array_equal(shards.read_clip(0, 0, 3), frames)
 
 
+def test_integer_frames_beyond_uint8_are_refused_not_saturated(tmp_path):
+    """16-bit frames (0..65535) read as uint8 saturate to 255: a white video, without a word."""
+    frames = np.array([[[0, 1000], [40000, 65535]]] * 2, np.uint16)
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("len").create_dataset("0", data=2)
+        f.create_group("videos")
+        group = f.create_group("0")
+        for t, frame in enumerate(frames):
+            group.create_dataset(str(t), data=frame)
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=rf"^{re.escape(str(tmp_path))}: video 0 has uint16 frames with values in \[0, 65535\], "
+        r"beyond uint8's 0\.\.255; convert them to uint8 \(for 16-bit frames: x >> 8\) and write "
+        r"the split again\.$",
+    ):
+        hdf5.VideoShards(str(tmp_path))
+
+
 def test_bad_frames_found_on_read(tmp_path):
     """Only video 0's first frame is checked on open; every later frame is checked as it is read."""
     with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
