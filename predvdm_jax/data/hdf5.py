@@ -174,6 +174,11 @@ class ShardWriter:
         frames = [np.asarray(f) for f in frames]
         if not frames:
             raise DatasetError(f"{self.path}: refusing to write an empty video (0 frames).")
+        if self.kind == "frames" and frames[0].dtype.kind == "f":
+            raise DatasetError(
+                f"{self.path}: video {self.num_videos} has frames of dtype {frames[0].dtype}; "
+                f"expected uint8. Convert them with {_uint8_conversion(frames)}."
+            )
         expected = self._frame_shape or frames[0].shape
         for f in frames:
             _check_frame(f, expected, self.path, f"video {self.num_videos}", self.kind)
@@ -201,6 +206,18 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _uint8_conversion(frames: list[np.ndarray]) -> str:
+    """The numpy expression that makes float frames of this range uint8 0..255: [0, 1] and
+    [-1, 1] images are scaled (clipping them would give a black video), others rounded."""
+    low = min(float(np.nanmin(f)) for f in frames)
+    high = max(float(np.nanmax(f)) for f in frames)
+    if high <= 1.0 and low >= 0.0:
+        return "np.round(x * 255).astype(np.uint8)"
+    if high <= 1.0 and low >= -1.0:
+        return "np.round((x + 1) * 127.5).astype(np.uint8)"
+    return "np.clip(np.round(x), 0, 255).astype(np.uint8)"
 
 
 def write_shard(
@@ -311,7 +328,7 @@ def _check_frame(
             convert = (
                 ""
                 if latents and reading
-                else " Convert images with np.clip(x, 0, 255).astype(np.uint8)."
+                else " Convert them with np.clip(x, 0, 255).astype(np.uint8)."
             )
             raise DatasetError(
                 f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8{hint}.{convert}"

@@ -143,6 +143,25 @@ def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
         hdf5.VideoShards(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "low, high, conversion",
+    [
+        (0.0, 1.0, "np.round(x * 255).astype(np.uint8)"),
+        (-1.0, 1.0, "np.round((x + 1) * 127.5).astype(np.uint8)"),
+        (0.0, 255.0, "np.clip(np.round(x), 0, 255).astype(np.uint8)"),
+    ],
+)
+def test_float_frames_are_refused_with_the_conversion_their_range_needs(
+    tmp_path, low, high, conversion
+):
+    """Clipping [0, 1] or [-1, 1] floats to 0..255 as uint8 would make a black video."""
+    video = np.linspace(low, high, 2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    with pytest.raises(hdf5.DatasetError, match=rf"Convert them with {re.escape(conversion)}\.$"):
+        hdf5.write_split(str(tmp_path), [video])
+    converted = eval(conversion, {"np": np, "x": video})
+    assert converted.dtype == np.uint8 and (converted.min(), converted.max()) == (0, 255)
+
+
 def test_int64_frames_of_mcvds_bair_converter_read_as_uint8(tmp_path):
     """MCVD's (and PredVDM's) BAIR converter stores each frame as int64 (64, 64, 3) (spec
     §A.6): such a split reads as uint8 frames of the same values, from disk and memory."""
