@@ -61,6 +61,12 @@ REAL_VIDEO = {"cond+pred": "cond+pred", "pred-only": "pred-only", VQ_COND: "cond
 """The real videos of each variant (``vq-cond+pred`` compares against ``cond+pred``'s)."""
 CI95_Z = 1.96
 VIDEO_PSNR = "video_psnr"
+PIXEL_MSE = "pixel_mse"
+PIXEL_MSE_NOTE = (
+    "PredVDM's pixel_mse/predN (spec F.5): per predicted video, the sum over its predicted "
+    "frames, channels and pixels of the squared error in [0, 1]; mean and std over clip x "
+    "sample videos; per_frame: each frame's sum, averaged"
+)
 METRIC_STYLE_NOTES = {
     "predvdm": {
         "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
@@ -231,6 +237,23 @@ def aggregate_metric(
     return summary
 
 
+def pixel_mse_summary(values: Any) -> dict:
+    """PredVDM's pixel MSE from per-frame sums of squared errors ``(clips, samples, frames)``:
+    each video's sum over its frames, then mean and std over videos (``PIXEL_MSE_NOTE``)."""
+    values = np.asarray(values, np.float64)
+    per_video = values.sum(axis=2)
+    return {
+        "mean": {
+            "value": float(per_video.mean()),
+            "std": float(per_video.std()),
+            "count": int(per_video.size),
+            "over": "all clip x sample videos (each the sum over its predicted frames)",
+        },
+        "per_frame": {"mean": values.mean(axis=(0, 1)).tolist()},
+        "definition": PIXEL_MSE_NOTE,
+    }
+
+
 def fvd_from_features(real: Any, fake: Any) -> dict:
     """FVD of fakes ``(clips, samples, D)`` against reals ``(clips, D)``.
 
@@ -266,11 +289,15 @@ def fvd_from_features(real: Any, fake: Any) -> dict:
 def _frame_metrics(
     real: jax.Array, fake: jax.Array, lpips_params: Any, metric_style: str = "predvdm"
 ) -> dict:
-    """Per-frame ``(B, T)`` values; with ``metric_style="mcvd"`` SSIM is MCVD's and
-    ``video_psnr`` ``(B,)`` is added."""
+    """Per-frame ``(B, T)`` values (``pixel_mse``: the frame's summed squared error); with
+    ``metric_style="mcvd"`` SSIM is MCVD's and ``video_psnr`` ``(B,)`` is added."""
     real01, fake01 = to_unit_range(real), to_unit_range(fake)
     ssim = metrics_lib.mcvd_ssim if metric_style == "mcvd" else metrics_lib.ssim
-    values = {"ssim": ssim(real01, fake01), "psnr": metrics_lib.psnr(real01, fake01)}
+    values = {
+        "ssim": ssim(real01, fake01),
+        "psnr": metrics_lib.psnr(real01, fake01),
+        PIXEL_MSE: jnp.sum(jnp.square(real01 - fake01), axis=(2, 3, 4)),
+    }
     if metric_style == "mcvd":
         values[VIDEO_PSNR] = metrics_lib.video_psnr(real01, fake01)
     if lpips_params is not None:
@@ -837,6 +864,8 @@ def summarize(
                 entry[metric] = summary
             else:
                 entry[metric] = result.lpips_note or "unavailable"
+        if PIXEL_MSE in by_metric:
+            entry[PIXEL_MSE] = pixel_mse_summary(by_metric[PIXEL_MSE])
         fvd_entry = {}
         for variant in FVD_VARIANTS:
             note = result.fvd_notes.get(variant)

@@ -180,6 +180,15 @@ def test_perfect_predictor_and_baselines_by_hand():
         result.per_frame["vq_reconstruction"]["psnr"][:, 0], 10 * np.log10(1 / vq_mse), rtol=1e-4
     )
     baselines = metrics["baselines"]
+    # PredVDM's pixel MSE: per video the sum of squared errors over frames, channels, pixels.
+    assert model["pixel_mse"]["mean"]["value"] == 0.0
+    copy_sums = ((unit[:, COND - 1 : COND] - future) ** 2).sum(axis=(1, 2, 3, 4))
+    copy_pixel_mse = baselines["copy_last_frame"]["pixel_mse"]
+    assert copy_pixel_mse["mean"]["value"] == pytest.approx(copy_sums.mean(), rel=1e-5)
+    assert copy_pixel_mse["mean"]["std"] == pytest.approx(copy_sums.std(), rel=1e-4)
+    assert baselines["vq_reconstruction"]["pixel_mse"]["per_frame"]["mean"] == pytest.approx(
+        ((half - future) ** 2).sum(axis=(2, 3, 4)).mean(axis=0), rel=1e-5
+    )
     assert baselines["copy_last_frame"]["psnr"]["mean"]["value"] == pytest.approx(
         np.mean(10 * np.log10(1 / copy_mse)), rel=1e-5
     )
