@@ -104,6 +104,13 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
             f"{path!r} decoded to an array of shape {frames.shape}, not video frames "
             f"(T, H, W[, C]); pass a GIF/MP4/AVI or a folder of frame images."
         )
+    if frames.dtype == np.uint16:  # 16-bit levels to 8 bits, as for frame images
+        frames = (frames >> 8).astype(np.uint8)
+    elif frames.dtype != np.uint8:
+        raise ValueError(
+            f"{path!r} decoded to {frames.dtype} frames, whose range is unknown; save the video "
+            f"with 8- or 16-bit frames."
+        )
     return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f[..., :1], 3, axis=-1) for f in frames]
 
 

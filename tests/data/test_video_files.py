@@ -97,3 +97,21 @@ def test_16_bit_gray_frames_are_scaled_to_8_bits_and_float_frames_refused(tmp_pa
     Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float" / "0.tif")
     with pytest.raises(ValueError, match=r"0\.tif' holds float pixels, whose range is unknown"):
         video_files.read_clip(str(tmp_path / "float"), 8, 1, 1)
+
+
+def test_video_files_of_16_bit_frames_are_scaled_and_of_float_frames_refused(tmp_path):
+    """A multi-page TIFF decodes to its stored dtype: 16-bit levels are scaled to 8 bits (as
+    for frame images), floats of unknown range are one clear error, not a PIL TypeError."""
+    iio = pytest.importorskip("imageio.v3")
+    video = np.stack([np.full((8, 8, 3), 256 * 40 * t + 255, np.uint16) for t in range(3)])
+    iio.imwrite(tmp_path / "wide.tif", video)
+    clip = video_files.read_clip(str(tmp_path / "wide.tif"), 8, 3, 3)
+    levels = np.round((clip[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    np.testing.assert_array_equal(levels, 40 * np.arange(3))
+    iio.imwrite(tmp_path / "float.tif", np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(
+        ValueError,
+        match=r"float\.tif' decoded to float32 frames, whose range is unknown; save the video "
+        r"with 8- or 16-bit frames\.$",
+    ):
+        video_files.read_clip(str(tmp_path / "float.tif"), 8, 3, 3)
