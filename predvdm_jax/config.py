@@ -167,8 +167,10 @@ def default_config() -> ml_collections.ConfigDict:
         # grayscale data: score the VQ's RGB decode against the ground truth repeated to RGB,
         # as PredVDM does, instead of the decode averaged to gray (docs/evaluation.md)
         gray_as_rgb=False,
-        # SSIM/PSNR definitions: "predvdm" (per frame, spec F.1/F.2) or "mcvd" (MCVD's video_gen:
-        # grey uint8 SSIM, video-level PSNR; spec H.3). --protocol=mcvd implies "mcvd" unless set
+        # SSIM/PSNR/LPIPS definitions: "predvdm" (per frame, native size, spec F.1-F.3) or "mcvd"
+        # (MCVD's video_gen: grey uint8 SSIM, video-level PSNR, LPIPS at 128x128; spec H.3);
+        # "mcvd_mnist": mcvd, SSIM of frames rounded to 0/1 (MCVD on SMMNIST). --protocol=mcvd
+        # implies "mcvd" unless set
         metric_style="predvdm",
     )
 

@@ -5,11 +5,13 @@ returns one value per frame, `(B, T)`, float32. All are jit-able; shapes are
 checked at trace time, values are not (that would need a host round trip).
 
 PredVDM reports the mean and standard deviation over all B×T frame values.
-``mcvd_ssim`` and ``video_psnr`` are MCVD's definitions (spec §H.3, ``eval.metric_style``);
-``video_psnr`` returns one value per video, ``(B,)``.
+``mcvd_ssim``, ``video_psnr`` and ``mcvd_lpips_frames`` are MCVD's definitions (spec §H.3,
+``eval.metric_style``); ``video_psnr`` returns one value per video, ``(B,)``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import dm_pix
 import jax
@@ -125,7 +127,13 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
 
 # --- MCVD's definitions (spec §H.3; eval.metric_style="mcvd") --------------------------
 
-METRIC_STYLES = ("predvdm", "mcvd")
+METRIC_STYLES = ("predvdm", "mcvd", "mcvd_mnist")
+"""``mcvd_mnist``: MCVD's metrics as its ``video_gen`` computes them on (Stochastic) Moving MNIST,
+SSIM on frames rounded to 0 / 1 first."""
+MCVD_LPIPS_SIZE = 128
+"""MCVD resizes every frame to 128×128 (torchvision ``Resize`` on the PIL image) for LPIPS."""
+PIL_PRECISION_BITS = 22
+"""Pillow's fixed-point precision for 8-bit resampling (``32 - 8 - 2``)."""
 PIL_L_WEIGHTS = (19595, 38470, 7471)
 """Pillow's ITU-R 601-2 luma in 16-bit fixed point: L = (R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16."""
 
@@ -145,19 +153,83 @@ def pil_gray_uint8(video: jax.Array) -> jax.Array:
     return jnp.right_shift(luma, 16)
 
 
-@jax.jit
-def mcvd_ssim(a: jax.Array, b: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="binary")
+def mcvd_ssim(a: jax.Array, b: jax.Array, binary: bool = False) -> jax.Array:
     """SSIM per frame as MCVD's ``video_gen`` computes it: scikit-image's
     ``structural_similarity(gray_a, gray_b, data_range=255, gaussian_weights=True,
-    use_sample_covariance=False)`` on the uint8 PIL 'L' images (``pil_gray_uint8``).
+    use_sample_covariance=False)`` on the uint8 PIL 'L' images (``pil_gray_uint8``); with
+    ``binary`` (MCVD on (Stochastic) Moving MNIST) of the frames rounded to 0 / 1 first
+    (``torch.round``: half to even).
 
     That is ``ssim`` above on the grey images divided by 255 (same 11-tap σ 1.5 window, as
     scikit-image's truncate 3.5 gives, same valid-region crop, constants scaled with the range).
     """
     _check_video_pair(a, b, min_size=SSIM_WINDOW_SIZE)
+    if binary:
+        a, b = jnp.round(a), jnp.round(b)
     gray_a = pil_gray_uint8(a).astype(jnp.float32) / 255.0
     gray_b = pil_gray_uint8(b).astype(jnp.float32) / 255.0
     return ssim(gray_a, gray_b)
+
+
+def pil_bilinear_coefficients(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's BILINEAR resampling of one axis as an ``(out_size, in_size)`` matrix of its
+    fixed-point coefficients (``precompute_coeffs`` and ``normalize_coeffs_8bpc``): the
+    triangle filter widened by the downscale factor, pixel centres at ``i + 0.5``, taps
+    outside the image dropped and the rest renormalised, each weight rounded to
+    ``2**-22``."""
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)
+    support = filter_scale  # the triangle filter's support (1) times the filter scale
+    matrix = np.zeros((out_size, in_size), np.int64)
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        stop = min(int(center + support + 0.5), in_size)
+        taps = np.arange(first, stop)
+        weights = np.maximum(1.0 - np.abs((taps - center + 0.5) / filter_scale), 0.0)
+        weights = weights / weights.sum()
+        matrix[out, first:stop] = np.floor(weights * (1 << PIL_PRECISION_BITS) + 0.5)
+    return matrix
+
+
+def _pil_resample_axis(images: jax.Array, coefficients: np.ndarray, axis: int) -> jax.Array:
+    """One of Pillow's passes: ``(Σ pixel · coefficient + 2**21) >> 22``, clipped to uint8."""
+    summed = jnp.tensordot(
+        jnp.moveaxis(images, axis, -1),
+        jnp.asarray(coefficients.T, jnp.int32),
+        axes=1,
+        preferred_element_type=jnp.int32,
+    )
+    rounded = jnp.right_shift(summed + (1 << (PIL_PRECISION_BITS - 1)), PIL_PRECISION_BITS)
+    return jnp.moveaxis(jnp.clip(rounded, 0, 255), -1, axis)
+
+
+def pil_resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Pillow's ``Image.resize(size[::-1], Image.BILINEAR)`` of uint8 images ``(..., H, W, C)``
+    (int values 0..255) to ``size`` = (height, width): the horizontal pass, rounded to uint8,
+    then the vertical one, as Pillow does; an image already that size is unchanged."""
+    height, width = images.shape[-3:-1]
+    images = images.astype(jnp.int32)
+    if width != size[1]:
+        images = _pil_resample_axis(images, pil_bilinear_coefficients(width, size[1]), -2)
+    if height != size[0]:
+        images = _pil_resample_axis(images, pil_bilinear_coefficients(height, size[0]), -3)
+    return images
+
+
+@jax.jit
+def mcvd_lpips_frames(video: jax.Array) -> jax.Array:
+    """The frames MCVD's LPIPS sees, ``(B, T, 128, 128, 3)`` in [0, 1]: ``ToPILImage``
+    (truncation to uint8) ``.convert("RGB")`` (grey repeated), torchvision ``Resize((128,
+    128))`` (``pil_resize_bilinear``) and ``ToTensor``. MCVD then normalises them to [-1, 1]
+    and calls LPIPS v0.1 AlexNet with ``spatial=False``."""
+    if video.ndim != 5 or video.shape[-1] not in (1, 3):
+        raise ValueError(f"need (B, T, H, W, C) videos with 1 or 3 channels; got {video.shape}.")
+    quantised = jnp.clip(jnp.floor(video.astype(jnp.float32) * 255.0), 0.0, 255.0)
+    rgb = jnp.repeat(quantised.astype(jnp.int32), 3 // video.shape[-1], axis=-1)
+    resized = pil_resize_bilinear(rgb, (MCVD_LPIPS_SIZE, MCVD_LPIPS_SIZE))
+    return resized.astype(jnp.float32) / 255.0
 
 
 @jax.jit

@@ -11,7 +11,9 @@ predicted frames only (values clamped to [-1, 1], mapped to [0, 1]):
   std and 95% interval over clips;
 * per-frame curves (metric vs horizon) for both aggregations;
 * ``metric_style`` ``"mcvd"`` (spec §H.3): SSIM on the uint8 PIL 'L' grey frames
-  (``metrics.mcvd_ssim``) and PSNR per video, 10·log10(1/mean frame MSE)
+  (``metrics.mcvd_ssim``; ``"mcvd_mnist"``: of the frames rounded to 0 / 1 first), LPIPS
+  (``spatial=False``) on the frames PIL-resized to 128x128 (``metrics.mcvd_lpips_frames``)
+  and PSNR per video, 10·log10(1/mean frame MSE)
   (``metrics.video_psnr``): each clip × sample then has one PSNR, which ``mean`` and
   ``best_of_N`` use in place of the mean over its frames; the per-frame PSNR curves stay
   per-frame PSNRs;
@@ -67,18 +69,28 @@ PIXEL_MSE_NOTE = (
     "frames, channels and pixels of the squared error in [0, 1]; mean and std over clip x "
     "sample videos; per_frame: each frame's sum, averaged"
 )
+_MCVD_NOTES = {
+    "ssim": "MCVD: skimage structural_similarity(data_range=255, gaussian_weights=True, "
+    "use_sample_covariance=False) on the uint8 PIL 'L' grey frames (ToPILImage "
+    "truncation), mean over frames",
+    "psnr": "MCVD: per predicted video, 10*log10(1/mse) with mse the mean over frames of "
+    "each frame's MSE in [0, 1] (100 when mse < 1e-10); mean and best_of_N use that "
+    "one value per video, per_frame curves are per-frame PSNRs",
+    "lpips": "MCVD: LPIPS v0.1 AlexNet, spatial=False, on the uint8 RGB frames (ToPILImage "
+    "truncation, grey repeated) resized to 128x128 with PIL bilinear (torchvision Resize), "
+    "mapped to [-1, 1]",
+}
 METRIC_STYLE_NOTES = {
     "predvdm": {
         "ssim": "Gaussian 11x11 window (sigma 1.5), valid region, mean over channels (PredVDM)",
         "psnr": "per frame, data range 1, 100 for identical frames; averaged over frames",
+        "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
     },
-    "mcvd": {
-        "ssim": "MCVD: skimage structural_similarity(data_range=255, gaussian_weights=True, "
-        "use_sample_covariance=False) on the uint8 PIL 'L' grey frames (ToPILImage "
-        "truncation), mean over frames",
-        "psnr": "MCVD: per predicted video, 10*log10(1/mse) with mse the mean over frames of "
-        "each frame's MSE in [0, 1] (100 when mse < 1e-10); mean and best_of_N use that "
-        "one value per video, per_frame curves are per-frame PSNRs",
+    "mcvd": _MCVD_NOTES,
+    "mcvd_mnist": {
+        **_MCVD_NOTES,
+        "ssim": "MCVD on (Stochastic) Moving MNIST: as mcvd, of the frames rounded to 0 / 1 "
+        "(torch.round) first",
     },
 }
 FVD_DISABLED = "disabled (eval.fvd=False)"
@@ -289,20 +301,41 @@ def fvd_from_features(real: Any, fake: Any) -> dict:
 def _frame_metrics(
     real: jax.Array, fake: jax.Array, lpips_params: Any, metric_style: str = "predvdm"
 ) -> dict:
-    """Per-frame ``(B, T)`` values (``pixel_mse``: the frame's summed squared error); with
-    ``metric_style="mcvd"`` SSIM is MCVD's and ``video_psnr`` ``(B,)`` is added."""
+    """Per-frame ``(B, T)`` values (``pixel_mse``: the frame's summed squared error); with an
+    MCVD ``metric_style`` SSIM and LPIPS are MCVD's and ``video_psnr`` ``(B,)`` is added."""
     real01, fake01 = to_unit_range(real), to_unit_range(fake)
-    ssim = metrics_lib.mcvd_ssim if metric_style == "mcvd" else metrics_lib.ssim
     values = {
-        "ssim": ssim(real01, fake01),
         "psnr": metrics_lib.psnr(real01, fake01),
         PIXEL_MSE: jnp.sum(jnp.square(real01 - fake01), axis=(2, 3, 4)),
     }
-    if metric_style == "mcvd":
+    if is_mcvd_style(metric_style):
+        binary = metric_style == "mcvd_mnist"
+        values["ssim"] = metrics_lib.mcvd_ssim(real01, fake01, binary=binary)
         values[VIDEO_PSNR] = metrics_lib.video_psnr(real01, fake01)
-    if lpips_params is not None:
-        values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
+        if lpips_params is not None:
+            values["lpips"] = lpips_lib.lpips_video(
+                lpips_params,
+                metrics_lib.mcvd_lpips_frames(real01),
+                metrics_lib.mcvd_lpips_frames(fake01),
+                spatial=False,
+            )
+    else:
+        values["ssim"] = metrics_lib.ssim(real01, fake01)
+        if lpips_params is not None:
+            values["lpips"] = lpips_lib.lpips_video(lpips_params, real01, fake01)
     return values
+
+
+def is_mcvd_style(metric_style: str) -> bool:
+    """Whether ``metric_style`` is one of MCVD's (``mcvd``, ``mcvd_mnist``)."""
+    return metric_style.startswith("mcvd")
+
+
+def lpips_frame_size(metric_style: str, height: int, width: int) -> tuple[int, int]:
+    """The frame size LPIPS sees: native, or MCVD's 128x128."""
+    if is_mcvd_style(metric_style):
+        return (metrics_lib.MCVD_LPIPS_SIZE, metrics_lib.MCVD_LPIPS_SIZE)
+    return (height, width)
 
 
 @dataclasses.dataclass
@@ -427,7 +460,9 @@ class _Accumulator:
         metric_style: str = "predvdm",
     ):
         self.metric_style = metric_style
-        self.lpips_note = lpips_unavailable_reason(lpips_params, *frame_size)
+        self.lpips_note = lpips_unavailable_reason(
+            lpips_params, *lpips_frame_size(metric_style, *frame_size)
+        )
         self.lpips_params = None if self.lpips_note else lpips_params
         self.feature_fn = feature_fn
         if feature_fn is None:
@@ -831,11 +866,12 @@ def summarize(
         "cond_frames": cond_frames,
         "pred_frames": pred_frames,
         "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
-        "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR/LPIPS",
+        "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR"
+        + ("" if is_mcvd_style(protocol.metric_style) else "/LPIPS"),
         "metric_style": protocol.metric_style,
         "ssim": METRIC_STYLE_NOTES[protocol.metric_style]["ssim"],
         "psnr": METRIC_STYLE_NOTES[protocol.metric_style]["psnr"],
-        "lpips": "LPIPS v0.1 AlexNet, spatial=True, native resolution, inputs in [-1, 1] (PredVDM)",
+        "lpips": METRIC_STYLE_NOTES[protocol.metric_style]["lpips"],
         "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
         "fvd": {
             "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",

@@ -208,3 +208,46 @@ def test_video_psnr_is_10log10_of_the_mean_frame_mse():
     per_frame = np.asarray(metrics.psnr(jnp.asarray(a), jnp.asarray(b))).mean(axis=1)
     assert np.abs(got - per_frame).min() > 0.5
     assert np.asarray(metrics.video_psnr(jnp.asarray(a), jnp.asarray(a))).tolist() == [100.0] * 3
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((64, 64), (128, 128)), ((48, 40), (128, 128)), ((200, 300), (128, 96))]
+)
+def test_pil_resize_bilinear_equals_pillow_exactly(shape, size):
+    """Up-, non-integer and down-scaling, both passes rounded to uint8 as Pillow does."""
+    rng = np.random.default_rng(sum(shape))
+    images = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    images[0, :, :, 0] = 255  # saturated and
+    images[0, :, :, 1] = np.arange(shape[1]) % 2 * 255  # alternating columns
+    got = np.asarray(metrics.pil_resize_bilinear(jnp.asarray(images), size))
+    for image, ours in zip(images, got):
+        expected = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        np.testing.assert_array_equal(ours, expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mcvd_lpips_frames_are_torchvisions_resize_of_the_pil_rgb_frames(channels):
+    """MCVD: ToPILImage (truncation) .convert("RGB"), Resize((128, 128)), ToTensor."""
+    rng = np.random.default_rng(channels)
+    video = rng.random((1, 2, 64, 64, channels)).astype(np.float32)
+    got = np.asarray(metrics.mcvd_lpips_frames(jnp.asarray(video)))
+    assert got.shape == (1, 2, 128, 128, 3)
+    for t in range(2):
+        quantised = (video[0, t] * np.float32(255)).astype(np.uint8)
+        image = Image.fromarray(quantised[..., 0] if channels == 1 else quantised).convert("RGB")
+        resized = np.asarray(image.resize((128, 128), Image.BILINEAR))
+        np.testing.assert_array_equal(np.round(got[0, t] * 255), resized)  # the same levels
+        np.testing.assert_allclose(got[0, t], resized.astype(np.float32) / 255, atol=1e-7)
+
+
+def test_mcvd_mnist_ssim_rounds_frames_to_black_and_white_first():
+    """MCVD on (Stochastic) Moving MNIST: SSIM of torch.round(frame) (half to even)."""
+    rng = np.random.default_rng(5)
+    a = rng.random((1, 2, 24, 24, 1)).astype(np.float32)
+    b = np.clip(a + 0.3 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    b[0, 0, 0, :3, 0] = [0.5, 0.49, 0.51]
+    got = np.asarray(metrics.mcvd_ssim(jnp.asarray(a), jnp.asarray(b), binary=True))
+    expected = _mcvd_ssim_reference(np.round(a), np.round(b))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    grey = np.asarray(metrics.mcvd_ssim(jnp.asarray(a), jnp.asarray(b)))
+    assert np.abs(got - grey).min() > 1e-2

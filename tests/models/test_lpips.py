@@ -316,3 +316,42 @@ def test_convert_lpips_refuses_an_output_that_is_a_folder_a_bundle_file_or_anoth
     )
     with pytest.raises(FileNotFoundError, match="never_read.pth"):
         lpips_torch.convert_lpips_files(trunk, heads, copy)
+
+
+def test_mcvd_metric_style_scores_lpips_as_mcvds_video_gen(converted):
+    """MCVD: each frame ToPILImage (truncation) .convert("RGB"), Resize((128, 128)) (PIL
+    bilinear), ToTensor, Normalize to [-1, 1], LPIPS v0.1 with spatial=False."""
+    from PIL import Image
+
+    from predvdm_jax.evaluation import protocol
+
+    reference, params, _ = converted
+    rng = np.random.default_rng(4)
+    real = rng.uniform(-1, 1, (2, 2, 40, 40, 1)).astype(np.float32)
+    fake = np.clip(real + 0.4 * rng.standard_normal(real.shape), -1, 1).astype(np.float32)
+
+    def mcvd_image(frame):
+        quantised = (((frame + 1) / 2) * np.float32(255)).astype(np.uint8)[..., 0]
+        image = Image.fromarray(quantised).convert("RGB").resize((128, 128), Image.BILINEAR)
+        return np.asarray(image)[None].astype(np.float32) / 255 * 2 - 1
+
+    expected = np.array(
+        [
+            [
+                _torch_distance(reference, mcvd_image(r), mcvd_image(f), spatial=False)[0]
+                for r, f in zip(real_video, fake_video)
+            ]
+            for real_video, fake_video in zip(real, fake)
+        ]
+    )
+    scored = {
+        style: protocol.evaluate_video_sets(
+            [{"real": real, "fake": fake}], lpips_params=params, metric_style=style
+        )["model"]["lpips"]
+        for style in ("mcvd", "predvdm")
+    }
+    np.testing.assert_allclose(
+        scored["mcvd"]["per_frame"]["mean"], expected.mean(axis=0), rtol=1e-4
+    )
+    assert scored["mcvd"]["mean"]["value"] == pytest.approx(expected.mean(), rel=1e-4)
+    assert abs(scored["predvdm"]["mean"]["value"] - expected.mean()) > 1e-3 * expected.mean()
