@@ -15,7 +15,8 @@ so ``evaluate.py --real_dir=OUT/predictions/real --fake_dir=OUT/predictions/samp
 --cond_frames=<cond>`` re-scores sample 0. The files are written to
 ``OUT/predictions.partial/`` and moved into place once the evaluation has finished, so an
 earlier run's ``predictions/`` stays until then. A run stopped part-way leaves the shards
-of its finished batches there, and resuming it (``progress.py``) writes only the rest.
+of its finished batches and samples there, and resuming it (``progress.py``) writes only the
+rest.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _clear(folder: str) -> None:
 class PredictionWriter:
     """Writes every prediction of one model, batch by batch (``add``), as the splits of
     ``OUT/predictions`` (module docstring), each batch one shard per split; ``finish`` puts
-    them in place. ``done_batches``: the batches a resumed evaluation does not predict again,
-    whose shards the interrupted run left in ``OUT/predictions.partial``.
+    them in place. ``done_batches`` and ``done_samples``: the batches, and the samples of the
+    next one, that a resumed evaluation does not predict again, whose shards the interrupted
+    run left in ``OUT/predictions.partial``.
 
     Every process gathers the batches (``to_host``); process 0 alone writes.
     """
@@ -123,13 +125,15 @@ class PredictionWriter:
         windows: Sequence[tuple[int, int]],
         description: Mapping[str, Any],
         done_batches: int = 0,
+        done_samples: Sequence[int] = (),
     ):
         self.out_dir = out_dir
         self.num_samples = num_samples
         self.cond_frames, self.pred_frames = cond_frames, pred_frames
         self.partial = os.path.join(out_dir, PARTIAL_DIR)
         self.writes = jax.process_index() == 0
-        self.batches = done_batches
+        self.done_batches = done_batches
+        self.real_written: set[int] = set()
         self.names = [REAL_SPLIT] + [sample_split(s) for s in range(num_samples)]
         if not self.writes:
             return
@@ -158,8 +162,8 @@ class PredictionWriter:
                 for k, (video, start) in enumerate(windows)
             ],
         }
-        if done_batches:
-            self._keep_finished_batches(index)
+        if done_batches or done_samples:
+            self._keep_finished_batches(index, done_samples)
             return
         _clear(self.partial)  # what an interrupted run left
         if os.path.lexists(self.partial):
@@ -170,57 +174,57 @@ class PredictionWriter:
         os.makedirs(self.partial)
         atomic_io.write_text(os.path.join(self.partial, INDEX_FILE), json.dumps(index, indent=2))
 
-    def _keep_finished_batches(self, index: Mapping[str, Any]) -> None:
-        """For a resumed run: keeps the shards of the ``self.batches`` finished batches that
-        the interrupted run (same ``index``) wrote, removes any later ones."""
+    def _keep_finished_batches(self, index: Mapping[str, Any], done_samples: Sequence[int]) -> None:
+        """For a resumed run: keeps the shards that the interrupted run (same ``index``)
+        wrote of its ``self.done_batches`` finished batches and, of the next one, of its
+        ``done_samples`` (with that batch's real clips); removes the others."""
         try:
             with open(os.path.join(self.partial, INDEX_FILE), encoding="utf-8") as f:
                 same = json.load(f) == json.loads(json.dumps(index))
         except (OSError, ValueError):
             same = False
+        keep = {name: set(range(self.done_batches)) for name in self.names}
+        if done_samples:
+            keep[REAL_SPLIT].add(self.done_batches)
+        for sample in done_samples:
+            keep[sample_split(sample)].add(self.done_batches)
         missing = [
             name
-            for name in self.names
-            for shard in range(self.batches)
+            for name, shards in keep.items()
+            for shard in shards
             if not os.path.isfile(shard_path(os.path.join(self.partial, name), shard))
         ]
         if not same or missing:
             raise ValueError(
-                f"{self.partial} lacks the predictions of the {self.batches} batches to resume "
-                f"from (another run's, or removed); delete "
-                f"{os.path.join(self.out_dir, progress.PROGRESS_DIR)} "
-                f"to start the evaluation over"
+                f"{self.partial} lacks the predictions to resume from (another run's, or "
+                f"removed); delete {os.path.join(self.out_dir, progress.PROGRESS_DIR)} to start "
+                f"the evaluation over"
             )
         for name in self.names:
             split = os.path.join(self.partial, name)
-            for shard in os.listdir(split):
+            for shard in os.listdir(split) if os.path.isdir(split) else ():
                 number = _SHARD_NAME.fullmatch(shard)
-                if number and int(number.group(1)) >= self.batches:
+                if number and (number.group(2) or int(number.group(1)) not in keep[name]):
                     os.remove(os.path.join(split, shard))
 
-    def add(self, video: Any, predictions: Sequence[Any], valid: np.ndarray) -> None:
-        """One batch: ``video`` ``(B, T >= cond + pred, H, W, C)``, one ``(B, pred, H, W, C)``
-        array per sample, all in [-1, 1]; the clips where ``valid`` is False (padding) are
-        left out."""
-        if len(predictions) != self.num_samples:
-            raise ValueError(
-                f"{len(predictions)} samples for a writer of {self.num_samples}; pass every sample"
-            )
-        frames = self.cond_frames + self.pred_frames
-        real = to_uint8(to_host(video)[:, :frames][valid])
-        fakes = [to_uint8(to_host(p)[valid]) for p in predictions]
+    def add(self, batch: int, sample: int, video: Any, frames: Any, valid: np.ndarray) -> None:
+        """Sample ``sample`` of batch ``batch``: ``video`` ``(B, T >= cond + pred, H, W, C)``
+        (the batch's clips) and ``frames`` ``(B, pred, H, W, C)``, both in [-1, 1]; the clips
+        where ``valid`` is False (padding) are left out. The batch's real clips are written
+        with its first sample of this run."""
+        length = self.cond_frames + self.pred_frames
+        real = to_uint8(to_host(video)[:, :length][valid])
+        fake = to_uint8(to_host(frames)[valid])
         if not self.writes:
             return
-        cond = real[:, : self.cond_frames]
-        videos = {REAL_SPLIT: real}
-        for sample, fake in enumerate(fakes):
-            videos[sample_split(sample)] = np.concatenate([cond, fake], axis=1)
+        videos = {sample_split(sample): np.concatenate([real[:, : self.cond_frames], fake], axis=1)}
+        if batch not in self.real_written:
+            videos[REAL_SPLIT] = real
+            self.real_written.add(batch)
         for name, clips in videos.items():
-            path = shard_path(os.path.join(self.partial, name), self.batches)
-            with ShardWriter(path) as writer:
+            with ShardWriter(shard_path(os.path.join(self.partial, name), batch)) as writer:
                 for clip in clips:
                     writer.add_video(_frames(clip))
-        self.batches += 1
 
     def finish(self) -> str:
         """Moves the shards to ``OUT/predictions`` (an earlier run's ``clear``-ed first);

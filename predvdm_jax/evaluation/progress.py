@@ -1,14 +1,16 @@
-"""An evaluation's finished batches on disk, so that a preempted run resumes where it stopped.
+"""An evaluation's finished work on disk, so that a preempted run resumes where it stopped.
 
 ``OUT/progress/`` holds ``run.json`` (what is evaluated: the fingerprint ``run.py`` makes of
-the model, clips, protocol and samplers) and, per finished test batch ``b``,
-``batch_<b>.npz``: ``protocol.evaluate``'s record of that batch (per-frame metrics, FVD
-features, kept videos, running timings). Each file is written whole (``atomic_io``), after
-the batch's predictions, if saved, are on disk. Rerunning the same command finds them,
-reloads those batches and predicts only the rest; sample ``s`` of batch ``b`` always uses
-the key ``fold_in(fold_in(key, s), b)``, so the resumed numbers equal an uninterrupted
-run's. The folder is removed once the reports are written; another evaluation into the same
-``OUT`` is refused rather than mixed in.
+the model, clips, protocol and samplers); per finished test batch ``b``, ``batch_<b>.npz``,
+``protocol.evaluate``'s record of that batch (per-frame metrics, FVD features, kept videos,
+running timings); and, of the batch in progress, one ``batch_<b>.sample_<s>.<system>.npz``
+per finished model sample, so that a batch of many samples (ExtDM's 100) is not redone
+whole. Each file is written whole (``atomic_io``), after the predictions it covers, if
+saved, are on disk. Rerunning the same command finds them, reloads that work and predicts
+only the rest; sample ``s`` of batch ``b`` always uses the key ``fold_in(fold_in(key, s),
+b)``, so the resumed numbers equal an uninterrupted run's. The folder is removed once the
+reports are written; another evaluation into the same ``OUT`` is refused rather than mixed
+in.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import jax
 import numpy as np
 
 from predvdm_jax import atomic_io
+from predvdm_jax.evaluation.protocol import Resume
 from predvdm_jax.mesh import to_host
 
 PROGRESS_DIR = "progress"
 RUN_FILE = "run.json"
 WRITTEN_BY = "predvdm_jax scripts/evaluate.py (resumable progress)"
 _BATCH_NAME = re.compile(r"batch_(\d{5,})\.npz")
+_SAMPLE_NAME = re.compile(r"batch_(\d{5,})\.sample_(\d{5,})\.([0-9a-f]{16})\.npz")
 _INDEX = "index"
 
 
@@ -49,6 +53,12 @@ def batch_file(folder: str, batch: int) -> str:
     return os.path.join(folder, f"batch_{batch:05d}.npz")
 
 
+def sample_file(folder: str, batch: int, system: str, sample: int) -> str:
+    """The file of one finished model sample (the system's name hashed: any label fits)."""
+    tag = hashlib.sha256(system.encode()).hexdigest()[:16]
+    return os.path.join(folder, f"batch_{batch:05d}.sample_{sample:05d}.{tag}.npz")
+
+
 class Progress:
     """``OUT/progress`` of one evaluation (module docstring); process 0 alone writes."""
 
@@ -57,11 +67,11 @@ class Progress:
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as run.json will read back
         self.writes = jax.process_index() == 0
 
-    def load(self) -> list[dict]:
-        """The records of the batches an earlier run of this evaluation finished, in order
-        (none without ``OUT/progress``); a ``ValueError`` when the folder is another
-        evaluation's or not ours. Writes ``run.json`` for this run."""
-        records = []
+    def load(self) -> Resume:
+        """What an earlier run of this evaluation finished (nothing without
+        ``OUT/progress``); a ``ValueError`` when the folder is another evaluation's or not
+        ours. Writes ``run.json`` for this run."""
+        batches, samples = [], {}
         if os.path.lexists(self.folder):
             earlier = self._earlier_fingerprint()
             differing = sorted(
@@ -75,25 +85,44 @@ class Progress:
                     f"in: {', '.join(differing)}); rerun the command that made it to resume it, "
                     f"or delete {self.folder} to start over"
                 )
-            while os.path.exists(batch_file(self.folder, len(records))):
-                records.append(_read_record(batch_file(self.folder, len(records))))
+            while os.path.exists(batch_file(self.folder, len(batches))):
+                batches.append(_read_record(batch_file(self.folder, len(batches))))
+            for name in sorted(os.listdir(self.folder)):
+                match = _SAMPLE_NAME.fullmatch(name)
+                if match and int(match.group(1)) == len(batches):
+                    record = _read_record(os.path.join(self.folder, name))
+                    samples[(record["system"], int(record["sample"]))] = record
         if self.writes:
-            self._remove_batches_from(len(records))  # an unfinished later run's, if any
+            finished = len(batches)
+            # A stopped later run's files, and the sample files of finished batches (left by a
+            # stop between a batch's file and their removal).
+            self._remove(
+                lambda batch, sample: batch > finished or (sample is not None and batch < finished)
+            )
             run = {"written_by": WRITTEN_BY, "fingerprint": self.fingerprint}
             atomic_io.write_text(os.path.join(self.folder, RUN_FILE), json.dumps(run, indent=2))
-        return records
+        return Resume(tuple(batches), samples)
 
     def add(self, batch: int, record: Mapping[str, Any]) -> None:
-        """Batch ``batch``'s record (``protocol.evaluate``'s ``on_batch``)."""
+        """Batch ``batch``'s record (``protocol.evaluate``'s ``on_batch``); its samples' files
+        are then removed."""
         if self.writes:
             atomic_io.write_file(batch_file(self.folder, batch), lambda path: _write(path, record))
+            self._remove(lambda b, sample: b == batch and sample is not None)
+
+    def add_sample(self, batch: int, system: str, sample: int, record: Mapping[str, Any]) -> None:
+        """One finished model sample's record (``protocol.evaluate``'s ``on_sample``)."""
+        if self.writes:
+            record = {**record, "system": system, "sample": sample}
+            path = sample_file(self.folder, batch, system, sample)
+            atomic_io.write_file(path, lambda temporary: _write(temporary, record))
 
     def clear(self) -> None:
-        """Removes ``OUT/progress`` (its ``run.json`` and batch files, by name; a file of
-        the user's there keeps the folder)."""
+        """Removes ``OUT/progress`` (its ``run.json`` and record files, by name; a file of the
+        user's there keeps the folder)."""
         if not (self.writes and os.path.isdir(self.folder)):
             return
-        self._remove_batches_from(0)
+        self._remove(lambda batch, sample: True)
         os.remove(os.path.join(self.folder, RUN_FILE))
         if not os.listdir(self.folder):
             os.rmdir(self.folder)
@@ -112,10 +141,14 @@ class Progress:
                 f"readable {RUN_FILE} of ours); move it away or pass another --out"
             ) from None
 
-    def _remove_batches_from(self, first: int) -> None:
+    def _remove(self, which) -> None:
+        """Removes the record files for which ``which(batch, sample)`` (``sample`` None for a
+        batch's own file) is true."""
         for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
-            match = _BATCH_NAME.fullmatch(name)
-            if match and int(match.group(1)) >= first:
+            batch_match, sample_match = _BATCH_NAME.fullmatch(name), _SAMPLE_NAME.fullmatch(name)
+            if batch_match and which(int(batch_match.group(1)), None):
+                os.remove(os.path.join(self.folder, name))
+            elif sample_match and which(int(sample_match.group(1)), int(sample_match.group(2))):
                 os.remove(os.path.join(self.folder, name))
 
 

@@ -477,6 +477,7 @@ class _Accumulator:
         self.variants = [name for name, skip in fvd_notes.items() if skip is None]
         self.batches: list[dict] = []
         self.current = _empty_record()
+        self.samples: dict = {}  # this batch's, per system: add_fake_sample's values
 
     def add_real(self, cond01: np.ndarray, future01: np.ndarray) -> None:
         features = {}
@@ -495,30 +496,56 @@ class _Accumulator:
         valid: np.ndarray,
         vq_cond01: np.ndarray | None = None,
     ) -> None:
-        """``fakes``: one ``(B, pred, H, W, C)`` [-1, 1] array per sample; ``vq_cond01``: the
-        VQ reconstructions of the cond frames, in front of the fakes of ``vq-cond+pred``."""
-        per_sample: dict = {}
-        features: dict = {name: [] for name in self.variants}
+        """``add_fake_sample`` for each of ``fakes``, one ``(B, pred, H, W, C)`` array per
+        sample."""
         for fake in fakes:
-            frame_metrics = _frame_metrics(real, fake, self.lpips_params, self.metric_style)
-            for metric, value in frame_metrics.items():
-                per_sample.setdefault(metric, []).append(to_host(value)[valid])
-            if self.variants:
-                fake01 = np.asarray(to_host(to_unit_range(fake))[valid], np.float32)
-                for name in self.variants:
-                    front = vq_cond01 if name == VQ_COND else cond01
-                    features[name].append(self.feature_fn(self._fvd_video(name, front, fake01)))
-        for metric, samples in per_sample.items():
-            target = self.current["clip_values" if metric == VIDEO_PSNR else "per_frame"]
-            target.setdefault(system, {})[metric] = np.stack(samples, axis=1)
-        for name in self.variants:
-            by_system = self.current["fake_features"].setdefault(name, {})
-            by_system[system] = np.stack(features[name], axis=1)
+            self.add_fake_sample(system, real, fake, cond01, valid, vq_cond01)
+
+    def add_fake_sample(
+        self,
+        system: str,
+        real: jax.Array,
+        fake: jax.Array,
+        cond01: np.ndarray | None,
+        valid: np.ndarray,
+        vq_cond01: np.ndarray | None = None,
+    ) -> dict:
+        """The next sample of ``system`` in this batch, ``(B, pred, H, W, C)`` in [-1, 1];
+        ``vq_cond01``: the VQ reconstructions of the cond frames, in front of the fakes of
+        ``vq-cond+pred``. Returns its values (host arrays of the real clips), which
+        ``add_sample_record`` takes back."""
+        values: dict = {"per_frame": {}, "clip_values": {}, "fake_features": {}}
+        frame_metrics = _frame_metrics(real, fake, self.lpips_params, self.metric_style)
+        for metric, value in frame_metrics.items():
+            target = values["clip_values" if metric == VIDEO_PSNR else "per_frame"]
+            target[metric] = to_host(value)[valid]
+        if self.variants:
+            fake01 = np.asarray(to_host(to_unit_range(fake))[valid], np.float32)
+            for name in self.variants:
+                front = vq_cond01 if name == VQ_COND else cond01
+                video = self._fvd_video(name, front, fake01)
+                values["fake_features"][name] = self.feature_fn(video)
+        self.add_sample_record(system, values)
+        return values
+
+    def add_sample_record(self, system: str, values: Mapping[str, Any]) -> None:
+        """One sample's values (``add_fake_sample``'s), computed now or by an earlier run."""
+        self.samples.setdefault(system, []).append(values)
 
     def end_batch(self) -> dict:
         """The batch's values (``per_frame`` / ``clip_values`` / ``real_features`` /
-        ``fake_features``, host arrays), kept; the next ``add_*`` start a new batch."""
-        record, self.current = self.current, _empty_record()
+        ``fake_features``, host arrays, samples stacked on axis 1), kept; the next ``add_*``
+        start a new batch."""
+        record = self.current
+        for system, samples in self.samples.items():
+            for part in ("per_frame", "clip_values"):
+                for metric in samples[0][part]:
+                    stacked = np.stack([sample[part][metric] for sample in samples], axis=1)
+                    record[part].setdefault(system, {})[metric] = stacked
+            for name in samples[0]["fake_features"]:
+                stacked = np.stack([sample["fake_features"][name] for sample in samples], axis=1)
+                record["fake_features"].setdefault(name, {})[system] = stacked
+        self.current, self.samples = _empty_record(), {}
         self.batches.append(record)
         return record
 
@@ -659,6 +686,41 @@ def _check_prediction(frames: Any, expected: tuple, what: str) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """What an earlier, stopped run of the same evaluation finished (``progress.Progress``):
+    the records of its first ``len(batches)`` batches (``on_batch``'s) and, of the batch after
+    them, the records of its finished model samples ``{(system, sample): record}``
+    (``on_sample``'s)."""
+
+    batches: Sequence[Mapping[str, Any]] = ()
+    samples: Mapping[tuple[str, int], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+class _Timings:
+    """Seconds spent reconstructing and per model predicting, and each model's
+    ``Throughput``; carried by every record so that a resumed run continues them."""
+
+    def __init__(self, names: Iterable[str]):
+        self.seconds = {"reconstruct": 0.0}
+        self.predict_seconds = {name: 0.0 for name in names}
+        self.throughput = {name: Throughput() for name in names}
+
+    def state(self) -> dict:
+        return {
+            "seconds": dict(self.seconds),
+            "predict_seconds": dict(self.predict_seconds),
+            "throughput": {name: t.state() for name, t in self.throughput.items()},
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.seconds = dict(state["seconds"])
+        self.predict_seconds = dict(state["predict_seconds"])
+        self.throughput = {
+            name: Throughput(**state["throughput"][name]) for name in self.throughput
+        }
+
+
 def evaluate(
     batches: Iterable[Mapping[str, Any]],
     predict_fn: PredictFn | Mapping[str, PredictFn],
@@ -673,9 +735,10 @@ def evaluate(
     fvd_unavailable: str | None = None,
     keep_videos: int = 0,
     on_prediction: Callable[[int], Any] | None = None,
-    on_predictions: Callable[[str, jax.Array, list, np.ndarray], Any] | None = None,
-    done: Sequence[Mapping[str, Any]] = (),
+    on_predictions: Callable[[str, int, int, jax.Array, jax.Array, np.ndarray], Any] | None = None,
+    resume: Resume = Resume(),
     on_batch: Callable[[int, dict], Any] | None = None,
+    on_sample: Callable[[int, str, int, dict], Any] | None = None,
 ) -> EvaluationResult:
     """Runs ``protocol`` over ``batches`` of test clips.
 
@@ -688,16 +751,17 @@ def evaluate(
     model (``{}``) scores the baselines alone, the VQ reconstructions then being the kept
     ``fake`` videos (under ``vq_reconstruction``).
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
-    cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos ``(N, T, H, W, C)`` to ``(N, D)`` features
-    (I3D logits); None skips FVD with the reason ``fvd_unavailable``.
+    cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos
+    ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips FVD with the reason
+    ``fvd_unavailable``.
     ``on_prediction(1)`` is called after every ``predict_fn`` call (progress bars);
-    ``on_predictions(name, video, predictions, valid)`` after each batch of a model, with the
-    batch's clips, its frames of every sample and the mask of real (not padding) clips
-    (``predictions.PredictionWriter``).
-    ``on_batch(b, record)`` is called after batch ``b`` with its record (its values, kept
-    videos and the timings so far: ``progress.Progress``); ``done``, the records of the first
-    batches from an earlier run of the same evaluation, replaces scoring those batches (their
-    clips are still read), so a resumed evaluation gives an uninterrupted one's numbers.
+    ``on_predictions(name, b, s, video, frames, valid)`` after each one, with the batch's
+    clips, the sample's frames and the mask of real (not padding) clips
+    (``predictions.PredictionWriter``). ``on_sample(b, name, s, record)`` then gives that
+    sample's record (its values, kept frames, the timings so far) and ``on_batch(b, record)``
+    each finished batch's (``progress.Progress``). ``resume`` (``Resume``), what an earlier run
+    of the same evaluation finished, replaces scoring those batches and samples (the clips are
+    still read), so a resumed evaluation gives an uninterrupted one's numbers.
     """
     if protocol.num_samples < 1:
         raise ValueError(f"protocol.num_samples must be >= 1, got {protocol.num_samples}.")
@@ -712,9 +776,7 @@ def evaluate(
     kept_fakes = list(predict_fns) or [VQ_RECON]
     videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in kept_fakes}}
     kept = 0
-    seconds = {"reconstruct": 0.0}
-    predict_seconds = {name: 0.0 for name in predict_fns}
-    throughput = {name: Throughput() for name in predict_fns}
+    timings = _Timings(predict_fns)
     for batch_index, batch in enumerate(batches):
         video = batch["video"]
         if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
@@ -735,17 +797,16 @@ def evaluate(
                 vq_unavailable=None if reconstruct_fn is not None else "no VQ (reconstruct_fn)",
                 metric_style=protocol.metric_style,
             )
-        if batch_index < len(done):
-            record = done[batch_index]
+        if batch_index < len(resume.batches):
+            record = resume.batches[batch_index]
             accumulator.add_record(record["values"])
             kept += _add_videos(videos, record["videos"])
-            timings = record["timings"]
-            seconds = dict(timings["seconds"])
-            predict_seconds = dict(timings["predict_seconds"])
-            throughput = {name: Throughput(**timings["throughput"][name]) for name in predict_fns}
+            timings.restore(record["timings"])
             continue
+        finished = resume.samples if batch_index == len(resume.batches) else {}
         mask = batch.get("mask")
         valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
+        take = np.flatnonzero(valid)[: max(keep_videos - kept, 0)]
         cond = video[:, :cond_frames]
         future = video[:, cond_frames : cond_frames + pred_frames]
         cond01 = vq_cond01 = None
@@ -757,7 +818,7 @@ def evaluate(
         if VQ_COND in accumulator.variants:
             start = time.perf_counter()
             vq_cond = jax.block_until_ready(reconstruct_fn(cond))
-            seconds["reconstruct"] += time.perf_counter() - start
+            timings.seconds["reconstruct"] += time.perf_counter() - start
             _check_prediction(
                 vq_cond, (batch_size, cond_frames, height, width, channels), "reconstruct_fn"
             )
@@ -766,51 +827,56 @@ def evaluate(
 
         first_samples = {}
         for name, predict in predict_fns.items():
-            predictions = []
             for sample in range(protocol.num_samples):
+                record = finished.get((name, sample))
+                if record is not None:
+                    accumulator.add_sample_record(name, record["values"])
+                    timings.restore(record["timings"])
+                    if sample == 0:
+                        first_samples[name] = record["kept"]
+                    continue
                 sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
                 start = time.perf_counter()
                 frames = jax.block_until_ready(predict(cond, sample_key))
                 took = time.perf_counter() - start
-                predict_seconds[name] += took
-                throughput[name].add(pred_frames * int(valid.sum()), took)
+                timings.predict_seconds[name] += took
+                timings.throughput[name].add(pred_frames * int(valid.sum()), took)
                 _check_prediction(frames, expected, f"predict_fn of {name}")
-                predictions.append(frames)
+                values = accumulator.add_fake_sample(name, future, frames, cond01, valid, vq_cond01)
+                kept_frames = to_host(frames)[take] if sample == 0 else None
+                if sample == 0:
+                    first_samples[name] = kept_frames
                 if on_prediction is not None:
                     on_prediction(1)
-            accumulator.add_fake(name, future, predictions, cond01, valid, vq_cond01)
-            first_samples[name] = predictions[0]
-            if on_predictions is not None:
-                on_predictions(name, video, predictions, valid)
+                if on_predictions is not None:
+                    on_predictions(name, batch_index, sample, video, frames, valid)
+                if on_sample is not None:
+                    record = {"values": values, "timings": timings.state()}
+                    on_sample(batch_index, name, sample, {**record, "kept": kept_frames})
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
         accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid, vq_cond01)
         if reconstruct_fn is not None:
             start = time.perf_counter()
             reconstruction = jax.block_until_ready(reconstruct_fn(future))
-            seconds["reconstruct"] += time.perf_counter() - start
+            timings.seconds["reconstruct"] += time.perf_counter() - start
             _check_prediction(reconstruction, expected, "reconstruct_fn")
             accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid, vq_cond01)
             if not predict_fns:
-                first_samples[VQ_RECON] = reconstruction
+                first_samples[VQ_RECON] = to_host(reconstruction)[take]
 
         batch_videos = {}
-        if kept < keep_videos:
-            take = np.flatnonzero(valid)[: keep_videos - kept]
+        if len(take):
             batch_videos = {
                 "cond": to_host(cond)[take],
                 "real": to_host(future)[take],
-                "fake": {name: to_host(frames)[take] for name, frames in first_samples.items()},
+                "fake": first_samples,
             }
             kept += _add_videos(videos, batch_videos)
         values = accumulator.end_batch()
         if on_batch is not None:
-            timings = {
-                "seconds": dict(seconds),
-                "predict_seconds": dict(predict_seconds),
-                "throughput": {name: t.state() for name, t in throughput.items()},
-            }
-            on_batch(batch_index, {"values": values, "videos": batch_videos, "timings": timings})
+            record = {"values": values, "videos": batch_videos, "timings": timings.state()}
+            on_batch(batch_index, record)
 
     if accumulator is None:
         raise ValueError(
@@ -824,7 +890,7 @@ def evaluate(
         }
     else:
         videos = {}
-    return accumulator.result(videos, seconds, predict_seconds, throughput)
+    return accumulator.result(videos, timings.seconds, timings.predict_seconds, timings.throughput)
 
 
 def _add_videos(videos: dict, batch_videos: Mapping[str, Any]) -> int:

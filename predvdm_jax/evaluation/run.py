@@ -30,6 +30,7 @@ from predvdm_jax.evaluation.protocol import (
     VQ_RECON,
     FeatureFn,
     Protocol,
+    Resume,
     evaluate,
     evaluate_video_sets,
     summarize,
@@ -261,10 +262,11 @@ def evaluate_samplers(
             "save_predictions": save_predictions,
         },
     )
-    done = _agreed(progress.load(), progress.folder)
-    if done and show_progress and jax.process_index() == 0:
+    resume = _agreed(progress.load(), progress.folder)
+    if (resume.batches or resume.samples) and show_progress and jax.process_index() == 0:
         print(
-            f"resuming: {len(done)} of {num_batches} batches were scored by an earlier run "
+            f"resuming: {len(resume.batches)} of {num_batches} batches and "
+            f"{len(resume.samples)} predictions of the next were done by an earlier run "
             f"({progress.folder})"
         )
     writers = {}
@@ -283,17 +285,18 @@ def evaluate_samplers(
                 pred_frames=pred_frames,
                 windows=windows,
                 description={**clips_described, **what_ran(sampling), **grayscale},
-                done_batches=len(done),
+                done_batches=len(resume.batches),
+                done_samples=[s for system, s in resume.samples if system == label],
             )
             for label, sampling in samplings.items()
         }
     per_batch = protocol.num_samples * max(len(predict_fns), 1)
-    with _ProgressBar(
-        num_batches * per_batch, show_progress, "predicting", len(done) * per_batch
-    ) as bar:
+    done_steps = len(resume.batches) * per_batch + len(resume.samples)
+    with _ProgressBar(num_batches * per_batch, show_progress, "predicting", done_steps) as bar:
         clips = (batch for _, batch in zip(range(num_batches), batches))
         result = evaluate(
-            _counted(clips, bar.update, skip=len(done)) if vq_only else clips,  # no predictions
+            # the baselines alone: no predictions to count
+            _counted(clips, bar.update, skip=len(resume.batches)) if vq_only else clips,
             predict_fns,
             lambda video: reconstruct(vq_params, video),
             protocol,
@@ -305,8 +308,11 @@ def evaluate_samplers(
             fvd_unavailable=i3d_source,
             keep_videos=keep_videos,
             on_prediction=bar.update,
-            on_predictions=(lambda label, *batch: writers[label].add(*batch)) if writers else None,
-            done=done,
+            on_predictions=(lambda label, *sample: writers[label].add(*sample))
+            if writers
+            else None,
+            resume=resume,
+            on_sample=progress.add_sample,
             on_batch=progress.add,
         )
     device = f"{mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
@@ -347,20 +353,22 @@ def evaluate_samplers(
     return all_metrics
 
 
-def _agreed(done: list, folder: str) -> list:
-    """``done`` when every process read as many finished batches, else a ``ValueError`` on
+def _agreed(resume: Resume, folder: str) -> Resume:
+    """``resume`` when every process read the same finished work, else a ``ValueError`` on
     every process (the hosts would otherwise predict different batches)."""
     if jax.process_count() == 1:
-        return done
+        return resume
     from jax.experimental import multihost_utils
 
-    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(done)))).ravel()
-    if len(set(counts.tolist())) > 1:
+    counts = np.int32([len(resume.batches), len(resume.samples)])
+    gathered = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, 2)
+    if len({tuple(row) for row in gathered.tolist()}) > 1:
         raise ValueError(
-            f"the processes found {counts.tolist()} finished batches in {folder}: resuming "
-            f"needs --out on a filesystem all hosts share (or delete {folder} to start over)"
+            f"the processes found different finished batches and samples in {folder} "
+            f"({gathered.tolist()}): resuming needs --out on a filesystem all hosts share (or "
+            f"delete {folder} to start over)"
         )
-    return done
+    return resume
 
 
 def score_folders(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from predvdm_jax.evaluation import progress as progress_lib
+from predvdm_jax.evaluation import protocol as protocol_lib
 
 FINGERPRINT = {"source": "bundle", "batch_size": 4, "protocol": {"num_samples": 2}}
 
@@ -20,21 +21,28 @@ def _record(batch):
 
 def test_records_read_back_as_written_up_to_the_first_missing_batch(tmp_path):
     progress = progress_lib.Progress(str(tmp_path), FINGERPRINT)
-    assert progress.load() == []
+    assert progress.load() == protocol_lib.Resume()
     for batch in (0, 1, 3):  # batch 2 never finished: 3 is a later run's, dropped
         progress.add(batch, _record(batch))
-    records = progress_lib.Progress(str(tmp_path), dict(FINGERPRINT)).load()
-    assert len(records) == 2
-    for batch, record in enumerate(records):
+    progress.add_sample(2, "ddim 100/eta=1", 4, _record(7))  # batch 2's finished samples
+    progress.add_sample(2, "model", 0, _record(8))
+    progress.add_sample(0, "model", 0, _record(9))  # left beside a finished batch: dropped
+    resume = progress_lib.Progress(str(tmp_path), dict(FINGERPRINT)).load()
+    assert len(resume.batches) == 2
+    for batch, record in enumerate(resume.batches):
         ssim = record["values"]["per_frame"]["model"]["ssim"]
         assert ssim.dtype == np.float32 and ssim.shape == (4, 2, 3) and (ssim == batch).all()
         assert record["videos"] == {}
         assert record["timings"] == {"seconds": {"reconstruct": 0.25 * batch}, "label": "a/b, c=1"}
-    assert sorted(os.listdir(tmp_path / "progress")) == [
-        "batch_00000.npz",
-        "batch_00001.npz",
-        "run.json",
-    ]
+    assert sorted(resume.samples) == [("ddim 100/eta=1", 4), ("model", 0)]
+    assert (resume.samples[("model", 0)]["values"]["per_frame"]["model"]["ssim"] == 8).all()
+    names = sorted(os.listdir(tmp_path / "progress"))
+    assert names[:2] == ["batch_00000.npz", "batch_00001.npz"] and names[-1] == "run.json"
+    assert len(names) == 5 and all(".sample_" in name for name in names[2:4])
+
+    progress.add(2, _record(2))  # batch 2 done: its sample files go
+    assert len(os.listdir(tmp_path / "progress")) == 4
+    assert progress.load().samples == {}
 
 
 def test_another_evaluations_progress_is_refused_naming_what_differs(tmp_path):

@@ -647,9 +647,10 @@ def test_a_resumed_evaluation_scores_only_the_rest_and_equals_an_uninterrupted_o
     tmp_path, monkeypatch
 ):
     """5 clips in batches of 2 (the last padded), two models x 2 samples, baselines, FVD and
-    kept videos spanning batches. A run stopped by an error in batch 2 leaves the records of
-    batches 0 and 1 in OUT/progress; the rerun predicts batch 2 alone, and its results are
-    the uninterrupted run's, to the bit. Throughput leaves out the first call of each run."""
+    kept videos spanning batches. A run stopped by an error in batch 2's second sample of
+    "noisy" leaves in OUT/progress the records of batches 0 and 1 and of batch 2's first
+    sample; the rerun predicts the rest alone, and its results are the uninterrupted run's, to
+    the bit. Throughput leaves out the first call of each run."""
     from predvdm_jax.evaluation import progress as progress_lib
 
     clock = _FakeClock()
@@ -663,12 +664,15 @@ def test_a_resumed_evaluation_scores_only_the_rest_and_equals_an_uninterrupted_o
     seen = []
 
     def timed(predict, fail_at=None):
+        calls = []
+
         def run(cond, key):
             batch = next(
                 i for i, b in enumerate(batches) if np.array_equal(b["video"][:, :COND], cond)
             )
-            if batch == fail_at:
+            if (batch, calls.count(batch)) == fail_at:  # (batch, this function's call in it)
                 raise RuntimeError("preempted")
+            calls.append(batch)
             clock.now += 0.5 if seen else 100.0
             seen.append(batch)
             return predict(cond, key)
@@ -691,18 +695,20 @@ def test_a_resumed_evaluation_scores_only_the_rest_and_equals_an_uninterrupted_o
             key=jax.random.key(3),
             feature_fn=_features,
             keep_videos=3,
-            done=progress.load(),
+            resume=progress.load(),
             on_batch=progress.add,
+            on_sample=progress.add_sample,
         )
 
     straight = evaluate("straight")
     clock.now = 0.0
     with pytest.raises(RuntimeError, match="preempted"):
-        evaluate("resumed", fail_at=2)
+        evaluate("resumed", fail_at=(2, 1))  # batch 2, its second call of "noisy"
     saved = sorted(os.listdir(tmp_path / "resumed" / "progress"))
-    assert saved == ["batch_00000.npz", "batch_00001.npz", "run.json"]
+    assert saved[:2] == ["batch_00000.npz", "batch_00001.npz"] and saved[-1] == "run.json"
+    assert len(saved) == 4 and saved[2].startswith("batch_00002.sample_00000.")
     resumed = evaluate("resumed")
-    assert sorted(set(seen)) == [2]  # batches 0 and 1 were not predicted again
+    assert seen == [2, 2, 2]  # noisy's sample 1 and copy's two: batches 0, 1 and one sample kept
 
     for system, by_metric in straight.per_frame.items():
         for metric, values in by_metric.items():
@@ -727,9 +733,9 @@ def test_a_resumed_evaluation_scores_only_the_rest_and_equals_an_uninterrupted_o
         ]
         assert summary[0]["model"] == summary[1]["model"]
         assert summary[0]["baselines"] == summary[1]["baselines"]
-    # "noisy": 6 calls in all; the first run's first (batch 0) and the second run's first
-    # (batch 2, sample 0) compile; timed: 0.5 s each for batch 0 sample 1, batch 1 x 2, and
-    # batch 2 sample 1 (one real clip).
+    # "noisy": 6 calls in all; the first run's first (batch 0 sample 0) and the second run's
+    # first (batch 2 sample 1) compile; timed: 0.5 s each for batch 0 sample 1, batch 1's two
+    # and batch 2 sample 0 (one real clip).
     throughput = resumed.throughput["noisy"]
     assert (throughput.calls, throughput.timed_calls) == (6, 4)
     assert throughput.frames == (2 + 4 + 1) * PRED

@@ -771,10 +771,10 @@ def test_vq_params_refusals_are_one_error_line(tmp_path, extra, words):
 
 
 def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path, monkeypatch):
-    """5 clips in batches of 2, 2 samples, predictions saved: a run stopped after its first
-    batch was recorded resumes to the same metrics.json (timings aside) and the same saved
-    predictions as an uninterrupted run, and leaves no progress behind; another evaluation
-    into that OUT is refused while the progress is there."""
+    """5 clips in batches of 2, 2 samples, predictions saved: a run stopped after the first
+    sample of its second batch was recorded resumes to the same metrics.json (timings aside)
+    and the same saved predictions as an uninterrupted run, and leaves no progress behind;
+    another evaluation into that OUT is refused while the progress is there."""
     from predvdm_jax.evaluation import progress as progress_lib
     from predvdm_jax.interop import bundle as bundle_lib
 
@@ -800,17 +800,17 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path
         )
 
     straight = evaluate("straight")
-    add = progress_lib.Progress.add
+    add_sample = progress_lib.Progress.add_sample
 
-    def add_then_stop(self, batch, record):
-        add(self, batch, record)
-        if batch == 0:
-            raise KeyboardInterrupt  # preempted once batch 0 is on disk
+    def add_then_stop(self, batch, system, sample, record):
+        add_sample(self, batch, system, sample, record)
+        if (batch, sample) == (1, 0):
+            raise KeyboardInterrupt  # preempted once batch 1's first sample is on disk
 
-    monkeypatch.setattr(progress_lib.Progress, "add", add_then_stop)
+    monkeypatch.setattr(progress_lib.Progress, "add_sample", add_then_stop)
     with pytest.raises(KeyboardInterrupt):
         evaluate("resumed")
-    monkeypatch.setattr(progress_lib.Progress, "add", add)
+    monkeypatch.setattr(progress_lib.Progress, "add_sample", add_sample)
     assert not os.path.exists(tmp_path / "resumed" / "metrics.json")
     with pytest.raises(ValueError, match=r"another evaluation \(it differs in: protocol\)"):
         evaluate("resumed", samples=3)
@@ -818,12 +818,12 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path
     predict_fn = protocol_lib.evaluate
 
     def counting_evaluate(*args, **kwargs):
-        predicted.append(len(kwargs["done"]))
+        predicted.append((len(kwargs["resume"].batches), sorted(kwargs["resume"].samples)))
         return predict_fn(*args, **kwargs)
 
     monkeypatch.setattr(run_lib, "evaluate", counting_evaluate)
     resumed = evaluate("resumed")
-    assert predicted == [1]  # the rerun resumed after batch 0
+    assert predicted == [(1, [("model", 0)])]  # the rerun resumed at batch 1's sample 1
 
     for metrics in (straight, resumed):
         metrics.pop("seconds")
