@@ -300,24 +300,32 @@ def eval_iterator(
     prefetch: int = 8,
     image_size: int | None = None,
     channels: int | None = None,
+    clips_per_batch: int | None = None,
 ) -> ClipIterator:
-    """The fixed evaluation clips in batches; the last batch is padded by repeating
-    clip 0 and carries ``mask`` (1 for real clips) and ``index`` (clip number).
+    """The fixed evaluation clips in batches of ``batch_size`` rows, ``clips_per_batch``
+    (default ``batch_size``) of them clips: batch ``b`` holds clips ``b·clips_per_batch`` on,
+    whatever ``batch_size`` (rounded up to fill the devices) is. The other rows repeat clip 0;
+    every batch carries ``mask`` (1 for real clips) and ``index`` (clip number).
     With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``."""
-    if num_clips < 1 or batch_size < 1:
-        raise ValueError(f"num_clips and batch_size must be >= 1, got {num_clips} and {batch_size}")
+    clips_per_batch = batch_size if clips_per_batch is None else clips_per_batch
+    if num_clips < 1 or not 1 <= clips_per_batch <= batch_size:
+        raise ValueError(
+            f"need num_clips >= 1 and 1 <= clips_per_batch <= batch_size, got {num_clips}, "
+            f"{clips_per_batch} and {batch_size}"
+        )
     shards = VideoShards(split_dir, kind)
     if image_size is not None:
         check_frame_size(shards, image_size, channels)
     shards.check_min_length(num_frames)
     windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
     local, process = _local_share(batch_size)
-    num_batches = -(-num_clips // batch_size)
+    num_batches = -(-num_clips // clips_per_batch)
 
     def read(i: int) -> dict:
         step, j = divmod(int(i), local)
-        clip_index = step * batch_size + process * local + j
-        real = clip_index < num_clips
+        row = process * local + j
+        clip_index = step * clips_per_batch + row
+        real = row < clips_per_batch and clip_index < num_clips
         video, start = windows[clip_index if real else 0]
         clip = _model_input(shards.read_clip(video, start, num_frames), kind)
         return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}

@@ -199,20 +199,22 @@ def evaluate_samplers(
     model = LatentDiffusion.from_config(config)
     cond_frames = model.cond_frames
     # Params are replicated, so every device takes a share of the clips, whatever mesh the
-    # run that made them trained on (config.mesh).
+    # run that made them trained on (config.mesh). A batch holds eval.batch_size clips on any
+    # device count (its rows rounded up to fill the devices), so each clip gets the same key.
     mesh = mesh_lib.make_mesh()
-    batch_size = device_batch_size(config.eval.batch_size, protocol.num_clips, mesh.size)
+    clips_per_batch = max(1, min(config.eval.batch_size, protocol.num_clips))
     batches = eval_iterator(
         config.data.test_dir,
         cond_frames + pred_frames,
         protocol.num_clips,
-        batch_size,
+        device_batch_size(clips_per_batch, clips_per_batch, mesh.size),
         config.eval.seed,
         sharding=mesh_lib.batch_sharding(mesh),
         image_size=config.data.image_size,
         channels=config.data.channels,
+        clips_per_batch=clips_per_batch,
     )
-    num_batches = -(-protocol.num_clips // batch_size)
+    num_batches = -(-protocol.num_clips // clips_per_batch)
     replicated = mesh_lib.replicated(mesh)
     params = jax.device_put(params, replicated)
     vq_params = jax.device_put(vq_params, replicated)
@@ -254,7 +256,7 @@ def evaluate_samplers(
             "protocol": dataclasses.asdict(protocol),
             "frames": [cond_frames, pred_frames],
             "clips": {**clips_described, "image_size": config.data.image_size},
-            "batch_size": batch_size,
+            "batch_size": clips_per_batch,
             "gray_as_rgb": rgb,
             "lpips_params": config.eval.lpips_params,
             "i3d": i3d_source,
@@ -330,7 +332,7 @@ def evaluate_samplers(
                 **what_ran(sampling),
                 "i3d": i3d_source,
                 "fvd_resize": config.eval.fvd_resize,
-                "batch_size": batch_size,
+                "batch_size": clips_per_batch,
                 "devices": int(mesh.size),
                 **grayscale,
             },

@@ -22,8 +22,10 @@ def predict_clips(
 ) -> np.ndarray:
     """Predicts ``num_frames`` after each clip of ``cond`` (N, cond, H, W, C) in [-1, 1].
 
-    One compiled rollout serves every batch (the last one is padded); each batch is split
-    over all devices, the params replicated.
+    Batches of ``batch_size`` clips, each keyed by its first clip, so a clip's prediction
+    does not depend on the device count; one compiled rollout serves every batch (rows padded
+    to fill the devices, the last batch too); each batch is split over all devices, the
+    params replicated.
     """
     model = LatentDiffusion.from_config(bundle.config)
     if cond.shape[1] != model.cond_frames:
@@ -32,17 +34,18 @@ def predict_clips(
         )
     predict = model.make_predict_fn(num_frames)
     mesh = mesh_lib.make_mesh()
-    batch_size = device_batch_size(batch_size, len(cond), mesh.size)
+    clips_per_batch = max(1, min(batch_size, len(cond)))
+    rows = device_batch_size(clips_per_batch, clips_per_batch, mesh.size)
     params, vq_params = jax.device_put((bundle.params, bundle.vq_params), mesh_lib.replicated(mesh))
     outputs = []
-    starts = range(0, len(cond), batch_size)
+    starts = range(0, len(cond), clips_per_batch)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="predicting", unit="batch")
     for start in starts:
-        batch = cond[start : start + batch_size]
-        padded = jax.device_put(pad_batch(batch, batch_size), mesh_lib.batch_sharding(mesh))
+        batch = cond[start : start + clips_per_batch]
+        padded = jax.device_put(pad_batch(batch, rows), mesh_lib.batch_sharding(mesh))
         frames = predict(params, vq_params, padded, jax.random.fold_in(key, start))
         outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)

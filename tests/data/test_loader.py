@@ -200,6 +200,13 @@ def test_eval_windows_repeat_and_spread(split):
     np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
     got = [_decode(c) for b in batches for c, m in zip(b["video"], b["mask"]) if m]
     assert got == a
+    # 3 clips per batch in rows of 4 (a device count's rounding): batch b holds clips 3b on.
+    padded = list(loader.eval_iterator(split_dir, 7, 10, 4, seed=0, clips_per_batch=3))
+    assert len(padded) == 4
+    for b, batch in enumerate(padded):
+        real = batch["mask"] > 0
+        np.testing.assert_array_equal(real, [1, 1, 1, 0] if b < 3 else [1, 0, 0, 0])
+        assert [_decode(c) for c in batch["video"][real]] == a[3 * b : 3 * b + 3]
 
 
 def test_too_short_for_the_clip(split):

@@ -118,6 +118,23 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
         assert len(hdf5.VideoShards(str(out / "predictions" / split))) == VIDEOS
     assert f"--fake_dir={out}/predictions/sample_0 --cond_frames={COND}" in run.stdout
 
+    # On 3 devices each batch still holds 2 clips (padded to 3 rows), so every clip gets the
+    # key it got on one device: the same numbers, up to the sharded program's rounding.
+    out3 = tmp_path / "eval3"
+    env3 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=3")
+    command3 = [arg if arg != f"--out={out}" else f"--out={out3}" for arg in command]
+    run = subprocess.run(command3, capture_output=True, text=True, env=env3, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics3 = json.loads((out3 / "metrics.json").read_text())
+    assert metrics3["protocol"]["devices"] == 3 and metrics3["protocol"]["batch_size"] == 2
+    for metric in ("ssim", "psnr"):
+        for curve in ("mean", "best_of_2"):
+            np.testing.assert_allclose(
+                metrics3["model"][metric]["per_frame"][curve],
+                model_metrics[metric]["per_frame"][curve],
+                rtol=1e-5,
+            )
+
 
 def test_score_folders_pairs_videos_by_index(tmp_path):
     real, fake = _videos(3), _videos(3)
