@@ -404,3 +404,45 @@ def test_a_sweep_entry_is_validated_like_the_config():
     config = config_lib.finalize(config_lib.default_config())
     with pytest.raises(config_lib.ConfigError, match=r"sweep entry 'steps=300': .*run 334 steps"):
         sweep.parse_sweep("steps=100;steps=300", config)
+
+
+@pytest.mark.parametrize("size, layers", [(16, 3), (23, 3), (24, 3), (16, 2), (8, 1), (7, 1)])
+def test_a_discriminator_too_deep_for_the_frames_is_a_config_error(size, layers):
+    """Refused exactly when the PatchGAN built for those frames has no output (it crashed in
+    XLA's verifier instead); the error names the smallest frames and the deepest fit."""
+    import jax
+    import jax.numpy as jnp
+
+    from predvdm_jax.models.vq_losses import PatchDiscriminator
+
+    frames = jnp.zeros((1, size, size, 3))
+    try:
+        out = jax.eval_shape(
+            lambda: PatchDiscriminator(ndf=4, n_layers=layers).init_with_output(
+                jax.random.key(0), frames
+            )[0]
+        )
+        has_output = min(out.shape[1:3]) >= 1
+    except Exception:
+        has_output = False
+
+    def disc_errors(config):
+        try:
+            config_lib.validate(config)
+        except config_lib.ConfigError as error:  # other fields may object to tiny frames
+            return [line for line in str(error).splitlines() if "disc_layers" in line]
+        return []
+
+    config = config_lib.default_config()
+    config.data.image_size = size
+    config.vq_train.disc_layers = layers
+    config.vq_train.disc_weight = 0.8
+    errors = disc_errors(config)
+    assert (not errors) == has_output
+    if errors:
+        assert f"disc_layers={layers} needs frames of at least " in errors[0]
+        assert "vq_train.disc_weight=0" in errors[0]
+    if (size, layers) == (16, 3):
+        assert "at least 24x24" in errors[0] and "set vq_train.disc_layers=2" in errors[0]
+    config.vq_train.disc_weight = 0.0  # no discriminator: any size
+    assert not disc_errors(config)
