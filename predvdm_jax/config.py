@@ -600,7 +600,6 @@ def _combination_errors(c) -> list[str]:
             f"got {accum}"
         )
     errors.extend(_range_errors(c))
-    errors.extend(_discriminator_size_errors(c))
     if c.vq_train.disc_loss not in DISC_LOSSES:
         errors.append(f"vq_train.disc_loss {c.vq_train.disc_loss!r} is not one of {DISC_LOSSES}")
     if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
@@ -609,37 +608,6 @@ def _combination_errors(c) -> list[str]:
             "(scripts/convert_lpips.py) or set the weight to 0"
         )
     return errors
-
-
-def patch_discriminator_output_size(image_size: int, layers: int) -> int:
-    """The side of the PatchGAN's output map (``vq_losses.PatchDiscriminator``): 4x4
-    convolutions with padding 1, ``layers`` of stride 2, then two of stride 1."""
-    size = image_size
-    for _ in range(layers):
-        size = (size + 2 - 4) // 2 + 1
-    return size - 2
-
-
-def _discriminator_size_errors(c) -> list[str]:
-    """A discriminator (``vq_train.disc_weight > 0``) too deep for the frames has no output."""
-    v, size = c.vq_train, c.data.image_size
-    if not (v.disc_weight > 0 and v.disc_layers >= 1 and size >= 1):
-        return []
-    if patch_discriminator_output_size(size, v.disc_layers) >= 1:
-        return []
-    deepest = max(
-        (n for n in range(1, v.disc_layers) if patch_discriminator_output_size(size, n) >= 1),
-        default=None,
-    )
-    fix = f"set vq_train.disc_layers={deepest}" if deepest else "use larger frames"
-    smallest = next(
-        s for s in range(size, 1 << 16) if patch_discriminator_output_size(s, v.disc_layers) >= 1
-    )
-    return [
-        f"vq_train.disc_layers={v.disc_layers} needs frames of at least {smallest}x{smallest} "
-        f"(data.image_size={size} leaves the PatchGAN no output); {fix}, or "
-        f"vq_train.disc_weight=0 to train without the discriminator"
-    ]
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

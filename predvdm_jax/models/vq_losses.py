@@ -262,6 +262,15 @@ class PatchDiscriminator(nn.Module):
         return conv(1, 1, True, f"conv_{self.n_layers + 1}")(h)
 
 
+def patch_discriminator_output_size(image_size: int, n_layers: int) -> int:
+    """The side of ``PatchDiscriminator``'s logit map for ``image_size`` frames: 4x4
+    convolutions with padding 1, ``n_layers`` of stride 2, then two of stride 1 (< 1: none)."""
+    size = image_size
+    for _ in range(n_layers):
+        size = (size + 2 - 4) // 2 + 1
+    return size - 2
+
+
 def codebook_usage(indices: Array, n_codes: int) -> dict[str, Array]:
     """Usage statistics of integer code indices (any shape).
 

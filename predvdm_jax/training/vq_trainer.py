@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
+from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, reading_options, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -79,6 +80,22 @@ def discriminator_spec(vq_train: Any) -> tuple[int, int] | None:
     if not vq_train["disc_weight"] > 0:
         return None
     return int(vq_train["disc_layers"]), int(vq_train["disc_channels"])
+
+
+def _check_discriminator_fits(layers: int, image_size: int) -> None:
+    """A ``ConfigError`` when a PatchGAN of ``layers`` has no output for the frames (XLA
+    would fail in its verifier), naming the smallest frames and the deepest fit."""
+    output = vq_losses.patch_discriminator_output_size
+    if output(image_size, layers) >= 1:
+        return
+    deepest = max((n for n in range(1, layers) if output(image_size, n) >= 1), default=None)
+    smallest = next(s for s in range(image_size, 1 << 16) if output(s, layers) >= 1)
+    fix = f"set vq_train.disc_layers={deepest}" if deepest else "use larger frames"
+    raise ConfigError(
+        f"invalid config: vq_train.disc_layers={layers} needs frames of at least "
+        f"{smallest}x{smallest} (data.image_size={image_size} leaves the PatchGAN no output); "
+        f"{fix}, or vq_train.disc_weight=0 to train without the discriminator"
+    )
 
 
 def _discriminator_name(config: Any) -> str:
@@ -225,6 +242,7 @@ class VQObjective:
         discriminator = None
         spec = discriminator_spec(v)
         if spec is not None:
+            _check_discriminator_fits(spec[0], int(config.data.image_size))
             discriminator = vq_losses.PatchDiscriminator(ndf=spec[1], n_layers=spec[0])
         return cls(
             build_vq(config),

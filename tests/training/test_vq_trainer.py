@@ -365,3 +365,39 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
         config.eval.lpips_params = ""
     with pytest.raises(ValueError, match="perceptual_weight > 0 but eval.lpips_params is unset"):
         vq_trainer.VQObjective.from_config(config)
+
+
+@pytest.mark.parametrize("size, layers", [(16, 3), (23, 3), (24, 3), (16, 2), (8, 1), (7, 1)])
+def test_a_discriminator_too_deep_for_the_frames_is_refused_before_training(size, layers):
+    """Refused exactly when the PatchGAN built for those frames has no output (it crashed in
+    XLA's verifier instead); the error names the smallest frames and the deepest fit. A
+    config that trains no discriminator, or no VQ, is not concerned."""
+    from predvdm_jax import config as config_lib
+    from predvdm_jax.models.vq_losses import PatchDiscriminator
+
+    frames = jnp.zeros((1, size, size, 3))
+    try:
+        out = jax.eval_shape(
+            lambda: PatchDiscriminator(ndf=4, n_layers=layers).init_with_output(
+                jax.random.key(0), frames
+            )[0]
+        )
+        has_output = min(out.shape[1:3]) >= 1
+    except Exception:
+        has_output = False
+    config = config_lib.default_config()
+    config.data.image_size = size
+    config.vq_train.disc_layers = layers
+    config.vq_train.disc_weight = 0.8
+    if has_output:
+        assert vq_trainer.VQObjective.from_config(config).discriminator.n_layers == layers
+    else:
+        with pytest.raises(config_lib.ConfigError) as error:
+            vq_trainer.VQObjective.from_config(config)
+        message = str(error.value)
+        assert f"disc_layers={layers} needs frames of at least " in message
+        assert "vq_train.disc_weight=0" in message and "\n" not in message
+        if (size, layers) == (16, 3):
+            assert "at least 24x24" in message and "set vq_train.disc_layers=2" in message
+    config.vq_train.disc_weight = 0.0  # no discriminator: any size
+    assert vq_trainer.VQObjective.from_config(config).discriminator is None
