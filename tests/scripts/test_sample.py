@@ -13,6 +13,7 @@ from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation.images import to_uint8
 from predvdm_jax.interop import bundle as bundle_lib
+from two_processes import run_as_two_processes
 
 
 def _run(*args, expect_success=True, devices=1):
@@ -103,12 +104,7 @@ def test_sample_script_writes_side_by_side_videos(tmp_path):
 def test_sample_launched_as_two_processes_refuses_and_writes_nothing(tmp_path):
     """sample.py predicts on one host's devices: launched as two JAX processes it stops with one
     line, rather than each process predicting every clip and writing the same files."""
-    import socket
-
     bundle_dir = _tiny_bundle(tmp_path, _videos(0))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
     out = tmp_path / "clips"
     command = [
         sys.executable,
@@ -118,29 +114,9 @@ def test_sample_launched_as_two_processes_refuses_and_writes_nothing(tmp_path):
         f"--num_frames={PRED}",
         f"--out={out}",
     ]
-    procs = [
-        subprocess.Popen(
-            command,
-            env=dict(
-                os.environ,
-                XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                JAX_COORDINATOR_ADDRESS=coordinator,
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outputs = [proc.communicate(timeout=120) for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, (stdout, stderr) in zip(procs, outputs):
-        assert proc.returncode == 1, stdout + stderr[-3000:]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    for returncode, stdout, stderr in run_as_two_processes(command, env):
+        assert returncode == 1, stdout + stderr[-3000:]
         assert "error: sample.py runs as one process" in stderr, stderr[-3000:]
     assert not out.exists() or not os.listdir(out)
 

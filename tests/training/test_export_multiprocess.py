@@ -3,7 +3,6 @@ fsdp), run as two JAX processes: one JAX job that writes the bundle and the Pred
 once, from process 0, holding the checkpoint's EMA and raw weights exactly."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from random_params import random_params_from_init
 from tiny_config import tiny_config
+from two_processes import run_as_two_processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAW_SEED, EMA_SEED = 5, 7
@@ -86,9 +86,6 @@ def test_export_on_two_processes_writes_once_the_weights_saved_on_eight_devices(
         timeout=120,
     )
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
     out, ckpt = tmp_path / "bundle", tmp_path / "exported.safetensors"
     command = [
         sys.executable,
@@ -97,28 +94,10 @@ def test_export_on_two_processes_writes_once_the_weights_saved_on_eight_devices(
         f"--out={out}",
         f"--predvdm_ckpt={ckpt}",
     ]
-    procs = [
-        subprocess.Popen(
-            command,
-            env=_env(
-                1,
-                JAX_COORDINATOR_ADDRESS=coordinator,
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output[-3000:]
+    outputs = []
+    for returncode, stdout, stderr in run_as_two_processes(command, _env(1)):
+        assert returncode == 0, (stdout + stderr)[-3000:]
+        outputs.append(stdout + stderr)
     # One JAX job: process 0 writes and reports each file, process 1 writes nothing.
     assert outputs[0].count("wrote ") == 2, outputs[0][-3000:]
     assert "wrote " not in outputs[1], outputs[1][-3000:]
