@@ -19,6 +19,7 @@ uninterrupted run would, whatever the number of reader processes before and afte
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import grain
@@ -42,6 +43,15 @@ def _model_input(clip: np.ndarray, kind: str) -> np.ndarray:
     return to_model_range(clip) if kind == "frames" else clip.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, num_videos: int, epoch: int) -> np.ndarray:
+    """The order of the videos in training epoch ``epoch`` (drawing it for every clip cost
+    0.3 ms at 43k videos, about a fifth of reading the clip)."""
+    order = np.random.default_rng([seed, _TRAIN_STREAM, epoch]).permutation(num_videos)
+    order.flags.writeable = False
+    return order
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainWindows:
     """Maps a global example index to ``(video, start, flip)``."""
@@ -54,9 +64,7 @@ class TrainWindows:
     def __call__(self, g: int) -> tuple[int, int, bool]:
         num_videos = len(self.frame_counts)
         epoch, pos = divmod(int(g), num_videos)
-        video = int(
-            np.random.default_rng([self.seed, _TRAIN_STREAM, epoch]).permutation(num_videos)[pos]
-        )
+        video = int(_epoch_order(self.seed, num_videos, epoch)[pos])
         rng = np.random.default_rng([self.seed, _FLIP_STREAM, int(g)])
         start = int(rng.integers(0, int(self.frame_counts[video]) - self.num_frames + 1))
         flip = bool(self.horizontal_flip and rng.integers(2))
