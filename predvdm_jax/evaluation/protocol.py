@@ -832,7 +832,7 @@ def evaluate(
                 if record is not None:
                     accumulator.add_sample_record(name, record["values"])
                     timings.restore(record["timings"])
-                    if sample == 0:
+                    if record["kept"] is not None:
                         first_samples[name] = record["kept"]
                     continue
                 sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
@@ -843,9 +843,9 @@ def evaluate(
                 timings.throughput[name].add(pred_frames * int(valid.sum()), took)
                 _check_prediction(frames, expected, f"predict_fn of {name}")
                 values = accumulator.add_fake_sample(name, future, frames, cond01, valid, vq_cond01)
-                kept_frames = to_host(frames)[take] if sample == 0 else None
-                if sample == 0:
-                    first_samples[name] = kept_frames
+                kept_frames = None
+                if sample == 0 and len(take):
+                    kept_frames = first_samples[name] = to_host(frames)[take]
                 if on_prediction is not None:
                     on_prediction(1)
                 if on_predictions is not None:
