@@ -851,8 +851,8 @@ def evaluate(
                 if on_predictions is not None:
                     on_predictions(name, batch_index, sample, video, frames, valid)
                 if on_sample is not None:
-                    record = {"values": values, "timings": timings.state()}
-                    on_sample(batch_index, name, sample, {**record, "kept": kept_frames})
+                    record = {"values": values, "kept": kept_frames, "timings": timings.state()}
+                    on_sample(batch_index, name, sample, record)
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
         accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid, vq_cond01)
