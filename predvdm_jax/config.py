@@ -129,6 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
         preview_clips=4,  # clips per preview, predicted cond → eval.pred_frames with EMA weights
         profile_start=0,  # first step of a profiler trace in workdir/profile (0: none)
         profile_steps=5,  # steps the trace covers
+        # an exported bundle (scripts/export.py, import_predvdm.py) whose EMA weights start a new
+        # run's weights and EMA (fine-tuning; a fresh optimizer); a resumed run ignores it
+        init_from="",
     )
     # slices: device groups joined by a slower network (TPU multislice; processes elsewhere):
     # data is split across them, each fsdp row stays inside one (predvdm_jax/mesh.py)

@@ -181,7 +181,8 @@ class ClipIterator:
             raise ValueError(
                 f"the data position to resume ({state['examples']} examples served) is of another "
                 f"clip stream: {', '.join(differ)}; resume with the run's seed, clip length, flip "
-                f"and training split, or pass a new --workdir to start over."
+                f"and training split, or pass a new --workdir to start over (with "
+                f"--config.train.init_from=<a bundle of this run> to keep its weights)."
             )
         self._position = -(-int(state["examples"]) // self.batch_size)
 

@@ -373,6 +373,23 @@ def _differences(
     return [] if saved == current else [f"{name} {saved!r} {where}, {current!r} now"]
 
 
+def model_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    where: str,
+    fields: Sequence[str] = DENOISER_FIELDS,
+    derived: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = DENOISER_DERIVED,
+) -> list[str]:
+    """Every value of ``fields`` (dotted names) and of ``derived`` (functions of a config's JSON
+    dict) on which two configs' JSON dicts differ, each ``"<field> <saved> <where>, <current>
+    now"``: weights saved with ``saved`` would not fit ``current``, or would mean another
+    model."""
+    differences = _field_differences(saved, current, fields, where)
+    for name, value_of in (derived or {}).items():
+        differences += _differences(value_of(saved), value_of(current), name, where)
+    return differences
+
+
 def _field_differences(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -447,10 +464,9 @@ def check_saved_config(
         )
     finally:
         checkpointer.close()
-    current = config_to_json(config)
-    differences = _field_differences(saved, current, fields, "in the checkpoint")
-    for name, value_of in (derived or {}).items():
-        differences += _differences(value_of(saved), value_of(current), name, "in the checkpoint")
+    differences = model_differences(
+        saved, config_to_json(config), "in the checkpoint", fields, derived
+    )
     if differences:
         raise config_lib.ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "

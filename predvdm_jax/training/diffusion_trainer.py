@@ -21,10 +21,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
-from predvdm_jax import folders, mesh as mesh_lib, xla_cpu
+from predvdm_jax import config as config_lib, folders, mesh as mesh_lib, xla_cpu
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, loop, preview
 from predvdm_jax.training.data_checks import check_split_frames
@@ -162,6 +164,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     naming the fields; a ``workdir`` that is a file, a ``ValueError``."""
     checkpoint.check_workdir(workdir)
     checkpoint.check_saved_config(workdir, config)
+    initial_params = None
+    if config.train.init_from and checkpoint.latest_step(workdir) is None:  # resuming: ignored
+        initial_params = fine_tuning_start(config)
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0
     previews = config.train.preview_every > 0
@@ -201,4 +206,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
             make_loss_fn(model, train_vq_params),
             iterator,
             evaluations=evaluations,
+            initial_params=initial_params,
         )
+
+
+def fine_tuning_start(config: ml_collections.ConfigDict) -> Any:
+    """The EMA weights of the bundle ``train.init_from`` (host arrays), after checking that
+    it holds this config's model (``checkpoint.DENOISER_FIELDS``: architecture, latent scale,
+    schedule, parameterization), else a ``ConfigError`` naming what differs."""
+    path = config.train.init_from
+    bundle = bundle_lib.load_bundle(path)
+    differences = checkpoint.model_differences(
+        checkpoint.config_to_json(bundle.config),
+        checkpoint.config_to_json(config),
+        f"in {path}",
+        derived=None,  # the optimizer starts afresh: its settings may differ
+    )
+    if differences:
+        raise config_lib.ConfigError(
+            f"train.init_from {path!r} holds another model: {'; '.join(differences)}. "
+            f"Fine-tune with the bundle's architecture and schedule, or start without "
+            f"train.init_from."
+        )
+    logging.info("starting from the EMA weights of %s", path)
+    return bundle.params

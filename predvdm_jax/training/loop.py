@@ -112,6 +112,7 @@ def train_loop(
     hooks: Sequence[Hook] = (),
     extra_init_fn: Callable[[jax.Array], Any] | None = None,
     train_step_builder: Callable[..., Callable] = make_train_step,
+    initial_params: Any = None,
 ) -> TrainState:
     """Trains to ``config.train.num_steps`` and returns the final state.
 
@@ -131,6 +132,8 @@ def train_loop(
 
     ``train_step_builder`` has ``make_train_step``'s signature; a trainer
     that needs its own step (a GAN updating ``state.extra``) passes one.
+    ``initial_params`` (host arrays of ``init_fn``'s structure) replace the initial weights
+    and EMA of a run that starts from scratch (fine-tuning); a resumed run ignores them.
     """
     t = config.train
     num_steps, log_every, save_every = t.num_steps, t.log_every, t.save_every
@@ -157,10 +160,15 @@ def train_loop(
         checkpointer.close()  # a failed restore must not leave Orbax's threads running
         raise
     if restored is None:
-        state, _ = create_train_state(
+        state, shardings = create_train_state(
             init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
         )
         start_step = 0
+        if initial_params is not None:
+            state = state.replace(
+                params=jax.device_put(initial_params, shardings.params),
+                ema_params=jax.device_put(initial_params, shardings.ema_params),
+            )
         logging.info("starting from scratch in %s", workdir)
     else:
         state, data_state, start_step = restored

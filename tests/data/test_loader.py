@@ -155,7 +155,8 @@ def test_a_state_restores_only_into_the_same_clip_stream(split, tmp_path):
             ValueError,
             match=rf"^the data position to resume \(4 examples served\) is of another clip stream: "
             rf"{name}; resume with the run's seed, clip length, flip and training split, or pass "
-            r"a new --workdir to start over\.$",
+            r"a new --workdir to start over \(with --config\.train\.init_from=<a bundle of this "
+            r"run> to keep its weights\)\.$",
         ):
             other.set_state(state)
     same = loader.train_iterator(split_dir, 5, 2, seed=7)  # another batch size: allowed

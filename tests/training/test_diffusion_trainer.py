@@ -4,6 +4,7 @@ import json
 import os
 import types
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -75,9 +76,11 @@ def _config(tmp_path):
     return config_lib.finalize(c)
 
 
-def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
+def _tiny_run(tmp_path):
+    """Two smooth latent videos to overfit (noise prediction on them gets easier with
+    training) as a latent cache, test frames for the previews, a VQ file and the config;
+    returns ``(config, model, vq_params, test_videos)``."""
     rng = np.random.default_rng(0)
-    # Two smooth latent videos to overfit: noise prediction on them gets easier with training.
     base = rng.standard_normal((2, 1, LATENT, LATENT, 3)).astype(np.float32)
     videos = [np.repeat(b, 8, axis=0) + 0.1 * np.arange(8)[:, None, None, None] for b in base]
     writer = hdf5.ShardWriter(hdf5.shard_path(str(tmp_path / "latents"), 1), kind="latents")
@@ -93,6 +96,11 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     info = latent_cache.cache_info(config, str(tmp_path / "frames"), "float16", vq_params)
     with open(tmp_path / "latents" / latent_cache.CACHE_INFO, "w") as f:
         json.dump(info, f, default=list)
+    return config, model, vq_params, test_videos
+
+
+def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
+    config, model, vq_params, test_videos = _tiny_run(tmp_path)
 
     # Validation of the untrained denoiser, whose zero-initialised output conv predicts ε = 0:
     # its mean-reduced loss is the mean over the 10 clips of the mean of ε² of clip i's fixed
@@ -170,7 +178,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     assert loaded.config.to_dict() == config.to_dict()
     assert "opt_state" not in os.listdir(tmp_path / "bundle")
     predict = LatentDiffusion.from_config(loaded.config).make_predict_fn(3)
-    cond = rng.uniform(-1, 1, (2, COND, 16, 16, 1)).astype(np.float32)
+    cond = np.random.default_rng(1).uniform(-1, 1, (2, COND, 16, 16, 1)).astype(np.float32)
     key = jax.random.PRNGKey(7)
     want = predict(from_checkpoint.params, from_checkpoint.vq_params, cond, key)["frames"]
     got = predict(loaded.params, loaded.vq_params, cond, key)["frames"]
@@ -302,3 +310,37 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
     ):
         diffusion_trainer.train(config, workdir)
     assert not os.path.exists(workdir)
+
+
+def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path):
+    """Fine-tuning: a new run with train.init_from starts from the bundle's EMA weights (Adam
+    moves a weight by about lr per step, so after 2 steps of lr 1e-7 they are within 1e-6 of
+    them, far from a fresh initialisation); a bundle of another model is one ConfigError."""
+    config, model, vq_params, _ = _tiny_run(tmp_path)
+    start = random_params_from_init(model.init_denoiser, 11)
+    bundle_lib.save_bundle(str(tmp_path / "start"), bundle_lib.Bundle(config, start, vq_params))
+    run = config.copy_and_resolve_references()
+    run.train.update(
+        dict(init_from=str(tmp_path / "start"), num_steps=2, save_every=2, log_every=1)
+    )
+    run.train.update(dict(eval_every=0, keep_best=0, preview_every=0))
+    run.optimizer.base_learning_rate = 1e-7
+    state = jax.device_get(diffusion_trainer.train(run, str(tmp_path / "run")))
+    fresh = jax.device_get(nn.unbox(model.init_denoiser(jax.random.PRNGKey(run.seed))))
+    for weights in (state.params, state.ema_params):
+        moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), weights, start)
+        assert max(jax.tree.leaves(moved)) < 1e-6
+    assert int(state.step) == 2
+    far = jax.tree.map(lambda a, b: np.abs(a - np.asarray(b)).max(), fresh, start)
+    assert max(jax.tree.leaves(far)) > 1e-2
+
+    wider = config.copy_and_resolve_references()
+    wider.unet.model_channels = 64
+    other = random_params_from_init(LatentDiffusion.from_config(wider).init_denoiser, 1)
+    bundle_lib.save_bundle(str(tmp_path / "wider"), bundle_lib.Bundle(wider, other, vq_params))
+    run.train.init_from = str(tmp_path / "wider")
+    with pytest.raises(config_lib.ConfigError) as error:
+        diffusion_trainer.train(run, str(tmp_path / "another_run"))
+    message = str(error.value)
+    assert "holds another model: unet.model_channels 64 in " in message and "32 now" in message
+    assert not os.path.exists(tmp_path / "another_run" / "checkpoints")
