@@ -215,7 +215,10 @@ def fine_tuning_start(config: ml_collections.ConfigDict) -> Any:
     it holds this config's model (``checkpoint.DENOISER_FIELDS``: architecture, latent scale,
     schedule, parameterization), else a ``ConfigError`` naming what differs."""
     path = config.train.init_from
-    bundle = bundle_lib.load_bundle(path)
+    try:
+        bundle = bundle_lib.load_bundle(path)
+    except (OSError, ValueError) as error:
+        raise type(error)(f"train.init_from: {error}") from None
     differences = checkpoint.model_differences(
         checkpoint.config_to_json(bundle.config),
         checkpoint.config_to_json(config),

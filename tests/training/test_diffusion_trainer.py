@@ -344,3 +344,6 @@ def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path
     message = str(error.value)
     assert "holds another model: unet.model_channels 64 in " in message and "32 now" in message
     assert not os.path.exists(tmp_path / "another_run" / "checkpoints")
+    run.train.init_from = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"^train\.init_from: .*missing' does not exist"):
+        diffusion_trainer.train(run, str(tmp_path / "another_run"))
