@@ -200,6 +200,9 @@ def default_config() -> ml_collections.ConfigDict:
         b1=0.5,
         b2=0.9,  # Adam betas of taming's VQGAN (both optimizers)
         lr_end_fraction=1.0,  # < 1: lr decays linearly to this fraction at num_steps
+        # VQ params (scripts/convert_ldm_vq.py's, or a train_vq.py run's vq_params.safetensors)
+        # that start a new run (fine-tuning LDM's vq-f4 on a dataset); a resumed run ignores it
+        init_from="",
         eval_every=1000,
         eval_clips=64,
         eval_frames=4,

@@ -56,6 +56,7 @@ from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, t
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
 from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
+from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
@@ -570,6 +571,13 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Both splits before anything is built: frames of another size train (or score) another VQ.
     check_split_frames(config.data.train_dir, config, "train_dir")
     v = config.vq_train
+    initial_params = None
+    if v.init_from and checkpoint.latest_step(workdir) is None:  # resuming: ignored
+        try:
+            initial_params = load_vq_params(v.init_from, config)
+        except (OSError, ValueError) as error:
+            raise type(error)(f"vq_train.init_from: {error}") from None
+        logging.info("starting from the VQ params in %s", v.init_from)
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
     image_size = int(config.data.image_size)
@@ -606,6 +614,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
             train_step_builder=make_vq_train_step_builder(
                 objective, disc_optimizer, int(v.dead_code_restart_every)
             ),
+            initial_params=initial_params,
         )
     final = eval_fn(state)
     final["step"] = int(jax.device_get(state.step))

@@ -19,6 +19,7 @@ from predvdm_jax.data.hdf5 import DatasetError, write_split
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
 from predvdm_jax.models.vq_losses import PatchDiscriminator
 from predvdm_jax.training import vq_trainer
+from random_params import random_params_from_init
 
 SIZE = 16
 
@@ -401,3 +402,34 @@ def test_a_discriminator_too_deep_for_the_frames_is_refused_before_training(size
             assert "at least 24x24" in message and "set vq_train.disc_layers=2" in message
     config.vq_train.disc_weight = 0.0  # no discriminator: any size
     assert vq_trainer.VQObjective.from_config(config).discriminator is None
+
+
+def test_init_from_starts_a_new_run_from_vq_params_and_names_a_bad_file(dataset, tmp_path):
+    """Fine-tuning: vq_train.init_from's params start the weights (Adam moves each by about
+    lr per step: within 1e-6 after 2 steps of lr 1e-7, far from a fresh initialisation); a
+    file of another VQ is one error naming the field."""
+    config = tiny_config(dataset, num_steps=2, save_every=2, eval_every=2, learning_rate=1e-7)
+    objective = vq_trainer.VQObjective.from_config(config)
+    start = random_params_from_init(lambda key: objective.init_params(key, SIZE), 3)
+    start_file = str(tmp_path / "start.safetensors")
+    vq_trainer.save_vq_params(start_file, start, config)
+    run = config.copy_and_resolve_references()
+    run.vq_train.init_from = start_file
+    vq_trainer.train_vq(run, str(tmp_path / "run"))
+    trained = load_params_safetensors(str(tmp_path / "run" / vq_trainer.VQ_PARAMS_FILE))
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), trained, start)
+    assert max(jax.tree.leaves(moved)) < 1e-6
+    fresh = jax.device_get(objective.init_params(jax.random.PRNGKey(run.seed), SIZE))
+    far = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), fresh, start)
+    assert max(jax.tree.leaves(far)) > 1e-2
+
+    wider = config.copy_and_resolve_references()
+    wider.vq.ch = 64
+    other = vq_trainer.VQObjective.from_config(wider)
+    other_file = str(tmp_path / "wider.safetensors")
+    vq_trainer.save_vq_params(
+        other_file, random_params_from_init(lambda key: other.init_params(key, SIZE), 1), wider
+    )
+    run.vq_train.init_from = other_file
+    with pytest.raises(ValueError, match=r"^vq_train\.init_from: "):
+        vq_trainer.train_vq(run, str(tmp_path / "another_run"))
