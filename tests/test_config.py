@@ -29,6 +29,10 @@ def test_published_settings():
     assert (kth.data.cond_frames, kth.data.pred_frames, kth.eval.pred_frames) == (10, 5, 30)
     assert kth.optimizer.base_learning_rate * kth.data.batch_size == pytest.approx(2e-4)
     assert (kth.sampling.steps, kth.sampling.eta) == (100, 1.0)
+    for name, frames in (("bair64_c1", (1, 5, 15, 6)), ("smmnist64_c5", (5, 5, 10, 10))):
+        c = load(name)  # BAIR's common 1 -> 15, MCVD's SMMNIST 5 -> 10
+        d = c.data
+        assert (d.cond_frames, d.pred_frames, c.eval.pred_frames, d.frames_per_sample) == frames
     ucf = load("ucf101_64")  # ExtDM Table 7's 4 -> 12, in 5-frame blocks
     assert (ucf.data.cond_frames, ucf.data.pred_frames, ucf.eval.pred_frames) == (4, 5, 12)
     assert (ucf.data.frames_per_sample, ucf.data.channels, ucf.data.image_size) == (9, 3, 64)
