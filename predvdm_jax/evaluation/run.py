@@ -265,7 +265,7 @@ def evaluate_samplers(
         },
     )
     resume = _agreed(progress.load(), progress.folder)
-    if (resume.batches or resume.samples) and show_progress and jax.process_index() == 0:
+    if (resume.batches or resume.samples) and jax.process_index() == 0:
         print(
             f"resuming: {len(resume.batches)} of {num_batches} batches and "
             f"{len(resume.samples)} predictions of the next were done by an earlier run "
