@@ -487,20 +487,6 @@ class _Accumulator:
                 features[video] = self.feature_fn(self._fvd_video(video, cond01, future01))
             self.current["real_features"][name] = features[video]
 
-    def add_fake(
-        self,
-        system: str,
-        real: jax.Array,
-        fakes: list,
-        cond01: np.ndarray | None,
-        valid: np.ndarray,
-        vq_cond01: np.ndarray | None = None,
-    ) -> None:
-        """``add_fake_sample`` for each of ``fakes``, one ``(B, pred, H, W, C)`` array per
-        sample."""
-        for fake in fakes:
-            self.add_fake_sample(system, real, fake, cond01, valid, vq_cond01)
-
     def add_fake_sample(
         self,
         system: str,
@@ -855,13 +841,13 @@ def evaluate(
                     on_sample(batch_index, name, sample, record)
 
         copy_last = jnp.repeat(video[:, cond_frames - 1 : cond_frames], pred_frames, axis=1)
-        accumulator.add_fake(COPY_LAST, future, [copy_last], cond01, valid, vq_cond01)
+        accumulator.add_fake_sample(COPY_LAST, future, copy_last, cond01, valid, vq_cond01)
         if reconstruct_fn is not None:
             start = time.perf_counter()
             reconstruction = jax.block_until_ready(reconstruct_fn(future))
             timings.seconds["reconstruct"] += time.perf_counter() - start
             _check_prediction(reconstruction, expected, "reconstruct_fn")
-            accumulator.add_fake(VQ_RECON, future, [reconstruction], cond01, valid, vq_cond01)
+            accumulator.add_fake_sample(VQ_RECON, future, reconstruction, cond01, valid, vq_cond01)
             if not predict_fns:
                 first_samples[VQ_RECON] = to_host(reconstruction)[take]
 
@@ -1051,10 +1037,10 @@ def evaluate_video_sets(
             accumulator.add_real(
                 cond01, np.asarray(to_unit_range(real[:, cond_frames:]), np.float32)
             )
-        accumulator.add_fake(
+        accumulator.add_fake_sample(
             MODEL,
             real[:, cond_frames:],
-            [fake[:, cond_frames:]],
+            fake[:, cond_frames:],
             cond01,
             np.ones(real.shape[0], bool),
         )
