@@ -128,7 +128,6 @@ class PredictionWriter:
         done_samples: Sequence[int] = (),
     ):
         self.out_dir = out_dir
-        self.num_samples = num_samples
         self.cond_frames, self.pred_frames = cond_frames, pred_frames
         self.partial = os.path.join(out_dir, PARTIAL_DIR)
         self.writes = jax.process_index() == 0

@@ -249,7 +249,6 @@ def evaluate_samplers(
     progress = progress_lib.Progress(
         out_dir,
         {
-            "source": source,
             "params": progress_lib.params_digest(params),
             "vq_params": progress_lib.params_digest(vq_params),
             "samplings": {label: sampling.to_dict() for label, sampling in samplings.items()},
