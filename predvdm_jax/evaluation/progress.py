@@ -27,7 +27,6 @@ import numpy as np
 
 from predvdm_jax import atomic_io
 from predvdm_jax.evaluation.protocol import Resume
-from predvdm_jax.mesh import to_host
 
 PROGRESS_DIR = "progress"
 RUN_FILE = "run.json"
@@ -35,18 +34,6 @@ WRITTEN_BY = "predvdm_jax scripts/evaluate.py (resumable progress)"
 _BATCH_NAME = re.compile(r"batch_(\d{5,})\.npz")
 _SAMPLE_NAME = re.compile(r"batch_(\d{5,})\.sample_(\d{5,})\.([0-9a-f]{16})\.npz")
 _INDEX = "index"
-
-
-def params_digest(params: Any) -> str | None:
-    """SHA-256 of a params pytree's paths, shapes, dtypes and values (None for None)."""
-    if params is None:
-        return None
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        value = np.ascontiguousarray(to_host(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 def batch_file(folder: str, batch: int) -> str:

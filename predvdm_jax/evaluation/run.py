@@ -16,6 +16,7 @@ import numpy as np
 from predvdm_jax import mesh as mesh_lib, xla_cpu
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.data.hdf5 import VideoShards
+from predvdm_jax.data.latent_cache import params_digest
 from predvdm_jax.data.loader import eval_iterator, eval_windows, to_model_range
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion, to_rgb
 from predvdm_jax.evaluation import fvd as fvd_lib
@@ -215,6 +216,11 @@ def evaluate_samplers(
         clips_per_batch=clips_per_batch,
     )
     num_batches = -(-protocol.num_clips // clips_per_batch)
+    # What the resume fingerprint records of the weights, from the host trees given.
+    digests = {
+        name: None if tree is None else params_digest(jax.tree.map(mesh_lib.to_host, tree))
+        for name, tree in (("params", params), ("vq_params", vq_params))
+    }
     replicated = mesh_lib.replicated(mesh)
     params = jax.device_put(params, replicated)
     vq_params = jax.device_put(vq_params, replicated)
@@ -249,8 +255,7 @@ def evaluate_samplers(
     progress = progress_lib.Progress(
         out_dir,
         {
-            "params": progress_lib.params_digest(params),
-            "vq_params": progress_lib.params_digest(vq_params),
+            **digests,
             "samplings": {label: sampling.to_dict() for label, sampling in samplings.items()},
             "protocol": dataclasses.asdict(protocol),
             "frames": [cond_frames, pred_frames],
