@@ -21,7 +21,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 
 from predvdm_jax import config as config_lib, folders, mesh as mesh_lib, xla_cpu
 from predvdm_jax.data import latent_cache, loader
@@ -164,9 +163,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     naming the fields; a ``workdir`` that is a file, a ``ValueError``."""
     checkpoint.check_workdir(workdir)
     checkpoint.check_saved_config(workdir, config)
-    initial_params = None
-    if config.train.init_from and checkpoint.latest_step(workdir) is None:  # resuming: ignored
-        initial_params = fine_tuning_start(config)
+    initial_params = loop.fine_tuning_params(
+        workdir,
+        "train.init_from",
+        config.train.init_from,
+        lambda path: fine_tuning_start(path, config),
+    )
     model = LatentDiffusion.from_config(config)
     validate = config.train.eval_every > 0
     previews = config.train.preview_every > 0
@@ -210,15 +212,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
         )
 
 
-def fine_tuning_start(config: ml_collections.ConfigDict) -> Any:
-    """The EMA weights of the bundle ``train.init_from`` (host arrays), after checking that
-    it holds this config's model (``checkpoint.DENOISER_FIELDS``: architecture, latent scale,
-    schedule, parameterization), else a ``ConfigError`` naming what differs."""
-    path = config.train.init_from
-    try:
-        bundle = bundle_lib.load_bundle(path)
-    except (OSError, ValueError) as error:
-        raise type(error)(f"train.init_from: {error}") from None
+def fine_tuning_start(path: str, config: ml_collections.ConfigDict) -> Any:
+    """The EMA weights of the bundle at ``path`` (``train.init_from``; host arrays), after
+    checking that it holds this config's model (``checkpoint.DENOISER_FIELDS``: architecture,
+    latent scale, schedule, parameterization), else a ``ConfigError`` naming what differs."""
+    bundle = bundle_lib.load_bundle(path)
     differences = checkpoint.model_differences(
         checkpoint.config_to_json(bundle.config),
         checkpoint.config_to_json(config),
@@ -227,9 +225,7 @@ def fine_tuning_start(config: ml_collections.ConfigDict) -> Any:
     )
     if differences:
         raise config_lib.ConfigError(
-            f"train.init_from {path!r} holds another model: {'; '.join(differences)}. "
-            f"Fine-tune with the bundle's architecture and schedule, or start without "
-            f"train.init_from."
+            f"{path!r} holds another model: {'; '.join(differences)}. Fine-tune with the "
+            f"bundle's architecture and schedule, or start without train.init_from."
         )
-    logging.info("starting from the EMA weights of %s", path)
     return bundle.params

@@ -27,7 +27,12 @@ from absl import logging
 
 from predvdm_jax.config import ConfigError
 from predvdm_jax.mesh import batch_sharding, make_global_batch, make_mesh
-from predvdm_jax.training.checkpoint import CHECKPOINT_DIR, Checkpointer, check_workdir
+from predvdm_jax.training.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    check_workdir,
+    latest_step,
+)
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
@@ -99,6 +104,20 @@ class _Throughput:
         if self.peak is not None:
             values["mfu_bf16"] = per_device / self.peak
         return values
+
+
+def fine_tuning_params(workdir: str, field: str, path: str, load: Callable[[str], Any]) -> Any:
+    """The weights ``load(path)`` that start a new run (``train_loop``'s ``initial_params``),
+    its errors naming the config ``field``; None when ``path`` is empty or ``workdir`` already
+    holds a checkpoint (the run resumes from it instead)."""
+    if not path or latest_step(workdir) is not None:
+        return None
+    try:
+        params = load(path)
+    except (OSError, ValueError) as error:
+        raise type(error)(f"{field}: {error}") from None
+    logging.info("starting from the weights in %s (%s)", path, field)
+    return params
 
 
 def train_loop(

@@ -63,7 +63,7 @@ from predvdm_jax.models.autoencoder import VQModel
 from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
 from predvdm_jax.training import checkpoint
 from predvdm_jax.training.data_checks import check_split_frames
-from predvdm_jax.training.loop import train_loop
+from predvdm_jax.training.loop import fine_tuning_params, train_loop
 from predvdm_jax.training.optim import global_norm, make_optimizer
 from predvdm_jax.training.train_state import TrainState
 from predvdm_jax.training.train_step import apply_gradients, jit_train_step
@@ -571,13 +571,9 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Both splits before anything is built: frames of another size train (or score) another VQ.
     check_split_frames(config.data.train_dir, config, "train_dir")
     v = config.vq_train
-    initial_params = None
-    if v.init_from and checkpoint.latest_step(workdir) is None:  # resuming: ignored
-        try:
-            initial_params = load_vq_params(v.init_from, config)
-        except (OSError, ValueError) as error:
-            raise type(error)(f"vq_train.init_from: {error}") from None
-        logging.info("starting from the VQ params in %s", v.init_from)
+    initial_params = fine_tuning_params(
+        workdir, "vq_train.init_from", v.init_from, lambda path: load_vq_params(path, config)
+    )
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
     image_size = int(config.data.image_size)
