@@ -138,14 +138,19 @@ PIL_L_WEIGHTS = (19595, 38470, 7471)
 """Pillow's ITU-R 601-2 luma in 16-bit fixed point: L = (R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16."""
 
 
+def _to_pil_levels(video: jax.Array) -> jax.Array:
+    """torchvision ``ToPILImage``'s uint8 levels of [0, 1] values, ``mul(255).byte()`` (i.e.
+    truncation), as int32; ``(B, T, H, W, C)`` with C = 1 or 3, else a ``ValueError``."""
+    if video.ndim != 5 or video.shape[-1] not in (1, 3):
+        raise ValueError(f"need (B, T, H, W, C) videos with 1 or 3 channels; got {video.shape}.")
+    return jnp.clip(jnp.floor(video.astype(jnp.float32) * 255.0), 0.0, 255.0).astype(jnp.int32)
+
+
 def pil_gray_uint8(video: jax.Array) -> jax.Array:
     """MCVD's grey frames: torchvision ``ToPILImage`` (``mul(255).byte()``, i.e. truncation),
     ``.convert("RGB").convert("L")``. ``(B, T, H, W, C)`` in [0, 1] with C = 1 or 3 →
     ``(B, T, H, W, 1)`` int32 in [0, 255]; a 1-channel frame is its own uint8 grey image."""
-    if video.ndim != 5 or video.shape[-1] not in (1, 3):
-        raise ValueError(f"need (B, T, H, W, C) videos with 1 or 3 channels; got {video.shape}.")
-    quantised = jnp.clip(jnp.floor(video.astype(jnp.float32) * 255.0), 0.0, 255.0)
-    quantised = quantised.astype(jnp.int32)
+    quantised = _to_pil_levels(video)
     if video.shape[-1] == 1:
         return quantised
     weights = jnp.asarray(PIL_L_WEIGHTS, jnp.int32)
@@ -224,10 +229,7 @@ def mcvd_lpips_frames(video: jax.Array) -> jax.Array:
     (truncation to uint8) ``.convert("RGB")`` (grey repeated), torchvision ``Resize((128,
     128))`` (``pil_resize_bilinear``) and ``ToTensor``. MCVD then normalises them to [-1, 1]
     and calls LPIPS v0.1 AlexNet with ``spatial=False``."""
-    if video.ndim != 5 or video.shape[-1] not in (1, 3):
-        raise ValueError(f"need (B, T, H, W, C) videos with 1 or 3 channels; got {video.shape}.")
-    quantised = jnp.clip(jnp.floor(video.astype(jnp.float32) * 255.0), 0.0, 255.0)
-    rgb = jnp.repeat(quantised.astype(jnp.int32), 3 // video.shape[-1], axis=-1)
+    rgb = jnp.repeat(_to_pil_levels(video), 3 // video.shape[-1], axis=-1)
     resized = pil_resize_bilinear(rgb, (MCVD_LPIPS_SIZE, MCVD_LPIPS_SIZE))
     return resized.astype(jnp.float32) / 255.0
 
