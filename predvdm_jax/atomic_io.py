@@ -3,6 +3,9 @@
 The data goes to a temporary file beside the target (``.tmp-<random><name>``, so it keeps
 the name's suffix), which is renamed over the target only once it is complete; a failure
 removes the temporary file and leaves any earlier version of the target untouched. The
+data reaches the disk before the rename, and the rename before the call returns
+(``replace_durably``), so a machine that loses power or is preempted right after keeps
+either the old file or the whole new one, never an empty one under the new name. The
 file gets the permissions ``open`` would give it (``0o666`` less the umask), not
 ``tempfile``'s owner-only ones, so a shared workdir's outputs stay readable by others.
 """
@@ -36,6 +39,25 @@ def set_default_permissions(path: str) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
+def sync(path: str) -> None:
+    """Waits until the file or folder ``path`` is on the disk (``fsync``)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_durably(temporary: str, path: str) -> None:
+    """``os.replace(temporary, path)`` once ``temporary``'s data is on the disk, then the
+    folder's entry too: without the two syncs a crash can leave ``path`` empty (the rename
+    written before the data) or the old file back (the rename not written at all)."""
+    sync(temporary)
+    os.replace(temporary, path)
+    sync(os.path.dirname(os.path.abspath(path)))
+
+
 def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """``write(temporary_path)`` writes the whole file; it then replaces ``path``."""
     path = os.fspath(path)
@@ -48,7 +70,7 @@ def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     try:
         write(temporary)
         set_default_permissions(temporary)
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)

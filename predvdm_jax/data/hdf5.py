@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import fcntl
 import glob
 import itertools
 import os
@@ -140,7 +141,7 @@ def split_dirs(root: str) -> list[str]:
 
 
 class ShardWriter:
-    """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close.
+    """Writes one shard atomically: to ``<name>.tmp`` first, renamed on close once on the disk.
 
     An interrupted write therefore never leaves a file that looks finished.
     ``kind='latents'`` accepts float16/float32 ``(h, w, c)`` frames (latent caches);
@@ -164,7 +165,7 @@ class ShardWriter:
         self.tmp_path = path + ".tmp"
         self.compression = compression
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = h5py.File(self.tmp_path, "w")
+        self._file = _create_unshared(self.tmp_path)
         self._file.create_group("len")
         self._file.create_group("videos")
         self.num_videos = 0
@@ -191,7 +192,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self._file.close()
-        os.replace(self.tmp_path, self.path)
+        atomic_io.replace_durably(self.tmp_path, self.path)
 
     def abort(self) -> None:
         self._file.close()
@@ -206,6 +207,31 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _create_unshared(tmp_path: str) -> h5py.File:
+    """A new HDF5 file at ``tmp_path``. A file left there by a killed writer is replaced; one
+    that another process is writing is refused: HDF5's ``'w'`` would truncate it before
+    finding the other's lock, and that writer would go on to rename a damaged shard into
+    place. HDF5 holds an exclusive ``flock`` on every file it has open for writing."""
+    for _ in range(3):
+        try:
+            return h5py.File(tmp_path, "x")
+        except FileExistsError:
+            pass
+        try:
+            with open(tmp_path, "rb") as left:
+                try:
+                    fcntl.flock(left.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    break
+                os.remove(tmp_path)
+        except FileNotFoundError:
+            pass
+    raise DatasetError(
+        f"{tmp_path} is being written by another process: write a split from one process "
+        f"only (not once per host of a pod), or wait for the other one to finish."
+    )
 
 
 def _uint8_conversion(frames: list[np.ndarray]) -> str:

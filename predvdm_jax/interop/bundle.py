@@ -90,13 +90,16 @@ def save_bundle(path: str, bundle: Bundle) -> None:
             f.write(bundle.config.to_json_best_effort(indent=2))
         for name in os.listdir(tmp):
             atomic_io.set_default_permissions(os.path.join(tmp, name))
+            atomic_io.sync(os.path.join(tmp, name))
         atomic_io.set_default_permissions(tmp)
+        atomic_io.sync(tmp)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=".bundle-old-", dir=parent)
             os.replace(path, old)
         try:
             os.replace(tmp, path)
+            atomic_io.sync(parent)
         except BaseException:
             if old is not None:
                 os.replace(old, path)
