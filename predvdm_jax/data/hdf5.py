@@ -641,12 +641,29 @@ class VideoShards:
     ) -> np.ndarray:
         # h5py's low-level calls: 0.57x the time of ``group[name][()]`` per clip (bench_loader.py).
         group = h5py.h5g.open(self._file(shard).id, str(local).encode())
-        clip = np.empty((num_frames,) + self.frame_shape, self.dtype)
+        # Wider integer frames (MCVD's BAIR converter stores int64) are read as they are and
+        # checked: HDF5's conversion to uint8 would saturate values beyond 0..255.
+        clip = np.empty((num_frames,) + self.frame_shape, self.stored_dtype)
         path = self.paths[shard]
         for i, t in enumerate(range(start, start + num_frames)):
             frame = _open_frame(group, path, local, t, length, self.frame_shape, self.stored_dtype)
             frame.read(h5py.h5s.ALL, h5py.h5s.ALL, clip[i])
+        if clip.dtype != self.dtype:
+            clip = self._narrowed(clip, path, local, start)
         return clip[..., None] if clip.ndim == 3 else clip
+
+    def _narrowed(self, clip: np.ndarray, path: str, local: int, start: int) -> np.ndarray:
+        """Integer frames as uint8, or ``DatasetError`` naming the first frame beyond 0..255."""
+        frames = clip.reshape(len(clip), -1)
+        beyond = np.flatnonzero((frames.min(axis=1) < 0) | (frames.max(axis=1) > 255))
+        if beyond.size:
+            frame = frames[beyond[0]]
+            raise DatasetError(
+                f"{path}: video {local} frame {start + int(beyond[0])} has {clip.dtype} values "
+                f"in [{frame.min()}, {frame.max()}], beyond uint8's 0..255; convert the "
+                f"frames to uint8 (for 16-bit frames: x >> 8) and write the split again."
+            )
+        return clip.astype(self.dtype)
 
     def check_all_frames(self, max_listed: int = 5) -> None:
         """Checks that every video has its ``len`` frames, each of the split's shape and dtype.

@@ -202,6 +202,32 @@ def test_integer_frames_beyond_uint8_are_refused_not_saturated(tmp_path):
         hdf5.VideoShards(str(tmp_path))
 
 
+def test_wide_integer_frames_beyond_uint8_after_the_first_are_refused_on_read(tmp_path):
+    """The first frame of the split fits uint8, a later frame of another video does not: the
+    check on opening passes, and reading that frame (a clip, or check_decodes) is refused."""
+    frames = np.zeros((3, 2, 2), np.uint16)
+    frames[2, 1, 0] = 300
+    with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
+        f.create_group("videos")
+        lengths = f.create_group("len")
+        for video, video_frames in (("0", np.zeros_like(frames)), ("1", frames)):
+            lengths.create_dataset(video, data=3)
+            group = f.create_group(video)
+            for t, frame in enumerate(video_frames):
+                group.create_dataset(str(t), data=frame)
+    shards = hdf5.VideoShards(str(tmp_path))
+    np.testing.assert_array_equal(shards.read_clip(1, 0, 2), 0)
+    message = (
+        rf"^{re.escape(str(tmp_path / 'shard_0001.hdf5'))}: video 1 frame 2 has uint16 values "
+        r"in \[0, 300\], beyond uint8's 0\.\.255; convert the frames to uint8 \(for 16-bit "
+        r"frames: x >> 8\) and write the split again\.$"
+    )
+    with pytest.raises(hdf5.DatasetError, match=message):
+        shards.read_clip(1, 1, 2)
+    with pytest.raises(hdf5.DatasetError, match=message):
+        shards.check_decodes()
+
+
 def test_bad_frames_found_on_read(tmp_path):
     """Only video 0's first frame is checked on open; every later frame is checked as it is read."""
     with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
