@@ -12,6 +12,7 @@ file gets the permissions ``open`` would give it (``0o666`` less the umask), not
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import tempfile
@@ -39,14 +40,23 @@ def set_default_permissions(path: str) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
+_UNSYNCABLE_FOLDER = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EACCES, errno.EPERM}
+"""What ``fsync`` of a folder raises on filesystems that do not offer it (some network and
+FUSE mounts): there the rename is as durable as that filesystem makes it."""
+
+
 def sync(path: str) -> None:
     """Waits until the file or folder ``path`` is on the disk (``fsync``)."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
-    descriptor = os.open(path, flags)
+    folder = os.path.isdir(path)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        if not (folder and error.errno in _UNSYNCABLE_FOLDER):
+            raise
 
 
 def replace_durably(temporary: str, path: str) -> None:

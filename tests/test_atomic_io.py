@@ -1,6 +1,7 @@
 """Files written whole survive a crash: the data is on the disk before the rename, the rename
 before the call returns."""
 
+import errno
 import os
 
 import numpy as np
@@ -64,3 +65,26 @@ def test_a_shard_left_half_written_by_a_killed_writer_is_redone(tmp_path):
     hdf5.write_shard(target, [np.full((2, 4, 4), 7, np.uint8)])
     assert os.listdir(tmp_path) == ["shard_0000.hdf5"]
     np.testing.assert_array_equal(hdf5.VideoShards(str(tmp_path)).read_clip(0, 0, 2), 7)
+
+
+def test_a_folder_its_filesystem_cannot_sync_still_gets_the_file(tmp_path, monkeypatch):
+    """Some network and FUSE mounts refuse ``fsync`` of a folder (EINVAL); a file's data that
+    cannot be synced is an error."""
+    fsync = os.fsync
+
+    def folder_refusing_fsync(descriptor):
+        if os.path.isdir(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", folder_refusing_fsync)
+    atomic_io.write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"
+
+    def failing_fsync(descriptor):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        atomic_io.write_text(tmp_path / "a.txt", "y")
+    assert os.listdir(tmp_path) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "x"
