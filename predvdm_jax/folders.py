@@ -35,14 +35,11 @@ def is_training_workdir(path: str | os.PathLike) -> bool:
     return any(name.isdigit() for name in os.listdir(checkpoints))
 
 
-def model_folder(path: str | os.PathLike) -> str | None:
-    """Why ``path`` may not be an output folder of data or reports, as words completing
-    "``path`` ...", or None. A bundle (or a folder in one) would stop being replaceable, a
-    workdir's ``checkpoints/`` belongs to Orbax, and a workdir itself would mix the outputs with
-    the run's files; a folder of its own inside a workdir (e.g. ``runs/x/eval``) is fine."""
+def bundle_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path`` may hold no other files, as words completing "``path`` ...", or None: it is
+    an inference bundle or a folder in one (a bundle would stop being replaceable), or a
+    training workdir's ``checkpoints/`` or a folder in it (Orbax's)."""
     target = os.path.abspath(os.fspath(path))
-    if is_training_workdir(target):
-        return "is a training workdir"
     folder = target
     while True:
         parent = os.path.dirname(folder)
@@ -55,3 +52,13 @@ def model_folder(path: str | os.PathLike) -> str | None:
         if parent == folder:
             return None
         folder = parent
+
+
+def model_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be an output folder of data or reports, as words completing
+    "``path`` ...", or None: ``bundle_folder``'s reasons, and a workdir itself would mix the
+    outputs with the run's files; a folder of its own inside a workdir (``runs/x/eval``) is
+    fine."""
+    if is_training_workdir(os.path.abspath(os.fspath(path))):
+        return "is a training workdir"
+    return bundle_folder(path)

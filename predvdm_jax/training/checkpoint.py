@@ -35,6 +35,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
+from predvdm_jax.data import hdf5
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax import folders
 from predvdm_jax.folders import CHECKPOINT_DIR
@@ -83,9 +84,18 @@ class CheckpointReadError(ValueError):
     """A checkpoint step on disk could not be read (damaged or incomplete files)."""
 
 
-def check_workdir(workdir: str) -> None:
-    """Raises ``ValueError`` when ``workdir`` (or a folder above it) is an existing file: a run
-    could write nothing there."""
+_START_FROM = {
+    "denoiser": "--config.train.init_from={bundle}",
+    "vq": "--config.vq_train.init_from={bundle}/vq.safetensors",
+}
+"""How each trainer (``TRAINERS``) starts from the weights of a bundle."""
+
+
+def check_workdir(workdir: str, trainer: str = "denoiser") -> None:
+    """Raises ``ValueError`` when ``workdir`` cannot be a run's folder: an existing file (or a
+    folder above it is one), an inference bundle or a folder in one (``folders.bundle_folder``),
+    or a dataset's folder (it holds shards, or splits of shards), which the run's files would
+    join."""
     path = atomic_io.file_in_the_way(workdir)
     if path is not None:
         where = "" if path == os.path.abspath(workdir) else f" ({path} is a file)"
@@ -93,6 +103,27 @@ def check_workdir(workdir: str) -> None:
             f"--workdir {workdir} is not a folder{where}; pass a new folder, or the workdir of "
             f"the run to resume."
         )
+    fix = "pass a new folder for the run"
+    problem = folders.bundle_folder(workdir)
+    if problem is not None and folders.is_bundle(workdir):
+        start_from = _START_FROM[trainer].format(bundle=workdir)
+        fix += f" (to start from the bundle's weights: {start_from})"
+    elif problem is None:
+        problem = _dataset_folder(workdir)
+    if problem is not None:
+        raise ValueError(f"--workdir {workdir} {problem}; {fix}.")
+
+
+def _dataset_folder(path: str) -> str | None:
+    """Why ``path`` is a dataset's folder, as words completing "``path`` ...", or None."""
+    if not os.path.isdir(path):
+        return None
+    if hdf5.shard_paths(path):
+        return "holds a dataset's shards (it is a split folder)"
+    splits = hdf5.split_dirs(path)
+    if splits:
+        return f"holds a dataset (its splits {', '.join(splits)})"
+    return None
 
 
 def _first_line(err: BaseException) -> str:

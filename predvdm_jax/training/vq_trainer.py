@@ -559,7 +559,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
     is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
     """
-    checkpoint.check_workdir(workdir)
+    checkpoint.check_workdir(workdir, trainer="vq")
     checkpoint.check_saved_config(
         workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"
     )

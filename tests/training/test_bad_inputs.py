@@ -233,6 +233,51 @@ def test_a_workdir_that_is_a_file_is_refused_up_front(tmp_path):
     assert afile.read_text() == "keep me"
 
 
+def test_a_bundle_or_a_dataset_is_refused_as_workdir_and_left_alone(tmp_path):
+    """Both trainers used to train into an exported bundle, or beside a split's shards."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("config.json", "denoiser.safetensors", "vq.safetensors"):
+        (bundle / name).write_text(name)
+    write_split(str(tmp_path / "data" / "train"), [np.zeros((3, 4, 4), np.uint8)])
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    config = tiny_config()
+    refusals = [
+        (
+            diffusion_trainer.train,
+            bundle,
+            "is an inference bundle; pass a new folder for the run (to start from the bundle's "
+            f"weights: --config.train.init_from={bundle}).",
+        ),
+        (
+            vq_trainer.train_vq,
+            bundle,
+            "is an inference bundle; pass a new folder for the run (to start from the bundle's "
+            f"weights: --config.vq_train.init_from={bundle}/vq.safetensors).",
+        ),
+        (
+            diffusion_trainer.train,
+            bundle / "run",
+            f"is inside the bundle {bundle}; pass a new folder for the run.",
+        ),
+        (
+            vq_trainer.train_vq,
+            tmp_path / "data" / "train",
+            "holds a dataset's shards (it is a split folder); pass a new folder for the run.",
+        ),
+        (
+            diffusion_trainer.train,
+            tmp_path / "data",
+            "holds a dataset (its splits train); pass a new folder for the run.",
+        ),
+    ]
+    for train, workdir, problem in refusals:
+        with pytest.raises(ValueError) as err:
+            train(config, str(workdir))
+        assert str(err.value) == f"--workdir {workdir} {problem}"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 def test_export_refuses_to_overwrite_a_file_it_did_not_write(tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
