@@ -588,13 +588,15 @@ class VideoShards:
         except OSError as err:
             raise damaged_shard(path, f"video {local} frame {t}", err) from None
 
-    def check_min_length(self, num_frames: int) -> None:
+    def check_min_length(self, num_frames: int, fix: str) -> None:
+        """``DatasetError`` unless every video has ``num_frames``; ``fix`` says how to ask for
+        fewer (the caller's flag or config field)."""
         short = np.flatnonzero(self.frame_counts < num_frames)
         if short.size:
             raise DatasetError(
-                f"{self.split_dir}: {short.size} video(s) are shorter than the clip length {num_frames} "
-                f"(e.g. video {int(short[0])} has {int(self.frame_counts[short[0]])} frames); use a "
-                f"shorter clip (data.frames_per_sample / eval horizon) or drop those videos."
+                f"{self.split_dir}: {short.size} video(s) are shorter than the clip length "
+                f"{num_frames} (e.g. video {int(short[0])} has "
+                f"{int(self.frame_counts[short[0]])} frames); {fix}, or drop those videos."
             )
 
     @property

@@ -231,7 +231,7 @@ def train_iterator(
     from this process's memory, faster than any worker could hand it over.
     """
     shards = VideoShards(split_dir, kind)
-    shards.check_min_length(num_frames)
+    shards.check_min_length(num_frames, "use shorter training clips (data.frames_per_sample)")
     if shards.nbytes <= preload_max_bytes:
         shards.load_into_memory()
     windows = TrainWindows(shards.frame_counts, num_frames, seed, horizontal_flip)
@@ -279,7 +279,11 @@ def check_frame_size(shards: VideoShards, image_size: int, channels: int) -> Non
         return
     kind = {1: "1-channel (gray)", 3: "3-channel (RGB)"}.get(channels, f"{channels}-channel")
     if shards.channels == channels:
-        fix = f"use a split prepared for it (scripts/prepare_data.py --image_size={image_size})"
+        fix = (
+            f"write the split with {image_size}x{image_size} frames (scripts/prepare_data.py "
+            f"--image_size={image_size}; frames of your own: resize them before "
+            f"hdf5.write_split)"
+        )
     elif not size_differs:
         fix = (
             f"use a split of {kind} frames (scripts/prepare_data.py has no option to change a "
@@ -310,22 +314,31 @@ def eval_iterator(
     image_size: int | None = None,
     channels: int | None = None,
     clips_per_batch: int | None = None,
+    field: str = "",
+    fewer_frames: str = "use shorter clips",
 ) -> ClipIterator:
     """The fixed evaluation clips in batches of ``batch_size`` rows, ``clips_per_batch``
     (default ``batch_size``) of them clips: batch ``b`` holds clips ``b·clips_per_batch`` on,
     whatever ``batch_size`` (rounded up to fill the devices) is. The other rows repeat clip 0;
     every batch carries ``mask`` (1 for real clips) and ``index`` (clip number).
-    With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``."""
+    With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``.
+    ``field``: the config field naming ``split_dir``, which starts the split's errors;
+    ``fewer_frames``: how to ask for fewer than ``num_frames`` (a flag or config field)."""
     clips_per_batch = batch_size if clips_per_batch is None else clips_per_batch
     if num_clips < 1 or not 1 <= clips_per_batch <= batch_size:
         raise ValueError(
             f"need num_clips >= 1 and 1 <= clips_per_batch <= batch_size, got {num_clips}, "
             f"{clips_per_batch} and {batch_size}"
         )
-    shards = VideoShards(split_dir, kind)
-    if image_size is not None:
-        check_frame_size(shards, image_size, channels)
-    shards.check_min_length(num_frames)
+    try:
+        shards = VideoShards(split_dir, kind)
+        if image_size is not None:
+            check_frame_size(shards, image_size, channels)
+        shards.check_min_length(num_frames, fewer_frames)
+    except DatasetError as err:
+        if field:
+            raise DatasetError(f"{field}: {err}") from None
+        raise
     windows = eval_windows(shards.frame_counts, num_clips, num_frames, seed)
     local, process = _local_share(batch_size)
     num_batches = -(-num_clips // clips_per_batch)

@@ -214,6 +214,8 @@ def evaluate_samplers(
         image_size=config.data.image_size,
         channels=config.data.channels,
         clips_per_batch=clips_per_batch,
+        field="data.test_dir",
+        fewer_frames="predict fewer frames (evaluate.py --pred_frames)",
     )
     num_batches = -(-protocol.num_clips // clips_per_batch)
     # What the resume fingerprint records of the weights, from the host trees given.
@@ -414,8 +416,8 @@ def score_folders(
         )
     shortest = int(min(real_set.frame_counts.min(), fake_set.frame_counts.min()))
     num_frames = num_frames or shortest
-    real_set.check_min_length(num_frames)
-    fake_set.check_min_length(num_frames)
+    for videos in (real_set, fake_set):
+        videos.check_min_length(num_frames, "score fewer frames (evaluate.py --num_frames)")
     count = len(real_set)
     lpips = lpips_lib.load_lpips_params(lpips_params)
     if fvd:

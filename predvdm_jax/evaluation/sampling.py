@@ -88,6 +88,8 @@ def predict_test_clips_or_video(
             config.eval.seed,
             image_size=config.data.image_size,
             channels=config.data.channels,
+            field="data.test_dir",
+            fewer_frames="predict fewer frames (sample.py --num_frames)",
         )
         clips = next(batches)["video"]
     cond, future = clips[:, :cond_frames], clips[:, cond_frames:]

@@ -14,7 +14,10 @@ def check_split_frames(split_dir: str, config: Any, field: str) -> VideoShards:
     """Opens the frame split ``split_dir`` (config field ``data.<field>``) and raises
     ``DatasetError`` naming the folder, its frames' size and the config's unless its frames are
     ``data.image_size``² with ``data.channels``; returns the opened split."""
-    shards = VideoShards(split_dir)
+    try:
+        shards = VideoShards(split_dir)
+    except DatasetError as err:
+        raise DatasetError(f"data.{field}: {err}") from None
     try:
         check_frame_size(shards, int(config.data.image_size), int(config.data.channels))
     except DatasetError as err:

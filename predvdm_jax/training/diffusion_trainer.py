@@ -86,6 +86,8 @@ def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
         kind="latents" if cached else "frames",
         num_threads=d.num_threads,
         prefetch=d.prefetch,
+        field="data.latent_test_dir" if cached else "data.test_dir",
+        fewer_frames="validate on shorter clips (data.cond_frames + data.pred_frames)",
     )
     return [next(iterator) for _ in range(num_batches)]
 

@@ -45,6 +45,8 @@ def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
         sharding=mesh_lib.batch_sharding(mesh),
         num_threads=1,
         prefetch=1,
+        field="data.test_dir",
+        fewer_frames="preview fewer frames (eval.pred_frames)",
     )
     return next(clips)["video"]
 

@@ -275,8 +275,13 @@ def test_a_frame_shape_differing_from_an_earlier_shard_is_refused_when_written(t
 def test_video_shorter_than_clip(tmp_path):
     hdf5.write_split(str(tmp_path), _videos(np.random.default_rng(3), [20, 8], (4, 4)))
     shards = hdf5.VideoShards(str(tmp_path))
-    with pytest.raises(hdf5.DatasetError, match="shorter than the clip length 10"):
-        shards.check_min_length(10)
+    with pytest.raises(
+        hdf5.DatasetError,
+        match=r"1 video\(s\) are shorter than the clip length 10 \(e.g. video 1 has 8 frames\); "
+        r"ask for less, or drop those videos\.$",
+    ):
+        shards.check_min_length(10, "ask for less")
+    shards.check_min_length(8, "ask for less")
 
 
 def test_interrupted_write_leaves_no_finished_shard(tmp_path):

@@ -553,22 +553,38 @@ def _earlier_sweep(out, labels):
     (out / "sweep.md").write_text("an earlier sweep's")
 
 
-def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_path):
+def test_a_test_split_that_cannot_give_the_clips_is_refused_before_predicting(tmp_path):
+    """Frames of another size, no split at all, or videos shorter than the clip: one error
+    starting with the config field (a bundle's recorded path may be another machine's), and
+    for short videos the flag of the script that asks for fewer frames."""
     from predvdm_jax.data.hdf5 import DatasetError
+    from predvdm_jax.evaluation import sampling
     from predvdm_jax.interop import bundle as bundle_lib
 
     bundle = bundle_lib.load_bundle(_tiny_bundle(tmp_path, _videos(5)))
     rng = np.random.default_rng(0)
-    for name, frames in (
-        ("small", rng.integers(0, 256, (COND + PRED, SIZE // 2, SIZE // 2), np.uint8)),
-        ("rgb", rng.integers(0, 256, (COND + PRED, SIZE, SIZE, 3), np.uint8)),
-    ):
+    splits = {
+        "small": rng.integers(0, 256, (COND + PRED, SIZE // 2, SIZE // 2), np.uint8),
+        "rgb": rng.integers(0, 256, (COND + PRED, SIZE, SIZE, 3), np.uint8),
+        "short": rng.integers(0, 256, (COND + PRED - 1, SIZE, SIZE), np.uint8),
+    }
+    for name, frames in splits.items():
         hdf5.write_split(str(tmp_path / name), [frames] * 2)
+    too_short = (
+        rf"{tmp_path / 'short'}: 2 video\(s\) are shorter than the clip length {COND + PRED} "
+        rf"\(e.g. video 0 has {COND + PRED - 1} frames\); predict fewer frames \({{script}}\), "
+        r"or drop those videos\.$"
+    )
+    for name, problem in (
+        ("small", rf".* holds .* but the model takes data.image_size={SIZE}"),
+        ("rgb", rf".* holds .* but the model takes data.image_size={SIZE}"),
+        ("missing", rf"Dataset folder '{tmp_path / 'missing'}' does not exist"),
+        ("short", too_short),
+    ):
         config = bundle.config.copy_and_resolve_references()
         config.data.test_dir = str(tmp_path / name)
-        with pytest.raises(
-            DatasetError, match=rf"holds .* but the model takes data.image_size={SIZE}"
-        ):
+        message = f"^data.test_dir: {problem}"
+        with pytest.raises(DatasetError, match=message.format(script="evaluate.py --pred_frames")):
             run_lib.evaluate_model(
                 config,
                 bundle.params,
@@ -578,6 +594,13 @@ def test_a_test_split_of_another_frame_size_is_refused_before_predicting(tmp_pat
                 pred_frames=PRED,
                 source="test",
                 show_progress=False,
+            )
+        with pytest.raises(DatasetError, match=message.format(script="sample.py --num_frames")):
+            sampling.predict_test_clips_or_video(
+                bundle_lib.Bundle(config, bundle.params, bundle.vq_params),
+                jax.random.PRNGKey(0),
+                num_frames=PRED,
+                num_clips=2,
             )
     assert not (tmp_path / "out").exists()
 

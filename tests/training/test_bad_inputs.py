@@ -64,9 +64,9 @@ def test_frames_of_another_size_or_channel_count_are_refused_before_training(tmp
         diffusion_trainer.train_iterator(big)
     assert str(err.value) == (
         f"data.train_dir: {splits['gray32']} holds 32x32 frames with 1 channel(s), but the model "
-        f"takes data.image_size=16 with data.channels=1; use a split prepared for it "
-        f"(scripts/prepare_data.py --image_size=16), or train a model for these frames with "
-        f"--config.data.image_size=32."
+        f"takes data.image_size=16 with data.channels=1; write the split with 16x16 frames "
+        f"(scripts/prepare_data.py --image_size=16; frames of your own: resize them before "
+        f"hdf5.write_split), or train a model for these frames with --config.data.image_size=32."
     )
     gray_as_rgb = _config(tmp_path, train_dir=splits["gray32"], test_dir=splits["gray16"])
     gray_as_rgb.data.unlock()
@@ -87,6 +87,11 @@ def test_frames_of_another_size_or_channel_count_are_refused_before_training(tmp
         diffusion_trainer.load_validation_batches(mismatched_test)
     with pytest.raises(DatasetError, match=f"^data.test_dir: .*{fix}"):
         preview.load_preview_clips(mismatched_test, mesh_lib.make_mesh())
+
+    # A split that is not there is named by its field too.
+    missing = _config(tmp_path, train_dir=str(tmp_path / "nowhere"), test_dir=splits["gray16"])
+    with pytest.raises(DatasetError, match=f"^data.train_dir: Dataset folder '{tmp_path}/nowhere'"):
+        diffusion_trainer.train_iterator(missing)
 
     # The VQ trainer: both splits, before a model is built (the workdir stays empty).
     with pytest.raises(DatasetError, match="^data.train_dir: .* 3 channel"):
