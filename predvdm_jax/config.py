@@ -631,6 +631,34 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+PATH_FIELDS = (
+    "vq_params",
+    "data.train_dir",
+    "data.test_dir",
+    "data.latent_train_dir",
+    "data.latent_test_dir",
+    "train.init_from",
+    "vq_train.init_from",
+    "eval.lpips_params",
+    "eval.i3d_params",
+)
+"""The config's files and folders."""
+
+
+def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``PATH_FIELDS`` are absolute (``~`` expanded). A training run
+    records its config in its checkpoints and bundles, which are read from other working
+    directories (and machines sharing the filesystem); paths relative to where the run
+    started would then name nothing. Empty fields and URLs (``gs://...``) stay as they are."""
+    config = config.copy_and_resolve_references()
+    for field in PATH_FIELDS:
+        section, _, name = field.rpartition(".")
+        holder = config[section] if section else config
+        if holder[name] and "://" not in holder[name]:
+            holder[name] = os.path.abspath(os.path.expanduser(holder[name]))
+    return config
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validates and locks a config (the last line of every ``get_config``)."""
     validate(config)

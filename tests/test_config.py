@@ -408,3 +408,29 @@ def test_a_sweep_entry_is_validated_like_the_config():
     config = config_lib.finalize(config_lib.default_config())
     with pytest.raises(config_lib.ConfigError, match=r"sweep entry 'steps=300': .*run 334 steps"):
         sweep.parse_sweep("steps=100;steps=300", config)
+
+
+def test_with_absolute_paths_resolves_relative_paths_and_home_and_keeps_urls(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", "/home/someone")
+    config = config_lib.default_config()
+    config.vq_params = "runs/vq/vq_params.safetensors"
+    config.data.train_dir = "~/data/train"
+    config.data.test_dir = "gs://bucket/data/test"
+    config.eval.i3d_params = "/abs/i3d.pkl"
+    resolved = config_lib.with_absolute_paths(config)
+    assert resolved.vq_params == f"{tmp_path}/runs/vq/vq_params.safetensors"
+    assert resolved.data.train_dir == "/home/someone/data/train"
+    assert resolved.data.test_dir == "gs://bucket/data/test"
+    assert resolved.eval.i3d_params == "/abs/i3d.pkl"
+    assert resolved.data.latent_train_dir == "" and resolved.train.init_from == ""
+    assert config.vq_params == "runs/vq/vq_params.safetensors"  # a copy
+    # Every file or folder field is one of them (a new one must be added there).
+    named_like_paths = {
+        f"{section}.{name}" if section != "." else name
+        for section, fields in [(".", config)] + list(config.items())
+        if isinstance(fields, ml_collections.ConfigDict)
+        for name, value in fields.items()
+        if isinstance(value, str) and name.endswith(("_dir", "_params", "init_from"))
+    }
+    assert named_like_paths == set(config_lib.PATH_FIELDS)

@@ -162,7 +162,9 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state. A workdir whose
     checkpoint is of another model (or trainer, or optimizer state) is a ``ConfigError``
-    naming the fields; a ``workdir`` that is a file, a ``ValueError``."""
+    naming the fields; a ``workdir`` that is a file, a ``ValueError``. The run records its files
+    and folders as absolute paths (``config.with_absolute_paths``)."""
+    config = config_lib.with_absolute_paths(config)
     checkpoint.check_workdir(workdir)
     checkpoint.check_saved_config(workdir, config)
     initial_params = loop.fine_tuning_params(

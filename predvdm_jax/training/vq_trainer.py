@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
-from predvdm_jax.config import ConfigError
+from predvdm_jax.config import ConfigError, with_absolute_paths
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, reading_options, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -558,7 +558,9 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     engine, then ``workdir/vq_params.safetensors`` (raw params) and
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
     is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
+    The run records its files and folders as absolute paths (``config.with_absolute_paths``).
     """
+    config = with_absolute_paths(config)
     checkpoint.check_workdir(workdir, trainer="vq")
     checkpoint.check_saved_config(
         workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"

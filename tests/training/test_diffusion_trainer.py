@@ -312,20 +312,37 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
     assert not os.path.exists(workdir)
 
 
-def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path):
+def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path, monkeypatch):
     """Fine-tuning: a new run with train.init_from starts from the bundle's EMA weights (Adam
     moves a weight by about lr per step, so after 2 steps of lr 1e-7 they are within 1e-6 of
-    them, far from a fresh initialisation); a bundle of another model is one ConfigError."""
+    them, far from a fresh initialisation); a bundle of another model is one ConfigError.
+    Paths given relative to the working directory are recorded absolute, so the run loads
+    from anywhere."""
     config, model, vq_params, _ = _tiny_run(tmp_path)
     start = random_params_from_init(model.init_denoiser, 11)
     bundle_lib.save_bundle(str(tmp_path / "start"), bundle_lib.Bundle(config, start, vq_params))
     run = config.copy_and_resolve_references()
-    run.train.update(
-        dict(init_from=str(tmp_path / "start"), num_steps=2, save_every=2, log_every=1)
-    )
+    monkeypatch.chdir(tmp_path)
+    run.train.update(dict(init_from="start", num_steps=2, save_every=2, log_every=1))
     run.train.update(dict(eval_every=0, keep_best=0, preview_every=0))
+    for field in ("vq_params", "data.latent_train_dir", "data.test_dir"):
+        section, _, name = field.rpartition(".")
+        holder = run[section] if section else run
+        holder[name] = os.path.relpath(holder[name], tmp_path)
     run.optimizer.base_learning_rate = 1e-7
-    state = jax.device_get(diffusion_trainer.train(run, str(tmp_path / "run")))
+    state = jax.device_get(diffusion_trainer.train(run, "run"))
+    monkeypatch.chdir(tmp_path / "start")
+    recorded, _ = checkpoint.load_model(workdir=str(tmp_path / "run"))
+    for field, path in (
+        ("vq_params", config.vq_params),
+        ("data.latent_train_dir", config.data.latent_train_dir),
+        ("data.test_dir", config.data.test_dir),
+        ("train.init_from", str(tmp_path / "start")),
+    ):
+        section, _, name = field.rpartition(".")
+        assert (recorded.config[section] if section else recorded.config)[name] == path, field
+    jax.tree.map(np.testing.assert_array_equal, recorded.vq_params, vq_params)
+    monkeypatch.chdir(tmp_path)
     fresh = jax.device_get(nn.unbox(model.init_denoiser(jax.random.PRNGKey(run.seed))))
     for weights in (state.params, state.ema_params):
         moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), weights, start)
