@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib
-from predvdm_jax.data.hdf5 import DatasetError, split_dirs
+from predvdm_jax.data.hdf5 import DatasetError, shard_paths, split_dirs
 from predvdm_jax.data.latent_cache import check_output, check_output_folder, encode_split
 from predvdm_jax.interop.params import load_vq_params
 
@@ -38,6 +38,12 @@ def _splits(src: str) -> list[str]:
             f"(scripts/make_moving_digits.py or scripts/prepare_data.py)."
         )
     names = split_dirs(src)
+    if not names and shard_paths(src):
+        parent = os.path.dirname(os.path.abspath(src))
+        raise DatasetError(
+            f"--src {src!r} is a split folder (it holds shard files); pass the dataset folder "
+            f"that holds the splits: --src={parent}"
+        )
     if not names:
         raise DatasetError(f"--src {src!r} holds no split folders with shard files.")
     return names
@@ -69,12 +75,14 @@ def main():
         },
     )
     check_output_folder(FLAGS.src, FLAGS.out)  # before any work
+    splits = _splits(FLAGS.src)
     config = config_lib.validate(FLAGS.config)
     params_path = FLAGS.vq_params or config.vq_params
     if not params_path:
         raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
-    vq_params = load_vq_params(params_path, config)
-    splits = _splits(FLAGS.src)
+    vq_params = load_vq_params(
+        params_path, config, "--vq_params" if FLAGS.vq_params else "config.vq_params"
+    )
     for split in splits:  # every split's --out folder is checked before any is written
         check_output(
             config,

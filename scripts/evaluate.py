@@ -130,7 +130,7 @@ def _score_folders():
 def _evaluate_vq():
     overrides = config_flags.get_override_values(FLAGS["config"])
     config = config_lib.validate(FLAGS.config)
-    vq_params = load_vq_params(FLAGS.vq_params, config)
+    vq_params = load_vq_params(FLAGS.vq_params, config, "--vq_params")
     protocol = protocol_lib.protocol_from_config(
         config, overrides, name=FLAGS.protocol, num_clips=FLAGS.num_clips
     )

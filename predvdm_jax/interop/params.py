@@ -15,23 +15,26 @@ from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_saf
 from predvdm_jax.tensor_files import check_keys, check_weights_setting
 
 
-def load_vq_params(path: str, config: ml_collections.ConfigDict | None = None) -> Any:
+def load_vq_params(
+    path: str, config: ml_collections.ConfigDict | None = None, setting: str = "config.vq_params"
+) -> Any:
     """The VQ params in ``path``; with ``config``, a ``ValueError`` listing every key whose
-    presence or shape differs from the params of ``config``'s VQ."""
+    presence or shape differs from the params of ``config``'s VQ. ``setting``: the config field
+    or flag that gave ``path``, which the errors name."""
     if not path:
         raise FileNotFoundError(
-            "config.vq_params is empty: point it at VQ params made by "
+            f"{setting} is empty: point it at VQ params made by "
             "scripts/train_vq.py or scripts/convert_ldm_vq.py."
         )
     check_weights_setting(
         path,
-        "config.vq_params",
+        setting,
         "train them with scripts/train_vq.py or convert the LDM vq-f4 checkpoint with "
         "scripts/convert_ldm_vq.py",
     )
     convert = (
         f"convert it with scripts/convert_ldm_vq.py --ckpt={path} --out=vq.safetensors and set "
-        "config.vq_params to the output"
+        f"{setting} to the output"
     )
     if path.endswith((".ckpt", ".pt", ".pth")):
         raise ValueError(f"VQ params {path!r} is a PyTorch checkpoint, not Flax params; {convert}")

@@ -574,7 +574,10 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_split_frames(config.data.train_dir, config, "train_dir")
     v = config.vq_train
     initial_params = fine_tuning_params(
-        workdir, "vq_train.init_from", v.init_from, lambda path: load_vq_params(path, config)
+        workdir,
+        "vq_train.init_from",
+        v.init_from,
+        lambda path: load_vq_params(path, config, "vq_train.init_from"),
     )
     derived = engine_config(config)
     objective = VQObjective.from_config(config)

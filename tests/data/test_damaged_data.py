@@ -352,6 +352,11 @@ def test_encode_dataset_refuses_an_out_file_or_the_source_up_front(tmp_path):
         assert line.startswith(
             f"error: the latent cache '{out}' would be written into its source frame split '{src}'"
         )
+    line = _run_script("encode_dataset.py", config, f"--src={src / 'train'}", "--out=unused")
+    assert line == (
+        f"error: --src '{src / 'train'}' is a split folder (it holds shard files); pass the "
+        f"dataset folder that holds the splits: --src={src}"
+    )
     assert sorted(os.listdir(src)) == ["train"] and os.listdir(src / "train") == ["shard_0001.hdf5"]
     assert (tmp_path / "afile").read_text() == "x"
 

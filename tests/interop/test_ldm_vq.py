@@ -414,8 +414,13 @@ def test_vq_params_that_name_a_folder_say_so(tmp_path):
 
     with pytest.raises(ValueError, match="is a folder"):
         params_lib.load_vq_params(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match=r"\(config\.vq_params\) not found"):
         params_lib.load_vq_params(str(tmp_path / "nope.safetensors"))
+    # A flag that gave the path is named instead of the config field.
+    with pytest.raises(FileNotFoundError, match=r"\(--vq_params\) not found"):
+        params_lib.load_vq_params(str(tmp_path / "nope.safetensors"), None, "--vq_params")
+    with pytest.raises(FileNotFoundError, match=r"^--vq_params is empty"):
+        params_lib.load_vq_params("", None, "--vq_params")
 
 
 def test_convert_script_refuses_bad_outputs_before_reading_the_checkpoint(tmp_path):
