@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -13,6 +15,17 @@ from predvdm_jax.data.loader import to_model_range
 from predvdm_jax.data.resize import center_square, resize_lanczos
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_JAX_FORK_WARNING = r"os\.fork\(\) was called\. os\.fork\(\) is incompatible with multithreaded"
+
+
+@contextlib.contextmanager
+def without_jax_fork_warning():
+    """Drops JAX's deadlock warning on a fork, only inside the block: imageio-ffmpeg starts
+    ffmpeg (to read or write MP4/AVI) through a fork (its preexec_fn) that execs ffmpeg at
+    once, which cannot deadlock on JAX's threads."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JAX_FORK_WARNING, category=RuntimeWarning)
+        yield
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -53,7 +66,8 @@ def _is_single_image(path: str, frames: np.ndarray) -> bool:
     import imageio.v3 as iio
 
     try:
-        return not iio.improps(path, index=None).is_batch
+        with without_jax_fork_warning():
+            return not iio.improps(path, index=None).is_batch
     except Exception:  # a plugin without properties: trust the file name
         return path.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -85,7 +99,8 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
     import imageio.v3 as iio
 
     try:
-        frames = np.asarray(iio.imread(path, index=None))
+        with without_jax_fork_warning():
+            frames = np.asarray(iio.imread(path, index=None))
     except Exception as err:
         raise ValueError(
             f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "

@@ -13,12 +13,12 @@ import os
 import re
 import resource
 import sys
-import warnings
 from typing import Any, Mapping
 
 import numpy as np
 
 from predvdm_jax import atomic_io, folders
+from predvdm_jax.data import video_files
 from predvdm_jax.evaluation.images import SEPARATOR_PIXELS, paired_grid, to_uint8
 from predvdm_jax.evaluation.protocol import FVD_VARIANTS
 
@@ -138,16 +138,9 @@ def _mp4_frames(frames: np.ndarray) -> list[np.ndarray]:
     return list(np.pad(rgb, pad, constant_values=255))
 
 
-# JAX warns on every fork; imageio-ffmpeg starts ffmpeg through a fork (its preexec_fn) that
-# execs ffmpeg at once, which cannot deadlock on JAX's threads.
-_JAX_FORK_WARNING = r"os\.fork\(\) was called\. os\.fork\(\) is incompatible with multithreaded"
-
-
 def _write_mp4(imageio_v2: Any, path: str, frames: list[np.ndarray], fps: int) -> None:
-    """H.264 ``frames`` to ``path`` through imageio-ffmpeg, without JAX's spurious fork
-    warning at ffmpeg's start (that warning alone is dropped, only in this write)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JAX_FORK_WARNING, category=RuntimeWarning)
+    """H.264 ``frames`` to ``path`` through imageio-ffmpeg."""
+    with video_files.without_jax_fork_warning():
         imageio_v2.mimwrite(path, frames, format="FFMPEG", fps=fps, macro_block_size=1)
 
 

@@ -115,3 +115,18 @@ def test_video_files_of_16_bit_frames_are_scaled_and_of_float_frames_refused(tmp
         r"with 8- or 16-bit frames\.$",
     ):
         video_files.read_clip(str(tmp_path / "float.tif"), 8, 3, 3)
+
+
+def test_reading_an_mp4_with_jax_initialised_emits_no_fork_warning(tmp_path, recwarn):
+    """Like writing one (test_report): ffmpeg's start forks, on which JAX warns of a deadlock;
+    ffmpeg is exec'd at once, so the warning is dropped around that read."""
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v3 as iio
+    import jax.numpy as jnp
+
+    frames = np.full((4, 16, 16, 3), 128, np.uint8)
+    iio.imwrite(tmp_path / "clip.mp4", frames, fps=5)
+    jnp.zeros(1).block_until_ready()  # JAX's backend (and its at-fork warning) is initialised
+    clip = video_files.read_clip(str(tmp_path / "clip.mp4"), 16, 3, 2, max_frames=4)
+    assert clip.shape == (4, 16, 16, 3) and np.abs(clip - (128 / 127.5 - 1)).max() < 0.05
+    assert not [w for w in recwarn if "os.fork() was called" in str(w.message)]
