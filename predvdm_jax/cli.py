@@ -292,7 +292,28 @@ def _flags_error_line(path: str | None, err: Exception) -> str:
         and "config" in flags.FLAGS  # a script that takes a config file
     ):
         return f"--{unknown} overrides a field of a config file: pass --config=<file> with it"
+    if isinstance(err, flags.UnrecognizedFlagError) and unknown and "config" in flags.FLAGS:
+        fields = _fields_named(unknown)
+        if fields:
+            overrides = " or ".join(f"--config.{field}" for field in fields)
+            return f"{message}; it is a config field: {overrides}"
     return f"{message} (see --helpshort)"
+
+
+def _fields_named(name: str) -> list[str]:
+    """The config fields whose last part is ``name`` (``num_steps``: ``train.num_steps``, ...),
+    or its boolean flag form less ``no`` (``nofvd``: ``eval.fvd``)."""
+    leaves = []
+
+    def walk(node: ml_collections.ConfigDict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, prefix + key + ".")
+            elif key == name or (isinstance(value, bool) and "no" + key == name):
+                leaves.append(prefix + key)
+
+    walk(_config().default_config(), "")
+    return leaves
 
 
 def parse_flags(argv: list[str], *, args: str | None = None) -> list[str]:

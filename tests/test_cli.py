@@ -412,3 +412,10 @@ def test_orbax_info_lines_are_dropped_and_its_warnings_kept():
     assert not cli.quiet_orbax_info(record(logging.INFO, orbax_file))
     assert cli.quiet_orbax_info(record(logging.WARNING, orbax_file))
     assert cli.quiet_orbax_info(record(logging.INFO, checkpoint.__file__))  # the run's own lines
+
+
+def test_a_config_field_given_as_a_script_flag_names_the_override():
+    assert _printed("train.py", f"--config={DEMO_CONFIG}", "--workdir=unused", "--num_steps=3") == (
+        "error: Unknown command line flag 'num_steps'; it is a config field: "
+        "--config.train.num_steps or --config.vq_train.num_steps"
+    )
