@@ -186,9 +186,11 @@ def _evaluate_model():
         print(report.markdown_table(all_metrics[protocol_lib.MODEL]))
         print(f"wrote {FLAGS.out}/metrics.json")
         if FLAGS.save_predictions:
+            last = protocol.num_samples - 1
+            samples = f"sample_0/ ... sample_{last}/" if last else "sample_0/"
             print(
-                f"wrote {FLAGS.out}/predictions/ (real/, sample_0/ ... "
-                f"sample_{protocol.num_samples - 1}/, clips.json); re-score a sample with "
+                f"wrote {FLAGS.out}/predictions/ (real/, {samples}, clips.json); re-score a "
+                f"sample with "
                 f"--real_dir={FLAGS.out}/predictions/real "
                 f"--fake_dir={FLAGS.out}/predictions/sample_0 "
                 f"--cond_frames={bundle.config.data.cond_frames}"
