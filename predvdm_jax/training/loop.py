@@ -10,8 +10,8 @@ Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
 batches an uninterrupted run would and reaches the same parameters.
 
-On SIGTERM (a preemption notice) the loop finishes its step, saves it, and
-raises ``TrainingPreempted``; rerunning the same command resumes from there.
+On SIGTERM (a preemption notice) or a first Ctrl-C the loop finishes its step, saves it,
+and raises ``TrainingPreempted``; rerunning the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from predvdm_jax.training.checkpoint import (
 from predvdm_jax.training.flops import matmul_flops, peak_bf16_flops
 from predvdm_jax.training.metric_writers import ProgressReporter, create_default_writer
 from predvdm_jax.training.optim import make_optimizer
-from predvdm_jax.training.preemption import PreemptionWatch
+from predvdm_jax.training.preemption import SIGTERM_EXIT, PreemptionWatch
 from predvdm_jax.training.sharding import fsdp_split_fraction
 from predvdm_jax.training.train_state import TrainState, abstract_train_state, create_train_state
 from predvdm_jax.training.train_step import LossFn, make_train_step, microbatch_split_error
@@ -52,9 +52,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingPreempted(Exception):
-    """SIGTERM stopped the run after a step that was then saved: rerun to resume."""
+    """SIGTERM or Ctrl-C stopped the run after a step that was then saved: rerun to resume."""
 
-    exit_code = 143  # what the shell reports for a process SIGTERM killed: "not finished"
+    exit_code = SIGTERM_EXIT  # what the shell reports for a process SIGTERM killed
+
+    def __init__(self, message: str, exit_code: int = SIGTERM_EXIT):
+        super().__init__(message)
+        self.exit_code = exit_code  # SIGINT_EXIT (130) after a Ctrl-C
 
 
 @jax.jit
@@ -141,7 +145,7 @@ def train_loop(
     is logged at its own interval (see ``Evaluation``). Each hook is
     called as ``hook(step, state, metrics)`` after every step.
 
-    SIGTERM raises ``TrainingPreempted`` after the running step is saved.
+    SIGTERM or a first Ctrl-C raises ``TrainingPreempted`` after the running step is saved.
     A NaN/Inf loss raises ``NonFiniteLossError`` naming the step, after
     pending checkpoint saves finish and without saving the bad state; so do
     NaN/Inf weights at a save step.
@@ -316,7 +320,8 @@ def train_loop(
                 checkpointer.wait_until_finished()
                 raise TrainingPreempted(
                     f"stopped by {watch.notice} after step {step_number} of {num_steps}; saved "
-                    f"it in {checkpointer.directory}: run the same command again to resume"
+                    f"it in {checkpointer.directory}: run the same command again to resume",
+                    watch.exit_code,
                 )
         fail_if_not_finite()
         if last_saved != num_steps and num_steps > start_step:

@@ -267,10 +267,11 @@ def test_a_nan_loss_in_vq_training_is_one_error_line(tmp_path):
     assert re.match(r"error: loss is (nan|inf) at step \d+; stopped without saving", line), line
 
 
-def test_a_preempted_run_exits_143_naming_the_saved_step(capsys):
+@pytest.mark.parametrize("code", [143, 130])  # SIGTERM; Ctrl-C
+def test_a_preempted_run_exits_143_or_130_naming_the_saved_step(capsys, code):
     with pytest.raises(SystemExit) as exited, one_line_errors():
-        raise loop.TrainingPreempted("saved step 4; rerun to resume")
-    assert exited.value.code == 143
+        raise loop.TrainingPreempted("saved step 4; rerun to resume", code)
+    assert exited.value.code == code
     assert capsys.readouterr().err == "preempted: saved step 4; rerun to resume\n"
 
 

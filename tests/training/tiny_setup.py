@@ -246,6 +246,12 @@ def _main(args: dict) -> None:
         hooks.append(
             lambda step, state, metrics: step == sigterm_at and os.kill(os.getpid(), signal.SIGTERM)
         )
+    for sigint_at in args.get("sigint_at_step", {}).get(str(jax.process_index()), []):
+        hooks.append(  # a Ctrl-C to this process only, once per listed step
+            lambda step, state, metrics, at=sigint_at: (
+                step == at and os.kill(os.getpid(), signal.SIGINT)
+            )
+        )
     if args.get("hang_after_step"):  # stands still until killed, its checkpoints landing
         hooks.append(
             lambda step, state, metrics: step > args["hang_after_step"] and time.sleep(600)
