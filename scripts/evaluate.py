@@ -35,7 +35,7 @@ from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
-from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.interop.params import load_vq_params, with_recorded_vq
 from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag(
@@ -50,7 +50,8 @@ flags.DEFINE_string(
     None,
     "VQ params file (scripts/train_vq.py's WORKDIR/vq_params.safetensors): no model, only the "
     "copy-last-frame and VQ-reconstruction baselines (the first stage's floor); the VQ's "
-    "architecture is the default config with --config.vq.* / --config.data.* overrides.",
+    "architecture and frame size are those train_vq.py recorded in the file (else the "
+    "defaults, LDM's vq-f4), with --config.vq.* / --config.data.* overrides.",
 )
 flags.DEFINE_bool("use_ema", True, "With --workdir: evaluate the EMA weights (else the raw ones).")
 flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
@@ -129,7 +130,7 @@ def _score_folders():
 
 def _evaluate_vq():
     overrides = config_flags.get_override_values(FLAGS["config"])
-    config = config_lib.validate(FLAGS.config)
+    config = config_lib.validate(with_recorded_vq(FLAGS.config, FLAGS.vq_params, overrides))
     vq_params = load_vq_params(FLAGS.vq_params, config, "--vq_params")
     protocol = protocol_lib.protocol_from_config(
         config, overrides, name=FLAGS.protocol, num_clips=FLAGS.num_clips

@@ -4,7 +4,8 @@ export or the demo use them, and a bundle's params against its ``config.json``."
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -13,6 +14,36 @@ from flax import linen as nn
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
 from predvdm_jax.tensor_files import check_keys, check_weights_setting
+
+
+RECORDED_DATA_FIELDS = ("image_size", "channels")
+"""The ``data`` fields ``scripts/train_vq.py`` records in its VQ params file, beside ``vq``."""
+
+
+def with_recorded_vq(
+    config: ml_collections.ConfigDict, path: str, given: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """``config`` with the VQ architecture (``vq``) and frames (``RECORDED_DATA_FIELDS``) that
+    ``scripts/train_vq.py`` recorded in the VQ params file ``path``, except the fields in
+    ``given`` (command-line overrides, which win). A file that records none (a converted LDM
+    vq-f4) leaves ``config`` as it is, as does a path that is no safetensors file (loading
+    it names the problem)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception:
+        return config
+    given = set(given)
+    config = config.copy_and_resolve_references()
+    for section in ("vq", "data"):
+        for name, value in json.loads(metadata.get(section, "{}")).items():
+            field = f"{section}.{name}"
+            known = section == "vq" or name in RECORDED_DATA_FIELDS
+            if known and name in config[section] and field not in given and section not in given:
+                config[section][name] = tuple(value) if isinstance(value, list) else value
+    return config
 
 
 def load_vq_params(

@@ -56,7 +56,7 @@ from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, t
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
 from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
-from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.interop.params import RECORDED_DATA_FIELDS, load_vq_params
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
@@ -548,6 +548,8 @@ def save_vq_params(path: str, params: Any, config: ml_collections.ConfigDict | N
         metadata = {**VQ_METADATA_KIND, "source": "scripts/train_vq.py"}
         if config is not None:
             metadata["vq"] = json.dumps(config.vq.to_dict())
+            frames = {name: int(config.data[name]) for name in RECORDED_DATA_FIELDS}
+            metadata["data"] = json.dumps(frames)
         save_params_safetensors(path, host, metadata=metadata)
 
 

@@ -462,3 +462,33 @@ def test_convert_script_refuses_bad_outputs_before_reading_the_checkpoint(tmp_pa
         vq, {"a": np.zeros(2, np.float32)}, metadata={"format": "flax/vq"}
     )
     torch_checkpoint.check_output_file(vq, {"format": "flax/vq"}, "VQ params")
+
+
+def test_a_trained_vq_file_gives_its_architecture_and_frames_to_a_default_config(tmp_path):
+    """evaluate.py --vq_params: train_vq.py's file records its VQ and frame size, which replace
+    the defaults (LDM's vq-f4) unless given on the command line; a converted file records
+    none."""
+    from predvdm_jax import config as config_lib
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop import params as params_lib
+    from predvdm_jax.training.vq_trainer import save_vq_params
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    trained = tiny_config()
+    trained.data.channels = 3
+    vq = random_params_from_init(LatentDiffusion.from_config(trained).init_vq, 1)
+    path = str(tmp_path / "vq_params.safetensors")
+    save_vq_params(path, vq, trained)
+    defaults = config_lib.default_config()
+    recorded = params_lib.with_recorded_vq(defaults, path, {})
+    assert recorded.vq.to_dict() == trained.vq.to_dict() != defaults.vq.to_dict()
+    assert (recorded.data.image_size, recorded.data.channels) == (trained.data.image_size, 3)
+    assert recorded.data.cond_frames == defaults.data.cond_frames  # not the VQ's
+    jax.tree.map(np.testing.assert_array_equal, params_lib.load_vq_params(path, recorded), vq)
+    given = params_lib.with_recorded_vq(defaults, path, {"vq.n_embed": 32, "data.channels": 1})
+    assert (given.vq.n_embed, given.data.channels) == (defaults.vq.n_embed, defaults.data.channels)
+    assert given.vq.ch == trained.vq.ch
+    converted = str(tmp_path / "converted.safetensors")
+    torch_checkpoint.save_params_safetensors(converted, vq, metadata=dict(ldm_vq.VQ_METADATA_KIND))
+    assert params_lib.with_recorded_vq(defaults, converted, {}).to_dict() == defaults.to_dict()

@@ -692,13 +692,16 @@ def test_a_set_but_missing_lpips_or_i3d_file_is_an_error_not_a_skip(tmp_path):
         assert not (tmp_path / "eval").exists()
 
 
-def _vq_only_command(tmp_path, vq_file, *extra):
-    """``evaluate.py --vq_params`` with the tiny VQ's architecture as overrides of the defaults."""
+def _vq_only_command(tmp_path, vq_file, *extra, architecture=True):
+    """``evaluate.py --vq_params`` with the tiny VQ's architecture as overrides of the defaults
+    (``architecture``; else the file must record it)."""
     command = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
     command += [f"--vq_params={vq_file}", f"--out={tmp_path / 'vq_eval'}", "--noprogress"]
-    command += ["--config.vq.ch=32", "--config.vq.ch_mult=(1,2)", "--config.vq.num_res_blocks=1"]
-    command += ["--config.vq.n_embed=16", f"--config.vq.resolution={SIZE}"]
-    command += [f"--config.data.image_size={SIZE}", "--config.data.channels=1"]
+    if architecture:
+        command += ["--config.vq.ch=32", "--config.vq.ch_mult=(1,2)"]
+        command += ["--config.vq.num_res_blocks=1", "--config.vq.n_embed=16"]
+        command += [f"--config.vq.resolution={SIZE}"]
+        command += [f"--config.data.image_size={SIZE}", "--config.data.channels=1"]
     command += [f"--config.data.cond_frames={COND}", f"--config.data.test_dir={tmp_path / 'test'}"]
     return command + list(extra)
 
@@ -751,14 +754,18 @@ def test_vq_only_evaluation_gives_a_model_evaluations_baselines(tmp_path, monkey
 
 
 def test_evaluate_script_vq_params_scores_the_baselines_by_hand(tmp_path):
-    """``--vq_params`` with the VQ's architecture as overrides: copy-last-frame PSNR from the
-    stored frames, VQ-reconstruction PSNR from the VQ's own decode."""
+    """``--vq_params`` of a train_vq.py file, which records the VQ's architecture and frames
+    (no overrides needed): copy-last-frame PSNR from the stored frames, VQ-reconstruction PSNR
+    from the VQ's own decode."""
     from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
     from predvdm_jax.interop import bundle as bundle_lib
+    from predvdm_jax.training.vq_trainer import save_vq_params
 
     videos = _videos(8)
     bundle_dir = _tiny_bundle(tmp_path, videos)
-    command = _vq_only_command(tmp_path, os.path.join(bundle_dir, bundle_lib.VQ_FILE))
+    trained = bundle_lib.load_bundle(bundle_dir)
+    save_vq_params(str(tmp_path / "vq_params.safetensors"), trained.vq_params, trained.config)
+    command = _vq_only_command(tmp_path, tmp_path / "vq_params.safetensors", architecture=False)
     command += ["--protocol=mcvd", f"--pred_frames={PRED}", f"--num_clips={VIDEOS}"]
     command += ["--config.eval.fvd=False", "--keep_videos=1"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
