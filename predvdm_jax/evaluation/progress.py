@@ -34,6 +34,8 @@ WRITTEN_BY = "predvdm_jax scripts/evaluate.py (resumable progress)"
 _BATCH_NAME = re.compile(r"batch_(\d{5,})\.npz")
 _SAMPLE_NAME = re.compile(r"batch_(\d{5,})\.sample_(\d{5,})\.([0-9a-f]{16})\.npz")
 _INDEX = "index"
+_SHOWN_DIFFERENCES = 3  # in the refusal of another evaluation's progress
+_ABSENT = object()
 
 
 def batch_file(folder: str, batch: int) -> str:
@@ -44,6 +46,29 @@ def sample_file(folder: str, batch: int, system: str, sample: int) -> str:
     """The file of one finished model sample (the system's name hashed: any label fits)."""
     tag = hashlib.sha256(system.encode()).hexdigest()[:16]
     return os.path.join(folder, f"batch_{batch:05d}.sample_{sample:05d}.{tag}.npz")
+
+
+def _differences(saved: Any, now: Any, field: str = "") -> list[str]:
+    """``field.path: <saved> (saved) vs <now> (now)`` of each (nested) fingerprint field whose
+    values differ, in field order."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [
+            line
+            for key in sorted(set(saved) | set(now))
+            for line in _differences(
+                saved.get(key, _ABSENT), now.get(key, _ABSENT), f"{field}.{key}" if field else key
+            )
+        ]
+    if saved == now:
+        return []
+    return [f"{field}: {_shown(saved)} (saved) vs {_shown(now)} (now)"]
+
+
+def _shown(value: Any) -> str:
+    """A fingerprint value in at most 40 characters (a long one, such as a weights digest or a
+    path, loses its middle)."""
+    text = "absent" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]}"
 
 
 class Progress:
@@ -60,16 +85,14 @@ class Progress:
         ours. Writes ``run.json`` for this run."""
         batches, samples = [], {}
         if os.path.lexists(self.folder):
-            earlier = self._earlier_fingerprint()
-            differing = sorted(
-                key
-                for key in set(earlier) | set(self.fingerprint)
-                if earlier.get(key) != self.fingerprint.get(key)
-            )
+            differing = _differences(self._earlier_fingerprint(), self.fingerprint)
             if differing:
+                shown = "; ".join(differing[:_SHOWN_DIFFERENCES])
+                if len(differing) > _SHOWN_DIFFERENCES:
+                    shown += f"; and {len(differing) - _SHOWN_DIFFERENCES} more"
                 raise ValueError(
-                    f"{self.folder} holds the partial results of another evaluation (it differs "
-                    f"in: {', '.join(differing)}); rerun the command that made it to resume it, "
+                    f"{self.folder} holds the partial results of another evaluation, which "
+                    f"differs in {shown}: rerun the command that made it to resume it, "
                     f"or delete {self.folder} to start over"
                 )
             while os.path.exists(batch_file(self.folder, len(batches))):

@@ -45,12 +45,27 @@ def test_records_read_back_as_written_up_to_the_first_missing_batch(tmp_path):
     assert progress.load().samples == {}
 
 
-def test_another_evaluations_progress_is_refused_naming_what_differs(tmp_path):
-    progress_lib.Progress(str(tmp_path), FINGERPRINT).load()
-    other = {**FINGERPRINT, "batch_size": 8, "keep_videos": 2}
-    with pytest.raises(ValueError, match=r"differs in: batch_size, keep_videos\); rerun") as error:
+def test_another_evaluations_progress_is_refused_naming_each_field_and_both_values(tmp_path):
+    saved = {**FINGERPRINT, "params": "ab" * 32, "samplings": {"model": {"steps": 100}}}
+    progress_lib.Progress(str(tmp_path), saved).load()
+    other = {**saved, "params": "cd" * 32, "samplings": {"model": {"steps": 20}}}
+    with pytest.raises(ValueError) as error:
         progress_lib.Progress(str(tmp_path), other).load()
-    assert f"delete {tmp_path / 'progress'} to start over" in str(error.value)
+    assert str(error.value) == (
+        f"{tmp_path / 'progress'} holds the partial results of another evaluation, which differs "
+        'in params: "ababababababababa...babababababababab" (saved) vs '
+        '"cdcdcdcdcdcdcdcdc...dcdcdcdcdcdcdcdcd" (now); '
+        "samplings.model.steps: 100 (saved) vs 20 (now): rerun the command that made it to "
+        f"resume it, or delete {tmp_path / 'progress'} to start over"
+    )
+
+    other = {**saved, "batch_size": 8, "keep_videos": 2, "protocol": {"num_samples": 1}}
+    with pytest.raises(ValueError) as error:
+        progress_lib.Progress(str(tmp_path), {**other, "frames": [10, 30]}).load()
+    assert (
+        "differs in batch_size: 4 (saved) vs 8 (now); frames: absent (saved) vs [10, 30] (now); "
+        "keep_videos: absent (saved) vs 2 (now); and 1 more: rerun" in str(error.value)
+    )
 
 
 def test_a_folder_not_ours_and_a_damaged_batch_file_are_one_clear_error(tmp_path):

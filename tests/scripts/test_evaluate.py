@@ -859,7 +859,10 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path
         evaluate("resumed")
     monkeypatch.setattr(progress_lib.Progress, "add_sample", add_sample)
     assert not os.path.exists(tmp_path / "resumed" / "metrics.json")
-    with pytest.raises(ValueError, match=r"another evaluation \(it differs in: protocol\)"):
+    refusal = (
+        r"another evaluation, which differs in protocol\.num_samples: 2 \(saved\) vs 3 \(now\):"
+    )
+    with pytest.raises(ValueError, match=refusal):
         evaluate("resumed", samples=3)
     predicted = []
     predict_fn = protocol_lib.evaluate
