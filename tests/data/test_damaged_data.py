@@ -116,6 +116,13 @@ def test_corrupt_unsampled_chunk_is_found_by_check_decodes(tmp_path):
 def test_check_decodes_passes_good_frames_and_refuses_nan_latents(tmp_path):
     _split(tmp_path / "frames", frames=6)
     assert "2 videos, 12 frames" in _inspect("--decode", str(tmp_path / "frames"))
+    _split(tmp_path / "data" / "test", frames=3)
+    _split(tmp_path / "data" / "train", frames=6)
+    summaries = _inspect(str(tmp_path / "data")).splitlines()  # a dataset: each of its splits
+    assert [line.split(":")[0] for line in summaries] == [
+        str(tmp_path / "data" / name) for name in ("test", "train")
+    ]
+    assert "2 videos, 6 frames" in summaries[0]
     latents = np.zeros((2, 3, 4, 4, 2), np.float16)
     latents[1, 2, 0, 0, 1] = np.nan
     path = str(tmp_path / "latents" / "shard_0001.hdf5")
