@@ -262,7 +262,16 @@ FLAG_FIELDS = {
 
 def _reject_unread_overrides(overrides, folders, vq_only=False):
     """Refuses the ``--config.*`` overrides that scoring folders, evaluating a VQ alone or
-    evaluating a model does not read; a flag of ``FLAG_FIELDS`` given replaces its field."""
+    evaluating a model does not read; a flag of ``FLAG_FIELDS`` given replaces its field, and
+    one given with another value for that field conflicts with it."""
+    conflicts = [
+        f"--{flag}={FLAGS[flag].value} and --config.{field}={overrides[field]}"
+        for flag, field in FLAG_FIELDS.items()
+        if FLAGS[flag].present and field in overrides and overrides[field] != FLAGS[flag].value
+    ]
+    if conflicts:
+        which = "them" if len(conflicts) == 1 else "each pair"
+        cli.fail(f"{'; '.join(conflicts)} conflict: pass only one of {which}")
     replaced = {
         field: f"--{flag} sets it" for flag, field in FLAG_FIELDS.items() if FLAGS[flag].present
     }

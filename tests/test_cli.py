@@ -120,6 +120,24 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             "and the --config.eval.* fields that its flags given do not set; remove them",
         ),
         (
+            "evaluate.py",
+            ("--bundle=b", "--num_samples=3", "--config.eval.num_samples=2", "--num_clips=4"),
+            "error: --num_samples=3 and --config.eval.num_samples=2 conflict: pass only one of "
+            "them",
+        ),
+        (
+            "evaluate.py",
+            (
+                "--bundle=b",
+                "--protocol=mcvd",
+                "--config.eval.protocol=extdm",
+                "--pred_frames=2",
+                "--config.eval.pred_frames=3",
+            ),
+            "error: --protocol=mcvd and --config.eval.protocol=extdm; --pred_frames=2 and "
+            "--config.eval.pred_frames=3 conflict: pass only one of each pair",
+        ),
+        (
             "sample.py",
             (
                 "--bundle=b",
