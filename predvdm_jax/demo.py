@@ -7,8 +7,12 @@ bundle → 10 → 10 evaluation (PredVDM protocol + FVD) → 10 → 30 rollout �
 
 The denoiser stage is done once the newest checkpoint reaches ``train.num_steps`` (a rerun
 with more steps trains on); the bundle and the evaluations are redone when the step they
-were made from (``bundle_step.json``, the metrics' source) changes. ``demo_stages.json``
-keeps each stage's time from the run that did it, and the largest peak memory of the runs.
+were made from (``bundle_step.json``, the metrics' source) changes, or the denoiser or bundle
+is made anew. A done VQ or denoiser whose checkpoint was trained with other settings than the
+config's is a ``ConfigError`` naming them, never reused; the evaluations and the report take
+the model's settings from the checkpoints.
+``demo_stages.json`` keeps each stage's time from the run that did it, and the largest peak
+memory of the runs.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from typing import Any
 import jax
 import ml_collections
 
-from predvdm_jax import atomic_io
+from predvdm_jax import atomic_io, config as config_lib
 from predvdm_jax.data import hdf5, latent_cache, loader, manifest as manifest_lib, moving_digits
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
+from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
@@ -80,6 +85,82 @@ SET_BY_DEMO = {
 refuses overrides of them), with why."""
 
 
+VQ_TRAIN_LOG = ("log_every", "save_every", "max_to_keep", "eval_every", "eval_clips", "eval_frames")
+"""The ``vq_train`` fields that do not change the trained VQ; a done VQ stage compares the
+others, with ``checkpoint.VQ_FIELDS``, seed and flips, to its checkpoint's."""
+DENOISER_TRAINING = (
+    "seed",
+    "data.batch_size",
+    "data.frames_per_sample",
+    "data.horizontal_flip",
+    "diffusion.elbo_weight",
+    "diffusion.l_eps_weight",
+    "diffusion.loss_reduction",
+    "optimizer",
+    "train.ema_rate",
+    "train.init_from",
+)
+"""With ``checkpoint.DENOISER_FIELDS``, the fields a done denoiser stage compares to its
+checkpoint's: how the weights were trained (``train.num_steps`` is the step reached)."""
+
+
+def _trained_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config saved with the newest checkpoint of the training run in ``workdir``."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    checkpointer = None
+    if os.path.isdir(directory):
+        checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    try:
+        step = None if checkpointer is None else checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"{workdir} has no finished checkpoint; delete {workdir} to train it again"
+            )
+        return config_lib.config_from_dict(checkpointer.restore_config(step))
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _check_trained(
+    trained: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    fields: tuple[str, ...],
+    model: str,
+    outputs: list[str],
+) -> None:
+    """A ``ConfigError`` naming the ``fields`` on which ``trained``, the config of the ``model``
+    in ``outputs[0]``, differs from ``config``; deleting ``outputs`` redoes that model."""
+    differences = checkpoint.model_differences(
+        checkpoint.config_to_json(trained),
+        checkpoint.config_to_json(config_lib.with_absolute_paths(config)),  # as trainers save it
+        "in the checkpoint",
+        fields,
+        derived=None,
+    )
+    if differences:
+        delete = ", ".join(outputs[:-1]) + " and " if len(outputs) > 1 else ""
+        raise config_lib.ConfigError(
+            f"{outputs[0]} holds {model} trained with other settings ({'; '.join(differences)}); "
+            f"use a new --workdir, or delete {delete}{outputs[-1]} to train it again"
+        )
+
+
+def _with_model_of(
+    config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """``config`` (sampling, evaluation, paths) with ``trained``'s ``checkpoint.DENOISER_FIELDS``:
+    what the weights were trained as."""
+    config = config.copy_and_resolve_references()
+    for field in checkpoint.DENOISER_FIELDS:
+        *sections, name = field.split(".")
+        target, source = config, trained
+        for section in sections:
+            target, source = target[section], source[section]
+        target[name] = source[name]
+    return config
+
+
 def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float:
     """``1 / std`` of the trained VQ's latents on training clips (LDM's ``scale_by_std``).
 
@@ -106,10 +187,23 @@ def bundled_step(paths: dict[str, str]) -> int | None:
         return int(json.load(f)["step"])
 
 
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _train_denoiser(config: ml_collections.ConfigDict, paths: dict[str, str]) -> None:
+    """Trains (or trains on); a denoiser trained anew to the bundled step is bundled again."""
+    diffusion_trainer.train(config, paths["diffusion"])
+    _remove(paths["bundle_step"])
+
+
 def _save_bundle(paths: dict[str, str], step: int) -> None:
-    """Bundles checkpoint ``step``; the step is recorded once the bundle is complete."""
-    if os.path.exists(paths["bundle_step"]):
-        os.remove(paths["bundle_step"])
+    """Bundles checkpoint ``step`` and voids the evaluations of the previous bundle; the step is
+    recorded once the bundle is complete."""
+    _remove(paths["bundle_step"])
+    for name in ("eval10", "eval30", "fvd"):
+        _remove(os.path.join(paths[name], report.METRICS_FILE))
     bundle = checkpoint.load_from_checkpoint(paths["diffusion"], step=step)
     bundle_lib.save_bundle(paths["bundle"], bundle)
     atomic_io.write_text(paths["bundle_step"], json.dumps({"step": step}))
@@ -168,7 +262,7 @@ def _cached_metrics(out_dir: str, expected: dict[str, Any]) -> dict | None:
 
 
 def _evaluate(config, bundle, out_dir, pred_frames, num_clips, fvd, source, progress) -> dict:
-    config = config.copy_and_resolve_references()
+    config = _with_model_of(config, bundle.config)
     config.eval.fvd = fvd
     protocol = protocol_lib.resolve_protocol("predvdm", num_clips=num_clips)
     return run_lib.evaluate_model(
@@ -213,11 +307,15 @@ def run_demo(
             paths["frames"], num_train, num_test, progress=progress
         ),
     )
-    stages.run(
-        "VQ-f4 training",
-        os.path.exists(config.vq_params),
-        lambda: vq_trainer.train_vq(config, paths["vq"]),
-    )
+    vq_done = os.path.exists(config.vq_params)
+    if vq_done:
+        vq_fields = (*checkpoint.VQ_FIELDS, "seed", "data.horizontal_flip") + tuple(
+            f"vq_train.{name}" for name in config.vq_train if name not in VQ_TRAIN_LOG
+        )
+        outputs = [paths["vq"], paths["latents"], paths["diffusion"]]
+        _check_trained(_trained_config(paths["vq"]), config, vq_fields, "a VQ-f4", outputs)
+    stages.run("VQ-f4 training", vq_done, lambda: vq_trainer.train_vq(config, paths["vq"]))
+    trained_vq = _trained_config(paths["vq"])
 
     config.scale_factor = latent_scale_factor(config, paths["vq"])
     # Only training reads latents; evaluation encodes its conditioning frames itself.
@@ -232,11 +330,12 @@ def run_demo(
         ),
     )
     step = checkpoint.latest_step(paths["diffusion"])
-    stages.run(
-        "denoiser training",
-        step is not None and step >= config.train.num_steps,
-        lambda: diffusion_trainer.train(config, paths["diffusion"]),
-    )
+    denoiser_done = step is not None and step >= config.train.num_steps
+    if denoiser_done:
+        fields = checkpoint.DENOISER_FIELDS + DENOISER_TRAINING
+        trained = _trained_config(paths["diffusion"])
+        _check_trained(trained, config, fields, "a denoiser", [paths["diffusion"]])
+    stages.run("denoiser training", denoiser_done, lambda: _train_denoiser(config, paths))
     step = checkpoint.latest_step(paths["diffusion"])
     stages.run(
         "inference bundle",
@@ -246,8 +345,7 @@ def run_demo(
 
     @functools.cache
     def bundle() -> bundle_lib.Bundle:
-        saved = bundle_lib.load_bundle(paths["bundle"])
-        return bundle_lib.Bundle(config, saved.params, saved.vq_params)
+        return bundle_lib.load_bundle(paths["bundle"])
 
     source = f"demo bundle of step {step}"
 
@@ -291,6 +389,7 @@ def run_demo(
         skipped=list(stages.skipped),
         total_seconds=time.time() - start,
         config=config,
+        trained=dict(vq=trained_vq, denoiser=bundle().config),
     )
     stages.run("report", False, lambda: write_report(paths, numbers, stages.peak_rss_gb()))
     return numbers
@@ -312,7 +411,8 @@ def _verdict(metrics: dict, horizon: str) -> str:
 
 
 def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
-    """Writes ``report.md``: ``numbers`` of ``run_demo``, ``peak_rss_gb`` of the demo's runs."""
+    """Writes ``report.md``: ``numbers`` of ``run_demo``, ``peak_rss_gb`` of the demo's runs; the
+    training budget is the trained models' (``numbers["trained"]``)."""
     config = numbers["config"]
     lines = ["# PredVDM demo on moving digits", ""]
     cond, pred = config.data.cond_frames, config.eval.pred_frames
@@ -348,12 +448,12 @@ def write_report(paths: dict, numbers: dict, peak_rss_gb: float) -> str:
                 ),
                 "",
             ]
-    c = config
+    v, c = numbers["trained"]["vq"], numbers["trained"]["denoiser"]
     lines += [
         "## Training budget",
         "",
-        f"- VQ-f4: ch {c.vq.ch}, ch_mult {tuple(c.vq.ch_mult)}, codebook {c.vq.n_embed}×"
-        f"{c.vq.embed_dim}; {c.vq_train.num_steps} steps of batch {c.vq_train.batch_size} frames.",
+        f"- VQ-f4: ch {v.vq.ch}, ch_mult {tuple(v.vq.ch_mult)}, codebook {v.vq.n_embed}×"
+        f"{v.vq.embed_dim}; {v.vq_train.num_steps} steps of batch {v.vq_train.batch_size} frames.",
         f"- Denoiser: UNet {c.unet.model_channels} × {tuple(c.unet.channel_mult)}, mode "
         f"{c.model.mode}, {c.diffusion.parameterization}-prediction; "
         f"{numbers['denoiser_step']} steps of batch {c.data.batch_size} clips "

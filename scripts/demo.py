@@ -4,6 +4,10 @@
   python scripts/demo.py --config.train.num_steps=20000   # trains runs/demo on, re-evaluates
   python scripts/demo.py --workdir=runs/demo2 --config.train.num_steps=3000
 
+A workdir whose VQ or denoiser was trained with other settings is refused, naming them, and
+a smaller train.num_steps keeps the denoiser trained longer: other settings need a new
+--workdir, as in the last line.
+
 Writes runs/demo/report.md (numbers against copy-last-frame and the VQ floor,
 per_frame.png, ground truth | prediction GIFs). CPU-sized: about 6–10 minutes on 2 cores.
 """

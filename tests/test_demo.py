@@ -3,11 +3,13 @@
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
+from predvdm_jax.config import ConfigError
 from predvdm_jax.data.hdf5 import DatasetError
 from predvdm_jax.training import checkpoint
 
@@ -105,6 +107,42 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     assert "evaluation 10 -> 10, 2 clips" not in resampled["skipped"]
     assert "ddim, 4 steps" in resampled["short"]["protocol"]["sampler"]
     assert resampled["long"]["protocol"]["num_clips"] == 3
+    # A stage done with other settings is refused, naming them, before anything is evaluated.
+    with open(os.path.join(paths["eval10"], "metrics.json")) as f:
+        evaluated = f.read()
+    other_vq = config.copy_and_resolve_references()
+    other_vq.vq_train.num_steps = 3
+    with pytest.raises(ConfigError) as refused:
+        demo.run_demo(other_vq, workdir, **run)
+    assert str(refused.value) == (
+        f"{paths['vq']} holds a VQ-f4 trained with other settings (vq_train.num_steps 2 in the "
+        f"checkpoint, 3 now); use a new --workdir, or delete {paths['vq']}, {paths['latents']} "
+        f"and {paths['diffusion']} to train it again"
+    )
+    wide_eps = config.copy_and_resolve_references()
+    wide_eps.unet.model_channels = 64
+    wide_eps.diffusion.parameterization = "eps"
+    wide_eps.sampling.steps = 5  # may change: not named
+    with pytest.raises(ConfigError) as refused:
+        demo.run_demo(wide_eps, workdir, **run)
+    assert str(refused.value) == (
+        f"{paths['diffusion']} holds a denoiser trained with other settings (unet.model_channels "
+        f"32 in the checkpoint, 64 now; diffusion.parameterization 'x0' in the checkpoint, 'eps' "
+        f"now); use a new --workdir, or delete {paths['diffusion']} to train it again"
+    )
+    with open(os.path.join(paths["eval10"], "metrics.json")) as f:
+        assert f.read() == evaluated
+    # Doing as it says trains the new model; its bundle (of the bundled step) and evaluations
+    # are redone, and the report describes the models that were trained.
+    shutil.rmtree(paths["diffusion"])
+    eps = config.copy_and_resolve_references()
+    eps.diffusion.parameterization = "eps"
+    retrained = demo.run_demo(eps, workdir, **run)
+    assert retrained["denoiser_step"] == 4
+    assert not {"inference bundle", "evaluation 10 -> 10, 2 clips"} & set(retrained["skipped"])
+    report = open(paths["report"]).read()
+    assert "; 2 steps of batch 2 frames." in report  # the VQ's
+    assert "UNet 32 × (1,), mode tc, eps-prediction; 4 steps of batch 2 clips" in report
     with pytest.raises(
         DatasetError, match=r"other settings \(options.num_test differ\); use a new --workdir "
     ):
