@@ -205,6 +205,7 @@ def test_usage_mistakes_are_one_error_line_not_the_help(tmp_path):
 def test_vq_params_of_another_vq_and_a_switched_discriminator_are_one_error_line(tmp_path):
     params = str(tmp_path / "vq.safetensors")
     save_params_safetensors(params, {"encoder": {"conv_in": {"kernel": np.zeros((3, 3, 3, 8))}}})
+    write_split(str(tmp_path / "frames" / "train"), [np.zeros((3, 16, 16), np.uint8)])
     line = _run(
         "encode_dataset.py",
         f"--config={VQ_CONFIG}",
