@@ -650,13 +650,13 @@ def with_absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.Con
     records its config in its checkpoints and bundles, which are read from other working
     directories (and machines sharing the filesystem); paths relative to where the run
     started would then name nothing. Empty fields and URLs (``gs://...``) stay as they are."""
-    config = config.copy_and_resolve_references()
-    for field in PATH_FIELDS:
-        section, _, name = field.rpartition(".")
-        holder = config[section] if section else config
-        if holder[name] and "://" not in holder[name]:
-            holder[name] = os.path.abspath(os.path.expanduser(holder[name]))
-    return config
+    paths = {field: field_value(config, field) for field in PATH_FIELDS}
+    absolute = {
+        field: os.path.abspath(os.path.expanduser(path))
+        for field, path in paths.items()
+        if path and "://" not in path
+    }
+    return with_overrides(config, absolute, validated=False)
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -784,6 +784,13 @@ def module_fields(section: Mapping[str, Any]) -> dict[str, Any]:
     ``--config.x=[1,2]``) become tuples, so the module hashes (a static ``jax.jit`` argument)."""
     fields = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section
     return {key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in fields.items()}
+
+
+def field_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value of the field (or section) ``dotted`` (``"data.test_dir"``) of ``config``."""
+    for name in dotted.split("."):
+        config = config[name]
+    return config
 
 
 def with_overrides(

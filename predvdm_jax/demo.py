@@ -33,7 +33,6 @@ from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
 from predvdm_jax.evaluation import sweep as sweep_lib
-from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.training import checkpoint, diffusion_trainer, vq_trainer
@@ -104,24 +103,6 @@ DENOISER_TRAINING = (
 checkpoint's: how the weights were trained (``train.num_steps`` is the step reached)."""
 
 
-def _trained_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config saved with the newest checkpoint of the training run in ``workdir``."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    checkpointer = None
-    if os.path.isdir(directory):
-        checkpointer = checkpoint.Checkpointer(directory, async_save=False)
-    try:
-        step = None if checkpointer is None else checkpointer.latest_step()
-        if step is None:
-            raise FileNotFoundError(
-                f"{workdir} has no finished checkpoint; delete {workdir} to train it again"
-            )
-        return config_lib.config_from_dict(checkpointer.restore_config(step))
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
-
-
 def _check_trained(
     trained: ml_collections.ConfigDict,
     config: ml_collections.ConfigDict,
@@ -151,14 +132,8 @@ def _with_model_of(
 ) -> ml_collections.ConfigDict:
     """``config`` (sampling, evaluation, paths) with ``trained``'s ``checkpoint.DENOISER_FIELDS``:
     what the weights were trained as."""
-    config = config.copy_and_resolve_references()
-    for field in checkpoint.DENOISER_FIELDS:
-        *sections, name = field.split(".")
-        target, source = config, trained
-        for section in sections:
-            target, source = target[section], source[section]
-        target[name] = source[name]
-    return config
+    model = {field: config_lib.field_value(trained, field) for field in checkpoint.DENOISER_FIELDS}
+    return config_lib.with_overrides(config, model, validated=False)
 
 
 def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float:
@@ -313,9 +288,9 @@ def run_demo(
             f"vq_train.{name}" for name in config.vq_train if name not in VQ_TRAIN_LOG
         )
         outputs = [paths["vq"], paths["latents"], paths["diffusion"]]
-        _check_trained(_trained_config(paths["vq"]), config, vq_fields, "a VQ-f4", outputs)
+        _check_trained(checkpoint.saved_config(paths["vq"]), config, vq_fields, "a VQ-f4", outputs)
     stages.run("VQ-f4 training", vq_done, lambda: vq_trainer.train_vq(config, paths["vq"]))
-    trained_vq = _trained_config(paths["vq"])
+    trained_vq = checkpoint.saved_config(paths["vq"])
 
     config.scale_factor = latent_scale_factor(config, paths["vq"])
     # Only training reads latents; evaluation encodes its conditioning frames itself.
@@ -333,7 +308,7 @@ def run_demo(
     denoiser_done = step is not None and step >= config.train.num_steps
     if denoiser_done:
         fields = checkpoint.DENOISER_FIELDS + DENOISER_TRAINING
-        trained = _trained_config(paths["diffusion"])
+        trained = checkpoint.saved_config(paths["diffusion"])
         _check_trained(trained, config, fields, "a denoiser", [paths["diffusion"]])
     stages.run("denoiser training", denoiser_done, lambda: _train_denoiser(config, paths))
     step = checkpoint.latest_step(paths["diffusion"])

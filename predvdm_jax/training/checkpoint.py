@@ -432,11 +432,26 @@ def _field_differences(
     its fields but ``ignored``)."""
     differences = []
     for field in fields:
-        saved_value, current_value = saved, current
-        for key in field.split("."):
-            saved_value, current_value = saved_value[key], current_value[key]
+        saved_value = config_lib.field_value(saved, field)
+        current_value = config_lib.field_value(current, field)
         differences += _differences(saved_value, current_value, field, where, ignored)
     return differences
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config saved with the newest finished checkpoint of the run in ``workdir``; a
+    ``FileNotFoundError`` when it has none, a ``ConfigError`` when it does not load."""
+    checkpointer = _reader(workdir)
+    try:
+        step = None if checkpointer is None else checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"{workdir} has no finished checkpoint; delete {workdir} to train it again"
+            )
+        return _saved_config(checkpointer, step, f"delete {workdir} to train it again")
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
 
 
 def _saved_config(checkpointer: Checkpointer, step: int, fix: str) -> ml_collections.ConfigDict:

@@ -325,10 +325,11 @@ def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path
     monkeypatch.chdir(tmp_path)
     run.train.update(dict(init_from="start", num_steps=2, save_every=2, log_every=1))
     run.train.update(dict(eval_every=0, keep_best=0, preview_every=0))
-    for field in ("vq_params", "data.latent_train_dir", "data.test_dir"):
-        section, _, name = field.rpartition(".")
-        holder = run[section] if section else run
-        holder[name] = os.path.relpath(holder[name], tmp_path)
+    relative = {
+        field: os.path.relpath(config_lib.field_value(run, field), tmp_path)
+        for field in ("vq_params", "data.latent_train_dir", "data.test_dir")
+    }
+    run = config_lib.with_overrides(run, relative)
     run.optimizer.base_learning_rate = 1e-7
     state = jax.device_get(diffusion_trainer.train(run, "run"))
     monkeypatch.chdir(tmp_path / "start")
@@ -339,8 +340,7 @@ def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path
         ("data.test_dir", config.data.test_dir),
         ("train.init_from", str(tmp_path / "start")),
     ):
-        section, _, name = field.rpartition(".")
-        assert (recorded.config[section] if section else recorded.config)[name] == path, field
+        assert config_lib.field_value(recorded.config, field) == path, field
     jax.tree.map(np.testing.assert_array_equal, recorded.vq_params, vq_params)
     monkeypatch.chdir(tmp_path)
     fresh = jax.device_get(nn.unbox(model.init_denoiser(jax.random.PRNGKey(run.seed))))
