@@ -13,7 +13,8 @@ cached latents, 2000 steps gave mean SSIM 0.129 with ε, 0.413 with v and
   python scripts/train.py --config=configs/digits_demo.py --workdir=runs/digits_demo
 
 scripts/demo.py sets scale_factor to 1 / std of the trained VQ's latents (LDM's
-scale_by_std; ≈ 4 for this VQ) before caching; set it yourself when training by hand.
+scale_by_std; ≈ 4 for this VQ) before caching; by hand, scripts/encode_dataset.py --unit_std
+measures it and prints the value to train with.
 """
 
 import os

@@ -27,8 +27,7 @@ import jax
 import ml_collections
 
 from predvdm_jax import atomic_io, config as config_lib
-from predvdm_jax.data import hdf5, latent_cache, loader, manifest as manifest_lib, moving_digits
-from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+from predvdm_jax.data import hdf5, latent_cache, manifest as manifest_lib, moving_digits
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
@@ -137,18 +136,15 @@ def _with_model_of(
 
 
 def latent_scale_factor(config: ml_collections.ConfigDict, vq_dir: str) -> float:
-    """``1 / std`` of the trained VQ's latents on training clips (LDM's ``scale_by_std``).
-
-    Computed once and kept in ``vq_dir/latent_scale.json``: without it the small demo VQ's
-    latents (std ≈ 0.25) leave the sampler's first steps with a very low signal-to-noise
-    ratio, and an under-trained denoiser's x̂0 estimates diverge.
-    """
+    """``1 / std`` of the trained VQ's latents on training clips
+    (``latent_cache.unit_std_scale_factor``), computed once and kept in
+    ``vq_dir/latent_scale.json``: without it the small demo VQ's latents (std ≈ 0.25) leave an
+    under-trained denoiser's x̂0 estimates to diverge."""
     path = os.path.join(vq_dir, "latent_scale.json")
     if not os.path.exists(path):
-        model = LatentDiffusion.from_config(config)
-        clips = next(loader.eval_iterator(config.data.train_dir, 8, 32, 32, config.seed))["video"]
-        std = model.latent_std(load_vq_params(config.vq_params, config), clips)
-        atomic_io.write_text(path, json.dumps({"latent_std": std, "scale_factor": 1.0 / std}))
+        vq_params = load_vq_params(config.vq_params, config)
+        factor = latent_cache.unit_std_scale_factor(config, vq_params, config.data.train_dir)
+        atomic_io.write_text(path, json.dumps({"scale_factor": factor}))
     with open(path) as f:
         return float(json.load(f)["scale_factor"])
 

@@ -6,7 +6,11 @@
 
 Every sub-folder of --src holding shard files (train/, test/, ...) becomes the same sub-folder of
 --out, with the same videos and frame counts and (h, w, c) latent frames. Run it again to resume
-an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir to the new folders.
+an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir to the new folders,
+and train with the scale_factor it printed.
+
+The latents are stored × scale_factor (the config's, or with --unit_std 1 / their std on
+clips of the train/ split, LDM's scale_by_std: a VQ of your own rarely has unit-std latents).
 """
 
 import os
@@ -16,7 +20,12 @@ from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, shard_paths, split_dirs
-from predvdm_jax.data.latent_cache import check_output, check_output_folder, encode_split
+from predvdm_jax.data.latent_cache import (
+    check_output,
+    check_output_folder,
+    encode_split,
+    unit_std_scale_factor,
+)
 from predvdm_jax.interop.params import load_vq_params
 
 config_flags.DEFINE_config_file(
@@ -27,6 +36,12 @@ flags.DEFINE_string("src", None, "Frame dataset folder (holds train/, test/, ...
 flags.DEFINE_string("out", None, "Output folder for the latent cache.")
 flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored latent dtype.")
 flags.DEFINE_integer("batch_frames", 256, "Frames per encoder call.")
+flags.DEFINE_bool(
+    "unit_std",
+    False,
+    "Encode with scale_factor = 1 / std of the latents of 32 clips of the train split (LDM's "
+    "scale_by_std) instead of the config's; train with the value it prints.",
+)
 flags.mark_flags_as_required(["config", "src", "out"])
 FLAGS = flags.FLAGS
 
@@ -74,6 +89,8 @@ def main():
             "vq_params": "--vq_params sets it",
         },
     )
+    if FLAGS.unit_std and "scale_factor" in overrides:
+        cli.fail("--unit_std measures scale_factor: drop --config.scale_factor")
     check_output_folder(FLAGS.src, FLAGS.out)  # before any work
     splits = _splits(FLAGS.src)
     config = config_lib.validate(FLAGS.config)
@@ -83,6 +100,11 @@ def main():
     vq_params = load_vq_params(
         params_path, config, "--vq_params" if FLAGS.vq_params else "config.vq_params"
     )
+    if FLAGS.unit_std:
+        measured_on = os.path.join(FLAGS.src, "train" if "train" in splits else splits[0])
+        config = config_lib.with_overrides(
+            config, {"scale_factor": unit_std_scale_factor(config, vq_params, measured_on)}
+        )
     for split in splits:  # every split's --out folder is checked before any is written
         check_output(
             config,
@@ -104,6 +126,10 @@ def main():
             vq_params_path=params_path,
         )
         print(f"{split}: wrote {written} shard(s) to {out_dir}")
+    print(
+        f"latents stored x scale_factor {config.scale_factor!r}: train with "
+        f"--config.scale_factor={config.scale_factor!r}"
+    )
 
 
 if __name__ == "__main__":

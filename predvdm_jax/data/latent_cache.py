@@ -41,7 +41,7 @@ from predvdm_jax.data.hdf5 import (
     read_frame_counts,
     shard_paths,
 )
-from predvdm_jax.data.loader import check_frame_size, to_model_range
+from predvdm_jax.data.loader import check_frame_size, eval_iterator, to_model_range
 from predvdm_jax.data.manifest import MANIFEST_NAME, as_json
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.tensor_files import read_safetensors
@@ -392,6 +392,27 @@ def encode_split(
                 )
         written += 1
     return written
+
+
+def unit_std_scale_factor(
+    config: ml_collections.ConfigDict, vq_params: Any, split_dir: str
+) -> float:
+    """LDM's ``scale_by_std``: ``1 / std`` of the VQ's unscaled latents of 32 clips of
+    ``split_dir`` (fixed windows of ``config.seed``, up to 8 frames each), to 5 significant
+    digits, so that the diffusion sees unit-variance latents and the printed value is exact. A
+    VQ trained on small data can have latents far from unit std (the demo's: about 0.25),
+    which leaves the sampler's first steps with a very low signal-to-noise ratio."""
+    frames = VideoShards(split_dir, "frames")
+    num_frames = int(min(8, frames.frame_counts.min()))
+    frames.close()
+    clips = next(eval_iterator(split_dir, num_frames, 32, 32, config.seed))["video"]
+    std = LatentDiffusion.from_config(config).latent_std(vq_params, clips)
+    if not (np.isfinite(std) and std > 0):
+        raise DatasetError(
+            f"the VQ's latents of {split_dir} have std {std}; check the VQ params (they hold "
+            f"NaN/Inf, or encode every frame alike)."
+        )
+    return float(f"{1.0 / std:.5g}")
 
 
 def _check_storable(latents: np.ndarray, dtype: np.dtype, video: str) -> None:

@@ -495,3 +495,21 @@ def test_a_latent_cache_folder_that_does_not_exist_says_so_and_what_makes_it(tmp
         f"--src=<frame dataset> --out=<folder> (which writes <folder>/train, <folder>/test, "
         f"...), or point data.latent_train_dir / data.latent_test_dir at a cache."
     )
+
+
+def test_unit_std_scale_factor_gives_a_cache_of_unit_std(setup, tmp_path):
+    """LDM's scale_by_std: encoded with the measured factor, the latents have std 1 (16 videos
+    of 2 frames, so the 32 measured clips hold every frame twice, i.e. the whole split)."""
+    from predvdm_jax.data.latent_cache import unit_std_scale_factor
+
+    _, _, config, _, params = setup
+    rng = np.random.default_rng(5)
+    videos = [rng.integers(0, 256, (2, SIZE, SIZE), dtype=np.uint8) for _ in range(16)]
+    write_split(str(tmp_path / "frames"), videos)
+    factor = unit_std_scale_factor(config, params, str(tmp_path / "frames"))
+    assert factor == float(f"{factor:.5g}")  # printed exactly
+    scaled = config_lib.with_overrides(config, {"scale_factor": factor})
+    encode_split(scaled, params, str(tmp_path / "frames"), str(tmp_path / "latents"), "float32")
+    _, cached = read_cache(str(tmp_path / "latents"))
+    assert float(np.concatenate(cached).std()) == pytest.approx(1.0, rel=1e-4)
+    assert read_cache_info(str(tmp_path / "latents"))["scale_factor"] == factor
