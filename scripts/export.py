@@ -55,13 +55,20 @@ def main():
         weights = "EMA" if FLAGS.use_ema else "raw"
         report(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
     if FLAGS.predvdm_ckpt:
-        step, scale_factor = checkpoint.export_latent_diffusion_checkpoint(
+        step, config = checkpoint.export_latent_diffusion_checkpoint(
             FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step, FLAGS.vq_params
         )
         report(
             f"wrote {FLAGS.predvdm_ckpt} (step {step}, raw and EMA weights); set "
-            f"scale_factor: {scale_factor} in the PredVDM yaml"
+            f"scale_factor: {config.scale_factor} in the PredVDM yaml"
         )
+        target = config.diffusion.parameterization
+        if target != "eps":
+            report(
+                f"this run predicts {target} (diffusion.parameterization), PredVDM's configs ε: "
+                f"set parameterization: {target} in the yaml and check that its sampler reads "
+                f"the model's output as {target}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 The bundle holds the checkpoint's EMA denoiser (`model_ema.*`; `--nouse_ema` for `model.*`),
 its VQ (`first_stage_model.*`) and the config, so scripts/sample.py and scripts/evaluate.py score
 the original's model with this project's protocols (`--bundle=bundles/predvdm_kth64`). The
-config must describe the run's yaml: the UNet and VQ shapes (a mismatch lists every offending
-key), `model.mode`, `data.cond_frames` / `pred_frames`, the schedule (checked against the
-checkpoint's `betas`) and `scale_factor`. Lightning `.ckpt` files that pickle Python objects
+config must describe the run's yaml: the UNet and VQ shapes (a mismatch lists the offending
+keys), `model.mode`, `diffusion.parameterization`, `data.cond_frames` / `pred_frames`, the
+schedule (checked against the checkpoint's `betas`) and `scale_factor` (a file that
+scripts/export.py --predvdm_ckpt wrote records them, and a config that differs is refused). Lightning `.ckpt` files that pickle Python objects
 need `--allow_pickle` (it runs code from the file: trusted files only).
 """
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import re
 import zipfile
@@ -37,6 +38,7 @@ import numpy as np
 import ml_collections
 from flax import linen as nn
 
+from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
 from predvdm_jax.interop.bundle import Bundle
@@ -241,15 +243,13 @@ def latent_diffusion_state_dict(
     ema_decay: float,
     vq_params: Mapping[str, Any],
     schedule_buffers: Mapping[str, Any],
-    scale_factor: float,
 ) -> dict[str, np.ndarray]:
     """The whole state_dict of a PredVDM ``LatentDiffusion``: raw and EMA denoiser, the VQ as
-    ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B), the schedule
-    buffers and ``scale_factor`` (LDM's buffer under ``scale_by_std``; PredVDM's configs
-    have ``scale_by_std: False`` and take it from the yaml, which must then say the same),
-    so the original's ``init_from_ckpt`` loads every key it has."""
+    ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B) and the schedule
+    buffers, i.e. the keys of the original's module, so it loads strictly. No
+    ``scale_factor``: LDM keeps it as a buffer only under ``scale_by_std``, which PredVDM's
+    configs turn off (their yaml gives it)."""
     out = predvdm_params_to_state_dict(params, ema_params, ema_num_updates)
-    out["scale_factor"] = np.asarray(scale_factor, dtype=np.float32)
     out["model_ema.decay"] = np.asarray(ema_decay, dtype=np.float32)
     vq = ldm_vq.vq_params_to_state_dict(vq_params)
     for prefix in (FIRST_STAGE_PREFIX, "cond_stage_model."):
@@ -277,7 +277,6 @@ def write_latent_diffusion_checkpoint(
         float(config.train.ema_rate),
         load_vq_params(config.vq_params, config),
         {name: getattr(schedule, name) for name in SCHEDULE_BUFFERS},
-        float(config.scale_factor),
     )
     extra = {"global_step": int(step), EXPORT_MARKER: config.to_json_best_effort()}
     tc.save_torch_state_dict(path, state_dict, extra)
@@ -300,6 +299,44 @@ def is_latent_diffusion_export(path: str) -> bool:
         return False  # unreadable, another format or not a zip archive: not ours
 
 
+def recorded_config(path: str) -> ml_collections.ConfigDict | None:
+    """The config a file ``write_latent_diffusion_checkpoint`` wrote records (None: not one)."""
+    if not is_latent_diffusion_export(path):
+        return None
+    if tc.state_dict_format(path) == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, "numpy") as f:
+            recorded = f.metadata()[EXPORT_MARKER]
+    else:
+        checkpoint = tc.import_torch().load(path, map_location="cpu", weights_only=True, mmap=True)
+        recorded = checkpoint[EXPORT_MARKER]
+    return config_lib.config_from_dict(json.loads(recorded))
+
+
+def _check_recorded_model(
+    path: str, recorded: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+) -> None:
+    """A ``ValueError`` naming the model fields (architecture, mode, parameterization, frame
+    counts, schedule) on which ``config`` differs from ``recorded``, the config an export of
+    this project records: its weights would be read as another model's, e.g. x̂0 as ε."""
+    from predvdm_jax.training import checkpoint  # training imports this module
+
+    fields = [field for field in checkpoint.DENOISER_FIELDS if field != "scale_factor"]
+    differences = checkpoint.model_differences(
+        checkpoint.config_to_json(recorded),
+        checkpoint.config_to_json(config),
+        "in the checkpoint",
+        fields,
+    )
+    if differences:
+        raise ValueError(
+            f"{path} was exported from a run of another model than the config describes: "
+            f"{'; '.join(differences)}. Pass the run's config (the fields above as "
+            f"--config.<field>=<the checkpoint's value>)."
+        )
+
+
 def bundle_from_predvdm_checkpoint(
     path: str, config: ml_collections.ConfigDict, use_ema: bool = True, allow_pickle: bool = False
 ) -> tuple[Bundle, str]:
@@ -314,8 +351,13 @@ def bundle_from_predvdm_checkpoint(
     ``ct_attn`` whenever its yaml configures them, whatever the mode), so the summary names
     attention weights the configured mode leaves unused. A ``scale_factor`` buffer (LDM's
     ``scale_by_std``) replaces the config's; PredVDM's configs take it from the yaml
-    (``scale_by_std: False``), so pass that value as ``config.scale_factor``.
+    (``scale_by_std: False``), so pass that value as ``config.scale_factor``. A file this
+    project exported records its run's config: a ``config`` of another model is refused
+    (``_check_recorded_model``), and its ``scale_factor`` is taken.
     """
+    recorded = recorded_config(path)
+    if recorded is not None:
+        _check_recorded_model(path, recorded, config)
     state_dict = tc.load_torch_state_dict(path, allow_pickle=allow_pickle)
     model = LatentDiffusion.from_config(config)
     converted = convert_predvdm_state_dict(state_dict, model.denoiser)
@@ -337,13 +379,20 @@ def bundle_from_predvdm_checkpoint(
                 "linear_start and linear_end to the yaml's."
             )
     vq_params = ldm_vq.convert_vq_state_dict(converted.first_stage_state_dict, model.vq)
+    scale_factor, scale_from = None, "the config's: --config.scale_factor sets it"
+    if recorded is not None:
+        scale_factor, scale_from = float(recorded.scale_factor), "the exported run's"
     if "scale_factor" in state_dict:
         scale_factor = float(np.asarray(state_dict["scale_factor"]).item())
-        if scale_factor != config.scale_factor:
-            config = copy.deepcopy(config)
-            config.scale_factor = scale_factor
+        scale_from = "the checkpoint's buffer"
+    if scale_factor is not None:
+        config = copy.deepcopy(config)
+        config.scale_factor = scale_factor
     weights = f"EMA weights ({converted.ema_num_updates} updates)" if use_ema else "raw weights"
-    summary = f"{weights}, mode {config.model.mode}, scale_factor {config.scale_factor:g}"
+    summary = (
+        f"{weights}, mode {config.model.mode}, {config.diffusion.parameterization}-prediction, "
+        f"scale_factor {config.scale_factor:g} ({scale_from})"
+    )
     unused = [
         name
         for name in WRAPPER_ATTENTION_MODULES

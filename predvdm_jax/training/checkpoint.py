@@ -661,12 +661,13 @@ def export_bundle(
 
 def export_latent_diffusion_checkpoint(
     workdir: str, path: str, step: int | None = None, vq_params: str | None = None
-) -> tuple[int, float]:
+) -> tuple[int, ml_collections.ConfigDict]:
     """Writes a run's checkpoint (the newest finished one by default) as a PredVDM
     ``LatentDiffusion`` checkpoint (``predvdm_ckpt.write_latent_diffusion_checkpoint``), after
     ``check_export_path``; ``vq_params`` as in ``load_train_state``. Returns the step written
-    and the latent ``scale_factor`` the original's yaml must use. In a multi-process run every
-    process calls it (the restore is collective) and process 0 writes."""
+    and the run's config (the original's yaml must give its ``scale_factor`` and
+    parameterization). In a multi-process run every process calls it (the restore is
+    collective) and process 0 writes."""
     check_export_path(path, workdir)
     if torch_checkpoint.state_dict_format(path) == "torch":
         torch_checkpoint.import_torch()  # before the restore, so a missing PyTorch fails fast
@@ -674,7 +675,7 @@ def export_latent_diffusion_checkpoint(
     state = _host_tree(state)
     if jax.process_index() == 0:
         predvdm_ckpt.write_latent_diffusion_checkpoint(path, config, state, step)
-    return step, float(config.scale_factor)
+    return step, config
 
 
 def load_model(

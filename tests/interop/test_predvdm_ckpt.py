@@ -229,7 +229,7 @@ def test_exported_latent_diffusion_checkpoint_loads_and_runs_in_pytorch(tmp_path
     buffers.update(betas=betas, alphas_cumprod=alphas_cumprod)
 
     path = tmp_path / f"exported{suffix}"
-    state_dict = predvdm_ckpt.latent_diffusion_state_dict(params, ema, 7, 0.999, vq, buffers, 0.25)
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(params, ema, 7, 0.999, vq, buffers)
     tc.save_torch_state_dict(path, state_dict, {"global_step": 40})
     if suffix == ".ckpt":
         saved = torch.load(path, weights_only=True)
@@ -254,7 +254,7 @@ def test_exported_latent_diffusion_checkpoint_loads_and_runs_in_pytorch(tmp_path
         assert rel_err(got, expected) < 1e-4
     assert float(loaded["model_ema.decay"]) == pytest.approx(0.999)
     assert int(loaded["model_ema.num_updates"]) == 7
-    assert float(loaded["scale_factor"]) == 0.25
+    assert "scale_factor" not in loaded  # a buffer only under scale_by_std, off in PredVDM
 
     first = {k: v.numpy() for k, v in loaded.items() if k.startswith("first_stage_model.")}
     again = ldm_vq.convert_vq_state_dict(first, vq_config)

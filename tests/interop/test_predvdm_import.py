@@ -107,7 +107,10 @@ def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(origi
     out = tmp_path / "bundle"
     result = _run_script(path, out, "--config.diffusion.parameterization=eps")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "EMA weights (7 updates), mode tcct_para_attn, scale_factor 0.25" in result.stdout
+    assert (
+        "EMA weights (7 updates), mode tcct_para_attn, eps-prediction, scale_factor 0.25 (the "
+        "checkpoint's buffer)" in result.stdout
+    )
 
     bundle = bundle_lib.load_bundle(str(out))
     assert bundle.config.scale_factor == SCALE_FACTOR
@@ -168,8 +171,10 @@ def test_a_checkpoint_without_ema_weights_asks_for_nouse_ema(original, tmp_path)
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suffix):
-    """Export (latent_diffusion_state_dict as scripts/export.py writes it) then import: the same
-    weights come back, and the scalar buffers keep PyTorch's 0-d shape on disk."""
+    """Export (latent_diffusion_state_dict and the run's config, as scripts/export.py writes
+    them) then import: the same weights come back with the run's scale_factor, the scalar
+    buffers keep PyTorch's 0-d shape on disk, and a config of another model is refused (an x0
+    run imported as ε would sample garbage without a word)."""
     from predvdm_jax.interop.torch_checkpoint import load_torch_state_dict, save_torch_state_dict
 
     config, *_, path = original
@@ -183,13 +188,15 @@ def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suff
         0.999,
         imported.vq_params,
         {name: getattr(schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
-        0.5,
     )
+    run = config_lib.with_overrides(imported.config, {"scale_factor": 0.5})
     exported = tmp_path / f"export{suffix}"
-    save_torch_state_dict(exported, state_dict)
+    recorded = {predvdm_ckpt.EXPORT_MARKER: run.to_json_best_effort()}
+    save_torch_state_dict(exported, state_dict, recorded)
     on_disk = load_torch_state_dict(str(exported), allow_pickle=True)
-    for name in ("scale_factor", "model_ema.decay", "model_ema.num_updates"):
+    for name in ("model_ema.decay", "model_ema.num_updates"):
         assert np.shape(on_disk[name]) == (), name
+    assert "scale_factor" not in on_disk
 
     for use_ema, want in ((True, imported), (False, raw)):
         back, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
@@ -198,7 +205,17 @@ def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suff
         assert back.config.scale_factor == 0.5
         for got, expected in ((back.params, want.params), (back.vq_params, want.vq_params)):
             jax.tree.map(np.testing.assert_array_equal, got, expected)
-    assert (
-        "EMA weights (7 updates)"
-        in predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), config)[1]
+    assert predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), config)[1].endswith(
+        "scale_factor 0.5 (the exported run's)"
+    )
+    other = config_lib.with_overrides(
+        config, {"model.mode": "tc", "diffusion.parameterization": "x0", "scale_factor": 2.0}
+    )
+    with pytest.raises(ValueError) as error:
+        predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), other)
+    assert str(error.value) == (
+        f"{exported} was exported from a run of another model than the config describes: "
+        "model.mode 'tcct_para_attn' in the checkpoint, 'tc' now; diffusion.parameterization "
+        "'eps' in the checkpoint, 'x0' now. Pass the run's config (the fields above as "
+        "--config.<field>=<the checkpoint's value>)."
     )

@@ -159,10 +159,10 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     # An earlier export (found by the config it records, not by its suffix) is replaced.
     for exported in (tmp_path / "run.ckpt", tmp_path / "run.safetensors"):
         for _ in range(2):
-            assert checkpoint.export_latent_diffusion_checkpoint(workdir, str(exported)) == (
-                40,
-                1.0,
+            step, exported_config = checkpoint.export_latent_diffusion_checkpoint(
+                workdir, str(exported)
             )
+            assert step == 40 and exported_config.to_dict() == config.to_dict()
         back = predvdm_ckpt.load_predvdm_checkpoint(exported, model.denoiser)
         for got, want in ((back.params, state.params), (back.ema_params, state.ema_params)):
             jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
