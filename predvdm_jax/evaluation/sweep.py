@@ -18,7 +18,7 @@ import ml_collections
 from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion import samplers
-from predvdm_jax.evaluation import report
+from predvdm_jax.evaluation import predictions, report
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -246,8 +246,8 @@ def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: 
     """After an evaluation wrote ``out_dir``, removes what an earlier one there wrote and this
     one did not rewrite, so the folder holds one run's numbers: after a sweep (``labels``, its
     entries), an earlier single evaluation's reports and the folders of ``earlier_labels`` (the
-    earlier sweep's, read before writing) not in ``labels``; after a single evaluation
-    (``labels`` empty), the earlier sweep's files and folders."""
+    earlier sweep's, read before writing) not in ``labels``, saved predictions included; after
+    a single evaluation (``labels`` empty), the earlier sweep's files and folders."""
     if labels:
         report.clear_evaluation(out_dir)
     else:
@@ -259,6 +259,7 @@ def remove_earlier_reports(out_dir: str, earlier_labels: Sequence[str], labels: 
         folder = os.path.join(out_dir, label)
         if os.path.isfile(os.path.join(folder, report.METRICS_FILE)):  # a sweep entry's report
             report.clear_evaluation(folder)
+            predictions.clear(folder)
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
 

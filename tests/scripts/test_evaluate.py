@@ -546,9 +546,15 @@ def _earlier_single(out):
 
 
 def _earlier_sweep(out, labels):
+    """Each entry with its report and saved predictions (--save_predictions)."""
+    from predvdm_jax.evaluation import predictions
+
     for label in labels:
-        (out / label).mkdir(parents=True)
+        (out / label / "predictions" / "real").mkdir(parents=True)
         (out / label / "metrics.json").write_text("{}")
+        index = {"written_by": predictions.WRITTEN_BY}
+        (out / label / "predictions" / "clips.json").write_text(json.dumps(index))
+        hdf5.write_split(str(out / label / "predictions" / "real"), _videos(0)[:1])
     (out / "sweep.json").write_text(json.dumps({label: {} for label in labels}))
     (out / "sweep.md").write_text("an earlier sweep's")
 
