@@ -31,6 +31,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib, mesh
+from predvdm_jax.evaluation import predictions as predictions_lib
 from predvdm_jax.evaluation import protocol as protocol_lib
 from predvdm_jax.evaluation import report
 from predvdm_jax.evaluation import run as run_lib
@@ -189,12 +190,11 @@ def _evaluate_model():
         if FLAGS.save_predictions:
             last = protocol.num_samples - 1
             samples = f"sample_0/ ... sample_{last}/" if last else "sample_0/"
+            scoring = run_lib.scoring_settings(protocol, config)
+            rescore = predictions_lib.rescore_command(FLAGS.out, config.data.cond_frames, scoring)
             print(
                 f"wrote {FLAGS.out}/predictions/ (real/, {samples}, clips.json); re-score a "
-                f"sample with "
-                f"--real_dir={FLAGS.out}/predictions/real "
-                f"--fake_dir={FLAGS.out}/predictions/sample_0 "
-                f"--cond_frames={bundle.config.data.cond_frames}"
+                f"sample with {rescore} --out=<another folder>"
             )
     else:
         print(sweep_lib.sweep_table(all_metrics))

@@ -44,6 +44,29 @@ _SPLIT_NAME = re.compile(r"real|sample_\d+")
 _SHARD_NAME = re.compile(r"shard_(\d{4,})\.hdf5(\.tmp)?")
 
 
+SCORING_FIELDS = {"metric_style": "predvdm", "fvd_resize": "bilinear"}
+"""The ``eval`` fields that change scores of folders, with their defaults."""
+
+
+def rescore_command(out: str, cond_frames: int, scoring: Mapping[str, str]) -> str:
+    """The ``evaluate.py`` command that scores sample 0 of ``out``'s saved predictions as the
+    evaluation did: ``scoring`` holds the values of ``SCORING_FIELDS`` it used (the protocol's
+    metric style, which a preset may set), passed on where they are not the defaults."""
+    folder = os.path.join(out, PREDICTIONS_DIR)
+    flags = [
+        f"--config.eval.{name}={scoring[name]}"
+        for name, default in SCORING_FIELDS.items()
+        if scoring[name] != default
+    ]
+    return " ".join(
+        [
+            f"scripts/evaluate.py --real_dir={folder}/{REAL_SPLIT}",
+            f"--fake_dir={folder}/{sample_split(0)} --cond_frames={cond_frames}",
+            *flags,
+        ]
+    )
+
+
 def sample_split(sample: int) -> str:
     return f"sample_{sample}"
 
@@ -124,6 +147,7 @@ class PredictionWriter:
         pred_frames: int,
         windows: Sequence[tuple[int, int]],
         description: Mapping[str, Any],
+        scoring: Mapping[str, str],
         done_batches: int = 0,
         done_samples: Sequence[int] = (),
     ):
@@ -153,9 +177,7 @@ class PredictionWriter:
             "metrics.json's videos; grayscale without a channel axis",
             "pairing": "video k of every split is clip k below (one shard per evaluation "
             "batch, in order)",
-            "rescore": f"scripts/evaluate.py --real_dir=<out>/{PREDICTIONS_DIR}/{REAL_SPLIT} "
-            f"--fake_dir=<out>/{PREDICTIONS_DIR}/sample_0 --cond_frames={cond_frames} "
-            f"--out=<another folder>",
+            "rescore": f"{rescore_command('<out>', cond_frames, scoring)} --out=<another folder>",
             "clips": [
                 {"clip": k, "test_video": int(video), "start_frame": int(start)}
                 for k, (video, start) in enumerate(windows)

@@ -89,6 +89,11 @@ def make_i3d_feature_fn(
     )
 
 
+def scoring_settings(protocol: Protocol, config) -> dict[str, str]:
+    """The values of ``predictions.SCORING_FIELDS`` an evaluation scores with."""
+    return {"metric_style": protocol.metric_style, "fvd_resize": config.eval.fvd_resize}
+
+
 def evaluate_model(
     config,
     params: Any,
@@ -293,6 +298,7 @@ def evaluate_samplers(
                 pred_frames=pred_frames,
                 windows=windows,
                 description={**clips_described, **what_ran(sampling), **grayscale},
+                scoring=scoring_settings(protocol, config),
                 done_batches=len(resume.batches),
                 done_samples=[s for system, s in resume.samples if system == label],
             )

@@ -348,6 +348,10 @@ def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypat
     assert sorted(os.listdir(saved)) == ["clips.json", "real", "sample_0", "sample_1"]
     assert both["predictions"]["splits"] == ["real", "sample_0", "sample_1"]
     index = json.loads((saved / "clips.json").read_text())
+    assert index["rescore"] == (  # predvdm style: no --config.eval flags, as score_folders below
+        "scripts/evaluate.py --real_dir=<out>/predictions/real --fake_dir=<out>/predictions/"
+        f"sample_0 --cond_frames={COND} --out=<another folder>"
+    )
     real_set = hdf5.VideoShards(str(saved / "real"))
     assert len(real_set) == 3 and real_set.frame_shape == (SIZE, SIZE)
     for k, clip in enumerate(index["clips"]):  # real/ holds the windows scored against
@@ -402,6 +406,25 @@ def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypat
         evaluate("out", 1, True)  # a folder of the user's is never written into
     assert os.listdir(saved) == ["mine.txt"] and not os.path.exists(
         saved.parent / "predictions.partial"
+    )
+
+
+def test_the_rescore_command_scores_with_the_evaluations_metric_style_and_fvd_resize():
+    """An mcvd evaluation's SSIM/PSNR/LPIPS are MCVD's (the preset's style): re-scoring its
+    predictions with the defaults would give other numbers."""
+    from predvdm_jax.evaluation import predictions
+
+    config = _tiny_config("unused")
+    mcvd = protocol_lib.resolve_protocol("mcvd")
+    assert predictions.rescore_command("ev", COND, run_lib.scoring_settings(mcvd, config)) == (
+        "scripts/evaluate.py --real_dir=ev/predictions/real --fake_dir=ev/predictions/sample_0 "
+        f"--cond_frames={COND} --config.eval.metric_style=mcvd"
+    )
+    config.eval.fvd_resize = "tf1_bilinear"
+    predvdm = protocol_lib.resolve_protocol("predvdm")
+    assert predictions.rescore_command("ev", COND, run_lib.scoring_settings(predvdm, config)) == (
+        "scripts/evaluate.py --real_dir=ev/predictions/real --fake_dir=ev/predictions/sample_0 "
+        f"--cond_frames={COND} --config.eval.fvd_resize=tf1_bilinear"
     )
 
 
