@@ -282,7 +282,7 @@ def _reject_unread_overrides(overrides, folders, vq_only=False):
             " with --vq_params, which reads only the VQ's architecture (--config.vq.*, "
             "--config.vq_chunk, --config.data.image_size, --config.data.channels), "
             "--config.data.cond_frames, --config.data.test_dir and the --config.eval.* fields "
-            "that its flags given do not set",
+            "that the flags given do not set",
             {"vq_params": "--vq_params sets it", **replaced},
         )
         return
@@ -298,7 +298,7 @@ def _reject_unread_overrides(overrides, folders, vq_only=False):
         overrides,
         [field for field in MODEL_CONFIG_FIELDS if field not in replaced],
         f" in evaluate.py, which reads only {cli.MODEL_FIELDS_TEXT}, --config.data.test_dir "
-        "and the --config.eval.* fields that its flags given do not set",
+        "and the --config.eval.* fields that the flags given do not set",
         {**cli.INFERENCE_HINTS, **replaced},
     )
 

@@ -117,7 +117,7 @@ def test_a_stray_positional_argument_is_an_error(tmp_path):
             "--config.optimizer.b1, --config.train.num_steps, --config.vq_train.num_steps have "
             "no effect in evaluate.py, which reads only the model's architecture, latent scale "
             "and noise schedule, --config.vq_params, --config.sampling.*, --config.data.test_dir "
-            "and the --config.eval.* fields that its flags given do not set; remove them",
+            "and the --config.eval.* fields that the flags given do not set; remove them",
         ),
         (
             "evaluate.py",
