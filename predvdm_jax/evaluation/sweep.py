@@ -19,6 +19,7 @@ from predvdm_jax import atomic_io
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion import samplers
 from predvdm_jax.evaluation import predictions, report
+from predvdm_jax.evaluation.protocol import FVD_VARIANTS
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -162,8 +163,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 "SSIM",
                 "PSNR",
                 "LPIPS",
-                "FVD cond+pred",
-                "FVD pred-only",
+                *(f"FVD {variant}" for variant in FVD_VARIANTS),
                 "predict s",
                 "frames/s",
             ]
@@ -177,8 +177,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
             _mean(entry.get("ssim"), 4),
             _mean(entry.get("psnr"), 2),
             _mean(entry.get("lpips"), 4),
-            _fvd(fvd.get("cond+pred")),
-            _fvd(fvd.get("pred-only")),
+            *(_fvd(fvd.get(variant)) for variant in FVD_VARIANTS),
             seconds,
             speed,
         ]

@@ -116,7 +116,11 @@ def _metrics(sampler, ssim, fvd, seconds, frames_per_second=None):
             "ssim": {"mean": {"value": ssim, "std": 0.1}},
             "psnr": {"mean": {"value": 20.0, "std": 1.0}},
             "lpips": "LPIPS unavailable",
-            "fvd": {"cond+pred": {"trajectory_mean": fvd}, "pred-only": "skipped"},
+            "fvd": {
+                "cond+pred": {"trajectory_mean": fvd},
+                "pred-only": "skipped",
+                "vq-cond+pred": {"trajectory_mean": fvd + 1},
+            },
         },
         "baselines": {
             "copy_last_frame": {
@@ -138,14 +142,16 @@ def test_sweep_table_rows_and_files(tmp_path):
     }
     lines = sweep_lib.sweep_table(all_metrics).splitlines()
     assert lines[0].startswith("Protocol `predvdm`: 4 clips × 1 samples, 2 → 3 frames")
-    assert lines[2].endswith("| predict s | frames/s |")
+    assert lines[2].endswith(
+        "| FVD cond+pred | FVD pred-only | FVD vq-cond+pred | predict s | frames/s |"
+    )
     assert lines[4] == (
-        "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | n/a | 3.2 | 56.8 |"
+        "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | n/a | 124.5 | 3.2 | 56.8 |"
     )
     assert lines[5] == (
-        "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | n/a | 30.0 | n/a |"
+        "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | n/a | 100.0 | 30.0 | n/a |"
     )
-    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a |  |  |"
+    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a | n/a |  |  |"
     paths = sweep_lib.write_sweep(str(tmp_path / "out"), all_metrics)
     assert open(paths["table"]).read() == sweep_lib.sweep_table(all_metrics)
     assert json.load(open(paths["metrics"]))["ddim_100_eta1"]["model"]["ssim"]["mean"] == {
