@@ -178,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     previews = config.train.preview_every > 0
     # Read even when every batch is a cached latent: sampling, evaluation and export need the
     # VQ the run records, so a wrong path fails now rather than after training.
-    vq_params = load_vq_params(config.vq_params, config)
+    vq_params = _run_vq_params(config)
     for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
         if cache:
             latent_cache.check_cache_matches(config, cache, vq_params)
@@ -214,6 +214,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
             evaluations=evaluations,
             initial_params=initial_params,
         )
+
+
+def _run_vq_params(config: ml_collections.ConfigDict) -> Any:
+    """``config.vq_params``; when missing while ``train.init_from`` is a bundle, the error
+    names the bundle's own VQ file (a fine-tuning run usually wants that VQ)."""
+    try:
+        return load_vq_params(config.vq_params, config)
+    except FileNotFoundError as error:
+        start = config.train.init_from
+        if not (start and folders.is_bundle(start)):
+            raise
+        bundled = os.path.join(start, folders.VQ_FILE)
+        raise FileNotFoundError(
+            f"{error}; to fine-tune with the VQ of the bundle train.init_from names: "
+            f"--config.vq_params={bundled}"
+        ) from None
 
 
 def fine_tuning_start(path: str, config: ml_collections.ConfigDict) -> Any:

@@ -361,6 +361,16 @@ def test_init_from_a_bundle_starts_the_weights_and_ema_from_its_weights(tmp_path
     message = str(error.value)
     assert "holds another model: unet.model_channels 64 in " in message and "32 now" in message
     assert not os.path.exists(tmp_path / "another_run" / "checkpoints")
+    # The run's VQ params missing: the bundle's own VQ is named.
+    no_vq = config_lib.with_overrides(
+        run, {"train.init_from": str(tmp_path / "start"), "vq_params": str(tmp_path / "gone")}
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        diffusion_trainer.train(no_vq, str(tmp_path / "another_run"))
+    assert str(error.value).endswith(
+        f"to fine-tune with the VQ of the bundle train.init_from names: "
+        f"--config.vq_params={tmp_path / 'start' / 'vq.safetensors'}"
+    )
     run.train.init_from = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match=r"^train\.init_from: .*missing' does not exist"):
         diffusion_trainer.train(run, str(tmp_path / "another_run"))
