@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -60,11 +61,23 @@ def initialize_distributed(
             "address and a process id; pass them or set JAX_COORDINATOR_ADDRESS and "
             "JAX_PROCESS_ID"
         )
+    # JAX waits up to 5 minutes for every process, silently, then aborts with "another task
+    # died": say what it waits for, so a wrong JAX_NUM_PROCESSES or a task that never started
+    # is recognisable.
+    logging.info(
+        "process %d of %d: waiting for all %d processes (JAX_NUM_PROCESSES) to join at %s; one "
+        "that never starts stops this one after 5 minutes",
+        process_id,
+        num_processes,
+        num_processes,
+        coordinator_address,
+    )
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
     )
+    logging.info("all %d processes joined", num_processes)
 
 
 def _env_int(name: str) -> int:
@@ -111,11 +124,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Any = None, slices: int = 
     by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
     groups = {d.slice_index if by_slice else d.process_index for d in devices}
     if len(groups) != slices:
-        unit = "TPU slices" if by_slice else "processes (and one TPU slice)"
-        raise ValueError(
-            f"mesh.slices={slices} but the devices are in {len(groups)} {unit}; set "
-            f"mesh.slices={len(groups)} or 1"
-        )
+        found = len(groups)
+        if by_slice:
+            where, fix = f"{found} TPU slices", f"set mesh.slices={found}"
+        else:
+            where = f"{found} process{'es' if found > 1 else ''} of one slice"
+            fix = (
+                f"set mesh.slices={found} (with one TPU slice or none, each process counts as "
+                f"a slice: run {slices} processes for mesh.slices={slices})"
+            )
+        raise ValueError(f"mesh.slices={slices} but the devices are in {where}; {fix}")
     if data % slices:
         raise ValueError(f"mesh.data={data} is not a multiple of mesh.slices={slices}")
     device_grid = mesh_utils.create_hybrid_device_mesh(

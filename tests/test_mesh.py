@@ -53,8 +53,13 @@ def test_slices_that_do_not_fit_the_devices():
     with pytest.raises(ValueError, match="mesh.data=1 is not a multiple of mesh.slices=2"):
         mesh_lib.make_mesh(1, 8, devices, slices=2)
     one_slice = [_SliceDevice(i, 0, slice_index=0) for i in range(8)]
-    with pytest.raises(ValueError, match=r"slices=2 but the devices are in 1 processes"):
+    with pytest.raises(ValueError) as error:
         mesh_lib.make_mesh(-1, 1, one_slice, slices=2)
+    assert str(error.value) == (
+        "mesh.slices=2 but the devices are in 1 process of one slice; set mesh.slices=1 (with "
+        "one TPU slice or none, each process counts as a slice: run 2 processes for "
+        "mesh.slices=2)"
+    )
 
 
 def test_mesh_errors_name_the_field_and_the_fix():
