@@ -11,6 +11,7 @@ import jax
 import ml_collections
 from flax import linen as nn
 
+from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
 from predvdm_jax.tensor_files import check_keys, check_weights_setting
@@ -36,14 +37,15 @@ def with_recorded_vq(
     except Exception:
         return config
     given = set(given)
-    config = config.copy_and_resolve_references()
-    for section in ("vq", "data"):
-        for name, value in json.loads(metadata.get(section, "{}")).items():
-            field = f"{section}.{name}"
-            known = section == "vq" or name in RECORDED_DATA_FIELDS
-            if known and name in config[section] and field not in given and section not in given:
-                config[section][name] = tuple(value) if isinstance(value, list) else value
-    return config
+    recorded = {
+        f"{section}.{name}": tuple(value) if isinstance(value, list) else value
+        for section in ("vq", "data")
+        if section not in given
+        for name, value in json.loads(metadata.get(section, "{}")).items()
+        if (section == "vq" or name in RECORDED_DATA_FIELDS) and name in config[section]
+    }
+    kept = {field: value for field, value in recorded.items() if field not in given}
+    return config_lib.with_overrides(config, kept, validated=False)
 
 
 def load_vq_params(

@@ -86,7 +86,7 @@ class CheckpointReadError(ValueError):
 
 _START_FROM = {
     "denoiser": "--config.train.init_from={bundle}",
-    "vq": "--config.vq_train.init_from={bundle}/vq.safetensors",
+    "vq": f"--config.vq_train.init_from={{bundle}}/{folders.VQ_FILE}",
 }
 """How each trainer (``TRAINERS``) starts from the weights of a bundle."""
 
