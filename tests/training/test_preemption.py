@@ -73,7 +73,10 @@ def test_sigterm_after_the_last_step_just_finishes(tmp_path):
     assert finished_steps(tmp_path / "checkpoints") == [2, 3]
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
+def _one_of_two_processes_signalled(tmp_path, **signal_at_step):
+    """Two processes training 1000 steps, process 1 signalled at step 3
+    (``sigterm_at_step`` / ``sigint_at_step``): their (returncode, output), and the one step
+    they saved."""
     config_args = dict(num_steps=1000, save_every=2000, log_every=2000, data=1, fsdp=2)
     runs = run_two_processes(
         {
@@ -81,15 +84,18 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
             "config": config_args,
             "workdir": str(tmp_path),
             "out": str(tmp_path / "unused.npz"),
-            "sigterm_at_step": {"1": 3},
+            **signal_at_step,
         }
     )
+    saved = finished_steps(tmp_path / "checkpoints")
+    assert len(saved) == 1 and 3 <= saved[0] < 1000, (saved, runs[1][1][-4000:])
+    return runs, saved[0]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
+    runs, step = _one_of_two_processes_signalled(tmp_path, sigterm_at_step={"1": 3})
     for returncode, output in runs:
         assert returncode == loop.TrainingPreempted.exit_code, output[-4000:]
-
-    saved = finished_steps(tmp_path / "checkpoints")
-    assert len(saved) == 1 and 3 <= saved[0] < 1000, saved
-    step = saved[0]
     for _, output in runs:
         assert f"after step {step} of 1000" in output, output[-2000:]
     data_item = json.loads((tmp_path / "checkpoints" / str(step) / "data" / "metadata").read_text())
@@ -139,20 +145,9 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, capfd):
 
 
 def test_ctrl_c_to_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):
-    config_args = dict(num_steps=1000, save_every=2000, log_every=2000, data=1, fsdp=2)
-    runs = run_two_processes(
-        {
-            "mode": "train",
-            "config": config_args,
-            "workdir": str(tmp_path),
-            "out": str(tmp_path / "unused.npz"),
-            "sigint_at_step": {"1": [3]},
-        }
-    )
+    runs, step = _one_of_two_processes_signalled(tmp_path, sigint_at_step={"1": [3]})
     (code_0, output_0), (code_1, output_1) = runs
     assert (code_0, code_1) == (143, 130), output_1[-4000:]
     assert CTRL_C_LINE not in output_0 and output_1.count(CTRL_C_LINE) == 1, output_1[-4000:]
-    saved = finished_steps(tmp_path / "checkpoints")
-    assert len(saved) == 1 and 3 <= saved[0] < 1000, saved
-    assert f"stopped by Ctrl-C (SIGINT) after step {saved[0]} of 1000" in output_1
-    assert f"(SIGTERM or Ctrl-C to one of the processes) after step {saved[0]} of" in output_0
+    assert f"stopped by Ctrl-C (SIGINT) after step {step} of 1000" in output_1
+    assert f"(SIGTERM or Ctrl-C to one of the processes) after step {step} of" in output_0
