@@ -19,7 +19,8 @@ Names are generated from the Flax tree (``diffusion_model/input_blocks_1_0/in_la
 names never have to be parsed. Wrapper attention weights of a module the
 configured mode does not use (e.g. ``tc_attn`` in a ``tc`` model) are ignored
 and listed in ``ignored_keys``; every other missing, unexpected or wrong-shape
-key is an error.
+key is an error. PredVDM's ``DiffusionWrapper`` builds both gates in every mode, so an export
+writes the unused ones too, at PyTorch's default initialisation (``unused_gate_state_dict``).
 """
 
 from __future__ import annotations
@@ -236,7 +237,32 @@ def predvdm_params_to_state_dict(
     return out
 
 
+def unused_gate_state_dict(model: PredVDMDenoiser, seed: int = 0) -> dict[str, np.ndarray]:
+    """Raw and EMA keys of the wrapper gates ``model.mode`` does not use, drawn as PyTorch
+    initialises a ``Conv2d`` (uniform within ±1/sqrt(fan_in), weights and biases alike).
+
+    The original builds ``tc_attn`` and ``ct_attn`` in every mode (spec §D.5 counts both in the
+    SMMNIST ``tc`` model) and never trains an unused one, so its raw and EMA copies stay at
+    their initial values; without these keys its strict load (Lightning's
+    ``trainer.test(ckpt_path=...)``) fails on a ``tc``, ``ct`` or ``tcct_para`` export."""
+    used = {path[0] for path in param_shapes(model)}
+    every_gate = param_shapes(model.clone(mode="tcct_para_attn"))
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for path, shape in sorted(every_gate.items()):
+        if path[0] not in WRAPPER_ATTENTION_MODULES or path[0] in used:
+            continue
+        kernel = path[:-1] + ("kernel",)
+        bound = 1.0 / np.sqrt(np.prod(_torch_shape(kernel, every_gate[kernel])[1:]))
+        value = rng.uniform(-bound, bound, _torch_shape(path, shape)).astype(np.float32)
+        name = flax_path_to_torch_name(path)
+        out[MODEL_PREFIX + name] = value
+        out[ema_key(name)] = value.copy()
+    return out
+
+
 def latent_diffusion_state_dict(
+    model: PredVDMDenoiser,
     params: Mapping[str, Any],
     ema_params: Mapping[str, Any],
     ema_num_updates: int,
@@ -244,12 +270,14 @@ def latent_diffusion_state_dict(
     vq_params: Mapping[str, Any],
     schedule_buffers: Mapping[str, Any],
 ) -> dict[str, np.ndarray]:
-    """The whole state_dict of a PredVDM ``LatentDiffusion``: raw and EMA denoiser, the VQ as
+    """The whole state_dict of a PredVDM ``LatentDiffusion`` holding ``model``'s ``params``:
+    raw and EMA denoiser (both wrapper gates, used or not), the VQ as
     ``first_stage_model.*`` and its ``cond_stage_model.*`` duplicate (spec §B) and the schedule
     buffers, i.e. the keys of the original's module, so it loads strictly. No
     ``scale_factor``: LDM keeps it as a buffer only under ``scale_by_std``, which PredVDM's
     configs turn off (their yaml gives it)."""
     out = predvdm_params_to_state_dict(params, ema_params, ema_num_updates)
+    out.update(unused_gate_state_dict(model))
     out["model_ema.decay"] = np.asarray(ema_decay, dtype=np.float32)
     vq = ldm_vq.vq_params_to_state_dict(vq_params)
     for prefix in (FIRST_STAGE_PREFIX, "cond_stage_model."):
@@ -269,8 +297,10 @@ def write_latent_diffusion_checkpoint(
     (``.ckpt``: what the PyTorch original loads; ``.safetensors``: the same state_dict without
     PyTorch). Both record this project's config under ``EXPORT_MARKER``, which tells
     ``is_latent_diffusion_export`` that a re-export may replace the file."""
-    schedule = LatentDiffusion.from_config(config).schedule
+    diffusion = LatentDiffusion.from_config(config)
+    schedule = diffusion.schedule
     state_dict = latent_diffusion_state_dict(
+        diffusion.denoiser,
         state.params,
         state.ema_params,
         int(state.ema_updates),

@@ -266,6 +266,14 @@ def state_dict_format(path: str | os.PathLike) -> str:
     )
 
 
+# The keys every Lightning checkpoint has (``extra`` may override them). Lightning >= 1.8
+# migrates a file by its version on load, reading ``epoch`` and ``global_step`` (a ``KeyError``
+# without them). 1.6.5 is the first version whose files need no loop-state migration: one
+# from an earlier version gets a fit loop only, and ``trainer.test`` then fails on the
+# missing test loop.
+LIGHTNING_KEYS = {"pytorch-lightning_version": "1.6.5", "epoch": 0, "global_step": 0}
+
+
 def save_torch_state_dict(
     path: str | os.PathLike,
     state_dict: Mapping[str, np.ndarray],
@@ -274,7 +282,8 @@ def save_torch_state_dict(
     """Write a PyTorch state_dict (atomically): ``.safetensors`` holds the tensors (no PyTorch
     needed) with ``extra`` as string metadata (JSON for non-strings); ``.ckpt`` / ``.pt`` /
     ``.pth`` is ``torch.save({'state_dict': ..., **extra})``, the layout of a Lightning
-    checkpoint."""
+    checkpoint with its ``LIGHTNING_KEYS``, which Lightning's ``trainer.test(ckpt_path=...)``
+    and ``load_from_checkpoint`` read."""
     arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # keeps 0-d buffers 0-d
     if state_dict_format(path) == "safetensors":
         from safetensors.numpy import save_file
@@ -285,7 +294,11 @@ def save_torch_state_dict(
         torch = import_torch()
         tensors = {k: torch.tensor(v) for k, v in arrays.items()}  # copies: arrays may be read-only
         atomic_io.write_file(
-            path, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp)
+            path,
+            lambda tmp: torch.save(
+                {"state_dict": tensors, **LIGHTNING_KEYS, **(extra or {})},
+                tmp,
+            ),
         )
 
 

@@ -229,7 +229,7 @@ def test_exported_latent_diffusion_checkpoint_loads_and_runs_in_pytorch(tmp_path
     buffers.update(betas=betas, alphas_cumprod=alphas_cumprod)
 
     path = tmp_path / f"exported{suffix}"
-    state_dict = predvdm_ckpt.latent_diffusion_state_dict(params, ema, 7, 0.999, vq, buffers)
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(model, params, ema, 7, 0.999, vq, buffers)
     tc.save_torch_state_dict(path, state_dict, {"global_step": 40})
     if suffix == ".ckpt":
         saved = torch.load(path, weights_only=True)

@@ -182,6 +182,7 @@ def test_a_checkpoint_this_project_exports_imports_back(original, tmp_path, suff
     raw, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
     schedule = LatentDiffusion.from_config(imported.config).schedule
     state_dict = predvdm_ckpt.latent_diffusion_state_dict(
+        LatentDiffusion.from_config(imported.config).denoiser,
         raw.params,
         imported.params,
         7,
