@@ -25,7 +25,7 @@ def get_config():
     c.sampling.steps = 100
     c.eval.pred_frames = 28
     c.eval.num_clips = 256
-    c.train.eval_every = 1000
+    c.train.eval_every = 1000  # this project's choice: PredVDM has no BAIR config
     c.train.keep_best = 3  # bundles of the 3 lowest val/loss_ema, as PredVDM's save_top_k
     c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM
     return config_lib.finalize(c)

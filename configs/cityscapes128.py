@@ -31,7 +31,7 @@ def get_config():
     c.sampling.steps = 20
     c.eval.pred_frames = 28
     c.eval.num_clips = 256
-    c.train.eval_every = 1000  # PredVDM validates every 30 epochs
+    c.train.eval_every = 720  # PredVDM validates every 30 epochs of 24 steps (2975 clips / 128)
     c.train.keep_best = 3  # bundles of the 3 lowest val/loss_ema, as PredVDM's save_top_k
     c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM
     return config_lib.finalize(c)

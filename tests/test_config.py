@@ -1,3 +1,4 @@
+import math
 import pathlib
 import re
 
@@ -37,8 +38,16 @@ def test_published_settings():
     assert (ucf.data.cond_frames, ucf.data.pred_frames, ucf.eval.pred_frames) == (4, 5, 12)
     assert (ucf.data.frames_per_sample, ucf.data.channels, ucf.data.image_size) == (9, 3, 64)
     assert ucf.optimizer.base_learning_rate * ucf.data.batch_size == pytest.approx(2e-4)
+    assert load("smmnist64_c5").data.test_dir == "data/SMMNIST2_h5/test"  # MCVD's 2 digits
     city = load("cityscapes128")
     assert city.optimizer.base_learning_rate * city.data.batch_size == pytest.approx(1e-4)
+    # PredVDM validates every check_val_every_n_epoch epochs of ceil(train clips / 128) steps.
+    for name, epochs, clips in (
+        ("kth64", 200, 479),
+        ("smmnist64", 2, 60000),
+        ("cityscapes128", 30, 2975),
+    ):
+        assert load(name).train.eval_every == epochs * math.ceil(clips / 128), name
     assert (city.data.cond_frames, city.eval.pred_frames, city.unet.channel_mult) == (
         2,
         28,
