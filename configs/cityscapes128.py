@@ -2,7 +2,8 @@
 
 UNet channel_mult (1,2,4,4), attention at ds (2,4,8): 329,728,015 params; latent 32×32×3.
 lr 7.8125e-7 × global batch 128 = 1e-4, DDIM-20 with η = 1, horizontal flip for training
-(the original also jitters colour by 0.1; not reproduced).
+(the original also jitters colour by 0.1; not reproduced). Validation losses, the best bundles
+and previews use the ``val`` split, evaluation the ``test`` split, as in the original.
 """
 
 from predvdm_jax import config as config_lib
@@ -13,6 +14,7 @@ def get_config():
     c.name = "cityscapes128"
     c.data.train_dir = "data/Cityscapes_h5/train"
     c.data.test_dir = "data/Cityscapes_h5/test"
+    c.data.val_dir = "data/Cityscapes_h5/val"  # PredVDM validates (and keeps its best) on val
     c.data.image_size = 128
     c.data.channels = 3
     c.data.cond_frames = 2

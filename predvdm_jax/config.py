@@ -40,6 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
         test_dir="",  # HDF5 split folders of frames
         latent_train_dir="",
         latent_test_dir="",  # optional latent caches (scripts/encode_dataset.py)
+        val_dir="",  # a held-out split to validate on while training (empty: the test split)
+        latent_val_dir="",  # its latent cache
         image_size=64,
         channels=1,  # channels of the frames on disk: 1 (gray) or 3
         cond_frames=10,
@@ -567,10 +569,10 @@ def _combination_errors(c) -> list[str]:
                 f"{section}.eval_every must be >= 0 (0: no validation), got {c[section].eval_every}"
             )
     if c.train.eval_every > 0:
-        if not (d.test_dir or d.latent_test_dir):
+        if not validation_split(c)[1]:
             errors.append(
-                "train.eval_every > 0 needs a test split: set data.latent_test_dir or "
-                "data.test_dir, or set train.eval_every=0"
+                "train.eval_every > 0 needs a split to validate on: set data.test_dir or "
+                "data.val_dir (or their latent caches), or set train.eval_every=0"
             )
         if c.train.eval_clips < d.batch_size:
             errors.append(
@@ -587,10 +589,10 @@ def _combination_errors(c) -> list[str]:
             f"train.profile_start must be >= 0 (0: no trace) and train.profile_steps >= 1, got "
             f"{c.train.profile_start} and {c.train.profile_steps}"
         )
-    if c.train.preview_every > 0 and not d.test_dir:
+    if c.train.preview_every > 0 and not validation_split(c, frames_only=True)[1]:
         errors.append(
-            "train.preview_every > 0 needs test frames to show: set data.test_dir, or set "
-            "train.preview_every=0"
+            "train.preview_every > 0 needs frames to show: set data.test_dir or data.val_dir, "
+            "or set train.preview_every=0"
         )
     if c.train.keep_best < 0:
         errors.append(f"train.keep_best must be >= 0 (0: keep none), got {c.train.keep_best}")
@@ -631,12 +633,31 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def validation_split(
+    config: ml_collections.ConfigDict, frames_only: bool = False
+) -> tuple[str, str]:
+    """``(field, path)`` of the split training validates on (``train.eval_every``, the best
+    bundles, previews, the VQ trainer's evaluation): the held-out ``data.val_dir`` when it or its
+    cache is set (PredVDM validated Cityscapes on ``val``), else the test split (as PredVDM did
+    for KTH and SMMNIST), each from its latent cache first. ``frames_only``: frame splits only.
+    ``("", "")`` when there is none."""
+    d = config.data
+    held_out = bool(d.val_dir or d.latent_val_dir)
+    fields = ("latent_val_dir", "val_dir") if held_out else ("latent_test_dir", "test_dir")
+    for field in fields[1:] if frames_only else fields:
+        if d[field]:
+            return field, d[field]
+    return "", ""
+
+
 PATH_FIELDS = (
     "vq_params",
     "data.train_dir",
     "data.test_dir",
     "data.latent_train_dir",
     "data.latent_test_dir",
+    "data.val_dir",
+    "data.latent_val_dir",
     "train.init_from",
     "vq_train.init_from",
     "eval.lpips_params",

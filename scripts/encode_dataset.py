@@ -6,8 +6,9 @@
 
 Every sub-folder of --src holding shard files (train/, test/, ...) becomes the same sub-folder of
 --out, with the same videos and frame counts and (h, w, c) latent frames. Run it again to resume
-an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir to the new folders,
-and train with the scale_factor it printed.
+an interrupted cache. Then set data.latent_train_dir / data.latent_test_dir (and
+data.latent_val_dir for a val/ split) to the new folders, and train with the scale_factor it
+printed.
 
 The latents are stored × scale_factor (the config's, or with --unit_std 1 / their std on
 clips of the train/ split, LDM's scale_by_std: a VQ of your own rarely has unit-std latents).
@@ -74,7 +75,14 @@ READ_FIELDS = (
     "model.dtype",
 )
 """The config fields the encoder reads (the frames' folders are --src and --out)."""
-FOLDER_FIELDS = ("train_dir", "test_dir", "latent_train_dir", "latent_test_dir")
+FOLDER_FIELDS = (
+    "train_dir",
+    "test_dir",
+    "val_dir",
+    "latent_train_dir",
+    "latent_test_dir",
+    "latent_val_dir",
+)
 
 
 def main():

@@ -55,6 +55,39 @@ def test_published_settings():
     )
 
 
+@pytest.mark.parametrize(
+    "given, split, frames",
+    [
+        ({"test_dir": "T"}, ("test_dir", "T"), ("test_dir", "T")),
+        ({"test_dir": "T", "latent_test_dir": "LT"}, ("latent_test_dir", "LT"), ("test_dir", "T")),
+        (
+            {"test_dir": "T", "latent_test_dir": "LT", "val_dir": "V"},
+            ("val_dir", "V"),
+            ("val_dir", "V"),
+        ),
+        ({"test_dir": "T", "latent_val_dir": "LV"}, ("latent_val_dir", "LV"), ("", "")),
+        ({"val_dir": "V", "latent_val_dir": "LV"}, ("latent_val_dir", "LV"), ("val_dir", "V")),
+        ({}, ("", ""), ("", "")),
+    ],
+)
+def test_validation_split_is_the_val_split_when_given_else_the_test_split(given, split, frames):
+    config = config_lib.default_config()
+    config.data.update(given)
+    assert config_lib.validation_split(config) == split
+    assert config_lib.validation_split(config, frames_only=True) == frames
+
+
+def test_validation_with_only_a_val_split_is_valid_and_with_none_is_refused():
+    config = config_lib.default_config()
+    config.train.eval_every = 10
+    config.data.update(val_dir="V", batch_size=4)
+    config.train.eval_clips = 4
+    config_lib.validate(config)
+    config.data.val_dir = ""
+    with pytest.raises(config_lib.ConfigError, match="needs a split to validate on"):
+        config_lib.validate(config)
+
+
 def _bad(**changes):
     """A config built from a plain dict (as a hand-written file might), bypassing the
     type-safe assignment of ``default_config()``."""
@@ -183,8 +216,11 @@ def test_type_safe_assignment_names_the_field():
         (dict(model__attention="flash"), "model.attention 'flash' is not one of"),
         (dict(train__grad_accum_steps=3), "train.grad_accum_steps must be >= 1 and divide"),
         (dict(model__remat="blocks"), "'model.remat' must be a bool"),
-        (dict(train__eval_every=100), "train.eval_every > 0 needs a test split"),
-        (dict(train__preview_every=100, data__test_dir=""), "preview_every > 0 needs test frames"),
+        (dict(train__eval_every=100), "train.eval_every > 0 needs a split to validate on"),
+        (
+            dict(train__preview_every=100, data__test_dir=""),
+            "preview_every > 0 needs frames to show",
+        ),
         (dict(train__preview_clips=0), "train.preview_clips >= 1"),
         (dict(train__profile_steps=0), "train.profile_steps >= 1"),
         (dict(train__keep_best=3), "train.keep_best > 0 ranks models by val/loss_ema"),

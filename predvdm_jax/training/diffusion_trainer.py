@@ -7,8 +7,8 @@ another ``scale_factor`` or VQ than the config is refused (``ConfigError``).
 
 Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
 raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
-losses, the ones its checkpointing monitors), from ``data.latent_test_dir`` or
-``data.test_dir``; with ``train.keep_best`` = k, bundles of the EMA weights at
+losses, the ones its checkpointing monitors), from ``config.validation_split``: ``data.val_dir``
+when set, else the test split, each from its latent cache first; with ``train.keep_best`` = k, bundles of the EMA weights at
 the k lowest ``val/loss_ema`` in ``workdir/best`` (``best_bundles.py``). Every
 ``train.preview_every`` steps, a rollout preview (``preview.py``).
 """
@@ -68,17 +68,19 @@ def make_loss_fn(model: LatentDiffusion, vq_params: Any) -> loop.LossFn:
 
 def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
     """This process's share of each batch of the fixed validation clips: ``train.eval_clips``
-    evaluation windows of the test split (``cond + k`` frames each) in batches of
-    ``data.batch_size``, the last one padded (``mask`` 0), so the clips do not depend on the
-    batch size. Frames of another size than the config's are a ``DatasetError``."""
+    evaluation windows of the validation split (``config_lib.validation_split``; ``cond + k``
+    frames each) in batches of ``data.batch_size``, the last one padded (``mask`` 0), so the
+    clips do not depend on the batch size. Frames of another size than the config's are a
+    ``DatasetError``."""
     d = config.data
-    cached = bool(d.latent_test_dir)
+    field, split = config_lib.validation_split(config)
+    cached = field.startswith("latent_")
     if not cached:
-        check_split_frames(d.test_dir, config, "test_dir")
+        check_split_frames(split, config, field)
     num_clips = int(config.train.eval_clips)
     num_batches = -(-num_clips // d.batch_size)
     iterator = loader.eval_iterator(
-        d.latent_test_dir if cached else d.test_dir,
+        split,
         d.cond_frames + d.pred_frames,
         num_clips,
         d.batch_size,
@@ -86,7 +88,7 @@ def load_validation_batches(config: ml_collections.ConfigDict) -> list[dict]:
         kind="latents" if cached else "frames",
         num_threads=d.num_threads,
         prefetch=d.prefetch,
-        field="data.latent_test_dir" if cached else "data.test_dir",
+        field="data." + field,
         fewer_frames="validate on shorter clips (data.cond_frames + data.pred_frames)",
     )
     return [next(iterator) for _ in range(num_batches)]
@@ -179,7 +181,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     # Read even when every batch is a cached latent: sampling, evaluation and export need the
     # VQ the run records, so a wrong path fails now rather than after training.
     vq_params = _run_vq_params(config)
-    for cache in (config.data.latent_train_dir, config.data.latent_test_dir if validate else ""):
+    validation_field, validation_split = config_lib.validation_split(config)
+    validation_cached = validate and validation_field.startswith("latent_")
+    for cache in (config.data.latent_train_dir, validation_split if validation_cached else ""):
         if cache:
             latent_cache.check_cache_matches(config, cache, vq_params)
 
@@ -188,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     evaluations = []
     if validate:
         batches = load_validation_batches(config)
-        validation_vq = None if config.data.latent_test_dir else vq_params  # cached: unused
+        validation_vq = None if validation_cached else vq_params  # cached: unused
         validation_fn = make_validation_fn(model, validation_vq, batches, mesh, config.seed)
         if config.train.keep_best > 0:
             validation_fn = _keeping_best(validation_fn, config, vq_params, workdir)

@@ -2,7 +2,7 @@
 
 Every ``train.preview_every`` steps the EMA weights predict ``eval.pred_frames``
 frames of the first ``train.preview_clips`` evaluation clips of ``data.test_dir``
-(the same clips ``scripts/evaluate.py`` starts with), with the config's sampler
+(the same clips ``scripts/evaluate.py`` starts with; of ``data.val_dir`` when set), with the config's sampler
 and a fixed key, so successive previews differ only by the weights. Logged: one
 image with two rows per clip (ground truth; the same conditioning frames, then
 the prediction) as ``preview/rollout``, and ``preview/psnr`` and
@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from predvdm_jax import mesh as mesh_lib
+from predvdm_jax import config as config_lib, mesh as mesh_lib
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
@@ -33,11 +33,12 @@ def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
     """``train.preview_clips`` test clips (``cond + eval.pred_frames`` frames; the windows an
     evaluation of that many clips takes, spread over the test videos), as one global batch padded with clip 0 to a multiple of the mesh's devices.
     Frames of another size or channel count than the config's are a ``DatasetError``."""
-    check_split_frames(config.data.test_dir, config, "test_dir")
+    field, split = config_lib.validation_split(config, frames_only=True)
+    check_split_frames(split, config, field)
     num_clips = int(config.train.preview_clips)
     batch_size = device_batch_size(num_clips, num_clips, mesh.size)
     clips = loader.eval_iterator(
-        config.data.test_dir,
+        split,
         config.data.cond_frames + config.eval.pred_frames,
         num_clips,
         batch_size,
@@ -45,7 +46,7 @@ def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
         sharding=mesh_lib.batch_sharding(mesh),
         num_threads=1,
         prefetch=1,
-        field="data.test_dir",
+        field="data." + field,
         fewer_frames="preview fewer frames (eval.pred_frames)",
     )
     return next(clips)["video"]

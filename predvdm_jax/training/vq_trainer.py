@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
-from predvdm_jax.config import ConfigError, with_absolute_paths
+from predvdm_jax.config import ConfigError, validation_split, with_absolute_paths
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, reading_options, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -114,6 +114,7 @@ READ_FIELDS = (
     "seed",
     "data.train_dir",
     "data.test_dir",
+    "data.val_dir",
     "data.image_size",
     "data.channels",
     "data.horizontal_flip",
@@ -469,15 +470,21 @@ def _same_types(branch: Callable) -> Callable:
 
 
 def load_eval_frames(
-    split_dir: str, num_clips: int, num_frames: int, seed: int, config: Any = None
+    split_dir: str,
+    num_clips: int,
+    num_frames: int,
+    seed: int,
+    config: Any = None,
+    field: str = "test_dir",
 ) -> np.ndarray:
     """The fixed evaluation clips (``vq_train.eval_clips`` × ``eval_frames``) of a split as
     float32 ``(N, T, H, W, C)`` in [-1, 1]. With ``config``, frames of another size or channel
-    count than its ``data.image_size`` / ``data.channels`` are a ``DatasetError``."""
+    count than its ``data.image_size`` / ``data.channels`` are a ``DatasetError`` naming the
+    split's config field ``data.<field>``."""
     if config is None:
         shards = VideoShards(split_dir)
     else:
-        shards = check_split_frames(split_dir, config, "test_dir")
+        shards = check_split_frames(split_dir, config, field)
     shortest = int(shards.frame_counts.min())
     if shortest < num_frames:
         raise DatasetError(
@@ -567,10 +574,11 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint.check_saved_config(
         workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"
     )
-    if not config.data.train_dir or not config.data.test_dir:
+    eval_field, eval_split = validation_split(config, frames_only=True)
+    if not config.data.train_dir or not eval_split:
         raise ValueError(
-            "VQ training needs data.train_dir and data.test_dir (HDF5 frame splits, "
-            "e.g. from scripts/make_moving_digits.py)"
+            "VQ training needs data.train_dir and data.test_dir or data.val_dir (HDF5 frame "
+            "splits, e.g. from scripts/make_moving_digits.py)"
         )
     # Both splits before anything is built: frames of another size train (or score) another VQ.
     check_split_frames(config.data.train_dir, config, "train_dir")
@@ -602,7 +610,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **reading_options(config.data),
     )
     clips = load_eval_frames(
-        config.data.test_dir, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed), config
+        eval_split, int(v.eval_clips), int(v.eval_frames), int(config.eval.seed), config, eval_field
     )
     eval_fn = make_eval_fn(objective.model, clips, min(int(config.vq_chunk), int(v.batch_size)))
     with data:  # stops its reader processes however training ends

@@ -101,6 +101,33 @@ def test_frames_of_another_size_or_channel_count_are_refused_before_training(tmp
     assert not (tmp_path / "vq_run").exists()
 
 
+def test_validation_previews_and_vq_evaluation_read_the_val_split_when_set(tmp_path, splits):
+    """With data.val_dir, validation, previews and the VQ trainer's evaluation read it, not the
+    test split: a test split they could not read is never opened, a val split of other frames
+    is named by its own field."""
+    held_out = _config(tmp_path, train_dir=splits["gray16"], test_dir=splits["rgb16"])
+    held_out = config_lib.with_overrides(held_out, {"data.val_dir": splits["gray16"]})
+    batches = diffusion_trainer.load_validation_batches(held_out)
+    assert batches[0]["video"].shape == (2, 4, 16, 16, 1)
+    assert preview.load_preview_clips(held_out, mesh_lib.make_mesh()).shape[-1] == 1
+    mismatched_val = config_lib.with_overrides(
+        held_out,
+        {
+            "data.val_dir": splits["rgb16"],
+            "data.test_dir": splits["gray16"],
+            "vq_train.disc_weight": 0.0,  # 16x16 frames leave the default PatchGAN no output
+        },
+    )
+    for read in (
+        diffusion_trainer.load_validation_batches,
+        lambda c: preview.load_preview_clips(c, mesh_lib.make_mesh()),
+        lambda c: vq_trainer.train_vq(c, str(tmp_path / "vq_run")),
+    ):
+        with pytest.raises(DatasetError, match=f"^data.val_dir: {splits['rgb16']} holds 16x16"):
+            read(mismatched_val)
+    assert not (tmp_path / "vq_run").exists()
+
+
 def _save(workdir, step, state, config):
     checkpointer = checkpoint.Checkpointer(
         os.path.join(workdir, checkpoint.CHECKPOINT_DIR), async_save=False
