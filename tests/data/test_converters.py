@@ -19,6 +19,9 @@ from predvdm_jax.data.converters import SourceError, bair, smmnist
 cv2 = pytest.importorskip("cv2")
 
 
+RESUME = "Once it is fixed, run the same command again to resume (finished shards are kept)."
+
+
 def _shards(split_dir):
     return hdf5.VideoShards(split_dir)
 
@@ -128,6 +131,26 @@ def test_kth_mcvd_split_frames_match_original_preprocessing(kth_src, tmp_path):
     assert summary.split("train").num_frames == int(train.frame_counts.sum())
 
 
+def test_a_video_that_decodes_short_is_written_and_named_in_the_summary(kth_src, tmp_path):
+    """A truncated download decodes to fewer frames than its header announces: the video is
+    kept (its frames are real) but the summary names it, with both counts."""
+    src = tmp_path / "kth"
+    shutil.copytree(kth_src, src)
+    path = src / "handclapping" / "person02_handclapping_d1_uncomp.avi"
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * 0.6))
+    announced = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
+    decoded = len(_decode_avi(str(path)))
+    assert 0 < decoded < announced
+    summary = converters.convert("kth", str(src), str(tmp_path / "out"), progress=False)
+    train = _shards(str(tmp_path / "out/train"))
+    assert int(train.frame_counts[1]) == decoded  # person02 is the second training video
+    (note,) = [n for n in summary.notes if "fewer frames" in n]
+    assert note.startswith("1 video(s) decoded to fewer frames than their headers announce")
+    assert note.endswith(f"{path} ({decoded} of {announced} frames)")
+    assert note in str(summary)
+
+
 def test_kth_center_crop_and_rvd_split(kth_src, tmp_path):
     converters.convert(
         "kth",
@@ -189,7 +212,7 @@ def test_kth_finds_nested_and_upper_case_videos_and_falls_back_to_a_zip(kth_src,
     assert str(err.value).startswith(
         f"KTH source: person21_boxing_d1_uncomp.avi in {src / 'boxing.zip'} cannot be extracted"
     )
-    assert str(err.value).endswith("the zip is damaged, re-download it.")
+    assert str(err.value).endswith(f"the zip is damaged, re-download it. {RESUME}")
 
     shutil.rmtree(src)  # a source without the test persons (21, 22)
     shutil.copytree(kth_src, src)
@@ -345,7 +368,8 @@ def test_a_sequential_source_that_ends_early_is_an_error_not_a_shorter_split(tmp
     with pytest.raises(
         SourceError,
         match=r"^toy train: the source gave 1 of the 2 videos of items 2-3 \(it holds fewer "
-        r"than it announced\); check the source \(re-prepare or re-download it\) and run again\.$",
+        r"than it announced\); check the source \(re-prepare or re-download it\) and run again\. "
+        rf"{re.escape(RESUME)}$",
     ):
         converters.run_plan(plan, str(tmp_path), vids_per_shard=2, progress=False)
     assert hdf5.shard_paths(str(tmp_path / "train")) == [
@@ -684,7 +708,7 @@ def test_a_damaged_cityscapes_frame_is_a_source_error_naming_it(tmp_path):
         SourceError,
         match=rf"^Cityscapes source: {re.escape(str(damaged))} is not a readable image \(.+\); "
         r"the download is damaged: unzip leftImg8bit_sequence_trainvaltest\.zip again or "
-        r"re-download it\.$",
+        rf"re-download it\. {re.escape(RESUME)}$",
     ):
         converters.convert("cityscapes", str(tmp_path), str(tmp_path / "out"), progress=False)
 
@@ -717,7 +741,7 @@ def test_carla_torch_tensors(tmp_path):
     with pytest.raises(
         SourceError,
         match=rf"^{re.escape(str(damaged))} is not a readable torch\.save'd tensor \(.+\); the "
-        r"download is damaged: untar no-traffic\.tar\.gz again or re-download it\.$",
+        rf"download is damaged: untar no-traffic\.tar\.gz again or re-download it\. {re.escape(RESUME)}$",
     ):
         converters.convert("carla", str(tmp_path / "carla"), str(tmp_path / "bad"), progress=False)
     os.remove(tmp_path / "carla" / "video_test.csv")

@@ -26,6 +26,7 @@ from predvdm_jax.data.resize import center_square
 
 DEFAULT_VIDS_PER_SHARD = 1000
 _FINISH = "re-run the scripts/prepare_data.py command that made it to finish it."
+RESUME_HINT = "Once it is fixed, run the same command again to resume (finished shards are kept)."
 
 
 class SourceError(ValueError):
@@ -58,6 +59,9 @@ class ConversionPlan:
     options: dict[str, Any]
     notes: list[str] = dataclasses.field(default_factory=list)
     source: str = ""  # the absolute --src (``make_plan`` sets it): a resume must read the same
+    # Videos decoded to fewer frames than their files announce, filled while converting
+    # (``decode_video_frames(path, short_videos)``); the summary names them.
+    short_videos: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +188,15 @@ def run_plan(
                     bar.update(stop - start)
                     frame_shape = frame_shape or hdf5.shard_frame_shape(path)
                     continue
-                written = hdf5.write_shard(
-                    path,
-                    _shard_videos(plan.dataset, split, start, stop, num_workers, bar, on_video),
-                    compression,
-                    frame_shape,
-                )
+                try:
+                    written = hdf5.write_shard(
+                        path,
+                        _shard_videos(plan.dataset, split, start, stop, num_workers, bar, on_video),
+                        compression,
+                        frame_shape,
+                    )
+                except SourceError as err:
+                    raise SourceError(f"{err} {RESUME_HINT}") from None
                 if written:
                     frame_shape = frame_shape or hdf5.shard_frame_shape(path)
                 converted, skipped = converted + written, skipped + (stop - start - written)
@@ -200,7 +207,16 @@ def run_plan(
         results.append(
             SplitResult(split.name, videos, frames, size, converted, skipped, reused, seconds)
         )
-    return ConversionSummary(plan.dataset, out_dir, tuple(results), tuple(plan.notes))
+    notes = list(plan.notes)
+    if plan.short_videos:
+        short = sorted(plan.short_videos)
+        more = f"; and {len(short) - 5} more" if len(short) > 5 else ""
+        notes.append(
+            f"{len(short)} video(s) decoded to fewer frames than their headers announce and were "
+            f"written shorter (truncated or damaged files: re-download them and convert into a "
+            f"new --out): {'; '.join(short[:5])}{more}"
+        )
+    return ConversionSummary(plan.dataset, out_dir, tuple(results), tuple(notes))
 
 
 def _shard_videos(
@@ -246,8 +262,10 @@ def require_dir(path: str, what: str) -> str:
     return path
 
 
-def decode_video_frames(path: str) -> list[np.ndarray]:
-    """All frames of a video file as BGR uint8 ``(H, W, 3)`` arrays (OpenCV)."""
+def decode_video_frames(path: str, short_videos: list[str] | None = None) -> list[np.ndarray]:
+    """All frames of a video file as BGR uint8 ``(H, W, 3)`` arrays (OpenCV). A file that
+    decodes to fewer frames than its header announces is logged and, with ``short_videos`` (a
+    plan's), listed there for the summary."""
     cv2 = import_cv2()
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
@@ -274,6 +292,8 @@ def decode_video_frames(path: str) -> list[np.ndarray]:
             len(frames),
             announced,
         )
+        if short_videos is not None:
+            short_videos.append(f"{path} ({len(frames)} of {announced} frames)")
     return frames
 
 

@@ -100,10 +100,10 @@ def kth_frames(bgr_frames, image_size: int = 64, crop: str = "squash") -> np.nda
     return np.stack([common.resize_frame(g, image_size, crop) for g in gray]).astype(np.uint8)
 
 
-def _load(item, image_size: int, crop: str) -> np.ndarray:
+def _load(item, image_size: int, crop: str, short_videos: list[str]) -> np.ndarray:
     path, member = item[2], item[3]
     if member is None:
-        return kth_frames(common.decode_video_frames(path), image_size, crop)
+        return kth_frames(common.decode_video_frames(path, short_videos), image_size, crop)
     tmp_dir = tempfile.mkdtemp(prefix="kth_")
     try:
         try:
@@ -114,7 +114,8 @@ def _load(item, image_size: int, crop: str) -> np.ndarray:
                 f"KTH source: {member} in {path} cannot be extracted ({err}); the zip is "
                 f"damaged, re-download it."
             ) from None
-        return kth_frames(common.decode_video_frames(extracted), image_size, crop)
+        frames = common.decode_video_frames(extracted, short_videos)
+        return kth_frames(frames, image_size, crop)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -143,7 +144,7 @@ def plan(
             f"{len(missing)} expected video(s) not found, e.g. {missing[:3]}; the splits "
             f"are smaller than the published ones."
         )
-    splits = []
+    splits, short_videos = [], []
     for split_name, persons in SPLITS[kth_split].items():
         items = []
         for stem, (path, member) in found.items():
@@ -153,8 +154,10 @@ def plan(
         items.sort(key=lambda item: (persons.index(int(item[1][6:8])), item[1]))
         splits.append(
             common.SplitPlan(
-                split_name, items, load=lambda item, s=image_size, c=kth_crop: _load(item, s, c)
+                split_name,
+                items,
+                load=lambda item, s=image_size, c=kth_crop: _load(item, s, c, short_videos),
             )
         )
     options = {"kth_split": kth_split, "kth_crop": kth_crop, "image_size": image_size}
-    return common.ConversionPlan("kth", splits, options, notes)
+    return common.ConversionPlan("kth", splits, options, notes, short_videos=short_videos)

@@ -85,13 +85,13 @@ def plan(
         for name in names
         if name.endswith(".avi")
     }
-    splits = []
+    splits, short_videos = [], []
     for split, stem in (("train", "trainlist"), ("test", "testlist")):
         entries = _read_list(os.path.join(lists, f"{stem}0{ucf_split}.txt"))
         items = [_resolve(videos_dir, e, index) for e in entries]
         load = lambda path, s=image_size, c=ucf_crop: ucf_frames(
-            common.decode_video_frames(path), s, c
+            common.decode_video_frames(path, short_videos), s, c
         )
         splits.append(common.SplitPlan(split, items, load=load))
     options = {"ucf_split": ucf_split, "ucf_crop": ucf_crop, "image_size": image_size}
-    return common.ConversionPlan("ucf101", splits, options)
+    return common.ConversionPlan("ucf101", splits, options, short_videos=short_videos)
