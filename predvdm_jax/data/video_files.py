@@ -72,8 +72,31 @@ def _is_single_image(path: str, frames: np.ndarray) -> bool:
         return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _frames_from_path(path: str) -> list[np.ndarray]:
-    """RGB frames of a video file, or of a folder's images in natural name order."""
+def _decode_first_frames(path: str, limit: int) -> tuple[np.ndarray, bool]:
+    """``(frames, whole)``: the first ``limit`` frames of a video file stacked ``(T, H, W[, C])``,
+    the decoder stopped there; or, ``whole`` True, a file imageio reads as one item (an image,
+    a one-page TIFF) as ``imread`` returns it."""
+    import imageio.v3 as iio
+
+    items = []
+    with without_jax_fork_warning(), iio.imopen(path, "r") as file:
+        for item in file.iter():
+            items.append(np.asarray(item))
+            if len(items) >= max(limit, 2):  # a second item tells a video from one image
+                break
+    if len(items) < 2:  # one item (cheap to read again): the shape imread gives it
+        with without_jax_fork_warning():
+            return np.asarray(iio.imread(path, index=None)), True
+    frames = [frame for item in items for frame in (item if item.ndim == 4 else [item])]
+    for t, frame in enumerate(frames):
+        if frame.shape != frames[0].shape:
+            raise ValueError(f"frame {t} has shape {frame.shape}, frame 0 {frames[0].shape}")
+    return np.stack(frames[:limit]), False
+
+
+def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
+    """The first ``limit`` RGB frames (fewer where the video ends) of a video file, or of a
+    folder's images in natural name order; later frames are not read."""
     if os.path.isdir(path):
         files = sorted(
             (f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS)),
@@ -84,7 +107,7 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
                 f"{path!r} holds no frame images ({', '.join(IMAGE_EXTENSIONS)})."
             )
         frames = []
-        for f in files:
+        for f in files[:limit]:
             frames.append(_read_image(f))
             if frames[-1].shape != frames[0].shape:
                 h, w = frames[-1].shape[:2]
@@ -96,18 +119,15 @@ def _frames_from_path(path: str) -> list[np.ndarray]:
         return frames
     if not os.path.exists(path):
         raise FileNotFoundError(f"video {path!r} not found.")
-    import imageio.v3 as iio
-
     try:
-        with without_jax_fork_warning():
-            frames = np.asarray(iio.imread(path, index=None))
+        frames, whole = _decode_first_frames(path, limit)
     except Exception as err:
         raise ValueError(
             f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "
             f"GIF/MP4/AVI: pass a working video file (MP4/AVI need imageio-ffmpeg) or a folder "
             f"of frame images."
         ) from None
-    if _is_single_image(path, frames):
+    if whole and _is_single_image(path, frames):
         raise ValueError(
             f"{path!r} is a single image, not a video; --video needs a video file (GIF/MP4/AVI) "
             f"or a folder holding one image per frame."
@@ -134,7 +154,7 @@ def read_clip(
 ) -> np.ndarray:
     """The first ``num_frames`` frames, or up to ``max_frames`` when the video has more, as
     float32 ``(T, size, size, channels)`` in [-1, 1]."""
-    frames = _frames_from_path(path)
+    frames = _frames_from_path(path, max(num_frames, max_frames or 0))
     if len(frames) < num_frames:
         raise ValueError(
             f"{path!r} has {len(frames)} frames; at least {num_frames} are needed "

@@ -131,3 +131,31 @@ def test_reading_an_mp4_with_jax_initialised_emits_no_fork_warning(tmp_path, rec
     clip = video_files.read_clip(str(tmp_path / "clip.mp4"), 16, 3, 2, max_frames=4)
     assert clip.shape == (4, 16, 16, 3) and np.abs(clip - (128 / 127.5 - 1)).max() < 0.05
     assert not [w for w in recwarn if "os.fork() was called" in str(w.message)]
+
+
+def test_only_the_needed_frames_of_a_folder_are_read(tmp_path):
+    """Frames after ``max_frames`` are never opened: a folder whose later files are not images
+    reads; the frames are the first ones of the whole folder's read."""
+    _write_frames(tmp_path / "clip", [(8, 8)] * 6)
+    whole = video_files.read_clip(str(tmp_path / "clip"), 8, 1, 6)
+    for t in range(4, 6):
+        (tmp_path / "clip" / f"frame_{t}.png").write_text("not an image")
+    clip = video_files.read_clip(str(tmp_path / "clip"), 8, 1, 2, max_frames=4)
+    np.testing.assert_array_equal(clip, whole[:4])
+
+
+def test_only_the_needed_frames_of_a_video_file_are_decoded(tmp_path):
+    """A GIF cut inside its 9th frame fails a whole read, but its first 4 frames (all that
+    cond + pred frames need) decode, equal to those of the intact file."""
+    frames = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(tmp_path / "whole.gif", save_all=True, append_images=images[1:], duration=100)
+    data = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ValueError, match="cannot decode"):
+        video_files.read_clip(str(tmp_path / "cut.gif"), 16, 3, 12)
+    clip = video_files.read_clip(str(tmp_path / "cut.gif"), 16, 3, 2, max_frames=4)
+    whole = video_files.read_clip(str(tmp_path / "whole.gif"), 16, 3, 12)
+    np.testing.assert_array_equal(clip, whole[:4])
+    levels = np.round((clip + 1) * 127.5).astype(np.uint8)  # a 16x16 GIF of 256 colours: exact
+    np.testing.assert_array_equal(levels, frames[:4])
