@@ -14,10 +14,12 @@ over every device of this host. It runs as one process: launched as several JAX 
 """
 
 import jax
+import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, mesh
+from predvdm_jax.config import SEED_LIMIT
 from predvdm_jax.evaluation import report, sampling
 from predvdm_jax.training import checkpoint
 
@@ -31,7 +33,13 @@ flags.DEFINE_integer(
     "num_frames", None, "Frames to predict (default: config eval.pred_frames).", lower_bound=1
 )
 flags.DEFINE_integer("num_clips", 8, "Test clips to predict (without --video).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer(
+    "seed",
+    0,
+    "Sampling seed, in [0, 2**63) like the config's seeds.",
+    lower_bound=0,
+    upper_bound=SEED_LIMIT - 1,
+)
 flags.DEFINE_integer(
     "fps",
     10,
@@ -66,6 +74,12 @@ def _reject_unread_overrides(overrides):
     )
 
 
+def sampling_key(seed: int) -> jax.Array:
+    """``--seed``'s key: ``PRNGKey(seed)`` below 2**32; above, both 32-bit halves of the seed
+    (as ``PRNGKey`` with 64-bit ints), where ``PRNGKey`` keeps only the low half."""
+    return jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
+
+
 def main():
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         cli.fail("give exactly one of --bundle or --workdir")
@@ -84,7 +98,7 @@ def main():
     bundle, _ = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,
-        jax.random.PRNGKey(FLAGS.seed),
+        sampling_key(FLAGS.seed),
         num_frames=FLAGS.num_frames,
         video=FLAGS.video,
         num_clips=FLAGS.num_clips,

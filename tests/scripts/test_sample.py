@@ -137,3 +137,30 @@ def test_a_clips_prediction_does_not_depend_on_the_device_count(tmp_path):
     for one, two in zip(gifs[1], gifs[2]):
         np.testing.assert_allclose(two, one, rtol=0, atol=1)
         assert np.mean(two == one) >= 0.99
+
+
+def test_out_of_range_seeds_are_refused_and_large_ones_not_truncated(tmp_path):
+    """Seeds lie in [0, 2**63) as the config's do: -1 and 2**63 stop at once with one line,
+    writing nothing; 2**32 samples other frames than 0 (PRNGKey keeps only 32 bits)."""
+    for seed in (-1, 2**63):
+        out = tmp_path / f"refused_{seed}"
+        done = _run("--bundle=missing", f"--seed={seed}", f"--out={out}", expect_success=False)
+        assert done.returncode == 1 and not out.exists()
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: flag --seed={seed}: {seed} is not an integer in the range "
+            f"[0, {2**63 - 1}] (see --helpshort)"
+        )
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    gifs = {}
+    for seed in (0, 2**32):
+        out = tmp_path / f"seed_{seed}"
+        _run(
+            f"--bundle={bundle_dir}",
+            "--num_clips=1",
+            f"--num_frames={PRED}",
+            f"--out={out}",
+            f"--seed={seed}",
+        )
+        gifs[seed] = iio.imread(out / "video_0000.gif", index=None).astype(int)
+    np.testing.assert_array_equal(gifs[0][:COND], gifs[2**32][:COND])  # the same clip
+    assert np.abs(gifs[0][COND:] - gifs[2**32][COND:]).max() > 8  # other predictions
