@@ -5,22 +5,27 @@
   # your own video (a GIF/MP4 file or a folder of frames), from an exported bundle:
   python scripts/sample.py --bundle=bundles/kth64 --video=my_clip.mp4 --num_frames=30 --out=samples/mine
 
-Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg) and OUT/grid.png. A video's frames after
-the conditioning frames are its ground-truth half, blank where the video ends. Sampler settings
-come from the model's config; override them with --config.sampling.sampler=dpm_solver_pp
---config.sampling.steps=20 etc. Clips are predicted --config.eval.batch_size at a time, split
+Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg), OUT/grid.png and OUT/sample.json (what
+ran: the model with its step and weights, sampler, seed, clips, frames and input; a rerun
+replaces it). A video's frames after the conditioning frames are its ground-truth half, blank
+where the video ends. Sampler settings come from the model's config; override them with
+--config.sampling.sampler=dpm_solver_pp --config.sampling.steps=20 etc. Clips are predicted --config.eval.batch_size at a time, split
 over every device of this host. It runs as one process: launched as several JAX processes
 (JAX_NUM_PROCESSES, JAX_AUTO_DISTRIBUTED) it stops with an error, writing nothing.
 """
+
+import json
+import os
+import re
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import cli, mesh
+from predvdm_jax import atomic_io, cli, mesh
 from predvdm_jax.config import SEED_LIMIT
-from predvdm_jax.evaluation import report, sampling
+from predvdm_jax.evaluation import report, sampling, sweep
 from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag("Overrides of the model's config, e.g. --config.sampling.steps=20.")
@@ -80,6 +85,32 @@ def sampling_key(seed: int) -> jax.Array:
     return jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
 
 
+RECORD_FILE = "sample.json"
+
+
+def _record(source: str, config, num_clips: int, num_frames: int, known: int) -> dict:
+    """What ``OUT/sample.json`` holds: the model, sampler, seed, clips, frames and input."""
+    checkpoint_step = re.search(r" step (\d+) \((EMA|raw) weights\)$", source)
+    if FLAGS.video:
+        clips = {"video": os.path.abspath(FLAGS.video)}
+    else:
+        clips = {"test_dir": config.data.test_dir, "clip_seed": int(config.eval.seed)}
+    return {
+        "model": source,
+        "step": int(checkpoint_step.group(1)) if checkpoint_step else None,
+        "weights": checkpoint_step.group(2) if checkpoint_step else "as the bundle was exported",
+        "sampler": sweep.sampler_description(config.sampling),
+        "sampling": config.sampling.to_dict(),
+        "seed": FLAGS.seed,
+        "num_clips": num_clips,
+        "cond_frames": int(config.data.cond_frames),
+        "pred_frames": num_frames,
+        "ground_truth_frames": known,
+        "input": clips,
+        "fps": FLAGS.fps,
+    }
+
+
 def main():
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         cli.fail("give exactly one of --bundle or --workdir")
@@ -95,7 +126,8 @@ def main():
             f"as {jax.process_count()}; launch it once, without JAX_NUM_PROCESSES or "
             f"JAX_AUTO_DISTRIBUTED (scripts/evaluate.py runs as several processes)"
         )
-    bundle, _ = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
+    bundle, source = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
+    print(f"model: {source}")
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,
         sampling_key(FLAGS.seed),
@@ -113,7 +145,13 @@ def main():
         )
     for note in written["notes"]:
         print(note)
-    print(f"wrote {len(written['gif'])} GIF(s), {len(written['mp4'])} MP4(s) and {written['grid']}")
+    record = _record(source, bundle.config, len(predicted), len(predicted[0]), known)
+    record_path = os.path.join(FLAGS.out, RECORD_FILE)
+    atomic_io.write_text(record_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(
+        f"wrote {len(written['gif'])} GIF(s), {len(written['mp4'])} MP4(s), {written['grid']} "
+        f"and {record_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -164,3 +164,42 @@ def test_out_of_range_seeds_are_refused_and_large_ones_not_truncated(tmp_path):
         gifs[seed] = iio.imread(out / "video_0000.gif", index=None).astype(int)
     np.testing.assert_array_equal(gifs[0][:COND], gifs[2**32][:COND])  # the same clip
     assert np.abs(gifs[0][COND:] - gifs[2**32][COND:]).max() > 8  # other predictions
+
+
+def test_the_model_source_is_printed_and_what_ran_recorded_in_sample_json(tmp_path):
+    """sample.json: the model (as printed), sampler, seed, clips, frames and input; a rerun
+    into the same folder replaces it."""
+    import json
+
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    out = tmp_path / "clips"
+    args = [f"--bundle={bundle_dir}", f"--out={out}"]
+    done = _run(*args, "--num_clips=2", f"--num_frames={PRED}", "--seed=7")
+    model_lines = [line for line in done.stdout.splitlines() if line.startswith("model: ")]
+    assert model_lines == [f"model: bundle {os.path.abspath(bundle_dir)}"]
+    record = json.loads((out / "sample.json").read_text())
+    config = bundle_lib.read_bundle(bundle_dir).config
+    assert record == {
+        "model": f"bundle {os.path.abspath(bundle_dir)}",
+        "step": None,
+        "weights": "as the bundle was exported",
+        "sampler": record["sampler"],
+        "sampling": config.sampling.to_dict(),
+        "seed": 7,
+        "num_clips": 2,
+        "cond_frames": COND,
+        "pred_frames": PRED,
+        "ground_truth_frames": PRED,
+        "input": {"test_dir": config.data.test_dir, "clip_seed": config.eval.seed},
+        "fps": 10,
+    }
+    assert record["sampler"].startswith(config.sampling.sampler)
+    assert "sample.json" in done.stdout.splitlines()[-1]
+
+    video = tmp_path / "mine.gif"
+    iio.imwrite(video, _videos(1)[0][: COND + 1], duration=100, loop=0)
+    _run(*args, f"--video={video}", "--num_frames=3")
+    record = json.loads((out / "sample.json").read_text())
+    assert record["input"] == {"video": str(video)} and record["seed"] == 0
+    assert (record["num_clips"], record["pred_frames"], record["ground_truth_frames"]) == (1, 3, 1)
+    assert not [name for name in os.listdir(out) if name.startswith("sample.json.")]
