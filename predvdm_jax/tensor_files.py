@@ -65,6 +65,30 @@ def check_keys(
     raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
 
 
+def _named_leaves(tree: Any, prefix: str = "") -> Any:
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _named_leaves(value, f"{prefix}/{key}" if prefix else str(key))
+    else:
+        yield prefix, tree
+
+
+def check_finite(tree: Any, what: str, fix: str, max_listed: int = 3) -> None:
+    """A ``ValueError`` naming the tensors of ``tree`` (a nested mapping of host arrays) that
+    hold NaN or Inf, e.g. the weights of a diverged run or a damaged file: they would predict
+    black frames without a word."""
+    bad = []
+    for name, leaf in _named_leaves(tree):
+        values = np.asarray(leaf)
+        if values.dtype.kind == "f" or values.dtype.name == "bfloat16":
+            count = values.size - int(np.count_nonzero(np.isfinite(values)))
+            if count:
+                bad.append(f"{name} ({count} of {values.size} values)")
+    if bad:
+        more = f" (+{len(bad) - max_listed} more tensors)" if len(bad) > max_listed else ""
+        raise ValueError(f"{what} hold NaN or Inf: {', '.join(bad[:max_listed])}{more}; {fix}")
+
+
 def check_weights_setting(path: str | os.PathLike | None, setting: str, how: str) -> None:
     """An error when the config ``setting`` names weights that are not a file: a folder
     (``ValueError``) or nothing (``FileNotFoundError``), with ``how`` to make the file. Unset

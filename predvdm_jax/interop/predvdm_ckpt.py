@@ -45,7 +45,7 @@ from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
 from predvdm_jax.interop.bundle import Bundle
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.models.predictor import PredVDMDenoiser
-from predvdm_jax.tensor_files import check_keys
+from predvdm_jax.tensor_files import check_finite, check_keys
 
 SCHEDULE_BUFFERS = (  # LDM's register_schedule buffers that a checkpoint holds (lvlb_weights is not)
     "betas",
@@ -383,7 +383,8 @@ def bundle_from_predvdm_checkpoint(
     ``scale_by_std``) replaces the config's; PredVDM's configs take it from the yaml
     (``scale_by_std: False``), so pass that value as ``config.scale_factor``. A file this
     project exported records its run's config: a ``config`` of another model is refused
-    (``_check_recorded_model``), and its ``scale_factor`` is taken.
+    (``_check_recorded_model``), and its ``scale_factor`` is taken. Weights holding NaN or Inf
+    are a ``ValueError`` naming their keys.
     """
     recorded = recorded_config(path)
     if recorded is not None:
@@ -408,6 +409,22 @@ def bundle_from_predvdm_checkpoint(
                 f"{d.linear_start}, linear_end={d.linear_end}); set config.diffusion.timesteps, "
                 "linear_start and linear_end to the yaml's."
             )
+    prefix = EMA_PREFIX if use_ema else MODEL_PREFIX
+    check_finite(
+        {
+            key: value
+            for key, value in state_dict.items()
+            if key.startswith(FIRST_STAGE_PREFIX)
+            or (
+                key.startswith(prefix)
+                and key not in EMA_BOOKKEEPING
+                and key not in converted.ignored_keys
+            )
+        },
+        f"{path}: the {'EMA' if use_ema else 'raw'} denoiser and VQ weights",
+        "the checkpoint is damaged or its run diverged: import another checkpoint"
+        + ("" if not use_ema else " (or its raw weights, --nouse_ema)"),
+    )
     vq_params = ldm_vq.convert_vq_state_dict(converted.first_stage_state_dict, model.vq)
     scale_factor, scale_from = None, "the config's: --config.scale_factor sets it"
     if recorded is not None:
@@ -435,4 +452,5 @@ def bundle_from_predvdm_checkpoint(
             "--config.model.mode=tc_attn or tcct_para_attn if the run used them)"
         )
     params = converted.ema_params if use_ema else converted.params
-    return Bundle(config, params, vq_params), summary
+    # Absolute paths, as a training run records them: the bundle is read from other folders.
+    return Bundle(config_lib.with_absolute_paths(config), params, vq_params), summary

@@ -42,6 +42,7 @@ from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path, save_bundle
 from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.tensor_files import check_finite
 from predvdm_jax.training import optim, train_state
 
 DENOISER_FIELDS = (
@@ -716,10 +717,23 @@ def load_model(
     else:
         loaded, step = _checkpoint_bundle(workdir, use_ema, step, overrides.get("vq_params"))
         source = f"checkpoint {workdir} step {step} ({'EMA' if use_ema else 'raw'} weights)"
+    _check_finite_weights(loaded, source, from_bundle=bool(bundle))
     # Weight fields first: an override of one may also fail validation, which would hide why.
     config = config_lib.with_overrides(loaded.config, overrides, validated=False)
     _check_weight_fields_kept(loaded.config, config, source)
     return dataclasses.replace(loaded, config=config_lib.validate(config)), source
+
+
+def _check_finite_weights(loaded: Bundle, source: str, from_bundle: bool) -> None:
+    """A ``ValueError`` naming the weights of ``loaded`` that hold NaN or Inf."""
+    if from_bundle:
+        fix = "the file is damaged: re-export the bundle from its run (export.py)"
+        vq_fix = "re-export the bundle from its run with good VQ params (export.py --vq_params)"
+    else:
+        fix = "load another step of the run (--step)"
+        vq_fix = f"replace {loaded.config.vq_params} (--config.vq_params)"
+    check_finite(loaded.params, f"{source}: the denoiser weights", fix)
+    check_finite(loaded.vq_params, f"{source}: the VQ weights", vq_fix)
 
 
 INFERENCE_RUNTIME_FIELDS = ("unet.dropout", "vq.dropout")

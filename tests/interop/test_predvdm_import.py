@@ -22,6 +22,7 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.diffusion.schedule import make_betas
 from predvdm_jax.interop import bundle as bundle_lib, predvdm_ckpt
 from predvdm_jax.models.autoencoder import VQModel
+from predvdm_jax.training import checkpoint
 from test_predvdm_ckpt import ema_copy, lightning_state_dict, randomise_, rel_err, torch_eps
 from torch_reference.denoiser import torch_wrapper_for_config
 from torch_reference.ldm_vq import torch_vq_for_config
@@ -114,6 +115,8 @@ def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(origi
 
     bundle = bundle_lib.load_bundle(str(out))
     assert bundle.config.scale_factor == SCALE_FACTOR
+    # The bundle is read from other folders: its paths are absolute, as a training run's are.
+    assert bundle.config.data.test_dir == os.path.join(REPO, config.data.test_dir)
     assert bundle.config.model.mode == "tcct_para_attn"
     _assert_denoiser_matches(bundle, ema_wrapper)
 
@@ -158,6 +161,36 @@ def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(origi
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "set config.diffusion.timesteps, linear_start and linear_end" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_holding_nan_are_refused_on_import_and_when_a_bundle_is_loaded(original, tmp_path):
+    """NaN weights would sample black frames without a word: the import names the PyTorch key
+    (the raw weights, clean here, still import), and loading a bundle names the tensor."""
+    config, _, _, _, sd, _ = original
+    damaged = dict(sd)
+    key = "model_ema.diffusion_modelinput_blocks00weight"
+    damaged[key] = sd[key].clone()
+    damaged[key][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.ckpt"
+    torch.save({"state_dict": damaged}, path)
+    with pytest.raises(ValueError) as err:
+        predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config)
+    assert str(err.value).startswith(
+        f"{path}: the EMA denoiser and VQ weights hold NaN or Inf: {key} (1 of "
+    )
+    assert str(err.value).endswith("import another checkpoint (or its raw weights, --nouse_ema)")
+    raw, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), config, use_ema=False)
+
+    kernel = raw.params["diffusion_model"]["out_2"]["kernel"]
+    kernel[...] = np.where(np.arange(kernel.size).reshape(kernel.shape) < 2, np.inf, kernel)
+    bundle_lib.save_bundle(str(tmp_path / "bundle"), raw)
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_model(str(tmp_path / "bundle"))
+    assert str(err.value) == (
+        f"bundle {tmp_path / 'bundle'}: the denoiser weights hold NaN or Inf: "
+        f"diffusion_model/out_2/kernel (2 of {kernel.size} values); the file is damaged: "
+        "re-export the bundle from its run (export.py)"
+    )
 
 
 def test_a_checkpoint_without_ema_weights_asks_for_nouse_ema(original, tmp_path):
