@@ -2,6 +2,8 @@
 
   # test clips of the model's dataset (fixed seeded windows), 10 -> 30 frames:
   python scripts/sample.py --workdir=runs/kth64 --num_frames=30 --num_clips=8 --out=samples/kth
+  # a given checkpoint step of the run, its raw (not EMA) weights:
+  python scripts/sample.py --workdir=runs/kth64 --step=20000 --nouse_ema --out=samples/kth_raw
   # your own video (a GIF/MP4 file or a folder of frames), from an exported bundle:
   python scripts/sample.py --bundle=bundles/kth64 --video=my_clip.mp4 --num_frames=30 --out=samples/mine
 
@@ -30,7 +32,15 @@ from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag("Overrides of the model's config, e.g. --config.sampling.steps=20.")
 flags.DEFINE_string("bundle", None, "Exported bundle folder (scripts/export.py).")
-flags.DEFINE_string("workdir", None, "Training workdir: uses its newest checkpoint (EMA weights).")
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Training workdir: samples with its newest checkpoint's EMA weights (see --step, --nouse_ema).",
+)
+flags.DEFINE_bool(
+    "use_ema", True, "With --workdir: sample with the EMA weights (else the raw ones)."
+)
+flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step (default: the newest).")
 flags.DEFINE_string(
     "video", None, "A video file or folder of frames to continue (default: test clips)."
 )
@@ -126,7 +136,9 @@ def main():
             f"as {jax.process_count()}; launch it once, without JAX_NUM_PROCESSES or "
             f"JAX_AUTO_DISTRIBUTED (scripts/evaluate.py runs as several processes)"
         )
-    bundle, source = checkpoint.load_model(FLAGS.bundle, FLAGS.workdir, overrides)
+    bundle, source = checkpoint.load_model(
+        FLAGS.bundle, FLAGS.workdir, overrides, use_ema=FLAGS.use_ema, step=FLAGS.step
+    )
     print(f"model: {source}")
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,

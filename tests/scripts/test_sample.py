@@ -203,3 +203,21 @@ def test_the_model_source_is_printed_and_what_ran_recorded_in_sample_json(tmp_pa
     assert record["input"] == {"video": str(video)} and record["seed"] == 0
     assert (record["num_clips"], record["pred_frames"], record["ground_truth_frames"]) == (1, 3, 1)
     assert not [name for name in os.listdir(out) if name.startswith("sample.json.")]
+
+
+def test_step_and_nouse_ema_reach_the_model_loader(tmp_path):
+    """--step and --nouse_ema pick a workdir's checkpoint and weights as in evaluate.py and
+    export.py; a bundle holds one set of weights, so with one they are the loader's error."""
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    out = tmp_path / "clips"
+    done = _run(
+        f"--bundle={bundle_dir}", "--step=5", "--nouse_ema", f"--out={out}", expect_success=False
+    )
+    assert done.returncode == 1 and not out.exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: bundle {bundle_dir} holds the one set of weights it was exported with; step=5 "
+        "(--step) and use_ema=False (--nouse_ema) apply only to a training workdir's "
+        "checkpoints: drop them, or pass the workdir instead of the bundle"
+    )
+    done = _run(f"--bundle={bundle_dir}", "--step=5", f"--out={out}", expect_success=False)
+    assert "step=5 (--step) applies only to a training workdir's checkpoints" in done.stderr
