@@ -54,9 +54,13 @@ def _run_failures() -> tuple[type[BaseException], type[BaseException]] | None:
 def one_line_errors() -> Iterator[None]:
     """Expected failures (``FAILURES``, and a NaN/Inf training loss) exit with one ``error:``
     line (status 1); a preempted run prints ``preempted:`` and exits with
-    ``TrainingPreempted.exit_code`` (143), so the same command resumes."""
+    ``TrainingPreempted.exit_code`` (143), so the same command resumes; a Ctrl-C that reaches
+    here (training saves first: ``training/preemption.py``) prints one line and exits 130."""
     try:
         yield
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
     except FAILURES as err:
         fail(str(err))
     except Exception as err:

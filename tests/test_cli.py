@@ -3,6 +3,7 @@ and expected failures are one ``error:`` line; the library refuses what the scri
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -36,6 +37,29 @@ def test_a_missing_required_flag_is_one_error_line():
     assert _printed("export.py") == (
         "error: --workdir is required; pass --workdir=... (see --helpshort)"
     )
+
+
+def test_ctrl_c_in_a_script_is_one_line_and_status_130_not_a_traceback():
+    program = (
+        "import sys, time\n"
+        "from predvdm_jax import cli\n"
+        "def main():\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "cli.run(main)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip() == "interrupted (Ctrl-C)"
 
 
 def test_a_stray_positional_argument_is_an_error(tmp_path):
