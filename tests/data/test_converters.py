@@ -694,14 +694,45 @@ def test_cityscapes_sequences_center_crop_lanczos(tmp_path):
         converters.make_plan("cityscapes", str(tmp_path))
 
 
-def test_a_damaged_cityscapes_frame_is_a_source_error_naming_it(tmp_path):
+def _cityscapes_snippet(split_dir, city, seq, frames):
     from PIL import Image
 
+    (split_dir / city).mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        path = split_dir / city / f"{city}_{seq:06d}_{frame:06d}_leftImg8bit.png"
+        Image.fromarray(np.full((8, 16, 3), frame % 256, np.uint8)).save(path)
+
+
+def _cityscapes_source(root, train_frames=range(30)):
+    for split in ("train", "val", "test"):
+        frames = train_frames if split == "train" else range(30)
+        _cityscapes_snippet(root / "leftImg8bit_sequence" / split, "aachen", 0, frames)
+
+
+def test_a_frame_missing_from_a_cityscapes_snippet_drops_that_clip_not_the_later_ones(tmp_path):
+    """Two snippets of one sequence (frames 0-29 and 100-129), frame 5 missing: the first
+    snippet's clip is dropped and noted; the second is written whole, not shifted to start at
+    frame 6 of the first and cross the scene cut."""
+    _cityscapes_source(tmp_path, [f for f in range(30) if f != 5] + list(range(100, 130)))
+    summary = converters.convert("cityscapes", str(tmp_path), str(tmp_path / "out"), progress=False)
+    train = _shards(str(tmp_path / "out/train"))
+    assert len(train) == 1
+    np.testing.assert_array_equal(_video(train, 0)[:, 0, 0, 0], np.arange(100, 130))
+    assert "train: 1 sequence(s) have a run of consecutive frames that is not a multiple of 30" in (
+        str(summary)
+    )
+
+
+def test_a_missing_cityscapes_split_is_one_error_naming_it(tmp_path):
+    _cityscapes_source(tmp_path)
+    shutil.rmtree(tmp_path / "leftImg8bit_sequence" / "test")
+    with pytest.raises(SourceError, match=r"has no test folder; unzip the whole leftImg8bit"):
+        converters.make_plan("cityscapes", str(tmp_path))
+
+
+def test_a_damaged_cityscapes_frame_is_a_source_error_naming_it(tmp_path):
+    _cityscapes_source(tmp_path)
     city = tmp_path / "leftImg8bit_sequence" / "train" / "aachen"
-    city.mkdir(parents=True)
-    for frame in range(30):
-        path = city / f"aachen_000000_{frame:06d}_leftImg8bit.png"
-        Image.fromarray(np.full((8, 16, 3), frame, np.uint8)).save(path)
     damaged = city / "aachen_000000_000005_leftImg8bit.png"
     damaged.write_bytes(b"not a png")
     with pytest.raises(

@@ -1,9 +1,10 @@
 """Cityscapes sequences (spec §A.8, MCVD's converter): 30-frame clips, 128×128 RGB.
 
 Source: ``leftImg8bit_sequence/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png``
-(the folder itself or the one above it). Frames of one ``(city, seq)`` are
-sorted by frame number and cut into clips of 30; each frame is centre-cropped
-to a square and resized to 128×128 with PIL LANCZOS. Expected: 2975 train /
+(the folder itself or the one above it); all three splits must be there. Frames of one
+``(city, seq)`` are sorted by frame number, cut where the numbering has a gap (a sequence can
+hold several 30-frame snippets, e.g. Frankfurt's) and each run into clips of 30; each frame is
+centre-cropped to a square and resized to 128×128 with PIL LANCZOS. Expected: 2975 train /
 500 val / 1525 test sequences.
 """
 
@@ -49,15 +50,40 @@ def _root(src: str) -> str:
     )
 
 
+def sequence_clips(frames: list[tuple[int, str]]) -> tuple[list[tuple[str, ...]], bool]:
+    """The 30-frame clips of one ``(city, seq)`` from its ``(frame number, path)`` pairs, and
+    whether a run of consecutive numbers left frames over (a frame missing from the download).
+    Cutting at gaps keeps a missing frame from shifting every later clip across a scene cut;
+    a complete download (snippets of 30 consecutive frames) gives MCVD's clips: its frames in
+    order, cut into 30s."""
+    runs: list[list[str]] = []
+    previous = None
+    for number, path in sorted(frames):
+        if previous is None or number != previous + 1:
+            runs.append([])
+        runs[-1].append(path)
+        previous = number
+    clips = [
+        tuple(run[i : i + FRAMES_PER_SEQUENCE])
+        for run in runs
+        for i in range(0, len(run) - FRAMES_PER_SEQUENCE + 1, FRAMES_PER_SEQUENCE)
+    ]
+    return clips, any(len(run) % FRAMES_PER_SEQUENCE for run in runs)
+
+
 def plan(src: str, image_size: int = 128) -> common.ConversionPlan:
     common.require_dir(src, "Cityscapes source")
     root = _root(src)
+    missing = [split for split in SPLITS if not os.path.isdir(os.path.join(root, split))]
+    if missing:
+        raise common.SourceError(
+            f"Cityscapes source {root} has no {' or '.join(missing)} folder; unzip the whole "
+            f"leftImg8bit_sequence_trainvaltest.zip (train, val and test: the configs validate "
+            f"on val and evaluate on test)."
+        )
     splits, notes = [], []
     for split in SPLITS:
         split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            notes.append(f"no {split} folder in {root}; split not written")
-            continue
         sequences = collections.defaultdict(list)
         for city in sorted(os.listdir(split_dir)):
             city_dir = os.path.join(split_dir, city)
@@ -71,11 +97,9 @@ def plan(src: str, image_size: int = 128) -> common.ConversionPlan:
                     )
         items, uneven = [], 0
         for key in sorted(sequences):
-            frames = [p for _, p in sorted(sequences[key])]
-            if len(frames) % FRAMES_PER_SEQUENCE:
-                uneven += 1
-            for i in range(len(frames) // FRAMES_PER_SEQUENCE):
-                items.append(tuple(frames[i * FRAMES_PER_SEQUENCE : (i + 1) * FRAMES_PER_SEQUENCE]))
+            clips, leftover = sequence_clips(sequences[key])
+            items += clips
+            uneven += leftover
         if not items:
             raise common.SourceError(
                 f"Cityscapes source: {split_dir} holds no sequence of "
@@ -84,8 +108,9 @@ def plan(src: str, image_size: int = 128) -> common.ConversionPlan:
             )
         if uneven:
             notes.append(
-                f"{split}: {uneven} sequence(s) have a frame count that is not a multiple of "
-                f"{FRAMES_PER_SEQUENCE}; their leftover frames were dropped"
+                f"{split}: {uneven} sequence(s) have a run of consecutive frames that is not a "
+                f"multiple of {FRAMES_PER_SEQUENCE} (a frame missing from the download?); the "
+                f"incomplete clips were dropped"
             )
         load = lambda paths, s=image_size: np.stack([cityscapes_frame(p, s) for p in paths])
         splits.append(common.SplitPlan(split, items, load=load))
