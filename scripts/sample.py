@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import atomic_io, cli, mesh
+from predvdm_jax import atomic_io, cli, folders, mesh
 from predvdm_jax.config import SEED_LIMIT
 from predvdm_jax.evaluation import report, sampling, sweep
 from predvdm_jax.training import checkpoint
@@ -124,10 +124,24 @@ def _record(source: str, config, num_clips: int, num_frames: int, known: int) ->
 def main():
     if (FLAGS.bundle is None) == (FLAGS.workdir is None):
         cli.fail("give exactly one of --bundle or --workdir")
+    if FLAGS.video == "":
+        cli.fail(
+            "--video is empty; pass a video file or a folder of frames, or leave --video out "
+            "to predict test clips"
+        )
     if FLAGS.video:
         cli.reject_flags(["num_clips"], "with --video (it picks test clips)")
     overrides = config_flags.get_override_values(FLAGS["config"])
     _reject_unread_overrides(overrides)
+    # A bundle or workdir as --out: check_output_dir would suggest evaluate.py's eval/<name>.
+    problem = (
+        FLAGS.out and not atomic_io.file_in_the_way(FLAGS.out) and folders.model_folder(FLAGS.out)
+    )
+    if problem:
+        cli.fail(
+            f"--out {FLAGS.out!r} {problem}; pass a folder of its own for the samples "
+            f"(e.g. samples/<name>)"
+        )
     report.check_output_dir(FLAGS.out)
     mesh.initialize_distributed()  # so that a launch as several processes is seen, and refused
     if jax.process_count() > 1:

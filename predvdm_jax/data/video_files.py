@@ -15,6 +15,8 @@ from predvdm_jax.data.loader import to_model_range
 from predvdm_jax.data.resize import center_square, resize_lanczos
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FFMPEG_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+"""Video files imageio reads only with its imageio-ffmpeg plugin (GIFs it reads with Pillow)."""
 _JAX_FORK_WARNING = r"os\.fork\(\) was called\. os\.fork\(\) is incompatible with multithreaded"
 
 
@@ -72,6 +74,14 @@ def _is_single_image(path: str, frames: np.ndarray) -> bool:
         return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _ffmpeg_plugin_installed() -> bool:
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _decode_first_frames(path: str, limit: int) -> tuple[np.ndarray, bool]:
     """``(frames, whole)``: the first ``limit`` frames of a video file stacked ``(T, H, W[, C])``,
     the decoder stopped there; or, ``whole`` True, a file imageio reads as one item (an image,
@@ -122,6 +132,12 @@ def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
     try:
         frames, whole = _decode_first_frames(path, limit)
     except Exception as err:
+        if path.lower().endswith(FFMPEG_EXTENSIONS) and not _ffmpeg_plugin_installed():
+            raise ValueError(
+                f"cannot decode {path!r}: reading MP4/AVI needs the imageio-ffmpeg plugin, which "
+                f"is not installed; install it with pip install 'predvdm_jax[video]', or pass a "
+                f"GIF or a folder of frame images."
+            ) from None
         raise ValueError(
             f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "
             f"GIF/MP4/AVI: pass a working video file (MP4/AVI need imageio-ffmpeg) or a folder "
@@ -157,8 +173,9 @@ def read_clip(
     frames = _frames_from_path(path, max(num_frames, max_frames or 0))
     if len(frames) < num_frames:
         raise ValueError(
-            f"{path!r} has {len(frames)} frames; at least {num_frames} are needed "
-            f"(the conditioning frames)."
+            f"{path!r} has {len(frames)} frames; at least {num_frames} are needed (the "
+            f"conditioning frames): pass a longer video, or use a model with fewer "
+            f"conditioning frames."
         )
     kept = frames[: max(num_frames, max_frames or 0)]
     clip = np.stack([resize_lanczos(center_square(f), image_size) for f in kept])

@@ -159,3 +159,37 @@ def test_only_the_needed_frames_of_a_video_file_are_decoded(tmp_path):
     np.testing.assert_array_equal(clip, whole[:4])
     levels = np.round((clip + 1) * 127.5).astype(np.uint8)  # a 16x16 GIF of 256 colours: exact
     np.testing.assert_array_equal(levels, frames[:4])
+
+
+def test_an_mp4_without_the_ffmpeg_plugin_names_the_install(tmp_path):
+    """A valid MP4 when imageio-ffmpeg is not installed (hidden from a fresh interpreter): the
+    missing plugin and its extra, not a damaged file."""
+    pytest.importorskip("imageio_ffmpeg")
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "clip.mp4", np.zeros((4, 16, 16, 3), np.uint8), fps=5)
+    code = (
+        "import sys; sys.modules['imageio_ffmpeg'] = None\n"
+        "from predvdm_jax.data import video_files\n"
+        f"try: video_files.read_clip({str(tmp_path / 'clip.mp4')!r}, 8, 1, 2)\n"
+        "except ValueError as err: print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == (
+        f"cannot decode {str(tmp_path / 'clip.mp4')!r}: reading MP4/AVI needs the imageio-ffmpeg "
+        "plugin, which is not installed; install it with pip install 'predvdm_jax[video]', or "
+        "pass a GIF or a folder of frame images."
+    ), done.stderr[-2000:]
+
+
+def test_a_video_shorter_than_the_conditioning_frames_names_the_fix(tmp_path):
+    _write_frames(tmp_path / "clip", [(8, 8)] * 3)
+    with pytest.raises(
+        ValueError,
+        match=r"has 3 frames; at least 4 are needed \(the conditioning frames\): pass a longer "
+        r"video, or use a model with fewer conditioning frames\.$",
+    ):
+        video_files.read_clip(str(tmp_path / "clip"), 8, 1, 4)

@@ -221,3 +221,23 @@ def test_step_and_nouse_ema_reach_the_model_loader(tmp_path):
     )
     done = _run(f"--bundle={bundle_dir}", "--step=5", f"--out={out}", expect_success=False)
     assert "step=5 (--step) applies only to a training workdir's checkpoints" in done.stderr
+
+
+def test_an_empty_video_and_a_model_folder_as_out_are_one_error_line(tmp_path):
+    """--video= is an error, not the test clips; a bundle or workdir as --out suggests
+    samples/<name>; both before anything is loaded."""
+    bundle_dir = _tiny_bundle(tmp_path, _videos(0))
+    out = tmp_path / "clips"
+    done = _run(f"--bundle={bundle_dir}", "--video=", f"--out={out}", expect_success=False)
+    assert done.returncode == 1 and not out.exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --video is empty; pass a video file or a folder of frames, or leave --video out "
+        "to predict test clips"
+    )
+    files = sorted(os.listdir(bundle_dir))
+    done = _run(f"--bundle={bundle_dir}", f"--out={bundle_dir}", expect_success=False)
+    assert sorted(os.listdir(bundle_dir)) == files
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: --out {bundle_dir!r} is an inference bundle; pass a folder of its own for the "
+        "samples (e.g. samples/<name>)"
+    )
