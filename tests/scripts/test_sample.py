@@ -241,3 +241,18 @@ def test_an_empty_video_and_a_model_folder_as_out_are_one_error_line(tmp_path):
         f"error: --out {bundle_dir!r} is an inference bundle; pass a folder of its own for the "
         "samples (e.g. samples/<name>)"
     )
+
+
+def test_gifs_merge_identical_frames_that_mp4_and_the_grid_keep(tmp_path):
+    """What README says of sample.py's GIFs: Pillow merges identical consecutive frames (no
+    option keeps them), the MP4 and the PNG grid hold every one of the COND + PRED frames."""
+    from predvdm_jax.evaluation import report
+
+    still = np.zeros((1, PRED, SIZE, SIZE, 1), np.float32)
+    cond = np.zeros((1, COND, SIZE, SIZE, 1), np.float32)
+    written = report.write_videos(str(tmp_path), still, still, cond, fps=10, max_videos=1)
+    assert len(iio.imread(written["gif"][0], index=None)) < COND + PRED
+    if written["mp4"]:
+        assert len(iio.imread(written["mp4"][0], index=None)) == COND + PRED
+    grid = iio.imread(written["grid"])
+    assert grid.shape[1] >= (COND + PRED) * SIZE  # one column per frame
