@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from predvdm_jax import atomic_io, cli, folders, mesh
+from predvdm_jax import atomic_io, cli, mesh
 from predvdm_jax.config import SEED_LIMIT
 from predvdm_jax.evaluation import report, sampling, sweep
 from predvdm_jax.training import checkpoint
@@ -133,16 +133,7 @@ def main():
         cli.reject_flags(["num_clips"], "with --video (it picks test clips)")
     overrides = config_flags.get_override_values(FLAGS["config"])
     _reject_unread_overrides(overrides)
-    # A bundle or workdir as --out: check_output_dir would suggest evaluate.py's eval/<name>.
-    problem = (
-        FLAGS.out and not atomic_io.file_in_the_way(FLAGS.out) and folders.model_folder(FLAGS.out)
-    )
-    if problem:
-        cli.fail(
-            f"--out {FLAGS.out!r} {problem}; pass a folder of its own for the samples "
-            f"(e.g. samples/<name>)"
-        )
-    report.check_output_dir(FLAGS.out)
+    report.check_output_dir(FLAGS.out, example="samples/<name>")
     mesh.initialize_distributed()  # so that a launch as several processes is seen, and refused
     if jax.process_count() > 1:
         cli.fail(

@@ -251,11 +251,13 @@ def clear_evaluation(out_dir: str) -> None:
     clear_videos(os.path.join(out_dir, VIDEOS_DIR))
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+def check_output_dir(
+    path: str | os.PathLike, flag: str = "--out", example: str = "eval/<name>"
+) -> None:
     """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
     file, lies under no file, and is no bundle or training workdir (reports would mix with
-    the model's files). Scripts call it before any work, so a bad ``--out`` fails
-    at once rather than after the predictions."""
+    the model's files; the error suggests ``example``). Scripts call it before any work, so a
+    bad ``--out`` fails at once rather than after the predictions."""
     path = os.fspath(path)
     if not path:
         raise ValueError(f"{flag} is empty; pass an output folder")
@@ -273,8 +275,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     problem = folders.model_folder(path)
     if problem:
         raise ValueError(
-            f"{flag} {path!r} {problem}; pass a folder of its own for the outputs (e.g. "
-            f"eval/<name>)"
+            f"{flag} {path!r} {problem}; pass a folder of its own for the outputs (e.g. {example})"
         )
 
 

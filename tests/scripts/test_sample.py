@@ -239,7 +239,7 @@ def test_an_empty_video_and_a_model_folder_as_out_are_one_error_line(tmp_path):
     assert sorted(os.listdir(bundle_dir)) == files
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: --out {bundle_dir!r} is an inference bundle; pass a folder of its own for the "
-        "samples (e.g. samples/<name>)"
+        "outputs (e.g. samples/<name>)"
     )
 
 
