@@ -11,8 +11,8 @@ Writes OUT/video_NNNN.gif (+ .mp4 with imageio-ffmpeg), OUT/grid.png and OUT/sam
 ran: the model with its step and weights, sampler, seed, clips, frames and input; a rerun
 replaces it). A video's frames after the conditioning frames are its ground-truth half, blank
 where the video ends. Sampler settings come from the model's config; override them with
---config.sampling.sampler=dpm_solver_pp --config.sampling.steps=20 etc. Clips are predicted --config.eval.batch_size at a time, split
-over every device of this host. It runs as one process: launched as several JAX processes
+--config.sampling.sampler=dpm_solver_pp --config.sampling.steps=20 etc. Clips are predicted
+--config.eval.batch_size at a time, split over every device of this host. It runs as one process: launched as several JAX processes
 (JAX_NUM_PROCESSES, JAX_AUTO_DISTRIBUTED) it stops with an error, writing nothing.
 """
 
@@ -21,7 +21,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
@@ -90,9 +89,10 @@ def _reject_unread_overrides(overrides):
 
 
 def sampling_key(seed: int) -> jax.Array:
-    """``--seed``'s key: ``PRNGKey(seed)`` below 2**32; above, both 32-bit halves of the seed
-    (as ``PRNGKey`` with 64-bit ints), where ``PRNGKey`` keeps only the low half."""
-    return jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], dtype=jnp.uint32)
+    """``--seed``'s key: ``PRNGKey(seed)`` below 2**32; above, that of its low 32 bits with
+    the high ones folded in (``PRNGKey`` without 64-bit ints keeps only the low half)."""
+    key = jax.random.PRNGKey(seed & 0xFFFFFFFF)
+    return key if seed < 2**32 else jax.random.fold_in(key, seed >> 32)
 
 
 RECORD_FILE = "sample.json"
