@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from predvdm_jax import atomic_io, cli, mesh
 from predvdm_jax.config import SEED_LIMIT
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.evaluation import report, sampling, sweep
 from predvdm_jax.training import checkpoint
 
@@ -88,13 +89,6 @@ def _reject_unread_overrides(overrides):
     )
 
 
-def sampling_key(seed: int) -> jax.Array:
-    """``--seed``'s key: ``PRNGKey(seed)`` below 2**32; above, that of its low 32 bits with
-    the high ones folded in (``PRNGKey`` without 64-bit ints keeps only the low half)."""
-    key = jax.random.PRNGKey(seed & 0xFFFFFFFF)
-    return key if seed < 2**32 else jax.random.fold_in(key, seed >> 32)
-
-
 RECORD_FILE = "sample.json"
 
 
@@ -147,7 +141,7 @@ def main():
     print(f"model: {source}")
     cond, future, predicted, known = sampling.predict_test_clips_or_video(
         bundle,
-        sampling_key(FLAGS.seed),
+        prng_key(FLAGS.seed),
         num_frames=FLAGS.num_frames,
         video=FLAGS.video,
         num_clips=FLAGS.num_clips,

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from predvdm_jax import mesh as mesh_lib, xla_cpu
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.latent_cache import params_digest
@@ -316,7 +317,7 @@ def evaluate_samplers(
             protocol,
             cond_frames=cond_frames,
             pred_frames=pred_frames,
-            key=jax.random.key(config.eval.seed),
+            key=jax.random.wrap_key_data(prng_key(config.eval.seed)),
             lpips_params=lpips_params,
             feature_fn=feature_fn,
             fvd_unavailable=i3d_source,

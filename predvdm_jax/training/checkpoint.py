@@ -38,6 +38,7 @@ from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax import folders
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path, save_bundle
@@ -568,7 +569,7 @@ def load_train_state(
         model = LatentDiffusion.from_config(config)
         optimizer, _ = optim.make_optimizer(config)
         abstract, _ = train_state.abstract_train_state(
-            model.init_denoiser, optimizer, jax.random.PRNGKey(config.seed), mesh_lib.make_mesh()
+            model.init_denoiser, optimizer, prng_key(config.seed), mesh_lib.make_mesh()
         )
         state, _ = checkpointer.restore(step, abstract)
     finally:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from predvdm_jax import config as config_lib, folders, mesh as mesh_lib, xla_cpu
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
@@ -32,7 +33,7 @@ from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
 
-VALIDATION_SEED_STREAM = 3  # fold_in(PRNGKey(seed), 3): the validation noise
+VALIDATION_SEED_STREAM = 3  # fold_in(prng_key(seed), 3): the validation noise
 
 
 def train_iterator(config: ml_collections.ConfigDict, sharding=None) -> loader.ClipIterator:
@@ -104,7 +105,7 @@ def make_validation_fn(
     # A jitted sum: the masks are global arrays, spread over processes in multi-host runs.
     num_clips = int(sum(jax.jit(jnp.sum)(b["mask"]) for b in global_batches))
     timesteps = model.schedule.num_timesteps
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), VALIDATION_SEED_STREAM)
+    key = jax.random.fold_in(prng_key(seed), VALIDATION_SEED_STREAM)
 
     @xla_cpu.jit
     def batch_sums(params, vq_params, batch):

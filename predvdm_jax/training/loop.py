@@ -27,6 +27,7 @@ from absl import logging
 
 from predvdm_jax.config import ConfigError
 from predvdm_jax.mesh import batch_sharding, make_global_batch, make_mesh
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.training.checkpoint import (
     CHECKPOINT_DIR,
     Checkpointer,
@@ -170,7 +171,7 @@ def train_loop(
         raise ConfigError(split_error)
 
     optimizer, schedule = make_optimizer(config)
-    key = jax.random.PRNGKey(config.seed)
+    key = prng_key(config.seed)
     abstract_state, state_sharding = abstract_train_state(
         init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
     )

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from predvdm_jax import config as config_lib, mesh as mesh_lib
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
@@ -26,7 +27,7 @@ from predvdm_jax.batching import device_batch_size
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.train_state import TrainState
 
-PREVIEW_SEED_STREAM = 4  # fold_in(PRNGKey(seed), 4): the previews' sampling key
+PREVIEW_SEED_STREAM = 4  # fold_in(prng_key(seed), 4): the previews' sampling key
 
 
 def load_preview_clips(config: Any, mesh: Any) -> jax.Array:
@@ -65,7 +66,7 @@ def make_preview_fn(
     predict = model.make_predict_fn(pred_frames)
     cond = video[:, : model.cond_frames]
     real = mesh_lib.to_host(video)[:num_clips]
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), PREVIEW_SEED_STREAM)
+    key = jax.random.fold_in(prng_key(seed), PREVIEW_SEED_STREAM)
 
     def preview_fn(state: TrainState) -> dict:
         future = mesh_lib.to_host(predict(state.ema_params, vq_params, cond, key)["frames"])[
