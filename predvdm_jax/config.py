@@ -259,8 +259,8 @@ def _range_errors(c) -> list[str]:
         for section, values in (("train", t), ("vq_train", v)):
             if not values[name] >= 1:
                 errors.append(f"{section}.{name} must be >= 1, got {values[name]}")
-    for name in ("eval_clips", "eval_frames"):  # the final test reconstruction needs both
-        if not v[name] >= 1:
+    for name in ("eval_clips", "eval_frames", "disc_layers", "disc_channels"):
+        if not v[name] >= 1:  # the final test reconstruction; the discriminator's shape
             errors.append(f"vq_train.{name} must be >= 1, got {v[name]}")
     if not 0 <= t.ema_rate < 1:
         errors.append(f"train.ema_rate must be in [0, 1), got {t.ema_rate}")
@@ -274,6 +274,13 @@ def _range_errors(c) -> list[str]:
         ("optimizer.grad_clip", o.grad_clip),
         ("optimizer.weight_decay", o.weight_decay),
         ("vq_train.disc_factor", v.disc_factor),
+        # A negative loss weight would turn its term off (or train it backwards) unnoticed.
+        ("vq_train.codebook_weight", v.codebook_weight),
+        ("vq_train.beta", v.beta),
+        ("vq_train.perceptual_weight", v.perceptual_weight),
+        ("vq_train.disc_weight", v.disc_weight),
+        ("vq_train.disc_start", v.disc_start),
+        ("vq_train.dead_code_restart_every", v.dead_code_restart_every),
         ("sampling.eta", c.sampling.eta),
     ):
         if not 0 <= value < math.inf:
