@@ -90,19 +90,24 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformationEx
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+def make_optimizer(
+    config: Any, first_step: int = 0
+) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
     """(clip → AdamW(schedule), schedule) from a validated config's ``optimizer`` and
     ``data.batch_size``.
 
     ``schedule(count)`` is the learning rate used by the update with index
-    ``count`` (0 for the first step), as ``LambdaLR`` with interval "step".
+    ``count`` (0 for the first step), as ``LambdaLR`` with interval "step". An optimizer whose
+    first update comes at training step ``first_step`` (the VQ discriminator's, at
+    ``disc_start``) takes the rate of that step: its schedule, like LDM's ``LambdaLR``, follows
+    the training steps, not its own updates.
     """
     o = config.optimizer
     peak = learning_rate(o.base_learning_rate, config.data.batch_size, o.scale_lr)
     multiplier_args = (o.warmup_steps, o.f_start, o.f_max, o.f_min, o.cycle_length)
 
     def schedule(count):
-        return peak * lambda_linear_multiplier(count, *multiplier_args)
+        return peak * lambda_linear_multiplier(count + first_step, *multiplier_args)
 
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
     if o.grad_clip > 0:

@@ -560,6 +560,13 @@ def save_vq_params(path: str, params: Any, config: ml_collections.ConfigDict | N
         save_params_safetensors(path, host, metadata=metadata)
 
 
+def discriminator_optimizer(config: Any) -> optax.GradientTransformation:
+    """The discriminator's Adam: the generator's settings (``engine_config``), its learning
+    rate following the training steps from ``vq_train.disc_start``, where its first update
+    comes (LDM steps both optimizers' ``LambdaLR`` every step), not restarting its warm-up."""
+    return make_optimizer(engine_config(config), first_step=int(config.vq_train.disc_start))[0]
+
+
 def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the VQ of ``config`` in ``workdir``; returns the final test metrics.
 
@@ -592,7 +599,9 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     derived = engine_config(config)
     objective = VQObjective.from_config(config)
     image_size = int(config.data.image_size)
-    disc_optimizer = make_optimizer(derived)[0] if objective.discriminator is not None else None
+    disc_optimizer = (
+        discriminator_optimizer(config) if objective.discriminator is not None else None
+    )
 
     def extra_init_fn(key):
         extra = {"code_counts": jnp.zeros((objective.model.n_embed,), jnp.int32)}

@@ -56,6 +56,29 @@ def test_schedule_after_warmup_follows_the_cycle_formula():
         np.testing.assert_allclose(float(schedule(n)), expected, rtol=1e-5, err_msg=f"n={n}")
 
 
+def test_the_vq_discriminators_rate_follows_the_training_steps_from_disc_start():
+    """Its first update comes at step disc_start and takes that step's warmed-up rate (LDM
+    advances both LambdaLRs every step): a count of its own updates would restart the warm-up
+    at 0 and lag the decay."""
+    from predvdm_jax.training import vq_trainer
+
+    config = config_lib.default_config()
+    config.vq_train.update(
+        warmup_steps=1000, disc_start=500, lr_end_fraction=0.1, num_steps=2000, scale_lr=False
+    )
+    config = config_lib.finalize(config)
+    _, generator_schedule = make_optimizer(vq_trainer.engine_config(config))
+    disc = vq_trainer.discriminator_optimizer(config)
+    grads = {"w": jnp.array([3.0, -0.5])}
+    params = {"w": jnp.zeros(2)}
+    state = disc.init(params)
+    for count in range(3):  # Adam's first update is -lr * sign(g); later ones, with constant g, too
+        updates, state = disc.update(grads, state, params)
+        expected = -float(generator_schedule(500 + count)) * np.sign(grads["w"])
+        np.testing.assert_allclose(updates["w"], expected, rtol=1e-4)
+    assert float(generator_schedule(500)) > 0
+
+
 def test_lr_scales_with_global_batch_only_when_scale_lr():
     _, scaled = make_optimizer(config_with(batch_size=32, base_learning_rate=1e-4, warmup_steps=0))
     _, unscaled = make_optimizer(
