@@ -27,7 +27,7 @@ from predvdm_jax.data.latent_cache import (
     encode_split,
     unit_std_scale_factor,
 )
-from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.interop.params import load_vq_params, with_recorded_vq
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config (its vq section and scale_factor)."
@@ -101,10 +101,11 @@ def main():
         cli.fail("--unit_std measures scale_factor: drop --config.scale_factor")
     check_output_folder(FLAGS.src, FLAGS.out)  # before any work
     splits = _splits(FLAGS.src)
-    config = config_lib.validate(FLAGS.config)
-    params_path = FLAGS.vq_params or config.vq_params
+    params_path = FLAGS.vq_params or FLAGS.config.vq_params
     if not params_path:
         raise ValueError("no VQ params: pass --vq_params or set config.vq_params")
+    # The VQ architecture and frame size train_vq.py recorded in the file (overrides win).
+    config = config_lib.validate(with_recorded_vq(FLAGS.config, params_path, overrides))
     vq_params = load_vq_params(
         params_path, config, "--vq_params" if FLAGS.vq_params else "config.vq_params"
     )

@@ -29,23 +29,31 @@ def with_recorded_vq(
     ``given`` (command-line overrides, which win). A file that records none (a converted LDM
     vq-f4) leaves ``config`` as it is, as does a path that is no safetensors file (loading
     it names the problem)."""
+    given = set(given)
+    kept = {
+        field: value
+        for field, value in recorded_fields(path, config).items()
+        if field not in given and field.split(".")[0] not in given
+    }
+    return config_lib.with_overrides(config, kept, validated=False)
+
+
+def recorded_fields(path: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``{"vq.ch": 32, "data.image_size": 16, ...}``: the fields of ``config``'s schema that
+    ``scripts/train_vq.py`` recorded in the VQ params file ``path`` (none for another file)."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, "numpy") as f:
             metadata = f.metadata() or {}
     except Exception:
-        return config
-    given = set(given)
-    recorded = {
+        return {}
+    return {
         f"{section}.{name}": tuple(value) if isinstance(value, list) else value
         for section in ("vq", "data")
-        if section not in given
         for name, value in json.loads(metadata.get(section, "{}")).items()
         if (section == "vq" or name in RECORDED_DATA_FIELDS) and name in config[section]
     }
-    kept = {field: value for field, value in recorded.items() if field not in given}
-    return config_lib.with_overrides(config, kept, validated=False)
 
 
 def load_vq_params(
@@ -75,10 +83,31 @@ def load_vq_params(
     if not any("/" in key for key in flatten_params(params)):
         raise ValueError(f"VQ params {path!r} hold PyTorch names, not Flax params; {convert}")
     if config is not None:
+        differing = {
+            field: value
+            for field, value in recorded_fields(path, config).items()
+            if field.startswith("vq.") and config_lib.field_value(config, field) != value
+        }
+        hint = "Check that the model config matches the checkpoint."
+        if differing:
+            hint = (
+                f"The file records the VQ it was trained with: set "
+                f"{' '.join(f'--config.{f}={_flag_value(v)}' for f, v in differing.items())}."
+            )
         check_params(
-            params, LatentDiffusion.from_config(config).init_vq, f"VQ params {path!r} (config.vq)"
+            params,
+            LatentDiffusion.from_config(config).init_vq,
+            f"VQ params {path!r} (config.vq)",
+            hint,
         )
     return params
+
+
+def _flag_value(value: Any) -> str:
+    """A config value as ``--config.x=`` takes it (tuples as ``1,2,4``)."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def check_params(

@@ -399,3 +399,48 @@ def test_a_truncated_latent_cache_shard_is_named_when_an_encode_resumes(tmp_path
     )
     assert sorted(os.listdir(out)) == [latent_cache.CACHE_INFO, "shard_0001.hdf5"]
     assert os.path.getsize(path) == size
+
+
+def test_a_vq_file_of_another_architecture_than_the_config_encodes_with_its_own(tmp_path):
+    """train_vq.py records its VQ in the file: encode_dataset.py takes that architecture and
+    frame size (as evaluate.py --vq_params does); loading it with a config of another VQ
+    names the flags that would fit, not only ~180 keys of the wrong shape."""
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    from predvdm_jax import config as config_lib
+    from predvdm_jax.data import latent_cache
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.interop.params import load_vq_params
+    from predvdm_jax.training.vq_trainer import save_vq_params
+
+    tiny = tiny_config()  # 16x16 gray frames, VQ ch 32, ch_mult (1, 2), 16 codes
+    vq_file = str(tmp_path / "vq_params.safetensors")
+    save_vq_params(
+        vq_file, random_params_from_init(LatentDiffusion.from_config(tiny).init_vq), tiny
+    )
+    kth = config_lib.load_config_file(os.path.join(REPO, "configs", "kth64.py"))
+    with pytest.raises(ValueError) as err:
+        load_vq_params(vq_file, kth)
+    assert str(err.value).endswith(
+        "The file records the VQ it was trained with: set --config.vq.ch=32 "
+        "--config.vq.ch_mult=1,2 --config.vq.n_embed=16 --config.vq.num_res_blocks=1 "
+        "--config.vq.resolution=16."
+    )
+
+    src = tmp_path / "frames"
+    _split(src / "train")
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "encode_dataset.py"),
+        f"--config={os.path.join(REPO, 'configs', 'kth64.py')}",
+        f"--vq_params={vq_file}",
+        f"--src={src}",
+        f"--out={tmp_path / 'latents'}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = latent_cache.read_cache_info(str(tmp_path / "latents" / "train"))
+    assert info["vq"]["ch"] == 32 and list(info["vq"]["ch_mult"]) == [1, 2]
+    latents = hdf5.VideoShards(str(tmp_path / "latents" / "train"), kind="latents")
+    assert latents.frame_shape == (8, 8, 3)  # 16x16 frames through the file's f2 VQ
