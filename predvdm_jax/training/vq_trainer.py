@@ -271,7 +271,9 @@ class VQObjective:
     def _perceptual_fn(self) -> Callable | None:
         if self.lpips_params is None or self.perceptual_weight <= 0:
             return None
-        return lambda x, rec: lpips_distance(self.lpips_params, x, rec)
+        # Taming's spatial average of each layer's distance map (evaluation's LPIPS, PredVDM's
+        # spatial=True, upsamples the maps to the frame size first).
+        return lambda x, rec: lpips_distance(self.lpips_params, x, rec, spatial=False)
 
     def forward(
         self, params: Any, frames: jax.Array, rng: jax.Array, return_features: bool = False
