@@ -12,7 +12,9 @@ import math
 import os
 import re
 import resource
+import shutil
 import sys
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -160,6 +162,8 @@ def write_videos(
     ``cond`` optional ``(B, Tc, H, W, C)`` conditioning frames shown in front of
     both. Per video ``video_NNNN.gif`` (and ``.mp4``, H.264, when imageio-ffmpeg is
     installed; an odd height or width gets one white row or column); ``grid.png`` has two rows per video (ground truth, prediction).
+    Every file is written into a staging folder first and moved into place once all are
+    written, so a failure part-way (a full disk) leaves an earlier run's outputs as they were.
     Returns ``{'gif': [...], 'mp4': [...], 'grid': path, 'notes': [...]}``.
     """
     real, fake = to_uint8(real, value_range), to_uint8(fake, value_range)
@@ -188,24 +192,33 @@ def write_videos(
         written["notes"].append(
             "MP4 skipped: imageio-ffmpeg is not installed (pip install imageio-ffmpeg)"
         )
-    for index in range(count):
-        frames = _side_by_side(real[index], fake[index])
-        path = os.path.join(directory, f"video_{index:04d}.gif")
-        gray = _squeeze_gray(frames)
-        atomic_io.write_file(
-            path, lambda temporary: iio.imwrite(temporary, gray, duration=1000.0 / fps, loop=0)
-        )
-        written["gif"].append(path)
-        if with_mp4:
-            path = os.path.join(directory, f"video_{index:04d}.mp4")
-            rgb = _mp4_frames(frames)
+    staging = tempfile.mkdtemp(prefix=".tmp-videos-", dir=directory)
+    staged = lambda name: os.path.join(staging, name)
+    try:
+        for index in range(count):
+            frames = _side_by_side(real[index], fake[index])
+            gray = _squeeze_gray(frames)
+            name = f"video_{index:04d}.gif"
             atomic_io.write_file(
-                path, lambda temporary: _write_mp4(imageio_v2, temporary, rgb, fps)
+                staged(name),
+                lambda temporary: iio.imwrite(temporary, gray, duration=1000.0 / fps, loop=0),
             )
-            written["mp4"].append(path)
-    written["grid"] = os.path.join(directory, "grid.png")
-    grid = _squeeze_gray(paired_grid(real[:count], fake[:count]))
-    atomic_io.write_file(written["grid"], lambda temporary: iio.imwrite(temporary, grid))
+            written["gif"].append(os.path.join(directory, name))
+            if with_mp4:
+                name = f"video_{index:04d}.mp4"
+                rgb = _mp4_frames(frames)
+                atomic_io.write_file(
+                    staged(name), lambda temporary: _write_mp4(imageio_v2, temporary, rgb, fps)
+                )
+                written["mp4"].append(os.path.join(directory, name))
+        written["grid"] = os.path.join(directory, "grid.png")
+        grid = _squeeze_gray(paired_grid(real[:count], fake[:count]))
+        atomic_io.write_file(staged("grid.png"), lambda temporary: iio.imwrite(temporary, grid))
+        for path in written["gif"] + written["mp4"] + [written["grid"]]:
+            os.replace(staged(os.path.basename(path)), path)
+        atomic_io.sync(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _remove_stale_videos(directory, set(written["gif"]) | set(written["mp4"]))
     return written
 

@@ -193,6 +193,30 @@ def test_without_imageio_ffmpeg_mp4_is_skipped_with_a_note(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["grid.png", "video_0000.gif"]
 
 
+def test_a_write_that_fails_part_way_leaves_the_earlier_outputs_as_they_were(tmp_path, monkeypatch):
+    """The third file (the second GIF) fails, as on a full disk: the first run's videos and
+    grid stay, byte for byte, not half replaced by the second run's, and no staging is left."""
+    monkeypatch.setattr(report, "mp4_writer_available", lambda: False)
+    first = np.full((2, 2, 4, 4, 1), -0.5, np.float32)
+    report.write_videos(str(tmp_path), first, first)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    assert sorted(before) == ["grid.png", "video_0000.gif", "video_0001.gif"]
+
+    calls = []
+    squeeze = report._squeeze_gray
+
+    def failing(frames):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return squeeze(frames)
+
+    monkeypatch.setattr(report, "_squeeze_gray", failing)
+    with pytest.raises(OSError, match="No space left"):
+        report.write_videos(str(tmp_path), -first, -first)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
 def test_write_videos_rgb_and_errors(tmp_path):
     video = np.linspace(-1, 1, 2 * 3 * 4 * 4 * 3, dtype=np.float32).reshape(2, 3, 4, 4, 3)
     fake = -video[:, ::-1]  # another RGB video, so that the halves cannot be swapped unseen
