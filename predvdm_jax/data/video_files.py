@@ -135,8 +135,8 @@ def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
         if path.lower().endswith(FFMPEG_EXTENSIONS) and not _ffmpeg_plugin_installed():
             raise ValueError(
                 f"cannot decode {path!r}: reading MP4/AVI needs the imageio-ffmpeg plugin, which "
-                f"is not installed; install it with pip install 'predvdm_jax[video]', or pass a "
-                f"GIF or a folder of frame images."
+                f"is not installed; install it with pip install -e '.[video]' in the project's "
+                f"folder, or pass a GIF or a folder of frame images."
             ) from None
         raise ValueError(
             f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "

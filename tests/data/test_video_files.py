@@ -180,8 +180,8 @@ def test_an_mp4_without_the_ffmpeg_plugin_names_the_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == (
         f"cannot decode {str(tmp_path / 'clip.mp4')!r}: reading MP4/AVI needs the imageio-ffmpeg "
-        "plugin, which is not installed; install it with pip install 'predvdm_jax[video]', or "
-        "pass a GIF or a folder of frame images."
+        "plugin, which is not installed; install it with pip install -e '.[video]' in the "
+        "project's folder, or pass a GIF or a folder of frame images."
     ), done.stderr[-2000:]
 
 

@@ -3,7 +3,8 @@
 Source: the untarred ``no-traffic.tar.gz``: ``video_train.csv`` and
 ``video_test.csv`` (column ``path``, relative to the CSV's folder or
 absolute), each row a ``torch.save``'d uint8 tensor ``[T, 128, 128, 3]``
-(T = 1000). Reading them needs PyTorch (``pip install 'predvdm_jax[torch]'``).
+(T = 1000). Reading them needs PyTorch (``pip install -e '.[torch]'`` in the project's
+folder).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def load_tensor_video(path: str) -> np.ndarray:
     except ImportError as e:
         raise ImportError(
             "CARLA videos are torch.save'd tensors: install PyTorch "
-            "(pip install 'predvdm_jax[torch]') to convert them."
+            "(pip install -e '.[torch]' in the project's folder) to convert them."
         ) from e
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)

@@ -302,7 +302,7 @@ def import_cv2():
         import cv2
     except ImportError as e:
         raise ImportError(
-            "Decoding videos needs OpenCV: pip install 'predvdm_jax[video]' "
+            "Decoding videos needs OpenCV: pip install -e '.[video]' in the project's folder "
             "(opencv-python-headless)."
         ) from e
     return cv2

@@ -23,7 +23,7 @@ def _import_tfds():
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise ImportError(
-            "TFDS datasets need the tfds extra: pip install 'predvdm_jax[tfds]' "
+            "TFDS datasets need the tfds extra: pip install -e '.[tfds]' in the project's folder "
             "(tensorflow-datasets and tensorflow-cpu)."
         ) from e
     return tfds
