@@ -597,9 +597,14 @@ def _combination_errors(c) -> list[str]:
             f"{c.train.profile_start} and {c.train.profile_steps}"
         )
     if c.train.preview_every > 0 and not validation_split(c, frames_only=True)[1]:
+        where = (
+            "data.val_dir (the frames of data.latent_val_dir)"
+            if d.latent_val_dir
+            else "data.test_dir or data.val_dir"
+        )
         errors.append(
-            "train.preview_every > 0 needs frames to show: set data.test_dir or data.val_dir, "
-            "or set train.preview_every=0"
+            f"train.preview_every > 0 needs frames to show: set {where}, or set "
+            f"train.preview_every=0"
         )
     if c.train.keep_best < 0:
         errors.append(f"train.keep_best must be >= 0 (0: keep none), got {c.train.keep_best}")

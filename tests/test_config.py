@@ -233,6 +233,10 @@ def test_type_safe_assignment_names_the_field():
             dict(train__preview_every=100, data__test_dir=""),
             "preview_every > 0 needs frames to show",
         ),
+        (
+            dict(train__preview_every=100, data__test_dir="T", data__latent_val_dir="LV"),
+            "needs frames to show: set data.val_dir (the frames of data.latent_val_dir)",
+        ),
         (dict(train__preview_clips=0), "train.preview_clips >= 1"),
         (dict(train__profile_steps=0), "train.profile_steps >= 1"),
         (dict(train__keep_best=3), "train.keep_best > 0 ranks models by val/loss_ema"),
