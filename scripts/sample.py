@@ -26,8 +26,8 @@ from ml_collections import config_flags
 
 from predvdm_jax import atomic_io, cli, mesh
 from predvdm_jax.config import SEED_LIMIT
-from predvdm_jax.seeds import prng_key
 from predvdm_jax.evaluation import report, sampling, sweep
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.training import checkpoint
 
 cli.define_overrides_flag("Overrides of the model's config, e.g. --config.sampling.steps=20.")

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 
 from predvdm_jax import mesh as mesh_lib, xla_cpu
-from predvdm_jax.seeds import prng_key
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.data.hdf5 import VideoShards
 from predvdm_jax.data.latent_cache import params_digest
@@ -39,6 +38,7 @@ from predvdm_jax.evaluation.protocol import (
 )
 from predvdm_jax.models import lpips as lpips_lib
 from predvdm_jax.models.i3d import load_i3d_params
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.tensor_files import check_weights_setting
 
 

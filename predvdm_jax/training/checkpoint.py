@@ -38,11 +38,11 @@ from predvdm_jax import atomic_io, config as config_lib, mesh as mesh_lib
 from predvdm_jax.data import hdf5
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax import folders
-from predvdm_jax.seeds import prng_key
 from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
 from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path, save_bundle
 from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.tensor_files import check_finite
 from predvdm_jax.training import optim, train_state
 

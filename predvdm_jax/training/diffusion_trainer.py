@@ -5,11 +5,11 @@ fast path: the frozen VQ encoder costs ≈ 7.6× the UNet's training FLOPs), or
 as frames that the frozen VQ encodes inside the jitted step. A cache made with
 another ``scale_factor`` or VQ than the config is refused (``ConfigError``).
 
-Every ``train.eval_every`` steps the loss on fixed test clips is logged for the
-raw and the EMA parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation
-losses, the ones its checkpointing monitors), from ``config.validation_split``: ``data.val_dir``
-when set, else the test split, each from its latent cache first; with ``train.keep_best`` = k, bundles of the EMA weights at
-the k lowest ``val/loss_ema`` in ``workdir/best`` (``best_bundles.py``). Every
+Every ``train.eval_every`` steps the loss on fixed clips is logged for the raw and the EMA
+parameters (``val/loss``, ``val/loss_ema``: PredVDM's validation losses, the ones its
+checkpointing monitors), from ``config.validation_split``: ``data.val_dir`` when set, else the
+test split, each from its latent cache first; with ``train.keep_best`` = k, bundles of the EMA
+weights at the k lowest ``val/loss_ema`` in ``workdir/best`` (``best_bundles.py``). Every
 ``train.preview_every`` steps, a rollout preview (``preview.py``).
 """
 
@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from predvdm_jax import config as config_lib, folders, mesh as mesh_lib, xla_cpu
-from predvdm_jax.seeds import prng_key
 from predvdm_jax.data import latent_cache, loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.training import checkpoint, loop, preview
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.best_bundles import BestBundles

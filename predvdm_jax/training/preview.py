@@ -2,8 +2,8 @@
 
 Every ``train.preview_every`` steps the EMA weights predict ``eval.pred_frames``
 frames of the first ``train.preview_clips`` evaluation clips of ``data.test_dir``
-(the same clips ``scripts/evaluate.py`` starts with; of ``data.val_dir`` when set), with the config's sampler
-and a fixed key, so successive previews differ only by the weights. Logged: one
+(the same clips ``scripts/evaluate.py`` starts with; of ``data.val_dir`` when set), with the
+config's sampler and a fixed key, so successive previews differ only by the weights. Logged: one
 image with two rows per clip (ground truth; the same conditioning frames, then
 the prediction) as ``preview/rollout``, and ``preview/psnr`` and
 ``preview/ssim`` over the predicted frames. One sample of a few clips: a sanity
@@ -18,11 +18,11 @@ import jax
 import numpy as np
 
 from predvdm_jax import config as config_lib, mesh as mesh_lib
-from predvdm_jax.seeds import prng_key
 from predvdm_jax.data import loader
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import paired_grid, to_uint8, to_unit_range
+from predvdm_jax.seeds import prng_key
 from predvdm_jax.batching import device_batch_size
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.train_state import TrainState
