@@ -6,9 +6,9 @@ small denoiser trained on the cached latents: 10 → 5 frames per block, predict
 
 The denoiser predicts x0, not PredVDM's ε: with a few thousand CPU steps an
 ε-model's small errors at high noise become x̂0 errors of several σ (x̂0 = (z − σ ε̂)/α
-amplifies them by σ/α ≈ 84 at t = 999, 53 at DDIM-20's first step) and its samples are blobs. On the demo's
-cached latents, 2000 steps gave mean SSIM 0.129 with ε, 0.413 with v and
-0.460 with x0; 4000 steps of x0 gave 0.502 with the current code (copy-last-frame: 0.444).
+amplifies them by σ/α ≈ 84 at t = 999, 53 at DDIM-20's first step) and its samples are
+blobs. On the demo's cached latents, 2000 steps gave mean SSIM 0.129 with ε, 0.413 with v
+and 0.460 with x0; 4000 steps of x0 gave 0.502 with the current code (copy-last-frame: 0.444).
 
   python scripts/train.py --config=configs/digits_demo.py --workdir=runs/digits_demo
 

@@ -12,8 +12,9 @@ ran: the model with its step and weights, sampler, seed, clips, frames and input
 replaces it). A video's frames after the conditioning frames are its ground-truth half, blank
 where the video ends. Sampler settings come from the model's config; override them with
 --config.sampling.sampler=dpm_solver_pp --config.sampling.steps=20 etc. Clips are predicted
---config.eval.batch_size at a time, split over every device of this host. It runs as one process: launched as several JAX processes
-(JAX_NUM_PROCESSES, JAX_AUTO_DISTRIBUTED) it stops with an error, writing nothing.
+--config.eval.batch_size at a time, split over every device of this host. It runs as one
+process: launched as several JAX processes (JAX_NUM_PROCESSES, JAX_AUTO_DISTRIBUTED) it stops
+with an error, writing nothing.
 """
 
 import json
