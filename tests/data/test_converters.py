@@ -772,7 +772,8 @@ def test_carla_torch_tensors(tmp_path):
     with pytest.raises(
         SourceError,
         match=rf"^{re.escape(str(damaged))} is not a readable torch\.save'd tensor \(.+\); the "
-        rf"download is damaged: untar no-traffic\.tar\.gz again or re-download it\. {re.escape(RESUME)}$",
+        r"download is damaged: untar no-traffic\.tar\.gz again or re-download it\. "
+        rf"{re.escape(RESUME)}$",
     ):
         converters.convert("carla", str(tmp_path / "carla"), str(tmp_path / "bad"), progress=False)
     os.remove(tmp_path / "carla" / "video_test.csv")
