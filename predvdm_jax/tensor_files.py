@@ -11,6 +11,7 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 
 def read_safetensors(
@@ -65,20 +66,12 @@ def check_keys(
     raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
 
 
-def _named_leaves(tree: Any, prefix: str = "") -> Any:
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _named_leaves(value, f"{prefix}/{key}" if prefix else str(key))
-    else:
-        yield prefix, tree
-
-
 def check_finite(tree: Any, what: str, fix: str, max_listed: int = 3) -> None:
     """A ``ValueError`` naming the tensors of ``tree`` (a nested mapping of host arrays) that
     hold NaN or Inf, e.g. the weights of a diverged run or a damaged file: they would predict
     black frames without a word."""
     bad = []
-    for name, leaf in _named_leaves(tree):
+    for name, leaf in traverse_util.flatten_dict(dict(tree), sep="/").items():
         values = np.asarray(leaf)
         if values.dtype.kind == "f" or values.dtype.name == "bfloat16":
             count = values.size - int(np.count_nonzero(np.isfinite(values)))
