@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from predvdm_jax.diffusion.samplers import DenoiseFn, SamplerSettings, sample
+from predvdm_jax.diffusion.samplers import DenoiseFn, SamplerSettings, fold_in, sample
 from predvdm_jax.diffusion.schedule import DiffusionSchedule
 
 DecodeFn = Callable[[jnp.ndarray], jnp.ndarray]
@@ -40,9 +40,9 @@ def rollout(
     By default the next window conditions on the raw sampled latents
     (PredVDM's "option 2"); with ``reencode_fn`` (frames → latents) it
     conditions on re-encoded decoded frames ("option 1"). Block ``i`` uses
-    ``fold_in(key, i)``. The last block is trimmed when ``k`` does not divide
-    ``num_frames``. Returns ``{'latents': (B, num_frames, h, w, c),
-    'frames': (B, num_frames, H, W, C)}``.
+    ``fold_in(key, i)``; ``key`` is one key or one per clip (``samplers.row_keys``). The last
+    block is trimmed when ``k`` does not divide ``num_frames``. Returns
+    ``{'latents': (B, num_frames, h, w, c), 'frames': (B, num_frames, H, W, C)}``.
     """
     if z_cond.ndim != 5:
         raise ValueError(f"z_cond must be (B, n_cond, h, w, c), got shape {z_cond.shape}")
@@ -58,9 +58,7 @@ def rollout(
     num_blocks = math.ceil(num_frames / k)
 
     def block(cond, index):
-        latents = sample(
-            denoise_fn, schedule, cond, jax.random.fold_in(key, index), block_shape, settings
-        )
+        latents = sample(denoise_fn, schedule, cond, fold_in(key, index), block_shape, settings)
         frames = jnp.clip(decode_fn(latents), -1.0, 1.0)
         produced = latents if reencode_fn is None else reencode_fn(frames).astype(cond.dtype)
         next_cond = jnp.concatenate([cond, produced], axis=1)[:, -n_cond:]

@@ -5,6 +5,8 @@ Every sampler is a pure function
 step loop is one ``lax.scan``, so it nests inside a jitted rollout.
 ``denoise_fn(z_t, t, z_cond) -> ε̂`` takes ``t`` as float32 (B,) model time:
 the integer step for DDPM/DDIM, ``(t_cont − 1/T)·T`` for DPM-Solver++.
+``key`` is one key or one per example (``row_keys``): example ``i``'s noise is drawn from its
+own key, so a clip samples alike whatever batch, batch size or device count it is in.
 """
 
 from __future__ import annotations
@@ -84,13 +86,49 @@ def _check_shape(shape: Sequence[int], z_cond) -> tuple[int, ...]:
     return shape
 
 
+def _typed(key: jax.Array) -> jax.Array:
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+def row_keys(key: jax.Array, batch: int) -> jax.Array:
+    """One typed key per example: ``key`` as is when it already holds ``batch`` keys (one per
+    clip, so a clip's noise does not depend on which clips share its batch), else
+    ``fold_in(key, row)`` for each row. Raw ``uint32`` keys (``PRNGKey``) are accepted."""
+    key = _typed(key)
+    if key.ndim == 0:
+        return jax.vmap(lambda row: jax.random.fold_in(key, row))(jnp.arange(batch))
+    if key.shape != (batch,):
+        raise ValueError(
+            f"the sampling key must be one key or one per example ({batch}), got keys of shape "
+            f"{key.shape}"
+        )
+    return key
+
+
+def fold_in(key: jax.Array, data) -> jax.Array:
+    """``jax.random.fold_in`` of one key, or of each of a batch of per-example keys."""
+    key = _typed(key)
+    if key.ndim == 0:
+        return jax.random.fold_in(key, data)
+    return jax.vmap(jax.random.fold_in, (0, None))(key, data)
+
+
+def _normal(keys: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
+    """Standard normal noise of ``shape``, row ``i`` drawn from ``keys[i]`` alone."""
+    return jax.vmap(lambda key: jax.random.normal(key, shape[1:], jnp.float32))(keys)
+
+
 def _initial_noise(key, shape, x_T):
-    init_key, loop_key = jax.random.split(key)
+    """``(x_T, loop_keys)``: the starting noise (unless given) and the per-example keys of the
+    steps' noise."""
+    keys = jax.vmap(jax.random.split)(row_keys(key, shape[0]))
     if x_T is None:
-        x_T = jax.random.normal(init_key, shape, jnp.float32)
+        x_T = _normal(keys[:, 0], shape)
     elif tuple(x_T.shape) != shape:
         raise ValueError(f"x_T shape {x_T.shape} must equal the sample shape {shape}")
-    return x_T, loop_key
+    return x_T, keys[:, 1]
 
 
 def _model_time(value, batch: int) -> jnp.ndarray:
@@ -128,7 +166,7 @@ def ddpm_sample(
         eps = denoise_fn(x, _model_time(t, batch), z_cond)
         x0 = process_x0(predict_start_from_noise(schedule, x, jnp.full((batch,), t), eps), settings)
         mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x
-        noise = jax.random.normal(jax.random.fold_in(loop_key, t), shape, jnp.float32)
+        noise = _normal(fold_in(loop_key, t), shape)
         std = jnp.where(t > 0, jnp.exp(0.5 * schedule.posterior_log_variance_clipped[t]), 0.0)
         return mean + std * noise, None
 
@@ -207,7 +245,7 @@ def ddim_sample(
             x0 = process_x0(x0, settings)
             eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
         direction = jnp.sqrt(jnp.maximum(1.0 - a_prev - sigma**2, 0.0)) * eps
-        noise = jax.random.normal(jax.random.fold_in(loop_key, index), shape, jnp.float32)
+        noise = _normal(fold_in(loop_key, index), shape)
         return jnp.sqrt(a_prev) * x0 + direction + sigma * noise, None
 
     order = np.arange(len(ts))[::-1]

@@ -7,8 +7,8 @@ running timings); and, of the batch in progress, one ``batch_<b>.sample_<s>.<sys
 per finished model sample, so that a batch of many samples (ExtDM's 100) is not redone
 whole. Each file is written whole (``atomic_io``), after the predictions it covers, if
 saved, are on disk. Rerunning the same command finds them, reloads that work and predicts
-only the rest; sample ``s`` of batch ``b`` always uses the key ``fold_in(fold_in(key, s),
-b)``, so the resumed numbers equal an uninterrupted run's. The folder is removed once the
+only the rest; sample ``s`` of clip ``i`` always uses the key ``fold_in(fold_in(key, s),
+i)``, so the resumed numbers equal an uninterrupted run's. The folder is removed once the
 reports are written; another evaluation into the same ``OUT`` is refused rather than mixed
 in.
 """

@@ -729,11 +729,12 @@ def evaluate(
     """Runs ``protocol`` over ``batches`` of test clips.
 
     ``batches`` yield ``video`` ``(B, T >= cond + pred, H, W, C)`` in [-1, 1] and
-    optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, key)``
-    returns ``(B, pred_frames, H, W, C)`` in [-1, 1]; sample ``s`` of batch ``b``
-    uses ``fold_in(fold_in(key, s), b)``. A mapping ``{name: predict_fn}`` scores
-    several models (e.g. samplers) on the same clips and keys, with the real
-    clips' features and the baselines computed once; a single function is ``model``; no
+    optionally ``mask`` (1 for real clips, 0 for padding). ``predict_fn(cond, keys)``
+    returns ``(B, pred_frames, H, W, C)`` in [-1, 1] from one key per clip: sample ``s`` of
+    the ``i``-th real clip read (padding not counted) has ``fold_in(fold_in(key, s), i)``, so
+    the numbers do not depend on the batch size or device count. A mapping
+    ``{name: predict_fn}`` scores several models (e.g. samplers) on the same clips and keys,
+    with the real clips' features and the baselines computed once; a single function is ``model``; no
     model (``{}``) scores the baselines alone, the VQ reconstructions then being the kept
     ``fake`` videos (under ``vq_reconstruction``).
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
@@ -763,6 +764,7 @@ def evaluate(
     videos: dict = {"cond": [], "real": [], "fake": {name: [] for name in kept_fakes}}
     kept = 0
     timings = _Timings(predict_fns)
+    first_clip = 0
     for batch_index, batch in enumerate(batches):
         video = batch["video"]
         if video.ndim != 5 or video.shape[1] < cond_frames + pred_frames:
@@ -771,6 +773,10 @@ def evaluate(
                 f"{cond_frames + pred_frames}; got {tuple(video.shape)}."
             )
         batch_size, _, height, width, channels = video.shape
+        mask = batch.get("mask")
+        valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
+        clips = jnp.asarray(first_clip + np.maximum(np.cumsum(valid) - 1, 0))  # padding: any
+        first_clip += int(valid.sum())
         if accumulator is None:
             accumulator = _Accumulator(
                 lpips_params,
@@ -790,8 +796,6 @@ def evaluate(
             timings.restore(record["timings"])
             continue
         finished = resume.samples if batch_index == len(resume.batches) else {}
-        mask = batch.get("mask")
-        valid = np.ones(batch_size, bool) if mask is None else to_host(mask) > 0.5
         take = np.flatnonzero(valid)[: max(keep_videos - kept, 0)]
         cond = video[:, :cond_frames]
         future = video[:, cond_frames : cond_frames + pred_frames]
@@ -821,9 +825,10 @@ def evaluate(
                     if record["kept"] is not None:
                         first_samples[name] = record["kept"]
                     continue
-                sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch_index)
+                sample_key = jax.random.fold_in(key, sample)
+                clip_keys = jax.vmap(lambda clip: jax.random.fold_in(sample_key, clip))(clips)
                 start = time.perf_counter()
-                frames = jax.block_until_ready(predict(cond, sample_key))
+                frames = jax.block_until_ready(predict(cond, clip_keys))
                 took = time.perf_counter() - start
                 timings.predict_seconds[name] += took
                 timings.throughput[name].add(pred_frames * int(valid.sum()), took)

@@ -22,10 +22,10 @@ def predict_clips(
 ) -> np.ndarray:
     """Predicts ``num_frames`` after each clip of ``cond`` (N, cond, H, W, C) in [-1, 1].
 
-    Batches of ``batch_size`` clips, each keyed by its first clip, so a clip's prediction
-    does not depend on the device count; one compiled rollout serves every batch (rows padded
-    to fill the devices, the last batch too); each batch is split over all devices, the
-    params replicated.
+    Clip ``i`` samples with ``fold_in(key, i)``, so its prediction depends neither on the
+    batch size nor on the device count. Batches of ``batch_size`` clips: one compiled rollout
+    serves every batch (rows padded to fill the devices, the last batch too); each batch is
+    split over all devices, the params replicated.
     """
     model = LatentDiffusion.from_config(bundle.config)
     if cond.shape[1] != model.cond_frames:
@@ -46,7 +46,8 @@ def predict_clips(
     for start in starts:
         batch = cond[start : start + clips_per_batch]
         padded = jax.device_put(pad_batch(batch, rows), mesh_lib.batch_sharding(mesh))
-        frames = predict(params, vq_params, padded, jax.random.fold_in(key, start))
+        clip_keys = jax.vmap(lambda clip: jax.random.fold_in(key, clip))(start + np.arange(rows))
+        frames = predict(params, vq_params, padded, clip_keys)
         outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)
 

@@ -142,6 +142,28 @@ def test_blocks_use_folded_keys():
     np.testing.assert_allclose(out["latents"][:, 3:], second, atol=1e-5)
 
 
+def test_a_clip_keyed_by_itself_samples_alike_in_any_batch():
+    """Per-clip keys: each clip's stochastic rollout equals the one it gets alone or beside
+    other clips; one key gives the rows of a batch different noise."""
+    settings = SamplerSettings("ddim", steps=4, eta=1.0)
+    z_cond = _cond(batch=3)
+    clip_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(5), i))(jnp.arange(3))
+    together = _run(z_cond, clip_keys, num_frames=4, k=2, settings=settings)["latents"]
+    first = _run(z_cond[:1], clip_keys[:1], num_frames=4, k=2, settings=settings)["latents"]
+    rest = _run(z_cond[1:], clip_keys[1:], num_frames=4, k=2, settings=settings)["latents"]
+    np.testing.assert_allclose(together, np.concatenate([first, rest]), atol=1e-6)
+    deterministic = _run(z_cond, clip_keys, num_frames=4, k=2)["latents"]
+    assert np.abs(np.asarray(together) - deterministic).min() > 1e-4  # the noise is in it
+
+    same_cond = jnp.repeat(z_cond[:1], 3, axis=0)
+    one_key = _run(same_cond, jax.random.PRNGKey(5), num_frames=4, k=2, settings=settings)
+    rows = np.asarray(one_key["latents"]).reshape(3, -1)
+    assert np.abs(rows[0] - rows[1]).min() > 1e-6 and np.abs(rows[1] - rows[2]).min() > 1e-6
+
+    with pytest.raises(ValueError, match=r"one key or one per example \(3\).*\(2,\)"):
+        _run(z_cond, clip_keys[:2], num_frames=4, k=2, settings=settings)
+
+
 N_COND = 10
 WINDOW_WEIGHTS = np.arange(1.0, N_COND + 1) / np.arange(1.0, N_COND + 1).sum()
 

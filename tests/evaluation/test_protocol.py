@@ -30,10 +30,10 @@ def _perfect_predict(cond, key):
 
 
 @jax.jit
-def _noisy_predict(cond, key):
-    return _perfect_predict(cond, key) + 0.2 * jax.random.normal(
-        key, (cond.shape[0], PRED) + cond.shape[2:]
-    )
+def _noisy_predict(cond, keys):
+    """The perfect prediction plus noise, clip ``i``'s drawn from ``keys[i]``."""
+    noise = jax.vmap(lambda key: jax.random.normal(key, (PRED,) + cond.shape[2:]))(keys)
+    return _perfect_predict(cond, keys) + 0.2 * noise
 
 
 def _features(videos):
@@ -233,13 +233,15 @@ def test_fvd_variants_and_sample_keys_are_wired():
     assert "vq_reconstruction" not in metrics["baselines"]
     assert metrics["model"]["fvd"]["vq-cond+pred"] == "skipped: no VQ (reconstruct_fn)"
 
-    # Rebuild every prediction by hand with the documented key scheme fold_in(fold_in(key, s), b).
+    # Rebuild every prediction by hand, clip by clip, with the documented key scheme
+    # fold_in(fold_in(key, s), i) for sample s of clip i.
     fakes = np.zeros((6, 2, PRED) + clips.shape[2:], np.float32)
-    for b in range(3):
-        batch = jnp.asarray(clips[2 * b : 2 * b + 2])
+    for i in range(6):
         for s in range(2):
-            k = jax.random.fold_in(jax.random.fold_in(key, s), b)
-            fakes[2 * b : 2 * b + 2, s] = np.asarray(_noisy_predict(batch[:, :COND], k))
+            k = jax.random.fold_in(jax.random.fold_in(key, s), i)
+            fakes[i, s] = np.asarray(_noisy_predict(jnp.asarray(clips[i : i + 1, :COND]), k[None]))[
+                0
+            ]
     unit = lambda v: (np.clip(v, -1, 1) + 1) / 2
     cond, future = unit(clips[:, :COND]), unit(clips[:, COND:])
     for variant, make in (
@@ -577,7 +579,7 @@ def test_mcvd_metric_style_video_level_psnr_and_gray_ssim_reach_metrics_json(tmp
 
     @jax.jit
     def predict(cond, key):  # error growing with the horizon, so video and frame PSNR differ
-        noise = jax.random.normal(key, (cond.shape[0], PRED) + cond.shape[2:])
+        noise = jax.vmap(lambda k: jax.random.normal(k, (PRED,) + cond.shape[2:]))(key)
         return (
             _perfect_predict(cond, key)
             + 0.05 * jnp.arange(1, PRED + 1)[:, None, None, None] * noise
@@ -602,12 +604,10 @@ def test_mcvd_metric_style_video_level_psnr_and_gray_ssim_reach_metrics_json(tmp
     real = (clips[:, COND : COND + PRED] + 1) / 2
     fakes = []
     for sample in range(3):
-        per_batch = []
-        for b, start in enumerate(range(0, 3, 2)):
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), sample), b)
-            cond = jnp.asarray(clips[start : start + 2, :COND])
-            per_batch.append(np.asarray(predict(cond, key)))
-        fakes.append((np.clip(np.concatenate(per_batch), -1, 1) + 1) / 2)
+        sample_key = jax.random.fold_in(jax.random.key(1), sample)
+        keys = jax.vmap(lambda clip: jax.random.fold_in(sample_key, clip))(jnp.arange(3))
+        frames = np.asarray(predict(jnp.asarray(clips[:, :COND]), keys))
+        fakes.append((np.clip(frames, -1, 1) + 1) / 2)
     fakes = np.stack(fakes, axis=1).astype(np.float32)  # (clips, samples, frames, H, W, C)
     frame_mse = ((fakes - real[:, None].astype(np.float32)) ** 2).mean(axis=(3, 4, 5))
     video_psnr = 10 * np.log10(1 / frame_mse.mean(axis=2))  # (clips, samples)

@@ -118,15 +118,19 @@ def test_evaluate_script_on_a_tiny_bundle(tmp_path):
         assert len(hdf5.VideoShards(str(out / "predictions" / split))) == VIDEOS
     assert f"--fake_dir={out}/predictions/sample_0 --cond_frames={COND}" in run.stdout
 
-    # On 3 devices each batch still holds 2 clips (padded to 3 rows), so every clip gets the
-    # key it got on one device: the same numbers, up to the sharded program's rounding.
+    # On 3 devices with batches of 3 clips, every clip gets the key it got on one device in
+    # batches of 2 (its own): the same numbers, up to the sharded program's rounding.
     out3 = tmp_path / "eval3"
     env3 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=3")
-    command3 = [arg if arg != f"--out={out}" else f"--out={out3}" for arg in command]
+    replaced = {
+        f"--out={out}": f"--out={out3}",
+        "--config.eval.batch_size=2": "--config.eval.batch_size=3",
+    }
+    command3 = [replaced.get(arg, arg) for arg in command]
     run = subprocess.run(command3, capture_output=True, text=True, env=env3, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics3 = json.loads((out3 / "metrics.json").read_text())
-    assert metrics3["protocol"]["devices"] == 3 and metrics3["protocol"]["batch_size"] == 2
+    assert metrics3["protocol"]["devices"] == 3 and metrics3["protocol"]["batch_size"] == 3
     for metric in ("ssim", "psnr"):
         for curve in ("mean", "best_of_2"):
             np.testing.assert_allclose(
@@ -244,9 +248,21 @@ def test_an_unknown_fvd_resize_is_one_config_error(tmp_path):
     assert "tf1_bilinear" in lines[0]
 
 
+def _clip_levels(clip_keys, shape, *extra_seed):
+    """Random uint8 frames of ``shape`` per clip, clip i's drawn from ``clip_keys[i]`` (and
+    ``extra_seed``) alone."""
+    seeds = np.asarray(jax.random.key_data(clip_keys)).tolist()
+    return np.stack(
+        [
+            np.random.default_rng(seed + list(extra_seed)).integers(0, 256, shape, np.uint8)
+            for seed in seeds
+        ]
+    )
+
+
 def _uint8_predictor(monkeypatch, clock=None):
-    """Makes every model predict random frames of whole uint8 levels (from the key: each batch
-    and sample differs), so a prediction written as uint8 and read back is the same floats.
+    """Makes every model predict random frames of whole uint8 levels (from the clip's key: each
+    clip and sample differs), so a prediction written as uint8 and read back is the same floats.
     With ``clock`` (a fake ``time.perf_counter`` for ``protocol.py``), the first call takes
     100 s and every later one 0.5 s."""
     from predvdm_jax.data.loader import to_model_range
@@ -262,10 +278,7 @@ def _uint8_predictor(monkeypatch, clock=None):
             if clock is not None:
                 clock.now += 0.5 if calls else 100.0
             calls.append(1)
-            seed = np.asarray(jax.random.key_data(key)).tolist()
-            levels = np.random.default_rng(seed).integers(
-                0, 256, (cond.shape[0], pred_frames, *cond.shape[2:]), dtype=np.uint8
-            )
+            levels = _clip_levels(key, (pred_frames, *cond.shape[2:]))
             return {"frames": jnp.asarray(to_model_range(levels))}
 
         return predict
@@ -361,11 +374,9 @@ def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypat
             videos[video][start : start + COND + PRED],
         )
     # Clip 2 (batch 1, row 0) of sample 1: the real cond frames, then the frames predicted
-    # with the key of sample 1, batch 1.
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.eval.seed), 1), 1)
-    levels = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist()).integers(
-        0, 256, (2, PRED, SIZE, SIZE, 1), dtype=np.uint8
-    )
+    # with the key of sample 1, clip 2.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.eval.seed), 1), 2)
+    levels = _clip_levels(key[None], (PRED, SIZE, SIZE, 1))
     clip = hdf5.VideoShards(str(saved / "sample_1")).read_clip(2, 0, COND + PRED)
     np.testing.assert_array_equal(clip[:COND], real_set.read_clip(2, 0, COND))
     np.testing.assert_array_equal(clip[COND:], levels[0])
@@ -436,14 +447,10 @@ def test_a_sweep_saves_each_samplers_predictions_in_its_folder(tmp_path, monkeyp
     from predvdm_jax.evaluation import sweep as sweep_lib
     from predvdm_jax.interop import bundle as bundle_lib
 
-    def levels(key, steps, shape):
-        seed = np.asarray(jax.random.key_data(key)).tolist() + [steps]
-        return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
     def make_predict_fn(self, pred_frames, sampling, rgb=False):
         def predict(params, vq_params, cond, key):
-            shape = (cond.shape[0], pred_frames, *cond.shape[2:])
-            return {"frames": jnp.asarray(to_model_range(levels(key, sampling.steps, shape)))}
+            levels = _clip_levels(key, (pred_frames, *cond.shape[2:]), sampling.steps)
+            return {"frames": jnp.asarray(to_model_range(levels))}
 
         return predict
 
@@ -479,10 +486,9 @@ def test_a_sweep_saves_each_samplers_predictions_in_its_folder(tmp_path, monkeyp
         for sample in range(2):
             split = hdf5.VideoShards(str(saved / f"sample_{sample}"))
             assert len(split) == 3
-            for clip in range(3):  # clip 2 is row 0 of batch 1
-                batch, row = divmod(clip, 2)
-                sample_key = jax.random.fold_in(jax.random.fold_in(key, sample), batch)
-                expected = levels(sample_key, sampling.steps, (2, PRED, SIZE, SIZE, 1))[row]
+            for clip in range(3):
+                clip_key = jax.random.fold_in(jax.random.fold_in(key, sample), clip)
+                expected = _clip_levels(clip_key[None], (PRED, SIZE, SIZE, 1), sampling.steps)[0]
                 frames = split.read_clip(clip, 0, COND + PRED)
                 np.testing.assert_array_equal(frames[COND:], expected)
                 np.testing.assert_array_equal(frames[:COND], real.read_clip(clip, 0, COND))
