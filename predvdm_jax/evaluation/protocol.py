@@ -734,9 +734,9 @@ def evaluate(
     the ``i``-th real clip read (padding not counted) has ``fold_in(fold_in(key, s), i)``, so
     the numbers do not depend on the batch size or device count. A mapping
     ``{name: predict_fn}`` scores several models (e.g. samplers) on the same clips and keys,
-    with the real clips' features and the baselines computed once; a single function is ``model``; no
-    model (``{}``) scores the baselines alone, the VQ reconstructions then being the kept
-    ``fake`` videos (under ``vq_reconstruction``).
+    with the real clips' features and the baselines computed once; a single function is
+    ``model``; no model (``{}``) scores the baselines alone, the VQ reconstructions then being
+    the kept ``fake`` videos (under ``vq_reconstruction``).
     ``reconstruct_fn(video)`` (same shape in and out) gives the VQ baseline and the fakes'
     cond frames of FVD ``vq-cond+pred``; None skips both. ``feature_fn`` maps [0, 1] videos
     ``(N, T, H, W, C)`` to ``(N, D)`` features (I3D logits); None skips FVD with the reason
