@@ -53,6 +53,7 @@ def rollout(
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k (latents per block) must be a positive integer, got {k!r}")
     num_frames, k = int(num_frames), int(k)
+    z_cond = z_cond.astype(jnp.float32)  # the samplers' dtype: cached latents may be 16-bit
     batch, n_cond = z_cond.shape[:2]
     block_shape = (batch, k) + tuple(z_cond.shape[2:])
     num_blocks = math.ceil(num_frames / k)

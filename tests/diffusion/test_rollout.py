@@ -89,6 +89,19 @@ def test_frames_are_clamped():
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_16_bit_conditioning_latents_roll_out_as_their_float32_values(dtype):
+    """Latent caches store float16: the window then holds float32 samples beside them (the
+    scan's carry once changed dtype and failed)."""
+    z_cond = _cond().astype(dtype)
+    out = _run(z_cond, jax.random.PRNGKey(0), num_frames=5, k=3)
+    last = np.asarray(z_cond[:, -1:].astype(jnp.float32))
+    assert out["latents"].dtype == jnp.float32
+    np.testing.assert_allclose(
+        out["latents"], last + np.arange(1, 6).reshape(1, 5, 1, 1, 1), atol=2e-3
+    )
+
+
 def test_reencode_option_conditions_on_decoded_frames():
     """Re-encoding adds 0.5 to every conditioning latent, so each block starts 0.5 higher."""
     z_cond = _cond()
