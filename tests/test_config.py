@@ -167,6 +167,11 @@ def test_type_safe_assignment_names_the_field():
             "sampling.steps 7 does not divide diffusion.timesteps 10: the DDIM grid arange(0, T, "
             "T // steps) + 1 would run 10 steps, not 7; use a divisor of 10, such as 5 or 10",
         ),
+        (
+            dict(sampling__steps=10, sampling__eta=1.1),
+            "sampling.eta 1.1 exceeds 1.007, the largest DDIM with 10 steps allows on this "
+            "schedule; use at most 1.006",
+        ),
         (dict(vq__out_ch=4), "got vq.out_ch=4, data.channels=1"),
         (dict(vq__out_ch=1, data__channels=3), "got vq.out_ch=1, data.channels=3"),
         (dict(vq__out_ch=1, eval__gray_as_rgb=True), "eval.gray_as_rgb=True"),

@@ -177,8 +177,8 @@ def ddpm_sample(
 def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     """PredVDM's uniform DDIM grid ``arange(0, T, T//S) + 1`` (ascending, int).
 
-    A final T is clamped to T−1 (only for S=T, which then repeats T−1). When T
-    is not a multiple of S the grid has more than S entries, as in LDM.
+    A final T is clamped to T−1 (whenever T//S divides T−1, e.g. S=T, which then repeats T−1).
+    When T is not a multiple of S the grid has more than S entries, as in LDM.
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"DDIM steps must be a positive integer, got {steps!r}")
@@ -203,12 +203,35 @@ def ddim_parameters(
         raise ValueError(
             f"DDIM timesteps must be ascending (they are iterated in reverse), got {ts}"
         )
-    # float64 as LDM: 1 − ᾱ_t/ᾱ_prev cancels (σ was off by up to 2e-5 relative in float32).
-    alphas_cumprod = np.asarray(schedule.alphas_cumprod, np.float64)
-    alphas = alphas_cumprod[ts]
-    alphas_prev = np.concatenate([alphas_cumprod[:1], alphas_cumprod[ts[:-1]]])
+    alphas, alphas_prev = _ddim_alphas(schedule, ts)
+    largest = ddim_max_eta(schedule, ts)
+    if eta > largest * (1 + 1e-9):
+        raise ValueError(
+            f"DDIM eta {eta} exceeds {largest:.4g}, the largest this {len(ts)}-step grid allows: "
+            f"its noise would outgrow 1 - ᾱ_prev and leave no room for the ε̂ direction; use "
+            f"eta <= {math.floor(largest * 1000) / 1000} (PredVDM samples with 1)"
+        )
     sigmas = eta * np.sqrt((1.0 - alphas_prev) / (1.0 - alphas) * (1.0 - alphas / alphas_prev))
     return tuple(jnp.asarray(v, jnp.float32) for v in (alphas, alphas_prev, sigmas))
+
+
+def _ddim_alphas(schedule: DiffusionSchedule, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ᾱ_t, ᾱ_prev) in float64 as LDM: 1 − ᾱ_t/ᾱ_prev cancels (σ was off by up to 2e-5
+    relative in float32)."""
+    alphas_cumprod = np.asarray(schedule.alphas_cumprod, np.float64)
+    return alphas_cumprod[ts], np.concatenate([alphas_cumprod[:1], alphas_cumprod[ts[:-1]]])
+
+
+def ddim_max_eta(schedule: DiffusionSchedule, timesteps: Sequence[int]) -> float:
+    """The largest η whose σ_t² stays within 1 − ᾱ_prev at every step of the grid:
+    min √((1 − ᾱ_t) / (1 − ᾱ_t/ᾱ_prev)), at least 1 (η = 1 always fits); inf on a grid of
+    identity steps only."""
+    alphas, alphas_prev = _ddim_alphas(schedule, np.asarray(timesteps, np.int64))
+    moving = alphas < alphas_prev
+    if not moving.any():
+        return math.inf
+    bounds = (1.0 - alphas[moving]) / (1.0 - alphas[moving] / alphas_prev[moving])
+    return float(np.sqrt(bounds.min()))
 
 
 def ddim_sample(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from predvdm_jax.diffusion.schedule import make_schedule
 from predvdm_jax.diffusion.samplers import (
     SamplerSettings,
+    ddim_max_eta,
     ddim_parameters,
     ddim_sample,
     ddim_timesteps,
@@ -126,6 +127,21 @@ def test_ddim_eta1_s1000_matches_ddpm_posterior_variance():
     a, a_prev = ac[ts[:-1]], np.concatenate([ac[:1], ac[ts[:-2]]])
     expected = np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
     np.testing.assert_allclose(sigmas[:-1], expected, rtol=2e-7)
+
+
+@pytest.mark.parametrize("steps", [10, 100, 1000])
+def test_ddim_eta_above_one_goes_as_far_as_the_noise_fits_in_one_minus_alpha_prev(steps):
+    """σ_t(η)² ≤ 1 − ᾱ_prev keeps DDIM's direction term real; the largest η that does so on
+    the grid is accepted, anything above is an error (it was clamped without a word)."""
+    ts = ddim_timesteps(steps)
+    a, a_prev = AC[ts], np.r_[AC[0], AC[ts[:-1]]]
+    room = lambda eta: 1 - a_prev - eta**2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+    largest = ddim_max_eta(SCHEDULE, ts)
+    assert largest >= 1
+    assert abs(room(largest).min()) < 1e-6 and room(largest * 1.001).min() < 0
+    ddim_parameters(SCHEDULE, ts, eta=largest)
+    with pytest.raises(ValueError, match=rf"DDIM eta {largest * 1.01} exceeds .*use eta <= 1\."):
+        ddim_parameters(SCHEDULE, ts, eta=largest * 1.01)
 
 
 def test_ddim_first_model_call_is_991_for_100_steps():
