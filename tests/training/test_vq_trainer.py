@@ -368,38 +368,46 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
         vq_trainer.VQObjective.from_config(config)
 
 
-@pytest.mark.parametrize("size, layers", [(16, 3), (23, 3), (24, 3), (16, 2), (8, 1), (7, 1)])
-def test_a_discriminator_too_deep_for_the_frames_is_refused_before_training(size, layers):
+# The PatchGAN's logit map side, by hand: a 4x4 convolution with padding 1 maps n to
+# (n + 2 - 4) // stride + 1, i.e. n // 2 at stride 2 and n - 1 at stride 1; `layers` of stride 2
+# then two of stride 1 give size // 2**layers - 2 (no output when < 1, so it needs frames of at
+# least 3 * 2**layers).
+@pytest.mark.parametrize(
+    "size, layers, logit_side",
+    [(16, 3, 0), (23, 3, 0), (24, 3, 1), (16, 2, 2), (8, 1, 2), (7, 1, 1), (5, 1, 0)],
+)
+def test_a_discriminator_too_deep_for_the_frames_is_refused_before_training(
+    size, layers, logit_side
+):
     """Refused exactly when the PatchGAN built for those frames has no output (it crashed in
     XLA's verifier instead); the error names the smallest frames and the deepest fit. A
     config that trains no discriminator, or no VQ, is not concerned."""
     from predvdm_jax import config as config_lib
     from predvdm_jax.models.vq_losses import PatchDiscriminator
 
-    frames = jnp.zeros((1, size, size, 3))
-    try:
-        out = jax.eval_shape(
-            lambda: PatchDiscriminator(ndf=4, n_layers=layers).init_with_output(
-                jax.random.key(0), frames
-            )[0]
-        )
-        has_output = min(out.shape[1:3]) >= 1
-    except Exception:
-        has_output = False
     config = config_lib.default_config()
     config.data.image_size = size
     config.vq_train.disc_layers = layers
     config.vq_train.disc_weight = 0.8
-    if has_output:
+    if logit_side >= 1:
         assert vq_trainer.VQObjective.from_config(config).discriminator.n_layers == layers
+        out = jax.eval_shape(
+            lambda: PatchDiscriminator(ndf=4, n_layers=layers).init_with_output(
+                jax.random.key(0), jnp.zeros((1, size, size, 3))
+            )[0]
+        )
+        assert out.shape == (1, logit_side, logit_side, 1)
     else:
         with pytest.raises(config_lib.ConfigError) as error:
             vq_trainer.VQObjective.from_config(config)
         message = str(error.value)
-        assert f"disc_layers={layers} needs frames of at least " in message
+        smallest = 3 * 2**layers
+        assert f"disc_layers={layers} needs frames of at least {smallest}x{smallest} " in message
         assert "vq_train.disc_weight=0" in message and "\n" not in message
-        if (size, layers) == (16, 3):
-            assert "at least 24x24" in message and "set vq_train.disc_layers=2" in message
+        if layers > 1:  # 16 // 4 - 2 and 23 // 4 - 2 are >= 1: two layers fit
+            assert f"set vq_train.disc_layers={layers - 1}" in message
+        else:
+            assert "use larger frames" in message
     config.vq_train.disc_weight = 0.0  # no discriminator: any size
     assert vq_trainer.VQObjective.from_config(config).discriminator is None
 
