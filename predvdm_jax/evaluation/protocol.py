@@ -61,7 +61,7 @@ VQ_COND = "vq-cond+pred"
 FVD_VARIANTS = ("cond+pred", "pred-only", VQ_COND)
 REAL_VIDEO = {"cond+pred": "cond+pred", "pred-only": "pred-only", VQ_COND: "cond+pred"}
 """The real videos of each variant (``vq-cond+pred`` compares against ``cond+pred``'s)."""
-CI95_Z = 1.96
+CI95_Z = 1.959963984540054  # the normal's 97.5 % quantile, scipy.stats.norm.interval(0.95)'s
 VIDEO_PSNR = "video_psnr"
 PIXEL_MSE = "pixel_mse"
 PIXEL_MSE_NOTE = (
@@ -196,8 +196,8 @@ def aggregate_metric(
     """Summary of one metric's per-frame values ``(clips, samples, frames)``.
 
     Returns ``mean`` ({value, std} over all values), ``per_frame`` (curves) and,
-    when ``best_of_n``, ``best_of_N`` ({value, std, ci95} over clips of the best
-    sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
+    when ``best_of_n``, ``best_of_N`` ({value, std, ci95 (None for one clip)} over clips of the
+    best sample's frame mean) plus ``best_sample`` (the chosen sample per clip).
     ``clip_values`` ``(clips, samples)`` (MCVD's video-level PSNR) replaces each clip ×
     sample's frame mean in ``mean`` and ``best_of_N``; the per-frame curves stay ``values``'.
     """
@@ -238,7 +238,10 @@ def aggregate_metric(
         summary[key] = {
             "value": float(best_clip_means.mean()),
             "std": std,
-            "ci95": CI95_Z * std / math.sqrt(clips),
+            # MCVD's conf95: the normal interval's half-width with scipy's sem (std with n − 1)
+            "ci95": CI95_Z * float(best_clip_means.std(ddof=1)) / math.sqrt(clips)
+            if clips > 1
+            else None,
             "count": int(clips),
             "over": "clips (best sample by its mean over frames)"
             if clip_values is None
@@ -929,7 +932,13 @@ def summarize(
         "ssim": METRIC_STYLE_NOTES[protocol.metric_style]["ssim"],
         "psnr": METRIC_STYLE_NOTES[protocol.metric_style]["psnr"],
         "lpips": METRIC_STYLE_NOTES[protocol.metric_style]["lpips"],
-        "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / ExtDM)",
+        "best_of_n": "per clip and per metric the sample with the best mean over frames (MCVD / "
+        "ExtDM)"
+        + (
+            "; MCVD's PSNR: the best video-level PSNR, 10 log10(1 / mean frame MSE)"
+            if is_mcvd_style(protocol.metric_style)
+            else ""
+        ),
         "fvd": {
             "cond+pred": "real cond frames + true / predicted future, all in [0, 1]",
             "pred-only": "predicted frames only, in [0, 1]",

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.stats
 from PIL import Image
 
 from predvdm_jax.evaluation import fvd as fvd_lib
@@ -71,7 +72,10 @@ def test_aggregate_mean_and_best_of_n_higher_is_better():
     best = summary["best_of_3"]
     assert best["value"] == pytest.approx((0.9 + 0.7) / 2)
     assert best["std"] == pytest.approx(0.1)
-    assert best["ci95"] == pytest.approx(1.96 * 0.1 / math.sqrt(2))
+    # MCVD's conf95: mean - norm.interval(0.95, loc=mean, scale=sem(best values))[0]
+    best_values = [0.9, 0.7]
+    low, _ = scipy.stats.norm.interval(0.95, loc=0.8, scale=scipy.stats.sem(best_values))
+    assert best["ci95"] == pytest.approx(0.8 - low, rel=1e-9)
     np.testing.assert_allclose(
         summary["per_frame"]["best_of_3"], [(0.9 + 0.8) / 2, (0.9 + 0.6) / 2]
     )
@@ -599,6 +603,7 @@ def test_mcvd_metric_style_video_level_psnr_and_gray_ssim_reach_metrics_json(tmp
     written = json.loads(open(path).read())
     assert written["protocol"]["metric_style"] == "mcvd"
     assert "video" in written["protocol"]["psnr"] and "PIL" in written["protocol"]["ssim"]
+    assert "video-level PSNR" in written["protocol"]["best_of_n"]
 
     # numpy / skimage references from the same predictions (sample keys as evaluate's).
     real = (clips[:, COND : COND + PRED] + 1) / 2
