@@ -66,8 +66,11 @@ def converted(tmp_path_factory):
     return model, params, path
 
 
-@pytest.mark.parametrize("size,batch", [(64, 2), (128, 1)])
-def test_pytorch_parity_encode_quantize_decode(converted, size, batch):
+def test_pytorch_parity_encode_quantize_decode(converted):
+    """One size: the VQ has no size-dependent path (convolutions, GroupNorm and the mid block's
+    attention over all positions, whatever their number), and 64 px is already not the config's
+    resolution of 32."""
+    size, batch = 64, 2
     torch_model, params, _ = converted
     jax_model = VQModel(**SMALL)
     x = np.random.default_rng(size).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
