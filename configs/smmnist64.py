@@ -23,6 +23,7 @@ def get_config():
     c.sampling.steps = 10
     c.eval.pred_frames = 10
     c.eval.num_clips = 256
+    c.eval.mcvd_style = "mcvd_mnist"  # --protocol=mcvd: SSIM of frames rounded to 0/1, as MCVD
     c.train.eval_every = 938  # PredVDM validates every 2 epochs of 469 steps
     c.train.keep_best = 3  # bundles of the 3 lowest val/loss_ema, as PredVDM's save_top_k
     c.train.preview_every = 5000  # a rollout of 4 test clips, logged as an image with PSNR/SSIM

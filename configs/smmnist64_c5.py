@@ -4,8 +4,8 @@
 ``smmnist64.py`` (the KTH UNet in mode ``tc``, DDIM-10 η = 1, lr 2e-4 at global batch 128)
 with 5 conditioning frames and 5 predicted per block (10 at test: two blocks), on MCVD's
 2-digit videos (PredVDM's converter draws 3): ``scripts/prepare_data.py --dataset=smmnist
---num_digits=2 --out=data/SMMNIST2_h5``. Score it with ``--protocol=mcvd
---config.eval.metric_style=mcvd_mnist`` for MCVD's numbers.
+--num_digits=2 --out=data/SMMNIST2_h5``. Score it with ``--protocol=mcvd`` for MCVD's numbers
+(``eval.mcvd_style`` ``mcvd_mnist``, from ``smmnist64.py``: SSIM of the frames rounded to 0/1).
 """
 
 import os

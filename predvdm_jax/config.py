@@ -175,8 +175,11 @@ def default_config() -> ml_collections.ConfigDict:
         # SSIM/PSNR/LPIPS definitions: "predvdm" (per frame, native size, spec F.1-F.3) or "mcvd"
         # (MCVD's video_gen: grey uint8 SSIM, video-level PSNR, LPIPS at 128x128; spec H.3);
         # "mcvd_mnist": mcvd, SSIM of frames rounded to 0/1 (MCVD on SMMNIST). --protocol=mcvd
-        # implies "mcvd" unless set
+        # implies eval.mcvd_style unless set
         metric_style="predvdm",
+        # the style --protocol=mcvd implies on this data: "mcvd", or "mcvd_mnist" for
+        # black-and-white digits (the SMMNIST configs), as MCVD's video_gen picks by dataset
+        mcvd_style="mcvd",
     )
 
     c.vq_train = dict(
@@ -582,6 +585,9 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
     if e.metric_style not in METRIC_STYLES:
         errors.append(f"eval.metric_style {e.metric_style!r} is not one of {METRIC_STYLES}")
+    mcvd_styles = tuple(style for style in METRIC_STYLES if style.startswith("mcvd"))
+    if e.mcvd_style not in mcvd_styles:
+        errors.append(f"eval.mcvd_style {e.mcvd_style!r} is not one of {mcvd_styles}")
     if e.fvd_resize not in RESIZE_METHODS:
         errors.append(f"eval.fvd_resize {e.fvd_resize!r} is not one of {RESIZE_METHODS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:

@@ -229,6 +229,7 @@ EVAL_CONFIG_FIELDS = (
     "eval.fvd",
     "eval.fvd_resize",
     "eval.metric_style",
+    "eval.mcvd_style",
     "eval.protocol",
     "eval.num_clips",
     "eval.pred_frames",

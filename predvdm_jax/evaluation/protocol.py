@@ -172,15 +172,19 @@ def protocol_from_config(
     replacing its ``protocol`` / ``num_clips`` / sample count. ``eval.num_samples`` replaces the
     preset's count when above 1 (its default, 1, means the preset's) or when ``overrides`` (the
     ``--config.*`` flags) set it. Likewise ``eval.metric_style`` replaces the preset's style
-    (``mcvd``: "mcvd", the others "predvdm") when not "predvdm" or when ``overrides`` set it."""
+    (``mcvd``: ``eval.mcvd_style``, the data's MCVD style; the others "predvdm") when not
+    "predvdm" or when ``overrides`` set it."""
     e = config.eval
     overrides = overrides or {}
     if num_samples is None and ("eval.num_samples" in overrides or e.num_samples > 1):
         num_samples = e.num_samples
     style = getattr(e, "metric_style", "predvdm")
     metric_style = style if "eval.metric_style" in overrides or style != "predvdm" else None
+    name = name or e.protocol
+    if metric_style is None and name == "mcvd":
+        metric_style = getattr(e, "mcvd_style", "mcvd")
     return resolve_protocol(
-        name or e.protocol,
+        name,
         num_clips=num_clips or e.num_clips,
         num_samples=num_samples,
         metric_style=metric_style,

@@ -15,6 +15,7 @@ from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import protocol as protocol_lib
 
 COND, PRED, SIZE = 3, 10, 16
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _moving_clips(num_clips, size=SIZE, channels=1, seed=0):
@@ -556,9 +557,17 @@ def test_metric_style_config_field_is_validated_and_implied_by_the_mcvd_preset()
     lines = [line for line in str(error.value).splitlines() if "metric_style" in line]
     assert len(lines) == 1 and "eval.metric_style 'extdm' is not one of" in lines[0]
 
-    def style(protocol, metric_style="predvdm", overrides=None):
+    def style(protocol, metric_style="predvdm", overrides=None, mcvd_style="mcvd"):
         config = ml_collections.ConfigDict(
-            {"eval": dict(protocol=protocol, num_clips=8, num_samples=1, metric_style=metric_style)}
+            {
+                "eval": dict(
+                    protocol=protocol,
+                    num_clips=8,
+                    num_samples=1,
+                    metric_style=metric_style,
+                    mcvd_style=mcvd_style,
+                )
+            }
         )
         return protocol_lib.protocol_from_config(config, overrides).metric_style
 
@@ -566,6 +575,18 @@ def test_metric_style_config_field_is_validated_and_implied_by_the_mcvd_preset()
     assert style("predvdm") == "predvdm"
     assert style("predvdm", "mcvd") == "mcvd"
     assert style("mcvd", "predvdm", {"eval.metric_style": "predvdm"}) == "predvdm"
+    # MCVD scores SMMNIST's black-and-white frames rounded to 0 / 1: the SMMNIST configs say
+    # so with eval.mcvd_style, which only the mcvd preset reads.
+    assert style("mcvd", mcvd_style="mcvd_mnist") == "mcvd_mnist"
+    assert style("predvdm", mcvd_style="mcvd_mnist") == "predvdm"
+    assert style("mcvd", "mcvd", {"eval.metric_style": "mcvd"}, "mcvd_mnist") == "mcvd"
+    for name in ("smmnist64", "smmnist64_c5"):
+        config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+        assert protocol_lib.protocol_from_config(config, name="mcvd").metric_style == "mcvd_mnist"
+    raw = config.to_dict()
+    raw["eval"]["mcvd_style"] = "predvdm"
+    with pytest.raises(config_lib.ConfigError, match="eval.mcvd_style 'predvdm' is not one of"):
+        config_lib.validate(ml_collections.ConfigDict(raw))
     with pytest.raises(ValueError, match="unknown metric style"):
         protocol_lib.resolve_protocol("predvdm", metric_style="extdm")
 
