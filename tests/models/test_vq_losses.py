@@ -148,7 +148,12 @@ def test_patch_discriminator_matches_torch_layers_and_param_count():
     ) + (512 * 16 + 1)
 
 
-def test_generator_loss_adaptive_weight_equals_full_autodiff():
+def test_generator_loss_terms_and_disc_gate_equal_float64_values():
+    """The generator-side loss's metrics against float64 values of the same forward pass, and
+    its sum before and after disc_start. The adaptive weight's value is checked in closed form
+    by test_adaptive_weight_closed_form_and_clamp (the ratio) and
+    tests/training/test_vq_trainer.py::test_adaptive_weight_matches_closed_form (the last-layer
+    gradients, through the trainer)."""
     model = VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, n_embed=16)
     disc = vl.PatchDiscriminator(ndf=8, n_layers=1)
     x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3), minval=-1, maxval=1)
@@ -162,19 +167,11 @@ def test_generator_loss_adaptive_weight_equals_full_autodiff():
         kw = dict(disc_start=10, disc_weight=0.8, codebook_weight=1.0)
         before = vl.vqgan_generator_loss(x, out, params["decoder"]["conv_out"], disc_fn, 9, **kw)
         after = vl.vqgan_generator_loss(x, out, params["decoder"]["conv_out"], disc_fn, 10, **kw)
+        return before, after, out, disc_fn(out.reconstruction)
 
-        # Reference: d nll / d kernel and d g_loss / d kernel by differentiating through the whole decoder.
-        def both(p):
-            rec = model.apply({"params": p}, out.z_q, quantize=False, method=VQModel.decode)
-            return jnp.stack([vl.l1_loss(x, rec), -jnp.mean(disc_fn(rec))])
-
-        jac = jax.jacrev(both)(params)["decoder"]["conv_out"]["kernel"]
-        return before, after, out, disc_fn(out.reconstruction), jac
-
-    (loss0, m0), (loss1, m1), out, logits, jac = run(params, d_params, x)
-    jac = np.asarray(jac)
-    ref_weight = 0.8 * np.clip(np.linalg.norm(jac[0]) / (np.linalg.norm(jac[1]) + 1e-4), 0, 1e4)
-    np.testing.assert_allclose(float(m1["d_weight"]), ref_weight, rtol=1e-4)
+    (loss0, m0), (loss1, m1), out, logits = run(params, d_params, x)
+    weight = float(m1["d_weight"])
+    assert 0.0 < weight <= 0.8 * 1e4 and float(m0["d_weight"]) == weight
     # nll (L1 only: no perceptual_fn), g_loss and the legacy codebook loss in float64 from the
     # same forward pass: (1 + beta) * mean((z_q - z)^2), z_q's values being the assigned codes.
     f64 = lambda a: np.asarray(a, np.float64)
@@ -188,7 +185,7 @@ def test_generator_loss_adaptive_weight_equals_full_autodiff():
         np.testing.assert_allclose(float(metrics["g_loss"]), g, rtol=1e-5)
         np.testing.assert_allclose(float(metrics["quant_loss"]), q, rtol=1e-5)
     np.testing.assert_allclose(float(loss0), nll + q, rtol=1e-5)
-    np.testing.assert_allclose(float(loss1), nll + ref_weight * g + q, rtol=1e-4)
+    np.testing.assert_allclose(float(loss1), nll + weight * g + q, rtol=1e-5)
     with pytest.raises(ValueError, match="return_features=True"):
         vl.vqgan_generator_loss(
             x, vl.VQOutput(x, None, None, None, None), {}, lambda r: r, 0, disc_start=0

@@ -217,8 +217,9 @@ def test_adaptive_weight_matches_closed_form():
     """d_weight = clip(|∇_W nll| / (|∇_W g| + 1e-4), 0, 1e4) · disc_weight, W = decoder conv_out kernel.
 
     rec = conv(F, W) + b, so ∇_W L[k, l, i, o] = Σ_{b,y,x} ∇_rec L[b, y, x, o] · F_pad[b, y+k, x+l, i]
-    with F the conv_out input. With x far below every reconstruction ∇_rec nll = 1/N everywhere;
-    ∇_rec g is the discriminator's input gradient. Both sums are taken here in float64.
+    with F the conv_out input (checked: the reconstruction is that convolution of the returned
+    decoder features). With x far below every reconstruction ∇_rec nll = 1/N everywhere; ∇_rec g
+    is the discriminator's input gradient. Both sums are taken here in float64.
     """
     c = config_lib.default_config()
     c.data.image_size = SIZE
@@ -238,29 +239,26 @@ def test_adaptive_weight_matches_closed_form():
 
     features = np.asarray(output.decoder_features, np.float64)
     padded = np.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    num = x.size
-    patch_sums = np.stack(
+    patches = np.stack(
         [
-            np.stack([padded[:, i : i + SIZE, j : j + SIZE].sum(axis=(0, 1, 2)) for j in range(3)])
+            np.stack([padded[:, i : i + SIZE, j : j + SIZE] for j in range(3)], axis=3)
             for i in range(3)
-        ]
-    )  # (3, 3, Cin)
+        ],
+        axis=3,
+    )  # (B, H, W, 3, 3, Cin): F_pad[b, y + k, x + l, i]
+    # The features are conv_out's input: the reconstruction is that 3x3 convolution of them.
+    conv_out = {k: np.asarray(v, np.float64) for k, v in params["decoder"]["conv_out"].items()}
+    rec = np.einsum("bhwkli,klio->bhwo", patches, conv_out["kernel"]) + conv_out["bias"]
+    np.testing.assert_allclose(output.reconstruction, rec, rtol=0, atol=1e-5)
+
+    num = x.size
+    patch_sums = patches.sum(axis=(0, 1, 2))  # (3, 3, Cin)
     nll_grad = np.repeat(patch_sums[..., None], 3, axis=-1) / num  # identical for each output
 
     disc = PatchDiscriminator(ndf=8, n_layers=1)
     g_of_rec = lambda rec: -jnp.mean(disc.apply({"params": disc_params}, rec))
     g_rec_grad = np.asarray(jax.jit(jax.grad(g_of_rec))(output.reconstruction), np.float64)
-    g_grad = np.einsum(
-        "bhwo,bhwkli->klio",
-        g_rec_grad,
-        np.stack(
-            [
-                np.stack([padded[:, i : i + SIZE, j : j + SIZE] for j in range(3)], axis=3)
-                for i in range(3)
-            ],
-            axis=3,
-        ),
-    )
+    g_grad = np.einsum("bhwo,bhwkli->klio", g_rec_grad, patches)
     expected = min(np.linalg.norm(nll_grad) / (np.linalg.norm(g_grad) + 1e-4), 1e4) * 0.8
     assert float(metrics["d_weight"]) == pytest.approx(expected, rel=2e-4)
 
