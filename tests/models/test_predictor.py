@@ -91,18 +91,20 @@ def param_counts(mode):
 @pytest.mark.parametrize(
     "mode, attention",
     [
-        ("tc", {}),
-        ("ct", {}),
-        ("tcct_para", {}),
-        ("tc_attn", {"tc_attn": 9615}),
-        ("tcct_para_attn", {"tc_attn": 9615, "ct_attn": 5775}),
+        ("tc", ()),
+        ("ct", ()),
+        ("tcct_para", ()),
+        ("tc_attn", ("tc_attn",)),
+        ("tcct_para_attn", ("tc_attn", "ct_attn")),
     ],
 )
-def test_each_mode_has_one_unet_and_the_spec_sized_wrapper_attentions(mode, attention):
+def test_each_mode_has_one_unet_and_its_wrapper_attentions(mode, attention):
+    """Which LinearAttention gates each mode adds next to its one UNet; their sizes (9,615 /
+    5,775 parameters, spec §C.2) are checked on the published configs in
+    tests/models/test_unet.py::test_config_files_build_the_published_parameter_counts."""
     counts = param_counts(mode)
     assert set(counts) == {"diffusion_model", *attention}
-    for name, size in attention.items():
-        assert counts[name] == size
+    assert all(size > 0 for size in counts.values())
 
 
 @pytest.mark.parametrize(
