@@ -23,14 +23,46 @@ def test_matmul_and_batched_einsum():
     assert matmul_flops(logits, q) == 2 * (2 * 4 * 16 * 16) * 8
 
 
-def test_convolution_its_gradient_and_strides():
+def _xla_cpu_flops(fn, *args) -> float:
+    """XLA:CPU's cost analysis of the compiled ``fn`` (it counts a convolution's valid taps)."""
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolution_and_its_gradients_count_the_taps_on_real_input(stride):
+    """Padding taps and the zeros of a strided convolution's input gradient are no work: per
+    axis a 3x3 SAME convolution of 8 pixels has 3·8 − 2 = 22 real (output, tap) pairs at
+    stride 1, and 4 outputs × 3 taps − 1 (the padding past the edge) = 11 at stride 2."""
     x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
-    forward = 2 * (2 * 8 * 8 * 32) * (3 * 3 * 16)
-    assert matmul_flops(_conv, x, k) == forward
-    assert matmul_flops(lambda x, k: _conv(x, k, 2), x, k) == forward // 4
-    # loss value + input gradient + kernel gradient: three convolutions of equal cost
-    grads = jax.grad(lambda x, k: (_conv(x, k) ** 2).sum(), argnums=(0, 1))
+    pairs = {1: 22, 2: 11}[stride]
+    forward = 2 * (2 * 32) * 16 * pairs**2
+    conv = lambda x, k: _conv(x, k, stride)
+    assert matmul_flops(conv, x, k) == forward == _xla_cpu_flops(conv, x, k)
+    # loss value + input gradient + kernel gradient: each multiply-add once more
+    grads = jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))
     assert matmul_flops(grads, x, k) == 3 * forward
+    _check_gradient_convolutions_against_xla(conv, x, k)
+
+
+def _check_gradient_convolutions_against_xla(conv, x, k):
+    """The input gradient (a transposed, input-dilated convolution when strided) and the
+    kernel gradient alone, each against XLA:CPU's count."""
+    out = jax.eval_shape(conv, x, k)
+    g = jnp.ones(out.shape, out.dtype)
+    input_grad = lambda k, g: jax.linear_transpose(lambda x: conv(x, k), x)(g)[0]
+    kernel_grad = lambda x, g: jax.linear_transpose(lambda k: conv(x, k), k)(g)[0]
+    assert matmul_flops(input_grad, k, g) == _xla_cpu_flops(input_grad, k, g)
+    assert matmul_flops(kernel_grad, x, g) == _xla_cpu_flops(kernel_grad, x, g)
+
+
+def test_grouped_dilated_and_channels_first_convolutions_agree_with_xla():
+    x, k = jnp.ones((2, 6, 9, 7)), jnp.ones((4, 3, 3, 2))  # NCHW, OIHW: 2 groups of 3 inputs
+    conv = lambda x, k: lax.conv_general_dilated(
+        x, k, (2, 1), [(1, 2), (0, 3)], rhs_dilation=(1, 2), feature_group_count=2
+    )
+    assert matmul_flops(conv, x, k) == _xla_cpu_flops(conv, x, k)
+    _check_gradient_convolutions_against_xla(conv, x, k)
 
 
 def test_scans_count_every_iteration_and_jit_is_looked_into():
@@ -43,6 +75,8 @@ def test_scans_count_every_iteration_and_jit_is_looked_into():
 def test_peak_lookup_matches_the_most_specific_device_kind():
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA H100 NVL") == peak_bf16_flops("NVIDIA H200 NVL") == 835e12
+    assert peak_bf16_flops("NVIDIA H200") == 989e12
     assert peak_bf16_flops("TPU v5 lite") == 197e12
     assert peak_bf16_flops("TPU v5") == 459e12
     assert peak_bf16_flops("cpu") is None
