@@ -3,6 +3,7 @@
 import itertools
 import os
 import platform
+import statistics
 import time
 from typing import Any, NamedTuple
 
@@ -107,7 +108,7 @@ def time_call(
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def emit(figure: str, value: float, unit: str, baseline: str, baseline_value: float) -> None:

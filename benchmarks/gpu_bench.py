@@ -158,8 +158,11 @@ def save_hlo(compiled, filename):
         f.write(compiled.as_text())
 
 
-def peak_flops():
-    return peak_bf16_flops(results["device"]) or 989e12
+def mfu(flops, seconds):
+    """``flops / seconds`` over the device's dense bf16 peak; None on a device without one in
+    ``training.flops.PEAK_BF16_FLOPS`` (the CPU of a ``BENCH_TINY`` run)."""
+    peak = peak_bf16_flops(results["device"])
+    return None if peak is None else flops / seconds / peak
 
 
 def check_against_cpu():
@@ -263,7 +266,7 @@ def train_step_figure(dtype, attention="auto", batch=64, reserve=60, profile=Fal
         step_s=seconds,
         examples_per_s=batch / seconds,
         model_tflop_per_step=flops / 1e12,
-        mfu_vs_bf16_peak=flops / seconds / peak_flops(),
+        mfu_vs_bf16_peak=mfu(flops, seconds),
         compile_s=compile_s,
         loss_finite=bool(np.isfinite(float(run()))),
     )
@@ -308,7 +311,7 @@ def rollout_figure(sampler, steps, batch=256, frames=30):
     flops = setup.encode_flops + blocks * (steps * setup.denoise_flops + setup.decode_flops)
     rollout = lambda: predict(setup.params, setup.vq_params, setup.cond, jax.random.PRNGKey(3))
     start = time.time()
-    first = rollout()["frames"]
+    first = jax.block_until_ready(rollout()["frames"])
     first_s = time.time() - start
     seconds = time_call(lambda: rollout()["frames"], repeats=1, warmup=0, pipelined=True)
     ROLLOUT_FPS[f"{sampler.split('_')[0]}-{steps}"] = batch * frames / seconds
@@ -318,7 +321,7 @@ def rollout_figure(sampler, steps, batch=256, frames=30):
         frames_per_s=batch * frames / seconds,
         compile_and_first_run_s=first_s,
         model_tflop=flops / 1e12,
-        mfu_vs_bf16_peak=flops / seconds / peak_flops(),
+        mfu_vs_bf16_peak=mfu(flops, seconds),
         unet_gflop_per_forward_example=setup.denoise_flops / batch / 1e9,
         vq_decode_gflop_per_frame=setup.decode_flops / (batch * model.k) / 1e9,
         finite=bool(np.isfinite(np.asarray(first, np.float32)).all()),
