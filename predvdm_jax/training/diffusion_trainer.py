@@ -1,7 +1,7 @@
 """Training the PredVDM denoiser on the generic engine.
 
 Batches come from the latent cache when ``data.latent_train_dir`` is set (the
-fast path: the frozen VQ encoder costs ≈ 7.6× the UNet's training FLOPs), or
+fast path: the frozen VQ encoder costs ≈ 4× the KTH UNet's training FLOPs), or
 as frames that the frozen VQ encodes inside the jitted step. A cache made with
 another ``scale_factor`` or VQ than the config is refused (``ConfigError``).
 
