@@ -171,11 +171,14 @@ def main(argv):
             loop,
         )
         if torch_fps:
+            baseline = f"PyTorch original DDIM-{FLAGS.ddim_steps}"
+            if (sampler, steps) != ("ddim", FLAGS.ddim_steps):  # a sampler switch, not a port
+                baseline += f" (another sampler: {FLAGS.ddim_steps / steps:g}x the UNet calls)"
             common.emit(
                 f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
                 fps,
                 "frames/s",
-                f"PyTorch original DDIM-{FLAGS.ddim_steps}",
+                baseline,
                 torch_fps,
             )
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
