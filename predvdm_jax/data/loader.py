@@ -320,7 +320,8 @@ def eval_iterator(
     """The fixed evaluation clips in batches of ``batch_size`` rows, ``clips_per_batch``
     (default ``batch_size``) of them clips: batch ``b`` holds clips ``b·clips_per_batch`` on,
     whatever ``batch_size`` (rounded up to fill the devices) is. The other rows repeat clip 0;
-    every batch carries ``mask`` (1 for real clips) and ``index`` (clip number).
+    every batch carries ``mask`` (1 for real clips) and ``index`` (clip number; ``num_clips`` on
+    padding rows).
     With ``image_size`` and ``channels``, frames of another size are a ``DatasetError``.
     ``field``: the config field naming ``split_dir``, which starts the split's errors;
     ``fewer_frames``: how to ask for fewer than ``num_frames`` (a flag or config field)."""
@@ -350,7 +351,8 @@ def eval_iterator(
         real = row < clips_per_batch and clip_index < num_clips
         video, start = windows[clip_index if real else 0]
         clip = _model_input(shards.read_clip(video, start, num_frames), kind)
-        return {"clip": clip, "mask": np.float32(real), "index": np.int32(clip_index)}
+        index = clip_index if real else num_clips  # padding: past the last clip, none of them
+        return {"clip": clip, "mask": np.float32(real), "index": np.int32(index)}
 
     key = _BATCH_KEYS[kind]
 

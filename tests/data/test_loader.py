@@ -208,6 +208,9 @@ def test_eval_windows_repeat_and_spread(split):
         real = batch["mask"] > 0
         np.testing.assert_array_equal(real, [1, 1, 1, 0] if b < 3 else [1, 0, 0, 0])
         assert [_decode(c) for c in batch["video"][real]] == a[3 * b : 3 * b + 3]
+        # clip numbers of the real rows; padding rows number no clip (10: past the last)
+        expected = [3 * b + r if r < 3 and 3 * b + r < 10 else 10 for r in range(4)]
+        np.testing.assert_array_equal(batch["index"], expected)
 
 
 def test_too_short_for_the_clip(split):
