@@ -348,13 +348,15 @@ def _check_frame(
                 if kind_flag
                 else "kind='latents', inspect_data.py --kind=latents"
             )
-            latents = frame.dtype.type in LATENT_DTYPES
+            # (h, w, c) floats may be a latent cache, which needs the other kind; images are
+            # converted as their range asks (clipping [0, 1] floats would make them black).
+            latents = frame.dtype.type in LATENT_DTYPES and len(frame.shape) == 3
             hint = f" (a latent cache: read it with {read_as})" if latents else ""
-            # A latent cache being read needs the other kind, not its floats made into images.
+            conversion = _uint8_conversion([np.asarray(frame)])
             convert = (
-                ""
+                f" If they are images, convert them with {conversion}."
                 if latents and reading
-                else " Convert them with np.clip(x, 0, 255).astype(np.uint8)."
+                else f" Convert them with {conversion}."
             )
             raise DatasetError(
                 f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8{hint}.{convert}"
@@ -457,6 +459,9 @@ class _BadFrame(DatasetError):
     def __init__(self, problem: str):
         super().__init__(f"{problem}; the shard is incomplete or malformed: re-create it.")
         self.problem = problem
+
+    def __reduce__(self):  # from a reader process: rebuilt from the problem, the fix added once
+        return type(self), (self.problem,)
 
 
 def _open_frame(

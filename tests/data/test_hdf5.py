@@ -1,4 +1,5 @@
 import os
+import pickle
 import re
 
 import h5py
@@ -138,9 +139,13 @@ def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
         hdf5.write_split(str(tmp_path / "b"), [np.zeros((2, 4, 4), np.int64)])
     with h5py.File(tmp_path / "shard_0001.hdf5", "w") as f:
         f.create_group("len").create_dataset("0", data=1)
-        f.create_group("0").create_dataset("0", data=np.zeros((4, 4), np.float64))
-    with pytest.raises(hdf5.DatasetError, match="dtype float64"):
+        f.create_group("0").create_dataset("0", data=np.full((4, 4), 0.5, np.float64))
+    # 2-D floats in [0, 1] are images: scaled, not clipped (black), and no latent cache
+    with pytest.raises(hdf5.DatasetError) as err:
         hdf5.VideoShards(str(tmp_path))
+    assert str(err.value).endswith(
+        "dtype float64; expected uint8. Convert them with np.round(x * 255).astype(np.uint8)."
+    )
 
 
 @pytest.mark.parametrize(
@@ -431,6 +436,8 @@ def test_a_missing_frame_is_told_alike_on_open_read_and_check(tmp_path):
     with pytest.raises(hdf5.DatasetError) as err:
         shards.read_clip(1, 0, 3)
     assert str(err.value) == problem + fix
+    # as a reader process sends it back (pickled): the fix still once
+    assert str(pickle.loads(pickle.dumps(err.value))) == problem + fix
     with pytest.raises(hdf5.DatasetError) as err:
         shards.check_all_frames()
     assert str(err.value) == f"{tmp_path / 'a'}: 1 bad frame(s): {problem}; re-create the dataset."
