@@ -1,16 +1,19 @@
 """A shortened demo, end to end: every stage runs, the report has real numbers, a rerun resumes."""
 
+import copy
 import json
 import os
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 
 from predvdm_jax import config as config_lib
 from predvdm_jax import demo
 from predvdm_jax.config import ConfigError
-from predvdm_jax.data.hdf5 import DatasetError
+from predvdm_jax.data.hdf5 import DatasetError, VideoShards
+from predvdm_jax.data.loader import eval_windows
 from predvdm_jax.training import checkpoint
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -29,20 +32,52 @@ def _short_demo_config():
     return config_lib.validate(c)
 
 
-def test_short_demo_end_to_end_and_resume(tmp_path):
-    workdir = str(tmp_path / "demo")
+RUN = dict(num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """The short demo run once from scratch (the first run of both tests below): its workdir
+    and numbers. Tests take their own copy (``_copy_of``): neither sees the other's reruns."""
+    workdir = tmp_path_factory.mktemp("first_run") / "demo"
+    return workdir, demo.run_demo(_short_demo_config(), str(workdir), **RUN)
+
+
+def _copy_of(first_run, tmp_path):
+    """A copy of the first run's workdir in ``tmp_path``, and of its numbers."""
+    workdir, numbers = first_run
+    mine = tmp_path / "demo"
+    shutil.copytree(workdir, mine)
+    return str(mine), copy.deepcopy(numbers)
+
+
+def _copy_last_psnr_by_hand(config, paths, pred_frames, num_clips):
+    """Per-frame PSNR ``(clips, pred_frames)`` of copying the last cond frame, from the stored
+    uint8 test frames of the evaluation's clips (``eval_windows``: which video, from which
+    frame)."""
+    test = VideoShards(os.path.join(paths["frames"], "test"))
+    cond = config.data.cond_frames
+    windows = eval_windows(test.frame_counts, num_clips, cond + pred_frames, config.eval.seed)
+    clips = np.stack([test.read_clip(v, start, cond + pred_frames) for v, start in windows])
+    test.close()
+    future, last = clips[:, cond:] / 255.0, clips[:, cond - 1 : cond] / 255.0
+    return 10 * np.log10(1 / ((future - last) ** 2).mean(axis=(2, 3, 4)))
+
+
+def test_short_demo_end_to_end_and_resume(first_run, tmp_path):
+    workdir, numbers = _copy_of(first_run, tmp_path)
     config = _short_demo_config()
-    numbers = demo.run_demo(
-        config, workdir, num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False
-    )
     paths = demo.demo_paths(workdir)
     for key in ("bundle", "eval10", "eval30", "fvd"):
         assert os.path.isdir(paths[key]), key
     short = numbers["short"]
     assert short["protocol"]["num_clips"] == 2 and short["protocol"]["pred_frames"] == 10
     assert 0.0 < short["model"]["ssim"]["mean"]["value"] <= 1.0
-    copy_last = short["baselines"]["copy_last_frame"]["psnr"]["mean"]["value"]
-    assert 5.0 < copy_last < 100.0
+    # predvdm's PSNR: the mean over every clip's every frame
+    copy_last = short["baselines"]["copy_last_frame"]["psnr"]
+    expected = _copy_last_psnr_by_hand(config, paths, 10, 2)
+    assert copy_last["mean"]["value"] == pytest.approx(expected.mean(), rel=1e-4)
+    np.testing.assert_allclose(copy_last["per_frame"]["mean"], expected.mean(axis=0), rtol=1e-4)
     assert len(short["model"]["psnr"]["per_frame"]["mean"]) == 10
     assert len(numbers["long"]["model"]["psnr"]["per_frame"]["mean"]) == 30
     assert "FVD needs at least 2" in json.dumps(numbers["fvd"]["model"]["fvd"])
@@ -58,9 +93,7 @@ def test_short_demo_end_to_end_and_resume(tmp_path):
     # A rerun with nothing to do skips every stage and keeps the recorded times and peak memory.
     recorded = json.load(open(paths["stages"]))
     assert recorded["peak_rss_gb"] > 0.1
-    again = demo.run_demo(
-        config, workdir, num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False
-    )
+    again = demo.run_demo(config, workdir, **RUN)
     assert again["skipped"] == list(numbers["stage_seconds"]), again["skipped"]
     assert again["stage_seconds"] == numbers["stage_seconds"]
     assert again["denoiser_step"] == 2
@@ -73,16 +106,14 @@ def test_short_demo_end_to_end_and_resume(tmp_path):
     assert f"the largest of the demo's runs: {recorded['peak_rss_gb']:.1f} GB" in report
 
 
-def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
-    workdir = str(tmp_path / "demo")
+def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(first_run, tmp_path):
+    workdir, first = _copy_of(first_run, tmp_path)
     config = _short_demo_config()
-    run = dict(num_train=3, num_test=2, long_clips=2, fvd_clips=1, progress=False)
-    first = demo.run_demo(config, workdir, **run)
     paths = demo.demo_paths(workdir)
     assert checkpoint.latest_step(paths["diffusion"]) == 2 and first["denoiser_step"] == 2
 
     config.train.num_steps = 4
-    longer = demo.run_demo(config, workdir, **run)
+    longer = demo.run_demo(config, workdir, **RUN)
     assert longer["skipped"] == [
         "moving digits dataset",
         "VQ-f4 training",
@@ -102,7 +133,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
         assert longer["stage_seconds"][name] == first["stage_seconds"][name]
     # Another sampler or clip count evaluates again; a dataset of other settings is refused.
     config.sampling.steps = 4
-    resampled = demo.run_demo(config, workdir, **dict(run, long_clips=3))
+    resampled = demo.run_demo(config, workdir, **dict(RUN, long_clips=3))
     assert "denoiser training" in resampled["skipped"]
     assert "evaluation 10 -> 10, 2 clips" not in resampled["skipped"]
     assert "ddim, 4 steps" in resampled["short"]["protocol"]["sampler"]
@@ -113,7 +144,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     other_vq = config.copy_and_resolve_references()
     other_vq.vq_train.num_steps = 3
     with pytest.raises(ConfigError) as refused:
-        demo.run_demo(other_vq, workdir, **run)
+        demo.run_demo(other_vq, workdir, **RUN)
     assert str(refused.value) == (
         f"{paths['vq']} holds a VQ-f4 trained with other settings (vq_train.num_steps 2 in the "
         f"checkpoint, 3 now); use a new --workdir, or delete {paths['vq']}, {paths['latents']} "
@@ -124,7 +155,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     wide_eps.diffusion.parameterization = "eps"
     wide_eps.sampling.steps = 5  # may change: not named
     with pytest.raises(ConfigError) as refused:
-        demo.run_demo(wide_eps, workdir, **run)
+        demo.run_demo(wide_eps, workdir, **RUN)
     assert str(refused.value) == (
         f"{paths['diffusion']} holds a denoiser trained with other settings (unet.model_channels "
         f"32 in the checkpoint, 64 now; diffusion.parameterization 'x0' in the checkpoint, 'eps' "
@@ -137,7 +168,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     shutil.rmtree(paths["diffusion"])
     eps = config.copy_and_resolve_references()
     eps.diffusion.parameterization = "eps"
-    retrained = demo.run_demo(eps, workdir, **run)
+    retrained = demo.run_demo(eps, workdir, **RUN)
     assert retrained["denoiser_step"] == 4
     assert not {"inference bundle", "evaluation 10 -> 10, 2 clips"} & set(retrained["skipped"])
     report = open(paths["report"]).read()
@@ -146,7 +177,7 @@ def test_demo_rerun_with_more_steps_trains_on_and_reevaluates(tmp_path):
     with pytest.raises(
         DatasetError, match=r"other settings \(options.num_test differ\); use a new --workdir "
     ):
-        demo.run_demo(config, workdir, **dict(run, num_test=4))
+        demo.run_demo(config, workdir, **dict(RUN, num_test=4))
 
 
 def _leaves(config, prefix=""):
