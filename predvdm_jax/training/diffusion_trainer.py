@@ -184,9 +184,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     vq_params = _run_vq_params(config)
     validation_field, validation_split = config_lib.validation_split(config)
     validation_cached = validate and validation_field.startswith("latent_")
-    for cache in (config.data.latent_train_dir, validation_split if validation_cached else ""):
+    caches = [("latent_train_dir", config.data.latent_train_dir)]
+    if validation_cached:
+        caches.append((validation_field, validation_split))
+    for field, cache in caches:
         if cache:
             latent_cache.check_cache_matches(config, cache, vq_params)
+            frames_field = field.removeprefix("latent_")
+            if config.data[frames_field]:
+                latent_cache.check_cache_source(
+                    field, cache, frames_field, config.data[frames_field]
+                )
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))

@@ -93,7 +93,8 @@ def _tiny_run(tmp_path):
     model = LatentDiffusion.from_config(config)
     vq_params = random_params_from_init(model.init_vq)
     save_params_safetensors(config.vq_params, vq_params)
-    info = latent_cache.cache_info(config, str(tmp_path / "frames"), "float16", vq_params)
+    # the cache stands for the test frames' latents (the previews read the frames)
+    info = latent_cache.cache_info(config, str(tmp_path / "frames_test"), "float16", vq_params)
     with open(tmp_path / "latents" / latent_cache.CACHE_INFO, "w") as f:
         json.dump(info, f, default=list)
     return config, model, vq_params, test_videos
@@ -252,12 +253,14 @@ def _check_preview(config, model, state, workdir, rows, test_videos):
     assert logged["preview/ssim"] == pytest.approx(ssim, abs=1e-4)
 
 
-def _write_cache(split_dir, made_with, vq_params):
-    """A one-video latent split with the ``cache_info.json`` of config ``made_with``."""
+def _write_cache(split_dir, made_with, vq_params, source=None):
+    """A one-video latent split with the ``cache_info.json`` of config ``made_with``, encoded
+    from ``source`` (default: its test frames)."""
     writer = hdf5.ShardWriter(hdf5.shard_path(str(split_dir), 1), kind="latents")
     writer.add_video(np.zeros((8, LATENT, LATENT, 3), np.float16))
     writer.close()
-    info = latent_cache.cache_info(made_with, str(split_dir), "float16", vq_params)
+    source = str(source or made_with.data.test_dir)
+    info = latent_cache.cache_info(made_with, source, "float16", vq_params)
     with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
         json.dump(info, f, default=list)
 
@@ -297,6 +300,27 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
     with pytest.raises(config_lib.ConfigError, match=r"test_latents holds latents encoded"):
         diffusion_trainer.train(config, workdir)
     assert not os.path.exists(workdir)
+
+    # A validation cache of other frames than data.test_dir, which the previews read: the run
+    # would validate on one dataset and preview another.
+    mine = tmp_path / "mine_test"
+    hdf5.write_split(str(mine), [np.zeros((8, 16, 16), np.uint8)])
+    _write_cache(tmp_path / "test_latents", config, vq_params, source=tmp_path / "digits_test")
+    config.data.test_dir = str(mine)
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=rf"data\.latent_test_dir={tmp_path}/test_latents was encoded from "
+        rf"{tmp_path}/digits_test, but data\.test_dir is {mine}: the run would mix two "
+        r"datasets\. .*--config\.data\.latent_test_dir= to read the frames\.$",
+    ):
+        diffusion_trainer.train(config, workdir)
+    # The same frames moved since the encode (equal fingerprints) are the same data.
+    _write_cache(tmp_path / "test_latents", config, vq_params, source=mine)
+    os.rename(mine, tmp_path / "moved_test")
+    config.data.test_dir = str(tmp_path / "moved_test")
+    monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
+    assert diffusion_trainer.train(config, workdir) == "trained"
+    config.data.latent_test_dir = str(tmp_path / "latents")
 
     # A matching cache trains; shards without cache_info.json are refused, naming the fix.
     monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
