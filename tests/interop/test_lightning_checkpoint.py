@@ -68,7 +68,9 @@ def latent_diffusion_module(config):
     return LatentDiffusionLike
 
 
-@pytest.mark.parametrize("mode", ["tc", "tc_attn", "tcct_para_attn"])
+# tcct_para_attn (no unused gate) is test_predvdm_ckpt's export, run in PyTorch: the same
+# state_dict keys and parity, on a UNet with attention blocks.
+@pytest.mark.parametrize("mode", ["tc", "tc_attn"])
 def test_an_export_loads_with_lightning_trainer_test_and_predicts_what_flax_does(tmp_path, mode):
     config = config_lib.with_overrides(tiny_config(), {"model.mode": mode})
     diffusion = LatentDiffusion.from_config(config)
