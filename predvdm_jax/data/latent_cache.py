@@ -317,20 +317,21 @@ def check_cache_matches(
 def check_cache_source(cache_field: str, cache_dir: str, frames_field: str, frames_dir: str):
     """Raises ``ConfigError`` when the cache ``cache_dir`` (config field ``cache_field``) was
     encoded from another frame split than ``frames_dir`` (``frames_field``), which the same run
-    reads beside it (previews read the test frames, validation their cache): the two would
-    be different data. The same split moved (equal ``SOURCE_KEY`` fingerprints) passes."""
+    reads beside it (validation reads the cache, previews the frames): the two would be
+    different data. Frames that are not there (nothing read beside the cache) and the same
+    split moved since (equal ``SOURCE_KEY`` fingerprints, where the cache records one) pass."""
     saved = read_cache_info(cache_dir)
     source = saved["source"]
-    if os.path.realpath(source) == os.path.realpath(frames_dir):
+    if os.path.realpath(source) == os.path.realpath(frames_dir) or not shard_paths(frames_dir):
         return
-    if SOURCE_KEY in saved and shard_paths(frames_dir):
-        if source_fingerprint(frames_dir) == saved[SOURCE_KEY]:
-            return
+    if saved.get(SOURCE_KEY) == source_fingerprint(frames_dir):
+        return
     raise ConfigError(
         f"data.{cache_field}={cache_dir} was encoded from {source}, but data.{frames_field} is "
         f"{frames_dir}: the run would mix two datasets. Encode {frames_dir} "
-        f"(scripts/encode_dataset.py) and pass its cache as --config.data.{cache_field}, or set "
-        f"--config.data.{cache_field}= to read the frames."
+        f"(scripts/encode_dataset.py) and pass its cache as --config.data.{cache_field}, set "
+        f"--config.data.{cache_field}= to read the frames, or point --config.data.{frames_field} "
+        f"at {source}."
     )
 
 

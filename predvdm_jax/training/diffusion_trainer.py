@@ -184,17 +184,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     vq_params = _run_vq_params(config)
     validation_field, validation_split = config_lib.validation_split(config)
     validation_cached = validate and validation_field.startswith("latent_")
-    caches = [("latent_train_dir", config.data.latent_train_dir)]
-    if validation_cached:
-        caches.append((validation_field, validation_split))
-    for field, cache in caches:
+    for cache in (config.data.latent_train_dir, validation_split if validation_cached else ""):
         if cache:
             latent_cache.check_cache_matches(config, cache, vq_params)
-            frames_field = field.removeprefix("latent_")
-            if config.data[frames_field]:
-                latent_cache.check_cache_source(
-                    field, cache, frames_field, config.data[frames_field]
-                )
+    frames_field = validation_field.removeprefix("latent_")
+    if validation_cached and config.data[frames_field]:  # the previews read these frames
+        latent_cache.check_cache_source(
+            validation_field, validation_split, frames_field, config.data[frames_field]
+        )
 
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, slices=config.mesh.slices)
     iterator = train_iterator(config, mesh_lib.batch_sharding(mesh))

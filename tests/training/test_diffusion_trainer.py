@@ -311,19 +311,23 @@ def test_training_refuses_a_cache_of_another_scale_factor_or_vq(tmp_path, monkey
         config_lib.ConfigError,
         match=rf"data\.latent_test_dir={tmp_path}/test_latents was encoded from "
         rf"{tmp_path}/digits_test, but data\.test_dir is {mine}: the run would mix two "
-        r"datasets\. .*--config\.data\.latent_test_dir= to read the frames\.$",
+        r"datasets\. .*--config\.data\.latent_test_dir= to read the frames, or point "
+        rf"--config\.data\.test_dir at {tmp_path}/digits_test\.$",
     ):
         diffusion_trainer.train(config, workdir)
-    # The same frames moved since the encode (equal fingerprints) are the same data.
+    # The same frames moved since the encode (equal fingerprints) are the same data; without
+    # previews, frames that are not there are not read beside the cache.
+    monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
     _write_cache(tmp_path / "test_latents", config, vq_params, source=mine)
     os.rename(mine, tmp_path / "moved_test")
     config.data.test_dir = str(tmp_path / "moved_test")
-    monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
+    assert diffusion_trainer.train(config, workdir) == "trained"
+    config.data.test_dir = str(tmp_path / "not_there")
+    config.train.preview_every = 0
     assert diffusion_trainer.train(config, workdir) == "trained"
     config.data.latent_test_dir = str(tmp_path / "latents")
 
     # A matching cache trains; shards without cache_info.json are refused, naming the fix.
-    monkeypatch.setattr(diffusion_trainer.loop, "train_loop", lambda *args, **kwargs: "trained")
     config.train.update(dict(eval_every=0, preview_every=0, keep_best=0))
     assert diffusion_trainer.train(config, workdir) == "trained"
     os.remove(os.path.join(tmp_path / "latents", latent_cache.CACHE_INFO))
