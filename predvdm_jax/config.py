@@ -18,7 +18,7 @@ import ml_collections
 
 from predvdm_jax.diffusion.loss import REDUCTIONS
 from predvdm_jax.diffusion.parameterization import PARAMETERIZATIONS
-from predvdm_jax.diffusion.samplers import SAMPLERS, SKIP_TYPES, ddim_max_eta, ddim_timesteps
+from predvdm_jax.diffusion.samplers import SAMPLERS, SKIP_TYPES, ddim_eta_error, ddim_timesteps
 from predvdm_jax.diffusion.schedule import BETA_SCHEDULES, make_schedule
 from predvdm_jax.training.sharding import DEFAULT_MIN_SIZE
 
@@ -477,20 +477,6 @@ def _ddim_steps_error(steps: int, timesteps: int) -> str:
     )
 
 
-def _ddim_eta_errors(s, df) -> list[str]:
-    """η above 1 is allowed as far as the grid takes it (``samplers.ddim_max_eta``): beyond,
-    σ_t² outgrows 1 − ᾱ_prev and DDIM's update has no real direction term."""
-    schedule = make_schedule(df.timesteps, df.linear_start, df.linear_end, df.beta_schedule)
-    largest = ddim_max_eta(schedule, ddim_timesteps(s.steps, df.timesteps))
-    if s.eta <= largest * (1 + 1e-9):
-        return []
-    return [
-        f"sampling.eta {s.eta} exceeds {largest:.4g}, the largest DDIM with {s.steps} steps "
-        f"allows on this schedule; use at most {math.floor(largest * 1000) / 1000} (PredVDM "
-        f"samples with 1)"
-    ]
-
-
 def _combination_errors(c) -> list[str]:
     # Not top-level imports: models/unet.py imports this module (ATTENTION_IMPLS), and
     # models/autoencoder.py (module_fields), which vq_losses imports; evaluation/fvd.py is
@@ -556,8 +542,10 @@ def _combination_errors(c) -> list[str]:
         )
     if df.loss_reduction not in REDUCTIONS:
         errors.append(f"diffusion.loss_reduction {df.loss_reduction!r} is not one of {REDUCTIONS}")
+    beta_schedule_valid = df.beta_schedule in BETA_SCHEDULES
     if not 0 < df.linear_start < df.linear_end < 1:
         errors.append("diffusion.linear_start < diffusion.linear_end must both lie in (0, 1)")
+        beta_schedule_valid = False
     s = c.sampling
     if s.sampler not in SAMPLERS:
         errors.append(f"sampling.sampler {s.sampler!r} is not one of {SAMPLERS}")
@@ -567,8 +555,12 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"sampling.steps must be in [1, {df.timesteps}], got {s.steps}")
     elif s.sampler == "ddim" and df.timesteps % s.steps:
         errors.append(_ddim_steps_error(s.steps, df.timesteps))
-    elif s.sampler == "ddim" and s.eta > 1 and df.beta_schedule in BETA_SCHEDULES:
-        errors.extend(_ddim_eta_errors(s, df))
+    elif s.sampler == "ddim" and s.eta > 1 and beta_schedule_valid:
+        # η above 1 goes as far as the grid keeps σ_t² within 1 − ᾱ_prev
+        schedule = make_schedule(df.timesteps, df.linear_start, df.linear_end, df.beta_schedule)
+        too_large = ddim_eta_error(schedule, ddim_timesteps(s.steps, df.timesteps), s.eta)
+        if too_large:
+            errors.append(f"sampling.{too_large}")
     if not 1 <= s.order <= 3:
         errors.append(f"sampling.order must be 1, 2 or 3, got {s.order}")
     if s.skip_type not in SKIP_TYPES:

@@ -172,6 +172,10 @@ def test_type_safe_assignment_names_the_field():
             "sampling.eta 1.1 exceeds 1.007, the largest DDIM with 10 steps allows on this "
             "schedule; use at most 1.006",
         ),
+        (  # the η limit is not computed on an invalid schedule
+            dict(sampling__eta=1.5, diffusion__linear_end=1.5),
+            "invalid config: diffusion.linear_start < diffusion.linear_end must both lie in (0, 1)",
+        ),
         (dict(vq__out_ch=4), "got vq.out_ch=4, data.channels=1"),
         (dict(vq__out_ch=1, data__channels=3), "got vq.out_ch=1, data.channels=3"),
         (dict(vq__out_ch=1, eval__gray_as_rgb=True), "eval.gray_as_rgb=True"),

@@ -204,13 +204,9 @@ def ddim_parameters(
             f"DDIM timesteps must be ascending (they are iterated in reverse), got {ts}"
         )
     alphas, alphas_prev = _ddim_alphas(schedule, ts)
-    largest = ddim_max_eta(schedule, ts)
-    if eta > largest * (1 + 1e-9):
-        raise ValueError(
-            f"DDIM eta {eta} exceeds {largest:.4g}, the largest this {len(ts)}-step grid allows: "
-            f"its noise would outgrow 1 - ᾱ_prev and leave no room for the ε̂ direction; use "
-            f"eta <= {math.floor(largest * 1000) / 1000} (PredVDM samples with 1)"
-        )
+    too_large = ddim_eta_error(schedule, ts, eta)
+    if too_large:
+        raise ValueError(f"DDIM {too_large}")
     sigmas = eta * np.sqrt((1.0 - alphas_prev) / (1.0 - alphas) * (1.0 - alphas / alphas_prev))
     return tuple(jnp.asarray(v, jnp.float32) for v in (alphas, alphas_prev, sigmas))
 
@@ -220,6 +216,19 @@ def _ddim_alphas(schedule: DiffusionSchedule, ts: np.ndarray) -> tuple[np.ndarra
     relative in float32)."""
     alphas_cumprod = np.asarray(schedule.alphas_cumprod, np.float64)
     return alphas_cumprod[ts], np.concatenate([alphas_cumprod[:1], alphas_cumprod[ts[:-1]]])
+
+
+def ddim_eta_error(schedule: DiffusionSchedule, timesteps: Sequence[int], eta: float) -> str:
+    """Why ``eta`` is too large for the grid (``ddim_max_eta``: its noise would outgrow
+    1 − ᾱ_prev and leave no room for the ε̂ direction), or "" when it fits."""
+    largest = ddim_max_eta(schedule, timesteps)
+    if eta <= largest * (1 + 1e-9):
+        return ""
+    return (
+        f"eta {eta} exceeds {largest:.4g}, the largest DDIM with {len(timesteps)} steps allows "
+        f"on this schedule; use at most {math.floor(largest * 1000) / 1000} (PredVDM samples "
+        f"with 1)"
+    )
 
 
 def ddim_max_eta(schedule: DiffusionSchedule, timesteps: Sequence[int]) -> float:

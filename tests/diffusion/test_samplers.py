@@ -140,7 +140,7 @@ def test_ddim_eta_above_one_goes_as_far_as_the_noise_fits_in_one_minus_alpha_pre
     assert largest >= 1
     assert abs(room(largest).min()) < 1e-6 and room(largest * 1.001).min() < 0
     ddim_parameters(SCHEDULE, ts, eta=largest)
-    with pytest.raises(ValueError, match=rf"DDIM eta {largest * 1.01} exceeds .*use eta <= 1\."):
+    with pytest.raises(ValueError, match=rf"DDIM eta {largest * 1.01} exceeds .*use at most 1\."):
         ddim_parameters(SCHEDULE, ts, eta=largest * 1.01)
 
 
