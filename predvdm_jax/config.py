@@ -482,7 +482,7 @@ def _combination_errors(c) -> list[str]:
     # models/autoencoder.py (module_fields), which vq_losses imports; evaluation/fvd.py is
     # a layer above this module, as is evaluation/metrics.py.
     from predvdm_jax.evaluation.fvd import RESIZE_METHODS
-    from predvdm_jax.evaluation.metrics import METRIC_STYLES
+    from predvdm_jax.evaluation.metrics import MCVD_STYLES, METRIC_STYLES
     from predvdm_jax.models.predictor import MODES
     from predvdm_jax.models.vq_losses import DISC_LOSSES
 
@@ -577,9 +577,8 @@ def _combination_errors(c) -> list[str]:
         errors.append(f"eval.protocol {e.protocol!r} is not one of {PROTOCOLS}")
     if e.metric_style not in METRIC_STYLES:
         errors.append(f"eval.metric_style {e.metric_style!r} is not one of {METRIC_STYLES}")
-    mcvd_styles = tuple(style for style in METRIC_STYLES if style.startswith("mcvd"))
-    if e.mcvd_style not in mcvd_styles:
-        errors.append(f"eval.mcvd_style {e.mcvd_style!r} is not one of {mcvd_styles}")
+    if e.mcvd_style not in MCVD_STYLES:
+        errors.append(f"eval.mcvd_style {e.mcvd_style!r} is not one of {MCVD_STYLES}")
     if e.fvd_resize not in RESIZE_METHODS:
         errors.append(f"eval.fvd_resize {e.fvd_resize!r} is not one of {RESIZE_METHODS}")
     if e.pred_frames < 1 or e.num_clips < 1 or e.num_samples < 1:

@@ -98,13 +98,18 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
     ``fold_in(key, row)`` for each row. Raw ``uint32`` keys (``PRNGKey``) are accepted."""
     key = _typed(key)
     if key.ndim == 0:
-        return jax.vmap(lambda row: jax.random.fold_in(key, row))(jnp.arange(batch))
+        return clip_keys(key, jnp.arange(batch))
     if key.shape != (batch,):
         raise ValueError(
             f"the sampling key must be one key or one per example ({batch}), got keys of shape "
             f"{key.shape}"
         )
     return key
+
+
+def clip_keys(key: jax.Array, clips) -> jax.Array:
+    """``fold_in(key, i)`` for each clip number ``i`` of ``clips``: per-clip sampling keys."""
+    return jax.vmap(lambda clip: jax.random.fold_in(key, clip))(jnp.asarray(clips))
 
 
 def fold_in(key: jax.Array, data) -> jax.Array:

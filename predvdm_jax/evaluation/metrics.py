@@ -127,9 +127,10 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
 
 # --- MCVD's definitions (spec §H.3; eval.metric_style="mcvd") --------------------------
 
-METRIC_STYLES = ("predvdm", "mcvd", "mcvd_mnist")
+MCVD_STYLES = ("mcvd", "mcvd_mnist")
 """``mcvd_mnist``: MCVD's metrics as its ``video_gen`` computes them on (Stochastic) Moving MNIST,
 SSIM on frames rounded to 0 / 1 first."""
+METRIC_STYLES = ("predvdm",) + MCVD_STYLES
 MCVD_LPIPS_SIZE = 128
 """MCVD resizes every frame to 128×128 (torchvision ``Resize`` on the PIL image) for LPIPS."""
 PIL_PRECISION_BITS = 22

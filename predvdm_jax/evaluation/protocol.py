@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from predvdm_jax.diffusion import samplers
 from predvdm_jax.evaluation import fvd as fvd_lib
 from predvdm_jax.evaluation import metrics as metrics_lib
 from predvdm_jax.evaluation.images import to_unit_range
@@ -335,7 +336,7 @@ def _frame_metrics(
 
 def is_mcvd_style(metric_style: str) -> bool:
     """Whether ``metric_style`` is one of MCVD's (``mcvd``, ``mcvd_mnist``)."""
-    return metric_style.startswith("mcvd")
+    return metric_style in metrics_lib.MCVD_STYLES
 
 
 def lpips_frame_size(metric_style: str, height: int, width: int) -> tuple[int, int]:
@@ -832,10 +833,9 @@ def evaluate(
                     if record["kept"] is not None:
                         first_samples[name] = record["kept"]
                     continue
-                sample_key = jax.random.fold_in(key, sample)
-                clip_keys = jax.vmap(lambda clip: jax.random.fold_in(sample_key, clip))(clips)
+                keys = samplers.clip_keys(jax.random.fold_in(key, sample), clips)
                 start = time.perf_counter()
-                frames = jax.block_until_ready(predict(cond, clip_keys))
+                frames = jax.block_until_ready(predict(cond, keys))
                 took = time.perf_counter() - start
                 timings.predict_seconds[name] += took
                 timings.throughput[name].add(pred_frames * int(valid.sum()), took)

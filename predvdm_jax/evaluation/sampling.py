@@ -8,6 +8,7 @@ import numpy as np
 from predvdm_jax import mesh as mesh_lib
 from predvdm_jax.batching import device_batch_size, pad_batch
 from predvdm_jax.data import loader, video_files
+from predvdm_jax.diffusion import samplers
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.bundle import Bundle
 
@@ -46,8 +47,8 @@ def predict_clips(
     for start in starts:
         batch = cond[start : start + clips_per_batch]
         padded = jax.device_put(pad_batch(batch, rows), mesh_lib.batch_sharding(mesh))
-        clip_keys = jax.vmap(lambda clip: jax.random.fold_in(key, clip))(start + np.arange(rows))
-        frames = predict(params, vq_params, padded, clip_keys)
+        keys = samplers.clip_keys(key, start + np.arange(rows))
+        frames = predict(params, vq_params, padded, keys)
         outputs.append(np.asarray(frames["frames"])[: len(batch)])
     return np.concatenate(outputs)
 
