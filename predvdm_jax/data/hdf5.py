@@ -352,7 +352,10 @@ def _check_frame(
             # converted as their range asks (clipping [0, 1] floats would make them black).
             latents = frame.dtype.type in LATENT_DTYPES and len(frame.shape) == 3
             hint = f" (a latent cache: read it with {read_as})" if latents else ""
+            # One frame's range stands for the video's: say so where it is all we read.
             conversion = _uint8_conversion([np.asarray(frame)])
+            if reading:
+                conversion = f"{conversion} (for this frame's value range)"
             convert = (
                 f" If they are images, convert them with {conversion}."
                 if latents and reading

@@ -144,7 +144,8 @@ def test_wrong_dtype_rejected_on_write_and_read(tmp_path):
     with pytest.raises(hdf5.DatasetError) as err:
         hdf5.VideoShards(str(tmp_path))
     assert str(err.value).endswith(
-        "dtype float64; expected uint8. Convert them with np.round(x * 255).astype(np.uint8)."
+        "dtype float64; expected uint8. Convert them with np.round(x * 255).astype(np.uint8) "
+        "(for this frame's value range)."
     )
 
 
