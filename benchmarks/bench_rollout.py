@@ -163,24 +163,14 @@ def main(argv):
         print(
             f"compiled rollout {sampler}-{steps}: {fps:.2f} frames/s ({fps / loop:.2f}x the loop)"
         )
-        common.emit(
-            f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
-            fps,
-            "frames/s",
-            f"Python-loop DDIM-{FLAGS.ddim_steps}",
-            loop,
-        )
+        # against DDIM baselines, another sampler is a switch of sampler, not of code
+        switch = (sampler, steps) != ("ddim", FLAGS.ddim_steps)
+        note = f" (another sampler: {FLAGS.ddim_steps / steps:g}x the UNet calls)" if switch else ""
+        figure = f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}"
+        common.emit(figure, fps, "frames/s", f"Python-loop DDIM-{FLAGS.ddim_steps}{note}", loop)
         if torch_fps:
-            baseline = f"PyTorch original DDIM-{FLAGS.ddim_steps}"
-            if (sampler, steps) != ("ddim", FLAGS.ddim_steps):  # a sampler switch, not a port
-                baseline += f" (another sampler: {FLAGS.ddim_steps / steps:g}x the UNet calls)"
-            common.emit(
-                f"rollout {FLAGS.config} 10->{FLAGS.frames} {sampler}-{steps} batch {FLAGS.batch}",
-                fps,
-                "frames/s",
-                baseline,
-                torch_fps,
-            )
+            baseline = f"PyTorch original DDIM-{FLAGS.ddim_steps}{note}"
+            common.emit(figure, fps, "frames/s", baseline, torch_fps)
     print(f"peak RSS {common.peak_rss_gb():.2f} GB")
 
 
