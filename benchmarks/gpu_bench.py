@@ -36,8 +36,8 @@ and its optimized HLO, $OUT/train_bfloat16_batch64.hlo.txt.gz: a kernel of the t
 Model FLOPs are the matrix products and convolutions of the program's jaxpr, counted as XLA's
 cost analysis counts them (``training.flops.matmul_flops``), with XLA's attention in place of
 cuDNN's fused one. XLA:GPU's own cost analysis cannot serve: cuDNN's convolutions and
-attention are custom calls it counts as zero (it gave 0.38 TFLOP for a 4.35 TFLOP step). ``BENCH_FIGURES=a,b`` runs only those,
-in that order.
+attention are custom calls it counts as zero (it gave 0.38 TFLOP for a 4.35 TFLOP step).
+``BENCH_FIGURES=a,b`` runs only those, in that order.
 
 Each figure is skipped once the time budget (BENCH_BUDGET_S) is spent, and results are
 appended to $OUT/gpu_results.json as they come, so a cut-off run still reports.

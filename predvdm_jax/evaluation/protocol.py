@@ -929,7 +929,8 @@ def summarize(
         "aggregations": list(protocol.aggregations),
         "cond_frames": cond_frames,
         "pred_frames": pred_frames,
-        "metric_frames": f"predicted frames only: clip frames {cond_frames + 1}..{cond_frames + pred_frames}",
+        "metric_frames": "predicted frames only: clip frames "
+        f"{cond_frames + 1}..{cond_frames + pred_frames}",
         "value_range": "frames clamped to [-1, 1], mapped to [0, 1]; no resize for SSIM/PSNR"
         + ("" if is_mcvd_style(protocol.metric_style) else "/LPIPS"),
         "metric_style": protocol.metric_style,
