@@ -62,6 +62,8 @@ VQ_COND = "vq-cond+pred"
 FVD_VARIANTS = ("cond+pred", "pred-only", VQ_COND)
 REAL_VIDEO = {"cond+pred": "cond+pred", "pred-only": "pred-only", VQ_COND: "cond+pred"}
 """The real videos of each variant (``vq-cond+pred`` compares against ``cond+pred``'s)."""
+NOISE_KEYS = "fold_in(fold_in(key(eval.seed), sample), clip)"
+"""How ``evaluate`` keys each prediction's noise (recorded, so a resume never mixes schemes)."""
 CI95_Z = 1.959963984540054  # the normal's 97.5 % quantile, scipy.stats.norm.interval(0.95)'s
 VIDEO_PSNR = "video_psnr"
 PIXEL_MSE = "pixel_mse"

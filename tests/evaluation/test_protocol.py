@@ -77,6 +77,8 @@ def test_aggregate_mean_and_best_of_n_higher_is_better():
     best_values = [0.9, 0.7]
     low, _ = scipy.stats.norm.interval(0.95, loc=0.8, scale=scipy.stats.sem(best_values))
     assert best["ci95"] == pytest.approx(0.8 - low, rel=1e-9)
+    one_clip = protocol_lib.aggregate_metric(HAND_VALUES[:1], higher_is_better=True)
+    assert one_clip["best_of_3"]["ci95"] is None  # no spread of one value (MCVD: NaN)
     np.testing.assert_allclose(
         summary["per_frame"]["best_of_3"], [(0.9 + 0.8) / 2, (0.9 + 0.6) / 2]
     )

@@ -933,6 +933,15 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_reports(tmp_path
     )
     with pytest.raises(ValueError, match=refusal):
         evaluate("resumed", samples=3)
+    # progress of the code before per-clip noise keys: refused, not resumed with mixed noise
+    run_file = tmp_path / "resumed" / "progress" / "run.json"
+    run = json.loads(run_file.read_text())
+    older = {**run, "fingerprint": dict(run["fingerprint"])}
+    del older["fingerprint"]["noise_keys"]
+    run_file.write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"differs in noise_keys: absent \(saved\) vs "):
+        evaluate("resumed")
+    run_file.write_text(json.dumps(run))
     predicted = []
     predict_fn = protocol_lib.evaluate
 
