@@ -19,6 +19,7 @@ overrides (scripts/evaluate.py and scripts/sample.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -84,6 +85,11 @@ TRAINERS = {"denoiser": "a denoiser run (scripts/train.py)", "vq": "a VQ run (sc
 
 class CheckpointReadError(ValueError):
     """A checkpoint step on disk could not be read (damaged or incomplete files)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint step could not be written (its background save failed: a full disk, a
+    folder gone or not writable)."""
 
 
 _START_FROM = {
@@ -222,6 +228,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "config")
         )
+        self._writing: int | None = None  # the step of the save that may still fail
+        self._failed: CheckpointWriteError | None = None  # that save's failure, once raised
 
     def latest_step(self) -> int | None:
         """Newest finished step (unfinished saves are never listed)."""
@@ -229,17 +237,51 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: Any = None, config: Any = None) -> None:
-        """Starts an async save of ``step``; ``data_state`` is this process's iterator state."""
+        """Starts an async save of ``step``; ``data_state`` is this process's iterator state.
+        A ``CheckpointWriteError`` when the previous save failed."""
+        self.wait_until_finished()  # as Orbax would: a failure is then the previous save's
         data = {"process_count": jax.process_count(), "states": _gather_json(data_state)}
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data),
-                config=ocp.args.JsonSave(config_to_json(config) if config is not None else {}),
-            ),
-            force=True,
-        )
+        self._writing = int(step)
+        with self._write_errors_named():
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data),
+                    config=ocp.args.JsonSave(config_to_json(config) if config is not None else {}),
+                ),
+                force=True,
+            )
+
+    def check_for_errors(self) -> None:
+        """A ``CheckpointWriteError`` when a finished background save failed (without waiting
+        for one in progress): a run learns of a full disk at once, not at its next save."""
+        with self._write_errors_named():
+            self._manager.check_for_errors()
+
+    @contextlib.contextmanager
+    def _write_errors_named(self):
+        """Orbax's error of a failed background save, as a ``CheckpointWriteError`` naming the
+        step, the folder, the last good checkpoint and the fix."""
+        try:
+            yield
+        except Exception as err:
+            if self._writing is None and self._failed is not None:
+                raise self._failed from err  # Orbax reports a failed save on every later call
+            if self._writing is None:
+                raise
+            failed, self._writing = self._writing, None
+            try:
+                kept = self.latest_step()
+            except Exception:  # the folder itself may be what failed
+                kept = None
+            last = f"step {kept} is the last good checkpoint" if kept is not None else "none was"
+            self._failed = CheckpointWriteError(
+                f"checkpoint step {failed} could not be written in {self.directory} "
+                f"({type(err).__name__}: {err}); {last}: free disk space or fix the folder, then "
+                f"run the same command to resume"
+            )
+            raise self._failed from err
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
         """(state on ``abstract_state``'s shardings, this process's data state) of ``step``.
@@ -364,11 +406,25 @@ class Checkpointer:
         return None
 
     def wait_until_finished(self) -> None:
-        self._manager.wait_until_finished()
+        with self._write_errors_named():
+            self._manager.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the last save and closes Orbax's manager; a failed save that was already
+        raised is not raised again (the run stopped on it)."""
+        raised_before = self._failed is not None
+        try:
+            self.wait_until_finished()
+        except CheckpointWriteError:
+            if not raised_before:
+                raise
+        finally:
+            if self._failed is None:
+                self._manager.close()
+            else:
+                with contextlib.suppress(Exception):  # its own wait reports the failure again
+                    self._manager.close()
 
 
 def _reader(workdir: str) -> Checkpointer | None:

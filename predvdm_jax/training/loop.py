@@ -232,7 +232,11 @@ def train_loop(
             "; a smaller mesh.fsdp splits more" if split < 0.5 else "",
         )
     # Drops lines a killed run logged after start_step (all of them when starting from scratch).
-    writer = create_default_writer(workdir, resume_step=start_step)
+    try:
+        writer = create_default_writer(workdir, resume_step=start_step)
+    except BaseException:
+        checkpointer.close()
+        raise
     if restored is None:
         writer.write_hparams(config.to_dict())
     progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
@@ -272,13 +276,17 @@ def train_loop(
                 stop(f"loss is {float(value)} at step {step_number}")
         pending_losses.clear()
 
-    def save(step_number: int):
-        nonlocal last_saved
+    def fail_if_state_not_finite(step_number: int):
+        """Before a state is saved or evaluated (a NaN state could become a best bundle)."""
         fail_if_not_finite()
         # A step's loss is computed before its update: an update that made the weights NaN
-        # shows in the next step's loss, so the weights to be saved are checked themselves.
+        # shows in the next step's loss, so the weights themselves are checked.
         if not bool(all_finite((state.params, state.ema_params))):
             stop(f"the weights after step {step_number} are NaN or Inf (its loss was finite)")
+
+    def save(step_number: int):
+        nonlocal last_saved
+        fail_if_state_not_finite(step_number)
         checkpointer.save(step_number, state, data_iterator.get_state(), config)
         last_saved = step_number
 
@@ -306,13 +314,20 @@ def train_loop(
             rate = progress(step_number)
             if step_number % log_every == 0 or step_number == num_steps:
                 fail_if_not_finite()
+                checkpointer.check_for_errors()  # a failed background save stops the run now
                 scalars = dict(jax.device_get(metrics))
                 if rate is not None:
                     scalars.update(throughput(rate, lambda: matmul_flops(train_step, state, batch)))
                 writer.write_scalars(step_number, scalars)
-            for every, evaluate in evaluations:
-                if every > 0 and step_number % every == 0:
-                    _write_results(writer, step_number, jax.device_get(evaluate(state)))
+            due = [
+                evaluate
+                for every, evaluate in evaluations
+                if every > 0 and step_number % every == 0
+            ]
+            if due:
+                fail_if_state_not_finite(step_number)
+            for evaluate in due:
+                _write_results(writer, step_number, jax.device_get(evaluate(state)))
             if step_number % save_every == 0:
                 save(step_number)
             if watch.reached(step_number) and step_number < num_steps:

@@ -57,12 +57,29 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _record(path: str, number: int, line: str, last: bool) -> dict | None:
+    """Line ``number`` of ``path`` as its record; None for a last line cut short (a killed
+    run's), a ``ValueError`` naming the file for any other line that does not parse."""
+    try:
+        record = json.loads(line)
+        record["step"]
+        return record
+    except (ValueError, TypeError, KeyError):
+        if last:
+            logging.warning("%s: dropped its last line, cut short: %r", path, line[:80])
+            return None
+        raise ValueError(
+            f"{path}: line {number} is not a metrics record ({line[:80]!r}); move the file "
+            f"away (the run logs afresh from the checkpoint) or delete that line"
+        ) from None
+
+
 class JsonlWriter:
     """One JSON object per ``write_scalars`` call: ``{"step": s, name: value, ...}``.
 
     With ``resume_step`` set, lines of steps after it (logged by a run that
     died before its next checkpoint) are dropped first, so the file reads as
-    one uninterrupted run.
+    one uninterrupted run; so is a last line cut short by that death (a full disk, a kill).
     """
 
     def __init__(self, path: str, resume_step: int | None = None):
@@ -70,10 +87,18 @@ class JsonlWriter:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if resume_step is not None and os.path.exists(path):
             with open(path) as f:
-                kept = [
-                    line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
-                ]
-            atomic_io.write_text(path, "".join(kept))
+                lines = [line for line in f if line.strip()]
+            records = [
+                _record(path, n, line, last=n == len(lines)) for n, line in enumerate(lines, 1)
+            ]
+            kept = [
+                line
+                for line, record in zip(lines, records)
+                if record and record["step"] <= resume_step
+            ]
+            atomic_io.write_text(
+                path, "".join(line if line.endswith("\n") else line + "\n" for line in kept)
+            )
         # Line-buffered: a killed run keeps every line it logged.
         self._file = open(path, "a", buffering=1)
 

@@ -76,6 +76,18 @@ def test_a_resume_drops_what_the_dead_run_logged_after_its_checkpoint(tmp_path):
     ]
 
 
+def test_a_resume_drops_a_last_line_cut_short_and_names_a_damaged_one(tmp_path):
+    """A run killed (or out of disk) mid-line leaves half a record: dropped on resume; a bad
+    line elsewhere is no metrics file of ours, named with the fix."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "lo')
+    create_default_writer(str(tmp_path), resume_step=2).close()
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n'
+    path.write_text('{"step": 1, "loss": 1.0}\nnot json\n{"step": 2, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match=rf"^{path}: line 2 is not a metrics record \('not json"):
+        create_default_writer(str(tmp_path), resume_step=2)
+
+
 def test_a_float_image_is_a_clear_error(tmp_path):
     writer = create_default_writer(str(tmp_path))
     with pytest.raises(ValueError, match=r"image 'x' must be uint8 .* got float32 \(4, 4, 2\)"):

@@ -22,6 +22,7 @@ from predvdm_jax.training.metric_writers import JSONL_NAME
 from .tiny_setup import (
     train_in_process,
     StreamIterator,
+    best_bundle_evaluation,
     init_fn,
     make_config,
     make_loss_fn,
@@ -138,6 +139,56 @@ def test_weights_made_nan_by_a_finite_loss_step_are_not_saved(tmp_path):
             config, str(tmp_path), init_fn, make_loss_fn(nan_gradient_at_step=4), stream
         )
     assert finished_steps(tmp_path / "checkpoints") == [2]
+
+
+def test_no_evaluation_runs_on_weights_made_nan_before_its_loss_is_checked(tmp_path):
+    """Step 5's gradients are NaN and step 6 evaluates (keeping best bundles) before any log
+    step checks a loss: the run stops there, and the best bundle of step 4 stays."""
+    config = make_config(num_steps=8, save_every=8, log_every=4)
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    message = r"(loss is nan at step 6|weights after step 6 are NaN or Inf)"
+    with pytest.raises(loop.NonFiniteLossError, match=message):
+        loop.train_loop(
+            config,
+            str(tmp_path),
+            init_fn,
+            make_loss_fn(nan_gradient_at_step=5),
+            stream,
+            evaluations=[best_bundle_evaluation(str(tmp_path))],
+        )
+    assert sorted(os.listdir(tmp_path / "best")) == ["step_00000004"]
+
+
+def test_a_failed_background_save_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
+    """A save that fails after it started (a full disk) is named with its step, the last good
+    checkpoint and the fix at the next log step, not at the next save."""
+    from predvdm_jax.training import checkpoint
+
+    config = make_config(num_steps=9, save_every=3, log_every=1)
+    started = checkpoint.Checkpointer.save
+
+    def failing_from_step_6(self, step, *args, **kwargs):
+        if step < 6:
+            return started(self, step, *args, **kwargs)
+        self.wait_until_finished()
+        self._writing = step  # started in the background, then the disk filled up
+
+        def background_error():  # as Orbax reports it, on every call from then on
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(self._manager, "check_for_errors", background_error)
+        monkeypatch.setattr(self._manager, "wait_until_finished", background_error)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", failing_from_step_6)
+    stream = StreamIterator(config.seed, config.data.batch_size)
+    message = (
+        r"^checkpoint step 6 could not be written in .*checkpoints \(OSError: \[Errno 28\] No "
+        r"space left on device\); step 3 is the last good checkpoint: free disk space or fix "
+        r"the folder, then run the same command to resume$"
+    )
+    with pytest.raises(checkpoint.CheckpointWriteError, match=message):
+        loop.train_loop(config, str(tmp_path), init_fn, make_loss_fn(), stream)
+    assert [r["step"] for r in read_jsonl(tmp_path / JSONL_NAME)] == list(range(1, 7))
 
 
 def _abstract_state(config):
