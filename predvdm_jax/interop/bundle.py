@@ -67,6 +67,10 @@ def _check_replaceable(path: str) -> None:
         )
 
 
+TEMPORARY_PREFIX = ".bundle-"
+"""``save_bundle``'s temporary folders beside the bundle (the new one, the one it replaces)."""
+
+
 def save_bundle(path: str, bundle: Bundle) -> None:
     """Writes the bundle folder atomically (a temporary folder renamed into place). An
     existing bundle at ``path`` is replaced (renamed aside, deleted once the new one is in
@@ -74,7 +78,7 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     _check_replaceable(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent)
     try:
         save_params_safetensors(
             os.path.join(tmp, DENOISER_FILE),
@@ -95,7 +99,7 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         atomic_io.sync(tmp)
         old = None
         if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".bundle-old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}old-", dir=parent)
             os.replace(path, old)
         try:
             os.replace(tmp, path)
@@ -134,6 +138,8 @@ def bundle_metrics(directory: str) -> dict[str, float]:
     run's ``best/`` folder); empty when there is no such folder."""
     values = {}
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.startswith("."):  # a temporary of save_bundle (one a killed write left)
+            continue
         metric = os.path.join(directory, name, METRIC_FILE)
         if os.path.exists(metric):
             raw = _read_json(metric, f"re-export it, or delete {os.path.join(directory, name)!r}")

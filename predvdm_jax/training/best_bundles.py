@@ -24,7 +24,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io
-from predvdm_jax.interop.bundle import METRIC_FILE, Bundle, bundle_metrics, save_bundle
+from predvdm_jax.interop.bundle import (
+    METRIC_FILE,
+    TEMPORARY_PREFIX,
+    Bundle,
+    bundle_metrics,
+    save_bundle,
+)
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -72,6 +78,9 @@ class BestBundles:
             atomic_io.write_text(os.path.join(path, METRIC_FILE), json.dumps(metric))
         for old in drop - ({step} if enters else set()):
             shutil.rmtree(self._path(old), ignore_errors=True)
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+            if name.startswith(TEMPORARY_PREFIX):  # left by a write a kill cut short
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         return enters
 
     def _path(self, step: int) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -32,8 +33,15 @@ def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_
     best_params = read_bundle_files(resolve_bundle_path(str(tmp_path / "best"))).params
     np.testing.assert_array_equal(best_params["out"]["kernel"], _params(4)["out"]["kernel"])
 
-    # A run resumed from step 2 validates step 3 again: step 4 (from the run that died) goes.
+    # A run resumed from step 2 validates step 3 again: step 4 (from the run that died) goes,
+    # and so do the temporaries of a bundle write it was killed in (the bundle it replaced,
+    # with its metric, is no candidate for the best).
     os.makedirs(tmp_path / "best" / "step_00000009")  # a bundle whose metric never landed
+    stale = tmp_path / "best" / ".bundle-old-x1"
+    shutil.copytree(tmp_path / "best" / "step_00000004", stale)
+    (stale / METRIC_FILE).write_text(json.dumps({"metric": "val/loss_ema", "value": 0.1}))
+    os.makedirs(tmp_path / "best" / ".bundle-y2")
+    assert resolve_bundle_path(str(tmp_path / "best")).endswith("step_00000004")
     assert best.keep(3, _params(3), 2.5)
     assert best.kept() == {2: 1.0, 3: 2.5}
     assert sorted(os.listdir(tmp_path / "best")) == ["step_00000002", "step_00000003"]
