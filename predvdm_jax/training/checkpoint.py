@@ -568,14 +568,21 @@ def check_saved_config(
         )
     finally:
         checkpointer.close()
-    differences = model_differences(
-        saved, config_to_json(config), "in the checkpoint", fields, derived
-    )
+    current = config_to_json(config)
+    differences = model_differences(saved, current, "in the checkpoint", fields, derived)
     if differences:
         raise config_lib.ConfigError(
             f"{workdir} holds a checkpoint (step {step}) of another model: "
             f"{'; '.join(differences)}. Resume with the run's original config, or pass a new "
             f"--workdir to start over."
+        )
+    changed = _field_differences(saved, current, sorted(set(saved) | set(current)), "then")
+    if changed:  # allowed (the schedule, the data, ...), but said: a resume is no fresh start
+        logging.warning(
+            "resuming %s from step %d with settings changed since it was saved: %s",
+            workdir,
+            step,
+            "; ".join(changed),
         )
 
 

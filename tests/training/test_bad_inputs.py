@@ -218,12 +218,17 @@ def test_a_state_of_another_structure_is_one_line(tmp_path):
     )
 
 
-def test_gradient_clipping_switched_on_resume_is_named(tmp_path):
+def test_gradient_clipping_switched_on_resume_is_named(tmp_path, caplog):
     config = tiny_config()
     _save(tmp_path, 2, {"w": jnp.zeros(2)}, config)
     changed = config.copy_and_resolve_references()
     changed.optimizer.grad_clip = 0.5  # another threshold: the same optimizer state
     checkpoint.check_saved_config(str(tmp_path), changed)
+    # allowed, and said in the log: the resumed run is not the one its checkpoint started
+    assert (
+        f"resuming {tmp_path} from step 2 with settings changed since it was saved: "
+        f"optimizer.grad_clip {config.optimizer.grad_clip!r} then, 0.5 now"
+    ) in caplog.text
     changed.optimizer.grad_clip = 0.0
     with pytest.raises(config_lib.ConfigError) as err:
         checkpoint.check_saved_config(str(tmp_path), changed)
