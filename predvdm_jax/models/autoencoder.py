@@ -113,7 +113,9 @@ class AttnBlock(nn.Module):
         v = _conv(channels, 1, channels, "v", self.dtype)(h).reshape(
             batch, height * width, channels
         )
-        logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (int(channels) ** -0.5)
+        # logits accumulated in float32, not rounded to the compute dtype before the softmax
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
+        logits = logits * (int(channels) ** -0.5)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
         return x + _conv(channels, 1, channels, "proj_out", self.dtype)(h)

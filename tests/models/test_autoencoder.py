@@ -88,6 +88,21 @@ def test_attention_block_matches_closed_form():
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_a_bfloat16_attention_block_keeps_its_logits_float32():
+    """q and k are bf16 in bf16 compute, but their products accumulate into float32 logits: no
+    rounding to bf16 before the softmax (on large logits it moved the block's output further
+    from float32's: 2.4 % against 2.1 % of its norm in a test of logits of std ~20)."""
+    x = jnp.zeros((1, 4, 4, 32))
+    block = AttnBlock(jnp.bfloat16)
+    params = random_params(AttnBlock(), x.shape)
+    jaxpr = jax.make_jaxpr(lambda p, x: block.apply({"params": p}, x))(params, x)
+    products = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    logits = [e for e in products if e.outvars[0].aval.shape == (1, 16, 16)]
+    assert len(logits) == 1
+    assert [v.aval.dtype for v in logits[0].invars] == [jnp.bfloat16, jnp.bfloat16]
+    assert logits[0].outvars[0].aval.dtype == jnp.float32
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = VQModel(**TINY)
