@@ -348,19 +348,15 @@ def _check_frame(
                 if kind_flag
                 else "kind='latents', inspect_data.py --kind=latents"
             )
-            # (h, w, c) floats may be a latent cache, which needs the other kind; images are
-            # converted as their range asks (clipping [0, 1] floats would make them black).
+            # (h, w, c) floats are a latent cache's frames, which need the other kind, not to be
+            # made images; other floats are converted as their range asks (clipping [0, 1]
+            # floats would make them black), one frame's range standing for all when reading.
             latents = frame.dtype.type in LATENT_DTYPES and len(frame.shape) == 3
             hint = f" (a latent cache: read it with {read_as})" if latents else ""
-            # One frame's range stands for the video's: say so where it is all we read.
             conversion = _uint8_conversion([np.asarray(frame)])
             if reading:
                 conversion = f"{conversion} (for this frame's value range)"
-            convert = (
-                f" If they are images, convert them with {conversion}."
-                if latents and reading
-                else f" Convert them with {conversion}."
-            )
+            convert = "" if latents and reading else f" Convert them with {conversion}."
             raise DatasetError(
                 f"{where}: {what} has frames of dtype {frame.dtype}; expected uint8{hint}.{convert}"
             )
