@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any
 
 import grain
@@ -103,8 +104,8 @@ class ClipIterator:
     served (JSON-serialisable), so a state restores under any ``num_workers`` and any
     ``batch_size``: a run resumed with another batch size goes on from the next whole batch
     (it skips fewer than ``batch_size`` examples, and repeats none). The state also records
-    ``stream`` (what decides the clips: seed, clip length, flip, video count), and a state of
-    another stream is refused.
+    ``stream`` (what decides the clips: seed, clip length, flip, video count and lengths), and a
+    state of another stream is refused.
     With ``num_workers`` > 0 the batches are read in that many spawned processes
     (grain's ``mp_prefetch``): h5py serialises every call within a process, so
     threads alone cannot read faster than one core. ``close`` stops them.
@@ -264,9 +265,16 @@ def train_iterator(
             "seed": int(seed),
             "frames": int(num_frames),
             "videos": len(shards),
+            "video_lengths": _lengths_digest(shards.frame_counts),
             "horizontal_flip": bool(horizontal_flip),
         },
     )
+
+
+def _lengths_digest(frame_counts: np.ndarray) -> str:
+    """A short digest of a split's video lengths, which decide its clips' windows: a position
+    saved on one split does not resume on another of as many videos."""
+    return "sha256:" + hashlib.sha256(np.asarray(frame_counts, np.int64).tobytes()).hexdigest()[:16]
 
 
 def check_frame_size(shards: VideoShards, image_size: int, channels: int) -> None:

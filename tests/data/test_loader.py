@@ -142,10 +142,20 @@ def test_a_state_restores_only_into_the_same_clip_stream(split, tmp_path):
     state = first.get_state()
     more = str(tmp_path / "more")
     hdf5.write_split(more, [np.zeros((n, 4, 6), np.uint8) for n in lengths + [9]])
+    longer = str(tmp_path / "longer")  # as many videos, one of them longer: other windows
+    hdf5.write_split(longer, [np.zeros((n, 4, 6), np.uint8) for n in lengths[:-1] + [30]])
     for name, other in (
+        (
+            "video_lengths 'sha256:[0-9a-f]{16}' \\(now 'sha256:[0-9a-f]{16}'\\)",
+            loader.train_iterator(longer, 5, 4, seed=7),
+        ),
         ("seed 7 \\(now 8\\)", loader.train_iterator(split_dir, 5, 4, seed=8)),
         ("frames 5 \\(now 6\\)", loader.train_iterator(split_dir, 6, 4, seed=7)),
-        ("videos 4 \\(now 5\\)", loader.train_iterator(more, 5, 4, seed=7)),
+        (
+            "videos 4 \\(now 5\\), "
+            "video_lengths 'sha256:[0-9a-f]{16}' \\(now 'sha256:[0-9a-f]{16}'\\)",
+            loader.train_iterator(more, 5, 4, seed=7),
+        ),
         (
             "horizontal_flip False \\(now True\\)",
             loader.train_iterator(split_dir, 5, 4, seed=7, horizontal_flip=True),
