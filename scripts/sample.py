@@ -19,7 +19,6 @@ with an error, writing nothing.
 
 import json
 import os
-import re
 
 import jax
 from absl import flags
@@ -93,17 +92,18 @@ def _reject_unread_overrides(overrides):
 RECORD_FILE = "sample.json"
 
 
-def _record(source: str, config, num_clips: int, num_frames: int, known: int) -> dict:
+def _record(
+    source: checkpoint.ModelSource, config, num_clips: int, num_frames: int, known: int
+) -> dict:
     """What ``OUT/sample.json`` holds: the model, sampler, seed, clips, frames and input."""
-    checkpoint_step = re.search(r" step (\d+) \((EMA|raw) weights\)$", source)
     if FLAGS.video:
         clips = {"video": os.path.abspath(FLAGS.video)}
     else:
         clips = {"test_dir": config.data.test_dir, "clip_seed": int(config.eval.seed)}
     return {
         "model": source,
-        "step": int(checkpoint_step.group(1)) if checkpoint_step else None,
-        "weights": checkpoint_step.group(2) if checkpoint_step else "as the bundle was exported",
+        "step": source.step,
+        "weights": source.weights or "as the bundle was exported",
         "sampler": sweep.sampler_description(config.sampling),
         "sampling": config.sampling.to_dict(),
         "seed": FLAGS.seed,

@@ -743,6 +743,20 @@ def export_latent_diffusion_checkpoint(
     return step, config
 
 
+class ModelSource(str):
+    """``load_model``'s description of what it loaded (a string, as reports record it), with
+    the checkpoint ``step`` and ``weights`` ("EMA" or "raw") of a workdir's; None for a
+    bundle."""
+
+    step: int | None
+    weights: str | None
+
+    def __new__(cls, text: str, step: int | None = None, weights: str | None = None):
+        source = super().__new__(cls, text)
+        source.step, source.weights = step, weights
+        return source
+
+
 def load_model(
     bundle: str | None = None,
     workdir: str | None = None,
@@ -750,7 +764,7 @@ def load_model(
     *,
     use_ema: bool = True,
     step: int | None = None,
-) -> tuple[Bundle, str]:
+) -> tuple[Bundle, ModelSource]:
     """(model, where it came from) of a ``bundle`` folder or a training ``workdir`` (exactly
     one), its config with ``overrides`` (``{"section.field": value}``) applied. A run's
     ``best/`` folder loads its bundle of lowest validation loss; a workdir its checkpoint
@@ -777,10 +791,11 @@ def load_model(
                 f"({folders.VQ_FILE}); remove it, or pass the training workdir instead"
             )
         path = resolve_bundle_path(bundle)
-        loaded, source = read_bundle(path), f"bundle {path}"
+        loaded, source = read_bundle(path), ModelSource(f"bundle {path}")
     else:
         loaded, step = _checkpoint_bundle(workdir, use_ema, step, overrides.get("vq_params"))
-        source = f"checkpoint {workdir} step {step} ({'EMA' if use_ema else 'raw'} weights)"
+        weights = "EMA" if use_ema else "raw"
+        source = ModelSource(f"checkpoint {workdir} step {step} ({weights} weights)", step, weights)
     _check_finite_weights(loaded, source, from_bundle=bool(bundle))
     # Weight fields first: an override of one may also fail validation, which would hide why.
     config = config_lib.with_overrides(loaded.config, overrides, validated=False)

@@ -193,6 +193,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
         checkpoint.load_from_checkpoint(workdir)
     relocated, source = checkpoint.load_model(workdir=workdir, overrides={"vq_params": moved})
     assert source == f"checkpoint {workdir} step 40 (EMA weights)"  # the report's model source
+    assert (source.step, source.weights) == (40, "EMA")  # what sample.json records
     assert relocated.config.vq_params == moved
     jax.tree.map(np.testing.assert_array_equal, relocated.vq_params, from_checkpoint.vq_params)
     checkpoint.export_bundle(workdir, str(tmp_path / "bundle"), vq_params=moved)
