@@ -12,6 +12,7 @@ file gets the permissions ``open`` would give it (``0o666`` less the umask), not
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
@@ -66,6 +67,30 @@ def replace_durably(temporary: str, path: str) -> None:
     sync(temporary)
     os.replace(temporary, path)
     sync(os.path.dirname(os.path.abspath(path)))
+
+
+_EXCHANGE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV}
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(first: str, second: str) -> bool:
+    """Swaps the two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so
+    a kill leaves each name holding one whole version, never neither. False, with nothing
+    changed, where the system or filesystem cannot (the caller then renames in two steps)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _EXCHANGE_UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), first, None, second)
 
 
 def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:

@@ -73,8 +73,10 @@ TEMPORARY_PREFIX = ".bundle-"
 
 def save_bundle(path: str, bundle: Bundle) -> None:
     """Writes the bundle folder atomically (a temporary folder renamed into place). An
-    existing bundle at ``path`` is replaced (renamed aside, deleted once the new one is in
-    place); any other non-empty folder is an error."""
+    existing bundle at ``path`` is swapped with the new one in one step where Linux allows
+    (``atomic_io.exchange``: a kill leaves one whole bundle at ``path``), else renamed aside
+    first; it is deleted once the new one is in place. Any other non-empty folder is an
+    error."""
     _check_replaceable(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -98,18 +100,21 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         atomic_io.set_default_permissions(tmp)
         atomic_io.sync(tmp)
         old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}old-", dir=parent)
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-            atomic_io.sync(parent)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-            raise
+        if os.path.exists(path) and atomic_io.exchange(tmp, path):
+            old = tmp  # now the replaced bundle
+        else:
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}old-", dir=parent)
+                os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, path)
+                raise
+        atomic_io.sync(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the new bundle, or after a swap the old one
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

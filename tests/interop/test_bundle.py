@@ -108,6 +108,50 @@ def test_a_save_replaces_a_bundle_but_never_a_training_workdir(tmp_path):
     )
 
 
+_REPLACE_AND_DIE = """
+import os, shutil, signal, sys
+import numpy as np
+from predvdm_jax import config as config_lib
+from predvdm_jax.interop import bundle as bundle_lib
+
+path = sys.argv[1]
+config = config_lib.finalize(config_lib.default_config())
+
+
+def save(value):
+    vq_params = {"encoder": {"w": np.full(3, value, np.float32)}}
+    bundle_lib.save_bundle(path, bundle_lib.Bundle(config, {"w": np.zeros(2)}, vq_params))
+
+
+save(1.0)
+kill = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+replace = os.replace
+os.replace = lambda source, target: kill() if target == path else replace(source, target)
+shutil.rmtree = kill
+save(2.0)
+"""
+
+
+def test_a_kill_while_a_bundle_is_replaced_leaves_a_whole_bundle_in_its_place(tmp_path):
+    import subprocess
+    import sys
+
+    from predvdm_jax import atomic_io
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if not atomic_io.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+        pytest.skip("this filesystem cannot swap two folders in one step (renameat2)")
+    path = str(tmp_path / "bundle")
+    # The process is killed where the new bundle would be renamed onto `path`, or, once it
+    # is there, where the old one would be deleted: `path` must hold one whole bundle.
+    run = subprocess.run([sys.executable, "-c", _REPLACE_AND_DIE, path], capture_output=True)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    np.testing.assert_array_equal(
+        bundle_lib.read_bundle_files(path).vq_params["encoder"]["w"], np.full(3, 2.0)
+    )
+
+
 def test_bundles_and_files_get_the_umask_permissions_not_owner_only(tmp_path):
     from predvdm_jax import atomic_io
 
