@@ -7,7 +7,8 @@ CPU in a few minutes (≈ 0.4 s per step of 8 frames on an idle 2-core CPU):
   python scripts/train_vq.py --config=configs/vq_digits_demo.py --workdir=runs/vq_digits_demo
 
 L1 + codebook/commitment loss only. The LPIPS term (vq_train.perceptual_weight)
-is off: it is slow on a CPU and needs converted weights (eval.lpips_params). The
+is off: it is slow on a CPU and needs converted weights (vq_train.lpips_params, taming's
+LPIPS-VGG16 from scripts/convert_lpips.py --vgg16, or else eval.lpips_params). The
 discriminator (vq_train.disc_weight) is off too: once it starts it makes a CPU
 step 1.8× slower (1.6 against 2.95 steps/s), and this recipe was tuned without it.
 A high Adam learning rate and frequent dead-code restarts make the small codebook

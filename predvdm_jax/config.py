@@ -191,7 +191,10 @@ def default_config() -> ml_collections.ConfigDict:
         codebook_weight=1.0,
         beta=0.25,
         legacy_beta=True,
-        perceptual_weight=0.0,  # LPIPS term: needs eval.lpips_params; off by default
+        perceptual_weight=0.0,  # LPIPS term: needs LPIPS weights (lpips_params); off by default
+        # the LPIPS term's weights (scripts/convert_lpips.py; --vgg16 is taming's VQGAN loss);
+        # empty: eval.lpips_params' (AlexNet)
+        lpips_params="",
         disc_start=50001,
         disc_weight=0.8,
         disc_loss="hinge",  # discriminator loss, taming's disc_loss: "hinge" or "vanilla" (softplus)
@@ -635,10 +638,10 @@ def _combination_errors(c) -> list[str]:
     errors.extend(_range_errors(c))
     if c.vq_train.disc_loss not in DISC_LOSSES:
         errors.append(f"vq_train.disc_loss {c.vq_train.disc_loss!r} is not one of {DISC_LOSSES}")
-    if c.vq_train.perceptual_weight > 0 and not e.lpips_params:
+    if c.vq_train.perceptual_weight > 0 and not (c.vq_train.lpips_params or e.lpips_params):
         errors.append(
-            "vq_train.perceptual_weight > 0 needs LPIPS weights: set eval.lpips_params "
-            "(scripts/convert_lpips.py) or set the weight to 0"
+            "vq_train.perceptual_weight > 0 needs LPIPS weights: set vq_train.lpips_params or "
+            "eval.lpips_params (scripts/convert_lpips.py) or set the weight to 0"
         )
     return errors
 
@@ -685,6 +688,7 @@ PATH_FIELDS = (
     "data.latent_val_dir",
     "train.init_from",
     "vq_train.init_from",
+    "vq_train.lpips_params",
     "eval.lpips_params",
     "eval.i3d_params",
 )

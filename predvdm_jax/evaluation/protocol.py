@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -470,6 +471,7 @@ class _Accumulator:
         metric_style: str = "predvdm",
     ):
         self.metric_style = metric_style
+        check_lpips_is_alexnet(lpips_params)
         self.lpips_note = lpips_unavailable_reason(
             lpips_params, *lpips_frame_size(metric_style, *frame_size)
         )
@@ -617,6 +619,25 @@ def _empty_record() -> dict:
     ``clip_values[system][video_psnr]`` ``(B, samples)``, ``real_features[variant]``
     ``(B, D)`` and ``fake_features[variant][system]`` ``(B, samples, D)``."""
     return {"per_frame": {}, "clip_values": {}, "real_features": {}, "fake_features": {}}
+
+
+def check_lpips_is_alexnet(lpips_params: Any) -> None:
+    """A ValueError for LPIPS-VGG16 params (taming's VQ loss): PredVDM and MCVD report
+    LPIPS-AlexNet, and a VGG16 score would pass for one. None (no LPIPS) passes."""
+    if lpips_params is not None and lpips_lib.trunk_of(lpips_params) == lpips_lib.VGG16:
+        raise ValueError(
+            "the evaluation's LPIPS weights (eval.lpips_params) are LPIPS-VGG16, but PredVDM and "
+            "MCVD report LPIPS-AlexNet; convert AlexNet weights with scripts/convert_lpips.py "
+            "--alexnet=<alexnet.pth> and set eval.lpips_params to that file"
+        )
+
+
+def load_evaluation_lpips_params(path: str | os.PathLike | None) -> Any:
+    """``lpips.load_lpips_params(path)`` for scoring: None when unset, and VGG16 weights refused
+    (``check_lpips_is_alexnet``) before any sampling."""
+    lpips_params = lpips_lib.load_lpips_params(path)
+    check_lpips_is_alexnet(lpips_params)
+    return lpips_params
 
 
 def lpips_unavailable_reason(lpips_params: Any, height: int, width: int) -> str | None:

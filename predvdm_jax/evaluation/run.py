@@ -35,9 +35,9 @@ from predvdm_jax.evaluation.protocol import (
     Resume,
     evaluate,
     evaluate_video_sets,
+    load_evaluation_lpips_params,
     summarize,
 )
-from predvdm_jax.models import lpips as lpips_lib
 from predvdm_jax.models.i3d import load_i3d_params
 from predvdm_jax.seeds import prng_key
 from predvdm_jax.tensor_files import check_weights_setting
@@ -238,7 +238,7 @@ def evaluate_samplers(
     if rgb:  # PredVDM's scoring: the RGB decode against the frames repeated to RGB
         batches = ({**batch, "video": to_rgb(batch["video"])} for batch in batches)
     reconstruct = xla_cpu.jit(lambda vq, video: model.decode(vq, model.encode(vq, video), rgb=rgb))
-    lpips_params = lpips_lib.load_lpips_params(config.eval.lpips_params)
+    lpips_params = load_evaluation_lpips_params(config.eval.lpips_params)
     feature_fn, i3d_source = _feature_fn(config)
 
     def predict_fn(sampling):
@@ -428,7 +428,7 @@ def score_folders(
     for videos in (real_set, fake_set):
         videos.check_min_length(num_frames, "score fewer frames (evaluate.py --num_frames)")
     count = len(real_set)
-    lpips = lpips_lib.load_lpips_params(lpips_params)
+    lpips = load_evaluation_lpips_params(lpips_params)
     if fvd:
         feature_fn, i3d_source = make_i3d_feature_fn(i3d_params, method=fvd_resize)
     else:

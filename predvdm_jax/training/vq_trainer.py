@@ -3,7 +3,8 @@
 The objective is taming's ``VQLPIPSWithDiscriminator`` (pieces in
 ``models/vq_losses.py``): L1 reconstruction, codebook + commitment loss with
 LDM's legacy β placement (``vq_train.legacy_beta``), an optional LPIPS term
-(``vq_train.perceptual_weight`` > 0 needs ``eval.lpips_params``) and an
+(``vq_train.perceptual_weight`` > 0; its weights are ``vq_train.lpips_params``, else
+``eval.lpips_params``: taming's is LPIPS-VGG16, ``convert_lpips.py --vgg16``) and an
 optional PatchGAN discriminator (``vq_train.disc_weight`` > 0) that is
 switched on at step ``vq_train.disc_start`` with the adaptive weight; from then on
 both adversarial terms are scaled by ``vq_train.disc_factor`` (taming's
@@ -60,7 +61,7 @@ from predvdm_jax.interop.params import RECORDED_DATA_FIELDS, load_vq_params
 from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
-from predvdm_jax.models.lpips import load_lpips_params, lpips_distance
+from predvdm_jax.models.lpips import TRUNK_NAMES, load_lpips_params, lpips_distance, lpips_trunk
 from predvdm_jax.training import checkpoint
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.loop import fine_tuning_params, train_loop
@@ -234,13 +235,21 @@ class VQObjective:
         v = config.vq_train
         lpips_params = None
         if v.perceptual_weight > 0:
-            lpips_params = load_lpips_params(config.eval.lpips_params)
+            path, setting = (
+                (v.lpips_params, "vq_train.lpips_params")
+                if v.lpips_params
+                else (config.eval.lpips_params, "eval.lpips_params")
+            )
+            lpips_params = load_lpips_params(path, setting)
             if lpips_params is None:
                 raise ValueError(
-                    "vq_train.perceptual_weight > 0 but eval.lpips_params is unset; convert "
-                    "LPIPS with scripts/convert_lpips.py and set it, or set "
+                    "vq_train.perceptual_weight > 0 but vq_train.lpips_params and "
+                    "eval.lpips_params are unset; convert LPIPS with scripts/convert_lpips.py "
+                    "(--vgg16 for taming's loss) and set vq_train.lpips_params, or set "
                     "vq_train.perceptual_weight=0"
                 )
+            trunk = TRUNK_NAMES[lpips_trunk(lpips_params)]
+            logging.info("VQ perceptual loss: %s, from %s=%s", trunk, setting, path)
         discriminator = None
         spec = discriminator_spec(v)
         if spec is not None:

@@ -1,7 +1,8 @@
-"""LPIPS-AlexNet in Flax against a PyTorch LPIPS written here with torchvision/lpips key names.
+"""LPIPS-AlexNet and LPIPS-VGG16 in Flax against PyTorch LPIPS written here with torchvision/lpips
+key names.
 
-The trunk is random (torchvision is not available); the linear heads are the
-real v0.1 heads shipped in the `lpips` PyPI package, read with torch.load
+The trunks are random (torchvision is not available); the linear heads are the
+real v0.1 heads (alex.pth, vgg.pth) shipped in the `lpips` PyPI package, read with torch.load
 without importing `lpips`.
 """
 
@@ -24,11 +25,11 @@ from predvdm_jax.models import lpips  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _installed_heads_path() -> str:
+def _installed_heads_path(name: str = "alex") -> str:
     spec = importlib.util.find_spec("lpips")
     if spec is None:
         pytest.skip("the lpips package (pip install lpips==0.1.4 --no-deps) is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", "alex.pth")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", f"{name}.pth")
     if not os.path.isfile(path):
         pytest.skip(f"lpips is installed but {path} is missing")
     return path
@@ -40,19 +41,14 @@ class _LinearHead(nn.Module):
         self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
 
 
-class TorchAlexNetLPIPS(nn.Module):
-    """Reference: torchvision AlexNet `features` + lpips v0.1 scaling, normalization, heads."""
+class _TorchLPIPS(nn.Module):
+    """lpips v0.1 around a torchvision-style `features` trunk: scaling, normalization, heads,
+    the taps being the outputs of the layers `tap_layers`."""
 
-    def __init__(self):
+    def __init__(self, features, tap_layers, tap_channels):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
-        for index, channels in enumerate((64, 192, 384, 256, 256)):
+        self.features, self.tap_layers = features, tap_layers
+        for index, channels in enumerate(tap_channels):
             setattr(self, f"lin{index}", _LinearHead(channels))
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
@@ -61,7 +57,7 @@ class TorchAlexNetLPIPS(nn.Module):
         out = []
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index in (1, 4, 7, 9, 11):
+            if index in self.tap_layers:
                 out.append(x)
         return out
 
@@ -80,9 +76,44 @@ class TorchAlexNetLPIPS(nn.Module):
         return total
 
 
+class TorchAlexNetLPIPS(_TorchLPIPS):
+    """Reference: torchvision AlexNet `features` + lpips v0.1 scaling, normalization, heads."""
+
+    def __init__(self):
+        features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+        super().__init__(features, (1, 4, 7, 9, 11), (64, 192, 384, 256, 256))
+
+
+class TorchVGG16LPIPS(_TorchLPIPS):
+    """Reference: torchvision VGG16 `features` (configuration "D") up to relu5_3, tapped at
+    relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (taming's / lpips' slices), + lpips v0.1."""
+
+    def __init__(self):
+        layers, in_channels = [], 3
+        for width in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"):
+            if width == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()]
+                in_channels = width
+        for _ in range(3):
+            layers += [nn.Conv2d(512, 512, 3, padding=1), nn.ReLU()]
+        super().__init__(nn.Sequential(*layers), (3, 8, 15, 22, 29), (64, 128, 256, 512, 512))
+        for layer in self.features:  # He init keeps the activations' scale through 13 convs
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.uniform_(layer.bias, -0.1, 0.1)
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """(torch reference, Flax params converted from .pth files on disk through the library function)."""
+    """(torch reference, Flax params converted from .pth files on disk by the library function)."""
     heads_path = _installed_heads_path()
     torch.manual_seed(0)
     reference = TorchAlexNetLPIPS().eval()
@@ -92,9 +123,7 @@ def converted(tmp_path_factory):
     directory = tmp_path_factory.mktemp("lpips")
     trunk_path = str(directory / "alexnet.pth")
     trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
-    trunk["classifier.1.weight"] = torch.zeros(
-        4096, 9216
-    )  # torchvision files carry the classifier too
+    trunk["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision's file has a classifier
     torch.save(trunk, trunk_path)
     output_path = str(directory / "lpips_alex.safetensors")
     lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path)
@@ -104,7 +133,8 @@ def converted(tmp_path_factory):
 
 
 def _image_pairs():
-    """Three pairs (N=3) of 32×40 images in [-1, 1]: unrelated, similar near the left border, identical."""
+    """Three pairs (N=3) of 32×40 images in [-1, 1]: unrelated, similar near the left border,
+    identical."""
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (3, 32, 40, 3)).astype(np.float32)
     y = x.copy()
@@ -355,3 +385,165 @@ def test_mcvd_metric_style_scores_lpips_as_mcvds_video_gen(converted):
     )
     assert scored["mcvd"]["mean"]["value"] == pytest.approx(expected.mean(), rel=1e-4)
     assert abs(scored["predvdm"]["mean"]["value"] - expected.mean()) > 1e-3 * expected.mean()
+
+
+# LPIPS-VGG16 (taming's VQGAN perceptual loss).
+
+VGG16_CONV_LAYERS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision's indices
+VGG16_SLICE_OF = {layer: 1 + sum(layer > end for end in (3, 8, 15, 22)) for layer in range(30)}
+
+
+def _flax_names(torch_weights):
+    """{Flax name: array (OIHW -> HWIO)} for torchvision/lpips-named torch weights, by hand."""
+    out = {}
+    for key, value in torch_weights.items():
+        if key.startswith("features."):
+            _, layer, leaf = key.split(".")
+            name = f"net/features_{layer}/{'kernel' if leaf == 'weight' else 'bias'}"
+        elif key.startswith("lin"):
+            name = f"{key.split('.')[0]}/kernel"
+        else:
+            continue
+        out[name] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted_vgg(tmp_path_factory):
+    """(torch VGG16 reference, Flax params converted from a torchvision-layout file + vgg.pth)."""
+    heads_path = _installed_heads_path("vgg")
+    torch.manual_seed(0)
+    reference = TorchVGG16LPIPS().eval()
+    reference.load_state_dict(
+        torch.load(heads_path, map_location="cpu", weights_only=True), strict=False
+    )
+    directory = tmp_path_factory.mktemp("lpips_vgg")
+    trunk_path = str(directory / "vgg16.pth")
+    trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
+    trunk["classifier.6.weight"] = torch.zeros(1000, 8)  # torchvision's file has a classifier
+    torch.save(trunk, trunk_path)
+    output_path = str(directory / "lpips_vgg.safetensors")
+    lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path, trunk=lpips.VGG16)
+    params = lpips.load_lpips_params(output_path)
+    return reference, params, output_path
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32), (2, 16, 40)])  # 16: the smallest VGG16 input
+def test_vgg16_matches_pytorch_reference(converted_vgg, shape):
+    reference, params, _ = converted_vgg
+    assert lpips.lpips_trunk(params) == lpips.VGG16
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, shape + (3,)).astype(np.float32)
+    y = np.clip(x + 0.3 * rng.standard_normal(x.shape), -1, 1).astype(np.float32)
+    y[1] = rng.uniform(-1, 1, shape[1:] + (3,))  # an unrelated pair: a larger distance
+    for spatial in (True, False):
+        expected = _torch_distance(reference, x, y, spatial)
+        ours = np.asarray(lpips.lpips_distance(params, x, y, spatial=spatial))
+        assert expected[1] > expected[0] > 0
+        np.testing.assert_allclose(ours, expected, rtol=2e-5, err_msg=f"spatial={spatial}")
+
+
+def test_vgg16_cli_converts_an_lpips_layout_file_like_the_torchvision_one(converted_vgg, tmp_path):
+    """`--vgg16` on a full lpips/taming `LPIPS(net='vgg')` state_dict (net.slice*, lin*,
+    scaling_layer.*), heads from the installed package by default: the same params as the
+    torchvision-layout conversion, and both equal the torch weights renamed by hand."""
+    from safetensors import safe_open
+
+    reference, params, _ = converted_vgg
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    full_lpips = {}
+    for key, value in state.items():
+        if key.startswith("features."):
+            layer = int(key.split(".")[1])
+            assert layer in VGG16_CONV_LAYERS
+            full_lpips[f"net.slice{VGG16_SLICE_OF[layer]}.{key.split('.', 1)[1]}"] = value
+        elif key.startswith("lin"):
+            full_lpips[key] = value
+    full_lpips["scaling_layer.shift"] = state["shift"]
+    full_lpips["scaling_layer.scale"] = state["scale"]
+    path = tmp_path / "taming_lpips.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in full_lpips.items()}, path)
+    output = tmp_path / "vgg.safetensors"
+    script = os.path.join(REPO, "scripts", "convert_lpips.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    done = subprocess.run(
+        [sys.executable, script, f"--vgg16={path}", f"--out={output}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LPIPS-VGG16" in done.stdout and "vgg.pth" in done.stdout
+    with safe_open(str(output), "numpy") as f:
+        assert f.metadata()["model"] == "lpips-vgg16"
+    expected = _flax_names(state)
+    assert len(expected) == 2 * 13 + 5
+    flatten = lpips_torch.torch_checkpoint.flatten_params
+    for written in (lpips.load_lpips_params(output), params):
+        written = flatten(written)
+        assert written.keys() == expected.keys()
+        for key, value in expected.items():
+            np.testing.assert_array_equal(np.asarray(written[key]), value, err_msg=key)
+
+    both = subprocess.run(
+        [sys.executable, script, f"--vgg16={path}", f"--alexnet={path}", f"--out={output}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert both.returncode == 1 and "Traceback" not in both.stderr, both.stderr
+    assert "exactly one of --alexnet" in both.stderr.strip().splitlines()[-1]
+
+
+def test_the_trunk_is_told_by_the_params_and_unknown_or_mixed_params_are_refused(
+    converted, converted_vgg, tmp_path
+):
+    _, alex_params, _ = converted
+    vgg_reference, vgg_params, _ = converted_vgg
+    assert lpips.lpips_trunk(alex_params) == lpips.ALEXNET
+    assert lpips.trunk_of(vgg_params) == lpips.VGG16
+    flatten = lpips_torch.torch_checkpoint.flatten_params
+    save = lpips_torch.torch_checkpoint.save_params_safetensors
+    images = np.zeros((1, 32, 32, 3), np.float32)
+
+    unknown = {k: np.asarray(v) for k, v in flatten(alex_params).items()}
+    unknown["net/features_0/kernel"] = np.zeros((5, 5, 3, 64), np.float32)
+    save(tmp_path / "unknown.safetensors", unknown)
+    with pytest.raises(ValueError, match=r"of shape \(5, 5, 3, 64\), neither LPIPS-AlexNet's"):
+        lpips.load_lpips_params(tmp_path / "unknown.safetensors")
+
+    # The VGG16 trunk with AlexNet's heads: every head but lin0 (64 channels in both) is wrong.
+    mixed = {k: np.asarray(v) for k, v in flatten(vgg_params).items()}
+    mixed.update({k: np.asarray(v) for k, v in flatten(alex_params).items() if k[:3] == "lin"})
+    save(tmp_path / "mixed.safetensors", mixed)
+    for attempt in (
+        lambda: lpips.load_lpips_params(tmp_path / "mixed.safetensors"),
+        lambda: lpips.lpips_distance(
+            lpips_torch.torch_checkpoint.unflatten_params(mixed), *[images] * 2
+        ),
+    ):
+        with pytest.raises(ValueError) as raised:
+            attempt()
+        message = str(raised.value)
+        assert "(LPIPS-VGG16) does not match" in message
+        assert (
+            "wrong shape (4): lin1/kernel: expected (1, 1, 128, 1), got (1, 1, 192, 1)" in message
+        )
+        assert "convert_lpips.py (--alexnet or --vgg16)" in message
+
+    # AlexNet weights converted as VGG16: VGG16's layers missing, AlexNet's 3, 6, 8 unexpected.
+    alex_torch = {k: v.numpy() for k, v in converted[0].state_dict().items()}
+    with pytest.raises(ValueError) as raised:
+        lpips_torch.convert_lpips_state_dicts(alex_torch, alex_torch, lpips.VGG16)
+    message = str(raised.value)
+    assert message.startswith("LPIPS-VGG16 weights (trunk + linear heads) does not match")
+    assert "missing (22): features.12.bias, features.12.weight, features.14.bias" in message
+    assert "unexpected (6): features.3.bias" in message
+    assert "features.0.weight: expected (64, 3, 3, 3), got (64, 3, 11, 11)" in message
+    assert "torchvision's VGG16 state_dict" in message and "weights/v0.1/vgg.pth" in message
+
+    small = np.zeros((1, 15, 40, 3), np.float32)
+    with pytest.raises(ValueError, match="LPIPS-VGG16 needs images of at least 16x16; got 15x40"):
+        lpips.lpips_distance(vgg_params, small, small)

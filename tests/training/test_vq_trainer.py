@@ -368,7 +368,55 @@ def test_perceptual_term_adds_weighted_lpips_and_needs_weights(tmp_path):
         vq_trainer.VQObjective.from_config(config)
     with config.unlocked():
         config.eval.lpips_params = ""
-    with pytest.raises(ValueError, match="perceptual_weight > 0 but eval.lpips_params is unset"):
+    with pytest.raises(ValueError, match="vq_train.lpips_params and eval.lpips_params are unset"):
+        vq_trainer.VQObjective.from_config(config)
+
+
+def test_vq_train_lpips_params_are_used_over_eval_lpips_params(tmp_path, caplog):
+    """The perceptual term takes vq_train.lpips_params (here LPIPS-VGG16, taming's) over
+    eval.lpips_params (AlexNet), which stays the fallback; the log names the trunk."""
+    from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
+    from predvdm_jax.models import lpips
+
+    rng = np.random.default_rng(0)
+
+    def write(name, shapes):
+        flat = {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        save_params_safetensors(tmp_path / name, flat)
+        return str(tmp_path / name), flat
+
+    vgg_path, vgg_flat = write("vgg.safetensors", lpips.VGG16_PARAM_SHAPES)
+    alex_path, _ = write("alex.safetensors", lpips.LPIPS_PARAM_SHAPES)
+    size = 16  # VGG16's smallest input; AlexNet would refuse it
+    c = config_lib.default_config()
+    c.data.image_size = size
+    c.vq.update(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=size, n_embed=16)
+    c.vq_train.update(perceptual_weight=1.0, disc_weight=0.0, lpips_params=vgg_path)
+    config = config_lib.finalize(c)  # valid without eval.lpips_params
+    caplog.set_level("INFO")
+    objective = vq_trainer.VQObjective.from_config(config)
+    assert f"VQ perceptual loss: LPIPS-VGG16, from vq_train.lpips_params={vgg_path}" in caplog.text
+    kernel = objective.lpips_params["net"]["features_28"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(kernel), vgg_flat["net/features_28/kernel"])
+    x = jnp.asarray(rng.uniform(-1, 1, (1, size, size, 3)), jnp.float32)
+    y = jnp.asarray(rng.uniform(-1, 1, (1, size, size, 3)), jnp.float32)
+    expected = lpips.lpips_distance(lpips.load_lpips_params(vgg_path), x, y, spatial=False)
+    assert float(objective._perceptual_fn()(x, y)[0]) == pytest.approx(float(expected[0]))
+
+    with config.unlocked():
+        config.eval.lpips_params = alex_path
+    assert vq_trainer.VQObjective.from_config(config).lpips_params["net"].keys() == {
+        f"features_{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+    }
+    with config.unlocked():
+        config.vq_train.lpips_params = ""
+    caplog.clear()
+    fallback = vq_trainer.VQObjective.from_config(config)
+    assert lpips.lpips_trunk(fallback.lpips_params) == lpips.ALEXNET
+    assert "LPIPS-AlexNet, from eval.lpips_params" in caplog.text
+    with config.unlocked():
+        config.vq_train.lpips_params = str(tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"absent\.safetensors' \(vq_train\.lpips_params\)"):
         vq_trainer.VQObjective.from_config(config)
 
 
