@@ -440,10 +440,12 @@ def bundle_from_predvdm_checkpoint(
         f"{weights}, mode {config.model.mode}, {config.diffusion.parameterization}-prediction, "
         f"scale_factor {config.scale_factor:g} ({scale_from})"
     )
+    # This project's exports record their mode and always carry both gates, used or not.
     unused = [
         name
         for name in WRAPPER_ATTENTION_MODULES
-        if any(k.startswith(f"{MODEL_PREFIX}{name}.") for k in converted.ignored_keys)
+        if recorded is None
+        and any(k.startswith(f"{MODEL_PREFIX}{name}.") for k in converted.ignored_keys)
     ]
     if unused:
         summary += (

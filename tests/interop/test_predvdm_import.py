@@ -148,6 +148,33 @@ def test_a_mode_that_leaves_the_wrapper_attentions_unused_is_named(original):
     assert "--config.model.mode=tc_attn or tcct_para_attn" in summary
 
 
+def test_an_export_of_a_one_pass_run_is_not_told_to_change_its_mode(original, tmp_path):
+    """This project's exports carry both wrapper gates whatever the mode, and record the mode:
+    importing a `tc` run's export must not advise another mode (which the import refuses)."""
+    from predvdm_jax.interop.torch_checkpoint import save_torch_state_dict
+
+    *_, path = original
+    tc_config = _demo_config(**{"model.mode": "tc"})
+    bundle, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), tc_config)
+    model = LatentDiffusion.from_config(bundle.config)
+    state_dict = predvdm_ckpt.latent_diffusion_state_dict(
+        model.denoiser,
+        bundle.params,
+        bundle.params,
+        7,
+        0.999,
+        bundle.vq_params,
+        {name: getattr(model.schedule, name) for name in predvdm_ckpt.SCHEDULE_BUFFERS},
+    )
+    exported = tmp_path / "export.safetensors"
+    recorded = {predvdm_ckpt.EXPORT_MARKER: bundle.config.to_json_best_effort()}
+    save_torch_state_dict(exported, state_dict, recorded)
+    back, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), tc_config)
+    assert summary.startswith("EMA weights (7 updates), mode tc,")
+    assert "unused" not in summary and "--config.model.mode" not in summary
+    jax.tree.map(np.testing.assert_array_equal, back.params, bundle.params)
+
+
 def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(original, tmp_path):
     config, *_, path = original
     mcvd = _demo_config(**{"model.mode": "tcct_para_attn", "diffusion.linear_start": 1e-4})
