@@ -36,9 +36,11 @@ def check_keys(
     what: str = "checkpoint",
     max_listed: int = 20,
     hint: str = "Check that the model config matches the checkpoint.",
+    fix: str | None = None,
 ) -> None:
     """Raise one ValueError listing missing, unexpected and wrong-shape keys, then `hint`;
-    `expected` maps key -> shape."""
+    `expected` maps key -> shape. A concrete `fix` (e.g. the flags that would fit) comes first
+    instead, and the lists are cut to 3 keys each."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(
@@ -48,6 +50,8 @@ def check_keys(
     )
     if not (missing or unexpected or wrong):
         return
+    if fix is not None:
+        max_listed = 3
 
     def listing(title: str, items: list[str]) -> str:
         shown = items[:max_listed]
@@ -63,6 +67,8 @@ def check_keys(
         )
         if items
     ]
+    if fix is not None:
+        raise ValueError(f"{what} does not match the model: {fix}. Keys: {'; '.join(parts)}.")
     raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
 
 

@@ -88,17 +88,17 @@ def load_vq_params(
             for field, value in recorded_fields(path, config).items()
             if field.startswith("vq.") and config_lib.field_value(config, field) != value
         }
-        hint = "Check that the model config matches the checkpoint."
+        fix = None
         if differing:
-            hint = (
-                f"The file records the VQ it was trained with: set "
-                f"{' '.join(f'--config.{f}={_flag_value(v)}' for f, v in differing.items())}."
+            fix = (
+                f"the file records the VQ it was trained with: set "
+                f"{' '.join(f'--config.{f}={_flag_value(v)}' for f, v in differing.items())}"
             )
         check_params(
             params,
             LatentDiffusion.from_config(config).init_vq,
             f"VQ params {path!r} (config.vq)",
-            hint,
+            fix=fix,
         )
     return params
 
@@ -115,10 +115,16 @@ def check_params(
     init: Callable[[jax.Array], Any],
     what: str,
     hint: str = "Check that the model config matches the checkpoint.",
+    fix: str | None = None,
 ) -> None:
     """A ``ValueError`` listing every key whose presence or shape in ``params`` differs from
-    the params ``init(key)`` makes (unboxed; traced with ``jax.eval_shape``: nothing is computed)."""
+    the params ``init(key)`` makes (unboxed; traced with ``jax.eval_shape``: nothing is computed);
+    a concrete ``fix`` comes first, before a short sample of the keys (``check_keys``)."""
     expected = flatten_params(nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0))))
     check_keys(
-        {k: v.shape for k, v in expected.items()}, flatten_params(params), what=what, hint=hint
+        {k: v.shape for k, v in expected.items()},
+        flatten_params(params),
+        what=what,
+        hint=hint,
+        fix=fix,
     )
