@@ -163,9 +163,11 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _train_denoiser(config: ml_collections.ConfigDict, paths: dict[str, str]) -> None:
+def _train_denoiser(
+    config: ml_collections.ConfigDict, paths: dict[str, str], progress: bool
+) -> None:
     """Trains (or trains on); a denoiser trained anew to the bundled step is bundled again."""
-    diffusion_trainer.train(config, paths["diffusion"])
+    diffusion_trainer.train(config, paths["diffusion"], show_progress=progress)
     _remove(paths["bundle_step"])
 
 
@@ -306,7 +308,7 @@ def run_demo(
         fields = checkpoint.DENOISER_FIELDS + DENOISER_TRAINING
         trained = checkpoint.saved_config(paths["diffusion"])
         _check_trained(trained, config, fields, "a denoiser", [paths["diffusion"]])
-    stages.run("denoiser training", denoiser_done, lambda: _train_denoiser(config, paths))
+    stages.run("denoiser training", denoiser_done, lambda: _train_denoiser(config, paths, progress))
     step = checkpoint.latest_step(paths["diffusion"])
     stages.run(
         "inference bundle",

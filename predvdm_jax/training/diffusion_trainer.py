@@ -156,17 +156,23 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
 
     def validate_and_keep(state: TrainState) -> dict:
         metrics = validation_fn(state)
-        best.keep(int(jax.device_get(state.step)), state.ema_params, metrics["val/loss_ema"])
+        best.keep(
+            int(jax.device_get(state.step)),
+            state.ema_params,
+            metrics["val/loss_ema"],
+            int(jax.device_get(state.ema_updates)),
+        )
         return metrics
 
     return validate_and_keep
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
+def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True) -> Any:
     """Trains (or resumes) in ``workdir``; returns the final train state. A workdir whose
     checkpoint is of another model (or trainer, or optimizer state) is a ``ConfigError``
     naming the fields; a ``workdir`` that is a file, a ``ValueError``. The run records its files
-    and folders as absolute paths (``config.with_absolute_paths``)."""
+    and folders as absolute paths (``config.with_absolute_paths``). ``show_progress=False``
+    hides the progress bar."""
     config = config_lib.with_absolute_paths(config)
     checkpoint.check_workdir(workdir)
     checkpoint.check_saved_config(workdir, config)
@@ -223,6 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
             iterator,
             evaluations=evaluations,
             initial_params=initial_params,
+            show_progress=show_progress,
         )
 
 

@@ -137,6 +137,7 @@ def train_loop(
     extra_init_fn: Callable[[jax.Array], Any] | None = None,
     train_step_builder: Callable[..., Callable] = make_train_step,
     initial_params: Any = None,
+    show_progress: bool = True,
 ) -> TrainState:
     """Trains to ``config.train.num_steps`` and returns the final state.
 
@@ -158,6 +159,8 @@ def train_loop(
     that needs its own step (a GAN updating ``state.extra``) passes one.
     ``initial_params`` (host arrays of ``init_fn``'s structure) replace the initial weights
     and EMA of a run that starts from scratch (fine-tuning); a resumed run ignores them.
+    ``show_progress=False`` hides the progress bar. The logged steps/s leave out the first
+    step of the process (compilation) and evaluations.
     """
     t = config.train
     num_steps, log_every, save_every = t.num_steps, t.log_every, t.save_every
@@ -239,7 +242,9 @@ def train_loop(
         raise
     if restored is None:
         writer.write_hparams(config.to_dict())
-    progress = ProgressReporter(num_steps, every_steps=log_every, start_step=start_step)
+    progress = ProgressReporter(
+        num_steps, every_steps=log_every, start_step=start_step, show_bar=show_progress
+    )
     accumulation = {"grad_accum_steps": grad_accum_steps} if grad_accum_steps != 1 else {}
     train_step = train_step_builder(
         loss_fn,
@@ -308,6 +313,9 @@ def train_loop(
                 logging.info(
                     "profile of steps %d-%d in %s/profile", profile_start, step_number, workdir
                 )
+            if step_index == start_step:  # its time is mostly compilation: not timed
+                jax.block_until_ready(metrics)
+                progress.restart(step_number)
             pending_losses.append((step_number, metrics["loss"]))
             for hook in hooks:
                 hook(step_number, state, metrics)
@@ -317,7 +325,10 @@ def train_loop(
                 checkpointer.check_for_errors()  # a failed background save stops the run now
                 scalars = dict(jax.device_get(metrics))
                 if rate is not None:
+                    counted = throughput.flops_per_step is not None
                     scalars.update(throughput(rate, lambda: matmul_flops(train_step, state, batch)))
+                    if not counted:  # counting lowers the step once: not training time either
+                        progress.restart(step_number)
                 writer.write_scalars(step_number, scalars)
             due = [
                 evaluate
@@ -328,6 +339,8 @@ def train_loop(
                 fail_if_state_not_finite(step_number)
             for evaluate in due:
                 _write_results(writer, step_number, jax.device_get(evaluate(state)))
+            if due:
+                progress.restart(step_number)  # evaluations are not training time
             if step_number % save_every == 0:
                 save(step_number)
             if watch.reached(step_number) and step_number < num_steps:

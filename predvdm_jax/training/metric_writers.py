@@ -308,28 +308,35 @@ def create_default_writer(workdir: str, *, resume_step: int | None = None) -> Mu
 
 
 class ProgressReporter:
-    """Steps/s over each reporting interval, plus a tqdm bar on process 0.
+    """Steps/s over each reporting interval, plus a tqdm bar on process 0 (``show_bar``).
 
     Call it once per finished step; every ``every_steps`` it returns the steps/s since
-    the last report (the loop logs it with the throughput), else None.
+    the last report or ``restart``, else None (also when no step was timed since).
+    The loop restarts the clock after time that is not training: the first step's
+    compilation, evaluations and previews.
     """
 
-    def __init__(self, num_train_steps: int, *, every_steps: int, start_step: int = 0):
+    def __init__(
+        self, num_train_steps: int, *, every_steps: int, start_step: int = 0, show_bar: bool = True
+    ):
         self._every = every_steps
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
+        self.restart(start_step)
         self._bar = None
-        if jax.process_index() == 0:
+        if show_bar and jax.process_index() == 0:
             from tqdm import tqdm
 
             self._bar = tqdm(
                 total=num_train_steps, initial=start_step, unit="step", dynamic_ncols=True
             )
 
+    def restart(self, step: int) -> None:
+        """Times from now, counting the steps after ``step``."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
     def __call__(self, step: int) -> float | None:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-        if step % self._every:
+        if step % self._every or step == self._last_step:
             return None
         now = time.perf_counter()
         rate = (step - self._last_step) / max(now - self._last_time, 1e-9)

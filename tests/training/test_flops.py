@@ -109,3 +109,37 @@ def test_the_training_log_reports_the_step_s_model_flops(tmp_path):
         assert flops == pytest.approx(per_step, rel=1e-6)
         assert r["examples_per_sec"] == pytest.approx(batch * r["steps_per_sec"], rel=1e-9)
         assert "mfu_bf16" not in r  # no bf16 peak is known for a CPU
+
+
+def test_the_logged_steps_per_second_leave_out_compilation_and_evaluations(tmp_path):
+    """The first step (its compilation; here its batch also takes 1 s) and the evaluations (1 s)
+    are not training time: every logged rate is that of the tiny steps alone."""
+    import time
+
+    from predvdm_jax.training import loop
+
+    from .tiny_setup import StreamIterator, init_fn, make_config, make_loss_fn, read_jsonl
+
+    class SlowFirstBatch(StreamIterator):
+        def __next__(self):
+            if self.position == 0:
+                time.sleep(1.0)
+            return super().__next__()
+
+    def slow_evaluation(state):
+        time.sleep(1.0)
+        return {"val/score": 0.0}
+
+    config = make_config(num_steps=6, save_every=6, log_every=2)
+    loop.train_loop(
+        config,
+        str(tmp_path),
+        init_fn,
+        make_loss_fn(),
+        SlowFirstBatch(config.seed, config.data.batch_size),
+        evaluations=[(2, slow_evaluation)],
+    )
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "steps_per_sec" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # A window holding a 1 s pause runs under 2 steps/s; the tiny steps take milliseconds.
+    assert min(r["steps_per_sec"] for r in rows) > 10

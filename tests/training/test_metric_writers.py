@@ -106,3 +106,18 @@ def test_progress_reports_steps_per_second_only_at_its_interval(monkeypatch):
     assert progress(5) is None
     assert progress(6) == pytest.approx(2.0)  # 2 steps in 1 s
     progress.close()
+
+
+def test_progress_times_from_a_restart_and_shows_no_bar_when_told(monkeypatch, capsys):
+    from predvdm_jax.training import metric_writers
+
+    clock = iter([100.0, 105.0, 106.0, 111.0, 112.0])
+    monkeypatch.setattr(metric_writers.time, "perf_counter", lambda: next(clock))
+    progress = metric_writers.ProgressReporter(10, every_steps=2, start_step=0, show_bar=False)
+    progress.restart(2)  # at 105 s: steps 1 and 2 are not timed
+    assert progress(2) is None  # no step timed since the restart
+    assert progress(4) == pytest.approx(2.0)  # steps 3-4 in 1 s (106)
+    progress.restart(5)  # at 111 s, after an evaluation at step 5
+    assert progress(6) == pytest.approx(1.0)  # step 6 in 1 s (112)
+    progress.close()
+    assert capsys.readouterr().err == ""
