@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib, mesh
+from predvdm_jax.data.latent_cache import other_source
 from predvdm_jax.training import diffusion_trainer
 
 config_flags.DEFINE_config_file(
@@ -31,12 +32,14 @@ def main():
         cli.fields_except("vq_train"),
         " in denoiser training (the VQ trains with scripts/train_vq.py)",
     )
-    cached = FLAGS.config.data.latent_train_dir
-    if cached and "data.train_dir" in overrides:
+    cached, frames = FLAGS.config.data.latent_train_dir, FLAGS.config.data.train_dir
+    # Overridden frames must be those of the cache the batches come from (not, say, the demo's).
+    source = cached and "data.train_dir" in overrides and other_source(cached, frames)
+    if source:
         cli.fail(
-            f"--config.data.train_dir has no effect while data.latent_train_dir={cached} is "
-            f"set: the batches come from that latent cache. Encode the new frames "
-            f"(scripts/encode_dataset.py) and pass their cache as --config.data.latent_train_dir, "
+            f"--config.data.train_dir={frames} is not what the batches come from: they come from "
+            f"data.latent_train_dir={cached}, encoded from {source}. Encode {frames} "
+            f"(scripts/encode_dataset.py) and pass its cache as --config.data.latent_train_dir, "
             f"or add --config.data.latent_train_dir= to encode every batch in the step"
         )
     mesh.initialize_distributed()

@@ -1,6 +1,7 @@
 """predvdm_jax/cli.py: every script's flag errors, stray arguments, flags that would do nothing
 and expected failures are one ``error:`` line; the library refuses what the scripts refused."""
 
+import json
 import os
 import re
 import signal
@@ -8,10 +9,12 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from predvdm_jax import cli
 from predvdm_jax import config as config_lib
+from predvdm_jax.data import hdf5, latent_cache
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.training import checkpoint, loop
 
@@ -264,21 +267,56 @@ def test_train_refuses_the_vq_trainers_fields(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def _cache_of(split_dir, source, fingerprint="old"):
+    """A latent cache folder whose ``cache_info.json`` records frames ``source``."""
+    os.makedirs(split_dir)
+    info = dict.fromkeys(latent_cache.INFO_KEYS, "")
+    info.update(source=os.path.abspath(source), **{latent_cache.SOURCE_KEY: fingerprint})
+    with open(os.path.join(split_dir, latent_cache.CACHE_INFO), "w") as f:
+        json.dump(info, f)
+    return str(split_dir)
+
+
 def test_train_refuses_frames_that_a_latent_cache_would_replace(tmp_path):
-    """The demo config trains on its latent cache: --config.data.train_dir alone would train on
-    the cache of other frames without a word."""
+    """A config that trains on a latent cache (the demo's) and --config.data.train_dir of other
+    frames would train on the cache's frames without a word."""
+    cache = _cache_of(tmp_path / "demo_latents", tmp_path / "demo" / "train")
+    mine = str(tmp_path / "mine" / "train")
     line = _printed(
         "train.py",
         f"--config={DEMO_CONFIG}",
         f"--workdir={tmp_path / 'w'}",
-        "--config.data.train_dir=data/mine/train",
+        f"--config.data.train_dir={mine}",
+        f"--config.data.latent_train_dir={cache}",
     )
-    assert line.startswith(
-        "error: --config.data.train_dir has no effect while data.latent_train_dir="
-        "data/moving_digits_latents/train is set: the batches come from that latent cache."
+    assert line == (
+        f"error: --config.data.train_dir={mine} is not what the batches come from: they come "
+        f"from data.latent_train_dir={cache}, encoded from {tmp_path / 'demo' / 'train'}. Encode "
+        f"{mine} (scripts/encode_dataset.py) and pass its cache as --config.data.latent_train_dir"
+        ", or add --config.data.latent_train_dir= to encode every batch in the step"
     )
-    assert line.endswith("or add --config.data.latent_train_dir= to encode every batch in the step")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_train_takes_frames_with_the_cache_encoded_from_them(tmp_path, moved):
+    """--config.data.train_dir with the cache of those frames (also after the split moved: same
+    fingerprint) gets past the check: the next error is the missing VQ file."""
+    mine = tmp_path / "mine" / "train"
+    hdf5.write_split(str(mine), [np.zeros((3, 8, 8), np.uint8)])
+    recorded = tmp_path / "moved_from" if moved else mine
+    cache = _cache_of(tmp_path / "latents", recorded, latent_cache.source_fingerprint(str(mine)))
+    vq = tmp_path / "no_vq.safetensors"
+    line = _printed(
+        "train.py",
+        f"--config={DEMO_CONFIG}",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.train_dir={mine}",
+        f"--config.data.latent_train_dir={cache}",
+        f"--config.vq_params={vq}",
+        "--config.train.eval_every=0",
+    )
+    assert "--config.data.train_dir" not in line and str(vq) in line, line
 
 
 def test_convert_ldm_vq_refuses_overrides_outside_the_vq_section(tmp_path):

@@ -314,17 +314,26 @@ def check_cache_matches(
             )
 
 
-def check_cache_source(cache_field: str, cache_dir: str, frames_field: str, frames_dir: str):
-    """Raises ``ConfigError`` when the cache ``cache_dir`` (config field ``cache_field``) was
-    encoded from another frame split than ``frames_dir`` (``frames_field``), which the same run
-    reads beside it (validation reads the cache, previews the frames): the two would be
-    different data. Frames that are not there (nothing read beside the cache) and the same
-    split moved since (equal ``SOURCE_KEY`` fingerprints, where the cache records one) pass."""
+def other_source(cache_dir: str, frames_dir: str) -> str | None:
+    """The frame split the cache ``cache_dir`` was encoded from, or None when that is
+    ``frames_dir``: the same path, or the same split moved since (equal ``SOURCE_KEY``
+    fingerprints, where the cache records one)."""
     saved = read_cache_info(cache_dir)
     source = saved["source"]
-    if os.path.realpath(source) == os.path.realpath(frames_dir) or not shard_paths(frames_dir):
-        return
-    if saved.get(SOURCE_KEY) == source_fingerprint(frames_dir):
+    if os.path.realpath(source) == os.path.realpath(frames_dir):
+        return None
+    if shard_paths(frames_dir) and saved.get(SOURCE_KEY) == source_fingerprint(frames_dir):
+        return None
+    return source
+
+
+def check_cache_source(cache_field: str, cache_dir: str, frames_field: str, frames_dir: str):
+    """Raises ``ConfigError`` when the cache ``cache_dir`` (config field ``cache_field``) was
+    encoded from another frame split than ``frames_dir`` (``frames_field``, ``other_source``),
+    which the same run reads beside it (validation reads the cache, previews the frames): the
+    two would be different data. Frames that are not there (nothing read beside the cache) pass."""
+    source = other_source(cache_dir, frames_dir)
+    if source is None or not shard_paths(frames_dir):
         return
     raise ConfigError(
         f"data.{cache_field}={cache_dir} was encoded from {source}, but data.{frames_field} is "
