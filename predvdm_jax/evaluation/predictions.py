@@ -44,6 +44,11 @@ _SPLIT_NAME = re.compile(r"real|sample_\d+")
 _SHARD_NAME = re.compile(r"shard_(\d{4,})\.hdf5(\.tmp)?")
 
 
+def _batch_shard(split_dir: str, batch: int) -> str:
+    """Batch ``batch``'s shard: numbered from 1, as every split's (``hdf5.write_split``)."""
+    return shard_path(split_dir, batch + 1)
+
+
 SCORING_FIELDS = {"metric_style": "predvdm", "fvd_resize": "bilinear"}
 """The ``eval`` fields that change scores of folders, with their defaults."""
 
@@ -213,7 +218,7 @@ class PredictionWriter:
             name
             for name, shards in keep.items()
             for shard in shards
-            if not os.path.isfile(shard_path(os.path.join(self.partial, name), shard))
+            if not os.path.isfile(_batch_shard(os.path.join(self.partial, name), shard))
         ]
         if not same or missing:
             raise ValueError(
@@ -225,7 +230,7 @@ class PredictionWriter:
             split = os.path.join(self.partial, name)
             for shard in os.listdir(split) if os.path.isdir(split) else ():
                 number = _SHARD_NAME.fullmatch(shard)
-                if number and (number.group(2) or int(number.group(1)) not in keep[name]):
+                if number and (number.group(2) or int(number.group(1)) - 1 not in keep[name]):
                     os.remove(os.path.join(split, shard))
 
     def add(self, batch: int, sample: int, video: Any, frames: Any, valid: np.ndarray) -> None:
@@ -243,7 +248,7 @@ class PredictionWriter:
             videos[REAL_SPLIT] = real
             self.real_written.add(batch)
         for name, clips in videos.items():
-            with ShardWriter(shard_path(os.path.join(self.partial, name), batch)) as writer:
+            with ShardWriter(_batch_shard(os.path.join(self.partial, name), batch)) as writer:
                 for clip in clips:
                     writer.add_video(_frames(clip))
 

@@ -412,6 +412,8 @@ def test_saved_predictions_rescore_to_the_evaluation_numbers(tmp_path, monkeypat
         "scripts/evaluate.py --real_dir=<out>/predictions/real --fake_dir=<out>/predictions/"
         f"sample_0 --cond_frames={COND} --out=<another folder>"
     )
+    for split in ("real", "sample_0", "sample_1"):  # numbered from 1, as every split's shards
+        assert sorted(os.listdir(saved / split)) == ["shard_0001.hdf5", "shard_0002.hdf5"]
     real_set = hdf5.VideoShards(str(saved / "real"))
     assert len(real_set) == 3 and real_set.frame_shape == (SIZE, SIZE)
     for k, clip in enumerate(index["clips"]):  # real/ holds the windows scored against
