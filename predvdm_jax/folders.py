@@ -14,6 +14,7 @@ CHECKPOINT_DIR = "checkpoints"  # under a training workdir
 DENOISER_FILE, VQ_FILE, CONFIG_FILE = "denoiser.safetensors", "vq.safetensors", "config.json"
 METRICS_FILE = "metrics.jsonl"  # a training run's log, beside checkpoints/
 METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
+SOURCE_FILE = "source.json"  # where a bundle's weights came from (interop/bundle.BundleSource)
 BEST_DIR = "best"  # a run's folder of best bundles (train.keep_best), beside checkpoints/
 
 

@@ -52,8 +52,11 @@ def main():
         exported = checkpoint.export_bundle(
             FLAGS.workdir, FLAGS.out, FLAGS.use_ema, FLAGS.step, FLAGS.vq_params
         )
-        weights = "EMA" if FLAGS.use_ema else "raw"
-        report(f"wrote {FLAGS.out} ({weights} weights, config {exported.config.name})")
+        source = exported.source
+        report(
+            f"wrote {FLAGS.out} (step {source.step}, {source.weights} weights, config "
+            f"{exported.config.name})"
+        )
     if FLAGS.predvdm_ckpt:
         step, config = checkpoint.export_latent_diffusion_checkpoint(
             FLAGS.workdir, FLAGS.predvdm_ckpt, FLAGS.step, FLAGS.vq_params

@@ -103,7 +103,7 @@ def _record(
     return {
         "model": source,
         "step": source.step,
-        "weights": source.weights or "as the bundle was exported",
+        "weights": source.weights or "unknown (the bundle records no source)",
         "sampler": sweep.sampler_description(config.sampling),
         "sampling": config.sampling.to_dict(),
         "seed": FLAGS.seed,

@@ -1,8 +1,9 @@
 """Inference bundles: EMA denoiser params + VQ params + config, without optimizer state.
 
 A bundle is a folder with ``denoiser.safetensors``, ``vq.safetensors`` (flat
-'/'-joined Flax param names, float32) and ``config.json``. It loads with one
-call on any device count and needs neither the training code nor Orbax. A run's
+'/'-joined Flax param names, float32), ``config.json`` and ``source.json`` (where the weights
+came from: :class:`BundleSource`; a bundle written before it loads with it unknown). It loads
+with one call on any device count and needs neither the training code nor Orbax. A run's
 ``best/`` folder (``train.keep_best``) holds bundles with a ``metric.json`` each;
 loading the folder loads its bundle of lowest metric. Training runs become bundles
 with ``training.checkpoint.load_from_checkpoint``, PredVDM checkpoints with
@@ -32,6 +33,7 @@ from predvdm_jax.folders import (
     CONFIG_FILE,
     DENOISER_FILE,
     METRIC_FILE,
+    SOURCE_FILE,
     VQ_FILE,
     is_bundle,
     is_training_workdir,
@@ -41,8 +43,29 @@ from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
 from predvdm_jax.interop.params import check_params
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
 
-BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, METRIC_FILE}
+BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, SOURCE_FILE, METRIC_FILE}
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
+ORIGINS = {"run": "run", "predvdm": "PredVDM checkpoint"}
+"""``BundleSource.origin``: a training run's weights (``scripts/export.py``, ``train.keep_best``),
+or a PredVDM checkpoint's (``scripts/import_predvdm.py``), as descriptions name them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSource:
+    """Where a bundle's weights came from (its ``source.json``): ``path`` is the run's workdir
+    or the PredVDM checkpoint file, ``step`` the run's step (None where unknown), ``weights``
+    "EMA" or "raw", ``ema_updates`` the EMA's update count where known."""
+
+    origin: str  # a key of ORIGINS
+    path: str
+    weights: str
+    step: int | None = None
+    ema_updates: int | None = None
+
+    def __str__(self) -> str:
+        step = "" if self.step is None else f" step {self.step}"
+        updates = "" if self.ema_updates is None else f", {self.ema_updates} EMA updates"
+        return f"{ORIGINS[self.origin]} {self.path}{step} ({self.weights} weights{updates})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +73,7 @@ class Bundle:
     config: ml_collections.ConfigDict
     params: Any  # denoiser params (EMA unless exported otherwise)
     vq_params: Any
+    source: BundleSource | None = None  # None: unknown (a bundle written before source.json)
 
 
 def _check_replaceable(path: str) -> None:
@@ -94,6 +118,9 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         )
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(bundle.config.to_json_best_effort(indent=2))
+        if bundle.source is not None:
+            with open(os.path.join(tmp, SOURCE_FILE), "w") as f:
+                json.dump(dataclasses.asdict(bundle.source), f, indent=2)
         for name in os.listdir(tmp):
             atomic_io.set_default_permissions(os.path.join(tmp, name))
             atomic_io.sync(os.path.join(tmp, name))
@@ -242,7 +269,7 @@ def _no_bundle_there(path: str) -> str | None:
 
 
 def read_bundle_files(path: str) -> Bundle:
-    """The bundle folder's three files as they are, unchecked against the model."""
+    """The bundle folder's files as they are, unchecked against the model."""
     missing = [
         f
         for f in (DENOISER_FILE, VQ_FILE, CONFIG_FILE)
@@ -282,4 +309,33 @@ def read_bundle_files(path: str) -> Bundle:
         config,
         load_denoiser_params(os.path.join(path, DENOISER_FILE)),
         load_params_safetensors(os.path.join(path, VQ_FILE)),
+        _read_source(os.path.join(path, SOURCE_FILE), fix),
     )
+
+
+def _read_source(path: str, fix: str) -> BundleSource | None:
+    """The ``BundleSource`` in the file ``path``, None when there is none (an older bundle);
+    a ``ValueError`` naming the file and ``fix`` when it is not one."""
+    if not os.path.exists(path):
+        return None
+    raw = _read_json(path, fix)
+    fields = {field.name for field in dataclasses.fields(BundleSource)}
+    known = (
+        {key: value for key, value in raw.items() if key in fields} if isinstance(raw, dict) else {}
+    )
+
+    def whole(value: Any) -> bool:
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+    if not (
+        known.get("origin") in ORIGINS
+        and isinstance(known.get("path"), str)
+        and known.get("weights") in ("EMA", "raw")
+        and whole(known.get("step"))
+        and whole(known.get("ema_updates"))
+    ):
+        raise ValueError(
+            f"{path} is not a bundle source record (origin {'/'.join(ORIGINS)}, path, weights "
+            f"EMA/raw, step, ema_updates); the bundle is damaged: {fix}"
+        )
+    return BundleSource(**known)

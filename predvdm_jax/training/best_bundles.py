@@ -28,6 +28,7 @@ from predvdm_jax.interop.bundle import (
     METRIC_FILE,
     TEMPORARY_PREFIX,
     Bundle,
+    BundleSource,
     bundle_metrics,
     save_bundle,
 )
@@ -38,7 +39,8 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 class BestBundles:
     """``keep(step, ema_params, value)``: bundle ``ema_params`` if ``value`` is among the ``k``
     lowest so far, dropping the bundles that fall out (all beyond the ``k`` best: ``k`` may
-    be lowered on resume). Call it on every process."""
+    be lowered on resume). Call it on every process. Each bundle's source is the run (the
+    folder holding ``directory``) at its step."""
 
     def __init__(self, directory: str, k: int, metric: str, config: Any, vq_params: Any):
         if k < 1:
@@ -54,8 +56,11 @@ class BestBundles:
             if (match := _STEP_DIR.match(name))
         }
 
-    def keep(self, step: int, ema_params: Any, value: float) -> bool:
-        """Whether the bundle of ``step`` was kept. Process 0's directory decides."""
+    def keep(
+        self, step: int, ema_params: Any, value: float, ema_updates: int | None = None
+    ) -> bool:
+        """Whether the bundle of ``step`` was kept (``ema_updates``: the EMA's update count,
+        which its source records). Process 0's directory decides."""
         on_disk = self.kept()
         earlier = [(s, v) for s, v in on_disk.items() if s < step]
         new = [(step, value)] if math.isfinite(value) else []
@@ -73,7 +78,9 @@ class BestBundles:
         drop |= {s for s, v in earlier if (s, v) not in best}
         if enters:
             path = self._path(step)
-            save_bundle(path, Bundle(self.config, params, self.vq_params))
+            run = os.path.dirname(os.path.abspath(self.directory))
+            source = BundleSource("run", run, "EMA", step, ema_updates)
+            save_bundle(path, Bundle(self.config, params, self.vq_params, source))
             metric = {"metric": self.metric, "value": value, "step": step}
             atomic_io.write_text(os.path.join(path, METRIC_FILE), json.dumps(metric))
         for old in drop - ({step} if enters else set()):

@@ -41,7 +41,13 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax import folders
 from predvdm_jax.folders import CHECKPOINT_DIR
 from predvdm_jax.interop import predvdm_ckpt, torch_checkpoint
-from predvdm_jax.interop.bundle import Bundle, read_bundle, resolve_bundle_path, save_bundle
+from predvdm_jax.interop.bundle import (
+    Bundle,
+    BundleSource,
+    read_bundle,
+    resolve_bundle_path,
+    save_bundle,
+)
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.seeds import prng_key
 from predvdm_jax.tensor_files import check_finite
@@ -643,18 +649,18 @@ def load_train_state(
 def load_from_checkpoint(
     workdir: str, use_ema: bool = True, step: int | None = None, vq_params: str | None = None
 ) -> Bundle:
-    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint;
-    ``vq_params`` as in ``load_train_state``."""
-    return _checkpoint_bundle(workdir, use_ema, step, vq_params)[0]
-
-
-def _checkpoint_bundle(
-    workdir: str, use_ema: bool, step: int | None, vq_params: str | None
-) -> tuple[Bundle, int]:
-    """``load_from_checkpoint``'s bundle and the step it was restored from."""
+    """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint,
+    with its source (the workdir, step and weights); ``vq_params`` as in ``load_train_state``."""
     config, state, step = load_train_state(workdir, step, vq_params)
     params = _host_tree(state.ema_params if use_ema else state.params)
-    return Bundle(config, params, load_vq_params(config.vq_params, config)), step
+    source = BundleSource(
+        "run",
+        os.path.abspath(workdir),
+        "EMA" if use_ema else "raw",
+        step,
+        int(mesh_lib.to_host(state.ema_updates)) if use_ema else None,
+    )
+    return Bundle(config, params, load_vq_params(config.vq_params, config), source)
 
 
 def _host_tree(tree: Any) -> Any:
@@ -745,8 +751,8 @@ def export_latent_diffusion_checkpoint(
 
 class ModelSource(str):
     """``load_model``'s description of what it loaded (a string, as reports record it), with
-    the checkpoint ``step`` and ``weights`` ("EMA" or "raw") of a workdir's; None for a
-    bundle."""
+    the checkpoint ``step`` and ``weights`` ("EMA" or "raw"): a workdir's, or those a bundle
+    records (``BundleSource``; None where it records none, or no step)."""
 
     step: int | None
     weights: str | None
@@ -791,10 +797,15 @@ def load_model(
                 f"({folders.VQ_FILE}); remove it, or pass the training workdir instead"
             )
         path = resolve_bundle_path(bundle)
-        loaded, source = read_bundle(path), ModelSource(f"bundle {path}")
+        loaded = read_bundle(path)
+        recorded = loaded.source
+        if recorded is None:
+            source = ModelSource(f"bundle {path}")
+        else:
+            source = ModelSource(f"bundle {path} of {recorded}", recorded.step, recorded.weights)
     else:
-        loaded, step = _checkpoint_bundle(workdir, use_ema, step, overrides.get("vq_params"))
-        weights = "EMA" if use_ema else "raw"
+        loaded = load_from_checkpoint(workdir, use_ema, step, overrides.get("vq_params"))
+        step, weights = loaded.source.step, loaded.source.weights
         source = ModelSource(f"checkpoint {workdir} step {step} ({weights} weights)", step, weights)
     _check_finite_weights(loaded, source, from_bundle=bool(bundle))
     # Weight fields first: an override of one may also fail validation, which would hide why.

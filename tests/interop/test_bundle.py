@@ -203,6 +203,63 @@ def test_a_bundle_whose_files_do_not_match_its_config_is_refused_on_loading(tmp_
         bundle_lib.load_bundle(str(tmp_path / "bad"))
 
 
+def test_a_bundle_records_its_source_and_one_without_the_record_loads_with_it_unknown(
+    tmp_path,
+):
+    """source.json: the run, step and EMA or raw weights (or the PredVDM checkpoint) that
+    load_model reports (what sample.json and evaluate.py record); a bundle written before it
+    loads with them unknown, a damaged one is an error naming the fix."""
+    import dataclasses
+
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.training import checkpoint
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    config = tiny_config()
+    model = LatentDiffusion.from_config(config)
+    source = bundle_lib.BundleSource("run", "/runs/kth64", "EMA", 60, 61)
+    bundle = bundle_lib.Bundle(
+        config,
+        random_params_from_init(model.init_denoiser),
+        random_params_from_init(model.init_vq, 1),
+        source,
+    )
+    path = str(tmp_path / "b")
+    bundle_lib.save_bundle(path, bundle)
+    assert json.loads((tmp_path / "b" / bundle_lib.SOURCE_FILE).read_text()) == {
+        "origin": "run",
+        "path": "/runs/kth64",
+        "weights": "EMA",
+        "step": 60,
+        "ema_updates": 61,
+    }
+    assert bundle_lib.read_bundle_files(path).source == source
+    _, loaded = checkpoint.load_model(path)
+    assert loaded == f"bundle {path} of run /runs/kth64 step 60 (EMA weights, 61 EMA updates)"
+    assert (loaded.step, loaded.weights) == (60, "EMA")
+    imported = bundle_lib.BundleSource("predvdm", "/logs/last.ckpt", "raw")
+    bundle_lib.save_bundle(path, dataclasses.replace(bundle, source=imported))
+    _, loaded = checkpoint.load_model(path)
+    assert loaded == f"bundle {path} of PredVDM checkpoint /logs/last.ckpt (raw weights)"
+    assert (loaded.step, loaded.weights) == (None, "raw")
+
+    bundle_lib.save_bundle(path, dataclasses.replace(bundle, source=None))  # the old way
+    assert bundle_lib.SOURCE_FILE not in os.listdir(path)
+    assert bundle_lib.read_bundle_files(path).source is None
+    _, loaded = checkpoint.load_model(path)
+    assert (loaded, loaded.step, loaded.weights) == (f"bundle {path}", None, None)
+
+    (tmp_path / "b" / bundle_lib.SOURCE_FILE).write_text('{"origin": "run", "step": 60}')
+    with pytest.raises(ValueError) as err:
+        bundle_lib.read_bundle_files(path)
+    assert str(err.value) == (
+        f"{os.path.join(path, bundle_lib.SOURCE_FILE)} is not a bundle source record (origin "
+        "run/predvdm, path, weights EMA/raw, step, ema_updates); the bundle is damaged: "
+        "re-export the bundle with scripts/export.py --workdir=<training dir> --out=<folder>"
+    )
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -1,5 +1,6 @@
 """scripts/sample.py end to end on a tiny bundle: test clips and a user's own video."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def test_the_model_source_is_printed_and_what_ran_recorded_in_sample_json(tmp_pa
     assert record == {
         "model": f"bundle {os.path.abspath(bundle_dir)}",
         "step": None,
-        "weights": "as the bundle was exported",
+        "weights": "unknown (the bundle records no source)",  # written before source.json
         "sampler": record["sampler"],
         "sampling": config.sampling.to_dict(),
         "seed": 7,
@@ -199,10 +200,16 @@ def test_the_model_source_is_printed_and_what_ran_recorded_in_sample_json(tmp_pa
     assert record["sampler"].startswith(config.sampling.sampler)
     assert "sample.json" in done.stdout.splitlines()[-1]
 
+    # A bundle that scripts/export.py wrote from step 60 of a run, EMA weights.
+    source = bundle_lib.BundleSource("run", str(tmp_path / "run"), "EMA", 60, 60)
+    bundle = bundle_lib.read_bundle_files(bundle_dir)
+    bundle_lib.save_bundle(bundle_dir, dataclasses.replace(bundle, source=source))
     video = tmp_path / "mine.gif"
     iio.imwrite(video, _videos(1)[0][: COND + 1], duration=100, loop=0)
     _run(*args, f"--video={video}", "--num_frames=3")
     record = json.loads((out / "sample.json").read_text())
+    assert record["model"] == f"bundle {os.path.abspath(bundle_dir)} of {source}"
+    assert (record["step"], record["weights"]) == (60, "EMA")
     assert record["input"] == {"video": str(video)} and record["seed"] == 0
     assert (record["num_clips"], record["pred_frames"], record["ground_truth_frames"]) == (1, 3, 1)
     assert not [name for name in os.listdir(out) if name.startswith("sample.json.")]

@@ -7,7 +7,12 @@ import shutil
 import numpy as np
 
 from predvdm_jax import config as config_lib
-from predvdm_jax.interop.bundle import METRIC_FILE, read_bundle_files, resolve_bundle_path
+from predvdm_jax.interop.bundle import (
+    METRIC_FILE,
+    BundleSource,
+    read_bundle_files,
+    resolve_bundle_path,
+)
 from predvdm_jax.training.best_bundles import BestBundles
 
 
@@ -21,10 +26,11 @@ def test_keeps_the_k_lowest_and_forgets_steps_a_resumed_run_has_not_reached(tmp_
     best = BestBundles(str(tmp_path / "best"), 2, "val/loss_ema", config, vq)
 
     history = [(1, 3.0), (2, 1.0), (3, 2.0), (4, 0.5), (5, float("nan")), (6, 1.5)]
-    entered = [best.keep(step, _params(step), value) for step, value in history]
+    entered = [best.keep(step, _params(step), value, step + 1) for step, value in history]
     assert entered == [True, True, True, True, False, False]
     assert best.kept() == {2: 1.0, 4: 0.5}
     bundle = read_bundle_files(str(tmp_path / "best" / "step_00000004"))  # params of no model
+    assert bundle.source == BundleSource("run", str(tmp_path), "EMA", 4, 5)
     np.testing.assert_array_equal(bundle.params["out"]["kernel"], _params(4)["out"]["kernel"])
     np.testing.assert_array_equal(bundle.vq_params["decoder"]["bias"], vq["decoder"]["bias"])
     assert bundle.config.to_dict() == config.to_dict()

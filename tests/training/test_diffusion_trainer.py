@@ -147,6 +147,7 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     )
     assert sorted(os.listdir(os.path.join(workdir, "best"))) == [f"step_{best_step:08d}"]
     best = bundle_lib.load_bundle(os.path.join(workdir, "best", f"step_{best_step:08d}"))
+    assert best.source == bundle_lib.BundleSource("run", os.path.abspath(workdir), "EMA", 40, 40)
     with open(os.path.join(workdir, "best", f"step_{best_step:08d}", "metric.json")) as f:
         assert json.load(f)["value"] == pytest.approx(best_value, rel=1e-6)
     assert best_step == 40  # the EMA weights keep improving on this overfit
@@ -177,6 +178,9 @@ def test_loss_decreases_and_bundle_predicts_like_its_checkpoint(tmp_path):
     bundle_lib.save_bundle(str(tmp_path / "bundle"), from_checkpoint)
     loaded = bundle_lib.load_bundle(str(tmp_path / "bundle"))
     assert loaded.config.to_dict() == config.to_dict()
+    assert loaded.source == best.source  # step 40 of the run, EMA weights
+    _, source = checkpoint.load_model(str(tmp_path / "bundle"))
+    assert (source.step, source.weights) == (40, "EMA")
     assert "opt_state" not in os.listdir(tmp_path / "bundle")
     predict = LatentDiffusion.from_config(loaded.config).make_predict_fn(3)
     cond = np.random.default_rng(1).uniform(-1, 1, (2, COND, 16, 16, 1)).astype(np.float32)

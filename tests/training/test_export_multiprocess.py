@@ -108,6 +108,8 @@ def test_export_on_two_processes_writes_once_the_weights_saved_on_eight_devices(
     # The bundle holds the EMA weights saved on the 8 devices; it loads in this 1-device process.
     expected = random_params_from_init(model.init_denoiser, EMA_SEED)
     bundle = bundle_lib.load_bundle(str(out))
+    assert bundle.source == bundle_lib.BundleSource("run", str(workdir), "EMA", 3, 3)
+    assert f"wrote {out} (step 3, EMA weights, config " in outputs[0]
     assert jax.tree.structure(bundle.params) == jax.tree.structure(expected)
     jax.tree.map(np.testing.assert_array_equal, bundle.params, expected)
     # The PredVDM checkpoint holds the raw and the EMA weights.
