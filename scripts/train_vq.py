@@ -4,9 +4,11 @@
       [--config.vq_train.num_steps=2000]
 
 Resumes from the newest checkpoint in --workdir. Writes --workdir/vq_params.safetensors
-(point config.vq_params at it) and --workdir/vq_eval.json (test PSNR/SSIM, codebook usage).
+(point config.vq_params at it: the run records that path and prints the flags that use it) and
+--workdir/vq_eval.json (test PSNR/SSIM, codebook usage).
 """
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -31,6 +33,17 @@ def main():
     result = vq_trainer.train_vq(config_lib.validate(FLAGS.config), FLAGS.workdir)
     print(
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    )
+    if jax.process_index() == 0:
+        print(next_step(FLAGS.workdir))
+
+
+def next_step(workdir: str) -> str:
+    """The line naming the written VQ params and the flags that use them next."""
+    path = vq_trainer.params_path(workdir)
+    return (
+        f"VQ params written to {path}; use them with --config.vq_params={path} (train.py) or "
+        f"--vq_params={path} (encode_dataset.py, evaluate.py)"
     )
 
 

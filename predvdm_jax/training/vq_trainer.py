@@ -50,7 +50,7 @@ from jax.experimental import multihost_utils
 
 from predvdm_jax import atomic_io, xla_cpu
 from predvdm_jax.batching import pad_batch
-from predvdm_jax.config import ConfigError, validation_split, with_absolute_paths
+from predvdm_jax.config import ConfigError, validation_split, with_absolute_paths, with_overrides
 from predvdm_jax.data.hdf5 import DatasetError, VideoShards
 from predvdm_jax.data.loader import eval_windows, reading_options, to_model_range, train_iterator
 from predvdm_jax.diffusion.latent_diffusion import build_vq, to_data_channels, to_rgb
@@ -156,13 +156,17 @@ REPLACED_FIELDS = {
 the ``vq_train`` field that does the job for the VQ."""
 
 
+def params_path(workdir: str) -> str:
+    """The file ``train_vq`` writes the trained VQ params of a run in ``workdir`` to."""
+    return os.path.join(workdir, VQ_PARAMS_FILE)
+
+
 def unread_hints(workdir: str) -> dict[str, str]:
     """For ``cli.reject_unread_overrides``: what to do instead of overriding a field outside
     ``READ_FIELDS`` of a VQ run in ``workdir``."""
     hints = {field: f"set {instead}" for field, instead in REPLACED_FIELDS.items()}
     hints["vq_params"] = (
-        f"the trained params go to {os.path.join(workdir, VQ_PARAMS_FILE)}, for the denoiser's "
-        "config.vq_params"
+        f"the trained params go to {params_path(workdir)}, for the denoiser's config.vq_params"
     )
     return hints
 
@@ -585,9 +589,12 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     engine, then ``workdir/vq_params.safetensors`` (raw params) and
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
     is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
-    The run records its files and folders as absolute paths (``config.with_absolute_paths``).
+    The run records its files and folders as absolute paths (``config.with_absolute_paths``),
+    ``vq_params`` as the file it writes (``params_path``).
     """
-    config = with_absolute_paths(config)
+    config = with_absolute_paths(
+        with_overrides(config, {"vq_params": params_path(workdir)}, validated=False)
+    )
     checkpoint.check_workdir(workdir, trainer="vq")
     checkpoint.check_saved_config(
         workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"
@@ -650,7 +657,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final = eval_fn(state)
     final["step"] = int(jax.device_get(state.step))
     logging.info("final test reconstruction: %s", final)
-    save_vq_params(os.path.join(workdir, VQ_PARAMS_FILE), state.params, config)
+    save_vq_params(config.vq_params, state.params, config)
     if jax.process_index() == 0:
         atomic_io.write_text(os.path.join(workdir, VQ_EVAL_FILE), json.dumps(final, indent=2))
     return final

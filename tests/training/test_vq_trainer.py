@@ -5,6 +5,8 @@ not depend on the depth, and compiles stay short) on 16×16 frames; the demo con
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ from predvdm_jax import config as config_lib
 from predvdm_jax.data.hdf5 import DatasetError, write_split
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
 from predvdm_jax.models.vq_losses import PatchDiscriminator
-from predvdm_jax.training import vq_trainer
+from predvdm_jax.training import checkpoint, vq_trainer
 from random_params import random_params_from_init
 
 SIZE = 16
@@ -137,7 +139,10 @@ def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_p
     assert final["step"] == 24
     assert json.load(open(os.path.join(workdir, vq_trainer.VQ_EVAL_FILE)))["step"] == 24
 
-    params = load_params_safetensors(os.path.join(workdir, vq_trainer.VQ_PARAMS_FILE))
+    # The run records the file it wrote as config.vq_params (not the config's own path).
+    assert config.vq_params != vq_trainer.params_path(workdir)
+    assert checkpoint.saved_config(workdir).vq_params == vq_trainer.params_path(workdir)
+    params = load_params_safetensors(vq_trainer.params_path(workdir))
     expected = jax.eval_shape(
         lambda: vq_trainer.VQObjective.from_config(config).init_params(jax.random.PRNGKey(0), SIZE)
     )
@@ -493,3 +498,27 @@ def test_init_from_starts_a_new_run_from_vq_params_and_names_a_bad_file(dataset,
     run.vq_train.init_from = other_file
     with pytest.raises(ValueError, match=r"^vq_train\.init_from: "):
         vq_trainer.train_vq(run, str(tmp_path / "another_run"))
+
+
+def test_train_vq_py_ends_naming_the_written_params_and_the_flags_that_use_them(tmp_path):
+    """The script's last line: where the VQ went and how the next scripts take it (training
+    stubbed: train_vq's run is tested above)."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = tmp_path / "vq"
+    code = (
+        "import runpy, sys; from predvdm_jax.training import vq_trainer; "
+        "vq_trainer.train_vq = lambda config, workdir: {'test_psnr': 30.0, 'step': 60}; "
+        f"sys.argv = ['train_vq.py', '--config=configs/vq_digits_demo.py', '--workdir={workdir}']; "
+        "runpy.run_path('scripts/train_vq.py', run_name='__main__')"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    path = workdir / vq_trainer.VQ_PARAMS_FILE
+    assert done.stdout.splitlines()[-2:] == [
+        "test_psnr=30 step=60",
+        f"VQ params written to {path}; use them with --config.vq_params={path} (train.py) or "
+        f"--vq_params={path} (encode_dataset.py, evaluate.py)",
+    ]
