@@ -196,7 +196,11 @@ def train_loop(
                 params=jax.device_put(initial_params, shardings.params),
                 ema_params=jax.device_put(initial_params, shardings.ema_params),
             )
-        logging.info("starting from scratch in %s", workdir)
+        logging.info(
+            "starting %s in %s",
+            "from scratch" if initial_params is None else "at step 0 with those weights",
+            workdir,
+        )
     else:
         state, data_state, start_step = restored
         if data_state is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from predvdm_jax import xla_cpu
 from predvdm_jax.training import sharding as sharding_lib
 
 
@@ -113,8 +114,9 @@ def create_train_state(
         init_fn, optimizer, key, mesh, rules=rules, min_size=min_size, extra_init_fn=extra_init_fn
     )
     host_key = np.asarray(key)
-    init = jax.jit(
+    init = xla_cpu.jit(
         lambda: _init_state(init_fn, optimizer, jnp.asarray(host_key), extra_init_fn),
+        run_once=True,
         out_shardings=shardings,
     )
     return init(), shardings
