@@ -17,7 +17,7 @@ process 0 writes each file once.
 import jax
 from absl import flags
 
-from predvdm_jax import cli, mesh
+from predvdm_jax import atomic_io, cli, mesh
 from predvdm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
@@ -42,6 +42,11 @@ def main():
     if not FLAGS.out:  # the PredVDM checkpoint holds both the raw and the EMA weights
         cli.reject_flags(["use_ema"], "without --out")
     # Both paths before either is written.
+    if FLAGS.out and FLAGS.predvdm_ckpt and atomic_io.is_inside(FLAGS.predvdm_ckpt, FLAGS.out):
+        cli.fail(
+            f"--predvdm_ckpt {FLAGS.predvdm_ckpt} is in --out {FLAGS.out}, the bundle folder "
+            f"this export writes; nothing was written. Pass a file path outside it"
+        )
     if FLAGS.out:
         checkpoint.check_bundle_export_path(FLAGS.out, FLAGS.workdir)
     if FLAGS.predvdm_ckpt:

@@ -239,6 +239,15 @@ def test_export_refuses_its_own_workdir_and_leaves_a_missing_one_alone(tmp_path)
     assert sorted(os.listdir(run)) == [checkpoint.CHECKPOINT_DIR]
     assert os.listdir(run / checkpoint.CHECKPOINT_DIR) == ["3"]
 
+    bundle = tmp_path / "bundle"  # the PredVDM checkpoint may not go into the bundle folder
+    for ckpt in (bundle, bundle / "denoiser.safetensors"):
+        line = _run("export.py", f"--workdir={run}", f"--out={bundle}", f"--predvdm_ckpt={ckpt}")
+        assert line == (
+            f"error: --predvdm_ckpt {ckpt} is in --out {bundle}, the bundle folder this export "
+            f"writes; nothing was written. Pass a file path outside it"
+        )
+        assert not bundle.exists()
+
     missing = tmp_path / "missing"
     line = _run("export.py", f"--workdir={missing}", f"--out={tmp_path / 'bundle'}")
     assert line.startswith(f"error: no finished checkpoint in {missing}")
