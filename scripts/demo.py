@@ -27,10 +27,12 @@ config_flags.DEFINE_config_file(
     lock_config=True,
 )
 flags.DEFINE_string("workdir", "runs/demo", "Everything the demo makes goes here.")
-flags.DEFINE_integer("num_train", 500, "Training videos of moving digits.")
-flags.DEFINE_integer("num_test", 256, "Test videos of moving digits.")
-flags.DEFINE_integer("long_clips", 16, "Test clips for the 10 -> 30 rollout.")
-flags.DEFINE_integer("fvd_clips", 8, "Test clips for FVD (I3D costs ~0.3 s per frame on a CPU).")
+flags.DEFINE_integer("num_train", 500, "Training videos of moving digits.", lower_bound=1)
+flags.DEFINE_integer("num_test", 256, "Test videos of moving digits.", lower_bound=1)
+flags.DEFINE_integer("long_clips", 16, "Test clips for the 10 -> 30 rollout.", lower_bound=1)
+flags.DEFINE_integer(
+    "fvd_clips", 8, "Test clips for FVD (I3D costs ~0.3 s per frame on a CPU).", lower_bound=1
+)
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 FLAGS = flags.FLAGS
 

@@ -42,6 +42,15 @@ def test_a_missing_required_flag_is_one_error_line():
     )
 
 
+def test_the_demo_refuses_a_clip_count_below_one_before_any_stage(tmp_path):
+    workdir = tmp_path / "demo"
+    for flag in ("num_train", "num_test", "long_clips", "fvd_clips"):
+        assert _printed("demo.py", f"--workdir={workdir}", f"--{flag}=0") == (
+            f"error: flag --{flag}=0: 0 is not a positive integer (see --helpshort)"
+        )
+    assert not workdir.exists()
+
+
 def test_ctrl_c_in_a_script_is_one_line_and_status_130_not_a_traceback():
     program = (
         "import sys, time\n"
