@@ -287,7 +287,11 @@ def run_demo(
         )
         outputs = [paths["vq"], paths["latents"], paths["diffusion"]]
         _check_trained(checkpoint.saved_config(paths["vq"]), config, vq_fields, "a VQ-f4", outputs)
-    stages.run("VQ-f4 training", vq_done, lambda: vq_trainer.train_vq(config, paths["vq"]))
+    stages.run(
+        "VQ-f4 training",
+        vq_done,
+        lambda: vq_trainer.train_vq(config, paths["vq"], show_progress=progress),
+    )
     trained_vq = checkpoint.saved_config(paths["vq"])
 
     config.scale_factor = latent_scale_factor(config, paths["vq"])

@@ -582,7 +582,9 @@ def discriminator_optimizer(config: Any) -> optax.GradientTransformation:
     return make_optimizer(engine_config(config), first_step=int(config.vq_train.disc_start))[0]
 
 
-def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_vq(
+    config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True
+) -> dict:
     """Trains (or resumes) the VQ of ``config`` in ``workdir``; returns the final test metrics.
 
     Writes checkpoints and logs (``metrics.jsonl``, TensorBoard) through the
@@ -590,7 +592,8 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ``workdir/vq_eval.json`` (final test PSNR/SSIM/codebook usage). A workdir whose checkpoint
     is of another VQ, or has the discriminator switched, is a ``ConfigError`` naming the fields.
     The run records its files and folders as absolute paths (``config.with_absolute_paths``),
-    ``vq_params`` as the file it writes (``params_path``).
+    ``vq_params`` as the file it writes (``params_path``). ``show_progress=False`` hides the
+    progress bar.
     """
     config = with_absolute_paths(
         with_overrides(config, {"vq_params": params_path(workdir)}, validated=False)
@@ -653,6 +656,7 @@ def train_vq(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 objective, disc_optimizer, int(v.dead_code_restart_every)
             ),
             initial_params=initial_params,
+            show_progress=show_progress,
         )
     final = eval_fn(state)
     final["step"] = int(jax.device_get(state.step))

@@ -104,10 +104,11 @@ def read_logs(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_path):
+def test_trains_with_disc_schedule_logs_usage_and_resumes_exactly(dataset, tmp_path, capfd):
     config = tiny_config(dataset, disc_weight=0.8, disc_start=12, disc_layers=1, disc_channels=8)
     workdir = str(tmp_path / "run")
-    final = vq_trainer.train_vq(config, workdir)
+    final = vq_trainer.train_vq(config, workdir, show_progress=False)
+    assert "step/s" not in capfd.readouterr().err  # no tqdm bar (demo.py --noprogress)
     logs = read_logs(workdir)
     train = {r["step"]: r for r in logs if "rec_loss" in r}
     assert sorted(train) == [4, 8, 12, 16, 20, 24]
