@@ -13,9 +13,6 @@ scripts/export.py --predvdm_ckpt wrote records them, and a config that differs i
 need `--allow_pickle` (it runs code from the file: trusted files only).
 """
 
-import dataclasses
-import os
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -40,9 +37,7 @@ def main():
     imported, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(
         FLAGS.ckpt, FLAGS.config, use_ema=FLAGS.use_ema, allow_pickle=FLAGS.allow_pickle
     )
-    weights = "EMA" if FLAGS.use_ema else "raw"
-    source = bundle.BundleSource("predvdm", os.path.abspath(FLAGS.ckpt), weights)
-    bundle.save_bundle(FLAGS.out, dataclasses.replace(imported, source=source))
+    bundle.save_bundle(FLAGS.out, imported)
     print(f"wrote {FLAGS.out}: {summary}")
 
 

@@ -42,7 +42,7 @@ from flax import linen as nn
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import ldm_vq, torch_checkpoint as tc
-from predvdm_jax.interop.bundle import Bundle
+from predvdm_jax.interop.bundle import Bundle, BundleSource
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.models.predictor import PredVDMDenoiser
 from predvdm_jax.tensor_files import check_finite, check_keys
@@ -454,5 +454,11 @@ def bundle_from_predvdm_checkpoint(
             "--config.model.mode=tc_attn or tcct_para_attn if the run used them)"
         )
     params = converted.ema_params if use_ema else converted.params
+    source = BundleSource(
+        "predvdm",
+        os.path.abspath(path),
+        "EMA" if use_ema else "raw",
+        ema_updates=converted.ema_num_updates if use_ema else None,
+    )
     # Absolute paths, as a training run records them: the bundle is read from other folders.
-    return Bundle(config_lib.with_absolute_paths(config), params, vq_params), summary
+    return Bundle(config_lib.with_absolute_paths(config), params, vq_params, source), summary

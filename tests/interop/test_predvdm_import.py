@@ -114,7 +114,9 @@ def test_the_script_bundles_the_ema_weights_and_vq_of_a_pytorch_checkpoint(origi
     )
 
     bundle = bundle_lib.load_bundle(str(out))
-    assert bundle.source == bundle_lib.BundleSource("predvdm", os.path.abspath(path), "EMA")
+    assert bundle.source == bundle_lib.BundleSource(
+        "predvdm", os.path.abspath(path), "EMA", ema_updates=7
+    )
     assert bundle.config.scale_factor == SCALE_FACTOR
     # The bundle is read from other folders: its paths are absolute, as a training run's are.
     assert bundle.config.data.test_dir == os.path.join(REPO, config.data.test_dir)
