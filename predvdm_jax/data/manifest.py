@@ -27,8 +27,8 @@ def as_json(value: Any) -> Any:
 
 def check_out_dir(out_dir: str) -> None:
     """Raises ``DatasetError`` when ``out_dir`` is a file or lies under one (``os.makedirs``
-    would fail with a bare ``File exists`` / ``Not a directory``), or is a model's folder
-    (``folders.model_folder``)."""
+    would fail with a bare ``File exists`` / ``Not a directory``), is a model's folder
+    (``folders.model_folder``) or a data split (the dataset's root holds splits)."""
     folder = atomic_io.file_in_the_way(out_dir)
     if folder is not None:
         where = (
@@ -39,6 +39,8 @@ def check_out_dir(out_dir: str) -> None:
             f"command wrote before)."
         )
     problem = folders.model_folder(out_dir)
+    if not problem and hdf5.shard_paths(out_dir):
+        problem = "is a data split (it holds shard files), not a dataset's folder of splits"
     if problem:
         raise hdf5.DatasetError(
             f"--out {out_dir!r} {problem}; give the dataset a folder of its own (e.g. data/<name>)."

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from predvdm_jax import atomic_io, folders
-from predvdm_jax.data import video_files
+from predvdm_jax.data import hdf5, video_files
 from predvdm_jax.evaluation.images import SEPARATOR_PIXELS, paired_grid, to_uint8
 from predvdm_jax.evaluation.protocol import FVD_VARIANTS
 
@@ -268,8 +268,8 @@ def check_output_dir(
     path: str | os.PathLike, flag: str = "--out", example: str = "eval/<name>"
 ) -> None:
     """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
-    file, lies under no file, and is no bundle or training workdir (reports would mix with
-    the model's files; the error suggests ``example``). Scripts call it before any work, so a
+    file, lies under no file, and is no bundle, training workdir or data split (reports would
+    mix with the model's or the data's files; the error suggests ``example``). Scripts call it before any work, so a
     bad ``--out`` fails at once rather than after the predictions."""
     path = os.fspath(path)
     if not path:
@@ -286,6 +286,8 @@ def check_output_dir(
             "another output folder"
         )
     problem = folders.model_folder(path)
+    if not problem and hdf5.shard_paths(path):
+        problem = "is a data split (it holds shard files)"
     if problem:
         raise ValueError(
             f"{flag} {path!r} {problem}; pass a folder of its own for the outputs (e.g. {example})"

@@ -285,7 +285,22 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert afile.read_text() == "keep me"
 
 
-def test_a_bundle_or_training_workdir_is_no_output_folder(tmp_path):
+def test_a_bundle_training_workdir_or_data_split_is_no_output_folder(tmp_path):
+    from predvdm_jax.data import hdf5, manifest
+
+    split = tmp_path / "data" / "test"
+    hdf5.write_split(str(split), [np.zeros((2, 4, 4), np.uint8)])
+    with pytest.raises(ValueError) as err:
+        report.check_output_dir(str(split))
+    assert str(err.value) == (
+        f"--out {str(split)!r} is a data split (it holds shard files); pass a folder of its "
+        f"own for the outputs (e.g. eval/<name>)"
+    )
+    with pytest.raises(hdf5.DatasetError, match="is a data split .* not a dataset's folder"):
+        manifest.check_out_dir(str(split))  # a dataset's root: make_moving_digits, converters
+    manifest.check_out_dir(str(tmp_path / "data"))
+    assert os.listdir(split) == ["shard_0001.hdf5"]
+
     bundle, run = tmp_path / "bundle", tmp_path / "run"
     bundle.mkdir()
     for name in ("config.json", "denoiser.safetensors"):
