@@ -188,6 +188,7 @@ def run(main: Callable[..., Any], *, args: str | None = None) -> None:
 
     def call(argv: list[str]) -> Any:
         logging.getLogger("absl").addFilter(quiet_orbax_info)
+        logging.getLogger("jax._src.xla_bridge").addFilter(quiet_backend_probe)
         with one_line_errors():
             return main(argv[1:]) if args else main()
 
@@ -199,6 +200,14 @@ def quiet_orbax_info(record: logging.LogRecord) -> bool:
     registries, throughputs, thread names), which buried the run's own lines; its warnings
     and errors pass."""
     return record.levelno > logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def quiet_backend_probe(record: logging.LogRecord) -> bool:
+    """A log filter that drops JAX's INFO records of the platforms it tried and found absent
+    ("Unable to initialize backend 'tpu'" on every CPU or GPU run); its warnings pass."""
+    return record.levelno > logging.INFO or not record.getMessage().startswith(
+        "Unable to initialize backend"
+    )
 
 
 def _config_args(argv: list[str]) -> tuple[list[str], list[str]]:

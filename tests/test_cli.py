@@ -503,6 +503,19 @@ def test_orbax_info_lines_are_dropped_and_its_warnings_kept():
     assert cli.quiet_orbax_info(record(logging.INFO, checkpoint.__file__))  # the run's own lines
 
 
+def test_jax_s_probe_of_absent_platforms_is_not_logged(tmp_path):
+    """Without JAX_PLATFORMS, JAX logs "Unable to initialize backend 'tpu'" on every CPU or GPU
+    run as an INFO line; the scripts drop it (a failed platform that was asked for still
+    raises)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    script = os.path.join(REPO, "scripts", "export.py")
+    command = [sys.executable, script, f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'b'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1
+    assert "Unable to initialize backend" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no finished checkpoint in")
+
+
 def test_a_config_field_given_as_a_script_flag_names_the_override():
     assert _printed("train.py", f"--config={DEMO_CONFIG}", "--workdir=unused", "--num_steps=3") == (
         "error: Unknown command line flag 'num_steps'; it is a config field: "
