@@ -318,6 +318,16 @@ def _format(summary: Any, aggregation: str, digits: int) -> str:
     return f"{entry['value']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
+def unavailable_notes(entry: Mapping[str, Any]) -> list[str]:
+    """Markdown list items saying why a system's LPIPS or FVD values are missing (``n/a``)."""
+    notes = [f"- LPIPS: {entry['lpips']}"] if isinstance(entry.get("lpips"), str) else []
+    return notes + [
+        f"- FVD {variant}: {note}"
+        for variant, note in entry.get("fvd", {}).items()
+        if isinstance(note, str)
+    ]
+
+
 def markdown_table(metrics: Mapping[str, Any]) -> str:
     """A Markdown table: one row per system and aggregation; SSIM, PSNR, LPIPS, FVD columns.
 
@@ -366,12 +376,7 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
                 )
             lines.append(table_row(row))
     model = metrics.get("model") or next(iter(systems.values()), {})  # VQ-only: a baseline's
-    notes = [f"- LPIPS: {model['lpips']}"] if isinstance(model.get("lpips"), str) else []
-    notes += [
-        f"- FVD {variant}: {note}"
-        for variant, note in model.get("fvd", {}).items()
-        if isinstance(note, str)
-    ]
+    notes = unavailable_notes(model)
     speed = throughput_note(metrics.get("throughput"))
     if speed:
         notes.append(f"- Prediction speed: {speed}")

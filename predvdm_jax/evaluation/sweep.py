@@ -145,17 +145,26 @@ def _fvd(entry: Any) -> str:
 
 
 def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: one row per sampler, then the baselines; means over predicted frames.
+    """Markdown: one row per sampler, then the baselines; means over predicted frames, and
+    notes on what is ``n/a``.
 
     FVD is the trajectory mean (MCVD's paper number; with one sample per clip, the FVD of
-    all predictions). ``predict s`` is the time spent predicting, the compilation of each
-    sampler's program included; ``frames/s`` the predicted frames per second without it
-    (``protocol.Throughput``; ``n/a`` when there was one predict call).
+    all predictions), a column per variant computed for some system. ``predict s`` is the
+    time spent predicting, the compilation of each sampler's program included; ``frames/s``
+    the predicted frames per second without it (``protocol.Throughput``; ``n/a`` when there
+    was one predict call).
     """
     first = next(iter(all_metrics.values()))
-    protocol = first["protocol"]
+    systems = [metrics["model"] for metrics in all_metrics.values()]
+    systems += list(first.get("baselines", {}).values())
+    variants = [
+        variant
+        for variant in FVD_VARIANTS
+        if any(isinstance(entry.get("fvd", {}).get(variant), Mapping) for entry in systems)
+    ]
+    what = "mean over predicted frames" + ("; FVD trajectory mean" if variants else "")
     lines = [
-        report.protocol_line(protocol, "mean over predicted frames; FVD trajectory mean"),
+        report.protocol_line(first["protocol"], what),
         "",
         *report.table_head(
             [
@@ -163,7 +172,7 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 "SSIM",
                 "PSNR",
                 "LPIPS",
-                *(f"FVD {variant}" for variant in FVD_VARIANTS),
+                *(f"FVD {variant}" for variant in variants),
                 "predict s",
                 "frames/s",
             ]
@@ -177,25 +186,26 @@ def sweep_table(all_metrics: Mapping[str, Mapping[str, Any]]) -> str:
             _mean(entry.get("ssim"), 4),
             _mean(entry.get("psnr"), 2),
             _mean(entry.get("lpips"), 4),
-            *(_fvd(fvd.get(variant)) for variant in FVD_VARIANTS),
+            *(_fvd(fvd.get(variant)) for variant in variants),
             seconds,
             speed,
         ]
         return report.table_row(cells)
 
+    notes = report.unavailable_notes(first["model"])
     for metrics in all_metrics.values():
         seconds = metrics.get("seconds", {}).get("predict")
+        speed = report.frames_per_second(metrics.get("throughput"))
+        sampler = metrics["protocol"]["sampler"]
         lines.append(
-            row(
-                metrics["protocol"]["sampler"],
-                metrics["model"],
-                "n/a" if seconds is None else f"{seconds:.1f}",
-                report.frames_per_second(metrics.get("throughput")),
-            )
+            row(sampler, metrics["model"], "n/a" if seconds is None else f"{seconds:.1f}", speed)
         )
+        why = report.throughput_note(metrics.get("throughput"))
+        if speed == "n/a" and why:
+            notes.append(f"- frames/s of {sampler}: {why}")
     for name, entry in first.get("baselines", {}).items():
         lines.append(row(report.SYSTEM_LABELS.get(name, name), entry, "", ""))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 SWEEP_TABLE_FILE, SWEEP_METRICS_FILE = "sweep.md", "sweep.json"

@@ -141,17 +141,33 @@ def test_sweep_table_rows_and_files(tmp_path):
         "ddim_100_eta1": _metrics("ddim, 100 steps, eta 1.0", 0.625, 99.0, 30.0),
     }
     lines = sweep_lib.sweep_table(all_metrics).splitlines()
-    assert lines[0].startswith("Protocol `predvdm`: 4 clips × 1 samples, 2 → 3 frames")
-    assert lines[2].endswith(
-        "| FVD cond+pred | FVD pred-only | FVD vq-cond+pred | predict s | frames/s |"
+    assert lines[0] == (
+        "Protocol `predvdm`: 4 clips × 1 samples, 2 → 3 frames; mean over predicted frames; "
+        "FVD trajectory mean."
     )
+    # pred-only FVD, skipped for every system, gets a note, not a column of n/a
+    assert lines[2].endswith("| FVD cond+pred | FVD vq-cond+pred | predict s | frames/s |")
     assert lines[4] == (
-        "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | n/a | 124.5 | 3.2 | 56.8 |"
+        "| ddim, 10 steps, eta 1.0 | 0.5000 | 20.00 | n/a | 123.5 | 124.5 | 3.2 | 56.8 |"
     )
     assert lines[5] == (
-        "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | n/a | 100.0 | 30.0 | n/a |"
+        "| ddim, 100 steps, eta 1.0 | 0.6250 | 20.00 | n/a | 99.0 | 100.0 | 30.0 | n/a |"
     )
-    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a | n/a |  |  |"
+    assert lines[6] == "| copy last frame | 0.2500 | 10.00 | n/a | 300.0 | n/a |  |  |"
+    assert lines[7:] == [
+        "",
+        "- LPIPS: LPIPS unavailable",
+        "- FVD pred-only: skipped",
+        "- frames/s of ddim, 100 steps, eta 1.0: ...",
+    ]
+    without_fvd = {
+        label: dict(m, model=dict(m["model"], fvd={})) for label, m in all_metrics.items()
+    }
+    for m in without_fvd.values():
+        m["baselines"] = {"copy_last_frame": dict(m["baselines"]["copy_last_frame"], fvd={})}
+    lines = sweep_lib.sweep_table(without_fvd).splitlines()
+    assert lines[0].endswith("2 → 3 frames; mean over predicted frames.")
+    assert lines[2] == "| system | SSIM | PSNR | LPIPS | predict s | frames/s |"
     paths = sweep_lib.write_sweep(str(tmp_path / "out"), all_metrics)
     assert open(paths["table"]).read() == sweep_lib.sweep_table(all_metrics)
     assert json.load(open(paths["metrics"]))["ddim_100_eta1"]["model"]["ssim"]["mean"] == {
