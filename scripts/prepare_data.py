@@ -1,9 +1,13 @@
-"""Converts a published benchmark into the HDF5 video format (docs/data.md).
+"""Converts a published benchmark, or your own videos, into the HDF5 video format (docs/data.md).
 
   python scripts/prepare_data.py --dataset=kth --src=/data/kth_zips --out=data/KTH_h5
   python scripts/prepare_data.py --dataset=smmnist --src=/data/mnist.npz --out=data/SMMNIST_h5
   python scripts/prepare_data.py --dataset=tfds:moving_mnist --tfds_key=image_sequence \
       --src=~/tensorflow_datasets --out=data/moving_mnist_tfds
+  python scripts/prepare_data.py --dataset=videos --src=my_videos --out=data/mine --gray
+
+``--dataset=videos`` converts your own: one sub-folder of --src per split (train/, test/ …),
+each holding video files (GIF/MP4/AVI …) and folders of frame images, one video each.
 
 Re-running the same command resumes an interrupted conversion.
 """
@@ -31,8 +35,9 @@ flags.DEFINE_integer("seed", None, "SMMNIST seed (default 0).")
 flags.DEFINE_integer("ucf_split", None, "UCF-101 official split 1, 2 or 3 (default 1).")
 flags.DEFINE_enum("ucf_crop", None, ["squash", "center"], "UCF-101 resize (default squash).")
 flags.DEFINE_integer(
-    "image_size", None, "Output frame size (KTH/UCF 64, Cityscapes 128).", lower_bound=1
+    "image_size", None, "Output frame size (KTH/UCF/videos 64, Cityscapes 128).", lower_bound=1
 )
+flags.DEFINE_bool("gray", None, "videos: store gray frames (default: RGB).")
 flags.DEFINE_bool(
     "verify_crc",
     None,
@@ -54,6 +59,7 @@ _OPTION_FLAGS = (
     "ucf_split",
     "ucf_crop",
     "image_size",
+    "gray",
     "verify_crc",
     "tfds_key",
     "tfds_splits",

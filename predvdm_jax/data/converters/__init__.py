@@ -3,7 +3,7 @@
 ``convert('kth', src, out, kth_split='mcvd')`` validates the source, writes
 ``out/<split>/shard_NNNN.hdf5`` (resuming an interrupted run) and returns a
 ``ConversionSummary``. Names: see ``CONVERTERS``; ``tfds:NAME`` for any TFDS
-video dataset.
+video dataset; ``videos`` for your own (one sub-folder per split).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from predvdm_jax.data.converters import (
     smmnist,
     tfds_video,
     ucf101,
+    videos,
 )
 from predvdm_jax.data.converters.common import (
     ConversionPlan,
@@ -39,6 +40,7 @@ CONVERTERS: dict[str, Callable[..., ConversionPlan]] = {
     "cityscapes": cityscapes.plan,
     "carla": carla.plan,
     "ucf101": ucf101.plan,
+    "videos": videos.plan,
 }
 TFDS_PREFIX = "tfds:"
 

@@ -72,7 +72,8 @@ def _find_videos(src: str) -> dict[str, tuple[str, str | None]]:
         elif not os.path.isdir(folder):
             raise common.SourceError(
                 f"KTH source {src} has no '{action}' folder or {action}.zip; expected the six "
-                f"per-action zips or folders ({', '.join(ACTIONS)})."
+                f"per-action zips or folders ({', '.join(ACTIONS)}); for a partial KTH or other "
+                f"videos use --dataset=videos with one sub-folder per split (train/, test/)."
             )
     return found
 
