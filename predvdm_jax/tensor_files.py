@@ -38,9 +38,10 @@ def check_keys(
     hint: str = "Check that the model config matches the checkpoint.",
     fix: str | None = None,
 ) -> None:
-    """Raise one ValueError listing missing, unexpected and wrong-shape keys, then `hint`;
-    `expected` maps key -> shape. A concrete `fix` (e.g. the flags that would fit) comes first
-    instead, and the lists are cut to 3 keys each."""
+    """Raise one ValueError listing missing, unexpected, wrong-shape and not floating-point
+    keys (weights of another dtype, e.g. a file cast to int32, would predict garbage), then
+    `hint`; `expected` maps key -> shape. A concrete `fix` (e.g. the flags that would fit) comes
+    first instead, and the lists are cut to 3 keys each (the dtypes always are)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(
@@ -48,28 +49,43 @@ def check_keys(
         for k in set(expected) & set(got)
         if tuple(np.shape(got[k])) != tuple(expected[k])
     )
-    if not (missing or unexpected or wrong):
+    dtypes = {k: _dtype(got[k]) for k in set(expected) & set(got)}
+    not_float = sorted(f"{k}: {d}" for k, d in dtypes.items() if not is_floating(d))
+    if not (missing or unexpected or wrong or not_float):
         return
     if fix is not None:
         max_listed = 3
 
-    def listing(title: str, items: list[str]) -> str:
-        shown = items[:max_listed]
-        more = f" (+{len(items) - max_listed} more)" if len(items) > max_listed else ""
-        return f"{title} ({len(items)}): " + ", ".join(shown) + more
+    def listing(title: str, items: list[str], limit: int) -> str:
+        more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+        return f"{title} ({len(items)}): " + ", ".join(items[:limit]) + more
 
     parts = [
-        listing(title, items)
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
+        listing(title, items, limit)
+        for title, items, limit in (
+            ("missing", missing, max_listed),
+            ("unexpected", unexpected, max_listed),
+            ("wrong shape", wrong, max_listed),
+            ("not floating point", not_float, min(max_listed, 3)),
         )
         if items
     ]
     if fix is not None:
         raise ValueError(f"{what} does not match the model: {fix}. Keys: {'; '.join(parts)}.")
     raise ValueError(f"{what} does not match the model: {'; '.join(parts)}. {hint}")
+
+
+def _dtype(value: Any) -> np.dtype:
+    """``value``'s numpy dtype, without copying an array that has one (a jax array, a tracer)."""
+    try:
+        return np.dtype(value.dtype)
+    except (AttributeError, TypeError):  # no dtype, or a torch one
+        return np.asarray(value).dtype
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a floating-point one (numpy's, or ml_dtypes' bfloat16)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def check_finite(tree: Any, what: str, fix: str, max_listed: int = 3) -> None:
@@ -79,7 +95,7 @@ def check_finite(tree: Any, what: str, fix: str, max_listed: int = 3) -> None:
     bad = []
     for name, leaf in traverse_util.flatten_dict(dict(tree), sep="/").items():
         values = np.asarray(leaf)
-        if values.dtype.kind == "f" or values.dtype.name == "bfloat16":
+        if is_floating(values.dtype):
             count = values.size - int(np.count_nonzero(np.isfinite(values)))
             if count:
                 bad.append(f"{name} ({count} of {values.size} values)")

@@ -90,10 +90,10 @@ def convert_lpips_state_dicts(
         match = _TORCHVISION_KEY.match(key) or _LPIPS_TRUNK_KEY.match(key)
         if match is not None:
             layer, leaf = match.groups()
-            source[f"features.{layer}.{leaf}"] = np.asarray(value, np.float32)
+            source[f"features.{layer}.{leaf}"] = np.asarray(value)
     for key, value in heads_state_dict.items():
         if _HEAD_KEY.match(key) is not None:
-            source[key] = np.asarray(value, np.float32)
+            source[key] = np.asarray(value)
     torchvision_name = TRUNK_NAMES[trunk].removeprefix("LPIPS-")
     check_keys(
         _SOURCE_SHAPES[trunk],
@@ -103,6 +103,7 @@ def convert_lpips_state_dicts(
         "lpips.LPIPS one (net.slice*), and the heads the lpips package's "
         f"weights/v0.1/{LPIPS_HEADS_NAMES[trunk]}.pth (lin*.model.1.weight).",
     )
+    source = {key: value.astype(np.float32) for key, value in source.items()}
     flat = {
         key: torch_checkpoint.conv_kernel_to_flax(source[name])
         if key.endswith("kernel")

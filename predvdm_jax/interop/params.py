@@ -60,19 +60,18 @@ def load_vq_params(
     path: str, config: ml_collections.ConfigDict | None = None, setting: str = "config.vq_params"
 ) -> Any:
     """The VQ params in ``path``; with ``config``, a ``ValueError`` listing every key whose
-    presence or shape differs from the params of ``config``'s VQ. ``setting``: the config field
-    or flag that gave ``path``, which the errors name."""
+    presence, shape or floating-point dtype differs from the params of ``config``'s VQ.
+    ``setting``: the config field or flag that gave ``path``, which the errors name."""
     if not path:
         raise FileNotFoundError(
             f"{setting} is empty: point it at VQ params made by "
             "scripts/train_vq.py or scripts/convert_ldm_vq.py."
         )
-    check_weights_setting(
-        path,
-        setting,
+    make = (
         "train them with scripts/train_vq.py or convert the LDM vq-f4 checkpoint with "
-        "scripts/convert_ldm_vq.py",
+        "scripts/convert_ldm_vq.py"
     )
+    check_weights_setting(path, setting, make)
     convert = (
         f"convert it with scripts/convert_ldm_vq.py --ckpt={path} --out=vq.safetensors and set "
         f"{setting} to the output"
@@ -98,6 +97,7 @@ def load_vq_params(
             params,
             LatentDiffusion.from_config(config).init_vq,
             f"VQ params {path!r} (config.vq)",
+            hint=f"Check that config.vq matches the file, or re-create it: {make}.",
             fix=fix,
         )
     return params
@@ -117,9 +117,10 @@ def check_params(
     hint: str = "Check that the model config matches the checkpoint.",
     fix: str | None = None,
 ) -> None:
-    """A ``ValueError`` listing every key whose presence or shape in ``params`` differs from
-    the params ``init(key)`` makes (unboxed; traced with ``jax.eval_shape``: nothing is computed);
-    a concrete ``fix`` comes first, before a short sample of the keys (``check_keys``)."""
+    """A ``ValueError`` listing every key whose presence or shape in ``params`` differs from the
+    params ``init(key)`` makes (unboxed; traced with ``jax.eval_shape``: nothing is computed), or
+    that is not floating point; a concrete ``fix`` comes first, before a short sample of the keys
+    (``check_keys``)."""
     expected = flatten_params(nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0))))
     check_keys(
         {k: v.shape for k, v in expected.items()},

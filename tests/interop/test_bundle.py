@@ -203,6 +203,37 @@ def test_a_bundle_whose_files_do_not_match_its_config_is_refused_on_loading(tmp_
         bundle_lib.load_bundle(str(tmp_path / "bad"))
 
 
+def _tiny_bundle_parts():
+    import jax
+
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    config = tiny_config()
+    model = LatentDiffusion.from_config(config)
+    params = jax.device_get(random_params_from_init(model.init_denoiser))
+    return config, params, jax.device_get(random_params_from_init(model.init_vq, 1))
+
+
+def test_a_bundle_of_integer_weights_is_refused_on_loading(tmp_path):
+    """Weights cast to int32 (~all 0) would predict garbage without a word."""
+    import jax
+
+    config, params, vq_params = _tiny_bundle_parts()
+    as_int = jax.tree.map(lambda a: np.asarray(a).astype(np.int32), params)
+    path = str(tmp_path / "cast")
+    bundle_lib.save_bundle(path, bundle_lib.Bundle(config, as_int, vq_params))
+    with pytest.raises(ValueError) as err:
+        bundle_lib.load_bundle(path)
+    message = str(err.value)
+    assert message.startswith(
+        f"bundle {path!r} denoiser.safetensors does not match the model: not floating point ("
+    )
+    assert ": int32, " in message and message.count("int32") == 3, message
+    assert message.endswith("re-export the bundle with scripts/export.py.")
+
+
 def test_a_bundle_records_its_source_and_one_without_the_record_loads_with_it_unknown(
     tmp_path,
 ):

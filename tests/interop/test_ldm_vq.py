@@ -300,6 +300,19 @@ def test_converted_and_unconverted_files_swapped_are_named(converted, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params_lib.load_vq_params(str(flax_file)), params)
 
 
+def test_integer_weights_are_refused_by_the_converter(converted):
+    """A checkpoint cast to an integer dtype would convert to ~all-zero weights."""
+    model = converted[0]
+    state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
+    state_dict["decoder.conv_out.bias"] = state_dict["decoder.conv_out.bias"].astype(np.int64)
+    with pytest.raises(ValueError) as err:
+        ldm_vq.convert_vq_state_dict(state_dict, SMALL)
+    assert str(err.value).startswith(
+        "VQ state_dict does not match the model: not floating point (1): "
+        "decoder.conv_out.bias: int64. "
+    )
+
+
 class _Opaque:
     """A pickled Python object that weights_only loading refuses."""
 
