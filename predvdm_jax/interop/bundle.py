@@ -42,6 +42,7 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.ldm_vq import VQ_METADATA_KIND
 from predvdm_jax.interop.params import check_params
 from predvdm_jax.interop.torch_checkpoint import load_params_safetensors, save_params_safetensors
+from predvdm_jax.tensor_files import check_finite
 
 BUNDLE_ENTRIES = {DENOISER_FILE, VQ_FILE, CONFIG_FILE, SOURCE_FILE, METRIC_FILE}
 DENOISER_METADATA = {"format": "flax/predvdm_denoiser", "conv_kernel_layout": "OHWI"}
@@ -226,12 +227,22 @@ def load_bundle(path: str) -> Bundle:
 
 def read_bundle(path: str) -> Bundle:
     """The bundle in the folder ``path`` (params as host arrays; jit places them on any mesh),
-    its params checked against the model its config builds."""
+    its params checked against the model its config builds and for NaN or Inf."""
     bundle = read_bundle_files(path)
     model = LatentDiffusion.from_config(bundle.config)
     hint = f"The files do not match its {CONFIG_FILE}: re-export the bundle with scripts/export.py."
     check_params(bundle.params, model.init_denoiser, f"bundle {path!r} {DENOISER_FILE}", hint)
     check_params(bundle.vq_params, model.init_vq, f"bundle {path!r} {VQ_FILE}", hint)
+    check_finite(
+        bundle.params,
+        f"bundle {path}: the denoiser weights",
+        "the file is damaged: re-export the bundle from its run (export.py)",
+    )
+    check_finite(
+        bundle.vq_params,
+        f"bundle {path}: the VQ weights",
+        "re-export the bundle from its run with good VQ params (export.py --vq_params)",
+    )
     return bundle
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from predvdm_jax.interop import torch_checkpoint as tc
 from predvdm_jax.models.autoencoder import VQModel, vq_model
-from predvdm_jax.tensor_files import check_keys
+from predvdm_jax.tensor_files import check_finite, check_keys
 
 FIRST_STAGE_PREFIX = "first_stage_model."
 IGNORED_PREFIXES = ("loss.",)
@@ -167,9 +167,15 @@ def convert_vq_checkpoint(
     """Convert a VQ checkpoint file (as `load_vq_checkpoint`) and write its Flax params to ``out``
     as safetensors (atomically), metadata ``VQ_METADATA_KIND`` plus ``source``. ``out`` must pass
     ``torch_checkpoint.check_output_file`` (checked before anything is read); ``vq_config`` as
-    in `make_vq_model`. Returns ``{"params": ..., "num_params": int}``."""
+    in `make_vq_model`; weights holding NaN or Inf are refused before ``out`` is written.
+    Returns ``{"params": ..., "num_params": int}``."""
     tc.check_output_file(out, VQ_METADATA_KIND, "VQ params")
     params = load_vq_checkpoint(ckpt, vq_config, allow_pickle=allow_pickle)
+    check_finite(
+        params,
+        f"the VQ weights in {os.fspath(ckpt)}",
+        "the checkpoint is damaged or its run diverged: convert another one (nothing was written)",
+    )
     tc.save_params_safetensors(
         out, params, metadata={"source": os.fspath(ckpt), **VQ_METADATA_KIND}
     )

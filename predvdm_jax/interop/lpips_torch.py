@@ -20,7 +20,7 @@ import numpy as np
 
 from predvdm_jax.interop import torch_checkpoint
 from predvdm_jax.models.lpips import ALEXNET, PARAM_SHAPES, TRUNK_NAMES, VGG16
-from predvdm_jax.tensor_files import check_keys
+from predvdm_jax.tensor_files import check_finite, check_keys
 
 _TORCHVISION_KEY = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 _LPIPS_TRUNK_KEY = re.compile(r"^net\.slice\d\.(\d+)\.(weight|bias)$")
@@ -129,7 +129,8 @@ def convert_lpips_files(
     """Read both PyTorch files, convert (``trunk``: ``ALEXNET`` or ``VGG16``), and write the params
     as safetensors (atomically); returns the params. ``allow_pickle``: as in
     ``torch_checkpoint.load_torch_state_dict`` (trusted files only). ``output_path`` must pass
-    ``torch_checkpoint.check_output_file`` (checked before anything is read)."""
+    ``torch_checkpoint.check_output_file`` (checked before anything is read); weights holding
+    NaN or Inf are refused before it is written."""
     kind = LPIPS_METADATA_KINDS[trunk]
     torch_checkpoint.check_output_file(output_path, kind, f"{TRUNK_NAMES[trunk]} weights")
     trunk_state_dict = torch_checkpoint.load_torch_state_dict(trunk_path, allow_pickle=allow_pickle)
@@ -139,6 +140,12 @@ def convert_lpips_files(
         else torch_checkpoint.load_torch_state_dict(heads_path, allow_pickle=allow_pickle)
     )
     params = convert_lpips_state_dicts(trunk_state_dict, heads, trunk)
+    check_finite(
+        params,
+        f"{TRUNK_NAMES[trunk]} weights in {os.fspath(trunk_path)}"
+        + ("" if heads is trunk_state_dict else f" and {os.fspath(heads_path)}"),
+        "they are damaged: download or copy them again (nothing was written)",
+    )
     torch_checkpoint.save_params_safetensors(
         output_path, params, metadata={**kind, "lpips_version": "0.1"}
     )

@@ -14,7 +14,7 @@ from flax import linen as nn
 from predvdm_jax import config as config_lib
 from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop.torch_checkpoint import flatten_params, load_params_safetensors
-from predvdm_jax.tensor_files import check_keys, check_weights_setting
+from predvdm_jax.tensor_files import check_finite, check_keys, check_weights_setting
 
 
 RECORDED_DATA_FIELDS = ("image_size", "channels")
@@ -60,8 +60,9 @@ def load_vq_params(
     path: str, config: ml_collections.ConfigDict | None = None, setting: str = "config.vq_params"
 ) -> Any:
     """The VQ params in ``path``; with ``config``, a ``ValueError`` listing every key whose
-    presence, shape or floating-point dtype differs from the params of ``config``'s VQ.
-    ``setting``: the config field or flag that gave ``path``, which the errors name."""
+    presence, shape or floating-point dtype differs from the params of ``config``'s VQ; weights
+    holding NaN or Inf are a ``ValueError`` too. ``setting``: the config field or flag that gave
+    ``path``, which the errors name."""
     if not path:
         raise FileNotFoundError(
             f"{setting} is empty: point it at VQ params made by "
@@ -100,6 +101,12 @@ def load_vq_params(
             hint=f"Check that config.vq matches the file, or re-create it: {make}.",
             fix=fix,
         )
+    check_finite(
+        params,
+        f"VQ params {path!r} ({setting})",
+        f"the file is damaged or its training diverged: point {setting} at other VQ params "
+        f"({make})",
+    )
     return params
 
 

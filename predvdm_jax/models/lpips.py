@@ -26,7 +26,12 @@ import numpy as np
 from flax import traverse_util
 
 from predvdm_jax.models.conv import conv_general_dilated
-from predvdm_jax.tensor_files import check_keys, check_weights_setting, read_safetensors
+from predvdm_jax.tensor_files import (
+    check_finite,
+    check_keys,
+    check_weights_setting,
+    read_safetensors,
+)
 
 # ScalingLayer of lpips v0.1: (x - shift) / scale, per RGB channel.
 INPUT_SHIFT = (-0.030, -0.088, -0.188)
@@ -257,7 +262,8 @@ def load_lpips_params(path: str | os.PathLike | None, setting: str = "eval.lpips
     `scripts/convert_lpips.py`, or None when `path` is unset (None or empty): LPIPS is then
     unavailable and callers report it as such, never as a number. A set path that is not a file
     is an error naming the config `setting` (`tensor_files.check_weights_setting`), as is a
-    truncated or corrupt file or one with wrong keys or shapes (ValueError)."""
+    truncated or corrupt file, one with wrong keys, shapes or dtypes, or one holding NaN or Inf
+    (ValueError)."""
     check_weights_setting(
         path,
         setting,
@@ -268,6 +274,11 @@ def load_lpips_params(path: str | os.PathLike | None, setting: str = "eval.lpips
         return None
     flat = read_safetensors(path, "re-create it with scripts/convert_lpips.py")
     checked_trunk(flat, what=f"LPIPS params {os.fspath(path)}")
+    check_finite(
+        flat,
+        f"LPIPS params {os.fspath(path)} ({setting})",
+        "the file is damaged: re-create it with scripts/convert_lpips.py",
+    )
     nested = traverse_util.unflatten_dict(
         {key: np.asarray(value, np.float32) for key, value in flat.items()}, sep="/"
     )

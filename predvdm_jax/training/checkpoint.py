@@ -650,13 +650,20 @@ def load_from_checkpoint(
     workdir: str, use_ema: bool = True, step: int | None = None, vq_params: str | None = None
 ) -> Bundle:
     """Denoiser params (EMA by default), VQ params and config of a training run's checkpoint,
-    with its source (the workdir, step and weights); ``vq_params`` as in ``load_train_state``."""
+    with its source (the workdir, step and weights); ``vq_params`` as in ``load_train_state``.
+    Weights holding NaN or Inf are a ``ValueError`` (``load_vq_params`` checks the VQ's)."""
     config, state, step = load_train_state(workdir, step, vq_params)
     params = _host_tree(state.ema_params if use_ema else state.params)
+    weights = "EMA" if use_ema else "raw"
+    check_finite(
+        params,
+        f"checkpoint {workdir} step {step} ({weights} weights): the denoiser weights",
+        "load another step of the run (--step)",
+    )
     source = BundleSource(
         "run",
         os.path.abspath(workdir),
-        "EMA" if use_ema else "raw",
+        weights,
         step,
         int(mesh_lib.to_host(state.ema_updates)) if use_ema else None,
     )
@@ -807,23 +814,10 @@ def load_model(
         loaded = load_from_checkpoint(workdir, use_ema, step, overrides.get("vq_params"))
         step, weights = loaded.source.step, loaded.source.weights
         source = ModelSource(f"checkpoint {workdir} step {step} ({weights} weights)", step, weights)
-    _check_finite_weights(loaded, source, from_bundle=bool(bundle))
     # Weight fields first: an override of one may also fail validation, which would hide why.
     config = config_lib.with_overrides(loaded.config, overrides, validated=False)
     _check_weight_fields_kept(loaded.config, config, source)
     return dataclasses.replace(loaded, config=config_lib.validate(config)), source
-
-
-def _check_finite_weights(loaded: Bundle, source: str, from_bundle: bool) -> None:
-    """A ``ValueError`` naming the weights of ``loaded`` that hold NaN or Inf."""
-    if from_bundle:
-        fix = "the file is damaged: re-export the bundle from its run (export.py)"
-        vq_fix = "re-export the bundle from its run with good VQ params (export.py --vq_params)"
-    else:
-        fix = "load another step of the run (--step)"
-        vq_fix = f"replace {loaded.config.vq_params} (--config.vq_params)"
-    check_finite(loaded.params, f"{source}: the denoiser weights", fix)
-    check_finite(loaded.vq_params, f"{source}: the VQ weights", vq_fix)
 
 
 INFERENCE_RUNTIME_FIELDS = ("unet.dropout", "vq.dropout")

@@ -234,6 +234,53 @@ def test_a_bundle_of_integer_weights_is_refused_on_loading(tmp_path):
     assert message.endswith("re-export the bundle with scripts/export.py.")
 
 
+def test_a_bundle_of_nan_weights_is_refused_on_loading(tmp_path):
+    """Weights holding NaN would predict black frames without a word."""
+    import jax
+
+    config, params, vq_params = _tiny_bundle_parts()
+    nan_vq = jax.tree.map(np.array, vq_params)
+    nan_vq["quantize"]["embedding"][0, 0] = np.nan
+    path = str(tmp_path / "nan")
+    bundle_lib.save_bundle(path, bundle_lib.Bundle(config, params, nan_vq))
+    with pytest.raises(ValueError) as err:
+        bundle_lib.load_bundle(path)
+    assert str(err.value) == (
+        f"bundle {path}: the VQ weights hold NaN or Inf: quantize/embedding (1 of 48 values); "
+        "re-export the bundle from its run with good VQ params (export.py --vq_params)"
+    )
+
+
+def test_export_bundle_refuses_nan_weights_and_writes_nothing(tmp_path, monkeypatch):
+    """A run whose EMA weights diverged (a stand-in for its restored state) exports nothing."""
+    import types
+
+    import jax
+
+    from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
+    from predvdm_jax.training import checkpoint
+    from random_params import random_params_from_init
+    from tiny_config import tiny_config
+
+    config = tiny_config()
+    model = LatentDiffusion.from_config(config)
+    config.vq_params = str(tmp_path / "vq.safetensors")
+    save_params_safetensors(config.vq_params, random_params_from_init(model.init_vq, 1))
+    params = jax.tree.map(np.array, random_params_from_init(model.init_denoiser))
+    params["diffusion_model"]["out_2"]["kernel"][:] = np.inf
+    state = types.SimpleNamespace(ema_params=params, params=params, ema_updates=np.int32(5))
+    monkeypatch.setattr(checkpoint, "load_train_state", lambda *args: (config, state, 5))
+    out = tmp_path / "bundle"
+    with pytest.raises(ValueError) as err:
+        checkpoint.export_bundle(str(tmp_path / "run"), str(out))
+    assert str(err.value).startswith(
+        f"checkpoint {tmp_path / 'run'} step 5 (EMA weights): the denoiser weights hold NaN or "
+        "Inf: diffusion_model/out_2/kernel ("
+    )
+    assert str(err.value).endswith("; load another step of the run (--step)")
+    assert not out.exists()
+
+
 def test_a_bundle_records_its_source_and_one_without_the_record_loads_with_it_unknown(
     tmp_path,
 ):

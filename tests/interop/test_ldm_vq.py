@@ -313,6 +313,35 @@ def test_integer_weights_are_refused_by_the_converter(converted):
     )
 
 
+def test_nan_weights_are_refused_by_the_converter_and_by_load_vq_params(converted, tmp_path):
+    """A NaN encoder would read as a diverging optimizer, a NaN decoder train to a NaN bundle:
+    the converter writes nothing, and loading names the file."""
+    from predvdm_jax.interop import params as params_lib
+
+    _, params, ckpt = converted
+    state_dict = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state_dict["decoder.conv_out.bias"][0] = float("nan")
+    damaged, out = tmp_path / "nan.ckpt", tmp_path / "vq.safetensors"
+    torch.save({"state_dict": state_dict}, damaged)
+    with pytest.raises(ValueError) as err:
+        ldm_vq.convert_vq_checkpoint(damaged, out, SMALL)
+    assert str(err.value) == (
+        f"the VQ weights in {damaged} hold NaN or Inf: decoder/conv_out/bias (1 of 3 values); "
+        "the checkpoint is damaged or its run diverged: convert another one (nothing was written)"
+    )
+    assert not out.exists()
+
+    nan_params = jax.tree.map(np.array, params)
+    nan_params["encoder"]["conv_in"]["kernel"][...] = np.nan
+    torch_checkpoint.save_params_safetensors(out, nan_params)
+    with pytest.raises(ValueError) as err:
+        params_lib.load_vq_params(str(out), setting="--vq_params")
+    assert str(err.value).startswith(
+        f"VQ params {str(out)!r} (--vq_params) hold NaN or Inf: encoder/conv_in/kernel ("
+    )
+    assert "; the file is damaged or its training diverged: point --vq_params at" in str(err.value)
+
+
 class _Opaque:
     """A pickled Python object that weights_only loading refuses."""
 

@@ -262,6 +262,35 @@ def test_corrupt_params_file_raises_value_error_naming_it(converted, tmp_path):
         assert str(path) in str(raised.value)
 
 
+def test_nan_weights_are_refused_by_the_converter_and_the_loader(converted, tmp_path):
+    """NaN weights would score every pair NaN (metrics.json's `nan ± nan`): the converter
+    writes nothing and loading names the file."""
+    from safetensors.numpy import load_file, save_file
+
+    reference, _, output_path = converted
+    trunk = {k: v.clone() for k, v in reference.state_dict().items() if k.startswith("features.")}
+    trunk["features.0.weight"][0, 0, 0, 0] = float("nan")
+    trunk_path, out = tmp_path / "nan_alexnet.pth", tmp_path / "out.safetensors"
+    torch.save(trunk, trunk_path)
+    with pytest.raises(ValueError) as err:
+        lpips_torch.convert_lpips_files(trunk_path, _installed_heads_path(), out)
+    assert str(err.value).startswith(
+        f"LPIPS-AlexNet weights in {trunk_path} and {_installed_heads_path()} hold NaN or Inf: "
+        "net/features_0/kernel (1 of "
+    )
+    assert not out.exists()
+
+    flat = load_file(output_path)
+    flat["lin2/kernel"] = np.full_like(flat["lin2/kernel"], np.inf)
+    save_file(flat, str(out))
+    with pytest.raises(ValueError) as err:
+        lpips.load_lpips_params(out)
+    assert str(err.value) == (
+        f"LPIPS params {out} (eval.lpips_params) hold NaN or Inf: lin2/kernel (384 of 384 "
+        "values); the file is damaged: re-create it with scripts/convert_lpips.py"
+    )
+
+
 def test_convert_script_allow_pickle_flag(converted, tmp_path):
     reference = converted[0]
     checkpoint = dict(reference.state_dict())
