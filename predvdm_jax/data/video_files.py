@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -165,21 +166,29 @@ def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
     return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f[..., :1], 3, axis=-1) for f in frames]
 
 
+def square_frames(
+    path: str, image_size: int, gray: bool = False, limit: int | None = None
+) -> np.ndarray:
+    """The first ``limit`` frames (all by default) of a video file or frame folder, each
+    cropped to its central square and resized to ``image_size`` (Lanczos), as uint8
+    ``(T, size, size, 3)``, or ``(T, size, size, 1)`` with ``gray`` (PIL's ``L``)."""
+    frames = _frames_from_path(path, sys.maxsize if limit is None else limit)
+    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in frames])
+    if gray:
+        clip = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in clip])[..., None]
+    return clip
+
+
 def read_clip(
     path: str, image_size: int, channels: int, num_frames: int, max_frames: int | None = None
 ) -> np.ndarray:
     """The first ``num_frames`` frames, or up to ``max_frames`` when the video has more, as
-    float32 ``(T, size, size, channels)`` in [-1, 1]."""
-    frames = _frames_from_path(path, max(num_frames, max_frames or 0))
-    if len(frames) < num_frames:
+    float32 ``(T, size, size, channels)`` in [-1, 1] (``square_frames``)."""
+    clip = square_frames(path, image_size, channels == 1, max(num_frames, max_frames or 0))
+    if len(clip) < num_frames:
         raise ValueError(
-            f"{path!r} has {len(frames)} frames; at least {num_frames} are needed (the "
+            f"{path!r} has {len(clip)} frames; at least {num_frames} are needed (the "
             f"conditioning frames): pass a longer video, or use a model with fewer "
             f"conditioning frames."
         )
-    kept = frames[: max(num_frames, max_frames or 0)]
-    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in kept])
-    if channels == 1:
-        gray = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in clip])
-        clip = gray[..., None]
     return to_model_range(clip)

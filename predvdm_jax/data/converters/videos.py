@@ -13,15 +13,12 @@ channels), so every video of a split has one frame shape.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-from PIL import Image
 
 from predvdm_jax.data import video_files
 from predvdm_jax.data.converters import common
 from predvdm_jax.data.hdf5 import natural_key
-from predvdm_jax.data.resize import center_square, resize_lanczos
 
 VIDEO_EXTENSIONS = (".gif",) + video_files.FFMPEG_EXTENSIONS
 _LAYOUT = "one sub-folder per split (train/, test/ …) holding video files or frame folders"
@@ -30,13 +27,10 @@ _LAYOUT = "one sub-folder per split (train/, test/ …) holding video files or f
 def video_frames(path: str, image_size: int = 64, gray: bool = False) -> np.ndarray:
     """Every frame of a video file or frame folder as uint8 ``(T, size, size[, 3])``."""
     try:
-        frames = video_files._frames_from_path(path, sys.maxsize)
+        frames = video_files.square_frames(path, image_size, gray)
     except (ValueError, OSError) as err:  # one line naming the file and the fix
         raise common.SourceError(str(err)) from None
-    squares = [resize_lanczos(center_square(f), image_size) for f in frames]
-    if gray:
-        squares = [np.asarray(Image.fromarray(f).convert("L")) for f in squares]
-    return np.stack(squares).astype(np.uint8)
+    return frames[..., 0] if gray else frames
 
 
 def _split_items(split_dir: str) -> tuple[list[str], list[str]]:
