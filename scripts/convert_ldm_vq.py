@@ -6,7 +6,8 @@
 The output is a safetensors file of the flattened Flax param tree ('/'-joined keys such as
 `encoder/down_0/block_1/conv1/kernel`, conv kernels HWIO, float32); read it back with
 `predvdm_jax.interop.torch_checkpoint.load_params_safetensors`. The architecture is the config's `vq`
-section, validated after the --config.* overrides (VQ-f4 defaults without --config). The file is
+section, validated after the --config.* overrides; without --config, the config an export of
+this project records (scripts/export.py --predvdm_ckpt), else the VQ-f4 defaults. The file is
 written to a temporary name and then renamed.
 """
 
@@ -14,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from predvdm_jax import cli, config as config_lib
-from predvdm_jax.interop import ldm_vq
+from predvdm_jax.interop import ldm_vq, predvdm_ckpt
 
 flags.DEFINE_string(
     "ckpt",
@@ -39,11 +40,15 @@ def main():
             ["vq"],
             ": the converter reads only the config's vq section (--config.vq.*)",
         )
-    vq = None if FLAGS.config is None else config_lib.validate(FLAGS.config).vq
+    vq, source = None, ""
+    if FLAGS.config is not None:
+        vq = config_lib.validate(FLAGS.config).vq
+    elif (recorded := predvdm_ckpt.recorded_config(FLAGS.ckpt)) is not None:
+        vq, source = recorded.vq, " (the VQ of the config this export records)"
     summary = ldm_vq.convert_vq_checkpoint(
         FLAGS.ckpt, FLAGS.out, vq, allow_pickle=FLAGS.allow_pickle
     )
-    print(f"wrote {FLAGS.out}: {summary['num_params']:,} parameters")
+    print(f"wrote {FLAGS.out}: {summary['num_params']:,} parameters{source}")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,13 @@ def convert_vq_state_dict(
     """
     model = make_vq_model(config)
     state_dict = select_vq_keys(state_dict)
-    check_keys(expected_torch_shapes(model), state_dict, what="VQ state_dict")
+    hint = (
+        "No config was given, so the LDM VQ-f4 defaults were assumed: pass the model's config "
+        "(--config=..., its vq section) for another VQ."
+        if config is None
+        else "Check that the config's vq section matches the checkpoint."
+    )
+    check_keys(expected_torch_shapes(model), state_dict, what="VQ state_dict", hint=hint)
     flat: dict[str, np.ndarray] = {}
     for key, value in state_dict.items():
         value = np.asarray(value, dtype=np.float32)

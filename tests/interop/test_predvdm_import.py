@@ -151,14 +151,14 @@ def test_a_mode_that_leaves_the_wrapper_attentions_unused_is_named(original):
     assert "--config.model.mode=tc_attn or tcct_para_attn" in summary
 
 
-def test_an_export_of_a_one_pass_run_is_not_told_to_change_its_mode(original, tmp_path):
-    """This project's exports carry both wrapper gates whatever the mode, and record the mode:
-    importing a `tc` run's export must not advise another mode (which the import refuses)."""
+def _tc_export(original, tmp_path):
+    """(the `tc` bundle of the original's weights, its export as scripts/export.py writes it)."""
     from predvdm_jax.interop.torch_checkpoint import save_torch_state_dict
 
     *_, path = original
-    tc_config = _demo_config(**{"model.mode": "tc"})
-    bundle, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(path), tc_config)
+    bundle, _ = predvdm_ckpt.bundle_from_predvdm_checkpoint(
+        str(path), _demo_config(**{"model.mode": "tc"})
+    )
     model = LatentDiffusion.from_config(bundle.config)
     state_dict = predvdm_ckpt.latent_diffusion_state_dict(
         model.denoiser,
@@ -172,10 +172,33 @@ def test_an_export_of_a_one_pass_run_is_not_told_to_change_its_mode(original, tm
     exported = tmp_path / "export.safetensors"
     recorded = {predvdm_ckpt.EXPORT_MARKER: bundle.config.to_json_best_effort()}
     save_torch_state_dict(exported, state_dict, recorded)
+    return bundle, exported
+
+
+def test_an_export_of_a_one_pass_run_is_not_told_to_change_its_mode(original, tmp_path):
+    """This project's exports carry both wrapper gates whatever the mode, and record the mode:
+    importing a `tc` run's export must not advise another mode (which the import refuses)."""
+    bundle, exported = _tc_export(original, tmp_path)
+    tc_config = _demo_config(**{"model.mode": "tc"})
     back, summary = predvdm_ckpt.bundle_from_predvdm_checkpoint(str(exported), tc_config)
     assert summary.startswith("EMA weights (7 updates), mode tc,")
     assert "unused" not in summary and "--config.model.mode" not in summary
     jax.tree.map(np.testing.assert_array_equal, back.params, bundle.params)
+
+
+def test_convert_ldm_vq_takes_the_vq_an_export_records_without_a_config(original, tmp_path):
+    """The demo's VQ is not VQ-f4's default: without --config the converter reads the
+    architecture from the config the export records."""
+    from predvdm_jax.interop.torch_checkpoint import load_params_safetensors
+
+    bundle, exported = _tc_export(original, tmp_path)
+    out = tmp_path / "vq.safetensors"
+    script = os.path.join(REPO, "scripts", "convert_ldm_vq.py")
+    command = [sys.executable, script, f"--ckpt={exported}", f"--out={out}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(the VQ of the config this export records)" in done.stdout
+    jax.tree.map(np.testing.assert_array_equal, load_params_safetensors(str(out)), bundle.vq_params)
 
 
 def test_another_schedule_is_one_clear_error_and_the_script_writes_nothing(original, tmp_path):
