@@ -155,7 +155,14 @@ def load_denoiser_params(path: str) -> Any:
 
     params = load_params_safetensors(path)  # first: a truncated file is its one error
     with safe_open(path, "numpy") as f:
-        layout = (f.metadata() or {}).get("conv_kernel_layout")
+        metadata = f.metadata() or {}
+    if metadata.get("format") == VQ_METADATA_KIND["format"]:
+        raise ValueError(
+            f"{path} holds VQ params (its metadata says {VQ_METADATA_KIND['format']}), not the "
+            f"denoiser's: were the bundle's {DENOISER_FILE} and {VQ_FILE} swapped? Re-export "
+            f"the bundle with scripts/export.py"
+        )
+    layout = metadata.get("conv_kernel_layout")
     if layout != DENOISER_METADATA["conv_kernel_layout"]:
         found = "no conv_kernel_layout" if layout is None else f"conv_kernel_layout {layout!r}"
         raise ValueError(

@@ -69,6 +69,18 @@ def test_a_bundle_with_a_denoiser_file_without_the_ohwi_layout_is_refused(tmp_pa
     assert str(err.value).startswith(f"{denoiser} has no conv_kernel_layout")
     assert "\n" not in str(err.value)
 
+    vq_file = os.path.join(path, bundle_lib.VQ_FILE)  # the two files swapped
+    os.replace(vq_file, denoiser + ".vq")
+    save_params_safetensors(vq_file, _params(), metadata=bundle_lib.DENOISER_METADATA)
+    os.replace(denoiser + ".vq", denoiser)
+    with pytest.raises(ValueError) as err:
+        bundle_lib.read_bundle_files(path)
+    assert str(err.value) == (
+        f"{denoiser} holds VQ params (its metadata says flax/vq), not the denoiser's: were the "
+        f"bundle's denoiser.safetensors and vq.safetensors swapped? Re-export the bundle with "
+        f"scripts/export.py"
+    )
+
 
 def _bundle():
     config = config_lib.finalize(config_lib.default_config())
