@@ -28,7 +28,7 @@ from predvdm_jax.diffusion.latent_diffusion import LatentDiffusion
 from predvdm_jax.interop import bundle as bundle_lib
 from predvdm_jax.interop.params import load_vq_params
 from predvdm_jax.seeds import prng_key
-from predvdm_jax.training import checkpoint, loop, preview
+from predvdm_jax.training import checkpoint, loop, preview, workdir_lock
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.best_bundles import BestBundles
 from predvdm_jax.training.train_state import TrainState
@@ -175,6 +175,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
     hides the progress bar."""
     config = config_lib.with_absolute_paths(config)
     checkpoint.check_workdir(workdir)
+    with workdir_lock.hold(workdir):  # a second run fails now, before reading its data
+        return _train(config, workdir, show_progress)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, show_progress: bool) -> Any:
+    """``train`` in the workdir it holds."""
     checkpoint.check_saved_config(workdir, config)
     initial_params = loop.fine_tuning_params(
         workdir,

@@ -10,6 +10,9 @@ Resuming restores the state and the data iterator's state of the newest
 finished checkpoint in ``workdir/checkpoints``, so the resumed run sees the
 batches an uninterrupted run would and reaches the same parameters.
 
+The run holds its workdir (``workdir_lock.hold``): a second run there raises
+``WorkdirBusyError`` before writing anything.
+
 On SIGTERM (a preemption notice) or a first Ctrl-C the loop finishes its step, saves it,
 and raises ``TrainingPreempted``; rerunning the same command resumes from there.
 """
@@ -28,6 +31,7 @@ from absl import logging
 from predvdm_jax.config import ConfigError
 from predvdm_jax.mesh import batch_sharding, make_global_batch, make_mesh
 from predvdm_jax.seeds import prng_key
+from predvdm_jax.training import workdir_lock
 from predvdm_jax.training.checkpoint import (
     CHECKPOINT_DIR,
     Checkpointer,
@@ -180,192 +184,197 @@ def train_loop(
     )
 
     check_workdir(workdir)
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=t.max_to_keep)
-    try:
-        restored = checkpointer.restore_latest(abstract_state)
-    except BaseException:
-        checkpointer.close()  # a failed restore must not leave Orbax's threads running
-        raise
-    if restored is None:
-        state, shardings = create_train_state(
-            init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
+    with workdir_lock.hold(workdir):  # before the first write into the workdir
+        checkpointer = Checkpointer(
+            os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=t.max_to_keep
         )
-        start_step = 0
-        if initial_params is not None:
-            state = state.replace(
-                params=jax.device_put(initial_params, shardings.params),
-                ema_params=jax.device_put(initial_params, shardings.ema_params),
+        try:
+            restored = checkpointer.restore_latest(abstract_state)
+        except BaseException:
+            checkpointer.close()  # a failed restore must not leave Orbax's threads running
+            raise
+        if restored is None:
+            state, shardings = create_train_state(
+                init_fn, optimizer, key, mesh, min_size=min_size, extra_init_fn=extra_init_fn
             )
-        logging.info(
-            "starting %s in %s",
-            "from scratch" if initial_params is None else "at step 0 with those weights",
-            workdir,
-        )
-    else:
-        state, data_state, start_step = restored
-        if data_state is not None:
-            data_iterator.set_state(data_state)
-        logging.info("resumed from step %d in %s", start_step, workdir)
-        if start_step >= num_steps:
-            logging.warning(
-                "the run in %s is already at step %d (train.num_steps=%d): nothing to train; "
-                "raise train.num_steps to train on",
+            start_step = 0
+            if initial_params is not None:
+                state = state.replace(
+                    params=jax.device_put(initial_params, shardings.params),
+                    ema_params=jax.device_put(initial_params, shardings.ema_params),
+                )
+            logging.info(
+                "starting %s in %s",
+                "from scratch" if initial_params is None else "at step 0 with those weights",
                 workdir,
-                start_step,
-                num_steps,
+            )
+        else:
+            state, data_state, start_step = restored
+            if data_state is not None:
+                data_iterator.set_state(data_state)
+            logging.info("resumed from step %d in %s", start_step, workdir)
+            if start_step >= num_steps:
+                logging.warning(
+                    "the run in %s is already at step %d (train.num_steps=%d): nothing to train; "
+                    "raise train.num_steps to train on",
+                    workdir,
+                    start_step,
+                    num_steps,
+                )
+
+        param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+        logging.info(
+            "%s parameters; mesh data=%d × fsdp=%d over %d devices in %d process(es); global "
+            "batch %d in %d microbatch(es) per step",
+            f"{param_count:,}",
+            mesh.shape["data"],
+            mesh.shape["fsdp"],
+            mesh.size,
+            jax.process_count(),
+            batch_size,
+            grad_accum_steps,
+        )
+        if mesh.shape["fsdp"] > 1:
+            split = fsdp_split_fraction(abstract_state.params, state_sharding.params)
+            log = logging.warning if split < 0.5 else logging.info
+            log(
+                "mesh.fsdp=%d splits %.1f%% of the parameters; the rest are replicated (below "
+                "mesh.min_shard_size, or no axis divisible by %d)%s",
+                mesh.shape["fsdp"],
+                100 * split,
+                mesh.shape["fsdp"],
+                "; a smaller mesh.fsdp splits more" if split < 0.5 else "",
+            )
+        # Drops lines a killed run logged after start_step (all of them when starting from scratch).
+        try:
+            writer = create_default_writer(workdir, resume_step=start_step)
+        except BaseException:
+            checkpointer.close()
+            raise
+        if restored is None:
+            writer.write_hparams(config.to_dict())
+        progress = ProgressReporter(
+            num_steps, every_steps=log_every, start_step=start_step, show_bar=show_progress
+        )
+        accumulation = {"grad_accum_steps": grad_accum_steps} if grad_accum_steps != 1 else {}
+        train_step = train_step_builder(
+            loss_fn,
+            optimizer,
+            t.ema_rate,
+            mesh,
+            state_sharding,
+            batch_sharding(mesh),
+            lr_schedule=schedule,
+            **accumulation,
+        )
+
+        throughput = _Throughput(batch_size, jax.device_count(), jax.devices()[0].device_kind)
+        pending_losses: list[tuple[int, jax.Array]] = []
+        last_saved = start_step if restored is not None else None
+
+        def stop(what: str):
+            checkpointer.wait_until_finished()
+            kept = checkpointer.latest_step()
+            last = (
+                f"the last good checkpoint is step {kept} in {checkpointer.directory}"
+                if kept is not None
+                else "no checkpoint was saved yet"
+            )
+            raise NonFiniteLossError(
+                f"{what}; stopped without saving this state, {last} (lower the learning rate, "
+                "check the optimizer settings or the data)"
             )
 
-    param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
-    logging.info(
-        "%s parameters; mesh data=%d × fsdp=%d over %d devices in %d process(es); global "
-        "batch %d in %d microbatch(es) per step",
-        f"{param_count:,}",
-        mesh.shape["data"],
-        mesh.shape["fsdp"],
-        mesh.size,
-        jax.process_count(),
-        batch_size,
-        grad_accum_steps,
-    )
-    if mesh.shape["fsdp"] > 1:
-        split = fsdp_split_fraction(abstract_state.params, state_sharding.params)
-        log = logging.warning if split < 0.5 else logging.info
-        log(
-            "mesh.fsdp=%d splits %.1f%% of the parameters; the rest are replicated (below "
-            "mesh.min_shard_size, or no axis divisible by %d)%s",
-            mesh.shape["fsdp"],
-            100 * split,
-            mesh.shape["fsdp"],
-            "; a smaller mesh.fsdp splits more" if split < 0.5 else "",
-        )
-    # Drops lines a killed run logged after start_step (all of them when starting from scratch).
-    try:
-        writer = create_default_writer(workdir, resume_step=start_step)
-    except BaseException:
-        checkpointer.close()
-        raise
-    if restored is None:
-        writer.write_hparams(config.to_dict())
-    progress = ProgressReporter(
-        num_steps, every_steps=log_every, start_step=start_step, show_bar=show_progress
-    )
-    accumulation = {"grad_accum_steps": grad_accum_steps} if grad_accum_steps != 1 else {}
-    train_step = train_step_builder(
-        loss_fn,
-        optimizer,
-        t.ema_rate,
-        mesh,
-        state_sharding,
-        batch_sharding(mesh),
-        lr_schedule=schedule,
-        **accumulation,
-    )
+        def fail_if_not_finite():
+            losses = jax.device_get([loss for _, loss in pending_losses])
+            for (step_number, _), value in zip(pending_losses, losses):
+                if not math.isfinite(float(np.asarray(value))):
+                    stop(f"loss is {float(value)} at step {step_number}")
+            pending_losses.clear()
 
-    throughput = _Throughput(batch_size, jax.device_count(), jax.devices()[0].device_kind)
-    pending_losses: list[tuple[int, jax.Array]] = []
-    last_saved = start_step if restored is not None else None
+        def fail_if_state_not_finite(step_number: int):
+            """Before a state is saved or evaluated (a NaN state could become a best bundle)."""
+            fail_if_not_finite()
+            # A step's loss is computed before its update: an update that made the weights NaN
+            # shows in the next step's loss, so the weights themselves are checked.
+            if not bool(all_finite((state.params, state.ema_params))):
+                stop(f"the weights after step {step_number} are NaN or Inf (its loss was finite)")
 
-    def stop(what: str):
-        checkpointer.wait_until_finished()
-        kept = checkpointer.latest_step()
-        last = (
-            f"the last good checkpoint is step {kept} in {checkpointer.directory}"
-            if kept is not None
-            else "no checkpoint was saved yet"
-        )
-        raise NonFiniteLossError(
-            f"{what}; stopped without saving this state, {last} (lower the learning rate, "
-            "check the optimizer settings or the data)"
-        )
+        def save(step_number: int):
+            nonlocal last_saved
+            fail_if_state_not_finite(step_number)
+            checkpointer.save(step_number, state, data_iterator.get_state(), config)
+            last_saved = step_number
 
-    def fail_if_not_finite():
-        losses = jax.device_get([loss for _, loss in pending_losses])
-        for (step_number, _), value in zip(pending_losses, losses):
-            if not math.isfinite(float(np.asarray(value))):
-                stop(f"loss is {float(value)} at step {step_number}")
-        pending_losses.clear()
-
-    def fail_if_state_not_finite(step_number: int):
-        """Before a state is saved or evaluated (a NaN state could become a best bundle)."""
-        fail_if_not_finite()
-        # A step's loss is computed before its update: an update that made the weights NaN
-        # shows in the next step's loss, so the weights themselves are checked.
-        if not bool(all_finite((state.params, state.ema_params))):
-            stop(f"the weights after step {step_number} are NaN or Inf (its loss was finite)")
-
-    def save(step_number: int):
-        nonlocal last_saved
-        fail_if_state_not_finite(step_number)
-        checkpointer.save(step_number, state, data_iterator.get_state(), config)
-        last_saved = step_number
-
-    watch = PreemptionWatch()
-    profiling = False
-    try:
-        for step_index in range(start_step, num_steps):
-            step_number = step_index + 1
-            if profile_start > 0 and step_number == profile_start:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
-                profiling = True
-            with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
-                batch = _to_global(next(data_iterator), mesh)
-                state, metrics = train_step(state, batch)
-            if profiling and step_number + 1 == profile_stop:
-                jax.block_until_ready(metrics)
-                jax.profiler.stop_trace()
-                profiling = False
-                logging.info(
-                    "profile of steps %d-%d in %s/profile", profile_start, step_number, workdir
-                )
-            if step_index == start_step:  # its time is mostly compilation: not timed
-                jax.block_until_ready(metrics)
-                progress.restart(step_number)
-            pending_losses.append((step_number, metrics["loss"]))
-            for hook in hooks:
-                hook(step_number, state, metrics)
-            rate = progress(step_number)
-            if step_number % log_every == 0 or step_number == num_steps:
-                fail_if_not_finite()
-                checkpointer.check_for_errors()  # a failed background save stops the run now
-                scalars = dict(jax.device_get(metrics))
-                if rate is not None:
-                    counted = throughput.flops_per_step is not None
-                    scalars.update(throughput(rate, lambda: matmul_flops(train_step, state, batch)))
-                    if not counted:  # counting lowers the step once: not training time either
-                        progress.restart(step_number)
-                writer.write_scalars(step_number, scalars)
-            due = [
-                evaluate
-                for every, evaluate in evaluations
-                if every > 0 and step_number % every == 0
-            ]
-            if due:
-                fail_if_state_not_finite(step_number)
-            for evaluate in due:
-                _write_results(writer, step_number, jax.device_get(evaluate(state)))
-            if due:
-                progress.restart(step_number)  # evaluations are not training time
-            if step_number % save_every == 0:
-                save(step_number)
-            if watch.reached(step_number) and step_number < num_steps:
-                if last_saved != step_number:
+        watch = PreemptionWatch()
+        profiling = False
+        try:
+            for step_index in range(start_step, num_steps):
+                step_number = step_index + 1
+                if profile_start > 0 and step_number == profile_start:
+                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                    profiling = True
+                with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
+                    batch = _to_global(next(data_iterator), mesh)
+                    state, metrics = train_step(state, batch)
+                if profiling and step_number + 1 == profile_stop:
+                    jax.block_until_ready(metrics)
+                    jax.profiler.stop_trace()
+                    profiling = False
+                    logging.info(
+                        "profile of steps %d-%d in %s/profile", profile_start, step_number, workdir
+                    )
+                if step_index == start_step:  # its time is mostly compilation: not timed
+                    jax.block_until_ready(metrics)
+                    progress.restart(step_number)
+                pending_losses.append((step_number, metrics["loss"]))
+                for hook in hooks:
+                    hook(step_number, state, metrics)
+                rate = progress(step_number)
+                if step_number % log_every == 0 or step_number == num_steps:
+                    fail_if_not_finite()
+                    checkpointer.check_for_errors()  # a failed background save stops the run now
+                    scalars = dict(jax.device_get(metrics))
+                    if rate is not None:
+                        counted = throughput.flops_per_step is not None
+                        scalars.update(
+                            throughput(rate, lambda: matmul_flops(train_step, state, batch))
+                        )
+                        if not counted:  # counting lowers the step once: not training time either
+                            progress.restart(step_number)
+                    writer.write_scalars(step_number, scalars)
+                due = [
+                    evaluate
+                    for every, evaluate in evaluations
+                    if every > 0 and step_number % every == 0
+                ]
+                if due:
+                    fail_if_state_not_finite(step_number)
+                for evaluate in due:
+                    _write_results(writer, step_number, jax.device_get(evaluate(state)))
+                if due:
+                    progress.restart(step_number)  # evaluations are not training time
+                if step_number % save_every == 0:
                     save(step_number)
-                checkpointer.wait_until_finished()
-                raise TrainingPreempted(
-                    f"stopped by {watch.notice} after step {step_number} of {num_steps}; saved "
-                    f"it in {checkpointer.directory}: run the same command again to resume",
-                    watch.exit_code,
-                )
-        fail_if_not_finite()
-        if last_saved != num_steps and num_steps > start_step:
-            save(num_steps)
-        checkpointer.wait_until_finished()
-    finally:
-        if profiling:
-            jax.profiler.stop_trace()
-        watch.close()
-        checkpointer.close()
-        writer.flush()
-        writer.close()
-        progress.close()
-    return state
+                if watch.reached(step_number) and step_number < num_steps:
+                    if last_saved != step_number:
+                        save(step_number)
+                    checkpointer.wait_until_finished()
+                    raise TrainingPreempted(
+                        f"stopped by {watch.notice} after step {step_number} of {num_steps}; saved "
+                        f"it in {checkpointer.directory}: run the same command again to resume",
+                        watch.exit_code,
+                    )
+            fail_if_not_finite()
+            if last_saved != num_steps and num_steps > start_step:
+                save(num_steps)
+            checkpointer.wait_until_finished()
+        finally:
+            if profiling:
+                jax.profiler.stop_trace()
+            watch.close()
+            checkpointer.close()
+            writer.flush()
+            writer.close()
+            progress.close()
+        return state

@@ -62,7 +62,7 @@ from predvdm_jax.interop.torch_checkpoint import save_params_safetensors
 from predvdm_jax.models import vq_losses
 from predvdm_jax.models.autoencoder import VQModel
 from predvdm_jax.models.lpips import TRUNK_NAMES, load_lpips_params, lpips_distance, lpips_trunk
-from predvdm_jax.training import checkpoint
+from predvdm_jax.training import checkpoint, workdir_lock
 from predvdm_jax.training.data_checks import check_split_frames
 from predvdm_jax.training.loop import fine_tuning_params, train_loop
 from predvdm_jax.training.optim import global_norm, make_optimizer
@@ -599,6 +599,12 @@ def train_vq(
         with_overrides(config, {"vq_params": params_path(workdir)}, validated=False)
     )
     checkpoint.check_workdir(workdir, trainer="vq")
+    with workdir_lock.hold(workdir):  # through the params and scores written after training
+        return _train_vq(config, workdir, show_progress)
+
+
+def _train_vq(config: ml_collections.ConfigDict, workdir: str, show_progress: bool) -> dict:
+    """``train_vq`` in the workdir it holds."""
     checkpoint.check_saved_config(
         workdir, config, checkpoint.VQ_FIELDS, DERIVED_FIELDS, trainer="vq"
     )
