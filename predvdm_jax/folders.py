@@ -16,6 +16,7 @@ METRICS_FILE = "metrics.jsonl"  # a training run's log, beside checkpoints/
 METRIC_FILE = "metric.json"  # {"metric", "value", "step"} of a best bundle (train.keep_best)
 SOURCE_FILE = "source.json"  # where a bundle's weights came from (interop/bundle.BundleSource)
 BEST_DIR = "best"  # a run's folder of best bundles (train.keep_best), beside checkpoints/
+WORKDIR_LOCK_FILE = ".lock"  # a running training's lock (training/workdir_lock), in its workdir
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

@@ -35,6 +35,7 @@ from predvdm_jax.folders import (
     METRIC_FILE,
     SOURCE_FILE,
     VQ_FILE,
+    WORKDIR_LOCK_FILE,
     is_bundle,
     is_training_workdir,
 )
@@ -83,7 +84,8 @@ def _check_replaceable(path: str) -> None:
         return
     if not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file; pass a folder path for the bundle.")
-    others = sorted(set(os.listdir(path)) - BUNDLE_ENTRIES)
+    # A lock a killed run left is all its workdir holds when it died before writing anything.
+    others = sorted(set(os.listdir(path)) - BUNDLE_ENTRIES - {WORKDIR_LOCK_FILE})
     if others:
         shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
         raise ValueError(

@@ -26,7 +26,9 @@ from typing import Iterator
 
 from absl import logging
 
-LOCK_FILE = ".lock"
+from predvdm_jax import folders
+
+LOCK_FILE = folders.WORKDIR_LOCK_FILE
 _BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 _held: dict[str, int] = {}  # the workdirs this process holds (real path: nesting depth)
 

@@ -98,6 +98,12 @@ def test_a_save_replaces_a_bundle_but_never_a_training_workdir(tmp_path):
         "vq.safetensors",
     ]
 
+    dead = tmp_path / "dead_run"  # killed before writing anything but its workdir lock
+    dead.mkdir()
+    (dead / ".lock").write_text("pid 1 on host\n")
+    bundle_lib.save_bundle(str(dead), _bundle())
+    assert sorted(os.listdir(dead)) == ["config.json", "denoiser.safetensors", "vq.safetensors"]
+
     workdir = tmp_path / "run"
     (workdir / "checkpoints" / "40").mkdir(parents=True)
     (workdir / "metrics.jsonl").write_text("{}\n")
