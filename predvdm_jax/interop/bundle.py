@@ -35,7 +35,6 @@ from predvdm_jax.folders import (
     METRIC_FILE,
     SOURCE_FILE,
     VQ_FILE,
-    WORKDIR_LOCK_FILE,
     is_bundle,
     is_training_workdir,
 )
@@ -84,8 +83,7 @@ def _check_replaceable(path: str) -> None:
         return
     if not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file; pass a folder path for the bundle.")
-    # A lock a killed run left is all its workdir holds when it died before writing anything.
-    others = sorted(set(os.listdir(path)) - BUNDLE_ENTRIES - {WORKDIR_LOCK_FILE})
+    others = sorted(set(os.listdir(path)) - BUNDLE_ENTRIES)
     if others:
         shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
         raise ValueError(
@@ -146,7 +144,9 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the new bundle, or after a swap the old one
         raise
-    if old is not None:
+    if old is not None and os.path.islink(old):  # ``path`` was a link to a bundle
+        os.unlink(old)
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -98,11 +98,18 @@ def test_a_save_replaces_a_bundle_but_never_a_training_workdir(tmp_path):
         "vq.safetensors",
     ]
 
-    dead = tmp_path / "dead_run"  # killed before writing anything but its workdir lock
-    dead.mkdir()
-    (dead / ".lock").write_text("pid 1 on host\n")
-    bundle_lib.save_bundle(str(dead), _bundle())
-    assert sorted(os.listdir(dead)) == ["config.json", "denoiser.safetensors", "vq.safetensors"]
+    # A folder holding only a workdir lock may be a run that is starting: never replaced.
+    starting = tmp_path / "starting_run"
+    starting.mkdir()
+    (starting / ".lock").write_text("pid 1 on host\n")
+    with pytest.raises(ValueError, match=r"is not a bundle \(it holds \.lock\)"):
+        bundle_lib.save_bundle(str(starting), _bundle())
+
+    linked = tmp_path / "linked"  # a link to a bundle is replaced by the bundle, not left
+    os.symlink(tmp_path / "b", linked)
+    bundle_lib.save_bundle(str(linked), _bundle())
+    assert not os.path.islink(linked) and os.path.isdir(tmp_path / "b")
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".bundle-")] == []
 
     workdir = tmp_path / "run"
     (workdir / "checkpoints" / "40").mkdir(parents=True)
