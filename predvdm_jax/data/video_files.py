@@ -7,6 +7,7 @@ import glob
 import os
 import sys
 import warnings
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -83,72 +84,9 @@ def _ffmpeg_plugin_installed() -> bool:
     return True
 
 
-def _decode_first_frames(path: str, limit: int) -> tuple[np.ndarray, bool]:
-    """``(frames, whole)``: the first ``limit`` frames of a video file stacked ``(T, H, W[, C])``,
-    the decoder stopped there; or, ``whole`` True, a file imageio reads as one item (an image,
-    a one-page TIFF) as ``imread`` returns it."""
-    import imageio.v3 as iio
-
-    items = []
-    with without_jax_fork_warning(), iio.imopen(path, "r") as file:
-        for item in file.iter():
-            items.append(np.asarray(item))
-            if len(items) >= max(limit, 2):  # a second item tells a video from one image
-                break
-    if len(items) < 2:  # one item (cheap to read again): the shape imread gives it
-        with without_jax_fork_warning():
-            return np.asarray(iio.imread(path, index=None)), True
-    frames = [frame for item in items for frame in (item if item.ndim == 4 else [item])]
-    for t, frame in enumerate(frames):
-        if frame.shape != frames[0].shape:
-            raise ValueError(f"frame {t} has shape {frame.shape}, frame 0 {frames[0].shape}")
-    return np.stack(frames[:limit]), False
-
-
-def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
-    """The first ``limit`` RGB frames (fewer where the video ends) of a video file, or of a
-    folder's images in natural name order; later frames are not read."""
-    if os.path.isdir(path):
-        files = sorted(
-            (f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS)),
-            key=lambda f: natural_key(os.path.basename(f)),
-        )
-        if not files:
-            raise FileNotFoundError(
-                f"{path!r} holds no frame images ({', '.join(IMAGE_EXTENSIONS)})."
-            )
-        frames = []
-        for f in files[:limit]:
-            frames.append(_read_image(f))
-            if frames[-1].shape != frames[0].shape:
-                h, w = frames[-1].shape[:2]
-                raise ValueError(
-                    f"{f!r} is {w}x{h} but {os.path.basename(files[0])!r}, the first frame, "
-                    f"is {frames[0].shape[1]}x{frames[0].shape[0]}; every frame of a video "
-                    f"must have one size."
-                )
-        return frames
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"video {path!r} not found.")
-    try:
-        frames, whole = _decode_first_frames(path, limit)
-    except Exception as err:
-        if path.lower().endswith(FFMPEG_EXTENSIONS) and not _ffmpeg_plugin_installed():
-            raise ValueError(
-                f"cannot decode {path!r}: reading MP4/AVI needs the imageio-ffmpeg plugin, which "
-                f"is not installed; install it with pip install -e '.[video]' in the project's "
-                f"folder, or pass a GIF or a folder of frame images."
-            ) from None
-        raise ValueError(
-            f"cannot decode {path!r} as a video ({_one_line(err)}); it is damaged or not a "
-            f"GIF/MP4/AVI: pass a working video file (MP4/AVI need imageio-ffmpeg) or a folder "
-            f"of frame images."
-        ) from None
-    if whole and _is_single_image(path, frames):
-        raise ValueError(
-            f"{path!r} is a single image, not a video; --video needs a video file (GIF/MP4/AVI) "
-            f"or a folder holding one image per frame."
-        )
+def _rgb_uint8(path: str, frames: np.ndarray) -> list[np.ndarray]:
+    """Decoded frames ``(T, H, W[, C])`` as RGB uint8 frames (16-bit levels scaled to 8 bits),
+    or a one-line ``ValueError`` naming the file."""
     if frames.ndim == 3:
         frames = frames[..., None]
     if frames.ndim != 4 or frames.shape[-1] not in (1, 2, 3, 4):
@@ -166,17 +104,105 @@ def _frames_from_path(path: str, limit: int) -> list[np.ndarray]:
     return [f[..., :3] if f.shape[-1] >= 3 else np.repeat(f[..., :1], 3, axis=-1) for f in frames]
 
 
+def _decoded_frames(path: str, limit: int, transform: Callable) -> list[np.ndarray]:
+    """The first ``limit`` frames of a video file, each made RGB uint8 and passed through
+    ``transform`` as it is decoded (a long video's full-size frames are never all held); the
+    decoder stops there. A file imageio reads as one item (an image, a one-page TIFF) is
+    read whole, and refused when it is a single image."""
+    import imageio.v3 as iio
+
+    frames, first_items, first_shape = [], [], None
+    with without_jax_fork_warning(), iio.imopen(path, "r") as file:
+        for item in file.iter():
+            item = np.asarray(item)
+            if len(first_items) < 2:  # a second item tells a video from one image
+                first_items.append(item)
+            for frame in item if item.ndim == 4 else [item]:
+                if len(frames) == limit:
+                    break
+                first_shape = first_shape or frame.shape
+                if frame.shape != first_shape:
+                    raise ValueError(
+                        f"frame {len(frames)} has shape {frame.shape}, frame 0 {first_shape}"
+                    )
+                frames.append(transform(_rgb_uint8(path, frame[None])[0]))
+            if len(frames) >= limit and len(first_items) >= 2:
+                break
+    if len(first_items) < 2:  # one item (cheap to read again): the shape imread gives it
+        with without_jax_fork_warning():
+            whole = np.asarray(iio.imread(path, index=None))
+        if _is_single_image(path, whole):
+            raise ValueError(
+                f"{path!r} is a single image, not a video; pass a video file (GIF/MP4/AVI) "
+                f"or a folder holding one image per frame."
+            )
+        return [transform(frame) for frame in _rgb_uint8(path, whole)[:limit]]
+    return frames
+
+
+def _frames_from_path(
+    path: str, limit: int, transform: Callable = lambda frame: frame
+) -> list[np.ndarray]:
+    """The first ``limit`` RGB frames (fewer where the video ends) of a video file, or of a
+    folder's images in natural name order, each passed through ``transform`` as it is read;
+    later frames are not read."""
+    if os.path.isdir(path):
+        files = sorted(
+            (f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS)),
+            key=lambda f: natural_key(os.path.basename(f)),
+        )
+        if not files:
+            raise FileNotFoundError(
+                f"{path!r} holds no frame images ({', '.join(IMAGE_EXTENSIONS)})."
+            )
+        frames, first_shape = [], None
+        for f in files[:limit]:
+            frame = _read_image(f)
+            first_shape = first_shape or frame.shape
+            if frame.shape != first_shape:
+                h, w = frame.shape[:2]
+                raise ValueError(
+                    f"{f!r} is {w}x{h} but {os.path.basename(files[0])!r}, the first frame, "
+                    f"is {first_shape[1]}x{first_shape[0]}; every frame of a video "
+                    f"must have one size."
+                )
+            frames.append(transform(frame))
+        return frames
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"video {path!r} not found.")
+    try:
+        return _decoded_frames(path, limit, transform)
+    except ValueError as err:
+        if str(err).startswith(repr(path)):  # already names the file and the fix
+            raise
+        cause = err
+    except Exception as err:
+        cause = err
+    if path.lower().endswith(FFMPEG_EXTENSIONS) and not _ffmpeg_plugin_installed():
+        raise ValueError(
+            f"cannot decode {path!r}: reading MP4/AVI needs the imageio-ffmpeg plugin, which "
+            f"is not installed; install it with pip install -e '.[video]' in the project's "
+            f"folder, or pass a GIF or a folder of frame images."
+        ) from None
+    raise ValueError(
+        f"cannot decode {path!r} as a video ({_one_line(cause)}); it is damaged or not a "
+        f"GIF/MP4/AVI: pass a working video file (MP4/AVI need imageio-ffmpeg) or a folder "
+        f"of frame images."
+    ) from None
+
+
 def square_frames(
     path: str, image_size: int, gray: bool = False, limit: int | None = None
 ) -> np.ndarray:
     """The first ``limit`` frames (all by default) of a video file or frame folder, each
     cropped to its central square and resized to ``image_size`` (Lanczos), as uint8
     ``(T, size, size, 3)``, or ``(T, size, size, 1)`` with ``gray`` (PIL's ``L``)."""
-    frames = _frames_from_path(path, sys.maxsize if limit is None else limit)
-    clip = np.stack([resize_lanczos(center_square(f), image_size) for f in frames])
-    if gray:
-        clip = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in clip])[..., None]
-    return clip
+
+    def square(frame: np.ndarray) -> np.ndarray:
+        frame = resize_lanczos(center_square(frame), image_size)
+        return np.asarray(Image.fromarray(frame).convert("L"))[..., None] if gray else frame
+
+    return np.stack(_frames_from_path(path, sys.maxsize if limit is None else limit, square))
 
 
 def read_clip(

@@ -295,7 +295,9 @@ def test_a_single_image_is_not_a_video(tmp_path):
     Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(np.zeros((8, 10), np.uint8)).save(tmp_path / "gray.png")
     for name in ("rgb.png", "gray.png"):
-        with pytest.raises(ValueError, match=rf"{name}' is a single image, not a video; --video"):
+        with pytest.raises(
+            ValueError, match=rf"{name}' is a single image, not a video; pass a video"
+        ):
             video_files.read_clip(str(tmp_path / name), 8, 1, 2)
 
 

@@ -193,3 +193,25 @@ def test_a_video_shorter_than_the_conditioning_frames_names_the_fix(tmp_path):
         r"video, or use a model with fewer conditioning frames\.$",
     ):
         video_files.read_clip(str(tmp_path / "clip"), 8, 1, 4)
+
+
+def test_a_long_video_is_cropped_and_resized_frame_by_frame_as_decoded(tmp_path):
+    """`square_frames` (prepare_data.py --dataset=videos reads whole videos) never holds the
+    full-size frames of a video all at once: 96 frames of 256x256 RGB are 18.9 MB."""
+    import tracemalloc
+
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (96, 256, 256, 3), np.uint8)
+    path = str(tmp_path / "long.gif")
+    iio.imwrite(path, frames, duration=40, loop=0)
+    del frames
+    tracemalloc.start()
+    try:
+        squares = video_files.square_frames(path, 8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert squares.shape == (96, 8, 8, 3) and squares.dtype == np.uint8
+    assert peak < 6e6, f"{peak / 1e6:.1f} MB"
