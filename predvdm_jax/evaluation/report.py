@@ -269,8 +269,8 @@ def check_output_dir(
 ) -> None:
     """A ``ValueError`` unless ``path`` can be an output folder (new or existing): it is no
     file, lies under no file, and is no bundle, training workdir or data split (reports would
-    mix with the model's or the data's files; the error suggests ``example``). Scripts call it before any work, so a
-    bad ``--out`` fails at once rather than after the predictions."""
+    mix with the model's or the data's files; the error suggests ``example``). Scripts call it
+    before any work, so a bad ``--out`` fails at once rather than after the predictions."""
     path = os.fspath(path)
     if not path:
         raise ValueError(f"{flag} is empty; pass an output folder")

@@ -115,7 +115,6 @@ def convert_lpips_state_dicts(
 
 # The metadata of convert_lpips_files' output, by trunk (an output only replaces one of its kind).
 LPIPS_METADATA_KINDS = {ALEXNET: {"model": "lpips-alexnet"}, VGG16: {"model": "lpips-vgg16"}}
-LPIPS_METADATA_KIND = LPIPS_METADATA_KINDS[ALEXNET]
 
 
 def convert_lpips_files(

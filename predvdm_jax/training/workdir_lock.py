@@ -8,8 +8,8 @@ resume; a run that ends normally removes the file (and the workdir, if the run c
 left it empty). The lock's file descriptor is not inherited by spawned processes (grain's
 readers, ffmpeg).
 
-Multi-host: only process 0 locks (on clusters whose hosts share no filesystem the others'
-workdirs are their own), and broadcasts whether it got the lock, so every process fails
+Multi-host: the workdir is one folder every host sees (Orbax writes it from every process),
+so process 0 alone locks it and broadcasts whether it got the lock; every process then fails
 together. On a filesystem without ``flock`` (some NFS) the run logs a warning and trains
 unlocked. A process nests holds on one workdir (a trainer holds it around ``train_loop``,
 which holds it too).
@@ -145,9 +145,9 @@ def hold(workdir: str) -> Iterator[None]:
         _remove_empty(created)
 
 
-def _remove_empty(folders: list[str]) -> None:
-    """Removes the ``folders`` (deepest first) this run created, where they are empty."""
-    for folder in folders:
+def _remove_empty(created: list[str]) -> None:
+    """Removes the folders ``created`` (deepest first) by this run, where they are empty."""
+    for folder in created:
         try:
             os.rmdir(folder)
         except OSError:

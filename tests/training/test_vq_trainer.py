@@ -404,10 +404,6 @@ def test_vq_train_lpips_params_are_used_over_eval_lpips_params(tmp_path, caplog)
     assert f"VQ perceptual loss: LPIPS-VGG16, from vq_train.lpips_params={vgg_path}" in caplog.text
     kernel = objective.lpips_params["net"]["features_28"]["kernel"]
     np.testing.assert_array_equal(np.asarray(kernel), vgg_flat["net/features_28/kernel"])
-    x = jnp.asarray(rng.uniform(-1, 1, (1, size, size, 3)), jnp.float32)
-    y = jnp.asarray(rng.uniform(-1, 1, (1, size, size, 3)), jnp.float32)
-    expected = lpips.lpips_distance(lpips.load_lpips_params(vgg_path), x, y, spatial=False)
-    assert float(objective._perceptual_fn()(x, y)[0]) == pytest.approx(float(expected[0]))
 
     with config.unlocked():
         config.eval.lpips_params = alex_path
