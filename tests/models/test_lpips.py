@@ -111,25 +111,32 @@ class TorchVGG16LPIPS(_TorchLPIPS):
                 nn.init.uniform_(layer.bias, -0.1, 0.1)
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """(torch reference, Flax params converted from .pth files on disk by the library function)."""
-    heads_path = _installed_heads_path()
+def _convert(directory, reference_class, heads, classifier_key, classifier_shape, trunk):
+    """(torch reference with random trunk and the real heads, Flax params converted from .pth
+    files on disk by the library function, their path): torchvision's trunk file layout."""
+    heads_path = _installed_heads_path(heads)
     torch.manual_seed(0)
-    reference = TorchAlexNetLPIPS().eval()
+    reference = reference_class().eval()
     reference.load_state_dict(
         torch.load(heads_path, map_location="cpu", weights_only=True), strict=False
     )
-    directory = tmp_path_factory.mktemp("lpips")
-    trunk_path = str(directory / "alexnet.pth")
-    trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
-    trunk["classifier.1.weight"] = torch.zeros(4096, 9216)  # torchvision's file has a classifier
-    torch.save(trunk, trunk_path)
-    output_path = str(directory / "lpips_alex.safetensors")
-    lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path)
+    trunk_path = str(directory / f"{trunk}.pth")
+    state = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
+    state[classifier_key] = torch.zeros(classifier_shape)  # torchvision's file has a classifier
+    torch.save(state, trunk_path)
+    output_path = str(directory / f"lpips_{trunk}.safetensors")
+    lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path, trunk=trunk)
     params = lpips.load_lpips_params(output_path)
     assert params is not None
     return reference, params, output_path
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("lpips")
+    return _convert(
+        directory, TorchAlexNetLPIPS, "alex", "classifier.1.weight", (4096, 9216), lpips.ALEXNET
+    )
 
 
 def _image_pairs():
@@ -439,22 +446,10 @@ def _flax_names(torch_weights):
 
 @pytest.fixture(scope="module")
 def converted_vgg(tmp_path_factory):
-    """(torch VGG16 reference, Flax params converted from a torchvision-layout file + vgg.pth)."""
-    heads_path = _installed_heads_path("vgg")
-    torch.manual_seed(0)
-    reference = TorchVGG16LPIPS().eval()
-    reference.load_state_dict(
-        torch.load(heads_path, map_location="cpu", weights_only=True), strict=False
-    )
     directory = tmp_path_factory.mktemp("lpips_vgg")
-    trunk_path = str(directory / "vgg16.pth")
-    trunk = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
-    trunk["classifier.6.weight"] = torch.zeros(1000, 8)  # torchvision's file has a classifier
-    torch.save(trunk, trunk_path)
-    output_path = str(directory / "lpips_vgg.safetensors")
-    lpips_torch.convert_lpips_files(trunk_path, heads_path, output_path, trunk=lpips.VGG16)
-    params = lpips.load_lpips_params(output_path)
-    return reference, params, output_path
+    return _convert(
+        directory, TorchVGG16LPIPS, "vgg", "classifier.6.weight", (1000, 8), lpips.VGG16
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 32), (2, 16, 40)])  # 16: the smallest VGG16 input
