@@ -330,8 +330,11 @@ def train_loop(
                 pending_losses.append((step_number, metrics["loss"]))
                 for hook in hooks:
                     hook(step_number, state, metrics)
+                logs = step_number % log_every == 0 or step_number == num_steps
+                if logs:  # the rate then times the device's steps, not their dispatch
+                    jax.block_until_ready(metrics)
                 rate = progress(step_number)
-                if step_number % log_every == 0 or step_number == num_steps:
+                if logs:
                     fail_if_not_finite()
                     checkpointer.check_for_errors()  # a failed background save stops the run now
                     scalars = dict(jax.device_get(metrics))
