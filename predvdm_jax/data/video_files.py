@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -22,14 +24,33 @@ FFMPEG_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".
 _JAX_FORK_WARNING = r"os\.fork\(\) was called\. os\.fork\(\) is incompatible with multithreaded"
 
 
+_fork_warning_lock = threading.Lock()
+_fork_warning_holders = 0
+
+
 @contextlib.contextmanager
 def without_jax_fork_warning():
     """Drops JAX's deadlock warning on a fork, only inside the block: imageio-ffmpeg starts
     ffmpeg (to read or write MP4/AVI) through a fork (its preexec_fn) that execs ffmpeg at
-    once, which cannot deadlock on JAX's threads."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JAX_FORK_WARNING, category=RuntimeWarning)
+    once, which cannot deadlock on JAX's threads. Safe from several threads at once (the
+    videos converter decodes in threads): the filter stays while any thread is inside, and
+    goes with the last (``warnings.catch_warnings`` restores a copy of the whole filter list,
+    so overlapping threads could leave it on for good)."""
+    global _fork_warning_holders
+    with _fork_warning_lock:
+        if _fork_warning_holders == 0:
+            warnings.filterwarnings("ignore", message=_JAX_FORK_WARNING, category=RuntimeWarning)
+        _fork_warning_holders += 1
+    try:
         yield
+    finally:
+        with _fork_warning_lock:
+            _fork_warning_holders -= 1
+            if _fork_warning_holders == 0:
+                entry = ("ignore", re.compile(_JAX_FORK_WARNING, re.I), RuntimeWarning, None, 0)
+                with contextlib.suppress(ValueError):
+                    warnings.filters.remove(entry)
+                getattr(warnings, "_filters_mutated", lambda: None)()  # as catch_warnings does
 
 
 def _read_image(path: str) -> np.ndarray:

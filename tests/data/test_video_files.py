@@ -215,3 +215,35 @@ def test_a_long_video_is_cropped_and_resized_frame_by_frame_as_decoded(tmp_path)
         tracemalloc.stop()
     assert squares.shape == (96, 8, 8, 3) and squares.dtype == np.uint8
     assert peak < 6e6, f"{peak / 1e6:.1f} MB"
+
+
+def test_the_fork_warning_filter_is_kept_while_any_thread_decodes_and_then_removed():
+    """Threads entering and leaving out of order (the videos converter's decoders): with
+    `warnings.catch_warnings` the second to leave restored a list that still held the filter."""
+    import threading
+    import warnings
+
+    before = list(warnings.filters)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with video_files.without_jax_fork_warning():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with video_files.without_jax_fork_warning():
+            second_in.set()
+            first_out.wait(10)
+            seen["inside"] = len(warnings.filters) == len(before) + 1
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen == {"inside": True}  # still filtered while the second thread decodes
+    assert warnings.filters == before
