@@ -132,12 +132,11 @@ def _decoded_frames(path: str, limit: int, transform: Callable) -> list[np.ndarr
     read whole, and refused when it is a single image."""
     import imageio.v3 as iio
 
-    frames, first_items, first_shape = [], [], None
+    frames, items, first_shape = [], 0, None
     with without_jax_fork_warning(), iio.imopen(path, "r") as file:
         for item in file.iter():
+            items += 1
             item = np.asarray(item)
-            if len(first_items) < 2:  # a second item tells a video from one image
-                first_items.append(item)
             for frame in item if item.ndim == 4 else [item]:
                 if len(frames) == limit:
                     break
@@ -147,9 +146,9 @@ def _decoded_frames(path: str, limit: int, transform: Callable) -> list[np.ndarr
                         f"frame {len(frames)} has shape {frame.shape}, frame 0 {first_shape}"
                     )
                 frames.append(transform(_rgb_uint8(path, frame[None])[0]))
-            if len(frames) >= limit and len(first_items) >= 2:
+            if len(frames) >= limit and items >= 2:  # a second item tells a video from one image
                 break
-    if len(first_items) < 2:  # one item (cheap to read again): the shape imread gives it
+    if items < 2:  # one item (cheap to read again): the shape imread gives it
         with without_jax_fork_warning():
             whole = np.asarray(iio.imread(path, index=None))
         if _is_single_image(path, whole):
