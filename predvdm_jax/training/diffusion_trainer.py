@@ -156,12 +156,8 @@ def _keeping_best(validation_fn: Callable, config: Any, vq_params: Any, workdir:
 
     def validate_and_keep(state: TrainState) -> dict:
         metrics = validation_fn(state)
-        best.keep(
-            int(jax.device_get(state.step)),
-            state.ema_params,
-            metrics["val/loss_ema"],
-            int(jax.device_get(state.ema_updates)),
-        )
+        step, ema_updates = map(int, jax.device_get((state.step, state.ema_updates)))
+        best.keep(step, state.ema_params, metrics["val/loss_ema"], ema_updates)
         return metrics
 
     return validate_and_keep

@@ -353,9 +353,8 @@ def train_loop(
                 ]
                 if due:
                     fail_if_state_not_finite(step_number)
-                for evaluate in due:
-                    _write_results(writer, step_number, jax.device_get(evaluate(state)))
-                if due:
+                    for evaluate in due:
+                        _write_results(writer, step_number, jax.device_get(evaluate(state)))
                     progress.restart(step_number)  # evaluations are not training time
                 if step_number % save_every == 0:
                     save(step_number)
