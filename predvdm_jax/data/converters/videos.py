@@ -12,6 +12,7 @@ channels), so every video of a split has one frame shape.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -73,6 +74,7 @@ def plan(src: str, image_size: int = 64, gray: bool = False) -> common.Conversio
     if not split_names:
         raise common.SourceError(f"videos source {src!r} has no split folders; expected {_LAYOUT}.")
     splits, notes = [], []
+    load = functools.partial(video_frames, image_size=image_size, gray=gray)
     for name in split_names:
         items, ignored = _split_items(os.path.join(src, name))
         if not items:
@@ -82,7 +84,6 @@ def plan(src: str, image_size: int = 64, gray: bool = False) -> common.Conversio
             )
         if ignored:
             notes.append(f"{name}: ignored {len(ignored)} other file(s), e.g. {ignored[0]!r}.")
-        load = lambda path, s=image_size, g=gray: video_frames(path, s, g)
         splits.append(common.SplitPlan(name, items, load=load))
     options = {"image_size": image_size, "gray": bool(gray)}
     return common.ConversionPlan("videos", splits, options, notes)
